@@ -1,0 +1,190 @@
+//! Finds MLX 0.32.4 (headers + libmlx), builds the C++ shim with cxx, and links.
+//!
+//! Search order: `MLX_DIR`, then a cached copy under the user's cache folder,
+//! then `pip download --no-deps` of the wheel into that cache. Dependents get
+//! the library folder as `DEP_MLX_LIBDIR` so their binaries can carry an rpath.
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const MLX_VERSION: &str = "0.32.4";
+
+fn main() {
+    println!("cargo:rerun-if-env-changed=MLX_DIR");
+    println!("cargo:rerun-if-env-changed=MLXENGINE_CACHE");
+    println!("cargo:rerun-if-env-changed=MLXENGINE_BLAS");
+    println!("cargo:rerun-if-changed=src/shim/shim.h");
+    println!("cargo:rerun-if-changed=src/shim/shim.cc");
+    println!("cargo:rerun-if-changed=src/ffi.rs");
+
+    let target_os = env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
+    let cuda = env::var_os("CARGO_FEATURE_CUDA").is_some();
+    let (include, lib) = match locate(&target_os, cuda) {
+        Ok(found) => found,
+        Err(why) => {
+            eprintln!("\nerror: engine-mlx could not find MLX {MLX_VERSION}: {why}\n");
+            eprintln!(
+                "fix: either set MLX_DIR to a folder holding include/mlx/mlx.h and lib/libmlx.so \
+                 (an unpacked `mlx-cpu=={MLX_VERSION}` wheel's `mlx` folder works), or make \
+                 `python3 -m pip download` work so the build can fetch the wheel itself.\n"
+            );
+            std::process::exit(1);
+        }
+    };
+
+    let mut build = cxx_build::bridge("src/ffi.rs");
+    build
+        .file("src/shim/shim.cc")
+        .include(&include)
+        .std("c++20")
+        .flag_if_supported("-Wno-unused-parameter")
+        .flag_if_supported("-Wno-deprecated-declarations");
+
+    // On Linux CPU, Debian's OpenBLAS linked as a direct dependency of every
+    // binary resolves cblas_sgemm ahead of the wheel's reference BLAS (a
+    // second-level dependency of libmlx): ~30x faster f32 matmuls.
+    let openblas = if target_os == "linux" && !cuda && env::var("MLXENGINE_BLAS").as_deref() != Ok("bundled") {
+        find_openblas()
+    } else {
+        None
+    };
+    if openblas.is_some() {
+        build.define("MLXE_OPENBLAS", None);
+    }
+    build.compile("engine_mlx_shim");
+
+    println!("cargo:rustc-link-search=native={}", lib.display());
+    println!("cargo:rustc-link-lib=dylib=mlx");
+    if let Some(dir) = &openblas {
+        println!("cargo:rustc-link-search=native={}", dir.display());
+        println!("cargo:rustc-link-lib=dylib:+verbatim=libopenblas.so.0");
+        println!("cargo:rustc-cfg=mlxe_openblas");
+    }
+    println!("cargo::rustc-check-cfg=cfg(mlxe_openblas)");
+    if cuda {
+        // libmlx's CUDA dependencies exist only on machines with the CUDA runtime.
+        println!("cargo:rustc-link-arg=-Wl,--allow-shlib-undefined");
+    }
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+    println!("cargo:libdir={}", lib.display());
+    println!("cargo:include={}", include.display());
+    let root = lib
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    println!("cargo:root={}", root.display());
+    println!("cargo:rustc-env=MLXENGINE_MLX_LIBDIR={}", lib.display());
+}
+
+/// Returns (include dir, lib dir) of a usable MLX.
+fn locate(target_os: &str, cuda: bool) -> Result<(PathBuf, PathBuf), String> {
+    if let Some(dir) = env::var_os("MLX_DIR") {
+        let dir = PathBuf::from(dir);
+        for base in [dir.clone(), dir.join("mlx")] {
+            if let Some(found) = check(&base) {
+                return Ok(found);
+            }
+        }
+        return Err(format!(
+            "MLX_DIR={} has no include/mlx/mlx.h with lib/libmlx.*",
+            dir.display()
+        ));
+    }
+    let wheel = match (target_os, cuda) {
+        ("macos", _) => "mlx",
+        (_, true) => "mlx-cuda-13",
+        _ => "mlx-cpu",
+    };
+    let cache = cache_dir().join(format!("{wheel}-{MLX_VERSION}"));
+    if let Some(found) = check(&cache.join("mlx")) {
+        return Ok(found);
+    }
+    fetch_wheel(wheel, &cache)?;
+    check(&cache.join("mlx")).ok_or_else(|| format!("the {wheel} wheel unpacked in {} has no libmlx", cache.display()))
+}
+
+fn check(base: &Path) -> Option<(PathBuf, PathBuf)> {
+    let include = base.join("include");
+    let lib = base.join("lib");
+    let has_lib = ["libmlx.so", "libmlx.dylib"].iter().any(|n| lib.join(n).exists());
+    (include.join("mlx/mlx.h").exists() && has_lib).then_some((include, lib))
+}
+
+fn cache_dir() -> PathBuf {
+    if let Some(d) = env::var_os("MLXENGINE_CACHE") {
+        return PathBuf::from(d).join("mlx");
+    }
+    let base = env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| env::temp_dir());
+    base.join("mlxengine").join("mlx")
+}
+
+/// Downloads `wheel==MLX_VERSION` with pip and unpacks it into `dest`
+/// atomically (unpack into a sibling temp folder, then rename).
+fn fetch_wheel(wheel: &str, dest: &Path) -> Result<(), String> {
+    let parent = dest.parent().ok_or("cache path has no parent")?;
+    std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    let tmp = parent.join(format!(".tmp-{}-{}", wheel, std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+    let python = env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let status = Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-q",
+        ])
+        .arg(format!("{wheel}=={MLX_VERSION}"))
+        .arg("-d")
+        .arg(&tmp)
+        .status()
+        .map_err(|e| format!("cannot run `{python} -m pip`: {e}"))?;
+    if !status.success() {
+        return Err(format!("`{python} -m pip download {wheel}=={MLX_VERSION}` failed"));
+    }
+    let whl = std::fs::read_dir(&tmp)
+        .map_err(|e| e.to_string())?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "whl"))
+        .ok_or("pip downloaded no .whl file")?;
+    let unpacked = tmp.join("unpacked");
+    let status = Command::new(&python)
+        .args(["-m", "zipfile", "-e"])
+        .arg(&whl)
+        .arg(&unpacked)
+        .status()
+        .map_err(|e| format!("cannot unpack {}: {e}", whl.display()))?;
+    if !status.success() {
+        return Err(format!("unpacking {} failed", whl.display()));
+    }
+    // zipfile drops the executable bit, which shared objects do not need; keep it simple.
+    match std::fs::rename(&unpacked, dest) {
+        Ok(()) => {}
+        // Another build won the race: its copy is as good as ours.
+        Err(_) if check(&dest.join("mlx")).is_some() => {}
+        Err(e) => return Err(format!("cannot move the unpacked wheel to {}: {e}", dest.display())),
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}
+
+/// The folder holding Debian's `libopenblas.so.0`, if installed.
+fn find_openblas() -> Option<PathBuf> {
+    let candidates = [
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+        "/usr/lib64",
+        "/usr/lib",
+    ];
+    candidates
+        .iter()
+        .map(PathBuf::from)
+        .find(|d| d.join("libopenblas.so.0").exists())
+}

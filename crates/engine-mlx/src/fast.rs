@@ -1,0 +1,72 @@
+//! MLX's fused kernels: attention, normalisation and rotary embeddings.
+
+use crate::array::{list, opt_list, wrap};
+use crate::error::Result;
+use crate::{ffi, Array};
+
+/// The mask of [`scaled_dot_product_attention`].
+#[derive(Debug, Clone, Copy)]
+pub enum AttentionMask<'a> {
+    /// Every query sees every key.
+    None,
+    /// Query `i` sees keys `0..=i + (keys - queries)`.
+    Causal,
+    /// An additive (float) or boolean mask broadcastable to (B, H, Lq, Lk).
+    Array(&'a Array),
+}
+
+/// `softmax(q kᵀ · scale + mask) v` with q (B, H, Lq, D), k/v (B, Hkv, Lk, D);
+/// grouped-query attention when H is a multiple of Hkv.
+pub fn scaled_dot_product_attention(
+    q: &Array,
+    k: &Array,
+    v: &Array,
+    scale: f32,
+    mask: AttentionMask<'_>,
+) -> Result<Array> {
+    let (mode, arr) = match mask {
+        AttentionMask::None => ("", None),
+        AttentionMask::Causal => ("causal", None),
+        AttentionMask::Array(a) => ("array", Some(a)),
+    };
+    wrap(
+        ffi::sdpa(&q.inner, &k.inner, &v.inner, scale, mode, &opt_list(arr)),
+        "scaled_dot_product_attention",
+    )
+}
+
+/// RMS normalisation over the last axis, scaled by `weight` when given.
+pub fn rms_norm(x: &Array, weight: Option<&Array>, eps: f32) -> Result<Array> {
+    wrap(ffi::rms_norm(&x.inner, &opt_list(weight), eps), "rms_norm")
+}
+
+/// Layer normalisation over the last axis.
+pub fn layer_norm(x: &Array, weight: Option<&Array>, bias: Option<&Array>, eps: f32) -> Result<Array> {
+    wrap(
+        ffi::layer_norm(&x.inner, &opt_list(weight), &opt_list(bias), eps),
+        "layer_norm",
+    )
+}
+
+/// Frequencies of a rotary embedding: a base, or explicit per-pair frequencies.
+#[derive(Debug, Clone, Copy)]
+pub enum RopeFreqs<'a> {
+    /// `base^(-2i/dims)`, the usual form (e.g. base 10000).
+    Base(f32),
+    /// Explicit frequencies of shape (dims/2,), e.g. Llama-3 scaled ones.
+    Custom(&'a Array),
+}
+
+/// Rotary position embedding of the first `dims` features of x (…, L, D),
+/// positions starting at `offset`. `traditional` rotates adjacent pairs
+/// (GPT-J / GGUF layout) instead of the two halves (GPT-NeoX / HF layout).
+pub fn rope(x: &Array, dims: i32, traditional: bool, freqs: RopeFreqs<'_>, scale: f32, offset: i32) -> Result<Array> {
+    let (base, has_base, f) = match freqs {
+        RopeFreqs::Base(b) => (b, true, list(None)),
+        RopeFreqs::Custom(a) => (0.0, false, list(Some(a))),
+    };
+    wrap(
+        ffi::rope(&x.inner, dims, traditional, base, has_base, scale, offset, &f),
+        "rope",
+    )
+}

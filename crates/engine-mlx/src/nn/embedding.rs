@@ -1,0 +1,71 @@
+use super::{infer_quant, join};
+use crate::quant::{dequantize, quantized_matmul, Quantized};
+use crate::{Array, Dtype, Result, WeightMap};
+
+/// A token embedding table (vocab, dim), dense or quantized. With tied
+/// weights it doubles as the output projection ([`Embedding::as_linear`]).
+#[derive(Debug, Clone)]
+pub enum Embedding {
+    /// Dense table.
+    Dense(Array),
+    /// Quantized table.
+    Quantized(Quantized),
+}
+
+impl Embedding {
+    /// Loads `{prefix}.weight` (+ `.scales`/`.biases` when quantized).
+    pub fn load(w: &WeightMap, prefix: &str, vocab: usize, dim: usize) -> Result<Embedding> {
+        let wname = join(prefix, "weight");
+        if let Some(scales) = w.try_get(&join(prefix, "scales")) {
+            let spec = infer_quant(&wname, w.get(&wname)?, scales, dim)?;
+            let groups = dim / spec.group_size as usize;
+            return Ok(Embedding::Quantized(Quantized {
+                weight: w.get_shaped(&wname, &[vocab, dim * spec.bits as usize / 32])?,
+                scales: w.get_shaped(&join(prefix, "scales"), &[vocab, groups])?,
+                biases: w.get_shaped(&join(prefix, "biases"), &[vocab, groups])?,
+                spec,
+            }));
+        }
+        Ok(Embedding::Dense(w.get_shaped(&wname, &[vocab, dim])?))
+    }
+
+    /// Looks up rows for integer ids of any shape; returns (..., dim).
+    pub fn forward(&self, ids: &Array) -> Result<Array> {
+        match self {
+            Embedding::Dense(t) => t.take(ids, 0),
+            Embedding::Quantized(q) => {
+                let rows = Quantized {
+                    weight: q.weight.take(ids, 0)?,
+                    scales: q.scales.take(ids, 0)?,
+                    biases: q.biases.take(ids, 0)?,
+                    spec: q.spec,
+                };
+                dequantize(&rows)
+            }
+        }
+    }
+
+    /// Uses the table as an output projection: `x @ tableᵀ` → logits.
+    pub fn as_linear(&self, x: &Array) -> Result<Array> {
+        match self {
+            Embedding::Dense(t) => x.matmul(&t.t()?),
+            Embedding::Quantized(q) => quantized_matmul(x, q, true),
+        }
+    }
+
+    /// A dense copy of `dtype`.
+    pub fn dequantized(&self, dtype: Dtype) -> Result<Embedding> {
+        Ok(Embedding::Dense(match self {
+            Embedding::Dense(t) => t.astype(dtype)?,
+            Embedding::Quantized(q) => dequantize(q)?.astype(dtype)?,
+        }))
+    }
+
+    /// The parameter arrays.
+    pub fn arrays(&self) -> Vec<&Array> {
+        match self {
+            Embedding::Dense(t) => vec![t],
+            Embedding::Quantized(q) => vec![&q.weight, &q.scales, &q.biases],
+        }
+    }
+}

@@ -1,0 +1,109 @@
+use super::param;
+use crate::fast;
+use crate::{Array, Dtype, Result, WeightMap};
+
+/// RMS normalisation with a learned scale.
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    /// Scale (dim,).
+    pub weight: Array,
+    /// Added to the mean square before the root.
+    pub eps: f32,
+}
+
+impl RmsNorm {
+    /// Loads `{prefix}.weight`.
+    pub fn load(w: &WeightMap, prefix: &str, dim: usize, eps: f32) -> Result<RmsNorm> {
+        Ok(RmsNorm {
+            weight: param(w, prefix, "weight", &[dim])?,
+            eps,
+        })
+    }
+
+    /// Loads a Gemma-style norm whose checkpoint stores `scale - 1`.
+    pub fn load_offset(w: &WeightMap, prefix: &str, dim: usize, eps: f32) -> Result<RmsNorm> {
+        let weight = param(w, prefix, "weight", &[dim])?.add_scalar(1.0)?;
+        Ok(RmsNorm { weight, eps })
+    }
+
+    /// Normalises the last axis.
+    pub fn forward(&self, x: &Array) -> Result<Array> {
+        fast::rms_norm(x, Some(&self.weight), self.eps)
+    }
+
+    /// Casts the weight.
+    pub fn cast(&self, dtype: Dtype) -> Result<RmsNorm> {
+        Ok(RmsNorm {
+            weight: self.weight.astype(dtype)?,
+            eps: self.eps,
+        })
+    }
+}
+
+/// Layer normalisation with optional affine parameters.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    /// Scale (dim,).
+    pub weight: Option<Array>,
+    /// Shift (dim,).
+    pub bias: Option<Array>,
+    /// Added to the variance.
+    pub eps: f32,
+}
+
+impl LayerNorm {
+    /// Loads `{prefix}.weight` and `{prefix}.bias`.
+    pub fn load(w: &WeightMap, prefix: &str, dim: usize, eps: f32) -> Result<LayerNorm> {
+        Ok(LayerNorm {
+            weight: Some(param(w, prefix, "weight", &[dim])?),
+            bias: Some(param(w, prefix, "bias", &[dim])?),
+            eps,
+        })
+    }
+
+    /// Normalises the last axis.
+    pub fn forward(&self, x: &Array) -> Result<Array> {
+        fast::layer_norm(x, self.weight.as_ref(), self.bias.as_ref(), self.eps)
+    }
+}
+
+/// Group normalisation over channels-last input (N, ..., C), as in diffusion UNets/VAEs.
+#[derive(Debug, Clone)]
+pub struct GroupNorm {
+    /// Number of channel groups.
+    pub groups: usize,
+    /// Scale (C,).
+    pub weight: Array,
+    /// Shift (C,).
+    pub bias: Array,
+    /// Added to the variance.
+    pub eps: f32,
+}
+
+impl GroupNorm {
+    /// Loads `{prefix}.weight` and `{prefix}.bias`.
+    pub fn load(w: &WeightMap, prefix: &str, groups: usize, channels: usize, eps: f32) -> Result<GroupNorm> {
+        Ok(GroupNorm {
+            groups,
+            weight: param(w, prefix, "weight", &[channels])?,
+            bias: param(w, prefix, "bias", &[channels])?,
+            eps,
+        })
+    }
+
+    /// Normalises each group of channels over all positions.
+    pub fn forward(&self, x: &Array) -> Result<Array> {
+        let shape = x.shape_i32();
+        let n = shape[0];
+        let c = *shape.last().unwrap_or(&0);
+        let g = self.groups as i32;
+        // (N, positions, G, C/G): statistics over positions and the channels of a group.
+        let grouped = x.reshape(&[n, -1, g, c / g])?;
+        let mean = grouped.mean(&[1, 3], true)?;
+        let var = grouped.var(&[1, 3], true)?;
+        let normed = grouped
+            .subtract(&mean)?
+            .multiply(&var.add_scalar(self.eps as f64)?.rsqrt()?)?;
+        normed.reshape(&shape)?.multiply(&self.weight)?.add(&self.bias)
+    }
+}

@@ -1,0 +1,95 @@
+use crate::fast::{self, RopeFreqs};
+use crate::{Array, Dtype, Result};
+
+/// Frequency scaling schemes found in checkpoints' `rope_scaling`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    /// Plain RoPE.
+    None,
+    /// Positions divided by `factor` (`"linear"`).
+    Linear {
+        /// Divisor of positions.
+        factor: f32,
+    },
+    /// Llama 3.x frequency smoothing (`"llama3"`).
+    Llama3 {
+        /// Overall factor.
+        factor: f32,
+        /// Low-frequency factor.
+        low_freq_factor: f32,
+        /// High-frequency factor.
+        high_freq_factor: f32,
+        /// Context length the model was trained with.
+        original_max_position_embeddings: f32,
+    },
+}
+
+/// Rotary position embedding.
+#[derive(Debug, Clone)]
+pub struct Rope {
+    /// Rotated features (usually the head dimension).
+    pub dims: i32,
+    /// Rotate adjacent pairs (GGUF/Meta layout) rather than halves (HF layout).
+    pub traditional: bool,
+    base: f32,
+    scale: f32,
+    freqs: Option<Array>,
+}
+
+impl Rope {
+    /// A RoPE with `base` (theta) and a scaling scheme.
+    pub fn new(dims: i32, traditional: bool, base: f32, scaling: &RopeScaling) -> Result<Rope> {
+        let mut rope = Rope {
+            dims,
+            traditional,
+            base,
+            scale: 1.0,
+            freqs: None,
+        };
+        match scaling {
+            RopeScaling::None => {}
+            RopeScaling::Linear { factor } => rope.scale = 1.0 / factor,
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => {
+                let low_wavelen = original_max_position_embeddings / low_freq_factor;
+                let high_wavelen = original_max_position_embeddings / high_freq_factor;
+                let freqs: Vec<f32> = (0..dims / 2)
+                    .map(|i| {
+                        // MLX's rope takes periods (base^(2i/d)) as `freqs`.
+                        let f = base.powf(2.0 * i as f32 / dims as f32);
+                        let wavelen = 2.0 * std::f32::consts::PI * f;
+                        if wavelen > low_wavelen {
+                            f * factor
+                        } else if wavelen < high_wavelen {
+                            f
+                        } else {
+                            let smooth = (original_max_position_embeddings / wavelen - low_freq_factor)
+                                / (high_freq_factor - low_freq_factor);
+                            f / ((1.0 - smooth) / factor + smooth)
+                        }
+                    })
+                    .collect();
+                rope.freqs = Some(Array::from_slice(&freqs, &[freqs.len()])?);
+            }
+        }
+        Ok(rope)
+    }
+
+    /// Rotates x (B, H, L, D) for positions `offset..offset+L`.
+    pub fn forward(&self, x: &Array, offset: usize) -> Result<Array> {
+        let freqs = match &self.freqs {
+            Some(f) => RopeFreqs::Custom(f),
+            None => RopeFreqs::Base(self.base),
+        };
+        fast::rope(x, self.dims, self.traditional, freqs, self.scale, offset as i32)
+    }
+
+    /// The custom period table, if any (for tests).
+    pub fn custom_freqs(&self) -> Option<&Array> {
+        self.freqs.as_ref().filter(|f| f.dtype() == Dtype::Float32)
+    }
+}

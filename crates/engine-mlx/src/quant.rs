@@ -1,0 +1,100 @@
+//! Group-wise affine quantization (MLX's format: packed uint32 weights with
+//! per-group scales and biases).
+
+use crate::array::{opt_list, unlist, wrap};
+use crate::error::{Context, Error, Result};
+use crate::{ffi, Array};
+
+/// Quantization settings of a weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuantSpec {
+    /// Elements sharing one scale and bias (32, 64 or 128).
+    pub group_size: i32,
+    /// Bits per element (2, 3, 4, 5, 6 or 8).
+    pub bits: i32,
+}
+
+impl QuantSpec {
+    /// Checks the settings MLX supports, with a message naming the fix.
+    pub fn validate(self) -> Result<Self> {
+        if ![32, 64, 128].contains(&self.group_size) {
+            return Err(Error::Invalid(format!(
+                "quantization group size {} is not supported; use 32, 64 or 128",
+                self.group_size
+            )));
+        }
+        if ![2, 3, 4, 5, 6, 8].contains(&self.bits) {
+            return Err(Error::Invalid(format!(
+                "{}-bit quantization is not supported; use 2, 3, 4, 5, 6 or 8 bits",
+                self.bits
+            )));
+        }
+        Ok(self)
+    }
+}
+
+/// A quantized matrix: packed weights, scales and biases.
+#[derive(Debug, Clone)]
+pub struct Quantized {
+    /// Packed weights (uint32).
+    pub weight: Array,
+    /// Per-group scales.
+    pub scales: Array,
+    /// Per-group biases.
+    pub biases: Array,
+    /// Settings used.
+    pub spec: QuantSpec,
+}
+
+/// Quantizes `w` along its last axis.
+pub fn quantize(w: &Array, spec: QuantSpec) -> Result<Quantized> {
+    let spec = spec.validate()?;
+    let mut parts = unlist(
+        ffi::quantize(&w.inner, spec.group_size, spec.bits).op("quantize")?,
+        "quantize",
+    )?;
+    if parts.len() < 3 {
+        return Err(Error::Invalid(
+            "quantize returned no biases; only affine mode is supported".into(),
+        ));
+    }
+    let biases = parts.remove(2);
+    let scales = parts.remove(1);
+    let weight = parts.remove(0);
+    Ok(Quantized {
+        weight,
+        scales,
+        biases,
+        spec,
+    })
+}
+
+/// Rebuilds the floating-point matrix.
+pub fn dequantize(q: &Quantized) -> Result<Array> {
+    wrap(
+        ffi::dequantize(
+            &q.weight.inner,
+            &q.scales.inner,
+            &opt_list(Some(&q.biases)),
+            q.spec.group_size,
+            q.spec.bits,
+        ),
+        "dequantize",
+    )
+}
+
+/// `x @ dequantize(q)ᵀ` (when `transpose`) without materialising the matrix.
+pub fn quantized_matmul(x: &Array, q: &Quantized, transpose: bool) -> Result<Array> {
+    wrap(
+        ffi::quantized_matmul(
+            &x.inner,
+            &q.weight.inner,
+            &q.scales.inner,
+            &opt_list(Some(&q.biases)),
+            transpose,
+            q.spec.group_size,
+            q.spec.bits,
+        ),
+        "quantized_matmul",
+    )
+}

