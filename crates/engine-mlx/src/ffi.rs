@@ -2,7 +2,7 @@
 //! safe API in the other modules wraps it.
 
 #[cxx::bridge(namespace = "mlxe")]
-pub(crate) mod ffi {
+pub(crate) mod bridge {
     extern "Rust" {
         /// Calls the Rust closure registered under `ctx` (see `compile`).
         fn invoke_rust_fn(ctx: usize, inputs: &ArrayList) -> Result<UniquePtr<ArrayList>>;
@@ -195,6 +195,6 @@ pub(crate) mod ffi {
     }
 }
 
-pub(crate) use ffi::*;
+pub(crate) use bridge::*;
 
 use crate::compile::invoke_rust_fn;

