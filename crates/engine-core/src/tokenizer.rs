@@ -202,10 +202,15 @@ impl Tokenizer {
             path: path.to_path_buf(),
             source,
         })?;
-        tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| TokenizerError::Load {
+        let load_err = |e: tokenizers::Error| TokenizerError::Load {
             source_name: path.display().to_string(),
             message: e.to_string(),
-        })
+        };
+        let mut tok = tokenizers::Tokenizer::from_bytes(&bytes).map_err(load_err)?;
+        // Like transformers, ignore padding/truncation saved in the file:
+        // callers pad and truncate for their own batch and context sizes.
+        tok.with_padding(None).with_truncation(None).map_err(load_err)?;
+        Ok(tok)
     }
 
     /// Loads the tokenizer of a Hugging Face model directory: `tokenizer.json`
@@ -583,16 +588,23 @@ fn llama_json(meta: &GgufMetadata, tokens: &[&str], types: &[i64], unk: Option<u
     if add_space_prefix {
         decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
     }
+    let mut normalizers = Vec::new();
+    if add_space_prefix {
+        normalizers.push(json!({"type": "Prepend", "prepend": "\u{2581}"}));
+    }
+    normalizers.push(json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"}));
+    let normalizer = json!({"type": "Sequence", "normalizers": normalizers});
     Ok(json!({
         "version": "1.0",
         "truncation": null,
         "padding": null,
         "added_tokens": added,
-        "normalizer": null,
-        "pre_tokenizer": {
-            "type": "Metaspace", "replacement": "\u{2581}",
-            "prepend_scheme": if add_space_prefix { "first" } else { "never" }, "split": false,
-        },
+        // llama.cpp (like sentencepiece) puts "▁" before every text fragment
+        // that starts the input or follows a special token, even one that
+        // already starts with a space; a per-fragment normalizer does exactly
+        // that, while a Metaspace pre-tokenizer would skip the second case.
+        "normalizer": normalizer,
+        "pre_tokenizer": null,
         "post_processor": null,
         "decoder": {"type": "Sequence", "decoders": decoders},
         "model": {
