@@ -726,7 +726,7 @@ impl<R: Read> Cursor<R> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Writes a tiny but valid GGUF v3 file with two tensors.

@@ -510,8 +510,14 @@ fn gpt2_pre_tokenizer(pre: &str) -> Value {
             {"type": "Digits", "individual_digits": true},
             byte_level(true),
         ]}),
-        // "gpt2", "default" and names we do not know: GPT-2's own regex.
-        _ => byte_level(true),
+        "gpt2" | "default" => byte_level(true),
+        other => {
+            tracing::warn!(
+                pre_tokenizer = other,
+                "unknown GGUF pre-tokenizer; splitting text like GPT-2, so token ids may differ from llama.cpp's"
+            );
+            byte_level(true)
+        }
     }
 }
 
@@ -662,6 +668,47 @@ mod tests {
         assert_eq!(t[b' ' as usize], 'Ġ');
         assert_eq!(t[b'\n' as usize], 'Ċ');
         assert_eq!(t[b'A' as usize], 'A');
+    }
+
+    #[test]
+    fn every_known_pre_tokenizer_compiles_and_round_trips() {
+        let vocab: Map<String, Value> = bytes_to_unicode()
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.to_string(), Value::from(i)))
+            .collect();
+        for pre in [
+            "gpt2",
+            "smollm",
+            "llama-bpe",
+            "qwen2",
+            "qwen35",
+            "gpt-4o",
+            "tekken",
+            "something-new",
+        ] {
+            let def = json!({
+                "version": "1.0", "added_tokens": [], "normalizer": null, "post_processor": null,
+                "pre_tokenizer": gpt2_pre_tokenizer(pre),
+                "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+                "model": {"type": "BPE", "vocab": vocab, "merges": []},
+            });
+            let tok =
+                tokenizers::Tokenizer::from_bytes(def.to_string().as_bytes()).unwrap_or_else(|e| panic!("{pre}: {e}"));
+            let text = "Hello 1234 world's!\n\n  spaced 日本 😀";
+            let ids = tok.encode(text, false).unwrap_or_else(|e| panic!("{pre}: {e}"));
+            assert_eq!(ids.len(), text.len(), "{pre}: one byte token per byte");
+            assert_eq!(tok.decode(ids.get_ids(), false).unwrap(), text, "{pre}");
+        }
+    }
+
+    #[test]
+    fn gguf_without_tokenizer_metadata_is_a_clear_error() {
+        let bytes = crate::gguf::tests::tiny_gguf();
+        let meta = GgufMetadata::read_from(&bytes[..], bytes.len() as u64, "x.gguf").unwrap();
+        let err = Tokenizer::from_gguf(&meta).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("x.gguf") && msg.contains("tokenizer.ggml.model"), "{msg}");
     }
 
     #[test]
