@@ -3,12 +3,20 @@
 
 pub mod chat_template;
 pub mod detokenize;
+pub mod error;
+pub mod generation;
 pub mod gguf;
+pub mod mock;
+pub mod params;
 pub mod tokenizer;
 pub mod types;
 
 pub use chat_template::{ChatMessage, ChatTemplate, ChatTemplateError, RenderOptions};
 pub use detokenize::StreamingDetokenizer;
+pub use error::{EngineError, Result};
+pub use generation::{FinishReason, Generation, GenerationStats, LoadProgress, Prompt, StreamEvent, TextGenerator};
 pub use gguf::{GgufError, GgufMetadata, GgufValue};
+pub use mock::MockTextGenerator;
+pub use params::{GenerateParams, ModelConfiguration, ModelSource, Quantization};
 pub use tokenizer::{Tokenizer, TokenizerError};
 pub use types::{FeatureFlag, ModelType};
