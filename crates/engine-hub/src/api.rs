@@ -211,6 +211,9 @@ mod tests {
             limit: Some(5),
             ..Default::default()
         };
-        assert_eq!(q.to_query_string(), "search=llama%203&filter=mlx&sort=lastModified&direction=-1&limit=5");
+        assert_eq!(
+            q.to_query_string(),
+            "search=llama%203&filter=mlx&sort=lastModified&direction=-1&limit=5"
+        );
     }
 }

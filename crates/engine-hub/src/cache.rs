@@ -92,7 +92,9 @@ impl RepoCache {
 }
 
 fn file_name(p: &Path) -> String {
-    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// A name unique within this machine for temporary files.
@@ -106,7 +108,9 @@ pub(crate) fn unique() -> String {
 /// there atomically: a relative symlink on Unix, like `huggingface_hub`;
 /// elsewhere a copy made under a temporary name.
 pub(crate) fn link_into_snapshot(blob: &Path, link: &Path, depth: usize) -> Result<()> {
-    let dir = link.parent().ok_or_else(|| HubError::io(link, std::io::Error::other("no parent folder")))?;
+    let dir = link
+        .parent()
+        .ok_or_else(|| HubError::io(link, std::io::Error::other("no parent folder")))?;
     fs::create_dir_all(dir).map_err(|e| HubError::io(dir, e))?;
     let tmp = dir.join(format!(".{}.tmp{}", file_name(link), unique()));
     #[cfg(unix)]
@@ -170,7 +174,9 @@ pub fn list_local(cache_dir: &Path) -> Result<Vec<LocalModel>> {
     let mut out = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(repo) = RepoId::from_folder_name(&name) else { continue };
+        let Some(repo) = RepoId::from_folder_name(&name) else {
+            continue;
+        };
         if !entry.path().is_dir() {
             continue;
         }

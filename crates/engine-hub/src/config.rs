@@ -171,8 +171,14 @@ mod tests {
 
     #[test]
     fn cache_precedence() {
-        assert_eq!(cfg(&[("HOME", "/h")]).unwrap().cache_dir, PathBuf::from("/h/.cache/huggingface/hub"));
-        assert_eq!(cfg(&[("HOME", "/h"), ("HF_HOME", "/hf")]).unwrap().cache_dir, PathBuf::from("/hf/hub"));
+        assert_eq!(
+            cfg(&[("HOME", "/h")]).unwrap().cache_dir,
+            PathBuf::from("/h/.cache/huggingface/hub")
+        );
+        assert_eq!(
+            cfg(&[("HOME", "/h"), ("HF_HOME", "/hf")]).unwrap().cache_dir,
+            PathBuf::from("/hf/hub")
+        );
         assert_eq!(
             cfg(&[("HF_HOME", "/hf"), ("HF_HUB_CACHE", "/c")]).unwrap().cache_dir,
             PathBuf::from("/c")
@@ -182,7 +188,13 @@ mod tests {
 
     #[test]
     fn endpoint_token_offline() {
-        let c = cfg(&[("HOME", "/h"), ("HF_ENDPOINT", "http://127.0.0.1:9/"), ("HF_TOKEN", "hf_secret"), ("HF_HUB_OFFLINE", "yes")]).unwrap();
+        let c = cfg(&[
+            ("HOME", "/h"),
+            ("HF_ENDPOINT", "http://127.0.0.1:9/"),
+            ("HF_TOKEN", "hf_secret"),
+            ("HF_HUB_OFFLINE", "yes"),
+        ])
+        .unwrap();
         assert_eq!(c.endpoint, "http://127.0.0.1:9");
         assert_eq!(c.token.as_deref(), Some("hf_secret"));
         assert!(c.offline);
@@ -199,7 +211,12 @@ mod tests {
         std::fs::write(dir.path().join("token"), "hf_file\n").unwrap();
         let home = dir.path().to_str().unwrap();
         assert_eq!(cfg(&[("HF_HOME", home)]).unwrap().token.as_deref(), Some("hf_file"));
-        assert_eq!(cfg(&[("HF_HOME", home), ("HF_HUB_DISABLE_IMPLICIT_TOKEN", "1")]).unwrap().token, None);
+        assert_eq!(
+            cfg(&[("HF_HOME", home), ("HF_HUB_DISABLE_IMPLICIT_TOKEN", "1")])
+                .unwrap()
+                .token,
+            None
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use fs4::fs_std::FileExt;
@@ -50,7 +51,12 @@ fn blob_ok(path: &std::path::Path, size: u64) -> bool {
 }
 
 /// Fetches `job` into `rc`'s blobs; `report(phase, bytes_of_this_file)`.
-pub(crate) fn fetch_blob(http: &Http, rc: &RepoCache, job: &BlobJob, report: &mut dyn FnMut(Phase, u64)) -> Result<PathBuf> {
+pub(crate) fn fetch_blob(
+    http: &Http,
+    rc: &RepoCache,
+    job: &BlobJob,
+    report: &mut dyn FnMut(Phase, u64),
+) -> Result<PathBuf> {
     let blob = rc.blob(&job.hash);
     if blob_ok(&blob, job.size) {
         report(Phase::Cached, job.size);
@@ -153,7 +159,10 @@ fn attempt(
                     return Err(Failure::Retry {
                         error: HubError::BadResponse {
                             url: job.url.clone(),
-                            detail: format!("asked for bytes from {have}, got Content-Range {:?}", r.header("content-range")),
+                            detail: format!(
+                                "asked for bytes from {have}, got Content-Range {:?}",
+                                r.header("content-range")
+                            ),
                         },
                         after: None,
                     });
@@ -175,7 +184,9 @@ fn attempt(
         f.seek(SeekFrom::Start(0)).map_err(io_fatal(partial))?;
         let mut left = have;
         while left > 0 {
-            let n = f.read(&mut buf[..CHUNK.min(left as usize)]).map_err(io_fatal(partial))?;
+            let n = f
+                .read(&mut buf[..CHUNK.min(left as usize)])
+                .map_err(io_fatal(partial))?;
             if n == 0 {
                 break;
             }
@@ -189,13 +200,24 @@ fn attempt(
         report(Phase::Downloading { resumed_from: have }, have);
         let mut body = r.into_reader();
         let mut last_report = Instant::now();
+        let mut pipe = match hasher.take() {
+            Some(h) => Some(HashPipe::new(h).map_err(io_fatal(partial))?),
+            None => None,
+        };
         loop {
+            let mut chunk = match pipe.as_mut() {
+                Some(p) => p.buffer(),
+                None => std::mem::take(&mut buf),
+            };
             // Fill a large buffer before writing: fewer syscalls, bigger hash updates.
             let mut filled = 0;
             let mut eof = false;
             let mut read_err = None;
-            while filled < CHUNK && !http.cancel.is_cancelled() {
-                match body.read(&mut buf[filled..]) {
+            // ...but on a slow link return early, so progress and cancel stay responsive.
+            let fill_start = Instant::now();
+            while filled < CHUNK && !http.cancel.is_cancelled() && (filled == 0 || fill_start.elapsed() < REPORT_EVERY)
+            {
+                match body.read(&mut chunk[filled..]) {
                     Ok(0) => {
                         eof = true;
                         break;
@@ -219,9 +241,10 @@ fn attempt(
                 });
             }
             // Bytes that arrived before an error are kept: the next attempt resumes after them.
-            f.write_all(&buf[..filled]).map_err(io_fatal(partial))?;
-            if let Some(h) = hasher.as_mut() {
-                h.update(&buf[..filled]);
+            f.write_all(&chunk[..filled]).map_err(io_fatal(partial))?;
+            match pipe.as_mut() {
+                Some(p) => p.submit(chunk, filled),
+                None => buf = chunk,
             }
             have += filled as u64;
             current.set(have);
@@ -232,11 +255,18 @@ fn attempt(
                 }));
             }
             if last_report.elapsed() >= REPORT_EVERY {
-                report(Phase::Downloading { resumed_from: start_have }, have);
+                report(
+                    Phase::Downloading {
+                        resumed_from: start_have,
+                    },
+                    have,
+                );
                 last_report = Instant::now();
             }
             if read_err.is_some() || (eof && have < job.size) {
-                let why = read_err.map(|e| e.to_string()).unwrap_or_else(|| "closed by the server".into());
+                let why = read_err
+                    .map(|e| e.to_string())
+                    .unwrap_or_else(|| "closed by the server".into());
                 let error = HubError::Network {
                     url: job.url.clone(),
                     attempts: 1,
@@ -252,7 +282,20 @@ fn attempt(
                 break;
             }
         }
-        report(Phase::Downloading { resumed_from: start_have }, have);
+        report(
+            Phase::Downloading {
+                resumed_from: start_have,
+            },
+            have,
+        );
+        if let Some(p) = pipe {
+            hasher = Some(p.finish().ok_or_else(|| {
+                Failure::Fatal(HubError::io(
+                    partial,
+                    std::io::Error::other("the hashing thread failed"),
+                ))
+            })?);
+        }
     }
     f.flush().map_err(io_fatal(partial))?;
     report(Phase::Verifying, have);
@@ -284,6 +327,61 @@ fn attempt(
         }
     }
     Ok(())
+}
+
+/// Hashes chunks on a helper thread so that hashing overlaps socket reads
+/// and file writes (a pull then runs at the speed of the slower of the two,
+/// not their sum). Buffers circulate between the two threads.
+struct HashPipe {
+    tx: Option<mpsc::SyncSender<(Vec<u8>, usize)>>,
+    free: mpsc::Receiver<Vec<u8>>,
+    allocated: usize,
+    worker: Option<std::thread::JoinHandle<Sha256>>,
+}
+
+impl HashPipe {
+    fn new(mut hasher: Sha256) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(2);
+        let (free_tx, free) = mpsc::channel();
+        let worker = std::thread::Builder::new().name("hub-sha256".into()).spawn(move || {
+            for (buf, n) in rx {
+                hasher.update(&buf[..n]);
+                // The reader may be gone (error path); the buffer is then just dropped.
+                let _ = free_tx.send(buf);
+            }
+            hasher
+        })?;
+        Ok(HashPipe {
+            tx: Some(tx),
+            free,
+            allocated: 0,
+            worker: Some(worker),
+        })
+    }
+
+    /// A buffer to fill: a returned one, a new one (at most 4), or the next returned.
+    fn buffer(&mut self) -> Vec<u8> {
+        if let Ok(b) = self.free.try_recv() {
+            return b;
+        }
+        if self.allocated < 4 {
+            self.allocated += 1;
+            return vec![0u8; CHUNK];
+        }
+        self.free.recv().unwrap_or_else(|_| vec![0u8; CHUNK])
+    }
+
+    fn submit(&mut self, buf: Vec<u8>, n: usize) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send((buf, n));
+        }
+    }
+
+    /// Waits for the worker and returns the hasher; `None` if it died.
+    fn finish(mut self) -> Option<Sha256> {
+        drop(self.tx.take());
+        self.worker.take()?.join().ok()
+    }
 }
 
 /// Lower-case hex of bytes.

@@ -52,8 +52,19 @@ impl FileFilter {
             allow.push("*.npz");
         }
         FileFilter::allow(allow).ignoring([
-            "*.bin", "*.pt", "*.pth", "*.ckpt", "*.h5", "*.msgpack", "*.onnx", "*.onnx_data", "*.ot", "*.gguf",
-            "original/*", "onnx/*", "openvino/*",
+            "*.bin",
+            "*.pt",
+            "*.pth",
+            "*.ckpt",
+            "*.h5",
+            "*.msgpack",
+            "*.onnx",
+            "*.onnx_data",
+            "*.ot",
+            "*.gguf",
+            "original/*",
+            "onnx/*",
+            "openvino/*",
         ])
     }
 
@@ -163,7 +174,10 @@ mod tests {
         assert!(fnmatch("*.json", "config.json"));
         assert!(fnmatch("*.json", "sub/dir/config.json"));
         assert!(!fnmatch("*.json", "config.json.bak"));
-        assert!(fnmatch("model-?????-of-*.safetensors", "model-00001-of-00002.safetensors"));
+        assert!(fnmatch(
+            "model-?????-of-*.safetensors",
+            "model-00001-of-00002.safetensors"
+        ));
         assert!(fnmatch("[a-c]x", "bx"));
         assert!(!fnmatch("[!a-c]x", "bx"));
         assert!(fnmatch("a[x", "a[x"));
@@ -174,10 +188,22 @@ mod tests {
     #[test]
     fn filters() {
         let f = FileFilter::for_model_type(ModelType::Llm);
-        for yes in ["config.json", "model.safetensors", "tokenizer.model", "chat_template.jinja", "merges.txt"] {
+        for yes in [
+            "config.json",
+            "model.safetensors",
+            "tokenizer.model",
+            "chat_template.jinja",
+            "merges.txt",
+        ] {
             assert!(f.matches(yes), "{yes}");
         }
-        for no in ["pytorch_model.bin", "model.gguf", "original/params.json", "README.md", ".gitattributes"] {
+        for no in [
+            "pytorch_model.bin",
+            "model.gguf",
+            "original/params.json",
+            "README.md",
+            ".gitattributes",
+        ] {
             assert!(!f.matches(no), "{no}");
         }
         let d = FileFilter::for_model_type(ModelType::Diffusion);

@@ -338,7 +338,9 @@ fn jitter(d: Duration) -> Duration {
 
 fn with_attempts(e: HubError, n: u32) -> HubError {
     match e {
-        HubError::Http { url, status, message, .. } => HubError::Http {
+        HubError::Http {
+            url, status, message, ..
+        } => HubError::Http {
             url,
             status,
             attempts: n,
@@ -364,10 +366,19 @@ mod tests {
 
     #[test]
     fn origins() {
-        assert_eq!(origin("https://huggingface.co/api/x").as_deref(), Some("https://huggingface.co:443"));
-        assert_eq!(origin("http://127.0.0.1:8080").as_deref(), Some("http://127.0.0.1:8080"));
+        assert_eq!(
+            origin("https://huggingface.co/api/x").as_deref(),
+            Some("https://huggingface.co:443")
+        );
+        assert_eq!(
+            origin("http://127.0.0.1:8080").as_deref(),
+            Some("http://127.0.0.1:8080")
+        );
         assert_eq!(origin("HTTP://User@Host/x?y").as_deref(), Some("http://host:80"));
-        assert_ne!(origin("https://cdn-lfs.huggingface.co/x"), origin("https://huggingface.co/x"));
+        assert_ne!(
+            origin("https://cdn-lfs.huggingface.co/x"),
+            origin("https://huggingface.co/x")
+        );
         assert_eq!(origin("nonsense"), None);
     }
 
@@ -376,7 +387,10 @@ mod tests {
         let base = "http://h:1/org/name/resolve/main/a.bin";
         assert_eq!(join_location(base, "/cdn/x").unwrap(), "http://h:1/cdn/x");
         assert_eq!(join_location(base, "https://cdn/x").unwrap(), "https://cdn/x");
-        assert_eq!(join_location(base, "b.bin").unwrap(), "http://h:1/org/name/resolve/main/b.bin");
+        assert_eq!(
+            join_location(base, "b.bin").unwrap(),
+            "http://h:1/org/name/resolve/main/b.bin"
+        );
     }
 
     #[test]

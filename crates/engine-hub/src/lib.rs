@@ -163,7 +163,10 @@ impl HubClient {
         if !path.is_dir() {
             return None;
         }
-        let files: Vec<String> = snapshot_files(&path).into_iter().filter(|f| filter.matches(f)).collect();
+        let files: Vec<String> = snapshot_files(&path)
+            .into_iter()
+            .filter(|f| filter.matches(f))
+            .collect();
         (!files.is_empty()).then(|| Snapshot {
             repo: repo.clone(),
             revision: revision.to_string(),
@@ -187,9 +190,9 @@ impl HubClient {
     ) -> Result<Snapshot> {
         validate_revision(revision)?;
         if self.config.offline {
-            return self
-                .cached_snapshot(repo, revision, filter)
-                .ok_or_else(|| self.offline_err(format!("`{repo}` at revision `{revision}` (files matching {filter:?})")));
+            return self.cached_snapshot(repo, revision, filter).ok_or_else(|| {
+                self.offline_err(format!("`{repo}` at revision `{revision}` (files matching {filter:?})"))
+            });
         }
         let info = match self.model_info(repo, revision) {
             Ok(i) => i,
@@ -237,11 +240,16 @@ impl HubClient {
             } else {
                 let cache = hf_hub::Cache::new(self.config.cache_dir.clone());
                 cache
-                    .repo(hf_hub::Repo::with_revision(repo.to_string(), hf_hub::RepoType::Model, revision.to_string()))
+                    .repo(hf_hub::Repo::with_revision(
+                        repo.to_string(),
+                        hf_hub::RepoType::Model,
+                        revision.to_string(),
+                    ))
                     .get(file)
                     .filter(|p| p.is_file())
             };
-            return found.ok_or_else(|| self.offline_err(format!("file `{file}` of `{repo}` at revision `{revision}`")));
+            return found
+                .ok_or_else(|| self.offline_err(format!("file `{file}` of `{repo}` at revision `{revision}`")));
         }
         let info = self.model_info(repo, revision)?;
         self.check_names(repo, &info)?;

@@ -139,7 +139,12 @@ impl RateMeter {
             self.samples.clear();
         }
         self.samples.push_back((now, done));
-        while self.samples.len() > 2 && self.samples.front().is_some_and(|&(t, _)| now.duration_since(t) > self.window) {
+        while self.samples.len() > 2
+            && self
+                .samples
+                .front()
+                .is_some_and(|&(t, _)| now.duration_since(t) > self.window)
+        {
             self.samples.pop_front();
         }
         self.rate()
@@ -162,7 +167,7 @@ impl RateMeter {
 
 /// One status line: `name  120.0 MiB / 512.0 MiB  23%  85.2 MiB/s  ETA 4s`.
 pub fn progress_line(p: &Progress, bytes_per_sec: f64) -> String {
-    let pct = if p.file_size > 0 { p.file_bytes * 100 / p.file_size } else { 100 };
+    let pct = (p.file_bytes * 100).checked_div(p.file_size).unwrap_or(100);
     let mut line = format!(
         "{}  {} / {}  {pct}%",
         p.file,
@@ -172,7 +177,11 @@ pub fn progress_line(p: &Progress, bytes_per_sec: f64) -> String {
     match &p.phase {
         Phase::Downloading { .. } if bytes_per_sec > 0.0 => {
             let eta = Duration::from_secs_f64(p.file_size.saturating_sub(p.file_bytes) as f64 / bytes_per_sec);
-            line.push_str(&format!("  {}/s  ETA {}", format_bytes(bytes_per_sec as u64), format_duration(eta)));
+            line.push_str(&format!(
+                "  {}/s  ETA {}",
+                format_bytes(bytes_per_sec as u64),
+                format_duration(eta)
+            ));
         }
         Phase::Downloading { .. } => {}
         Phase::Cached => line.push_str("  cached"),

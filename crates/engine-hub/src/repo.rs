@@ -78,11 +78,7 @@ impl RepoId {
 
     /// Path segment(s) for URLs: each part percent-encoded.
     pub(crate) fn url_path(&self) -> String {
-        self.0
-            .split('/')
-            .map(percent_encode)
-            .collect::<Vec<_>>()
-            .join("/")
+        self.0.split('/').map(percent_encode).collect::<Vec<_>>().join("/")
     }
 }
 
@@ -162,10 +158,7 @@ pub fn safe_relative_path(name: &str) -> std::result::Result<PathBuf, &'static s
         }
     }
     // Belt and braces: the std parser must agree that only normal parts remain.
-    if !Path::new(&out)
-        .components()
-        .all(|c| matches!(c, Component::Normal(_)))
-    {
+    if !Path::new(&out).components().all(|c| matches!(c, Component::Normal(_))) {
         return Err("the name does not stay inside the snapshot folder");
     }
     Ok(out)
@@ -186,10 +179,7 @@ pub(crate) fn percent_encode(segment: &str) -> String {
 
 /// Percent-encodes a file name for a URL, keeping `/` between segments.
 pub(crate) fn encode_file_path(name: &str) -> String {
-    name.split('/')
-        .map(percent_encode)
-        .collect::<Vec<_>>()
-        .join("/")
+    name.split('/').map(percent_encode).collect::<Vec<_>>().join("/")
 }
 
 #[cfg(test)]
@@ -198,12 +188,16 @@ mod tests {
 
     #[test]
     fn repo_ids() {
-        for ok in ["gpt2", "org/name", "mlx-community/Qwen2.5-0.5B-Instruct-4bit", "a_b/c.d"] {
+        for ok in [
+            "gpt2",
+            "org/name",
+            "mlx-community/Qwen2.5-0.5B-Instruct-4bit",
+            "a_b/c.d",
+        ] {
             assert!(RepoId::parse(ok).is_ok(), "{ok}");
         }
         for bad in [
-            "", "/x", "x/", "a/b/c", "a--b/c", "../x", "a/..", "a b/c", "a/b.git", "-a/b", "a/b-",
-            "a/\u{e9}", "a/b\0",
+            "", "/x", "x/", "a/b/c", "a--b/c", "../x", "a/..", "a b/c", "a/b.git", "-a/b", "a/b-", "a/\u{e9}", "a/b\0",
         ] {
             assert!(RepoId::parse(bad).is_err(), "{bad:?}");
         }
@@ -218,7 +212,18 @@ mod tests {
         for ok in ["main", "v1.0", "refs/pr/1", "0123456789abcdef0123456789abcdef01234567"] {
             assert!(validate_revision(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "../main", "a/../b", "/abs", "a//b", "with space", "a\\b", ".hidden", "x.lock", "a/"] {
+        for bad in [
+            "",
+            "../main",
+            "a/../b",
+            "/abs",
+            "a//b",
+            "with space",
+            "a\\b",
+            ".hidden",
+            "x.lock",
+            "a/",
+        ] {
             assert!(validate_revision(bad).is_err(), "{bad:?}");
         }
         assert!(is_commit_hash("0123456789abcdef0123456789abcdef01234567"));
@@ -229,7 +234,16 @@ mod tests {
     fn file_names() {
         assert_eq!(safe_relative_path("a/b.json").unwrap(), PathBuf::from("a/b.json"));
         for bad in [
-            "", "../../escape", "/etc/passwd", "a/../../b", "a/./b", "a//b", "a\\..\\b", "C:/x", "a/", "x\0",
+            "",
+            "../../escape",
+            "/etc/passwd",
+            "a/../../b",
+            "a/./b",
+            "a//b",
+            "a\\..\\b",
+            "C:/x",
+            "a/",
+            "x\0",
         ] {
             assert!(safe_relative_path(bad).is_err(), "{bad:?}");
         }

@@ -35,7 +35,19 @@ use sha2::{Digest, Sha256};
 
 /// File extensions stored with LFS (as the default `.gitattributes` does).
 const LFS_EXTENSIONS: &[&str] = &[
-    "safetensors", "bin", "gguf", "npz", "pt", "pth", "ckpt", "h5", "msgpack", "onnx", "model", "ot", "zip",
+    "safetensors",
+    "bin",
+    "gguf",
+    "npz",
+    "pt",
+    "pth",
+    "ckpt",
+    "h5",
+    "msgpack",
+    "onnx",
+    "model",
+    "ot",
+    "zip",
 ];
 const META_FILE: &str = ".hubmeta.json";
 
@@ -452,7 +464,11 @@ fn read_request(stream: &TcpStream) -> io::Result<Option<Request>> {
             headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
         }
     }
-    Ok(Some(Request { method, target, headers }))
+    Ok(Some(Request {
+        method,
+        target,
+        headers,
+    }))
 }
 
 fn percent_decode(s: &str) -> String {
@@ -493,7 +509,12 @@ struct Resp {
 enum Body {
     Bytes(Vec<u8>),
     /// A file range `[start, end)`; `offset_base` is 0 (absolute offsets).
-    File { path: PathBuf, start: u64, end: u64, name: String },
+    File {
+        path: PathBuf,
+        start: u64,
+        end: u64,
+        name: String,
+    },
 }
 
 impl Resp {
@@ -530,7 +551,9 @@ fn reason(status: u16) -> &'static str {
 
 fn handle(mut stream: TcpStream, state: &State) -> io::Result<()> {
     stream.set_nodelay(true)?;
-    let Some(req) = read_request(&stream)? else { return Ok(()) };
+    let Some(req) = read_request(&stream)? else {
+        return Ok(());
+    };
     let resp = route(state, &req);
     let status = resp.status;
     let head_only = req.method == "HEAD";
@@ -551,7 +574,10 @@ fn handle(mut stream: TcpStream, state: &State) -> io::Result<()> {
 fn authorized(state: &State, req: &Request) -> bool {
     match &state.token {
         None => true,
-        Some(t) => req.headers.get("authorization").is_some_and(|a| a == &format!("Bearer {t}")),
+        Some(t) => req
+            .headers
+            .get("authorization")
+            .is_some_and(|a| a == &format!("Bearer {t}")),
     }
 }
 
@@ -578,11 +604,17 @@ fn route(state: &State, req: &Request) -> Resp {
 
 fn all_repos(state: &State) -> Vec<String> {
     let mut out = Vec::new();
-    let Ok(orgs) = fs::read_dir(&state.root) else { return out };
+    let Ok(orgs) = fs::read_dir(&state.root) else {
+        return out;
+    };
     for o in orgs.flatten().filter(|e| e.path().is_dir()) {
         let Ok(names) = fs::read_dir(o.path()) else { continue };
         for n in names.flatten().filter(|e| e.path().is_dir()) {
-            let id = format!("{}/{}", o.file_name().to_string_lossy(), n.file_name().to_string_lossy());
+            let id = format!(
+                "{}/{}",
+                o.file_name().to_string_lossy(),
+                n.file_name().to_string_lossy()
+            );
             if !id.contains("/.") && !id.starts_with('.') {
                 out.push(id);
             }
@@ -606,7 +638,11 @@ fn search(state: &State, params: &[(String, String)]) -> Resp {
         if get("author").is_some_and(|a| !id.starts_with(&format!("{a}/"))) {
             continue;
         }
-        let filters: Vec<&str> = params.iter().filter(|(k, _)| k == "filter").map(|(_, v)| v.as_str()).collect();
+        let filters: Vec<&str> = params
+            .iter()
+            .filter(|(k, _)| k == "filter")
+            .map(|(_, v)| v.as_str())
+            .collect();
         if !filters.iter().all(|f| meta.tags.iter().any(|t| t == f)) {
             continue;
         }
@@ -616,8 +652,8 @@ fn search(state: &State, params: &[(String, String)]) -> Resp {
         hits.push((id, meta));
     }
     match get("sort") {
-        Some("downloads") => hits.sort_by(|a, b| b.1.downloads.cmp(&a.1.downloads)),
-        Some("likes") => hits.sort_by(|a, b| b.1.likes.cmp(&a.1.likes)),
+        Some("downloads") => hits.sort_by_key(|h| std::cmp::Reverse(h.1.downloads)),
+        Some("likes") => hits.sort_by_key(|h| std::cmp::Reverse(h.1.likes)),
         Some("lastModified") => hits.sort_by(|a, b| b.1.last_modified.cmp(&a.1.last_modified)),
         _ => {}
     }
@@ -639,11 +675,14 @@ fn search(state: &State, params: &[(String, String)]) -> Resp {
 
 /// Listing of `repo` at `rev`, or the error response the real hub gives.
 fn lookup(state: &State, repo: &str, rev: &str) -> Result<(Vec<ServedFile>, String), Resp> {
-    let files = repo_files(state, repo)
-        .map_err(|_| Resp::error(401, Some("RepoNotFound"), "Repository not found"))?;
+    let files = repo_files(state, repo).map_err(|_| Resp::error(401, Some("RepoNotFound"), "Repository not found"))?;
     let commit = commit_hash(repo, &files);
     if rev != "main" && rev != commit {
-        return Err(Resp::error(404, Some("RevisionNotFound"), &format!("Invalid rev id: {rev}")));
+        return Err(Resp::error(
+            404,
+            Some("RevisionNotFound"),
+            &format!("Invalid rev id: {rev}"),
+        ));
     }
     Ok((files, commit))
 }
@@ -663,7 +702,8 @@ fn info(state: &State, repo: &str, rev: &str, params: &[(String, String)]) -> Re
             let mut s = json!({ "rfilename": f.name, "blobId": f.hashes.blob_id, "size": f.hashes.len });
             if let Some(sha) = &f.hashes.sha256 {
                 s["size"] = json!(f.hashes.len);
-                s["lfs"] = json!({ "sha256": sha, "size": f.hashes.len, "pointerSize": lfs_pointer(sha, f.hashes.len).len() });
+                s["lfs"] =
+                    json!({ "sha256": sha, "size": f.hashes.len, "pointerSize": lfs_pointer(sha, f.hashes.len).len() });
             }
             s
         })
@@ -702,7 +742,11 @@ fn resolve(state: &State, req: &Request, repo: &str, rev: &str, file: &str) -> R
         };
     }
     let Some(f) = files.into_iter().find(|f| f.name == file) else {
-        let mut r = Resp::error(404, Some("EntryNotFound"), &format!("{file} does not exist on \"{rev}\""));
+        let mut r = Resp::error(
+            404,
+            Some("EntryNotFound"),
+            &format!("{file} does not exist on \"{rev}\""),
+        );
         r.headers.extend(common);
         return r;
     };
@@ -730,7 +774,9 @@ fn cdn(state: &State, req: &Request, sha: &str) -> Resp {
         }
         lock(&state.lfs_index).get(sha).cloned()
     });
-    let Some((path, name)) = found else { return Resp::error(404, None, "Not Found") };
+    let Some((path, name)) = found else {
+        return Resp::error(404, None, "Not Found");
+    };
     let len = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     let headers = vec![
         ("ETag".to_string(), format!("\"{sha}\"")),
@@ -740,7 +786,14 @@ fn cdn(state: &State, req: &Request, sha: &str) -> Resp {
 }
 
 /// A content response: status faults first, then `Range` handling.
-fn content(state: &State, req: &Request, path: PathBuf, len: u64, name: String, mut headers: Vec<(String, String)>) -> Resp {
+fn content(
+    state: &State,
+    req: &Request,
+    path: PathBuf,
+    len: u64,
+    name: String,
+    mut headers: Vec<(String, String)>,
+) -> Resp {
     if req.method == "GET" {
         let mut f = lock(&state.faults);
         let applies = f.only_file.as_ref().is_none_or(|o| *o == name);
@@ -761,7 +814,11 @@ fn content(state: &State, req: &Request, path: PathBuf, len: u64, name: String, 
         let spec = range.strip_prefix("bytes=").and_then(|r| r.split_once('-'));
         let parsed = spec.and_then(|(a, b)| {
             let a: u64 = a.trim().parse().ok()?;
-            let b = if b.trim().is_empty() { len.checked_sub(1)? } else { b.trim().parse::<u64>().ok()?.min(len.checked_sub(1)?) };
+            let b = if b.trim().is_empty() {
+                len.checked_sub(1)?
+            } else {
+                b.trim().parse::<u64>().ok()?.min(len.checked_sub(1)?)
+            };
             (a <= b).then_some((a, b + 1))
         });
         match parsed {
@@ -816,12 +873,18 @@ fn send_file(stream: &mut TcpStream, state: &State, path: &Path, start: u64, end
         let mut f = lock(&state.faults);
         let applies = f.only_file.as_ref().is_none_or(|o| o == name);
         let mut drop_at = None;
-        if let Some(at) = f.drop_at.filter(|&at| applies && f.drop_times > 0 && at >= start && at < end) {
+        if let Some(at) = f
+            .drop_at
+            .filter(|&at| applies && f.drop_times > 0 && at >= start && at < end)
+        {
             f.drop_times -= 1;
             drop_at = Some(at);
         }
         let mut corrupt_at = None;
-        if let Some(at) = f.corrupt_at.filter(|&at| applies && f.corrupt_times > 0 && at >= start && at < end) {
+        if let Some(at) = f
+            .corrupt_at
+            .filter(|&at| applies && f.corrupt_times > 0 && at >= start && at < end)
+        {
             f.corrupt_times -= 1;
             corrupt_at = Some(at);
         }

@@ -68,7 +68,9 @@ fn run() -> Result<(), String> {
     if let Some(t) = token {
         b = b.require_token(t);
     }
-    let hub = b.start().map_err(|e| format!("cannot listen on 127.0.0.1:{port}: {e}"))?;
+    let hub = b
+        .start()
+        .map_err(|e| format!("cannot listen on 127.0.0.1:{port}: {e}"))?;
     hub.set_faults(faults);
     println!("{}", hub.url());
     std::io::stdout().flush().map_err(|e| e.to_string())?;
