@@ -1,0 +1,279 @@
+//! Memory estimates: weights + KV cache for the requested context + activations.
+//!
+//! The model mirrors how MLX engines run these models: the KV cache grows in steps of
+//! [`KV_STEP`] tokens (as mlx-lm's `KVCache`), sliding-window layers keep at most their window,
+//! prompts are prefilled in chunks of [`PREFILL_CHUNK`] tokens, and only the last position's
+//! logits are computed while generating.
+
+use crate::registry::{ArchConfig, ModelEntry, Variant};
+use engine_core::ModelType;
+use serde::{Deserialize, Serialize};
+
+/// The KV cache grows in steps of this many tokens.
+pub const KV_STEP: u64 = 256;
+/// Prompt tokens processed per forward pass during prefill.
+pub const PREFILL_CHUNK: u64 = 512;
+
+/// Estimated peak memory of a model, by part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct MemoryEstimate {
+    /// Weights as they sit in memory.
+    pub weights_bytes: u64,
+    /// KV cache for the requested context.
+    pub kv_cache_bytes: u64,
+    /// Peak intermediate tensors of one forward pass.
+    pub activations_bytes: u64,
+    /// The sum of the three.
+    pub total_bytes: u64,
+}
+
+impl MemoryEstimate {
+    fn new(weights: u64, kv: u64, act: u64) -> Self {
+        MemoryEstimate {
+            weights_bytes: weights,
+            kv_cache_bytes: kv,
+            activations_bytes: act,
+            total_bytes: weights + kv + act,
+        }
+    }
+
+    /// `weights 1.2 GB + KV 0.1 GB + activations 0.05 GB`.
+    pub fn breakdown(&self) -> String {
+        use crate::budget::format_size as f;
+        format!(
+            "weights {} + KV cache {} + activations {}",
+            f(self.weights_bytes),
+            f(self.kv_cache_bytes),
+            f(self.activations_bytes)
+        )
+    }
+}
+
+/// Knobs of an estimate; [`EstimateOptions::new`] gives the GPU/quantized defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EstimateOptions {
+    /// Tokens of context (prompt + generated) the KV cache must hold; sequence length for
+    /// encoders. Ignored for diffusion.
+    pub context_len: u64,
+    /// Bytes per KV-cache element (2 for bf16/f16, 4 for f32).
+    pub kv_dtype_bytes: u64,
+    /// Bytes per activation element.
+    pub activation_dtype_bytes: u64,
+    /// Weights are dequantized/upcast to f32 at load (the CPU + OpenBLAS path): they take
+    /// 4 bytes per parameter whatever the file holds.
+    pub f32_weights: bool,
+}
+
+impl EstimateOptions {
+    /// 16-bit KV cache and activations, weights as stored.
+    pub fn new(context_len: u64) -> Self {
+        EstimateOptions {
+            context_len,
+            kv_dtype_bytes: 2,
+            activation_dtype_bytes: 2,
+            f32_weights: false,
+        }
+    }
+
+    /// Everything in f32: the CPU path that dequantizes at load to use OpenBLAS.
+    pub fn f32(context_len: u64) -> Self {
+        EstimateOptions {
+            context_len,
+            kv_dtype_bytes: 4,
+            activation_dtype_bytes: 4,
+            f32_weights: true,
+        }
+    }
+}
+
+fn round_up(n: u64, step: u64) -> u64 {
+    n.div_ceil(step) * step
+}
+
+impl ArchConfig {
+    /// KV-cache bytes for `context` tokens: 2 (K and V) × layers × KV heads × head dim × tokens ×
+    /// dtype, with sliding-window layers capped at their window.
+    pub fn kv_cache_bytes(&self, context: u64, dtype_bytes: u64) -> u64 {
+        if self.kv_heads == 0 || context == 0 {
+            return 0;
+        }
+        let full = round_up(context, KV_STEP);
+        let per_token_layer = 2 * self.kv_heads * self.head_dim * dtype_bytes;
+        let (global, local, window) = match (self.sliding_window, self.sliding_window_pattern) {
+            (Some(w), Some(p)) if p > 0 => {
+                let global = self.layers / p;
+                (global, self.layers - global, w.min(full))
+            }
+            _ => (self.layers, 0, 0),
+        };
+        per_token_layer * (global * full + local * window)
+    }
+
+    /// Peak activations of a forward pass over `tokens` positions attending to `context`
+    /// positions: the residual stream, the MLP's intermediates, Q/K/V, materialised attention
+    /// scores and one row of logits (f32).
+    pub fn activation_bytes(&self, tokens: u64, context: u64, dtype_bytes: u64) -> u64 {
+        let h = self.hidden_size;
+        // Encoders (no KV cache) have as many K/V heads as query heads.
+        let kv = if self.kv_heads == 0 {
+            self.attention_heads
+        } else {
+            self.kv_heads
+        };
+        let qkv = (self.attention_heads + 2 * kv) * self.head_dim;
+        let per_token = 2 * h + 3 * self.intermediate_size + qkv;
+        let scores = 2 * self.attention_heads * tokens * context.max(tokens);
+        let logits = if self.kv_heads > 0 {
+            self.vocab_size * (4 + dtype_bytes)
+        } else {
+            0
+        };
+        (tokens * per_token + scores) * dtype_bytes + logits
+    }
+}
+
+/// Estimate for a local model known only by its config: `layers × kv_heads × head_dim` decide the
+/// KV cache for `context` tokens at `dtype_bytes` per element; activations are approximated as
+/// 3% of the weights plus the attention scores of one prefill chunk (the exact form needs the
+/// hidden and MLP sizes: use [`estimate_for_arch`] when they are known).
+pub fn estimate_for_config(
+    layers: u64,
+    kv_heads: u64,
+    head_dim: u64,
+    weights_bytes: u64,
+    context: u64,
+    dtype_bytes: u64,
+) -> MemoryEstimate {
+    let kv = ArchConfig {
+        layers,
+        hidden_size: kv_heads * head_dim,
+        attention_heads: kv_heads,
+        kv_heads,
+        head_dim,
+        intermediate_size: 0,
+        vocab_size: 0,
+        sliding_window: None,
+        sliding_window_pattern: None,
+    }
+    .kv_cache_bytes(context, dtype_bytes);
+    let chunk = context.min(PREFILL_CHUNK);
+    let act = weights_bytes * 3 / 100 + 2 * kv_heads * chunk * context * dtype_bytes;
+    MemoryEstimate::new(weights_bytes, kv, act)
+}
+
+/// Estimate for a transformer with a full config, whose weights take `weights_bytes` in memory.
+pub fn estimate_for_arch(arch: &ArchConfig, weights_bytes: u64, opts: &EstimateOptions) -> MemoryEstimate {
+    let ctx = opts.context_len;
+    let kv = arch.kv_cache_bytes(ctx, opts.kv_dtype_bytes);
+    let tokens = if arch.kv_heads == 0 {
+        ctx
+    } else {
+        ctx.min(PREFILL_CHUNK)
+    };
+    let act = arch.activation_bytes(tokens, ctx, opts.activation_dtype_bytes);
+    MemoryEstimate::new(weights_bytes, kv, act)
+}
+
+/// Bytes the weights of `variant` take in memory under `opts`.
+pub fn weights_in_memory(entry: &ModelEntry, variant: &Variant, opts: &EstimateOptions) -> u64 {
+    if opts.f32_weights {
+        entry.params * 4
+    } else {
+        variant.file_size_bytes
+    }
+}
+
+/// Estimated peak memory of running `variant` of `entry` with the defaults of
+/// [`EstimateOptions::new`] (16-bit cache and activations, weights as stored).
+pub fn estimate_memory(entry: &ModelEntry, variant: &Variant, context_len: u64) -> MemoryEstimate {
+    estimate_with(entry, variant, &EstimateOptions::new(context_len))
+}
+
+/// Estimated peak memory of running `variant` of `entry` under `opts`.
+pub fn estimate_with(entry: &ModelEntry, variant: &Variant, opts: &EstimateOptions) -> MemoryEstimate {
+    let weights = weights_in_memory(entry, variant, opts);
+    let dt = opts.activation_dtype_bytes;
+    match entry.model_type {
+        ModelType::Diffusion => {
+            let Some(d) = entry.diffusion else {
+                return MemoryEstimate::new(weights, 0, weights / 10);
+            };
+            // UNet attention scores + softmax at the largest self-attention, the UNet's conv
+            // activations at latent resolution, and the VAE decoder at full resolution in f32
+            // (three 128-channel maps plus its mid-block attention over latent pixels).
+            let latent = (d.image_size / 8).pow(2);
+            let unet_attn = d.cfg_batch * d.attention_heads * d.attention_tokens.pow(2) * dt * 2;
+            let unet_conv = d.cfg_batch * latent * 320 * dt * 10;
+            let vae = d.image_size.pow(2) * 128 * 4 * 3 + latent.pow(2) * 4;
+            MemoryEstimate::new(weights, 0, unet_attn.max(vae) + unet_conv)
+        }
+        _ => {
+            let Some(arch) = entry.config else {
+                return MemoryEstimate::new(weights, 0, weights / 10);
+            };
+            let ctx = opts.context_len.min(entry.context_length);
+            let mut e = estimate_for_arch(
+                &arch,
+                weights,
+                &EstimateOptions {
+                    context_len: ctx,
+                    ..*opts
+                },
+            );
+            if let Some(v) = entry.vision {
+                // The vision encoder runs before the text prefill; its peak only matters when larger.
+                let vision = (v.tokens * v.hidden_size * 8 + 2 * v.attention_heads * v.tokens.pow(2)) * dt;
+                e = MemoryEstimate::new(e.weights_bytes, e.kv_cache_bytes, e.activations_bytes.max(vision));
+            }
+            e
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn llama_8b() -> ArchConfig {
+        ArchConfig {
+            layers: 32,
+            hidden_size: 4096,
+            attention_heads: 32,
+            kv_heads: 8,
+            head_dim: 128,
+            intermediate_size: 14336,
+            vocab_size: 128256,
+            sliding_window: None,
+            sliding_window_pattern: None,
+        }
+    }
+
+    #[test]
+    fn kv_cache_is_layers_times_heads_times_dim() {
+        // Llama 3.1 8B: 128 KiB per token in bf16, the figure usually quoted.
+        assert_eq!(llama_8b().kv_cache_bytes(1, 2), 256 * 2 * 32 * 8 * 128 * 2);
+        assert_eq!(llama_8b().kv_cache_bytes(8192, 2), 8192 * 131_072);
+        // Grows in 256-token steps.
+        assert_eq!(llama_8b().kv_cache_bytes(257, 2), llama_8b().kv_cache_bytes(512, 2));
+        assert_eq!(llama_8b().kv_cache_bytes(0, 2), 0);
+    }
+
+    #[test]
+    fn sliding_window_layers_are_capped() {
+        let mut g = llama_8b();
+        g.layers = 6;
+        g.sliding_window = Some(512);
+        g.sliding_window_pattern = Some(6);
+        // 1 global layer at 4096 + 5 local layers at 512.
+        let per = 2 * 8 * 128 * 2;
+        assert_eq!(g.kv_cache_bytes(4096, 2), per * (4096 + 5 * 512));
+    }
+
+    #[test]
+    fn config_estimate_adds_up() {
+        let e = estimate_for_config(30, 3, 64, 98_362_432, 512, 2);
+        assert_eq!(e.kv_cache_bytes, 2 * 30 * 3 * 64 * 512 * 2);
+        assert_eq!(e.total_bytes, e.weights_bytes + e.kv_cache_bytes + e.activations_bytes);
+        assert!(e.activations_bytes > 0 && e.activations_bytes < e.weights_bytes / 5);
+    }
+}
