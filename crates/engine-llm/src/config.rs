@@ -1,0 +1,192 @@
+//! The hyper-parameters every decoder-only transformer here shares, read from
+//! a Hugging Face `config.json` or from GGUF metadata.
+
+use engine_core::{EngineError, GgufMetadata, Result};
+use engine_mlx::nn::RopeScaling;
+use serde_json::Value;
+
+/// Hyper-parameters of a decoder-only transformer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlmConfig {
+    /// `model_type` of the checkpoint (`llama`, `qwen2`, ...).
+    pub model_type: String,
+    /// Model width.
+    pub hidden_size: usize,
+    /// Decoder layers.
+    pub num_layers: usize,
+    /// MLP width.
+    pub intermediate_size: usize,
+    /// Query heads.
+    pub num_heads: usize,
+    /// Key/value heads (grouped-query attention when fewer than `num_heads`).
+    pub num_kv_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Epsilon of the RMS norms.
+    pub rms_norm_eps: f32,
+    /// RoPE base (theta).
+    pub rope_theta: f32,
+    /// RoPE scaling scheme.
+    pub rope_scaling: RopeScaling,
+    /// Rotate adjacent pairs rather than halves (GGUF llama layout).
+    pub rope_traditional: bool,
+    /// Output projection shares the embedding table.
+    pub tie_word_embeddings: bool,
+    /// Maximum context in tokens.
+    pub max_position_embeddings: usize,
+    /// Sliding attention window, for the layers that use one.
+    pub sliding_window: Option<usize>,
+    /// The raw config, for architecture-specific fields.
+    pub raw: Value,
+}
+
+fn field<'a>(v: &'a Value, key: &str) -> Result<&'a Value> {
+    v.get(key).filter(|x| !x.is_null()).ok_or_else(|| {
+        EngineError::Config(format!(
+            "config.json has no `{key}`; the file is incomplete or not a text model's config"
+        ))
+    })
+}
+
+/// Reads a required unsigned field.
+pub fn req_usize(v: &Value, key: &str) -> Result<usize> {
+    field(v, key)?
+        .as_u64()
+        .map(|x| x as usize)
+        .ok_or_else(|| EngineError::Config(format!("`{key}` in config.json must be a non-negative integer")))
+}
+
+/// Reads an optional unsigned field.
+pub fn opt_usize(v: &Value, key: &str) -> Option<usize> {
+    v.get(key).and_then(Value::as_u64).map(|x| x as usize)
+}
+
+/// Reads an optional float field.
+pub fn opt_f32(v: &Value, key: &str) -> Option<f32> {
+    v.get(key).and_then(Value::as_f64).map(|x| x as f32)
+}
+
+impl LlmConfig {
+    /// Parses the fields common to all supported architectures.
+    pub fn from_hf(raw: &Value) -> Result<LlmConfig> {
+        let model_type = raw.get("model_type").and_then(Value::as_str).unwrap_or("").to_string();
+        let hidden_size = req_usize(raw, "hidden_size")?;
+        let num_heads = req_usize(raw, "num_attention_heads")?;
+        if num_heads == 0 || hidden_size == 0 {
+            return Err(EngineError::Config(
+                "hidden_size and num_attention_heads must be positive".into(),
+            ));
+        }
+        let num_kv_heads = opt_usize(raw, "num_key_value_heads").unwrap_or(num_heads);
+        if num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
+            return Err(EngineError::Config(format!(
+                "num_attention_heads {num_heads} is not a multiple of num_key_value_heads {num_kv_heads}"
+            )));
+        }
+        let rope_scaling = parse_rope_scaling(raw.get("rope_scaling"))?;
+        Ok(LlmConfig {
+            model_type,
+            hidden_size,
+            num_layers: req_usize(raw, "num_hidden_layers")?,
+            intermediate_size: req_usize(raw, "intermediate_size")?,
+            num_heads,
+            num_kv_heads,
+            head_dim: opt_usize(raw, "head_dim").unwrap_or(hidden_size / num_heads),
+            vocab_size: req_usize(raw, "vocab_size")?,
+            rms_norm_eps: opt_f32(raw, "rms_norm_eps").unwrap_or(1e-6),
+            rope_theta: opt_f32(raw, "rope_theta").unwrap_or(10000.0),
+            rope_scaling,
+            rope_traditional: raw.get("rope_traditional").and_then(Value::as_bool).unwrap_or(false),
+            tie_word_embeddings: raw.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
+            max_position_embeddings: opt_usize(raw, "max_position_embeddings").unwrap_or(4096),
+            sliding_window: opt_usize(raw, "sliding_window"),
+            raw: raw.clone(),
+        })
+    }
+
+    /// Builds the equivalent HF-style config from GGUF metadata (llama, qwen2,
+    /// qwen3, gemma2/3, phi3 key prefixes).
+    pub fn hf_json_from_gguf(meta: &GgufMetadata) -> Result<Value> {
+        let arch = meta.architecture()?.to_string();
+        let key = |k: &str| format!("{arch}.{k}");
+        let u = |k: &str| -> Result<Option<u64>> { Ok(meta.get_u64(&key(k))?) };
+        let req = |k: &str| -> Result<u64> {
+            u(k)?.ok_or_else(|| {
+                EngineError::Config(format!(
+                    "GGUF metadata lacks `{}`; the file is not a complete model",
+                    key(k)
+                ))
+            })
+        };
+        let hidden = req("embedding_length")?;
+        let heads = req("attention.head_count")?;
+        let vocab = match u("vocab_size")? {
+            Some(v) => v,
+            None => meta
+                .get_str_array("tokenizer.ggml.tokens")?
+                .map(|t| t.len() as u64)
+                .unwrap_or(0),
+        };
+        let has_output = meta.tensors().iter().any(|t| t.name == "output.weight");
+        let model_type = match arch.as_str() {
+            "gemma3" => "gemma3_text",
+            other => other,
+        };
+        let mut cfg = serde_json::json!({
+            "model_type": model_type,
+            "hidden_size": hidden,
+            "num_hidden_layers": req("block_count")?,
+            "intermediate_size": req("feed_forward_length")?,
+            "num_attention_heads": heads,
+            "num_key_value_heads": u("attention.head_count_kv")?.unwrap_or(heads),
+            "vocab_size": vocab,
+            "rms_norm_eps": meta.get_f64(&key("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5),
+            "rope_theta": meta.get_f64(&key("rope.freq_base"))?.unwrap_or(10000.0),
+            "max_position_embeddings": u("context_length")?.unwrap_or(2048),
+            "tie_word_embeddings": !has_output,
+        });
+        if let Some(hd) = u("attention.key_length")? {
+            cfg["head_dim"] = hd.into();
+        }
+        if let Some(w) = u("attention.sliding_window")? {
+            cfg["sliding_window"] = w.into();
+        }
+        Ok(cfg)
+    }
+
+    /// Queries per key/value head.
+    pub fn gqa_groups(&self) -> usize {
+        self.num_heads / self.num_kv_heads
+    }
+}
+
+fn parse_rope_scaling(v: Option<&Value>) -> Result<RopeScaling> {
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Ok(RopeScaling::None);
+    };
+    let kind = v
+        .get("rope_type")
+        .or_else(|| v.get("type"))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    let f = |k: &str, d: f32| opt_f32(v, k).unwrap_or(d);
+    Ok(match kind {
+        "default" => RopeScaling::None,
+        "linear" => RopeScaling::Linear {
+            factor: f("factor", 1.0),
+        },
+        "llama3" => RopeScaling::Llama3 {
+            factor: f("factor", 8.0),
+            low_freq_factor: f("low_freq_factor", 1.0),
+            high_freq_factor: f("high_freq_factor", 4.0),
+            original_max_position_embeddings: f("original_max_position_embeddings", 8192.0),
+        },
+        other => {
+            return Err(EngineError::Config(format!(
+                "rope_scaling type `{other}` is not supported yet (supported: linear, llama3)"
+            )))
+        }
+    })
+}

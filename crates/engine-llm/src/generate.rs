@@ -1,0 +1,348 @@
+//! The decode loop: chunked prefill, then one token per step with the next
+//! step's graph built (and scheduled) before the current token is read, plus
+//! the text layer (streaming detokenization, EOS, stop strings).
+
+use crate::cache::KvCache;
+use crate::sample::Sampler;
+use crate::transformer::{MaskSpec, Transformer};
+use engine_core::{
+    EngineError, FinishReason, GenerateParams, GenerationStats, Result, StreamEvent, StreamingDetokenizer, Tokenizer,
+};
+use engine_mlx::{async_eval, Array};
+use std::time::Instant;
+
+/// Prompt tokens processed per forward pass during prefill (bounds memory).
+pub const PREFILL_CHUNK: usize = 512;
+
+pub(crate) fn be(e: engine_mlx::Error) -> EngineError {
+    EngineError::Backend(e.to_string())
+}
+
+/// A KV cache together with the tokens it holds, so a later prompt that
+/// shares a prefix skips re-processing it.
+#[derive(Default)]
+pub struct CacheState {
+    /// One cache per layer.
+    pub cache: Vec<KvCache>,
+    /// The tokens whose keys/values the cache holds, in order.
+    pub tokens: Vec<u32>,
+}
+
+impl CacheState {
+    /// Trims to the longest common prefix with `prompt`, keeping at least one
+    /// prompt token to process (its logits start generation). Returns how many
+    /// prompt tokens are already cached.
+    pub fn reuse_prefix(&mut self, model: &Transformer, prompt: &[u32]) -> usize {
+        let common = self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        let keep = common.min(prompt.len().saturating_sub(1));
+        if self.cache.is_empty() || !self.cache.iter_mut().all(|c| c.trim_to(keep)) {
+            self.cache = model.new_cache();
+            self.tokens.clear();
+            return 0;
+        }
+        self.tokens.truncate(keep);
+        keep
+    }
+}
+
+enum StateRef<'a> {
+    Owned(CacheState),
+    Borrowed(&'a mut CacheState),
+}
+
+impl StateRef<'_> {
+    fn get(&mut self) -> &mut CacheState {
+        match self {
+            StateRef::Owned(s) => s,
+            StateRef::Borrowed(s) => s,
+        }
+    }
+}
+
+/// A running generation; iterate it for [`StreamEvent`]s.
+pub struct Generator<'a> {
+    model: &'a Transformer,
+    state: StateRef<'a>,
+    sampler: Sampler,
+    params: GenerateParams,
+    eos: Vec<u32>,
+    detok: StreamingDetokenizer,
+    /// The next token, scheduled but maybe not computed yet.
+    pending: Option<Array>,
+    history: Vec<u32>,
+    generated: usize,
+    context_length: usize,
+    /// Text decoded but held back because it may begin a stop string.
+    held: String,
+    stats: GenerationStats,
+    start: Instant,
+    first_token_at: Option<Instant>,
+    done: bool,
+    queue: std::collections::VecDeque<StreamEvent>,
+}
+
+impl<'a> Generator<'a> {
+    /// Starts generating after `prompt`. With `state`, reuses its cached
+    /// prefix and leaves the cache holding the conversation for the next turn.
+    pub fn new(
+        model: &'a Transformer,
+        tokenizer: &Tokenizer,
+        prompt: &[u32],
+        params: &GenerateParams,
+        context_length: usize,
+        state: Option<&'a mut CacheState>,
+    ) -> Result<Generator<'a>> {
+        params.validate()?;
+        if prompt.is_empty() {
+            return Err(EngineError::InvalidParameter(
+                "the prompt is empty; give the model some text".into(),
+            ));
+        }
+        if prompt.len() >= context_length {
+            return Err(EngineError::ContextOverflow {
+                prompt_tokens: prompt.len(),
+                context_length,
+            });
+        }
+        let vocab = model.config().vocab_size as u32;
+        if let Some(bad) = prompt.iter().find(|&&t| t >= vocab) {
+            return Err(EngineError::InvalidParameter(format!(
+                "token id {bad} is outside the model's vocabulary of {vocab}; the tokenizer does not match the weights"
+            )));
+        }
+        let start = Instant::now();
+        let mut state = match state {
+            Some(s) => StateRef::Borrowed(s),
+            None => StateRef::Owned(CacheState {
+                cache: model.new_cache(),
+                tokens: Vec::new(),
+            }),
+        };
+        let st = state.get();
+        let cached = st.reuse_prefix(model, prompt);
+        let mut g = Generator {
+            model,
+            sampler: Sampler::new(params).map_err(be)?,
+            params: params.clone(),
+            eos: tokenizer.eos_token_ids().to_vec(),
+            detok: tokenizer.stream(true),
+            pending: None,
+            history: prompt.to_vec(),
+            generated: 0,
+            context_length,
+            held: String::new(),
+            stats: GenerationStats {
+                prompt_tokens: prompt.len(),
+                prompt_tokens_processed: prompt.len() - cached,
+                ..Default::default()
+            },
+            start,
+            first_token_at: None,
+            done: false,
+            queue: Default::default(),
+            state,
+        };
+        if params.max_tokens > 0 {
+            engine_mlx::memory::reset_peak();
+            g.prefill(&prompt[cached..])?;
+        }
+        Ok(g)
+    }
+
+    fn prefill(&mut self, tokens: &[u32]) -> Result<()> {
+        let (rest, last) = tokens.split_at(tokens.len() - 1);
+        for chunk in rest.chunks(PREFILL_CHUNK) {
+            let st = self.state.get();
+            let ids = Array::from_slice(chunk, &[1, chunk.len()]).map_err(be)?;
+            let logits = self
+                .model
+                .forward(&ids, &mut st.cache, &MaskSpec::default(), true)
+                .map_err(be)?;
+            st.tokens.extend_from_slice(chunk);
+            // Materialise the cache so the next chunk's graph stays small.
+            let mut arrays: Vec<&Array> = st.cache.iter().flat_map(|c| c.arrays()).collect();
+            arrays.push(&logits);
+            engine_mlx::eval(arrays).map_err(be)?;
+        }
+        let y = self.step(last[0])?;
+        self.pending = Some(y);
+        Ok(())
+    }
+
+    /// Feeds one token and returns the sampled next token, scheduled.
+    fn step(&mut self, token: u32) -> Result<Array> {
+        let st = self.state.get();
+        let ids = Array::from_slice(&[token], &[1, 1]).map_err(be)?;
+        let logits = self
+            .model
+            .forward(&ids, &mut st.cache, &MaskSpec::default(), true)
+            .map_err(be)?;
+        st.tokens.push(token);
+        let logits = logits.squeeze(1).map_err(be)?;
+        let y = self.sampler.sample(&logits, &[&self.history]).map_err(be)?;
+        async_eval([&y]).map_err(be)?;
+        Ok(y)
+    }
+
+    fn finish(&mut self, reason: FinishReason, text: String, token: u32) -> Vec<StreamEvent> {
+        self.done = true;
+        let now = Instant::now();
+        let first = self.first_token_at.unwrap_or(now);
+        self.stats.generated_tokens = self.generated;
+        let prefill_s = (first - self.start).as_secs_f64();
+        self.stats.ttft_ms = prefill_s * 1e3;
+        self.stats.prompt_tok_per_s = self.stats.prompt_tokens_processed as f64 / prefill_s.max(1e-9);
+        let decode_s = (now - first).as_secs_f64();
+        self.stats.decode_tok_per_s = if self.generated > 1 {
+            (self.generated - 1) as f64 / decode_s.max(1e-9)
+        } else {
+            0.0
+        };
+        self.stats.peak_memory_bytes = engine_mlx::memory::peak();
+        let mut out = Vec::new();
+        if !text.is_empty() {
+            out.push(StreamEvent::Text { text, token });
+        }
+        out.push(StreamEvent::Done {
+            finish_reason: reason,
+            stats: self.stats.clone(),
+        });
+        out
+    }
+
+    /// Produces the events for the next token.
+    fn advance(&mut self) -> Result<Vec<StreamEvent>> {
+        if self.params.max_tokens == 0 {
+            return Ok(self.finish(FinishReason::Length, String::new(), 0));
+        }
+        let y = self
+            .pending
+            .take()
+            .ok_or_else(|| EngineError::Backend("no pending token".into()))?;
+        let room = self.history.len() + 1 < self.context_length;
+        let mut token = None;
+        if self.generated + 1 < self.params.max_tokens && room {
+            // Schedule the following step before reading this token back, so
+            // the device never idles while the host builds the next graph.
+            let st = self.state.get();
+            let ids = y.reshape(&[1, 1]).map_err(be)?;
+            let logits = self
+                .model
+                .forward(&ids, &mut st.cache, &MaskSpec::default(), true)
+                .map_err(be)?;
+            let logits = logits.squeeze(1).map_err(be)?;
+            if self.params.repetition_penalty != 1.0 {
+                // The penalty needs this token's value first.
+                let t = y.item_i64().map_err(be)? as u32;
+                self.history.push(t);
+                token = Some(t);
+            }
+            let next = self.sampler.sample(&logits, &[&self.history]).map_err(be)?;
+            async_eval([&next]).map_err(be)?;
+            self.pending = Some(next);
+        }
+        let token = match token {
+            Some(t) => t,
+            None => {
+                let t = y.item_i64().map_err(be)? as u32;
+                self.history.push(t);
+                t
+            }
+        };
+        if self.pending.is_some() {
+            self.state.get().tokens.push(token);
+        }
+        self.generated += 1;
+        if self.first_token_at.is_none() {
+            self.first_token_at = Some(Instant::now());
+        }
+        if self.eos.contains(&token) {
+            let rest = std::mem::take(&mut self.held) + &self.detok.finish()?;
+            return Ok(self.finish(FinishReason::Eos, rest, token));
+        }
+        let piece = self.detok.push(token)?.unwrap_or_default();
+        self.held.push_str(&piece);
+        if let Some(pos) = self.params.stop.iter().filter_map(|s| self.held.find(s.as_str())).min() {
+            let text = self.held[..pos].to_string();
+            return Ok(self.finish(FinishReason::Stop, text, token));
+        }
+        let last = self.generated >= self.params.max_tokens;
+        let full = self.history.len() >= self.context_length;
+        if last || full {
+            let rest = std::mem::take(&mut self.held) + &self.detok.finish()?;
+            let rest = match self.params.stop.iter().filter_map(|s| rest.find(s.as_str())).min() {
+                Some(p) => rest[..p].to_string(),
+                None => rest,
+            };
+            return Ok(self.finish(
+                if last {
+                    FinishReason::Length
+                } else {
+                    FinishReason::ContextFull
+                },
+                rest,
+                token,
+            ));
+        }
+        // Emit what cannot be the start of a stop string.
+        let keep = self
+            .params
+            .stop
+            .iter()
+            .map(|s| longest_suffix_prefix(&self.held, s))
+            .max()
+            .unwrap_or(0);
+        let cut = self.held.len() - keep;
+        let text: String = self.held.drain(..cut).collect();
+        Ok(vec![StreamEvent::Text { text, token }])
+    }
+}
+
+/// Length of the longest suffix of `text` that is a proper prefix of `stop`
+/// (at a char boundary).
+fn longest_suffix_prefix(text: &str, stop: &str) -> usize {
+    (1..stop.len().min(text.len() + 1))
+        .rev()
+        .find(|&n| stop.is_char_boundary(n) && text.is_char_boundary(text.len() - n) && text.ends_with(&stop[..n]))
+        .unwrap_or(0)
+}
+
+impl Iterator for Generator<'_> {
+    type Item = Result<StreamEvent>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(e) = self.queue.pop_front() {
+            return Some(Ok(e));
+        }
+        if self.done {
+            return None;
+        }
+        match self.advance() {
+            Ok(events) => {
+                self.queue.extend(events);
+                self.queue.pop_front().map(Ok)
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::longest_suffix_prefix;
+
+    #[test]
+    fn stop_string_holdback() {
+        assert_eq!(longest_suffix_prefix("hello wor", "world"), 3);
+        assert_eq!(longest_suffix_prefix("hello", "world"), 0);
+        assert_eq!(
+            longest_suffix_prefix("ab", "b"),
+            0,
+            "a full match is found by search, not held"
+        );
+        assert_eq!(longest_suffix_prefix("x<", "<|end|>"), 1);
+    }
+}

@@ -1,0 +1,381 @@
+//! Loading a model (folder or GGUF) and running it: [`LlmModel`].
+
+use crate::config::LlmConfig;
+use crate::generate::{be, CacheState, Generator};
+use crate::transformer::{MaskSpec, Transformer};
+use crate::{gguf, models};
+use engine_core::{
+    ChatMessage, ChatTemplate, EngineError, FeatureFlag, GenerateParams, GgufMetadata, LoadProgress,
+    ModelConfiguration, ModelSource, ModelType, Prompt, Quantization, RenderOptions, Result, StreamEvent,
+    TextGenerator, Tokenizer,
+};
+use engine_mlx::{Array, Dtype, WeightMap};
+use std::path::Path;
+
+/// Which precision weights run in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DtypePolicy {
+    /// The fastest for this device: on the CPU, dense f32 (quantized weights
+    /// dequantized; f32 + OpenBLAS measured faster than MLX's CPU quantized
+    /// and half-precision kernels); on a GPU, the checkpoint's own.
+    #[default]
+    Auto,
+    /// Exactly as stored (quantized stays quantized).
+    Native,
+    /// Dense weights of this dtype.
+    Dense(Dtype),
+}
+
+/// Options of [`LlmModel::load`].
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Precision policy.
+    pub dtype: DtypePolicy,
+    /// Override of the context length (default: the model's).
+    pub context_length: Option<usize>,
+}
+
+/// A loaded language model with its tokenizer and chat template.
+pub struct LlmModel {
+    transformer: Transformer,
+    tokenizer: Tokenizer,
+    template: ChatTemplate,
+    config: ModelConfiguration,
+}
+
+fn load_err(path: &Path, reason: impl Into<String>) -> EngineError {
+    EngineError::ModelLoad {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+impl LlmModel {
+    /// Loads a model folder (config.json, *.safetensors, tokenizer files) or
+    /// a `.gguf` file, reporting progress.
+    pub fn load(path: &Path, options: &LoadOptions, progress: &mut dyn FnMut(LoadProgress)) -> Result<LlmModel> {
+        let mut report = |stage: &str, fraction: f32| {
+            progress(LoadProgress {
+                stage: stage.into(),
+                fraction,
+            })
+        };
+        report("reading configuration", 0.0);
+        let is_gguf = path.is_file() && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+        if !path.exists() {
+            return Err(load_err(
+                path,
+                "no such file or folder; check the path, or pull the model first",
+            ));
+        }
+        let (mut cfg, weights, tokenizer, template, source) = if is_gguf {
+            // Read the header in Rust first: a truncated or corrupt file gets a
+            // precise message before MLX touches it.
+            let meta = GgufMetadata::read(path)?;
+            let raw = LlmConfig::hf_json_from_gguf(&meta)?;
+            let cfg = LlmConfig::from_hf(&raw)?;
+            report("reading weights", 0.1);
+            let w = WeightMap::load_gguf(path).map_err(|e| load_err(path, e.to_string()))?;
+            let w = gguf::to_hf(w, &meta, cfg.num_heads, cfg.num_kv_heads)?;
+            let tok = Tokenizer::from_gguf(&meta)?;
+            let tpl = ChatTemplate::from_gguf(&meta)?.unwrap_or_else(ChatTemplate::fallback);
+            (cfg, w, tok, tpl, ModelSource::GgufFile(path.to_path_buf()))
+        } else if path.is_dir() {
+            let cfg_path = path.join("config.json");
+            let text = std::fs::read_to_string(&cfg_path)
+                .map_err(|e| load_err(path, format!("cannot read config.json ({e}); is this a model folder?")))?;
+            let raw: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+                load_err(
+                    &cfg_path,
+                    format!("config.json is not valid JSON ({e}); download it again"),
+                )
+            })?;
+            // Multimodal wrappers keep the text model's config nested.
+            let raw = match raw.get("text_config") {
+                Some(t) if raw.get("hidden_size").is_none() => {
+                    let mut t = t.clone();
+                    if t.get("model_type").is_none() {
+                        t["model_type"] = raw["model_type"].clone();
+                    }
+                    t
+                }
+                _ => raw,
+            };
+            let cfg = LlmConfig::from_hf(&raw)?;
+            report("reading weights", 0.1);
+            let w = WeightMap::load_safetensors_dir(path).map_err(|e| load_err(path, e.to_string()))?;
+            let tok = Tokenizer::from_dir(path)?;
+            let tpl = ChatTemplate::from_dir(path)?.unwrap_or_else(ChatTemplate::fallback);
+            (cfg, w, tok, tpl, ModelSource::Directory(path.to_path_buf()))
+        } else {
+            return Err(load_err(path, "expected a model folder or a .gguf file"));
+        };
+        if !models::SUPPORTED.contains(&cfg.model_type.as_str()) {
+            return Err(EngineError::UnsupportedArchitecture(cfg.model_type.clone()));
+        }
+        let (features, weights) = models::prepare(&mut cfg, weights)?;
+        report("building the model", 0.5);
+        let mut transformer = Transformer::load(cfg.clone(), features, &weights).map_err(be)?;
+        drop(weights);
+        let quantization = transformer.quantization().map(|q| Quantization {
+            bits: q.bits as u8,
+            group_size: q.group_size as u32,
+        });
+        let target = match options.dtype {
+            DtypePolicy::Native => None,
+            DtypePolicy::Dense(d) => Some(d),
+            DtypePolicy::Auto if engine_mlx::default_device() == engine_mlx::Device::Cpu => Some(Dtype::Float32),
+            DtypePolicy::Auto => None,
+        };
+        report("materialising weights", 0.7);
+        match target {
+            Some(d) => transformer.convert(d).map_err(be)?,
+            None => transformer.eval_weights().map_err(be)?,
+        }
+        report("ready", 1.0);
+        let context_length = options.context_length.unwrap_or(cfg.max_position_embeddings).max(1);
+        let mut capabilities = vec![FeatureFlag::Streaming, FeatureFlag::Batch, FeatureFlag::PromptCache];
+        if !template.is_fallback() {
+            capabilities.push(FeatureFlag::Chat);
+        }
+        if quantization.is_some() {
+            capabilities.push(FeatureFlag::Quantization);
+        }
+        let id = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let default_params = if is_gguf {
+            GenerateParams::default()
+        } else {
+            generation_defaults(path)
+        };
+        let config = ModelConfiguration {
+            id,
+            source,
+            revision: None,
+            model_type: ModelType::Llm,
+            architecture: cfg.model_type.clone(),
+            quantization,
+            context_length,
+            default_params,
+            capabilities,
+        };
+        Ok(LlmModel {
+            transformer,
+            tokenizer,
+            template,
+            config,
+        })
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The transformer (for benchmarks and parity tests).
+    pub fn transformer(&self) -> &Transformer {
+        &self.transformer
+    }
+
+    /// Renders and tokenizes a prompt.
+    pub fn encode_prompt(&self, prompt: &Prompt) -> Result<Vec<u32>> {
+        match prompt {
+            Prompt::Text(t) => Ok(self.tokenizer.encode(t, true)?),
+            Prompt::Chat(messages) => {
+                if messages.is_empty() {
+                    return Err(EngineError::InvalidParameter(
+                        "the chat has no messages; add a user message".into(),
+                    ));
+                }
+                let opts = RenderOptions {
+                    add_generation_prompt: true,
+                    bos_token: self.tokenizer.bos_token(),
+                    eos_token: self.tokenizer.eos_token(),
+                    ..Default::default()
+                };
+                let text = self.template.render(messages, &opts)?;
+                // The template writes BOS itself when the model wants one.
+                Ok(self.tokenizer.encode(&text, false)?)
+            }
+        }
+    }
+
+    /// Starts a generation from token ids, optionally continuing a cache.
+    pub fn generate_from_tokens<'a>(
+        &'a self,
+        prompt: &[u32],
+        params: &GenerateParams,
+        state: Option<&'a mut CacheState>,
+    ) -> Result<Generator<'a>> {
+        Generator::new(
+            &self.transformer,
+            &self.tokenizer,
+            prompt,
+            params,
+            self.config.context_length,
+            state,
+        )
+    }
+
+    /// Logits (L, vocab) of every position of `tokens`, in one pass (parity tests).
+    pub fn logits(&self, tokens: &[u32]) -> Result<Array> {
+        let ids = Array::from_slice(tokens, &[1, tokens.len()]).map_err(be)?;
+        let mut cache = self.transformer.new_cache();
+        let l = self
+            .transformer
+            .forward(&ids, &mut cache, &MaskSpec::default(), false)
+            .map_err(be)?;
+        l.squeeze(0).map_err(be)
+    }
+
+    /// Greedy-decodes several prompts at once (left-padded into one batch).
+    /// Returns each prompt's generated tokens, cut at its first EOS.
+    pub fn generate_batch(&self, prompts: &[Vec<u32>], max_tokens: usize) -> Result<Vec<Vec<u32>>> {
+        if prompts.is_empty() {
+            return Ok(Vec::new());
+        }
+        if prompts.iter().any(Vec::is_empty) {
+            return Err(EngineError::InvalidParameter("a prompt in the batch is empty".into()));
+        }
+        let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        if longest + max_tokens > self.config.context_length {
+            return Err(EngineError::ContextOverflow {
+                prompt_tokens: longest + max_tokens,
+                context_length: self.config.context_length,
+            });
+        }
+        let b = prompts.len();
+        let pads: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
+        let pad_id = self.tokenizer.eos_token_ids().first().copied().unwrap_or(0);
+        let mut ids = Vec::with_capacity(b * longest);
+        for (p, &pad) in prompts.iter().zip(&pads) {
+            ids.extend(std::iter::repeat_n(pad_id, pad));
+            ids.extend_from_slice(p);
+        }
+        let mask = MaskSpec {
+            left_padding: Some(pads),
+        };
+        let mut cache = self.transformer.new_cache();
+        let mut input = Array::from_slice(&ids, &[b, longest]).map_err(be)?;
+        let mut out = vec![Vec::new(); b];
+        let mut finished = vec![false; b];
+        for _ in 0..max_tokens {
+            let logits = self.transformer.forward(&input, &mut cache, &mask, true).map_err(be)?;
+            let next = logits
+                .squeeze(1)
+                .map_err(be)?
+                .argmax(-1, false)
+                .map_err(be)?
+                .astype(Dtype::Uint32)
+                .map_err(be)?;
+            let tokens = next.to_vec::<u32>().map_err(be)?;
+            for (i, &t) in tokens.iter().enumerate() {
+                if finished[i] {
+                    continue;
+                }
+                if self.tokenizer.is_eos(t) {
+                    finished[i] = true;
+                } else {
+                    out[i].push(t);
+                }
+            }
+            if finished.iter().all(|&f| f) {
+                break;
+            }
+            input = next.reshape(&[b as i32, 1]).map_err(be)?;
+        }
+        Ok(out)
+    }
+
+    /// A multi-turn chat that keeps its KV cache between turns.
+    pub fn chat(&self, system: Option<&str>) -> ChatSession<'_> {
+        let messages = system.map(|s| vec![ChatMessage::new("system", s)]).unwrap_or_default();
+        ChatSession {
+            model: self,
+            messages,
+            state: CacheState::default(),
+        }
+    }
+}
+
+impl TextGenerator for LlmModel {
+    fn configuration(&self) -> &ModelConfiguration {
+        &self.config
+    }
+
+    fn stream<'a>(
+        &'a mut self,
+        prompt: &Prompt,
+        params: &GenerateParams,
+    ) -> Result<Box<dyn Iterator<Item = Result<StreamEvent>> + 'a>> {
+        let tokens = self.encode_prompt(prompt)?;
+        Ok(Box::new(self.generate_from_tokens(&tokens, params, None)?))
+    }
+}
+
+/// A conversation whose KV cache survives between turns: each turn only
+/// processes the tokens the cache does not already hold.
+pub struct ChatSession<'m> {
+    model: &'m LlmModel,
+    messages: Vec<ChatMessage>,
+    state: CacheState,
+}
+
+impl<'m> ChatSession<'m> {
+    /// Adds a user message and streams the reply. Call [`Self::record_reply`]
+    /// with the full reply text when the stream ends.
+    pub fn send<'s>(&'s mut self, user: &str, params: &GenerateParams) -> Result<Generator<'s>> {
+        self.messages.push(ChatMessage::new("user", user));
+        let tokens = match self.model.encode_prompt(&Prompt::Chat(self.messages.clone())) {
+            Ok(t) => t,
+            Err(e) => {
+                self.messages.pop();
+                return Err(e);
+            }
+        };
+        self.model.generate_from_tokens(&tokens, params, Some(&mut self.state))
+    }
+
+    /// Records the assistant's reply so the next turn includes it.
+    pub fn record_reply(&mut self, text: &str) {
+        self.messages.push(ChatMessage::new("assistant", text));
+    }
+
+    /// The conversation so far.
+    pub fn messages(&self) -> &[ChatMessage] {
+        &self.messages
+    }
+
+    /// Tokens currently held in the KV cache.
+    pub fn cached_tokens(&self) -> usize {
+        self.state.tokens.len()
+    }
+}
+
+fn generation_defaults(dir: &Path) -> GenerateParams {
+    let mut p = GenerateParams::default();
+    let Ok(text) = std::fs::read_to_string(dir.join("generation_config.json")) else {
+        return p;
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return p;
+    };
+    if let Some(t) = v.get("temperature").and_then(|x| x.as_f64()) {
+        p.temperature = t as f32;
+    }
+    if let Some(t) = v.get("top_p").and_then(|x| x.as_f64()) {
+        p.top_p = t as f32;
+    }
+    if let Some(k) = v.get("top_k").and_then(|x| x.as_u64()) {
+        p.top_k = k as usize;
+    }
+    if let Some(r) = v.get("repetition_penalty").and_then(|x| x.as_f64()) {
+        p.repetition_penalty = r as f32;
+    }
+    if v.get("do_sample").and_then(|x| x.as_bool()) == Some(false) {
+        p.temperature = 0.0;
+    }
+    p
+}

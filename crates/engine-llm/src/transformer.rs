@@ -1,0 +1,461 @@
+//! The decoder-only transformer every architecture here is a variant of:
+//! attention with GQA + RoPE + KV cache, a gated MLP, RMS norms. Each
+//! architecture file sets the [`ArchFeatures`] that make it itself.
+
+use crate::cache::KvCache;
+use crate::config::LlmConfig;
+use engine_mlx::fast::{scaled_dot_product_attention, AttentionMask};
+use engine_mlx::nn::{join, Embedding, Linear, RmsNorm, Rope, RopeScaling};
+use engine_mlx::{where_, Array, Dtype, Result, WeightMap};
+
+/// The MLP's gate activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// SiLU (Llama, Qwen, Mistral, Phi-3).
+    Silu,
+    /// GELU, tanh approximation (Gemma).
+    GeluApprox,
+}
+
+/// What distinguishes one architecture from the plain Llama layout.
+#[derive(Debug, Clone)]
+pub struct ArchFeatures {
+    /// q/k/v projections have biases (Qwen2).
+    pub qkv_bias: bool,
+    /// RMS norm on queries and keys per head (Qwen3, Gemma 3).
+    pub qk_norm: bool,
+    /// Norm weights are stored as `scale - 1` (Gemma).
+    pub norm_offset: bool,
+    /// Extra norms after attention and around the MLP (Gemma 2/3).
+    pub sandwich_norms: bool,
+    /// Embeddings are multiplied by √hidden (Gemma).
+    pub embed_scale: bool,
+    /// MLP activation.
+    pub activation: Activation,
+    /// Softmax scale of attention.
+    pub attn_scale: f32,
+    /// `tanh` soft-capping of attention scores (Gemma 2).
+    pub attn_softcap: Option<f32>,
+    /// `tanh` soft-capping of the final logits (Gemma 2).
+    pub final_softcap: Option<f32>,
+    /// Per layer: sliding window size, or `None` for full attention.
+    pub layer_windows: Vec<Option<usize>>,
+    /// Per layer: RoPE base (Gemma 3 uses a smaller one on local layers).
+    pub layer_rope_base: Vec<f32>,
+}
+
+impl ArchFeatures {
+    /// The plain Llama layout for a config.
+    pub fn llama(cfg: &LlmConfig) -> ArchFeatures {
+        ArchFeatures {
+            qkv_bias: false,
+            qk_norm: false,
+            norm_offset: false,
+            sandwich_norms: false,
+            embed_scale: false,
+            activation: Activation::Silu,
+            attn_scale: (cfg.head_dim as f32).powf(-0.5),
+            attn_softcap: None,
+            final_softcap: None,
+            layer_windows: vec![None; cfg.num_layers],
+            layer_rope_base: vec![cfg.rope_theta; cfg.num_layers],
+        }
+    }
+}
+
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    rope: Rope,
+    window: Option<usize>,
+}
+
+struct Mlp {
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+struct Layer {
+    attn: Attention,
+    mlp: Mlp,
+    input_norm: RmsNorm,
+    post_attn_norm: RmsNorm,
+    /// Gemma's pre/post feed-forward norms (with `sandwich_norms`).
+    ff_norms: Option<(RmsNorm, RmsNorm)>,
+}
+
+/// A loaded decoder-only transformer.
+pub struct Transformer {
+    cfg: LlmConfig,
+    features: ArchFeatures,
+    embed: Embedding,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    lm_head: Option<Linear>,
+}
+
+/// Per-call attention masking: causal, plus optional left padding per row.
+#[derive(Debug, Clone, Default)]
+pub struct MaskSpec {
+    /// Padding positions at the start of each batch row's full sequence.
+    pub left_padding: Option<Vec<usize>>,
+}
+
+impl Transformer {
+    /// Loads from HF-named weights (after the architecture's sanitize step).
+    pub fn load(cfg: LlmConfig, features: ArchFeatures, w: &WeightMap) -> Result<Transformer> {
+        let (d, hd) = (cfg.hidden_size, cfg.head_dim);
+        let (nh, nkv) = (cfg.num_heads, cfg.num_kv_heads);
+        let norm = |p: &str, dim: usize| {
+            if features.norm_offset {
+                RmsNorm::load_offset(w, p, dim, cfg.rms_norm_eps)
+            } else {
+                RmsNorm::load(w, p, dim, cfg.rms_norm_eps)
+            }
+        };
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for i in 0..cfg.num_layers {
+            let p = format!("model.layers.{i}");
+            let a = join(&p, "self_attn");
+            let m = join(&p, "mlp");
+            let scaling = if features.layer_rope_base[i] == cfg.rope_theta {
+                cfg.rope_scaling.clone()
+            } else {
+                RopeScaling::None
+            };
+            let attn = Attention {
+                q: Linear::load(w, &join(&a, "q_proj"), d, nh * hd, features.qkv_bias)?,
+                k: Linear::load(w, &join(&a, "k_proj"), d, nkv * hd, features.qkv_bias)?,
+                v: Linear::load(w, &join(&a, "v_proj"), d, nkv * hd, features.qkv_bias)?,
+                o: Linear::load(w, &join(&a, "o_proj"), nh * hd, d, false)?,
+                q_norm: features.qk_norm.then(|| norm(&join(&a, "q_norm"), hd)).transpose()?,
+                k_norm: features.qk_norm.then(|| norm(&join(&a, "k_norm"), hd)).transpose()?,
+                rope: Rope::new(hd as i32, cfg.rope_traditional, features.layer_rope_base[i], &scaling)?,
+                window: features.layer_windows[i],
+            };
+            let mlp = Mlp {
+                gate: Linear::load(w, &join(&m, "gate_proj"), d, cfg.intermediate_size, false)?,
+                up: Linear::load(w, &join(&m, "up_proj"), d, cfg.intermediate_size, false)?,
+                down: Linear::load(w, &join(&m, "down_proj"), cfg.intermediate_size, d, false)?,
+            };
+            let ff_norms = if features.sandwich_norms {
+                Some((
+                    norm(&join(&p, "pre_feedforward_layernorm"), d)?,
+                    norm(&join(&p, "post_feedforward_layernorm"), d)?,
+                ))
+            } else {
+                None
+            };
+            layers.push(Layer {
+                attn,
+                mlp,
+                input_norm: norm(&join(&p, "input_layernorm"), d)?,
+                post_attn_norm: norm(&join(&p, "post_attention_layernorm"), d)?,
+                ff_norms,
+            });
+        }
+        let embed = Embedding::load(w, "model.embed_tokens", cfg.vocab_size, d)?;
+        let lm_head = if cfg.tie_word_embeddings && !w.contains("lm_head.weight") {
+            None
+        } else {
+            Some(Linear::load(w, "lm_head", d, cfg.vocab_size, false)?)
+        };
+        let norm = norm("model.norm", d)?;
+        Ok(Transformer {
+            cfg,
+            features,
+            embed,
+            layers,
+            norm,
+            lm_head,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LlmConfig {
+        &self.cfg
+    }
+
+    /// The architecture features.
+    pub fn features(&self) -> &ArchFeatures {
+        &self.features
+    }
+
+    /// Fresh caches, one per layer (sliding where the layer has a window).
+    pub fn new_cache(&self) -> Vec<KvCache> {
+        self.layers
+            .iter()
+            .map(|l| l.attn.window.map_or_else(KvCache::new, KvCache::sliding))
+            .collect()
+    }
+
+    /// Whether any weight is quantized.
+    pub fn is_quantized(&self) -> bool {
+        self.layers.iter().any(|l| l.attn.q.is_quantized()) || matches!(self.embed, Embedding::Quantized(_))
+    }
+
+    /// The quantization of the attention projections, if quantized.
+    pub fn quantization(&self) -> Option<engine_mlx::quant::QuantSpec> {
+        match &self.layers.first()?.attn.q {
+            Linear::Quantized { q, .. } => Some(q.spec),
+            Linear::Dense { .. } => None,
+        }
+    }
+
+    /// Converts every weight to dense `dtype` (the CPU policy: f32 + BLAS).
+    pub fn convert(&mut self, dtype: Dtype) -> Result<()> {
+        let lin = |l: &mut Linear| -> Result<()> {
+            *l = l.dequantized(dtype)?;
+            Ok(())
+        };
+        for layer in &mut self.layers {
+            for l in [
+                &mut layer.attn.q,
+                &mut layer.attn.k,
+                &mut layer.attn.v,
+                &mut layer.attn.o,
+            ] {
+                lin(l)?;
+            }
+            for l in [&mut layer.mlp.gate, &mut layer.mlp.up, &mut layer.mlp.down] {
+                lin(l)?;
+            }
+            for n in [&mut layer.input_norm, &mut layer.post_attn_norm] {
+                *n = n.cast(dtype)?;
+            }
+            if let Some((a, b)) = &mut layer.ff_norms {
+                *a = a.cast(dtype)?;
+                *b = b.cast(dtype)?;
+            }
+            for n in [&mut layer.attn.q_norm, &mut layer.attn.k_norm].into_iter().flatten() {
+                *n = n.cast(dtype)?;
+            }
+        }
+        self.embed = self.embed.dequantized(dtype)?;
+        self.norm = self.norm.cast(dtype)?;
+        if let Some(h) = &mut self.lm_head {
+            lin(h)?;
+        }
+        self.eval_weights()
+    }
+
+    /// Materialises all weights (so loading cost is paid once, up front).
+    pub fn eval_weights(&self) -> Result<()> {
+        engine_mlx::eval(self.arrays())
+    }
+
+    fn arrays(&self) -> Vec<&Array> {
+        let mut v = self.embed.arrays();
+        for l in &self.layers {
+            for lin in [
+                &l.attn.q,
+                &l.attn.k,
+                &l.attn.v,
+                &l.attn.o,
+                &l.mlp.gate,
+                &l.mlp.up,
+                &l.mlp.down,
+            ] {
+                v.extend(lin.arrays());
+            }
+            v.push(&l.input_norm.weight);
+            v.push(&l.post_attn_norm.weight);
+            if let Some((a, b)) = &l.ff_norms {
+                v.extend([&a.weight, &b.weight]);
+            }
+            v.extend(l.attn.q_norm.iter().chain(l.attn.k_norm.iter()).map(|n| &n.weight));
+        }
+        v.push(&self.norm.weight);
+        if let Some(h) = &self.lm_head {
+            v.extend(h.arrays());
+        }
+        v
+    }
+
+    /// Bytes of all weights.
+    pub fn weight_bytes(&self) -> usize {
+        self.arrays().iter().map(|a| a.nbytes()).sum()
+    }
+
+    /// Runs token ids (B, L) through the model, updating `cache`, and returns
+    /// logits (B, L, vocab) — or only the last position's when `last_only`.
+    pub fn forward(&self, ids: &Array, cache: &mut [KvCache], mask: &MaskSpec, last_only: bool) -> Result<Array> {
+        let mut h = self.embed.forward(ids)?;
+        if self.features.embed_scale {
+            // Gemma rounds √hidden through bf16 before scaling.
+            let s = Array::scalar((self.cfg.hidden_size as f64).sqrt(), Dtype::Bfloat16)?.astype(h.dtype())?;
+            h = h.multiply(&s)?;
+        }
+        for (layer, c) in self.layers.iter().zip(cache.iter_mut()) {
+            h = self.layer_forward(layer, &h, c, mask)?;
+        }
+        if last_only {
+            let l = h.dim(1) as i32;
+            h = h.slice_axis(1, l - 1, l)?;
+        }
+        let h = self.norm.forward(&h)?;
+        let mut logits = match &self.lm_head {
+            Some(head) => head.forward(&h)?,
+            None => self.embed.as_linear(&h)?,
+        };
+        if let Some(cap) = self.features.final_softcap {
+            logits = logits.mul_scalar(1.0 / cap as f64)?.tanh()?.mul_scalar(cap as f64)?;
+        }
+        Ok(logits)
+    }
+
+    fn layer_forward(&self, layer: &Layer, x: &Array, cache: &mut KvCache, mask: &MaskSpec) -> Result<Array> {
+        let r = self.attention(&layer.attn, &layer.input_norm.forward(x)?, cache, mask)?;
+        match &layer.ff_norms {
+            Some((pre, post)) => {
+                let h = x.add(&layer.post_attn_norm.forward(&r)?)?;
+                let m = self.mlp(&layer.mlp, &pre.forward(&h)?)?;
+                h.add(&post.forward(&m)?)
+            }
+            None => {
+                let h = x.add(&r)?;
+                h.add(&self.mlp(&layer.mlp, &layer.post_attn_norm.forward(&h)?)?)
+            }
+        }
+    }
+
+    fn mlp(&self, m: &Mlp, x: &Array) -> Result<Array> {
+        let g = m.gate.forward(x)?;
+        let g = match self.features.activation {
+            Activation::Silu => g.silu()?,
+            Activation::GeluApprox => g.gelu_approx()?,
+        };
+        m.down.forward(&g.multiply(&m.up.forward(x)?)?)
+    }
+
+    fn attention(&self, a: &Attention, x: &Array, cache: &mut KvCache, mask: &MaskSpec) -> Result<Array> {
+        let s = x.shape_i32();
+        let (b, l) = (s[0], s[1]);
+        let hd = self.cfg.head_dim as i32;
+        let heads = |t: Array, n: usize, norm: &Option<RmsNorm>| -> Result<Array> {
+            let t = t.reshape(&[b, l, n as i32, hd])?;
+            let t = match norm {
+                Some(nm) => nm.forward(&t)?,
+                None => t,
+            };
+            t.transpose(&[0, 2, 1, 3])
+        };
+        let q = heads(a.q.forward(x)?, self.cfg.num_heads, &a.q_norm)?;
+        let k = heads(a.k.forward(x)?, self.cfg.num_kv_heads, &a.k_norm)?;
+        let v = heads(a.v.forward(x)?, self.cfg.num_kv_heads, &None)?;
+        let offset = cache.offset();
+        let held_before = cache.held();
+        let q = a.rope.forward(&q, offset)?;
+        let k = a.rope.forward(&k, offset)?;
+        let (k, v) = cache.update(&k, &v)?;
+        // Keys visible now: `held_before` cached positions, then the `l` new ones.
+        let first_key_pos = offset - held_before;
+        let mask_arr = self.build_mask(
+            l as usize,
+            offset,
+            first_key_pos,
+            held_before + l as usize,
+            a.window,
+            mask,
+            q.dtype(),
+        )?;
+        let scale = self.features.attn_scale;
+        let out = match self.features.attn_softcap {
+            Some(cap) => self.softcapped_attention(&q, &k, &v, scale, cap, mask_arr.as_ref(), l as usize)?,
+            None => {
+                let m = match &mask_arr {
+                    Some(MaskKind::Array(arr)) => AttentionMask::Array(arr),
+                    Some(MaskKind::Causal) => AttentionMask::Causal,
+                    None => AttentionMask::None,
+                };
+                scaled_dot_product_attention(&q, &k, &v, scale, m)?
+            }
+        };
+        a.o.forward(&out.transpose(&[0, 2, 1, 3])?.reshape(&[b, l, -1])?)
+    }
+
+    /// Chooses the cheapest correct mask: none for a lone decode step,
+    /// MLX's built-in causal mode when possible, an explicit boolean array
+    /// for windows and padding.
+    #[allow(clippy::too_many_arguments)]
+    fn build_mask(
+        &self,
+        l: usize,
+        q_start: usize,
+        k_start: usize,
+        t: usize,
+        window: Option<usize>,
+        spec: &MaskSpec,
+        _dtype: Dtype,
+    ) -> Result<Option<MaskKind>> {
+        let window_bites = window.is_some_and(|w| q_start + l - k_start > w);
+        if spec.left_padding.is_none() && !window_bites {
+            return Ok(if l == 1 { None } else { Some(MaskKind::Causal) });
+        }
+        let pads = spec.left_padding.clone().unwrap_or_else(|| vec![0]);
+        let rows = pads.len();
+        let mut m = vec![0u8; rows * l * t];
+        for (r, &pad) in pads.iter().enumerate() {
+            for i in 0..l {
+                let qp = q_start + i;
+                for j in 0..t {
+                    let kp = k_start + j;
+                    // A padding query attends to itself only, so no row is fully
+                    // masked (that would give NaN, which 0-weights do not cancel).
+                    let ok = (kp <= qp && window.is_none_or(|w| qp - kp < w) && kp >= pad) || (qp < pad && kp == qp);
+                    m[(r * l + i) * t + j] = ok as u8;
+                }
+            }
+        }
+        let arr = Array::from_slice(&m, &[rows, 1, l, t])?.astype(Dtype::Bool)?;
+        Ok(Some(MaskKind::Array(arr)))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn softcapped_attention(
+        &self,
+        q: &Array,
+        k: &Array,
+        v: &Array,
+        scale: f32,
+        cap: f32,
+        mask: Option<&MaskKind>,
+        l: usize,
+    ) -> Result<Array> {
+        let (b, hq, hd) = (q.dim(0) as i32, q.dim(1) as i32, q.dim(3) as i32);
+        let hkv = k.dim(1) as i32;
+        let rep = hq / hkv;
+        let t = k.dim(2);
+        // (B, Hkv, rep, L, D) against (B, Hkv, 1, T, D): grouped heads without copying keys.
+        let q = q.mul_scalar(scale as f64)?.reshape(&[b, hkv, rep, l as i32, hd])?;
+        let (k, v) = (k.expand_dims(2)?, v.expand_dims(2)?);
+        let scores = q.matmul(&k.swapaxes(-1, -2)?)?;
+        let scores = scores.mul_scalar(1.0 / cap as f64)?.tanh()?.mul_scalar(cap as f64)?;
+        let allowed = match mask {
+            Some(MaskKind::Array(a)) => Some(a.expand_dims(1)?),
+            Some(MaskKind::Causal) => {
+                let off = (t - l) as f64;
+                let qi = Array::arange(off, off + l as f64, 1.0, Dtype::Int32)?.reshape(&[l as i32, 1])?;
+                let kj = Array::arange(0.0, t as f64, 1.0, Dtype::Int32)?.reshape(&[1, t as i32])?;
+                Some(qi.greater_equal(&kj)?)
+            }
+            None => None,
+        };
+        let scores = match allowed {
+            Some(m) => where_(&m, &scores, &Array::scalar(f32::MIN as f64, scores.dtype())?)?,
+            None => scores,
+        };
+        let p = scores.softmax(&[-1], true)?;
+        p.matmul(&v)?.reshape(&[b, hq, l as i32, hd])
+    }
+}
+
+enum MaskKind {
+    Causal,
+    Array(Array),
+}
