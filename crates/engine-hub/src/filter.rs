@@ -75,6 +75,22 @@ impl FileFilter {
     }
 }
 
+impl std::fmt::Display for FileFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.allow.is_empty(), self.ignore.is_empty()) {
+            (true, true) => f.write_str("all files"),
+            (false, true) => write!(f, "files matching {}", self.allow.join(", ")),
+            (true, false) => write!(f, "all files except {}", self.ignore.join(", ")),
+            (false, false) => write!(
+                f,
+                "files matching {} except {}",
+                self.allow.join(", "),
+                self.ignore.join(", ")
+            ),
+        }
+    }
+}
+
 /// `dir/` means everything below `dir/` (as `huggingface_hub` does).
 fn expand(p: &str) -> String {
     if p.ends_with('/') {

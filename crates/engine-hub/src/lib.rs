@@ -190,9 +190,9 @@ impl HubClient {
     ) -> Result<Snapshot> {
         validate_revision(revision)?;
         if self.config.offline {
-            return self.cached_snapshot(repo, revision, filter).ok_or_else(|| {
-                self.offline_err(format!("`{repo}` at revision `{revision}` (files matching {filter:?})"))
-            });
+            return self
+                .cached_snapshot(repo, revision, filter)
+                .ok_or_else(|| self.offline_err(format!("`{repo}` at revision `{revision}` ({filter})")));
         }
         let info = match self.model_info(repo, revision) {
             Ok(i) => i,
@@ -211,7 +211,7 @@ impl HubClient {
             return Err(HubError::EntryNotFound {
                 repo: repo.to_string(),
                 revision: revision.to_string(),
-                file: format!("(no file matches {filter:?})"),
+                file: format!("(nothing matches: {filter})"),
             });
         }
         self.pull_files(repo, revision, &info, &selected, progress)

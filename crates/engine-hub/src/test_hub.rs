@@ -5,10 +5,12 @@
 //!
 //! - `GET /api/models?search=&author=&filter=&pipeline_tag=&sort=&direction=&limit=`
 //! - `GET /api/models/{org}/{name}[/revision/{rev}][?blobs=true]`
+//! - `GET /api/models/{org}/{name}/tree/{rev}[/{dir}][?recursive=true]`
 //! - `HEAD|GET /{org}/{name}/resolve/{rev}/{file}`: small files are served
 //!   directly with `ETag` (git blob id) and `X-Repo-Commit`; LFS files answer
-//!   `302` to `/cdn-lfs/{sha256}` with `X-Linked-Etag` and `X-Linked-Size`,
-//!   like the real hub's redirect to its CDN.
+//!   `302` to `http://localhost:PORT/cdn-lfs/{sha256}` (another origin, as
+//!   the real hub's CDN is another host) with `X-Linked-Etag` and
+//!   `X-Linked-Size`.
 //! - `GET /cdn-lfs/{sha256}`: the content, with `Range` support.
 //!
 //! Revisions are `main` and the commit hash (derived from the files).
@@ -163,8 +165,9 @@ impl TestHubBuilder {
         self.lfs_threshold = bytes;
         self
     }
-    /// Base URL LFS redirects point to (default: this hub). Point it at a
-    /// second hub to play a CDN on another origin.
+    /// Base URL LFS redirects point to (default: this hub as
+    /// `http://localhost:PORT`, another origin than `http://127.0.0.1:PORT`).
+    /// Point it at a second hub to play a CDN on another port.
     pub fn cdn_base(mut self, url: impl Into<String>) -> Self {
         self.cdn_base = Some(url.into().trim_end_matches('/').to_string());
         self
@@ -181,7 +184,10 @@ impl TestHubBuilder {
         let url = format!("http://127.0.0.1:{port}");
         let state = Arc::new(State {
             root: self.root,
-            cdn_base: self.cdn_base.unwrap_or_else(|| url.clone()),
+            // Another host name for the same socket: like the real hub's CDN, LFS
+            // redirects leave the endpoint's origin (clients must not follow them
+            // for metadata, nor send the token there).
+            cdn_base: self.cdn_base.unwrap_or_else(|| format!("http://localhost:{port}")),
             lfs_threshold: self.lfs_threshold,
             token: self.token,
             faults: Mutex::new(Faults::default()),
@@ -595,6 +601,9 @@ fn route(state: &State, req: &Request) -> Resp {
         ["api", "models"] => search(state, &params),
         ["api", "models", org, name] => info(state, &format!("{org}/{name}"), "main", &params),
         ["api", "models", org, name, "revision", rev] => info(state, &format!("{org}/{name}"), rev, &params),
+        ["api", "models", org, name, "tree", rev, dir @ ..] => {
+            tree(state, &format!("{org}/{name}"), rev, &dir.join("/"), &params)
+        }
         [org, name, "resolve", rev, file @ ..] if !file.is_empty() => {
             resolve(state, req, &format!("{org}/{name}"), rev, &file.join("/"))
         }
@@ -722,6 +731,50 @@ fn info(state: &State, repo: &str, rev: &str, params: &[(String, String)]) -> Re
             "usedStorage": files.iter().map(|f| f.hashes.len).sum::<u64>(),
         }),
     )
+}
+
+/// `GET /api/models/{repo}/tree/{rev}[/{dir}][?recursive=true]`, as
+/// `huggingface_hub.snapshot_download` lists files.
+fn tree(state: &State, repo: &str, rev: &str, dir: &str, params: &[(String, String)]) -> Resp {
+    let (files, _) = match lookup(state, repo, rev) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let recursive = params
+        .iter()
+        .any(|(k, v)| k == "recursive" && (v == "true" || v == "1"));
+    let prefix = if dir.is_empty() {
+        String::new()
+    } else {
+        format!("{}/", dir.trim_end_matches('/'))
+    };
+    let mut dirs = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for f in files.iter().filter(|f| f.name.starts_with(&prefix)) {
+        let rest = &f.name[prefix.len()..];
+        // Every folder between `dir` and the file.
+        let parts: Vec<&str> = rest.split('/').collect();
+        for i in 1..parts.len() {
+            if recursive || i == 1 {
+                dirs.insert(format!("{prefix}{}", parts[..i].join("/")));
+            }
+        }
+        if !recursive && parts.len() > 1 {
+            continue;
+        }
+        let mut e = json!({ "type": "file", "oid": f.hashes.blob_id, "size": f.hashes.len, "path": f.name });
+        if let Some(sha) = &f.hashes.sha256 {
+            e["lfs"] = json!({ "oid": sha, "size": f.hashes.len, "pointerSize": lfs_pointer(sha, f.hashes.len).len() });
+        }
+        out.push(e);
+    }
+    for d in dirs {
+        out.push(json!({ "type": "directory", "oid": git_blob_id(d.as_bytes()), "size": 0, "path": d }));
+    }
+    for extra in &lock(&state.faults).extra_names {
+        out.push(json!({ "type": "file", "oid": git_blob_id(b"pwned\n"), "size": 6, "path": extra }));
+    }
+    Resp::json(200, &Value::Array(out))
 }
 
 fn resolve(state: &State, req: &Request, repo: &str, rev: &str, file: &str) -> Resp {
