@@ -249,13 +249,16 @@ impl Array {
                 T::DTYPE
             )));
         }
-        let bytes = ffi::to_bytes(&self.inner).op("to_vec")?;
-        Ok(bytemuck::pod_collect_to_vec(&bytes))
+        let mut out = vec![<T as bytemuck::Zeroable>::zeroed(); self.size()];
+        ffi::copy_bytes(&self.inner, bytemuck::cast_slice_mut(&mut out)).op("to_vec")?;
+        Ok(out)
     }
 
     /// Evaluates and returns the raw bytes, row-major.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        ffi::to_bytes(&self.inner).op("to_bytes")
+        let mut out = vec![0u8; self.nbytes()];
+        ffi::copy_bytes(&self.inner, &mut out).op("to_bytes")?;
+        Ok(out)
     }
 
     /// Converts to f32 and copies the elements out.

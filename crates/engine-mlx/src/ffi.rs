@@ -30,7 +30,7 @@ pub(crate) mod bridge {
         fn dtype(a: &Array) -> u8;
         fn size(a: &Array) -> usize;
         fn nbytes(a: &Array) -> usize;
-        fn to_bytes(a: &Array) -> Result<Vec<u8>>;
+        fn copy_bytes(a: &Array, out: &mut [u8]) -> Result<()>;
         fn item_f64(a: &Array) -> Result<f64>;
         fn item_i64(a: &Array) -> Result<i64>;
         fn eval(l: &ArrayList) -> Result<()>;

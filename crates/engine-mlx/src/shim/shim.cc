@@ -1,4 +1,5 @@
 // Implementation of the engine-mlx bridge; see shim.h.
+#include <cstring>
 #include "engine-mlx/src/shim/shim.h"
 #include "engine-mlx/src/ffi.rs.h"
 
@@ -132,14 +133,16 @@ uint8_t dtype(const Array& a) { return from_dtype(a.dtype()); }
 size_t size(const Array& a) { return a.size(); }
 size_t nbytes(const Array& a) { return a.nbytes(); }
 
-rust::Vec<uint8_t> to_bytes(const Array& a) {
+// One memcpy into a buffer Rust allocated: rust::Vec::push_back costs several
+// FFI calls per byte (~10 ms per MB), too slow for activations.
+void copy_bytes(const Array& a, rust::Slice<uint8_t> out) {
   Array c = mx::contiguous(a);
   c.eval();
-  rust::Vec<uint8_t> out;
-  out.reserve(c.nbytes());
-  const uint8_t* p = c.data<uint8_t>();
-  for (size_t i = 0; i < c.nbytes(); ++i) out.push_back(p[i]);
-  return out;
+  if (c.nbytes() != out.size()) {
+    throw std::invalid_argument("copy_bytes: array has " + std::to_string(c.nbytes()) + " bytes, buffer " +
+                                std::to_string(out.size()));
+  }
+  if (c.nbytes() > 0) std::memcpy(out.data(), c.data<uint8_t>(), c.nbytes());
 }
 
 double item_f64(const Array& a) {

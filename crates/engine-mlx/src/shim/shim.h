@@ -58,7 +58,7 @@ rust::Vec<int32_t> shape(const Array& a);
 uint8_t dtype(const Array& a);
 size_t size(const Array& a);
 size_t nbytes(const Array& a);
-rust::Vec<uint8_t> to_bytes(const Array& a);
+void copy_bytes(const Array& a, rust::Slice<uint8_t> out);
 double item_f64(const Array& a);
 int64_t item_i64(const Array& a);
 void eval(const ArrayList& l);
