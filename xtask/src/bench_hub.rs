@@ -16,7 +16,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 
 const SIZE: u64 = 512 << 20;
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 const REPO: &str = "bench/hub512";
 const FILE: &str = "model.safetensors";
 

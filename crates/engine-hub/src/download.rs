@@ -26,7 +26,7 @@ use crate::http::{Ctx, Failure, Http};
 use crate::progress::Phase;
 
 /// Chunk size for socket reads and file writes.
-const CHUNK: usize = 4 << 20;
+const CHUNK: usize = 1 << 20;
 /// Least time between two `Downloading` reports.
 const REPORT_EVERY: Duration = Duration::from_millis(100);
 

@@ -136,6 +136,8 @@ struct State {
     /// sha256 → (file path, repo file name), filled as files are listed.
     lfs_index: Mutex<HashMap<String, (PathBuf, String)>>,
     meta: Mutex<HashMap<String, ModelMeta>>,
+    /// Connections accepted and not yet logged.
+    in_flight: std::sync::atomic::AtomicUsize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -195,6 +197,7 @@ impl TestHubBuilder {
             hashes: Mutex::new(HashMap::new()),
             lfs_index: Mutex::new(HashMap::new()),
             meta: Mutex::new(HashMap::new()),
+            in_flight: Default::default(),
         });
         let stop = Arc::new(AtomicBool::new(false));
         let (st, sp) = (state.clone(), stop.clone());
@@ -205,9 +208,17 @@ impl TestHubBuilder {
                 }
                 let Ok(conn) = conn else { continue };
                 let st = st.clone();
-                let _ = std::thread::Builder::new().name("test-hub-conn".into()).spawn(move || {
-                    let _ = handle(conn, &st);
+                st.in_flight.fetch_add(1, Ordering::SeqCst);
+                let spawned = std::thread::Builder::new().name("test-hub-conn".into()).spawn({
+                    let st = st.clone();
+                    move || {
+                        let _ = handle(conn, &st);
+                        st.in_flight.fetch_sub(1, Ordering::SeqCst);
+                    }
                 });
+                if spawned.is_err() {
+                    st.in_flight.fetch_sub(1, Ordering::SeqCst);
+                }
             }
         })?;
         Ok(TestHub {
@@ -271,13 +282,21 @@ impl TestHub {
         lock(&self.state.meta).insert(repo.to_string(), meta);
     }
 
-    /// Requests answered so far.
+    /// Requests answered so far. Waits (up to 5 s) for connections still
+    /// being served, since a client can finish reading a response before
+    /// the server thread has logged it.
     pub fn requests(&self) -> Vec<RequestRecord> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while self.state.in_flight.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
         lock(&self.state.log).clone()
     }
 
-    /// Forgets the recorded requests.
+    /// Forgets the recorded requests, once connections in flight are done
+    /// (up to 5 s), so none of them is logged after the clear.
     pub fn clear_requests(&self) {
+        self.requests();
         lock(&self.state.log).clear();
     }
 
