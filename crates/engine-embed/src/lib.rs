@@ -23,7 +23,8 @@
 
 pub mod bert;
 mod error;
-mod model;
+#[doc(hidden)]
+pub mod model;
 pub mod modernbert;
 mod pooling;
 
