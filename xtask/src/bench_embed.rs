@@ -98,7 +98,15 @@ pub fn run() -> Result<()> {
         bail!("{} is missing; run `cargo xtask fetch-models` first", model.display());
     }
     let status = Command::new("cargo")
-        .args(["build", "--release", "-q", "-p", "engine-embed", "--example", "embed_throughput"])
+        .args([
+            "build",
+            "--release",
+            "-q",
+            "-p",
+            "engine-embed",
+            "--example",
+            "embed_throughput",
+        ])
         .current_dir(&root)
         .status()?;
     if !status.success() {
@@ -116,7 +124,12 @@ pub fn run() -> Result<()> {
     for _ in 0..2 {
         engine = engine.max(per_s(Command::new(&exe).arg(&model).arg(&file).output()?, "engine")?);
         oracle = oracle.max(per_s(
-            Command::new(&python).arg("-c").arg(ORACLE).arg(&model).arg(&file).output()?,
+            Command::new(&python)
+                .arg("-c")
+                .arg(ORACLE)
+                .arg(&model)
+                .arg(&file)
+                .output()?,
             "sentence-transformers",
         )?);
     }

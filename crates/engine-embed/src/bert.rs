@@ -84,7 +84,7 @@ impl Bert {
                 what: format!("position_embedding_type `{}`", cfg.position_embedding_type),
             });
         }
-        if cfg.num_attention_heads == 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
+        if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
             return Err(EmbedError::BadConfig {
                 path: config_path.to_path_buf(),
                 reason: format!(

@@ -115,7 +115,13 @@ const ERF_NUM: [f32; 7] = [
     -2.954_6e-3,
     -1.609_603_3e-2,
 ];
-const ERF_DEN: [f32; 5] = [-1.456_607_2e-5, -2.133_740_6e-4, -1.682_827e-3, -7.373_329e-3, -1.426_474e-2];
+const ERF_DEN: [f32; 5] = [
+    -1.456_607_2e-5,
+    -2.133_740_6e-4,
+    -1.682_827e-3,
+    -7.373_329e-3,
+    -1.426_474e-2,
+];
 
 /// Exact (erf) GELU of one value, `0.5·x·(1 + erf(x/√2))`.
 #[inline]
@@ -250,9 +256,11 @@ pub(crate) fn load_encoder(dir: &Path, cfg: Value, arch: Architecture) -> Result
     };
     let weights = WeightMap::load_safetensors_dir(dir)?;
     Ok(match arch {
-        Architecture::Bert => {
-            Encoder::Bert(Bert::load(serde_json::from_value::<BertConfig>(cfg).map_err(bad)?, &weights, &config_path)?)
-        }
+        Architecture::Bert => Encoder::Bert(Bert::load(
+            serde_json::from_value::<BertConfig>(cfg).map_err(bad)?,
+            &weights,
+            &config_path,
+        )?),
         Architecture::ModernBert => Encoder::ModernBert(ModernBert::load(
             serde_json::from_value::<ModernBertConfig>(cfg).map_err(bad)?,
             &weights,

@@ -86,7 +86,7 @@ impl ModernBertConfig {
     fn is_global(&self, layer: usize) -> bool {
         match &self.layer_types {
             Some(t) => t.get(layer).is_none_or(|s| s != "sliding_attention"),
-            None => layer % self.global_attn_every_n_layers.max(1) == 0,
+            None => layer.is_multiple_of(self.global_attn_every_n_layers.max(1)),
         }
     }
 
@@ -133,9 +133,15 @@ pub struct ModernBert {
 
 fn norm(w: &WeightMap, prefix: &str, dim: usize, eps: f32, bias: bool) -> Result<LayerNorm> {
     Ok(LayerNorm {
-        weight: Some(w.get_shaped(&format!("{prefix}.weight"), &[dim])?.astype(Dtype::Float32)?),
+        weight: Some(
+            w.get_shaped(&format!("{prefix}.weight"), &[dim])?
+                .astype(Dtype::Float32)?,
+        ),
         bias: if bias {
-            Some(w.get_shaped(&format!("{prefix}.bias"), &[dim])?.astype(Dtype::Float32)?)
+            Some(
+                w.get_shaped(&format!("{prefix}.bias"), &[dim])?
+                    .astype(Dtype::Float32)?,
+            )
         } else {
             None
         },
@@ -147,7 +153,7 @@ impl ModernBert {
     /// Loads the weights, accepting both bare (`layers.…`) and task-model
     /// (`model.layers.…`) names.
     pub fn load(cfg: ModernBertConfig, w: &WeightMap, config_path: &Path) -> Result<ModernBert> {
-        if cfg.num_attention_heads == 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
+        if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
             return Err(EmbedError::BadConfig {
                 path: config_path.to_path_buf(),
                 reason: format!(

@@ -55,7 +55,9 @@ impl Pooling {
             return Err(unsupported("weighted-mean pooling".into()));
         }
         if cfg.get("include_prompt").and_then(Value::as_bool) == Some(false) {
-            return Err(unsupported("pooling that excludes the prompt (include_prompt: false)".into()));
+            return Err(unsupported(
+                "pooling that excludes the prompt (include_prompt: false)".into(),
+            ));
         }
         let chosen: Vec<Pooling> = modes.iter().filter(|(k, _)| on(k)).map(|&(_, p)| p).collect();
         match chosen.as_slice() {
@@ -82,10 +84,7 @@ impl Pooling {
         Ok(match self {
             Pooling::Cls => hidden.slice_axis(1, 0, 1)?.squeeze(1)?,
             Pooling::Mean => hidden.multiply(&m)?.sum(&[1], false)?.divide(&counts()?)?,
-            Pooling::MeanSqrtLen => hidden
-                .multiply(&m)?
-                .sum(&[1], false)?
-                .divide(&counts()?.sqrt()?)?,
+            Pooling::MeanSqrtLen => hidden.multiply(&m)?.sum(&[1], false)?.divide(&counts()?.sqrt()?)?,
             Pooling::Max => {
                 // sentence-transformers sets padding to -1e9 before the max.
                 let floor = Array::scalar(-1e9, hidden.dtype())?;
@@ -129,7 +128,12 @@ mod tests {
         assert_eq!(pool(Pooling::Max), vec![5.0, 6.0, 7.0, 0.5]);
         assert_eq!(pool(Pooling::LastToken), vec![5.0, 6.0, 7.0, -8.0]);
         let s = pool(Pooling::MeanSqrtLen);
-        let want = [9.0 / 3f32.sqrt(), 12.0 / 3f32.sqrt(), 6.0 / 2f32.sqrt(), -7.5 / 2f32.sqrt()];
+        let want = [
+            9.0 / 3f32.sqrt(),
+            12.0 / 3f32.sqrt(),
+            6.0 / 2f32.sqrt(),
+            -7.5 / 2f32.sqrt(),
+        ];
         for (a, b) in s.iter().zip(want) {
             assert!((a - b).abs() < 1e-5, "{s:?}");
         }
@@ -138,7 +142,10 @@ mod tests {
     #[test]
     fn normalize_gives_unit_rows_and_keeps_zero_rows_finite() {
         let x = Array::from_slice(&[3.0f32, 4.0, 0.0, 0.0], &[2, 2]).unwrap();
-        assert_eq!(l2_normalize(&x).unwrap().to_vec::<f32>().unwrap(), vec![0.6, 0.8, 0.0, 0.0]);
+        assert_eq!(
+            l2_normalize(&x).unwrap().to_vec::<f32>().unwrap(),
+            vec![0.6, 0.8, 0.0, 0.0]
+        );
     }
 
     #[test]
@@ -150,7 +157,10 @@ mod tests {
             cfg(json!({"pooling_mode_mean_tokens": true, "pooling_mode_cls_token": false})).unwrap(),
             Pooling::Mean
         );
-        assert_eq!(cfg(json!({"pooling_mode_lasttoken": true})).unwrap(), Pooling::LastToken);
+        assert_eq!(
+            cfg(json!({"pooling_mode_lasttoken": true})).unwrap(),
+            Pooling::LastToken
+        );
         assert!(matches!(cfg(json!({})), Err(EmbedError::BadConfig { .. })));
         let both = cfg(json!({"pooling_mode_cls_token": true, "pooling_mode_mean_tokens": true}));
         assert!(both.unwrap_err().to_string().contains("cls, mean"));

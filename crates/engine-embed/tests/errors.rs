@@ -32,7 +32,10 @@ fn causal_lm_is_not_an_encoder() {
     let e = load_err(tmp.path());
     assert!(matches!(e, EmbedError::NotAnEncoder { .. }), "{e:?}");
     let msg = e.to_string();
-    assert!(msg.contains("`llama`") && msg.contains("LlamaForCausalLM") && msg.contains("not a text encoder"), "{msg}");
+    assert!(
+        msg.contains("`llama`") && msg.contains("LlamaForCausalLM") && msg.contains("not a text encoder"),
+        "{msg}"
+    );
     assert!(msg.contains("supported: bert"), "{msg}");
 }
 
@@ -40,7 +43,11 @@ fn causal_lm_is_not_an_encoder() {
 fn gguf_file_of_an_llm_is_refused() {
     // The real SmolLM2 GGUF that `cargo xtask fetch-models` also fetches.
     let gguf = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(gguf.is_file(), "run `cargo xtask fetch-models` to fetch {}", gguf.display());
+    assert!(
+        gguf.is_file(),
+        "run `cargo xtask fetch-models` to fetch {}",
+        gguf.display()
+    );
     let e = load_err(&gguf);
     assert!(matches!(e, EmbedError::NotAFolder { .. }), "{e:?}");
     assert!(e.to_string().contains("config.json, model.safetensors"), "{e}");
@@ -63,7 +70,10 @@ fn missing_and_broken_files_are_named() {
     let tmp = tempfile::tempdir().unwrap();
     // No config.json at all.
     let e = load_err(tmp.path());
-    assert!(matches!(&e, EmbedError::MissingFile { path } if path.ends_with("config.json")), "{e:?}");
+    assert!(
+        matches!(&e, EmbedError::MissingFile { path } if path.ends_with("config.json")),
+        "{e:?}"
+    );
     // Broken JSON.
     write(tmp.path(), "config.json", "{ not json");
     assert!(matches!(load_err(tmp.path()), EmbedError::BadConfig { .. }));
@@ -95,7 +105,11 @@ fn unsupported_pipeline_modules_are_refused() {
             {"idx":1,"name":"1","path":"1_Pooling","type":"sentence_transformers.models.Pooling"},
             {"idx":2,"name":"2","path":"2_Dense","type":"sentence_transformers.models.Dense"}]"#,
     );
-    write(tmp.path(), "1_Pooling/config.json", r#"{"pooling_mode_mean_tokens": true}"#);
+    write(
+        tmp.path(),
+        "1_Pooling/config.json",
+        r#"{"pooling_mode_mean_tokens": true}"#,
+    );
     let e = load_err(tmp.path());
     assert!(matches!(e, EmbedError::UnsupportedPipeline { .. }), "{e:?}");
     assert!(e.to_string().contains("models.Dense"), "{e}");

@@ -81,7 +81,10 @@ fn mixed_sentences() -> Vec<String> {
     (0..64)
         .map(|i| {
             let n = 1 + (i * 37) % 120;
-            (0..n).map(|k| words[(i * 13 + k * 7) % words.len()]).collect::<Vec<_>>().join(" ")
+            (0..n)
+                .map(|k| words[(i * 13 + k * 7) % words.len()])
+                .collect::<Vec<_>>()
+                .join(" ")
         })
         .collect()
 }
@@ -91,9 +94,18 @@ fn batch_of_64_equals_one_by_one() -> R {
     let m = load();
     let texts = mixed_sentences();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let batched = m.embed_with(&refs, &EmbedOptions { batch_size: 64, ..Default::default() })?;
+    let batched = m.embed_with(
+        &refs,
+        &EmbedOptions {
+            batch_size: 64,
+            ..Default::default()
+        },
+    )?;
     let lens: Vec<usize> = batched.token_counts.clone();
-    assert!(lens.iter().min() < Some(&5) && lens.iter().max() > Some(&100), "mixed lengths: {lens:?}");
+    assert!(
+        lens.iter().min() < Some(&5) && lens.iter().max() > Some(&100),
+        "mixed lengths: {lens:?}"
+    );
     let default_batches = m.embed(&refs)?;
     let mut worst = 0f32;
     for (i, t) in refs.iter().enumerate() {
@@ -125,7 +137,13 @@ fn long_text_is_truncated_and_reported_or_refused() -> R {
         ..Default::default()
     };
     match m.embed_with(&[short, &long], &strict) {
-        Err(e @ EmbedError::TooLong { index: 1, tokens: 402, max_length: 256 }) => {
+        Err(
+            e @ EmbedError::TooLong {
+                index: 1,
+                tokens: 402,
+                max_length: 256,
+            },
+        ) => {
             assert!(e.to_string().contains("shorten it"), "{e}")
         }
         other => panic!("expected TooLong, got {other:?}"),
@@ -165,7 +183,10 @@ fn normalisation_can_be_turned_off() -> R {
     )?;
     let unit = m.embed(&["A cat sits on the mat"])?;
     let norm: f32 = raw.vectors[0].iter().map(|x| x * x).sum::<f32>().sqrt();
-    assert!((norm - 1.0).abs() > 0.01, "mean-pooled vector is not unit length: {norm}");
+    assert!(
+        (norm - 1.0).abs() > 0.01,
+        "mean-pooled vector is not unit length: {norm}"
+    );
     let rescaled: Vec<f32> = raw.vectors[0].iter().map(|x| x / norm).collect();
     assert!(max_abs_diff(&rescaled, &unit[0]) < 1e-6);
     Ok(())
