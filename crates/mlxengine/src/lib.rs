@@ -1,0 +1,187 @@
+//! MLXEngine: `load → generate / stream / embed` on MLX, with no ML plumbing.
+//!
+//! ```no_run
+//! use mlxengine::{ChatMessage, GenerateParams, InferenceEngine, Prompt, TextGenerator};
+//! let engine = InferenceEngine::new()?;
+//! let mut model = engine.load_text("SmolLM2-135M-Instruct.Q4_1.gguf", &mut |_| {})?;
+//! let reply = model.generate(&Prompt::Chat(vec![ChatMessage::new("user", "Hi!")]), &GenerateParams::greedy(32))?;
+//! println!("{}", reply.text);
+//! # Ok::<(), mlxengine::Error>(())
+//! ```
+//!
+//! Cargo features gate whole crates: `llm`, `embed`, `hub`, `device` (all on
+//! by default), `cuda`.
+#![warn(missing_docs)]
+
+pub use engine_core::{
+    ChatMessage, EngineError, FeatureFlag, FinishReason, GenerateParams, Generation, GenerationStats, LoadProgress,
+    MockTextGenerator, ModelConfiguration, ModelSource, ModelType, Prompt, StreamEvent, TextGenerator,
+};
+#[cfg(feature = "device")]
+pub use engine_device as device;
+#[cfg(feature = "embed")]
+pub use engine_embed::{cosine_similarity, EmbedOptions, Embedder};
+#[cfg(feature = "hub")]
+pub use engine_hub as hub;
+#[cfg(feature = "llm")]
+pub use engine_llm::{ChatSession, DtypePolicy, LlmModel, LoadOptions};
+pub use engine_mlx as mlx;
+
+use std::path::{Path, PathBuf};
+
+/// Errors of the facade: each wraps the failing layer's own message.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Loading or running a model failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// Embedding failed.
+    #[cfg(feature = "embed")]
+    #[error(transparent)]
+    Embed(#[from] engine_embed::EmbedError),
+    /// A download or cache operation failed.
+    #[cfg(feature = "hub")]
+    #[error(transparent)]
+    Hub(#[from] engine_hub::HubError),
+    /// Device or registry lookup failed (e.g. the model does not fit).
+    #[cfg(feature = "device")]
+    #[error(transparent)]
+    Device(#[from] engine_device::DeviceError),
+    /// The model name is neither a path, a registry id nor a repo id.
+    #[error("cannot find model `{0}`: it is not a local file or folder{1}")]
+    NotFound(String, &'static str),
+}
+
+/// Facade result.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What to report while a model is fetched and loaded.
+#[derive(Debug, Clone)]
+pub enum Progress {
+    /// Download progress (bytes done / total).
+    Download {
+        /// File being fetched.
+        file: String,
+        /// Bytes done across all files.
+        done: u64,
+        /// Bytes in all files.
+        total: u64,
+    },
+    /// Load progress.
+    Load(LoadProgress),
+}
+
+/// The entry point: resolves model names (path, `.gguf`, registry id,
+/// Hugging Face repo) and loads models.
+pub struct InferenceEngine {
+    #[cfg(feature = "hub")]
+    hub: Option<engine_hub::HubClient>,
+    /// Variant to use for registry ids (`None`: the best for this device).
+    pub variant: Option<String>,
+    /// Hub revision for repo ids.
+    pub revision: String,
+}
+
+impl InferenceEngine {
+    /// An engine configured from the environment (`HF_ENDPOINT`, `HF_TOKEN`,
+    /// `HF_HUB_OFFLINE`, `HF_HOME`).
+    pub fn new() -> Result<InferenceEngine> {
+        Ok(InferenceEngine {
+            #[cfg(feature = "hub")]
+            hub: Some(engine_hub::HubClient::from_env()?),
+            variant: None,
+            revision: "main".into(),
+        })
+    }
+
+    /// Finds `model` locally, or pulls it: a path is used as is; a registry
+    /// id picks the variant that fits this device; `org/name` is a Hugging
+    /// Face repo.
+    pub fn resolve(&self, model: &str, model_type: ModelType, progress: &mut dyn FnMut(Progress)) -> Result<PathBuf> {
+        let path = Path::new(model);
+        if path.exists() {
+            return Ok(path.to_path_buf());
+        }
+        #[cfg(all(feature = "hub", feature = "device"))]
+        if let Some(entry) = engine_device::Registry::builtin().get(model) {
+            let device = engine_device::DeviceReport::detect();
+            let sel = engine_device::select_variant(
+                &entry.id,
+                self.variant.as_deref(),
+                &device,
+                &engine_device::MemoryBudget::default(),
+                None,
+            )?;
+            tracing::info!(id = %sel.id, variant = %sel.variant, reason = %sel.reason, "selected");
+            return self.pull(&sel.repo, &sel.revision, sel.file.as_deref(), model_type, progress);
+        }
+        #[cfg(feature = "hub")]
+        if let Ok(repo) = engine_hub::RepoId::parse(model) {
+            let _ = repo;
+            return self.pull(model, &self.revision, None, model_type, progress);
+        }
+        Err(Error::NotFound(
+            model.into(),
+            "; give a path, a registry id (`mlxengine search`) or a Hugging Face repo id",
+        ))
+    }
+
+    #[cfg(feature = "hub")]
+    fn pull(
+        &self,
+        repo: &str,
+        revision: &str,
+        file: Option<&str>,
+        model_type: ModelType,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<PathBuf> {
+        let hub = self
+            .hub
+            .as_ref()
+            .ok_or(Error::NotFound(repo.into(), " and no hub is configured"))?;
+        let repo = engine_hub::RepoId::parse(repo)?;
+        let mut report = |p: &engine_hub::Progress| {
+            progress(Progress::Download {
+                file: p.file.clone(),
+                done: p.total_bytes,
+                total: p.total_size,
+            })
+        };
+        match file {
+            Some(f) => Ok(hub.get_file(&repo, revision, f, &mut report)?),
+            None => Ok(hub
+                .pull(
+                    &repo,
+                    revision,
+                    &engine_hub::FileFilter::for_model_type(model_type),
+                    &mut report,
+                )?
+                .path),
+        }
+    }
+
+    /// Loads a text-generation model.
+    #[cfg(feature = "llm")]
+    pub fn load_text(&self, model: &str, progress: &mut dyn FnMut(Progress)) -> Result<LlmModel> {
+        self.load_text_with(model, &LoadOptions::default(), progress)
+    }
+
+    /// Loads a text-generation model with options.
+    #[cfg(feature = "llm")]
+    pub fn load_text_with(
+        &self,
+        model: &str,
+        options: &LoadOptions,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<LlmModel> {
+        let path = self.resolve(model, ModelType::Llm, progress)?;
+        Ok(LlmModel::load(&path, options, &mut |p| progress(Progress::Load(p)))?)
+    }
+
+    /// Loads an embedding model.
+    #[cfg(feature = "embed")]
+    pub fn load_embedder(&self, model: &str, progress: &mut dyn FnMut(Progress)) -> Result<Embedder> {
+        let path = self.resolve(model, ModelType::Embedding, progress)?;
+        Ok(Embedder::load(&path)?)
+    }
+}

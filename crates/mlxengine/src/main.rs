@@ -1,0 +1,525 @@
+//! The `mlxengine` command-line tool.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use engine_device::{format_size, DeviceReport, MemoryBudget, Purpose, Query, Registry};
+use engine_hub::{FileFilter, HubClient, RepoId};
+use indicatif::{ProgressBar, ProgressStyle};
+use mlxengine::{
+    ChatMessage, DtypePolicy, GenerateParams, GenerationStats, InferenceEngine, LoadOptions, ModelType, Progress,
+    Prompt, StreamEvent, TextGenerator,
+};
+use std::io::{BufRead, IsTerminal, Write};
+
+#[derive(Parser)]
+#[command(name = "mlxengine", version, about = "Run local AI models on MLX")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text: answer PROMPT, or chat interactively without one.
+    Run(RunArgs),
+    /// Print embeddings of TEXT (or of each stdin line).
+    Embed {
+        /// Model: folder, registry id or Hugging Face repo.
+        model: String,
+        /// Texts to embed; read from stdin, one per line, when absent.
+        text: Vec<String>,
+        /// Print JSON `{"model", "dimensions", "embeddings"}`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download a model (registry id or Hugging Face repo) into the HF cache.
+    Pull {
+        /// Registry id or `org/name`.
+        model: String,
+        /// Branch, tag or commit.
+        #[arg(long, default_value = "main")]
+        revision: String,
+        /// Registry variant (default: the best for this device).
+        #[arg(long)]
+        variant: Option<String>,
+    },
+    /// List models in the local cache.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a model from the local cache.
+    Rm {
+        /// `org/name`.
+        model: String,
+    },
+    /// Search the built-in registry (or the Hugging Face Hub with --hub).
+    Search(SearchArgs),
+    /// Report this machine and what is wrong with it.
+    Doctor {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recommend models that fit this machine.
+    Recommend {
+        /// Model type: llm, vlm, embedding, diffusion.
+        #[arg(long = "type", default_value = "llm")]
+        model_type: String,
+        /// Memory budget, e.g. 8GB (default: 80% of what is usable).
+        #[arg(long)]
+        memory: Option<String>,
+        /// Context length to plan the KV cache for.
+        #[arg(long)]
+        context: Option<u64>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Model: path to a folder or .gguf, registry id, or Hugging Face repo.
+    model: String,
+    /// The question; without it, an interactive chat starts.
+    prompt: Option<String>,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 512)]
+    max_tokens: usize,
+    /// Sampling temperature (0 = greedy).
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// Nucleus sampling mass.
+    #[arg(long)]
+    top_p: Option<f32>,
+    /// Keep the k most likely tokens.
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Minimum probability relative to the top token.
+    #[arg(long)]
+    min_p: Option<f32>,
+    /// Repetition penalty (1.0 = off).
+    #[arg(long)]
+    repetition_penalty: Option<f32>,
+    /// Random seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// System prompt.
+    #[arg(long)]
+    system: Option<String>,
+    /// Stop before this string (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Registry variant (e.g. 4bit, bf16).
+    #[arg(long)]
+    variant: Option<String>,
+    /// Weight precision: auto (fastest for this device), native, f32, bf16, f16.
+    #[arg(long, default_value = "auto")]
+    dtype: String,
+    /// Print statistics to stderr.
+    #[arg(long, short)]
+    verbose: bool,
+}
+
+#[derive(Args)]
+struct SearchArgs {
+    /// Words to look for.
+    query: Option<String>,
+    /// Search the Hugging Face Hub instead of the registry.
+    #[arg(long)]
+    hub: bool,
+    /// Model type: llm, vlm, embedding, diffusion.
+    #[arg(long = "type")]
+    model_type: Option<String>,
+    /// Largest file size, e.g. 2GB.
+    #[arg(long)]
+    max_size: Option<String>,
+    /// Most results.
+    #[arg(long, default_value_t = 20)]
+    limit: usize,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("MLXENGINE_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Run(args) => run_text(args),
+        Command::Embed { model, text, json } => embed(&model, text, json),
+        Command::Pull {
+            model,
+            revision,
+            variant,
+        } => pull(&model, &revision, variant),
+        Command::List { json } => list(json),
+        Command::Rm { model } => {
+            let client = HubClient::from_env()?;
+            let freed = client.remove(&RepoId::parse(&model)?)?;
+            eprintln!("removed {model} ({})", format_size(freed));
+            Ok(())
+        }
+        Command::Search(args) => search(args),
+        Command::Doctor { json } => doctor(json),
+        Command::Recommend {
+            model_type,
+            memory,
+            context,
+            json,
+        } => recommend(&model_type, memory, context, json),
+    }
+}
+
+/// Progress display on stderr (hidden when stderr is not a terminal).
+fn progress_reporter() -> (ProgressBar, impl FnMut(Progress)) {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:24} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let b = bar.clone();
+    let report = move |p: Progress| match p {
+        Progress::Download { file, done, total } => {
+            b.set_length(total);
+            b.set_position(done);
+            b.set_message(file);
+        }
+        Progress::Load(l) => {
+            b.set_style(ProgressStyle::with_template("{msg}").expect("valid template"));
+            b.set_message(format!("loading: {} ({:.0}%)", l.stage, l.fraction * 100.0));
+        }
+    };
+    (bar, report)
+}
+
+fn parse_dtype(s: &str) -> Result<DtypePolicy> {
+    Ok(match s {
+        "auto" => DtypePolicy::Auto,
+        "native" => DtypePolicy::Native,
+        other => match engine_mlx::Dtype::from_name(other) {
+            Some(d) if d.is_float() => DtypePolicy::Dense(d),
+            _ => bail!("unknown --dtype `{other}`; use auto, native, f32, bf16 or f16"),
+        },
+    })
+}
+
+fn run_text(args: RunArgs) -> Result<()> {
+    let mut engine = InferenceEngine::new()?;
+    engine.variant = args.variant.clone();
+    let options = LoadOptions {
+        dtype: parse_dtype(&args.dtype)?,
+        ..Default::default()
+    };
+    let (bar, mut report) = progress_reporter();
+    let model = engine.load_text_with(&args.model, &options, &mut report)?;
+    bar.finish_and_clear();
+    let defaults = model.configuration().default_params.clone();
+    let params = GenerateParams {
+        max_tokens: args.max_tokens,
+        temperature: args.temperature.unwrap_or(defaults.temperature),
+        top_p: args.top_p.unwrap_or(defaults.top_p),
+        top_k: args.top_k.unwrap_or(defaults.top_k),
+        min_p: args.min_p.unwrap_or(defaults.min_p),
+        repetition_penalty: args.repetition_penalty.unwrap_or(defaults.repetition_penalty),
+        seed: args.seed,
+        stop: args.stop.clone(),
+        ..defaults
+    };
+    params.validate()?;
+    let mut out = std::io::stdout().lock();
+    match &args.prompt {
+        Some(prompt) => {
+            let mut messages = Vec::new();
+            if let Some(s) = &args.system {
+                messages.push(ChatMessage::new("system", s));
+            }
+            messages.push(ChatMessage::new("user", prompt));
+            let mut model = model;
+            let stats = print_stream(model.stream(&Prompt::Chat(messages), &params)?, &mut out)?.1;
+            if args.verbose {
+                print_stats(&stats);
+            }
+        }
+        None => {
+            let mut chat = model.chat(args.system.as_deref());
+            let stdin = std::io::stdin();
+            let interactive = stdin.is_terminal();
+            loop {
+                if interactive {
+                    eprint!(">>> ");
+                }
+                let mut line = String::new();
+                if stdin.lock().read_line(&mut line)? == 0 {
+                    break;
+                }
+                let line = line.trim();
+                if line.is_empty() {
+                    continue;
+                }
+                if line == "/exit" || line == "/bye" {
+                    break;
+                }
+                let (text, stats) = print_stream(chat.send(line, &params)?, &mut out)?;
+                chat.record_reply(&text);
+                if args.verbose {
+                    print_stats(&stats);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_stream(
+    events: impl Iterator<Item = engine_core::Result<StreamEvent>>,
+    out: &mut impl Write,
+) -> Result<(String, GenerationStats)> {
+    let mut text = String::new();
+    for ev in events {
+        match ev? {
+            StreamEvent::Text { text: t, .. } => {
+                out.write_all(t.as_bytes())?;
+                out.flush()?;
+                text.push_str(&t);
+            }
+            StreamEvent::Done { stats, .. } => {
+                writeln!(out)?;
+                out.flush()?;
+                return Ok((text, stats));
+            }
+        }
+    }
+    bail!("generation ended without finishing")
+}
+
+fn print_stats(s: &GenerationStats) {
+    eprintln!(
+        "prompt: {} tokens ({} processed, {:.1} tok/s) | ttft {:.0} ms | generated {} tokens at {:.1} tok/s | peak memory {}",
+        s.prompt_tokens,
+        s.prompt_tokens_processed,
+        s.prompt_tok_per_s,
+        s.ttft_ms,
+        s.generated_tokens,
+        s.decode_tok_per_s,
+        format_size(s.peak_memory_bytes as u64)
+    );
+}
+
+fn embed(model: &str, mut texts: Vec<String>, json: bool) -> Result<()> {
+    let engine = InferenceEngine::new()?;
+    let (bar, mut report) = progress_reporter();
+    let embedder = engine.load_embedder(model, &mut report)?;
+    bar.finish_and_clear();
+    if texts.is_empty() {
+        texts = std::io::stdin().lock().lines().collect::<std::io::Result<Vec<_>>>()?;
+        texts.retain(|t| !t.trim().is_empty());
+    }
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let vectors = embedder.embed(&refs)?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        let v = serde_json::json!({"model": model, "dimensions": embedder.dimensions(), "embeddings": vectors});
+        writeln!(out, "{v}")?;
+    } else {
+        for v in vectors {
+            let line: Vec<String> = v.iter().map(|x| format!("{x:.6}")).collect();
+            writeln!(out, "{}", line.join(" "))?;
+        }
+    }
+    Ok(())
+}
+
+fn pull(model: &str, revision: &str, variant: Option<String>) -> Result<()> {
+    let client = HubClient::from_env()?;
+    let cancel = client.cancel_flag();
+    ctrlc::set_handler(move || cancel.cancel()).context("installing the Ctrl-C handler")?;
+    let (repo, revision, file, model_type) = match Registry::builtin().get(model) {
+        Some(entry) => {
+            let device = DeviceReport::detect();
+            let sel =
+                engine_device::select_variant(&entry.id, variant.as_deref(), &device, &MemoryBudget::default(), None)?;
+            eprintln!("{}: variant {} — {}", sel.id, sel.variant, sel.reason);
+            (sel.repo, sel.revision, sel.file, entry.model_type)
+        }
+        None => (model.to_string(), revision.to_string(), None, ModelType::Llm),
+    };
+    let repo = RepoId::parse(&repo)?;
+    let (bar, mut report) = progress_reporter();
+    let mut on_progress = |p: &engine_hub::Progress| {
+        report(Progress::Download {
+            file: p.file.clone(),
+            done: p.total_bytes,
+            total: p.total_size,
+        })
+    };
+    let path = match file {
+        Some(f) => client.get_file(&repo, &revision, &f, &mut on_progress)?,
+        None => {
+            client
+                .pull(
+                    &repo,
+                    &revision,
+                    &FileFilter::for_model_type(model_type),
+                    &mut on_progress,
+                )?
+                .path
+        }
+    };
+    bar.finish_and_clear();
+    println!("{}", path.display());
+    Ok(())
+}
+
+fn list(json: bool) -> Result<()> {
+    let models = HubClient::from_env()?.list_local()?;
+    if json {
+        println!("{}", serde_json::to_string(&models)?);
+        return Ok(());
+    }
+    if models.is_empty() {
+        eprintln!("no models in the cache; `mlxengine pull ID` fetches one");
+    }
+    for m in models {
+        println!("{:50} {:>10}", m.repo.to_string(), format_size(m.size_bytes));
+    }
+    Ok(())
+}
+
+fn search(args: SearchArgs) -> Result<()> {
+    let model_type = args.model_type.as_deref().map(str::parse::<ModelType>).transpose()?;
+    if args.hub {
+        let q = engine_hub::SearchQuery {
+            text: args.query.clone(),
+            pipeline_tag: model_type.map(|t| {
+                match t {
+                    ModelType::Llm => "text-generation",
+                    ModelType::Vlm => "image-text-to-text",
+                    ModelType::Embedding => "feature-extraction",
+                    ModelType::Diffusion => "text-to-image",
+                }
+                .to_string()
+            }),
+            limit: Some(args.limit),
+            ..Default::default()
+        };
+        let hits = HubClient::from_env()?.search(&q)?;
+        if args.json {
+            println!("{}", serde_json::to_string(&hits)?);
+        } else {
+            for h in hits {
+                println!("{:60} {:>10} downloads {:>6} likes", h.id, h.downloads, h.likes);
+            }
+        }
+        return Ok(());
+    }
+    let max_size = args.max_size.as_deref().map(engine_device::parse_size).transpose()?;
+    let q = Query {
+        text: args.query,
+        model_type,
+        max_size_bytes: max_size,
+        ..Default::default()
+    };
+    let mut hits = Registry::builtin().search(&q);
+    hits.truncate(args.limit);
+    if args.json {
+        println!("{}", serde_json::to_string(&hits)?);
+    } else {
+        if hits.is_empty() {
+            eprintln!("no registry entry matches; try `--hub` to search Hugging Face");
+        }
+        for h in &hits {
+            let v = serde_json::to_value(h)?;
+            println!(
+                "{:36} {:10} {}",
+                v["id"].as_str().unwrap_or(""),
+                v["type"].as_str().unwrap_or(""),
+                v["variants"].as_array().map(|a| a.len()).unwrap_or(0).to_string() + " variants"
+            );
+        }
+    }
+    Ok(())
+}
+
+fn doctor(json: bool) -> Result<()> {
+    let report = DeviceReport::detect();
+    if json {
+        println!("{}", report.doctor_json());
+        return Ok(());
+    }
+    let v = report.to_json();
+    for key in [
+        "backend",
+        "device_name",
+        "memory_total_bytes",
+        "memory_available_bytes",
+        "blas",
+        "mlx_version",
+        "cpu_cores",
+    ] {
+        let val = &v[key];
+        let shown = match (key.ends_with("_bytes"), val.as_u64()) {
+            (true, Some(b)) => format_size(b),
+            _ => val.to_string().trim_matches('"').to_string(),
+        };
+        println!("{key:24} {shown}");
+    }
+    let problems = report.problems();
+    if problems.is_empty() {
+        println!("no problems found");
+    }
+    for p in problems {
+        println!("{:?}: {} — fix: {}", p.severity, p.message, p.fix);
+    }
+    Ok(())
+}
+
+fn recommend(model_type: &str, memory: Option<String>, context: Option<u64>, json: bool) -> Result<()> {
+    let model_type: ModelType = model_type.parse()?;
+    let budget = match memory {
+        Some(m) => MemoryBudget::parse(&m)?,
+        None => MemoryBudget::default(),
+    };
+    let device = DeviceReport::detect();
+    let report = engine_device::recommend(
+        &device,
+        model_type,
+        &Purpose {
+            context_len: context,
+            required: vec![],
+        },
+        &budget,
+    );
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
+    if report.recommendations.is_empty() {
+        bail!(
+            "{}",
+            report.note.clone().unwrap_or_else(|| "nothing fits this budget".into())
+        );
+    }
+    for r in &report.recommendations {
+        println!(
+            "{:32} {:12} {:>10}  {}",
+            r.id,
+            r.variant,
+            format_size(r.estimated_memory_bytes),
+            r.reason
+        );
+    }
+    Ok(())
+}
