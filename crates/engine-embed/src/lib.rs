@@ -23,8 +23,7 @@
 
 pub mod bert;
 mod error;
-#[doc(hidden)]
-pub mod model;
+mod model;
 pub mod modernbert;
 mod pooling;
 
