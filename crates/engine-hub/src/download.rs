@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 
 use crate::cache::RepoCache;
 use crate::error::{HubError, Result};
-use crate::http::{Ctx, Failure, Http};
+use crate::http::{header, Ctx, Failure, Http};
 use crate::progress::Phase;
 
 /// Chunk size for socket reads and file writes.
@@ -147,10 +147,9 @@ fn attempt(
     let mut resp = None;
     if have < job.size {
         let r = http.send("GET", &job.url, Some(have), &job.ctx)?;
-        match r.status() {
+        match r.status().as_u16() {
             206 => {
-                let start = r
-                    .header("content-range")
+                let start = header(&r, "content-range")
                     .and_then(|c| c.strip_prefix("bytes "))
                     .and_then(|c| c.split('-').next())
                     .and_then(|s| s.trim().parse::<u64>().ok());
@@ -161,7 +160,7 @@ fn attempt(
                             url: job.url.clone(),
                             detail: format!(
                                 "asked for bytes from {have}, got Content-Range {:?}",
-                                r.header("content-range")
+                                header(&r, "content-range")
                             ),
                         },
                         after: None,
@@ -198,7 +197,7 @@ fn attempt(
     f.set_len(have).map_err(io_fatal(partial))?;
     if let Some(r) = resp {
         report(Phase::Downloading { resumed_from: have }, have);
-        let mut body = r.into_reader();
+        let mut body = r.into_body().into_reader();
         let mut last_report = Instant::now();
         let mut pipe = match hasher.take() {
             Some(h) => Some(HashPipe::new(h).map_err(io_fatal(partial))?),

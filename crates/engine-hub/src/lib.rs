@@ -302,13 +302,11 @@ impl HubClient {
                 self.http.with_retry(
                     |_| {
                         let r = self.http.send_opts("HEAD", &url, None, &ctx, false)?;
-                        let etag = r
-                            .header("x-linked-etag")
-                            .or_else(|| r.header("etag"))
+                        let etag = http::header(&r, "x-linked-etag")
+                            .or_else(|| http::header(&r, "etag"))
                             .map(|e| e.trim_start_matches("W/").trim_matches('"').to_string());
-                        let size = r
-                            .header("x-linked-size")
-                            .or_else(|| r.header("content-length"))
+                        let size = http::header(&r, "x-linked-size")
+                            .or_else(|| http::header(&r, "content-length"))
                             .and_then(|s| s.trim().parse::<u64>().ok());
                         match (etag, size) {
                             (Some(e), Some(s)) => Ok((e, s)),
