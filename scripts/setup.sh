@@ -26,3 +26,6 @@ if [ "${MLXENGINE_SKIP_ORACLE:-0}" != 1 ] && [ ! -x target/oracle/bin/python ]; 
 fi
 
 cargo xtask fetch-models
+if [ "${MLXENGINE_SKIP_ORACLE:-0}" != 1 ] && [ ! -f target/parity/llama/expected.json ]; then
+  cargo xtask parity-fixtures
+fi

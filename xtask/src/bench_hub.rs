@@ -49,7 +49,16 @@ pub fn run() -> Result<()> {
     let status = Command::new(&cargo)
         .current_dir(&root)
         .args([
-            "build", "--release", "-p", "engine-hub", "--features", "test-hub", "--bin", "test-hub", "--bin", "hub-pull",
+            "build",
+            "--release",
+            "-p",
+            "engine-hub",
+            "--features",
+            "test-hub",
+            "--bin",
+            "test-hub",
+            "--bin",
+            "hub-pull",
         ])
         .status()
         .context("running cargo build")?;
@@ -59,11 +68,18 @@ pub fn run() -> Result<()> {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
-    let bin = |name: &str| target.join("release").join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    let bin = |name: &str| {
+        target
+            .join("release")
+            .join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
+    };
     let (hub_bin, pull_bin) = (bin("test-hub"), bin("hub-pull"));
     for b in [&hub_bin, &pull_bin] {
         if !b.is_file() {
-            bail!("{} was not built; is CARGO_TARGET_DIR set differently for cargo?", b.display());
+            bail!(
+                "{} was not built; is CARGO_TARGET_DIR set differently for cargo?",
+                b.display()
+            );
         }
     }
     Command::new("curl")

@@ -7,18 +7,25 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod bench_embed;
+mod bench_hub;
+mod bench_llm;
 mod bench_mlx;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("fetch-models") => fetch_models().map(|_| ()),
+        Some("parity-fixtures") => parity_fixtures(),
         Some("bench") => match args.get(1).map(String::as_str) {
             Some("mlx") => bench_mlx::run(),
-            other => bail!("unknown bench {other:?}; available: mlx"),
+            Some("llm") => bench_llm::run(),
+            Some("embed") => bench_embed::run(),
+            Some("hub") => bench_hub::run(),
+            other => bail!("unknown bench {other:?}; available: mlx, llm, embed, hub"),
         },
         _ => {
-            eprintln!("usage: cargo xtask <fetch-models | bench NAME>");
+            eprintln!("usage: cargo xtask <fetch-models | parity-fixtures | bench NAME>");
             std::process::exit(2);
         }
     }
@@ -107,6 +114,35 @@ pub fn fetch_models() -> Result<PathBuf> {
         std::fs::remove_dir_all(&tmp).ok();
     }
     Ok(dir)
+}
+
+/// The Python oracle (MLX + mlx-lm), made by scripts/setup.sh.
+pub fn oracle_python() -> Result<PathBuf> {
+    let p = std::env::var_os("MLXENGINE_ORACLE_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/oracle/bin/python"));
+    if !p.exists() {
+        bail!(
+            "{} is missing: run `bash scripts/setup.sh` (it creates the oracle venv)",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+/// Tiny random checkpoints of each architecture + mlx-lm's outputs, into target/parity.
+fn parity_fixtures() -> Result<()> {
+    let out = root().join("target/parity");
+    let ok = Command::new(oracle_python()?)
+        .arg(root().join("xtask/parity/make_tiny_llms.py"))
+        .arg(&out)
+        .status()
+        .context("running the parity fixture script")?
+        .success();
+    if !ok {
+        bail!("xtask/parity/make_tiny_llms.py failed");
+    }
+    Ok(())
 }
 
 fn tempdir_in(dir: &Path) -> Result<PathBuf> {

@@ -13,6 +13,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod export;
 pub mod generate;
 mod gguf;
 mod model;

@@ -29,8 +29,8 @@ pub const SUPPORTED: &[&str] = &[
 pub fn prepare(cfg: &mut LlmConfig, weights: WeightMap) -> Result<(ArchFeatures, WeightMap)> {
     let be = |e: engine_mlx::Error| EngineError::Backend(e.to_string());
     if cfg.model_type.starts_with("gemma") {
-        // Gemma always ties the output projection to the embeddings.
-        cfg.tie_word_embeddings = true;
+        // Gemma ties the output projection unless a checkpoint carries its own.
+        cfg.tie_word_embeddings = !weights.contains("lm_head.weight");
     }
     let cfg = &*cfg;
     match cfg.model_type.as_str() {

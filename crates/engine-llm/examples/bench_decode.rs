@@ -1,0 +1,59 @@
+//! Decode benchmark used by `cargo xtask bench llm`.
+//!
+//! `bench_decode MODEL --dtype native|auto --tokens N --prompt-ids FILE` prints
+//! `{"tok_s":…,"ttft_ms":…,"generated":…}`; `--write-prompt-ids FILE TEXT`
+//! writes the chat-templated prompt's ids; `--export-mlx OUT` converts a GGUF.
+use engine_core::{ChatMessage, GenerateParams, Prompt, StreamEvent};
+use engine_llm::{DtypePolicy, LlmModel, LoadOptions};
+use std::path::Path;
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let model_path = Path::new(args.get(1).ok_or("usage: bench_decode MODEL ...")?);
+    if let Some(out) = arg(&args, "--export-mlx") {
+        engine_llm::export::gguf_to_mlx(model_path, Path::new(&out))?;
+        return Ok(());
+    }
+    let dtype = match arg(&args, "--dtype").as_deref() {
+        Some("native") => DtypePolicy::Native,
+        _ => DtypePolicy::Auto,
+    };
+    let model = LlmModel::load(
+        model_path,
+        &LoadOptions {
+            dtype,
+            ..Default::default()
+        },
+        &mut |_| {},
+    )?;
+    if let Some(file) = arg(&args, "--write-prompt-ids") {
+        let text = args.last().ok_or("prompt text")?;
+        let ids = model.encode_prompt(&Prompt::Chat(vec![ChatMessage::new("user", text.as_str())]))?;
+        std::fs::write(file, serde_json::to_string(&ids)?)?;
+        return Ok(());
+    }
+    let ids: Vec<u32> = serde_json::from_str(&std::fs::read_to_string(
+        arg(&args, "--prompt-ids").ok_or("--prompt-ids")?,
+    )?)?;
+    let n: usize = arg(&args, "--tokens").map(|s| s.parse()).transpose()?.unwrap_or(128);
+    // Warm-up: first-call costs (allocations, kernel set-up) are not decode speed.
+    for _ in model.generate_from_tokens(&ids, &GenerateParams::greedy(8), None)? {}
+    let mut result = None;
+    for ev in model.generate_from_tokens(&ids, &GenerateParams::greedy(n), None)? {
+        if let StreamEvent::Done { stats, .. } = ev? {
+            result = Some(stats);
+        }
+    }
+    let s = result.ok_or("no stats")?;
+    println!(
+        "{}",
+        serde_json::json!({"tok_s": s.decode_tok_per_s, "ttft_ms": s.ttft_ms, "generated": s.generated_tokens})
+    );
+    Ok(())
+}
