@@ -73,7 +73,7 @@ enum Command {
         /// Context length to plan the KV cache for.
         #[arg(long)]
         context: Option<u64>,
-        /// Print JSON.
+        /// Print JSON (when nothing fits: the report with its `note`, and a failing exit status).
         #[arg(long)]
         json: bool,
     },
@@ -319,14 +319,24 @@ fn print_stats(s: &GenerationStats) {
 }
 
 fn embed(model: &str, mut texts: Vec<String>, json: bool) -> Result<()> {
+    // Input first: a missing text fails at once, without loading the model.
+    if texts.is_empty() {
+        texts = std::io::stdin()
+            .lock()
+            .lines()
+            .collect::<std::io::Result<Vec<_>>>()
+            .context("reading texts from stdin")?;
+        texts.retain(|t| !t.trim().is_empty());
+        if texts.is_empty() {
+            bail!("no input text: give TEXT arguments or pipe one text per line into stdin");
+        }
+    }
     let engine = InferenceEngine::new()?;
     let (bar, mut report) = progress_reporter();
-    let embedder = engine.load_embedder(model, &mut report)?;
+    let embedder = engine
+        .load_embedder(model, &mut report)
+        .with_context(|| format!("cannot load `{model}` as an embedding model (a sentence-transformers encoder)"))?;
     bar.finish_and_clear();
-    if texts.is_empty() {
-        texts = std::io::stdin().lock().lines().collect::<std::io::Result<Vec<_>>>()?;
-        texts.retain(|t| !t.trim().is_empty());
-    }
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let vectors = embedder.embed(&refs)?;
     let mut out = std::io::stdout().lock();
@@ -504,13 +514,17 @@ fn recommend(model_type: &str, memory: Option<String>, context: Option<u64>, jso
     );
     if json {
         println!("{}", serde_json::to_string(&report)?);
-        return Ok(());
     }
+    // Nothing fitting fails in both modes (with --json after printing the report and its
+    // note), so scripts notice from the exit status alone.
     if report.recommendations.is_empty() {
         bail!(
             "{}",
             report.note.clone().unwrap_or_else(|| "nothing fits this budget".into())
         );
+    }
+    if json {
+        return Ok(());
     }
     for r in &report.recommendations {
         println!(

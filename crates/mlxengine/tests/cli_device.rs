@@ -1,0 +1,241 @@
+//! The real `mlxengine` binary: `doctor`, `recommend` and registry `search`, checked against
+//! what the OS reports and against the built-in registry.
+
+use engine_core::ModelType;
+use engine_device::{estimate_with, DeviceReport, EstimateOptions, Registry};
+use serde_json::Value;
+use std::process::{Command, Output};
+
+fn mlxengine(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mlxengine"))
+        .args(args)
+        // A tracing filter from the caller's environment must not add lines to stderr.
+        .env_remove("MLXENGINE_LOG")
+        .output()
+        .expect("the mlxengine binary runs")
+}
+
+fn stdout_json(out: &Output) -> Value {
+    let text = String::from_utf8(out.stdout.clone()).expect("UTF-8 stdout");
+    assert_eq!(text.trim_end().lines().count(), 1, "one JSON line expected:\n{text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{text}"))
+}
+
+/// Asserts a failure with a one-line `error: ...` on stderr naming every `needle`.
+fn assert_one_line_error(out: &Output, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure; stderr: {err}");
+    let err = err.trim_end();
+    assert_eq!(err.lines().count(), 1, "one-line error expected:\n{err}");
+    assert!(err.starts_with("error: "), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "`{n}` missing from: {err}");
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn meminfo_bytes(key: &str) -> u64 {
+    let text = std::fs::read_to_string("/proc/meminfo").expect("/proc/meminfo");
+    let kib: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("{key} in /proc/meminfo"));
+    kib * 1024
+}
+
+#[test]
+#[cfg(target_os = "linux")]
+fn doctor_json_matches_the_machine() {
+    let out = mlxengine(&["doctor", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let j = stdout_json(&out);
+    for k in ["backend", "device_name", "blas", "mlx_version"] {
+        assert!(j[k].as_str().is_some_and(|s| !s.is_empty()), "{k}: {}", j[k]);
+    }
+    let nproc: u64 = String::from_utf8(Command::new("nproc").output().expect("nproc runs").stdout)
+        .expect("UTF-8")
+        .trim()
+        .parse()
+        .expect("nproc prints a number");
+    assert_eq!(j["cpu_cores"].as_u64(), Some(nproc));
+    assert_eq!(j["memory_total_bytes"].as_u64(), Some(meminfo_bytes("MemTotal")));
+    // MemAvailable moves while other processes run: within 5% or 256 MiB.
+    let avail = meminfo_bytes("MemAvailable");
+    let reported = j["memory_available_bytes"].as_u64().expect("memory_available_bytes");
+    assert!(
+        reported.abs_diff(avail) <= (avail / 20).max(256 << 20),
+        "doctor {reported} vs /proc/meminfo {avail}"
+    );
+    assert_eq!(j["mlx_version"], engine_mlx::mlx_version());
+    assert_eq!(j["blas"], engine_mlx::blas());
+    assert_eq!(j["backend"], engine_mlx::backend().as_str());
+    let problems = j["problems"].as_array().expect("problems is an array");
+    for p in problems {
+        assert!(p["fix"].as_str().is_some_and(|f| !f.is_empty()), "{p}");
+    }
+}
+
+#[test]
+fn doctor_plain_lists_the_facts() {
+    let out = mlxengine(&["doctor"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).expect("UTF-8");
+    let cores = DeviceReport::detect().cpu_cores.to_string();
+    for key in ["backend", "device_name", "memory_total_bytes", "blas", "mlx_version"] {
+        assert!(text.lines().any(|l| l.starts_with(key)), "{key} missing:\n{text}");
+    }
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("cpu_cores"))
+        .expect("cpu_cores line");
+    assert_eq!(line.split_whitespace().nth(1), Some(cores.as_str()), "{line}");
+}
+
+/// Ranking key of `recommend`: larger models answer better, quantization costs a little.
+fn quality(params: u64, bits: u64) -> f64 {
+    let penalty = match bits {
+        4 => 0.15,
+        8 => 0.02,
+        _ => 0.0,
+    };
+    (params as f64).ln() - penalty
+}
+
+#[test]
+fn recommend_2gb_lists_only_what_fits_best_first() {
+    let out = mlxengine(&["recommend", "--type", "llm", "--memory", "2GB", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let j = stdout_json(&out);
+    assert_eq!(j["budget_bytes"], 2_000_000_000u64);
+    assert_eq!(j["type"], "llm");
+    let recs = j["recommendations"].as_array().expect("recommendations array");
+    assert!(!recs.is_empty(), "2 GB fits the small models: {j}");
+    let reg = Registry::builtin();
+    let openblas_cpu = {
+        let d = DeviceReport::detect();
+        d.backend == "cpu" && d.blas == "openblas"
+    };
+    let mut last_quality = f64::INFINITY;
+    for r in recs {
+        let id = r["id"].as_str().expect("id");
+        let variant = r["variant"].as_str().expect("variant");
+        let bytes = r["estimated_memory_bytes"].as_u64().expect("estimated_memory_bytes");
+        assert!(r["reason"].as_str().is_some_and(|s| !s.is_empty()), "{r}");
+        assert!(bytes <= 2_000_000_000, "{id} {variant}: {bytes} over budget");
+        let entry = reg.get(id).unwrap_or_else(|| panic!("{id} is not in the registry"));
+        assert_eq!(entry.model_type, ModelType::Llm);
+        let v = entry.variant(variant).expect("the variant exists");
+        // The estimate printed is the library's for that variant and compute path.
+        let ctx = r["context_len"].as_u64().expect("context_len");
+        let opts = match r["compute"].as_str() {
+            Some("f32") => EstimateOptions::f32(ctx),
+            _ => EstimateOptions::new(ctx),
+        };
+        assert_eq!(estimate_with(entry, v, &opts).total_bytes, bytes, "{id} {variant}");
+        let q = quality(entry.params, u64::from(v.bits));
+        assert!(q <= last_quality + 1e-9, "{id} {variant} ranks above a better entry");
+        last_quality = q;
+    }
+    // Nothing that fits is left out.
+    let listed: Vec<&str> = recs.iter().filter_map(|r| r["id"].as_str()).collect();
+    for entry in reg.of_type(ModelType::Llm) {
+        let ctx = 4096.min(entry.context_length);
+        let fits = entry.variants.iter().any(|v| {
+            estimate_with(entry, v, &EstimateOptions::new(ctx)).total_bytes <= 2_000_000_000
+                || (openblas_cpu && estimate_with(entry, v, &EstimateOptions::f32(ctx)).total_bytes <= 2_000_000_000)
+        });
+        assert_eq!(listed.contains(&entry.id.as_str()), fits, "{}", entry.id);
+    }
+}
+
+#[test]
+fn recommend_plain_prints_one_line_per_entry() {
+    let json = stdout_json(&mlxengine(&[
+        "recommend",
+        "--type",
+        "embedding",
+        "--memory",
+        "2GB",
+        "--json",
+    ]));
+    let out = mlxengine(&["recommend", "--type", "embedding", "--memory", "2GB"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).expect("UTF-8");
+    let ids: Vec<&str> = text.lines().filter_map(|l| l.split_whitespace().next()).collect();
+    let want: Vec<&str> = json["recommendations"]
+        .as_array()
+        .expect("recommendations")
+        .iter()
+        .filter_map(|r| r["id"].as_str())
+        .collect();
+    assert!(!want.is_empty());
+    assert_eq!(ids, want);
+}
+
+#[test]
+fn search_qwen_llm_returns_only_matching_llms() {
+    let out = mlxengine(&["search", "qwen", "--type", "llm", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let hits = stdout_json(&out);
+    let hits = hits.as_array().expect("a JSON array");
+    assert!(!hits.is_empty(), "the registry has Qwen LLMs");
+    let reg = Registry::builtin();
+    for h in hits {
+        assert_eq!(h["type"], "llm", "{h}");
+        let id = h["id"].as_str().expect("id");
+        let e = reg.get(id).expect("hit is a registry entry");
+        let hay = format!("{} {} {}", e.id, e.name, e.family).to_lowercase();
+        assert!(hay.contains("qwen"), "{id} does not match qwen");
+        assert!(!h["variants"].as_array().expect("variants").is_empty());
+    }
+    // Every Qwen LLM of the registry is found.
+    let want: Vec<&str> = reg
+        .of_type(ModelType::Llm)
+        .filter(|e| e.family.to_lowercase().contains("qwen"))
+        .map(|e| e.id.as_str())
+        .collect();
+    let got: Vec<&str> = hits.iter().filter_map(|h| h["id"].as_str()).collect();
+    for id in want {
+        assert!(got.contains(&id), "{id} missing from {got:?}");
+    }
+}
+
+#[test]
+fn search_without_match_is_an_empty_list() {
+    let out = mlxengine(&["search", "no-such-model-zzz", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout_json(&out), serde_json::json!([]));
+    let out = mlxengine(&["search", "no-such-model-zzz"]);
+    assert!(out.status.success());
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--hub"));
+}
+
+#[test]
+fn bad_input_is_a_one_line_error() {
+    assert_one_line_error(&mlxengine(&["recommend", "--type", "banana"]), &["banana"]);
+    assert_one_line_error(&mlxengine(&["recommend", "--type", "banana", "--json"]), &["banana"]);
+    assert_one_line_error(&mlxengine(&["search", "qwen", "--type", "banana"]), &["banana"]);
+    assert_one_line_error(
+        &mlxengine(&["recommend", "--memory", "banana", "--json"]),
+        &["`banana`", "e.g. 8GB"],
+    );
+    assert_one_line_error(&mlxengine(&["search", "--max-size", "lots"]), &["`lots`"]);
+}
+
+#[test]
+fn a_budget_nothing_fits_fails_with_the_reason() {
+    // Plain: a one-line error naming the budget and the smallest model.
+    let out = mlxengine(&["recommend", "--type", "llm", "--memory", "1MB"]);
+    assert_one_line_error(&out, &["1.0 MB", "smallest", "--memory"]);
+    assert!(out.stdout.is_empty());
+    // JSON: the report with its empty list and note on stdout, the same error on stderr, and a
+    // failing exit status, so scripts need not parse the output to notice.
+    let out = mlxengine(&["recommend", "--type", "llm", "--memory", "1MB", "--json"]);
+    assert_one_line_error(&out, &["1.0 MB", "smallest"]);
+    let j = stdout_json(&out);
+    assert_eq!(j["recommendations"], serde_json::json!([]));
+    let note = j["note"].as_str().expect("a note says why");
+    assert!(note.contains("smallest"), "{note}");
+}
