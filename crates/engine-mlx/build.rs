@@ -65,6 +65,7 @@ fn main() {
     if cuda {
         // libmlx's CUDA dependencies exist only on machines with the CUDA runtime.
         println!("cargo:rustc-link-arg=-Wl,--allow-shlib-undefined");
+        println!("cargo:cuda=1");
     }
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
     println!("cargo:libdir={}", lib.display());
