@@ -353,9 +353,25 @@ fn embed(model: &str, mut texts: Vec<String>, json: bool) -> Result<()> {
 }
 
 fn pull(model: &str, revision: &str, variant: Option<String>) -> Result<()> {
+    // The command that picks up where this one stops, for the interrupt message.
+    let mut again = format!("mlxengine pull {model}");
+    if revision != "main" {
+        again += &format!(" --revision {revision}");
+    }
+    if let Some(v) = &variant {
+        again += &format!(" --variant {v}");
+    }
     let client = HubClient::from_env()?;
     let cancel = client.cancel_flag();
-    ctrlc::set_handler(move || cancel.cancel()).context("installing the Ctrl-C handler")?;
+    ctrlc::set_handler(move || {
+        if cancel.is_cancelled() {
+            // A second Ctrl-C: the user does not want to wait for a clean stop.
+            std::process::exit(130);
+        }
+        // The download stops at its next read and keeps its `.incomplete` file.
+        cancel.cancel();
+    })
+    .context("installing the Ctrl-C handler")?;
     let (repo, revision, file, model_type) = match Registry::builtin().get(model) {
         Some(entry) => {
             let device = DeviceReport::detect();
@@ -375,22 +391,34 @@ fn pull(model: &str, revision: &str, variant: Option<String>) -> Result<()> {
             total: p.total_size,
         })
     };
-    let path = match file {
-        Some(f) => client.get_file(&repo, &revision, &f, &mut on_progress)?,
-        None => {
-            client
-                .pull(
-                    &repo,
-                    &revision,
-                    &FileFilter::for_model_type(model_type),
-                    &mut on_progress,
-                )?
-                .path
-        }
+    let result = match file {
+        Some(f) => client.get_file(&repo, &revision, &f, &mut on_progress),
+        None => client
+            .pull(
+                &repo,
+                &revision,
+                &FileFilter::for_model_type(model_type),
+                &mut on_progress,
+            )
+            .map(|s| s.path),
     };
+    // Cleared on failure too, so the error is not printed behind a stale bar.
     bar.finish_and_clear();
-    println!("{}", path.display());
-    Ok(())
+    match result {
+        Ok(path) => {
+            println!("{}", path.display());
+            Ok(())
+        }
+        Err(engine_hub::HubError::Cancelled { partial }) => {
+            let kept = partial
+                .map(|p| format!("; the partial download is kept at {}", p.display()))
+                .unwrap_or_default();
+            eprintln!("error: interrupted{kept}; run `{again}` to resume");
+            // 128 + SIGINT: what shells report for a command stopped by Ctrl-C.
+            std::process::exit(130);
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn list(json: bool) -> Result<()> {
@@ -403,7 +431,17 @@ fn list(json: bool) -> Result<()> {
         eprintln!("no models in the cache; `mlxengine pull ID` fetches one");
     }
     for m in models {
-        println!("{:50} {:>10}", m.repo.to_string(), format_size(m.size_bytes));
+        let partial = if m.incomplete_bytes > 0 {
+            // An interrupted pull: say so, and how to finish it.
+            format!(
+                "  ({} partial; `mlxengine pull {}` resumes)",
+                format_size(m.incomplete_bytes),
+                m.repo
+            )
+        } else {
+            String::new()
+        };
+        println!("{:50} {:>10}{partial}", m.repo.to_string(), format_size(m.size_bytes));
     }
     Ok(())
 }
