@@ -266,7 +266,7 @@ impl Array {
         self.astype(Dtype::Float32)?.to_vec()
     }
 
-    /// The single element as `f64` (computed in f32).
+    /// The single element as `f64`.
     pub fn item_f64(&self) -> Result<f64> {
         ffi::item_f64(&self.inner).op("item")
     }

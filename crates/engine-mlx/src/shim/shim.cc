@@ -135,9 +135,17 @@ size_t nbytes(const Array& a) { return a.nbytes(); }
 
 // One memcpy into a buffer Rust allocated: rust::Vec::push_back costs several
 // FFI calls per byte (~10 ms per MB), too slow for activations.
+// Reading back must not add ops: a new op (contiguous, astype) would be queued
+// behind work already scheduled with async_eval, so the read would wait for
+// that later work and the decode loop would lose its host/device overlap.
+// Evaluate the array itself and convert on the host instead.
 void copy_bytes(const Array& a, rust::Slice<uint8_t> out) {
-  Array c = mx::contiguous(a);
+  Array c = a;
   c.eval();
+  if (!c.flags().row_contiguous) {
+    c = mx::contiguous(c);
+    c.eval();
+  }
   if (c.nbytes() != out.size()) {
     throw std::invalid_argument("copy_bytes: array has " + std::to_string(c.nbytes()) + " bytes, buffer " +
                                 std::to_string(out.size()));
@@ -145,19 +153,34 @@ void copy_bytes(const Array& a, rust::Slice<uint8_t> out) {
   if (c.nbytes() > 0) std::memcpy(out.data(), c.data<uint8_t>(), c.nbytes());
 }
 
-double item_f64(const Array& a) {
+namespace {
+template <typename R>
+R read_scalar(const Array& a) {
   if (a.size() != 1) throw std::invalid_argument("item() needs an array of exactly one element, got " + std::to_string(a.size()));
-  Array c = mx::astype(a, mx::float32);
+  Array c = a;
   c.eval();
-  return c.item<float>();
+  switch (c.dtype().val()) {
+    case mx::Dtype::Val::bool_: return static_cast<R>(c.item<bool>());
+    case mx::Dtype::Val::uint8: return static_cast<R>(c.item<uint8_t>());
+    case mx::Dtype::Val::uint16: return static_cast<R>(c.item<uint16_t>());
+    case mx::Dtype::Val::uint32: return static_cast<R>(c.item<uint32_t>());
+    case mx::Dtype::Val::uint64: return static_cast<R>(c.item<uint64_t>());
+    case mx::Dtype::Val::int8: return static_cast<R>(c.item<int8_t>());
+    case mx::Dtype::Val::int16: return static_cast<R>(c.item<int16_t>());
+    case mx::Dtype::Val::int32: return static_cast<R>(c.item<int32_t>());
+    case mx::Dtype::Val::int64: return static_cast<R>(c.item<int64_t>());
+    case mx::Dtype::Val::float16: return static_cast<R>(static_cast<float>(c.item<mx::float16_t>()));
+    case mx::Dtype::Val::float32: return static_cast<R>(c.item<float>());
+    case mx::Dtype::Val::float64: return static_cast<R>(c.item<double>());
+    case mx::Dtype::Val::bfloat16: return static_cast<R>(static_cast<float>(c.item<mx::bfloat16_t>()));
+    case mx::Dtype::Val::complex64: throw std::invalid_argument("item() of a complex array");
+  }
+  throw std::invalid_argument("unsupported dtype");
 }
+}  // namespace
 
-int64_t item_i64(const Array& a) {
-  if (a.size() != 1) throw std::invalid_argument("item() needs an array of exactly one element, got " + std::to_string(a.size()));
-  Array c = mx::astype(a, mx::int64);
-  c.eval();
-  return c.item<int64_t>();
-}
+double item_f64(const Array& a) { return read_scalar<double>(a); }
+int64_t item_i64(const Array& a) { return read_scalar<int64_t>(a); }
 
 void eval(const ArrayList& l) { mx::eval(l.items); }
 void async_eval(const ArrayList& l) { mx::async_eval(l.items); }
