@@ -97,25 +97,8 @@ pub fn run() -> Result<()> {
     if !model.join("model.safetensors").is_file() {
         bail!("{} is missing; run `cargo xtask fetch-models` first", model.display());
     }
-    let status = Command::new("cargo")
-        .args([
-            "build",
-            "--release",
-            "-q",
-            "-p",
-            "engine-embed",
-            "--example",
-            "embed_throughput",
-        ])
-        .current_dir(&root)
-        .status()?;
-    if !status.success() {
-        bail!("building the embed_throughput example failed");
-    }
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| root.join("target"));
-    let exe = target.join("release/examples/embed_throughput");
+    let exe = crate::build_example("engine-embed", "embed_throughput")?;
+    let target = exe.ancestors().nth(3).context("target folder")?.to_path_buf();
     let python = oracle_python(&root)?;
 
     let file = target.join("bench_embed_inputs.txt");

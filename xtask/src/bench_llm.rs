@@ -23,25 +23,8 @@ pub fn run() -> Result<()> {
     let root = crate::root();
     let models = crate::fetch_models()?;
     let gguf = models.join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    let status = Command::new("cargo")
-        .args([
-            "build",
-            "--release",
-            "-q",
-            "-p",
-            "engine-llm",
-            "--example",
-            "bench_decode",
-        ])
-        .current_dir(&root)
-        .status()?;
-    if !status.success() {
-        bail!("building the bench example failed");
-    }
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(Into::into)
-        .unwrap_or_else(|_| root.join("target"));
-    let exe = target.join("release/examples/bench_decode");
+    let exe = crate::build_example("engine-llm", "bench_decode")?;
+    let target = exe.ancestors().nth(3).context("target folder")?.to_path_buf();
     let work = target.join("bench-llm");
     let mlx_dir = work.join("smollm2-mlx");
     let ids = work.join("prompt_ids.json");

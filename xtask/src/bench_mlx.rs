@@ -8,26 +8,7 @@ use anyhow::{bail, Context, Result};
 use std::process::Command;
 
 pub fn run() -> Result<()> {
-    let root = crate::root();
-    let status = Command::new("cargo")
-        .args([
-            "build",
-            "--release",
-            "-q",
-            "-p",
-            "engine-mlx",
-            "--example",
-            "matmul_gflops",
-        ])
-        .current_dir(&root)
-        .status()?;
-    if !status.success() {
-        bail!("building the matmul example failed");
-    }
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(Into::into)
-        .unwrap_or_else(|_| root.join("target"));
-    let exe = target.join("release/examples/matmul_gflops");
+    let exe = crate::build_example("engine-mlx", "matmul_gflops")?;
     let measure = |preload: Option<&str>| -> Result<(f64, String)> {
         let mut cmd = Command::new(&exe);
         if let Some(p) = preload {

@@ -116,6 +116,24 @@ pub fn fetch_models() -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// Builds `example` of `package` in release mode and returns its path.
+pub fn build_example(package: &str, example: &str) -> Result<PathBuf> {
+    let root = root();
+    let ok = Command::new("cargo")
+        .args(["build", "--release", "-q", "-p", package, "--example", example])
+        .current_dir(&root)
+        .status()
+        .context("running cargo build")?
+        .success();
+    if !ok {
+        bail!("building the {example} example of {package} failed");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    Ok(target.join("release/examples").join(example))
+}
+
 /// The Python oracle (MLX + mlx-lm), made by scripts/setup.sh.
 pub fn oracle_python() -> Result<PathBuf> {
     let p = std::env::var_os("MLXENGINE_ORACLE_PYTHON")
