@@ -186,6 +186,7 @@ impl<'a> Generator<'a> {
 
     fn finish(&mut self, reason: FinishReason, text: String, token: u32) -> Vec<StreamEvent> {
         self.done = true;
+        self.settle();
         let now = Instant::now();
         let first = self.first_token_at.unwrap_or(now);
         self.stats.generated_tokens = self.generated;
@@ -295,6 +296,23 @@ impl<'a> Generator<'a> {
         let cut = self.held.len() - keep;
         let text: String = self.held.drain(..cut).collect();
         Ok(vec![StreamEvent::Text { text, token }])
+    }
+}
+
+impl Generator<'_> {
+    /// Waits for a step scheduled ahead but not needed any more, so no work
+    /// is left running behind the caller's back (and none is running in
+    /// MLX's stream thread while the process exits and tears down BLAS).
+    fn settle(&mut self) {
+        if let Some(p) = self.pending.take() {
+            let _ = p.eval();
+        }
+    }
+}
+
+impl Drop for Generator<'_> {
+    fn drop(&mut self) {
+        self.settle();
     }
 }
 

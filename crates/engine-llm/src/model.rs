@@ -73,7 +73,7 @@ impl LlmModel {
             // precise message before MLX touches it.
             let meta = GgufMetadata::read(path)?;
             let raw = LlmConfig::hf_json_from_gguf(&meta)?;
-            let cfg = LlmConfig::from_hf(&raw)?;
+            let cfg = supported(LlmConfig::from_hf(&raw)?)?;
             report("reading weights", 0.1);
             let w = WeightMap::load_gguf(path).map_err(|e| load_err(path, e.to_string()))?;
             let w = gguf::to_hf(w, &meta, cfg.num_heads, cfg.num_kv_heads)?;
@@ -101,7 +101,7 @@ impl LlmModel {
                 }
                 _ => raw,
             };
-            let cfg = LlmConfig::from_hf(&raw)?;
+            let cfg = supported(LlmConfig::from_hf(&raw)?)?;
             report("reading weights", 0.1);
             let w = WeightMap::load_safetensors_dir(path).map_err(|e| load_err(path, e.to_string()))?;
             let tok = Tokenizer::from_dir(path)?;
@@ -110,9 +110,6 @@ impl LlmModel {
         } else {
             return Err(load_err(path, "expected a model folder or a .gguf file"));
         };
-        if !models::SUPPORTED.contains(&cfg.model_type.as_str()) {
-            return Err(EngineError::UnsupportedArchitecture(cfg.model_type.clone()));
-        }
         let (features, weights) = models::prepare(&mut cfg, weights)?;
         report("building the model", 0.5);
         let mut transformer = Transformer::load(cfg.clone(), features, &weights).map_err(be)?;
@@ -351,6 +348,15 @@ impl<'m> ChatSession<'m> {
     /// Tokens currently held in the KV cache.
     pub fn cached_tokens(&self) -> usize {
         self.state.tokens.len()
+    }
+}
+
+/// Refuses an unknown architecture before any weight is read.
+fn supported(cfg: LlmConfig) -> Result<LlmConfig> {
+    if models::SUPPORTED.contains(&cfg.model_type.as_str()) {
+        Ok(cfg)
+    } else {
+        Err(EngineError::UnsupportedArchitecture(cfg.model_type))
     }
 }
 

@@ -3,6 +3,8 @@
 #include "engine-mlx/src/shim/shim.h"
 #include "engine-mlx/src/ffi.rs.h"
 
+#include <cstdlib>
+#include <cstring>
 #include <stdexcept>
 
 #ifdef MLXE_OPENBLAS
@@ -15,6 +17,22 @@ static const int mlxe_openblas_threads_at_start = openblas_get_num_threads();
 #endif
 
 namespace mx = mlx::core;
+
+namespace {
+// Work scheduled with async_eval may still run in MLX's stream thread when the
+// process exits; tearing down BLAS and MLX under it hangs or crashes. This
+// handler (registered after libmlx and OpenBLAS initialised, so it runs before
+// their teardown) waits for it.
+const bool mlxe_exit_sync_registered = [] {
+  std::atexit([] {
+    try {
+      mx::synchronize();
+    } catch (...) {
+    }
+  });
+  return true;
+}();
+}  // namespace
 
 namespace mlxe {
 namespace {

@@ -1,0 +1,172 @@
+//! `mlxengine run` end to end on the real SmolLM2-135M-Instruct GGUF
+//! (`cargo xtask fetch-models`), and its errors on bad input.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn gguf() -> PathBuf {
+    let p = root().join("target/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(p.exists(), "{} is missing: run `cargo xtask fetch-models`", p.display());
+    p
+}
+
+fn mlxengine(args: &[&std::ffi::OsStr], stdin: Option<&[u8]>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mlxengine"));
+    cmd.args(args).env("HF_HUB_OFFLINE", "1").env_remove("MLXENGINE_LOG");
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn mlxengine");
+    let mut input = child.stdin.take().expect("stdin");
+    input.write_all(stdin.unwrap_or_default()).expect("write stdin");
+    drop(input);
+    child.wait_with_output().expect("wait")
+}
+
+fn s(x: &str) -> &std::ffi::OsStr {
+    x.as_ref()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn answers_questions_greedily_and_reports_stats() {
+    let g = gguf();
+    let out = mlxengine(
+        &[
+            s("run"),
+            g.as_os_str(),
+            s("What is the capital of France?"),
+            s("--temperature"),
+            s("0"),
+            s("--max-tokens"),
+            s("32"),
+            s("--verbose"),
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("Paris"), "stdout: {}", text(&out.stdout));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("prompt:") && err.contains("tok/s") && err.contains("peak memory"),
+        "stderr: {err}"
+    );
+    let out = mlxengine(
+        &[
+            s("run"),
+            g.as_os_str(),
+            s("What is 2+2? Answer with a number."),
+            s("--temperature"),
+            s("0"),
+            s("--max-tokens"),
+            s("32"),
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains('4'), "stdout: {}", text(&out.stdout));
+}
+
+#[test]
+fn interactive_chat_reads_turns_from_stdin() {
+    let g = gguf();
+    let input = b"What is the capital of France?\nAnd what is the capital of Italy?\n";
+    let out = mlxengine(
+        &[
+            s("run"),
+            g.as_os_str(),
+            s("--temperature"),
+            s("0"),
+            s("--max-tokens"),
+            s("24"),
+        ],
+        Some(input),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("Paris"), "{stdout}");
+    assert!(stdout.contains("Rome"), "{stdout}");
+}
+
+#[test]
+fn bad_input_gives_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let fail = |args: &[&std::ffi::OsStr], stdin: Option<&[u8]>, want: &str| {
+        let out = mlxengine(args, stdin);
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+        assert!(
+            err.to_lowercase().contains(&want.to_lowercase()),
+            "{args:?}: expected `{want}` in {err}"
+        );
+    };
+    // A missing file.
+    let missing = dir.path().join("nope.gguf");
+    fail(&[s("run"), missing.as_os_str(), s("hi")], None, "cannot find model");
+    // A truncated GGUF.
+    let cut = dir.path().join("cut.gguf");
+    let bytes = std::fs::read(gguf()).unwrap();
+    std::fs::write(&cut, &bytes[..1 << 20]).unwrap();
+    fail(&[s("run"), cut.as_os_str(), s("hi")], None, "truncated");
+    // A folder with an unknown architecture.
+    let arch = dir.path().join("mamba");
+    std::fs::create_dir(&arch).unwrap();
+    std::fs::write(
+        arch.join("config.json"),
+        r#"{"model_type":"mamba","hidden_size":64,"num_hidden_layers":2,"intermediate_size":128,"num_attention_heads":4,"vocab_size":256}"#,
+    )
+    .unwrap();
+    fail(
+        &[s("run"), arch.as_os_str(), s("hi")],
+        None,
+        "unsupported architecture `mamba`",
+    );
+    // Corrupt weights next to a good config.
+    let corrupt = dir.path().join("corrupt");
+    std::fs::create_dir(&corrupt).unwrap();
+    std::fs::write(
+        corrupt.join("config.json"),
+        r#"{"model_type":"llama","hidden_size":64,"num_hidden_layers":2,"intermediate_size":128,"num_attention_heads":4,"vocab_size":256}"#,
+    )
+    .unwrap();
+    std::fs::write(corrupt.join("model.safetensors"), b"\x10\0\0\0\0\0\0\0{not json at all").unwrap();
+    fail(&[s("run"), corrupt.as_os_str(), s("hi")], None, "safetensors");
+    // Out-of-range parameters.
+    let g = gguf();
+    fail(&[s("run"), g.as_os_str(), s("hi"), s("--top-p"), s("2")], None, "top_p");
+    fail(
+        &[s("run"), g.as_os_str(), s("hi"), s("--dtype"), s("int3")],
+        None,
+        "--dtype",
+    );
+    // A prompt longer than the context (8192 tokens).
+    let long = "word ".repeat(9000);
+    fail(
+        &[s("run"), g.as_os_str(), s(&long), s("--max-tokens"), s("4")],
+        None,
+        "context",
+    );
+    // Non-UTF-8 on the command line and on stdin.
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let bad = std::ffi::OsStr::from_bytes(b"caf\xe9");
+        fail(&[s("run"), g.as_os_str(), bad], None, "utf-8");
+        fail(&[s("run"), g.as_os_str()], Some(b"caf\xe9\n"), "utf-8");
+    }
+}
+
+#[test]
+fn max_tokens_zero_prints_nothing() {
+    let g = gguf();
+    let out = mlxengine(&[s("run"), g.as_os_str(), s("Hello"), s("--max-tokens"), s("0")], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "");
+}
