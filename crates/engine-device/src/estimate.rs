@@ -196,7 +196,15 @@ pub fn estimate_for_arch(arch: &ArchConfig, weights_bytes: u64, opts: &EstimateO
     } else {
         opts.prompt_len.unwrap_or(ctx).min(ctx).min(PREFILL_CHUNK)
     };
-    let act = arch.activation_bytes(tokens, ctx, opts.activation_dtype_bytes);
+    // Prefill's last chunk attends to the prompt so far; a decode step to the whole context.
+    let prefill_ctx = opts.prompt_len.unwrap_or(ctx).min(ctx).max(tokens);
+    let dt = opts.activation_dtype_bytes;
+    let act = if arch.kv_heads == 0 {
+        arch.activation_bytes(tokens, ctx, dt)
+    } else {
+        arch.activation_bytes(tokens, prefill_ctx, dt)
+            .max(arch.activation_bytes(1, ctx, dt))
+    };
     // Converting to f32 at load: the stored weights, the f32 copy, and the temporaries of
     // dequantizing the largest matrix (the embedding table) peak together. Measured on
     // SmolLM2-135M Q4_1: 737 MB at load against 562 MB while generating.

@@ -17,6 +17,8 @@ pub struct KvCache {
     /// Positions held in `keys` (≤ offset for a window cache).
     len: usize,
     window: Option<usize>,
+    /// Capacity to allocate at the next growth (see `reserve`).
+    reserved: usize,
 }
 
 impl KvCache {
@@ -28,6 +30,7 @@ impl KvCache {
             offset: 0,
             len: 0,
             window: None,
+            reserved: 0,
         }
     }
 
@@ -55,6 +58,15 @@ impl KvCache {
         self.window
     }
 
+    /// Makes room for `total` positions in one allocation, so a generation
+    /// whose length is known never reallocates (a reallocation holds the old
+    /// and the new buffer at once). Takes effect at the next update.
+    pub fn reserve(&mut self, total: usize) {
+        if self.window.is_none() {
+            self.reserved = self.reserved.max(total);
+        }
+    }
+
     /// Appends k/v (B, H, L, D) and returns all keys/values to attend to.
     pub fn update(&mut self, k: &Array, v: &Array) -> Result<(Array, Array)> {
         let l = k.dim(2);
@@ -68,7 +80,7 @@ impl KvCache {
         let needed = self.len + l;
         let cap = self.keys.as_ref().map_or(0, |a| a.dim(2));
         if needed > cap {
-            let grow = needed.div_ceil(STEP) * STEP - cap;
+            let grow = needed.max(self.reserved).div_ceil(STEP) * STEP - cap;
             let extend = |buf: &Option<Array>, new: &Array| -> Result<Array> {
                 let s = new.shape();
                 let zeros = Array::zeros(&[s[0], s[1], grow, s[3]], new.dtype())?;

@@ -14,6 +14,9 @@ use std::time::Instant;
 /// Prompt tokens processed per forward pass during prefill (bounds memory).
 pub const PREFILL_CHUNK: usize = 512;
 
+/// Most new tokens whose cache a generation reserves before it starts.
+pub const RESERVE_LIMIT: usize = 4096;
+
 pub(crate) fn be(e: engine_mlx::Error) -> EngineError {
     EngineError::Backend(e.to_string())
 }
@@ -120,6 +123,12 @@ impl<'a> Generator<'a> {
         };
         let st = state.get();
         let cached = st.reuse_prefix(model, prompt);
+        // Reserve the whole generation up front (no reallocation, whose old and new
+        // buffers would coexist), but not a huge `max_tokens` the answer may never use.
+        let total = (prompt.len() + params.max_tokens.min(RESERVE_LIMIT)).min(context_length);
+        for c in &mut st.cache {
+            c.reserve(total);
+        }
         let mut g = Generator {
             model,
             sampler: Sampler::new(params).map_err(be)?,
