@@ -5,6 +5,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <stdexcept>
 
 #ifdef MLXE_OPENBLAS
@@ -18,21 +19,6 @@ static const int mlxe_openblas_threads_at_start = openblas_get_num_threads();
 
 namespace mx = mlx::core;
 
-namespace {
-// Work scheduled with async_eval may still run in MLX's stream thread when the
-// process exits; tearing down BLAS and MLX under it hangs or crashes. This
-// handler (registered after libmlx and OpenBLAS initialised, so it runs before
-// their teardown) waits for it.
-const bool mlxe_exit_sync_registered = [] {
-  std::atexit([] {
-    try {
-      mx::synchronize();
-    } catch (...) {
-    }
-  });
-  return true;
-}();
-}  // namespace
 
 namespace mlxe {
 namespace {
@@ -201,7 +187,23 @@ double item_f64(const Array& a) { return read_scalar<double>(a); }
 int64_t item_i64(const Array& a) { return read_scalar<int64_t>(a); }
 
 void eval(const ArrayList& l) { mx::eval(l.items); }
-void async_eval(const ArrayList& l) { mx::async_eval(l.items); }
+// Work scheduled with async_eval may still run in MLX's stream thread when the
+// process exits; tearing MLX and BLAS down under it hangs or crashes. After the
+// first async_eval (so after MLX's scheduler exists, and its destructor was
+// registered before ours), an exit handler waits for that work: handlers run in
+// reverse order, so ours runs while the scheduler is still alive.
+void async_eval(const ArrayList& l) {
+  mx::async_eval(l.items);
+  static std::once_flag registered;
+  std::call_once(registered, [] {
+    std::atexit([] {
+      try {
+        mx::synchronize();
+      } catch (...) {
+      }
+    });
+  });
+}
 std::unique_ptr<Array> astype(const Array& a, uint8_t code) { return own(mx::astype(a, to_dtype(code))); }
 
 // Unary op codes shared with Rust `UnaryOp`.
