@@ -294,7 +294,7 @@ impl Transformer {
         for (layer, c) in self.layers.iter().zip(cache.iter_mut()) {
             h = self.layer_forward(layer, &h, c, mask)?;
         }
-        if last_only {
+        if last_only && h.dim(1) > 1 {
             let l = h.dim(1) as i32;
             h = h.slice_axis(1, l - 1, l)?;
         }
