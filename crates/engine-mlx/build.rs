@@ -54,6 +54,21 @@ fn main() {
     }
     build.compile("engine_mlx_shim");
 
+    // The vectorised CPU kernels: always optimised (also in debug builds,
+    // where the tests run), `#pragma omp simd` without the OpenMP runtime.
+    cc::Build::new()
+        .cpp(true)
+        .file("src/shim/cpu_kernels.cc")
+        .include(&include)
+        .std("c++20")
+        .opt_level(3)
+        .flag_if_supported("-fopenmp-simd")
+        .flag_if_supported("-Wno-unused-parameter")
+        .flag_if_supported("-Wno-deprecated-declarations")
+        .compile("engine_mlx_kernels");
+    println!("cargo:rerun-if-changed=src/shim/cpu_kernels.cc");
+    println!("cargo:rerun-if-changed=src/shim/cpu_kernels.h");
+
     println!("cargo:rustc-link-search=native={}", lib.display());
     println!("cargo:rustc-link-lib=dylib=mlx");
     if let Some(dir) = &openblas {

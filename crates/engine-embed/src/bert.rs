@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use engine_mlx::fast::{self, AttentionMask};
+use engine_mlx::fast;
 use engine_mlx::nn::{Embedding, LayerNorm, Linear};
 use engine_mlx::{concatenate, Array, Dtype, WeightMap};
 use serde::Deserialize;
@@ -153,10 +153,13 @@ impl Bert {
     fn arrays(&self) -> Vec<&Array> {
         let mut v = self.words.arrays();
         v.push(&self.positions);
+        v.extend(self.emb_norm.arrays());
         for l in &self.layers {
             for lin in [&l.qkv, &l.attn_out, &l.up, &l.down] {
                 v.extend(lin.arrays());
             }
+            v.extend(l.attn_norm.arrays());
+            v.extend(l.out_norm.arrays());
         }
         v
     }
@@ -171,35 +174,24 @@ impl Bert {
         self.cfg.max_position_embeddings
     }
 
-    /// Hidden states (B, L, H) of token ids (B, L); `mask` (B, 1, 1, L) is
-    /// true for real tokens, `None` when no row is padded.
-    pub fn forward(&self, ids: &Array, mask: Option<&Array>) -> Result<Array> {
-        let (b, l) = (ids.dim(0) as i32, ids.dim(1) as i32);
+    /// Hidden states (T, H) of sequences of `lengths` tokens packed end to
+    /// end in `ids` (T = Σ lengths): no padding anywhere, so the matmuls do
+    /// no work on pad tokens and attention stays within each sequence.
+    pub fn forward_packed(&self, ids: &[i32], lengths: &[usize]) -> Result<Array> {
+        let t = ids.len();
         let h = self.cfg.hidden_size as i32;
         let nh = self.cfg.num_attention_heads as i32;
-        let hd = h / nh;
-        let scale = 1.0 / (hd as f32).sqrt();
-        let pos = self.positions.slice_axis(0, 0, l)?;
-        let mut x = self.emb_norm.forward(&self.words.forward(ids)?.add(&pos)?)?;
-        let mask = match mask {
-            Some(m) => AttentionMask::Array(m),
-            None => AttentionMask::None,
-        };
+        let scale = 1.0 / ((h / nh) as f32).sqrt();
+        let positions: Vec<i32> = lengths.iter().flat_map(|&n| 0..n as i32).collect();
+        let lens: Vec<i32> = lengths.iter().map(|&n| n as i32).collect();
+        let words = self.words.forward(&Array::from_slice(ids, &[t])?)?;
+        let pos = self.positions.take(&Array::from_slice(&positions, &[t])?, 0)?;
+        let mut x = self.emb_norm.forward_residual(&words, &pos)?;
         for layer in &self.layers {
-            // (B, L, 3H) → (3, B, nh, L, hd)
-            let qkv = layer
-                .qkv
-                .forward(&x)?
-                .reshape(&[b, l, 3, nh, hd])?
-                .transpose(&[2, 0, 3, 1, 4])?;
-            let parts = qkv.split(3, 0)?;
-            let (q, k, v) = (parts[0].squeeze(0)?, parts[1].squeeze(0)?, parts[2].squeeze(0)?);
-            let attn = fast::scaled_dot_product_attention(&q, &k, &v, scale, mask)?
-                .transpose(&[0, 2, 1, 3])?
-                .reshape(&[b, l, h])?;
-            let x1 = layer.attn_norm.forward(&layer.attn_out.forward(&attn)?.add(&x)?)?;
+            let attn = fast::packed_attention(&layer.qkv.forward(&x)?, &lens, nh, scale)?;
+            let x1 = layer.attn_norm.forward_residual(&layer.attn_out.forward(&attn)?, &x)?;
             let ff = layer.down.forward(&self.act.apply(&layer.up.forward(&x1)?)?)?;
-            x = layer.out_norm.forward(&ff.add(&x1)?)?;
+            x = layer.out_norm.forward_residual(&ff, &x1)?;
         }
         Ok(x)
     }

@@ -369,28 +369,17 @@ impl Embedder {
         })
     }
 
-    /// Runs one padded batch through the encoder and pooling; returns B × dims floats.
+    /// Runs one batch through the encoder and pooling; returns B × dims floats.
     fn encode_batch(&self, rows: &[&[u32]], normalize: bool) -> Result<Vec<f32>> {
         let b = rows.len();
         let lengths: Vec<usize> = rows.iter().map(|r| r.len()).collect();
         let l = lengths.iter().copied().max().unwrap_or(0).max(1);
-        let mut flat = vec![0i32; b * l];
         let mut valid = vec![0u8; b * l];
-        for (r, row) in rows.iter().enumerate() {
-            for (c, &id) in row.iter().enumerate() {
-                flat[r * l + c] = id as i32;
-                valid[r * l + c] = 1;
-            }
+        for (r, &n) in lengths.iter().enumerate() {
+            valid[r * l..r * l + n].fill(1);
         }
-        let ids = Array::from_slice(&flat, &[b, l])?;
         let valid = Array::from_bytes(&valid, &[b, l], Dtype::Bool)?;
-        let padded = lengths.iter().any(|&n| n < l);
-        let attn_mask = if padded {
-            Some(valid.reshape(&[b as i32, 1, 1, l as i32])?)
-        } else {
-            None
-        };
-        let hidden = self.encoder.forward(&ids, attn_mask.as_ref())?;
+        let hidden = self.encoder.forward(rows)?;
         let mut pooled = self.pooling.apply(&hidden, &valid, &lengths)?;
         if normalize {
             pooled = pooling::l2_normalize(&pooled)?;

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use engine_mlx::{Array, WeightMap};
+use engine_mlx::{Array, Dtype, WeightMap};
 use serde_json::Value;
 
 use crate::bert::{Bert, BertConfig};
@@ -41,7 +41,7 @@ impl Activation {
 
     pub(crate) fn apply(self, x: &Array) -> Result<Array> {
         Ok(match self {
-            Activation::Gelu => gelu(x)?,
+            Activation::Gelu => x.gelu()?,
             Activation::GeluTanh => x.gelu_approx()?,
             Activation::Relu => x.relu()?,
             Activation::Silu => x.silu()?,
@@ -75,10 +75,50 @@ pub(crate) enum Encoder {
 }
 
 impl Encoder {
-    pub(crate) fn forward(&self, ids: &Array, mask: Option<&Array>) -> Result<Array> {
+    /// Hidden states (B, L, H) of `rows` of token ids, L the longest row;
+    /// positions past a row's end hold unspecified values.
+    pub(crate) fn forward(&self, rows: &[&[u32]]) -> Result<Array> {
+        let b = rows.len();
+        let lengths: Vec<usize> = rows.iter().map(|r| r.len()).collect();
+        let l = lengths.iter().copied().max().unwrap_or(0).max(1);
         match self {
-            Encoder::Bert(m) => m.forward(ids, mask),
-            Encoder::ModernBert(m) => m.forward(ids, mask),
+            Encoder::Bert(m) => {
+                let flat: Vec<i32> = rows.iter().flat_map(|r| r.iter().map(|&id| id as i32)).collect();
+                let packed = m.forward_packed(&flat, &lengths)?;
+                let h = m.hidden_size() as i32;
+                if lengths.iter().all(|&n| n == l) {
+                    return Ok(packed.reshape(&[b as i32, l as i32, h])?);
+                }
+                // Back to (B, L, H); pad positions repeat row 0 (pooling masks them).
+                let mut index = vec![0i32; b * l];
+                let mut off = 0;
+                for (r, &n) in lengths.iter().enumerate() {
+                    for c in 0..n {
+                        index[r * l + c] = (off + c) as i32;
+                    }
+                    off += n;
+                }
+                Ok(packed
+                    .take(&Array::from_slice(&index, &[b * l])?, 0)?
+                    .reshape(&[b as i32, l as i32, h])?)
+            }
+            Encoder::ModernBert(m) => {
+                let mut flat = vec![0i32; b * l];
+                let mut valid = vec![0u8; b * l];
+                for (r, row) in rows.iter().enumerate() {
+                    for (c, &id) in row.iter().enumerate() {
+                        flat[r * l + c] = id as i32;
+                        valid[r * l + c] = 1;
+                    }
+                }
+                let ids = Array::from_slice(&flat, &[b, l])?;
+                let mask = if lengths.iter().any(|&n| n < l) {
+                    Some(Array::from_bytes(&valid, &[b, 1, 1, l], Dtype::Bool)?)
+                } else {
+                    None
+                };
+                m.forward(&ids, mask.as_ref())
+            }
         }
     }
 
@@ -102,75 +142,6 @@ impl Encoder {
             Encoder::ModernBert(_) => Architecture::ModernBert,
         }
     }
-}
-
-/// Numerator and denominator of the rational erf approximation Eigen and XLA
-/// use for f32: `erf(z) ≈ z·P(z²)/Q(z²)` on [-4, 4] (|error| < 5e-7 against libm).
-const ERF_NUM: [f32; 7] = [
-    -2.726_142_3e-10,
-    2.770_681_4e-8,
-    -2.101_024e-6,
-    -5.692_506_4e-5,
-    -7.349_906e-4,
-    -2.954_6e-3,
-    -1.609_603_3e-2,
-];
-const ERF_DEN: [f32; 5] = [
-    -1.456_607_2e-5,
-    -2.133_740_6e-4,
-    -1.682_827e-3,
-    -7.373_329e-3,
-    -1.426_474e-2,
-];
-
-/// Exact (erf) GELU of one value, `0.5·x·(1 + erf(x/√2))`.
-#[inline]
-fn gelu_scalar(x: f32) -> f32 {
-    // Beyond ±4, erf is ±1 in f32.
-    let z = (x * std::f32::consts::FRAC_1_SQRT_2).clamp(-4.0, 4.0);
-    let z2 = z * z;
-    let mut p = ERF_NUM[0];
-    for c in &ERF_NUM[1..] {
-        p = p * z2 + c;
-    }
-    let mut q = ERF_DEN[0];
-    for c in &ERF_DEN[1..] {
-        q = q * z2 + c;
-    }
-    // At the clamp the approximation is 1.2e-7 short of ±1, which times a
-    // large |x| would leak into the far tails; there erf is exactly ±1 in f32.
-    let erf = if z >= 4.0 {
-        1.0
-    } else if z <= -4.0 {
-        -1.0
-    } else {
-        z * p / q
-    };
-    0.5 * x * (1.0 + erf)
-}
-
-/// Exact (erf) GELU of an array.
-///
-/// On the CPU, MLX's `erf` is scalar code (~40 ns a value) and GELU runs on
-/// the widest activation of every layer, so there the values are computed
-/// here, in plain vectorisable loops across all cores (~50× faster, copies
-/// included). Elsewhere MLX computes it on the device.
-pub(crate) fn gelu(x: &Array) -> Result<Array> {
-    if engine_mlx::default_device() != engine_mlx::Device::Cpu {
-        return Ok(x.gelu()?);
-    }
-    let dtype = x.dtype();
-    let shape = x.shape();
-    let mut v = x.astype(engine_mlx::Dtype::Float32)?.to_vec::<f32>()?;
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // Below ~64k values a thread costs more than it saves.
-    let chunk = v.len().div_ceil(threads).max(1 << 16);
-    std::thread::scope(|s| {
-        for part in v.chunks_mut(chunk) {
-            s.spawn(move || part.iter_mut().for_each(|x| *x = gelu_scalar(*x)));
-        }
-    });
-    Ok(Array::from_slice(&v, &shape)?.astype(dtype)?)
 }
 
 pub(crate) fn read_json(path: &Path) -> Result<Value> {
@@ -332,28 +303,4 @@ pub(crate) fn read_pipeline(dir: &Path) -> Result<Pipeline> {
         normalize,
         max_seq_length,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_gelu_matches_mlx_exact_gelu() {
-        // Wide range, including the ±4·√2 clamp edges and large magnitudes;
-        // more than one thread's chunk so the parallel split is exercised.
-        let n = 200_001;
-        let xs: Vec<f32> = (0..n).map(|i| -12.0 + 24.0 * i as f32 / (n - 1) as f32).collect();
-        let x = Array::from_slice(&xs, &[n]).unwrap();
-        let ours = gelu(&x).unwrap().to_vec::<f32>().unwrap();
-        let mlx = x.gelu().unwrap().to_vec::<f32>().unwrap();
-        // Within the documented erf error (5e-7, scaled by x/2) plus a few ulps.
-        for ((x, a), b) in xs.iter().zip(&ours).zip(&mlx) {
-            let tol = 2.5e-7 * x.abs() + 3e-7 * b.abs() + 1e-7;
-            assert!((a - b).abs() <= tol, "x = {x}: {a} vs {b}");
-        }
-        assert_eq!(gelu_scalar(0.0), 0.0);
-        assert_eq!(gelu_scalar(-20.0), 0.0);
-        assert_eq!(gelu_scalar(20.0), 20.0);
-    }
 }

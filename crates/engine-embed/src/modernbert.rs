@@ -211,10 +211,14 @@ impl ModernBert {
 
     fn arrays(&self) -> Vec<&Array> {
         let mut v = self.words.arrays();
+        v.extend(self.emb_norm.arrays());
+        v.extend(self.final_norm.arrays());
         for l in &self.layers {
             for lin in [&l.wqkv, &l.wo, &l.wi, &l.mlp_wo] {
                 v.extend(lin.arrays());
             }
+            v.extend(l.attn_norm.iter().flat_map(LayerNorm::arrays));
+            v.extend(l.mlp_norm.arrays());
         }
         v
     }

@@ -379,18 +379,14 @@ impl Array {
 
     // ---- activations
 
-    /// SiLU (swish): `x * sigmoid(x)`.
+    /// SiLU (swish): `x * sigmoid(x)`; a vectorised kernel for float32 on the CPU.
     pub fn silu(&self) -> Result<Array> {
-        self.multiply(&self.sigmoid()?)
+        wrap(ffi::silu(&self.inner), "silu")
     }
 
-    /// Exact GELU: `0.5 x (1 + erf(x / √2))`.
+    /// Exact GELU: `0.5 x (1 + erf(x / √2))`; a vectorised kernel for float32 on the CPU.
     pub fn gelu(&self) -> Result<Array> {
-        let inner = self
-            .mul_scalar(std::f64::consts::FRAC_1_SQRT_2)?
-            .erf()?
-            .add_scalar(1.0)?;
-        self.multiply(&inner)?.mul_scalar(0.5)
+        wrap(ffi::gelu(&self.inner), "gelu")
     }
 
     /// GELU with the tanh approximation (`gelu_pytorch_tanh`).

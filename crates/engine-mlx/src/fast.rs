@@ -43,8 +43,43 @@ pub fn rms_norm(x: &Array, weight: Option<&Array>, eps: f32) -> Result<Array> {
 /// Layer normalisation over the last axis.
 pub fn layer_norm(x: &Array, weight: Option<&Array>, bias: Option<&Array>, eps: f32) -> Result<Array> {
     wrap(
-        ffi::layer_norm(&x.inner, &opt_list(weight), &opt_list(bias), eps),
+        ffi::layer_norm(&x.inner, &opt_list(None), &opt_list(weight), &opt_list(bias), eps),
         "layer_norm",
+    )
+}
+
+/// `layer_norm(x + residual)`: on the CPU in float32 one fused pass, no
+/// intermediate sum in memory (post-norm encoders do this twice per layer).
+pub fn layer_norm_residual(
+    x: &Array,
+    residual: &Array,
+    weight: Option<&Array>,
+    bias: Option<&Array>,
+    eps: f32,
+) -> Result<Array> {
+    wrap(
+        ffi::layer_norm(
+            &x.inner,
+            &opt_list(Some(residual)),
+            &opt_list(weight),
+            &opt_list(bias),
+            eps,
+        ),
+        "layer_norm_residual",
+    )
+}
+
+/// Bidirectional attention over packed sequences, for encoders.
+///
+/// `qkv` (T, 3·heads·D) holds the queries, keys and values (in that order,
+/// heads contiguous in each) of sequences of `lengths` tokens laid end to
+/// end, Σ lengths = T; each token attends to its own sequence only. Returns
+/// (T, heads·D). On the CPU in float32 this is one kernel that never touches
+/// padding; elsewhere the sequences are padded for MLX's fused attention.
+pub fn packed_attention(qkv: &Array, lengths: &[i32], heads: i32, scale: f32) -> Result<Array> {
+    wrap(
+        ffi::packed_attention(&qkv.inner, lengths, heads, scale),
+        "packed_attention",
     )
 }
 

@@ -73,6 +73,8 @@ pub(crate) mod bridge {
 
         fn reduce(a: &Array, axes: &[i32], keepdims: bool, op: u8) -> Result<UniquePtr<Array>>;
         fn softmax(a: &Array, axes: &[i32], precise: bool) -> Result<UniquePtr<Array>>;
+        fn gelu(a: &Array) -> Result<UniquePtr<Array>>;
+        fn silu(a: &Array) -> Result<UniquePtr<Array>>;
         fn logsumexp(a: &Array, axes: &[i32], keepdims: bool) -> Result<UniquePtr<Array>>;
         fn argmax(a: &Array, axis: i32, keepdims: bool) -> Result<UniquePtr<Array>>;
         fn argmin(a: &Array, axis: i32, keepdims: bool) -> Result<UniquePtr<Array>>;
@@ -118,7 +120,14 @@ pub(crate) mod bridge {
             mask: &ArrayList,
         ) -> Result<UniquePtr<Array>>;
         fn rms_norm(x: &Array, weight: &ArrayList, eps: f32) -> Result<UniquePtr<Array>>;
-        fn layer_norm(x: &Array, weight: &ArrayList, bias: &ArrayList, eps: f32) -> Result<UniquePtr<Array>>;
+        fn layer_norm(
+            x: &Array,
+            residual: &ArrayList,
+            weight: &ArrayList,
+            bias: &ArrayList,
+            eps: f32,
+        ) -> Result<UniquePtr<Array>>;
+        fn packed_attention(qkv: &Array, lengths: &[i32], heads: i32, scale: f32) -> Result<UniquePtr<Array>>;
         #[allow(clippy::too_many_arguments)]
         fn rope(
             x: &Array,

@@ -31,6 +31,11 @@ impl RmsNorm {
         fast::rms_norm(x, Some(&self.weight), self.eps)
     }
 
+    /// The parameters, for `eval`.
+    pub fn arrays(&self) -> Vec<&Array> {
+        vec![&self.weight]
+    }
+
     /// Casts the weight.
     pub fn cast(&self, dtype: Dtype) -> Result<RmsNorm> {
         Ok(RmsNorm {
@@ -64,6 +69,16 @@ impl LayerNorm {
     /// Normalises the last axis.
     pub fn forward(&self, x: &Array) -> Result<Array> {
         fast::layer_norm(x, self.weight.as_ref(), self.bias.as_ref(), self.eps)
+    }
+
+    /// Normalises `x + residual` (fused on the CPU).
+    pub fn forward_residual(&self, x: &Array, residual: &Array) -> Result<Array> {
+        fast::layer_norm_residual(x, residual, self.weight.as_ref(), self.bias.as_ref(), self.eps)
+    }
+
+    /// The parameters, for `eval`.
+    pub fn arrays(&self) -> Vec<&Array> {
+        self.weight.iter().chain(self.bias.iter()).collect()
     }
 }
 
@@ -105,5 +120,10 @@ impl GroupNorm {
             .subtract(&mean)?
             .multiply(&var.add_scalar(self.eps as f64)?.rsqrt()?)?;
         normed.reshape(&shape)?.multiply(&self.weight)?.add(&self.bias)
+    }
+
+    /// The parameters, for `eval`.
+    pub fn arrays(&self) -> Vec<&Array> {
+        vec![&self.weight, &self.bias]
     }
 }

@@ -2,6 +2,7 @@
 #include <cstring>
 #include "engine-mlx/src/shim/shim.h"
 #include "engine-mlx/src/ffi.rs.h"
+#include "engine-mlx/src/shim/cpu_kernels.h"
 
 #include <cstdlib>
 #include <cstring>
@@ -322,7 +323,20 @@ std::unique_ptr<Array> reduce(const Array& a, rust::Slice<const int32_t> axes_s,
 }
 
 std::unique_ptr<Array> softmax(const Array& a, rust::Slice<const int32_t> axes, bool precise) {
+  if (axes.size() == 1 && a.ndim() > 0 && (axes[0] == -1 || axes[0] == static_cast<int32_t>(a.ndim()) - 1) &&
+      kernels::applies(a)) {
+    return own(kernels::softmax_last(a));
+  }
   return own(mx::softmax(a, to_ints(axes), precise));
+}
+std::unique_ptr<Array> gelu(const Array& a) {
+  if (kernels::applies(a)) return own(kernels::gelu(a));
+  return own(mx::multiply(mx::multiply(a, Array(0.5f, a.dtype())),
+                          mx::add(Array(1.0f, a.dtype()), mx::erf(mx::multiply(a, Array(float(M_SQRT1_2), a.dtype()))))));
+}
+std::unique_ptr<Array> silu(const Array& a) {
+  if (kernels::applies(a)) return own(kernels::silu(a));
+  return own(mx::multiply(a, mx::sigmoid(a)));
 }
 std::unique_ptr<Array> logsumexp(const Array& a, rust::Slice<const int32_t> axes, bool keepdims) {
   return own(mx::logsumexp(a, to_ints(axes), keepdims));
@@ -361,14 +375,99 @@ std::unique_ptr<Array> random_categorical(const Array& logits, int32_t axis, con
   return own(mx::random::categorical(logits, axis, opt(key)));
 }
 
+// MLX computes attention on the CPU from plain ops (there is no fused CPU
+// kernel); this does the same with the vectorised softmax, which is where
+// MLX's scalar exp made CPU attention slow.
+Array sdpa_cpu(Array q, Array k, Array v, float scale, const std::string& mode, std::optional<Array> mask) {
+  const int b = q.shape(0), h = q.shape(1), lq = q.shape(2), d = q.shape(3);
+  const int hkv = k.shape(1), lk = k.shape(2);
+  const int rep = h / hkv;
+  q = mx::multiply(q, Array(scale, q.dtype()));
+  if (rep > 1) {
+    // Grouped queries: (B, Hkv, rep, Lq, D) against (B, Hkv, 1, Lk, D).
+    q = mx::reshape(q, {b, hkv, rep, lq, d});
+    k = mx::expand_dims(k, 2);
+    v = mx::expand_dims(v, 2);
+    if (mask && mask->ndim() >= 3) {
+      mask = mask->shape(-3) == h ? mx::unflatten(*mask, -3, {hkv, rep}) : mx::expand_dims(*mask, -3);
+    }
+  }
+  auto scores = mx::matmul(q, mx::swapaxes(k, -1, -2));
+  const Array neg_inf(-std::numeric_limits<float>::infinity(), scores.dtype());
+  if (mode == "causal") {
+    auto rows = mx::expand_dims(mx::arange(lk - lq, lk, mx::int32), 1);
+    auto cols = mx::expand_dims(mx::arange(0, lk, mx::int32), 0);
+    scores = mx::where(mx::greater_equal(rows, cols), scores, neg_inf);
+  } else if (mask) {
+    scores = mask->dtype() == mx::bool_ ? mx::where(*mask, scores, neg_inf)
+                                        : mx::add(scores, mx::astype(*mask, scores.dtype()));
+  }
+  auto probs = kernels::softmax_last(scores);
+  auto out = mx::matmul(probs, v);
+  return rep > 1 ? mx::reshape(out, {b, h, lq, d}) : out;
+}
+
 std::unique_ptr<Array> sdpa(const Array& q, const Array& k, const Array& v, float scale, rust::Str mask_mode, const ArrayList& mask) {
-  return own(mx::fast::scaled_dot_product_attention(q, k, v, scale, std::string(mask_mode), opt(mask)));
+  std::string mode(mask_mode);
+  auto m = opt(mask);
+  if (kernels::applies(q) && k.dtype() == mx::float32 && v.dtype() == mx::float32 && q.ndim() == 4 && k.ndim() == 4 &&
+      v.ndim() == 4 && k.shape(1) > 0 && q.shape(1) % k.shape(1) == 0 && (!m || m->dtype() == mx::bool_ || m->dtype() == mx::float32)) {
+    return own(sdpa_cpu(q, k, v, scale, mode, m));
+  }
+  return own(mx::fast::scaled_dot_product_attention(q, k, v, scale, mode, m));
 }
 std::unique_ptr<Array> rms_norm(const Array& x, const ArrayList& weight, float eps) {
   return own(mx::fast::rms_norm(x, opt(weight), eps));
 }
-std::unique_ptr<Array> layer_norm(const Array& x, const ArrayList& weight, const ArrayList& bias, float eps) {
-  return own(mx::fast::layer_norm(x, opt(weight), opt(bias), eps));
+std::unique_ptr<Array> layer_norm(const Array& x, const ArrayList& residual, const ArrayList& weight, const ArrayList& bias, float eps) {
+  auto r = opt(residual);
+  if (kernels::applies(x) && x.ndim() > 0 && (!r || (r->dtype() == mx::float32 && r->shape() == x.shape()))) {
+    return own(kernels::layer_norm(x, r, opt(weight), opt(bias), eps));
+  }
+  return own(mx::fast::layer_norm(r ? mx::add(x, *r) : x, opt(weight), opt(bias), eps));
+}
+
+std::unique_ptr<Array> packed_attention(const Array& qkv, rust::Slice<const int32_t> lengths, int32_t heads, float scale) {
+  if (qkv.ndim() != 2 || heads <= 0 || qkv.shape(1) % (3 * heads) != 0) {
+    throw std::invalid_argument("packed_attention: qkv must be (tokens, 3·heads·head_dim)");
+  }
+  int64_t total = 0;
+  int32_t longest = 0;
+  for (auto n : lengths) {
+    if (n < 0) throw std::invalid_argument("packed_attention: negative sequence length");
+    total += n;
+    longest = std::max(longest, n);
+  }
+  if (total != qkv.shape(0)) {
+    throw std::invalid_argument("packed_attention: the lengths add up to " + std::to_string(total) + " tokens, qkv has " +
+                                std::to_string(qkv.shape(0)));
+  }
+  std::vector<int32_t> lens(lengths.begin(), lengths.end());
+  // The kernel keeps a head's queries on the stack: head_dim up to 256.
+  if (kernels::applies(qkv) && qkv.shape(1) / (3 * heads) <= 256) {
+    return own(kernels::packed_attention(qkv, std::move(lens), heads, scale));
+  }
+  // Elsewhere: pad to (B, L), attend with a key mask, unpad.
+  const int b = static_cast<int>(lens.size()), l = std::max(longest, 1), t = static_cast<int>(total);
+  const int width = qkv.shape(1) / 3, d = width / heads;
+  std::vector<int32_t> pad_index(static_cast<size_t>(b) * l, t), unpad_index;
+  std::vector<uint8_t> valid(static_cast<size_t>(b) * l, 0);
+  unpad_index.reserve(t);
+  for (int i = 0, off = 0; i < b; off += lens[i], i++) {
+    for (int j = 0; j < lens[i]; j++) {
+      pad_index[i * l + j] = off + j;
+      valid[i * l + j] = 1;
+      unpad_index.push_back(i * l + j);
+    }
+  }
+  auto rows = mx::concatenate({qkv, mx::zeros({1, qkv.shape(1)}, qkv.dtype())}, 0);
+  auto padded = mx::take(rows, Array(pad_index.data(), {b * l}, mx::int32), 0);
+  auto parts = mx::split(mx::transpose(mx::reshape(padded, {b, l, 3, heads, d}), {2, 0, 3, 1, 4}), 3, 0);
+  auto mask = mx::reshape(Array(reinterpret_cast<const bool*>(valid.data()), {b * l}, mx::bool_), {b, 1, 1, l});
+  auto out = mx::fast::scaled_dot_product_attention(mx::squeeze(parts[0], 0), mx::squeeze(parts[1], 0),
+                                                    mx::squeeze(parts[2], 0), scale, "array", mask);
+  out = mx::reshape(mx::transpose(out, {0, 2, 1, 3}), {b * l, width});
+  return own(mx::take(out, Array(unpad_index.data(), {t}, mx::int32), 0));
 }
 std::unique_ptr<Array> rope(const Array& x, int32_t dims, bool traditional, float base, bool has_base, float scale, int32_t offset, const ArrayList& freqs) {
   std::optional<float> b = has_base ? std::optional<float>(base) : std::nullopt;

@@ -99,6 +99,8 @@ std::unique_ptr<Array> contiguous(const Array& a);
 // ---- reductions and friends
 std::unique_ptr<Array> reduce(const Array& a, rust::Slice<const int32_t> axes, bool keepdims, uint8_t op);
 std::unique_ptr<Array> softmax(const Array& a, rust::Slice<const int32_t> axes, bool precise);
+std::unique_ptr<Array> gelu(const Array& a);
+std::unique_ptr<Array> silu(const Array& a);
 std::unique_ptr<Array> logsumexp(const Array& a, rust::Slice<const int32_t> axes, bool keepdims);
 std::unique_ptr<Array> argmax(const Array& a, int32_t axis, bool keepdims);
 std::unique_ptr<Array> argmin(const Array& a, int32_t axis, bool keepdims);
@@ -122,7 +124,8 @@ std::unique_ptr<Array> random_categorical(const Array& logits, int32_t axis, con
 // ---- fast kernels
 std::unique_ptr<Array> sdpa(const Array& q, const Array& k, const Array& v, float scale, rust::Str mask_mode, const ArrayList& mask);
 std::unique_ptr<Array> rms_norm(const Array& x, const ArrayList& weight, float eps);
-std::unique_ptr<Array> layer_norm(const Array& x, const ArrayList& weight, const ArrayList& bias, float eps);
+std::unique_ptr<Array> layer_norm(const Array& x, const ArrayList& residual, const ArrayList& weight, const ArrayList& bias, float eps);
+std::unique_ptr<Array> packed_attention(const Array& qkv, rust::Slice<const int32_t> lengths, int32_t heads, float scale);
 std::unique_ptr<Array> rope(const Array& x, int32_t dims, bool traditional, float base, bool has_base, float scale, int32_t offset, const ArrayList& freqs);
 
 // ---- quantization

@@ -1,0 +1,475 @@
+// See cpu_kernels.h. Built at -O3 with -fopenmp-simd (build.rs); on x86-64
+// Linux each loop is compiled for AVX-512, AVX2 and baseline and picked at
+// load time, so one binary runs everywhere and uses what the CPU has.
+#include "cpu_kernels.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <stdexcept>
+#include <thread>
+#include <vector>
+
+#include "mlx/backend/cpu/encoder.h"
+#include "mlx/primitives.h"
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#define MLXE_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define MLXE_CLONES
+#endif
+
+namespace mlxe::kernels {
+namespace {
+
+// exp(x) = 2^n·e^r with n = round(x·log2 e), |r| ≤ ln2/2 and a degree-6
+// polynomial for e^r (Cephes' expf coefficients, relative error < 2e-7).
+// Written without calls or branches so the loops around it vectorise.
+inline float exp_approx(float x) {
+  const float xc = std::min(std::max(x, -87.0f), 88.0f);
+  // Round to nearest by adding and removing 1.5·2^23.
+  float n = xc * 1.44269504088896341f + 12582912.0f;
+  n -= 12582912.0f;
+  float r = xc - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  // Below -87 the true value is under float's normal range: 0 (also for -inf).
+  return x < -87.0f ? 0.0f : p * scale;
+}
+
+// erf(z) ≈ z·P(z²)/Q(z²) on [-4, 4], the rational form Eigen and XLA use for
+// float32 (|error| < 5e-7); beyond ±4 erf is ±1 in float32.
+inline float erf_approx(float z) {
+  const float zc = std::min(std::max(z, -4.0f), 4.0f);
+  const float z2 = zc * zc;
+  float p = -2.72614225801306e-10f;
+  p = p * z2 + 2.77068142495902e-08f;
+  p = p * z2 + -2.10102402082508e-06f;
+  p = p * z2 + -5.69250639462346e-05f;
+  p = p * z2 + -7.34990630326855e-04f;
+  p = p * z2 + -2.95459980854025e-03f;
+  p = p * z2 + -1.60960333262415e-02f;
+  float q = -1.45660718464996e-05f;
+  q = q * z2 + -2.13374055278905e-04f;
+  q = q * z2 + -1.68282697438203e-03f;
+  q = q * z2 + -7.37332916720468e-03f;
+  q = q * z2 + -1.42647390514189e-02f;
+  const float e = zc * p / q;
+  // At the clamp the fit is 1.2e-7 short of ±1; make the tails exact.
+  return z >= 4.0f ? 1.0f : (z <= -4.0f ? -1.0f : e);
+}
+
+MLXE_CLONES void gelu_range(const float* x, float* y, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; i++) {
+    const float v = x[i];
+    y[i] = 0.5f * v * (1.0f + erf_approx(v * 0.70710678118654752f));
+  }
+}
+
+MLXE_CLONES void silu_range(const float* x, float* y, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; i++) {
+    const float v = x[i];
+    y[i] = v / (1.0f + exp_approx(-v));
+  }
+}
+
+MLXE_CLONES void softmax_rows(const float* x, float* y, int64_t rows, int64_t len) {
+  for (int64_t r = 0; r < rows; r++) {
+    const float* in = x + r * len;
+    float* out = y + r * len;
+    float m = -std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(max : m)
+    for (int64_t i = 0; i < len; i++) m = std::max(m, in[i]);
+    if (m == -std::numeric_limits<float>::infinity()) {
+      std::fill(out, out + len, 0.0f);
+      continue;
+    }
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t i = 0; i < len; i++) {
+      const float e = exp_approx(in[i] - m);
+      out[i] = e;
+      sum += e;
+    }
+    const float inv = 1.0f / sum;
+#pragma omp simd
+    for (int64_t i = 0; i < len; i++) out[i] *= inv;
+  }
+}
+
+// One row: out = (x + r - mean) / sqrt(var + eps) · w + b; r, w, b optional.
+MLXE_CLONES void layer_norm_rows(const float* x, const float* r, const float* w, const float* b, float* y, int64_t rows,
+                                 int64_t len, float eps) {
+  for (int64_t row = 0; row < rows; row++) {
+    const float* in = x + row * len;
+    float* out = y + row * len;
+    if (r != nullptr) {
+      const float* res = r + row * len;
+#pragma omp simd
+      for (int64_t i = 0; i < len; i++) out[i] = in[i] + res[i];
+      in = out;
+    }
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t i = 0; i < len; i++) sum += in[i];
+    const float mean = sum / static_cast<float>(len);
+    float sq = 0.0f;
+#pragma omp simd reduction(+ : sq)
+    for (int64_t i = 0; i < len; i++) {
+      const float d = in[i] - mean;
+      sq += d * d;
+    }
+    const float inv = 1.0f / std::sqrt(sq / static_cast<float>(len) + eps);
+    if (w != nullptr && b != nullptr) {
+#pragma omp simd
+      for (int64_t i = 0; i < len; i++) out[i] = (in[i] - mean) * inv * w[i] + b[i];
+    } else if (w != nullptr) {
+#pragma omp simd
+      for (int64_t i = 0; i < len; i++) out[i] = (in[i] - mean) * inv * w[i];
+    } else if (b != nullptr) {
+#pragma omp simd
+      for (int64_t i = 0; i < len; i++) out[i] = (in[i] - mean) * inv + b[i];
+    } else {
+#pragma omp simd
+      for (int64_t i = 0; i < len; i++) out[i] = (in[i] - mean) * inv;
+    }
+  }
+}
+
+// Attention of one head of one packed sequence of n tokens starting at row
+// `off`, as two small matrix products with a softmax between. Blocks of
+// QB queries × LANES keys (and QB queries × LANES features for P·V) are
+// accumulated in registers; `kt` holds the keys transposed (d × npad,
+// zero-padded to a multiple of LANES) so both products read contiguous rows.
+constexpr int64_t LANES = 16, QB = 4;
+
+MLXE_CLONES void attend_one(const float* qkv, float* out, int64_t off, int64_t n, int64_t head, int64_t heads,
+                            int64_t d, float scale, float* kt, float* probs) {
+  const int64_t width = heads * d, stride = 3 * width;
+  const int64_t npad = (n + LANES - 1) / LANES * LANES;
+  const float* base = qkv + off * stride;
+  for (int64_t c = 0; c < d; c++) {
+    float* row = kt + c * npad;
+    for (int64_t j = 0; j < n; j++) row[j] = base[j * stride + width + head * d + c];
+    for (int64_t j = n; j < npad; j++) row[j] = 0.0f;
+  }
+  for (int64_t i0 = 0; i0 < n; i0 += QB) {
+    const int64_t qb = std::min(QB, n - i0);
+    float q[QB][256];
+    for (int64_t qi = 0; qi < QB; qi++) {
+      for (int64_t c = 0; c < d; c++) q[qi][c] = qi < qb ? base[(i0 + qi) * stride + head * d + c] * scale : 0.0f;
+    }
+    // Scores: probs[qi][j] = q_qi · k_j.
+    for (int64_t j0 = 0; j0 < npad; j0 += LANES) {
+      float acc[QB][LANES] = {};
+      for (int64_t c = 0; c < d; c++) {
+        const float* kv = kt + c * npad + j0;
+        for (int64_t qi = 0; qi < QB; qi++) {
+          const float qv = q[qi][c];
+#pragma omp simd
+          for (int64_t jj = 0; jj < LANES; jj++) acc[qi][jj] += qv * kv[jj];
+        }
+      }
+      for (int64_t qi = 0; qi < QB; qi++) {
+        for (int64_t jj = 0; jj < LANES; jj++) probs[qi * npad + j0 + jj] = acc[qi][jj];
+      }
+    }
+    // Softmax over the n real keys (padding columns become 0).
+    for (int64_t qi = 0; qi < qb; qi++) {
+      float* p = probs + qi * npad;
+      float m = -std::numeric_limits<float>::infinity();
+      for (int64_t j = 0; j < n; j++) m = std::max(m, p[j]);
+      float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t j = 0; j < n; j++) {
+        p[j] = exp_approx(p[j] - m);
+        sum += p[j];
+      }
+      const float inv = 1.0f / sum;
+#pragma omp simd
+      for (int64_t j = 0; j < n; j++) p[j] *= inv;
+      for (int64_t j = n; j < npad; j++) p[j] = 0.0f;
+    }
+    for (int64_t qi = qb; qi < QB; qi++) std::fill(probs + qi * npad, probs + (qi + 1) * npad, 0.0f);
+    // Output: o[qi][c] = Σ_j p[qi][j] · v_j[c], LANES features at a time
+    // (rows past qb hold zero probabilities, so they add nothing).
+    const float* v0 = base + 2 * width + head * d;
+    int64_t c0 = 0;
+    for (; c0 + LANES <= d; c0 += LANES) {
+      float acc[QB][LANES] = {};
+      for (int64_t j = 0; j < n; j++) {
+        const float* v = v0 + j * stride + c0;
+        for (int64_t qi = 0; qi < QB; qi++) {
+          const float pv = probs[qi * npad + j];
+#pragma omp simd
+          for (int64_t cc = 0; cc < LANES; cc++) acc[qi][cc] += pv * v[cc];
+        }
+      }
+      for (int64_t qi = 0; qi < qb; qi++) {
+        float* o = out + (off + i0 + qi) * width + head * d + c0;
+        for (int64_t cc = 0; cc < LANES; cc++) o[cc] = acc[qi][cc];
+      }
+    }
+    for (; c0 < d; c0++) {
+      for (int64_t qi = 0; qi < qb; qi++) {
+        float sum = 0.0f;
+        for (int64_t j = 0; j < n; j++) sum += probs[qi * npad + j] * v0[j * stride + c0];
+        out[(off + i0 + qi) * width + head * d + c0] = sum;
+      }
+    }
+  }
+}
+
+// Splits `items` units of work (each `unit` floats long) over the cores when
+// there is enough of it to pay for the threads.
+template <typename F>
+void parallel(int64_t items, int64_t unit, F&& f) {
+  constexpr int64_t min_floats_per_thread = 1 << 17;
+  const int64_t hw = std::max(1u, std::thread::hardware_concurrency());
+  const int64_t threads = std::min(hw, std::max<int64_t>(1, items * unit / min_floats_per_thread));
+  if (threads <= 1) {
+    f(0, items);
+    return;
+  }
+  const int64_t per = (items + threads - 1) / threads;
+  std::vector<std::thread> pool;
+  for (int64_t t = 1; t < threads; t++) {
+    const int64_t lo = t * per, hi = std::min(items, lo + per);
+    if (lo < hi) pool.emplace_back([&f, lo, hi] { f(lo, hi); });
+  }
+  f(0, std::min(items, per));
+  for (auto& th : pool) th.join();
+}
+
+enum class Kind { Softmax, Gelu, Silu };
+
+class VectorKernel : public mx::UnaryPrimitive {
+ public:
+  VectorKernel(mx::Stream s, Kind kind) : mx::UnaryPrimitive(s), kind_(kind) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
+    const auto& in = inputs[0];
+    if (in.dtype() != mx::float32 || !in.flags().row_contiguous) {
+      throw std::runtime_error(std::string(name()) + ": expects a row-contiguous float32 input");
+    }
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& enc = mx::cpu::get_command_encoder(stream());
+    enc.set_input_array(in);
+    enc.set_output_array(out);
+    enc.dispatch([in = mx::array::unsafe_weak_copy(in), out = mx::array::unsafe_weak_copy(out), kind = kind_]() mutable {
+      const float* x = in.data<float>();
+      float* y = out.data<float>();
+      const int64_t size = static_cast<int64_t>(in.size());
+      if (size == 0) return;
+      if (kind == Kind::Softmax) {
+        const int64_t len = in.ndim() == 0 ? 1 : in.shape(-1);
+        parallel(size / len, len, [&](int64_t lo, int64_t hi) { softmax_rows(x + lo * len, y + lo * len, hi - lo, len); });
+      } else {
+        constexpr int64_t block = 4096;
+        parallel((size + block - 1) / block, block, [&](int64_t lo, int64_t hi) {
+          const int64_t a = lo * block, b = std::min(size, hi * block);
+          kind == Kind::Gelu ? gelu_range(x + a, y + a, b - a) : silu_range(x + a, y + a, b - a);
+        });
+      }
+    });
+  }
+
+  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
+    throw std::runtime_error(std::string(name()) + " is a CPU kernel");
+  }
+
+  const char* name() const override {
+    switch (kind_) {
+      case Kind::Softmax: return "MlxeSoftmax";
+      case Kind::Gelu: return "MlxeGelu";
+      case Kind::Silu: return "MlxeSilu";
+    }
+    return "MlxeKernel";
+  }
+
+  bool is_equivalent(const mx::Primitive& other) const override {
+    auto* o = dynamic_cast<const VectorKernel*>(&other);
+    return o != nullptr && o->kind_ == kind_;
+  }
+
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    return {inputs[0].shape()};
+  }
+
+ private:
+  Kind kind_;
+};
+
+void check_input(const mx::array& a, const char* name) {
+  if (a.dtype() != mx::float32 || !a.flags().row_contiguous) {
+    throw std::runtime_error(std::string(name) + ": expects row-contiguous float32 inputs");
+  }
+}
+
+class LayerNormKernel : public mx::UnaryPrimitive {
+ public:
+  // Inputs: x, then residual, weight, bias for each flag set.
+  LayerNormKernel(mx::Stream s, bool res, bool w, bool b, float eps)
+      : mx::UnaryPrimitive(s), res_(res), w_(w), b_(b), eps_(eps) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
+    for (auto& a : inputs) check_input(a, name());
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& enc = mx::cpu::get_command_encoder(stream());
+    for (auto& a : inputs) enc.set_input_array(a);
+    enc.set_output_array(out);
+    std::vector<mx::array> ins;
+    for (auto& a : inputs) ins.push_back(mx::array::unsafe_weak_copy(a));
+    enc.dispatch([ins = std::move(ins), out = mx::array::unsafe_weak_copy(out), res = res_, w = w_, b = b_,
+                  eps = eps_]() mutable {
+      size_t k = 1;
+      const float* x = ins[0].data<float>();
+      const float* r = res ? ins[k++].data<float>() : nullptr;
+      const float* wp = w ? ins[k++].data<float>() : nullptr;
+      const float* bp = b ? ins[k++].data<float>() : nullptr;
+      float* y = out.data<float>();
+      const int64_t len = ins[0].shape(-1);
+      if (len == 0) return;
+      const int64_t rows = static_cast<int64_t>(ins[0].size()) / len;
+      parallel(rows, len, [&](int64_t lo, int64_t hi) {
+        layer_norm_rows(x + lo * len, r ? r + lo * len : nullptr, wp, bp, y + lo * len, hi - lo, len, eps);
+      });
+    });
+  }
+  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
+    throw std::runtime_error("MlxeLayerNorm is a CPU kernel");
+  }
+  const char* name() const override { return "MlxeLayerNorm"; }
+  bool is_equivalent(const mx::Primitive& other) const override {
+    auto* o = dynamic_cast<const LayerNormKernel*>(&other);
+    return o && o->res_ == res_ && o->w_ == w_ && o->b_ == b_ && o->eps_ == eps_;
+  }
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override { return {inputs[0].shape()}; }
+
+ private:
+  bool res_, w_, b_;
+  float eps_;
+};
+
+class PackedAttentionKernel : public mx::UnaryPrimitive {
+ public:
+  PackedAttentionKernel(mx::Stream s, std::vector<int32_t> lengths, int heads, float scale)
+      : mx::UnaryPrimitive(s), lengths_(std::move(lengths)), heads_(heads), scale_(scale) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
+    check_input(inputs[0], name());
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& enc = mx::cpu::get_command_encoder(stream());
+    enc.set_input_array(inputs[0]);
+    enc.set_output_array(out);
+    enc.dispatch([in = mx::array::unsafe_weak_copy(inputs[0]), out = mx::array::unsafe_weak_copy(out),
+                  lengths = lengths_, heads = heads_, scale = scale_]() mutable {
+      const int64_t width = in.shape(1) / 3, d = width / heads;
+      std::vector<int64_t> offsets(lengths.size());
+      int64_t total = 0, longest = 0;
+      for (size_t i = 0; i < lengths.size(); i++) {
+        offsets[i] = total;
+        total += lengths[i];
+        longest = std::max<int64_t>(longest, lengths[i]);
+      }
+      const float* x = in.data<float>();
+      float* y = out.data<float>();
+      const int64_t items = static_cast<int64_t>(lengths.size()) * heads;
+      const int64_t avg = items == 0 ? 0 : total * heads * d / items;
+      parallel(items, std::max<int64_t>(1, avg * 4), [&](int64_t lo, int64_t hi) {
+        const int64_t npad = (longest + LANES - 1) / LANES * LANES;
+        std::vector<float> kt(npad * d), p(QB * npad);
+        for (int64_t it = lo; it < hi; it++) {
+          const int64_t seq = it / heads, head = it % heads;
+          attend_one(x, y, offsets[seq], lengths[seq], head, heads, d, scale, kt.data(), p.data());
+        }
+      });
+    });
+  }
+  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
+    throw std::runtime_error("MlxePackedAttention is a CPU kernel");
+  }
+  const char* name() const override { return "MlxePackedAttention"; }
+  bool is_equivalent(const mx::Primitive& other) const override {
+    auto* o = dynamic_cast<const PackedAttentionKernel*>(&other);
+    return o && o->lengths_ == lengths_ && o->heads_ == heads_ && o->scale_ == scale_;
+  }
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    return {{inputs[0].shape(0), inputs[0].shape(1) / 3}};
+  }
+
+ private:
+  std::vector<int32_t> lengths_;
+  int heads_;
+  float scale_;
+};
+
+mx::array make(const mx::array& x, Kind kind, mx::StreamOrDevice s) {
+  if (!applies(x, s)) {
+    throw std::invalid_argument("CPU kernels take float32 arrays on a CPU stream");
+  }
+  auto stream = mx::to_stream(s);
+  auto in = mx::contiguous(x, false, stream);
+  return mx::array(in.shape(), mx::float32, std::make_shared<VectorKernel>(stream, kind), {in});
+}
+
+}  // namespace
+
+bool applies(const mx::array& x, mx::StreamOrDevice s) {
+  return x.dtype() == mx::float32 && mx::to_stream(s).device == mx::Device::cpu;
+}
+
+mx::array softmax_last(const mx::array& x, mx::StreamOrDevice s) { return make(x, Kind::Softmax, s); }
+mx::array gelu(const mx::array& x, mx::StreamOrDevice s) { return make(x, Kind::Gelu, s); }
+mx::array silu(const mx::array& x, mx::StreamOrDevice s) { return make(x, Kind::Silu, s); }
+
+mx::array layer_norm(const mx::array& x, const std::optional<mx::array>& residual,
+                     const std::optional<mx::array>& weight, const std::optional<mx::array>& bias, float eps,
+                     mx::StreamOrDevice s) {
+  auto stream = mx::to_stream(s);
+  if (!applies(x, s) || x.ndim() == 0) throw std::invalid_argument("layer_norm kernel: float32 on a CPU stream");
+  const int dim = x.shape(-1);
+  std::vector<mx::array> inputs{mx::contiguous(x, false, stream)};
+  if (residual) {
+    if (residual->shape() != x.shape() || residual->dtype() != mx::float32) {
+      throw std::invalid_argument("layer_norm: the residual must match x's shape and dtype");
+    }
+    inputs.push_back(mx::contiguous(*residual, false, stream));
+  }
+  for (auto* p : {&weight, &bias}) {
+    if (*p) {
+      if ((*p)->ndim() != 1 || (*p)->shape(0) != dim) {
+        throw std::invalid_argument("layer_norm: weight and bias must have shape (" + std::to_string(dim) + ",)");
+      }
+      inputs.push_back(mx::contiguous(mx::astype(**p, mx::float32, stream), false, stream));
+    }
+  }
+  return mx::array(x.shape(), mx::float32,
+                   std::make_shared<LayerNormKernel>(stream, residual.has_value(), weight.has_value(),
+                                                     bias.has_value(), eps),
+                   std::move(inputs));
+}
+
+mx::array packed_attention(const mx::array& qkv, std::vector<int32_t> lengths, int heads, float scale,
+                           mx::StreamOrDevice s) {
+  auto stream = mx::to_stream(s);
+  if (!applies(qkv, s)) throw std::invalid_argument("packed_attention kernel: float32 on a CPU stream");
+  return mx::array({qkv.shape(0), qkv.shape(1) / 3}, mx::float32,
+                   std::make_shared<PackedAttentionKernel>(stream, std::move(lengths), heads, scale),
+                   {mx::contiguous(qkv, false, stream)});
+}
+
+}  // namespace mlxe::kernels

@@ -1,0 +1,38 @@
+// Vectorised CPU kernels for the float32 ops MLX's CPU backend runs as
+// scalar code on x86 (its SIMD layer is only specialised for Arm): softmax
+// over the last axis, exact GELU and SiLU. Each is an MLX primitive, so it
+// stays lazy and runs in MLX's CPU stream like any built-in op.
+#pragma once
+
+#include "mlx/mlx.h"
+
+namespace mlxe::kernels {
+
+namespace mx = mlx::core;
+
+// True when `x` would run on the CPU in float32: the case these kernels cover.
+bool applies(const mx::array& x, mx::StreamOrDevice s = {});
+
+// Softmax over the last axis (a row of all -inf gives zeros, not NaN).
+mx::array softmax_last(const mx::array& x, mx::StreamOrDevice s = {});
+
+// Exact GELU, 0.5·x·(1 + erf(x/√2)).
+mx::array gelu(const mx::array& x, mx::StreamOrDevice s = {});
+
+// SiLU, x·sigmoid(x).
+mx::array silu(const mx::array& x, mx::StreamOrDevice s = {});
+
+// Layer normalisation over the last axis of x (+ residual when given, fused),
+// scaled by weight and shifted by bias when given (each of shape (D,)).
+mx::array layer_norm(const mx::array& x, const std::optional<mx::array>& residual,
+                     const std::optional<mx::array>& weight, const std::optional<mx::array>& bias, float eps,
+                     mx::StreamOrDevice s = {});
+
+// Bidirectional attention over packed sequences: qkv (T, 3·heads·D) holds the
+// queries, keys and values of sequences of `lengths` tokens laid end to end
+// (Σ lengths = T); each token attends to the tokens of its own sequence.
+// Returns (T, heads·D). No padding, so no wasted work on pad tokens.
+mx::array packed_attention(const mx::array& qkv, std::vector<int32_t> lengths, int heads, float scale,
+                           mx::StreamOrDevice s = {});
+
+}  // namespace mlxe::kernels
