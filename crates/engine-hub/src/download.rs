@@ -194,7 +194,12 @@ fn attempt(
         }
     }
     f.seek(SeekFrom::Start(have)).map_err(io_fatal(partial))?;
-    f.set_len(have).map_err(io_fatal(partial))?;
+    // Only when there is something to cut: on ext4 a truncate arms
+    // auto_da_alloc, which makes the final close flush the whole file to disk
+    // (0.14 s per 512 MiB, a quarter of a pull from a fast mirror).
+    if f.metadata().map_err(io_fatal(partial))?.len() != have {
+        f.set_len(have).map_err(io_fatal(partial))?;
+    }
     if let Some(r) = resp {
         report(Phase::Downloading { resumed_from: have }, have);
         let mut body = r.into_body().into_reader();
