@@ -21,5 +21,13 @@ for size in ${SIZES:-1b 8b}; do
     $B/bench_decode $M --dtype native --prompt-ids $M/prompt_ids.json --tokens 128 | tee -a $OUT/engine-$size.jsonl
     python3 xtask/bench/mlx_lm_decode.py $M $M/prompt_ids.json 128 2>&1 | tail -1 | tee -a $OUT/mlx_lm-$size.jsonl
   done
+  if [ -n "${QUANT:-}" ]; then
+    # The same weights as MLX 4-bit (group 64): engine and mlx-lm again.
+    python3 xtask/bench/gpu/quantize.py $M $M-q4 4 64 && for round in 1 2; do
+      $B/bench_decode $M-q4 --dtype native --prompt-ids $M/prompt_ids.json --tokens 128 | tee -a $OUT/engine-$size-q4.jsonl
+      python3 xtask/bench/mlx_lm_decode.py $M-q4 $M/prompt_ids.json 128 2>&1 | tail -1 | tee -a $OUT/mlx_lm-$size-q4.jsonl
+    done
+    rm -rf $M-q4
+  fi
   rm -rf $M
 done
