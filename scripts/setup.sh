@@ -24,8 +24,12 @@ if [ "${MLXENGINE_SKIP_ORACLE:-0}" != 1 ] && [ ! -x target/oracle/bin/python ]; 
   python3 -m venv target/oracle
   target/oracle/bin/pip install -q --disable-pip-version-check "mlx[cpu]==0.32.4" "mlx-lm==0.32.2" numpy
 fi
+# llama.cpp's `gguf` package writes the GGUF parity fixture (added later: older venvs get it here).
+if [ "${MLXENGINE_SKIP_ORACLE:-0}" != 1 ] && ! target/oracle/bin/python -c "import gguf" 2>/dev/null; then
+  target/oracle/bin/pip install -q --disable-pip-version-check "gguf==0.19.0"
+fi
 
 cargo xtask fetch-models
-if [ "${MLXENGINE_SKIP_ORACLE:-0}" != 1 ] && [ ! -f target/parity/llama/expected.json ]; then
+if [ "${MLXENGINE_SKIP_ORACLE:-0}" != 1 ] && [ ! -f target/parity/phi3-longrope-gguf/expected.json ]; then
   cargo xtask parity-fixtures
 fi

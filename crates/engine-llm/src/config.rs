@@ -22,6 +22,9 @@ pub struct LlmConfig {
     pub num_kv_heads: usize,
     /// Width of one head.
     pub head_dim: usize,
+    /// Leading features of a head that RoPE rotates (`head_dim` unless the
+    /// config sets `partial_rotary_factor`, e.g. Phi-4-mini's 0.75).
+    pub rope_dims: usize,
     /// Vocabulary size.
     pub vocab_size: usize,
     /// Epsilon of the RMS norms.
@@ -85,7 +88,16 @@ impl LlmConfig {
                 "num_attention_heads {num_heads} is not a multiple of num_key_value_heads {num_kv_heads}"
             )));
         }
-        let rope_scaling = parse_rope_scaling(raw.get("rope_scaling"))?;
+        let head_dim = opt_usize(raw, "head_dim").unwrap_or(hidden_size / num_heads);
+        let partial = opt_f32(raw, "partial_rotary_factor").unwrap_or(1.0);
+        if !(partial > 0.0 && partial <= 1.0) {
+            return Err(EngineError::Config(format!(
+                "partial_rotary_factor {partial} in config.json must be in (0, 1]"
+            )));
+        }
+        let rope_dims = (head_dim as f32 * partial) as usize;
+        let max_position_embeddings = opt_usize(raw, "max_position_embeddings").unwrap_or(4096);
+        let rope_scaling = parse_rope_scaling(raw, max_position_embeddings)?;
         Ok(LlmConfig {
             model_type,
             hidden_size,
@@ -93,14 +105,15 @@ impl LlmConfig {
             intermediate_size: req_usize(raw, "intermediate_size")?,
             num_heads,
             num_kv_heads,
-            head_dim: opt_usize(raw, "head_dim").unwrap_or(hidden_size / num_heads),
+            head_dim,
+            rope_dims,
             vocab_size: req_usize(raw, "vocab_size")?,
             rms_norm_eps: opt_f32(raw, "rms_norm_eps").unwrap_or(1e-6),
             rope_theta: opt_f32(raw, "rope_theta").unwrap_or(10000.0),
             rope_scaling,
             rope_traditional: raw.get("rope_traditional").and_then(Value::as_bool).unwrap_or(false),
             tie_word_embeddings: raw.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
-            max_position_embeddings: opt_usize(raw, "max_position_embeddings").unwrap_or(4096),
+            max_position_embeddings,
             sliding_window: opt_usize(raw, "sliding_window"),
             raw: raw.clone(),
         })
@@ -153,6 +166,13 @@ impl LlmConfig {
         if let Some(w) = u("attention.sliding_window")? {
             cfg["sliding_window"] = w.into();
         }
+        // Partial rotary embeddings (Phi-4-mini rotates 3/4 of each head).
+        if let Some(rot) = u("rope.dimension_count")? {
+            let hd = u("attention.key_length")?.unwrap_or(hidden / heads.max(1));
+            if rot > 0 && rot < hd {
+                cfg["partial_rotary_factor"] = (rot as f64 / hd as f64).into();
+            }
+        }
         Ok(cfg)
     }
 
@@ -162,8 +182,8 @@ impl LlmConfig {
     }
 }
 
-fn parse_rope_scaling(v: Option<&Value>) -> Result<RopeScaling> {
-    let Some(v) = v.filter(|v| !v.is_null()) else {
+fn parse_rope_scaling(raw: &Value, max_position_embeddings: usize) -> Result<RopeScaling> {
+    let Some(v) = raw.get("rope_scaling").filter(|v| !v.is_null()) else {
         return Ok(RopeScaling::None);
     };
     let kind = v
@@ -183,10 +203,85 @@ fn parse_rope_scaling(v: Option<&Value>) -> Result<RopeScaling> {
             high_freq_factor: f("high_freq_factor", 4.0),
             original_max_position_embeddings: f("original_max_position_embeddings", 8192.0),
         },
+        "longrope" | "su" => {
+            let factors: Option<Vec<f32>> = v
+                .get("long_factor")
+                .and_then(Value::as_array)
+                .and_then(|a| a.iter().map(|x| x.as_f64().map(|x| x as f32)).collect());
+            let factors = factors.ok_or_else(|| {
+                EngineError::Config("rope_scaling `longrope` needs `long_factor`, a list of numbers".into())
+            })?;
+            // Phi-3 keeps the trained context at the top level; newer configs inside rope_scaling.
+            let original = opt_f32(v, "original_max_position_embeddings")
+                .or_else(|| opt_f32(raw, "original_max_position_embeddings"))
+                .unwrap_or(4096.0);
+            let factor = max_position_embeddings as f32 / original;
+            let mscale = opt_f32(v, "long_mscale").unwrap_or(if factor <= 1.0 {
+                1.0
+            } else {
+                (1.0 + factor.ln() / original.ln()).sqrt()
+            });
+            RopeScaling::LongRope { factors, mscale }
+        }
         other => {
             return Err(EngineError::Config(format!(
-                "rope_scaling type `{other}` is not supported yet (supported: linear, llama3)"
+                "rope_scaling type `{other}` is not supported yet (supported: linear, llama3, longrope)"
             )))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Value {
+        serde_json::json!({
+            "model_type": "phi3", "hidden_size": 3072, "num_attention_heads": 24, "num_key_value_heads": 8,
+            "num_hidden_layers": 2, "intermediate_size": 8192, "vocab_size": 200064,
+            "max_position_embeddings": 131072, "original_max_position_embeddings": 4096,
+        })
+    }
+
+    #[test]
+    fn phi4_mini_longrope_and_partial_rotary() {
+        let mut raw = base();
+        raw["partial_rotary_factor"] = 0.75.into();
+        raw["rope_scaling"] = serde_json::json!({
+            "type": "longrope", "short_factor": vec![1.0; 48], "long_factor": vec![2.0; 48]
+        });
+        let cfg = LlmConfig::from_hf(&raw).unwrap();
+        assert_eq!((cfg.head_dim, cfg.rope_dims), (128, 96));
+        let RopeScaling::LongRope { factors, mscale } = &cfg.rope_scaling else {
+            panic!("{:?}", cfg.rope_scaling)
+        };
+        assert_eq!(factors.len(), 48);
+        // sqrt(1 + ln(131072 / 4096) / ln(4096)), as mlx-lm and transformers compute it.
+        assert!((mscale - 1.190_239).abs() < 1e-5, "{mscale}");
+        // An explicit long_mscale wins; no extension means no correction.
+        raw["rope_scaling"]["long_mscale"] = 1.5.into();
+        assert!(
+            matches!(LlmConfig::from_hf(&raw).unwrap().rope_scaling, RopeScaling::LongRope { mscale, .. } if mscale == 1.5)
+        );
+        raw["max_position_embeddings"] = 4096.into();
+        raw["rope_scaling"].as_object_mut().unwrap().remove("long_mscale");
+        assert!(
+            matches!(LlmConfig::from_hf(&raw).unwrap().rope_scaling, RopeScaling::LongRope { mscale, .. } if mscale == 1.0)
+        );
+    }
+
+    #[test]
+    fn bad_rope_settings_are_clear_errors() {
+        let mut raw = base();
+        raw["partial_rotary_factor"] = 1.5.into();
+        let err = LlmConfig::from_hf(&raw).unwrap_err().to_string();
+        assert!(err.contains("partial_rotary_factor 1.5"), "{err}");
+        let mut raw = base();
+        raw["rope_scaling"] = serde_json::json!({"type": "longrope"});
+        let err = LlmConfig::from_hf(&raw).unwrap_err().to_string();
+        assert!(err.contains("needs `long_factor`"), "{err}");
+        raw["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 4.0});
+        let err = LlmConfig::from_hf(&raw).unwrap_err().to_string();
+        assert!(err.contains("`yarn` is not supported yet"), "{err}");
+    }
 }

@@ -1,8 +1,10 @@
 //! GGUF checkpoints: llama.cpp tensor names → Hugging Face names, and the
-//! Q/K row order llama.cpp's converter permutes for Llama-family models.
+//! Q/K row order llama.cpp's converter permutes for Llama-family models, and
+//! the LongRoPE factors 128k-context Phi files carry as tensors.
 
 use engine_core::{GgufMetadata, Result};
-use engine_mlx::{Array, WeightMap};
+use engine_mlx::nn::RopeScaling;
+use engine_mlx::{Array, Dtype, WeightMap};
 
 /// Maps one llama.cpp tensor name prefix to its HF equivalent.
 fn hf_name(gguf: &str, arch: &str) -> Option<String> {
@@ -26,6 +28,9 @@ fn hf_name(gguf: &str, arch: &str) -> Option<String> {
                 "attn_k" => "self_attn.k_proj",
                 "attn_v" => "self_attn.v_proj",
                 "attn_output" => "self_attn.o_proj",
+                // Phi-3 keeps its fused projections in GGUF; its sanitize splits them.
+                "attn_qkv" => "self_attn.qkv_proj",
+                "ffn_up" if arch == "phi3" => "mlp.gate_up_proj",
                 "attn_q_norm" => "self_attn.q_norm",
                 "attn_k_norm" => "self_attn.k_norm",
                 "ffn_gate" => "mlp.gate_proj",
@@ -53,6 +58,33 @@ fn unpermute(a: &Array, n_head: usize) -> engine_mlx::Result<Array> {
     let out = a.reshape(&split)?.transpose(&perm)?;
     shape[0] = rows;
     out.reshape(&shape)
+}
+
+/// LongRoPE of a 128k-context Phi GGUF: llama.cpp stores the per-pair factors
+/// as the tensors `rope_factors_long/short.weight` and the magnitude
+/// correction as `<arch>.rope.scaling.attn_factor`. The long factors are used,
+/// as for Hugging Face checkpoints (see `RopeScaling::LongRope`).
+pub fn longrope(w: &WeightMap, meta: &GgufMetadata, max_positions: usize) -> Result<Option<RopeScaling>> {
+    let Some(t) = w.try_get("rope_factors_long.weight") else {
+        return Ok(None);
+    };
+    let factors = t.astype(Dtype::Float32).and_then(|a| a.to_vec::<f32>()).map_err(be)?;
+    let arch = meta.architecture()?.to_string();
+    let mscale = match meta.get_f64(&format!("{arch}.rope.scaling.attn_factor"))? {
+        Some(m) => m as f32,
+        None => {
+            let original = meta
+                .get_u64(&format!("{arch}.rope.scaling.original_context_length"))?
+                .unwrap_or(4096) as f32;
+            let factor = max_positions as f32 / original;
+            if factor <= 1.0 {
+                1.0
+            } else {
+                (1.0 + factor.ln() / original.ln()).sqrt()
+            }
+        }
+    };
+    Ok(Some(RopeScaling::LongRope { factors, mscale }))
 }
 
 /// Renames a GGUF weight map to HF names (unknown tensors are dropped) and,

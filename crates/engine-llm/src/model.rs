@@ -73,9 +73,12 @@ impl LlmModel {
             // precise message before MLX touches it.
             let meta = GgufMetadata::read(path)?;
             let raw = LlmConfig::hf_json_from_gguf(&meta)?;
-            let cfg = supported(LlmConfig::from_hf(&raw)?)?;
+            let mut cfg = supported(LlmConfig::from_hf(&raw)?)?;
             report("reading weights", 0.1);
             let w = WeightMap::load_gguf(path).map_err(|e| load_err(path, e.to_string()))?;
+            if let Some(scaling) = gguf::longrope(&w, &meta, cfg.max_position_embeddings)? {
+                cfg.rope_scaling = scaling;
+            }
             let w = gguf::to_hf(w, &meta, cfg.num_heads, cfg.num_kv_heads)?;
             let tok = Tokenizer::from_gguf(&meta)?;
             let tpl = ChatTemplate::from_gguf(&meta)?.unwrap_or_else(ChatTemplate::fallback);

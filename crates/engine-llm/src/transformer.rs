@@ -135,7 +135,12 @@ impl Transformer {
                 o: Linear::load(w, &join(&a, "o_proj"), nh * hd, d, false)?,
                 q_norm: features.qk_norm.then(|| norm(&join(&a, "q_norm"), hd)).transpose()?,
                 k_norm: features.qk_norm.then(|| norm(&join(&a, "k_norm"), hd)).transpose()?,
-                rope: Rope::new(hd as i32, cfg.rope_traditional, features.layer_rope_base[i], &scaling)?,
+                rope: Rope::new(
+                    cfg.rope_dims as i32,
+                    cfg.rope_traditional,
+                    features.layer_rope_base[i],
+                    &scaling,
+                )?,
                 window: features.layer_windows[i],
             };
             let mlp = Mlp {

@@ -32,12 +32,26 @@ fn every_architecture_matches_mlx_lm() {
         .iter()
         .map(|d| d.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
-    for arch in ["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3"] {
+    for arch in [
+        "llama",
+        "llama3-scaled",
+        "mistral",
+        "qwen2",
+        "qwen3",
+        "phi3",
+        "phi3-longrope",
+        "gemma2",
+        "gemma3",
+    ] {
         assert!(
             names.contains(&arch.to_string()) && names.contains(&format!("{arch}-4bit")),
             "no fixture for {arch}"
         );
     }
+    assert!(
+        names.contains(&"phi3-longrope-gguf".to_string()),
+        "no GGUF fixture: rerun `cargo xtask parity-fixtures`"
+    );
     let mut failures = Vec::new();
     for dir in &dirs {
         let name = dir.file_name().unwrap().to_string_lossy().into_owned();
@@ -53,7 +67,13 @@ fn every_architecture_matches_mlx_lm() {
             dtype: DtypePolicy::Native,
             ..Default::default()
         };
-        let model = LlmModel::load(dir, &opts, &mut |_| {}).unwrap_or_else(|e| panic!("{name}: {e}"));
+        // A folder with a model.gguf holds a llama.cpp-style file of the same weights.
+        let path = if dir.join("model.gguf").is_file() {
+            dir.join("model.gguf")
+        } else {
+            dir.clone()
+        };
+        let model = LlmModel::load(&path, &opts, &mut |_| {}).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(model.transformer().is_quantized(), name.ends_with("-4bit"), "{name}");
         let logits = model.logits(&prompt).unwrap().to_f32_vec().unwrap();
         let want: Vec<f32> = expected["logits"]

@@ -22,6 +22,15 @@ pub enum RopeScaling {
         /// Context length the model was trained with.
         original_max_position_embeddings: f32,
     },
+    /// Phi-3's LongRoPE (`"longrope"`, `"su"`): per-pair period factors and
+    /// a magnitude correction of the rotated features. As in mlx-lm, the long
+    /// factors are used at every length.
+    LongRope {
+        /// One factor per rotated pair (`long_factor`, dims/2 values).
+        factors: Vec<f32>,
+        /// Multiplies the rotated features before rotation.
+        mscale: f32,
+    },
 }
 
 /// Rotary position embedding.
@@ -34,6 +43,8 @@ pub struct Rope {
     base: f32,
     scale: f32,
     freqs: Option<Array>,
+    /// Multiplies the rotated features first (LongRoPE); 1 otherwise.
+    mscale: f32,
 }
 
 impl Rope {
@@ -45,6 +56,7 @@ impl Rope {
             base,
             scale: 1.0,
             freqs: None,
+            mscale: 1.0,
         };
         match scaling {
             RopeScaling::None => {}
@@ -75,6 +87,23 @@ impl Rope {
                     .collect();
                 rope.freqs = Some(Array::from_slice(&freqs, &[freqs.len()])?);
             }
+            RopeScaling::LongRope { factors, mscale } => {
+                if factors.len() != (dims / 2) as usize {
+                    return Err(crate::Error::Invalid(format!(
+                        "longrope has {} factors for {} rotated dimensions; it needs one per pair ({})",
+                        factors.len(),
+                        dims,
+                        dims / 2
+                    )));
+                }
+                let freqs: Vec<f32> = factors
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| f * base.powf(2.0 * i as f32 / dims as f32))
+                    .collect();
+                rope.freqs = Some(Array::from_slice(&freqs, &[freqs.len()])?);
+                rope.mscale = *mscale;
+            }
         }
         Ok(rope)
     }
@@ -85,7 +114,17 @@ impl Rope {
             Some(f) => RopeFreqs::Custom(f),
             None => RopeFreqs::Base(self.base),
         };
-        fast::rope(x, self.dims, self.traditional, freqs, self.scale, offset as i32)
+        if self.mscale == 1.0 {
+            return fast::rope(x, self.dims, self.traditional, freqs, self.scale, offset as i32);
+        }
+        let d = x.dim(-1) as i32;
+        let scaled = if self.dims >= d {
+            x.mul_scalar(self.mscale as f64)?
+        } else {
+            let rotated = x.slice_axis(-1, 0, self.dims)?.mul_scalar(self.mscale as f64)?;
+            crate::concatenate(&[&rotated, &x.slice_axis(-1, self.dims, d)?], -1)?
+        };
+        fast::rope(&scaled, self.dims, self.traditional, freqs, self.scale, offset as i32)
     }
 
     /// The custom period table, if any (for tests).
