@@ -94,6 +94,14 @@ impl InferenceEngine {
         })
     }
 
+    /// A flag that stops a download in progress (a pull on first use): the
+    /// download ends at its next read with [`engine_hub::HubError::Cancelled`]
+    /// and keeps its partial file, which the next attempt resumes.
+    #[cfg(feature = "hub")]
+    pub fn cancel_flag(&self) -> Option<engine_hub::CancelFlag> {
+        self.hub.as_ref().map(|h| h.cancel_flag())
+    }
+
     /// Finds `model` locally, or pulls it: a path is used as is; a registry
     /// id picks the variant that fits this device; `org/name` is a Hugging
     /// Face repo.

@@ -10,6 +10,8 @@ use mlxengine::{
     Prompt, StreamEvent, TextGenerator,
 };
 use std::io::{BufRead, IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 #[derive(Parser)]
 #[command(name = "mlxengine", version, about = "Run local AI models on MLX")]
@@ -182,6 +184,48 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// Ctrl-C for commands that may download. While a download runs, Ctrl-C
+/// stops it at its next read: the partial file is kept and the same command
+/// resumes it. At any other time, or pressed a second time, the process ends at
+/// once with 130 (128 + SIGINT), as without a handler: no exit-time teardown
+/// runs under a model that is still computing.
+struct Interrupt {
+    downloading: Arc<AtomicBool>,
+}
+
+impl Interrupt {
+    fn install(cancel: Option<engine_hub::CancelFlag>) -> Result<Interrupt> {
+        let downloading = Arc::new(AtomicBool::new(false));
+        let d = downloading.clone();
+        ctrlc::set_handler(move || match &cancel {
+            Some(c) if d.load(Ordering::SeqCst) && !c.is_cancelled() => c.cancel(),
+            // SAFETY: _exit ends the process without running anything else.
+            _ => unsafe { libc::_exit(130) },
+        })
+        .context("installing the Ctrl-C handler")?;
+        Ok(Interrupt { downloading })
+    }
+
+    /// Wraps a progress callback: downloads are cancellable, loading is not.
+    fn track<'a>(&self, mut report: impl FnMut(Progress) + 'a) -> impl FnMut(Progress) + 'a {
+        let d = self.downloading.clone();
+        move |p: Progress| {
+            d.store(matches!(p, Progress::Download { .. }), Ordering::SeqCst);
+            report(p)
+        }
+    }
+}
+
+/// Ends the process after a download stopped by Ctrl-C, saying how to resume.
+fn exit_interrupted(partial: Option<&std::path::Path>, again: &str) -> ! {
+    let kept = partial
+        .map(|p| format!("; the partial download is kept at {}", p.display()))
+        .unwrap_or_default();
+    eprintln!("error: interrupted{kept}; run `{again}` to resume");
+    // 128 + SIGINT: what shells report for a command stopped by Ctrl-C.
+    std::process::exit(130);
+}
+
 /// Progress display on stderr (hidden when stderr is not a terminal).
 fn progress_reporter() -> (ProgressBar, impl FnMut(Progress)) {
     let bar = ProgressBar::new(0);
@@ -223,8 +267,16 @@ fn run_text(args: RunArgs) -> Result<()> {
         dtype: parse_dtype(&args.dtype)?,
         ..Default::default()
     };
-    let (bar, mut report) = progress_reporter();
-    let model = engine.load_text_with(&args.model, &options, &mut report)?;
+    let interrupt = Interrupt::install(engine.cancel_flag())?;
+    let (bar, report) = progress_reporter();
+    let mut report = interrupt.track(report);
+    let model = match engine.load_text_with(&args.model, &options, &mut report) {
+        Err(mlxengine::Error::Hub(engine_hub::HubError::Cancelled { partial })) => {
+            bar.finish_and_clear();
+            exit_interrupted(partial.as_deref(), "the same command again")
+        }
+        other => other?,
+    };
     bar.finish_and_clear();
     let defaults = model.configuration().default_params.clone();
     let params = GenerateParams {
@@ -332,10 +384,18 @@ fn embed(model: &str, mut texts: Vec<String>, json: bool) -> Result<()> {
         }
     }
     let engine = InferenceEngine::new()?;
-    let (bar, mut report) = progress_reporter();
-    let embedder = engine
-        .load_embedder(model, &mut report)
-        .with_context(|| format!("cannot load `{model}` as an embedding model (a sentence-transformers encoder)"))?;
+    let interrupt = Interrupt::install(engine.cancel_flag())?;
+    let (bar, report) = progress_reporter();
+    let mut report = interrupt.track(report);
+    let embedder = match engine.load_embedder(model, &mut report) {
+        Err(mlxengine::Error::Hub(engine_hub::HubError::Cancelled { partial })) => {
+            bar.finish_and_clear();
+            exit_interrupted(partial.as_deref(), "the same command again")
+        }
+        other => other.with_context(|| {
+            format!("cannot load `{model}` as an embedding model (a sentence-transformers encoder)")
+        })?,
+    };
     bar.finish_and_clear();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let vectors = embedder.embed(&refs)?;
@@ -362,16 +422,9 @@ fn pull(model: &str, revision: &str, variant: Option<String>) -> Result<()> {
         again += &format!(" --variant {v}");
     }
     let client = HubClient::from_env()?;
-    let cancel = client.cancel_flag();
-    ctrlc::set_handler(move || {
-        if cancel.is_cancelled() {
-            // A second Ctrl-C: the user does not want to wait for a clean stop.
-            std::process::exit(130);
-        }
-        // The download stops at its next read and keeps its `.incomplete` file.
-        cancel.cancel();
-    })
-    .context("installing the Ctrl-C handler")?;
+    let interrupt = Interrupt::install(Some(client.cancel_flag()))?;
+    // All of `pull` is a download (listing included).
+    interrupt.downloading.store(true, Ordering::SeqCst);
     let (repo, revision, file, model_type) = match Registry::builtin().get(model) {
         Some(entry) => {
             let device = DeviceReport::detect();
@@ -409,14 +462,7 @@ fn pull(model: &str, revision: &str, variant: Option<String>) -> Result<()> {
             println!("{}", path.display());
             Ok(())
         }
-        Err(engine_hub::HubError::Cancelled { partial }) => {
-            let kept = partial
-                .map(|p| format!("; the partial download is kept at {}", p.display()))
-                .unwrap_or_default();
-            eprintln!("error: interrupted{kept}; run `{again}` to resume");
-            // 128 + SIGINT: what shells report for a command stopped by Ctrl-C.
-            std::process::exit(130);
-        }
+        Err(engine_hub::HubError::Cancelled { partial }) => exit_interrupted(partial.as_deref(), &again),
         Err(e) => Err(e.into()),
     }
 }

@@ -228,6 +228,67 @@ fn pull_list_rm() {
 }
 
 #[test]
+fn sigint_during_a_first_use_download_keeps_the_partial_file() {
+    const LEN: usize = 1_500_000;
+    let fx = Fixture::new(LEN);
+    fx.hub.set_faults(Faults {
+        trickle_bytes_per_sec: Some(250_000),
+        only_file: Some(WEIGHTS.into()),
+        ..Default::default()
+    });
+    // `run` and `embed` pull a repo id they do not find locally.
+    for cmd in [vec!["run", REPO, "hello"], vec!["embed", REPO, "hello"]] {
+        let _ = std::fs::remove_dir_all(fx.cache());
+        let mut child = fx
+            .cmd(&cmd)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn mlxengine");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let partial = loop {
+            if let Some(p) = fx
+                .partials()
+                .into_iter()
+                .find(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0))
+            {
+                break p;
+            }
+            assert!(
+                child.try_wait().expect("wait").is_none(),
+                "{cmd:?} ended before the interrupt"
+            );
+            assert!(Instant::now() < deadline, "{cmd:?}: no partial download appeared");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // The download reports progress every 0.1 s; from then on Ctrl-C cancels it.
+        std::thread::sleep(Duration::from_millis(300));
+        let status = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+        let Some(status) = wait_with_deadline(&mut child, Duration::from_secs(5)) else {
+            let _ = child.kill();
+            panic!("{cmd:?} did not stop within 5 s of SIGINT");
+        };
+        let out = child.wait_with_output().expect("collect output");
+        let stderr = text(&out.stderr);
+        assert_eq!(status.code(), Some(130), "{cmd:?}: {stderr}");
+        assert!(
+            stderr.contains("interrupted") && stderr.contains("resume"),
+            "{cmd:?}: {stderr}"
+        );
+        assert!(stderr.contains("partial download is kept"), "{cmd:?}: {stderr}");
+        let kept = std::fs::metadata(&partial).expect("the .incomplete file is kept").len();
+        assert!(
+            kept > 0 && kept < LEN as u64,
+            "{cmd:?}: partial holds {kept} of {LEN} bytes"
+        );
+    }
+}
+
+#[test]
 fn sigint_interrupts_then_pull_resumes() {
     const LEN: usize = 1_500_000;
     let fx = Fixture::new(LEN);

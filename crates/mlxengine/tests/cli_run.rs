@@ -170,3 +170,49 @@ fn max_tokens_zero_prints_nothing() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout).trim(), "");
 }
+
+#[test]
+fn ctrl_c_during_generation_ends_the_process_at_once() {
+    use std::io::Read;
+    use std::time::{Duration, Instant};
+    // Greedy with no stop for a long time: only Ctrl-C ends it.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mlxengine"))
+        .args([
+            s("run"),
+            gguf().as_os_str(),
+            s("Count from one to ten thousand."),
+            s("--temperature"),
+            s("0"),
+        ])
+        .args([s("--max-tokens"), s("100000"), s("--stop"), s("never-appears")])
+        .env("HF_HUB_OFFLINE", "1")
+        .env_remove("MLXENGINE_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn mlxengine");
+    // Text is flushed per token: the first bytes mean generation is under way.
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut first = [0u8; 1];
+    stdout.read_exact(&mut first).expect("the answer starts");
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    let sent = Instant::now();
+    let deadline = sent + Duration::from_secs(5);
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("run did not stop within 5 s of Ctrl-C");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(130), "128 + SIGINT, as a shell reports Ctrl-C");
+    assert!(sent.elapsed() < Duration::from_secs(2), "took {:?}", sent.elapsed());
+}
