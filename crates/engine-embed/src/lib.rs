@@ -379,7 +379,7 @@ impl Embedder {
             valid[r * l..r * l + n].fill(1);
         }
         let valid = Array::from_bytes(&valid, &[b, l], Dtype::Bool)?;
-        let hidden = self.encoder.forward(rows)?;
+        let hidden = self.encoder.forward(rows, &valid)?;
         let mut pooled = self.pooling.apply(&hidden, &valid, &lengths)?;
         if normalize {
             pooled = pooling::l2_normalize(&pooled)?;

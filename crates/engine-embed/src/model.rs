@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use engine_mlx::{Array, Dtype, WeightMap};
+use engine_mlx::{Array, WeightMap};
 use serde_json::Value;
 
 use crate::bert::{Bert, BertConfig};
@@ -76,8 +76,9 @@ pub(crate) enum Encoder {
 
 impl Encoder {
     /// Hidden states (B, L, H) of `rows` of token ids, L the longest row;
-    /// positions past a row's end hold unspecified values.
-    pub(crate) fn forward(&self, rows: &[&[u32]]) -> Result<Array> {
+    /// `valid` (B, L) marks each row's tokens. Positions past a row's end hold
+    /// unspecified values.
+    pub(crate) fn forward(&self, rows: &[&[u32]], valid: &Array) -> Result<Array> {
         let b = rows.len();
         let lengths: Vec<usize> = rows.iter().map(|r| r.len()).collect();
         let l = lengths.iter().copied().max().unwrap_or(0).max(1);
@@ -104,16 +105,14 @@ impl Encoder {
             }
             Encoder::ModernBert(m) => {
                 let mut flat = vec![0i32; b * l];
-                let mut valid = vec![0u8; b * l];
                 for (r, row) in rows.iter().enumerate() {
                     for (c, &id) in row.iter().enumerate() {
                         flat[r * l + c] = id as i32;
-                        valid[r * l + c] = 1;
                     }
                 }
                 let ids = Array::from_slice(&flat, &[b, l])?;
                 let mask = if lengths.iter().any(|&n| n < l) {
-                    Some(Array::from_bytes(&valid, &[b, 1, 1, l], Dtype::Bool)?)
+                    Some(valid.reshape(&[b as i32, 1, 1, l as i32])?)
                 } else {
                     None
                 };
