@@ -177,6 +177,43 @@ fn wait_with_deadline(child: &mut Child, limit: Duration) -> Option<std::process
     None
 }
 
+/// Waits until `child` has written some bytes of a download (a non-empty
+/// `.incomplete` file), which it returns; the child must still be running.
+fn wait_for_partial(fx: &Fixture, child: &mut Child, what: &str) -> PathBuf {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(p) = fx
+            .partials()
+            .into_iter()
+            .find(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0))
+        {
+            return p;
+        }
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "{what} ended before the interrupt"
+        );
+        assert!(Instant::now() < deadline, "{what}: no partial download appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends SIGINT and waits (5 s at most) for the child to end; returns its
+/// status and how long it took.
+fn interrupt(child: &mut Child, what: &str) -> (std::process::ExitStatus, Duration) {
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    let sent = Instant::now();
+    let Some(status) = wait_with_deadline(child, Duration::from_secs(5)) else {
+        let _ = child.kill();
+        panic!("{what} did not stop within 5 s of SIGINT");
+    };
+    (status, sent.elapsed())
+}
+
 #[test]
 fn pull_list_rm() {
     let fx = Fixture::new(300_000);
@@ -245,33 +282,11 @@ fn sigint_during_a_first_use_download_keeps_the_partial_file() {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn mlxengine");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let partial = loop {
-            if let Some(p) = fx
-                .partials()
-                .into_iter()
-                .find(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0))
-            {
-                break p;
-            }
-            assert!(
-                child.try_wait().expect("wait").is_none(),
-                "{cmd:?} ended before the interrupt"
-            );
-            assert!(Instant::now() < deadline, "{cmd:?}: no partial download appeared");
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let what = format!("{cmd:?}");
+        let partial = wait_for_partial(&fx, &mut child, &what);
         // The download reports progress every 0.1 s; from then on Ctrl-C cancels it.
         std::thread::sleep(Duration::from_millis(300));
-        let status = Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success());
-        let Some(status) = wait_with_deadline(&mut child, Duration::from_secs(5)) else {
-            let _ = child.kill();
-            panic!("{cmd:?} did not stop within 5 s of SIGINT");
-        };
+        let (status, _) = interrupt(&mut child, &what);
         let out = child.wait_with_output().expect("collect output");
         let stderr = text(&out.stderr);
         assert_eq!(status.code(), Some(130), "{cmd:?}: {stderr}");
@@ -306,33 +321,8 @@ fn sigint_interrupts_then_pull_resumes() {
         .expect("spawn mlxengine");
 
     // Wait until some bytes of the weights are on disk.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let partial = loop {
-        if let Some(p) = fx
-            .partials()
-            .into_iter()
-            .find(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0))
-        {
-            break p;
-        }
-        assert!(
-            child.try_wait().expect("wait").is_none(),
-            "pull ended before the interrupt"
-        );
-        assert!(Instant::now() < deadline, "no partial download appeared");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success());
-    let sent = Instant::now();
-    let Some(status) = wait_with_deadline(&mut child, Duration::from_secs(5)) else {
-        let _ = child.kill();
-        panic!("pull did not stop within 5 s of SIGINT");
-    };
-    let took = sent.elapsed();
+    let partial = wait_for_partial(&fx, &mut child, "pull");
+    let (status, took) = interrupt(&mut child, "pull");
     let out = child.wait_with_output().expect("collect output");
     let stderr = text(&out.stderr);
     assert_eq!(
