@@ -9,7 +9,7 @@ use engine_mlx::{concatenate, Array, Dtype, WeightMap};
 use serde::Deserialize;
 
 use crate::error::{EmbedError, Result};
-use crate::model::Activation;
+use crate::model::{check_heads, Activation};
 
 /// The fields of a BERT `config.json` the forward pass needs.
 #[derive(Debug, Clone, Deserialize)]
@@ -84,15 +84,7 @@ impl Bert {
                 what: format!("position_embedding_type `{}`", cfg.position_embedding_type),
             });
         }
-        if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
-            return Err(EmbedError::BadConfig {
-                path: config_path.to_path_buf(),
-                reason: format!(
-                    "hidden_size {} is not a multiple of num_attention_heads {}",
-                    cfg.hidden_size, cfg.num_attention_heads
-                ),
-            });
-        }
+        check_heads(cfg.hidden_size, cfg.num_attention_heads, config_path)?;
         let act = Activation::parse(&cfg.hidden_act, config_path)?;
         let p = if w.contains("bert.embeddings.word_embeddings.weight") {
             "bert."

@@ -143,6 +143,17 @@ impl Encoder {
     }
 }
 
+/// The hidden size must split evenly into the attention heads.
+pub(crate) fn check_heads(hidden_size: usize, heads: usize, config_path: &Path) -> Result<()> {
+    if heads == 0 || !hidden_size.is_multiple_of(heads) {
+        return Err(EmbedError::BadConfig {
+            path: config_path.to_path_buf(),
+            reason: format!("hidden_size {hidden_size} is not a multiple of num_attention_heads {heads}"),
+        });
+    }
+    Ok(())
+}
+
 pub(crate) fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).map_err(|source| {
         if source.kind() == std::io::ErrorKind::NotFound {

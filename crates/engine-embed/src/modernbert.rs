@@ -10,8 +10,8 @@ use engine_mlx::{Array, Dtype, WeightMap};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::error::{EmbedError, Result};
-use crate::model::Activation;
+use crate::error::Result;
+use crate::model::{check_heads, Activation};
 
 /// The fields of a ModernBERT `config.json` the forward pass needs, in both
 /// the original spelling (`global_rope_theta`, `global_attn_every_n_layers`)
@@ -153,15 +153,7 @@ impl ModernBert {
     /// Loads the weights, accepting both bare (`layers.…`) and task-model
     /// (`model.layers.…`) names.
     pub fn load(cfg: ModernBertConfig, w: &WeightMap, config_path: &Path) -> Result<ModernBert> {
-        if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
-            return Err(EmbedError::BadConfig {
-                path: config_path.to_path_buf(),
-                reason: format!(
-                    "hidden_size {} is not a multiple of num_attention_heads {}",
-                    cfg.hidden_size, cfg.num_attention_heads
-                ),
-            });
-        }
+        check_heads(cfg.hidden_size, cfg.num_attention_heads, config_path)?;
         let act = Activation::parse(&cfg.hidden_activation, config_path)?;
         let p = if w.contains("model.embeddings.tok_embeddings.weight") {
             "model."
