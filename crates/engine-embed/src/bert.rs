@@ -1,5 +1,7 @@
-//! BERT-style encoders: BERT, MiniLM, BGE, E5 (`model_type: "bert"`), post-norm
-//! transformer layers with absolute position embeddings.
+//! BERT-style encoders: BERT, MiniLM, BGE, E5 (`model_type: "bert"`) and the
+//! RoBERTa family (RoBERTa, XLM-RoBERTa: multilingual-e5, bge-m3), post-norm
+//! transformer layers with absolute position embeddings. RoBERTa differs only
+//! in where positions start: after its padding id.
 
 use std::path::Path;
 
@@ -38,6 +40,9 @@ pub struct BertConfig {
     /// Only `absolute` is supported.
     #[serde(default = "default_pos_type")]
     pub position_embedding_type: String,
+    /// Padding id; RoBERTa-family positions start right after it.
+    #[serde(default)]
+    pub pad_token_id: Option<usize>,
 }
 
 fn default_type_vocab() -> usize {
@@ -72,12 +77,16 @@ pub struct Bert {
     positions: Array,
     emb_norm: LayerNorm,
     layers: Vec<Layer>,
+    /// Row of the position table for a sequence's first token: 0 for BERT,
+    /// `pad_token_id + 1` for RoBERTa.
+    position_offset: usize,
 }
 
 impl Bert {
     /// Loads the weights, accepting both bare (`embeddings.…`) and
-    /// task-model (`bert.embeddings.…`) names.
-    pub fn load(cfg: BertConfig, w: &WeightMap, config_path: &Path) -> Result<Bert> {
+    /// task-model (`bert.…` / `roberta.…`) names. `roberta` selects
+    /// RoBERTa's positions, which start after the padding id.
+    pub fn load(cfg: BertConfig, w: &WeightMap, config_path: &Path, roberta: bool) -> Result<Bert> {
         if cfg.position_embedding_type != "absolute" {
             return Err(EmbedError::UnsupportedPipeline {
                 path: config_path.to_path_buf(),
@@ -86,11 +95,20 @@ impl Bert {
         }
         check_heads(cfg.hidden_size, cfg.num_attention_heads, config_path)?;
         let act = Activation::parse(&cfg.hidden_act, config_path)?;
-        let p = if w.contains("bert.embeddings.word_embeddings.weight") {
-            "bert."
-        } else {
-            ""
-        };
+        let p = ["bert.", "roberta."]
+            .into_iter()
+            .find(|p| w.contains(&format!("{p}embeddings.word_embeddings.weight")))
+            .unwrap_or("");
+        let position_offset = if roberta { cfg.pad_token_id.unwrap_or(1) + 1 } else { 0 };
+        if position_offset >= cfg.max_position_embeddings {
+            return Err(EmbedError::BadConfig {
+                path: config_path.to_path_buf(),
+                reason: format!(
+                    "positions start at {position_offset}, past max_position_embeddings {}",
+                    cfg.max_position_embeddings
+                ),
+            });
+        }
         let h = cfg.hidden_size;
         let eps = cfg.layer_norm_eps as f32;
         let words = Embedding::load(w, &format!("{p}embeddings.word_embeddings"), cfg.vocab_size, h)?
@@ -136,6 +154,7 @@ impl Bert {
             positions,
             emb_norm,
             layers,
+            position_offset,
         };
         // Materialise the fused/cast weights now, not on the first request.
         engine_mlx::eval(model.arrays())?;
@@ -163,7 +182,16 @@ impl Bert {
 
     /// The longest input the position table allows.
     pub fn max_positions(&self) -> usize {
-        self.cfg.max_position_embeddings
+        self.cfg.max_position_embeddings - self.position_offset
+    }
+
+    /// BERT or RoBERTa.
+    pub fn architecture(&self) -> crate::Architecture {
+        if self.position_offset > 0 {
+            crate::Architecture::Roberta
+        } else {
+            crate::Architecture::Bert
+        }
     }
 
     /// Hidden states (T, H) of sequences of `lengths` tokens packed end to
@@ -174,7 +202,8 @@ impl Bert {
         let h = self.cfg.hidden_size as i32;
         let nh = self.cfg.num_attention_heads as i32;
         let scale = 1.0 / ((h / nh) as f32).sqrt();
-        let positions: Vec<i32> = lengths.iter().flat_map(|&n| 0..n as i32).collect();
+        let first = self.position_offset as i32;
+        let positions: Vec<i32> = lengths.iter().flat_map(|&n| first..first + n as i32).collect();
         let lens: Vec<i32> = lengths.iter().map(|&n| n as i32).collect();
         let words = self.words.forward(&Array::from_slice(ids, &[t])?)?;
         let pos = self.positions.take(&Array::from_slice(&positions, &[t])?, 0)?;

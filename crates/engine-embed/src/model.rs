@@ -12,7 +12,7 @@ use crate::modernbert::{ModernBert, ModernBertConfig};
 use crate::pooling::Pooling;
 
 /// The encoder families this crate runs.
-pub const SUPPORTED: &str = "bert (BERT, MiniLM, BGE, E5), modernbert";
+pub const SUPPORTED: &str = "bert (BERT, MiniLM, BGE, E5), roberta/xlm-roberta (multilingual-e5, bge-m3), modernbert";
 
 /// Feed-forward activations named in config.json.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +54,9 @@ impl Activation {
 pub enum Architecture {
     /// BERT and its derivatives (MiniLM, BGE, E5): `model_type: "bert"`.
     Bert,
+    /// RoBERTa and XLM-RoBERTa (multilingual-e5, bge-m3): `model_type`
+    /// `roberta`, `xlm-roberta` or `camembert`.
+    Roberta,
     /// ModernBERT: `model_type: "modernbert"`.
     ModernBert,
 }
@@ -63,6 +66,7 @@ impl Architecture {
     pub fn as_str(self) -> &'static str {
         match self {
             Architecture::Bert => "bert",
+            Architecture::Roberta => "roberta",
             Architecture::ModernBert => "modernbert",
         }
     }
@@ -137,7 +141,7 @@ impl Encoder {
 
     pub(crate) fn architecture(&self) -> Architecture {
         match self {
-            Encoder::Bert(_) => Architecture::Bert,
+            Encoder::Bert(m) => m.architecture(),
             Encoder::ModernBert(_) => Architecture::ModernBert,
         }
     }
@@ -192,6 +196,7 @@ pub(crate) fn architecture_of(dir: &Path, cfg: &Value) -> Result<Architecture> {
         .unwrap_or_default();
     match model_type {
         "bert" => return Ok(Architecture::Bert),
+        "roberta" | "xlm-roberta" | "camembert" => return Ok(Architecture::Roberta),
         "modernbert" => return Ok(Architecture::ModernBert),
         "" => {
             return Err(EmbedError::BadConfig {
@@ -207,8 +212,6 @@ pub(crate) fn architecture_of(dir: &Path, cfg: &Value) -> Result<Architecture> {
         .iter()
         .any(|a| a.ends_with("ForCausalLM") || a.ends_with("ForConditionalGeneration") || a.ends_with("LMHeadModel"));
     let encoder_like = [
-        "roberta",
-        "xlm-roberta",
         "nomic_bert",
         "distilbert",
         "electra",
@@ -217,7 +220,6 @@ pub(crate) fn architecture_of(dir: &Path, cfg: &Value) -> Result<Architecture> {
         "mpnet",
         "new",
         "jina_bert",
-        "camembert",
     ];
     if !generative && encoder_like.contains(&model_type) {
         return Err(EmbedError::UnsupportedEncoder {
@@ -246,10 +248,11 @@ pub(crate) fn load_encoder(dir: &Path, cfg: Value, arch: Architecture) -> Result
     };
     let weights = WeightMap::load_safetensors_dir(dir)?;
     Ok(match arch {
-        Architecture::Bert => Encoder::Bert(Bert::load(
+        Architecture::Bert | Architecture::Roberta => Encoder::Bert(Bert::load(
             serde_json::from_value::<BertConfig>(cfg).map_err(bad)?,
             &weights,
             &config_path,
+            arch == Architecture::Roberta,
         )?),
         Architecture::ModernBert => Encoder::ModernBert(ModernBert::load(
             serde_json::from_value::<ModernBertConfig>(cfg).map_err(bad)?,

@@ -59,7 +59,7 @@ fn other_encoder_families_say_not_yet() {
     write(
         tmp.path(),
         "config.json",
-        r#"{"model_type": "xlm-roberta", "architectures": ["XLMRobertaModel"]}"#,
+        r#"{"model_type": "mpnet", "architectures": ["MPNetModel"]}"#,
     );
     let e = load_err(tmp.path());
     assert!(matches!(e, EmbedError::UnsupportedEncoder { .. }), "{e:?}");

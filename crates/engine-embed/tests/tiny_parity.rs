@@ -123,6 +123,11 @@ fn bert_last_token_pooling_unnormalized() -> R {
 }
 
 #[test]
+fn xlm_roberta_positions_after_the_padding_id() -> R {
+    check("tiny-xlm-roberta")
+}
+
+#[test]
 fn modernbert_sliding_window_and_global_layers() -> R {
     check("tiny-modernbert")
 }
