@@ -4,6 +4,8 @@
 //! sliding windows where the architecture has them. Its own test binary: MLX's
 //! peak counter is global to the process.
 
+mod common;
+
 use engine_core::{GenerateParams, StreamEvent};
 use engine_device::{estimate_for_arch, ArchConfig, EstimateOptions};
 use engine_llm::{DtypePolicy, LlmModel, LoadOptions};
@@ -32,13 +34,7 @@ fn estimate_is_within_15_percent_for_tiny_checkpoints() {
             dtype: DtypePolicy::Native,
             ..Default::default()
         };
-        // phi3-longrope-gguf holds its checkpoint as one llama.cpp-style file.
-        let path = if d.join("model.gguf").is_file() {
-            d.join("model.gguf")
-        } else {
-            d.clone()
-        };
-        let m = LlmModel::load(&path, &opts, &mut |_| {}).unwrap();
+        let m = LlmModel::load(&common::checkpoint(&d), &opts, &mut |_| {}).unwrap();
         let load_peak = memory::peak() - base;
         let mut generated = 0u64;
         for ev in m

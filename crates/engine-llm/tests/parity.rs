@@ -3,6 +3,8 @@
 //! same 32 greedy tokens. Fixtures: `cargo xtask parity-fixtures` (made by
 //! xtask/parity/make_tiny_llms.py into target/parity/).
 
+mod common;
+
 use engine_core::{GenerateParams, StreamEvent};
 use engine_llm::{DtypePolicy, LlmModel, LoadOptions};
 use std::path::PathBuf;
@@ -67,13 +69,8 @@ fn every_architecture_matches_mlx_lm() {
             dtype: DtypePolicy::Native,
             ..Default::default()
         };
-        // A folder with a model.gguf holds a llama.cpp-style file of the same weights.
-        let path = if dir.join("model.gguf").is_file() {
-            dir.join("model.gguf")
-        } else {
-            dir.clone()
-        };
-        let model = LlmModel::load(&path, &opts, &mut |_| {}).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let model =
+            LlmModel::load(&common::checkpoint(dir), &opts, &mut |_| {}).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(model.transformer().is_quantized(), name.ends_with("-4bit"), "{name}");
         let logits = model.logits(&prompt).unwrap().to_f32_vec().unwrap();
         let want: Vec<f32> = expected["logits"]

@@ -70,6 +70,27 @@ impl Fixture {
         Fixture { tmp, hub }
     }
 
+    /// Like `new`, with the weights served at 250 kB/s (~6 s for 1.5 MB), so
+    /// an interrupt lands mid-file.
+    fn trickling(weights_len: usize) -> Fixture {
+        let fx = Fixture::new(weights_len);
+        fx.hub.set_faults(Faults {
+            trickle_bytes_per_sec: Some(250_000),
+            only_file: Some(WEIGHTS.into()),
+            ..Default::default()
+        });
+        fx
+    }
+
+    /// The binary started with piped output.
+    fn spawn(&self, args: &[&str]) -> Child {
+        self.cmd(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn mlxengine")
+    }
+
     fn served(&self) -> PathBuf {
         self.tmp.path().join("hub").join(REPO)
     }
@@ -267,21 +288,11 @@ fn pull_list_rm() {
 #[test]
 fn sigint_during_a_first_use_download_keeps_the_partial_file() {
     const LEN: usize = 1_500_000;
-    let fx = Fixture::new(LEN);
-    fx.hub.set_faults(Faults {
-        trickle_bytes_per_sec: Some(250_000),
-        only_file: Some(WEIGHTS.into()),
-        ..Default::default()
-    });
+    let fx = Fixture::trickling(LEN);
     // `run` and `embed` pull a repo id they do not find locally.
     for cmd in [vec!["run", REPO, "hello"], vec!["embed", REPO, "hello"]] {
         let _ = std::fs::remove_dir_all(fx.cache());
-        let mut child = fx
-            .cmd(&cmd)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn mlxengine");
+        let mut child = fx.spawn(&cmd);
         let what = format!("{cmd:?}");
         let partial = wait_for_partial(&fx, &mut child, &what);
         // The download reports progress every 0.1 s; from then on Ctrl-C cancels it.
@@ -306,19 +317,8 @@ fn sigint_during_a_first_use_download_keeps_the_partial_file() {
 #[test]
 fn sigint_interrupts_then_pull_resumes() {
     const LEN: usize = 1_500_000;
-    let fx = Fixture::new(LEN);
-    // ~6 s for the weights at this rate: the interrupt lands mid-file.
-    fx.hub.set_faults(Faults {
-        trickle_bytes_per_sec: Some(250_000),
-        only_file: Some(WEIGHTS.into()),
-        ..Default::default()
-    });
-    let mut child = fx
-        .cmd(&["pull", REPO])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn mlxengine");
+    let fx = Fixture::trickling(LEN);
+    let mut child = fx.spawn(&["pull", REPO]);
 
     // Wait until some bytes of the weights are on disk.
     let partial = wait_for_partial(&fx, &mut child, "pull");
