@@ -1,5 +1,4 @@
 // Implementation of the engine-mlx bridge; see shim.h.
-#include <cstring>
 #include "engine-mlx/src/shim/shim.h"
 #include "engine-mlx/src/ffi.rs.h"
 #include "engine-mlx/src/shim/cpu_kernels.h"
@@ -35,7 +34,6 @@ static const bool mlxe_malloc_tuned = [] {
 #endif
 
 namespace mx = mlx::core;
-
 
 namespace mlxe {
 namespace {
