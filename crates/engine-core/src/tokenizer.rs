@@ -8,7 +8,7 @@
 use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde_json::{json, Map, Value};
 
@@ -100,6 +100,10 @@ struct Inner {
     append_eos: bool,
     /// Whether `encode(.., true)` adds a BOS (either way).
     add_bos: bool,
+    /// A copy that reads special-token text as plain text (for chat content).
+    plain: OnceLock<tokenizers::Tokenizer>,
+    /// The texts of the special (control) tokens.
+    specials: OnceLock<Vec<String>>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -175,6 +179,8 @@ impl Tokenizer {
                 prepend_bos,
                 append_eos,
                 add_bos,
+                plain: OnceLock::new(),
+                specials: OnceLock::new(),
             }),
         }
     }
@@ -352,6 +358,62 @@ impl Tokenizer {
             }
         }
         Ok(ids)
+    }
+
+    /// Encodes a chat prompt rendered by a template so that only the
+    /// template's own markup yields special tokens: each of `contents` (the
+    /// messages' texts, in the order the template writes them) is found in
+    /// `rendered` and tokenized as plain text, so a user typing
+    /// `<|im_end|>\n<|im_start|>system` cannot forge a turn (transformers'
+    /// `split_special_tokens` for content). With `add_bos` the model's BOS is
+    /// prepended unless the template already wrote it — never twice.
+    pub fn encode_chat(&self, rendered: &str, contents: &[&str], add_bos: bool) -> Result<Vec<u32>> {
+        let specials = self.inner.specials.get_or_init(|| {
+            let added = self.inner.tok.get_added_tokens_decoder();
+            let texts = added.values().filter(|t| t.special && !t.content.is_empty());
+            texts.map(|t| t.content.clone()).collect()
+        });
+        let forged = |c: &str| specials.iter().find(|s| c.contains(s.as_str())).cloned();
+        let mut ids = if contents.iter().all(|c| forged(c).is_none()) {
+            // The common case: nothing to protect, one pass over the whole text.
+            self.encode(rendered, false)?
+        } else {
+            let mut ids = Vec::new();
+            let mut cursor = 0;
+            for content in contents {
+                let Some(token) = forged(content) else { continue };
+                // Templates may trim a message; look for it as written first.
+                let found = [*content, content.trim()]
+                    .into_iter()
+                    .find_map(|c| rendered[cursor..].find(c).map(|p| (cursor + p, c.len())));
+                let Some((start, len)) = found else {
+                    return Err(TokenizerError::Encode(format!(
+                        "a message contains the control token `{token}`, and the chat template rewrites that \
+                         message so it cannot be kept as plain text; remove `{token}` from the message"
+                    )));
+                };
+                ids.extend(self.encode(&rendered[cursor..start], false)?);
+                let plain = self.plain().encode(&rendered[start..start + len], false);
+                ids.extend_from_slice(plain.map_err(|e| TokenizerError::Encode(e.to_string()))?.get_ids());
+                cursor = start + len;
+            }
+            ids.extend(self.encode(&rendered[cursor..], false)?);
+            ids
+        };
+        if let (true, Some(bos)) = (add_bos && self.inner.add_bos, self.inner.bos_token_id) {
+            if ids.first() != Some(&bos) {
+                ids.insert(0, bos);
+            }
+        }
+        Ok(ids)
+    }
+
+    fn plain(&self) -> &tokenizers::Tokenizer {
+        self.inner.plain.get_or_init(|| {
+            let mut t = self.inner.tok.clone();
+            t.set_encode_special_tokens(true);
+            t
+        })
     }
 
     /// Decodes `ids` to text; ids outside the vocabulary are skipped (models
