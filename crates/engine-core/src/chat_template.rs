@@ -83,6 +83,19 @@ pub enum ChatTemplateError {
     },
 }
 
+/// Where an image attached to a message comes from (decoded by the vision
+/// model that receives it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageSource {
+    /// A local file (PNG, JPEG, WebP, GIF).
+    Path(PathBuf),
+    /// The encoded file's bytes.
+    Bytes(Vec<u8>),
+    /// A `data:image/...;base64,` URL or a `file://` URL.
+    Url(String),
+}
+
 /// One chat message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
@@ -90,6 +103,10 @@ pub struct ChatMessage {
     pub role: String,
     /// The text of the message.
     pub content: String,
+    /// Images of the message, shown to the model before its text (as HF's
+    /// and mlx-vlm's examples order them). Only vision models accept them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<ImageSource>,
 }
 
 impl ChatMessage {
@@ -98,7 +115,34 @@ impl ChatMessage {
         ChatMessage {
             role: role.into(),
             content: content.into(),
+            images: Vec::new(),
         }
+    }
+
+    /// The message with `image` attached (after any already attached).
+    pub fn with_image(mut self, image: ImageSource) -> Self {
+        self.images.push(image);
+        self
+    }
+
+    /// The message as a text template sees it: `content` is the text, or —
+    /// when images are attached — OpenAI-style parts (see [`Self::to_parts_json`]).
+    pub fn to_template_json(&self) -> serde_json::Value {
+        if self.images.is_empty() {
+            return serde_json::json!({"role": self.role, "content": self.content});
+        }
+        self.to_parts_json()
+    }
+
+    /// The message with `content` as OpenAI-style parts, images first.
+    pub fn to_parts_json(&self) -> serde_json::Value {
+        let mut parts: Vec<serde_json::Value> = self
+            .images
+            .iter()
+            .map(|_| serde_json::json!({"type": "image"}))
+            .collect();
+        parts.push(serde_json::json!({"type": "text", "text": self.content}));
+        serde_json::json!({"role": self.role, "content": parts})
     }
 }
 
@@ -133,6 +177,7 @@ impl ChatTemplate {
     }
 
     fn build(source: String, source_name: String, fallback: bool) -> Result<Self, ChatTemplateError> {
+        let compiled = strip_generation_tags(&source);
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
@@ -141,7 +186,7 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
-        env.add_template_owned(TEMPLATE_NAME, source.clone())
+        env.add_template_owned(TEMPLATE_NAME, compiled)
             .map_err(|e| ChatTemplateError::Syntax {
                 source_name: source_name.clone(),
                 message: describe(&e),
@@ -206,10 +251,15 @@ impl ChatTemplate {
 
     /// Renders `messages` to the prompt text.
     pub fn render(&self, messages: &[ChatMessage], options: &RenderOptions) -> Result<String, ChatTemplateError> {
-        let messages: Vec<serde_json::Value> = messages
-            .iter()
-            .map(|m| serde_json::json!({"role": m.role, "content": m.content}))
-            .collect();
+        let messages: Vec<serde_json::Value> = messages.iter().map(ChatMessage::to_template_json).collect();
+        self.render_json(&messages, options)
+    }
+
+    /// Renders `messages` with every `content` as OpenAI-style parts
+    /// (`[{"type": "image"}…, {"type": "text", "text": …}]`), the form
+    /// vision-language templates iterate over.
+    pub fn render_parts(&self, messages: &[ChatMessage], options: &RenderOptions) -> Result<String, ChatTemplateError> {
+        let messages: Vec<serde_json::Value> = messages.iter().map(ChatMessage::to_parts_json).collect();
         self.render_json(&messages, options)
     }
 
@@ -239,6 +289,26 @@ impl ChatTemplate {
         let tmpl = self.env.get_template(TEMPLATE_NAME).map_err(render_err)?;
         tmpl.render(Value::from_serialize(&ctx)).map_err(render_err)
     }
+}
+
+/// Removes `{% generation %}` / `{% endgeneration %}`: transformers' marks
+/// of assistant text for training masks (llava-hf's templates use them),
+/// which change nothing in the rendered text.
+fn strip_generation_tags(source: &str) -> String {
+    let mut out = String::with_capacity(source.len());
+    let mut rest = source;
+    while let Some(open) = rest.find("{%") {
+        let Some(len) = rest[open..].find("%}") else { break };
+        let tag = &rest[open + 2..open + len];
+        let name = tag.trim_matches(|c: char| c == '-' || c == '+' || c.is_whitespace());
+        out.push_str(&rest[..open]);
+        if name != "generation" && name != "endgeneration" {
+            out.push_str(&rest[open..open + len + 2]);
+        }
+        rest = &rest[open + len + 2..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// minijinja's error text plus its cause chain (a `raise_exception` message

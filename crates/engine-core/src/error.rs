@@ -42,6 +42,17 @@ pub enum EngineError {
     /// GGUF header failure.
     #[error(transparent)]
     Gguf(#[from] crate::gguf::GgufError),
+    /// An image could not be read, decoded or used.
+    #[error("{0}")]
+    Image(String),
+    /// The prompt's image placeholders and its images do not match.
+    #[error("the prompt has {placeholders} image placeholder(s) but {images} image(s) were given; the chat template must write one placeholder per attached image")]
+    ImageCount {
+        /// Placeholders the rendered prompt holds.
+        placeholders: usize,
+        /// Images attached to the messages.
+        images: usize,
+    },
     /// Failure in the compute backend (MLX).
     #[error("backend error: {0}")]
     Backend(String),

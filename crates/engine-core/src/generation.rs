@@ -53,7 +53,8 @@ pub struct GenerationStats {
 pub struct Generation {
     /// The generated text (stop string excluded).
     pub text: String,
-    /// The generated token ids.
+    /// Exactly the generated token ids, in order — the EOS that ended the
+    /// answer included (`finish_reason` is then `Eos`).
     pub tokens: Vec<u32>,
     /// Why it stopped.
     pub finish_reason: FinishReason,
@@ -64,7 +65,8 @@ pub struct Generation {
 /// One item of a streamed generation.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StreamEvent {
-    /// New text (may be empty while a UTF-8 character or stop string is pending).
+    /// One per generated token (EOS included), with the text it completes
+    /// (may be empty while a UTF-8 character or stop string is pending).
     Text {
         /// The new text.
         text: String,

@@ -11,7 +11,7 @@ pub mod params;
 pub mod tokenizer;
 pub mod types;
 
-pub use chat_template::{ChatMessage, ChatTemplate, ChatTemplateError, RenderOptions};
+pub use chat_template::{ChatMessage, ChatTemplate, ChatTemplateError, ImageSource, RenderOptions};
 pub use detokenize::StreamingDetokenizer;
 pub use error::{EngineError, Result};
 pub use generation::{FinishReason, Generation, GenerationStats, LoadProgress, Prompt, StreamEvent, TextGenerator};

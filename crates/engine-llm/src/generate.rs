@@ -21,31 +21,61 @@ pub(crate) fn be(e: engine_mlx::Error) -> EngineError {
     EngineError::Backend(e.to_string())
 }
 
-/// A KV cache together with the tokens it holds, so a later prompt that
-/// shares a prefix skips re-processing it.
+/// A KV cache together with what it holds, so a later prompt that shares a
+/// prefix skips re-processing it.
 #[derive(Default)]
 pub struct CacheState {
     /// One cache per layer.
     pub cache: Vec<KvCache>,
     /// The tokens whose keys/values the cache holds, in order.
     pub tokens: Vec<u32>,
+    /// Per cached position, what it holds: the token id, or for an image
+    /// position a key derived from the image's pixels (see [`PromptEmbeds`]),
+    /// so a prefix is never reused across different images behind the same
+    /// placeholder ids.
+    keys: Vec<u64>,
 }
 
 impl CacheState {
-    /// Trims to the longest common prefix with `prompt`, keeping at least one
-    /// prompt token to process (its logits start generation). Returns how many
-    /// prompt tokens are already cached.
-    pub fn reuse_prefix(&mut self, model: &Transformer, prompt: &[u32]) -> usize {
-        let common = self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+    /// Trims to the longest common prefix with a prompt whose per-position
+    /// keys are `prompt` (token ids, or [`PromptEmbeds::keys`]), keeping at
+    /// least one position to process (its logits start generation). Returns
+    /// how many positions are already cached.
+    pub fn reuse_prefix(&mut self, model: &Transformer, prompt: &[u64]) -> usize {
+        let common = self.keys.iter().zip(prompt).take_while(|(a, b)| a == b).count();
         let keep = common.min(prompt.len().saturating_sub(1));
         if self.cache.is_empty() || !self.cache.iter_mut().all(|c| c.trim_to(keep)) {
             self.cache = model.new_cache();
             self.tokens.clear();
+            self.keys.clear();
             return 0;
         }
         self.tokens.truncate(keep);
+        self.keys.truncate(keep);
         keep
     }
+
+    fn push(&mut self, token: u32, key: u64) {
+        self.tokens.push(token);
+        self.keys.push(key);
+    }
+}
+
+/// A multimodal prompt as the decoder sees it: the input embeddings of every
+/// position (token embeddings with image features scattered in) and a cache
+/// key per position.
+pub struct PromptEmbeds {
+    /// Input embeddings, shape (1, L, hidden).
+    pub embeds: Array,
+    /// One key per position: the token id for text, [`image_key`] for image
+    /// positions.
+    pub keys: Vec<u64>,
+}
+
+/// The cache key of position `index` of an image whose pixels hash to
+/// `hash` (the high bit keeps it apart from token ids).
+pub fn image_key(hash: u64, index: usize) -> u64 {
+    (hash ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)) | (1 << 63)
 }
 
 enum StateRef<'a> {
@@ -95,6 +125,43 @@ impl<'a> Generator<'a> {
         context_length: usize,
         state: Option<&'a mut CacheState>,
     ) -> Result<Generator<'a>> {
+        Self::start(model, tokenizer, prompt, None, params, context_length, state)
+    }
+
+    /// [`Self::new`] for a prompt given as input embeddings (a
+    /// vision-language prompt); `prompt` holds its token ids, placeholders
+    /// included, one per position of `embeds`.
+    pub fn with_embeds(
+        model: &'a Transformer,
+        tokenizer: &Tokenizer,
+        prompt: &[u32],
+        embeds: &PromptEmbeds,
+        params: &GenerateParams,
+        context_length: usize,
+        state: Option<&'a mut CacheState>,
+    ) -> Result<Generator<'a>> {
+        let (l, d) = (embeds.embeds.dim(1), model.config().hidden_size);
+        if embeds.embeds.shape() != [1, prompt.len(), d] || embeds.keys.len() != prompt.len() {
+            return Err(EngineError::InvalidParameter(format!(
+                "prompt embeddings of shape {:?} with {} keys do not fit {} prompt tokens of width {d}",
+                embeds.embeds.shape(),
+                embeds.keys.len(),
+                prompt.len()
+            )));
+        }
+        debug_assert_eq!(l, prompt.len());
+        Self::start(model, tokenizer, prompt, Some(embeds), params, context_length, state)
+    }
+
+    fn start(
+        model: &'a Transformer,
+        tokenizer: &Tokenizer,
+        prompt: &[u32],
+        embeds: Option<&PromptEmbeds>,
+        params: &GenerateParams,
+        context_length: usize,
+        state: Option<&'a mut CacheState>,
+    ) -> Result<Generator<'a>> {
         params.validate()?;
         if prompt.is_empty() {
             return Err(EngineError::InvalidParameter(
@@ -118,11 +185,15 @@ impl<'a> Generator<'a> {
             Some(s) => StateRef::Borrowed(s),
             None => StateRef::Owned(CacheState {
                 cache: model.new_cache(),
-                tokens: Vec::new(),
+                ..Default::default()
             }),
         };
         let st = state.get();
-        let cached = st.reuse_prefix(model, prompt);
+        let keys: Vec<u64> = match embeds {
+            Some(e) => e.keys.clone(),
+            None => prompt.iter().map(|&t| t as u64).collect(),
+        };
+        let cached = st.reuse_prefix(model, &keys);
         // Reserve the whole generation up front (no reallocation, whose old and new
         // buffers would coexist), but not a huge `max_tokens` the answer may never use.
         let total = (prompt.len() + params.max_tokens.min(RESERVE_LIMIT)).min(context_length);
@@ -153,47 +224,57 @@ impl<'a> Generator<'a> {
         };
         if params.max_tokens > 0 {
             engine_mlx::memory::reset_peak();
-            g.prefill(&prompt[cached..])?;
+            g.prefill(prompt, &keys, embeds.map(|e| &e.embeds), cached)?;
         }
         Ok(g)
     }
 
-    fn prefill(&mut self, tokens: &[u32]) -> Result<()> {
-        let (rest, last) = tokens.split_at(tokens.len() - 1);
-        for chunk in rest.chunks(PREFILL_CHUNK) {
+    /// Processes prompt positions `from..` in chunks (from ids, or from
+    /// `embeds` for a multimodal prompt) and schedules the first token.
+    fn prefill(&mut self, prompt: &[u32], keys: &[u64], embeds: Option<&Array>, from: usize) -> Result<()> {
+        let n = prompt.len();
+        let mut start = from;
+        while start < n {
+            // The last position goes alone: its logits start sampling.
+            let end = if start == n - 1 {
+                n
+            } else {
+                (start + PREFILL_CHUNK).min(n - 1)
+            };
+            let h = match embeds {
+                Some(e) => e.slice_axis(1, start as i32, end as i32),
+                None => {
+                    Array::from_slice(&prompt[start..end], &[1, end - start]).and_then(|ids| self.model.embed(&ids))
+                }
+            }
+            .map_err(be)?;
             let st = self.state.get();
-            let ids = Array::from_slice(chunk, &[1, chunk.len()]).map_err(be)?;
             let logits = self
                 .model
-                .forward(&ids, &mut st.cache, &MaskSpec::default(), true)
+                .forward_embeds(h, &mut st.cache, &MaskSpec::default(), true)
                 .map_err(be)?;
-            st.tokens.extend_from_slice(chunk);
-            // Materialise the cache so the next chunk's graph stays small.
-            let mut arrays: Vec<&Array> = st.cache.iter().flat_map(|c| c.arrays()).collect();
-            arrays.push(&logits);
-            engine_mlx::eval(arrays).map_err(be)?;
+            for (&t, &k) in prompt[start..end].iter().zip(&keys[start..end]) {
+                st.push(t, k);
+            }
+            if end == n {
+                let logits = logits.squeeze(1).map_err(be)?;
+                let y = self.sampler.sample(&logits, &[&self.history]).map_err(be)?;
+                async_eval([&y]).map_err(be)?;
+                self.pending = Some(y);
+            } else {
+                // Materialise the cache so the next chunk's graph stays small.
+                let mut arrays: Vec<&Array> = st.cache.iter().flat_map(|c| c.arrays()).collect();
+                arrays.push(&logits);
+                engine_mlx::eval(arrays).map_err(be)?;
+            }
+            start = end;
         }
-        let y = self.step(last[0])?;
-        self.pending = Some(y);
         Ok(())
     }
 
-    /// Feeds one token and returns the sampled next token, scheduled.
-    fn step(&mut self, token: u32) -> Result<Array> {
-        let st = self.state.get();
-        let ids = Array::from_slice(&[token], &[1, 1]).map_err(be)?;
-        let logits = self
-            .model
-            .forward(&ids, &mut st.cache, &MaskSpec::default(), true)
-            .map_err(be)?;
-        st.tokens.push(token);
-        let logits = logits.squeeze(1).map_err(be)?;
-        let y = self.sampler.sample(&logits, &[&self.history]).map_err(be)?;
-        async_eval([&y]).map_err(be)?;
-        Ok(y)
-    }
-
-    fn finish(&mut self, reason: FinishReason, text: String, token: u32) -> Vec<StreamEvent> {
+    /// The last events: the final token's (always one per generated token,
+    /// EOS included, even when its text is empty) and `Done`.
+    fn finish(&mut self, reason: FinishReason, text: String, token: Option<u32>) -> Vec<StreamEvent> {
         self.done = true;
         self.settle();
         let now = Instant::now();
@@ -210,7 +291,7 @@ impl<'a> Generator<'a> {
         };
         self.stats.peak_memory_bytes = engine_mlx::memory::peak();
         let mut out = Vec::new();
-        if !text.is_empty() {
+        if let Some(token) = token {
             out.push(StreamEvent::Text { text, token });
         }
         out.push(StreamEvent::Done {
@@ -223,7 +304,7 @@ impl<'a> Generator<'a> {
     /// Produces the events for the next token.
     fn advance(&mut self) -> Result<Vec<StreamEvent>> {
         if self.params.max_tokens == 0 {
-            return Ok(self.finish(FinishReason::Length, String::new(), 0));
+            return Ok(self.finish(FinishReason::Length, String::new(), None));
         }
         let y = self
             .pending
@@ -260,7 +341,7 @@ impl<'a> Generator<'a> {
             }
         };
         if self.pending.is_some() {
-            self.state.get().tokens.push(token);
+            self.state.get().push(token, token as u64);
         }
         self.generated += 1;
         if self.first_token_at.is_none() {
@@ -268,13 +349,13 @@ impl<'a> Generator<'a> {
         }
         if self.eos.contains(&token) {
             let rest = std::mem::take(&mut self.held) + &self.detok.finish()?;
-            return Ok(self.finish(FinishReason::Eos, rest, token));
+            return Ok(self.finish(FinishReason::Eos, rest, Some(token)));
         }
         let piece = self.detok.push(token)?.unwrap_or_default();
         self.held.push_str(&piece);
         if let Some(pos) = self.params.stop.iter().filter_map(|s| self.held.find(s.as_str())).min() {
             let text = self.held[..pos].to_string();
-            return Ok(self.finish(FinishReason::Stop, text, token));
+            return Ok(self.finish(FinishReason::Stop, text, Some(token)));
         }
         let last = self.generated >= self.params.max_tokens;
         let full = self.history.len() >= self.context_length;
@@ -291,7 +372,7 @@ impl<'a> Generator<'a> {
                     FinishReason::ContextFull
                 },
                 rest,
-                token,
+                Some(token),
             ));
         }
         // Emit what cannot be the start of a stop string.

@@ -22,4 +22,4 @@ pub mod sample;
 pub mod transformer;
 
 pub use generate::{CacheState, Generator};
-pub use model::{ChatSession, DtypePolicy, LlmModel, LoadOptions};
+pub use model::{ChatHistory, ChatSession, ChatTurn, DtypePolicy, LlmModel, LoadOptions};

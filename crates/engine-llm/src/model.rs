@@ -68,7 +68,7 @@ impl LlmModel {
                 "no such file or folder; check the path, or pull the model first",
             ));
         }
-        let (mut cfg, weights, tokenizer, template, source) = if is_gguf {
+        let (cfg, weights, tokenizer, template, source) = if is_gguf {
             // Read the header in Rust first: a truncated or corrupt file gets a
             // precise message before MLX touches it.
             let meta = GgufMetadata::read(path)?;
@@ -113,6 +113,42 @@ impl LlmModel {
         } else {
             return Err(load_err(path, "expected a model folder or a .gguf file"));
         };
+        Self::assemble(cfg, weights, tokenizer, template, source, options, &mut report)
+    }
+
+    /// Builds a model from its parts: the text model's `config.json` (for a
+    /// multimodal checkpoint, its `text_config`), weights named as in a text
+    /// checkpoint (`model.layers.*`, `lm_head.*`), the tokenizer and the
+    /// template. A vision-language model loads this way after taking its
+    /// vision weights out.
+    pub fn from_parts(
+        text_config: &serde_json::Value,
+        weights: WeightMap,
+        tokenizer: Tokenizer,
+        template: ChatTemplate,
+        source: ModelSource,
+        options: &LoadOptions,
+        progress: &mut dyn FnMut(LoadProgress),
+    ) -> Result<LlmModel> {
+        let cfg = supported(LlmConfig::from_hf(text_config)?)?;
+        let mut report = |stage: &str, fraction: f32| {
+            progress(LoadProgress {
+                stage: stage.into(),
+                fraction,
+            })
+        };
+        Self::assemble(cfg, weights, tokenizer, template, source, options, &mut report)
+    }
+
+    fn assemble(
+        mut cfg: LlmConfig,
+        weights: WeightMap,
+        tokenizer: Tokenizer,
+        template: ChatTemplate,
+        source: ModelSource,
+        options: &LoadOptions,
+        report: &mut dyn FnMut(&str, f32),
+    ) -> Result<LlmModel> {
         let (features, weights) = models::prepare(&mut cfg, weights)?;
         report("building the model", 0.5);
         let mut transformer = Transformer::load(cfg.clone(), features, &weights).map_err(be)?;
@@ -141,14 +177,10 @@ impl LlmModel {
         if quantization.is_some() {
             capabilities.push(FeatureFlag::Quantization);
         }
-        let id = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let default_params = if is_gguf {
-            GenerateParams::default()
-        } else {
-            generation_defaults(path)
+        let (id, default_params) = match &source {
+            ModelSource::GgufFile(p) => (file_name(p), GenerateParams::default()),
+            ModelSource::Directory(p) => (file_name(p), generation_defaults(p)),
+            ModelSource::HuggingFace(id) | ModelSource::Registry(id) => (id.clone(), GenerateParams::default()),
         };
         let config = ModelConfiguration {
             id,
@@ -167,6 +199,16 @@ impl LlmModel {
             template,
             config,
         })
+    }
+
+    /// What was loaded (mutable, for a wrapping model to adjust).
+    pub fn configuration_mut(&mut self) -> &mut ModelConfiguration {
+        &mut self.config
+    }
+
+    /// The chat template.
+    pub fn template(&self) -> &ChatTemplate {
+        &self.template
     }
 
     /// The tokenizer.
@@ -196,8 +238,11 @@ impl LlmModel {
                     ..Default::default()
                 };
                 let text = self.template.render(messages, &opts)?;
-                // The template writes BOS itself when the model wants one.
-                Ok(self.tokenizer.encode(&text, false)?)
+                let contents: Vec<&str> = messages.iter().map(|m| m.content.as_str()).collect();
+                // transformers leaves BOS to a folder's template; llama.cpp adds
+                // the BOS a GGUF asks for (once) when its template does not.
+                let add_bos = matches!(self.config.source, ModelSource::GgufFile(_));
+                Ok(self.tokenizer.encode_chat(&text, &contents, add_bos)?)
             }
         }
     }
@@ -231,7 +276,8 @@ impl LlmModel {
     }
 
     /// Greedy-decodes several prompts at once (left-padded into one batch).
-    /// Returns each prompt's generated tokens, cut at its first EOS.
+    /// Returns each prompt's generated tokens, up to and including its first
+    /// EOS (as [`engine_core::Generation::tokens`]).
     pub fn generate_batch(&self, prompts: &[Vec<u32>], max_tokens: usize) -> Result<Vec<Vec<u32>>> {
         if prompts.is_empty() {
             return Ok(Vec::new());
@@ -275,11 +321,8 @@ impl LlmModel {
                 if finished[i] {
                     continue;
                 }
-                if self.tokenizer.is_eos(t) {
-                    finished[i] = true;
-                } else {
-                    out[i].push(t);
-                }
+                out[i].push(t);
+                finished[i] = self.tokenizer.is_eos(t);
             }
             if finished.iter().all(|&f| f) {
                 break;
@@ -291,11 +334,9 @@ impl LlmModel {
 
     /// A multi-turn chat that keeps its KV cache between turns.
     pub fn chat(&self, system: Option<&str>) -> ChatSession<'_> {
-        let messages = system.map(|s| vec![ChatMessage::new("system", s)]).unwrap_or_default();
         ChatSession {
             model: self,
-            messages,
-            state: CacheState::default(),
+            history: ChatHistory::new(system),
         }
     }
 }
@@ -319,38 +360,142 @@ impl TextGenerator for LlmModel {
 /// processes the tokens the cache does not already hold.
 pub struct ChatSession<'m> {
     model: &'m LlmModel,
-    messages: Vec<ChatMessage>,
-    state: CacheState,
+    history: ChatHistory,
 }
 
 impl<'m> ChatSession<'m> {
-    /// Adds a user message and streams the reply. Call [`Self::record_reply`]
-    /// with the full reply text when the stream ends.
-    pub fn send<'s>(&'s mut self, user: &str, params: &GenerateParams) -> Result<Generator<'s>> {
-        self.messages.push(ChatMessage::new("user", user));
-        let tokens = match self.model.encode_prompt(&Prompt::Chat(self.messages.clone())) {
-            Ok(t) => t,
-            Err(e) => {
-                self.messages.pop();
-                return Err(e);
-            }
-        };
-        self.model.generate_from_tokens(&tokens, params, Some(&mut self.state))
-    }
-
-    /// Records the assistant's reply so the next turn includes it.
-    pub fn record_reply(&mut self, text: &str) {
-        self.messages.push(ChatMessage::new("assistant", text));
+    /// Streams the reply to a user message. The session records the turn
+    /// (message and reply) itself once the reply is complete; a turn that
+    /// fails or is dropped early leaves the conversation as it was.
+    pub fn send<'s>(&'s mut self, user: &str, params: &GenerateParams) -> Result<ChatTurn<'s>> {
+        let message = ChatMessage::new("user", user);
+        let mut messages = self.history.messages.clone();
+        messages.push(message.clone());
+        let tokens = self.model.encode_prompt(&Prompt::Chat(messages))?;
+        let generator = self
+            .model
+            .generate_from_tokens(&tokens, params, Some(&mut self.history.state))?;
+        Ok(ChatTurn::new(generator, &mut self.history.messages, message))
     }
 
     /// The conversation so far.
     pub fn messages(&self) -> &[ChatMessage] {
-        &self.messages
+        &self.history.messages
+    }
+
+    /// Whether the conversation with `user` added would leave no room in
+    /// the context for an answer.
+    pub fn overflows(&self, user: &str) -> Result<bool> {
+        let mut messages = self.history.messages.clone();
+        messages.push(ChatMessage::new("user", user));
+        let n = self.model.encode_prompt(&Prompt::Chat(messages))?.len();
+        Ok(n >= self.model.config.context_length)
+    }
+
+    /// Forgets every turn (the system prompt stays).
+    pub fn clear(&mut self) {
+        self.history.messages.retain(|m| m.role == "system");
+    }
+
+    /// Replaces the system prompt (`None` removes it).
+    pub fn set_system(&mut self, system: Option<&str>) {
+        self.history.set_system(system);
+    }
+
+    /// Drops the oldest turn (see [`ChatHistory::drop_oldest_turn`]).
+    pub fn drop_oldest_turn(&mut self) -> bool {
+        self.history.drop_oldest_turn()
     }
 
     /// Tokens currently held in the KV cache.
     pub fn cached_tokens(&self) -> usize {
-        self.state.tokens.len()
+        self.history.state.tokens.len()
+    }
+}
+
+/// The messages and KV cache of a chat (shared by the text and the
+/// vision-language sessions).
+#[derive(Default)]
+pub struct ChatHistory {
+    /// Completed turns, after the optional system prompt.
+    pub messages: Vec<ChatMessage>,
+    /// The cache and what it holds.
+    pub state: CacheState,
+}
+
+impl ChatHistory {
+    /// A history starting with an optional system prompt.
+    pub fn new(system: Option<&str>) -> ChatHistory {
+        ChatHistory {
+            messages: system.map(|s| vec![ChatMessage::new("system", s)]).unwrap_or_default(),
+            state: CacheState::default(),
+        }
+    }
+
+    /// Drops the oldest turn (a user message and the reply after it; the
+    /// system prompt stays). False when there is none left to drop.
+    pub fn drop_oldest_turn(&mut self) -> bool {
+        let Some(i) = self.messages.iter().position(|m| m.role != "system") else {
+            return false;
+        };
+        self.messages.remove(i);
+        while self
+            .messages
+            .get(i)
+            .is_some_and(|m| m.role != "user" && m.role != "system")
+        {
+            self.messages.remove(i);
+        }
+        true
+    }
+
+    /// Replaces the system prompt (`None` removes it).
+    pub fn set_system(&mut self, system: Option<&str>) {
+        self.messages.retain(|m| m.role != "system");
+        if let Some(s) = system {
+            self.messages.insert(0, ChatMessage::new("system", s));
+        }
+    }
+}
+
+/// One streamed reply of a chat; when it completes, the user message and the
+/// reply join the conversation.
+pub struct ChatTurn<'s> {
+    generator: Generator<'s>,
+    messages: &'s mut Vec<ChatMessage>,
+    user: Option<ChatMessage>,
+    reply: String,
+}
+
+impl<'s> ChatTurn<'s> {
+    /// Wraps a running generation for `user`'s message.
+    pub fn new(generator: Generator<'s>, messages: &'s mut Vec<ChatMessage>, user: ChatMessage) -> ChatTurn<'s> {
+        ChatTurn {
+            generator,
+            messages,
+            user: Some(user),
+            reply: String::new(),
+        }
+    }
+}
+
+impl Iterator for ChatTurn<'_> {
+    type Item = Result<StreamEvent>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let event = self.generator.next()?;
+        match &event {
+            Ok(StreamEvent::Text { text, .. }) => self.reply.push_str(text),
+            Ok(StreamEvent::Done { .. }) => {
+                if let Some(user) = self.user.take() {
+                    self.messages.push(user);
+                    self.messages
+                        .push(ChatMessage::new("assistant", std::mem::take(&mut self.reply)));
+                }
+            }
+            Err(_) => self.user = None,
+        }
+        Some(event)
     }
 }
 
@@ -361,6 +506,12 @@ fn supported(cfg: LlmConfig) -> Result<LlmConfig> {
     } else {
         Err(EngineError::UnsupportedArchitecture(cfg.model_type))
     }
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 fn generation_defaults(dir: &Path) -> GenerateParams {

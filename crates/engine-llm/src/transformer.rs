@@ -186,6 +186,11 @@ impl Transformer {
         &self.cfg
     }
 
+    /// The dtype activations run in (the final norm's weight dtype).
+    pub fn embed_dtype(&self) -> Dtype {
+        self.norm.weight.dtype()
+    }
+
     /// The architecture features.
     pub fn features(&self) -> &ArchFeatures {
         &self.features
@@ -290,12 +295,25 @@ impl Transformer {
     /// Runs token ids (B, L) through the model, updating `cache`, and returns
     /// logits (B, L, vocab) — or only the last position's when `last_only`.
     pub fn forward(&self, ids: &Array, cache: &mut [KvCache], mask: &MaskSpec, last_only: bool) -> Result<Array> {
-        let mut h = self.embed.forward(ids)?;
-        if self.features.embed_scale {
-            // Gemma rounds √hidden through bf16 before scaling.
-            let s = Array::scalar((self.cfg.hidden_size as f64).sqrt(), Dtype::Bfloat16)?.astype(h.dtype())?;
-            h = h.multiply(&s)?;
+        self.forward_embeds(self.embed(ids)?, cache, mask, last_only)
+    }
+
+    /// The input embeddings (B, L, hidden) of token ids, scaled as the
+    /// architecture does before the first layer (Gemma's √hidden). A
+    /// vision-language model scatters its image features into these.
+    pub fn embed(&self, ids: &Array) -> Result<Array> {
+        let h = self.embed.forward(ids)?;
+        if !self.features.embed_scale {
+            return Ok(h);
         }
+        // Gemma rounds √hidden through bf16 before scaling.
+        let s = Array::scalar((self.cfg.hidden_size as f64).sqrt(), Dtype::Bfloat16)?.astype(h.dtype())?;
+        h.multiply(&s)
+    }
+
+    /// [`Self::forward`] from input embeddings (B, L, hidden) instead of ids.
+    pub fn forward_embeds(&self, h: Array, cache: &mut [KvCache], mask: &MaskSpec, last_only: bool) -> Result<Array> {
+        let mut h = h;
         for (layer, c) in self.layers.iter().zip(cache.iter_mut()) {
             h = self.layer_forward(layer, &h, c, mask)?;
         }

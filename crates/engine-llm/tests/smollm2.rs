@@ -85,7 +85,6 @@ fn chat_session_reuses_its_cache() {
     let long_q = "Here is some background. ".repeat(40) + "What is the capital of France?";
     let params = GenerateParams::greedy(16);
     let first = collect(chat.send(&long_q, &params).unwrap());
-    chat.record_reply(&first.0);
     let first_processed = first.1.prompt_tokens_processed;
     let second = collect(chat.send("And of Italy?", &params).unwrap());
     let s = second.1;
@@ -99,9 +98,33 @@ fn chat_session_reuses_its_cache() {
         s.prompt_tokens_processed,
         first_processed
     );
+    // The session recorded both turns itself.
+    let roles: Vec<&str> = chat.messages().iter().map(|m| m.role.as_str()).collect();
+    assert_eq!(roles, ["system", "user", "assistant", "user", "assistant"]);
+    assert_eq!(chat.messages()[2].content, first.0);
 }
 
-fn collect(g: engine_llm::Generator<'_>) -> (String, engine_core::GenerationStats, FinishReason) {
+#[test]
+fn a_failed_chat_turn_leaves_the_session_unchanged() {
+    let m = model().lock().unwrap();
+    let mut chat = m.chat(None);
+    let params = GenerateParams::greedy(8);
+    collect(chat.send("What is the capital of France?", &params).unwrap());
+    let before = chat.messages().to_vec();
+    let huge = "word ".repeat(10_000);
+    assert!(chat.send(&huge, &params).is_err(), "the context is 8192 tokens");
+    assert_eq!(chat.messages(), before.as_slice());
+    // A turn dropped before its end is not recorded either.
+    drop(chat.send("Name a color.", &params).unwrap().next());
+    assert_eq!(chat.messages(), before.as_slice());
+    let (text, _, _) = collect(chat.send("And of Italy?", &params).unwrap());
+    assert!(!text.is_empty());
+    assert_eq!(chat.messages().len(), 4);
+}
+
+fn collect(
+    g: impl Iterator<Item = engine_core::Result<StreamEvent>>,
+) -> (String, engine_core::GenerationStats, FinishReason) {
     let mut text = String::new();
     for ev in g {
         match ev.unwrap() {
@@ -135,7 +158,6 @@ fn batch_matches_one_by_one() {
                 StreamEvent::Text { token, .. } => Some(token),
                 _ => None,
             })
-            .filter(|t| !m.tokenizer().is_eos(*t))
             .collect();
         assert_eq!(&tokens, b);
     }
