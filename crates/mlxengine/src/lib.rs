@@ -9,13 +9,13 @@
 //! # Ok::<(), mlxengine::Error>(())
 //! ```
 //!
-//! Cargo features gate whole crates: `llm`, `embed`, `hub`, `device` (all on
-//! by default), `cuda`.
+//! Cargo features gate whole crates: `llm`, `vlm`, `embed`, `hub`, `device`
+//! (all on by default), `cuda`.
 #![warn(missing_docs)]
 
 pub use engine_core::{
-    ChatMessage, EngineError, FeatureFlag, FinishReason, GenerateParams, Generation, GenerationStats, LoadProgress,
-    MockTextGenerator, ModelConfiguration, ModelSource, ModelType, Prompt, StreamEvent, TextGenerator,
+    ChatMessage, EngineError, FeatureFlag, FinishReason, GenerateParams, Generation, GenerationStats, ImageSource,
+    LoadProgress, MockTextGenerator, ModelConfiguration, ModelSource, ModelType, Prompt, StreamEvent, TextGenerator,
 };
 #[cfg(feature = "device")]
 pub use engine_device as device;
@@ -24,8 +24,10 @@ pub use engine_embed::{cosine_similarity, EmbedOptions, Embedder};
 #[cfg(feature = "hub")]
 pub use engine_hub as hub;
 #[cfg(feature = "llm")]
-pub use engine_llm::{ChatSession, DtypePolicy, LlmModel, LoadOptions};
+pub use engine_llm::{ChatSession, ChatTurn, DtypePolicy, LlmModel, LoadOptions};
 pub use engine_mlx as mlx;
+#[cfg(feature = "vlm")]
+pub use engine_vlm::{image::ImageLimits, VlmChatSession, VlmModel};
 
 use std::path::{Path, PathBuf};
 
@@ -184,6 +186,25 @@ impl InferenceEngine {
     ) -> Result<LlmModel> {
         let path = self.resolve(model, ModelType::Llm, progress)?;
         Ok(LlmModel::load(&path, options, &mut |p| progress(Progress::Load(p)))?)
+    }
+
+    /// Loads a vision-language model (a folder whose config.json has a
+    /// `vision_config`); it answers text-only prompts too.
+    #[cfg(feature = "vlm")]
+    pub fn load_vision(&self, model: &str, progress: &mut dyn FnMut(Progress)) -> Result<VlmModel> {
+        self.load_vision_with(model, &LoadOptions::default(), progress)
+    }
+
+    /// Loads a vision-language model with options.
+    #[cfg(feature = "vlm")]
+    pub fn load_vision_with(
+        &self,
+        model: &str,
+        options: &LoadOptions,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<VlmModel> {
+        let path = self.resolve(model, ModelType::Vlm, progress)?;
+        Ok(VlmModel::load(&path, options, &mut |p| progress(Progress::Load(p)))?)
     }
 
     /// Loads an embedding model.

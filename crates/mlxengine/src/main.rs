@@ -6,8 +6,8 @@ use engine_device::{format_size, DeviceReport, MemoryBudget, Purpose, Query, Reg
 use engine_hub::{FileFilter, HubClient, RepoId};
 use indicatif::{ProgressBar, ProgressStyle};
 use mlxengine::{
-    ChatMessage, DtypePolicy, GenerateParams, GenerationStats, InferenceEngine, LoadOptions, ModelType, Progress,
-    Prompt, StreamEvent, TextGenerator,
+    ChatMessage, ChatTurn, DtypePolicy, GenerateParams, GenerationStats, ImageSource, InferenceEngine, LlmModel,
+    LoadOptions, ModelType, Progress, Prompt, StreamEvent, TextGenerator, VlmModel,
 };
 use std::io::{BufRead, IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -120,6 +120,13 @@ struct RunArgs {
     /// Weight precision: auto (fastest for this device), native, f32, bf16, f16.
     #[arg(long, default_value = "auto")]
     dtype: String,
+    /// An image for a vision-language model (repeatable; shown before the text).
+    #[arg(long)]
+    image: Vec<std::path::PathBuf>,
+    /// Print one JSON object when the answer is done (text, token_ids,
+    /// finish_reason, prompt_tokens, completion_tokens, ttft_ms, decode_tok_s).
+    #[arg(long)]
+    json: bool,
     /// Print statistics to stderr.
     #[arg(long, short)]
     verbose: bool,
@@ -191,19 +198,29 @@ fn run(cli: Cli) -> Result<()> {
 /// runs under a model that is still computing.
 struct Interrupt {
     downloading: Arc<AtomicBool>,
+    /// Set while an interactive answer streams: Ctrl-C then stops it.
+    answering: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
 }
 
 impl Interrupt {
     fn install(cancel: Option<engine_hub::CancelFlag>) -> Result<Interrupt> {
         let downloading = Arc::new(AtomicBool::new(false));
-        let d = downloading.clone();
+        let answering = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (d, a, s) = (downloading.clone(), answering.clone(), stop.clone());
         ctrlc::set_handler(move || match &cancel {
             Some(c) if d.load(Ordering::SeqCst) && !c.is_cancelled() => c.cancel(),
+            _ if a.load(Ordering::SeqCst) && !s.swap(true, Ordering::SeqCst) => {}
             // SAFETY: _exit ends the process without running anything else.
             _ => unsafe { libc::_exit(130) },
         })
         .context("installing the Ctrl-C handler")?;
-        Ok(Interrupt { downloading })
+        Ok(Interrupt {
+            downloading,
+            answering,
+            stop,
+        })
     }
 
     /// Wraps a progress callback: downloads are cancellable, loading is not.
@@ -213,6 +230,19 @@ impl Interrupt {
             d.store(matches!(p, Progress::Download { .. }), Ordering::SeqCst);
             report(p)
         }
+    }
+
+    /// An answer starts streaming: the first Ctrl-C sets the returned flag
+    /// (a second one exits).
+    fn answering(&self) -> Arc<AtomicBool> {
+        self.stop.store(false, Ordering::SeqCst);
+        self.answering.store(true, Ordering::SeqCst);
+        self.stop.clone()
+    }
+
+    /// Back at the prompt: Ctrl-C exits.
+    fn idle(&self) {
+        self.answering.store(false, Ordering::SeqCst);
     }
 }
 
@@ -260,6 +290,86 @@ fn parse_dtype(s: &str) -> Result<DtypePolicy> {
     })
 }
 
+/// A loaded chat model: text-only, or vision-language (which also answers
+/// text-only prompts).
+enum ChatModel {
+    Text(Box<LlmModel>),
+    Vision(Box<VlmModel>),
+}
+
+impl ChatModel {
+    fn generator(&mut self) -> &mut dyn TextGenerator {
+        match self {
+            ChatModel::Text(m) => m.as_mut(),
+            ChatModel::Vision(m) => m.as_mut(),
+        }
+    }
+
+    fn session(&self, system: Option<&str>) -> Session<'_> {
+        match self {
+            ChatModel::Text(m) => Session::Text(m.chat(system)),
+            ChatModel::Vision(m) => Session::Vision(m.chat(system)),
+        }
+    }
+}
+
+enum Session<'m> {
+    Text(mlxengine::ChatSession<'m>),
+    Vision(mlxengine::VlmChatSession<'m>),
+}
+
+impl Session<'_> {
+    fn send<'s>(&'s mut self, message: ChatMessage, params: &GenerateParams) -> Result<ChatTurn<'s>> {
+        Ok(match self {
+            Session::Text(_) if !message.images.is_empty() => {
+                bail!("this model is text-only: it cannot take images (use a vision-language model)")
+            }
+            Session::Text(s) => s.send(&message.content, params)?,
+            Session::Vision(s) => s.send(message, params)?,
+        })
+    }
+
+    fn clear(&mut self) {
+        match self {
+            Session::Text(s) => s.clear(),
+            Session::Vision(s) => s.clear(),
+        }
+    }
+
+    fn set_system(&mut self, system: Option<&str>) {
+        match self {
+            Session::Text(s) => s.set_system(system),
+            Session::Vision(s) => s.set_system(system),
+        }
+    }
+
+    fn overflows(&self, message: &ChatMessage) -> Result<bool> {
+        Ok(match self {
+            Session::Text(s) => s.overflows(&message.content)?,
+            Session::Vision(s) => s.overflows(message)?,
+        })
+    }
+
+    fn drop_oldest_turn(&mut self) -> bool {
+        match self {
+            Session::Text(s) => s.drop_oldest_turn(),
+            Session::Vision(s) => s.drop_oldest_turn(),
+        }
+    }
+}
+
+/// Whether a model folder is a vision-language checkpoint this build runs
+/// with images (Gemma 3's vision tower is not implemented: it runs text-only).
+fn is_vision_folder(path: &std::path::Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(path.join("config.json")) else {
+        return false;
+    };
+    let Ok(cfg) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return false;
+    };
+    cfg.get("vision_config").is_some() && !cfg["model_type"].as_str().unwrap_or_default().starts_with("gemma3")
+}
+
 fn run_text(args: RunArgs) -> Result<()> {
     let mut engine = InferenceEngine::new()?;
     engine.variant = args.variant.clone();
@@ -267,10 +377,33 @@ fn run_text(args: RunArgs) -> Result<()> {
         dtype: parse_dtype(&args.dtype)?,
         ..Default::default()
     };
+    // Images are checked before any download or load: a bad path fails at once.
+    for img in &args.image {
+        if !img.is_file() {
+            bail!("--image {}: no such file", img.display());
+        }
+    }
     let interrupt = Interrupt::install(engine.cancel_flag())?;
     let (bar, report) = progress_reporter();
     let mut report = interrupt.track(report);
-    let model = match engine.load_text_with(&args.model, &options, &mut report) {
+    let kind = if args.image.is_empty() {
+        ModelType::Llm
+    } else {
+        ModelType::Vlm
+    };
+    let loaded = engine.resolve(&args.model, kind, &mut report).and_then(|path| {
+        let mut on_load = |p| report(Progress::Load(p));
+        if is_vision_folder(&path) {
+            Ok(ChatModel::Vision(Box::new(VlmModel::load(&path, &options, &mut on_load)?)))
+        } else if !args.image.is_empty() {
+            Err(mlxengine::Error::Engine(mlxengine::EngineError::InvalidParameter(
+                format!("--image needs a vision-language model, and {} is text-only", args.model),
+            )))
+        } else {
+            Ok(ChatModel::Text(Box::new(LlmModel::load(&path, &options, &mut on_load)?)))
+        }
+    });
+    let mut model = match loaded {
         Err(mlxengine::Error::Hub(engine_hub::HubError::Cancelled { partial })) => {
             bar.finish_and_clear();
             exit_interrupted(partial.as_deref(), "the same command again")
@@ -278,7 +411,7 @@ fn run_text(args: RunArgs) -> Result<()> {
         other => other?,
     };
     bar.finish_and_clear();
-    let defaults = model.configuration().default_params.clone();
+    let defaults = model.generator().configuration().default_params.clone();
     let params = GenerateParams {
         max_tokens: args.max_tokens,
         temperature: args.temperature.unwrap_or(defaults.temperature),
@@ -292,45 +425,140 @@ fn run_text(args: RunArgs) -> Result<()> {
     };
     params.validate()?;
     let mut out = std::io::stdout().lock();
+    let images = args.image.iter().map(|p| ImageSource::Path(p.clone()));
     match &args.prompt {
         Some(prompt) => {
             let mut messages = Vec::new();
             if let Some(s) = &args.system {
                 messages.push(ChatMessage::new("system", s));
             }
-            messages.push(ChatMessage::new("user", prompt));
-            let mut model = model;
-            let stats = print_stream(model.stream(&Prompt::Chat(messages), &params)?, &mut out)?.1;
+            let mut user = ChatMessage::new("user", prompt);
+            user.images = images.collect();
+            messages.push(user);
+            let prompt = Prompt::Chat(messages);
+            if args.json {
+                let g = model.generator().generate(&prompt, &params)?;
+                let report = serde_json::json!({
+                    "text": g.text,
+                    "token_ids": g.tokens,
+                    "finish_reason": g.finish_reason,
+                    "prompt_tokens": g.stats.prompt_tokens,
+                    "completion_tokens": g.stats.generated_tokens,
+                    "ttft_ms": g.stats.ttft_ms,
+                    "decode_tok_s": g.stats.decode_tok_per_s,
+                });
+                writeln!(out, "{report}")?;
+                if args.verbose {
+                    print_stats(&g.stats);
+                }
+                return Ok(());
+            }
+            let stats = print_stream(model.generator().stream(&prompt, &params)?, &mut out, None)?.1;
             if args.verbose {
                 print_stats(&stats);
             }
         }
         None => {
-            let mut chat = model.chat(args.system.as_deref());
-            let stdin = std::io::stdin();
-            let interactive = stdin.is_terminal();
-            loop {
-                if interactive {
-                    eprint!(">>> ");
-                }
-                let mut line = String::new();
-                if stdin.lock().read_line(&mut line)? == 0 {
-                    break;
-                }
-                let line = line.trim();
-                if line.is_empty() {
-                    continue;
-                }
-                if line == "/exit" || line == "/bye" {
-                    break;
-                }
-                let (text, stats) = print_stream(chat.send(line, &params)?, &mut out)?;
-                chat.record_reply(&text);
-                if args.verbose {
-                    print_stats(&stats);
-                }
-            }
+            let mut session = model.session(args.system.as_deref());
+            chat_loop(
+                &mut session,
+                images.collect(),
+                &params,
+                &interrupt,
+                args.verbose,
+                &mut out,
+            )?;
         }
+    }
+    Ok(())
+}
+
+/// The interactive chat: `/image PATH` attaches an image to the next
+/// message, `/clear` forgets the conversation, `/system TEXT` replaces the
+/// system prompt, `/bye` (or Ctrl-D) ends; text between `"""` lines is one
+/// message. Ctrl-C stops the answer being written. When the chat outgrows the
+/// context, the oldest turns are dropped (the system prompt stays).
+fn chat_loop(
+    session: &mut Session<'_>,
+    mut images: Vec<ImageSource>,
+    params: &GenerateParams,
+    interrupt: &Interrupt,
+    verbose: bool,
+    out: &mut impl Write,
+) -> Result<()> {
+    let stdin = std::io::stdin();
+    let interactive = stdin.is_terminal();
+    let mut lines = stdin.lock().lines();
+    loop {
+        if interactive {
+            eprint!(">>> ");
+        }
+        let Some(line) = lines.next().transpose()? else { break };
+        let mut text = line.trim().to_string();
+        if text.starts_with("\"\"\"") {
+            // Multi-line: everything up to a line ending with """.
+            let mut body = text.trim_start_matches("\"\"\"").to_string();
+            while !body.trim_end().ends_with("\"\"\"") {
+                let Some(next) = lines.next().transpose()? else { break };
+                body.push('\n');
+                body.push_str(&next);
+            }
+            text = body.trim_end().trim_end_matches("\"\"\"").trim().to_string();
+        } else if text.is_empty() {
+            continue;
+        } else if text == "/bye" || text == "/exit" {
+            break;
+        } else if text == "/clear" {
+            session.clear();
+            eprintln!("(cleared the conversation)");
+            continue;
+        } else if let Some(s) = text.strip_prefix("/system") {
+            let s = s.trim();
+            session.set_system((!s.is_empty()).then_some(s));
+            eprintln!("(system prompt {})", if s.is_empty() { "removed" } else { "set" });
+            continue;
+        } else if let Some(p) = text.strip_prefix("/image") {
+            let p = std::path::PathBuf::from(p.trim());
+            if p.is_file() {
+                eprintln!("(attached {} to the next message)", p.display());
+                images.push(ImageSource::Path(p));
+            } else {
+                eprintln!("error: /image {}: no such file", p.display());
+            }
+            continue;
+        } else if text.starts_with('/') {
+            eprintln!("unknown command {text}; commands: /image PATH, /clear, /system TEXT, /bye");
+            continue;
+        }
+        let mut message = ChatMessage::new("user", text);
+        message.images = std::mem::take(&mut images);
+        let mut dropped = false;
+        while session.overflows(&message).unwrap_or(false) && session.drop_oldest_turn() {
+            dropped = true;
+        }
+        if dropped {
+            eprintln!("(the chat outgrew the context: dropped its oldest turns)");
+        }
+        let turn = session.send(message, params);
+        let turn = match turn {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                continue;
+            }
+        };
+        let stop = interrupt.answering();
+        match print_stream(turn, out, Some(&stop)) {
+            Ok((_, stats)) if verbose => print_stats(&stats),
+            Ok(_) => {}
+            Err(e) if stop.load(Ordering::SeqCst) => {
+                let _ = e;
+                writeln!(out)?;
+                eprintln!("(stopped)");
+            }
+            Err(e) => eprintln!("error: {e:#}"),
+        }
+        interrupt.idle();
     }
     Ok(())
 }
@@ -338,9 +566,13 @@ fn run_text(args: RunArgs) -> Result<()> {
 fn print_stream(
     events: impl Iterator<Item = engine_core::Result<StreamEvent>>,
     out: &mut impl Write,
+    stop: Option<&AtomicBool>,
 ) -> Result<(String, GenerationStats)> {
     let mut text = String::new();
     for ev in events {
+        if stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
+            bail!("stopped");
+        }
         match ev? {
             StreamEvent::Text { text: t, .. } => {
                 out.write_all(t.as_bytes())?;

@@ -1,0 +1,138 @@
+//! One module per architecture, holding only what is particular to it; the
+//! decoder is always `engine-llm`'s.
+
+pub mod llava;
+
+use crate::be;
+use crate::preprocess::PixelValues;
+use engine_core::{EngineError, Result};
+use engine_mlx::{Array, Dtype, WeightMap};
+
+/// The architectures this crate implements (HF `model_type` values).
+pub const SUPPORTED: &[&str] = &["llava"];
+
+/// The vision side of a loaded model: tower + projector.
+pub enum VisionSide {
+    /// LLaVA 1.5.
+    Llava(llava::Llava),
+}
+
+impl VisionSide {
+    /// The image placeholder's token id.
+    pub fn image_token_id(&self) -> u32 {
+        match self {
+            VisionSide::Llava(m) => m.image_token_id(),
+        }
+    }
+
+    /// Most images one prompt may hold (`None`: no limit but the context).
+    pub fn max_images(&self) -> Option<usize> {
+        None
+    }
+
+    /// Converts the weights to `dtype` (the decoder's) and materialises them.
+    pub fn finish_load(&mut self, dtype: Dtype) -> engine_mlx::Result<()> {
+        match self {
+            VisionSide::Llava(m) => m.convert(dtype),
+        }
+    }
+
+    /// Features of each image, (tokens, text hidden) each.
+    pub fn encode(&self, pixels: &[PixelValues]) -> Result<Vec<Array>> {
+        match self {
+            VisionSide::Llava(m) => {
+                let size = m.image_size();
+                for p in pixels {
+                    if p.shape != [3, size, size] {
+                        return Err(EngineError::Image(format!(
+                            "the image processor made pixels of shape {:?} but the vision tower takes [3, {size}, {size}]; \
+                             preprocessor_config.json does not match config.json",
+                            p.shape
+                        )));
+                    }
+                }
+                let batch = stack_nhwc(pixels)?;
+                let f = m.image_features(&batch).map_err(be)?;
+                (0..pixels.len() as i32)
+                    .map(|i| f.slice_axis(0, i, i + 1).and_then(|x| x.squeeze(0)))
+                    .collect::<engine_mlx::Result<_>>()
+                    .map_err(be)
+            }
+        }
+    }
+}
+
+/// Pixels (C, H, W) of equal shape as one (N, H, W, C) batch.
+fn stack_nhwc(pixels: &[PixelValues]) -> Result<Array> {
+    let shape = &pixels[0].shape;
+    let mut data = Vec::with_capacity(pixels.len() * pixels[0].data.len());
+    for p in pixels {
+        data.extend_from_slice(&p.data);
+    }
+    let (c, h, w) = (shape[0], shape[1], shape[2]);
+    Array::from_slice(&data, &[pixels.len(), c, h, w])
+        .and_then(|a| a.transpose(&[0, 2, 3, 1]))
+        .map_err(be)
+}
+
+/// Splits a checkpoint's weights into the vision side and the decoder's
+/// (named as a text checkpoint's) and builds the vision side.
+pub fn load_vision(
+    arch: &str,
+    config: &serde_json::Value,
+    weights: WeightMap,
+    text_config: &serde_json::Value,
+) -> Result<(VisionSide, WeightMap)> {
+    let text_hidden = text_config
+        .get("hidden_size")
+        .and_then(|v| v.as_u64())
+        .ok_or_else(|| EngineError::Config("text_config has no hidden_size".into()))? as usize;
+    match arch {
+        "llava" => {
+            let cfg: llava::LlavaConfig = serde_json::from_value(config.clone())
+                .map_err(|e| EngineError::Config(format!("config.json does not describe a LLaVA model: {e}")))?;
+            let w = llava::sanitize(weights);
+            let (mut vision, text) = split(w, |n| {
+                n.starts_with("vision_tower.") || n.starts_with("multi_modal_projector.")
+            });
+            torch_conv_to_mlx(
+                &mut vision,
+                "vision_tower.embeddings.patch_embedding.weight",
+                cfg.vision_config.num_channels,
+            )?;
+            Ok((VisionSide::Llava(llava::Llava::load(cfg, &vision, text_hidden)?), text))
+        }
+        other => Err(EngineError::UnsupportedArchitecture(format!(
+            "{other} (vision-language architectures supported: {})",
+            SUPPORTED.join(", ")
+        ))),
+    }
+}
+
+/// Partitions `w` by name: (matching, rest).
+fn split(w: WeightMap, matching: impl Fn(&str) -> bool) -> (WeightMap, WeightMap) {
+    let origin = w.origin().to_string();
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for (name, arr) in w.iter() {
+        if matching(name) {
+            a.push((name.to_string(), arr.clone()));
+        } else {
+            b.push((name.to_string(), arr.clone()));
+        }
+    }
+    (WeightMap::from_arrays(a, &origin), WeightMap::from_arrays(b, &origin))
+}
+
+/// PyTorch convolution weights are (out, in, kh, kw); MLX's (out, kh, kw, in).
+/// Checkpoints converted by mlx-vlm are already in MLX layout.
+fn torch_conv_to_mlx(w: &mut WeightMap, name: &str, in_channels: usize) -> Result<()> {
+    let Some(a) = w.remove(name) else { return Ok(()) };
+    let s = a.shape();
+    let a = if s.len() == 4 && s[1] == in_channels && s[3] != in_channels {
+        a.transpose(&[0, 2, 3, 1]).map_err(be)?
+    } else {
+        a
+    };
+    w.insert(name, a);
+    Ok(())
+}

@@ -1,0 +1,1124 @@
+//! transformers' image processors, pixel-exact: a checkpoint's
+//! `preprocessor_config.json` ([`ImageProcessorConfig`]) becomes an
+//! [`ImageProcessor`] that turns an RGB image into the `pixel_values` the vision
+//! tower was trained on.
+//!
+//! The reference is transformers' PIL ("slow") backend, which resizes with
+//! Pillow. [`resize`] reimplements Pillow's `ImagingResample` (two separable
+//! passes, 22-bit fixed-point coefficients, an 8-bit intermediate) and its
+//! nearest-neighbour scaling, so resized pixels are bit-identical; rescaling and
+//! normalisation repeat numpy's float64-then-float32 arithmetic. Supported:
+//! `CLIPImageProcessor` (LLaVA 1.5), `SiglipImageProcessor`, `Gemma3ImageProcessor`
+//! (without pan-and-scan) and `Qwen2VLImageProcessor` (smart resize + patches).
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::image::RgbImage;
+
+// ------------------------------------------------------------------ resampling
+
+/// A Pillow resampling filter; `resample` in a config holds Pillow's code for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Resample {
+    /// `PIL.Image.NEAREST` (0).
+    Nearest,
+    /// `PIL.Image.LANCZOS` (1): windowed sinc, 3 lobes.
+    Lanczos,
+    /// `PIL.Image.BILINEAR` (2): triangle filter.
+    Bilinear,
+    /// `PIL.Image.BICUBIC` (3): cubic convolution with a = -0.5.
+    Bicubic,
+    /// `PIL.Image.BOX` (4).
+    Box,
+    /// `PIL.Image.HAMMING` (5).
+    Hamming,
+}
+
+impl Resample {
+    /// The filter for a Pillow code (`PIL.Image.Resampling` value), if it is one.
+    pub fn from_pil(code: u64) -> Option<Self> {
+        Some(match code {
+            0 => Resample::Nearest,
+            1 => Resample::Lanczos,
+            2 => Resample::Bilinear,
+            3 => Resample::Bicubic,
+            4 => Resample::Box,
+            5 => Resample::Hamming,
+            _ => return None,
+        })
+    }
+
+    /// Pillow's code for this filter.
+    pub fn pil_code(self) -> u8 {
+        match self {
+            Resample::Nearest => 0,
+            Resample::Lanczos => 1,
+            Resample::Bilinear => 2,
+            Resample::Bicubic => 3,
+            Resample::Box => 4,
+            Resample::Hamming => 5,
+        }
+    }
+
+    fn support(self) -> f64 {
+        match self {
+            Resample::Nearest | Resample::Box => 0.5,
+            Resample::Bilinear | Resample::Hamming => 1.0,
+            Resample::Bicubic => 2.0,
+            Resample::Lanczos => 3.0,
+        }
+    }
+
+    /// The filter kernels of Resample.c, operation for operation (the float rounding
+    /// of each step decides which way a fixed-point coefficient rounds).
+    fn weight(self, x: f64) -> f64 {
+        fn sinc(x: f64) -> f64 {
+            if x == 0.0 {
+                return 1.0;
+            }
+            let x = x * std::f64::consts::PI;
+            x.sin() / x
+        }
+        match self {
+            Resample::Nearest | Resample::Box => f64::from(u8::from(x > -0.5 && x <= 0.5)),
+            Resample::Bilinear => {
+                let x = x.abs();
+                if x < 1.0 {
+                    1.0 - x
+                } else {
+                    0.0
+                }
+            }
+            Resample::Hamming => {
+                let x = x.abs();
+                if x == 0.0 {
+                    1.0
+                } else if x >= 1.0 {
+                    0.0
+                } else {
+                    let x = x * std::f64::consts::PI;
+                    // Pillow writes these constants as C floats.
+                    x.sin() / x * (f64::from(0.54f32) + f64::from(0.46f32) * x.cos())
+                }
+            }
+            Resample::Bicubic => {
+                const A: f64 = -0.5;
+                let x = x.abs();
+                if x < 1.0 {
+                    ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+                } else if x < 2.0 {
+                    (((x - 5.0) * x + 8.0) * x - 4.0) * A
+                } else {
+                    0.0
+                }
+            }
+            Resample::Lanczos => {
+                if (-3.0..3.0).contains(&x) {
+                    sinc(x) * sinc(x / 3.0)
+                } else {
+                    0.0
+                }
+            }
+        }
+    }
+}
+
+/// Resizes an 8-bit RGB image to `width` × `height` exactly as Pillow's
+/// `Image.resize((width, height), filter)` does (without `reducing_gap`).
+/// A zero target or source size gives a black image of the target size.
+pub fn resize(image: &RgbImage, width: u32, height: u32, filter: Resample) -> RgbImage {
+    let (in_w, in_h) = image.dimensions();
+    if (width, height) == (in_w, in_h) {
+        return image.clone();
+    }
+    if width == 0 || height == 0 || in_w == 0 || in_h == 0 {
+        return RgbImage::new(width, height);
+    }
+    let raw = match filter {
+        Resample::Nearest => resize_nearest(image, width, height),
+        _ => resample(image, width, height, filter),
+    };
+    RgbImage::from_raw(width, height, raw).unwrap_or_else(|| RgbImage::new(width, height))
+}
+
+/// Fixed-point bits of a coefficient: 8 bits of pixel and 2 of overshoot fit in an i32.
+const PRECISION_BITS: u32 = 32 - 8 - 2;
+const HALF: i32 = 1 << (PRECISION_BITS - 1);
+
+fn clip8(acc: i32) -> u8 {
+    (acc >> PRECISION_BITS).clamp(0, 255) as u8
+}
+
+/// One axis of a separable resample: for each output index, the first input
+/// index and the fixed-point weights of the inputs it reads.
+struct Kernel {
+    ksize: usize,
+    bounds: Vec<(usize, usize)>,
+    weights: Vec<i32>,
+}
+
+impl Kernel {
+    /// `precompute_coeffs` + `normalize_coeffs_8bpc`: the support widens with the
+    /// downscale factor (antialiasing); weights are normalised in f64, then rounded
+    /// half away from zero to 22-bit fixed point.
+    fn new(in_size: u32, out_size: u32, filter: Resample) -> Kernel {
+        // Pillow's box coordinates are C floats.
+        let scale = f64::from(in_size as f32) / f64::from(out_size);
+        let filterscale = scale.max(1.0);
+        let support = filter.support() * filterscale;
+        let ksize = support.ceil() as usize * 2 + 1;
+        let out = out_size as usize;
+        let mut bounds = Vec::with_capacity(out);
+        let mut weights = vec![0i32; out * ksize];
+        let mut k = vec![0f64; ksize];
+        let ss = 1.0 / filterscale;
+        for xx in 0..out {
+            let center = (xx as f64 + 0.5) * scale;
+            // C's (int) cast truncates toward zero, as `as` does.
+            let xmin = ((center - support + 0.5) as i64).max(0);
+            let xmax = ((center + support + 0.5) as i64).min(i64::from(in_size));
+            let n = ((xmax - xmin).max(0) as usize).min(ksize);
+            let mut ww = 0.0;
+            for (x, kx) in k.iter_mut().enumerate().take(n) {
+                let w = filter.weight(((x as i64 + xmin) as f64 - center + 0.5) * ss);
+                *kx = w;
+                ww += w;
+            }
+            let row = &mut weights[xx * ksize..xx * ksize + n];
+            for (fixed, &kx) in row.iter_mut().zip(&k) {
+                let kx = if ww != 0.0 { kx / ww } else { kx };
+                let scaled = kx * f64::from(1u32 << PRECISION_BITS);
+                *fixed = if kx < 0.0 {
+                    (-0.5 + scaled) as i32
+                } else {
+                    (0.5 + scaled) as i32
+                };
+            }
+            bounds.push((xmin as usize, n));
+        }
+        Kernel { ksize, bounds, weights }
+    }
+
+    fn taps(&self, i: usize) -> (usize, &[i32]) {
+        let (start, n) = self.bounds[i];
+        (start, &self.weights[i * self.ksize..i * self.ksize + n])
+    }
+}
+
+/// `ImagingResampleInner` for RGB: a horizontal pass over only the rows the
+/// vertical pass reads, clipped to 8 bits, then a vertical pass; a pass whose
+/// size does not change is skipped.
+fn resample(image: &RgbImage, width: u32, height: u32, filter: Resample) -> Vec<u8> {
+    let (in_w, in_h) = (image.width() as usize, image.height() as usize);
+    let src = image.as_raw().as_slice();
+    let horizontal = Kernel::new(in_w as u32, width, filter);
+    let mut vertical = Kernel::new(in_h as u32, height, filter);
+    let need_h = width as usize != in_w;
+    let need_v = height as usize != in_h;
+
+    let temp;
+    let (rows, row_w) = if need_h {
+        let first = vertical.bounds[0].0;
+        let (last_start, last_n) = vertical.bounds[vertical.bounds.len() - 1];
+        let last = last_start + last_n;
+        for b in &mut vertical.bounds {
+            b.0 -= first;
+        }
+        temp = resample_rows(src, in_w, first..last, &horizontal, width as usize);
+        (temp.as_slice(), width as usize)
+    } else {
+        (src, in_w)
+    };
+    if !need_v {
+        return rows.to_vec();
+    }
+    resample_columns(rows, row_w, &vertical, height as usize)
+}
+
+fn resample_rows(src: &[u8], in_w: usize, rows: std::ops::Range<usize>, k: &Kernel, out_w: usize) -> Vec<u8> {
+    let mut out = vec![0u8; rows.len() * out_w * 3];
+    for (dst, y) in out.chunks_exact_mut(out_w * 3).zip(rows) {
+        let src_row = &src[y * in_w * 3..(y + 1) * in_w * 3];
+        for (xx, px) in dst.chunks_exact_mut(3).enumerate() {
+            let (start, weights) = k.taps(xx);
+            let (mut r, mut g, mut b) = (HALF, HALF, HALF);
+            for (p, &w) in src_row[start * 3..].chunks_exact(3).zip(weights) {
+                r += i32::from(p[0]) * w;
+                g += i32::from(p[1]) * w;
+                b += i32::from(p[2]) * w;
+            }
+            px.copy_from_slice(&[clip8(r), clip8(g), clip8(b)]);
+        }
+    }
+    out
+}
+
+fn resample_columns(src: &[u8], w: usize, k: &Kernel, out_h: usize) -> Vec<u8> {
+    let row_len = w * 3;
+    let mut out = vec![0u8; out_h * row_len];
+    // Row-at-a-time accumulation keeps the inner loop contiguous (and vectorisable);
+    // integer sums are exact, so the order matches Pillow's per-pixel loop.
+    let mut acc = vec![0i32; row_len];
+    for (yy, dst) in out.chunks_exact_mut(row_len).enumerate() {
+        let (start, weights) = k.taps(yy);
+        acc.fill(HALF);
+        for (j, &wt) in weights.iter().enumerate() {
+            let row = &src[(start + j) * row_len..(start + j + 1) * row_len];
+            for (a, &p) in acc.iter_mut().zip(row) {
+                *a += i32::from(p) * wt;
+            }
+        }
+        for (d, &a) in dst.iter_mut().zip(&acc) {
+            *d = clip8(a);
+        }
+    }
+    out
+}
+
+/// `ImagingScaleAffine`: sample positions accumulate in f64 from half a step in,
+/// truncated to a pixel index; positions off the image stay black.
+fn resize_nearest(image: &RgbImage, width: u32, height: u32) -> Vec<u8> {
+    let (in_w, in_h) = (image.width() as usize, image.height() as usize);
+    let src = image.as_raw();
+    let positions = |in_size: usize, out_size: u32| {
+        let step = f64::from(in_size as f32) / f64::from(out_size);
+        let mut pos = step * 0.5;
+        (0..out_size)
+            .map(|_| {
+                let i = if pos < 0.0 {
+                    None
+                } else {
+                    Some(pos as usize).filter(|&i| i < in_size)
+                };
+                pos += step;
+                i
+            })
+            .collect::<Vec<_>>()
+    };
+    let xs = positions(in_w, width);
+    let ys = positions(in_h, height);
+    let row_len = width as usize * 3;
+    let mut out = vec![0u8; height as usize * row_len];
+    for (dst, y) in out.chunks_exact_mut(row_len).zip(&ys) {
+        let Some(y) = *y else { continue };
+        let src_row = &src[y * in_w * 3..(y + 1) * in_w * 3];
+        for (px, x) in dst.chunks_exact_mut(3).zip(&xs) {
+            if let Some(x) = *x {
+                px.copy_from_slice(&src_row[x * 3..x * 3 + 3]);
+            }
+        }
+    }
+    out
+}
+
+// ------------------------------------------------------------------ config
+
+/// A checkpoint's `preprocessor_config.json`, as transformers writes it. Missing
+/// or `null` fields take the processor class's defaults; unknown fields are ignored.
+/// `size` and `crop_size` keep their JSON form (an int, `[h, w]` or a dict such as
+/// `{"shortest_edge": 336}`), as do `image_mean`/`image_std` (a number or 3 numbers).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct ImageProcessorConfig {
+    /// The processor class, e.g. `"CLIPImageProcessor"` (`Fast`/`Pil` suffixes are accepted).
+    pub image_processor_type: Option<String>,
+    /// The legacy class name older checkpoints write instead, e.g. `"CLIPFeatureExtractor"`.
+    pub feature_extractor_type: Option<String>,
+    /// Convert to RGB first (images from [`crate::image`] always are).
+    pub do_convert_rgb: Option<bool>,
+    /// Resize to `size`.
+    pub do_resize: Option<bool>,
+    /// The resize target.
+    pub size: Option<Value>,
+    /// Whether an integer `size` means a square (else the shortest edge).
+    pub default_to_square: Option<bool>,
+    /// The Pillow filter code (0 nearest, 1 lanczos, 2 bilinear, 3 bicubic, 4 box, 5 hamming).
+    pub resample: Option<u64>,
+    /// Center-crop to `crop_size` after resizing.
+    pub do_center_crop: Option<bool>,
+    /// The crop size.
+    pub crop_size: Option<Value>,
+    /// Multiply by `rescale_factor`.
+    pub do_rescale: Option<bool>,
+    /// Usually 1/255.
+    pub rescale_factor: Option<f64>,
+    /// Subtract `image_mean`, divide by `image_std`.
+    pub do_normalize: Option<bool>,
+    /// Per-channel mean.
+    pub image_mean: Option<Value>,
+    /// Per-channel standard deviation.
+    pub image_std: Option<Value>,
+    /// Pad a batch to one size (refused: not needed for single images here).
+    pub do_pad: Option<bool>,
+    /// Qwen2-VL: the fewest pixels after resizing.
+    pub min_pixels: Option<u64>,
+    /// Qwen2-VL: the most pixels after resizing.
+    pub max_pixels: Option<u64>,
+    /// Qwen2-VL: the vision tower's patch size.
+    pub patch_size: Option<u64>,
+    /// Qwen2-VL: frames per temporal patch (an image is repeated to fill it).
+    pub temporal_patch_size: Option<u64>,
+    /// Qwen2-VL: patches merged per side by the projector.
+    pub merge_size: Option<u64>,
+    /// Gemma 3: extra crops of wide images (refused: not implemented).
+    pub do_pan_and_scan: Option<bool>,
+}
+
+impl ImageProcessorConfig {
+    /// Reads `preprocessor_config.json` from a checkpoint folder (or, for folders
+    /// saved by transformers 5, the `image_processor` entry of `processor_config.json`)
+    /// and checks that it describes a supported processor.
+    pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self, PreprocessError> {
+        let dir = dir.as_ref();
+        let path = dir.join("preprocessor_config.json");
+        let config = if path.exists() {
+            let text = read(&path)?;
+            Self::from_json(&text).map_err(|e| e.at(&path))?
+        } else {
+            let processor = dir.join("processor_config.json");
+            if !processor.exists() {
+                return Err(PreprocessError::MissingConfig { dir: dir.to_path_buf() });
+            }
+            let mut value: Value =
+                serde_json::from_str(&read(&processor)?).map_err(|source| PreprocessError::ParseConfig {
+                    path: processor.clone(),
+                    source,
+                })?;
+            let inner = value.get_mut("image_processor").map(Value::take);
+            let inner = inner.ok_or_else(|| PreprocessError::MissingConfig { dir: dir.to_path_buf() })?;
+            serde_json::from_value(inner).map_err(|source| PreprocessError::ParseConfig {
+                path: processor,
+                source,
+            })?
+        };
+        config.processor()?;
+        Ok(config)
+    }
+
+    /// Parses the JSON text of a `preprocessor_config.json`.
+    pub fn from_json(json: &str) -> Result<Self, PreprocessError> {
+        serde_json::from_str(json).map_err(|source| PreprocessError::ParseConfig {
+            path: PathBuf::new(),
+            source,
+        })
+    }
+
+    /// Resolves the class defaults and validates the fields.
+    pub fn processor(&self) -> Result<ImageProcessor, PreprocessError> {
+        ImageProcessor::new(self)
+    }
+
+    /// Preprocesses one image (shorthand for `self.processor()?.preprocess(image)`).
+    pub fn preprocess(&self, image: &RgbImage) -> Result<PixelValues, PreprocessError> {
+        self.processor()?.preprocess(image)
+    }
+}
+
+fn read(path: &Path) -> Result<String, PreprocessError> {
+    std::fs::read_to_string(path).map_err(|source| PreprocessError::ReadConfig {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The image processor families implemented here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProcessorKind {
+    /// `CLIPImageProcessor`: shortest edge, center crop (LLaVA 1.5, CLIP).
+    Clip,
+    /// `SiglipImageProcessor`: fixed size.
+    Siglip,
+    /// `Gemma3ImageProcessor`: fixed size, bilinear.
+    Gemma3,
+    /// `Qwen2VLImageProcessor`: `smart_resize` to a multiple of the patch grid, flattened patches.
+    Qwen2Vl,
+}
+
+impl ProcessorKind {
+    fn from_name(name: &str) -> Option<Self> {
+        let base = name
+            .strip_suffix("Fast")
+            .or_else(|| name.strip_suffix("Pil"))
+            .unwrap_or(name);
+        Some(match base {
+            "CLIPImageProcessor" | "CLIPFeatureExtractor" => ProcessorKind::Clip,
+            "SiglipImageProcessor" => ProcessorKind::Siglip,
+            "Gemma3ImageProcessor" => ProcessorKind::Gemma3,
+            "Qwen2VLImageProcessor" => ProcessorKind::Qwen2Vl,
+            _ => return None,
+        })
+    }
+}
+
+/// How the resize target follows from the input size (transformers' `SizeDict` cases).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SizeRule {
+    Exact { height: u32, width: u32 },
+    ShortestEdge(u32),
+    ShortestLongest { shortest: u32, longest: u32 },
+    MaxHeightWidth { height: u32, width: u32 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PatchSpec {
+    min_pixels: u64,
+    max_pixels: u64,
+    patch: u32,
+    temporal: u32,
+    merge: u32,
+}
+
+/// A validated image processor: defaults resolved, sizes non-zero.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageProcessor {
+    kind: ProcessorKind,
+    resize: Option<(SizeRule, Resample)>,
+    center_crop: Option<(u32, u32)>,
+    rescale: Option<f64>,
+    normalize: Option<([f32; 3], [f32; 3])>,
+    patches: Option<(PatchSpec, Resample, bool)>,
+}
+
+/// Preprocessed pixels: `data` in row-major order with `shape`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PixelValues {
+    /// The values.
+    pub data: Vec<f32>,
+    /// `[3, height, width]` (CHW), or for Qwen2-VL `[patches, 3 * temporal * patch²]`.
+    pub shape: Vec<usize>,
+    /// Qwen2-VL's `image_grid_thw`: `[1, height / patch, width / patch]`.
+    pub image_grid_thw: Option<[usize; 3]>,
+}
+
+const OPENAI_CLIP_MEAN: [f64; 3] = [0.48145466, 0.4578275, 0.40821073];
+const OPENAI_CLIP_STD: [f64; 3] = [0.26862954, 0.26130258, 0.27577711];
+const HALF_MEAN_STD: [f64; 3] = [0.5, 0.5, 0.5];
+
+impl ImageProcessor {
+    /// Resolves a config against its class's defaults (as transformers' constructor
+    /// does for `None` fields) and validates it.
+    pub fn new(config: &ImageProcessorConfig) -> Result<Self, PreprocessError> {
+        let name = config
+            .image_processor_type
+            .as_deref()
+            .or(config.feature_extractor_type.as_deref());
+        let name = name.ok_or(PreprocessError::MissingProcessorType)?;
+        let kind = ProcessorKind::from_name(name)
+            .ok_or_else(|| PreprocessError::UnsupportedProcessor { name: name.into() })?;
+        use ProcessorKind::*;
+        let (resample, mean, std, default_to_square) = match kind {
+            Clip => (Resample::Bicubic, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, false),
+            Siglip => (Resample::Bicubic, HALF_MEAN_STD, HALF_MEAN_STD, false),
+            Gemma3 => (Resample::Bilinear, HALF_MEAN_STD, HALF_MEAN_STD, true),
+            Qwen2Vl => (Resample::Bicubic, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, false),
+        };
+        let resample = match config.resample {
+            None => resample,
+            Some(code) => Resample::from_pil(code)
+                .ok_or_else(|| bad("resample", format!("is {code}, not a Pillow filter code (0-5)")))?,
+        };
+        let rescale = config
+            .do_rescale
+            .unwrap_or(true)
+            .then(|| config.rescale_factor.unwrap_or(1.0 / 255.0));
+        if let Some(f) = rescale.filter(|f| !f.is_finite()) {
+            return Err(bad("rescale_factor", format!("is {f}")));
+        }
+        let normalize = if config.do_normalize.unwrap_or(true) {
+            let mean = channels("image_mean", config.image_mean.as_ref(), mean)?;
+            let std = channels("image_std", config.image_std.as_ref(), std)?;
+            if std.contains(&0.0) {
+                return Err(bad("image_std", "contains 0 (division by zero)".into()));
+            }
+            Some((mean, std))
+        } else {
+            None
+        };
+        if config.do_pan_and_scan == Some(true) {
+            return Err(PreprocessError::Unsupported {
+                feature: "do_pan_and_scan (Gemma 3's extra crops)".into(),
+            });
+        }
+        if config.do_pad == Some(true) && kind != Qwen2Vl {
+            return Err(PreprocessError::Unsupported {
+                feature: "do_pad (batch padding)".into(),
+            });
+        }
+        let do_resize = config.do_resize.unwrap_or(true);
+
+        if kind == Qwen2Vl {
+            // The constructor folds min_pixels/max_pixels into size's shortest/longest edge.
+            let (mut min_pixels, mut max_pixels) = (56 * 56, 28 * 28 * 1280);
+            if let Some(size) = &config.size {
+                let dict = size_dict("size", size, false)?;
+                min_pixels = dict.shortest_edge.map_or(min_pixels, u64::from);
+                max_pixels = dict.longest_edge.map_or(max_pixels, u64::from);
+            }
+            let min_pixels = config.min_pixels.unwrap_or(min_pixels);
+            let max_pixels = config.max_pixels.unwrap_or(max_pixels);
+            if max_pixels == 0 {
+                return Err(bad("max_pixels", "is 0".into()));
+            }
+            let spec = PatchSpec {
+                min_pixels,
+                max_pixels,
+                patch: positive("patch_size", config.patch_size.unwrap_or(14))?,
+                temporal: positive("temporal_patch_size", config.temporal_patch_size.unwrap_or(2))?,
+                merge: positive("merge_size", config.merge_size.unwrap_or(2))?,
+            };
+            if spec.patch.checked_mul(spec.merge).is_none() {
+                return Err(bad("patch_size", "times merge_size overflows".into()));
+            }
+            return Ok(ImageProcessor {
+                kind,
+                resize: None,
+                center_crop: None,
+                rescale,
+                normalize,
+                patches: Some((spec, resample, do_resize)),
+            });
+        }
+
+        let resize = if do_resize {
+            let size = match &config.size {
+                Some(size) => size.clone(),
+                None => match kind {
+                    Clip => serde_json::json!({"shortest_edge": 224}),
+                    _ => serde_json::json!({"height": 224, "width": 224}),
+                },
+            };
+            let rule = size_rule(&size, config.default_to_square.unwrap_or(default_to_square))?;
+            Some((rule, resample))
+        } else {
+            None
+        };
+        let center_crop = if config.do_center_crop.unwrap_or(kind == Clip) {
+            let crop = match &config.crop_size {
+                Some(crop) => crop.clone(),
+                None if kind == Clip => serde_json::json!({"height": 224, "width": 224}),
+                None => return Err(bad("crop_size", "is missing but do_center_crop is true".into())),
+            };
+            let dict = size_dict("crop_size", &crop, true)?;
+            match (dict.height, dict.width) {
+                (Some(h), Some(w)) => Some((h, w)),
+                _ => return Err(bad("crop_size", format!("{crop} has no height and width"))),
+            }
+        } else {
+            None
+        };
+        Ok(ImageProcessor {
+            kind,
+            resize,
+            center_crop,
+            rescale,
+            normalize,
+            patches: None,
+        })
+    }
+
+    /// The processor family.
+    pub fn kind(&self) -> ProcessorKind {
+        self.kind
+    }
+
+    /// Turns one upright RGB image into the model's pixel values.
+    pub fn preprocess(&self, image: &RgbImage) -> Result<PixelValues, PreprocessError> {
+        let (w, h) = image.dimensions();
+        if w == 0 || h == 0 {
+            return Err(PreprocessError::EmptyImage);
+        }
+        if let Some((spec, resample, do_resize)) = self.patches {
+            return self.preprocess_patches(image, spec, resample, do_resize);
+        }
+        let mut current = std::borrow::Cow::Borrowed(image);
+        if let Some((rule, resample)) = self.resize {
+            let (th, tw) = rule.target(h, w);
+            if th == 0 || tw == 0 {
+                return Err(PreprocessError::BadImageSize {
+                    width: w,
+                    height: h,
+                    reason: format!("resizing gives {tw}x{th}"),
+                });
+            }
+            current = std::borrow::Cow::Owned(resize(image, tw, th, resample));
+        }
+        if let Some((ch, cw)) = self.center_crop {
+            current = std::borrow::Cow::Owned(center_crop(&current, ch, cw));
+        }
+        let (w, h) = current.dimensions();
+        Ok(PixelValues {
+            data: self.rescale_normalize(&current),
+            shape: vec![3, h as usize, w as usize],
+            image_grid_thw: None,
+        })
+    }
+
+    fn preprocess_patches(
+        &self,
+        image: &RgbImage,
+        spec: PatchSpec,
+        resample: Resample,
+        do_resize: bool,
+    ) -> Result<PixelValues, PreprocessError> {
+        let (w, h) = image.dimensions();
+        let factor = spec.patch * spec.merge;
+        let resized;
+        let image = if do_resize {
+            let (th, tw) = smart_resize(h, w, factor, spec.min_pixels, spec.max_pixels)?;
+            resized = resize(image, tw, th, resample);
+            &resized
+        } else {
+            image
+        };
+        let (w, h) = (image.width() as usize, image.height() as usize);
+        let (p, m, t) = (spec.patch as usize, spec.merge as usize, spec.temporal as usize);
+        if h % (p * m) != 0 || w % (p * m) != 0 {
+            return Err(PreprocessError::BadImageSize {
+                width: w as u32,
+                height: h as u32,
+                reason: format!(
+                    "without do_resize the sides must be multiples of patch_size * merge_size = {}",
+                    p * m
+                ),
+            });
+        }
+        let chw = self.rescale_normalize(image);
+        let (grid_h, grid_w) = (h / p, w / p);
+        let row_len = 3 * t * p * p;
+        let mut data = Vec::with_capacity(grid_h * grid_w * row_len);
+        // transformers' order: (block row, block col, row in block, col in block) per
+        // patch; (channel, time, y, x) inside it, the image repeated over time.
+        for gy in 0..grid_h / m {
+            for gx in 0..grid_w / m {
+                for my in 0..m {
+                    for mx in 0..m {
+                        let (y0, x0) = ((gy * m + my) * p, (gx * m + mx) * p);
+                        for c in 0..3 {
+                            let plane = &chw[c * h * w..(c + 1) * h * w];
+                            for _ in 0..t {
+                                for y in y0..y0 + p {
+                                    data.extend_from_slice(&plane[y * w + x0..y * w + x0 + p]);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(PixelValues {
+            data,
+            shape: vec![grid_h * grid_w, row_len],
+            image_grid_thw: Some([1, grid_h, grid_w]),
+        })
+    }
+
+    /// HWC u8 to CHW f32: numpy's `astype(float64) * factor` cast to float32, then
+    /// `(x - mean) / std` in float32.
+    fn rescale_normalize(&self, image: &RgbImage) -> Vec<f32> {
+        let plane = image.width() as usize * image.height() as usize;
+        let mut out = vec![0f32; 3 * plane];
+        let raw = image.as_raw();
+        for c in 0..3 {
+            let dst = &mut out[c * plane..(c + 1) * plane];
+            for (d, px) in dst.iter_mut().zip(raw.chunks_exact(3)) {
+                let v = px[c];
+                let mut x = match self.rescale {
+                    Some(f) => (f64::from(v) * f) as f32,
+                    None => f32::from(v),
+                };
+                if let Some((mean, std)) = &self.normalize {
+                    x = (x - mean[c]) / std[c];
+                }
+                *d = x;
+            }
+        }
+        out
+    }
+}
+
+impl SizeRule {
+    /// The (height, width) transformers resizes an `h` × `w` image to.
+    fn target(self, h: u32, w: u32) -> (u32, u32) {
+        let (hf, wf) = (f64::from(h), f64::from(w));
+        match self {
+            SizeRule::Exact { height, width } => (height, width),
+            // get_resize_output_image_size(default_to_square=False): the long side truncates.
+            SizeRule::ShortestEdge(size) => {
+                let (short, long) = if w <= h { (w, h) } else { (h, w) };
+                let new_long = ((u64::from(size) * u64::from(long)) as f64 / f64::from(short)) as u32;
+                if w <= h {
+                    (new_long, size)
+                } else {
+                    (size, new_long)
+                }
+            }
+            // get_size_with_aspect_ratio(image_size, shortest_edge, longest_edge).
+            SizeRule::ShortestLongest { shortest, longest } => {
+                let mut size = shortest;
+                let mut raw_size = None;
+                let (min_side, max_side) = (hf.min(wf), hf.max(wf));
+                if max_side / min_side * f64::from(size) > f64::from(longest) {
+                    let raw = f64::from(longest) * min_side / max_side;
+                    size = raw.round_ties_even() as u32;
+                    raw_size = Some(raw);
+                }
+                if (h <= w && h == size) || (w <= h && w == size) {
+                    (h, w)
+                } else if w < h {
+                    let oh = match raw_size {
+                        Some(raw) => raw * hf / wf,
+                        None => (u64::from(size) * u64::from(h)) as f64 / wf,
+                    };
+                    (oh as u32, size)
+                } else {
+                    let ow = match raw_size {
+                        Some(raw) => raw * wf / hf,
+                        None => (u64::from(size) * u64::from(w)) as f64 / hf,
+                    };
+                    (size, ow as u32)
+                }
+            }
+            // get_image_size_for_max_height_width.
+            SizeRule::MaxHeightWidth { height, width } => {
+                let scale = (f64::from(height) / hf).min(f64::from(width) / wf);
+                ((hf * scale) as u32, (wf * scale) as u32)
+            }
+        }
+    }
+}
+
+/// Qwen2-VL's `smart_resize`: the (height, width) nearest the input's whose sides
+/// are multiples of `factor` and whose area lies in `[min_pixels, max_pixels]`.
+pub fn smart_resize(
+    height: u32,
+    width: u32,
+    factor: u32,
+    min_pixels: u64,
+    max_pixels: u64,
+) -> Result<(u32, u32), PreprocessError> {
+    let err = |reason: String| PreprocessError::BadImageSize { width, height, reason };
+    if height == 0 || width == 0 || factor == 0 {
+        return Err(err("a side or the patch factor is 0".into()));
+    }
+    let (h, w, f) = (f64::from(height), f64::from(width), f64::from(factor));
+    let ratio = h.max(w) / h.min(w);
+    if ratio > 200.0 {
+        return Err(err(format!("the aspect ratio {ratio:.1} is over 200; crop the image")));
+    }
+    // Python's round() rounds half to even.
+    let mut h_bar = (h / f).round_ties_even() * f;
+    let mut w_bar = (w / f).round_ties_even() * f;
+    if h_bar * w_bar > max_pixels as f64 {
+        let beta = (h * w / max_pixels as f64).sqrt();
+        h_bar = f.max((h / beta / f).floor() * f);
+        w_bar = f.max((w / beta / f).floor() * f);
+    } else if h_bar * w_bar < min_pixels as f64 {
+        let beta = (min_pixels as f64 / (h * w)).sqrt();
+        h_bar = (h * beta / f).ceil() * f;
+        w_bar = (w * beta / f).ceil() * f;
+    }
+    if !(1.0..=f64::from(u32::MAX)).contains(&h_bar) || !(1.0..=f64::from(u32::MAX)).contains(&w_bar) {
+        return Err(err(format!(
+            "smart_resize gives {w_bar}x{h_bar}; check min_pixels/max_pixels"
+        )));
+    }
+    Ok((h_bar as u32, w_bar as u32))
+}
+
+/// transformers' `center_crop` on the uint8 image: the offset is floor((in - crop) / 2)
+/// when cropping, and a side smaller than the crop is zero-padded, ceil((crop - in) / 2)
+/// before it.
+fn center_crop(image: &RgbImage, crop_h: u32, crop_w: u32) -> RgbImage {
+    let (w, h) = image.dimensions();
+    // (first source index, first destination index, length) along one axis.
+    let axis = |size: u32, crop: u32| {
+        if crop <= size {
+            ((size - crop) / 2, 0, crop)
+        } else {
+            (0, (crop - size).div_ceil(2), size)
+        }
+    };
+    let (sy, dy, ny) = axis(h, crop_h);
+    let (sx, dx, nx) = axis(w, crop_w);
+    let mut out = RgbImage::new(crop_w, crop_h);
+    let (src, dst_w) = (image.as_raw(), crop_w as usize * 3);
+    let dst = &mut *out;
+    for row in 0..ny as usize {
+        let s = ((sy as usize + row) * w as usize + sx as usize) * 3;
+        let d = (dy as usize + row) * dst_w + dx as usize * 3;
+        dst[d..d + nx as usize * 3].copy_from_slice(&src[s..s + nx as usize * 3]);
+    }
+    out
+}
+
+// ------------------------------------------------------------------ config parsing
+
+fn bad(field: &'static str, reason: String) -> PreprocessError {
+    PreprocessError::BadConfig { field, reason }
+}
+
+fn positive(field: &'static str, v: u64) -> Result<u32, PreprocessError> {
+    match u32::try_from(v) {
+        Ok(v) if v > 0 => Ok(v),
+        _ => Err(bad(field, format!("is {v}; expected a positive integer"))),
+    }
+}
+
+/// A `size`-style value as transformers' `get_size_dict` reads it.
+#[derive(Debug, Default)]
+struct SizeDict {
+    height: Option<u32>,
+    width: Option<u32>,
+    shortest_edge: Option<u32>,
+    longest_edge: Option<u32>,
+    max_height: Option<u32>,
+    max_width: Option<u32>,
+}
+
+fn size_dict(field: &'static str, value: &Value, default_to_square: bool) -> Result<SizeDict, PreprocessError> {
+    let dim = |v: &Value| -> Result<u32, PreprocessError> {
+        let n = v
+            .as_u64()
+            .ok_or_else(|| bad(field, format!("has {v}, not a positive integer")))?;
+        positive(field, n)
+    };
+    match value {
+        Value::Number(_) if default_to_square => {
+            let n = dim(value)?;
+            Ok(SizeDict {
+                height: Some(n),
+                width: Some(n),
+                ..Default::default()
+            })
+        }
+        Value::Number(_) => Ok(SizeDict {
+            shortest_edge: Some(dim(value)?),
+            ..Default::default()
+        }),
+        Value::Array(hw) if hw.len() == 2 => Ok(SizeDict {
+            height: Some(dim(&hw[0])?),
+            width: Some(dim(&hw[1])?),
+            ..Default::default()
+        }),
+        Value::Object(map) => {
+            let mut dict = SizeDict::default();
+            let mut keys = Vec::new();
+            for (key, v) in map.iter().filter(|(_, v)| !v.is_null()) {
+                let slot = match key.as_str() {
+                    "height" => &mut dict.height,
+                    "width" => &mut dict.width,
+                    "shortest_edge" => &mut dict.shortest_edge,
+                    "longest_edge" => &mut dict.longest_edge,
+                    "max_height" => &mut dict.max_height,
+                    "max_width" => &mut dict.max_width,
+                    _ => return Err(bad(field, format!("has an unknown key {key:?}"))),
+                };
+                *slot = Some(dim(v)?);
+                keys.push(key.as_str());
+            }
+            keys.sort_unstable();
+            const VALID: [&[&str]; 5] = [
+                &["height", "width"],
+                &["shortest_edge"],
+                &["longest_edge", "shortest_edge"],
+                &["longest_edge"],
+                &["max_height", "max_width"],
+            ];
+            if !VALID.contains(&keys.as_slice()) {
+                return Err(bad(
+                    field,
+                    format!("{value} has keys {keys:?}; expected one of {VALID:?}"),
+                ));
+            }
+            Ok(dict)
+        }
+        _ => Err(bad(
+            field,
+            format!("is {value}; expected an integer, [height, width] or a dict"),
+        )),
+    }
+}
+
+fn size_rule(value: &Value, default_to_square: bool) -> Result<SizeRule, PreprocessError> {
+    let d = size_dict("size", value, default_to_square)?;
+    Ok(match d {
+        SizeDict {
+            shortest_edge: Some(shortest),
+            longest_edge: Some(longest),
+            ..
+        } => SizeRule::ShortestLongest { shortest, longest },
+        SizeDict {
+            shortest_edge: Some(s), ..
+        } => SizeRule::ShortestEdge(s),
+        SizeDict {
+            max_height: Some(height),
+            max_width: Some(width),
+            ..
+        } => SizeRule::MaxHeightWidth { height, width },
+        SizeDict {
+            height: Some(height),
+            width: Some(width),
+            ..
+        } => SizeRule::Exact { height, width },
+        _ => {
+            return Err(bad(
+                "size",
+                format!("{value} needs shortest_edge, height and width, or max_height and max_width"),
+            ))
+        }
+    })
+}
+
+/// `image_mean`/`image_std`: one number for all channels or exactly three; numpy
+/// makes them float32 before normalising.
+fn channels(field: &'static str, value: Option<&Value>, default: [f64; 3]) -> Result<[f32; 3], PreprocessError> {
+    let values = match value {
+        None => default,
+        Some(Value::Number(n)) => [n.as_f64().unwrap_or(f64::NAN); 3],
+        Some(Value::Array(items)) if items.len() == 3 => {
+            let mut out = [0.0; 3];
+            for (o, item) in out.iter_mut().zip(items) {
+                *o = item
+                    .as_f64()
+                    .ok_or_else(|| bad(field, format!("has {item}, not a number")))?;
+            }
+            out
+        }
+        Some(Value::Array(items)) => {
+            return Err(bad(
+                field,
+                format!(
+                    "has {} values; expected 3 (one per RGB channel) or a single number",
+                    items.len()
+                ),
+            ))
+        }
+        Some(other) => return Err(bad(field, format!("is {other}; expected 3 numbers"))),
+    };
+    if values.iter().any(|v| !v.is_finite()) {
+        return Err(bad(field, format!("has a non-finite value {values:?}")));
+    }
+    Ok(values.map(|v| v as f32))
+}
+
+/// Why a processor config or an image could not be preprocessed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PreprocessError {
+    /// Neither `preprocessor_config.json` nor a `processor_config.json` with an `image_processor` entry.
+    #[error("{} has no preprocessor_config.json: download it with the checkpoint (vision models ship one beside config.json)", dir.display())]
+    MissingConfig {
+        /// The checkpoint folder.
+        dir: PathBuf,
+    },
+    /// The config file exists but cannot be read.
+    #[error("cannot read {}: {source}", path.display())]
+    ReadConfig {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The config is not valid JSON of the expected shape.
+    #[error("{} is not a valid image processor config: {source}; re-download it", if path.as_os_str().is_empty() { "the JSON".into() } else { path.display().to_string() })]
+    ParseConfig {
+        /// The file (empty when parsed from a string).
+        path: PathBuf,
+        /// The JSON error, with line and column.
+        source: serde_json::Error,
+    },
+    /// The config names no processor class.
+    #[error("the image processor config has no image_processor_type: add one (e.g. \"CLIPImageProcessor\")")]
+    MissingProcessorType,
+    /// A processor class not implemented here.
+    #[error("image processor {name:?} is not supported; supported: CLIPImageProcessor, SiglipImageProcessor, Gemma3ImageProcessor, Qwen2VLImageProcessor")]
+    UnsupportedProcessor {
+        /// The class name from the config.
+        name: String,
+    },
+    /// A field with an invalid value.
+    #[error("image processor config: {field} {reason}; fix preprocessor_config.json")]
+    BadConfig {
+        /// The field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A processor option that is not implemented.
+    #[error("image processor option {feature} is not supported here: set it to false in preprocessor_config.json")]
+    Unsupported {
+        /// The option.
+        feature: String,
+    },
+    /// A 0×0 image.
+    #[error("the image is empty (0 pixels)")]
+    EmptyImage,
+    /// An image whose size the processor cannot handle.
+    #[error("cannot preprocess a {width}x{height} image: {reason}")]
+    BadImageSize {
+        /// Input width.
+        width: u32,
+        /// Input height.
+        height: u32,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl PreprocessError {
+    fn at(self, path: &Path) -> Self {
+        match self {
+            PreprocessError::ParseConfig { source, .. } => PreprocessError::ParseConfig {
+                path: path.to_path_buf(),
+                source,
+            },
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shortest_edge_truncates_the_long_side() {
+        // 336 * 400 / 300 = 448 exactly; 336 * 61 / 47 = 436.08 -> 436.
+        assert_eq!(SizeRule::ShortestEdge(336).target(300, 400), (336, 448));
+        assert_eq!(SizeRule::ShortestEdge(336).target(61, 47), (436, 336));
+    }
+
+    #[test]
+    fn smart_resize_matches_python() {
+        assert_eq!(smart_resize(47, 61, 28, 3136, 12544).unwrap(), (56, 56));
+        assert_eq!(smart_resize(300, 400, 28, 3136, 12544).unwrap(), (84, 112));
+        // round(2.5) == 2 in Python.
+        assert_eq!(smart_resize(70, 70, 28, 0, u64::MAX).unwrap(), (56, 56));
+        assert!(smart_resize(1, 300, 28, 3136, 12544).is_err());
+    }
+
+    #[test]
+    fn kernels_sum_to_one_in_fixed_point() {
+        for filter in [
+            Resample::Bilinear,
+            Resample::Bicubic,
+            Resample::Lanczos,
+            Resample::Box,
+            Resample::Hamming,
+        ] {
+            for (i, o) in [(61, 24), (13, 336), (400, 7), (5, 6)] {
+                let k = Kernel::new(i, o, filter);
+                for x in 0..o as usize {
+                    let sum: i32 = k.taps(x).1.iter().sum();
+                    assert!(
+                        (sum - (1 << PRECISION_BITS)).abs() < 8,
+                        "{filter:?} {i}->{o} at {x}: {sum}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,166 @@
+"""Tiny random vision-language checkpoints in the real Hugging Face layout, with
+transformers' outputs as the oracle. Needs torch, so it is run once by hand and
+its output committed (CI and the README's set-up never install torch):
+
+    cargo xtask torch-fixtures          # = <torch venv>/bin/python xtask/parity/make_tiny_vlms.py \
+                                        #     crates/engine-vlm/tests/fixtures
+
+Each folder (llava/, ...) holds what `save_pretrained` writes for the model and its
+processor (config.json, model.safetensors, tokenizer.json, tokenizer_config.json,
+chat_template, preprocessor_config.json), the test images (PNG), and expected.json:
+for each case, the chat messages, the rendered prompt, the processor's input_ids,
+the pixel values' shape and a checksum, the logits of the last positions (f32) and
+transformers' greedy tokens.
+"""
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+from PIL import Image
+from tokenizers import Tokenizer
+from transformers import (AutoProcessor, CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
+                          LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast)
+
+WORDS = ["USER", "ASSISTANT", ":", "What", "is", "in", "the", "image", "?", "Describe", "this", "picture", "and",
+         "a", "cat", "dog", "red", "blue", "Compare", "two", "images", "."]
+VOCAB = 256
+SPECIAL = ["<unk>", "<s>", "</s>", "<image>"]
+LAST = 8  # positions whose logits are recorded
+GREEDY = 12
+
+# The chat template llava-hf ships for llava-1.5 (its `{% generation %}` marks
+# assistant text for training masks; templates must render with it).
+LLAVA_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}{% endif %}"
+    "{# Render all images first #}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>\n' }}{% endfor %}{# Render all text next #}{% if message['role'] != 'assistant' %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' '}}"
+    "{% endfor %}{% else %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{% generation %}{{ content['text'] + ' '}}{% endgeneration %}{% endfor %}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+
+def tokenizer(out):
+    vocab = {t: i for i, t in enumerate(SPECIAL)}
+    for w in WORDS:
+        vocab[w] = len(vocab)
+    while len(vocab) < VOCAB:
+        vocab[f"t{len(vocab)}"] = len(vocab)
+    spec = {
+        "version": "1.0", "truncation": None, "padding": None,
+        "added_tokens": [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+                          "normalized": False, "special": True} for i, t in enumerate(SPECIAL)],
+        "normalizer": None, "pre_tokenizer": {"type": "Whitespace"},
+        # Like Llama's tokenizer: BOS before every encoded text.
+        "post_processor": {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}},
+                                                                   {"Sequence": {"id": "A", "type_id": 0}}],
+                           "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                           "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}},
+        "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": False},
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"},
+    }
+    path = os.path.join(out, "tokenizer.json")
+    with open(path, "w") as f:
+        json.dump(spec, f)
+    Tokenizer.from_file(path)  # fails loudly if the definition is wrong
+    return PreTrainedTokenizerFast(tokenizer_file=path, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   extra_special_tokens={"image_token": "<image>"})
+
+
+def test_images(out, seed, sizes):
+    rng = np.random.default_rng(seed)
+    names = []
+    for i, (w, h) in enumerate(sizes):
+        # Smooth gradients plus noise: resampling differences would show.
+        yy, xx = np.mgrid[0:h, 0:w]
+        base = np.stack([xx * 255 / w, yy * 255 / h, (xx + yy) * 127 / (w + h)], -1)
+        img = np.clip(base + rng.normal(0, 40, base.shape), 0, 255).astype(np.uint8)
+        name = f"image{i}.png"
+        Image.fromarray(img).save(os.path.join(out, name))
+        names.append(name)
+    return names
+
+
+def widen(model, seed):
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(1.0 + 0.1 * torch.randn_like(p) if name.endswith("weight") else 0.1 * torch.randn_like(p))
+            else:
+                p.copy_(torch.randn_like(p) * 0.2)
+
+
+def run_case(model, processor, messages, images):
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    pil = [Image.open(p) for p in images]
+    inputs = processor(images=pil or None, text=prompt, return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**inputs).logits[0].float()
+        gen = model.generate(**inputs, max_new_tokens=GREEDY, do_sample=False, eos_token_id=None,
+                             pad_token_id=0, min_new_tokens=GREEDY)
+    ids = inputs["input_ids"][0].tolist()
+    case = {
+        "messages": messages, "prompt": prompt, "input_ids": ids,
+        "logits_last": logits[-LAST:].tolist(), "greedy": gen[0, len(ids):].tolist(),
+    }
+    if "pixel_values" in inputs:
+        pv = inputs["pixel_values"].float()
+        case["pixel_shape"] = list(pv.shape)
+        case["pixel_sum"] = float(pv.double().sum())
+        case["pixel_abs_sum"] = float(pv.double().abs().sum())
+    return case
+
+
+def msg(text, n_images):
+    return {"role": "user", "content": [{"type": "image"}] * n_images + [{"type": "text", "text": text}]}
+
+
+def llava(root):
+    out = os.path.join(root, "llava")
+    os.makedirs(out, exist_ok=True)
+    tok = tokenizer(out)
+    image_token = tok.convert_tokens_to_ids("<image>")
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
+                              image_size=56, patch_size=14, projection_dim=32, hidden_act="quick_gelu")
+    text = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=512, rms_norm_eps=1e-5,
+                       bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
+    cfg = LlavaConfig(vision_config=vision, text_config=text, image_token_index=image_token,
+                      vision_feature_layer=-2, vision_feature_select_strategy="default", projector_hidden_act="gelu",
+                      image_seq_length=16)
+    model = LlavaForConditionalGeneration(cfg).eval()
+    widen(model, 1)
+    improc = CLIPImageProcessor(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56},
+                                resample=3, do_center_crop=True, do_normalize=True, do_convert_rgb=True)
+    processor = LlavaProcessor(image_processor=improc, tokenizer=tok, patch_size=14,
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                               chat_template=LLAVA_TEMPLATE)
+    model.save_pretrained(out, safe_serialization=True)
+    processor.save_pretrained(out)
+    images = test_images(out, 7, [(80, 64), (50, 70)])
+    paths = [os.path.join(out, n) for n in images]
+    cases = {
+        "one_image": run_case(model, processor, [msg("What is in the image ?", 1)], paths[:1]),
+        "other_image": run_case(model, processor, [msg("What is in the image ?", 1)], paths[1:2]),
+        "two_images": run_case(model, processor, [msg("Compare two images .", 2)], paths),
+        "text_only": run_case(model, processor, [msg("Describe a cat .", 0)], []),
+    }
+    cases["one_image"]["images"] = images[:1]
+    cases["other_image"]["images"] = images[1:2]
+    cases["two_images"]["images"] = images
+    cases["text_only"]["images"] = []
+    with open(os.path.join(out, "expected.json"), "w") as f:
+        json.dump({"made_by": "cargo xtask torch-fixtures (xtask/parity/make_tiny_vlms.py), transformers "
+                   + __import__("transformers").__version__ + ", torch " + torch.__version__,
+                   "image_token_id": image_token, "cases": cases}, f)
+    print("wrote", out)
+
+
+if __name__ == "__main__":
+    root = sys.argv[1]
+    torch.set_default_dtype(torch.float32)
+    llava(root)
