@@ -120,9 +120,10 @@ struct RunArgs {
     /// Weight precision: auto (fastest for this device), native, f32, bf16, f16.
     #[arg(long, default_value = "auto")]
     dtype: String,
-    /// An image for a vision-language model (repeatable; shown before the text).
+    /// An image for a vision-language model: a file, or a `data:` / `file://`
+    /// URL (repeatable; shown before the text).
     #[arg(long)]
-    image: Vec<std::path::PathBuf>,
+    image: Vec<String>,
     /// Print one JSON object when the answer is done (text, token_ids,
     /// finish_reason, prompt_tokens, completion_tokens, ttft_ms, decode_tok_s).
     #[arg(long)]
@@ -358,6 +359,22 @@ impl Session<'_> {
     }
 }
 
+/// An `--image` / `/image` argument: a URL (`data:`, `file://`, or a remote
+/// one, which the model refuses clearly) or a file that must exist.
+fn image_arg(arg: &str) -> Result<ImageSource> {
+    if ["data:", "file://", "http://", "https://"]
+        .iter()
+        .any(|p| arg.starts_with(p))
+    {
+        return Ok(ImageSource::Url(arg.to_string()));
+    }
+    let path = std::path::PathBuf::from(arg);
+    if !path.is_file() {
+        bail!("--image {arg}: no such file");
+    }
+    Ok(ImageSource::Path(path))
+}
+
 /// Whether a model folder is a vision-language checkpoint this build runs
 /// with images (Gemma 3's vision tower is not implemented: it runs text-only).
 fn is_vision_folder(path: &std::path::Path) -> bool {
@@ -378,11 +395,7 @@ fn run_text(args: RunArgs) -> Result<()> {
         ..Default::default()
     };
     // Images are checked before any download or load: a bad path fails at once.
-    for img in &args.image {
-        if !img.is_file() {
-            bail!("--image {}: no such file", img.display());
-        }
-    }
+    let images: Vec<ImageSource> = args.image.iter().map(|i| image_arg(i)).collect::<Result<_>>()?;
     let interrupt = Interrupt::install(engine.cancel_flag())?;
     let (bar, report) = progress_reporter();
     let mut report = interrupt.track(report);
@@ -394,13 +407,21 @@ fn run_text(args: RunArgs) -> Result<()> {
     let loaded = engine.resolve(&args.model, kind, &mut report).and_then(|path| {
         let mut on_load = |p| report(Progress::Load(p));
         if is_vision_folder(&path) {
-            Ok(ChatModel::Vision(Box::new(VlmModel::load(&path, &options, &mut on_load)?)))
+            Ok(ChatModel::Vision(Box::new(VlmModel::load(
+                &path,
+                &options,
+                &mut on_load,
+            )?)))
         } else if !args.image.is_empty() {
             Err(mlxengine::Error::Engine(mlxengine::EngineError::InvalidParameter(
                 format!("--image needs a vision-language model, and {} is text-only", args.model),
             )))
         } else {
-            Ok(ChatModel::Text(Box::new(LlmModel::load(&path, &options, &mut on_load)?)))
+            Ok(ChatModel::Text(Box::new(LlmModel::load(
+                &path,
+                &options,
+                &mut on_load,
+            )?)))
         }
     });
     let mut model = match loaded {
@@ -425,7 +446,6 @@ fn run_text(args: RunArgs) -> Result<()> {
     };
     params.validate()?;
     let mut out = std::io::stdout().lock();
-    let images = args.image.iter().map(|p| ImageSource::Path(p.clone()));
     match &args.prompt {
         Some(prompt) => {
             let mut messages = Vec::new();
@@ -433,7 +453,7 @@ fn run_text(args: RunArgs) -> Result<()> {
                 messages.push(ChatMessage::new("system", s));
             }
             let mut user = ChatMessage::new("user", prompt);
-            user.images = images.collect();
+            user.images = images;
             messages.push(user);
             let prompt = Prompt::Chat(messages);
             if args.json {
@@ -460,14 +480,7 @@ fn run_text(args: RunArgs) -> Result<()> {
         }
         None => {
             let mut session = model.session(args.system.as_deref());
-            chat_loop(
-                &mut session,
-                images.collect(),
-                &params,
-                &interrupt,
-                args.verbose,
-                &mut out,
-            )?;
+            chat_loop(&mut session, images, &params, &interrupt, args.verbose, &mut out)?;
         }
     }
     Ok(())
@@ -518,12 +531,12 @@ fn chat_loop(
             eprintln!("(system prompt {})", if s.is_empty() { "removed" } else { "set" });
             continue;
         } else if let Some(p) = text.strip_prefix("/image") {
-            let p = std::path::PathBuf::from(p.trim());
-            if p.is_file() {
-                eprintln!("(attached {} to the next message)", p.display());
-                images.push(ImageSource::Path(p));
-            } else {
-                eprintln!("error: /image {}: no such file", p.display());
+            match image_arg(p.trim()) {
+                Ok(img) => {
+                    eprintln!("(attached {} to the next message)", p.trim());
+                    images.push(img);
+                }
+                Err(e) => eprintln!("error: {e:#}"),
             }
             continue;
         } else if text.starts_with('/') {
