@@ -28,8 +28,13 @@ fi
 if [ "${MLXENGINE_SKIP_ORACLE:-0}" != 1 ] && ! target/oracle/bin/python -c "import gguf" 2>/dev/null; then
   target/oracle/bin/pip install -q --disable-pip-version-check "gguf==0.19.0"
 fi
+# Pillow decodes and resizes the images behind engine-vlm's preprocessing references.
+if [ "${MLXENGINE_SKIP_ORACLE:-0}" != 1 ] && ! target/oracle/bin/python -c "import PIL" 2>/dev/null; then
+  target/oracle/bin/pip install -q --disable-pip-version-check "pillow==12.1.1"
+fi
 
 cargo xtask fetch-models
-if [ "${MLXENGINE_SKIP_ORACLE:-0}" != 1 ] && [ ! -f target/parity/phi3-longrope-gguf/expected.json ]; then
+if [ "${MLXENGINE_SKIP_ORACLE:-0}" != 1 ] && { [ ! -f target/parity/phi3-longrope-gguf/expected.json ] ||
+  [ ! -f target/vlm-pixels/expected.json ]; }; then
   cargo xtask parity-fixtures
 fi

@@ -1,5 +1,7 @@
 """Tiny random vision-language checkpoints in the real Hugging Face layout, with
-transformers' outputs as the oracle. Needs torch, so it is run once by hand and
+transformers' outputs as the oracle (its PIL image processors, with Pillow 12.1.1 —
+the resampling engine-vlm reimplements; Pillow 13 resamples mixed up/down sizes
+differently). Needs torch, so it is run once by hand and
 its output committed (CI and the README's set-up never install torch):
 
     cargo xtask torch-fixtures          # = <torch venv>/bin/python xtask/parity/make_tiny_vlms.py \
@@ -20,7 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 from tokenizers import Tokenizer
-from transformers import (AutoProcessor, CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+from transformers import (CLIPVisionConfig, LlamaConfig, LlavaConfig,
                           LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast)
 
 WORDS = ["USER", "ASSISTANT", ":", "What", "is", "in", "the", "image", "?", "Describe", "this", "picture", "and",
@@ -43,8 +46,8 @@ LLAVA_TEMPLATE = (
 )
 
 
-def tokenizer(out):
-    vocab = {t: i for i, t in enumerate(SPECIAL)}
+def tokenizer(out, special=SPECIAL, bos=True, **kw):
+    vocab = {t: i for i, t in enumerate(special)}
     for w in WORDS:
         vocab[w] = len(vocab)
     while len(vocab) < VOCAB:
@@ -52,13 +55,13 @@ def tokenizer(out):
     spec = {
         "version": "1.0", "truncation": None, "padding": None,
         "added_tokens": [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
-                          "normalized": False, "special": True} for i, t in enumerate(SPECIAL)],
+                          "normalized": False, "special": True} for i, t in enumerate(special)],
         "normalizer": None, "pre_tokenizer": {"type": "Whitespace"},
         # Like Llama's tokenizer: BOS before every encoded text.
         "post_processor": {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}},
                                                                    {"Sequence": {"id": "A", "type_id": 0}}],
                            "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
-                           "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}},
+                           "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}} if bos else None,
         "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": False},
         "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"},
     }
@@ -66,6 +69,8 @@ def tokenizer(out):
     with open(path, "w") as f:
         json.dump(spec, f)
     Tokenizer.from_file(path)  # fails loudly if the definition is wrong
+    if not bos:
+        return PreTrainedTokenizerFast(tokenizer_file=path, unk_token="<unk>", **kw)
     return PreTrainedTokenizerFast(tokenizer_file=path, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
                                    extra_special_tokens={"image_token": "<image>"})
 
@@ -119,6 +124,12 @@ def msg(text, n_images):
     return {"role": "user", "content": [{"type": "image"}] * n_images + [{"type": "text", "text": text}]}
 
 
+def check_pillow():
+    import PIL
+    if PIL.__version__ != "12.1.1":
+        sys.exit(f"Pillow {PIL.__version__}: install pillow==12.1.1 (the resampling the references must use)")
+
+
 def llava(root):
     out = os.path.join(root, "llava")
     os.makedirs(out, exist_ok=True)
@@ -134,7 +145,7 @@ def llava(root):
                       image_seq_length=16)
     model = LlavaForConditionalGeneration(cfg).eval()
     widen(model, 1)
-    improc = CLIPImageProcessor(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56},
+    improc = CLIPImageProcessorPil(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56},
                                 resample=3, do_center_crop=True, do_normalize=True, do_convert_rgb=True)
     processor = LlavaProcessor(image_processor=improc, tokenizer=tok, patch_size=14,
                                vision_feature_select_strategy="default", num_additional_image_tokens=1,
@@ -160,7 +171,81 @@ def llava(root):
     print("wrote", out)
 
 
+# Qwen2-VL's own template (as Qwen/Qwen2-VL-2B-Instruct ships it).
+QWEN2_VL_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}"
+    "<|im_end|>\n{% else %}{% for content in message['content'] %}{% if content['type'] == 'image' or 'image' in content"
+    " or 'image_url' in content %}{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture "
+    "{{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>{% elif content['type'] == 'video'"
+    " or 'video' in content %}{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}Video "
+    "{{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>{% elif 'text' in content %}"
+    "{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}"
+    "<|im_start|>assistant\n{% endif %}"
+)
+QWEN_SPECIAL = ["<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                "<|image_pad|>", "<|video_pad|>"]
+
+
+def qwen2_vl(root):
+    from transformers import (Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor)
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+    global WORDS
+    WORDS = WORDS + ["system", "user", "assistant", "You", "are", "helpful", "assistant."]
+    out = os.path.join(root, "qwen2-vl")
+    os.makedirs(out, exist_ok=True)
+    tok = tokenizer(out, QWEN_SPECIAL, bos=False, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                    extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"})
+    ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIAL}
+    cfg = Qwen2VLConfig(
+        vision_config=dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=14,
+                           spatial_merge_size=2, temporal_patch_size=2, hidden_act="quick_gelu"),
+        text_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=512, rms_norm_eps=1e-6,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+                         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], tie_word_embeddings=False),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    model = Qwen2VLForConditionalGeneration(cfg).eval()
+    widen(model, 2)
+    with torch.no_grad():
+        # A random head often says <|im_end|> first; make it rarer so answers have length.
+        model.lm_head.weight[ids["<|im_end|>"]] *= 0.1
+    improc = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=112 * 112, patch_size=14, merge_size=2,
+                                      temporal_patch_size=2)
+    vidproc = Qwen2VLVideoProcessor(min_pixels=56 * 56, max_pixels=112 * 112, patch_size=14, merge_size=2,
+                                    temporal_patch_size=2)
+    processor = Qwen2VLProcessor(image_processor=improc, tokenizer=tok, video_processor=vidproc,
+                                 chat_template=QWEN2_VL_TEMPLATE)
+    model.save_pretrained(out, safe_serialization=True)
+    processor.save_pretrained(out)
+    images = test_images(out, 11, [(80, 64), (50, 70), (130, 90)])
+    paths = [os.path.join(out, n) for n in images]
+    cases = {
+        "one_image": run_case(model, processor, [msg("What is in the image ?", 1)], paths[:1]),
+        "other_image": run_case(model, processor, [msg("What is in the image ?", 1)], paths[1:2]),
+        "two_images": run_case(model, processor, [msg("Compare two images .", 2)], paths[1:3]),
+        "text_only": run_case(model, processor, [msg("Describe a cat .", 0)], []),
+    }
+    cases["one_image"]["images"] = images[:1]
+    cases["other_image"]["images"] = images[1:2]
+    cases["two_images"]["images"] = images[1:3]
+    cases["text_only"]["images"] = []
+    with open(os.path.join(out, "expected.json"), "w") as f:
+        json.dump({"made_by": "cargo xtask torch-fixtures (xtask/parity/make_tiny_vlms.py), transformers "
+                   + __import__("transformers").__version__ + ", torch " + torch.__version__,
+                   "image_token_id": ids["<|image_pad|>"], "eos_token_id": ids["<|im_end|>"], "cases": cases}, f)
+    print("wrote", out)
+
+
 if __name__ == "__main__":
     root = sys.argv[1]
     torch.set_default_dtype(torch.float32)
-    llava(root)
+    check_pillow()
+    which = sys.argv[2:] or ["llava", "qwen2-vl"]
+    if "llava" in which:
+        llava(root)
+    if "qwen2-vl" in which:
+        qwen2_vl(root)

@@ -177,7 +177,7 @@ fn parity_fixtures() -> Result<()> {
 
 /// Tiny vision-language checkpoints + transformers' outputs into
 /// crates/engine-vlm/tests/fixtures (committed). Needs a Python with torch,
-/// transformers 5.17 and Pillow: `MLXENGINE_TORCH_PYTHON`, else target/torch.
+/// transformers 5.17, torchvision and Pillow 12.1.1: `MLXENGINE_TORCH_PYTHON`, else target/torch.
 fn torch_fixtures() -> Result<()> {
     let python = std::env::var_os("MLXENGINE_TORCH_PYTHON")
         .map(PathBuf::from)
@@ -185,7 +185,7 @@ fn torch_fixtures() -> Result<()> {
     if !python.exists() {
         bail!(
             "{} is missing: create it with `python3 -m venv target/torch && target/torch/bin/pip install torch \
-             transformers==5.17.0 pillow` (a multi-GB download), or set MLXENGINE_TORCH_PYTHON",
+             transformers==5.17.0 torchvision pillow==12.1.1` (a multi-GB download), or set MLXENGINE_TORCH_PYTHON",
             python.display()
         );
     }

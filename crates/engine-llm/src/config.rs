@@ -41,6 +41,9 @@ pub struct LlmConfig {
     pub max_position_embeddings: usize,
     /// Sliding attention window, for the layers that use one.
     pub sliding_window: Option<usize>,
+    /// Multimodal RoPE (Qwen2-VL): how many of a head's rotary frequencies
+    /// follow the temporal, height and width position (sums to rope_dims / 2).
+    pub mrope_section: Option<Vec<usize>>,
     /// The raw config, for architecture-specific fields.
     pub raw: Value,
 }
@@ -109,12 +112,16 @@ impl LlmConfig {
             rope_dims,
             vocab_size: req_usize(raw, "vocab_size")?,
             rms_norm_eps: opt_f32(raw, "rms_norm_eps").unwrap_or(1e-6),
-            rope_theta: opt_f32(raw, "rope_theta").unwrap_or(10000.0),
+            // transformers 5 writes RoPE settings under `rope_parameters`.
+            rope_theta: opt_f32(raw, "rope_theta")
+                .or_else(|| raw.get("rope_parameters").and_then(|p| opt_f32(p, "rope_theta")))
+                .unwrap_or(10000.0),
             rope_scaling,
             rope_traditional: raw.get("rope_traditional").and_then(Value::as_bool).unwrap_or(false),
             tie_word_embeddings: raw.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
             max_position_embeddings,
             sliding_window: opt_usize(raw, "sliding_window"),
+            mrope_section: mrope_section(raw, rope_dims)?,
             raw: raw.clone(),
         })
     }
@@ -182,8 +189,31 @@ impl LlmConfig {
     }
 }
 
+/// The RoPE settings: `rope_scaling`, or transformers 5's `rope_parameters`.
+fn rope_settings(raw: &Value) -> Option<&Value> {
+    ["rope_scaling", "rope_parameters"]
+        .iter()
+        .find_map(|k| raw.get(*k).filter(|v| v.is_object()))
+}
+
+fn mrope_section(raw: &Value, rope_dims: usize) -> Result<Option<Vec<usize>>> {
+    let Some(sec) = rope_settings(raw).and_then(|v| v.get("mrope_section")) else {
+        return Ok(None);
+    };
+    let sec: Option<Vec<usize>> = sec
+        .as_array()
+        .and_then(|a| a.iter().map(|x| x.as_u64().map(|x| x as usize)).collect());
+    match sec {
+        Some(s) if s.len() == 3 && s.iter().sum::<usize>() * 2 == rope_dims => Ok(Some(s)),
+        _ => Err(EngineError::Config(format!(
+            "mrope_section must be three numbers summing to half the rotary width ({})",
+            rope_dims / 2
+        ))),
+    }
+}
+
 fn parse_rope_scaling(raw: &Value, max_position_embeddings: usize) -> Result<RopeScaling> {
-    let Some(v) = raw.get("rope_scaling").filter(|v| !v.is_null()) else {
+    let Some(v) = rope_settings(raw) else {
         return Ok(RopeScaling::None);
     };
     let kind = v
@@ -193,7 +223,8 @@ fn parse_rope_scaling(raw: &Value, max_position_embeddings: usize) -> Result<Rop
         .unwrap_or("default");
     let f = |k: &str, d: f32| opt_f32(v, k).unwrap_or(d);
     Ok(match kind {
-        "default" => RopeScaling::None,
+        // M-RoPE only splits the frequencies by axis; see `mrope_section`.
+        "default" | "mrope" => RopeScaling::None,
         "linear" => RopeScaling::Linear {
             factor: f("factor", 1.0),
         },

@@ -70,6 +70,19 @@ pub struct PromptEmbeds {
     /// One key per position: the token id for text, [`image_key`] for image
     /// positions.
     pub keys: Vec<u64>,
+    /// M-RoPE positions (Qwen2-VL), when the model rotates image positions
+    /// by their place in the image.
+    pub mrope: Option<MropePositions>,
+}
+
+/// Rotary positions of a multimodal prompt (M-RoPE).
+#[derive(Debug, Clone)]
+pub struct MropePositions {
+    /// (temporal, height, width) position of each prompt position.
+    pub positions: Vec<[i32; 3]>,
+    /// Position of generated token `i` minus its index in the sequence: the
+    /// largest prompt position + 1 − the prompt length.
+    pub delta: i64,
 }
 
 /// The cache key of position `index` of an image whose pixels hash to
@@ -102,6 +115,8 @@ pub struct Generator<'a> {
     detok: StreamingDetokenizer,
     /// The next token, scheduled but maybe not computed yet.
     pending: Option<Array>,
+    /// How decode steps see positions (M-RoPE's delta).
+    decode_mask: MaskSpec,
     history: Vec<u32>,
     generated: usize,
     context_length: usize,
@@ -207,6 +222,10 @@ impl<'a> Generator<'a> {
             eos: tokenizer.eos_token_ids().to_vec(),
             detok: tokenizer.stream(true),
             pending: None,
+            decode_mask: MaskSpec {
+                position_delta: embeds.and_then(|e| e.mrope.as_ref()).map_or(0, |m| m.delta),
+                ..Default::default()
+            },
             history: prompt.to_vec(),
             generated: 0,
             context_length,
@@ -224,14 +243,15 @@ impl<'a> Generator<'a> {
         };
         if params.max_tokens > 0 {
             engine_mlx::memory::reset_peak();
-            g.prefill(prompt, &keys, embeds.map(|e| &e.embeds), cached)?;
+            g.prefill(prompt, &keys, embeds, cached)?;
         }
         Ok(g)
     }
 
     /// Processes prompt positions `from..` in chunks (from ids, or from
     /// `embeds` for a multimodal prompt) and schedules the first token.
-    fn prefill(&mut self, prompt: &[u32], keys: &[u64], embeds: Option<&Array>, from: usize) -> Result<()> {
+    fn prefill(&mut self, prompt: &[u32], keys: &[u64], embeds: Option<&PromptEmbeds>, from: usize) -> Result<()> {
+        let mrope = embeds.and_then(|e| e.mrope.as_ref());
         let n = prompt.len();
         let mut start = from;
         while start < n {
@@ -242,17 +262,18 @@ impl<'a> Generator<'a> {
                 (start + PREFILL_CHUNK).min(n - 1)
             };
             let h = match embeds {
-                Some(e) => e.slice_axis(1, start as i32, end as i32),
+                Some(e) => e.embeds.slice_axis(1, start as i32, end as i32),
                 None => {
                     Array::from_slice(&prompt[start..end], &[1, end - start]).and_then(|ids| self.model.embed(&ids))
                 }
             }
             .map_err(be)?;
+            let mask = MaskSpec {
+                mrope_positions: mrope.map(|m| m.positions[start..end].to_vec()),
+                ..Default::default()
+            };
             let st = self.state.get();
-            let logits = self
-                .model
-                .forward_embeds(h, &mut st.cache, &MaskSpec::default(), true)
-                .map_err(be)?;
+            let logits = self.model.forward_embeds(h, &mut st.cache, &mask, true).map_err(be)?;
             for (&t, &k) in prompt[start..end].iter().zip(&keys[start..end]) {
                 st.push(t, k);
             }
@@ -319,7 +340,7 @@ impl<'a> Generator<'a> {
             let ids = y.reshape(&[1, 1]).map_err(be)?;
             let logits = self
                 .model
-                .forward(&ids, &mut st.cache, &MaskSpec::default(), true)
+                .forward(&ids, &mut st.cache, &self.decode_mask, true)
                 .map_err(be)?;
             let logits = logits.squeeze(1).map_err(be)?;
             if self.params.repetition_penalty != 1.0 {

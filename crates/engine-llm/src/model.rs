@@ -302,6 +302,7 @@ impl LlmModel {
         }
         let mask = MaskSpec {
             left_padding: Some(pads),
+            ..Default::default()
         };
         let mut cache = self.transformer.new_cache();
         let mut input = Array::from_slice(&ids, &[b, longest]).map_err(be)?;

@@ -99,11 +99,19 @@ pub struct Transformer {
     lm_head: Option<Linear>,
 }
 
-/// Per-call attention masking: causal, plus optional left padding per row.
+/// Per-call masking and positions: causal, plus optional left padding per
+/// row, and the rotary positions when they are not the cache offset.
 #[derive(Debug, Clone, Default)]
 pub struct MaskSpec {
     /// Padding positions at the start of each batch row's full sequence.
     pub left_padding: Option<Vec<usize>>,
+    /// Rotary positions (temporal, height, width) of each of this call's
+    /// tokens: M-RoPE (Qwen2-VL) over a prompt with images.
+    pub mrope_positions: Option<Vec<[i32; 3]>>,
+    /// Added to the cache offset to give the rotary position otherwise
+    /// (M-RoPE: text after an image continues from the image's largest
+    /// position, which is less than its length).
+    pub position_delta: i64,
 }
 
 impl Transformer {
@@ -314,8 +322,12 @@ impl Transformer {
     /// [`Self::forward`] from input embeddings (B, L, hidden) instead of ids.
     pub fn forward_embeds(&self, h: Array, cache: &mut [KvCache], mask: &MaskSpec, last_only: bool) -> Result<Array> {
         let mut h = h;
+        let tables = match &mask.mrope_positions {
+            Some(p) => Some(self.mrope_tables(p, h.dtype())?),
+            None => None,
+        };
         for (layer, c) in self.layers.iter().zip(cache.iter_mut()) {
-            h = self.layer_forward(layer, &h, c, mask)?;
+            h = self.layer_forward(layer, &h, c, mask, tables.as_ref())?;
         }
         if last_only && h.dim(1) > 1 {
             let l = h.dim(1) as i32;
@@ -332,8 +344,46 @@ impl Transformer {
         Ok(logits)
     }
 
-    fn layer_forward(&self, layer: &Layer, x: &Array, cache: &mut KvCache, mask: &MaskSpec) -> Result<Array> {
-        let r = self.attention(&layer.attn, &layer.input_norm.forward(x)?, cache, mask)?;
+    /// cos/sin tables (L, head_dim) for M-RoPE positions: frequency `j`
+    /// follows the temporal, height or width position by `mrope_section`.
+    fn mrope_tables(&self, positions: &[[i32; 3]], dtype: Dtype) -> Result<(Array, Array)> {
+        let sections = self.cfg.mrope_section.as_deref().unwrap_or(&[]);
+        let rd = self.cfg.rope_dims;
+        if sections.iter().sum::<usize>() * 2 != rd || rd != self.cfg.head_dim {
+            return Err(engine_mlx::Error::Invalid(
+                "M-RoPE positions need `mrope_section` covering the whole head".into(),
+            ));
+        }
+        let axis: Vec<usize> = (0..3).flat_map(|s| std::iter::repeat_n(s, sections[s])).collect();
+        let theta = self.cfg.rope_theta as f64;
+        let inv: Vec<f64> = (0..rd / 2).map(|j| theta.powf(-((2 * j) as f64) / rd as f64)).collect();
+        let (mut cos, mut sin) = (
+            Vec::with_capacity(positions.len() * rd),
+            Vec::with_capacity(positions.len() * rd),
+        );
+        for p in positions {
+            let angles: Vec<f64> = (0..rd / 2).map(|j| p[axis[j]] as f64 * inv[j]).collect();
+            for _ in 0..2 {
+                cos.extend(angles.iter().map(|a| a.cos() as f32));
+                sin.extend(angles.iter().map(|a| a.sin() as f32));
+            }
+        }
+        let shape = [1, 1, positions.len(), rd];
+        Ok((
+            Array::from_slice(&cos, &shape)?.astype(dtype)?,
+            Array::from_slice(&sin, &shape)?.astype(dtype)?,
+        ))
+    }
+
+    fn layer_forward(
+        &self,
+        layer: &Layer,
+        x: &Array,
+        cache: &mut KvCache,
+        mask: &MaskSpec,
+        tables: Option<&(Array, Array)>,
+    ) -> Result<Array> {
+        let r = self.attention(&layer.attn, &layer.input_norm.forward(x)?, cache, mask, tables)?;
         match &layer.ff_norms {
             Some((pre, post)) => {
                 let h = x.add(&layer.post_attn_norm.forward(&r)?)?;
@@ -356,7 +406,14 @@ impl Transformer {
         m.down.forward(&g.multiply(&m.up.forward(x)?)?)
     }
 
-    fn attention(&self, a: &Attention, x: &Array, cache: &mut KvCache, mask: &MaskSpec) -> Result<Array> {
+    fn attention(
+        &self,
+        a: &Attention,
+        x: &Array,
+        cache: &mut KvCache,
+        mask: &MaskSpec,
+        tables: Option<&(Array, Array)>,
+    ) -> Result<Array> {
         let s = x.shape_i32();
         let (b, l) = (s[0], s[1]);
         let hd = self.cfg.head_dim as i32;
@@ -373,8 +430,13 @@ impl Transformer {
         let v = heads(a.v.forward(x)?, self.cfg.num_kv_heads, &None)?;
         let offset = cache.offset();
         let held_before = cache.held();
-        let q = a.rope.forward(&q, offset)?;
-        let k = a.rope.forward(&k, offset)?;
+        let (q, k) = match tables {
+            Some((cos, sin)) => (rotate(&q, cos, sin)?, rotate(&k, cos, sin)?),
+            None => {
+                let pos = (offset as i64 + mask.position_delta).max(0) as usize;
+                (a.rope.forward(&q, pos)?, a.rope.forward(&k, pos)?)
+            }
+        };
         let (k, v) = cache.update(&k, &v)?;
         // Keys visible now: `held_before` cached positions, then the `l` new ones.
         let first_key_pos = offset - held_before;
@@ -476,6 +538,14 @@ impl Transformer {
         let p = scores.softmax(&[-1], true)?;
         p.matmul(&v)?.reshape(&[b, hq, l as i32, hd])
     }
+}
+
+/// `x·cos + rotate_half(x)·sin` over the last axis (HF's non-interleaved RoPE).
+fn rotate(x: &Array, cos: &Array, sin: &Array) -> Result<Array> {
+    let d = x.dim(-1) as i32;
+    let (lo, hi) = (x.slice_axis(-1, 0, d / 2)?, x.slice_axis(-1, d / 2, d)?);
+    let half = engine_mlx::concatenate(&[&hi.negative()?, &lo], -1)?;
+    x.multiply(cos)?.add(&half.multiply(sin)?)
 }
 
 enum MaskKind {

@@ -99,8 +99,9 @@ impl ImageLimits {
         Ok(())
     }
 
-    /// Bytes a decoder may allocate: the largest pixel buffer (16-bit RGBA) plus slack
-    /// for metadata, so the limit only ever bites on what the pixel check let through.
+    /// Bytes a decoder may allocate: the largest pixel buffer the pixel check admits
+    /// (16-bit RGBA) plus slack, so this only stops what that check cannot see
+    /// (huge metadata chunks, oversized frames).
     fn max_alloc(&self) -> u64 {
         self.max_pixels.saturating_mul(8).saturating_add(64 << 20)
     }
@@ -257,9 +258,15 @@ pub fn load_url(url: &str, limits: &ImageLimits) -> Result<RgbImage, ImageError>
 pub fn decode_bytes(bytes: &[u8], origin: &str, limits: &ImageLimits) -> Result<RgbImage, ImageError> {
     let (rgb, orientation) = match sniff(bytes, origin)? {
         Format::Png => decode_png(bytes, origin, limits)?,
-        Format::Jpeg => decode_generic(JpegDecoder::new(Cursor::new(bytes)), "JPEG", origin, limits)?,
-        Format::WebP => decode_generic(WebPDecoder::new(Cursor::new(bytes)), "WebP", origin, limits)?,
-        Format::Gif => decode_generic(GifDecoder::new(Cursor::new(bytes)), "GIF", origin, limits)?,
+        Format::Jpeg => {
+            let complete = jpeg_is_complete(bytes);
+            decode_generic(JpegDecoder::new(Cursor::new(bytes)), "JPEG", complete, origin, limits)?
+        }
+        Format::WebP => decode_generic(WebPDecoder::new(Cursor::new(bytes)), "WebP", true, origin, limits)?,
+        Format::Gif => {
+            let complete = gif_is_complete(bytes);
+            decode_generic(GifDecoder::new(Cursor::new(bytes)), "GIF", complete, origin, limits)?
+        }
     };
     if orientation == Orientation::NoTransforms {
         return Ok(rgb);
@@ -349,9 +356,11 @@ fn percent_decode(s: &str) -> Result<Vec<u8>, String> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
-            let value = hex.and_then(|h| u8::from_str_radix(h, 16).ok());
-            out.push(value.ok_or_else(|| format!("bad percent escape at byte {i}"))?);
+            let hex_digit = |b: Option<&u8>| b.and_then(|&b| char::from(b).to_digit(16));
+            match (hex_digit(bytes.get(i + 1)), hex_digit(bytes.get(i + 2))) {
+                (Some(hi), Some(lo)) => out.push((hi * 16 + lo) as u8),
+                _ => return Err(format!("bad percent escape at byte {i}")),
+            }
             i += 3;
         } else {
             out.push(bytes[i]);
@@ -424,11 +433,15 @@ fn sniff(bytes: &[u8], origin: &str) -> Result<Format, ImageError> {
         return Err(unsupported("a PDF document"));
     }
     let head = &bytes[..bytes.len().min(64)];
-    let found = match std::str::from_utf8(head) {
+    let text = match std::str::from_utf8(head) {
+        Ok(text) => Some(text.to_string()),
         // A multi-byte character may be cut at the end of the window.
-        Ok(text) => text_found(text),
-        Err(e) if e.valid_up_to() + 4 > head.len() => text_found(&String::from_utf8_lossy(head)),
-        Err(_) => format!("unknown binary data starting {:02x?}", &head[..head.len().min(8)]),
+        Err(e) if e.valid_up_to() + 4 > head.len() => Some(String::from_utf8_lossy(&head[..e.valid_up_to()]).into()),
+        Err(_) => None,
+    };
+    let found = match text.filter(|t| !t.chars().any(|c| c.is_control() && !c.is_whitespace())) {
+        Some(text) => text_found(&text),
+        None => format!("unknown binary data starting {:02x?}", &head[..head.len().min(8)]),
     };
     Err(ImageError::NotAnImage {
         origin: origin.to_string(),
@@ -440,7 +453,7 @@ fn text_found(text: &str) -> String {
     let snippet: String = text
         .chars()
         .take(24)
-        .map(|c| if c.is_control() { ' ' } else { c })
+        .map(|c| if c.is_whitespace() { ' ' } else { c })
         .collect();
     format!("it holds text: {:?}", snippet.trim())
 }
@@ -624,6 +637,7 @@ fn push_composite(out: &mut Vec<u8>, rgb: [u8; 3], alpha: u8) {
 fn decode_generic<D: ImageDecoder>(
     decoder: ::image::ImageResult<D>,
     format: &'static str,
+    complete: bool,
     origin: &str,
     limits: &ImageLimits,
 ) -> Result<(RgbImage, Orientation), ImageError> {
@@ -631,6 +645,14 @@ fn decode_generic<D: ImageDecoder>(
     let mut decoder = decoder.map_err(err)?;
     let (width, height) = decoder.dimensions();
     limits.check(origin, width, height)?;
+    if !complete {
+        let detail = "the data ends before the image does".into();
+        return Err(ImageError::Corrupt {
+            origin: origin.into(),
+            format,
+            detail,
+        });
+    }
     decoder.set_limits(limits.decoder_limits()).map_err(err)?;
     // Metadata problems never fail a decode: Pillow ignores what it cannot parse too.
     let orientation = match decoder
@@ -687,6 +709,64 @@ fn xmp_orientation(xmp: &[u8]) -> Option<Orientation> {
     }
 }
 
+/// Whether a JPEG reaches its end-of-image marker after the first scan begins.
+/// Pillow (libjpeg) refuses a file cut anywhere before it; zune-jpeg would fill the
+/// rest with grey. Entropy-coded data cannot hold `FF D9`, so the first one after
+/// the scan header ends the image; data appended after it (motion photos) is fine.
+/// Anything unexpected in the marker walk is left to the decoder.
+fn jpeg_is_complete(b: &[u8]) -> bool {
+    let mut i = 2; // after SOI
+    loop {
+        while b.get(i) == Some(&0xFF) && b.get(i + 1) == Some(&0xFF) {
+            i += 1; // fill bytes
+        }
+        let (Some(&0xFF), Some(&marker)) = (b.get(i), b.get(i + 1)) else {
+            return i + 1 < b.len(); // out of data: truncated; else not a marker: decoder's call
+        };
+        if marker == 0xDA {
+            return b[i + 2..].windows(2).any(|w| w == [0xFF, 0xD9]);
+        }
+        i += 2;
+        if !matches!(marker, 0x01 | 0xD0..=0xD9) {
+            let Some(len) = b.get(i..i + 2).map(|l| usize::from(u16::from_be_bytes([l[0], l[1]]))) else {
+                return false;
+            };
+            i += len;
+        }
+    }
+}
+
+/// Whether a GIF holds its first image's data up to the terminating empty sub-block
+/// (Pillow refuses a file cut before it; the gif crate decodes what is there).
+fn gif_is_complete(b: &[u8]) -> bool {
+    fn skip_sub_blocks(b: &[u8], mut i: usize) -> Option<usize> {
+        loop {
+            let n = usize::from(*b.get(i)?);
+            i += 1 + n;
+            if n == 0 {
+                return Some(i);
+            }
+        }
+    }
+    let table = |flags: u8| if flags & 0x80 != 0 { 3 << ((flags & 7) + 1) } else { 0 };
+    let Some(&flags) = b.get(10) else { return false };
+    let mut i = 13 + table(flags);
+    loop {
+        match b.get(i) {
+            None => return false,
+            Some(0x21) => match skip_sub_blocks(b, i + 2) {
+                Some(next) => i = next,
+                None => return false,
+            },
+            Some(0x2C) => {
+                let Some(&flags) = b.get(i + 9) else { return false };
+                return skip_sub_blocks(b, i + 10 + table(flags) + 1).is_some_and(|end| end <= b.len());
+            }
+            Some(_) => return true,
+        }
+    }
+}
+
 fn image_err(e: ::image::ImageError, format: &'static str, origin: &str) -> ImageError {
     use ::image::ImageError as E;
     let origin = origin.to_string();
@@ -707,7 +787,7 @@ fn image_err(e: ::image::ImageError, format: &'static str, origin: &str) -> Imag
         other => ImageError::Corrupt {
             origin,
             format,
-            detail: other.to_string(),
+            detail: other.to_string().trim().to_string(),
         },
     }
 }

@@ -2,6 +2,7 @@
 //! [`VlmModel`].
 
 use crate::image::{decode_bytes, load_path, load_url, pixel_hash, ImageError, ImageLimits, RgbImage};
+use crate::models::qwen2_vl::rope_index;
 use crate::models::{self, VisionSide};
 use crate::preprocess::ImageProcessorConfig;
 use crate::{be, image_err};
@@ -9,7 +10,7 @@ use engine_core::{
     ChatMessage, ChatTemplate, EngineError, FeatureFlag, GenerateParams, ImageSource, LoadProgress, ModelConfiguration,
     ModelSource, ModelType, Prompt, RenderOptions, Result, StreamEvent, TextGenerator, Tokenizer,
 };
-use engine_llm::generate::{image_key, PromptEmbeds};
+use engine_llm::generate::{image_key, MropePositions, PromptEmbeds};
 use engine_llm::{ChatHistory, ChatTurn, Generator, LlmModel, LoadOptions};
 use engine_mlx::{concatenate, Array, WeightMap};
 use std::path::Path;
@@ -27,8 +28,8 @@ pub struct VlmModel {
     processor: ImageProcessorConfig,
     limits: ImageLimits,
     config: ModelConfiguration,
-    /// Features of recent images by pixel hash, most recent last.
-    features: Mutex<Vec<(u64, Array)>>,
+    /// Features (and patch grid) of recent images by pixel hash, most recent last.
+    features: Mutex<Vec<(u64, Features)>>,
 }
 
 fn load_err(path: &Path, reason: impl Into<String>) -> EngineError {
@@ -195,21 +196,28 @@ impl VlmModel {
             let fresh = self.vision.encode(&pixels)?;
             engine_mlx::eval(fresh.iter()).map_err(be)?;
             let mut cache = self.features.lock().unwrap_or_else(|p| p.into_inner());
-            for (h, f) in missing.into_iter().zip(fresh) {
+            for ((h, rows), p) in missing.into_iter().zip(fresh).zip(&pixels) {
                 cache.retain(|(k, _)| *k != h);
-                cache.push((h, f));
+                cache.push((
+                    h,
+                    Features {
+                        rows,
+                        grid: p.image_grid_thw,
+                    },
+                ));
                 if cache.len() > FEATURE_CACHE {
                     cache.remove(0);
                 }
             }
         }
-        let features: Vec<Array> = hashes
+        let cached: Vec<Features> = hashes
             .iter()
             .map(|&h| {
                 self.cached_features(h)
                     .ok_or_else(|| EngineError::Backend("image features were evicted mid-prompt".into()))
             })
             .collect::<Result<_>>()?;
+        let features: Vec<Array> = cached.iter().map(|f| f.rows.clone()).collect();
         let per_image = features[0].dim(0);
         // Expand each placeholder into the image's positions.
         let mut expanded = Vec::with_capacity(ids.len() + images.len() * per_image);
@@ -251,13 +259,21 @@ impl VlmModel {
         }
         let refs: Vec<&Array> = parts.iter().collect();
         let embeds = concatenate(&refs, 1).map_err(be)?;
+        let mrope = match self.vision.mrope_merge() {
+            Some(merge) => {
+                let grids: Vec<[usize; 3]> = cached.iter().filter_map(|f| f.grid).collect();
+                let (positions, delta) = rope_index(&expanded, placeholder, &grids, merge);
+                Some(MropePositions { positions, delta })
+            }
+            None => None,
+        };
         Ok(EncodedPrompt {
             ids: expanded,
-            embeds: Some(PromptEmbeds { embeds, keys }),
+            embeds: Some(PromptEmbeds { embeds, keys, mrope }),
         })
     }
 
-    fn cached_features(&self, hash: u64) -> Option<Array> {
+    fn cached_features(&self, hash: u64) -> Option<Features> {
         let cache = self.features.lock().unwrap_or_else(|p| p.into_inner());
         cache.iter().find(|(k, _)| *k == hash).map(|(_, f)| f.clone())
     }
@@ -296,8 +312,16 @@ impl VlmModel {
                 .embed(&Array::from_slice(&p.ids, &[1, p.ids.len()]).map_err(be)?)
                 .map_err(be)?,
         };
+        let mask = engine_llm::transformer::MaskSpec {
+            mrope_positions: p
+                .embeds
+                .as_ref()
+                .and_then(|e| e.mrope.as_ref())
+                .map(|m| m.positions.clone()),
+            ..Default::default()
+        };
         let l = t
-            .forward_embeds(h, &mut cache, &Default::default(), false)
+            .forward_embeds(h, &mut cache, &mask, false)
             .and_then(|l| l.squeeze(0))
             .map_err(be)?;
         Ok((p.ids, l))
@@ -311,6 +335,13 @@ pub fn load_image(src: &ImageSource, limits: &ImageLimits) -> std::result::Resul
         ImageSource::Bytes(b) => decode_bytes(b, "the image bytes", limits),
         ImageSource::Url(u) => load_url(u, limits),
     }
+}
+
+/// An image's features and, for native-resolution towers, its patch grid.
+#[derive(Clone)]
+struct Features {
+    rows: Array,
+    grid: Option<[usize; 3]>,
 }
 
 enum Piece {

@@ -2,6 +2,7 @@
 //! decoder is always `engine-llm`'s.
 
 pub mod llava;
+pub mod qwen2_vl;
 
 use crate::be;
 use crate::preprocess::PixelValues;
@@ -9,12 +10,14 @@ use engine_core::{EngineError, Result};
 use engine_mlx::{Array, Dtype, WeightMap};
 
 /// The architectures this crate implements (HF `model_type` values).
-pub const SUPPORTED: &[&str] = &["llava"];
+pub const SUPPORTED: &[&str] = &["llava", "qwen2_vl"];
 
 /// The vision side of a loaded model: tower + projector.
 pub enum VisionSide {
     /// LLaVA 1.5.
     Llava(llava::Llava),
+    /// Qwen2-VL.
+    Qwen2Vl(qwen2_vl::Qwen2Vl),
 }
 
 impl VisionSide {
@@ -22,6 +25,15 @@ impl VisionSide {
     pub fn image_token_id(&self) -> u32 {
         match self {
             VisionSide::Llava(m) => m.image_token_id(),
+            VisionSide::Qwen2Vl(m) => m.image_token_id(),
+        }
+    }
+
+    /// The spatial merge of a model whose decoder takes M-RoPE positions.
+    pub fn mrope_merge(&self) -> Option<usize> {
+        match self {
+            VisionSide::Llava(_) => None,
+            VisionSide::Qwen2Vl(m) => Some(m.merge_size()),
         }
     }
 
@@ -34,6 +46,7 @@ impl VisionSide {
     pub fn finish_load(&mut self, dtype: Dtype) -> engine_mlx::Result<()> {
         match self {
             VisionSide::Llava(m) => m.convert(dtype),
+            VisionSide::Qwen2Vl(m) => m.convert(dtype),
         }
     }
 
@@ -58,6 +71,7 @@ impl VisionSide {
                     .collect::<engine_mlx::Result<_>>()
                     .map_err(be)
             }
+            VisionSide::Qwen2Vl(m) => m.encode(pixels),
         }
     }
 }
@@ -101,6 +115,12 @@ pub fn load_vision(
                 cfg.vision_config.num_channels,
             )?;
             Ok((VisionSide::Llava(llava::Llava::load(cfg, &vision, text_hidden)?), text))
+        }
+        "qwen2_vl" => {
+            let cfg: qwen2_vl::Qwen2VlConfig = serde_json::from_value(config.clone())
+                .map_err(|e| EngineError::Config(format!("config.json does not describe a Qwen2-VL model: {e}")))?;
+            let (vision, text) = split(qwen2_vl::sanitize(weights), |n| n.starts_with("visual."));
+            Ok((VisionSide::Qwen2Vl(qwen2_vl::Qwen2Vl::load(cfg, &vision)?), text))
         }
         other => Err(EngineError::UnsupportedArchitecture(format!(
             "{other} (vision-language architectures supported: {})",
