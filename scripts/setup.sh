@@ -32,6 +32,10 @@ fi
 if [ "${MLXENGINE_SKIP_ORACLE:-0}" != 1 ] && ! target/oracle/bin/python -c "import PIL" 2>/dev/null; then
   target/oracle/bin/pip install -q --disable-pip-version-check "pillow==12.1.1"
 fi
+# The official `openai` client drives the server tests (crates/mlxengine/tests/cli_serve.rs).
+if [ "${MLXENGINE_SKIP_ORACLE:-0}" != 1 ] && ! target/oracle/bin/python -c "import openai" 2>/dev/null; then
+  target/oracle/bin/pip install -q --disable-pip-version-check "openai==2.8.0"
+fi
 
 cargo xtask fetch-models
 if [ "${MLXENGINE_SKIP_ORACLE:-0}" != 1 ] && { [ ! -f target/parity/phi3-longrope-gguf/expected.json ] ||

@@ -188,28 +188,39 @@ QWEN_SPECIAL = ["<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|visio
                 "<|image_pad|>", "<|video_pad|>"]
 
 
-def qwen2_vl(root):
-    from transformers import (Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor)
+def qwen2_vl(root, v25=False):
+    from transformers import (Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor,
+                              Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor)
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
     global WORDS
-    WORDS = WORDS + ["system", "user", "assistant", "You", "are", "helpful", "assistant."]
-    out = os.path.join(root, "qwen2-vl")
+    if "system" not in WORDS:
+        WORDS = WORDS + ["system", "user", "assistant", "You", "are", "helpful", "assistant."]
+    out = os.path.join(root, "qwen2.5-vl" if v25 else "qwen2-vl")
     os.makedirs(out, exist_ok=True)
     tok = tokenizer(out, QWEN_SPECIAL, bos=False, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                     extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"})
     ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIAL}
-    cfg = Qwen2VLConfig(
-        vision_config=dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=14,
-                           spatial_merge_size=2, temporal_patch_size=2, hidden_act="quick_gelu"),
+    if v25:
+        # Windows of 2x2 merged tokens (56 px), full attention in blocks 1 and 3.
+        vision = dict(depth=4, hidden_size=32, intermediate_size=48, out_hidden_size=64, num_heads=2, patch_size=14,
+                      spatial_merge_size=2, temporal_patch_size=2, hidden_act="silu", window_size=56,
+                      fullatt_block_indexes=[1, 3])
+    else:
+        vision = dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=14,
+                      spatial_merge_size=2, temporal_patch_size=2, hidden_act="quick_gelu")
+    config_cls, model_cls, proc_cls = ((Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor)
+                                       if v25 else (Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor))
+    cfg = config_cls(
+        vision_config=vision,
         text_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                          num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=512, rms_norm_eps=1e-6,
                          rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
                          bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], tie_word_embeddings=False),
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
-    model = Qwen2VLForConditionalGeneration(cfg).eval()
-    widen(model, 2)
+    model = model_cls(cfg).eval()
+    widen(model, 3 if v25 else 2)
     with torch.no_grad():
         # A random head often says <|im_end|> first; make it rarer so answers have length.
         model.lm_head.weight[ids["<|im_end|>"]] *= 0.1
@@ -217,11 +228,11 @@ def qwen2_vl(root):
                                       temporal_patch_size=2)
     vidproc = Qwen2VLVideoProcessor(min_pixels=56 * 56, max_pixels=112 * 112, patch_size=14, merge_size=2,
                                     temporal_patch_size=2)
-    processor = Qwen2VLProcessor(image_processor=improc, tokenizer=tok, video_processor=vidproc,
+    processor = proc_cls(image_processor=improc, tokenizer=tok, video_processor=vidproc,
                                  chat_template=QWEN2_VL_TEMPLATE)
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
-    images = test_images(out, 11, [(80, 64), (50, 70), (130, 90)])
+    images = test_images(out, 11, [(80, 64), (50, 70), (130, 90)] if not v25 else [(80, 64), (50, 70), (170, 120)])
     paths = [os.path.join(out, n) for n in images]
     cases = {
         "one_image": run_case(model, processor, [msg("What is in the image ?", 1)], paths[:1]),
@@ -244,8 +255,10 @@ if __name__ == "__main__":
     root = sys.argv[1]
     torch.set_default_dtype(torch.float32)
     check_pillow()
-    which = sys.argv[2:] or ["llava", "qwen2-vl"]
+    which = sys.argv[2:] or ["llava", "qwen2-vl", "qwen2.5-vl"]
     if "llava" in which:
         llava(root)
     if "qwen2-vl" in which:
         qwen2_vl(root)
+    if "qwen2.5-vl" in which:
+        qwen2_vl(root, v25=True)

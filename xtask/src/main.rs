@@ -5,6 +5,8 @@
 //! - `torch-fixtures`: tiny checkpoints + references from transformers (torch), written into the
 //!   crates' `tests/fixtures/` and committed (run by hand; CI never installs torch).
 //! - `bench NAME`: benchmarks; each prints one JSON line with `"bench"` and `"ratio"`.
+//! - `test-models`: fetches the models and fixtures, runs every real-model and parity test of
+//!   every modality, prints a table and fails if any check failed (`test_models.rs`).
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -14,6 +16,8 @@ mod bench_embed;
 mod bench_hub;
 mod bench_llm;
 mod bench_mlx;
+mod bench_vlm;
+mod test_models;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -21,15 +25,19 @@ fn main() -> Result<()> {
         Some("fetch-models") => fetch_models().map(|_| ()),
         Some("parity-fixtures") => parity_fixtures(),
         Some("torch-fixtures") => torch_fixtures(),
+        Some("test-models") => test_models::run(&args[1..]),
         Some("bench") => match args.get(1).map(String::as_str) {
             Some("mlx") => bench_mlx::run(),
             Some("llm") => bench_llm::run(),
             Some("embed") => bench_embed::run(),
             Some("hub") => bench_hub::run(),
-            other => bail!("unknown bench {other:?}; available: mlx, llm, embed, hub"),
+            Some("vlm") => bench_vlm::run(),
+            other => bail!("unknown bench {other:?}; available: mlx, llm, embed, hub, vlm"),
         },
         _ => {
-            eprintln!("usage: cargo xtask <fetch-models | parity-fixtures | torch-fixtures | bench NAME>");
+            eprintln!(
+                "usage: cargo xtask <fetch-models | parity-fixtures | torch-fixtures | test-models | bench NAME>"
+            );
             std::process::exit(2);
         }
     }
@@ -189,15 +197,23 @@ fn torch_fixtures() -> Result<()> {
             python.display()
         );
     }
-    let out = root().join("crates/engine-vlm/tests/fixtures");
-    let ok = Command::new(&python)
-        .arg(root().join("xtask/parity/make_tiny_vlms.py"))
-        .arg(&out)
-        .status()
-        .context("running the torch fixture script")?
-        .success();
-    if !ok {
-        bail!("xtask/parity/make_tiny_vlms.py failed");
+    // diffusers is needed by the second script only: `target/torch/bin/pip install diffusers==0.42.1`.
+    for (script, out) in [
+        ("xtask/parity/make_tiny_vlms.py", "crates/engine-vlm/tests/fixtures"),
+        (
+            "xtask/parity/make_tiny_diffusion.py",
+            "crates/engine-diffusion/tests/fixtures",
+        ),
+    ] {
+        let ok = Command::new(&python)
+            .arg(root().join(script))
+            .arg(root().join(out))
+            .status()
+            .with_context(|| format!("running the torch fixture script {script}"))?
+            .success();
+        if !ok {
+            bail!("{script} failed");
+        }
     }
     Ok(())
 }

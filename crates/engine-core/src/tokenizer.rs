@@ -65,6 +65,27 @@ pub enum TokenizerError {
         /// The value of `tokenizer.ggml.model`.
         model: String,
     },
+    /// The GGUF names a pre-tokenizer (how text is split before BPE) that
+    /// this crate does not know: guessing would give token ids that differ
+    /// from llama.cpp's.
+    #[error(
+        "{path}: the GGUF pre-tokenizer `{pre}` (from {origin}) is not supported (known: {known}); \
+         token ids would differ from llama.cpp's. Use the original model's tokenizer.json, or, \
+         if you know the splitting matches one of the known ones, set {env}=<name> \
+         (e.g. {env}=gpt2) to use it"
+    )]
+    UnknownGgufPreTokenizer {
+        /// The file.
+        path: PathBuf,
+        /// The value of `tokenizer.ggml.pre` (or of the override).
+        pre: String,
+        /// Where the name came from: `tokenizer.ggml.pre` or the override.
+        origin: &'static str,
+        /// The names that are supported.
+        known: String,
+        /// The override's environment variable.
+        env: &'static str,
+    },
     /// The GGUF tokenizer metadata is inconsistent.
     #[error("{path} has inconsistent tokenizer metadata: {reason}; re-convert the model with a current llama.cpp")]
     BadGgufTokenizer {
@@ -553,14 +574,48 @@ fn byte_level(use_regex: bool) -> Value {
     json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex})
 }
 
-fn gpt2_pre_tokenizer(pre: &str) -> Value {
+/// The environment variable that overrides a GGUF's `tokenizer.ggml.pre`
+/// (for a pre-tokenizer this crate does not know but which splits text like
+/// one it does): `MLXENGINE_GGUF_PRE=gpt2`.
+pub const GGUF_PRE_ENV: &str = "MLXENGINE_GGUF_PRE";
+
+/// The `tokenizer.ggml.pre` names [`gpt2_pre_tokenizer`] builds.
+const KNOWN_PRE_TOKENIZERS: &[&str] = &[
+    "default",
+    "gpt2",
+    "smollm",
+    "llama3",
+    "llama-v3",
+    "llama-bpe",
+    "falcon3",
+    "falcon-h1",
+    "pixtral",
+    "midm-2.0",
+    "lfm2",
+    "dbrx",
+    "smaug-bpe",
+    "qwen2",
+    "deepseek-r1-qwen",
+    "kormo",
+    "megrez",
+    "qwen35",
+    "gpt-4o",
+    "llama4",
+    "kanana2",
+    "minimax-m2",
+    "tekken",
+];
+
+/// The pre-tokenizer llama.cpp uses for `tokenizer.ggml.pre = pre`, as a
+/// tokenizer.json fragment; `None` for a name this crate does not know.
+fn gpt2_pre_tokenizer(pre: &str) -> Option<Value> {
     let split = |re: &str| {
         json!({"type": "Sequence", "pretokenizers": [
             {"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false},
             byte_level(false),
         ]})
     };
-    match pre {
+    Some(match pre {
         "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0" | "lfm2" | "dbrx"
         | "smaug-bpe" => split(LLAMA3_SPLIT),
         "qwen2" | "deepseek-r1-qwen" | "kormo" | "megrez" => split(QWEN2_SPLIT),
@@ -573,14 +628,8 @@ fn gpt2_pre_tokenizer(pre: &str) -> Value {
             byte_level(true),
         ]}),
         "gpt2" | "default" => byte_level(true),
-        other => {
-            tracing::warn!(
-                pre_tokenizer = other,
-                "unknown GGUF pre-tokenizer; splitting text like GPT-2, so token ids may differ from llama.cpp's"
-            );
-            byte_level(true)
-        }
-    }
+        _ => return None,
+    })
 }
 
 fn gpt2_json(meta: &GgufMetadata, tokens: &[&str], types: &[i64]) -> Result<Value> {
@@ -609,14 +658,33 @@ fn gpt2_json(meta: &GgufMetadata, tokens: &[&str], types: &[i64]) -> Result<Valu
             .collect(),
         None => return Err(meta.missing("tokenizer.ggml.merges").into()),
     };
-    let pre = meta.get_str("tokenizer.ggml.pre")?.unwrap_or("default");
+    // An explicit override wins; an unknown name is an error, never a guess.
+    let env_pre = std::env::var(GGUF_PRE_ENV).ok().filter(|v| !v.trim().is_empty());
+    let pre = match &env_pre {
+        Some(v) => v.trim(),
+        None => meta.get_str("tokenizer.ggml.pre")?.unwrap_or("default"),
+    };
+    let pre_tokenizer = gpt2_pre_tokenizer(pre).ok_or_else(|| TokenizerError::UnknownGgufPreTokenizer {
+        path: meta.path().to_path_buf(),
+        pre: pre.to_string(),
+        origin: if env_pre.is_some() {
+            GGUF_PRE_ENV
+        } else {
+            "tokenizer.ggml.pre"
+        },
+        known: KNOWN_PRE_TOKENIZERS.join(", "),
+        env: GGUF_PRE_ENV,
+    })?;
+    if env_pre.is_some() {
+        tracing::info!(pre_tokenizer = pre, "GGUF pre-tokenizer set by {GGUF_PRE_ENV}");
+    }
     Ok(json!({
         "version": "1.0",
         "truncation": null,
         "padding": null,
         "added_tokens": added,
         "normalizer": null,
-        "pre_tokenizer": gpt2_pre_tokenizer(pre),
+        "pre_tokenizer": pre_tokenizer,
         "post_processor": null,
         "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
         "model": {
@@ -739,19 +807,11 @@ mod tests {
             .enumerate()
             .map(|(i, c)| (c.to_string(), Value::from(i)))
             .collect();
-        for pre in [
-            "gpt2",
-            "smollm",
-            "llama-bpe",
-            "qwen2",
-            "qwen35",
-            "gpt-4o",
-            "tekken",
-            "something-new",
-        ] {
+        assert!(gpt2_pre_tokenizer("something-new").is_none());
+        for &pre in KNOWN_PRE_TOKENIZERS {
             let def = json!({
                 "version": "1.0", "added_tokens": [], "normalizer": null, "post_processor": null,
-                "pre_tokenizer": gpt2_pre_tokenizer(pre),
+                "pre_tokenizer": gpt2_pre_tokenizer(pre).unwrap_or_else(|| panic!("{pre} is known")),
                 "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
                 "model": {"type": "BPE", "vocab": vocab, "merges": []},
             });

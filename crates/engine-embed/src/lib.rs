@@ -123,9 +123,10 @@ impl std::fmt::Debug for Embedder {
 }
 
 /// Prefixes of well-known model families that do not declare them in
-/// `config_sentence_transformers.json`, keyed on the folder name.
+/// `config_sentence_transformers.json`, keyed on the model's name (the last
+/// part of its repo id: `e5-small-v2`, `bge-small-en-v1.5`).
 fn known_prompts(name: &str) -> BTreeMap<String, String> {
-    let n = name.to_ascii_lowercase();
+    let n = name.rsplit('/').next().unwrap_or(name).to_ascii_lowercase();
     let mut m = BTreeMap::new();
     if n.starts_with("e5-") || n.contains("-e5-") || n.starts_with("multilingual-e5") {
         m.insert("query".into(), "query: ".into());
@@ -137,6 +138,34 @@ fn known_prompts(name: &str) -> BTreeMap<String, String> {
         );
     }
     m
+}
+
+/// The repo id of a folder inside a Hugging Face cache
+/// (`…/models--org--name/snapshots/<revision>` → `org/name`).
+fn hf_cache_repo_id(path: &Path) -> Option<String> {
+    let snapshots = path.parent()?;
+    if snapshots.file_name()? != "snapshots" {
+        return None;
+    }
+    let repo = snapshots.parent()?.file_name()?.to_str()?.strip_prefix("models--")?;
+    let id = repo.replacen("--", "/", 1);
+    (!id.is_empty() && !id.contains("--")).then_some(id)
+}
+
+/// Names the model may be known by, most reliable first: its repo id from a
+/// Hugging Face cache path, its folder name, and config.json's
+/// `_name_or_path` (what transformers saved it from).
+fn model_names(path: &Path, cfg: &Value) -> Vec<String> {
+    let mut names = Vec::new();
+    names.extend(hf_cache_repo_id(path));
+    names.extend(path.file_name().map(|n| n.to_string_lossy().into_owned()));
+    names.extend(
+        cfg.get("_name_or_path")
+            .and_then(Value::as_str)
+            .map(|n| n.trim_end_matches('/').to_string())
+            .filter(|n| !n.is_empty()),
+    );
+    names
 }
 
 fn tok_err(e: impl std::fmt::Display) -> EmbedError {
@@ -156,6 +185,7 @@ impl Embedder {
             });
         }
         let cfg = read_json(&path.join("config.json"))?;
+        let names = model_names(path, &cfg);
         let arch = architecture_of(path, &cfg)?;
         let pipeline = read_pipeline(path)?;
         if !path.join("tokenizer.json").is_file() {
@@ -188,10 +218,7 @@ impl Embedder {
             .map_err(tok_err)?
             .with_padding(None::<PaddingParams>);
 
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| path.display().to_string());
+        let name = names.first().cloned().unwrap_or_else(|| path.display().to_string());
         let st = read_json_opt(&path.join("config_sentence_transformers.json"))?;
         let mut prompts: BTreeMap<String, String> = st
             .as_ref()
@@ -205,7 +232,12 @@ impl Embedder {
             .unwrap_or_default();
         prompts.retain(|_, v| !v.is_empty());
         if prompts.is_empty() {
-            prompts = known_prompts(&name);
+            // A pulled copy's folder is `snapshots/<commit>`: the family is in its repo id.
+            prompts = names
+                .iter()
+                .map(|n| known_prompts(n))
+                .find(|p| !p.is_empty())
+                .unwrap_or_default();
         }
         let default_prompt = st
             .as_ref()
@@ -235,7 +267,8 @@ impl Embedder {
         })
     }
 
-    /// The model's name (its folder name).
+    /// The model's name: its repo id when loaded from a Hugging Face cache
+    /// (`intfloat/e5-small-v2`), else its folder name.
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -431,5 +464,19 @@ mod tests {
         assert_eq!(known_prompts("multilingual-e5-base")["document"], "passage: ");
         assert!(known_prompts("bge-small-en-v1.5")["query"].starts_with("Represent"));
         assert!(known_prompts("all-MiniLM-L6-v2").is_empty());
+        assert_eq!(known_prompts("intfloat/e5-small-v2")["query"], "query: ");
+    }
+
+    #[test]
+    fn names_of_a_pulled_copy() {
+        let p = Path::new("/c/hub/models--intfloat--e5-small-v2/snapshots/abc");
+        assert_eq!(hf_cache_repo_id(p).as_deref(), Some("intfloat/e5-small-v2"));
+        assert_eq!(hf_cache_repo_id(Path::new("/m/e5-small-v2")), None);
+        assert_eq!(hf_cache_repo_id(Path::new("/c/datasets--a--b/snapshots/abc")), None);
+        let cfg = serde_json::json!({"_name_or_path": "BAAI/bge-small-en-v1.5"});
+        assert_eq!(
+            model_names(Path::new("/m/copy"), &cfg),
+            ["copy", "BAAI/bge-small-en-v1.5"]
+        );
     }
 }

@@ -198,3 +198,74 @@ fn normalisation_can_be_turned_off() -> R {
     assert!(max_abs_diff(&rescaled, &unit[0]) < 1e-6);
     Ok(())
 }
+
+/// A copy laid out as a hub pull leaves it: the folder is
+/// `models--org--name/snapshots/<commit>` (files linked to blobs), so the
+/// folder name says nothing about the model.
+fn pulled_copy(repo_folder: &str) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let snapshot = tmp.path().join(repo_folder).join("snapshots/abc");
+    let blobs = tmp.path().join(repo_folder).join("blobs");
+    std::fs::create_dir_all(snapshot.join("1_Pooling")).unwrap();
+    std::fs::create_dir_all(&blobs).unwrap();
+    let src = model_dir();
+    for (i, name) in [
+        "config.json",
+        "config_sentence_transformers.json",
+        "modules.json",
+        "sentence_bert_config.json",
+        "special_tokens_map.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "model.safetensors",
+        "1_Pooling/config.json",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let blob = blobs.join(format!("blob{i}"));
+        std::fs::copy(src.join(name), &blob).unwrap();
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(&blob, snapshot.join(name)).unwrap();
+        #[cfg(not(unix))]
+        std::fs::copy(&blob, snapshot.join(name)).unwrap();
+    }
+    tmp
+}
+
+#[test]
+fn family_prompts_apply_to_a_pulled_copy() -> R {
+    let tmp = pulled_copy("models--intfloat--e5-small-v2");
+    let m = Embedder::load(&tmp.path().join("models--intfloat--e5-small-v2/snapshots/abc"))?;
+    assert_eq!(m.prompts().get("query").map(String::as_str), Some("query: "));
+    assert_eq!(m.name(), "intfloat/e5-small-v2");
+    let x = "how tall is the eiffel tower";
+    let with = |kind| EmbedOptions {
+        kind,
+        ..Default::default()
+    };
+    let query = m.embed_with(&[x], &with(engine_embed::InputKind::Query))?.vectors;
+    let passage = m.embed_with(&[x], &with(engine_embed::InputKind::Document))?.vectors;
+    let plain = m.embed(&[x, &format!("query: {x}"), &format!("passage: {x}")])?;
+    assert!(
+        max_abs_diff(&query[0], &plain[1]) < 1e-6,
+        "a query is embedded as `query: ` + text"
+    );
+    assert!(
+        max_abs_diff(&passage[0], &plain[2]) < 1e-6,
+        "a passage as `passage: ` + text"
+    );
+    assert!(
+        max_abs_diff(&query[0], &plain[0]) > 1e-3,
+        "the prefix changes the vector"
+    );
+
+    // Without a family in the repo id, nothing is prepended.
+    let tmp = pulled_copy("models--sentence-transformers--all-MiniLM-L6-v2");
+    let m = Embedder::load(
+        &tmp.path()
+            .join("models--sentence-transformers--all-MiniLM-L6-v2/snapshots/abc"),
+    )?;
+    assert!(m.prompts().is_empty(), "{:?}", m.prompts());
+    Ok(())
+}

@@ -8,7 +8,7 @@ pub type Result<T, E = HubError> = std::result::Result<T, E>;
 /// Everything that can go wrong while talking to the hub or the cache.
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
-    /// A repo id that is not `name` or `org/name` made of safe characters.
+    /// A repo id that is not `org/name` made of safe characters.
     #[error("invalid repo id `{id}`: {reason}; use `org/name` made of letters, digits, `-`, `_` and `.`, e.g. `mlx-community/Qwen2.5-0.5B-Instruct-4bit`")]
     InvalidRepoId {
         /// The id as given.

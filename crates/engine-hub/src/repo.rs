@@ -7,7 +7,13 @@ use std::str::FromStr;
 
 use crate::error::{HubError, Result};
 
-/// A validated Hugging Face model repo id: `name` or `org/name`.
+/// A validated Hugging Face model repo id: `org/name`.
+///
+/// A single `name` is refused: the hub's few legacy one-part ids (`gpt2`) now
+/// live under an owner (`openai-community/gpt2`), and a one-part name given
+/// to the CLI is far more often a mistyped file or registry id, which must
+/// not be sent to the network. Cache folders of legacy ids still list
+/// ([`RepoId::from_folder_name`]).
 ///
 /// Rules follow `huggingface_hub.utils.validate_repo_id`: each part is 1 to 96
 /// characters of ASCII letters, digits, `-`, `_` and `.`, does not start or end
@@ -18,8 +24,19 @@ use crate::error::{HubError, Result};
 pub struct RepoId(String);
 
 impl RepoId {
-    /// Parses and validates a repo id.
+    /// Parses and validates a repo id (`org/name`).
     pub fn parse(id: &str) -> Result<Self> {
+        if !id.contains('/') {
+            return Err(HubError::InvalidRepoId {
+                id: id.to_string(),
+                reason: "a repo id needs an owner: `org/name`",
+            });
+        }
+        Self::parse_parts(id)
+    }
+
+    /// Validates `name` or `org/name` (the parts' rules without requiring an owner).
+    fn parse_parts(id: &str) -> Result<Self> {
         let bad = |reason| HubError::InvalidRepoId {
             id: id.to_string(),
             reason,
@@ -73,7 +90,7 @@ impl RepoId {
     /// model repos or do not decode to a valid id.
     pub fn from_folder_name(folder: &str) -> Option<Self> {
         let rest = folder.strip_prefix("models--")?;
-        RepoId::parse(&rest.replacen("--", "/", 1)).ok()
+        RepoId::parse_parts(&rest.replacen("--", "/", 1)).ok()
     }
 
     /// Path segment(s) for URLs: each part percent-encoded.
@@ -188,16 +205,25 @@ mod tests {
 
     #[test]
     fn repo_ids() {
-        for ok in [
-            "gpt2",
-            "org/name",
-            "mlx-community/Qwen2.5-0.5B-Instruct-4bit",
-            "a_b/c.d",
-        ] {
+        for ok in ["org/name", "mlx-community/Qwen2.5-0.5B-Instruct-4bit", "a_b/c.d"] {
             assert!(RepoId::parse(ok).is_ok(), "{ok}");
         }
         for bad in [
-            "", "/x", "x/", "a/b/c", "a--b/c", "../x", "a/..", "a b/c", "a/b.git", "-a/b", "a/b-", "a/\u{e9}", "a/b\0",
+            "",
+            "gpt2",
+            "model.gguf",
+            "/x",
+            "x/",
+            "a/b/c",
+            "a--b/c",
+            "../x",
+            "a/..",
+            "a b/c",
+            "a/b.git",
+            "-a/b",
+            "a/b-",
+            "a/\u{e9}",
+            "a/b\0",
         ] {
             assert!(RepoId::parse(bad).is_err(), "{bad:?}");
         }
@@ -205,6 +231,8 @@ mod tests {
         assert_eq!(id.folder_name(), "models--org--name");
         assert_eq!(RepoId::from_folder_name("models--org--name"), Some(id));
         assert_eq!(RepoId::from_folder_name("datasets--org--name"), None);
+        // A legacy one-part repo already in the cache still lists.
+        assert_eq!(RepoId::from_folder_name("models--gpt2").unwrap().as_str(), "gpt2");
     }
 
     #[test]

@@ -381,27 +381,3 @@ fn compile_fuses_a_pure_function() -> R {
     assert!(bad.call(&[&arr(&[1.0, 2.0, 3.0], &[3, 1])]).is_err());
     Ok(())
 }
-
-#[test]
-fn memory_device_and_streams() -> R {
-    engine_mlx::memory::reset_peak();
-    let a = Array::zeros(&[1024, 1024], Dtype::Float32)?;
-    a.eval()?;
-    assert!(engine_mlx::memory::active() >= 4 << 20);
-    assert!(engine_mlx::memory::peak() >= 4 << 20);
-    drop(a);
-    engine_mlx::memory::clear_cache();
-    assert_eq!(engine_mlx::memory::cache(), 0);
-    let prev = engine_mlx::memory::set_cache_limit(1 << 20);
-    engine_mlx::memory::set_cache_limit(prev);
-    assert_eq!(engine_mlx::mlx_version(), "0.32.4");
-    assert_eq!(engine_mlx::default_device(), engine_mlx::Device::Cpu);
-    let info = engine_mlx::device_info(engine_mlx::Device::Cpu)?;
-    assert!(!info.is_empty());
-    let s = engine_mlx::Stream::new(engine_mlx::Device::Cpu)?;
-    s.set_default()?;
-    arr(&[1.0], &[1]).add(&arr(&[1.0], &[1]))?.eval()?;
-    s.synchronize()?;
-    engine_mlx::Stream::default_for(engine_mlx::Device::Cpu)?.set_default()?;
-    Ok(())
-}

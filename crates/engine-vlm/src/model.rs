@@ -86,13 +86,13 @@ impl VlmModel {
             ));
         }
         let processor = ImageProcessorConfig::from_dir(path).map_err(image_err)?;
-        let mut text_cfg = raw.get("text_config").cloned().unwrap_or_default();
-        if !text_cfg.is_object() {
-            return Err(load_err(
-                &cfg_path,
-                "config.json has no text_config object; download it again",
-            ));
-        }
+        // transformers 5 nests the decoder's settings in `text_config`; the
+        // original Qwen2-VL configs keep them at the top level.
+        let mut text_cfg = match raw.get("text_config") {
+            Some(t) if t.is_object() => t.clone(),
+            Some(_) => return Err(load_err(&cfg_path, "config.json's text_config is not an object; download it again")),
+            None => raw.clone(),
+        };
         if text_cfg.get("model_type").is_none() {
             text_cfg["model_type"] = "llama".into();
         }
@@ -131,6 +131,11 @@ impl VlmModel {
     /// The text model underneath.
     pub fn llm(&self) -> &LlmModel {
         &self.llm
+    }
+
+    /// Forgets the cached features of earlier images.
+    pub fn clear_image_cache(&self) {
+        self.features.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     /// Sets the largest image (in pixels, from its header) accepted.

@@ -1,5 +1,6 @@
-//! Qwen2-VL against transformers on a tiny random checkpoint in the real
-//! layout (tests/fixtures/qwen2-vl, `cargo xtask torch-fixtures`): the
+//! Qwen2-VL and Qwen2.5-VL (window attention) against transformers on tiny
+//! random checkpoints in the real layout (tests/fixtures/qwen2-vl and
+//! qwen2.5-vl, `cargo xtask torch-fixtures`): the
 //! processor's prompt ids (placeholders expanded by the image grids), logits
 //! within 1e-4 through the native-resolution tower and M-RoPE, greedy
 //! tokens, and a chat whose second turn reuses the first's cache.

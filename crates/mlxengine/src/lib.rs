@@ -10,7 +10,8 @@
 //! ```
 //!
 //! Cargo features gate whole crates: `llm`, `vlm`, `embed`, `hub`, `device`
-//! (all on by default), `cuda`.
+//! (all on by default), `diffusion`, `cuda`; [`can_load`] says which model
+//! types a build loads.
 #![warn(missing_docs)]
 
 pub use engine_core::{
@@ -52,10 +53,113 @@ pub enum Error {
     /// The model name is neither a path, a registry id nor a repo id.
     #[error("cannot find model `{0}`: it is not a local file or folder{1}")]
     NotFound(String, &'static str),
+    /// The model name looks like a local path (a file extension, a leading
+    /// `.`, `/` or `~`, several folders, or a parent folder that exists), but
+    /// nothing is there; such a name is never looked up on the hub.
+    #[error(
+        "no such file or folder: {0} (a name that looks like a path is not looked up on the hub; \
+         check the path, or give a registry id or an `org/name` repo id)"
+    )]
+    NoSuchPath(PathBuf),
+    /// A registry id names a model of another type than the command loads
+    /// (checked before any download).
+    #[error("`{id}` is a registry entry of type `{entry_type}`, but this loads `{wanted}` models; {hint}")]
+    WrongModelType {
+        /// The registry id.
+        id: String,
+        /// The entry's type.
+        entry_type: ModelType,
+        /// The type asked for.
+        wanted: ModelType,
+        /// What runs the entry's type, or why this build cannot.
+        hint: String,
+    },
 }
 
 /// Facade result.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Whether this build can load models of type `t`: the facade's cargo
+/// features (`llm`, `vlm`, `embed`, `diffusion`) gate whole crates.
+pub fn can_load(t: ModelType) -> bool {
+    match t {
+        ModelType::Llm => cfg!(feature = "llm"),
+        ModelType::Vlm => cfg!(feature = "vlm"),
+        ModelType::Embedding => cfg!(feature = "embed"),
+        ModelType::Diffusion => cfg!(feature = "diffusion"),
+    }
+}
+
+/// The model types this build can load, in display order.
+pub fn loadable_types() -> Vec<ModelType> {
+    ModelType::ALL.into_iter().filter(|&t| can_load(t)).collect()
+}
+
+/// The cargo feature of the facade that loads models of type `t`.
+pub fn feature_for(t: ModelType) -> &'static str {
+    match t {
+        ModelType::Llm => "llm",
+        ModelType::Vlm => "vlm",
+        ModelType::Embedding => "embed",
+        ModelType::Diffusion => "diffusion",
+    }
+}
+
+/// How to run a model of type `t` named `id`, or why this build cannot.
+#[cfg(all(feature = "hub", feature = "device"))]
+fn how_to_run(t: ModelType, id: &str) -> String {
+    if !can_load(t) {
+        return format!(
+            "this build cannot run `{t}` models (it was built without the mlxengine crate's `{}` feature)",
+            feature_for(t)
+        );
+    }
+    match t {
+        ModelType::Llm => format!("run it with `mlxengine run {id}` (InferenceEngine::load_text)"),
+        ModelType::Vlm => format!("run it with `mlxengine run {id} --image FILE` (InferenceEngine::load_vision)"),
+        ModelType::Embedding => format!("run it with `mlxengine embed {id}` (InferenceEngine::load_embedder)"),
+        ModelType::Diffusion => format!("run it with `mlxengine imagine {id}` (InferenceEngine::load_image_generator)"),
+    }
+}
+
+/// Whether a registry entry of type `entry` serves a load of type `wanted`:
+/// the same type, or a vision-language model for text (it answers text-only
+/// prompts too).
+#[cfg(all(feature = "hub", feature = "device"))]
+fn serves(entry: ModelType, wanted: ModelType) -> bool {
+    entry == wanted || (wanted == ModelType::Llm && entry == ModelType::Vlm && can_load(ModelType::Vlm))
+}
+
+/// Whether a model name that is not on disk was meant as a local path: it has
+/// a model file's extension, starts with `.`, `/` or `~`, holds a backslash or
+/// more than one `/` (a repo id is exactly `org/name`), or its parent folder
+/// exists. Such a name is never sent to the hub.
+fn looks_like_path(model: &str) -> bool {
+    const EXTENSIONS: &[&str] = &[
+        "gguf",
+        "safetensors",
+        "json",
+        "bin",
+        "pt",
+        "pth",
+        "ckpt",
+        "onnx",
+        "npz",
+        "mlx",
+        "model",
+        "txt",
+    ];
+    let path = Path::new(model);
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    model.starts_with(['.', '/', '~'])
+        || model.contains('\\')
+        || model.matches('/').count() > 1
+        || EXTENSIONS.contains(&ext.as_str())
+        || path.parent().is_some_and(|p| !p.as_os_str().is_empty() && p.is_dir())
+}
 
 /// What to report while a model is fetched and loaded.
 #[derive(Debug, Clone)]
@@ -107,13 +211,28 @@ impl InferenceEngine {
     /// Finds `model` locally, or pulls it: a path is used as is; a registry
     /// id picks the variant that fits this device; `org/name` is a Hugging
     /// Face repo.
+    ///
+    /// Fails without touching the network when `model` looks like a path
+    /// that does not exist ([`Error::NoSuchPath`]), or is a registry entry of
+    /// another type than `model_type` ([`Error::WrongModelType`]).
     pub fn resolve(&self, model: &str, model_type: ModelType, progress: &mut dyn FnMut(Progress)) -> Result<PathBuf> {
         let path = Path::new(model);
         if path.exists() {
             return Ok(path.to_path_buf());
         }
+        if looks_like_path(model) {
+            return Err(Error::NoSuchPath(path.to_path_buf()));
+        }
         #[cfg(all(feature = "hub", feature = "device"))]
         if let Some(entry) = engine_device::Registry::builtin().get(model) {
+            if !serves(entry.model_type, model_type) {
+                return Err(Error::WrongModelType {
+                    id: entry.id.clone(),
+                    entry_type: entry.model_type,
+                    wanted: model_type,
+                    hint: how_to_run(entry.model_type, &entry.id),
+                });
+            }
             let device = engine_device::DeviceReport::detect();
             let sel = engine_device::select_variant(
                 &entry.id,
@@ -123,7 +242,14 @@ impl InferenceEngine {
                 None,
             )?;
             tracing::info!(id = %sel.id, variant = %sel.variant, reason = %sel.reason, "selected");
-            return self.pull(&sel.repo, &sel.revision, sel.file.as_deref(), model_type, progress);
+            // The entry's own type picks the files (a VLM run for text still needs its vision tower).
+            return self.pull(
+                &sel.repo,
+                &sel.revision,
+                sel.file.as_deref(),
+                entry.model_type,
+                progress,
+            );
         }
         #[cfg(feature = "hub")]
         if let Ok(repo) = engine_hub::RepoId::parse(model) {
@@ -132,7 +258,7 @@ impl InferenceEngine {
         }
         Err(Error::NotFound(
             model.into(),
-            "; give a path, a registry id (`mlxengine search`) or a Hugging Face repo id",
+            ", a registry id (`mlxengine search` lists them) or a Hugging Face repo id (`org/name`)",
         ))
     }
 
@@ -212,5 +338,31 @@ impl InferenceEngine {
     pub fn load_embedder(&self, model: &str, progress: &mut dyn FnMut(Progress)) -> Result<Embedder> {
         let path = self.resolve(model, ModelType::Embedding, progress)?;
         Ok(Embedder::load(&path)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_and_repo_ids_do_not_look_like_paths() {
+        for id in [
+            "mlx-community/Qwen2.5-0.5B-Instruct-4bit",
+            "bartowski/SmolLM2-135M-Instruct-GGUF",
+            "intfloat/e5-small-v2",
+        ] {
+            assert!(!looks_like_path(id), "{id}");
+        }
+        #[cfg(feature = "device")]
+        for entry in &engine_device::Registry::builtin().models {
+            assert!(!looks_like_path(&entry.id), "{}", entry.id);
+            for v in &entry.variants {
+                assert!(!looks_like_path(&v.repo), "{}", v.repo);
+            }
+        }
+        for path in ["model.gguf", "x/model.safetensors", "./m", "/m", "~/m", "a/b/c", "a\\b"] {
+            assert!(looks_like_path(path), "{path}");
+        }
     }
 }

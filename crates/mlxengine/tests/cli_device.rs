@@ -44,6 +44,135 @@ fn meminfo_bytes(key: &str) -> u64 {
     kib * 1024
 }
 
+/// CPUs this process may run on, as the kernel says (`Cpus_allowed_list` in
+/// /proc/self/status, e.g. `0-3,8`), capped by a cgroup CPU quota (v2
+/// `cpu.max`, v1 `cpu.cfs_quota_us`) on its cgroup or any parent: what
+/// `nproc` counts, without the `OMP_NUM_THREADS` it also honours.
+#[cfg(target_os = "linux")]
+fn os_cpu_count() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list")
+        .trim();
+    let allowed: usize = list
+        .split(',')
+        .map(|r| match r.split_once('-') {
+            Some((a, b)) => b.parse::<usize>().unwrap() - a.parse::<usize>().unwrap() + 1,
+            None => 1,
+        })
+        .sum();
+    let read = |p: std::path::PathBuf| std::fs::read_to_string(p).ok();
+    let mut quota = usize::MAX;
+    for line in std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default().lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next(), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let v2 = controllers.is_empty();
+        if !v2 && !controllers.split(',').any(|c| c == "cpu") {
+            continue;
+        }
+        let base = std::path::Path::new(if v2 { "/sys/fs/cgroup" } else { "/sys/fs/cgroup/cpu" });
+        let mut dir = base.join(path.trim_start_matches('/'));
+        loop {
+            let limit = if v2 {
+                read(dir.join("cpu.max")).and_then(|t| {
+                    let (q, p) = t.trim().split_once(' ')?;
+                    Some((q.parse::<u64>().ok()?, p.parse::<u64>().ok()?))
+                })
+            } else {
+                let q = read(dir.join("cpu.cfs_quota_us")).and_then(|t| t.trim().parse::<i64>().ok());
+                let p = read(dir.join("cpu.cfs_period_us")).and_then(|t| t.trim().parse::<u64>().ok());
+                match (q, p) {
+                    (Some(q), Some(p)) if q > 0 => Some((q as u64, p)),
+                    _ => None,
+                }
+            };
+            if let Some((q, p)) = limit {
+                quota = quota.min(((q / p.max(1)) as usize).max(1));
+            }
+            if dir == base || !dir.pop() {
+                break;
+            }
+        }
+    }
+    allowed.min(quota)
+}
+
+/// The shared libraries mapped into process `pid` (`self` for this one).
+#[cfg(target_os = "linux")]
+fn mapped_libraries(pid: &str) -> Vec<String> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    let mut libs: Vec<String> = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter(|p| p.contains(".so"))
+        .map(str::to_string)
+        .collect();
+    libs.sort();
+    libs.dedup();
+    libs
+}
+
+/// What the linked libraries say: the BLAS MLX's matmuls land in (OpenBLAS
+/// when it is mapped, else the wheel's reference BLAS) and the MLX version in
+/// the headers next to the mapped `libmlx.so`.
+#[cfg(target_os = "linux")]
+fn linked_blas_and_mlx_version(libs: &[String]) -> (&'static str, String) {
+    let blas = if libs.iter().any(|l| l.contains("libopenblas")) {
+        "openblas"
+    } else {
+        "bundled-reference"
+    };
+    let mlx = libs
+        .iter()
+        .find(|l| l.ends_with("/libmlx.so") || l.contains("/libmlx.so."))
+        .unwrap_or_else(|| panic!("libmlx.so is not mapped: {libs:?}"));
+    let header = std::path::Path::new(mlx)
+        .parent()
+        .unwrap()
+        .join("../include/mlx/version.h");
+    let text = std::fs::read_to_string(&header).unwrap_or_else(|e| panic!("{}: {e}", header.display()));
+    let part = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("#define MLX_VERSION_{name} ")))
+            .unwrap_or_else(|| panic!("MLX_VERSION_{name} in {}", header.display()))
+            .trim()
+            .to_string()
+    };
+    (blas, format!("{}.{}.{}", part("MAJOR"), part("MINOR"), part("PATCH")))
+}
+
+/// The libraries the `mlxengine` binary maps: it is started waiting on its
+/// stdin (`embed` without text), read while it runs, then let go.
+#[cfg(target_os = "linux")]
+fn cli_libraries() -> Vec<String> {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mlxengine"))
+        .args(["embed", "probe"])
+        .env("HF_HUB_OFFLINE", "1")
+        .env_remove("MLXENGINE_LOG")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn mlxengine");
+    let pid = child.id().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let libs = loop {
+        let libs = mapped_libraries(&pid);
+        if libs.iter().any(|l| l.contains("libmlx.so")) || std::time::Instant::now() > deadline {
+            break libs;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut stdin = child.stdin.take().expect("stdin");
+    let _ = stdin.flush();
+    drop(stdin);
+    let _ = child.wait();
+    libs
+}
+
 #[test]
 #[cfg(target_os = "linux")]
 fn doctor_json_matches_the_machine() {
@@ -53,12 +182,7 @@ fn doctor_json_matches_the_machine() {
     for k in ["backend", "device_name", "blas", "mlx_version"] {
         assert!(j[k].as_str().is_some_and(|s| !s.is_empty()), "{k}: {}", j[k]);
     }
-    let nproc: u64 = String::from_utf8(Command::new("nproc").output().expect("nproc runs").stdout)
-        .expect("UTF-8")
-        .trim()
-        .parse()
-        .expect("nproc prints a number");
-    assert_eq!(j["cpu_cores"].as_u64(), Some(nproc));
+    assert_eq!(j["cpu_cores"].as_u64(), Some(os_cpu_count() as u64));
     assert_eq!(j["memory_total_bytes"].as_u64(), Some(meminfo_bytes("MemTotal")));
     // MemAvailable moves while other processes run: within 5% or 256 MiB.
     let avail = meminfo_bytes("MemAvailable");
@@ -67,9 +191,13 @@ fn doctor_json_matches_the_machine() {
         reported.abs_diff(avail) <= (avail / 20).max(256 << 20),
         "doctor {reported} vs /proc/meminfo {avail}"
     );
-    assert_eq!(j["mlx_version"], engine_mlx::mlx_version());
-    assert_eq!(j["blas"], engine_mlx::blas());
-    assert_eq!(j["backend"], engine_mlx::backend().as_str());
+    // What the binary really links, read from its own memory map.
+    let (blas, mlx_version) = linked_blas_and_mlx_version(&cli_libraries());
+    assert_eq!(j["mlx_version"], mlx_version.as_str());
+    assert_eq!(j["blas"], blas);
+    if j["gpu_available"] == false {
+        assert_eq!(j["backend"], "cpu");
+    }
     let problems = j["problems"].as_array().expect("problems is an array");
     for p in problems {
         assert!(p["fix"].as_str().is_some_and(|f| !f.is_empty()), "{p}");
@@ -81,6 +209,9 @@ fn doctor_plain_lists_the_facts() {
     let out = mlxengine(&["doctor"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).expect("UTF-8");
+    #[cfg(target_os = "linux")]
+    let cores = os_cpu_count().to_string();
+    #[cfg(not(target_os = "linux"))]
     let cores = DeviceReport::detect().cpu_cores.to_string();
     for key in ["backend", "device_name", "memory_total_bytes", "blas", "mlx_version"] {
         assert!(text.lines().any(|l| l.starts_with(key)), "{key} missing:\n{text}");

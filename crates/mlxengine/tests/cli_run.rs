@@ -107,9 +107,13 @@ fn bad_input_gives_clear_errors() {
             "{args:?}: expected `{want}` in {err}"
         );
     };
-    // A missing file.
+    // A missing file (a path: never looked up on the hub).
     let missing = dir.path().join("nope.gguf");
-    fail(&[s("run"), missing.as_os_str(), s("hi")], None, "cannot find model");
+    fail(
+        &[s("run"), missing.as_os_str(), s("hi")],
+        None,
+        "no such file or folder",
+    );
     // A truncated GGUF.
     let cut = dir.path().join("cut.gguf");
     let bytes = std::fs::read(gguf()).unwrap();

@@ -10,13 +10,13 @@ use engine_core::{EngineError, Result};
 use engine_mlx::{Array, Dtype, WeightMap};
 
 /// The architectures this crate implements (HF `model_type` values).
-pub const SUPPORTED: &[&str] = &["llava", "qwen2_vl"];
+pub const SUPPORTED: &[&str] = &["llava", "qwen2_vl", "qwen2_5_vl"];
 
 /// The vision side of a loaded model: tower + projector.
 pub enum VisionSide {
     /// LLaVA 1.5.
     Llava(llava::Llava),
-    /// Qwen2-VL.
+    /// Qwen2-VL and Qwen2.5-VL.
     Qwen2Vl(qwen2_vl::Qwen2Vl),
 }
 
@@ -116,7 +116,7 @@ pub fn load_vision(
             )?;
             Ok((VisionSide::Llava(llava::Llava::load(cfg, &vision, text_hidden)?), text))
         }
-        "qwen2_vl" => {
+        "qwen2_vl" | "qwen2_5_vl" => {
             let cfg: qwen2_vl::Qwen2VlConfig = serde_json::from_value(config.clone())
                 .map_err(|e| EngineError::Config(format!("config.json does not describe a Qwen2-VL model: {e}")))?;
             let (vision, text) = split(qwen2_vl::sanitize(weights), |n| n.starts_with("visual."));

@@ -1,31 +1,41 @@
-//! Qwen2-VL (`Qwen2VLForConditionalGeneration`): a native-resolution ViT over
-//! 14-px patches (two frames deep) with 2-D rotary positions, attention
-//! within each image, a 2×2 patch merger, and a Qwen2 decoder whose rotary
-//! positions are 3-D (M-RoPE: temporal, height, width) over image spans.
+//! Qwen2-VL and Qwen2.5-VL (`Qwen2VLForConditionalGeneration`,
+//! `Qwen2_5_VLForConditionalGeneration`): a native-resolution ViT over 14-px
+//! patches (two frames deep) with 2-D rotary positions, attention within each
+//! image, a 2×2 patch merger, and a Qwen2 decoder whose rotary positions are
+//! 3-D (M-RoPE: temporal, height, width) over image spans. Qwen2.5-VL's tower
+//! adds RMS norms, a gated SiLU MLP and window attention (windows of
+//! `window_size` pixels; full attention in `fullatt_block_indexes`).
 
 use crate::be;
 use crate::preprocess::PixelValues;
 use engine_core::{EngineError, Result};
 use engine_mlx::fast::{scaled_dot_product_attention, AttentionMask};
-use engine_mlx::nn::{join, LayerNorm, Linear};
+use engine_mlx::nn::{join, LayerNorm, Linear, RmsNorm};
 use engine_mlx::{concatenate, Array, Dtype, WeightMap};
 use serde::Deserialize;
 
-/// `vision_config` of Qwen2-VL.
+/// `vision_config` of Qwen2-VL / Qwen2.5-VL.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Qwen2VisionConfig {
     /// Transformer blocks.
     pub depth: usize,
-    /// Width of the tower.
-    pub embed_dim: usize,
-    /// Width of the merger's output (the decoder's hidden size).
+    /// Width of the tower (Qwen2-VL; Qwen2.5-VL calls it `hidden_size`).
+    #[serde(default)]
+    pub embed_dim: Option<usize>,
+    /// Qwen2-VL: the merger's output width; Qwen2.5-VL: the tower's width.
     pub hidden_size: usize,
+    /// Qwen2.5-VL: the merger's output width (the decoder's hidden size).
+    #[serde(default)]
+    pub out_hidden_size: Option<usize>,
+    /// Qwen2.5-VL: the gated MLP's width.
+    #[serde(default)]
+    pub intermediate_size: Option<usize>,
     /// Attention heads.
     pub num_heads: usize,
-    /// MLP width as a multiple of `embed_dim`.
+    /// Qwen2-VL: MLP width as a multiple of the tower's.
     #[serde(default = "four")]
     pub mlp_ratio: f64,
-    /// MLP activation (`quick_gelu`).
+    /// MLP activation (`quick_gelu` for Qwen2-VL, `silu` for Qwen2.5-VL).
     #[serde(default = "quick_gelu")]
     pub hidden_act: String,
     /// Input channels.
@@ -40,9 +50,34 @@ pub struct Qwen2VisionConfig {
     /// Frames per patch.
     #[serde(default = "two")]
     pub temporal_patch_size: usize,
+    /// Qwen2.5-VL: window side in pixels for windowed attention.
+    #[serde(default)]
+    pub window_size: Option<usize>,
+    /// Qwen2.5-VL: blocks that attend over the whole image.
+    #[serde(default)]
+    pub fullatt_block_indexes: Vec<usize>,
     /// Rotary settings (`rope_theta`).
     #[serde(default)]
     pub rope_parameters: Option<serde_json::Value>,
+}
+
+impl Qwen2VisionConfig {
+    /// Qwen2.5-VL's layout (RMS norms, gated MLP, windows).
+    fn v25(&self) -> bool {
+        self.out_hidden_size.is_some()
+    }
+
+    fn width(&self) -> usize {
+        if self.v25() {
+            self.hidden_size
+        } else {
+            self.embed_dim.unwrap_or(self.hidden_size)
+        }
+    }
+
+    fn out_width(&self) -> usize {
+        self.out_hidden_size.unwrap_or(self.hidden_size)
+    }
 }
 
 fn four() -> f64 {
@@ -90,13 +125,74 @@ pub fn sanitize(w: WeightMap) -> WeightMap {
     })
 }
 
+/// A norm of the tower: LayerNorm (Qwen2-VL) or RMSNorm (Qwen2.5-VL).
+enum Norm {
+    Layer(LayerNorm),
+    Rms(RmsNorm),
+}
+
+impl Norm {
+    fn load(w: &WeightMap, prefix: &str, dim: usize, rms: bool) -> engine_mlx::Result<Norm> {
+        Ok(if rms {
+            Norm::Rms(RmsNorm::load(w, prefix, dim, 1e-6)?)
+        } else {
+            Norm::Layer(LayerNorm::load(w, prefix, dim, 1e-6)?)
+        })
+    }
+
+    fn forward(&self, x: &Array) -> engine_mlx::Result<Array> {
+        match self {
+            Norm::Layer(n) => n.forward(x),
+            Norm::Rms(n) => n.forward(x),
+        }
+    }
+
+    fn arrays(&self) -> Vec<&Array> {
+        match self {
+            Norm::Layer(n) => n.arrays(),
+            Norm::Rms(n) => n.arrays(),
+        }
+    }
+
+    fn cast(&mut self, dtype: Dtype) -> engine_mlx::Result<()> {
+        match self {
+            Norm::Layer(n) => crate::clip::cast_norm(n, dtype),
+            Norm::Rms(n) => {
+                *n = n.cast(dtype)?;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The block MLP: fc1 → act → fc2 (Qwen2-VL) or down(act(gate) · up) (Qwen2.5-VL).
+enum Mlp {
+    Plain(Linear, Linear),
+    Gated(Linear, Linear, Linear),
+}
+
 struct Block {
-    norm1: LayerNorm,
+    norm1: Norm,
     qkv: Linear,
     proj: Linear,
-    norm2: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
+    norm2: Norm,
+    mlp: Mlp,
+}
+
+impl Mlp {
+    fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        match self {
+            Mlp::Plain(a, b) => vec![a, b],
+            Mlp::Gated(a, b, c) => vec![a, b, c],
+        }
+    }
+
+    fn linears(&self) -> Vec<&Linear> {
+        match self {
+            Mlp::Plain(a, b) => vec![a, b],
+            Mlp::Gated(a, b, c) => vec![a, b, c],
+        }
+    }
 }
 
 /// A loaded Qwen2-VL vision side: tower + merger.
@@ -104,7 +200,7 @@ pub struct Qwen2Vl {
     cfg: Qwen2VlConfig,
     patch: Array,
     blocks: Vec<Block>,
-    ln_q: LayerNorm,
+    ln_q: Norm,
     mlp0: Linear,
     mlp2: Linear,
 }
@@ -113,25 +209,19 @@ impl Qwen2Vl {
     /// Loads from sanitized weights.
     pub fn load(cfg: Qwen2VlConfig, w: &WeightMap) -> Result<Qwen2Vl> {
         let v = &cfg.vision_config;
-        if v.hidden_act != "quick_gelu" && v.hidden_act != "gelu" {
+        let (d, heads) = (v.width(), v.num_heads);
+        if !matches!(v.hidden_act.as_str(), "quick_gelu" | "gelu" | "silu") {
             return Err(EngineError::Config(format!(
-                "vision_config.hidden_act `{}` is not supported (quick_gelu, gelu)",
+                "vision_config.hidden_act `{}` is not supported (quick_gelu, gelu, silu)",
                 v.hidden_act
             )));
         }
-        if v.num_heads == 0
-            || !v.embed_dim.is_multiple_of(v.num_heads)
-            || !(v.embed_dim / v.num_heads).is_multiple_of(4)
-        {
+        if heads == 0 || !d.is_multiple_of(heads) || !(d / heads).is_multiple_of(4) {
             return Err(EngineError::Config(format!(
-                "vision embed_dim {} must split into num_heads {} heads of a multiple of 4",
-                v.embed_dim, v.num_heads
+                "vision width {d} must split into num_heads {heads} heads of a multiple of 4"
             )));
         }
-        let (d, k) = (
-            v.embed_dim,
-            v.in_channels * v.temporal_patch_size * v.patch_size * v.patch_size,
-        );
+        let k = v.in_channels * v.temporal_patch_size * v.patch_size * v.patch_size;
         // A 3-D convolution whose kernel equals its stride is a matmul over the
         // flattened (C, T, p, p) patch, the processor's layout.
         let patch = w
@@ -141,27 +231,39 @@ impl Qwen2Vl {
             )
             .and_then(|a| a.reshape(&[d as i32, k as i32]))
             .map_err(be)?;
-        let mlp = (d as f64 * v.mlp_ratio) as usize;
-        let eps = 1e-6;
+        let rms = v.v25();
         let blocks = (0..v.depth)
             .map(|i| {
                 let p = format!("visual.blocks.{i}");
+                let mlp = match v.intermediate_size.filter(|_| rms) {
+                    Some(f) => Mlp::Gated(
+                        Linear::load(w, &join(&p, "mlp.gate_proj"), d, f, true)?,
+                        Linear::load(w, &join(&p, "mlp.up_proj"), d, f, true)?,
+                        Linear::load(w, &join(&p, "mlp.down_proj"), f, d, true)?,
+                    ),
+                    None => {
+                        let f = (d as f64 * v.mlp_ratio) as usize;
+                        Mlp::Plain(
+                            Linear::load(w, &join(&p, "mlp.fc1"), d, f, true)?,
+                            Linear::load(w, &join(&p, "mlp.fc2"), f, d, true)?,
+                        )
+                    }
+                };
                 Ok(Block {
-                    norm1: LayerNorm::load(w, &join(&p, "norm1"), d, eps)?,
+                    norm1: Norm::load(w, &join(&p, "norm1"), d, rms)?,
                     qkv: Linear::load(w, &join(&p, "attn.qkv"), d, 3 * d, true)?,
                     proj: Linear::load(w, &join(&p, "attn.proj"), d, d, true)?,
-                    norm2: LayerNorm::load(w, &join(&p, "norm2"), d, eps)?,
-                    fc1: Linear::load(w, &join(&p, "mlp.fc1"), d, mlp, true)?,
-                    fc2: Linear::load(w, &join(&p, "mlp.fc2"), mlp, d, true)?,
+                    norm2: Norm::load(w, &join(&p, "norm2"), d, rms)?,
+                    mlp,
                 })
             })
             .collect::<engine_mlx::Result<Vec<_>>>()
             .map_err(be)?;
         let merged = d * v.spatial_merge_size * v.spatial_merge_size;
         Ok(Qwen2Vl {
-            ln_q: LayerNorm::load(w, "visual.merger.ln_q", d, eps).map_err(be)?,
+            ln_q: Norm::load(w, "visual.merger.ln_q", d, rms).map_err(be)?,
             mlp0: Linear::load(w, "visual.merger.mlp.0", merged, merged, true).map_err(be)?,
-            mlp2: Linear::load(w, "visual.merger.mlp.2", merged, v.hidden_size, true).map_err(be)?,
+            mlp2: Linear::load(w, "visual.merger.mlp.2", merged, v.out_width(), true).map_err(be)?,
             patch,
             blocks,
             cfg,
@@ -183,7 +285,7 @@ impl Qwen2Vl {
         let mut v = vec![&self.patch];
         for b in &self.blocks {
             v.extend(b.norm1.arrays().into_iter().chain(b.norm2.arrays()));
-            for l in [&b.qkv, &b.proj, &b.fc1, &b.fc2] {
+            for l in [&b.qkv, &b.proj].into_iter().chain(b.mlp.linears()) {
                 v.extend(l.arrays());
             }
         }
@@ -196,13 +298,13 @@ impl Qwen2Vl {
     pub fn convert(&mut self, dtype: Dtype) -> engine_mlx::Result<()> {
         self.patch = self.patch.astype(dtype)?;
         for b in &mut self.blocks {
-            crate::clip::cast_norm(&mut b.norm1, dtype)?;
-            crate::clip::cast_norm(&mut b.norm2, dtype)?;
-            for l in [&mut b.qkv, &mut b.proj, &mut b.fc1, &mut b.fc2] {
+            b.norm1.cast(dtype)?;
+            b.norm2.cast(dtype)?;
+            for l in [&mut b.qkv, &mut b.proj].into_iter().chain(b.mlp.linears_mut()) {
                 *l = l.dequantized(dtype)?;
             }
         }
-        crate::clip::cast_norm(&mut self.ln_q, dtype)?;
+        self.ln_q.cast(dtype)?;
         self.mlp0 = self.mlp0.dequantized(dtype)?;
         self.mlp2 = self.mlp2.dequantized(dtype)?;
         engine_mlx::eval(self.arrays())
@@ -230,18 +332,42 @@ impl Qwen2Vl {
         let x = Array::from_slice(&data, &[rows, k]).map_err(be)?;
         let dtype = self.patch.dtype();
         let mut x = x.astype(dtype).and_then(|x| x.matmul(&self.patch.t()?)).map_err(be)?;
-        let (cos, sin) = self.rope_tables(&grids, dtype).map_err(be)?;
-        let segments: Vec<usize> = grids
+        let m = v.spatial_merge_size * v.spatial_merge_size;
+        // Qwen2.5-VL regroups the merged units window by window, so windowed
+        // attention is over contiguous rows, and puts them back after the merger.
+        let (order, windows) = match v.window_size {
+            Some(ws) => window_index(&grids, v.spatial_merge_size, ws / v.spatial_merge_size / v.patch_size),
+            None => ((0..rows / m).collect(), Vec::new()),
+        };
+        let rows_order: Vec<usize> = order.iter().flat_map(|&u| (0..m).map(move |i| u * m + i)).collect();
+        let (cos, sin) = self.rope_tables(&grids, &rows_order, dtype).map_err(be)?;
+        let permute = |a: &Array, idx: &[usize]| -> engine_mlx::Result<Array> {
+            let idx: Vec<u32> = idx.iter().map(|&i| i as u32).collect();
+            a.take(&Array::from_slice(&idx, &[idx.len()])?, 0)
+        };
+        if v.window_size.is_some() {
+            x = permute(&x, &rows_order).map_err(be)?;
+        }
+        let images: Vec<usize> = grids
             .iter()
             .flat_map(|g| std::iter::repeat_n(g[1] * g[2], g[0]))
             .collect();
-        for b in &self.blocks {
-            x = self.block(b, &x, &cos, &sin, &segments).map_err(be)?;
+        for (i, b) in self.blocks.iter().enumerate() {
+            let full = v.window_size.is_none() || v.fullatt_block_indexes.contains(&i);
+            let segments = if full { &images } else { &windows };
+            x = self.block(b, &x, &cos, &sin, segments).map_err(be)?;
         }
-        let m = v.spatial_merge_size * v.spatial_merge_size;
         let merged = (|| {
             let h = self.ln_q.forward(&x)?.reshape(&[(rows / m) as i32, -1])?;
-            self.mlp2.forward(&self.mlp0.forward(&h)?.gelu()?)
+            let h = self.mlp2.forward(&self.mlp0.forward(&h)?.gelu()?)?;
+            if v.window_size.is_none() {
+                return Ok(h);
+            }
+            let mut back = vec![0; order.len()];
+            for (pos, &u) in order.iter().enumerate() {
+                back[u] = pos;
+            }
+            permute(&h, &back)
         })()
         .map_err(be)?;
         let mut out = Vec::with_capacity(grids.len());
@@ -256,9 +382,9 @@ impl Qwen2Vl {
 
     /// 2-D rotary tables (rows, 1, head_dim): each patch's (row, column) in
     /// the processor's merge-block-major order, half the frequencies each.
-    fn rope_tables(&self, grids: &[[usize; 3]], dtype: Dtype) -> engine_mlx::Result<(Array, Array)> {
+    fn rope_tables(&self, grids: &[[usize; 3]], order: &[usize], dtype: Dtype) -> engine_mlx::Result<(Array, Array)> {
         let v = &self.cfg.vision_config;
-        let hd = v.embed_dim / v.num_heads;
+        let hd = v.width() / v.num_heads;
         let theta = v
             .rope_parameters
             .as_ref()
@@ -283,7 +409,10 @@ impl Qwen2Vl {
                 }
             }
         }
-        let n = cos.len() / hd;
+        // Rows in the tower's order (windows first, for Qwen2.5-VL).
+        let pick = |t: &[f32]| -> Vec<f32> { order.iter().flat_map(|&r| t[r * hd..(r + 1) * hd].to_vec()).collect() };
+        let (cos, sin) = (pick(&cos), pick(&sin));
+        let n = order.len();
         Ok((
             Array::from_slice(&cos, &[n, 1, hd])?.astype(dtype)?,
             Array::from_slice(&sin, &[n, 1, hd])?.astype(dtype)?,
@@ -293,7 +422,7 @@ impl Qwen2Vl {
     fn block(&self, b: &Block, x: &Array, cos: &Array, sin: &Array, segments: &[usize]) -> engine_mlx::Result<Array> {
         let v = &self.cfg.vision_config;
         let (s, heads) = (x.dim(0) as i32, v.num_heads as i32);
-        let hd = v.embed_dim as i32 / heads;
+        let hd = v.width() as i32 / heads;
         let qkv = b.qkv.forward(&b.norm1.forward(x)?)?.reshape(&[s, 3, heads, hd])?;
         let part = |i: i32| qkv.slice_axis(1, i, i + 1)?.squeeze(1);
         let rot = |t: Array| -> engine_mlx::Result<Array> {
@@ -335,14 +464,48 @@ impl Qwen2Vl {
             .proj
             .forward(&a.squeeze(0)?.transpose(&[1, 0, 2])?.reshape(&[s, -1])?)?;
         let x = x.add(&a)?;
-        let h = b.fc1.forward(&b.norm2.forward(&x)?)?;
-        let h = if v.hidden_act == "quick_gelu" {
-            h.multiply(&h.mul_scalar(1.702)?.sigmoid()?)?
-        } else {
-            h.gelu()?
+        let h = b.norm2.forward(&x)?;
+        let act = |t: Array| -> engine_mlx::Result<Array> {
+            match v.hidden_act.as_str() {
+                "quick_gelu" => t.multiply(&t.mul_scalar(1.702)?.sigmoid()?),
+                "silu" => t.silu(),
+                _ => t.gelu(),
+            }
         };
-        x.add(&b.fc2.forward(&h)?)
+        let m = match &b.mlp {
+            Mlp::Plain(fc1, fc2) => fc2.forward(&act(fc1.forward(&h)?)?)?,
+            Mlp::Gated(gate, up, down) => down.forward(&act(gate.forward(&h)?)?.multiply(&up.forward(&h)?)?)?,
+        };
+        x.add(&m)
     }
+}
+
+/// Qwen2.5-VL's window grouping (HF's `get_vision_window_index`): the order
+/// of merged units when each image's grid is cut into `win`×`win` windows
+/// (row-major windows, row-major inside), and each window's length in patches.
+fn window_index(grids: &[[usize; 3]], merge: usize, win: usize) -> (Vec<usize>, Vec<usize>) {
+    let (mut order, mut lengths) = (Vec::new(), Vec::new());
+    let mut base = 0;
+    let win = win.max(1);
+    for &[t, h, w] in grids {
+        let (lh, lw) = (h / merge, w / merge);
+        for ft in 0..t {
+            for wr in 0..lh.div_ceil(win) {
+                for wc in 0..lw.div_ceil(win) {
+                    let mut n = 0;
+                    for r in wr * win..((wr + 1) * win).min(lh) {
+                        for c in wc * win..((wc + 1) * win).min(lw) {
+                            order.push(base + (ft * lh + r) * lw + c);
+                            n += 1;
+                        }
+                    }
+                    lengths.push(n * merge * merge);
+                }
+            }
+        }
+        base += t * lh * lw;
+    }
+    (order, lengths)
 }
 
 /// Patch order of the processor: merge blocks row-major, and inside each
