@@ -12,45 +12,49 @@ use engine_core::{GenerateParams, Prompt, StreamEvent, TextGenerator};
 use engine_vlm::VlmModel;
 
 const NAME: &str = "qwen2-vl";
+const FIXTURES: [&str; 2] = ["qwen2-vl", "qwen2.5-vl"];
+
+fn load_named(name: &str) -> VlmModel {
+    VlmModel::load(&fixture(name), &Default::default(), &mut |_| {}).unwrap()
+}
 
 fn load() -> VlmModel {
-    VlmModel::load(&fixture(NAME), &Default::default(), &mut |_| {}).unwrap()
+    load_named(NAME)
 }
 
 #[test]
 fn matches_transformers_on_every_case() {
-    let model = load();
-    let fx = expected(NAME);
-    for (name, case) in fx["cases"].as_object().unwrap() {
-        let (prompt_ids, logits) = model.logits(&messages(NAME, case)).unwrap();
-        assert_eq!(prompt_ids, ids(&case["input_ids"]), "{name}: prompt ids");
-        let got = logits.to_f32_vec().unwrap();
-        let want = last_logits(case);
-        let tail = &got[got.len() - want.len()..];
-        let worst = tail
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
-        assert!(worst < 1e-4, "{name}: logits differ by {worst}");
+    for fixture_name in FIXTURES {
+        let model = load_named(fixture_name);
+        let fx = expected(fixture_name);
+        for (name, case) in fx["cases"].as_object().unwrap() {
+            let (prompt_ids, logits) = model.logits(&messages(fixture_name, case)).unwrap();
+            assert_eq!(prompt_ids, ids(&case["input_ids"]), "{fixture_name} {name}: prompt ids");
+            let got = logits.to_f32_vec().unwrap();
+            let want = last_logits(case);
+            let tail = &got[got.len() - want.len()..];
+            let worst = tail.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(worst < 1e-4, "{fixture_name} {name}: logits differ by {worst}");
+        }
     }
 }
 
 #[test]
 fn greedy_tokens_match_and_images_steer_them() {
-    let mut model = load();
-    let fx = expected(NAME);
-    let eos = fx["eos_token_id"].as_u64().unwrap() as u32;
-    let mut answers = Vec::new();
-    for name in ["one_image", "other_image", "two_images", "text_only"] {
-        let case = &fx["cases"][name];
-        let g = model
-            .generate(&Prompt::Chat(messages(NAME, case)), &GenerateParams::greedy(12))
-            .unwrap();
-        assert_eq!(g.tokens, greedy(case, eos), "{name}: greedy tokens");
-        answers.push(g.tokens);
+    for fixture_name in FIXTURES {
+        let mut model = load_named(fixture_name);
+        let fx = expected(fixture_name);
+        let eos = fx["eos_token_id"].as_u64().unwrap() as u32;
+        let mut answers = Vec::new();
+        for name in ["one_image", "other_image", "two_images", "text_only"] {
+            let case = &fx["cases"][name];
+            let prompt = Prompt::Chat(messages(fixture_name, case));
+            let g = model.generate(&prompt, &GenerateParams::greedy(12)).unwrap();
+            assert_eq!(g.tokens, greedy(case, eos), "{fixture_name} {name}: greedy tokens");
+            answers.push(g.tokens);
+        }
+        assert_ne!(answers[0], answers[1], "{fixture_name}: a different image must give a different answer");
     }
-    assert_ne!(answers[0], answers[1], "a different image must give a different answer");
 }
 
 #[test]
@@ -82,4 +86,46 @@ fn a_chat_with_images_reuses_its_cache_and_keys_it_by_pixels() {
     swapped.content = "What is in the image ?".into();
     let again = run(other.send(swapped, &params).unwrap());
     assert!(again.prompt_tokens_processed > 0);
+}
+
+#[test]
+fn loads_the_mlx_vlm_layout_too() {
+    // mlx-community conversions name the tower `vision_tower.*` and the decoder
+    // `language_model.model.*`, with the patch convolution channels-last.
+    let src = fixture("qwen2.5-vl");
+    let dir = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(&src).unwrap() {
+        let f = f.unwrap().path();
+        if f.extension().is_some_and(|e| e != "safetensors") {
+            std::fs::copy(&f, dir.path().join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    let w = engine_mlx::WeightMap::load_safetensors(src.join("model.safetensors")).unwrap();
+    let mut renamed: Vec<(String, engine_mlx::Array)> = Vec::new();
+    for (name, a) in w.iter() {
+        let (name, a) = if let Some(r) = name.strip_prefix("visual.") {
+            let a = if r == "patch_embed.proj.weight" { a.transpose(&[0, 2, 3, 4, 1]).unwrap() } else { a.clone() };
+            (format!("vision_tower.{r}"), a)
+        } else if let Some(r) = name.strip_prefix("model.") {
+            (format!("language_model.model.{r}"), a.clone())
+        } else {
+            (format!("language_model.{name}"), a.clone())
+        };
+        renamed.push((name, a.contiguous().unwrap()));
+    }
+    let refs: Vec<(&str, &engine_mlx::Array)> = renamed.iter().map(|(n, a)| (n.as_str(), a)).collect();
+    engine_mlx::save_safetensors(dir.path().join("model.safetensors"), &refs, &[]).unwrap();
+    let converted = VlmModel::load(dir.path(), &Default::default(), &mut |_| {}).unwrap();
+    let original = load_named("qwen2.5-vl");
+    let fx = expected("qwen2.5-vl");
+    let msgs = messages("qwen2.5-vl", &fx["cases"]["one_image"]);
+    let (a, b) = (original.logits(&msgs).unwrap().1, converted.logits(&msgs).unwrap().1);
+    let worst = a
+        .to_f32_vec()
+        .unwrap()
+        .iter()
+        .zip(b.to_f32_vec().unwrap())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst < 1e-5, "the mlx-vlm layout gives other logits: {worst}");
 }

@@ -111,17 +111,22 @@ fn image_pad() -> u32 {
 }
 
 /// Checkpoint names → ours: the tower under `visual.`, the decoder as a text
-/// checkpoint's (`model.*`, `lm_head.*`); handles the original layout and
-/// transformers' newer `model.language_model.*` / `model.visual.*`.
+/// checkpoint's (`model.*`, `lm_head.*`). Handles the original layout,
+/// transformers' newer `model.language_model.*` / `model.visual.*`, and
+/// mlx-vlm's (`vision_tower.*`, `language_model.model.*`), as the
+/// mlx-community conversions ship.
 pub fn sanitize(w: WeightMap) -> WeightMap {
     w.rename(|n| {
-        Some(if let Some(r) = n.strip_prefix("model.visual.") {
-            format!("visual.{r}")
-        } else if let Some(r) = n.strip_prefix("model.language_model.") {
-            format!("model.{r}")
-        } else {
-            n.to_string()
-        })
+        let renamed = [
+            ("model.visual.", "visual."),
+            ("vision_tower.", "visual."),
+            ("model.language_model.", "model."),
+            ("language_model.model.", "model."),
+            ("language_model.lm_head.", "lm_head."),
+        ]
+        .iter()
+        .find_map(|(from, to)| n.strip_prefix(from).map(|r| format!("{to}{r}")));
+        Some(renamed.unwrap_or_else(|| n.to_string()))
     })
 }
 
@@ -224,13 +229,17 @@ impl Qwen2Vl {
         let k = v.in_channels * v.temporal_patch_size * v.patch_size * v.patch_size;
         // A 3-D convolution whose kernel equals its stride is a matmul over the
         // flattened (C, T, p, p) patch, the processor's layout.
-        let patch = w
-            .get_shaped(
-                "visual.patch_embed.proj.weight",
-                &[d, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size],
-            )
-            .and_then(|a| a.reshape(&[d as i32, k as i32]))
-            .map_err(be)?;
+        let (c, t, p) = (v.in_channels, v.temporal_patch_size, v.patch_size);
+        let name = "visual.patch_embed.proj.weight";
+        let raw = w.get(name).map_err(be)?;
+        // mlx-vlm stores the convolution channels-last: (D, T, p, p, C).
+        let patch = if raw.shape() == [d, t, p, p, c] && c != t {
+            raw.transpose(&[0, 4, 1, 2, 3])
+        } else {
+            w.get_shaped(name, &[d, c, t, p, p])
+        }
+        .and_then(|a| a.reshape(&[d as i32, k as i32]))
+        .map_err(be)?;
         let rms = v.v25();
         let blocks = (0..v.depth)
             .map(|i| {
