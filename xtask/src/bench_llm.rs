@@ -9,7 +9,8 @@ use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
 
-fn json_of(cmd: &mut Command) -> Result<Value> {
+/// Runs a bench side and parses the JSON object on its last stdout line.
+pub fn json_of(cmd: &mut Command) -> Result<Value> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
         bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));

@@ -6,20 +6,11 @@
 //! compares the engines, not the BLAS builds. `ratio` is the smaller of the
 //! prefill and the decode speed-ups (each: mlx-vlm time ÷ engine time).
 
+use crate::bench_llm::json_of;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
-
-fn json_of(cmd: &mut Command) -> Result<Value> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let text = String::from_utf8(out.stdout)?;
-    let line = text.lines().last().context("no output")?;
-    Ok(serde_json::from_str(line)?)
-}
 
 fn f(v: &Value, k: &str) -> f64 {
     v[k].as_f64().unwrap_or(f64::NAN)

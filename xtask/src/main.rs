@@ -4,6 +4,7 @@
 //! - `parity-fixtures`: tiny checkpoints + references from MLX-based oracles into `target/parity/`.
 //! - `torch-fixtures`: tiny checkpoints + references from transformers (torch), written into the
 //!   crates' `tests/fixtures/` and committed (run by hand; CI never installs torch).
+//! - `dist`: a relocatable tarball of the CLI under `target/dist/` (`dist.rs`).
 //! - `bench NAME`: benchmarks; each prints one JSON line with `"bench"` and `"ratio"`.
 //! - `test-models`: fetches the models and fixtures, runs every real-model and parity test of
 //!   every modality, prints a table and fails if any check failed (`test_models.rs`).
@@ -17,6 +18,7 @@ mod bench_hub;
 mod bench_llm;
 mod bench_mlx;
 mod bench_vlm;
+mod dist;
 mod test_models;
 
 fn main() -> Result<()> {
@@ -25,6 +27,7 @@ fn main() -> Result<()> {
         Some("fetch-models") => fetch_models().map(|_| ()),
         Some("parity-fixtures") => parity_fixtures(),
         Some("torch-fixtures") => torch_fixtures(),
+        Some("dist") => dist::run(),
         Some("test-models") => test_models::run(&args[1..]),
         Some("bench") => match args.get(1).map(String::as_str) {
             Some("mlx") => bench_mlx::run(),
@@ -36,7 +39,7 @@ fn main() -> Result<()> {
         },
         _ => {
             eprintln!(
-                "usage: cargo xtask <fetch-models | parity-fixtures | torch-fixtures | test-models | bench NAME>"
+                "usage: cargo xtask <fetch-models | parity-fixtures | torch-fixtures | test-models | dist | bench NAME>"
             );
             std::process::exit(2);
         }

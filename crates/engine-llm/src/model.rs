@@ -379,11 +379,6 @@ impl<'m> ChatSession<'m> {
         Ok(ChatTurn::new(generator, &mut self.history.messages, message))
     }
 
-    /// The conversation so far.
-    pub fn messages(&self) -> &[ChatMessage] {
-        &self.history.messages
-    }
-
     /// Whether the conversation with `user` added would leave no room in
     /// the context for an answer.
     pub fn overflows(&self, user: &str) -> Result<bool> {
@@ -393,24 +388,19 @@ impl<'m> ChatSession<'m> {
         Ok(n >= self.model.config.context_length)
     }
 
-    /// Forgets every turn (the system prompt stays).
-    pub fn clear(&mut self) {
-        self.history.messages.retain(|m| m.role == "system");
+    /// The conversation and its cache.
+    pub fn history(&self) -> &ChatHistory {
+        &self.history
     }
 
-    /// Replaces the system prompt (`None` removes it).
-    pub fn set_system(&mut self, system: Option<&str>) {
-        self.history.set_system(system);
+    /// The conversation, to edit (clear, replace the system prompt, drop turns).
+    pub fn history_mut(&mut self) -> &mut ChatHistory {
+        &mut self.history
     }
 
-    /// Drops the oldest turn (see [`ChatHistory::drop_oldest_turn`]).
-    pub fn drop_oldest_turn(&mut self) -> bool {
-        self.history.drop_oldest_turn()
-    }
-
-    /// Tokens currently held in the KV cache.
-    pub fn cached_tokens(&self) -> usize {
-        self.history.state.tokens.len()
+    /// The conversation so far.
+    pub fn messages(&self) -> &[ChatMessage] {
+        &self.history.messages
     }
 }
 
@@ -431,6 +421,16 @@ impl ChatHistory {
             messages: system.map(|s| vec![ChatMessage::new("system", s)]).unwrap_or_default(),
             state: CacheState::default(),
         }
+    }
+
+    /// Forgets every turn (the system prompt stays).
+    pub fn clear(&mut self) {
+        self.messages.retain(|m| m.role == "system");
+    }
+
+    /// Tokens currently held in the KV cache.
+    pub fn cached_tokens(&self) -> usize {
+        self.state.tokens.len()
     }
 
     /// Drops the oldest turn (a user message and the reply after it; the

@@ -397,11 +397,6 @@ impl VlmChatSession<'_> {
         Ok(ChatTurn::new(generator, messages, message))
     }
 
-    /// The conversation so far.
-    pub fn messages(&self) -> &[ChatMessage] {
-        &self.history.messages
-    }
-
     /// Whether the conversation with `message` added would leave no room in
     /// the context for an answer.
     pub fn overflows(&self, message: &ChatMessage) -> Result<bool> {
@@ -410,24 +405,18 @@ impl VlmChatSession<'_> {
         Ok(self.model.encode(&messages)?.ids.len() >= self.model.config.context_length)
     }
 
-    /// Forgets every turn (the system prompt stays).
-    pub fn clear(&mut self) {
-        self.history.messages.retain(|m| m.role == "system");
+    /// The conversation and its cache.
+    pub fn history(&self) -> &ChatHistory {
+        &self.history
     }
 
-    /// Replaces the system prompt (`None` removes it).
-    pub fn set_system(&mut self, system: Option<&str>) {
-        self.history.set_system(system);
+    /// The conversation, to edit (clear, replace the system prompt, drop turns).
+    pub fn history_mut(&mut self) -> &mut ChatHistory {
+        &mut self.history
     }
 
-    /// Drops the oldest turn (a user message and its reply; the system
-    /// prompt stays). False when there is none left to drop.
-    pub fn drop_oldest_turn(&mut self) -> bool {
-        self.history.drop_oldest_turn()
-    }
-
-    /// Tokens currently held in the KV cache.
-    pub fn cached_tokens(&self) -> usize {
-        self.history.state.tokens.len()
+    /// The conversation so far.
+    pub fn messages(&self) -> &[ChatMessage] {
+        &self.history.messages
     }
 }

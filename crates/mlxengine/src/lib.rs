@@ -25,10 +25,10 @@ pub use engine_embed::{cosine_similarity, EmbedOptions, Embedder};
 #[cfg(feature = "hub")]
 pub use engine_hub as hub;
 #[cfg(feature = "llm")]
-pub use engine_llm::{ChatSession, ChatTurn, DtypePolicy, LlmModel, LoadOptions};
+pub use engine_llm::{ChatHistory, ChatSession, ChatTurn, DtypePolicy, LlmModel, LoadOptions};
 pub use engine_mlx as mlx;
 #[cfg(feature = "vlm")]
-pub use engine_vlm::{image::ImageLimits, VlmChatSession, VlmModel};
+pub use engine_vlm::{image::ImageLimits, models::SUPPORTED as VLM_ARCHITECTURES, VlmChatSession, VlmModel};
 
 use std::path::{Path, PathBuf};
 

@@ -64,6 +64,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve models over an OpenAI- and Ollama-compatible HTTP API.
+    Serve(ServeArgs),
     /// Recommend models that fit this machine.
     Recommend {
         /// Model type: llm, vlm, embedding, diffusion.
@@ -134,6 +136,37 @@ struct RunArgs {
 }
 
 #[derive(Args)]
+struct ServeArgs {
+    /// Address to bind (loopback by default).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port (0 picks a free one; the printed URL says which).
+    #[arg(long, default_value_t = 11435)]
+    port: u16,
+    /// A model to load at start and keep loaded: path, registry id or repo (repeatable).
+    #[arg(long)]
+    model: Vec<String>,
+    /// Require `Authorization: Bearer KEY` (default: $MLXENGINE_API_KEY).
+    #[arg(long)]
+    api_key: Option<String>,
+    /// Unload a model loaded on demand after this idle time (5m, 30s, 0, -1 = never).
+    #[arg(long, default_value = "5m")]
+    keep_alive: String,
+    /// Copies of each model answering at once (each holds its own weights).
+    #[arg(long, default_value_t = 1)]
+    parallel: usize,
+    /// Requests that may wait per model before a 429.
+    #[arg(long, default_value_t = 32)]
+    max_queue: usize,
+    /// Allow CORS from this origin (`*` for any; repeatable). Off by default.
+    #[arg(long)]
+    cors: Vec<String>,
+    /// Let requests download models from the Hugging Face Hub.
+    #[arg(long)]
+    allow_pull: bool,
+}
+
+#[derive(Args)]
 struct SearchArgs {
     /// Words to look for.
     query: Option<String>,
@@ -189,6 +222,17 @@ fn run(cli: Cli) -> Result<()> {
             context,
             json,
         } => recommend(&model_type, memory, context, json),
+        Command::Serve(a) => mlxengine_server::run(mlxengine_server::ServerConfig {
+            keep_alive: mlxengine_server::parse_keep_alive(&a.keep_alive).map_err(anyhow::Error::msg)?,
+            host: a.host,
+            port: a.port,
+            models: a.model,
+            api_key: a.api_key,
+            parallel: a.parallel,
+            queue_depth: a.max_queue,
+            cors: a.cors,
+            allow_pull: a.allow_pull,
+        }),
     }
 }
 
@@ -330,17 +374,11 @@ impl Session<'_> {
         })
     }
 
-    fn clear(&mut self) {
+    /// The conversation (clear, system prompt, dropping turns).
+    fn history(&mut self) -> &mut mlxengine::ChatHistory {
         match self {
-            Session::Text(s) => s.clear(),
-            Session::Vision(s) => s.clear(),
-        }
-    }
-
-    fn set_system(&mut self, system: Option<&str>) {
-        match self {
-            Session::Text(s) => s.set_system(system),
-            Session::Vision(s) => s.set_system(system),
+            Session::Text(s) => s.history_mut(),
+            Session::Vision(s) => s.history_mut(),
         }
     }
 
@@ -351,12 +389,6 @@ impl Session<'_> {
         })
     }
 
-    fn drop_oldest_turn(&mut self) -> bool {
-        match self {
-            Session::Text(s) => s.drop_oldest_turn(),
-            Session::Vision(s) => s.drop_oldest_turn(),
-        }
-    }
 }
 
 /// An `--image` / `/image` argument: a URL (`data:`, `file://`, or a remote
@@ -375,16 +407,18 @@ fn image_arg(arg: &str) -> Result<ImageSource> {
     Ok(ImageSource::Path(path))
 }
 
+/// The architecture of a multimodal checkpoint folder (one with a `vision_config`).
+fn multimodal_arch(path: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(path.join("config.json")).ok()?;
+    let cfg = serde_json::from_str::<serde_json::Value>(&text).ok()?;
+    cfg.get("vision_config")?;
+    Some(cfg["model_type"].as_str().unwrap_or_default().to_string())
+}
+
 /// Whether a model folder is a vision-language checkpoint this build runs
-/// with images (Gemma 3's vision tower is not implemented: it runs text-only).
+/// with images (others, such as Gemma 3 for now, run text-only).
 fn is_vision_folder(path: &std::path::Path) -> bool {
-    let Ok(text) = std::fs::read_to_string(path.join("config.json")) else {
-        return false;
-    };
-    let Ok(cfg) = serde_json::from_str::<serde_json::Value>(&text) else {
-        return false;
-    };
-    cfg.get("vision_config").is_some() && !cfg["model_type"].as_str().unwrap_or_default().starts_with("gemma3")
+    multimodal_arch(path).is_some_and(|a| mlxengine::VLM_ARCHITECTURES.contains(&a.as_str()))
 }
 
 fn run_text(args: RunArgs) -> Result<()> {
@@ -413,9 +447,15 @@ fn run_text(args: RunArgs) -> Result<()> {
                 &mut on_load,
             )?)))
         } else if !args.image.is_empty() {
-            Err(mlxengine::Error::Engine(mlxengine::EngineError::InvalidParameter(
-                format!("--image needs a vision-language model, and {} is text-only", args.model),
-            )))
+            let why = match multimodal_arch(&path) {
+                Some(arch) => format!(
+                    "{} is a `{arch}` vision-language model whose vision tower MLXEngine does not run yet: it runs \
+                     text-only here; leave out --image",
+                    args.model
+                ),
+                None => format!("--image needs a vision-language model, and {} is text-only", args.model),
+            };
+            Err(mlxengine::Error::Engine(mlxengine::EngineError::InvalidParameter(why)))
         } else {
             Ok(ChatModel::Text(Box::new(LlmModel::load(
                 &path,
@@ -522,12 +562,12 @@ fn chat_loop(
         } else if text == "/bye" || text == "/exit" {
             break;
         } else if text == "/clear" {
-            session.clear();
+            session.history().clear();
             eprintln!("(cleared the conversation)");
             continue;
         } else if let Some(s) = text.strip_prefix("/system") {
             let s = s.trim();
-            session.set_system((!s.is_empty()).then_some(s));
+            session.history().set_system((!s.is_empty()).then_some(s));
             eprintln!("(system prompt {})", if s.is_empty() { "removed" } else { "set" });
             continue;
         } else if let Some(p) = text.strip_prefix("/image") {
@@ -546,7 +586,7 @@ fn chat_loop(
         let mut message = ChatMessage::new("user", text);
         message.images = std::mem::take(&mut images);
         let mut dropped = false;
-        while session.overflows(&message).unwrap_or(false) && session.drop_oldest_turn() {
+        while session.overflows(&message).unwrap_or(false) && session.history().drop_oldest_turn() {
             dropped = true;
         }
         if dropped {
@@ -827,6 +867,16 @@ fn doctor(json: bool) -> Result<()> {
 
 fn recommend(model_type: &str, memory: Option<String>, context: Option<u64>, json: bool) -> Result<()> {
     let model_type: ModelType = model_type.parse()?;
+    // Only what this build can run is recommended (cargo features gate whole modalities).
+    if !mlxengine::can_load(model_type) {
+        let can: Vec<&str> = mlxengine::loadable_types().into_iter().map(ModelType::as_str).collect();
+        bail!(
+            "this build cannot run `{model_type}` models (built without the mlxengine crate's `{}` feature), \
+             so none are recommended; it runs: {}",
+            mlxengine::feature_for(model_type),
+            can.join(", ")
+        );
+    }
     let budget = match memory {
         Some(m) => MemoryBudget::parse(&m)?,
         None => MemoryBudget::default(),

@@ -39,9 +39,15 @@ pub fn features(cfg: &LlmConfig) -> ArchFeatures {
 }
 
 /// Multimodal Gemma 3 checkpoints nest the text model under `language_model.`.
+/// Their vision tower is not implemented yet: it is dropped, loudly, and the
+/// model runs text-only (it does not claim [`engine_core::FeatureFlag::Vision`]).
 pub fn sanitize(cfg: &LlmConfig, w: WeightMap) -> WeightMap {
+    let mut warned = false;
     let w = w.rename(|n| {
         if n.starts_with("vision_tower.") || n.starts_with("multi_modal_projector.") {
+            if !std::mem::replace(&mut warned, true) {
+                tracing::warn!("this Gemma 3 checkpoint has a vision tower, which MLXEngine does not run yet: it runs text-only");
+            }
             None
         } else {
             Some(n.strip_prefix("language_model.").unwrap_or(n).to_string())

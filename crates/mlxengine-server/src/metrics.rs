@@ -1,0 +1,168 @@
+//! Prometheus counters of the server, rendered as text by `GET /metrics`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// Upper bounds (seconds) of the time-to-first-token histogram's buckets.
+const TTFT_BUCKETS: [f64; 10] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+/// The server's counters and gauges; shared by handlers and model workers.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<(String, u16), u64>>,
+    /// Generations running now.
+    pub running: AtomicU64,
+    /// Requests waiting in a model queue.
+    pub waiting: AtomicU64,
+    /// Prompt tokens of finished generations.
+    pub prompt_tokens: AtomicU64,
+    /// Tokens generated.
+    pub generated_tokens: AtomicU64,
+    /// Texts embedded.
+    pub embedded_inputs: AtomicU64,
+    /// Generations stopped because their client went away.
+    pub cancelled: AtomicU64,
+    /// Models loaded now.
+    pub resident_models: AtomicU64,
+    ttft: Mutex<Histogram>,
+}
+
+#[derive(Debug, Default)]
+struct Histogram {
+    counts: [u64; TTFT_BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl Metrics {
+    /// Counts one answered request.
+    pub fn record_request(&self, endpoint: &str, status: u16) {
+        if let Ok(mut m) = self.requests.lock() {
+            *m.entry((endpoint.to_string(), status)).or_default() += 1;
+        }
+    }
+
+    /// Records one time to first token.
+    pub fn observe_ttft(&self, seconds: f64) {
+        if let Ok(mut h) = self.ttft.lock() {
+            for (i, bound) in TTFT_BUCKETS.iter().enumerate() {
+                if seconds <= *bound {
+                    h.counts[i] += 1;
+                }
+            }
+            h.count += 1;
+            h.sum += seconds;
+        }
+    }
+
+    /// Adds `n` to a counter.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Subtracts one from a gauge (never below zero).
+    pub fn dec(gauge: &AtomicU64) {
+        let _ = gauge.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub(1)));
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP mlxengine_requests_total HTTP requests answered, by endpoint and status."
+        );
+        let _ = writeln!(out, "# TYPE mlxengine_requests_total counter");
+        if let Ok(m) = self.requests.lock() {
+            for ((endpoint, status), n) in m.iter() {
+                let _ = writeln!(
+                    out,
+                    "mlxengine_requests_total{{endpoint=\"{}\",status=\"{status}\"}} {n}",
+                    endpoint.replace('\\', "\\\\").replace('"', "\\\"")
+                );
+            }
+        }
+        let gauges = [
+            ("mlxengine_requests_running", "Generations running now.", &self.running),
+            (
+                "mlxengine_requests_waiting",
+                "Requests waiting in a model queue.",
+                &self.waiting,
+            ),
+            ("mlxengine_resident_models", "Models loaded now.", &self.resident_models),
+        ];
+        for (name, help, v) in gauges {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
+        let counters = [
+            (
+                "mlxengine_prompt_tokens_total",
+                "Prompt tokens of finished generations.",
+                &self.prompt_tokens,
+            ),
+            (
+                "mlxengine_generated_tokens_total",
+                "Tokens generated.",
+                &self.generated_tokens,
+            ),
+            (
+                "mlxengine_embedded_inputs_total",
+                "Texts embedded.",
+                &self.embedded_inputs,
+            ),
+            (
+                "mlxengine_generations_cancelled_total",
+                "Generations stopped because the client went away.",
+                &self.cancelled,
+            ),
+        ];
+        for (name, help, v) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
+        let name = "mlxengine_time_to_first_token_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Time from queueing a generation to its first token.\n# TYPE {name} histogram"
+        );
+        if let Ok(h) = self.ttft.lock() {
+            for (i, bound) in TTFT_BUCKETS.iter().enumerate() {
+                let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {}", h.counts[i]);
+            }
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}",
+                h.count, h.sum, h.count
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_histogram() {
+        let m = Metrics::default();
+        m.record_request("/v1/models", 200);
+        m.record_request("/v1/models", 200);
+        m.observe_ttft(0.3);
+        Metrics::add(&m.generated_tokens, 5);
+        let text = m.render();
+        assert!(text.contains("mlxengine_requests_total{endpoint=\"/v1/models\",status=\"200\"} 2"));
+        assert!(text.contains("mlxengine_time_to_first_token_seconds_bucket{le=\"0.25\"} 0"));
+        assert!(text.contains("mlxengine_time_to_first_token_seconds_bucket{le=\"0.5\"} 1"));
+        assert!(text.contains("mlxengine_generated_tokens_total 5"));
+    }
+}

@@ -1,0 +1,270 @@
+//! The served models: preloaded ones, those loaded on demand, and unloading
+//! after the keep-alive.
+
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::resolve::{kind_of, served_id, ModelKind, Resolver};
+use crate::worker::ModelWorker;
+use engine_core::ModelType;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// What a request needs of a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Use {
+    /// Chats and completions.
+    Generate,
+    /// Embeddings.
+    Embed,
+}
+
+/// One served model: loaded or not.
+pub struct Slot {
+    /// The id it is served under.
+    pub id: String,
+    /// The name it was asked for by (command line or request).
+    pub name: String,
+    /// Its files.
+    pub path: PathBuf,
+    /// What it serves.
+    pub kind: ModelKind,
+    /// Given with `--model`: loaded at start and never unloaded.
+    pub preloaded: bool,
+    worker: Mutex<Option<Arc<ModelWorker>>>,
+    /// Held while loading, so concurrent requests wait for one load.
+    load: tokio::sync::Mutex<()>,
+}
+
+impl Slot {
+    /// The loaded worker, if any.
+    pub fn loaded(&self) -> Option<Arc<ModelWorker>> {
+        self.worker.lock().ok().and_then(|w| w.clone())
+    }
+
+    /// Whether `name` addresses this model (`:latest`, as Ollama clients add it, is ignored).
+    fn answers_to(&self, name: &str) -> bool {
+        let name = name.strip_suffix(":latest").unwrap_or(name);
+        name == self.id || name == self.name
+    }
+}
+
+/// How models are loaded and kept.
+#[derive(Debug, Clone)]
+pub struct PoolOptions {
+    /// Worker threads (model copies) per model.
+    pub replicas: usize,
+    /// Jobs that may wait per model.
+    pub queue_depth: usize,
+    /// Idle time after which an on-demand model is unloaded (`None`: never).
+    pub keep_alive: Option<Duration>,
+}
+
+/// All served models.
+pub struct ModelPool {
+    slots: Mutex<Vec<Arc<Slot>>>,
+    resolver: Arc<Resolver>,
+    options: PoolOptions,
+    metrics: Arc<Metrics>,
+    /// Preloaded models still loading (for `/health`).
+    loading: Mutex<Vec<String>>,
+}
+
+impl ModelPool {
+    /// An empty pool.
+    pub fn new(resolver: Resolver, options: PoolOptions, metrics: Arc<Metrics>) -> ModelPool {
+        ModelPool {
+            slots: Mutex::new(Vec::new()),
+            resolver: Arc::new(resolver),
+            options,
+            metrics,
+            loading: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The slots, in the order they were added.
+    pub fn slots(&self) -> Vec<Arc<Slot>> {
+        self.slots.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Preloaded models not loaded yet.
+    pub fn still_loading(&self) -> Vec<String> {
+        self.loading.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Resolves and registers the `--model` names (before the server accepts
+    /// requests, so `/v1/models` lists them at once); loading follows in
+    /// [`ModelPool::load_preloaded`].
+    pub fn register_preloaded(&self, names: &[String]) -> Result<(), String> {
+        for name in names {
+            let path = self
+                .resolver
+                .resolve_preload(name)
+                .map_err(|e| format!("--model {name}: {e}"))?;
+            let id = served_id(name);
+            if self.slots().iter().any(|s| s.id == id) {
+                return Err(format!("--model {name}: another model is already served as `{id}`"));
+            }
+            let slot = new_slot(id.clone(), name.clone(), path, true);
+            if let Ok(mut l) = self.loading.lock() {
+                l.push(id);
+            }
+            if let Ok(mut s) = self.slots.lock() {
+                s.push(slot);
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads every preloaded model, one after another.
+    pub async fn load_preloaded(&self) -> Result<(), String> {
+        for slot in self.slots().into_iter().filter(|s| s.preloaded) {
+            self.ensure_loaded(&slot).await.map_err(|e| e.message)?;
+            if let Ok(mut l) = self.loading.lock() {
+                l.retain(|id| id != &slot.id);
+            }
+        }
+        Ok(())
+    }
+
+    /// The loaded model named `name` for `purpose`, loading it first when it
+    /// is served but not loaded, or when it is a local path / cached model.
+    pub async fn get(&self, name: &str, purpose: Use) -> Result<Arc<ModelWorker>, ApiError> {
+        let slot = match self.find(name) {
+            Some(s) => s,
+            None => self.add_on_demand(name, purpose).await?,
+        };
+        check_use(&slot, purpose)?;
+        self.ensure_loaded(&slot).await
+    }
+
+    /// The served model named `name`, if any (not loading it).
+    pub fn find(&self, name: &str) -> Option<Arc<Slot>> {
+        self.slots().into_iter().find(|s| s.answers_to(name))
+    }
+
+    fn served_list(&self) -> String {
+        let ids: Vec<String> = self.slots().iter().map(|s| s.id.clone()).collect();
+        if ids.is_empty() {
+            "none".into()
+        } else {
+            ids.join(", ")
+        }
+    }
+
+    async fn add_on_demand(&self, name: &str, purpose: Use) -> Result<Arc<Slot>, ApiError> {
+        if name.trim().is_empty() {
+            return Err(ApiError::bad_param(
+                "model",
+                format!("`model` is required; served models: {}", self.served_list()),
+            ));
+        }
+        let wanted = match purpose {
+            Use::Generate => ModelType::Llm,
+            Use::Embed => ModelType::Embedding,
+        };
+        // The resolver reads the disk (and, with --allow-pull, the network).
+        let (resolver, owned) = (self.resolver.clone(), name.to_string());
+        let path = tokio::task::spawn_blocking(move || resolver.resolve_request(&owned, wanted))
+            .await
+            .map_err(|e| ApiError::internal(format!("looking up `{name}` crashed: {e}")))?;
+        let path = path.map_err(|reason| {
+            ApiError::model_not_found(format!(
+                "model `{name}` is not served ({reason}); served models: {}",
+                self.served_list()
+            ))
+        })?;
+        let mut slots = self
+            .slots
+            .lock()
+            .map_err(|_| ApiError::internal("model table poisoned"))?;
+        if let Some(s) = slots.iter().find(|s| s.answers_to(name)) {
+            return Ok(s.clone());
+        }
+        let slot = new_slot(served_id(name), name.to_string(), path, false);
+        slots.push(slot.clone());
+        Ok(slot)
+    }
+
+    async fn ensure_loaded(&self, slot: &Arc<Slot>) -> Result<Arc<ModelWorker>, ApiError> {
+        if let Some(w) = slot.loaded() {
+            return Ok(w);
+        }
+        let _loading = slot.load.lock().await;
+        if let Some(w) = slot.loaded() {
+            return Ok(w);
+        }
+        tracing::info!(model = %slot.id, path = %slot.path.display(), "loading");
+        let (id, path, kind) = (slot.id.clone(), slot.path.clone(), slot.kind);
+        let (replicas, depth, metrics) = (self.options.replicas, self.options.queue_depth, self.metrics.clone());
+        let worker =
+            tokio::task::spawn_blocking(move || ModelWorker::start(&id, &path, kind, replicas, depth, metrics))
+                .await
+                .map_err(|e| ApiError::internal(format!("loading `{}` crashed: {e}", slot.id)))?
+                .map_err(|e| ApiError::internal(format!("cannot load model `{}`: {e}", slot.id)))?;
+        let worker = Arc::new(worker);
+        if let Ok(mut w) = slot.worker.lock() {
+            *w = Some(worker.clone());
+        }
+        Ok(worker)
+    }
+
+    /// Unloads on-demand models idle for longer than the keep-alive (their
+    /// slots go too: a later request loads them again).
+    pub fn unload_idle(&self) {
+        let Some(keep_alive) = self.options.keep_alive else {
+            return;
+        };
+        let Ok(mut slots) = self.slots.lock() else { return };
+        slots.retain(|slot| {
+            if slot.preloaded {
+                return true;
+            }
+            let Ok(mut w) = slot.worker.lock() else { return true };
+            match w.as_ref() {
+                // Held by a request (strong count > 1) or busy: keep.
+                Some(worker)
+                    if Arc::strong_count(worker) == 1 && worker.is_idle() && worker.idle_for() >= keep_alive =>
+                {
+                    *w = None;
+                    false
+                }
+                Some(_) => true,
+                None => slot.load.try_lock().is_err(),
+            }
+        });
+    }
+
+    /// Drops every model (at shutdown).
+    pub fn clear(&self) {
+        if let Ok(mut s) = self.slots.lock() {
+            s.clear();
+        }
+    }
+}
+
+fn new_slot(id: String, name: String, path: PathBuf, preloaded: bool) -> Arc<Slot> {
+    Arc::new(Slot {
+        kind: kind_of(&path),
+        id,
+        name,
+        path,
+        preloaded,
+        worker: Mutex::new(None),
+        load: tokio::sync::Mutex::new(()),
+    })
+}
+
+fn check_use(slot: &Slot, purpose: Use) -> Result<(), ApiError> {
+    match (purpose, slot.kind.generates()) {
+        (Use::Generate, false) => Err(ApiError::bad_param(
+            "model",
+            format!("`{}` is an embedding model: use /v1/embeddings or /api/embed", slot.id),
+        )),
+        (Use::Embed, true) => Err(ApiError::bad_param(
+            "model",
+            format!("`{}` generates text: use an embedding model for embeddings", slot.id),
+        )),
+        _ => Ok(()),
+    }
+}

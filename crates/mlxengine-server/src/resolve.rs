@@ -1,0 +1,203 @@
+//! Model names → files on disk, and what kind of model a path holds.
+//!
+//! This mirrors the facade's `InferenceEngine::resolve` (the server cannot
+//! depend on the `mlxengine` package, whose binary depends on the server),
+//! with one difference: a name a *client* sends is looked up in the local
+//! Hugging Face cache only, unless the server runs with `--allow-pull`.
+
+use engine_core::ModelType;
+use engine_hub::{FileFilter, HubClient, HubConfig, RepoId};
+use std::path::{Path, PathBuf};
+
+/// What a model serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelKind {
+    /// Text generation.
+    Text,
+    /// Text generation with images.
+    Vision,
+    /// Embeddings.
+    Embedding,
+}
+
+impl ModelKind {
+    /// Whether it answers chats and completions.
+    pub fn generates(self) -> bool {
+        matches!(self, ModelKind::Text | ModelKind::Vision)
+    }
+}
+
+/// Encoder `model_type`s that engine-embed runs.
+const ENCODER_TYPES: &[&str] = &["bert", "roberta", "xlm-roberta", "camembert", "modernbert"];
+
+/// What the model at `path` is: a `.gguf` file generates text; a folder whose
+/// config.json has a `vision_config` is a vision model (Gemma 3's tower is not
+/// implemented: it runs text-only); a sentence-transformers folder or an
+/// encoder config is an embedding model; anything else generates text.
+pub fn kind_of(path: &Path) -> ModelKind {
+    if path.is_file() {
+        return ModelKind::Text;
+    }
+    if path.join("modules.json").is_file() || path.join("config_sentence_transformers.json").is_file() {
+        return ModelKind::Embedding;
+    }
+    let cfg: serde_json::Value = std::fs::read_to_string(path.join("config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let model_type = cfg["model_type"].as_str().unwrap_or_default();
+    if cfg.get("vision_config").is_some() && !model_type.starts_with("gemma3") {
+        ModelKind::Vision
+    } else if ENCODER_TYPES.contains(&model_type) {
+        ModelKind::Embedding
+    } else {
+        ModelKind::Text
+    }
+}
+
+/// The id a model is served under: the file or folder name for a path, the
+/// name as given otherwise.
+pub fn served_id(name: &str) -> String {
+    let path = Path::new(name);
+    if path.exists() {
+        if let Some(n) = path.file_name() {
+            return n.to_string_lossy().into_owned();
+        }
+    }
+    name.to_string()
+}
+
+/// Finds models by name: paths, registry ids and Hugging Face repos.
+pub struct Resolver {
+    /// Honours `HF_HUB_OFFLINE`; may download.
+    online: Option<HubClient>,
+    /// Never touches the network: answers from the cache.
+    offline: Option<HubClient>,
+    allow_pull: bool,
+}
+
+impl Resolver {
+    /// A resolver configured from the environment (`HF_HOME`, `HF_ENDPOINT`, ...).
+    pub fn from_env(allow_pull: bool) -> Resolver {
+        let config = HubConfig::from_env().ok();
+        let offline = config.clone().map(|mut c| {
+            c.offline = true;
+            HubClient::new(c)
+        });
+        Resolver {
+            online: config.map(HubClient::new),
+            offline,
+            allow_pull,
+        }
+    }
+
+    /// Resolves a `--model` given on the command line (downloads allowed, as
+    /// `mlxengine run` does).
+    pub fn resolve_preload(&self, name: &str) -> Result<PathBuf, String> {
+        self.resolve(name, None, self.online.as_ref())
+    }
+
+    /// Resolves a name a client sent: a local path, or the local cache (the
+    /// hub too with `--allow-pull`).
+    pub fn resolve_request(&self, name: &str, wanted: ModelType) -> Result<PathBuf, String> {
+        let hub = if self.allow_pull {
+            self.online.as_ref()
+        } else {
+            self.offline.as_ref()
+        };
+        self.resolve(name, Some(wanted), hub)
+    }
+
+    fn resolve(&self, name: &str, wanted: Option<ModelType>, hub: Option<&HubClient>) -> Result<PathBuf, String> {
+        let path = Path::new(name);
+        if path.exists() {
+            return Ok(path.to_path_buf());
+        }
+        let looks_like_path = name.starts_with(['.', '/', '~']) || name.contains('\\') || name.matches('/').count() > 1;
+        if looks_like_path {
+            return Err(format!("no such file or folder: {name}"));
+        }
+        let hub = hub.ok_or_else(|| "the Hugging Face cache is not configured".to_string())?;
+        let cached_hint = if self.allow_pull {
+            ""
+        } else {
+            " (downloads need `mlxengine serve --allow-pull`, or `mlxengine pull` first)"
+        };
+        if let Some(entry) = engine_device::Registry::builtin().get(name) {
+            if let Some(w) = wanted {
+                let serves = entry.model_type == w || (w == ModelType::Llm && entry.model_type == ModelType::Vlm);
+                if !serves {
+                    return Err(format!(
+                        "`{}` is a registry entry of type `{}`, not `{w}`",
+                        entry.id, entry.model_type
+                    ));
+                }
+            }
+            let device = engine_device::DeviceReport::detect();
+            let sel =
+                engine_device::select_variant(&entry.id, None, &device, &engine_device::MemoryBudget::default(), None)
+                    .map_err(|e| e.to_string())?;
+            let repo = RepoId::parse(&sel.repo).map_err(|e| e.to_string())?;
+            let got = match sel.file.as_deref() {
+                Some(f) => hub.get_file(&repo, &sel.revision, f, &mut |_| {}),
+                None => hub
+                    .pull(
+                        &repo,
+                        &sel.revision,
+                        &FileFilter::for_model_type(entry.model_type),
+                        &mut |_| {},
+                    )
+                    .map(|s| s.path),
+            };
+            return got.map_err(|e| format!("{e}{cached_hint}"));
+        }
+        let repo = RepoId::parse(name).map_err(|_| {
+            format!(
+                "`{name}` is not a local file or folder, a registry id (`mlxengine search`) or an `org/name` repo id"
+            )
+        })?;
+        let filter = FileFilter::for_model_type(wanted.unwrap_or(ModelType::Llm));
+        hub.pull(&repo, "main", &filter, &mut |_| {})
+            .map(|s| s.path)
+            .map_err(|e| format!("{e}{cached_hint}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("config.json"), r#"{"model_type": "llama"}"#).unwrap();
+        assert_eq!(kind_of(d), ModelKind::Text);
+        std::fs::write(d.join("config.json"), r#"{"model_type": "llava", "vision_config": {}}"#).unwrap();
+        assert_eq!(kind_of(d), ModelKind::Vision);
+        std::fs::write(
+            d.join("config.json"),
+            r#"{"model_type": "gemma3", "vision_config": {}}"#,
+        )
+        .unwrap();
+        assert_eq!(kind_of(d), ModelKind::Text);
+        std::fs::write(d.join("config.json"), r#"{"model_type": "bert"}"#).unwrap();
+        assert_eq!(kind_of(d), ModelKind::Embedding);
+        let f = d.join("m.gguf");
+        std::fs::write(&f, b"GGUF").unwrap();
+        assert_eq!(kind_of(&f), ModelKind::Text);
+        assert_eq!(served_id(&f.to_string_lossy()), "m.gguf");
+        assert_eq!(served_id("org/name"), "org/name");
+    }
+
+    #[test]
+    fn missing_paths_never_reach_the_hub() {
+        let r = Resolver {
+            online: None,
+            offline: None,
+            allow_pull: false,
+        };
+        let e = r.resolve_request("./nope.gguf", ModelType::Llm).unwrap_err();
+        assert!(e.contains("no such file"), "{e}");
+    }
+}

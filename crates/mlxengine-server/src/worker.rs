@@ -1,0 +1,376 @@
+//! Model workers: each loaded model lives on its own OS thread, which owns it
+//! and takes jobs from a bounded queue.
+//!
+//! MLX models are `Send` but not `Sync` and generate with `&mut self`, so a
+//! model never leaves its thread; HTTP handlers (async) talk to it through
+//! channels. A job carries its own event sender: the worker streams
+//! [`StreamEvent`]s back and, when a send fails because the client went away
+//! (the handler's receiver was dropped), drops the generator at once — a
+//! disconnected client stops its generation within one token.
+//!
+//! Today each worker thread runs one job at a time ([`run_jobs`]). The job
+//! contract — a prompt, parameters and a per-job event channel whose closing
+//! means "cancel" — is what a continuous-batching scheduler needs too: it
+//! would replace `run_jobs` with a loop that admits queued jobs into a running
+//! batch between decode steps, and handlers would not change.
+
+use crate::metrics::Metrics;
+use crate::resolve::ModelKind;
+use engine_core::{EngineError, GenerateParams, Prompt, StreamEvent, TextGenerator};
+use engine_embed::{EmbedOptions, EmbedOutput, Embedder};
+use engine_llm::{LlmModel, LoadOptions};
+use engine_vlm::VlmModel;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::{mpsc as tmpsc, oneshot};
+
+/// Events of one generation, as the worker sends them.
+pub type GenEvent = Result<StreamEvent, EngineError>;
+
+/// Events buffered between a worker and a slow client before the worker waits.
+const EVENT_BUFFER: usize = 64;
+
+/// A text generation to run.
+pub struct GenerateJob {
+    /// What to answer.
+    pub prompt: Prompt,
+    /// How.
+    pub params: GenerateParams,
+    /// Where the events go; when the receiver is dropped the job is cancelled.
+    pub events: tmpsc::Sender<GenEvent>,
+    /// When it was queued (time to first token counts from here).
+    pub queued_at: Instant,
+}
+
+/// Texts to embed.
+pub struct EmbedJob {
+    /// The inputs.
+    pub texts: Vec<String>,
+    /// Where the vectors go.
+    pub reply: oneshot::Sender<Result<EmbedOutput, engine_embed::EmbedError>>,
+}
+
+/// One unit of work for a model worker.
+pub enum Job {
+    /// Generate text (text and vision models).
+    Generate(GenerateJob),
+    /// Embed texts (embedding models).
+    Embed(EmbedJob),
+}
+
+/// A model as its worker thread holds it.
+enum LoadedModel {
+    Text(Box<LlmModel>),
+    Vision(Box<VlmModel>),
+    Embedding(Box<Embedder>),
+}
+
+/// What a loaded model is, for listings (`/v1/models`, `/api/show`, ...).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelDetails {
+    /// Architecture (`llama`, `bert`, ...).
+    pub architecture: String,
+    /// Context (or, for an encoder, maximum input) length in tokens.
+    pub context_length: usize,
+    /// `Q4` style quantization label, when quantized.
+    pub quantization: Option<String>,
+    /// Embedding width (embedding models).
+    pub dimensions: Option<usize>,
+    /// The model's own sampling defaults (generation_config.json).
+    pub defaults: GenerateParams,
+}
+
+impl LoadedModel {
+    fn load(path: &Path, kind: ModelKind) -> Result<LoadedModel, String> {
+        let options = LoadOptions::default();
+        Ok(match kind {
+            ModelKind::Text => LoadedModel::Text(Box::new(
+                LlmModel::load(path, &options, &mut |_| {}).map_err(|e| e.to_string())?,
+            )),
+            ModelKind::Vision => LoadedModel::Vision(Box::new(
+                VlmModel::load(path, &options, &mut |_| {}).map_err(|e| e.to_string())?,
+            )),
+            ModelKind::Embedding => LoadedModel::Embedding(Box::new(Embedder::load(path).map_err(|e| e.to_string())?)),
+        })
+    }
+
+    fn details(&self) -> ModelDetails {
+        let of_generator = |g: &dyn TextGenerator| {
+            let c = g.configuration();
+            ModelDetails {
+                architecture: c.architecture.clone(),
+                context_length: c.context_length,
+                quantization: c.quantization.map(|q| format!("Q{}", q.bits)),
+                dimensions: None,
+                defaults: c.default_params.clone(),
+            }
+        };
+        match self {
+            LoadedModel::Text(m) => of_generator(m.as_ref()),
+            LoadedModel::Vision(m) => of_generator(m.as_ref()),
+            LoadedModel::Embedding(e) => ModelDetails {
+                architecture: format!("{:?}", e.architecture()).to_lowercase(),
+                context_length: e.max_length(),
+                quantization: None,
+                dimensions: Some(e.dimensions()),
+                defaults: GenerateParams::default(),
+            },
+        }
+    }
+}
+
+/// The handle of a loaded model: its queue and counters. Dropping the last
+/// handle closes the queue; the worker threads finish the jobs already queued,
+/// then drop the model and end.
+pub struct ModelWorker {
+    /// The id the model is served under.
+    pub id: String,
+    /// Text, vision or embedding.
+    pub kind: ModelKind,
+    /// Where it was loaded from.
+    pub path: PathBuf,
+    /// What was loaded.
+    pub details: ModelDetails,
+    /// Jobs queued or running on this model.
+    active: Arc<AtomicU64>,
+    /// The most jobs that may wait.
+    queue_depth: usize,
+    jobs: SyncSender<Job>,
+    metrics: Arc<Metrics>,
+    /// When the last job finished or was queued.
+    last_used: Arc<Mutex<Instant>>,
+    /// When the model finished loading.
+    pub loaded_at: std::time::SystemTime,
+}
+
+impl std::fmt::Debug for ModelWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelWorker")
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .finish()
+    }
+}
+
+impl ModelWorker {
+    /// Loads `replicas` copies of the model at `path`, each on its own
+    /// thread, sharing one queue of `queue_depth` jobs. Blocks until all
+    /// are loaded (call it from a blocking task); the first load error is
+    /// returned and the threads already started end.
+    pub fn start(
+        id: &str,
+        path: &Path,
+        kind: ModelKind,
+        replicas: usize,
+        queue_depth: usize,
+        metrics: Arc<Metrics>,
+    ) -> Result<ModelWorker, String> {
+        let (jobs, rx) = mpsc::sync_channel::<Job>(queue_depth);
+        let rx = Arc::new(Mutex::new(rx));
+        let active = Arc::new(AtomicU64::new(0));
+        let last_used = Arc::new(Mutex::new(Instant::now()));
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<ModelDetails, String>>();
+        for i in 0..replicas.max(1) {
+            let (rx, ready, path) = (rx.clone(), ready_tx.clone(), path.to_path_buf());
+            let (metrics, active, last_used) = (metrics.clone(), active.clone(), last_used.clone());
+            std::thread::Builder::new()
+                .name(format!("model-{id}-{i}"))
+                .spawn(move || {
+                    let model = match LoadedModel::load(&path, kind) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            let _ = ready.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = ready.send(Ok(model.details()));
+                    drop(ready);
+                    run_jobs(model, &rx, &metrics, &active, &last_used);
+                })
+                .map_err(|e| format!("cannot start a worker thread: {e}"))?;
+        }
+        drop(ready_tx);
+        let mut details = None;
+        for _ in 0..replicas.max(1) {
+            match ready_rx.recv() {
+                Ok(Ok(d)) => details = Some(d),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err("a model worker thread ended while loading".into()),
+            }
+        }
+        let details = details.ok_or("no worker thread loaded the model")?;
+        Metrics::add(&metrics.resident_models, 1);
+        Ok(ModelWorker {
+            id: id.to_string(),
+            kind,
+            path: path.to_path_buf(),
+            details,
+            active,
+            queue_depth,
+            jobs,
+            metrics,
+            last_used,
+            loaded_at: std::time::SystemTime::now(),
+        })
+    }
+
+    /// Queues a job; a full queue gives the job back.
+    pub fn submit(&self, job: Job) -> Result<(), SubmitError> {
+        self.active.fetch_add(1, Ordering::SeqCst);
+        Metrics::add(&self.metrics.waiting, 1);
+        self.touch();
+        match self.jobs.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.active.fetch_sub(1, Ordering::SeqCst);
+                Metrics::dec(&self.metrics.waiting);
+                Err(match e {
+                    TrySendError::Full(_) => SubmitError::QueueFull(self.queue_depth),
+                    TrySendError::Disconnected(_) => SubmitError::Gone,
+                })
+            }
+        }
+    }
+
+    /// Streams a generation: the receiver yields its events; dropping it
+    /// cancels the generation.
+    pub fn generate(&self, prompt: Prompt, params: GenerateParams) -> Result<tmpsc::Receiver<GenEvent>, SubmitError> {
+        let (events, rx) = tmpsc::channel(EVENT_BUFFER);
+        self.submit(Job::Generate(GenerateJob {
+            prompt,
+            params,
+            events,
+            queued_at: Instant::now(),
+        }))?;
+        Ok(rx)
+    }
+
+    /// Embeds `texts`.
+    pub async fn embed(
+        &self,
+        texts: Vec<String>,
+    ) -> Result<Result<EmbedOutput, engine_embed::EmbedError>, SubmitError> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(Job::Embed(EmbedJob { texts, reply }))?;
+        rx.await.map_err(|_| SubmitError::Gone)
+    }
+
+    /// Whether no job is queued or running.
+    pub fn is_idle(&self) -> bool {
+        self.active.load(Ordering::SeqCst) == 0
+    }
+
+    /// How long ago the model was last used.
+    pub fn idle_for(&self) -> std::time::Duration {
+        self.last_used.lock().map(|t| t.elapsed()).unwrap_or_default()
+    }
+
+    fn touch(&self) {
+        if let Ok(mut t) = self.last_used.lock() {
+            *t = Instant::now();
+        }
+    }
+}
+
+impl Drop for ModelWorker {
+    fn drop(&mut self) {
+        Metrics::dec(&self.metrics.resident_models);
+        tracing::info!(model = %self.id, "unloading");
+    }
+}
+
+/// Why a job was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubmitError {
+    /// The queue holds its limit of jobs.
+    QueueFull(usize),
+    /// The worker threads are gone (a crash in the backend).
+    Gone,
+}
+
+/// A worker thread's loop: one job at a time until the queue closes.
+fn run_jobs(
+    mut model: LoadedModel,
+    rx: &Mutex<Receiver<Job>>,
+    metrics: &Metrics,
+    active: &AtomicU64,
+    last_used: &Mutex<Instant>,
+) {
+    loop {
+        // The lock is held only while waiting; the other replicas wait behind it.
+        let job = match rx.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
+        };
+        let Ok(job) = job else { return };
+        Metrics::dec(&metrics.waiting);
+        Metrics::add(&metrics.running, 1);
+        match (job, &mut model) {
+            (Job::Generate(job), LoadedModel::Text(m)) => run_generate(m.as_mut(), job, metrics),
+            (Job::Generate(job), LoadedModel::Vision(m)) => run_generate(m.as_mut(), job, metrics),
+            (Job::Embed(job), LoadedModel::Embedding(e)) => {
+                let refs: Vec<&str> = job.texts.iter().map(String::as_str).collect();
+                let out = e.embed_with(&refs, &EmbedOptions::default());
+                if out.is_ok() {
+                    Metrics::add(&metrics.embedded_inputs, refs.len() as u64);
+                }
+                let _ = job.reply.send(out);
+            }
+            (Job::Generate(job), LoadedModel::Embedding(_)) => {
+                let _ = job.events.blocking_send(Err(EngineError::InvalidParameter(
+                    "this is an embedding model: it cannot generate text".into(),
+                )));
+            }
+            (Job::Embed(job), _) => {
+                // Handlers check the model kind first; the dropped reply reads as a failure.
+                tracing::warn!("an embedding job reached a text-generation model");
+                drop(job);
+            }
+        }
+        Metrics::dec(&metrics.running);
+        if let Ok(mut t) = last_used.lock() {
+            *t = Instant::now();
+        }
+        active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Runs one generation, streaming its events; stops as soon as the client is gone.
+fn run_generate(model: &mut dyn TextGenerator, job: GenerateJob, metrics: &Metrics) {
+    if job.events.is_closed() {
+        // The client left while the job waited.
+        Metrics::add(&metrics.cancelled, 1);
+        return;
+    }
+    let stream = match model.stream(&job.prompt, &job.params) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = job.events.blocking_send(Err(e));
+            return;
+        }
+    };
+    let mut first = true;
+    for event in stream {
+        let last = !matches!(event, Ok(StreamEvent::Text { .. }));
+        if first && matches!(event, Ok(StreamEvent::Text { .. })) {
+            metrics.observe_ttft(job.queued_at.elapsed().as_secs_f64());
+            first = false;
+        }
+        if let Ok(StreamEvent::Done { stats, .. }) = &event {
+            Metrics::add(&metrics.prompt_tokens, stats.prompt_tokens as u64);
+            Metrics::add(&metrics.generated_tokens, stats.generated_tokens as u64);
+        }
+        if job.events.blocking_send(event).is_err() {
+            // The receiver is gone: dropping the generator here stops it.
+            Metrics::add(&metrics.cancelled, 1);
+            tracing::info!("client disconnected: generation stopped");
+            return;
+        }
+        if last {
+            return;
+        }
+    }
+}
