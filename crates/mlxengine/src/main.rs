@@ -1,5 +1,7 @@
 //! The `mlxengine` command-line tool.
 
+mod imagine;
+
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use engine_device::{format_size, DeviceReport, MemoryBudget, Purpose, Query, Registry};
@@ -34,6 +36,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Generate images from PROMPT with a diffusion model (-o out.png).
+    Imagine(imagine::ImagineArgs),
     /// Download a model (registry id or Hugging Face repo) into the HF cache.
     Pull {
         /// Registry id or `org/name`.
@@ -119,6 +123,9 @@ struct RunArgs {
     /// Registry variant (e.g. 4bit, bf16).
     #[arg(long)]
     variant: Option<String>,
+    /// Context length in tokens (default: the model's).
+    #[arg(long)]
+    context: Option<usize>,
     /// Weight precision: auto (fastest for this device), native, f32, bf16, f16.
     #[arg(long, default_value = "auto")]
     dtype: String,
@@ -202,6 +209,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run(args) => run_text(args),
         Command::Embed { model, text, json } => embed(&model, text, json),
+        Command::Imagine(args) => imagine::imagine(args),
         Command::Pull {
             model,
             revision,
@@ -424,9 +432,12 @@ fn is_vision_folder(path: &std::path::Path) -> bool {
 fn run_text(args: RunArgs) -> Result<()> {
     let mut engine = InferenceEngine::new()?;
     engine.variant = args.variant.clone();
+    if args.context == Some(0) {
+        bail!("--context must be at least 1 token");
+    }
     let options = LoadOptions {
         dtype: parse_dtype(&args.dtype)?,
-        ..Default::default()
+        context_length: args.context,
     };
     // Images are checked before any download or load: a bad path fails at once.
     let images: Vec<ImageSource> = args.image.iter().map(|i| image_arg(i)).collect::<Result<_>>()?;

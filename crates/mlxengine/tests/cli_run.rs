@@ -220,3 +220,111 @@ fn ctrl_c_during_generation_ends_the_process_at_once() {
     assert_eq!(status.code(), Some(130), "128 + SIGINT, as a shell reports Ctrl-C");
     assert!(sent.elapsed() < Duration::from_secs(2), "took {:?}", sent.elapsed());
 }
+
+#[test]
+fn interactive_commands_system_clear_and_multiline() {
+    let g = gguf();
+    let input = "/system You are a geography teacher.\nWhat is the capital of France?\n/clear\n\"\"\"\nWhat is\nthe capital of Italy?\n\"\"\"\n/nonsense\n/bye\n";
+    let out = mlxengine(
+        &[
+            s("run"),
+            g.as_os_str(),
+            s("--temperature"),
+            s("0"),
+            s("--max-tokens"),
+            s("24"),
+        ],
+        Some(input.as_bytes()),
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("(system prompt set)") && stderr.contains("(cleared the conversation)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("unknown command /nonsense"), "{stderr}");
+    // The three lines between the quotes were one question, answered once.
+    assert!(stdout.contains("Rome"), "{stdout}");
+    assert_eq!(
+        stdout.trim().lines().filter(|l| !l.trim().is_empty()).count(),
+        2,
+        "two answers: {stdout}"
+    );
+}
+
+#[test]
+fn a_chat_that_outgrows_the_context_drops_its_oldest_turns() {
+    let g = gguf();
+    let q = "Tell me one fact about the river Seine in Paris please.\n";
+    let input = q.repeat(5) + "/bye\n";
+    let out = mlxengine(
+        &[
+            s("run"),
+            g.as_os_str(),
+            s("--temperature"),
+            s("0"),
+            s("--max-tokens"),
+            s("16"),
+            s("--context"),
+            s("160"),
+        ],
+        Some(input.as_bytes()),
+    );
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("outgrew the context"), "{stderr}");
+    assert!(!stderr.contains("error"), "every turn is answered: {stderr}");
+    let answers = text(&out.stdout)
+        .trim()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count();
+    assert_eq!(answers, 5, "{}", text(&out.stdout));
+}
+
+#[test]
+fn ctrl_c_stops_an_interactive_answer_and_the_chat_goes_on() {
+    use std::io::Read;
+    use std::time::{Duration, Instant};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mlxengine"))
+        .args([s("run"), gguf().as_os_str(), s("--temperature"), s("0")])
+        .args([s("--max-tokens"), s("100000"), s("--stop"), s("never-appears")])
+        .env("HF_HUB_OFFLINE", "1")
+        .env_remove("MLXENGINE_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn mlxengine");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(b"Count from one to ten thousand.\n").unwrap();
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut first = [0u8; 1];
+    stdout.read_exact(&mut first).expect("the answer starts");
+    let ok = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success());
+    // The chat is still there: it answers the next question and ends on /bye.
+    stdin.write_all(b"What is the capital of France?\n/bye\n").unwrap();
+    drop(stdin);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the chat did not end after /bye");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(err.contains("(stopped)"), "{err}");
+    assert!(rest.contains("Paris"), "{rest}");
+}
