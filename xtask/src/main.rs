@@ -18,6 +18,7 @@ mod bench_hub;
 mod bench_llm;
 mod bench_mlx;
 mod bench_vlm;
+mod bench_window;
 mod dist;
 mod test_models;
 
@@ -35,7 +36,8 @@ fn main() -> Result<()> {
             Some("embed") => bench_embed::run(),
             Some("hub") => bench_hub::run(),
             Some("vlm") => bench_vlm::run(),
-            other => bail!("unknown bench {other:?}; available: mlx, llm, embed, hub, vlm"),
+            Some("window") => bench_window::run(&args[2..]),
+            other => bail!("unknown bench {other:?}; available: mlx, llm, embed, hub, vlm, window"),
         },
         _ => {
             eprintln!(

@@ -53,6 +53,15 @@ pub enum EngineError {
         /// Images attached to the messages.
         images: usize,
     },
+    /// A progress callback asked to stop (an image generation's step callback
+    /// returned `false`).
+    #[error("cancelled at step {step} of {steps}")]
+    Cancelled {
+        /// The step at which the callback asked to stop (1-based).
+        step: usize,
+        /// Steps planned.
+        steps: usize,
+    },
     /// Failure in the compute backend (MLX).
     #[error("backend error: {0}")]
     Backend(String),

@@ -84,3 +84,24 @@ pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &std::path::Path, 
         reason: format!("{e}; re-download the file"),
     })
 }
+
+/// For [`engine_core::ImageGenerator`]: a bad request stays a parameter error and a
+/// cancel stays a cancel; load-time errors keep their path; the rest keep their message.
+impl From<DiffusionError> for engine_core::EngineError {
+    fn from(e: DiffusionError) -> Self {
+        use engine_core::EngineError as E;
+        match e {
+            DiffusionError::InvalidRequest(m) => E::InvalidParameter(m),
+            DiffusionError::Cancelled { step, steps } => E::Cancelled { step, steps },
+            DiffusionError::NotAPipeline { ref path }
+            | DiffusionError::MissingFile { ref path, .. }
+            | DiffusionError::Io { ref path, .. }
+            | DiffusionError::BadConfig { ref path, .. }
+            | DiffusionError::Tokenizer { ref path, .. } => E::ModelLoad {
+                path: path.clone(),
+                reason: e.to_string(),
+            },
+            DiffusionError::Mlx(m) => E::Backend(m.to_string()),
+        }
+    }
+}

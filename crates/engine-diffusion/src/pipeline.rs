@@ -155,3 +155,14 @@ impl ImagePipeline {
             .collect())
     }
 }
+
+/// The backend-neutral face of the pipeline: errors become [`engine_core::EngineError`]s.
+impl engine_core::ImageGenerator for ImagePipeline {
+    fn generate_with(
+        &self,
+        req: &ImageRequest,
+        progress: &mut dyn FnMut(Progress) -> bool,
+    ) -> engine_core::Result<Vec<ImageF32>> {
+        Ok(ImagePipeline::generate_with(self, req, progress)?)
+    }
+}

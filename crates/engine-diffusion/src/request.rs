@@ -1,96 +1,17 @@
-//! What a generation asks for ([`ImageRequest`]) and gets ([`ImageF32`]), and
-//! the checks that turn bad requests into errors that say what to change.
+//! What a generation asks for ([`ImageRequest`]) and gets ([`ImageF32`]) —
+//! engine-core's types — and the checks that turn bad requests into errors
+//! that say what to change.
 
 use crate::error::{DiffusionError, Result};
 use crate::scheduler::SchedulerKind;
 use crate::ImagePipeline;
 
-/// An RGB image, row-major (height, width, 3), values in [0, 1].
-#[derive(Debug, Clone, PartialEq)]
-pub struct ImageF32 {
-    /// Width in pixels.
-    pub width: usize,
-    /// Height in pixels.
-    pub height: usize,
-    /// `height × width × 3` values.
-    pub data: Vec<f32>,
-}
+// The request and image types are engine-core's, so apps written against
+// `engine_core::ImageGenerator` never name this crate; re-exported from here.
+pub use engine_core::image_gen::{ImageF32, ImageRequest, Latents};
 
-/// Initial latents in diffusers' layout: NCHW `(n, 4, height/8, width/8)`, row-major.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Latents {
-    /// `[n, channels, height/8, width/8]`.
-    pub shape: [usize; 4],
-    /// The values.
-    pub data: Vec<f32>,
-}
-
-/// What to generate.
-#[derive(Debug, Clone)]
-pub struct ImageRequest {
-    /// The prompt.
-    pub prompt: String,
-    /// What to steer away from. `None`: the empty prompt (SD 1/2) or zeros (SDXL's
-    /// `force_zeros_for_empty_prompt`).
-    pub negative_prompt: Option<String>,
-    /// Width in pixels (a multiple of 8). Ignored for img2img (the image's size is used).
-    pub width: usize,
-    /// Height in pixels (a multiple of 8). Ignored for img2img.
-    pub height: usize,
-    /// Sampling steps (img2img runs `floor(steps × strength)` of them).
-    pub steps: usize,
-    /// Classifier-free guidance scale; ≤ 1 turns guidance off.
-    pub guidance: f32,
-    /// Seed of the initial noise (when `latents` is not given).
-    pub seed: u64,
-    /// The initial noise (diffusers' `latents=`); for img2img, the noise added to the image.
-    pub latents: Option<Latents>,
-    /// Ancestral samplers: the noise of each step (NCHW like `latents`, one per step
-    /// run), to reproduce another implementation's draws; `None` draws it from `seed`.
-    pub step_noise: Option<Vec<Latents>>,
-    /// img2img: the starting image.
-    pub init_image: Option<ImageF32>,
-    /// img2img: how much of the schedule to run, in (0, 1].
-    pub strength: f32,
-    /// Images to make.
-    pub n: usize,
-    /// A scheduler other than the pipeline's own (see [`SchedulerKind::NAMES`]).
-    pub scheduler: Option<String>,
-    /// Skip the last CLIP layers (diffusers' `clip_skip`); as in diffusers, it
-    /// applies to the prompt only, not the negative prompt.
-    pub clip_skip: Option<usize>,
-}
-
-impl ImageRequest {
-    /// A 512×512, 30-step, guidance 7.5 request for `prompt`.
-    pub fn new(prompt: impl Into<String>) -> ImageRequest {
-        ImageRequest {
-            prompt: prompt.into(),
-            negative_prompt: None,
-            width: 512,
-            height: 512,
-            steps: 30,
-            guidance: 7.5,
-            seed: 0,
-            latents: None,
-            step_noise: None,
-            init_image: None,
-            strength: 0.8,
-            n: 1,
-            scheduler: None,
-            clip_skip: None,
-        }
-    }
-}
-
-/// Progress of a generation, reported after each step.
-#[derive(Debug, Clone, Copy)]
-pub struct Progress {
-    /// Steps done.
-    pub step: usize,
-    /// Steps in all.
-    pub steps: usize,
-}
+/// Progress of a generation, reported after each step (engine-core's `StepProgress`).
+pub use engine_core::image_gen::StepProgress as Progress;
 
 pub(crate) fn invalid<T>(msg: String) -> Result<T> {
     Err(DiffusionError::InvalidRequest(msg))

@@ -261,6 +261,15 @@ impl Schedule {
                 timesteps.insert(2, timesteps[1]);
             }
         }
+        // `leading` + `steps_offset` can step past the last training step (diffusers
+        // indexes out of range there); say so instead.
+        if let Some(&t) = timesteps.iter().find(|&&t| !(0.0..tt).contains(&t)) {
+            return Err(DiffusionError::InvalidRequest(format!(
+                "{n} steps with timestep_spacing `{spacing}` and steps_offset {} reach timestep {t}, \
+                 outside the {t_train} training steps; use fewer steps",
+                cfg.steps_offset
+            )));
+        }
         let table: Vec<f32> = acp.iter().map(|a| ((1.0 - a) / a).sqrt()).collect();
         let (timesteps, mut sigmas): (Vec<f64>, Vec<f64>) = match kind {
             SchedulerKind::DpmPp2M { karras: true } => {

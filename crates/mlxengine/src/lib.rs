@@ -9,17 +9,21 @@
 //! # Ok::<(), mlxengine::Error>(())
 //! ```
 //!
-//! Cargo features gate whole crates: `llm`, `vlm`, `embed`, `hub`, `device`
-//! (all on by default), `diffusion`, `cuda`; [`can_load`] says which model
-//! types a build loads.
+//! Cargo features gate whole crates: `llm`, `vlm`, `embed`, `diffusion`, `hub`,
+//! `device` (all on by default), `cuda`; [`can_load`] says which model types a
+//! build loads. Images come from [`InferenceEngine::load_image_generator`], which
+//! runs behind the backend-neutral [`ImageGenerator`] trait.
 #![warn(missing_docs)]
 
 pub use engine_core::{
-    ChatMessage, EngineError, FeatureFlag, FinishReason, GenerateParams, Generation, GenerationStats, ImageSource,
-    LoadProgress, MockTextGenerator, ModelConfiguration, ModelSource, ModelType, Prompt, StreamEvent, TextGenerator,
+    ChatMessage, EngineError, FeatureFlag, FinishReason, GenerateParams, Generation, GenerationStats, ImageF32,
+    ImageGenerator, ImageRequest, ImageSource, Latents, LoadProgress, MockTextGenerator, ModelConfiguration,
+    ModelSource, ModelType, Prompt, StepProgress, StreamEvent, TextGenerator,
 };
 #[cfg(feature = "device")]
 pub use engine_device as device;
+#[cfg(feature = "diffusion")]
+pub use engine_diffusion::{DiffusionError, ImagePipeline, SchedulerConfig, SchedulerKind};
 #[cfg(feature = "embed")]
 pub use engine_embed::{cosine_similarity, EmbedOptions, Embedder};
 #[cfg(feature = "hub")]
@@ -42,6 +46,10 @@ pub enum Error {
     #[cfg(feature = "embed")]
     #[error(transparent)]
     Embed(#[from] engine_embed::EmbedError),
+    /// Loading an image-generation pipeline failed.
+    #[cfg(feature = "diffusion")]
+    #[error(transparent)]
+    Diffusion(#[from] engine_diffusion::DiffusionError),
     /// A download or cache operation failed.
     #[cfg(feature = "hub")]
     #[error(transparent)]
@@ -338,6 +346,25 @@ impl InferenceEngine {
     pub fn load_embedder(&self, model: &str, progress: &mut dyn FnMut(Progress)) -> Result<Embedder> {
         let path = self.resolve(model, ModelType::Embedding, progress)?;
         Ok(Embedder::load(&path)?)
+    }
+
+    /// Loads an image-generation pipeline: a diffusers folder (`model_index.json`,
+    /// `unet/`, `vae/`, `text_encoder/`, `tokenizer/`, `scheduler/`), a registry id
+    /// or a repo. The result runs behind [`ImageGenerator`] (or its own
+    /// [`ImagePipeline::generate_with`], whose errors keep their detail).
+    #[cfg(feature = "diffusion")]
+    pub fn load_image_generator(&self, model: &str, progress: &mut dyn FnMut(Progress)) -> Result<ImagePipeline> {
+        let path = self.resolve(model, ModelType::Diffusion, progress)?;
+        progress(Progress::Load(LoadProgress {
+            stage: "loading the diffusion pipeline".into(),
+            fraction: 0.0,
+        }));
+        let pipe = ImagePipeline::load(&path)?;
+        progress(Progress::Load(LoadProgress {
+            stage: "loading the diffusion pipeline".into(),
+            fraction: 1.0,
+        }));
+        Ok(pipe)
     }
 }
 
