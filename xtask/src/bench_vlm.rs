@@ -51,13 +51,25 @@ pub fn run() -> Result<()> {
     if !image.exists() {
         let script = "import sys, numpy as np; from PIL import Image; \
              Image.fromarray(np.random.default_rng(0).integers(0, 255, (224, 224, 3), dtype=np.uint8)).save(sys.argv[1])";
-        if !Command::new(&python).args(["-c", script]).arg(&image).status()?.success() {
+        if !Command::new(&python)
+            .args(["-c", script])
+            .arg(&image)
+            .status()?
+            .success()
+        {
             bail!("writing the bench image failed");
         }
     }
     let prompt = "Describe this image.";
     let n = "16";
-    let engine = |m: &Path| json_of(Command::new(&exe).arg(m).arg(&image).args([prompt, n, "--dtype", "f32"]));
+    let engine = |m: &Path| {
+        json_of(
+            Command::new(&exe)
+                .arg(m)
+                .arg(&image)
+                .args([prompt, n, "--dtype", "f32"]),
+        )
+    };
     let blas = Path::new("/usr/lib/x86_64-linux-gnu/libopenblas.so.0");
     let oracle = |m: &Path| -> Result<Value> {
         let mut cmd = Command::new(&python);

@@ -35,7 +35,9 @@ fn ldd(file: &Path) -> Result<Vec<(String, Option<PathBuf>)>> {
             let l = l.trim();
             let name = l.split_whitespace().next()?.to_string();
             let path = l.split("=> ").nth(1).and_then(|r| r.split(" (").next()).map(str::trim);
-            let path = path.filter(|p| *p != "not found" && p.starts_with('/')).map(PathBuf::from);
+            let path = path
+                .filter(|p| *p != "not found" && p.starts_with('/'))
+                .map(PathBuf::from);
             Some((name, path))
         })
         .collect())
@@ -61,7 +63,12 @@ pub fn run() -> Result<()> {
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
     let exe = target.join("release/mlxengine");
-    let name = format!("mlxengine-{}-{}-{}", env!("CARGO_PKG_VERSION"), std::env::consts::OS, std::env::consts::ARCH);
+    let name = format!(
+        "mlxengine-{}-{}-{}",
+        env!("CARGO_PKG_VERSION"),
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    );
     let dist = target.join("dist");
     let stage = dist.join(&name);
     let _ = std::fs::remove_dir_all(&stage);
@@ -75,10 +82,17 @@ pub fn run() -> Result<()> {
         .iter()
         .find_map(|(n, p)| p.as_ref().filter(|_| n.starts_with("libmlx.so")))
         .context("the binary does not load libmlx.so")?;
-    let wheel_root = mlx.parent().and_then(Path::parent).and_then(Path::parent).context("libmlx's folder")?;
+    let wheel_root = mlx
+        .parent()
+        .and_then(Path::parent)
+        .and_then(Path::parent)
+        .context("libmlx's folder")?;
     for entry in std::fs::read_dir(wheel_root)? {
         let p = entry?.path();
-        let file = p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+        let file = p
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
         if file == "mlx" {
             std::fs::create_dir_all(stage.join("lib/mlx/lib"))?;
             std::fs::copy(mlx, stage.join("lib/mlx/lib/libmlx.so"))?;
@@ -91,14 +105,21 @@ pub fn run() -> Result<()> {
         if is_system(n) || n.starts_with("libmlx.so") {
             continue;
         }
-        let Some(p) = p else { bail!("{n} is not found for {}", exe.display()) };
+        let Some(p) = p else {
+            bail!("{n} is not found for {}", exe.display())
+        };
         if p.starts_with(wheel_root) {
             continue;
         }
         sh(Command::new("cp").arg("-L").arg(p).arg(stage.join("lib").join(n)))?;
     }
     let tarball = dist.join(format!("{name}.tar.gz"));
-    sh(Command::new("tar").arg("czf").arg(&tarball).arg("-C").arg(&dist).arg(&name))?;
+    sh(Command::new("tar")
+        .arg("czf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&dist)
+        .arg(&name))?;
     check(&tarball, &name)?;
     let size = std::fs::metadata(&tarball)?.len() as f64 / 1e6;
     println!("{} ({size:.0} MB)", tarball.display());

@@ -90,7 +90,12 @@ impl VlmModel {
         // original Qwen2-VL configs keep them at the top level.
         let mut text_cfg = match raw.get("text_config") {
             Some(t) if t.is_object() => t.clone(),
-            Some(_) => return Err(load_err(&cfg_path, "config.json's text_config is not an object; download it again")),
+            Some(_) => {
+                return Err(load_err(
+                    &cfg_path,
+                    "config.json's text_config is not an object; download it again",
+                ))
+            }
             None => raw.clone(),
         };
         if text_cfg.get("model_type").is_none() {

@@ -33,7 +33,11 @@ fn matches_transformers_on_every_case() {
             let got = logits.to_f32_vec().unwrap();
             let want = last_logits(case);
             let tail = &got[got.len() - want.len()..];
-            let worst = tail.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            let worst = tail
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
             assert!(worst < 1e-4, "{fixture_name} {name}: logits differ by {worst}");
         }
     }
@@ -53,7 +57,10 @@ fn greedy_tokens_match_and_images_steer_them() {
             assert_eq!(g.tokens, greedy(case, eos), "{fixture_name} {name}: greedy tokens");
             answers.push(g.tokens);
         }
-        assert_ne!(answers[0], answers[1], "{fixture_name}: a different image must give a different answer");
+        assert_ne!(
+            answers[0], answers[1],
+            "{fixture_name}: a different image must give a different answer"
+        );
     }
 }
 
@@ -104,7 +111,11 @@ fn loads_the_mlx_vlm_layout_too() {
     let mut renamed: Vec<(String, engine_mlx::Array)> = Vec::new();
     for (name, a) in w.iter() {
         let (name, a) = if let Some(r) = name.strip_prefix("visual.") {
-            let a = if r == "patch_embed.proj.weight" { a.transpose(&[0, 2, 3, 4, 1]).unwrap() } else { a.clone() };
+            let a = if r == "patch_embed.proj.weight" {
+                a.transpose(&[0, 2, 3, 4, 1]).unwrap()
+            } else {
+                a.clone()
+            };
             (format!("vision_tower.{r}"), a)
         } else if let Some(r) = name.strip_prefix("model.") {
             (format!("language_model.model.{r}"), a.clone())

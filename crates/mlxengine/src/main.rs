@@ -396,7 +396,6 @@ impl Session<'_> {
             Session::Vision(s) => s.overflows(message)?,
         })
     }
-
 }
 
 /// An `--image` / `/image` argument: a URL (`data:`, `file://`, or a remote

@@ -46,7 +46,9 @@ pub fn sanitize(cfg: &LlmConfig, w: WeightMap) -> WeightMap {
     let w = w.rename(|n| {
         if n.starts_with("vision_tower.") || n.starts_with("multi_modal_projector.") {
             if !std::mem::replace(&mut warned, true) {
-                tracing::warn!("this Gemma 3 checkpoint has a vision tower, which MLXEngine does not run yet: it runs text-only");
+                tracing::warn!(
+                    "this Gemma 3 checkpoint has a vision tower, which MLXEngine does not run yet: it runs text-only"
+                );
             }
             None
         } else {

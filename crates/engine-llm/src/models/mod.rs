@@ -40,7 +40,9 @@ pub fn prepare(cfg: &mut LlmConfig, weights: WeightMap) -> Result<(ArchFeatures,
     match cfg.model_type.as_str() {
         "llama" | "mistral" => Ok((llama::features(cfg), llama::sanitize(cfg, weights))),
         // Qwen2-VL's decoder is Qwen2's; its M-RoPE comes from the config.
-        "qwen2" | "qwen2_vl_text" | "qwen2_vl" | "qwen2_5_vl_text" | "qwen2_5_vl" => Ok((qwen2::features(cfg), llama::sanitize(cfg, weights))),
+        "qwen2" | "qwen2_vl_text" | "qwen2_vl" | "qwen2_5_vl_text" | "qwen2_5_vl" => {
+            Ok((qwen2::features(cfg), llama::sanitize(cfg, weights)))
+        }
         "qwen3" => Ok((qwen3::features(cfg), llama::sanitize(cfg, weights))),
         "phi3" => Ok((phi3::features(cfg), phi3::sanitize(cfg, weights).map_err(be)?)),
         "gemma2" => Ok((gemma2::features(cfg), llama::sanitize(cfg, weights))),
