@@ -2,7 +2,7 @@
 //! attention with GQA + RoPE + KV cache, a gated MLP, RMS norms. Each
 //! architecture file sets the [`ArchFeatures`] that make it itself.
 
-use crate::cache::KvCache;
+use crate::cache::{KeyOrder, KvCache};
 use crate::config::LlmConfig;
 use engine_mlx::fast::{scaled_dot_product_attention, AttentionMask};
 use engine_mlx::nn::{join, Embedding, Linear, RmsNorm, Rope, RopeScaling};
@@ -429,7 +429,6 @@ impl Transformer {
         let k = heads(a.k.forward(x)?, self.cfg.num_kv_heads, &a.k_norm)?;
         let v = heads(a.v.forward(x)?, self.cfg.num_kv_heads, &None)?;
         let offset = cache.offset();
-        let held_before = cache.held();
         let (q, k) = match tables {
             Some((cos, sin)) => (rotate(&q, cos, sin)?, rotate(&k, cos, sin)?),
             None => {
@@ -437,18 +436,10 @@ impl Transformer {
                 (a.rope.forward(&q, pos)?, a.rope.forward(&k, pos)?)
             }
         };
-        let (k, v) = cache.update(&k, &v)?;
-        // Keys visible now: `held_before` cached positions, then the `l` new ones.
-        let first_key_pos = offset - held_before;
-        let mask_arr = self.build_mask(
-            l as usize,
-            offset,
-            first_key_pos,
-            held_before + l as usize,
-            a.window,
-            mask,
-            q.dtype(),
-        )?;
+        let view = cache.update(&k, &v)?;
+        let t = view.keys.dim(2);
+        let mask_arr = self.build_mask(l as usize, offset, view.order, t, a.window, mask, q.dtype())?;
+        let (k, v) = (view.keys, view.values);
         let scale = self.features.attn_scale;
         let out = match self.features.attn_softcap {
             Some(cap) => self.softcapped_attention(&q, &k, &v, scale, cap, mask_arr.as_ref(), l as usize)?,
@@ -464,22 +455,25 @@ impl Transformer {
         a.o.forward(&out.transpose(&[0, 2, 1, 3])?.reshape(&[b, l, -1])?)
     }
 
-    /// Chooses the cheapest correct mask: none for a lone decode step,
-    /// MLX's built-in causal mode when possible, an explicit boolean array
-    /// for windows and padding.
+    /// Chooses the cheapest correct mask for `l` queries from position
+    /// `q_start` over `t` keys laid out as `order`: none for a lone decode
+    /// step (a full ring holds exactly its window, in any order), MLX's
+    /// built-in causal mode when possible, an explicit boolean array for
+    /// windows and padding.
     #[allow(clippy::too_many_arguments)]
     fn build_mask(
         &self,
         l: usize,
         q_start: usize,
-        k_start: usize,
+        order: KeyOrder,
         t: usize,
         window: Option<usize>,
         spec: &MaskSpec,
         _dtype: Dtype,
     ) -> Result<Option<MaskKind>> {
-        let window_bites = window.is_some_and(|w| q_start + l - k_start > w);
-        if spec.left_padding.is_none() && !window_bites {
+        let window_bites = window.is_some_and(|w| q_start + l - order.first() > w);
+        let in_order = matches!(order, KeyOrder::InOrder { .. });
+        if spec.left_padding.is_none() && !window_bites && (l == 1 || in_order) {
             return Ok(if l == 1 { None } else { Some(MaskKind::Causal) });
         }
         let pads = spec.left_padding.clone().unwrap_or_else(|| vec![0]);
@@ -489,7 +483,7 @@ impl Transformer {
             for i in 0..l {
                 let qp = q_start + i;
                 for j in 0..t {
-                    let kp = k_start + j;
+                    let kp = order.position(j);
                     // A padding query attends to itself only, so no row is fully
                     // masked (that would give NaN, which 0-weights do not cancel).
                     let ok = (kp <= qp && window.is_none_or(|w| qp - kp < w) && kp >= pad) || (qp < pad && kp == qp);
