@@ -223,6 +223,8 @@ impl InferenceEngine {
     /// Fails without touching the network when `model` looks like a path
     /// that does not exist ([`Error::NoSuchPath`]), or is a registry entry of
     /// another type than `model_type` ([`Error::WrongModelType`]).
+    // Without the hub, only local paths resolve: the type and progress go unused.
+    #[cfg_attr(not(feature = "hub"), allow(unused_variables))]
     pub fn resolve(&self, model: &str, model_type: ModelType, progress: &mut dyn FnMut(Progress)) -> Result<PathBuf> {
         let path = Path::new(model);
         if path.exists() {
