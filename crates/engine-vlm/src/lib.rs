@@ -19,6 +19,7 @@ pub mod image;
 mod model;
 pub mod models;
 pub mod preprocess;
+mod resample;
 
 pub use model::{load_image, EncodedPrompt, VlmChatSession, VlmModel};
 
