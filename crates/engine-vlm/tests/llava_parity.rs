@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{expected, fixture, greedy, ids, last_logits, messages};
+use common::{assert_greedy_match, assert_logits_match, fixture};
 use engine_core::{ChatMessage, GenerateParams, ImageSource, Prompt, TextGenerator};
 use engine_vlm::VlmModel;
 
@@ -17,37 +17,12 @@ fn load() -> VlmModel {
 
 #[test]
 fn matches_transformers_on_every_case() {
-    let model = load();
-    let fx = expected(NAME);
-    for (name, case) in fx["cases"].as_object().unwrap() {
-        let (prompt_ids, logits) = model.logits(&messages(NAME, case)).unwrap();
-        assert_eq!(prompt_ids, ids(&case["input_ids"]), "{name}: prompt ids");
-        let got = logits.to_f32_vec().unwrap();
-        let want = last_logits(case);
-        let tail = &got[got.len() - want.len()..];
-        let worst = tail
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
-        assert!(worst < 1e-4, "{name}: logits differ by {worst}");
-    }
+    assert_logits_match(&load(), NAME);
 }
 
 #[test]
 fn greedy_tokens_match_and_images_steer_them() {
-    let mut model = load();
-    let fx = expected(NAME);
-    let mut answers = Vec::new();
-    for name in ["one_image", "other_image", "two_images", "text_only"] {
-        let case = &fx["cases"][name];
-        let g = model
-            .generate(&Prompt::Chat(messages(NAME, case)), &GenerateParams::greedy(12))
-            .unwrap();
-        assert_eq!(g.tokens, greedy(case, 2), "{name}: greedy tokens");
-        answers.push(g.tokens);
-    }
-    assert_ne!(answers[0], answers[1], "a different image must give a different answer");
+    assert_greedy_match(&mut load(), NAME, 2);
 }
 
 #[test]

@@ -7,8 +7,8 @@
 
 mod common;
 
-use common::{expected, fixture, greedy, ids, last_logits, messages};
-use engine_core::{GenerateParams, Prompt, StreamEvent, TextGenerator};
+use common::{assert_greedy_match, assert_logits_match, expected, fixture, messages};
+use engine_core::{GenerateParams, StreamEvent};
 use engine_vlm::VlmModel;
 
 const NAME: &str = "qwen2-vl";
@@ -24,43 +24,16 @@ fn load() -> VlmModel {
 
 #[test]
 fn matches_transformers_on_every_case() {
-    for fixture_name in FIXTURES {
-        let model = load_named(fixture_name);
-        let fx = expected(fixture_name);
-        for (name, case) in fx["cases"].as_object().unwrap() {
-            let (prompt_ids, logits) = model.logits(&messages(fixture_name, case)).unwrap();
-            assert_eq!(prompt_ids, ids(&case["input_ids"]), "{fixture_name} {name}: prompt ids");
-            let got = logits.to_f32_vec().unwrap();
-            let want = last_logits(case);
-            let tail = &got[got.len() - want.len()..];
-            let worst = tail
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0f32, f32::max);
-            assert!(worst < 1e-4, "{fixture_name} {name}: logits differ by {worst}");
-        }
+    for name in FIXTURES {
+        assert_logits_match(&load_named(name), name);
     }
 }
 
 #[test]
 fn greedy_tokens_match_and_images_steer_them() {
-    for fixture_name in FIXTURES {
-        let mut model = load_named(fixture_name);
-        let fx = expected(fixture_name);
-        let eos = fx["eos_token_id"].as_u64().unwrap() as u32;
-        let mut answers = Vec::new();
-        for name in ["one_image", "other_image", "two_images", "text_only"] {
-            let case = &fx["cases"][name];
-            let prompt = Prompt::Chat(messages(fixture_name, case));
-            let g = model.generate(&prompt, &GenerateParams::greedy(12)).unwrap();
-            assert_eq!(g.tokens, greedy(case, eos), "{fixture_name} {name}: greedy tokens");
-            answers.push(g.tokens);
-        }
-        assert_ne!(
-            answers[0], answers[1],
-            "{fixture_name}: a different image must give a different answer"
-        );
+    for name in FIXTURES {
+        let eos = expected(name)["eos_token_id"].as_u64().unwrap() as u32;
+        assert_greedy_match(&mut load_named(name), name, eos);
     }
 }
 

@@ -2,7 +2,8 @@
 //! torch-fixtures`) and transformers' answers for them.
 #![allow(dead_code)] // each test binary uses a subset
 
-use engine_core::{ChatMessage, ImageSource};
+use engine_core::{ChatMessage, GenerateParams, ImageSource, Prompt, TextGenerator};
+use engine_vlm::VlmModel;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -71,4 +72,41 @@ pub fn greedy(case: &Value, eos: u32) -> Vec<u32> {
         want.truncate(p + 1);
     }
     want
+}
+
+/// Every case of fixture `name`: the prompt ids equal the processor's and the
+/// last positions' logits are within 1e-4 of transformers'.
+pub fn assert_logits_match(model: &VlmModel, name: &str) {
+    let fx = expected(name);
+    for (case_name, case) in fx["cases"].as_object().unwrap() {
+        let (prompt_ids, logits) = model.logits(&messages(name, case)).unwrap();
+        assert_eq!(prompt_ids, ids(&case["input_ids"]), "{name} {case_name}: prompt ids");
+        let got = logits.to_f32_vec().unwrap();
+        let want = last_logits(case);
+        let tail = &got[got.len() - want.len()..];
+        let worst = tail
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst < 1e-4, "{name} {case_name}: logits differ by {worst}");
+    }
+}
+
+/// transformers' greedy tokens for each case of fixture `name`, and a
+/// different image gives a different answer.
+pub fn assert_greedy_match(model: &mut VlmModel, name: &str, eos: u32) {
+    let fx = expected(name);
+    let mut answers = Vec::new();
+    for case_name in ["one_image", "other_image", "two_images", "text_only"] {
+        let case = &fx["cases"][case_name];
+        let prompt = Prompt::Chat(messages(name, case));
+        let g = model.generate(&prompt, &GenerateParams::greedy(12)).unwrap();
+        assert_eq!(g.tokens, greedy(case, eos), "{name} {case_name}: greedy tokens");
+        answers.push(g.tokens);
+    }
+    assert_ne!(
+        answers[0], answers[1],
+        "{name}: a different image must give a different answer"
+    );
 }
