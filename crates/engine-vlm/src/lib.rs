@@ -23,6 +23,22 @@ mod resample;
 
 pub use model::{load_image, EncodedPrompt, VlmChatSession, VlmModel};
 
+/// The `model_type` of a multimodal checkpoint folder (its config.json has a
+/// `vision_config`), or `None` for any other path.
+pub fn multimodal_architecture(dir: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
+    let cfg: serde_json::Value = serde_json::from_str(&text).ok()?;
+    cfg.get("vision_config")?;
+    Some(cfg["model_type"].as_str().unwrap_or_default().to_string())
+}
+
+/// Whether [`VlmModel`] runs `dir` with images: a multimodal checkpoint of an
+/// architecture in [`models::SUPPORTED`] (others, such as Gemma 3 for now,
+/// run text-only through engine-llm).
+pub fn runs_with_images(dir: &std::path::Path) -> bool {
+    multimodal_architecture(dir).is_some_and(|a| models::SUPPORTED.contains(&a.as_str()))
+}
+
 pub(crate) fn be(e: engine_mlx::Error) -> engine_core::EngineError {
     engine_core::EngineError::Backend(e.to_string())
 }

@@ -31,8 +31,8 @@ impl ModelKind {
 const ENCODER_TYPES: &[&str] = &["bert", "roberta", "xlm-roberta", "camembert", "modernbert"];
 
 /// What the model at `path` is: a `.gguf` file generates text; a folder whose
-/// config.json has a `vision_config` is a vision model (Gemma 3's tower is not
-/// implemented: it runs text-only); a sentence-transformers folder or an
+/// engine-vlm runs with images is a vision model (a multimodal checkpoint of
+/// another architecture runs text-only); a sentence-transformers folder or an
 /// encoder config is an embedding model; anything else generates text.
 pub fn kind_of(path: &Path) -> ModelKind {
     if path.is_file() {
@@ -46,7 +46,7 @@ pub fn kind_of(path: &Path) -> ModelKind {
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_default();
     let model_type = cfg["model_type"].as_str().unwrap_or_default();
-    if cfg.get("vision_config").is_some() && !model_type.starts_with("gemma3") {
+    if engine_vlm::runs_with_images(path) {
         ModelKind::Vision
     } else if ENCODER_TYPES.contains(&model_type) {
         ModelKind::Embedding

@@ -32,7 +32,10 @@ pub use engine_hub as hub;
 pub use engine_llm::{ChatHistory, ChatSession, ChatTurn, DtypePolicy, LlmModel, LoadOptions};
 pub use engine_mlx as mlx;
 #[cfg(feature = "vlm")]
-pub use engine_vlm::{image::ImageLimits, models::SUPPORTED as VLM_ARCHITECTURES, VlmChatSession, VlmModel};
+pub use engine_vlm::{
+    image::ImageLimits, models::SUPPORTED as VLM_ARCHITECTURES, multimodal_architecture, runs_with_images,
+    VlmChatSession, VlmModel,
+};
 
 use std::path::{Path, PathBuf};
 

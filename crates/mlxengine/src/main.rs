@@ -414,20 +414,6 @@ fn image_arg(arg: &str) -> Result<ImageSource> {
     Ok(ImageSource::Path(path))
 }
 
-/// The architecture of a multimodal checkpoint folder (one with a `vision_config`).
-fn multimodal_arch(path: &std::path::Path) -> Option<String> {
-    let text = std::fs::read_to_string(path.join("config.json")).ok()?;
-    let cfg = serde_json::from_str::<serde_json::Value>(&text).ok()?;
-    cfg.get("vision_config")?;
-    Some(cfg["model_type"].as_str().unwrap_or_default().to_string())
-}
-
-/// Whether a model folder is a vision-language checkpoint this build runs
-/// with images (others, such as Gemma 3 for now, run text-only).
-fn is_vision_folder(path: &std::path::Path) -> bool {
-    multimodal_arch(path).is_some_and(|a| mlxengine::VLM_ARCHITECTURES.contains(&a.as_str()))
-}
-
 fn run_text(args: RunArgs) -> Result<()> {
     let mut engine = InferenceEngine::new()?;
     engine.variant = args.variant.clone();
@@ -450,14 +436,14 @@ fn run_text(args: RunArgs) -> Result<()> {
     };
     let loaded = engine.resolve(&args.model, kind, &mut report).and_then(|path| {
         let mut on_load = |p| report(Progress::Load(p));
-        if is_vision_folder(&path) {
+        if mlxengine::runs_with_images(&path) {
             Ok(ChatModel::Vision(Box::new(VlmModel::load(
                 &path,
                 &options,
                 &mut on_load,
             )?)))
         } else if !args.image.is_empty() {
-            let why = match multimodal_arch(&path) {
+            let why = match mlxengine::multimodal_architecture(&path) {
                 Some(arch) => format!(
                     "{} is a `{arch}` vision-language model whose vision tower MLXEngine does not run yet: it runs \
                      text-only here; leave out --image",
