@@ -96,6 +96,24 @@ pub enum ImageSource {
     Url(String),
 }
 
+impl From<PathBuf> for ImageSource {
+    fn from(path: PathBuf) -> Self {
+        ImageSource::Path(path)
+    }
+}
+
+impl From<&Path> for ImageSource {
+    fn from(path: &Path) -> Self {
+        ImageSource::Path(path.to_path_buf())
+    }
+}
+
+impl From<Vec<u8>> for ImageSource {
+    fn from(bytes: Vec<u8>) -> Self {
+        ImageSource::Bytes(bytes)
+    }
+}
+
 /// One chat message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {

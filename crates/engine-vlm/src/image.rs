@@ -26,44 +26,22 @@ use sha2::{Digest, Sha256};
 /// An 8-bit RGB image, row-major, 3 bytes per pixel (re-exported from the `image` crate).
 pub use ::image::RgbImage;
 
-/// Where an image comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ImageSource {
-    /// A file on disk.
-    Path(PathBuf),
-    /// The encoded file contents (PNG, JPEG, WebP or GIF).
-    Bytes(Vec<u8>),
-    /// A `data:image/...;base64,...` URL or a `file://` URL. `http(s)://` URLs are
-    /// refused: images are never fetched from the network here.
-    Url(String),
+/// Where an image comes from (engine-core's, so chat messages carry it).
+pub use engine_core::ImageSource;
+
+/// Decoding an [`ImageSource`].
+pub trait LoadImage {
+    /// Reads and decodes the image to upright 8-bit RGB.
+    fn load(&self, limits: &ImageLimits) -> Result<RgbImage, ImageError>;
 }
 
-impl ImageSource {
-    /// Reads and decodes the image to upright 8-bit RGB.
-    pub fn load(&self, limits: &ImageLimits) -> Result<RgbImage, ImageError> {
+impl LoadImage for ImageSource {
+    fn load(&self, limits: &ImageLimits) -> Result<RgbImage, ImageError> {
         match self {
             ImageSource::Path(path) => load_path(path, limits),
             ImageSource::Bytes(bytes) => decode_bytes(bytes, "the image bytes", limits),
             ImageSource::Url(url) => load_url(url, limits),
         }
-    }
-}
-
-impl From<PathBuf> for ImageSource {
-    fn from(path: PathBuf) -> Self {
-        ImageSource::Path(path)
-    }
-}
-
-impl From<&Path> for ImageSource {
-    fn from(path: &Path) -> Self {
-        ImageSource::Path(path.to_path_buf())
-    }
-}
-
-impl From<Vec<u8>> for ImageSource {
-    fn from(bytes: Vec<u8>) -> Self {
-        ImageSource::Bytes(bytes)
     }
 }
 

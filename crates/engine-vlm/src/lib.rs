@@ -21,7 +21,7 @@ pub mod models;
 pub mod preprocess;
 mod resample;
 
-pub use model::{load_image, EncodedPrompt, VlmChatSession, VlmModel};
+pub use model::{EncodedPrompt, VlmChatSession, VlmModel};
 
 /// The `model_type` of a multimodal checkpoint folder (its config.json has a
 /// `vision_config`), or `None` for any other path.

@@ -1,7 +1,7 @@
 //! Loading a vision-language checkpoint and answering chats with images:
 //! [`VlmModel`].
 
-use crate::image::{decode_bytes, load_path, load_url, pixel_hash, ImageError, ImageLimits, RgbImage};
+use crate::image::{pixel_hash, ImageLimits, LoadImage};
 use crate::models::qwen2_vl::rope_index;
 use crate::models::{self, VisionSide};
 use crate::preprocess::ImageProcessorConfig;
@@ -194,7 +194,7 @@ impl VlmModel {
         let mut missing = Vec::new();
         let mut pixels = Vec::new();
         for src in &images {
-            let img = load_image(src, &self.limits).map_err(image_err)?;
+            let img = src.load(&self.limits).map_err(image_err)?;
             let h = pixel_hash(&img);
             hashes.push(h);
             if self.cached_features(h).is_none() && !missing.contains(&h) {
@@ -335,15 +335,6 @@ impl VlmModel {
             .and_then(|l| l.squeeze(0))
             .map_err(be)?;
         Ok((p.ids, l))
-    }
-}
-
-/// Decodes an attached image (header checked against `limits` first).
-pub fn load_image(src: &ImageSource, limits: &ImageLimits) -> std::result::Result<RgbImage, ImageError> {
-    match src {
-        ImageSource::Path(p) => load_path(p, limits),
-        ImageSource::Bytes(b) => decode_bytes(b, "the image bytes", limits),
-        ImageSource::Url(u) => load_url(u, limits),
     }
 }
 

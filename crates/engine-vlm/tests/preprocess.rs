@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use engine_vlm::image::{decode_bytes, load_path, pixel_hash, ImageError, ImageLimits, ImageSource, RgbImage};
+use engine_vlm::image::{
+    decode_bytes, load_path, pixel_hash, ImageError, ImageLimits, ImageSource, LoadImage, RgbImage,
+};
 use engine_vlm::preprocess::{resize, ImageProcessorConfig, PreprocessError, Resample};
 use serde_json::Value;
 
