@@ -123,6 +123,28 @@ impl KvCache {
         }
     }
 
+    /// A full-attention cache holding `keys`/`values` (B, H, T, D) as its
+    /// first T positions (batching assembles caches from rows).
+    pub fn from_arrays(keys: Array, values: Array) -> Self {
+        let len = keys.dim(2);
+        KvCache {
+            keys: Some(keys),
+            values: Some(values),
+            offset: len,
+            len,
+            ..Self::new()
+        }
+    }
+
+    /// The stored keys and values (B, H, len, D) of a full-attention cache,
+    /// in order; `None` when empty or for a window cache.
+    pub fn contents(&self) -> Result<Option<(Array, Array)>> {
+        if self.kind != Kind::Growing || self.len == 0 {
+            return Ok(None);
+        }
+        self.prefix_view(self.len).map(Some)
+    }
+
     /// Positions processed so far.
     pub fn offset(&self) -> usize {
         self.offset

@@ -111,8 +111,7 @@ pub struct Generator<'a> {
     state: StateRef<'a>,
     sampler: Sampler,
     params: GenerateParams,
-    eos: Vec<u32>,
-    detok: StreamingDetokenizer,
+    tail: TextTail,
     /// The next token, scheduled but maybe not computed yet.
     pending: Option<Array>,
     /// How decode steps see positions (M-RoPE's delta).
@@ -120,8 +119,6 @@ pub struct Generator<'a> {
     history: Vec<u32>,
     generated: usize,
     context_length: usize,
-    /// Text decoded but held back because it may begin a stop string.
-    held: String,
     stats: GenerationStats,
     start: Instant,
     first_token_at: Option<Instant>,
@@ -219,8 +216,7 @@ impl<'a> Generator<'a> {
             model,
             sampler: Sampler::new(params).map_err(be)?,
             params: params.clone(),
-            eos: tokenizer.eos_token_ids().to_vec(),
-            detok: tokenizer.stream(true),
+            tail: TextTail::new(tokenizer, params, context_length),
             pending: None,
             decode_mask: MaskSpec {
                 position_delta: embeds.and_then(|e| e.mrope.as_ref()).map_or(0, |m| m.delta),
@@ -229,7 +225,6 @@ impl<'a> Generator<'a> {
             history: prompt.to_vec(),
             generated: 0,
             context_length,
-            held: String::new(),
             stats: GenerationStats {
                 prompt_tokens: prompt.len(),
                 prompt_tokens_processed: prompt.len() - cached,
@@ -298,18 +293,8 @@ impl<'a> Generator<'a> {
     fn finish(&mut self, reason: FinishReason, text: String, token: Option<u32>) -> Vec<StreamEvent> {
         self.done = true;
         self.settle();
-        let now = Instant::now();
-        let first = self.first_token_at.unwrap_or(now);
         self.stats.generated_tokens = self.generated;
-        let prefill_s = (first - self.start).as_secs_f64();
-        self.stats.ttft_ms = prefill_s * 1e3;
-        self.stats.prompt_tok_per_s = self.stats.prompt_tokens_processed as f64 / prefill_s.max(1e-9);
-        let decode_s = (now - first).as_secs_f64();
-        self.stats.decode_tok_per_s = if self.generated > 1 {
-            (self.generated - 1) as f64 / decode_s.max(1e-9)
-        } else {
-            0.0
-        };
+        fill_timing(&mut self.stats, self.start, self.first_token_at);
         self.stats.peak_memory_bytes = engine_mlx::memory::peak();
         let mut out = Vec::new();
         if let Some(token) = token {
@@ -368,45 +353,97 @@ impl<'a> Generator<'a> {
         if self.first_token_at.is_none() {
             self.first_token_at = Some(Instant::now());
         }
+        let (text, reason) = self.tail.push(token, self.generated, self.history.len())?;
+        Ok(match reason {
+            Some(reason) => self.finish(reason, text, Some(token)),
+            None => vec![StreamEvent::Text { text, token }],
+        })
+    }
+}
+
+/// Fills a finished generation's timing: TTFT from `start` to the first
+/// token, prompt speed over that, decode speed after it.
+pub(crate) fn fill_timing(stats: &mut GenerationStats, start: Instant, first_token_at: Option<Instant>) {
+    let now = Instant::now();
+    let first = first_token_at.unwrap_or(now);
+    let prefill_s = (first - start).as_secs_f64();
+    stats.ttft_ms = prefill_s * 1e3;
+    stats.prompt_tok_per_s = stats.prompt_tokens_processed as f64 / prefill_s.max(1e-9);
+    let decode_s = (now - first).as_secs_f64();
+    stats.decode_tok_per_s = if stats.generated_tokens > 1 {
+        (stats.generated_tokens - 1) as f64 / decode_s.max(1e-9)
+    } else {
+        0.0
+    };
+}
+
+/// The text side of one generation, shared by the single-sequence decode
+/// loop and the batch scheduler: streaming detokenization, EOS, stop strings
+/// (text that may begin one is held back) and the length limits.
+pub(crate) struct TextTail {
+    detok: StreamingDetokenizer,
+    eos: Vec<u32>,
+    stop: Vec<String>,
+    max_tokens: usize,
+    context_length: usize,
+    /// Text decoded but held back because it may begin a stop string.
+    held: String,
+}
+
+impl TextTail {
+    pub(crate) fn new(tokenizer: &Tokenizer, params: &GenerateParams, context_length: usize) -> TextTail {
+        TextTail {
+            detok: tokenizer.stream(true),
+            eos: tokenizer.eos_token_ids().to_vec(),
+            stop: params.stop.clone(),
+            max_tokens: params.max_tokens,
+            context_length,
+            held: String::new(),
+        }
+    }
+
+    /// Takes the `generated`-th new token, after which the sequence holds
+    /// `seq_len` tokens. Returns the text to emit now and, when the
+    /// generation ends with this token, why.
+    pub(crate) fn push(
+        &mut self,
+        token: u32,
+        generated: usize,
+        seq_len: usize,
+    ) -> Result<(String, Option<FinishReason>)> {
         if self.eos.contains(&token) {
             let rest = std::mem::take(&mut self.held) + &self.detok.finish()?;
-            return Ok(self.finish(FinishReason::Eos, rest, Some(token)));
+            return Ok((rest, Some(FinishReason::Eos)));
         }
         let piece = self.detok.push(token)?.unwrap_or_default();
         self.held.push_str(&piece);
-        if let Some(pos) = self.params.stop.iter().filter_map(|s| self.held.find(s.as_str())).min() {
-            let text = self.held[..pos].to_string();
-            return Ok(self.finish(FinishReason::Stop, text, Some(token)));
+        if let Some(pos) = self.stop.iter().filter_map(|s| self.held.find(s.as_str())).min() {
+            return Ok((self.held[..pos].to_string(), Some(FinishReason::Stop)));
         }
-        let last = self.generated >= self.params.max_tokens;
-        let full = self.history.len() >= self.context_length;
+        let last = generated >= self.max_tokens;
+        let full = seq_len >= self.context_length;
         if last || full {
             let rest = std::mem::take(&mut self.held) + &self.detok.finish()?;
-            let rest = match self.params.stop.iter().filter_map(|s| rest.find(s.as_str())).min() {
+            let rest = match self.stop.iter().filter_map(|s| rest.find(s.as_str())).min() {
                 Some(p) => rest[..p].to_string(),
                 None => rest,
             };
-            return Ok(self.finish(
-                if last {
-                    FinishReason::Length
-                } else {
-                    FinishReason::ContextFull
-                },
-                rest,
-                Some(token),
-            ));
+            let reason = if last {
+                FinishReason::Length
+            } else {
+                FinishReason::ContextFull
+            };
+            return Ok((rest, Some(reason)));
         }
         // Emit what cannot be the start of a stop string.
         let keep = self
-            .params
             .stop
             .iter()
             .map(|s| longest_suffix_prefix(&self.held, s))
             .max()
             .unwrap_or(0);
         let cut = self.held.len() - keep;
-        let text: String = self.held.drain(..cut).collect();
-        Ok(vec![StreamEvent::Text { text, token }])
+        Ok((self.held.drain(..cut).collect(), None))
     }
 }
 

@@ -11,6 +11,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod batch;
 pub mod cache;
 pub mod config;
 pub mod export;
@@ -18,8 +19,10 @@ pub mod generate;
 mod gguf;
 mod model;
 pub mod models;
+pub mod prefix;
 pub mod sample;
 pub mod transformer;
 
+pub use batch::{BatchOptions, Scheduler, SeqEvent, SeqId};
 pub use generate::{CacheState, Generator};
 pub use model::{ChatHistory, ChatSession, ChatTurn, DtypePolicy, LlmModel, LoadOptions};

@@ -1,5 +1,6 @@
 //! Loading a model (folder or GGUF) and running it: [`LlmModel`].
 
+use crate::batch::{BatchOptions, Scheduler};
 use crate::config::LlmConfig;
 use crate::generate::{be, CacheState, Generator};
 use crate::transformer::{MaskSpec, Transformer};
@@ -264,6 +265,11 @@ impl LlmModel {
         )
     }
 
+    /// A continuous-batching scheduler over this model (see [`crate::batch`]).
+    pub fn scheduler(&self, options: BatchOptions) -> Scheduler<'_> {
+        Scheduler::new(&self.transformer, &self.tokenizer, self.config.context_length, options)
+    }
+
     /// Logits (L, vocab) of every position of `tokens`, in one pass (parity tests).
     pub fn logits(&self, tokens: &[u32]) -> Result<Array> {
         let ids = Array::from_slice(tokens, &[1, tokens.len()]).map_err(be)?;
@@ -275,60 +281,27 @@ impl LlmModel {
         l.squeeze(0).map_err(be)
     }
 
-    /// Greedy-decodes several prompts at once (left-padded into one batch).
-    /// Returns each prompt's generated tokens, up to and including its first
-    /// EOS (as [`engine_core::Generation::tokens`]).
+    /// Greedy-decodes several prompts at once (one batch through the
+    /// [`Scheduler`]). Returns each prompt's generated tokens, up to and
+    /// including its first EOS (as [`engine_core::Generation::tokens`]).
     pub fn generate_batch(&self, prompts: &[Vec<u32>], max_tokens: usize) -> Result<Vec<Vec<u32>>> {
-        if prompts.is_empty() {
-            return Ok(Vec::new());
-        }
-        if prompts.iter().any(Vec::is_empty) {
-            return Err(EngineError::InvalidParameter("a prompt in the batch is empty".into()));
-        }
-        let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
-        if longest + max_tokens > self.config.context_length {
-            return Err(EngineError::ContextOverflow {
-                prompt_tokens: longest + max_tokens,
-                context_length: self.config.context_length,
-            });
-        }
-        let b = prompts.len();
-        let pads: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
-        let pad_id = self.tokenizer.eos_token_ids().first().copied().unwrap_or(0);
-        let mut ids = Vec::with_capacity(b * longest);
-        for (p, &pad) in prompts.iter().zip(&pads) {
-            ids.extend(std::iter::repeat_n(pad_id, pad));
-            ids.extend_from_slice(p);
-        }
-        let mask = MaskSpec {
-            left_padding: Some(pads),
+        let mut s = self.scheduler(BatchOptions {
+            max_batch: prompts.len().max(1),
+            prefix_cache_bytes: 0,
             ..Default::default()
-        };
-        let mut cache = self.transformer.new_cache();
-        let mut input = Array::from_slice(&ids, &[b, longest]).map_err(be)?;
-        let mut out = vec![Vec::new(); b];
-        let mut finished = vec![false; b];
-        for _ in 0..max_tokens {
-            let logits = self.transformer.forward(&input, &mut cache, &mask, true).map_err(be)?;
-            let next = logits
-                .squeeze(1)
-                .map_err(be)?
-                .argmax(-1, false)
-                .map_err(be)?
-                .astype(Dtype::Uint32)
-                .map_err(be)?;
-            let tokens = next.to_vec::<u32>().map_err(be)?;
-            for (i, &t) in tokens.iter().enumerate() {
-                if finished[i] {
-                    continue;
+        });
+        let params = GenerateParams::greedy(max_tokens);
+        let mut row = std::collections::HashMap::new();
+        for (i, p) in prompts.iter().enumerate() {
+            row.insert(s.submit(p.clone(), &params)?, i);
+        }
+        let mut out = vec![Vec::new(); prompts.len()];
+        while !s.is_idle() {
+            for e in s.step()? {
+                if let StreamEvent::Text { token, .. } = e.event {
+                    out[row[&e.id]].push(token);
                 }
-                out[i].push(t);
-                finished[i] = self.tokenizer.is_eos(t);
             }
-            if finished.iter().all(|&f| f) {
-                break;
-            }
-            input = next.reshape(&[b as i32, 1]).map_err(be)?;
         }
         Ok(out)
     }

@@ -212,6 +212,13 @@ impl Transformer {
             .collect()
     }
 
+    /// Fresh caches that keep every position, window layers included (their
+    /// window is applied by the mask): what batching needs, since rows are
+    /// merged, split and trimmed by slot.
+    pub fn new_growing_cache(&self) -> Vec<KvCache> {
+        self.layers.iter().map(|_| KvCache::new()).collect()
+    }
+
     /// Whether any weight is quantized.
     pub fn is_quantized(&self) -> bool {
         self.layers.iter().any(|l| l.attn.q.is_quantized()) || matches!(self.embed, Embedding::Quantized(_))
@@ -321,19 +328,49 @@ impl Transformer {
 
     /// [`Self::forward`] from input embeddings (B, L, hidden) instead of ids.
     pub fn forward_embeds(&self, h: Array, cache: &mut [KvCache], mask: &MaskSpec, last_only: bool) -> Result<Array> {
+        let mut h = self.hidden(h, cache, mask)?;
+        if last_only && h.dim(1) > 1 {
+            let l = h.dim(1) as i32;
+            h = h.slice_axis(1, l - 1, l)?;
+        }
+        self.head(&h)
+    }
+
+    /// Runs input embeddings (B, L, hidden) through every layer, updating
+    /// `cache`; returns the last layer's hidden states (B, L, hidden), before
+    /// the final norm (see [`Self::head`]).
+    pub fn hidden(&self, h: Array, cache: &mut [KvCache], mask: &MaskSpec) -> Result<Array> {
         let mut h = h;
         let tables = match &mask.mrope_positions {
             Some(p) => Some(self.mrope_tables(p, h.dtype())?),
             None => None,
         };
+        // Rows of different lengths (left padding) each rotate from their own
+        // position: the slot minus the row's padding.
+        let row_offsets = match (&mask.left_padding, cache.first()) {
+            (Some(pads), Some(c)) if tables.is_none() => {
+                let base = c.offset() as i64 + mask.position_delta;
+                let offs: Vec<i32> = pads.iter().map(|&p| (base - p as i64) as i32).collect();
+                Some(Array::from_slice(&offs, &[offs.len()])?)
+            }
+            _ => None,
+        };
+        let mut step = Step {
+            spec: mask,
+            tables,
+            row_offsets,
+            masks: Vec::new(),
+        };
         for (layer, c) in self.layers.iter().zip(cache.iter_mut()) {
-            h = self.layer_forward(layer, &h, c, mask, tables.as_ref())?;
+            h = self.layer_forward(layer, &h, c, &mut step)?;
         }
-        if last_only && h.dim(1) > 1 {
-            let l = h.dim(1) as i32;
-            h = h.slice_axis(1, l - 1, l)?;
-        }
-        let h = self.norm.forward(&h)?;
+        Ok(h)
+    }
+
+    /// Logits (…, vocab) of last-layer hidden states: final norm, LM head
+    /// and soft-capping.
+    pub fn head(&self, h: &Array) -> Result<Array> {
+        let h = self.norm.forward(h)?;
         let mut logits = match &self.lm_head {
             Some(head) => head.forward(&h)?,
             None => self.embed.as_linear(&h)?,
@@ -375,15 +412,8 @@ impl Transformer {
         ))
     }
 
-    fn layer_forward(
-        &self,
-        layer: &Layer,
-        x: &Array,
-        cache: &mut KvCache,
-        mask: &MaskSpec,
-        tables: Option<&(Array, Array)>,
-    ) -> Result<Array> {
-        let r = self.attention(&layer.attn, &layer.input_norm.forward(x)?, cache, mask, tables)?;
+    fn layer_forward(&self, layer: &Layer, x: &Array, cache: &mut KvCache, step: &mut Step<'_>) -> Result<Array> {
+        let r = self.attention(&layer.attn, &layer.input_norm.forward(x)?, cache, step)?;
         match &layer.ff_norms {
             Some((pre, post)) => {
                 let h = x.add(&layer.post_attn_norm.forward(&r)?)?;
@@ -406,14 +436,7 @@ impl Transformer {
         m.down.forward(&g.multiply(&m.up.forward(x)?)?)
     }
 
-    fn attention(
-        &self,
-        a: &Attention,
-        x: &Array,
-        cache: &mut KvCache,
-        mask: &MaskSpec,
-        tables: Option<&(Array, Array)>,
-    ) -> Result<Array> {
+    fn attention(&self, a: &Attention, x: &Array, cache: &mut KvCache, step: &mut Step<'_>) -> Result<Array> {
         let s = x.shape_i32();
         let (b, l) = (s[0], s[1]);
         let hd = self.cfg.head_dim as i32;
@@ -429,16 +452,26 @@ impl Transformer {
         let k = heads(a.k.forward(x)?, self.cfg.num_kv_heads, &a.k_norm)?;
         let v = heads(a.v.forward(x)?, self.cfg.num_kv_heads, &None)?;
         let offset = cache.offset();
-        let (q, k) = match tables {
-            Some((cos, sin)) => (rotate(&q, cos, sin)?, rotate(&k, cos, sin)?),
-            None => {
-                let pos = (offset as i64 + mask.position_delta).max(0) as usize;
+        let (q, k) = match (&step.tables, &step.row_offsets) {
+            (Some((cos, sin)), _) => (rotate(&q, cos, sin)?, rotate(&k, cos, sin)?),
+            (None, Some(offs)) => (a.rope.forward_rows(&q, offs)?, a.rope.forward_rows(&k, offs)?),
+            (None, None) => {
+                let pos = (offset as i64 + step.spec.position_delta).max(0) as usize;
                 (a.rope.forward(&q, pos)?, a.rope.forward(&k, pos)?)
             }
         };
         let view = cache.update(&k, &v)?;
         let t = view.keys.dim(2);
-        let mask_arr = self.build_mask(l as usize, offset, view.order, t, a.window, mask, q.dtype())?;
+        // Layers with the same window see the same keys layout: one mask for all.
+        let memo_key = (a.window, view.order, t);
+        let mask_arr = match step.masks.iter().find(|(k, _)| *k == memo_key) {
+            Some((_, m)) => m.clone(),
+            None => {
+                let m = self.build_mask(l as usize, offset, view.order, t, a.window, step.spec)?;
+                step.masks.push((memo_key, m.clone()));
+                m
+            }
+        };
         let (k, v) = (view.keys, view.values);
         let scale = self.features.attn_scale;
         let out = match self.features.attn_softcap {
@@ -460,7 +493,6 @@ impl Transformer {
     /// step (a full ring holds exactly its window, in any order), MLX's
     /// built-in causal mode when possible, an explicit boolean array for
     /// windows and padding.
-    #[allow(clippy::too_many_arguments)]
     fn build_mask(
         &self,
         l: usize,
@@ -469,7 +501,6 @@ impl Transformer {
         t: usize,
         window: Option<usize>,
         spec: &MaskSpec,
-        _dtype: Dtype,
     ) -> Result<Option<MaskKind>> {
         let window_bites = window.is_some_and(|w| q_start + l - order.first() > w);
         let in_order = matches!(order, KeyOrder::InOrder { .. });
@@ -542,7 +573,22 @@ fn rotate(x: &Array, cos: &Array, sin: &Array) -> Result<Array> {
     x.multiply(cos)?.add(&half.multiply(sin)?)
 }
 
+#[derive(Clone)]
 enum MaskKind {
     Causal,
     Array(Array),
 }
+
+/// What one forward call shares across its layers.
+struct Step<'a> {
+    spec: &'a MaskSpec,
+    /// M-RoPE cos/sin tables.
+    tables: Option<(Array, Array)>,
+    /// Per-row rotary start positions (B,), with left padding.
+    row_offsets: Option<Array>,
+    /// Masks built so far.
+    masks: Vec<(MaskKey, Option<MaskKind>)>,
+}
+
+/// What a layer's mask depends on besides the call: (window, key order, key count).
+type MaskKey = (Option<usize>, KeyOrder, usize);

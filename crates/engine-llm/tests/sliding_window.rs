@@ -222,3 +222,27 @@ fn padded_batch_over_a_wrapped_ring_matches_the_concatenating_cache() {
         }
     }
 }
+
+/// Batching keeps every position in growing caches and applies the window by
+/// mask alone (rows are merged and trimmed by slot): the same logits as the
+/// ring, with left padding and per-row positions.
+#[test]
+fn growing_caches_with_a_window_mask_match_the_ring() {
+    for arch in ["mistral", "gemma2"] {
+        let m = tiny(arch);
+        let n = 30;
+        let pads = vec![0, 5];
+        let mut rows = vec![ids(n, 3), ids(n, 4)];
+        rows[1][..5].fill(0);
+        let spec = MaskSpec {
+            left_padding: Some(pads),
+            ..Default::default()
+        };
+        let chunks: Vec<usize> = std::iter::once(9).chain(std::iter::repeat_n(1, n - 9)).collect();
+        let ring = run(&m, &mut m.new_cache(), &rows, 0, &chunks, &spec);
+        let growing = run(&m, &mut m.new_growing_cache(), &rows, 0, &chunks, &spec);
+        for r in 0..2 {
+            assert_close(&growing[r], &ring[r], &format!("{arch}: row {r}"));
+        }
+    }
+}

@@ -105,3 +105,24 @@ pub fn rope(x: &Array, dims: i32, traditional: bool, freqs: RopeFreqs<'_>, scale
         "rope",
     )
 }
+
+/// [`rope`] with a start position per batch row: `offsets` (B,) int32 for x
+/// (B, …, L, D) — row `b` covers positions `offsets[b]..offsets[b]+L`
+/// (sequences of different lengths decoding in one batch).
+pub fn rope_rows(
+    x: &Array,
+    dims: i32,
+    traditional: bool,
+    freqs: RopeFreqs<'_>,
+    scale: f32,
+    offsets: &Array,
+) -> Result<Array> {
+    let (base, has_base, f) = match freqs {
+        RopeFreqs::Base(b) => (b, true, list(None)),
+        RopeFreqs::Custom(a) => (0.0, false, list(Some(a))),
+    };
+    wrap(
+        ffi::rope_rows(&x.inner, dims, traditional, base, has_base, scale, &offsets.inner, &f),
+        "rope",
+    )
+}

@@ -139,6 +139,17 @@ pub(crate) mod bridge {
             offset: i32,
             freqs: &ArrayList,
         ) -> Result<UniquePtr<Array>>;
+        #[allow(clippy::too_many_arguments)]
+        fn rope_rows(
+            x: &Array,
+            dims: i32,
+            traditional: bool,
+            base: f32,
+            has_base: bool,
+            scale: f32,
+            offsets: &Array,
+            freqs: &ArrayList,
+        ) -> Result<UniquePtr<Array>>;
 
         fn quantize(w: &Array, group_size: i32, bits: i32) -> Result<UniquePtr<ArrayList>>;
         fn dequantize(

@@ -110,21 +110,35 @@ impl Rope {
 
     /// Rotates x (B, H, L, D) for positions `offset..offset+L`.
     pub fn forward(&self, x: &Array, offset: usize) -> Result<Array> {
-        let freqs = match &self.freqs {
+        let x = self.premultiplied(x)?;
+        fast::rope(&x, self.dims, self.traditional, self.freqs(), self.scale, offset as i32)
+    }
+
+    /// Rotates x (B, H, L, D) with a start position per row: `offsets`
+    /// (B,) int32 (a batch of sequences at different lengths).
+    pub fn forward_rows(&self, x: &Array, offsets: &Array) -> Result<Array> {
+        let x = self.premultiplied(x)?;
+        fast::rope_rows(&x, self.dims, self.traditional, self.freqs(), self.scale, offsets)
+    }
+
+    fn freqs(&self) -> RopeFreqs<'_> {
+        match &self.freqs {
             Some(f) => RopeFreqs::Custom(f),
             None => RopeFreqs::Base(self.base),
-        };
+        }
+    }
+
+    /// x with LongRoPE's magnitude correction applied to the rotated features.
+    fn premultiplied(&self, x: &Array) -> Result<Array> {
         if self.mscale == 1.0 {
-            return fast::rope(x, self.dims, self.traditional, freqs, self.scale, offset as i32);
+            return Ok(x.clone());
         }
         let d = x.dim(-1) as i32;
-        let scaled = if self.dims >= d {
-            x.mul_scalar(self.mscale as f64)?
-        } else {
-            let rotated = x.slice_axis(-1, 0, self.dims)?.mul_scalar(self.mscale as f64)?;
-            crate::concatenate(&[&rotated, &x.slice_axis(-1, self.dims, d)?], -1)?
-        };
-        fast::rope(&scaled, self.dims, self.traditional, freqs, self.scale, offset as i32)
+        if self.dims >= d {
+            return x.mul_scalar(self.mscale as f64);
+        }
+        let rotated = x.slice_axis(-1, 0, self.dims)?.mul_scalar(self.mscale as f64)?;
+        crate::concatenate(&[&rotated, &x.slice_axis(-1, self.dims, d)?], -1)
     }
 
     /// The custom period table, if any (for tests).

@@ -487,6 +487,10 @@ std::unique_ptr<Array> rope(const Array& x, int32_t dims, bool traditional, floa
   std::optional<float> b = has_base ? std::optional<float>(base) : std::nullopt;
   return own(mx::fast::rope(x, dims, traditional, b, scale, offset, opt(freqs)));
 }
+std::unique_ptr<Array> rope_rows(const Array& x, int32_t dims, bool traditional, float base, bool has_base, float scale, const Array& offsets, const ArrayList& freqs) {
+  std::optional<float> b = has_base ? std::optional<float>(base) : std::nullopt;
+  return own(mx::fast::rope(x, dims, traditional, b, scale, offsets, opt(freqs)));
+}
 
 std::unique_ptr<ArrayList> quantize(const Array& w, int32_t group_size, int32_t bits) {
   return own_list(mx::quantize(w, group_size, bits));
