@@ -38,7 +38,7 @@ pub fn start(
     worker: &ModelWorker,
     prompt: Prompt,
     params: GenerateParams,
-) -> Result<mpsc::Receiver<GenEvent>, ApiError> {
+) -> Result<mpsc::UnboundedReceiver<GenEvent>, ApiError> {
     params.validate()?;
     worker.generate(prompt, params).map_err(|e| submit_error(worker, e))
 }
@@ -64,7 +64,7 @@ pub struct Finished {
 }
 
 /// Waits for every event of a generation.
-pub async fn collect(mut rx: mpsc::Receiver<GenEvent>) -> Result<Finished, ApiError> {
+pub async fn collect(mut rx: mpsc::UnboundedReceiver<GenEvent>) -> Result<Finished, ApiError> {
     let mut text = String::new();
     while let Some(ev) = rx.recv().await {
         match ev? {
@@ -85,7 +85,7 @@ pub async fn collect(mut rx: mpsc::Receiver<GenEvent>) -> Result<Finished, ApiEr
 
 /// The first event of a generation, so that an error before any output (a
 /// prompt too long, a bad image) is answered with its status, not in a stream.
-pub async fn first_event(rx: &mut mpsc::Receiver<GenEvent>) -> Result<StreamEvent, ApiError> {
+pub async fn first_event(rx: &mut mpsc::UnboundedReceiver<GenEvent>) -> Result<StreamEvent, ApiError> {
     match rx.recv().await {
         Some(ev) => Ok(ev?),
         None => Err(ApiError::internal(
@@ -109,12 +109,12 @@ pub trait StreamFormat: Send + 'static {
 /// with it the receiver) is dropped, which stops the generation.
 pub fn stream_response<F: StreamFormat>(
     first: StreamEvent,
-    rx: mpsc::Receiver<GenEvent>,
+    rx: mpsc::UnboundedReceiver<GenEvent>,
     format: F,
     content_type: &'static str,
 ) -> Response {
     struct State<F> {
-        rx: mpsc::Receiver<GenEvent>,
+        rx: mpsc::UnboundedReceiver<GenEvent>,
         format: F,
         pending: VecDeque<String>,
         ended: bool,

@@ -61,7 +61,8 @@ pub struct ServerConfig {
     pub api_key: Option<String>,
     /// Idle time after which a model loaded on demand is unloaded (`None`: never).
     pub keep_alive: Option<Duration>,
-    /// Copies of each model, each on its own thread, that answer at once.
+    /// Requests each model answers at once: the batch size of a text model,
+    /// the number of copies of a vision or embedding model.
     pub parallel: usize,
     /// Requests that may wait per model before a 429.
     pub queue_depth: usize,
@@ -79,7 +80,7 @@ impl Default for ServerConfig {
             models: Vec::new(),
             api_key: None,
             keep_alive: Some(Duration::from_secs(300)),
-            parallel: 1,
+            parallel: 4,
             queue_depth: 32,
             cors: Vec::new(),
             allow_pull: false,
@@ -168,7 +169,7 @@ pub async fn serve(config: ServerConfig, shutdown: impl Future<Output = ()> + Se
     let pool = Arc::new(ModelPool::new(
         resolve::Resolver::from_env(config.allow_pull),
         PoolOptions {
-            replicas: config.parallel.max(1),
+            parallel: config.parallel.max(1),
             queue_depth: config.queue_depth.max(1),
             keep_alive: config.keep_alive,
         },

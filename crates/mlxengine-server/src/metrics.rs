@@ -26,6 +26,12 @@ pub struct Metrics {
     pub cancelled: AtomicU64,
     /// Models loaded now.
     pub resident_models: AtomicU64,
+    /// Bytes of KV cache held by running generations.
+    pub kv_cache_bytes: AtomicU64,
+    /// Bytes held by the prompt-prefix caches.
+    pub prefix_cache_bytes: AtomicU64,
+    /// Prompt tokens whose prefill the prefix cache saved.
+    pub prompt_tokens_cached: AtomicU64,
     ttft: Mutex<Histogram>,
 }
 
@@ -62,6 +68,16 @@ impl Metrics {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Moves a gauge from `old` to `new` (a worker's share of a sum).
+    pub fn shift(gauge: &AtomicU64, old: u64, new: u64) {
+        if new >= old {
+            gauge.fetch_add(new - old, Ordering::Relaxed);
+        } else {
+            let d = old - new;
+            let _ = gauge.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub(d)));
+        }
+    }
+
     /// Subtracts one from a gauge (never below zero).
     pub fn dec(gauge: &AtomicU64) {
         let _ = gauge.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub(1)));
@@ -92,6 +108,16 @@ impl Metrics {
                 &self.waiting,
             ),
             ("mlxengine_resident_models", "Models loaded now.", &self.resident_models),
+            (
+                "mlxengine_kv_cache_bytes",
+                "Bytes of KV cache held by running generations.",
+                &self.kv_cache_bytes,
+            ),
+            (
+                "mlxengine_prefix_cache_bytes",
+                "Bytes held by the prompt-prefix caches.",
+                &self.prefix_cache_bytes,
+            ),
         ];
         for (name, help, v) in gauges {
             let _ = writeln!(
@@ -115,6 +141,11 @@ impl Metrics {
                 "mlxengine_embedded_inputs_total",
                 "Texts embedded.",
                 &self.embedded_inputs,
+            ),
+            (
+                "mlxengine_prompt_tokens_cached_total",
+                "Prompt tokens whose prefill the prefix cache saved.",
+                &self.prompt_tokens_cached,
             ),
             (
                 "mlxengine_generations_cancelled_total",

@@ -52,8 +52,8 @@ impl Slot {
 /// How models are loaded and kept.
 #[derive(Debug, Clone)]
 pub struct PoolOptions {
-    /// Worker threads (model copies) per model.
-    pub replicas: usize,
+    /// Requests each model answers at once (see [`crate::ServerConfig::parallel`]).
+    pub parallel: usize,
     /// Jobs that may wait per model.
     pub queue_depth: usize,
     /// Idle time after which an on-demand model is unloaded (`None`: never).
@@ -196,9 +196,9 @@ impl ModelPool {
         }
         tracing::info!(model = %slot.id, path = %slot.path.display(), "loading");
         let (id, path, kind) = (slot.id.clone(), slot.path.clone(), slot.kind);
-        let (replicas, depth, metrics) = (self.options.replicas, self.options.queue_depth, self.metrics.clone());
+        let (parallel, depth, metrics) = (self.options.parallel, self.options.queue_depth, self.metrics.clone());
         let worker =
-            tokio::task::spawn_blocking(move || ModelWorker::start(&id, &path, kind, replicas, depth, metrics))
+            tokio::task::spawn_blocking(move || ModelWorker::start(&id, &path, kind, parallel, depth, metrics))
                 .await
                 .map_err(|e| ApiError::internal(format!("loading `{}` crashed: {e}", slot.id)))?
                 .map_err(|e| ApiError::internal(format!("cannot load model `{}`: {e}", slot.id)))?;

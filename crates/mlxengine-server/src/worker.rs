@@ -8,11 +8,11 @@
 //! (the handler's receiver was dropped), drops the generator at once — a
 //! disconnected client stops its generation within one token.
 //!
-//! Today each worker thread runs one job at a time ([`run_jobs`]). The job
-//! contract — a prompt, parameters and a per-job event channel whose closing
-//! means "cancel" — is what a continuous-batching scheduler needs too: it
-//! would replace `run_jobs` with a loop that admits queued jobs into a running
-//! batch between decode steps, and handlers would not change.
+//! A text model has one thread running engine-llm's continuous-batching
+//! [`Scheduler`](engine_llm::Scheduler) ([`run_batched`]): queued jobs join
+//! the running batch between decode steps, up to `parallel` at once, and a
+//! closed event channel cancels its row. Vision and embedding models run one
+//! job at a time per copy ([`run_jobs`]), `parallel` copies.
 
 use crate::metrics::Metrics;
 use crate::resolve::ModelKind;
@@ -20,18 +20,16 @@ use engine_core::{EngineError, GenerateParams, Prompt, StreamEvent, TextGenerato
 use engine_embed::{EmbedOptions, EmbedOutput, Embedder};
 use engine_llm::{LlmModel, LoadOptions};
 use engine_vlm::VlmModel;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::{mpsc as tmpsc, oneshot};
 
 /// Events of one generation, as the worker sends them.
 pub type GenEvent = Result<StreamEvent, EngineError>;
-
-/// Events buffered between a worker and a slow client before the worker waits.
-const EVENT_BUFFER: usize = 64;
 
 /// A text generation to run.
 pub struct GenerateJob {
@@ -40,7 +38,9 @@ pub struct GenerateJob {
     /// How.
     pub params: GenerateParams,
     /// Where the events go; when the receiver is dropped the job is cancelled.
-    pub events: tmpsc::Sender<GenEvent>,
+    /// Unbounded, so a slow client never stalls the others in its batch (a
+    /// generation's events are bounded by its `max_tokens`).
+    pub events: tmpsc::UnboundedSender<GenEvent>,
     /// When it was queued (time to first token counts from here).
     pub queued_at: Instant,
 }
@@ -156,24 +156,31 @@ impl std::fmt::Debug for ModelWorker {
 }
 
 impl ModelWorker {
-    /// Loads `replicas` copies of the model at `path`, each on its own
-    /// thread, sharing one queue of `queue_depth` jobs. Blocks until all
-    /// are loaded (call it from a blocking task); the first load error is
-    /// returned and the threads already started end.
+    /// Loads the model at `path` to answer `parallel` requests at once: a
+    /// text model once, batching up to `parallel` generations; other kinds
+    /// as `parallel` copies, each on its own thread. The threads share one
+    /// queue of `queue_depth` jobs. Blocks until all are loaded (call it from
+    /// a blocking task); the first load error is returned and the threads
+    /// already started end.
     pub fn start(
         id: &str,
         path: &Path,
         kind: ModelKind,
-        replicas: usize,
+        parallel: usize,
         queue_depth: usize,
         metrics: Arc<Metrics>,
     ) -> Result<ModelWorker, String> {
+        let parallel = parallel.max(1);
+        let (replicas, batch) = match kind {
+            ModelKind::Text => (1, parallel),
+            ModelKind::Vision | ModelKind::Embedding => (parallel, 1),
+        };
         let (jobs, rx) = mpsc::sync_channel::<Job>(queue_depth);
         let rx = Arc::new(Mutex::new(rx));
         let active = Arc::new(AtomicU64::new(0));
         let last_used = Arc::new(Mutex::new(Instant::now()));
         let (ready_tx, ready_rx) = mpsc::channel::<Result<ModelDetails, String>>();
-        for i in 0..replicas.max(1) {
+        for i in 0..replicas {
             let (rx, ready, path) = (rx.clone(), ready_tx.clone(), path.to_path_buf());
             let (metrics, active, last_used) = (metrics.clone(), active.clone(), last_used.clone());
             std::thread::Builder::new()
@@ -188,13 +195,16 @@ impl ModelWorker {
                     };
                     let _ = ready.send(Ok(model.details()));
                     drop(ready);
-                    run_jobs(model, &rx, &metrics, &active, &last_used);
+                    match model {
+                        LoadedModel::Text(m) => run_batched(&m, batch, &rx, &metrics, &active, &last_used),
+                        other => run_jobs(other, &rx, &metrics, &active, &last_used),
+                    }
                 })
                 .map_err(|e| format!("cannot start a worker thread: {e}"))?;
         }
         drop(ready_tx);
         let mut details = None;
-        for _ in 0..replicas.max(1) {
+        for _ in 0..replicas {
             match ready_rx.recv() {
                 Ok(Ok(d)) => details = Some(d),
                 Ok(Err(e)) => return Err(e),
@@ -237,8 +247,12 @@ impl ModelWorker {
 
     /// Streams a generation: the receiver yields its events; dropping it
     /// cancels the generation.
-    pub fn generate(&self, prompt: Prompt, params: GenerateParams) -> Result<tmpsc::Receiver<GenEvent>, SubmitError> {
-        let (events, rx) = tmpsc::channel(EVENT_BUFFER);
+    pub fn generate(
+        &self,
+        prompt: Prompt,
+        params: GenerateParams,
+    ) -> Result<tmpsc::UnboundedReceiver<GenEvent>, SubmitError> {
+        let (events, rx) = tmpsc::unbounded_channel();
         self.submit(Job::Generate(GenerateJob {
             prompt,
             params,
@@ -320,7 +334,7 @@ fn run_jobs(
                 let _ = job.reply.send(out);
             }
             (Job::Generate(job), LoadedModel::Embedding(_)) => {
-                let _ = job.events.blocking_send(Err(EngineError::InvalidParameter(
+                let _ = job.events.send(Err(EngineError::InvalidParameter(
                     "this is an embedding model: it cannot generate text".into(),
                 )));
             }
@@ -338,6 +352,158 @@ fn run_jobs(
     }
 }
 
+/// A job in a text model's batch.
+struct Live {
+    events: tmpsc::UnboundedSender<GenEvent>,
+    queued_at: Instant,
+    started: bool,
+}
+
+/// A text model's loop: jobs join engine-llm's continuous-batching scheduler
+/// between decode steps, at most `batch` at once (the rest wait in the
+/// queue, where they count as waiting and the queue limit applies).
+fn run_batched(
+    model: &LlmModel,
+    batch: usize,
+    rx: &Mutex<Receiver<Job>>,
+    metrics: &Metrics,
+    active: &AtomicU64,
+    last_used: &Mutex<Instant>,
+) {
+    let options = engine_llm::BatchOptions {
+        max_batch: batch,
+        ..Default::default()
+    };
+    let mut sched = model.scheduler(options);
+    let mut live: HashMap<engine_llm::SeqId, Live> = HashMap::new();
+    let (mut kv_bytes, mut prefix_bytes) = (0u64, 0u64);
+    let finish = |n: usize| {
+        for _ in 0..n {
+            Metrics::dec(&metrics.running);
+            active.fetch_sub(1, Ordering::SeqCst);
+        }
+        if n > 0 {
+            if let Ok(mut t) = last_used.lock() {
+                *t = Instant::now();
+            }
+        }
+    };
+    loop {
+        // Admit queued jobs while there is room; wait for one when idle.
+        while live.len() < batch {
+            let job = {
+                let Ok(rx) = rx.lock() else { return };
+                if live.is_empty() && sched.is_idle() {
+                    match rx.recv() {
+                        Ok(j) => j,
+                        Err(_) => return,
+                    }
+                } else {
+                    match rx.try_recv() {
+                        Ok(j) => j,
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Disconnected) => break,
+                    }
+                }
+            };
+            Metrics::dec(&metrics.waiting);
+            Metrics::add(&metrics.running, 1);
+            let job = match job {
+                Job::Generate(job) => job,
+                Job::Embed(job) => {
+                    // Handlers check the model kind first; the dropped reply reads as a failure.
+                    tracing::warn!("an embedding job reached a text-generation model");
+                    drop(job);
+                    finish(1);
+                    continue;
+                }
+            };
+            if job.events.is_closed() {
+                Metrics::add(&metrics.cancelled, 1);
+                finish(1);
+                continue;
+            }
+            let submitted = model
+                .encode_prompt(&job.prompt)
+                .and_then(|ids| sched.submit(ids, &job.params));
+            match submitted {
+                Ok(id) => {
+                    live.insert(
+                        id,
+                        Live {
+                            events: job.events,
+                            queued_at: job.queued_at,
+                            started: false,
+                        },
+                    );
+                }
+                Err(e) => {
+                    let _ = job.events.send(Err(e));
+                    finish(1);
+                }
+            }
+        }
+        // Clients that went away leave the batch before the next step.
+        let gone: Vec<_> = live
+            .iter()
+            .filter(|(_, l)| l.events.is_closed())
+            .map(|(&id, _)| id)
+            .collect();
+        for id in &gone {
+            sched.cancel(*id);
+            live.remove(id);
+            Metrics::add(&metrics.cancelled, 1);
+            tracing::info!("client disconnected: generation stopped");
+        }
+        finish(gone.len());
+        if sched.is_idle() {
+            continue;
+        }
+        match sched.step() {
+            Ok(events) => {
+                let mut ended = 0;
+                for e in events {
+                    let Some(l) = live.get_mut(&e.id) else { continue };
+                    let done = matches!(e.event, StreamEvent::Done { .. });
+                    if !l.started && matches!(e.event, StreamEvent::Text { .. }) {
+                        metrics.observe_ttft(l.queued_at.elapsed().as_secs_f64());
+                        l.started = true;
+                    }
+                    if let StreamEvent::Done { stats, .. } = &e.event {
+                        Metrics::add(&metrics.prompt_tokens, stats.prompt_tokens as u64);
+                        Metrics::add(&metrics.generated_tokens, stats.generated_tokens as u64);
+                        let saved = stats.prompt_tokens - stats.prompt_tokens_processed;
+                        Metrics::add(&metrics.prompt_tokens_cached, saved as u64);
+                    }
+                    let sent = l.events.send(Ok(e.event)).is_ok();
+                    if done || !sent {
+                        if !done {
+                            sched.cancel(e.id);
+                            Metrics::add(&metrics.cancelled, 1);
+                        }
+                        live.remove(&e.id);
+                        ended += 1;
+                    }
+                }
+                finish(ended);
+            }
+            Err(e) => {
+                // The backend failed: every generation in the batch ends with the error.
+                tracing::error!("batch step failed: {e}");
+                let n = live.len();
+                for (_, l) in live.drain() {
+                    let _ = l.events.send(Err(EngineError::Backend(e.to_string())));
+                }
+                finish(n);
+            }
+        }
+        let (kv, prefix) = (sched.cache_bytes() as u64, sched.prefix_cache_bytes() as u64);
+        Metrics::shift(&metrics.kv_cache_bytes, kv_bytes, kv);
+        Metrics::shift(&metrics.prefix_cache_bytes, prefix_bytes, prefix);
+        (kv_bytes, prefix_bytes) = (kv, prefix);
+    }
+}
+
 /// Runs one generation, streaming its events; stops as soon as the client is gone.
 fn run_generate(model: &mut dyn TextGenerator, job: GenerateJob, metrics: &Metrics) {
     if job.events.is_closed() {
@@ -348,7 +514,7 @@ fn run_generate(model: &mut dyn TextGenerator, job: GenerateJob, metrics: &Metri
     let stream = match model.stream(&job.prompt, &job.params) {
         Ok(s) => s,
         Err(e) => {
-            let _ = job.events.blocking_send(Err(e));
+            let _ = job.events.send(Err(e));
             return;
         }
     };
@@ -363,7 +529,7 @@ fn run_generate(model: &mut dyn TextGenerator, job: GenerateJob, metrics: &Metri
             Metrics::add(&metrics.prompt_tokens, stats.prompt_tokens as u64);
             Metrics::add(&metrics.generated_tokens, stats.generated_tokens as u64);
         }
-        if job.events.blocking_send(event).is_err() {
+        if job.events.send(event).is_err() {
             // The receiver is gone: dropping the generator here stops it.
             Metrics::add(&metrics.cancelled, 1);
             tracing::info!("client disconnected: generation stopped");

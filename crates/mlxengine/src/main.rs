@@ -159,8 +159,10 @@ struct ServeArgs {
     /// Unload a model loaded on demand after this idle time (5m, 30s, 0, -1 = never).
     #[arg(long, default_value = "5m")]
     keep_alive: String,
-    /// Copies of each model answering at once (each holds its own weights).
-    #[arg(long, default_value_t = 1)]
+    /// Requests each model answers at once: a text model batches them
+    /// (continuous batching, one copy of the weights); vision and embedding
+    /// models load this many copies.
+    #[arg(long, default_value_t = 4)]
     parallel: usize,
     /// Requests that may wait per model before a 429.
     #[arg(long, default_value_t = 32)]

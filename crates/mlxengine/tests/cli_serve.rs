@@ -659,12 +659,15 @@ fn a_disconnected_stream_frees_the_model() {
     wait_for_metric(&server, "mlxengine_requests_running", 0.0);
 }
 
-/// With `--max-queue 1`: one request runs, one waits, the next is a 429
+/// With `--max-queue 1 --parallel 1`: one request runs, one waits, the next is a 429
 /// with `Retry-After`; the waiting one runs once the first is dropped.
 #[test]
 fn a_full_queue_answers_429() {
     let smol = smollm();
-    let server = Server::start(&["--model", smol.to_str().unwrap(), "--max-queue", "1"], &[]);
+    let server = Server::start(
+        &["--model", smol.to_str().unwrap(), "--max-queue", "1", "--parallel", "1"],
+        &[],
+    );
     let running = open_long_stream(&server);
     let addr = server.addr;
     let waiting = std::thread::spawn(move || {
@@ -691,11 +694,12 @@ fn a_full_queue_answers_429() {
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
-/// With `--parallel 2` two copies of the model answer at once: a second long
-/// stream produces tokens while the first is still generating (with one
-/// copy it would wait in the queue, and the read would time out).
+/// With `--parallel 2` a text model batches two streams: a second long
+/// stream produces tokens while the first is still generating (with
+/// `--parallel 1` it would wait in the queue, and the read would time out),
+/// from one copy of the weights.
 #[test]
-fn parallel_copies_answer_at_once() {
+fn parallel_streams_are_batched() {
     let smol = smollm();
     let server = Server::start(&["--model", smol.to_str().unwrap(), "--parallel", "2"], &[]);
     let first = open_long_stream(&server);
