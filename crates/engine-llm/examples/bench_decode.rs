@@ -2,7 +2,8 @@
 //!
 //! `bench_decode MODEL --dtype native|auto --tokens N --prompt-ids FILE` prints
 //! `{"tok_s":…,"ttft_ms":…,"generated":…}`; `--write-prompt-ids FILE TEXT`
-//! writes the chat-templated prompt's ids; `--export-mlx OUT` converts a GGUF.
+//! writes the chat-templated prompt's ids, `--write-eos-ids FILE` the stop
+//! ids; `--export-mlx OUT` converts a GGUF.
 use engine_core::{ChatMessage, GenerateParams, Prompt, StreamEvent};
 use engine_llm::{DtypePolicy, LlmModel, LoadOptions};
 use std::path::Path;
@@ -32,6 +33,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
         &mut |_| {},
     )?;
+    if let Some(file) = arg(&args, "--write-eos-ids") {
+        std::fs::write(file, serde_json::to_string(model.tokenizer().eos_token_ids())?)?;
+        return Ok(());
+    }
     if let Some(file) = arg(&args, "--write-prompt-ids") {
         let text = args.last().ok_or("prompt text")?;
         let ids = model.encode_prompt(&Prompt::Chat(vec![ChatMessage::new("user", text.as_str())]))?;

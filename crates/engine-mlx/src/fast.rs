@@ -35,6 +35,13 @@ pub fn scaled_dot_product_attention(
     )
 }
 
+/// `x · wᵀ` for x (…, K) and a weight w (N, K) as a linear layer stores it.
+/// Decode-sized float32 products on the CPU (at most 8 rows) take one pass
+/// over the weights in our kernel; everything else is MLX's matmul.
+pub fn linear(x: &Array, w: &Array) -> Result<Array> {
+    wrap(ffi::linear(&x.inner, &w.inner), "linear")
+}
+
 /// RMS normalisation over the last axis, scaled by `weight` when given.
 pub fn rms_norm(x: &Array, weight: Option<&Array>, eps: f32) -> Result<Array> {
     wrap(ffi::rms_norm(&x.inner, &opt_list(weight), eps), "rms_norm")

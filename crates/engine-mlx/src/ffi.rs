@@ -139,6 +139,7 @@ pub(crate) mod bridge {
             offset: i32,
             freqs: &ArrayList,
         ) -> Result<UniquePtr<Array>>;
+        fn linear(x: &Array, w: &Array) -> Result<UniquePtr<Array>>;
         #[allow(clippy::too_many_arguments)]
         fn rope_rows(
             x: &Array,

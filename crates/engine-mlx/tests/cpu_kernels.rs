@@ -185,3 +185,32 @@ fn packed_attention_rejects_bad_shapes() {
     );
     assert!(fast::packed_attention(&qkv.reshape(&[10, 6, 8]).unwrap(), &[10], 2, 0.3).is_err());
 }
+
+#[test]
+fn skinny_linear_matches_matmul_and_is_the_same_alone_or_batched() -> R {
+    // Odd sizes (vector tails, a partial block of weight rows), 1..8 rows
+    // (the kernel) and 9, 17 (MLX's matmul), with leading batch dimensions.
+    let w = normal(&[197, 37], 11, 0.5);
+    for rows in [1usize, 3, 8, 9, 17] {
+        let x = normal(&[rows, 1, 37], 12 + rows as u64, 1.0);
+        let ours = fast::linear(&x, &w)?;
+        let reference = f64_of(&x).matmul(&f64_of(&w).t()?)?;
+        assert_eq!(ours.shape(), [rows, 1, 197]);
+        close(&ours, &reference, 1e-5);
+        if rows <= 8 {
+            // Each row alone gives the very same bits as within the batch.
+            let all = ours.to_vec::<f32>()?;
+            for r in 0..rows {
+                let one = fast::linear(&x.slice_axis(0, r as i32, r as i32 + 1)?, &w)?.to_vec::<f32>()?;
+                assert_eq!(one, all[r * 197..(r + 1) * 197], "row {r} of {rows}");
+            }
+        }
+    }
+    // Not float32: MLX's matmul.
+    let (x16, w16) = (
+        normal(&[2, 37], 3, 1.0).astype(Dtype::Float16)?,
+        w.astype(Dtype::Float16)?,
+    );
+    assert_eq!(fast::linear(&x16, &w16)?.shape(), [2, 197]);
+    Ok(())
+}

@@ -48,7 +48,7 @@ impl Embedding {
     /// Uses the table as an output projection: `x @ tableᵀ` → logits.
     pub fn as_linear(&self, x: &Array) -> Result<Array> {
         match self {
-            Embedding::Dense(t) => x.matmul(&t.t()?),
+            Embedding::Dense(t) => crate::fast::linear(x, t),
             Embedding::Quantized(q) => quantized_matmul(x, q, true),
         }
     }

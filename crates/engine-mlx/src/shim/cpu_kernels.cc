@@ -254,6 +254,124 @@ void parallel(int64_t items, int64_t unit, F&& f) {
   for (auto& th : pool) th.join();
 }
 
+void check_input(const mx::array& a, const char* name) {
+  if (a.dtype() != mx::float32 || !a.flags().row_contiguous) {
+    throw std::runtime_error(std::string(name) + ": expects row-contiguous float32 inputs");
+  }
+}
+
+// y (M, N) = x (M, K) · w (N, K)ᵀ for few rows: each weight row is read
+// from memory once and used for all M rows while it sits in L1. (BLAS packs
+// the weights into panels first for any M > 1, which at decode sizes costs
+// as much as the product.) Each output is one dot product whatever M is, so
+// a row computes the same bits alone or in a batch.
+// Eight floats: one AVX2 register, half an AVX-512 one, two SSE ones;
+// `load8` reads them from any float address in one unaligned load.
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v8u __attribute__((vector_size(32), aligned(4), may_alias));
+__attribute__((always_inline)) inline v8 load8(const float* p) { return *reinterpret_cast<const v8u*>(p); }
+
+// Outputs y[i..i+MI, j..j+4]: four weight rows against MI rows of x, so each
+// load of x feeds four products and each load of w feeds MI. Every output
+// is summed in the same order whatever MI is.
+template <int MI>
+__attribute__((always_inline)) inline void skinny_tile(const float* x, const float* w, float* y, int64_t i, int64_t j,
+                                                        int64_t n, int64_t k) {
+  v8 acc[MI][4] = {};
+  const float* wr[4] = {w + j * k, w + (j + 1) * k, w + (j + 2) * k, w + (j + 3) * k};
+  int64_t t = 0;
+  for (; t + 8 <= k; t += 8) {
+    const v8 w0 = load8(wr[0] + t), w1 = load8(wr[1] + t), w2 = load8(wr[2] + t), w3 = load8(wr[3] + t);
+    for (int r = 0; r < MI; r++) {
+      const v8 xv = load8(x + (i + r) * k + t);
+      acc[r][0] += xv * w0;
+      acc[r][1] += xv * w1;
+      acc[r][2] += xv * w2;
+      acc[r][3] += xv * w3;
+    }
+  }
+  for (int r = 0; r < MI; r++) {
+    for (int c = 0; c < 4; c++) {
+      float s = 0.0f;
+      for (int l = 0; l < 8; l++) s += acc[r][c][l];
+      for (int64_t u = t; u < k; u++) s += x[(i + r) * k + u] * wr[c][u];
+      y[(i + r) * n + j + c] = s;
+    }
+  }
+}
+
+MLXE_CLONES
+void skinny_rows(const float* x, const float* w, float* y, int64_t m, int64_t n0, int64_t n1, int64_t n, int64_t k) {
+  int64_t j = n0;
+  for (; j + 4 <= n1; j += 4) {
+    // Two rows of x at a time: 8 accumulators + 4 weight vectors + 1 of x
+    // fit AVX2's 16 registers (four rows would spill).
+    int64_t i = 0;
+    for (; i + 2 <= m; i += 2) skinny_tile<2>(x, w, y, i, j, n, k);
+    if (i < m) skinny_tile<1>(x, w, y, i, j, n, k);
+  }
+  // A last partial group of weight rows (N not a multiple of 4), summed in
+  // the same order as the tiles.
+  for (; j < n1; j++) {
+    const float* wr = w + j * k;
+    for (int64_t i = 0; i < m; i++) {
+      const float* xr = x + i * k;
+      v8 acc = {};
+      int64_t t = 0;
+      for (; t + 8 <= k; t += 8) {
+        acc += load8(xr + t) * load8(wr + t);
+      }
+      float s = 0.0f;
+      for (int l = 0; l < 8; l++) s += acc[l];
+      for (int64_t u = t; u < k; u++) s += xr[u] * wr[u];
+      y[i * n + j] = s;
+    }
+  }
+}
+
+class SkinnyMatmulKernel : public mx::UnaryPrimitive {
+ public:
+  explicit SkinnyMatmulKernel(mx::Stream s) : mx::UnaryPrimitive(s) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
+    for (auto& a : inputs) check_input(a, name());
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& enc = mx::cpu::get_command_encoder(stream());
+    enc.set_input_array(inputs[0]);
+    enc.set_input_array(inputs[1]);
+    enc.set_output_array(out);
+    enc.dispatch([x = mx::array::unsafe_weak_copy(inputs[0]), w = mx::array::unsafe_weak_copy(inputs[1]),
+                  out = mx::array::unsafe_weak_copy(out)]() mutable {
+      const int64_t k = w.shape(1), n = w.shape(0);
+      const int64_t m = k == 0 ? 0 : static_cast<int64_t>(x.size()) / k;
+      const float* xp = x.data<float>();
+      const float* wp = w.data<float>();
+      float* y = out.data<float>();
+      if (k == 0) {
+        std::fill(y, y + out.size(), 0.0f);
+        return;
+      }
+      // Blocks of 64 weight rows: enough work per block, many blocks to share.
+      constexpr int64_t rows = 64;
+      parallel((n + rows - 1) / rows, rows * k, [&](int64_t lo, int64_t hi) {
+        skinny_rows(xp, wp, y, m, lo * rows, std::min(n, hi * rows), n, k);
+      });
+    });
+  }
+  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
+    throw std::runtime_error("MlxeSkinnyMatmul is a CPU kernel");
+  }
+  const char* name() const override { return "MlxeSkinnyMatmul"; }
+  bool is_equivalent(const mx::Primitive& other) const override {
+    return dynamic_cast<const SkinnyMatmulKernel*>(&other) != nullptr;
+  }
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    auto shape = inputs[0].shape();
+    shape.back() = inputs[1].shape(0);
+    return {shape};
+  }
+};
+
 enum class Kind { Softmax, Gelu, Silu };
 
 class VectorKernel : public mx::UnaryPrimitive {
@@ -312,12 +430,6 @@ class VectorKernel : public mx::UnaryPrimitive {
  private:
   Kind kind_;
 };
-
-void check_input(const mx::array& a, const char* name) {
-  if (a.dtype() != mx::float32 || !a.flags().row_contiguous) {
-    throw std::runtime_error(std::string(name) + ": expects row-contiguous float32 inputs");
-  }
-}
 
 class LayerNormKernel : public mx::UnaryPrimitive {
  public:
@@ -461,6 +573,17 @@ mx::array layer_norm(const mx::array& x, const std::optional<mx::array>& residua
                    std::make_shared<LayerNormKernel>(stream, residual.has_value(), weight.has_value(),
                                                      bias.has_value(), eps),
                    std::move(inputs));
+}
+
+mx::array linear(const mx::array& x, const mx::array& w, mx::StreamOrDevice s) {
+  auto stream = mx::to_stream(s);
+  const bool fits = applies(x, s) && x.ndim() >= 1 && w.ndim() == 2 && w.dtype() == mx::float32 &&
+                    x.shape(-1) == w.shape(1) && x.size() / std::max(1, w.shape(1)) <= SKINNY_ROWS;
+  if (!fits) return mx::matmul(x, mx::transpose(w, stream), stream);
+  auto shape = x.shape();
+  shape.back() = w.shape(0);
+  return mx::array(shape, mx::float32, std::make_shared<SkinnyMatmulKernel>(stream),
+                   {mx::contiguous(x, false, stream), mx::contiguous(w, false, stream)});
 }
 
 mx::array packed_attention(const mx::array& qkv, std::vector<int32_t> lengths, int heads, float scale,

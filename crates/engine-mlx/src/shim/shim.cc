@@ -487,6 +487,7 @@ std::unique_ptr<Array> rope(const Array& x, int32_t dims, bool traditional, floa
   std::optional<float> b = has_base ? std::optional<float>(base) : std::nullopt;
   return own(mx::fast::rope(x, dims, traditional, b, scale, offset, opt(freqs)));
 }
+std::unique_ptr<Array> linear(const Array& x, const Array& w) { return own(kernels::linear(x, w)); }
 std::unique_ptr<Array> rope_rows(const Array& x, int32_t dims, bool traditional, float base, bool has_base, float scale, const Array& offsets, const ArrayList& freqs) {
   std::optional<float> b = has_base ? std::optional<float>(base) : std::nullopt;
   return own(mx::fast::rope(x, dims, traditional, b, scale, offsets, opt(freqs)));
