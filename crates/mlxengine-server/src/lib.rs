@@ -66,6 +66,9 @@ pub struct ServerConfig {
     pub parallel: usize,
     /// Requests that may wait per model before a 429.
     pub queue_depth: usize,
+    /// Most models loaded at once (`None`: no limit); the least recently used
+    /// idle on-demand model is unloaded to make room.
+    pub max_loaded: Option<usize>,
     /// Origins allowed by CORS (`*` for any); empty: CORS off.
     pub cors: Vec<String>,
     /// Let clients' requests download models from the Hugging Face Hub.
@@ -82,6 +85,7 @@ impl Default for ServerConfig {
             keep_alive: Some(Duration::from_secs(300)),
             parallel: 4,
             queue_depth: 32,
+            max_loaded: None,
             cors: Vec::new(),
             allow_pull: false,
         }
@@ -172,6 +176,7 @@ pub async fn serve(config: ServerConfig, shutdown: impl Future<Output = ()> + Se
             parallel: config.parallel.max(1),
             queue_depth: config.queue_depth.max(1),
             keep_alive: config.keep_alive,
+            max_loaded: config.max_loaded.map(|n| n.max(1)),
         },
         metrics.clone(),
     ));

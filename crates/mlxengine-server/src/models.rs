@@ -58,6 +58,9 @@ pub struct PoolOptions {
     pub queue_depth: usize,
     /// Idle time after which an on-demand model is unloaded (`None`: never).
     pub keep_alive: Option<Duration>,
+    /// Most models loaded at once (`None`: no limit): loading another first
+    /// unloads the least recently used idle on-demand model.
+    pub max_loaded: Option<usize>,
 }
 
 /// All served models.
@@ -194,6 +197,7 @@ impl ModelPool {
         if let Some(w) = slot.loaded() {
             return Ok(w);
         }
+        self.make_room(&slot.id)?;
         tracing::info!(model = %slot.id, path = %slot.path.display(), "loading");
         let (id, path, kind) = (slot.id.clone(), slot.path.clone(), slot.kind);
         let (parallel, depth, metrics) = (self.options.parallel, self.options.queue_depth, self.metrics.clone());
@@ -207,6 +211,45 @@ impl ModelPool {
             *w = Some(worker.clone());
         }
         Ok(worker)
+    }
+
+    /// Unloads least recently used idle on-demand models until loading one
+    /// more stays within `max_loaded`; a 503 when every loaded model is
+    /// preloaded or busy.
+    fn make_room(&self, loading: &str) -> Result<(), ApiError> {
+        let Some(max) = self.options.max_loaded else {
+            return Ok(());
+        };
+        let mut slots = self
+            .slots
+            .lock()
+            .map_err(|_| ApiError::internal("model table poisoned"))?;
+        loop {
+            let loaded = slots.iter().filter(|s| s.loaded().is_some()).count();
+            if loaded < max {
+                return Ok(());
+            }
+            // Idle and held by no request (strong count 1: only its slot).
+            let victim = slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| !s.preloaded && s.id != loading)
+                .filter_map(|(i, s)| {
+                    let w = s.loaded()?;
+                    (Arc::strong_count(&w) == 2 && w.is_idle()).then(|| (i, w.idle_for()))
+                })
+                .max_by_key(|&(_, idle)| idle);
+            let Some((i, _)) = victim else {
+                return Err(ApiError::unavailable(format!(
+                    "{loaded} models are loaded (--max-loaded {max}) and none can be unloaded now (preloaded or busy); \
+                     retry later or raise --max-loaded"
+                )));
+            };
+            let slot = slots.remove(i);
+            tracing::info!(model = %slot.id, "unloading the least recently used model to make room");
+            let worker = slot.worker.lock().ok().and_then(|mut w| w.take());
+            drop(worker);
+        }
     }
 
     /// Unloads on-demand models idle for longer than the keep-alive (their

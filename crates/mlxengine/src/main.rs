@@ -167,6 +167,10 @@ struct ServeArgs {
     /// Requests that may wait per model before a 429.
     #[arg(long, default_value_t = 32)]
     max_queue: usize,
+    /// Most models loaded at once: loading another unloads the least recently
+    /// used idle one loaded on demand (default: no limit).
+    #[arg(long)]
+    max_loaded: Option<usize>,
     /// Allow CORS from this origin (`*` for any; repeatable). Off by default.
     #[arg(long)]
     cors: Vec<String>,
@@ -240,6 +244,7 @@ fn run(cli: Cli) -> Result<()> {
             api_key: a.api_key,
             parallel: a.parallel,
             queue_depth: a.max_queue,
+            max_loaded: a.max_loaded,
             cors: a.cors,
             allow_pull: a.allow_pull,
         }),

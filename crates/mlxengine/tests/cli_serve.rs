@@ -842,3 +842,33 @@ fn vision_chat_with_a_data_url_image() {
     assert_eq!(out["text"], cli["text"], "server {out} vs run --json {cli}");
     assert_eq!(out["usage"]["completion_tokens"], cli["completion_tokens"]);
 }
+
+/// With `--max-loaded 1`, asking for a second on-demand model unloads the
+/// idle first one; a preloaded model is never unloaded, so with it loaded
+/// and the limit reached another model is a 503 naming the flag.
+#[test]
+fn max_loaded_unloads_the_least_recently_used_model() {
+    let (mini, smol) = (minilm(), smollm());
+    let server = Server::start(&["--max-loaded", "1"], &[]);
+    let embed = serde_json::json!({"model": mini.to_str().unwrap(), "input": "hello"});
+    assert_eq!(server.post("/v1/embeddings", &embed).status, 200);
+    let mut chat = short_chat();
+    chat["model"] = serde_json::json!(smol.to_str().unwrap());
+    let r = server.post("/v1/chat/completions", &chat);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let ps = server.get("/api/ps").json();
+    let names: Vec<&str> = ps["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, [SMOLLM_ID], "{ps}");
+    assert_eq!(metric(&server.get("/metrics").text(), "mlxengine_resident_models"), 1.0);
+
+    let pinned = Server::start(&["--model", smol.to_str().unwrap(), "--max-loaded", "1"], &[]);
+    let r = pinned.post("/v1/embeddings", &embed);
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("--max-loaded"), "{}", r.text());
+    assert_eq!(pinned.post("/v1/chat/completions", &short_chat()).status, 200);
+}
