@@ -8,6 +8,9 @@ use std::sync::Mutex;
 /// Upper bounds (seconds) of the time-to-first-token histogram's buckets.
 const TTFT_BUCKETS: [f64; 10] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
+/// Upper bounds (seconds) of the inter-token latency histogram's buckets.
+const ITL_BUCKETS: [f64; 10] = [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0];
+
 /// The server's counters and gauges; shared by handlers and model workers.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -33,13 +36,38 @@ pub struct Metrics {
     /// Prompt tokens whose prefill the prefix cache saved.
     pub prompt_tokens_cached: AtomicU64,
     ttft: Mutex<Histogram>,
+    itl: Mutex<Histogram>,
 }
 
 #[derive(Debug, Default)]
 struct Histogram {
-    counts: [u64; TTFT_BUCKETS.len()],
+    counts: [u64; 10],
     count: u64,
     sum: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, bounds: &[f64; 10], seconds: f64) {
+        for (i, bound) in bounds.iter().enumerate() {
+            if seconds <= *bound {
+                self.counts[i] += 1;
+            }
+        }
+        self.count += 1;
+        self.sum += seconds;
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str, bounds: &[f64; 10]) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (i, bound) in bounds.iter().enumerate() {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {}", self.counts[i]);
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}",
+            self.count, self.sum, self.count
+        );
+    }
 }
 
 impl Metrics {
@@ -53,13 +81,14 @@ impl Metrics {
     /// Records one time to first token.
     pub fn observe_ttft(&self, seconds: f64) {
         if let Ok(mut h) = self.ttft.lock() {
-            for (i, bound) in TTFT_BUCKETS.iter().enumerate() {
-                if seconds <= *bound {
-                    h.counts[i] += 1;
-                }
-            }
-            h.count += 1;
-            h.sum += seconds;
+            h.observe(&TTFT_BUCKETS, seconds);
+        }
+    }
+
+    /// Records the time between two tokens of one generation.
+    pub fn observe_itl(&self, seconds: f64) {
+        if let Ok(mut h) = self.itl.lock() {
+            h.observe(&ITL_BUCKETS, seconds);
         }
     }
 
@@ -160,19 +189,20 @@ impl Metrics {
                 v.load(Ordering::Relaxed)
             );
         }
-        let name = "mlxengine_time_to_first_token_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Time from queueing a generation to its first token.\n# TYPE {name} histogram"
-        );
         if let Ok(h) = self.ttft.lock() {
-            for (i, bound) in TTFT_BUCKETS.iter().enumerate() {
-                let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {}", h.counts[i]);
-            }
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}",
-                h.count, h.sum, h.count
+            h.render(
+                &mut out,
+                "mlxengine_time_to_first_token_seconds",
+                "Time from queueing a generation to its first token.",
+                &TTFT_BUCKETS,
+            );
+        }
+        if let Ok(h) = self.itl.lock() {
+            h.render(
+                &mut out,
+                "mlxengine_inter_token_latency_seconds",
+                "Time between consecutive tokens of a generation.",
+                &ITL_BUCKETS,
             );
         }
         out
@@ -189,11 +219,17 @@ mod tests {
         m.record_request("/v1/models", 200);
         m.record_request("/v1/models", 200);
         m.observe_ttft(0.3);
+        m.observe_itl(0.015);
+        m.observe_itl(0.3);
         Metrics::add(&m.generated_tokens, 5);
         let text = m.render();
         assert!(text.contains("mlxengine_requests_total{endpoint=\"/v1/models\",status=\"200\"} 2"));
         assert!(text.contains("mlxengine_time_to_first_token_seconds_bucket{le=\"0.25\"} 0"));
         assert!(text.contains("mlxengine_time_to_first_token_seconds_bucket{le=\"0.5\"} 1"));
         assert!(text.contains("mlxengine_generated_tokens_total 5"));
+        assert!(text.contains("mlxengine_inter_token_latency_seconds_bucket{le=\"0.01\"} 0"));
+        assert!(text.contains("mlxengine_inter_token_latency_seconds_bucket{le=\"0.02\"} 1"));
+        assert!(text.contains("mlxengine_inter_token_latency_seconds_bucket{le=\"0.5\"} 2"));
+        assert!(text.contains("mlxengine_inter_token_latency_seconds_count 2"));
     }
 }

@@ -356,7 +356,8 @@ fn run_jobs(
 struct Live {
     events: tmpsc::UnboundedSender<GenEvent>,
     queued_at: Instant,
-    started: bool,
+    /// When its last token went out.
+    last_token: Option<Instant>,
 }
 
 /// A text model's loop: jobs join engine-llm's continuous-batching scheduler
@@ -433,7 +434,7 @@ fn run_batched(
                         Live {
                             events: job.events,
                             queued_at: job.queued_at,
-                            started: false,
+                            last_token: None,
                         },
                     );
                 }
@@ -465,9 +466,13 @@ fn run_batched(
                 for e in events {
                     let Some(l) = live.get_mut(&e.id) else { continue };
                     let done = matches!(e.event, StreamEvent::Done { .. });
-                    if !l.started && matches!(e.event, StreamEvent::Text { .. }) {
-                        metrics.observe_ttft(l.queued_at.elapsed().as_secs_f64());
-                        l.started = true;
+                    if matches!(e.event, StreamEvent::Text { .. }) {
+                        let now = Instant::now();
+                        match l.last_token {
+                            None => metrics.observe_ttft((now - l.queued_at).as_secs_f64()),
+                            Some(t) => metrics.observe_itl((now - t).as_secs_f64()),
+                        }
+                        l.last_token = Some(now);
                     }
                     if let StreamEvent::Done { stats, .. } = &e.event {
                         Metrics::add(&metrics.prompt_tokens, stats.prompt_tokens as u64);
@@ -518,12 +523,16 @@ fn run_generate(model: &mut dyn TextGenerator, job: GenerateJob, metrics: &Metri
             return;
         }
     };
-    let mut first = true;
+    let mut last_token: Option<Instant> = None;
     for event in stream {
         let last = !matches!(event, Ok(StreamEvent::Text { .. }));
-        if first && matches!(event, Ok(StreamEvent::Text { .. })) {
-            metrics.observe_ttft(job.queued_at.elapsed().as_secs_f64());
-            first = false;
+        if matches!(event, Ok(StreamEvent::Text { .. })) {
+            let now = Instant::now();
+            match last_token {
+                None => metrics.observe_ttft((now - job.queued_at).as_secs_f64()),
+                Some(t) => metrics.observe_itl((now - t).as_secs_f64()),
+            }
+            last_token = Some(now);
         }
         if let Ok(StreamEvent::Done { stats, .. }) = &event {
             Metrics::add(&metrics.prompt_tokens, stats.prompt_tokens as u64);

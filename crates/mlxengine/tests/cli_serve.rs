@@ -594,6 +594,14 @@ fn ollama_endpoints_errors_and_metrics() {
         2.0,
         "{after}"
     );
+    // Every token after a generation's first is one inter-token interval.
+    let generated =
+        metric(&after, "mlxengine_generated_tokens_total") - metric(&before, "mlxengine_generated_tokens_total");
+    assert_eq!(
+        metric(&after, "mlxengine_inter_token_latency_seconds_count"),
+        generated - 2.0,
+        "{after}"
+    );
     assert_eq!(metric(&after, "mlxengine_resident_models"), 2.0);
     wait_for_metric(&server, "mlxengine_requests_running", 0.0);
 }
