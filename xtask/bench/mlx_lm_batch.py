@@ -4,7 +4,8 @@ float32 (the MLX 4-bit export of the GGUF, dequantized: the engine's CPU
 policy), greedy, `N` tokens at most each. Prints one JSON object:
 {"tok_s": aggregate generated tokens per second over the whole batch call
 (prefill included, as the server's wall time is), "generated", "seconds"}.
-Usage: python mlx_lm_batch.py MODEL_DIR PROMPTS_JSON N EOS_IDS_JSON
+Usage: python mlx_lm_batch.py MODEL_DIR PROMPTS_JSON N EOS_IDS_JSON [native]
+(`native` keeps the checkpoint's own dtype: the GPU run, bf16).
 """
 import json
 import sys
@@ -27,8 +28,9 @@ class Tokenizer:
 
 
 model, _ = load_model(Path(sys.argv[1]))
-model = dequantize_model(model)
-model.set_dtype(mx.float32)
+if sys.argv[5:6] != ["native"]:
+    model = dequantize_model(model)
+    model.set_dtype(mx.float32)
 mx.eval(model.parameters())
 prompts = json.load(open(sys.argv[2]))
 n = int(sys.argv[3])

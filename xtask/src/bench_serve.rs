@@ -45,10 +45,11 @@ impl Drop for Server {
 }
 
 impl Server {
-    fn start(bin: &std::path::Path, model: &std::path::Path) -> Result<Server> {
+    fn start(bin: &std::path::Path, model: &std::path::Path, extra: &[&str]) -> Result<Server> {
         let mut child = Command::new(bin)
             .args(["serve", "--port", "0", "--parallel", &STREAMS.to_string(), "--model"])
             .arg(model)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -93,10 +94,14 @@ fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> Result<Str
 
 /// One streamed chat completion: (seconds to the first content, completion tokens).
 fn stream_chat(addr: SocketAddr, model: &str, prompt: &str) -> Result<(f64, usize)> {
+    stream_chat_n(addr, model, prompt, TOKENS)
+}
+
+fn stream_chat_n(addr: SocketAddr, model: &str, prompt: &str, max_tokens: usize) -> Result<(f64, usize)> {
     let body = serde_json::json!({
         "model": model,
         "messages": [{"role": "user", "content": prompt}],
-        "max_tokens": TOKENS,
+        "max_tokens": max_tokens,
         "temperature": 0,
         "stream": true,
         "stream_options": {"include_usage": true},
@@ -153,21 +158,124 @@ fn streams(server: &Server, model: &str, n: usize) -> Result<(f64, usize, f64)> 
     Ok((generated as f64 / secs, generated, ttft))
 }
 
-pub fn run() -> Result<()> {
-    let root = crate::root();
-    let models = crate::fetch_models()?;
-    let gguf = models.join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    let exe = crate::build_example("engine-llm", "bench_decode")?;
+/// Builds the release binary; returns its path.
+fn build_binary(root: &std::path::Path) -> Result<std::path::PathBuf> {
     let ok = Command::new("cargo")
         .args(["build", "--release", "-q", "-p", "mlxengine"])
-        .current_dir(&root)
+        .current_dir(root)
         .status()?
         .success();
     if !ok {
         bail!("building the mlxengine binary failed");
     }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    Ok(target.join("release/mlxengine"))
+}
+
+/// The id the server lists first.
+fn served_id(server: &Server) -> Result<String> {
+    let listing = request(server.addr, "GET", "/v1/models", "")?;
+    let json = listing.split("\r\n\r\n").nth(1).context("no /v1/models body")?;
+    Ok(serde_json::from_str::<Value>(json)?["data"][0]["id"]
+        .as_str()
+        .context("no served model")?
+        .to_string())
+}
+
+/// Resident memory of a process, in bytes (Linux).
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?;
+    kb.parse::<u64>().ok().map(|k| k * 1024)
+}
+
+/// `cargo xtask load-test [SECONDS] [CLIENTS]`: CLIENTS (64) concurrent
+/// streaming clients, each asking again as soon as its answer ends, against
+/// `mlxengine serve --parallel 8` on SmolLM2 for SECONDS (60); prints one
+/// JSON line with errors, requests, p50/p99 TTFT, aggregate tok/s and the
+/// server's resident memory after warm-up and at the end. Fails on any error.
+pub fn load_test(args: &[String]) -> Result<()> {
+    let secs: u64 = args.first().map(|s| s.parse()).transpose()?.unwrap_or(60);
+    let clients: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(64);
+    let root = crate::root();
+    let gguf = crate::fetch_models()?.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let bin = build_binary(&root)?;
+    let queue = (clients * 2).to_string();
+    let server = Server::start(&bin, &gguf, &["--max-queue", &queue])?;
+    let id = served_id(&server)?;
+    streams(&server, &id, 2)?; // warm-up
+    let pid = server.child.id();
+    let rss_start = rss_bytes(pid);
+    let until = Instant::now() + Duration::from_secs(secs);
+    let start = Instant::now();
+    let handles: Vec<_> = (0..clients)
+        .map(|c| {
+            let (addr, id) = (server.addr, id.clone());
+            std::thread::spawn(move || {
+                let mut out = (Vec::new(), 0usize, Vec::new());
+                let mut i = c;
+                while Instant::now() < until {
+                    match stream_chat_n(addr, &id, PROMPTS[i % PROMPTS.len()], 32) {
+                        Ok((ttft, n)) => {
+                            out.0.push(ttft);
+                            out.1 += n;
+                        }
+                        Err(e) => out.2.push(e.to_string()),
+                    }
+                    i += 1;
+                }
+                out
+            })
+        })
+        .collect();
+    let (mut ttfts, mut tokens, mut errors) = (Vec::new(), 0, Vec::new());
+    for h in handles {
+        let (t, n, e) = h.join().map_err(|_| anyhow::anyhow!("client thread panicked"))?;
+        ttfts.extend(t);
+        tokens += n;
+        errors.extend(e);
+    }
+    let wall = start.elapsed().as_secs_f64();
+    // Let the server finish its last steps before reading its memory.
+    std::thread::sleep(Duration::from_secs(2));
+    let rss_end = rss_bytes(pid);
+    ttfts.sort_by(f64::total_cmp);
+    let pct = |p: f64| ttfts.get(((ttfts.len() as f64 - 1.0) * p).round() as usize).copied();
+    println!(
+        "{}",
+        serde_json::json!({
+            "test": "load",
+            "clients": clients,
+            "seconds": wall,
+            "requests": ttfts.len(),
+            "errors": errors.len(),
+            "first_error": errors.first(),
+            "ttft_p50_s": pct(0.5),
+            "ttft_p99_s": pct(0.99),
+            "tok_s": tokens as f64 / wall,
+            "rss_after_warmup_mib": rss_start.map(|b| b / (1 << 20)),
+            "rss_end_mib": rss_end.map(|b| b / (1 << 20)),
+        })
+    );
+    if !errors.is_empty() {
+        bail!("{} requests failed, the first: {}", errors.len(), errors[0]);
+    }
+    Ok(())
+}
+
+pub fn run() -> Result<()> {
+    let root = crate::root();
+    let models = crate::fetch_models()?;
+    let gguf = models.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let exe = crate::build_example("engine-llm", "bench_decode")?;
+    let bin = build_binary(&root)?;
     let target = exe.ancestors().nth(3).context("target folder")?.to_path_buf();
-    let bin = target.join("release/mlxengine");
     let work = target.join("bench-serve");
     std::fs::create_dir_all(&work)?;
     let mlx_dir = target.join("bench-llm/smollm2-mlx");
@@ -209,16 +317,11 @@ pub fn run() -> Result<()> {
     {
         bail!("reading the stop ids failed");
     }
-    let server = Server::start(&bin, &gguf)?;
-    let listing = request(server.addr, "GET", "/v1/models", "")?;
-    let json = listing.split("\r\n\r\n").nth(1).context("no /v1/models body")?;
-    let id = serde_json::from_str::<Value>(json)?["data"][0]["id"]
-        .as_str()
-        .context("no served model")?
-        .to_string();
+    let server = Server::start(&bin, &gguf, &[])?;
+    let id = served_id(&server)?;
     streams(&server, &id, 2)?; // warm-up
-    // MLX Python's float32 CPU matmuls use the BLAS that is loaded: give it
-    // the OpenBLAS the engine uses (its wheel's reference BLAS is ~30× slower).
+                               // MLX Python's float32 CPU matmuls use the BLAS that is loaded: give it
+                               // the OpenBLAS the engine uses (its wheel's reference BLAS is ~30× slower).
     let blas = std::path::Path::new("/usr/lib/x86_64-linux-gnu/libopenblas.so.0");
     let baseline = || -> Result<Value> {
         let mut cmd = Command::new(crate::oracle_python()?);

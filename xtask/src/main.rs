@@ -6,6 +6,7 @@
 //!   crates' `tests/fixtures/` and committed (run by hand; CI never installs torch).
 //! - `dist`: a relocatable tarball of the CLI under `target/dist/` (`dist.rs`).
 //! - `bench NAME`: benchmarks; each prints one JSON line with `"bench"` and `"ratio"`.
+//! - `load-test [SECONDS] [CLIENTS]`: many streaming clients against the real server (`bench_serve.rs`).
 //! - `test-models`: fetches the models and fixtures, runs every real-model and parity test of
 //!   every modality, prints a table and fails if any check failed (`test_models.rs`).
 
@@ -13,10 +14,12 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod bench_diffusion;
 mod bench_embed;
 mod bench_hub;
 mod bench_llm;
 mod bench_mlx;
+mod bench_serve;
 mod bench_vlm;
 mod bench_window;
 mod dist;
@@ -30,6 +33,7 @@ fn main() -> Result<()> {
         Some("torch-fixtures") => torch_fixtures(),
         Some("dist") => dist::run(),
         Some("test-models") => test_models::run(&args[1..]),
+        Some("load-test") => bench_serve::load_test(&args[1..]),
         Some("bench") => match args.get(1).map(String::as_str) {
             Some("mlx") => bench_mlx::run(),
             Some("llm") => bench_llm::run(),
@@ -37,11 +41,13 @@ fn main() -> Result<()> {
             Some("hub") => bench_hub::run(),
             Some("vlm") => bench_vlm::run(),
             Some("window") => bench_window::run(&args[2..]),
-            other => bail!("unknown bench {other:?}; available: mlx, llm, embed, hub, vlm, window"),
+            Some("serve") => bench_serve::run(),
+            Some("diffusion") => bench_diffusion::run(),
+            other => bail!("unknown bench {other:?}; available: mlx, llm, embed, hub, vlm, window, diffusion, serve"),
         },
         _ => {
             eprintln!(
-                "usage: cargo xtask <fetch-models | parity-fixtures | torch-fixtures | test-models | dist | bench NAME>"
+                "usage: cargo xtask <fetch-models | parity-fixtures | torch-fixtures | test-models | dist | bench NAME | load-test>"
             );
             std::process::exit(2);
         }
@@ -202,11 +208,17 @@ fn torch_fixtures() -> Result<()> {
             python.display()
         );
     }
-    // diffusers is needed by the second script only: `target/torch/bin/pip install diffusers==0.42.1`.
+    // diffusers is needed by the diffusion scripts only: `target/torch/bin/pip install diffusers==0.42.1`.
     for (script, out) in [
         ("xtask/parity/make_tiny_vlms.py", "crates/engine-vlm/tests/fixtures"),
         (
             "xtask/parity/make_tiny_diffusion.py",
+            "crates/engine-diffusion/tests/fixtures",
+        ),
+        // SD 2.x / SDXL single files of the fixtures above, written with diffusers' conversion
+        // scripts from a diffusers checkout: MLXENGINE_DIFFUSERS_SCRIPTS, else target/diffusers/scripts.
+        (
+            "xtask/parity/make_single_files.py",
             "crates/engine-diffusion/tests/fixtures",
         ),
     ] {

@@ -1,6 +1,7 @@
 //! Stable Diffusion on MLX: SD 1.x/2.x-shaped and SDXL pipelines loaded from
-//! the diffusers folder layout, sampling with diffusers' schedulers, checked
-//! against diffusers itself (`tests/parity.rs`).
+//! the diffusers folder layout (or an original single-file checkpoint with a
+//! folder's configs), sampling with diffusers' schedulers, checked against
+//! diffusers itself (`tests/parity.rs`).
 //!
 //! ```no_run
 //! use engine_diffusion::{ImagePipeline, ImageRequest};
@@ -179,10 +180,11 @@ impl ImagePipeline {
         Self::assemble(dir.as_ref(), dtype, None)
     }
 
-    /// Loads an original single-file SD 1.x checkpoint (`model.diffusion_model.*`,
-    /// `first_stage_model.*`, `cond_stage_model.transformer.*` in one safetensors),
-    /// with the configs, tokenizer and scheduler of a diffusers folder of the same
-    /// architecture (its weights are not read).
+    /// Loads an original single-file SD 1.x, SD 2.x or SDXL checkpoint (one safetensors
+    /// with `model.diffusion_model.*`, `first_stage_model.*` and the text encoders under
+    /// `cond_stage_model.*` or `conditioner.embedders.*`), with the configs, tokenizers and
+    /// scheduler of a diffusers folder of the same architecture (its weights are not read).
+    /// A file whose kind cannot be told, or that does not fit the folder, is an error.
     pub fn load_single_file(
         checkpoint: impl AsRef<Path>,
         config_dir: impl AsRef<Path>,
@@ -220,22 +222,11 @@ impl ImagePipeline {
         let vcfg: VaeConfig = read_json(&vdir.join("config.json"), "the VAE config")?;
         let vae_dtype = if vcfg.force_upcast { Dtype::Float32 } else { dtype };
         let mut single = match single {
-            Some(path) if sdxl => {
-                return Err(bad_config(
-                    path,
-                    "SDXL single-file checkpoints are not supported yet; use the diffusers folder".into(),
-                ))
-            }
             Some(path) => {
                 let attn: Vec<bool> = ucfg.up_block_types.iter().map(|t| t.starts_with("CrossAttn")).collect();
                 let n = vcfg.block_out_channels.len();
-                Some(single_file::load(
-                    path,
-                    ucfg.layers_per_block,
-                    &attn,
-                    n,
-                    (dtype, vae_dtype),
-                )?)
+                let cfg = (ucfg.layers_per_block, attn.as_slice(), n);
+                Some(single_file::load(path, (dir, sdxl), cfg, (dtype, vae_dtype))?)
             }
             None => None,
         };
@@ -257,10 +248,10 @@ impl ImagePipeline {
         };
         let vae = Vae::load(vcfg, &vw)?;
 
-        let tw = single.map(|s| s.text);
-        let mut text = vec![load_text(dir, "text_encoder", "tokenizer", dtype, tw)?];
+        let mut tw = single.map(|s| s.text.into_iter()).into_iter().flatten();
+        let mut text = vec![load_text(dir, "text_encoder", "tokenizer", dtype, tw.next())?];
         if sdxl {
-            text.push(load_text(dir, "text_encoder_2", "tokenizer_2", dtype, None)?);
+            text.push(load_text(dir, "text_encoder_2", "tokenizer_2", dtype, tw.next())?);
         }
         let ctx: usize = text.iter().map(|(_, e)| e.config().hidden_size).sum();
         if ctx != unet.config().cross_attention_dim {

@@ -1,6 +1,7 @@
 //! Parity with diffusers 0.42.1 on tiny random pipelines in the real folder layout.
 //! Fixtures: `tests/fixtures/{sd1,sd2,sdxl,lcm}/`, made by `cargo xtask torch-fixtures`
-//! (xtask/parity/make_tiny_diffusion.py); each expected.json names its command.
+//! (xtask/parity/make_tiny_diffusion.py, then make_single_files.py for the sd2/sdxl single
+//! files); each expected.json names its command.
 
 use engine_diffusion::{ImageF32, ImagePipeline, ImageRequest, Latents, SchedulerConfig, SchedulerKind};
 use engine_mlx::{Array, WeightMap};
@@ -138,13 +139,17 @@ fn timesteps_match_diffusers() {
 }
 
 fn check_images(name: &str) {
-    check_images_of(name, name, fixture(name));
+    check_images_of(name, name, fixture(name), None);
 }
 
-fn check_images_of(name: &str, label: &str, mut f: Fixture) {
+/// Every case of the fixture, or the `only` ones, against `f.refs`' `image.<case>`.
+fn check_images_of(name: &str, label: &str, mut f: Fixture, only: Option<&[&str]>) {
     let mut failed = vec![];
     for case in f.expected["cases"].clone().as_array().unwrap() {
         let cname = case["name"].as_str().unwrap();
+        if only.is_some_and(|o| !o.contains(&cname)) {
+            continue;
+        }
         f.pipe.set_scheduler_config(scheduler_config(name, case));
         let img = f.pipe.generate(&request(&f, case)).unwrap();
         let want = values(f.refs.get(&format!("image.{cname}")).unwrap());
@@ -251,7 +256,36 @@ fn sd1_single_file_matches_diffusers() {
     let mut f = fixture("sd1");
     let ckpt = dir("sd1").join("single_file.safetensors");
     f.pipe = ImagePipeline::load_single_file(&ckpt, dir("sd1"), engine_mlx::Dtype::Float32).unwrap();
-    check_images_of("sd1", "sd1 single file", f);
+    check_images_of("sd1", "sd1 single file", f, None);
+}
+
+fn single_file(name: &str) -> ImagePipeline {
+    let ckpt = dir(name).join("single_file.safetensors");
+    ImagePipeline::load_single_file(&ckpt, dir(name), engine_mlx::Dtype::Float32).unwrap()
+}
+
+/// The sd2 weights as an original SD 2.x checkpoint (OpenCLIP text tower with fused
+/// in_proj, plus the extra last layer, projection and logit scale real files carry),
+/// written by diffusers' conversion script (xtask/parity/make_single_files.py). Stored
+/// fp16 while the folder is f32, so the references are diffusers' `from_single_file`
+/// images of this file (they differ from the folder's by ~2e-3).
+#[test]
+fn sd2_single_file_matches_diffusers() {
+    let mut f = fixture("sd2");
+    f.pipe = single_file("sd2");
+    f.refs = WeightMap::load_safetensors(dir("sd2").join("single_file_refs.safetensors")).unwrap();
+    check_images_of("sd2", "sd2 single file", f, Some(&["ddim", "euler"]));
+}
+
+/// The sdxl weights (stored fp16 in the folder too) as an original SDXL checkpoint:
+/// CLIP-L under `conditioner.embedders.0.transformer`, OpenCLIP-bigG with its pooled
+/// projection under `conditioner.embedders.1.model`; every case, img2img included,
+/// gives the folder's image.
+#[test]
+fn sdxl_single_file_matches_its_folder() {
+    let mut f = fixture("sdxl");
+    f.pipe = single_file("sdxl");
+    check_images_of("sdxl", "sdxl single file", f, None);
 }
 
 #[test]

@@ -285,24 +285,48 @@ fn load_errors_name_the_missing_piece() {
 fn single_file_errors_name_the_format() {
     let tmp = tempfile::tempdir().unwrap();
     let one = engine_mlx::Array::zeros(&[2, 2], engine_mlx::Dtype::Float32).unwrap();
-    let write = |name: &str, tensor: &str| {
+    let write = |name: &str, tensors: &[&str]| {
         let p = tmp.path().join(name);
-        engine_mlx::save_safetensors(&p, &[(tensor, &one)], &[]).unwrap();
+        let t: Vec<(&str, &engine_mlx::Array)> = tensors.iter().map(|n| (*n, &one)).collect();
+        engine_mlx::save_safetensors(&p, &t, &[]).unwrap();
         p
     };
     let err = |p: &Path| match ImagePipeline::load_single_file(p, dir(), engine_mlx::Dtype::Float32) {
         Err(e) => e.to_string(),
         Ok(_) => panic!("{} loaded", p.display()),
     };
+    let unet = "model.diffusion_model.out.2.bias";
+    let m = err(&write("other.safetensors", &["foo.weight"]));
+    assert!(m.contains("no UNet tensors (model.diffusion_model.*)"), "{m}");
     let m = err(&write(
-        "sd2.safetensors",
-        "cond_stage_model.model.token_embedding.weight",
+        "text_only.safetensors",
+        &["cond_stage_model.model.positional_embedding"],
     ));
-    assert!(m.contains("SD 2.x") && m.contains("not supported yet"), "{m}");
-    let m = err(&write("sdxl.safetensors", "conditioner.embedders.0.transformer.x"));
-    assert!(m.contains("SDXL"), "{m}");
-    let m = err(&write("other.safetensors", "foo.weight"));
-    assert!(m.contains("no UNet (model.diffusion_model.*) tensors"), "{m}");
+    assert!(m.contains("no UNet tensors"), "{m}");
+    // A UNet with no text encoder, or with both SD 1.x's and SDXL's: the kind cannot be told.
+    let m = err(&write("unet_only.safetensors", &[unet]));
+    assert!(m.contains("cannot tell the model kind"), "{m}");
+    let mixed = [
+        "cond_stage_model.transformer.x",
+        "conditioner.embedders.0.transformer.x",
+    ];
+    let m = err(&write("mixed.safetensors", &[unet, mixed[0], mixed[1]]));
+    assert!(m.contains("cannot tell the model kind"), "{m}");
+    let m = err(&write(
+        "refiner.safetensors",
+        &[unet, "conditioner.embedders.0.model.ln_final.weight"],
+    ));
+    assert!(m.contains("refiner"), "{m}");
+    // An SDXL checkpoint with an SD 1.x folder's configs.
+    let xl = [
+        "conditioner.embedders.0.transformer.x",
+        "conditioner.embedders.1.model.x",
+    ];
+    let m = err(&write("sdxl.safetensors", &[unet, xl[0], xl[1]]));
+    assert!(
+        m.contains("this is an SDXL checkpoint but") && m.contains("SD 1.x/2.x folder"),
+        "{m}"
+    );
     let m = err(&tmp.path().join("missing.safetensors"));
     assert!(m.contains("no such file"), "{m}");
 }
