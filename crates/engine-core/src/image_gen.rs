@@ -16,6 +16,17 @@ pub struct ImageF32 {
     pub data: Vec<f32>,
 }
 
+impl ImageF32 {
+    /// 8-bit RGB samples as diffusers' `numpy_to_pil` makes them:
+    /// `(x * 255).round()` of the value clamped to [0, 1], half to even (NumPy).
+    pub fn to_rgb8(&self) -> Vec<u8> {
+        self.data
+            .iter()
+            .map(|&v| (v.clamp(0.0, 1.0) * 255.0).round_ties_even() as u8)
+            .collect()
+    }
+}
+
 /// Initial latents in diffusers' layout: NCHW `(n, 4, height/8, width/8)`, row-major.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Latents {

@@ -249,6 +249,7 @@ fn router(state: Arc<AppState>, cors: &[String]) -> anyhow::Result<Router> {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/embeddings", post(openai::embeddings))
+        .route("/v1/images/generations", post(openai::images_generations))
         .route("/api/chat", post(ollama::chat))
         .route("/api/generate", post(ollama::generate))
         .route("/api/embed", post(ollama::embed))

@@ -17,6 +17,8 @@ pub enum Use {
     Generate,
     /// Embeddings.
     Embed,
+    /// Images.
+    Draw,
 }
 
 /// One served model: loaded or not.
@@ -165,6 +167,7 @@ impl ModelPool {
         let wanted = match purpose {
             Use::Generate => ModelType::Llm,
             Use::Embed => ModelType::Embedding,
+            Use::Draw => ModelType::Diffusion,
         };
         // The resolver reads the disk (and, with --allow-pull, the network).
         let (resolver, owned) = (self.resolver.clone(), name.to_string());
@@ -299,15 +302,19 @@ fn new_slot(id: String, name: String, path: PathBuf, preloaded: bool) -> Arc<Slo
 }
 
 fn check_use(slot: &Slot, purpose: Use) -> Result<(), ApiError> {
-    match (purpose, slot.kind.generates()) {
-        (Use::Generate, false) => Err(ApiError::bad_param(
-            "model",
-            format!("`{}` is an embedding model: use /v1/embeddings or /api/embed", slot.id),
-        )),
-        (Use::Embed, true) => Err(ApiError::bad_param(
-            "model",
-            format!("`{}` generates text: use an embedding model for embeddings", slot.id),
-        )),
-        _ => Ok(()),
+    let what = match slot.kind {
+        ModelKind::Text | ModelKind::Vision => "generates text: use /v1/chat/completions or /api/chat",
+        ModelKind::Embedding => "is an embedding model: use /v1/embeddings or /api/embed",
+        ModelKind::Image => "generates images: use /v1/images/generations",
+    };
+    let fits = match purpose {
+        Use::Generate => slot.kind.generates(),
+        Use::Embed => slot.kind == ModelKind::Embedding,
+        Use::Draw => slot.kind == ModelKind::Image,
+    };
+    if fits {
+        Ok(())
+    } else {
+        Err(ApiError::bad_param("model", format!("`{}` {what}", slot.id)))
     }
 }

@@ -478,6 +478,7 @@ pub(crate) async fn show(
             crate::resolve::ModelKind::Text => vec!["completion"],
             crate::resolve::ModelKind::Vision => vec!["completion", "vision"],
             crate::resolve::ModelKind::Embedding => vec!["embedding"],
+            crate::resolve::ModelKind::Image => vec!["image"],
         };
         let mut info = serde_json::Map::new();
         info.insert("general.architecture".into(), json!(arch));

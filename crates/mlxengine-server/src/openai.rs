@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
 use engine_core::{ChatMessage, FinishReason, GenerationStats, ImageSource, Prompt};
+use image::ImageEncoder as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -505,6 +506,110 @@ pub(crate) async fn embeddings(
     .into_response())
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ImagesRequest {
+    model: String,
+    prompt: String,
+    n: Option<usize>,
+    size: Option<String>,
+    response_format: Option<String>,
+    /// Accepted and ignored, as the OpenAI API documents for non-DALL·E models.
+    #[allow(dead_code)]
+    user: Option<String>,
+    // Extensions (diffusers' names).
+    negative_prompt: Option<String>,
+    num_inference_steps: Option<usize>,
+    guidance_scale: Option<f32>,
+    seed: Option<u64>,
+    scheduler: Option<String>,
+}
+
+/// Most images one request may ask for.
+const MAX_IMAGES: usize = 8;
+
+/// `WxH` as OpenAI writes sizes.
+fn parse_size(size: &str) -> Result<(usize, usize), ApiError> {
+    let bad = || {
+        ApiError::bad_param(
+            "size",
+            format!("size `{size}` is not WIDTHxHEIGHT (e.g. 512x512, multiples of 8)"),
+        )
+    };
+    let (w, h) = size.split_once(['x', 'X']).ok_or_else(bad)?;
+    let (w, h): (usize, usize) = (
+        w.trim().parse().map_err(|_| bad())?,
+        h.trim().parse().map_err(|_| bad())?,
+    );
+    if w == 0 || h == 0 || w % 8 != 0 || h % 8 != 0 || w > 4096 || h > 4096 {
+        return Err(ApiError::bad_param(
+            "size",
+            format!("size {w}x{h}: width and height must be multiples of 8 between 8 and 4096"),
+        ));
+    }
+    Ok((w, h))
+}
+
+/// `POST /v1/images/generations`: PNGs as `b64_json` (there are no URLs to
+/// serve them from). Beyond OpenAI's fields: `negative_prompt`,
+/// `num_inference_steps`, `guidance_scale`, `seed`, `scheduler`.
+pub(crate) async fn images_generations(
+    State(state): State<Arc<AppState>>,
+    JsonBody(req): JsonBody<ImagesRequest>,
+) -> Result<Response, ApiError> {
+    match req.response_format.as_deref() {
+        None | Some("b64_json") => {}
+        Some(other) => {
+            return Err(ApiError::bad_param(
+                "response_format",
+                format!("response_format `{other}` is not supported: images come back as `b64_json`"),
+            ))
+        }
+    }
+    let n = req.n.unwrap_or(1);
+    if n == 0 || n > MAX_IMAGES {
+        return Err(ApiError::bad_param(
+            "n",
+            format!("n must be between 1 and {MAX_IMAGES}"),
+        ));
+    }
+    if req.prompt.trim().is_empty() {
+        return Err(ApiError::bad_param("prompt", "`prompt` is empty"));
+    }
+    let worker = state.pool.get(&req.model, Use::Draw).await?;
+    let mut r = engine_core::ImageRequest::new(req.prompt);
+    if let Some(size) = &req.size {
+        (r.width, r.height) = parse_size(size)?;
+    }
+    r.n = n;
+    r.negative_prompt = req.negative_prompt;
+    if let Some(steps) = req.num_inference_steps {
+        r.steps = steps;
+    }
+    if let Some(g) = req.guidance_scale {
+        r.guidance = g;
+    }
+    if let Some(seed) = req.seed {
+        r.seed = seed;
+    }
+    r.scheduler = req.scheduler;
+    let images = worker.image(r).await.map_err(|e| common::submit_error(&worker, e))??;
+    let mut data = Vec::with_capacity(images.len());
+    for img in &images {
+        let mut png = Vec::new();
+        image::codecs::png::PngEncoder::new(&mut png)
+            .write_image(
+                &img.to_rgb8(),
+                img.width as u32,
+                img.height as u32,
+                image::ExtendedColorType::Rgb8,
+            )
+            .map_err(|e| ApiError::internal(format!("encoding the PNG failed: {e}")))?;
+        data.push(json!({"b64_json": base64::engine::general_purpose::STANDARD.encode(png)}));
+    }
+    Ok(Json(json!({"created": common::unix_now(), "data": data})).into_response())
+}
+
 /// `GET /v1/models`.
 pub(crate) async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
     let created = state.started_unix;
@@ -520,6 +625,15 @@ pub(crate) async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn image_sizes() {
+        assert_eq!(parse_size("512x768").unwrap(), (512, 768));
+        assert_eq!(parse_size("64X64").unwrap(), (64, 64));
+        for bad in ["512", "512x", "x512", "65x64", "0x64", "8192x8192", "axb", "-8x8"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn image_parts_become_image_sources() {

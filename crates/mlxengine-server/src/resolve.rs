@@ -18,6 +18,8 @@ pub enum ModelKind {
     Vision,
     /// Embeddings.
     Embedding,
+    /// Text-to-image (a diffusers pipeline folder).
+    Image,
 }
 
 impl ModelKind {
@@ -37,6 +39,9 @@ const ENCODER_TYPES: &[&str] = &["bert", "roberta", "xlm-roberta", "camembert", 
 pub fn kind_of(path: &Path) -> ModelKind {
     if path.is_file() {
         return ModelKind::Text;
+    }
+    if path.join("model_index.json").is_file() {
+        return ModelKind::Image;
     }
     if path.join("modules.json").is_file() || path.join("config_sentence_transformers.json").is_file() {
         return ModelKind::Embedding;

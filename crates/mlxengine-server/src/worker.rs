@@ -16,7 +16,10 @@
 
 use crate::metrics::Metrics;
 use crate::resolve::ModelKind;
-use engine_core::{EngineError, GenerateParams, Prompt, StreamEvent, TextGenerator};
+use engine_core::{
+    EngineError, GenerateParams, ImageF32, ImageGenerator, ImageRequest, Prompt, StreamEvent, TextGenerator,
+};
+use engine_diffusion::ImagePipeline;
 use engine_embed::{EmbedOptions, EmbedOutput, Embedder};
 use engine_llm::{LlmModel, LoadOptions};
 use engine_vlm::VlmModel;
@@ -53,12 +56,22 @@ pub struct EmbedJob {
     pub reply: oneshot::Sender<Result<EmbedOutput, engine_embed::EmbedError>>,
 }
 
+/// Images to generate.
+pub struct ImageJob {
+    /// What to draw.
+    pub request: ImageRequest,
+    /// Where the images go.
+    pub reply: oneshot::Sender<Result<Vec<ImageF32>, EngineError>>,
+}
+
 /// One unit of work for a model worker.
 pub enum Job {
     /// Generate text (text and vision models).
     Generate(GenerateJob),
     /// Embed texts (embedding models).
     Embed(EmbedJob),
+    /// Generate images (diffusion pipelines).
+    Image(ImageJob),
 }
 
 /// A model as its worker thread holds it.
@@ -66,6 +79,7 @@ enum LoadedModel {
     Text(Box<LlmModel>),
     Vision(Box<VlmModel>),
     Embedding(Box<Embedder>),
+    Image(Box<ImagePipeline>),
 }
 
 /// What a loaded model is, for listings (`/v1/models`, `/api/show`, ...).
@@ -94,6 +108,7 @@ impl LoadedModel {
                 VlmModel::load(path, &options, &mut |_| {}).map_err(|e| e.to_string())?,
             )),
             ModelKind::Embedding => LoadedModel::Embedding(Box::new(Embedder::load(path).map_err(|e| e.to_string())?)),
+            ModelKind::Image => LoadedModel::Image(Box::new(ImagePipeline::load(path).map_err(|e| e.to_string())?)),
         })
     }
 
@@ -111,6 +126,13 @@ impl LoadedModel {
         match self {
             LoadedModel::Text(m) => of_generator(m.as_ref()),
             LoadedModel::Vision(m) => of_generator(m.as_ref()),
+            LoadedModel::Image(_) => ModelDetails {
+                architecture: "stable-diffusion".into(),
+                context_length: 77,
+                quantization: None,
+                dimensions: None,
+                defaults: GenerateParams::default(),
+            },
             LoadedModel::Embedding(e) => ModelDetails {
                 architecture: format!("{:?}", e.architecture()).to_lowercase(),
                 context_length: e.max_length(),
@@ -173,7 +195,7 @@ impl ModelWorker {
         let parallel = parallel.max(1);
         let (replicas, batch) = match kind {
             ModelKind::Text => (1, parallel),
-            ModelKind::Vision | ModelKind::Embedding => (parallel, 1),
+            ModelKind::Vision | ModelKind::Embedding | ModelKind::Image => (parallel, 1),
         };
         let (jobs, rx) = mpsc::sync_channel::<Job>(queue_depth);
         let rx = Arc::new(Mutex::new(rx));
@@ -272,6 +294,13 @@ impl ModelWorker {
         rx.await.map_err(|_| SubmitError::Gone)
     }
 
+    /// Generates the images of `request`.
+    pub async fn image(&self, request: ImageRequest) -> Result<Result<Vec<ImageF32>, EngineError>, SubmitError> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(Job::Image(ImageJob { request, reply }))?;
+        rx.await.map_err(|_| SubmitError::Gone)
+    }
+
     /// Whether no job is queued or running.
     pub fn is_idle(&self) -> bool {
         self.active.load(Ordering::SeqCst) == 0
@@ -333,15 +362,17 @@ fn run_jobs(
                 }
                 let _ = job.reply.send(out);
             }
-            (Job::Generate(job), LoadedModel::Embedding(_)) => {
+            (Job::Image(job), LoadedModel::Image(p)) => {
+                let _ = job.reply.send(ImageGenerator::generate(p.as_ref(), &job.request));
+            }
+            (Job::Generate(job), LoadedModel::Embedding(_) | LoadedModel::Image(_)) => {
                 let _ = job.events.send(Err(EngineError::InvalidParameter(
-                    "this is an embedding model: it cannot generate text".into(),
+                    "this model cannot generate text".into(),
                 )));
             }
-            (Job::Embed(job), _) => {
+            (Job::Embed(_) | Job::Image(_), _) => {
                 // Handlers check the model kind first; the dropped reply reads as a failure.
-                tracing::warn!("an embedding job reached a text-generation model");
-                drop(job);
+                tracing::warn!("a job reached a model of the wrong kind");
             }
         }
         Metrics::dec(&metrics.running);
@@ -411,10 +442,9 @@ fn run_batched(
             Metrics::add(&metrics.running, 1);
             let job = match job {
                 Job::Generate(job) => job,
-                Job::Embed(job) => {
+                Job::Embed(_) | Job::Image(_) => {
                     // Handlers check the model kind first; the dropped reply reads as a failure.
-                    tracing::warn!("an embedding job reached a text-generation model");
-                    drop(job);
+                    tracing::warn!("an embedding or image job reached a text-generation model");
                     finish(1);
                     continue;
                 }

@@ -181,12 +181,7 @@ fn read_image(path: &Path) -> Result<ImageF32> {
 
 /// 8-bit RGB as diffusers' `numpy_to_pil`: `(x * 255).round()` (NumPy rounds half to even).
 fn to_rgb8(img: &ImageF32) -> Result<image::RgbImage> {
-    let bytes = img
-        .data
-        .iter()
-        .map(|&v| (v.clamp(0.0, 1.0) * 255.0).round_ties_even() as u8)
-        .collect();
-    image::RgbImage::from_raw(img.width as u32, img.height as u32, bytes)
+    image::RgbImage::from_raw(img.width as u32, img.height as u32, img.to_rgb8())
         .context("the generated image has the wrong number of values")
 }
 

@@ -880,3 +880,73 @@ fn max_loaded_unloads_the_least_recently_used_model() {
     assert!(r.text().contains("--max-loaded"), "{}", r.text());
     assert_eq!(pinned.post("/v1/chat/completions", &short_chat()).status, 200);
 }
+
+const IMAGES_SCRIPT: &str = r#"
+import json, sys
+import openai
+c = openai.OpenAI(base_url=sys.argv[1], api_key="unused", max_retries=0)
+r = c.images.generate(model=sys.argv[2], prompt="a red square on grass", n=2, size="64x64",
+                      response_format="b64_json",
+                      extra_body={"seed": 5, "num_inference_steps": 2, "guidance_scale": 7.5})
+out = {"images": [d.b64_json for d in r.data]}
+try:
+    c.images.generate(model=sys.argv[2], prompt="x", size="65x64", response_format="b64_json")
+    out["bad_size"] = None
+except openai.BadRequestError as e:
+    out["bad_size"] = e.status_code
+print(json.dumps(out))
+"#;
+
+/// `POST /v1/images/generations` through the official `openai` client on the
+/// tiny SD 1.x pipeline: the PNGs are exactly what `mlxengine imagine` writes
+/// for the same prompt, size, steps, guidance and seed; bad fields are 400s.
+#[test]
+fn images_generations_match_imagine() {
+    let sd = root().join("crates/engine-diffusion/tests/fixtures/sd1");
+    let server = Server::start(&["--model", sd.to_str().unwrap()], &[]);
+    let out = server.python(IMAGES_SCRIPT, &["sd1"]);
+    assert_eq!(out["bad_size"], 400, "{out}");
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("out.png");
+    let cli = Command::new(env!("CARGO_BIN_EXE_mlxengine"))
+        .args([
+            "imagine",
+            sd.to_str().unwrap(),
+            "a red square on grass",
+            "--size",
+            "64x64",
+        ])
+        .args(["--steps", "2", "--guidance", "7.5", "--seed", "5", "-n", "2", "-o"])
+        .arg(&png)
+        .output()
+        .unwrap();
+    assert!(cli.status.success(), "{}", String::from_utf8_lossy(&cli.stderr));
+    let images = out["images"].as_array().unwrap();
+    assert_eq!(images.len(), 2);
+    for (i, b64) in images.iter().enumerate() {
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64.as_str().unwrap())
+            .unwrap();
+        let served = image::load_from_memory(&bytes).unwrap().to_rgb8();
+        let written = image::open(dir.path().join(format!("out-{}.png", i + 1)))
+            .unwrap()
+            .to_rgb8();
+        assert_eq!(served.dimensions(), (64, 64));
+        assert!(served == written, "image {i} differs from `mlxengine imagine`'s");
+    }
+    let bad = |body: serde_json::Value| server.post("/v1/images/generations", &body);
+    let r = bad(serde_json::json!({"model": "sd1", "prompt": "x", "response_format": "url"}));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("b64_json"), "{}", r.text());
+    assert_eq!(
+        bad(serde_json::json!({"model": "sd1", "prompt": "x", "n": 0})).status,
+        400
+    );
+    let r = server.post(
+        "/v1/chat/completions",
+        &serde_json::json!({"model": "sd1", "messages": [{"role": "user", "content": "hi"}]}),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("/v1/images/generations"), "{}", r.text());
+}
