@@ -161,7 +161,7 @@ fn streams(server: &Server, model: &str, n: usize) -> Result<(f64, usize, f64)> 
 /// Builds the release binary; returns its path.
 fn build_binary(root: &std::path::Path) -> Result<std::path::PathBuf> {
     let ok = Command::new("cargo")
-        .args(["build", "--release", "-q", "-p", "mlxengine"])
+        .args(["build", "--release", "-q", "-p", "mlxengine-cli"])
         .current_dir(root)
         .status()?
         .success();

@@ -57,7 +57,7 @@ fn sh(cmd: &mut Command) -> Result<()> {
 pub fn run() -> Result<()> {
     let root = crate::root();
     sh(Command::new("cargo")
-        .args(["build", "--release", "-q", "-p", "mlxengine", "--bin", "mlxengine"])
+        .args(["build", "--release", "-q", "-p", "mlxengine-cli", "--bin", "mlxengine"])
         .current_dir(&root))?;
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)

@@ -106,21 +106,10 @@ fn a_registry_id_of_another_type_fails_before_any_download() {
         &["run", "e5-small-v2", "hi"],
         &["type `embedding`", "`llm`", "mlxengine embed e5-small-v2"],
     );
-    if cfg!(feature = "diffusion") {
-        fx.fails_offline(
-            &["run", "stable-diffusion-1.5", "hi"],
-            &["type `diffusion`", "`llm`", "mlxengine imagine stable-diffusion-1.5"],
-        );
-    } else {
-        fx.fails_offline(
-            &["run", "stable-diffusion-1.5", "hi"],
-            &[
-                "type `diffusion`",
-                "this build cannot run `diffusion` models",
-                "`diffusion` feature",
-            ],
-        );
-    }
+    fx.fails_offline(
+        &["run", "stable-diffusion-1.5", "hi"],
+        &["type `diffusion`", "`llm`", "mlxengine imagine stable-diffusion-1.5"],
+    );
     fx.fails_offline(
         &["embed", "smollm2-135m-instruct", "hi"],
         &["type `llm`", "`embedding`", "mlxengine run smollm2-135m-instruct"],
@@ -134,27 +123,9 @@ fn a_registry_id_of_another_type_fails_before_any_download() {
 #[test]
 fn recommend_lists_only_what_this_build_runs() {
     let fx = Fixture::new();
-    // A build without the `diffusion` feature recommends no diffusion model.
-    if !cfg!(feature = "diffusion") {
-        fx.fails_offline(
-            &["recommend", "--type", "diffusion", "--memory", "64GB"],
-            &[
-                "this build cannot run `diffusion` models",
-                "`diffusion` feature",
-                "llm, vlm, embedding",
-            ],
-        );
-        fx.fails_offline(
-            &["recommend", "--type", "diffusion", "--memory", "64GB", "--json"],
-            &["this build cannot run `diffusion` models"],
-        );
-    }
-    let types: &[&str] = if cfg!(feature = "diffusion") {
-        &["vlm", "embedding", "diffusion"]
-    } else {
-        &["vlm", "embedding"]
-    };
-    for &t in types {
+    // The CLI is built with every modality, diffusion included.
+    let types = ["vlm", "embedding", "diffusion"];
+    for t in types {
         let out = fx.run(&["recommend", "--type", t, "--memory", "64GB", "--json"]);
         assert!(out.status.success(), "{t}: {}", String::from_utf8_lossy(&out.stderr));
         let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
