@@ -20,6 +20,24 @@ pub fn json_of(cmd: &mut Command) -> Result<Value> {
     Ok(serde_json::from_str(line)?)
 }
 
+/// The GGUF exported to an MLX folder by `bench_decode --export-mlx` (Q4_1 →
+/// MLX 4-bit exactly), once: the weights both benches give mlx-lm.
+pub fn export_mlx(exe: &Path, gguf: &Path, mlx_dir: &Path) -> Result<()> {
+    if mlx_dir.join("model.safetensors").exists() {
+        return Ok(());
+    }
+    let ok = Command::new(exe)
+        .arg(gguf)
+        .arg("--export-mlx")
+        .arg(mlx_dir)
+        .status()?
+        .success();
+    if !ok {
+        bail!("exporting the GGUF to an MLX folder failed");
+    }
+    Ok(())
+}
+
 pub fn run() -> Result<()> {
     let root = crate::root();
     let models = crate::fetch_models()?;
@@ -30,17 +48,7 @@ pub fn run() -> Result<()> {
     let mlx_dir = work.join("smollm2-mlx");
     let ids = work.join("prompt_ids.json");
     std::fs::create_dir_all(&work)?;
-    if !mlx_dir.join("model.safetensors").exists() {
-        let ok = Command::new(&exe)
-            .arg(&gguf)
-            .arg("--export-mlx")
-            .arg(&mlx_dir)
-            .status()?
-            .success();
-        if !ok {
-            bail!("exporting the GGUF to an MLX folder failed");
-        }
-    }
+    export_mlx(&exe, &gguf, &mlx_dir)?;
     let prompt = "Write a long story about a dragon who learns to bake bread.";
     let ok = Command::new(&exe)
         .arg(&gguf)

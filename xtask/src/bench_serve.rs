@@ -279,17 +279,7 @@ pub fn run() -> Result<()> {
     let work = target.join("bench-serve");
     std::fs::create_dir_all(&work)?;
     let mlx_dir = target.join("bench-llm/smollm2-mlx");
-    if !mlx_dir.join("model.safetensors").exists() {
-        let ok = Command::new(&exe)
-            .arg(&gguf)
-            .arg("--export-mlx")
-            .arg(&mlx_dir)
-            .status()?
-            .success();
-        if !ok {
-            bail!("exporting the GGUF to an MLX folder failed");
-        }
-    }
+    crate::bench_llm::export_mlx(&exe, &gguf, &mlx_dir)?;
     let mut all_ids = Vec::new();
     for p in PROMPTS {
         let f = work.join("ids.json");
