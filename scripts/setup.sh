@@ -39,6 +39,6 @@ fi
 
 cargo xtask fetch-models
 if [ "${MLXENGINE_SKIP_ORACLE:-0}" != 1 ] && { [ ! -f target/parity/phi3-longrope-gguf/expected.json ] ||
-  [ ! -f target/vlm-pixels/expected.json ]; }; then
+  [ ! -f target/vlm-pixels/expected.json ] || [ ! -f target/gguf-quants/expected.json ]; }; then
   cargo xtask parity-fixtures
 fi

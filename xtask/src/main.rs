@@ -179,6 +179,7 @@ fn parity_fixtures() -> Result<()> {
     let scripts = [
         ("make_tiny_llms.py", out.clone()),
         ("make_vlm_pixels.py", root().join("target/vlm-pixels")),
+        ("make_gguf_quants.py", root().join("target/gguf-quants")),
     ];
     for (script, dest) in scripts {
         let ok = Command::new(oracle_python()?)

@@ -6,6 +6,7 @@ pub mod detokenize;
 pub mod error;
 pub mod generation;
 pub mod gguf;
+pub mod gguf_quant;
 pub mod image_gen;
 pub mod mock;
 pub mod params;
