@@ -36,9 +36,19 @@ fi
 if [ "${MLXENGINE_SKIP_ORACLE:-0}" != 1 ] && ! target/oracle/bin/python -c "import openai" 2>/dev/null; then
   target/oracle/bin/pip install -q --disable-pip-version-check "openai==2.8.0"
 fi
+# llama.cpp's own quantizer (cyllama's model_quantize) makes the K-quant test files.
+if [ "${MLXENGINE_SKIP_ORACLE:-0}" != 1 ] && ! target/oracle/bin/python -c "import cyllama" 2>/dev/null; then
+  target/oracle/bin/pip install -q --disable-pip-version-check "cyllama==0.2.18"
+fi
 
 cargo xtask fetch-models
 if [ "${MLXENGINE_SKIP_ORACLE:-0}" != 1 ] && { [ ! -f target/parity/phi3-longrope-gguf/expected.json ] ||
   [ ! -f target/vlm-pixels/expected.json ] || [ ! -f target/gguf-quants/expected.json ]; }; then
   cargo xtask parity-fixtures
+fi
+# SmolLM2 as Q4_K_M / Q5_K_M / Q6_K / Q8_0 (llama.cpp's quantizer) and gguf-py's F32 copies (~2.6 GB, ~1 min).
+if [ "${MLXENGINE_SKIP_ORACLE:-0}" != 1 ] && [ ! -f target/models/SmolLM2-135M-Instruct.Q8_0.f32.gguf ]; then
+  echo "setup: requantizing SmolLM2 with llama.cpp (K-quant test files)"
+  target/oracle/bin/python xtask/parity/make_kquants.py target/models/SmolLM2-135M-Instruct.Q4_1.gguf target/models \
+    2>&1 | grep '^wrote' || { echo "setup: making the K-quant files failed"; exit 1; }
 fi

@@ -97,10 +97,13 @@ fn f16(b: &[u8], at: usize) -> f32 {
     half::f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
 }
 
+/// Decodes one block into its elements.
+type BlockFn = fn(&[u8], &mut [f32]);
+
 /// Decodes the elements of `data` (stored as `ty`) into `out`, which must
 /// hold exactly the tensor's element count. `tensor` names it in errors.
 pub fn dequantize_into(tensor: &str, ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<(), DequantError> {
-    let (block, bytes, decode): (usize, usize, fn(&[u8], &mut [f32])) = match ty {
+    let (block, bytes, decode): (usize, usize, BlockFn) = match ty {
         F32 => (1, 4, |b, o| o[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
         F16 => (1, 2, |b, o| o[0] = f16(b, 0)),
         BF16 => (1, 2, |b, o| {
@@ -127,7 +130,7 @@ pub fn dequantize_into(tensor: &str, ty: GgmlType, data: &[u8], out: &mut [f32])
         }
     };
     let n_blocks = out.len() / block;
-    if out.len() % block != 0 || data.len() != n_blocks * bytes {
+    if !out.len().is_multiple_of(block) || data.len() != n_blocks * bytes {
         return Err(DequantError::Size {
             tensor: tensor.into(),
             ty,
@@ -244,7 +247,7 @@ fn q3_k(b: &[u8], o: &mut [f32]) {
 }
 
 /// The eight 6-bit scales and minimums of a Q4_K / Q5_K block.
-fn scale_min_k4(s: &[u8]) -> ([u8; 8], [u8; 8]) {
+pub fn scale_min_k4(s: &[u8]) -> ([u8; 8], [u8; 8]) {
     let (mut sc, mut mn) = ([0u8; 8], [0u8; 8]);
     for j in 0..4 {
         sc[j] = s[j] & 0x3F;
@@ -258,7 +261,7 @@ fn scale_min_k4(s: &[u8]) -> ([u8; 8], [u8; 8]) {
 /// Element `e` of a K-quant's 4-bit part: 32-byte chunks hold 64 elements,
 /// low nibbles first.
 #[inline]
-fn nibble_k(qs: &[u8], e: usize) -> u8 {
+pub fn nibble_k(qs: &[u8], e: usize) -> u8 {
     (qs[(e / 64) * 32 + e % 32] >> (4 * ((e % 64) / 32))) & 0x0F
 }
 

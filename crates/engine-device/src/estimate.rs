@@ -205,9 +205,9 @@ pub fn estimate_for_arch(arch: &ArchConfig, weights_bytes: u64, opts: &EstimateO
         arch.activation_bytes(tokens, prefill_ctx, dt)
             .max(arch.activation_bytes(1, ctx, dt))
     };
-    // Converting to f32 at load: the stored weights, the f32 copy, and the temporaries of
-    // dequantizing the largest matrix (the embedding table) peak together. Measured on
-    // SmolLM2-135M Q4_1: 737 MB at load against 562 MB while generating.
+    // Converting to f32 at load through MLX: the stored weights, the f32 copy, and the
+    // temporaries of dequantizing the largest matrix (the embedding table) peak together.
+    // (GGUF files decode tensor by tensor and peak at their final weights.)
     let load = match opts.stored_weights_bytes {
         Some(stored) if opts.f32_weights => stored + weights_bytes + arch.vocab_size * arch.hidden_size * 4,
         _ => weights_bytes,
@@ -219,8 +219,37 @@ pub fn estimate_for_arch(arch: &ArchConfig, weights_bytes: u64, opts: &EstimateO
 pub fn weights_in_memory(entry: &ModelEntry, variant: &Variant, opts: &EstimateOptions) -> u64 {
     if opts.f32_weights {
         entry.params * 4
+    } else if variant.format == WeightFormat::Gguf {
+        (variant.file_size_bytes as f64 * gguf_resident_factor(&variant.quantization)) as u64
     } else {
         variant.file_size_bytes
+    }
+}
+
+/// Resident bytes ÷ file bytes of a GGUF file of `quantization` (`q4_k_m`) kept
+/// quantized: MLX's affine groups of 32 carry an f16 scale and bias (1 bit per
+/// weight), where ggml's blocks carry 0.5; types MLX cannot express (Q6_K,
+/// Q2_K, Q3_K, IQ4) become 8-bit. The `_m`/`_s` mixes keep ~15% of weights
+/// (attn_v, ffn_down halves, the output) in Q6_K; the fallbacks llama.cpp takes
+/// for rows not divisible by 256 (Q5_0/Q8_0) land close to the same factors.
+pub fn gguf_resident_factor(quantization: &str) -> f64 {
+    let q = quantization.to_ascii_lowercase();
+    let bpw = |resident: f64, stored: f64| resident / stored;
+    match q.as_str() {
+        "q4_0" => bpw(20.0, 18.0),
+        "q5_0" => bpw(24.0, 22.0),
+        "q8_0" => bpw(36.0, 34.0),
+        "q4_k" | "q4_k_s" => bpw(160.0, 144.0),
+        "q5_k" | "q5_k_s" => bpw(192.0, 176.0),
+        // 85% Q4_K/Q5_K (5/6 bits resident) and 15% Q6_K (9 resident, 6.56 stored).
+        "q4_k_m" => (0.85 * 5.0 + 0.15 * 9.0) / (0.85 * 4.5 + 0.15 * 6.5625),
+        "q5_k_m" => (0.85 * 6.0 + 0.15 * 9.0) / (0.85 * 5.5 + 0.15 * 6.5625),
+        "q6_k" => bpw(288.0, 210.0),
+        "q3_k" | "q3_k_s" | "q3_k_m" | "q3_k_l" => bpw(288.0, 110.0),
+        "q2_k" | "q2_k_s" => bpw(288.0, 84.0),
+        "iq4_nl" => bpw(36.0, 18.0),
+        "iq4_xs" => bpw(288.0, 136.0),
+        _ => 1.0,
     }
 }
 
@@ -240,7 +269,9 @@ pub fn estimate_with(entry: &ModelEntry, variant: &Variant, opts: &EstimateOptio
         opts.kv_dtype_bytes = opts.kv_dtype_bytes.max(4);
         opts.activation_dtype_bytes = opts.activation_dtype_bytes.max(4);
     }
-    if opts.f32_weights && variant.bits < 32 {
+    // GGUF files are decoded tensor by tensor straight into the final buffers, so only
+    // other formats hold both copies while converting.
+    if opts.f32_weights && variant.bits < 32 && variant.format != WeightFormat::Gguf {
         opts.stored_weights_bytes.get_or_insert(variant.file_size_bytes);
     }
     let opts = &opts;

@@ -5,7 +5,7 @@
 use crate::config::LlmConfig;
 use crate::gguf;
 use engine_core::{EngineError, GgufMetadata, Result};
-use engine_mlx::{save_safetensors, WeightMap};
+use engine_mlx::save_safetensors;
 use std::path::Path;
 
 /// Converts a `.gguf` file to an MLX folder. Quantized tensors keep their
@@ -15,7 +15,7 @@ pub fn gguf_to_mlx(gguf_path: &Path, out_dir: &Path) -> Result<()> {
     let mut raw = LlmConfig::hf_json_from_gguf(&meta)?;
     let cfg = LlmConfig::from_hf(&raw)?;
     let be = |e: engine_mlx::Error| EngineError::Backend(e.to_string());
-    let w = WeightMap::load_gguf(gguf_path).map_err(be)?;
+    let w = gguf::load_weights(gguf_path, &meta, None, &mut |_| {})?;
     let w = gguf::to_hf(w, &meta, cfg.num_heads, cfg.num_kv_heads)?;
     if let Some(scales) = w.try_get("model.layers.0.self_attn.q_proj.scales") {
         let packed = w.get("model.layers.0.self_attn.q_proj.weight").map_err(be)?;

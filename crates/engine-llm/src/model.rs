@@ -44,6 +44,16 @@ pub struct LlmModel {
     config: ModelConfiguration,
 }
 
+/// The dense dtype `policy` asks for on this device, or `None` for "as stored".
+fn target_dtype(policy: DtypePolicy) -> Option<Dtype> {
+    match policy {
+        DtypePolicy::Native => None,
+        DtypePolicy::Dense(d) => Some(d),
+        DtypePolicy::Auto if engine_mlx::default_device() == engine_mlx::Device::Cpu => Some(Dtype::Float32),
+        DtypePolicy::Auto => None,
+    }
+}
+
 fn load_err(path: &Path, reason: impl Into<String>) -> EngineError {
     EngineError::ModelLoad {
         path: path.to_path_buf(),
@@ -76,7 +86,9 @@ impl LlmModel {
             let raw = LlmConfig::hf_json_from_gguf(&meta)?;
             let mut cfg = supported(LlmConfig::from_hf(&raw)?)?;
             report("reading weights", 0.1);
-            let w = WeightMap::load_gguf(path).map_err(|e| load_err(path, e.to_string()))?;
+            let w = gguf::load_weights(path, &meta, target_dtype(options.dtype), &mut |f| {
+                report("reading weights", 0.1 + 0.4 * f)
+            })?;
             if let Some(scaling) = gguf::longrope(&w, &meta, cfg.max_position_embeddings)? {
                 cfg.rope_scaling = scaling;
             }
@@ -158,12 +170,7 @@ impl LlmModel {
             bits: q.bits as u8,
             group_size: q.group_size as u32,
         });
-        let target = match options.dtype {
-            DtypePolicy::Native => None,
-            DtypePolicy::Dense(d) => Some(d),
-            DtypePolicy::Auto if engine_mlx::default_device() == engine_mlx::Device::Cpu => Some(Dtype::Float32),
-            DtypePolicy::Auto => None,
-        };
+        let target = target_dtype(options.dtype);
         report("materialising weights", 0.7);
         match target {
             Some(d) => transformer.convert(d).map_err(be)?,

@@ -168,6 +168,25 @@ impl Array {
         wrap(ffi::from_bytes(data, &dims(shape)?, dtype as u8), "from_bytes")
     }
 
+    /// A new array whose elements `fill` writes in place (row-major), so a
+    /// large tensor decoded on the Rust side needs no second copy.
+    pub fn from_fill<T: Element>(shape: &[usize], fill: impl FnOnce(&mut [T])) -> Result<Array> {
+        let a = wrap(ffi::alloc_uninit(&dims(shape)?, T::DTYPE as u8), "alloc")?;
+        let n: usize = shape.iter().product();
+        if n > 0 {
+            // SAFETY: the buffer was just allocated for `n` elements of `T` and no
+            // other array or graph node refers to it yet. It is zeroed before the
+            // slice exists, so `fill` never reads uninitialised memory.
+            let data = unsafe {
+                let p = ffi::array_data_mut(&a.inner) as *mut T;
+                std::ptr::write_bytes(p, 0, n);
+                std::slice::from_raw_parts_mut(p, n)
+            };
+            fill(data);
+        }
+        Ok(a)
+    }
+
     /// A 0-dimensional array holding `value` as `dtype`.
     pub fn scalar(value: f64, dtype: Dtype) -> Result<Array> {
         Self::full(&[], value, dtype)

@@ -101,6 +101,20 @@ std::unique_ptr<Array> list_get(const ArrayList& l, size_t i) {
   return own(l.items[i]);
 }
 
+std::unique_ptr<Array> alloc_uninit(rust::Slice<const int32_t> shape, uint8_t code) {
+  auto d = to_dtype(code);
+  auto s = to_shape(shape);
+  size_t n = 1;
+  for (auto x : s) {
+    if (x < 0) throw std::invalid_argument("negative dimension in shape");
+    n *= static_cast<size_t>(x);
+  }
+  return own(Array(mx::allocator::malloc(n * d.size()), std::move(s), d));
+}
+
+// The buffer is fresh from alloc_uninit and not shared: writing it is safe.
+uint8_t* array_data_mut(const Array& a) { return const_cast<uint8_t*>(a.data<uint8_t>()); }
+
 std::unique_ptr<Array> from_bytes(rust::Slice<const uint8_t> data, rust::Slice<const int32_t> shape, uint8_t code) {
   auto d = to_dtype(code);
   auto s = to_shape(shape);
