@@ -34,6 +34,11 @@ pub struct LoadOptions {
     pub dtype: DtypePolicy,
     /// Override of the context length (default: the model's).
     pub context_length: Option<usize>,
+    /// Quantize the dense weights on load with MLX's affine settings (as
+    /// `mlx_lm.convert -q`: 4 or 8 bits, group size 32, 64 or 128); weights
+    /// the checkpoint already stores quantized stay as they are unless the
+    /// dtype policy made them dense first.
+    pub quantize: Option<engine_mlx::quant::QuantSpec>,
 }
 
 /// A loaded language model with its tokenizer and chat template.
@@ -166,16 +171,22 @@ impl LlmModel {
         report("building the model", 0.5);
         let mut transformer = Transformer::load(cfg.clone(), features, &weights).map_err(be)?;
         drop(weights);
-        let quantization = transformer.quantization().map(|q| Quantization {
-            bits: q.bits as u8,
-            group_size: q.group_size as u32,
-        });
         let target = target_dtype(options.dtype);
         report("materialising weights", 0.7);
         match target {
             Some(d) => transformer.convert(d).map_err(be)?,
             None => transformer.eval_weights().map_err(be)?,
         }
+        if let Some(spec) = options.quantize {
+            report("quantizing", 0.85);
+            transformer
+                .quantize(spec)
+                .map_err(|e| EngineError::InvalidParameter(e.to_string()))?;
+        }
+        let quantization = transformer.quantization().map(|q| Quantization {
+            bits: q.bits as u8,
+            group_size: q.group_size as u32,
+        });
         report("ready", 1.0);
         let context_length = options.context_length.unwrap_or(cfg.max_position_embeddings).max(1);
         let mut capabilities = vec![FeatureFlag::Streaming, FeatureFlag::Batch, FeatureFlag::PromptCache];

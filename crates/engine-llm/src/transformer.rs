@@ -269,6 +269,31 @@ impl Transformer {
         self.eval_weights()
     }
 
+    /// Quantizes every dense linear layer, the embedding table and the LM head
+    /// with MLX's affine `spec`, as `mlx_lm.convert -q` does (norms stay dense);
+    /// layers already quantized stay as they are.
+    pub fn quantize(&mut self, spec: engine_mlx::quant::QuantSpec) -> Result<()> {
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let p = format!("model.layers.{i}");
+            for (l, n) in [
+                (&mut layer.attn.q, "self_attn.q_proj"),
+                (&mut layer.attn.k, "self_attn.k_proj"),
+                (&mut layer.attn.v, "self_attn.v_proj"),
+                (&mut layer.attn.o, "self_attn.o_proj"),
+                (&mut layer.mlp.gate, "mlp.gate_proj"),
+                (&mut layer.mlp.up, "mlp.up_proj"),
+                (&mut layer.mlp.down, "mlp.down_proj"),
+            ] {
+                *l = l.quantized(spec, &format!("{p}.{n}"))?;
+            }
+        }
+        self.embed = self.embed.quantized(spec, "model.embed_tokens")?;
+        if let Some(h) = &mut self.lm_head {
+            *h = h.quantized(spec, "lm_head")?;
+        }
+        self.eval_weights()
+    }
+
     /// Materialises all weights (so loading cost is paid once, up front).
     pub fn eval_weights(&self) -> Result<()> {
         engine_mlx::eval(self.arrays())

@@ -69,6 +69,31 @@ pub fn quantize(w: &Array, spec: QuantSpec) -> Result<Quantized> {
     })
 }
 
+/// [`quantize`] with the settings checked first, so a group size that does not
+/// divide the rows gets an error naming the weight `name`, its width and the
+/// group sizes that would work.
+pub fn quantize_checked(w: &Array, spec: QuantSpec, name: &str) -> Result<Quantized> {
+    let spec = spec.validate()?;
+    let cols = w.dim(-1);
+    if !cols.is_multiple_of(spec.group_size as usize) {
+        let fits: Vec<String> = [32, 64, 128]
+            .iter()
+            .filter(|g| cols.is_multiple_of(**g))
+            .map(|g| g.to_string())
+            .collect();
+        return Err(Error::Invalid(format!(
+            "cannot quantize `{name}`: its rows have {cols} elements, not a multiple of the group size {}; {}",
+            spec.group_size,
+            if fits.is_empty() {
+                "no MLX group size (32, 64, 128) divides it".to_string()
+            } else {
+                format!("use a group size of {}", fits.join(" or "))
+            }
+        )));
+    }
+    quantize(w, spec)
+}
+
 /// Rebuilds the floating-point matrix.
 pub fn dequantize(q: &Quantized) -> Result<Array> {
     wrap(

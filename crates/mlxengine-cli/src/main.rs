@@ -129,6 +129,12 @@ struct RunArgs {
     /// Weight precision: auto (fastest for this device), native, f32, bf16, f16.
     #[arg(long, default_value = "auto")]
     dtype: String,
+    /// Quantize the weights on load to this many bits (4 or 8; MLX affine, as `mlx_lm.convert -q`).
+    #[arg(long, value_name = "BITS")]
+    quantize: Option<i32>,
+    /// Elements per quantization group with --quantize (32, 64 or 128).
+    #[arg(long, default_value_t = 64, requires = "quantize")]
+    group_size: i32,
     /// An image for a vision-language model: a file, or a `data:` / `file://`
     /// URL (repeatable; shown before the text).
     #[arg(long)]
@@ -339,6 +345,16 @@ fn progress_reporter() -> (ProgressBar, impl FnMut(Progress)) {
     (bar, report)
 }
 
+/// `--quantize BITS [--group-size N]`, checked before anything loads.
+fn parse_quantize(bits: Option<i32>, group_size: i32) -> Result<Option<engine_mlx::quant::QuantSpec>> {
+    let Some(bits) = bits else { return Ok(None) };
+    if ![4, 8].contains(&bits) {
+        bail!("--quantize {bits} is not supported; use --quantize 4 or --quantize 8");
+    }
+    let spec = engine_mlx::quant::QuantSpec { group_size, bits };
+    Ok(Some(spec.validate().map_err(|e| anyhow::anyhow!("--group-size: {e}"))?))
+}
+
 fn parse_dtype(s: &str) -> Result<DtypePolicy> {
     Ok(match s {
         "auto" => DtypePolicy::Auto,
@@ -430,6 +446,7 @@ fn run_text(args: RunArgs) -> Result<()> {
     let options = LoadOptions {
         dtype: parse_dtype(&args.dtype)?,
         context_length: args.context,
+        quantize: parse_quantize(args.quantize, args.group_size)?,
     };
     // Images are checked before any download or load: a bad path fails at once.
     let images: Vec<ImageSource> = args.image.iter().map(|i| image_arg(i)).collect::<Result<_>>()?;

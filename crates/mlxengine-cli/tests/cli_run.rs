@@ -328,3 +328,41 @@ fn ctrl_c_stops_an_interactive_answer_and_the_chat_goes_on() {
     assert!(err.contains("(stopped)"), "{err}");
     assert!(rest.contains("Paris"), "{rest}");
 }
+
+/// `--quantize` on load (MLX affine, as `mlx_lm.convert -q`): the quantized model
+/// still answers, and bad settings fail before loading with the fix named.
+#[test]
+fn quantize_on_load_answers_and_checks_its_settings() {
+    let g = gguf();
+    let ask = |extra: &[&str]| {
+        let mut args = vec![
+            s("run"),
+            g.as_os_str(),
+            s("What is the capital of France?"),
+            s("--temperature"),
+            s("0"),
+        ];
+        args.extend(extra.iter().map(|a| s(a)));
+        mlxengine(&args, None)
+    };
+    for q in [&["--quantize", "8"][..], &["--quantize", "4", "--group-size", "32"]] {
+        let out = ask(q);
+        assert!(out.status.success(), "{q:?}: {}", text(&out.stderr));
+        assert!(text(&out.stdout).contains("Paris"), "{q:?}: {}", text(&out.stdout));
+    }
+    for (q, want) in [
+        (
+            &["--quantize", "4", "--group-size", "128"][..],
+            "use a group size of 32 or 64",
+        ),
+        (&["--quantize", "3"], "use --quantize 4 or --quantize 8"),
+        (
+            &["--quantize", "4", "--group-size", "48"],
+            "group size 48 is not supported",
+        ),
+    ] {
+        let out = ask(q);
+        assert!(!out.status.success(), "{q:?} succeeded");
+        assert!(text(&out.stderr).contains(want), "{q:?}: {}", text(&out.stderr));
+    }
+}

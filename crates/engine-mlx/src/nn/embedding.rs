@@ -1,5 +1,5 @@
 use super::{infer_quant, join};
-use crate::quant::{dequantize, quantized_matmul, Quantized};
+use crate::quant::{dequantize, quantize_checked, quantized_matmul, QuantSpec, Quantized};
 use crate::{Array, Dtype, Result, WeightMap};
 
 /// A token embedding table (vocab, dim), dense or quantized. With tied
@@ -51,6 +51,14 @@ impl Embedding {
             Embedding::Dense(t) => crate::fast::linear(x, t),
             Embedding::Quantized(q) => quantized_matmul(x, q, true),
         }
+    }
+
+    /// The table quantized with MLX's affine `spec` (a quantized one stays as it is).
+    pub fn quantized(&self, spec: QuantSpec, name: &str) -> Result<Embedding> {
+        Ok(match self {
+            Embedding::Dense(t) => Embedding::Quantized(quantize_checked(t, spec, name)?),
+            Embedding::Quantized(_) => self.clone(),
+        })
     }
 
     /// A dense copy of `dtype`.

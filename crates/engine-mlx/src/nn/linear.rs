@@ -1,5 +1,5 @@
 use super::{infer_quant, join, param};
-use crate::quant::{dequantize, quantized_matmul, Quantized};
+use crate::quant::{dequantize, quantize_checked, quantized_matmul, QuantSpec, Quantized};
 use crate::{Array, Dtype, Result, WeightMap};
 
 /// `y = x Wᵀ + b`, dense or group-quantized (MLX affine, also what GGUF
@@ -79,6 +79,19 @@ impl Linear {
                 weight: dequantize(q)?.astype(dtype)?,
                 bias: bias.as_ref().map(|b| b.astype(dtype)).transpose()?,
             },
+        })
+    }
+
+    /// Quantizes a dense layer with MLX's affine `spec` (as `mlx_lm.convert -q`);
+    /// a quantized layer stays as it is. `name` is the layer's checkpoint name,
+    /// for the error when the group size does not divide the input width.
+    pub fn quantized(&self, spec: QuantSpec, name: &str) -> Result<Linear> {
+        Ok(match self {
+            Linear::Dense { weight, bias } => Linear::Quantized {
+                q: quantize_checked(weight, spec, name)?,
+                bias: bias.clone(),
+            },
+            Linear::Quantized { .. } => self.clone(),
         })
     }
 
