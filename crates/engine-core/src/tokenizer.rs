@@ -289,6 +289,18 @@ impl Tokenizer {
         Ok(Self::from_tokenizers(tok, eos, bos))
     }
 
+    /// Writes the vocabulary, model and pre/post-processing as a Hugging Face
+    /// `tokenizer.json` (what transformers' fast tokenizers and mlx-lm read).
+    pub fn save_json(&self, path: impl AsRef<Path>) -> Result<()> {
+        self.inner
+            .tok
+            .save(path.as_ref(), false)
+            .map_err(|e| TokenizerError::Load {
+                source_name: path.as_ref().display().to_string(),
+                message: format!("cannot write it: {e}"),
+            })
+    }
+
     /// Builds the tokenizer described by a GGUF file's metadata
     /// (`tokenizer.ggml.*`): byte-level BPE for `gpt2`, SentencePiece-style
     /// BPE with byte fallback for `llama`.

@@ -1,5 +1,6 @@
 //! The `mlxengine` command-line tool.
 
+mod convert;
 mod imagine;
 
 use anyhow::{bail, Context, Result};
@@ -38,6 +39,8 @@ enum Command {
     },
     /// Generate images from PROMPT with a diffusion model (-o out.png).
     Imagine(imagine::ImagineArgs),
+    /// Write a model (folder, GGUF or repo) as an MLX folder that mlx-lm loads.
+    Convert(convert::ConvertArgs),
     /// Download a model (registry id or Hugging Face repo) into the HF cache.
     Pull {
         /// Registry id or `org/name`.
@@ -222,6 +225,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Run(args) => run_text(args),
         Command::Embed { model, text, json } => embed(&model, text, json),
         Command::Imagine(args) => imagine::imagine(args),
+        Command::Convert(args) => convert::convert(args),
         Command::Pull {
             model,
             revision,

@@ -30,6 +30,9 @@ pub use engine_embed::{cosine_similarity, EmbedOptions, Embedder};
 pub use engine_hub as hub;
 #[cfg(feature = "llm")]
 pub use engine_llm::{ChatHistory, ChatSession, ChatTurn, DtypePolicy, LlmModel, LoadOptions};
+/// Writing MLX model folders that mlx-lm loads (`mlxengine convert`).
+#[cfg(feature = "llm")]
+pub use engine_llm::export;
 pub use engine_mlx as mlx;
 #[cfg(feature = "vlm")]
 pub use engine_vlm::{
