@@ -176,15 +176,17 @@ pub fn oracle_python() -> Result<PathBuf> {
 /// (outside target/parity, whose folders are all checkpoints).
 fn parity_fixtures() -> Result<()> {
     let out = root().join("target/parity");
+    // (script, arguments): the output folder last; LoRA adapters go on the tiny checkpoints.
     let scripts = [
-        ("make_tiny_llms.py", out.clone()),
-        ("make_vlm_pixels.py", root().join("target/vlm-pixels")),
-        ("make_gguf_quants.py", root().join("target/gguf-quants")),
+        ("make_tiny_llms.py", vec![out.clone()]),
+        ("make_vlm_pixels.py", vec![root().join("target/vlm-pixels")]),
+        ("make_gguf_quants.py", vec![root().join("target/gguf-quants")]),
+        ("make_lora.py", vec![out.clone(), root().join("target/lora")]),
     ];
-    for (script, dest) in scripts {
+    for (script, args) in scripts {
         let ok = Command::new(oracle_python()?)
             .arg(root().join("xtask/parity").join(script))
-            .arg(&dest)
+            .args(&args)
             .status()
             .with_context(|| format!("running xtask/parity/{script}"))?
             .success();

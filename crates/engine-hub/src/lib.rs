@@ -3,7 +3,9 @@
 //! Users name models by repo id (`mlx-community/…`). This crate searches the
 //! hub, reads model info (files, sizes, LFS sha256), and pulls the files a
 //! model needs into the standard Hugging Face cache so Python's
-//! `huggingface_hub` and this engine share downloads both ways.
+//! `huggingface_hub` and this engine share downloads both ways. Ollama-style
+//! references (`org/repo:Q4_K_M`, `hf.co/org/repo`) pick one `.gguf` file of
+//! a repo ([`ModelRef`], [`HubClient::pull_ref`]).
 //!
 //! Downloads are resumable (`Range` from `blobs/<hash>.incomplete`), verified
 //! (sha256 for LFS files, size for the rest) before they become visible,
@@ -28,6 +30,7 @@ mod config;
 mod download;
 mod error;
 mod filter;
+mod gguf;
 mod http;
 mod progress;
 mod repo;
@@ -42,6 +45,7 @@ pub use config::{HubConfig, RetryPolicy, DEFAULT_ENDPOINT};
 pub use download::sha256_file;
 pub use error::{HubError, Result};
 pub use filter::{fnmatch, FileFilter};
+pub use gguf::{quant_tag, select_gguf, wants_gguf, GgufChoice, GgufError, ModelRef, DEFAULT_QUANTS};
 pub use progress::{format_bytes, format_duration, progress_line, CancelFlag, Phase, Progress, RateMeter};
 pub use repo::{is_commit_hash, safe_relative_path, validate_revision, RepoId};
 
@@ -205,7 +209,19 @@ impl HubClient {
             }
             Err(e) => return Err(e),
         };
-        self.check_names(repo, &info)?;
+        self.pull_listed(repo, revision, &info, filter, progress)
+    }
+
+    /// [`HubClient::pull`] once the repo is listed.
+    fn pull_listed(
+        &self,
+        repo: &RepoId,
+        revision: &str,
+        info: &ModelInfo,
+        filter: &FileFilter,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Result<Snapshot> {
+        self.check_names(repo, info)?;
         let selected: Vec<&RepoFile> = info.files.iter().filter(|f| filter.matches(&f.name)).collect();
         if selected.is_empty() {
             return Err(HubError::EntryNotFound {
@@ -214,7 +230,7 @@ impl HubClient {
                 file: format!("(nothing matches: {filter})"),
             });
         }
-        self.pull_files(repo, revision, &info, &selected, progress)
+        self.pull_files(repo, revision, info, &selected, progress)
     }
 
     /// Path of one file of `repo` at `revision`, downloading it if needed.

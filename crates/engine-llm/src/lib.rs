@@ -11,6 +11,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod adapter;
 pub mod batch;
 pub mod cache;
 pub mod config;
@@ -23,6 +24,7 @@ pub mod prefix;
 pub mod sample;
 pub mod transformer;
 
+pub use adapter::{Adapter, LoraLayer};
 pub use batch::{BatchOptions, Scheduler, SeqEvent, SeqId};
 pub use generate::{CacheState, Generator};
 pub use model::{ChatHistory, ChatSession, ChatTurn, DtypePolicy, LlmModel, LoadOptions};

@@ -39,6 +39,9 @@ pub struct LoadOptions {
     /// the checkpoint already stores quantized stay as they are unless the
     /// dtype policy made them dense first.
     pub quantize: Option<engine_mlx::quant::QuantSpec>,
+    /// LoRA adapter folders (mlx-lm's or PEFT's format), applied unfused in
+    /// order on top of the (possibly quantized) base weights.
+    pub adapters: Vec<std::path::PathBuf>,
 }
 
 /// A loaded language model with its tokenizer and chat template.
@@ -183,6 +186,16 @@ impl LlmModel {
                 .quantize(spec)
                 .map_err(|e| EngineError::InvalidParameter(e.to_string()))?;
         }
+        for dir in &options.adapters {
+            report("applying the adapter", 0.9);
+            let adapter = crate::adapter::Adapter::load(dir)?;
+            transformer
+                .apply_adapter(&adapter)
+                .map_err(EngineError::InvalidParameter)?;
+        }
+        if !options.adapters.is_empty() {
+            transformer.eval_weights().map_err(be)?;
+        }
         let quantization = transformer.quantization().map(|q| Quantization {
             bits: q.bits as u8,
             group_size: q.group_size as u32,
@@ -195,6 +208,9 @@ impl LlmModel {
         }
         if quantization.is_some() {
             capabilities.push(FeatureFlag::Quantization);
+        }
+        if !options.adapters.is_empty() {
+            capabilities.push(FeatureFlag::Lora);
         }
         let (id, default_params) = match &source {
             ModelSource::GgufFile(p) => (file_name(p), GenerateParams::default()),
@@ -233,6 +249,13 @@ impl LlmModel {
     /// The tokenizer.
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
+    }
+
+    /// Folds the LoRA adapters applied at load into the weights: the same
+    /// outputs (for dense bases; a quantized base is re-quantized with the
+    /// update), without the per-layer low-rank matmuls.
+    pub fn fuse_adapters(&mut self) -> Result<()> {
+        self.transformer.fuse_adapters().map_err(be)
     }
 
     /// The transformer (for benchmarks and parity tests).

@@ -226,10 +226,7 @@ impl Transformer {
 
     /// The quantization of the attention projections, if quantized.
     pub fn quantization(&self) -> Option<engine_mlx::quant::QuantSpec> {
-        match &self.layers.first()?.attn.q {
-            Linear::Quantized { q, .. } => Some(q.spec),
-            Linear::Dense { .. } => None,
-        }
+        self.layers.first()?.attn.q.quant_spec()
     }
 
     /// Converts every weight to dense `dtype` (the CPU policy: f32 + BLAS).
@@ -290,6 +287,75 @@ impl Transformer {
         self.embed = self.embed.quantized(spec, "model.embed_tokens")?;
         if let Some(h) = &mut self.lm_head {
             *h = h.quantized(spec, "lm_head")?;
+        }
+        self.eval_weights()
+    }
+
+    /// Applies a LoRA adapter unfused (each adapted layer computes its
+    /// low-rank update beside the base weight). Every module it names must
+    /// exist with matching dimensions, else the error names the module and
+    /// both shapes.
+    pub fn apply_adapter(&mut self, adapter: &crate::adapter::Adapter) -> std::result::Result<(), String> {
+        for (module, l) in &adapter.layers {
+            let target = module
+                .strip_prefix("model.layers.")
+                .and_then(|rest| rest.split_once('.'))
+                .and_then(|(i, part)| Some((i.parse::<usize>().ok()?, part)));
+            let linear = match target {
+                Some((i, part)) if i < self.layers.len() => {
+                    let layer = &mut self.layers[i];
+                    match part {
+                        "self_attn.q_proj" => Some(&mut layer.attn.q),
+                        "self_attn.k_proj" => Some(&mut layer.attn.k),
+                        "self_attn.v_proj" => Some(&mut layer.attn.v),
+                        "self_attn.o_proj" => Some(&mut layer.attn.o),
+                        "mlp.gate_proj" => Some(&mut layer.mlp.gate),
+                        "mlp.up_proj" => Some(&mut layer.mlp.up),
+                        "mlp.down_proj" => Some(&mut layer.mlp.down),
+                        _ => None,
+                    }
+                }
+                _ if module == "lm_head" => self.lm_head.as_mut(),
+                _ => None,
+            };
+            let Some(linear) = linear else {
+                return Err(format!(
+                    "{}: the adapter targets `{module}`, which this {}-layer {} model has no adaptable linear layer for; is it for another base model?",
+                    adapter.path.display(),
+                    self.layers.len(),
+                    self.config().model_type
+                ));
+            };
+            let (inp, out) = linear.dims();
+            let (a, b) = (l.a.shape(), l.b.shape());
+            if a.len() != 2 || b.len() != 2 || a[0] != inp || b[1] != out || a[1] != b[0] {
+                return Err(format!(
+                    "{}: `{module}` is ({inp} in, {out} out), so its LoRA needs A of shape ({inp}, r) and B of (r, {out}); the adapter has A {a:?} and B {b:?} — it was trained for another base model",
+                    adapter.path.display()
+                ));
+            }
+            *linear = linear.clone().with_lora(l.a.clone(), l.b.clone(), l.scale);
+        }
+        Ok(())
+    }
+
+    /// Folds every applied adapter into the weights (`W + scale · (A B)ᵀ`).
+    pub fn fuse_adapters(&mut self) -> Result<()> {
+        for layer in &mut self.layers {
+            for l in [
+                &mut layer.attn.q,
+                &mut layer.attn.k,
+                &mut layer.attn.v,
+                &mut layer.attn.o,
+                &mut layer.mlp.gate,
+                &mut layer.mlp.up,
+                &mut layer.mlp.down,
+            ] {
+                *l = l.fused()?;
+            }
+        }
+        if let Some(h) = &mut self.lm_head {
+            *h = h.fused()?;
         }
         self.eval_weights()
     }

@@ -138,6 +138,10 @@ struct RunArgs {
     /// Elements per quantization group with --quantize (32, 64 or 128).
     #[arg(long, default_value_t = 64, requires = "quantize")]
     group_size: i32,
+    /// A LoRA adapter folder (mlx-lm's adapters.safetensors or PEFT's
+    /// adapter_model.safetensors, with adapter_config.json); repeatable.
+    #[arg(long, value_name = "DIR")]
+    adapter: Vec<std::path::PathBuf>,
     /// An image for a vision-language model: a file, or a `data:` / `file://`
     /// URL (repeatable; shown before the text).
     #[arg(long)]
@@ -451,6 +455,7 @@ fn run_text(args: RunArgs) -> Result<()> {
         dtype: parse_dtype(&args.dtype)?,
         context_length: args.context,
         quantize: parse_quantize(args.quantize, args.group_size)?,
+        adapters: args.adapter.clone(),
     };
     // Images are checked before any download or load: a bad path fails at once.
     let images: Vec<ImageSource> = args.image.iter().map(|i| image_arg(i)).collect::<Result<_>>()?;

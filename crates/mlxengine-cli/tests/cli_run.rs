@@ -330,10 +330,12 @@ fn ctrl_c_stops_an_interactive_answer_and_the_chat_goes_on() {
 }
 
 /// `--quantize` on load (MLX affine, as `mlx_lm.convert -q`): the quantized model
-/// still answers, and bad settings fail before loading with the fix named.
+/// still answers, and bad settings (or an adapter for another model) fail with
+/// the problem named.
 #[test]
 fn quantize_on_load_answers_and_checks_its_settings() {
     let g = gguf();
+    let lora = root().join("target/lora/llama-lora").display().to_string();
     let ask = |extra: &[&str]| {
         let mut args = vec![
             s("run"),
@@ -360,6 +362,9 @@ fn quantize_on_load_answers_and_checks_its_settings() {
             &["--quantize", "4", "--group-size", "48"],
             "group size 48 is not supported",
         ),
+        // A LoRA adapter for the tiny parity Llama (`cargo xtask parity-fixtures`).
+        (&["--adapter", lora.as_str()], "trained for another base model"),
+        (&["--adapter", "/nonexistent-adapter"], "adapter_config.json"),
     ] {
         let out = ask(q);
         assert!(!out.status.success(), "{q:?} succeeded");

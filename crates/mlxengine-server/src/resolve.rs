@@ -6,7 +6,7 @@
 //! Hugging Face cache only, unless the server runs with `--allow-pull`.
 
 use engine_core::ModelType;
-use engine_hub::{FileFilter, HubClient, HubConfig, RepoId};
+use engine_hub::{FileFilter, HubClient, HubConfig, ModelRef, RepoId};
 use std::path::{Path, PathBuf};
 
 /// What a model serves.
@@ -118,8 +118,11 @@ impl Resolver {
         if path.exists() {
             return Ok(path.to_path_buf());
         }
+        // `org/repo:TAG` and `hf.co/org/repo` (Ollama's syntax) only mean the hub.
+        let reference = ModelRef::parse(name);
+        let explicit = reference.as_ref().is_ok_and(ModelRef::is_explicit);
         let looks_like_path = name.starts_with(['.', '/', '~']) || name.contains('\\') || name.matches('/').count() > 1;
-        if looks_like_path {
+        if looks_like_path && !explicit {
             return Err(format!("no such file or folder: {name}"));
         }
         let hub = hub.ok_or_else(|| "the Hugging Face cache is not configured".to_string())?;
@@ -128,7 +131,7 @@ impl Resolver {
         } else {
             " (downloads need `mlxengine serve --allow-pull`, or `mlxengine pull` first)"
         };
-        if let Some(entry) = engine_device::Registry::builtin().get(name) {
+        if let Some(entry) = engine_device::Registry::builtin().get(name).filter(|_| !explicit) {
             if let Some(w) = wanted {
                 let serves = entry.model_type == w || (w == ModelType::Llm && entry.model_type == ModelType::Vlm);
                 if !serves {
@@ -156,14 +159,18 @@ impl Resolver {
             };
             return got.map_err(|e| format!("{e}{cached_hint}"));
         }
-        let repo = RepoId::parse(name).map_err(|_| {
-            format!(
-                "`{name}` is not a local file or folder, a registry id (`mlxengine search`) or an `org/name` repo id"
-            )
+        let reference = reference.map_err(|e| {
+            if name.contains(':') {
+                // A malformed `org/repo:TAG` says what is wrong with it.
+                e.to_string()
+            } else {
+                format!(
+                    "`{name}` is not a local file or folder, a registry id (`mlxengine search`) or an `org/name` repo id"
+                )
+            }
         })?;
         let filter = FileFilter::for_model_type(wanted.unwrap_or(ModelType::Llm));
-        hub.pull(&repo, "main", &filter, &mut |_| {})
-            .map(|s| s.path)
+        hub.pull_ref(&reference, "main", &filter, &mut |_| {})
             .map_err(|e| format!("{e}{cached_hint}"))
     }
 }

@@ -28,11 +28,11 @@ pub use engine_diffusion::{DiffusionError, ImagePipeline, SchedulerConfig, Sched
 pub use engine_embed::{cosine_similarity, EmbedOptions, Embedder};
 #[cfg(feature = "hub")]
 pub use engine_hub as hub;
-#[cfg(feature = "llm")]
-pub use engine_llm::{ChatHistory, ChatSession, ChatTurn, DtypePolicy, LlmModel, LoadOptions};
 /// Writing MLX model folders that mlx-lm loads (`mlxengine convert`).
 #[cfg(feature = "llm")]
 pub use engine_llm::export;
+#[cfg(feature = "llm")]
+pub use engine_llm::{ChatHistory, ChatSession, ChatTurn, DtypePolicy, LlmModel, LoadOptions};
 pub use engine_mlx as mlx;
 #[cfg(feature = "vlm")]
 pub use engine_vlm::{
@@ -60,6 +60,12 @@ pub enum Error {
     #[cfg(feature = "hub")]
     #[error(transparent)]
     Hub(#[from] engine_hub::HubError),
+    /// An Ollama-style reference (`org/repo:TAG`) names no single GGUF file
+    /// (an unknown tag, a split GGUF, …). Its listing, download and cache
+    /// failures are [`Error::Hub`].
+    #[cfg(feature = "hub")]
+    #[error(transparent)]
+    Gguf(engine_hub::GgufError),
     /// Device or registry lookup failed (e.g. the model does not fit).
     #[cfg(feature = "device")]
     #[error(transparent)]
@@ -92,6 +98,25 @@ pub enum Error {
 
 /// Facade result.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(feature = "hub")]
+impl From<engine_hub::GgufError> for Error {
+    /// Hub failures stay [`Error::Hub`], so callers match one variant for them.
+    fn from(e: engine_hub::GgufError) -> Self {
+        match e {
+            engine_hub::GgufError::Hub(h) => Error::Hub(h),
+            other => Error::Gguf(other),
+        }
+    }
+}
+
+/// The reference when `model` can only mean the hub: `hf.co/org/repo` or
+/// `org/repo:TAG` (Ollama's syntax). Such a name is never taken for a
+/// mistyped path, even though `hf.co/org/repo` has several `/`.
+#[cfg(feature = "hub")]
+fn hub_reference(model: &str) -> Option<engine_hub::ModelRef> {
+    engine_hub::ModelRef::parse(model).ok().filter(|r| r.is_explicit())
+}
 
 /// Whether this build can load models of type `t`: the facade's cargo
 /// features (`llm`, `vlm`, `embed`, `diffusion`) gate whole crates.
@@ -214,6 +239,17 @@ impl InferenceEngine {
         })
     }
 
+    /// An engine that downloads with `hub` (its endpoint, cache and offline
+    /// setting) instead of one configured from the environment.
+    #[cfg(feature = "hub")]
+    pub fn with_hub(hub: engine_hub::HubClient) -> InferenceEngine {
+        InferenceEngine {
+            hub: Some(hub),
+            variant: None,
+            revision: "main".into(),
+        }
+    }
+
     /// A flag that stops a download in progress (a pull on first use): the
     /// download ends at its next read with [`engine_hub::HubError::Cancelled`]
     /// and keeps its partial file, which the next attempt resumes.
@@ -224,7 +260,12 @@ impl InferenceEngine {
 
     /// Finds `model` locally, or pulls it: a path is used as is; a registry
     /// id picks the variant that fits this device; `org/name` is a Hugging
-    /// Face repo.
+    /// Face repo. `org/name:TAG` and `hf.co/org/name[:TAG]` (Ollama's syntax)
+    /// resolve to one `.gguf` file of the repo, the one whose quant the tag
+    /// names (`:Q4_K_M`, `:q8_0`, …); a GGUF-only repo named without a tag
+    /// gets its default quant (see [`engine_hub::ModelRef`] and
+    /// [`engine_hub::select_gguf`]). Only that file is downloaded, and a
+    /// cached one resolves offline.
     ///
     /// Fails without touching the network when `model` looks like a path
     /// that does not exist ([`Error::NoSuchPath`]), or is a registry entry of
@@ -235,6 +276,10 @@ impl InferenceEngine {
         let path = Path::new(model);
         if path.exists() {
             return Ok(path.to_path_buf());
+        }
+        #[cfg(feature = "hub")]
+        if let Some(reference) = hub_reference(model) {
+            return self.pull_ref(&reference, model_type, progress);
         }
         if looks_like_path(model) {
             return Err(Error::NoSuchPath(path.to_path_buf()));
@@ -268,9 +313,11 @@ impl InferenceEngine {
             );
         }
         #[cfg(feature = "hub")]
-        if let Ok(repo) = engine_hub::RepoId::parse(model) {
-            let _ = repo;
-            return self.pull(model, &self.revision, None, model_type, progress);
+        match engine_hub::ModelRef::parse(model) {
+            Ok(reference) => return self.pull_ref(&reference, model_type, progress),
+            // A malformed `org/repo:TAG` says what is wrong with it.
+            Err(e) if model.contains(':') => return Err(e.into()),
+            Err(_) => {}
         }
         Err(Error::NotFound(
             model.into(),
@@ -278,7 +325,33 @@ impl InferenceEngine {
         ))
     }
 
+    /// Pulls a repo reference: the GGUF file its tag picks, or the files a
+    /// model of `model_type` needs.
     #[cfg(feature = "hub")]
+    fn pull_ref(
+        &self,
+        reference: &engine_hub::ModelRef,
+        model_type: ModelType,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<PathBuf> {
+        let hub = self
+            .hub
+            .as_ref()
+            .ok_or_else(|| Error::NotFound(reference.to_string(), " and no hub is configured"))?;
+        let mut report = |p: &engine_hub::Progress| {
+            progress(Progress::Download {
+                file: p.file.clone(),
+                done: p.total_bytes,
+                total: p.total_size,
+            })
+        };
+        let filter = engine_hub::FileFilter::for_model_type(model_type);
+        Ok(hub.pull_ref(reference, &self.revision, &filter, &mut report)?)
+    }
+
+    /// Pulls a registry variant: its one file, or the files a model of
+    /// `model_type` needs.
+    #[cfg(all(feature = "hub", feature = "device"))]
     fn pull(
         &self,
         repo: &str,
@@ -399,5 +472,27 @@ mod tests {
         for path in ["model.gguf", "x/model.safetensors", "./m", "/m", "~/m", "a/b/c", "a\\b"] {
             assert!(looks_like_path(path), "{path}");
         }
+    }
+
+    #[cfg(feature = "hub")]
+    #[test]
+    fn ollama_references_mean_the_hub() {
+        for (model, repo, tag) in [
+            (
+                "bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M",
+                "bartowski/Llama-3.2-1B-Instruct-GGUF",
+                Some("Q4_K_M"),
+            ),
+            ("hf.co/org/repo:q8_0", "org/repo", Some("q8_0")),
+            ("huggingface.co/org/repo", "org/repo", None),
+        ] {
+            let r = hub_reference(model).unwrap_or_else(|| panic!("{model}"));
+            assert_eq!((r.repo.as_str(), r.tag.as_deref()), (repo, tag), "{model}");
+        }
+        // Paths and plain repo ids are not references that bypass the path checks.
+        for other in ["model.gguf", "./m:Q4_K_M", "a/b/c:Q4_K_M", "org/repo", "C:\\m.gguf"] {
+            assert!(hub_reference(other).is_none(), "{other}");
+        }
+        assert!(looks_like_path("model.gguf"));
     }
 }

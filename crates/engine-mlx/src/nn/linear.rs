@@ -20,6 +20,18 @@ pub enum Linear {
         /// Optional bias (out,).
         bias: Option<Array>,
     },
+    /// A base layer plus a low-rank update, applied unfused:
+    /// `y = base(x) + scale · (x A) B` (mlx-lm's `LoRALinear`).
+    Lora {
+        /// The layer being adapted (dense or quantized).
+        base: Box<Linear>,
+        /// Down projection A (in, r).
+        a: Array,
+        /// Up projection B (r, out).
+        b: Array,
+        /// The update's scale (mlx-lm's `scale`; PEFT's `lora_alpha / r`).
+        scale: f32,
+    },
 }
 
 impl Linear {
@@ -60,6 +72,10 @@ impl Linear {
         let (y, bias) = match self {
             Linear::Dense { weight, bias } => (crate::fast::linear(x, weight)?, bias),
             Linear::Quantized { q, bias } => (quantized_matmul(x, q, true)?, bias),
+            Linear::Lora { base, a, b, scale } => {
+                let z = x.matmul(a)?.matmul(b)?.mul_scalar(f64::from(*scale))?;
+                return base.forward(x)?.add(&z.astype(x.dtype())?);
+            }
         };
         match bias {
             Some(b) => y.add(b),
@@ -79,6 +95,48 @@ impl Linear {
                 weight: dequantize(q)?.astype(dtype)?,
                 bias: bias.as_ref().map(|b| b.astype(dtype)).transpose()?,
             },
+            Linear::Lora { base, a, b, scale } => Linear::Lora {
+                base: Box::new(base.dequantized(dtype)?),
+                a: a.astype(dtype)?,
+                b: b.astype(dtype)?,
+                scale: *scale,
+            },
+        })
+    }
+
+    /// Wraps this layer with a low-rank update (A: (in, r), B: (r, out)); an
+    /// already adapted layer gets the new update on top.
+    pub fn with_lora(self, a: Array, b: Array, scale: f32) -> Linear {
+        Linear::Lora {
+            base: Box::new(self),
+            a,
+            b,
+            scale,
+        }
+    }
+
+    /// Folds low-rank updates into the weight: `W + scale · (A B)ᵀ`. A
+    /// quantized base is dequantized, updated and re-quantized with its own
+    /// settings (so the fused layer carries that rounding once more).
+    pub fn fused(&self) -> Result<Linear> {
+        let Linear::Lora { base, a, b, scale } = self else {
+            return Ok(self.clone());
+        };
+        let delta = a.matmul(b)?.t()?.mul_scalar(f64::from(*scale))?;
+        Ok(match base.fused()? {
+            Linear::Dense { weight, bias } => Linear::Dense {
+                weight: weight.add(&delta.astype(weight.dtype())?)?,
+                bias,
+            },
+            Linear::Quantized { q, bias } => {
+                let w = dequantize(&q)?;
+                let w = w.add(&delta.astype(w.dtype())?)?;
+                Linear::Quantized {
+                    q: crate::quant::quantize(&w, q.spec)?,
+                    bias,
+                }
+            }
+            Linear::Lora { .. } => unreachable!("fused() returns a plain layer"),
         })
     }
 
@@ -92,12 +150,39 @@ impl Linear {
                 bias: bias.clone(),
             },
             Linear::Quantized { .. } => self.clone(),
+            Linear::Lora { base, a, b, scale } => Linear::Lora {
+                base: Box::new(base.quantized(spec, name)?),
+                a: a.clone(),
+                b: b.clone(),
+                scale: *scale,
+            },
         })
     }
 
-    /// Whether the weight is quantized.
+    /// Whether the (base) weight is quantized.
     pub fn is_quantized(&self) -> bool {
-        matches!(self, Linear::Quantized { .. })
+        match self {
+            Linear::Lora { base, .. } => base.is_quantized(),
+            _ => matches!(self, Linear::Quantized { .. }),
+        }
+    }
+
+    /// The (base) weight's quantization settings, if quantized.
+    pub fn quant_spec(&self) -> Option<QuantSpec> {
+        match self {
+            Linear::Dense { .. } => None,
+            Linear::Quantized { q, .. } => Some(q.spec),
+            Linear::Lora { base, .. } => base.quant_spec(),
+        }
+    }
+
+    /// `(in, out)` of the layer.
+    pub fn dims(&self) -> (usize, usize) {
+        match self {
+            Linear::Dense { weight, .. } => (weight.dim(1), weight.dim(0)),
+            Linear::Quantized { q, .. } => (q.scales.dim(-1) * q.spec.group_size as usize, q.weight.dim(0)),
+            Linear::Lora { base, .. } => base.dims(),
+        }
     }
 
     /// The parameter arrays (for evaluation and memory accounting).
@@ -105,6 +190,11 @@ impl Linear {
         let mut v = match self {
             Linear::Dense { weight, .. } => vec![weight],
             Linear::Quantized { q, .. } => vec![&q.weight, &q.scales, &q.biases],
+            Linear::Lora { base, a, b, .. } => {
+                let mut v = base.arrays();
+                v.extend([a, b]);
+                return v;
+            }
         };
         if let Linear::Dense { bias: Some(b), .. } | Linear::Quantized { bias: Some(b), .. } = self {
             v.push(b);

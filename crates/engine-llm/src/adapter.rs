@@ -1,0 +1,140 @@
+//! LoRA adapters: mlx-lm's format (`adapter_config.json` + `adapters.safetensors`,
+//! `lora_a` (in, r) / `lora_b` (r, out), `lora_parameters.scale`) and PEFT's
+//! (`adapter_config.json` + `adapter_model.safetensors`, `lora_A.weight`
+//! (r, in) / `lora_B.weight` (out, r), scale `lora_alpha / r`, or
+//! `/ √r` with `use_rslora`), read into one form the transformer applies.
+
+use engine_core::{EngineError, Result};
+use engine_mlx::{Array, WeightMap};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// One adapted layer: `y = base(x) + scale · (x A) B`.
+#[derive(Debug, Clone)]
+pub struct LoraLayer {
+    /// Down projection (in, r).
+    pub a: Array,
+    /// Up projection (r, out).
+    pub b: Array,
+    /// Scale of the update.
+    pub scale: f32,
+}
+
+/// A loaded adapter: its layers keyed by module path
+/// (`model.layers.3.self_attn.q_proj`).
+#[derive(Debug, Clone)]
+pub struct Adapter {
+    /// Where it was read from (for messages).
+    pub path: PathBuf,
+    /// The adapted modules.
+    pub layers: BTreeMap<String, LoraLayer>,
+}
+
+fn bad(dir: &Path, reason: impl Into<String>) -> EngineError {
+    EngineError::ModelLoad {
+        path: dir.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+impl Adapter {
+    /// Reads an adapter folder in mlx-lm's or PEFT's format.
+    pub fn load(dir: &Path) -> Result<Adapter> {
+        let cfg_path = dir.join("adapter_config.json");
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| {
+            bad(
+                dir,
+                format!("cannot read adapter_config.json ({e}); an adapter folder holds adapter_config.json and adapters.safetensors (mlx-lm) or adapter_model.safetensors (PEFT)"),
+            )
+        })?;
+        let cfg: Value = serde_json::from_str(&text)
+            .map_err(|e| bad(&cfg_path, format!("adapter_config.json is not valid JSON ({e})")))?;
+        let weights_file = |name: &str| -> Result<WeightMap> {
+            let p = dir.join(name);
+            if !p.is_file() {
+                return Err(bad(dir, format!("{name} is missing beside adapter_config.json")));
+            }
+            WeightMap::load_safetensors(&p).map_err(|e| bad(&p, e.to_string()))
+        };
+        let mut layers = BTreeMap::new();
+        if cfg.get("peft_type").is_some() {
+            let kind = cfg["peft_type"].as_str().unwrap_or("");
+            if !kind.eq_ignore_ascii_case("lora") {
+                return Err(bad(
+                    dir,
+                    format!("PEFT adapters of type {kind} are not supported; only LoRA"),
+                ));
+            }
+            if cfg["use_dora"].as_bool() == Some(true) {
+                return Err(bad(dir, "DoRA adapters are not supported yet; only LoRA"));
+            }
+            let r = cfg["r"]
+                .as_f64()
+                .ok_or_else(|| bad(&cfg_path, "adapter_config.json has no `r`"))?;
+            let alpha = cfg["lora_alpha"].as_f64().unwrap_or(r);
+            let scale = if cfg["use_rslora"].as_bool() == Some(true) {
+                alpha / r.sqrt()
+            } else {
+                alpha / r
+            } as f32;
+            let w = weights_file("adapter_model.safetensors")?;
+            for name in w.names() {
+                let Some(module) = name.strip_suffix(".lora_A.weight") else {
+                    continue;
+                };
+                let b_name = format!("{module}.lora_B.weight");
+                let (a, b) = (w.get(name), w.get(&b_name));
+                let (a, b) = (
+                    a.map_err(|e| bad(dir, e.to_string()))?,
+                    b.map_err(|_| bad(dir, format!("`{b_name}` is missing")))?,
+                );
+                let t = |x: &Array| x.t().map_err(|e| bad(dir, e.to_string()));
+                let module = module.strip_prefix("base_model.model.").unwrap_or(module);
+                layers.insert(
+                    module.to_string(),
+                    LoraLayer {
+                        a: t(a)?,
+                        b: t(b)?,
+                        scale,
+                    },
+                );
+            }
+        } else {
+            let kind = cfg["fine_tune_type"].as_str().unwrap_or("lora");
+            if kind != "lora" {
+                return Err(bad(
+                    dir,
+                    format!("mlx-lm `{kind}` adapters are not supported yet; only LoRA (fine_tune_type \"lora\")"),
+                ));
+            }
+            let scale = cfg["lora_parameters"]["scale"]
+                .as_f64()
+                .ok_or_else(|| bad(&cfg_path, "adapter_config.json has no lora_parameters.scale"))?
+                as f32;
+            let w = weights_file("adapters.safetensors")?;
+            for name in w.names() {
+                let Some(module) = name.strip_suffix(".lora_a") else {
+                    continue;
+                };
+                let b_name = format!("{module}.lora_b");
+                let b = w.get(&b_name).map_err(|_| bad(dir, format!("`{b_name}` is missing")))?;
+                layers.insert(
+                    module.to_string(),
+                    LoraLayer {
+                        a: w.get(name).map_err(|e| bad(dir, e.to_string()))?.clone(),
+                        b: b.clone(),
+                        scale,
+                    },
+                );
+            }
+        }
+        if layers.is_empty() {
+            return Err(bad(dir, "the adapter holds no LoRA weights"));
+        }
+        Ok(Adapter {
+            path: dir.to_path_buf(),
+            layers,
+        })
+    }
+}
