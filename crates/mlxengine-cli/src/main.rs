@@ -739,16 +739,39 @@ fn pull(model: &str, revision: &str, variant: Option<String>) -> Result<()> {
     let interrupt = Interrupt::install(Some(client.cancel_flag()))?;
     // All of `pull` is a download (listing included).
     interrupt.downloading.store(true, Ordering::SeqCst);
-    let (repo, revision, file, model_type) = match Registry::builtin().get(model) {
-        Some(entry) => {
-            let device = DeviceReport::detect();
-            let sel =
-                engine_device::select_variant(&entry.id, variant.as_deref(), &device, &MemoryBudget::default(), None)?;
-            eprintln!("{}: variant {} — {}", sel.id, sel.variant, sel.reason);
-            (sel.repo, sel.revision, sel.file, entry.model_type)
-        }
-        None => (model.to_string(), revision.to_string(), None, ModelType::Llm),
+    let Some(entry) = Registry::builtin().get(model) else {
+        // A repo, or an Ollama-style `org/repo:TAG` naming one GGUF file of it.
+        let (bar, mut report) = progress_reporter();
+        let mut on_progress = |p: &engine_hub::Progress| {
+            report(Progress::Download {
+                file: p.file.clone(),
+                done: p.total_bytes,
+                total: p.total_size,
+            })
+        };
+        let reference = engine_hub::ModelRef::parse(model)?;
+        let result = client.pull_ref(
+            &reference,
+            revision,
+            &FileFilter::for_model_type(ModelType::Llm),
+            &mut on_progress,
+        );
+        bar.finish_and_clear();
+        return match result {
+            Ok(path) => {
+                println!("{}", path.display());
+                Ok(())
+            }
+            Err(engine_hub::GgufError::Hub(engine_hub::HubError::Cancelled { partial })) => {
+                exit_interrupted(partial.as_deref(), &again)
+            }
+            Err(e) => Err(e.into()),
+        };
     };
+    let device = DeviceReport::detect();
+    let sel = engine_device::select_variant(&entry.id, variant.as_deref(), &device, &MemoryBudget::default(), None)?;
+    eprintln!("{}: variant {} — {}", sel.id, sel.variant, sel.reason);
+    let (repo, revision, file, model_type) = (sel.repo, sel.revision, sel.file, entry.model_type);
     let repo = RepoId::parse(&repo)?;
     let (bar, mut report) = progress_reporter();
     let mut on_progress = |p: &engine_hub::Progress| {
