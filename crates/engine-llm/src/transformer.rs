@@ -89,6 +89,22 @@ struct Layer {
     ff_norms: Option<(RmsNorm, RmsNorm)>,
 }
 
+impl Layer {
+    /// The seven linear layers, in checkpoint order, with their names under
+    /// `model.layers.N.`.
+    fn linears_mut(&mut self) -> [(&mut Linear, &'static str); 7] {
+        [
+            (&mut self.attn.q, "self_attn.q_proj"),
+            (&mut self.attn.k, "self_attn.k_proj"),
+            (&mut self.attn.v, "self_attn.v_proj"),
+            (&mut self.attn.o, "self_attn.o_proj"),
+            (&mut self.mlp.gate, "mlp.gate_proj"),
+            (&mut self.mlp.up, "mlp.up_proj"),
+            (&mut self.mlp.down, "mlp.down_proj"),
+        ]
+    }
+}
+
 /// A loaded decoder-only transformer.
 pub struct Transformer {
     cfg: LlmConfig,
@@ -236,15 +252,7 @@ impl Transformer {
             Ok(())
         };
         for layer in &mut self.layers {
-            for l in [
-                &mut layer.attn.q,
-                &mut layer.attn.k,
-                &mut layer.attn.v,
-                &mut layer.attn.o,
-            ] {
-                lin(l)?;
-            }
-            for l in [&mut layer.mlp.gate, &mut layer.mlp.up, &mut layer.mlp.down] {
+            for (l, _) in layer.linears_mut() {
                 lin(l)?;
             }
             for n in [&mut layer.input_norm, &mut layer.post_attn_norm] {
@@ -272,15 +280,7 @@ impl Transformer {
     pub fn quantize(&mut self, spec: engine_mlx::quant::QuantSpec) -> Result<()> {
         for (i, layer) in self.layers.iter_mut().enumerate() {
             let p = format!("model.layers.{i}");
-            for (l, n) in [
-                (&mut layer.attn.q, "self_attn.q_proj"),
-                (&mut layer.attn.k, "self_attn.k_proj"),
-                (&mut layer.attn.v, "self_attn.v_proj"),
-                (&mut layer.attn.o, "self_attn.o_proj"),
-                (&mut layer.mlp.gate, "mlp.gate_proj"),
-                (&mut layer.mlp.up, "mlp.up_proj"),
-                (&mut layer.mlp.down, "mlp.down_proj"),
-            ] {
+            for (l, n) in layer.linears_mut() {
                 *l = l.quantized(spec, &format!("{p}.{n}"))?;
             }
         }
@@ -302,19 +302,11 @@ impl Transformer {
                 .and_then(|rest| rest.split_once('.'))
                 .and_then(|(i, part)| Some((i.parse::<usize>().ok()?, part)));
             let linear = match target {
-                Some((i, part)) if i < self.layers.len() => {
-                    let layer = &mut self.layers[i];
-                    match part {
-                        "self_attn.q_proj" => Some(&mut layer.attn.q),
-                        "self_attn.k_proj" => Some(&mut layer.attn.k),
-                        "self_attn.v_proj" => Some(&mut layer.attn.v),
-                        "self_attn.o_proj" => Some(&mut layer.attn.o),
-                        "mlp.gate_proj" => Some(&mut layer.mlp.gate),
-                        "mlp.up_proj" => Some(&mut layer.mlp.up),
-                        "mlp.down_proj" => Some(&mut layer.mlp.down),
-                        _ => None,
-                    }
-                }
+                Some((i, part)) if i < self.layers.len() => self.layers[i]
+                    .linears_mut()
+                    .into_iter()
+                    .find(|(_, n)| *n == part)
+                    .map(|(l, _)| l),
                 _ if module == "lm_head" => self.lm_head.as_mut(),
                 _ => None,
             };
@@ -342,15 +334,7 @@ impl Transformer {
     /// Folds every applied adapter into the weights (`W + scale · (A B)ᵀ`).
     pub fn fuse_adapters(&mut self) -> Result<()> {
         for layer in &mut self.layers {
-            for l in [
-                &mut layer.attn.q,
-                &mut layer.attn.k,
-                &mut layer.attn.v,
-                &mut layer.attn.o,
-                &mut layer.mlp.gate,
-                &mut layer.mlp.up,
-                &mut layer.mlp.down,
-            ] {
+            for (l, _) in layer.linears_mut() {
                 *l = l.fused()?;
             }
         }

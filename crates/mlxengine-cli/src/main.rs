@@ -739,40 +739,6 @@ fn pull(model: &str, revision: &str, variant: Option<String>) -> Result<()> {
     let interrupt = Interrupt::install(Some(client.cancel_flag()))?;
     // All of `pull` is a download (listing included).
     interrupt.downloading.store(true, Ordering::SeqCst);
-    let Some(entry) = Registry::builtin().get(model) else {
-        // A repo, or an Ollama-style `org/repo:TAG` naming one GGUF file of it.
-        let (bar, mut report) = progress_reporter();
-        let mut on_progress = |p: &engine_hub::Progress| {
-            report(Progress::Download {
-                file: p.file.clone(),
-                done: p.total_bytes,
-                total: p.total_size,
-            })
-        };
-        let reference = engine_hub::ModelRef::parse(model)?;
-        let result = client.pull_ref(
-            &reference,
-            revision,
-            &FileFilter::for_model_type(ModelType::Llm),
-            &mut on_progress,
-        );
-        bar.finish_and_clear();
-        return match result {
-            Ok(path) => {
-                println!("{}", path.display());
-                Ok(())
-            }
-            Err(engine_hub::GgufError::Hub(engine_hub::HubError::Cancelled { partial })) => {
-                exit_interrupted(partial.as_deref(), &again)
-            }
-            Err(e) => Err(e.into()),
-        };
-    };
-    let device = DeviceReport::detect();
-    let sel = engine_device::select_variant(&entry.id, variant.as_deref(), &device, &MemoryBudget::default(), None)?;
-    eprintln!("{}: variant {} — {}", sel.id, sel.variant, sel.reason);
-    let (repo, revision, file, model_type) = (sel.repo, sel.revision, sel.file, entry.model_type);
-    let repo = RepoId::parse(&repo)?;
     let (bar, mut report) = progress_reporter();
     let mut on_progress = |p: &engine_hub::Progress| {
         report(Progress::Download {
@@ -781,16 +747,33 @@ fn pull(model: &str, revision: &str, variant: Option<String>) -> Result<()> {
             total: p.total_size,
         })
     };
-    let result = match file {
-        Some(f) => client.get_file(&repo, &revision, &f, &mut on_progress),
-        None => client
-            .pull(
-                &repo,
-                &revision,
-                &FileFilter::for_model_type(model_type),
-                &mut on_progress,
-            )
-            .map(|s| s.path),
+    let result: std::result::Result<_, engine_hub::GgufError> = match Registry::builtin().get(model) {
+        Some(entry) => {
+            let device = DeviceReport::detect();
+            let sel =
+                engine_device::select_variant(&entry.id, variant.as_deref(), &device, &MemoryBudget::default(), None)?;
+            eprintln!("{}: variant {} — {}", sel.id, sel.variant, sel.reason);
+            let repo = RepoId::parse(&sel.repo)?;
+            match sel.file {
+                Some(f) => client.get_file(&repo, &sel.revision, &f, &mut on_progress),
+                None => client
+                    .pull(
+                        &repo,
+                        &sel.revision,
+                        &FileFilter::for_model_type(entry.model_type),
+                        &mut on_progress,
+                    )
+                    .map(|s| s.path),
+            }
+            .map_err(Into::into)
+        }
+        // A repo, or an Ollama-style `org/repo:TAG` naming one GGUF file of it.
+        None => client.pull_ref(
+            &engine_hub::ModelRef::parse(model)?,
+            revision,
+            &FileFilter::for_model_type(ModelType::Llm),
+            &mut on_progress,
+        ),
     };
     // Cleared on failure too, so the error is not printed behind a stale bar.
     bar.finish_and_clear();
@@ -799,7 +782,9 @@ fn pull(model: &str, revision: &str, variant: Option<String>) -> Result<()> {
             println!("{}", path.display());
             Ok(())
         }
-        Err(engine_hub::HubError::Cancelled { partial }) => exit_interrupted(partial.as_deref(), &again),
+        Err(engine_hub::GgufError::Hub(engine_hub::HubError::Cancelled { partial })) => {
+            exit_interrupted(partial.as_deref(), &again)
+        }
         Err(e) => Err(e.into()),
     }
 }
