@@ -214,6 +214,8 @@ fn torch_fixtures() -> Result<()> {
     // diffusers is needed by the diffusion scripts only: `target/torch/bin/pip install diffusers==0.42.1`.
     for (script, out) in [
         ("xtask/parity/make_tiny_vlms.py", "crates/engine-vlm/tests/fixtures"),
+        // PEFT LoRA adapters on a tiny Llama: needs `pip install peft==0.21.2` too.
+        ("xtask/parity/make_peft.py", "crates/engine-llm/tests/fixtures"),
         (
             "xtask/parity/make_tiny_diffusion.py",
             "crates/engine-diffusion/tests/fixtures",

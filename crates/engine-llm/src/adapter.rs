@@ -69,6 +69,20 @@ impl Adapter {
             if cfg["use_dora"].as_bool() == Some(true) {
                 return Err(bad(dir, "DoRA adapters are not supported yet; only LoRA"));
             }
+            for key in ["rank_pattern", "alpha_pattern"] {
+                if cfg[key].as_object().is_some_and(|m| !m.is_empty()) {
+                    return Err(bad(
+                        dir,
+                        format!("per-module `{key}` in adapter_config.json is not supported yet"),
+                    ));
+                }
+            }
+            if cfg["fan_in_fan_out"].as_bool() == Some(true) {
+                return Err(bad(
+                    dir,
+                    "`fan_in_fan_out` adapters (GPT-2 Conv1D layers) are not supported",
+                ));
+            }
             let r = cfg["r"]
                 .as_f64()
                 .ok_or_else(|| bad(&cfg_path, "adapter_config.json has no `r`"))?;

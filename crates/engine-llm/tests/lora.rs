@@ -1,7 +1,9 @@
 //! LoRA adapters in mlx-lm's format on the tiny parity checkpoints (dense and
 //! 4-bit bases) against mlx-lm loading the same adapter (`load(adapter_path=)`),
 //! made by xtask/parity/make_lora.py into target/lora (`cargo xtask
-//! parity-fixtures`); the PEFT layout of the same weights; fused = unfused.
+//! parity-fixtures`); PEFT adapters against transformers + PEFT (committed
+//! fixtures from xtask/parity/make_peft.py, `cargo xtask torch-fixtures`);
+//! fused = unfused.
 
 use engine_llm::{DtypePolicy, LlmModel, LoadOptions};
 use engine_mlx::{save_safetensors, Array, WeightMap};
@@ -38,7 +40,7 @@ fn expected(case: &Path) -> (String, Vec<u32>, Vec<f32>) {
         .iter()
         .flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32))
         .collect();
-    (e["base"].as_str().unwrap().to_string(), prompt, logits)
+    (e["base"].as_str().unwrap_or_default().to_string(), prompt, logits)
 }
 
 fn load(base: &str, adapters: Vec<PathBuf>) -> engine_core::Result<LlmModel> {
@@ -184,4 +186,41 @@ fn bad_adapters_give_clear_errors() {
         .unwrap()
         .to_string();
     assert!(e.contains("adapter_config.json"), "{e}");
+}
+
+/// PEFT's own adapters (plain LoRA, and rsLoRA on other modules) on a tiny
+/// transformers Llama: our logits within 1e-4 of transformers + PEFT's.
+#[test]
+fn peft_adapters_match_transformers_and_peft() {
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/peft");
+    // The base plus the tiny parity tokenizer (the checkpoint has none; logits need only ids).
+    let tmp = tempfile::tempdir().unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixtures.join("base").join(f), tmp.path().join(f)).unwrap();
+    }
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        let src = root().join("target/parity/llama").join(f);
+        assert!(
+            src.exists(),
+            "{} is missing: run `cargo xtask parity-fixtures`",
+            src.display()
+        );
+        std::fs::copy(src, tmp.path().join(f)).unwrap();
+    }
+    for case in ["lora", "rslora"] {
+        let dir = fixtures.join(case);
+        let (_, prompt, want) = expected(&dir);
+        let opts = LoadOptions {
+            dtype: DtypePolicy::Native,
+            adapters: vec![dir.clone()],
+            ..Default::default()
+        };
+        let m = LlmModel::load(tmp.path(), &opts, &mut |_| {}).unwrap_or_else(|e| panic!("{case}: {e}"));
+        let got = m.logits(&prompt).unwrap().to_f32_vec().unwrap();
+        let d = worst(&got, &want);
+        assert!(d <= 1e-4, "{case}: logits differ from transformers + PEFT by {d}");
+        let plain = LlmModel::load(tmp.path(), &LoadOptions::default(), &mut |_| {}).unwrap();
+        let p = plain.logits(&prompt).unwrap().to_f32_vec().unwrap();
+        assert!(worst(&p, &want) > 1e-3, "{case}: the adapter changed nothing");
+    }
 }
