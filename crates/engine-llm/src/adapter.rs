@@ -5,6 +5,7 @@
 //! `/ √r` with `use_rslora`), read into one form the transformer applies.
 
 use engine_core::{EngineError, Result};
+use engine_mlx::quant::{dequantize, quantize, QuantSpec, Quantized};
 use engine_mlx::{Array, WeightMap};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -150,5 +151,70 @@ impl Adapter {
             path: dir.to_path_buf(),
             layers,
         })
+    }
+
+    /// Folds the adapter into checkpoint-named weights (`{module}.weight`, and
+    /// `.scales`/`.biases` when quantized with the setting `spec_of` gives
+    /// for the module): `W + scale · (A B)ᵀ`, re-quantized with the layer's
+    /// own setting. Shapes are checked as [`crate::Transformer::apply_adapter`] does.
+    pub fn fuse_into(&self, w: &mut WeightMap, spec_of: &dyn Fn(&str) -> Option<QuantSpec>) -> Result<()> {
+        let be = |e: engine_mlx::Error| EngineError::Backend(e.to_string());
+        for (module, l) in &self.layers {
+            let name = format!("{module}.weight");
+            let Some(weight) = w.try_get(&name).cloned() else {
+                return Err(EngineError::InvalidParameter(format!(
+                    "{}: the adapter targets `{module}`, which the base model does not have; is it for another base model?",
+                    self.path.display()
+                )));
+            };
+            let delta = engine_mlx::nn::lora_delta(&l.a, &l.b, l.scale).map_err(be)?;
+            let quantized = match w.try_get(&format!("{module}.scales")) {
+                Some(scales) => {
+                    let spec = spec_of(module).ok_or_else(|| {
+                        EngineError::InvalidParameter(format!(
+                            "`{module}` is quantized with settings the config does not give"
+                        ))
+                    })?;
+                    Some(Quantized {
+                        weight: weight.clone(),
+                        scales: scales.clone(),
+                        biases: w.get(&format!("{module}.biases")).map_err(be)?.clone(),
+                        spec,
+                    })
+                }
+                None => None,
+            };
+            let dense = match &quantized {
+                Some(q) => dequantize(q).map_err(be)?,
+                None => weight,
+            };
+            if dense.shape() != delta.shape() {
+                return Err(EngineError::InvalidParameter(format!(
+                    "{}: `{module}` has a weight of shape {:?}, and the adapter's A {:?} and B {:?} make an update of {:?} — it was trained for another base model",
+                    self.path.display(),
+                    dense.shape(),
+                    l.a.shape(),
+                    l.b.shape(),
+                    delta.shape()
+                )));
+            }
+            let fused = dense.add(&delta.astype(dense.dtype()).map_err(be)?).map_err(be)?;
+            match quantized {
+                Some(q) => {
+                    let r = quantize(&fused, q.spec).map_err(be)?;
+                    w.insert(name, r.weight);
+                    w.insert(
+                        format!("{module}.scales"),
+                        r.scales.astype(q.scales.dtype()).map_err(be)?,
+                    );
+                    w.insert(
+                        format!("{module}.biases"),
+                        r.biases.astype(q.biases.dtype()).map_err(be)?,
+                    );
+                }
+                None => w.insert(name, fused),
+            }
+        }
+        Ok(())
     }
 }

@@ -16,8 +16,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 /// What [`convert`] does to the weights.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ConvertOptions {
+    /// LoRA adapter folders fused into the weights, in order, before any
+    /// `dtype` or `quantize`.
+    pub adapters: Vec<std::path::PathBuf>,
     /// Dense weights become this dtype (`None`: as stored; a GGUF's quantized
     /// blocks stay quantized where MLX's layout holds them).
     pub dtype: Option<Dtype>,
@@ -110,6 +113,42 @@ pub fn convert(src: &Path, out: &Path, opts: &ConvertOptions, progress: &mut dyn
             reason: "expected a model folder or a .gguf file".into(),
         });
     };
+
+    let mut weights = weights;
+    if !opts.adapters.is_empty() {
+        // Each quantized module's setting: a GGUF's blocks load as groups of 32
+        // (the packed width gives the bits); a folder's come from its config.
+        let mut specs = BTreeMap::new();
+        for name in weights.names() {
+            let Some(module) = name.strip_suffix(".scales") else {
+                continue;
+            };
+            let spec = if is_gguf {
+                let packed = weights.get(&format!("{module}.weight")).map_err(be)?;
+                let scales = weights.get(name).map_err(be)?;
+                Some(QuantSpec {
+                    group_size: 32,
+                    bits: (packed.dim(-1) / scales.dim(-1)) as i32,
+                })
+            } else {
+                config.get("quantization").and_then(|q| {
+                    let q = q.get(module).filter(|v| v.is_object()).unwrap_or(q);
+                    Some(QuantSpec {
+                        group_size: q["group_size"].as_i64()? as i32,
+                        bits: q["bits"].as_i64()? as i32,
+                    })
+                })
+            };
+            if let Some(spec) = spec {
+                specs.insert(module.to_string(), spec);
+            }
+        }
+        for dir in &opts.adapters {
+            progress("fusing the adapter", 0.45);
+            let adapter = crate::adapter::Adapter::load(dir)?;
+            adapter.fuse_into(&mut weights, &|m| specs.get(m).copied())?;
+        }
+    }
 
     // Dense dtype, then quantization, tensor by tensor.
     progress("converting", 0.5);

@@ -224,3 +224,57 @@ fn peft_adapters_match_transformers_and_peft() {
         assert!(worst(&p, &want) > 1e-3, "{case}: the adapter changed nothing");
     }
 }
+
+/// `convert --adapter`: the adapter fused into a written folder gives, with no
+/// adapter at load, mlx-lm's logits with the adapter unfused; mlx-lm's and
+/// PEFT's formats alike.
+#[test]
+fn fused_folders_equal_the_unfused_adapter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let case = root().join("target/lora/llama-lora");
+    let (base, prompt, want) = expected(&case);
+    let out = tmp.path().join("fused");
+    let opts = engine_llm::export::ConvertOptions {
+        adapters: vec![case],
+        ..Default::default()
+    };
+    engine_llm::export::convert(&root().join("target/parity").join(&base), &out, &opts, &mut |_, _| {}).unwrap();
+    let got = LlmModel::load(&out, &LoadOptions::default(), &mut |_| {})
+        .unwrap()
+        .logits(&prompt)
+        .unwrap()
+        .to_f32_vec()
+        .unwrap();
+    let d = worst(&got, &want);
+    assert!(d <= 1e-4, "fused mlx-lm adapter: {d}");
+    // An adapter for a wider model is refused and leaves no folder behind.
+    let wide = tmp.path().join("wide");
+    std::fs::create_dir_all(&wide).unwrap();
+    let case = root().join("target/lora/llama-lora");
+    std::fs::copy(case.join("adapter_config.json"), wide.join("adapter_config.json")).unwrap();
+    let w = WeightMap::load_safetensors(case.join("adapters.safetensors")).unwrap();
+    let b = Array::zeros(&[4, 96], engine_mlx::Dtype::Float32).unwrap();
+    let a = w.get("model.layers.0.self_attn.q_proj.lora_a").unwrap();
+    save_safetensors(
+        wide.join("adapters.safetensors"),
+        &[
+            ("model.layers.0.self_attn.q_proj.lora_a", a),
+            ("model.layers.0.self_attn.q_proj.lora_b", &b),
+        ],
+        &[],
+    )
+    .unwrap();
+    let wrong = tmp.path().join("wrong");
+    let opts = engine_llm::export::ConvertOptions {
+        adapters: vec![wide],
+        ..Default::default()
+    };
+    let e = engine_llm::export::convert(&root().join("target/parity/llama"), &wrong, &opts, &mut |_, _| {})
+        .expect_err("a wrong adapter is refused")
+        .to_string();
+    assert!(
+        e.contains("model.layers.0.self_attn.q_proj") && e.contains("another base model"),
+        "{e}"
+    );
+    assert!(!wrong.exists());
+}

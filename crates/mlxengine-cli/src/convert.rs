@@ -1,7 +1,8 @@
 //! `mlxengine convert SRC OUT`: a model folder, GGUF file or repo id written
 //! as an MLX folder that mlx-lm loads (config.json with its `quantization`
 //! block, sharded safetensors, tokenizer and template files), optionally cast
-//! (`--dtype`) or quantized (`--quantize`, as `mlx_lm.convert -q`).
+//! (`--dtype`), quantized (`--quantize`, as `mlx_lm.convert -q`) or with LoRA
+//! adapters fused in (`--adapter`, as `mlx_lm.fuse`).
 
 use super::{parse_quantize, progress_reporter, Interrupt};
 use anyhow::{bail, Result};
@@ -26,6 +27,9 @@ pub(crate) struct ConvertArgs {
     /// Elements per quantization group with --quantize (32, 64 or 128).
     #[arg(long, default_value_t = 64, requires = "quantize")]
     group_size: i32,
+    /// A LoRA adapter folder (mlx-lm or PEFT format) to fuse into the weights; repeatable.
+    #[arg(long, value_name = "DIR")]
+    adapter: Vec<PathBuf>,
 }
 
 pub(crate) fn convert(args: ConvertArgs) -> Result<()> {
@@ -39,6 +43,7 @@ pub(crate) fn convert(args: ConvertArgs) -> Result<()> {
     let opts = ConvertOptions {
         dtype,
         quantize: parse_quantize(args.quantize, args.group_size)?,
+        adapters: args.adapter.clone(),
     };
     if args.out.exists() && std::fs::read_dir(&args.out).map_or(true, |mut d| d.next().is_some()) {
         bail!(

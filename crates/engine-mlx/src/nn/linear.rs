@@ -34,6 +34,11 @@ pub enum Linear {
     },
 }
 
+/// The dense update a LoRA pair adds to a weight (out, in): `scale · (A B)ᵀ`.
+pub fn lora_delta(a: &Array, b: &Array, scale: f32) -> Result<Array> {
+    a.matmul(b)?.t()?.mul_scalar(f64::from(scale))
+}
+
 impl Linear {
     /// Loads `{prefix}.weight` (and `.scales`/`.biases` when quantized, and
     /// `.bias` when `bias`), checking shapes against (out, in).
@@ -122,7 +127,7 @@ impl Linear {
         let Linear::Lora { base, a, b, scale } = self else {
             return Ok(self.clone());
         };
-        let delta = a.matmul(b)?.t()?.mul_scalar(f64::from(*scale))?;
+        let delta = lora_delta(a, b, *scale)?;
         Ok(match base.fused()? {
             Linear::Dense { weight, bias } => Linear::Dense {
                 weight: weight.add(&delta.astype(weight.dtype())?)?,
