@@ -44,7 +44,7 @@ fi
 cargo xtask fetch-models
 if [ "${MLXENGINE_SKIP_ORACLE:-0}" != 1 ] && { [ ! -f target/parity/phi3-longrope-gguf/expected.json ] ||
   [ ! -f target/vlm-pixels/expected.json ] || [ ! -f target/gguf-quants/expected.json ] ||
-  [ ! -f target/lora/llama-lora/expected.json ]; }; then
+  [ ! -f target/lora/llama-dora/expected.json ]; }; then
   cargo xtask parity-fixtures
 fi
 # SmolLM2 as Q4_K_M / Q5_K_M / Q6_K / Q8_0 (llama.cpp's quantizer) and gguf-py's F32 copies (~2.6 GB, ~1 min).

@@ -21,6 +21,7 @@ CASES = [
     ("llama", "lora", 4, 2.0, None, 2),
     ("llama-4bit", "lora", 4, 2.0, ["self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj"], 1),
     ("qwen2", "lora", 8, 0.5, ["self_attn.q_proj", "self_attn.k_proj"], 2),
+    ("llama", "dora", 4, 2.0, ["self_attn.q_proj", "self_attn.v_proj", "mlp.up_proj"], 2),
 ]
 for base, kind, rank, scale, keys, layers in CASES:
     mx.random.seed(7)
@@ -32,7 +33,11 @@ for base, kind, rank, scale, keys, layers in CASES:
     linear_to_lora_layers(model, layers, params, use_dora=(kind == "dora"))
     # lora_b starts at zero: give it values so the adapter changes the output.
     trainable = dict(tree_flatten(model.trainable_parameters()))
-    new = {k: (mx.random.normal(v.shape) * 0.05).astype(v.dtype) for k, v in trainable.items()}
+    # DoRA's magnitude `m` starts at the base rows' norms: move it by ~10%.
+    new = {
+        k: (v * (1 + 0.1 * mx.random.normal(v.shape)) if k.endswith(".m") else mx.random.normal(v.shape) * 0.05).astype(v.dtype)
+        for k, v in trainable.items()
+    }
     d = out / f"{base}-{kind}"
     d.mkdir(parents=True, exist_ok=True)
     mx.save_safetensors(str(d / "adapters.safetensors"), new)

@@ -28,6 +28,7 @@ CASES = {
     "lora": dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]),
     "rslora": dict(r=8, lora_alpha=4, use_rslora=True,
                    target_modules=["q_proj", "k_proj", "o_proj", "gate_proj", "up_proj"]),
+    "dora": dict(r=4, lora_alpha=8, use_dora=True, target_modules=["q_proj", "v_proj", "down_proj"]),
 }
 for name, kw in CASES.items():
     torch.manual_seed(1)
@@ -38,6 +39,9 @@ for name, kw in CASES.items():
         for n, p in peft_model.named_parameters():
             if "lora_B" in n:
                 p.normal_(0.0, 0.05)
+            elif "lora_magnitude_vector" in n:
+                # DoRA's magnitude starts at the base rows' norms: move it by ~10%.
+                p.mul_(1 + 0.1 * torch.randn_like(p))
         logits = peft_model(torch.tensor([PROMPT])).logits[0].float()
     peft_model.save_pretrained(out / name)
     (out / name / "expected.json").write_text(json.dumps({"prompt": PROMPT, "logits": logits.tolist()}))

@@ -1,4 +1,4 @@
-//! LoRA adapters: mlx-lm's format (`adapter_config.json` + `adapters.safetensors`,
+//! LoRA and DoRA adapters: mlx-lm's format (`adapter_config.json` + `adapters.safetensors`,
 //! `lora_a` (in, r) / `lora_b` (r, out), `lora_parameters.scale`) and PEFT's
 //! (`adapter_config.json` + `adapter_model.safetensors`, `lora_A.weight`
 //! (r, in) / `lora_B.weight` (out, r), scale `lora_alpha / r`, or
@@ -20,6 +20,8 @@ pub struct LoraLayer {
     pub b: Array,
     /// Scale of the update.
     pub scale: f32,
+    /// DoRA's learned magnitude (out,); `None` for plain LoRA.
+    pub magnitude: Option<Array>,
 }
 
 /// A loaded adapter: its layers keyed by module path
@@ -67,9 +69,6 @@ impl Adapter {
                     format!("PEFT adapters of type {kind} are not supported; only LoRA"),
                 ));
             }
-            if cfg["use_dora"].as_bool() == Some(true) {
-                return Err(bad(dir, "DoRA adapters are not supported yet; only LoRA"));
-            }
             for key in ["rank_pattern", "alpha_pattern"] {
                 if cfg[key].as_object().is_some_and(|m| !m.is_empty()) {
                     return Err(bad(
@@ -105,6 +104,17 @@ impl Adapter {
                     b.map_err(|_| bad(dir, format!("`{b_name}` is missing")))?,
                 );
                 let t = |x: &Array| x.t().map_err(|e| bad(dir, e.to_string()));
+                // DoRA's magnitude (PEFT names it with or without `.weight`).
+                let magnitude = w
+                    .try_get(&format!("{module}.lora_magnitude_vector.weight"))
+                    .or_else(|| w.try_get(&format!("{module}.lora_magnitude_vector")))
+                    .cloned();
+                if cfg["use_dora"].as_bool() == Some(true) && magnitude.is_none() {
+                    return Err(bad(
+                        dir,
+                        format!("a DoRA adapter without `{module}.lora_magnitude_vector`"),
+                    ));
+                }
                 let module = module.strip_prefix("base_model.model.").unwrap_or(module);
                 layers.insert(
                     module.to_string(),
@@ -112,15 +122,16 @@ impl Adapter {
                         a: t(a)?,
                         b: t(b)?,
                         scale,
+                        magnitude,
                     },
                 );
             }
         } else {
             let kind = cfg["fine_tune_type"].as_str().unwrap_or("lora");
-            if kind != "lora" {
+            if kind != "lora" && kind != "dora" {
                 return Err(bad(
                     dir,
-                    format!("mlx-lm `{kind}` adapters are not supported yet; only LoRA (fine_tune_type \"lora\")"),
+                    format!("mlx-lm `{kind}` adapters are not supported; only LoRA and DoRA (fine_tune_type \"lora\" or \"dora\")"),
                 ));
             }
             let scale = cfg["lora_parameters"]["scale"]
@@ -134,12 +145,17 @@ impl Adapter {
                 };
                 let b_name = format!("{module}.lora_b");
                 let b = w.get(&b_name).map_err(|_| bad(dir, format!("`{b_name}` is missing")))?;
+                let magnitude = w.try_get(&format!("{module}.m")).cloned();
+                if kind == "dora" && magnitude.is_none() {
+                    return Err(bad(dir, format!("a DoRA adapter without `{module}.m`")));
+                }
                 layers.insert(
                     module.to_string(),
                     LoraLayer {
                         a: w.get(name).map_err(|e| bad(dir, e.to_string()))?.clone(),
                         b: b.clone(),
                         scale,
+                        magnitude,
                     },
                 );
             }
@@ -198,7 +214,24 @@ impl Adapter {
                     delta.shape()
                 )));
             }
-            let fused = dense.add(&delta.astype(dense.dtype()).map_err(be)?).map_err(be)?;
+            let mut fused = dense.add(&delta.astype(dense.dtype()).map_err(be)?).map_err(be)?;
+            if let Some(m) = &l.magnitude {
+                // DoRA: rows rescaled to the learned magnitude.
+                let f = fused.astype(engine_mlx::Dtype::Float32).map_err(be)?;
+                let norm = f
+                    .square()
+                    .and_then(|x| x.sum(&[1], false))
+                    .and_then(|x| x.sqrt())
+                    .map_err(be)?;
+                let gain = m
+                    .astype(engine_mlx::Dtype::Float32)
+                    .and_then(|m| m.divide(&norm))
+                    .map_err(be)?;
+                fused = f
+                    .multiply(&gain.expand_dims(1).map_err(be)?)
+                    .and_then(|x| x.astype(dense.dtype()))
+                    .map_err(be)?;
+            }
             match quantized {
                 Some(q) => {
                     let r = quantize(&fused, q.spec).map_err(be)?;

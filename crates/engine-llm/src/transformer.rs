@@ -326,7 +326,13 @@ impl Transformer {
                     adapter.path.display()
                 ));
             }
-            *linear = linear.clone().with_lora(l.a.clone(), l.b.clone(), l.scale);
+            *linear = match &l.magnitude {
+                Some(m) => linear
+                    .clone()
+                    .with_dora(l.a.clone(), l.b.clone(), l.scale, m)
+                    .map_err(|e| format!("{}: `{module}`: {e}", adapter.path.display()))?,
+                None => linear.clone().with_lora(l.a.clone(), l.b.clone(), l.scale),
+            };
         }
         Ok(())
     }

@@ -188,7 +188,7 @@ fn bad_adapters_give_clear_errors() {
     assert!(e.contains("adapter_config.json"), "{e}");
 }
 
-/// PEFT's own adapters (plain LoRA, and rsLoRA on other modules) on a tiny
+/// PEFT's own adapters (plain LoRA, rsLoRA on other modules, DoRA) on a tiny
 /// transformers Llama: our logits within 1e-4 of transformers + PEFT's.
 #[test]
 fn peft_adapters_match_transformers_and_peft() {
@@ -207,7 +207,7 @@ fn peft_adapters_match_transformers_and_peft() {
         );
         std::fs::copy(src, tmp.path().join(f)).unwrap();
     }
-    for case in ["lora", "rslora"] {
+    for case in ["lora", "rslora", "dora"] {
         let dir = fixtures.join(case);
         let (_, prompt, want) = expected(&dir);
         let opts = LoadOptions {
@@ -225,28 +225,29 @@ fn peft_adapters_match_transformers_and_peft() {
     }
 }
 
-/// `convert --adapter`: the adapter fused into a written folder gives, with no
-/// adapter at load, mlx-lm's logits with the adapter unfused; mlx-lm's and
-/// PEFT's formats alike.
+/// `convert --adapter`: the adapter (LoRA or DoRA) fused into a written folder
+/// gives, with no adapter at load, mlx-lm's logits with the adapter unfused.
 #[test]
 fn fused_folders_equal_the_unfused_adapter() {
     let tmp = tempfile::tempdir().unwrap();
-    let case = root().join("target/lora/llama-lora");
-    let (base, prompt, want) = expected(&case);
-    let out = tmp.path().join("fused");
-    let opts = engine_llm::export::ConvertOptions {
-        adapters: vec![case],
-        ..Default::default()
-    };
-    engine_llm::export::convert(&root().join("target/parity").join(&base), &out, &opts, &mut |_, _| {}).unwrap();
-    let got = LlmModel::load(&out, &LoadOptions::default(), &mut |_| {})
-        .unwrap()
-        .logits(&prompt)
-        .unwrap()
-        .to_f32_vec()
-        .unwrap();
-    let d = worst(&got, &want);
-    assert!(d <= 1e-4, "fused mlx-lm adapter: {d}");
+    for name in ["llama-lora", "llama-dora"] {
+        let case = root().join("target/lora").join(name);
+        let (base, prompt, want) = expected(&case);
+        let out = tmp.path().join(format!("fused-{name}"));
+        let opts = engine_llm::export::ConvertOptions {
+            adapters: vec![case],
+            ..Default::default()
+        };
+        engine_llm::export::convert(&root().join("target/parity").join(&base), &out, &opts, &mut |_, _| {}).unwrap();
+        let got = LlmModel::load(&out, &LoadOptions::default(), &mut |_| {})
+            .unwrap()
+            .logits(&prompt)
+            .unwrap()
+            .to_f32_vec()
+            .unwrap();
+        let d = worst(&got, &want);
+        assert!(d <= 1e-4, "fused {name}: {d}");
+    }
     // An adapter for a wider model is refused and leaves no folder behind.
     let wide = tmp.path().join("wide");
     std::fs::create_dir_all(&wide).unwrap();

@@ -31,6 +31,9 @@ pub enum Linear {
         b: Array,
         /// The update's scale (mlx-lm's `scale`; PEFT's `lora_alpha / r`).
         scale: f32,
+        /// DoRA's per-output gain `m / ‖W + ΔW‖` (out,), constant at
+        /// inference: `y = gain · (x Wᵀ + scale · (x A) B) + bias`.
+        gain: Option<Array>,
     },
 }
 
@@ -77,14 +80,50 @@ impl Linear {
         let (y, bias) = match self {
             Linear::Dense { weight, bias } => (crate::fast::linear(x, weight)?, bias),
             Linear::Quantized { q, bias } => (quantized_matmul(x, q, true)?, bias),
-            Linear::Lora { base, a, b, scale } => {
-                let z = x.matmul(a)?.matmul(b)?.mul_scalar(f64::from(*scale))?;
-                return base.forward(x)?.add(&z.astype(x.dtype())?);
+            Linear::Lora {
+                base,
+                a,
+                b,
+                scale,
+                gain,
+            } => {
+                let z = x
+                    .matmul(a)?
+                    .matmul(b)?
+                    .mul_scalar(f64::from(*scale))?
+                    .astype(x.dtype())?;
+                let Some(g) = gain else {
+                    return base.forward(x)?.add(&z);
+                };
+                let y = base.unbiased(x)?.add(&z)?.multiply(&g.astype(x.dtype())?)?;
+                return match base.bias() {
+                    Some(bias) => y.add(bias),
+                    None => Ok(y),
+                };
             }
         };
         match bias {
             Some(b) => y.add(b),
             None => Ok(y),
+        }
+    }
+
+    /// `x Wᵀ` without the bias (the base of a DoRA layer is never adapted itself).
+    fn unbiased(&self, x: &Array) -> Result<Array> {
+        match self {
+            Linear::Dense { weight, .. } => crate::fast::linear(x, weight),
+            Linear::Quantized { q, .. } => quantized_matmul(x, q, true),
+            Linear::Lora { .. } => Err(crate::Error::Invalid(
+                "a DoRA layer's base must be a plain layer".into(),
+            )),
+        }
+    }
+
+    /// The bias, if any.
+    pub fn bias(&self) -> Option<&Array> {
+        match self {
+            Linear::Dense { bias, .. } | Linear::Quantized { bias, .. } => bias.as_ref(),
+            Linear::Lora { base, .. } => base.bias(),
         }
     }
 
@@ -100,11 +139,18 @@ impl Linear {
                 weight: dequantize(q)?.astype(dtype)?,
                 bias: bias.as_ref().map(|b| b.astype(dtype)).transpose()?,
             },
-            Linear::Lora { base, a, b, scale } => Linear::Lora {
+            Linear::Lora {
+                base,
+                a,
+                b,
+                scale,
+                gain,
+            } => Linear::Lora {
                 base: Box::new(base.dequantized(dtype)?),
                 a: a.astype(dtype)?,
                 b: b.astype(dtype)?,
                 scale: *scale,
+                gain: gain.as_ref().map(|g| g.astype(dtype)).transpose()?,
             },
         })
     }
@@ -117,25 +163,64 @@ impl Linear {
             a,
             b,
             scale,
+            gain: None,
         }
+    }
+
+    /// Wraps a plain layer with a DoRA update: `m` is the learned magnitude
+    /// (out,); the gain `m / ‖W + ΔW‖` (row norms) is computed once here.
+    pub fn with_dora(self, a: Array, b: Array, scale: f32, m: &Array) -> Result<Linear> {
+        if matches!(self, Linear::Lora { .. }) {
+            return Err(crate::Error::Invalid(
+                "DoRA on a layer that already has an adapter is not supported".into(),
+            ));
+        }
+        let w = match self.dequantized(Dtype::Float32)? {
+            Linear::Dense { weight, .. } => weight,
+            _ => unreachable!("dequantized() of a plain layer is dense"),
+        };
+        let adapted = w.add(&lora_delta(&a, &b, scale)?)?;
+        let norm = adapted.square()?.sum(&[1], false)?.sqrt()?;
+        let gain = m.astype(Dtype::Float32)?.divide(&norm)?;
+        Ok(Linear::Lora {
+            base: Box::new(self),
+            a,
+            b,
+            scale,
+            gain: Some(gain),
+        })
     }
 
     /// Folds low-rank updates into the weight: `W + scale · (A B)ᵀ`. A
     /// quantized base is dequantized, updated and re-quantized with its own
     /// settings (so the fused layer carries that rounding once more).
     pub fn fused(&self) -> Result<Linear> {
-        let Linear::Lora { base, a, b, scale } = self else {
+        let Linear::Lora {
+            base,
+            a,
+            b,
+            scale,
+            gain,
+        } = self
+        else {
             return Ok(self.clone());
         };
         let delta = lora_delta(a, b, *scale)?;
+        // W + ΔW, times DoRA's gain per output row.
+        let update = |w: &Array| -> Result<Array> {
+            let w2 = w.add(&delta.astype(w.dtype())?)?;
+            match gain {
+                Some(g) => w2.multiply(&g.expand_dims(1)?.astype(w.dtype())?),
+                None => Ok(w2),
+            }
+        };
         Ok(match base.fused()? {
             Linear::Dense { weight, bias } => Linear::Dense {
-                weight: weight.add(&delta.astype(weight.dtype())?)?,
+                weight: update(&weight)?,
                 bias,
             },
             Linear::Quantized { q, bias } => {
-                let w = dequantize(&q)?;
-                let w = w.add(&delta.astype(w.dtype())?)?;
+                let w = update(&dequantize(&q)?)?;
                 Linear::Quantized {
                     q: crate::quant::quantize(&w, q.spec)?,
                     bias,
@@ -155,11 +240,18 @@ impl Linear {
                 bias: bias.clone(),
             },
             Linear::Quantized { .. } => self.clone(),
-            Linear::Lora { base, a, b, scale } => Linear::Lora {
+            Linear::Lora {
+                base,
+                a,
+                b,
+                scale,
+                gain,
+            } => Linear::Lora {
                 base: Box::new(base.quantized(spec, name)?),
                 a: a.clone(),
                 b: b.clone(),
                 scale: *scale,
+                gain: gain.clone(),
             },
         })
     }
@@ -195,9 +287,10 @@ impl Linear {
         let mut v = match self {
             Linear::Dense { weight, .. } => vec![weight],
             Linear::Quantized { q, .. } => vec![&q.weight, &q.scales, &q.biases],
-            Linear::Lora { base, a, b, .. } => {
+            Linear::Lora { base, a, b, gain, .. } => {
                 let mut v = base.arrays();
                 v.extend([a, b]);
+                v.extend(gain);
                 return v;
             }
         };
