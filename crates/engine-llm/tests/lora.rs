@@ -129,12 +129,11 @@ fn peft_layout_of_the_same_adapter_gives_the_same_logits() {
     assert!(worst(&got, &want) <= 1e-4, "PEFT layout: {}", worst(&got, &want));
 }
 
-#[test]
-fn bad_adapters_give_clear_errors() {
+/// In `dir`, the tiny Llama's LoRA cut to its first q_proj with B widened to
+/// 96 outputs (the model has 64): an adapter for another base.
+fn wide_adapter(dir: &Path) -> PathBuf {
     let case = root().join("target/lora/llama-lora");
-    let tmp = tempfile::tempdir().unwrap();
-    // An adapter for a wider model: B's output width does not match.
-    let wide = tmp.path().join("wide");
+    let wide = dir.join("wide");
     std::fs::create_dir_all(&wide).unwrap();
     std::fs::copy(case.join("adapter_config.json"), wide.join("adapter_config.json")).unwrap();
     let w = WeightMap::load_safetensors(case.join("adapters.safetensors")).unwrap();
@@ -149,12 +148,22 @@ fn bad_adapters_give_clear_errors() {
         &[],
     )
     .unwrap();
-    let e = load("llama", vec![wide]).err().unwrap().to_string();
+    wide
+}
+
+#[test]
+fn bad_adapters_give_clear_errors() {
+    let case = root().join("target/lora/llama-lora");
+    let tmp = tempfile::tempdir().unwrap();
+    // An adapter for a wider model: B's output width does not match.
+    let e = load("llama", vec![wide_adapter(tmp.path())]).err().unwrap().to_string();
     assert!(
         e.contains("model.layers.0.self_attn.q_proj") && e.contains("[4, 96]") && e.contains("64 out"),
         "{e}"
     );
     // A module the base does not have.
+    let w = WeightMap::load_safetensors(case.join("adapters.safetensors")).unwrap();
+    let a = w.get("model.layers.0.self_attn.q_proj.lora_a").unwrap();
     let deep = tmp.path().join("deep");
     std::fs::create_dir_all(&deep).unwrap();
     std::fs::copy(case.join("adapter_config.json"), deep.join("adapter_config.json")).unwrap();
@@ -249,25 +258,9 @@ fn fused_folders_equal_the_unfused_adapter() {
         assert!(d <= 1e-4, "fused {name}: {d}");
     }
     // An adapter for a wider model is refused and leaves no folder behind.
-    let wide = tmp.path().join("wide");
-    std::fs::create_dir_all(&wide).unwrap();
-    let case = root().join("target/lora/llama-lora");
-    std::fs::copy(case.join("adapter_config.json"), wide.join("adapter_config.json")).unwrap();
-    let w = WeightMap::load_safetensors(case.join("adapters.safetensors")).unwrap();
-    let b = Array::zeros(&[4, 96], engine_mlx::Dtype::Float32).unwrap();
-    let a = w.get("model.layers.0.self_attn.q_proj.lora_a").unwrap();
-    save_safetensors(
-        wide.join("adapters.safetensors"),
-        &[
-            ("model.layers.0.self_attn.q_proj.lora_a", a),
-            ("model.layers.0.self_attn.q_proj.lora_b", &b),
-        ],
-        &[],
-    )
-    .unwrap();
     let wrong = tmp.path().join("wrong");
     let opts = engine_llm::export::ConvertOptions {
-        adapters: vec![wide],
+        adapters: vec![wide_adapter(tmp.path())],
         ..Default::default()
     };
     let e = engine_llm::export::convert(&root().join("target/parity/llama"), &wrong, &opts, &mut |_, _| {})
