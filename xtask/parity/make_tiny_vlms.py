@@ -28,6 +28,7 @@ from transformers import (CLIPVisionConfig, LlamaConfig, LlavaConfig,
 
 WORDS = ["USER", "ASSISTANT", ":", "What", "is", "in", "the", "image", "?", "Describe", "this", "picture", "and",
          "a", "cat", "dog", "red", "blue", "Compare", "two", "images", "."]
+BASE_WORDS = list(WORDS)
 VOCAB = 256
 SPECIAL = ["<unk>", "<s>", "</s>", "<image>"]
 LAST = 8  # positions whose logits are recorded
@@ -46,16 +47,22 @@ LLAVA_TEMPLATE = (
 )
 
 
-def tokenizer(out, special=SPECIAL, bos=True, **kw):
+def tokenizer(out, special=SPECIAL, bos=True, newlines=False, words=None, **kw):
     vocab = {t: i for i, t in enumerate(special)}
-    for w in WORDS:
+    # Newlines as added (non-special) tokens: the Whitespace pre-tokenizer would drop them.
+    plain_added = ["\n\n", "\n"] if newlines else []
+    for t in plain_added:
+        vocab[t] = len(vocab)
+    for w in words or WORDS:
         vocab[w] = len(vocab)
     while len(vocab) < VOCAB:
         vocab[f"t{len(vocab)}"] = len(vocab)
     spec = {
         "version": "1.0", "truncation": None, "padding": None,
         "added_tokens": [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
-                          "normalized": False, "special": True} for i, t in enumerate(special)],
+                          "normalized": False, "special": True} for i, t in enumerate(special)]
+        + [{"id": vocab[t], "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+            "normalized": False, "special": False} for t in plain_added],
         "normalizer": None, "pre_tokenizer": {"type": "Whitespace"},
         # Like Llama's tokenizer: BOS before every encoded text.
         "post_processor": {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}},
@@ -99,10 +106,13 @@ def widen(model, seed):
                 p.copy_(torch.randn_like(p) * 0.2)
 
 
-def run_case(model, processor, messages, images):
+def run_case(model, processor, messages, images, bos_in_template=False):
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
     pil = [Image.open(p) for p in images]
-    inputs = processor(images=pil or None, text=prompt, return_tensors="pt")
+    # A template that writes the BOS itself is tokenized without another, as
+    # apply_chat_template(tokenize=True) does.
+    extra = {"add_special_tokens": False} if bos_in_template else {}
+    inputs = processor(images=pil or None, text=prompt, return_tensors="pt", **extra)
     with torch.no_grad():
         logits = model(**inputs).logits[0].float()
         gen = model.generate(**inputs, max_new_tokens=GREEDY, do_sample=False, eos_token_id=None,
@@ -163,6 +173,54 @@ def llava(root):
     cases["one_image"]["images"] = images[:1]
     cases["other_image"]["images"] = images[1:2]
     cases["two_images"]["images"] = images
+    cases["text_only"]["images"] = []
+    with open(os.path.join(out, "expected.json"), "w") as f:
+        json.dump({"made_by": "cargo xtask torch-fixtures (xtask/parity/make_tiny_vlms.py), transformers "
+                   + __import__("transformers").__version__ + ", torch " + torch.__version__,
+                   "image_token_id": image_token, "cases": cases}, f)
+    print("wrote", out)
+
+
+def llava_next(root):
+    """LLaVA-NeXT: anyres tiling (best pinpoint, aspect-kept resize, zero padding, tiles plus a squashed
+    base image), unpadding of the tile features and image_newline after each row."""
+    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+    out = os.path.join(root, "llava-next")
+    os.makedirs(out, exist_ok=True)
+    tok = tokenizer(out)
+    image_token = tok.convert_tokens_to_ids("<image>")
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
+                              image_size=56, patch_size=14, projection_dim=32, hidden_act="quick_gelu")
+    text = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=1024, rms_norm_eps=1e-5,
+                       bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
+    pinpoints = [[56, 112], [112, 56], [112, 112], [168, 56], [56, 168]]
+    cfg = LlavaNextConfig(vision_config=vision, text_config=text, image_token_index=image_token,
+                          vision_feature_layer=-2, vision_feature_select_strategy="default",
+                          projector_hidden_act="gelu", image_grid_pinpoints=pinpoints, image_seq_length=16)
+    model = LlavaNextForConditionalGeneration(cfg).eval()
+    widen(model, 5)
+    improc = LlavaNextImageProcessorPil(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56},
+                                        image_grid_pinpoints=pinpoints, resample=3, do_center_crop=True,
+                                        do_normalize=True, do_convert_rgb=True, do_pad=True)
+    processor = LlavaNextProcessor(image_processor=improc, tokenizer=tok, patch_size=14,
+                                   vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                                   chat_template=LLAVA_TEMPLATE)
+    model.save_pretrained(out, safe_serialization=True)
+    processor.save_pretrained(out)
+    # Wide, tall and near-square sizes pick different pinpoints; 150x40 needs padding above and below.
+    images = test_images(out, 17, [(80, 64), (50, 70), (150, 40)])
+    paths = [os.path.join(out, n) for n in images]
+    cases = {
+        "one_image": run_case(model, processor, [msg("What is in the image ?", 1)], paths[:1]),
+        "other_image": run_case(model, processor, [msg("What is in the image ?", 1)], paths[1:2]),
+        "two_images": run_case(model, processor, [msg("Compare two images .", 2)], paths[1:3]),
+        "text_only": run_case(model, processor, [msg("Describe a cat .", 0)], []),
+    }
+    cases["one_image"]["images"] = images[:1]
+    cases["other_image"]["images"] = images[1:2]
+    cases["two_images"]["images"] = images[1:3]
     cases["text_only"]["images"] = []
     with open(os.path.join(out, "expected.json"), "w") as f:
         json.dump({"made_by": "cargo xtask torch-fixtures (xtask/parity/make_tiny_vlms.py), transformers "
@@ -251,14 +309,95 @@ def qwen2_vl(root, v25=False):
     print("wrote", out)
 
 
+# Gemma 3's chat template, as google/gemma-3-4b-it ships it (system text folded
+# into the first user turn; images as <start_of_image>).
+GEMMA3_TEMPLATE = (
+    "{{ bos_token }}{%- if messages[0]['role'] == 'system' -%}{%- if messages[0]['content'] is string -%}"
+    "{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}{%- else -%}"
+    "{%- set first_user_prefix = messages[0]['content'][0]['text'] + '\n\n' -%}{%- endif -%}"
+    "{%- set loop_messages = messages[1:] -%}{%- else -%}{%- set first_user_prefix = \"\" -%}"
+    "{%- set loop_messages = messages -%}{%- endif -%}{%- for message in loop_messages -%}"
+    "{%- if (message['role'] == 'assistant') -%}{%- set role = \"model\" -%}{%- else -%}"
+    "{%- set role = message['role'] -%}{%- endif -%}{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else \"\") }}"
+    "{%- if message['content'] is string -%}{{ message['content'] | trim }}{%- elif message['content'] is iterable -%}"
+    "{%- for item in message['content'] -%}{%- if item['type'] == 'image' -%}{{ '<start_of_image>' }}"
+    "{%- elif item['type'] == 'text' -%}{{ item['text'] | trim }}{%- endif -%}{%- endfor -%}{%- endif -%}"
+    "{{ '<end_of_turn>\n' }}{%- endfor -%}{%- if add_generation_prompt -%}{{'<start_of_turn>model\n'}}{%- endif -%}"
+)
+GEMMA3_SPECIAL = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>",
+                  "<end_of_image>", "<image_soft_token>"]
+
+
+def gemma3(root):
+    """Gemma 3: SigLIP tower, 2x2 average pooling + RMSNorm projector, a Gemma 3 decoder with a sliding
+    layer (window 8, so it bites inside the prompt) and a global one; attention is bidirectional over
+    each image's tokens."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3Processor
+    from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+    # Its own word list, so the vocabulary does not depend on which fixtures ran before.
+    words = BASE_WORDS + ["user", "model", "You", "are", "helpful", "Be", "brief"]
+    out = os.path.join(root, "gemma3")
+    os.makedirs(out, exist_ok=True)
+    # Newlines are added (non-special) tokens, so the processor's "\n\n" around each image shows in the ids.
+    tok = tokenizer(out, GEMMA3_SPECIAL, bos=False, newlines=True, words=words, bos_token="<bos>", eos_token="<eos>",
+                    pad_token="<pad>",
+                    extra_special_tokens={"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
+                                          "image_token": "<image_soft_token>"})
+    ids = {t: tok.convert_tokens_to_ids(t) for t in GEMMA3_SPECIAL}
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=56,
+                  patch_size=14, vision_use_head=False)
+    text = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=16, vocab_size=VOCAB, max_position_embeddings=512,
+                query_pre_attn_scalar=16, sliding_window=8, layer_types=["sliding_attention", "full_attention"],
+                bos_token_id=ids["<bos>"], eos_token_id=ids["<eos>"], pad_token_id=ids["<pad>"])
+    cfg = Gemma3Config(vision_config=vision, text_config=text, mm_tokens_per_image=4,
+                       boi_token_index=ids["<start_of_image>"], eoi_token_index=ids["<end_of_image>"],
+                       image_token_index=ids["<image_soft_token>"])
+    model = Gemma3ForConditionalGeneration(cfg).eval()
+    widen(model, 4)
+    with torch.no_grad():
+        # Louder image features, so a different image changes the greedy answer.
+        model.model.multi_modal_projector.mm_input_projection_weight *= 4
+    improc = Gemma3ImageProcessorPil(size={"height": 56, "width": 56}, do_pan_and_scan=False)
+    processor = Gemma3Processor(image_processor=improc, tokenizer=tok, chat_template=GEMMA3_TEMPLATE,
+                                image_seq_length=4)
+    model.save_pretrained(out, safe_serialization=True)
+    processor.save_pretrained(out)
+    images = test_images(out, 13, [(80, 64), (50, 70)])
+    paths = [os.path.join(out, n) for n in images]
+    system = {"role": "system", "content": [{"type": "text", "text": "You are helpful . Be brief ."}]}
+    cases = {
+        "one_image": run_case(model, processor, [msg("What is in the image ?", 1)], paths[:1], bos_in_template=True),
+        "other_image": run_case(model, processor, [msg("What is in the image ?", 1)], paths[1:2],
+                                bos_in_template=True),
+        "two_images": run_case(model, processor, [system, msg("Compare two images .", 2)], paths,
+                               bos_in_template=True),
+        "text_only": run_case(model, processor, [msg("Describe a cat .", 0)], [], bos_in_template=True),
+    }
+    cases["one_image"]["images"] = images[:1]
+    cases["other_image"]["images"] = images[1:2]
+    cases["two_images"]["images"] = images
+    cases["text_only"]["images"] = []
+    with open(os.path.join(out, "expected.json"), "w") as f:
+        json.dump({"made_by": "cargo xtask torch-fixtures (xtask/parity/make_tiny_vlms.py), transformers "
+                   + __import__("transformers").__version__ + ", torch " + torch.__version__,
+                   "image_token_id": ids["<image_soft_token>"], "eos_token_id": ids["<end_of_turn>"],
+                   "cases": cases}, f)
+    print("wrote", out)
+
+
 if __name__ == "__main__":
     root = sys.argv[1]
     torch.set_default_dtype(torch.float32)
     check_pillow()
-    which = sys.argv[2:] or ["llava", "qwen2-vl", "qwen2.5-vl"]
+    which = sys.argv[2:] or ["llava", "llava-next", "qwen2-vl", "qwen2.5-vl", "gemma3"]
     if "llava" in which:
         llava(root)
+    if "llava-next" in which:
+        llava_next(root)
     if "qwen2-vl" in which:
         qwen2_vl(root)
     if "qwen2.5-vl" in which:
         qwen2_vl(root, v25=True)
+    if "gemma3" in which:
+        gemma3(root)

@@ -27,6 +27,7 @@ import transformers
 from transformers.image_transforms import convert_to_rgb
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
@@ -59,12 +60,18 @@ CONFIGS = {
     "gemma3-32": {"image_processor_type": "Gemma3ImageProcessor", "size": {"height": 32, "width": 32},
                   "resample": 2, "do_pan_and_scan": None, "image_mean": [0.5, 0.5, 0.5],
                   "image_std": [0.5, 0.5, 0.5], "rescale_factor": RESCALE},
+    # Anyres: the pinpoint chosen by aspect, aspect-kept resize, zero padding, 48-px tiles + a squashed base.
+    "llavanext": {"image_processor_type": "LlavaNextImageProcessor", "size": {"shortest_edge": 48},
+                  "crop_size": {"height": 48, "width": 48}, "resample": 3, "do_center_crop": True, "do_pad": True,
+                  "image_grid_pinpoints": [[48, 96], [96, 48], [96, 96], [144, 48], [48, 144]],
+                  "image_mean": CLIP_MEAN, "image_std": CLIP_STD, "rescale_factor": RESCALE},
     "qwen2vl": {"image_processor_type": "Qwen2VLImageProcessor", "min_pixels": 56 * 56, "max_pixels": 28 * 28 * 16,
                 "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2, "image_mean": CLIP_MEAN,
                 "image_std": CLIP_STD, "resample": 3, "do_rescale": True, "rescale_factor": RESCALE},
 }
 PROCESSORS = {"CLIPImageProcessor": CLIPImageProcessorPil, "SiglipImageProcessor": SiglipImageProcessorPil,
-              "Gemma3ImageProcessor": Gemma3ImageProcessorPil, "Qwen2VLImageProcessor": Qwen2VLImageProcessorPil}
+              "Gemma3ImageProcessor": Gemma3ImageProcessorPil, "Qwen2VLImageProcessor": Qwen2VLImageProcessorPil,
+              "LlavaNextImageProcessor": LlavaNextImageProcessorPil}
 
 RNG = np.random.default_rng(61)
 
@@ -240,6 +247,9 @@ def main():
         ("gemma3-32", "rgb-61x47.png"), ("gemma3-32", "tiny-13x9.png"),
         ("qwen2vl", "rgb-61x47.png"), ("qwen2vl", "rgb-400x300.png"), ("qwen2vl", "tall-9x40.png"),
         ("qwen2vl", "exif6-64x40.jpg"),
+        ("llavanext", "rgb-61x47.png"), ("llavanext", "rgba-61x47.png"), ("llavanext", "p-trns-61x47.png"),
+        ("llavanext", "tall-9x40.png"), ("llavanext", "wide-30x20.png"), ("llavanext", "rgb-400x300.png"),
+        ("llavanext", "l-61x47.png"), ("llavanext", "la-61x47.png"),
     ]
     for config_name, name in runs:
         cfg = CONFIGS[config_name]

@@ -114,7 +114,7 @@ impl LlmConfig {
             rms_norm_eps: opt_f32(raw, "rms_norm_eps").unwrap_or(1e-6),
             // transformers 5 writes RoPE settings under `rope_parameters`.
             rope_theta: opt_f32(raw, "rope_theta")
-                .or_else(|| raw.get("rope_parameters").and_then(|p| opt_f32(p, "rope_theta")))
+                .or_else(|| rope_settings(raw).and_then(|p| opt_f32(p, "rope_theta")))
                 .unwrap_or(10000.0),
             rope_scaling,
             rope_traditional: raw.get("rope_traditional").and_then(Value::as_bool).unwrap_or(false),
@@ -189,11 +189,20 @@ impl LlmConfig {
     }
 }
 
-/// The RoPE settings: `rope_scaling`, or transformers 5's `rope_parameters`.
+/// The RoPE settings: `rope_scaling`, or transformers 5's `rope_parameters`
+/// (for models with sliding layers, keyed by layer type: the global layers'
+/// entry here, [`layer_rope_settings`] for the others).
 fn rope_settings(raw: &Value) -> Option<&Value> {
-    ["rope_scaling", "rope_parameters"]
+    let v = ["rope_scaling", "rope_parameters"]
         .iter()
-        .find_map(|k| raw.get(*k).filter(|v| v.is_object()))
+        .find_map(|k| raw.get(*k).filter(|v| v.is_object()))?;
+    Some(v.get("full_attention").filter(|f| f.is_object()).unwrap_or(v))
+}
+
+/// transformers 5's `rope_parameters` entry for one layer type
+/// (`sliding_attention`), when the config keys them by type.
+pub(crate) fn layer_rope_settings<'a>(raw: &'a Value, layer_type: &str) -> Option<&'a Value> {
+    raw.get("rope_parameters")?.get(layer_type).filter(|v| v.is_object())
 }
 
 fn mrope_section(raw: &Value, rope_dims: usize) -> Result<Option<Vec<usize>>> {

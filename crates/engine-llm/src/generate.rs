@@ -42,8 +42,17 @@ impl CacheState {
     /// least one position to process (its logits start generation). Returns
     /// how many positions are already cached.
     pub fn reuse_prefix(&mut self, model: &Transformer, prompt: &[u64]) -> usize {
+        self.reuse_prefix_outside(model, prompt, &[])
+    }
+
+    /// [`Self::reuse_prefix`] that never keeps part of a bidirectional span
+    /// (its positions must be processed in one call).
+    pub fn reuse_prefix_outside(&mut self, model: &Transformer, prompt: &[u64], spans: &[(usize, usize)]) -> usize {
         let common = self.keys.iter().zip(prompt).take_while(|(a, b)| a == b).count();
-        let keep = common.min(prompt.len().saturating_sub(1));
+        let mut keep = common.min(prompt.len().saturating_sub(1));
+        if let Some(&(a, _)) = spans.iter().find(|&&(a, b)| a < keep && keep < b) {
+            keep = a;
+        }
         if self.cache.is_empty() || !self.cache.iter_mut().all(|c| c.trim_to(keep)) {
             self.cache = model.new_cache();
             self.tokens.clear();
@@ -73,6 +82,9 @@ pub struct PromptEmbeds {
     /// M-RoPE positions (Qwen2-VL), when the model rotates image positions
     /// by their place in the image.
     pub mrope: Option<MropePositions>,
+    /// Position spans `[start, end)` attended bidirectionally (Gemma 3's
+    /// images); prefill never splits one across calls.
+    pub bidirectional: Vec<(usize, usize)>,
 }
 
 /// Rotary positions of a multimodal prompt (M-RoPE).
@@ -205,7 +217,8 @@ impl<'a> Generator<'a> {
             Some(e) => e.keys.clone(),
             None => prompt.iter().map(|&t| t as u64).collect(),
         };
-        let cached = st.reuse_prefix(model, &keys);
+        let spans = embeds.map_or(&[][..], |e| &e.bidirectional[..]);
+        let cached = st.reuse_prefix_outside(model, &keys, spans);
         // Reserve the whole generation up front (no reallocation, whose old and new
         // buffers would coexist), but not a huge `max_tokens` the answer may never use.
         let total = (prompt.len() + params.max_tokens.min(RESERVE_LIMIT)).min(context_length);
@@ -251,11 +264,17 @@ impl<'a> Generator<'a> {
         let mut start = from;
         while start < n {
             // The last position goes alone: its logits start sampling.
-            let end = if start == n - 1 {
+            let mut end = if start == n - 1 {
                 n
             } else {
                 (start + PREFILL_CHUNK).min(n - 1)
             };
+            let spans = embeds.map_or(&[][..], |e| &e.bidirectional[..]);
+            // A chunk ends before a bidirectional span it would cut, or after it
+            // when the span starts the chunk (then the chunk may run long).
+            if let Some(&(a, b)) = spans.iter().find(|&&(a, b)| a < end && end < b) {
+                end = if a > start { a } else { b.min(n) };
+            }
             let h = match embeds {
                 Some(e) => e.embeds.slice_axis(1, start as i32, end as i32),
                 None => {
@@ -265,6 +284,7 @@ impl<'a> Generator<'a> {
             .map_err(be)?;
             let mask = MaskSpec {
                 mrope_positions: mrope.map(|m| m.positions[start..end].to_vec()),
+                bidirectional: spans.to_vec(),
                 ..Default::default()
             };
             let st = self.state.get();

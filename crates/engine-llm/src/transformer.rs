@@ -128,6 +128,10 @@ pub struct MaskSpec {
     /// (M-RoPE: text after an image continues from the image's largest
     /// position, which is less than its length).
     pub position_delta: i64,
+    /// Spans of absolute positions `[start, end)` whose positions also see
+    /// each other's later positions (Gemma 3's image tokens); sliding windows
+    /// still apply. A call's queries must not end inside a span.
+    pub bidirectional: Vec<(usize, usize)>,
 }
 
 impl Transformer {
@@ -585,7 +589,15 @@ impl Transformer {
     ) -> Result<Option<MaskKind>> {
         let window_bites = window.is_some_and(|w| q_start + l - order.first() > w);
         let in_order = matches!(order, KeyOrder::InOrder { .. });
-        if spec.left_padding.is_none() && !window_bites && (l == 1 || in_order) {
+        // Only spans with a query of this call before their end can change a row.
+        let spans: Vec<(usize, usize)> = spec
+            .bidirectional
+            .iter()
+            .copied()
+            .filter(|&(a, b)| a < q_start + l && b > q_start + 1)
+            .collect();
+        let span_of = |p: usize| spans.iter().position(|&(a, b)| (a..b).contains(&p));
+        if spec.left_padding.is_none() && !window_bites && spans.is_empty() && (l == 1 || in_order) {
             return Ok(if l == 1 { None } else { Some(MaskKind::Causal) });
         }
         let pads = spec.left_padding.clone().unwrap_or_else(|| vec![0]);
@@ -598,7 +610,9 @@ impl Transformer {
                     let kp = order.position(j);
                     // A padding query attends to itself only, so no row is fully
                     // masked (that would give NaN, which 0-weights do not cancel).
-                    let ok = (kp <= qp && window.is_none_or(|w| qp - kp < w) && kp >= pad) || (qp < pad && kp == qp);
+                    let seen = kp <= qp || (!spans.is_empty() && span_of(qp).is_some_and(|s| span_of(kp) == Some(s)));
+                    let in_window = kp > qp || window.is_none_or(|w| qp - kp < w);
+                    let ok = (seen && in_window && kp >= pad) || (qp < pad && kp == qp);
                     m[(r * l + i) * t + j] = ok as u8;
                 }
             }

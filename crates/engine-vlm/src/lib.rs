@@ -14,12 +14,12 @@
 //! ```
 #![warn(missing_docs)]
 
-pub mod clip;
 pub mod image;
 mod model;
 pub mod models;
 pub mod preprocess;
 mod resample;
+pub mod vit;
 
 pub use model::{EncodedPrompt, VlmChatSession, VlmModel};
 
@@ -33,8 +33,8 @@ pub fn multimodal_architecture(dir: &std::path::Path) -> Option<String> {
 }
 
 /// Whether [`VlmModel`] runs `dir` with images: a multimodal checkpoint of an
-/// architecture in [`models::SUPPORTED`] (others, such as Gemma 3 for now,
-/// run text-only through engine-llm).
+/// architecture in [`models::SUPPORTED`] (others run text-only through
+/// engine-llm).
 pub fn runs_with_images(dir: &std::path::Path) -> bool {
     multimodal_architecture(dir).is_some_and(|a| models::SUPPORTED.contains(&a.as_str()))
 }

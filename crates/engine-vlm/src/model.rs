@@ -167,9 +167,9 @@ impl VlmModel {
         let text = self.llm.template().render_parts(messages, &opts)?;
         let contents: Vec<&str> = messages.iter().map(|m| m.content.as_str()).collect();
         // HF processors tokenize the rendered prompt with special tokens (BOS).
-        let ids = tok.encode_chat(&text, &contents, true)?;
+        let mut ids = tok.encode_chat(&text, &contents, true)?;
         let images: Vec<&ImageSource> = messages.iter().flat_map(|m| &m.images).collect();
-        let placeholder = self.vision.image_token_id();
+        let placeholder = self.vision.placeholder_id();
         let placeholders = ids.iter().filter(|&&i| i == placeholder).count();
         if placeholders != images.len() {
             return Err(EngineError::ImageCount {
@@ -180,6 +180,15 @@ impl VlmModel {
         if images.is_empty() {
             return Ok(EncodedPrompt { ids, embeds: None });
         }
+        // Processors that write more than the placeholder per image (Gemma 3's
+        // "\n\n<start_of_image>…<end_of_image>\n\n") do it in the text, so the
+        // tokenizer merges the markup with its neighbours as theirs does.
+        if let Some(expansion) = self.vision.expansion(tok)? {
+            let marker = tok.id_to_token(placeholder).unwrap_or_default();
+            let text = replace_outside(&text, &contents, &marker, &expansion);
+            ids = tok.encode_chat(&text, &contents, true)?;
+        }
+        let placeholder = self.vision.image_token_id();
         if let Some(max) = self.vision.max_images() {
             if images.len() > max {
                 return Err(EngineError::InvalidParameter(format!(
@@ -277,9 +286,19 @@ impl VlmModel {
             }
             None => None,
         };
+        let bidirectional = if self.vision.bidirectional() {
+            image_spans(&expanded, placeholder)
+        } else {
+            Vec::new()
+        };
         Ok(EncodedPrompt {
             ids: expanded,
-            embeds: Some(PromptEmbeds { embeds, keys, mrope }),
+            embeds: Some(PromptEmbeds {
+                embeds,
+                keys,
+                mrope,
+                bidirectional,
+            }),
         })
     }
 
@@ -328,6 +347,7 @@ impl VlmModel {
                 .as_ref()
                 .and_then(|e| e.mrope.as_ref())
                 .map(|m| m.positions.clone()),
+            bidirectional: p.embeds.as_ref().map(|e| e.bidirectional.clone()).unwrap_or_default(),
             ..Default::default()
         };
         let l = t
@@ -336,6 +356,43 @@ impl VlmModel {
             .map_err(be)?;
         Ok((p.ids, l))
     }
+}
+
+/// `text` with every `from` replaced by `to`, except inside `contents` (the
+/// messages' own text, found in order), which stay as the user wrote them.
+fn replace_outside(text: &str, contents: &[&str], from: &str, to: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut cursor = 0;
+    for c in contents.iter().filter(|c| !c.is_empty()) {
+        let found = [*c, c.trim()]
+            .into_iter()
+            .filter(|c| !c.is_empty())
+            .find_map(|c| text[cursor..].find(c).map(|p| (cursor + p, c.len())));
+        if let Some((start, len)) = found {
+            out.push_str(&text[cursor..start].replace(from, to));
+            out.push_str(&text[start..start + len]);
+            cursor = start + len;
+        }
+    }
+    out.push_str(&text[cursor..].replace(from, to));
+    out
+}
+
+/// Runs `[start, end)` of consecutive `token` positions (one per image).
+fn image_spans(ids: &[u32], token: u32) -> Vec<(usize, usize)> {
+    let mut spans = Vec::new();
+    let mut start = None;
+    for (i, &id) in ids.iter().chain(std::iter::once(&u32::MAX)).enumerate() {
+        match (id == token, start) {
+            (true, None) => start = Some(i),
+            (false, Some(a)) => {
+                spans.push((a, i));
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    spans
 }
 
 /// An image's features and, for native-resolution towers, its patch grid.

@@ -70,6 +70,8 @@ pub struct ImageProcessorConfig {
     pub merge_size: Option<u64>,
     /// Gemma 3: extra crops of wide images (refused: not implemented).
     pub do_pan_and_scan: Option<bool>,
+    /// LLaVA-NeXT: the (height, width) resolutions anyres tiling picks from.
+    pub image_grid_pinpoints: Option<Vec<[u32; 2]>>,
 }
 
 impl ImageProcessorConfig {
@@ -140,6 +142,8 @@ pub enum ProcessorKind {
     Gemma3,
     /// `Qwen2VLImageProcessor`: `smart_resize` to a multiple of the patch grid, flattened patches.
     Qwen2Vl,
+    /// `LlavaNextImageProcessor`: anyres tiles of the best pinpoint plus a squashed base image.
+    LlavaNext,
 }
 
 impl ProcessorKind {
@@ -153,6 +157,7 @@ impl ProcessorKind {
             "SiglipImageProcessor" => ProcessorKind::Siglip,
             "Gemma3ImageProcessor" => ProcessorKind::Gemma3,
             "Qwen2VLImageProcessor" => ProcessorKind::Qwen2Vl,
+            "LlavaNextImageProcessor" => ProcessorKind::LlavaNext,
             _ => return None,
         })
     }
@@ -186,7 +191,7 @@ pub struct ImageProcessor {
 }
 
 /// What happens to the image's size and layout around rescale/normalize.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 enum Geometry {
     /// Resize (if set), then center-crop (if set), to one CHW image.
     Image {
@@ -197,6 +202,16 @@ enum Geometry {
     Patches {
         spec: PatchSpec,
         resample: Option<Resample>,
+    },
+    /// LLaVA-NeXT: the image resized (aspect kept) into the best pinpoint,
+    /// zero-padded to it and cut into `tile`-sided tiles, after a base image
+    /// squashed to `base` (height, width); each then goes through `each`.
+    Anyres {
+        pinpoints: Vec<[u32; 2]>,
+        tile: u32,
+        base: (u32, u32),
+        resample: Resample,
+        each: Box<Geometry>,
     },
 }
 
@@ -209,6 +224,17 @@ pub struct PixelValues {
     pub shape: Vec<usize>,
     /// Qwen2-VL's `image_grid_thw`: `[1, height / patch, width / patch]`.
     pub image_grid_thw: Option<[usize; 3]>,
+    /// LLaVA-NeXT's anyres tiling, when `shape` is `[1 + tiles, 3, h, w]`.
+    pub anyres: Option<Anyres>,
+}
+
+/// How LLaVA-NeXT tiled an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Anyres {
+    /// The original (height, width) in pixels (the model unpads by it).
+    pub original: [usize; 2],
+    /// Tiles per (column, row): the chosen pinpoint divided by the tile side.
+    pub grid: [usize; 2],
 }
 
 const OPENAI_CLIP_MEAN: [f64; 3] = [0.48145466, 0.4578275, 0.40821073];
@@ -231,7 +257,7 @@ impl ImageProcessor {
             Clip => (Resample::Bicubic, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, false),
             Siglip => (Resample::Bicubic, HALF_MEAN_STD, HALF_MEAN_STD, false),
             Gemma3 => (Resample::Bilinear, HALF_MEAN_STD, HALF_MEAN_STD, true),
-            Qwen2Vl => (Resample::Bicubic, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, false),
+            Qwen2Vl | LlavaNext => (Resample::Bicubic, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, false),
         };
         let resample = match config.resample {
             None => resample,
@@ -260,7 +286,7 @@ impl ImageProcessor {
                 feature: "do_pan_and_scan (Gemma 3's extra crops)".into(),
             });
         }
-        if config.do_pad == Some(true) && kind != Qwen2Vl {
+        if config.do_pad == Some(true) && !matches!(kind, Qwen2Vl | LlavaNext) {
             return Err(PreprocessError::Unsupported {
                 feature: "do_pad (batch padding)".into(),
             });
@@ -306,7 +332,7 @@ impl ImageProcessor {
             let size = match &config.size {
                 Some(size) => size.clone(),
                 None => match kind {
-                    Clip => serde_json::json!({"shortest_edge": 224}),
+                    Clip | LlavaNext => serde_json::json!({"shortest_edge": 224}),
                     _ => serde_json::json!({"height": 224, "width": 224}),
                 },
             };
@@ -315,10 +341,11 @@ impl ImageProcessor {
         } else {
             None
         };
-        let center_crop = if config.do_center_crop.unwrap_or(kind == Clip) {
+        let clip_like = matches!(kind, Clip | LlavaNext);
+        let center_crop = if config.do_center_crop.unwrap_or(clip_like) {
             let crop = match &config.crop_size {
                 Some(crop) => crop.clone(),
-                None if kind == Clip => serde_json::json!({"height": 224, "width": 224}),
+                None if clip_like => serde_json::json!({"height": 224, "width": 224}),
                 None => return Err(bad("crop_size", "is missing but do_center_crop is true".into())),
             };
             let dict = size_dict("crop_size", &crop, true)?;
@@ -329,7 +356,10 @@ impl ImageProcessor {
         } else {
             None
         };
-        let geometry = Geometry::Image { resize, center_crop };
+        let mut geometry = Geometry::Image { resize, center_crop };
+        if kind == LlavaNext {
+            geometry = anyres_geometry(config, geometry, resample)?;
+        }
         Ok(ImageProcessor {
             kind,
             geometry,
@@ -345,13 +375,24 @@ impl ImageProcessor {
 
     /// Turns one upright RGB image into the model's pixel values.
     pub fn preprocess(&self, image: &RgbImage) -> Result<PixelValues, PreprocessError> {
+        self.preprocess_as(image, &self.geometry)
+    }
+
+    fn preprocess_as(&self, image: &RgbImage, geometry: &Geometry) -> Result<PixelValues, PreprocessError> {
         let (w, h) = image.dimensions();
         if w == 0 || h == 0 {
             return Err(PreprocessError::EmptyImage);
         }
-        let (resize_to, center_crop_to) = match self.geometry {
-            Geometry::Patches { spec, resample } => return self.preprocess_patches(image, spec, resample),
-            Geometry::Image { resize, center_crop } => (resize, center_crop),
+        let (resize_to, center_crop_to) = match geometry {
+            Geometry::Patches { spec, resample } => return self.preprocess_patches(image, *spec, *resample),
+            Geometry::Image { resize, center_crop } => (*resize, *center_crop),
+            Geometry::Anyres {
+                pinpoints,
+                tile,
+                base,
+                resample,
+                each,
+            } => return self.preprocess_anyres(image, pinpoints, *tile, *base, *resample, each),
         };
         let mut current = std::borrow::Cow::Borrowed(image);
         if let Some((rule, resample)) = resize_to {
@@ -373,6 +414,70 @@ impl ImageProcessor {
             data: self.rescale_normalize(&current),
             shape: vec![3, h as usize, w as usize],
             image_grid_thw: None,
+            anyres: None,
+        })
+    }
+
+    /// LLaVA-NeXT's `get_image_patches`, then each piece through `each`.
+    fn preprocess_anyres(
+        &self,
+        image: &RgbImage,
+        pinpoints: &[[u32; 2]],
+        tile: u32,
+        base: (u32, u32),
+        resample: Resample,
+        each: &Geometry,
+    ) -> Result<PixelValues, PreprocessError> {
+        let (w, h) = image.dimensions();
+        let [best_h, best_w] = select_best_resolution(h, w, pinpoints);
+        // get_patch_output_size: fit inside the pinpoint, the other side rounded up.
+        let (sw, sh) = (f64::from(best_w) / f64::from(w), f64::from(best_h) / f64::from(h));
+        let (nh, nw) = if sw < sh {
+            (((f64::from(h) * sw).ceil() as u32).min(best_h), best_w)
+        } else {
+            (best_h, ((f64::from(w) * sh).ceil() as u32).min(best_w))
+        };
+        let fitted = resize(image, nw.max(1), nh.max(1), resample);
+        let mut padded = RgbImage::new(best_w, best_h);
+        ::image::imageops::replace(
+            &mut padded,
+            &fitted,
+            i64::from((best_w - nw) / 2),
+            i64::from((best_h - nh) / 2),
+        );
+        let mut pieces = vec![resize(image, base.1, base.0, resample)];
+        for y in (0..best_h).step_by(tile as usize) {
+            for x in (0..best_w).step_by(tile as usize) {
+                let (tw, th) = (tile.min(best_w - x), tile.min(best_h - y));
+                pieces.push(::image::imageops::crop_imm(&padded, x, y, tw, th).to_image());
+            }
+        }
+        let mut data = Vec::new();
+        let mut piece_shape = Vec::new();
+        for piece in &pieces {
+            let p = self.preprocess_as(piece, each)?;
+            if !piece_shape.is_empty() && piece_shape != p.shape {
+                return Err(bad(
+                    "crop_size",
+                    format!(
+                        "gives anyres tiles of shapes {piece_shape:?} and {:?}; they must match",
+                        p.shape
+                    ),
+                ));
+            }
+            piece_shape = p.shape;
+            data.extend(p.data);
+        }
+        let mut shape = vec![pieces.len()];
+        shape.extend(piece_shape);
+        Ok(PixelValues {
+            data,
+            shape,
+            image_grid_thw: None,
+            anyres: Some(Anyres {
+                original: [h as usize, w as usize],
+                grid: [(best_h / tile) as usize, (best_w / tile) as usize],
+            }),
         })
     }
 
@@ -432,6 +537,7 @@ impl ImageProcessor {
             data,
             shape: vec![grid_h * grid_w, row_len],
             image_grid_thw: Some([1, grid_h, grid_w]),
+            anyres: None,
         })
     }
 
@@ -575,6 +681,73 @@ fn center_crop(image: &RgbImage, crop_h: u32, crop_w: u32) -> RgbImage {
 }
 
 // ------------------------------------------------------------------ config parsing
+
+/// transformers' `select_best_resolution`: the (height, width) pinpoint that
+/// keeps the most of the image's resolution, then wastes the least.
+pub fn select_best_resolution(h: u32, w: u32, pinpoints: &[[u32; 2]]) -> [u32; 2] {
+    let (oh, ow) = (f64::from(h), f64::from(w));
+    let mut best = pinpoints[0];
+    let (mut max_effective, mut min_wasted) = (0u64, u64::MAX);
+    for &[ph, pw] in pinpoints {
+        let scale = (f64::from(pw) / ow).min(f64::from(ph) / oh);
+        let (dw, dh) = ((ow * scale) as u64, (oh * scale) as u64);
+        let effective = (dw * dh).min(u64::from(w) * u64::from(h));
+        let wasted = (u64::from(pw) * u64::from(ph)).saturating_sub(effective);
+        if effective > max_effective || (effective == max_effective && wasted < min_wasted) {
+            (max_effective, min_wasted, best) = (effective, wasted, [ph, pw]);
+        }
+    }
+    best
+}
+
+/// LLaVA-NeXT's tiling around the per-piece `each` (resize + crop).
+fn anyres_geometry(
+    config: &ImageProcessorConfig,
+    each: Geometry,
+    resample: Resample,
+) -> Result<Geometry, PreprocessError> {
+    let pinpoints = config
+        .image_grid_pinpoints
+        .clone()
+        .unwrap_or_else(|| vec![[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]);
+    if pinpoints.is_empty() || pinpoints.iter().any(|p| p.contains(&0)) {
+        return Err(bad(
+            "image_grid_pinpoints",
+            format!("{pinpoints:?} must be non-zero (height, width) pairs"),
+        ));
+    }
+    let size = size_dict(
+        "size",
+        config
+            .size
+            .as_ref()
+            .unwrap_or(&serde_json::json!({"shortest_edge": 224})),
+        false,
+    )?;
+    let base = match (size.height, size.width, size.shortest_edge) {
+        (Some(h), Some(w), _) => (h, w),
+        (_, _, Some(e)) => (e, e),
+        _ => return Err(bad("size", "needs height and width or shortest_edge".into())),
+    };
+    let crop = match &config.crop_size {
+        Some(c) => size_dict("crop_size", c, true)?.height,
+        None => None,
+    };
+    let tile = crop.or(size.height).unwrap_or(base.0);
+    if pinpoints.iter().any(|p| p[0] % tile != 0 || p[1] % tile != 0) {
+        return Err(bad(
+            "image_grid_pinpoints",
+            format!("{pinpoints:?} must be multiples of the tile side {tile}"),
+        ));
+    }
+    Ok(Geometry::Anyres {
+        pinpoints,
+        tile,
+        base,
+        resample,
+        each: Box::new(each),
+    })
+}
 
 fn bad(field: &'static str, reason: String) -> PreprocessError {
     PreprocessError::BadConfig { field, reason }
@@ -754,7 +927,7 @@ pub enum PreprocessError {
     #[error("the image processor config has no image_processor_type: add one (e.g. \"CLIPImageProcessor\")")]
     MissingProcessorType,
     /// A processor class not implemented here.
-    #[error("image processor {name:?} is not supported; supported: CLIPImageProcessor, SiglipImageProcessor, Gemma3ImageProcessor, Qwen2VLImageProcessor")]
+    #[error("image processor {name:?} is not supported; supported: CLIPImageProcessor, SiglipImageProcessor, Gemma3ImageProcessor, Qwen2VLImageProcessor, LlavaNextImageProcessor")]
     UnsupportedProcessor {
         /// The class name from the config.
         name: String,

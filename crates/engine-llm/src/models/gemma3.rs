@@ -2,7 +2,7 @@
 //! and five sliding-window layers (RoPE base 10k) per global layer (RoPE
 //! base 1M, with the checkpoint's scaling).
 
-use crate::config::{opt_f32, opt_usize, LlmConfig};
+use crate::config::{layer_rope_settings, opt_f32, opt_usize, LlmConfig};
 use crate::transformer::{Activation, ArchFeatures};
 use engine_mlx::WeightMap;
 
@@ -13,7 +13,9 @@ pub fn features(cfg: &LlmConfig) -> ArchFeatures {
         Some(types) => types.get(i).and_then(|t| t.as_str()) == Some("full_attention"),
         None => (i + 1).is_multiple_of(pattern),
     };
-    let local_base = opt_f32(&cfg.raw, "rope_local_base_freq").unwrap_or(10000.0);
+    let local_base = opt_f32(&cfg.raw, "rope_local_base_freq")
+        .or_else(|| layer_rope_settings(&cfg.raw, "sliding_attention").and_then(|p| opt_f32(p, "rope_theta")))
+        .unwrap_or(10000.0);
     let scalar = opt_f32(&cfg.raw, "query_pre_attn_scalar").unwrap_or(cfg.head_dim as f32);
     ArchFeatures {
         qk_norm: true,
@@ -39,15 +41,16 @@ pub fn features(cfg: &LlmConfig) -> ArchFeatures {
 }
 
 /// Multimodal Gemma 3 checkpoints nest the text model under `language_model.`.
-/// Their vision tower is not implemented yet: it is dropped, loudly, and the
-/// model runs text-only (it does not claim [`engine_core::FeatureFlag::Vision`]).
+/// Loaded as a text model, the vision tower is dropped, loudly, and the model
+/// runs text-only (it does not claim [`engine_core::FeatureFlag::Vision`]);
+/// `engine-vlm` runs it with images.
 pub fn sanitize(cfg: &LlmConfig, w: WeightMap) -> WeightMap {
     let mut warned = false;
     let w = w.rename(|n| {
         if n.starts_with("vision_tower.") || n.starts_with("multi_modal_projector.") {
             if !std::mem::replace(&mut warned, true) {
                 tracing::warn!(
-                    "this Gemma 3 checkpoint has a vision tower, which MLXEngine does not run yet: it runs text-only"
+                    "this Gemma 3 checkpoint has a vision tower, unused when it loads as a text model: it runs text-only (load it as a vision model to send images)"
                 );
             }
             None

@@ -1,38 +1,74 @@
 //! One module per architecture, holding only what is particular to it; the
 //! decoder is always `engine-llm`'s.
 
+pub mod gemma3;
 pub mod llava;
 pub mod qwen2_vl;
 
 use crate::be;
 use crate::preprocess::PixelValues;
-use engine_core::{EngineError, Result};
+use engine_core::{EngineError, Result, Tokenizer};
 use engine_mlx::{Array, Dtype, WeightMap};
 
 /// The architectures this crate implements (HF `model_type` values).
-pub const SUPPORTED: &[&str] = &["llava", "qwen2_vl", "qwen2_5_vl"];
+pub const SUPPORTED: &[&str] = &["llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "gemma3"];
 
 /// The vision side of a loaded model: tower + projector.
 pub enum VisionSide {
-    /// LLaVA 1.5.
+    /// LLaVA 1.5 and LLaVA-NeXT.
     Llava(llava::Llava),
     /// Qwen2-VL and Qwen2.5-VL.
     Qwen2Vl(qwen2_vl::Qwen2Vl),
+    /// Gemma 3.
+    Gemma3(gemma3::Gemma3),
 }
 
 impl VisionSide {
-    /// The image placeholder's token id.
+    /// The token the chat template writes once per image.
+    pub fn placeholder_id(&self) -> u32 {
+        match self {
+            VisionSide::Gemma3(m) => m.placeholder_id(),
+            _ => self.image_token_id(),
+        }
+    }
+
+    /// The token whose positions an image's features fill.
     pub fn image_token_id(&self) -> u32 {
         match self {
             VisionSide::Llava(m) => m.image_token_id(),
             VisionSide::Qwen2Vl(m) => m.image_token_id(),
+            VisionSide::Gemma3(m) => m.image_token_id(),
         }
+    }
+
+    /// The text the processor writes in place of the template's placeholder,
+    /// with the image token once (it is expanded to the features' length
+    /// after tokenizing); `None` when the placeholder stays as it is.
+    pub fn expansion(&self, tok: &Tokenizer) -> Result<Option<String>> {
+        match self {
+            VisionSide::Gemma3(m) => {
+                let [boi, eoi, image] = m.marker_ids().map(|id| {
+                    tok.id_to_token(id).ok_or_else(|| {
+                        EngineError::Config(format!(
+                            "the tokenizer has no token {id}, which config.json names as an image marker"
+                        ))
+                    })
+                });
+                Ok(Some(format!("\n\n{}{}{}\n\n", boi?, image?, eoi?)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Whether an image's positions attend to each other both ways (Gemma 3).
+    pub fn bidirectional(&self) -> bool {
+        matches!(self, VisionSide::Gemma3(_))
     }
 
     /// The spatial merge of a model whose decoder takes M-RoPE positions.
     pub fn mrope_merge(&self) -> Option<usize> {
         match self {
-            VisionSide::Llava(_) => None,
+            VisionSide::Llava(_) | VisionSide::Gemma3(_) => None,
             VisionSide::Qwen2Vl(m) => Some(m.merge_size()),
         }
     }
@@ -47,33 +83,68 @@ impl VisionSide {
         match self {
             VisionSide::Llava(m) => m.convert(dtype),
             VisionSide::Qwen2Vl(m) => m.convert(dtype),
+            VisionSide::Gemma3(m) => m.convert(dtype),
         }
     }
 
     /// Features of each image, (tokens, text hidden) each.
     pub fn encode(&self, pixels: &[PixelValues]) -> Result<Vec<Array>> {
-        match self {
-            VisionSide::Llava(m) => {
+        let f = match self {
+            VisionSide::Llava(m) if m.is_next() => {
+                // Each image has its own number of pieces: one tower batch per image.
                 let size = m.image_size();
+                let mut out = Vec::with_capacity(pixels.len());
                 for p in pixels {
-                    if p.shape != [3, size, size] {
+                    let tiling = p.anyres.as_ref().ok_or_else(|| {
+                        EngineError::Image(
+                            "a LLaVA-NeXT model needs anyres pixels (LlavaNextImageProcessor in preprocessor_config.json)"
+                                .into(),
+                        )
+                    })?;
+                    if p.shape.len() != 4 || p.shape[1..] != [3, size, size] {
                         return Err(EngineError::Image(format!(
-                            "the image processor made pixels of shape {:?} but the vision tower takes [3, {size}, {size}]; \
-                             preprocessor_config.json does not match config.json",
-                            p.shape
+                            "the image processor made pieces of shape {:?} but the vision tower takes [3, {size}, {size}]",
+                            &p.shape[1..]
                         )));
                     }
+                    let batch = Array::from_slice(&p.data, &p.shape)
+                        .and_then(|a| a.transpose(&[0, 2, 3, 1]))
+                        .map_err(be)?;
+                    let f = m.image_features(&batch).map_err(be)?;
+                    out.push(m.pack_anyres(&f, tiling)?);
                 }
-                let batch = stack_nhwc(pixels)?;
-                let f = m.image_features(&batch).map_err(be)?;
-                (0..pixels.len() as i32)
-                    .map(|i| f.slice_axis(0, i, i + 1).and_then(|x| x.squeeze(0)))
-                    .collect::<engine_mlx::Result<_>>()
-                    .map_err(be)
+                return Ok(out);
             }
-            VisionSide::Qwen2Vl(m) => m.encode(pixels),
+            VisionSide::Llava(m) => {
+                let batch = square_batch(pixels, m.image_size())?;
+                m.image_features(&batch).map_err(be)?
+            }
+            VisionSide::Gemma3(m) => {
+                let batch = square_batch(pixels, m.image_size())?;
+                m.image_features(&batch).map_err(be)?
+            }
+            VisionSide::Qwen2Vl(m) => return m.encode(pixels),
+        };
+        (0..pixels.len() as i32)
+            .map(|i| f.slice_axis(0, i, i + 1).and_then(|x| x.squeeze(0)))
+            .collect::<engine_mlx::Result<_>>()
+            .map_err(be)
+    }
+}
+
+/// Pixels (C, side, side) of fixed-size towers as one (N, H, W, C) batch;
+/// another shape means the processor and the tower disagree.
+fn square_batch(pixels: &[PixelValues], size: usize) -> Result<Array> {
+    for p in pixels {
+        if p.shape != [3, size, size] {
+            return Err(EngineError::Image(format!(
+                "the image processor made pixels of shape {:?} but the vision tower takes [3, {size}, {size}]; \
+                 preprocessor_config.json does not match config.json",
+                p.shape
+            )));
         }
     }
+    stack_nhwc(pixels)
 }
 
 /// Pixels (C, H, W) of equal shape as one (N, H, W, C) batch.
@@ -102,11 +173,28 @@ pub fn load_vision(
         .and_then(|v| v.as_u64())
         .ok_or_else(|| EngineError::Config("text_config has no hidden_size".into()))? as usize;
     match arch {
-        "llava" => {
+        "llava" | "llava_next" => {
             let cfg: llava::LlavaConfig = serde_json::from_value(config.clone())
                 .map_err(|e| EngineError::Config(format!("config.json does not describe a LLaVA model: {e}")))?;
             let w = llava::sanitize(weights);
             let (mut vision, text) = split(w, |n| {
+                n.starts_with("vision_tower.") || n.starts_with("multi_modal_projector.") || n == "image_newline"
+            });
+            torch_conv_to_mlx(
+                &mut vision,
+                "vision_tower.embeddings.patch_embedding.weight",
+                cfg.vision_config.num_channels,
+            )?;
+            let next = arch == "llava_next";
+            Ok((
+                VisionSide::Llava(llava::Llava::load(cfg, &vision, text_hidden, next)?),
+                text,
+            ))
+        }
+        "gemma3" => {
+            let cfg: gemma3::Gemma3Config = serde_json::from_value(config.clone())
+                .map_err(|e| EngineError::Config(format!("config.json does not describe a Gemma 3 model: {e}")))?;
+            let (mut vision, text) = split(llava::sanitize(weights), |n| {
                 n.starts_with("vision_tower.") || n.starts_with("multi_modal_projector.")
             });
             torch_conv_to_mlx(
@@ -114,7 +202,10 @@ pub fn load_vision(
                 "vision_tower.embeddings.patch_embedding.weight",
                 cfg.vision_config.num_channels,
             )?;
-            Ok((VisionSide::Llava(llava::Llava::load(cfg, &vision, text_hidden)?), text))
+            Ok((
+                VisionSide::Gemma3(gemma3::Gemma3::load(cfg, &vision, text_hidden)?),
+                text,
+            ))
         }
         "qwen2_vl" | "qwen2_5_vl" => {
             let cfg: qwen2_vl::Qwen2VlConfig = serde_json::from_value(config.clone())

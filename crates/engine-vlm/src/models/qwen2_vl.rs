@@ -161,7 +161,7 @@ impl Norm {
 
     fn cast(&mut self, dtype: Dtype) -> engine_mlx::Result<()> {
         match self {
-            Norm::Layer(n) => crate::clip::cast_norm(n, dtype),
+            Norm::Layer(n) => crate::vit::cast_norm(n, dtype),
             Norm::Rms(n) => {
                 *n = n.cast(dtype)?;
                 Ok(())
