@@ -386,11 +386,74 @@ def gemma3(root):
     print("wrote", out)
 
 
+# SmolVLM-Instruct's chat template (Idefics3 layout).
+IDEFICS3_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}"
+    "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+IDEFICS3_SPECIAL = (["<unk>", "<|endoftext|>", "<|im_start|>", "<end_of_utterance>", "<fake_token_around_image>",
+                     "<image>", "<global-img>"]
+                    + [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)])
+
+
+def idefics3(root):
+    """Idefics3 / SmolVLM: a SigLIP tower over 56-px frames (image split into tiles after a longest-edge
+    resize, plus a global frame), pixel-shuffle (scale 2) connector, a Llama decoder; the processor writes
+    <fake_token_around_image><row_r_col_c> + image tokens per tile and a <global-img> frame."""
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor
+    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+    out = os.path.join(root, "idefics3")
+    os.makedirs(out, exist_ok=True)
+    words = BASE_WORDS + ["User", "Assistant"]
+    tok = tokenizer(out, IDEFICS3_SPECIAL, bos=False, newlines=True, words=words, bos_token="<|im_start|>",
+                    eos_token="<end_of_utterance>", pad_token="<|endoftext|>",
+                    extra_special_tokens={"image_token": "<image>"})
+    ids = {t: tok.convert_tokens_to_ids(t) for t in IDEFICS3_SPECIAL}
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=56,
+                  patch_size=14)
+    text = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=1024, rms_norm_eps=1e-5,
+                bos_token_id=ids["<|im_start|>"], eos_token_id=ids["<end_of_utterance>"],
+                pad_token_id=ids["<|endoftext|>"], tie_word_embeddings=False)
+    cfg = Idefics3Config(vision_config=vision, text_config=text, scale_factor=2, image_token_id=ids["<image>"],
+                         tie_word_embeddings=False)
+    model = Idefics3ForConditionalGeneration(cfg).eval()
+    widen(model, 6)
+    improc = Idefics3ImageProcessorPil(size={"longest_edge": 112}, max_image_size={"longest_edge": 56},
+                                       do_image_splitting=True, resample=1)
+    processor = Idefics3Processor(image_processor=improc, tokenizer=tok, image_seq_len=4,
+                                  chat_template=IDEFICS3_TEMPLATE)
+    model.save_pretrained(out, safe_serialization=True)
+    processor.save_pretrained(out)
+    # 80x64 splits 2x2, 150x40 1x2 (tiles and a global frame each); 30x20 stays one frame.
+    images = test_images(out, 19, [(80, 64), (150, 40), (30, 20)])
+    paths = [os.path.join(out, n) for n in images]
+    cases = {
+        "one_image": run_case(model, processor, [msg("What is in the image ?", 1)], paths[:1]),
+        "other_image": run_case(model, processor, [msg("What is in the image ?", 1)], paths[1:2]),
+        "two_images": run_case(model, processor, [msg("Compare two images .", 2)], paths[1:3]),
+        "text_only": run_case(model, processor, [msg("Describe a cat .", 0)], []),
+    }
+    cases["one_image"]["images"] = images[:1]
+    cases["other_image"]["images"] = images[1:2]
+    cases["two_images"]["images"] = images[1:3]
+    cases["text_only"]["images"] = []
+    with open(os.path.join(out, "expected.json"), "w") as f:
+        json.dump({"made_by": "cargo xtask torch-fixtures (xtask/parity/make_tiny_vlms.py), transformers "
+                   + __import__("transformers").__version__ + ", torch " + torch.__version__,
+                   "image_token_id": ids["<image>"], "eos_token_id": ids["<end_of_utterance>"],
+                   "cases": cases}, f)
+    print("wrote", out)
+
+
 if __name__ == "__main__":
     root = sys.argv[1]
     torch.set_default_dtype(torch.float32)
     check_pillow()
-    which = sys.argv[2:] or ["llava", "llava-next", "qwen2-vl", "qwen2.5-vl", "gemma3"]
+    which = sys.argv[2:] or ["llava", "llava-next", "qwen2-vl", "qwen2.5-vl", "gemma3", "idefics3"]
     if "llava" in which:
         llava(root)
     if "llava-next" in which:
@@ -401,3 +464,5 @@ if __name__ == "__main__":
         qwen2_vl(root, v25=True)
     if "gemma3" in which:
         gemma3(root)
+    if "idefics3" in which:
+        idefics3(root)

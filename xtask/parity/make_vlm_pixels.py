@@ -28,6 +28,7 @@ from transformers.image_transforms import convert_to_rgb
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
 from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
@@ -65,13 +66,20 @@ CONFIGS = {
                   "crop_size": {"height": 48, "width": 48}, "resample": 3, "do_center_crop": True, "do_pad": True,
                   "image_grid_pinpoints": [[48, 96], [96, 48], [96, 96], [144, 48], [48, 144]],
                   "image_mean": CLIP_MEAN, "image_std": CLIP_STD, "rescale_factor": RESCALE},
+    # Longest edge to 112 (Lanczos), sides up to multiples of 48, 48-px tiles + a global frame.
+    "idefics3": {"image_processor_type": "Idefics3ImageProcessor", "size": {"longest_edge": 112},
+                 "max_image_size": {"longest_edge": 48}, "do_image_splitting": True, "resample": 1,
+                 "rescale_factor": RESCALE},
+    "idefics3-nosplit": {"image_processor_type": "Idefics3ImageProcessor", "size": {"longest_edge": 112},
+                         "max_image_size": {"longest_edge": 48}, "do_image_splitting": False, "resample": 1},
     "qwen2vl": {"image_processor_type": "Qwen2VLImageProcessor", "min_pixels": 56 * 56, "max_pixels": 28 * 28 * 16,
                 "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2, "image_mean": CLIP_MEAN,
                 "image_std": CLIP_STD, "resample": 3, "do_rescale": True, "rescale_factor": RESCALE},
 }
 PROCESSORS = {"CLIPImageProcessor": CLIPImageProcessorPil, "SiglipImageProcessor": SiglipImageProcessorPil,
               "Gemma3ImageProcessor": Gemma3ImageProcessorPil, "Qwen2VLImageProcessor": Qwen2VLImageProcessorPil,
-              "LlavaNextImageProcessor": LlavaNextImageProcessorPil}
+              "LlavaNextImageProcessor": LlavaNextImageProcessorPil,
+              "Idefics3ImageProcessor": Idefics3ImageProcessorPil}
 
 RNG = np.random.default_rng(61)
 
@@ -250,6 +258,9 @@ def main():
         ("llavanext", "rgb-61x47.png"), ("llavanext", "rgba-61x47.png"), ("llavanext", "p-trns-61x47.png"),
         ("llavanext", "tall-9x40.png"), ("llavanext", "wide-30x20.png"), ("llavanext", "rgb-400x300.png"),
         ("llavanext", "l-61x47.png"), ("llavanext", "la-61x47.png"),
+        ("idefics3", "rgb-61x47.png"), ("idefics3", "rgba-61x47.png"), ("idefics3", "p-trns-61x47.png"),
+        ("idefics3", "tall-9x40.png"), ("idefics3", "wide-30x20.png"), ("idefics3", "rgb-400x300.png"),
+        ("idefics3", "tiny-13x9.png"), ("idefics3-nosplit", "rgb-61x47.png"), ("idefics3-nosplit", "tall-9x40.png"),
     ]
     for config_name, name in runs:
         cfg = CONFIGS[config_name]

@@ -180,15 +180,6 @@ impl VlmModel {
         if images.is_empty() {
             return Ok(EncodedPrompt { ids, embeds: None });
         }
-        // Processors that write more than the placeholder per image (Gemma 3's
-        // "\n\n<start_of_image>…<end_of_image>\n\n") do it in the text, so the
-        // tokenizer merges the markup with its neighbours as theirs does.
-        if let Some(expansion) = self.vision.expansion(tok)? {
-            let marker = tok.id_to_token(placeholder).unwrap_or_default();
-            let text = replace_outside(&text, &contents, &marker, &expansion);
-            ids = tok.encode_chat(&text, &contents, true)?;
-        }
-        let placeholder = self.vision.image_token_id();
         if let Some(max) = self.vision.max_images() {
             if images.len() > max {
                 return Err(EngineError::InvalidParameter(format!(
@@ -222,6 +213,7 @@ impl VlmModel {
                     Features {
                         rows,
                         grid: p.image_grid_thw,
+                        splits: p.splits,
                     },
                 ));
                 if cache.len() > FEATURE_CACHE {
@@ -236,8 +228,40 @@ impl VlmModel {
                     .ok_or_else(|| EngineError::Backend("image features were evicted mid-prompt".into()))
             })
             .collect::<Result<_>>()?;
-        let features: Vec<Array> = cached.iter().map(|f| f.rows.clone()).collect();
-        let per_image = features[0].dim(0);
+        // Processors that write more than the placeholder per image (Gemma 3's
+        // "\n\n<start_of_image>…<end_of_image>\n\n", Idefics3's tiles) do it in
+        // the text, so the tokenizer merges the markup with its neighbours as theirs does.
+        let mut expansions = Vec::with_capacity(cached.len());
+        for f in &cached {
+            match self.vision.expansion(tok, f.splits)? {
+                Some(e) => expansions.push(e),
+                None => break,
+            }
+        }
+        if expansions.len() == cached.len() {
+            let marker = tok.id_to_token(placeholder).unwrap_or_default();
+            let text = replace_outside(&text, &contents, &marker, expansions.into_iter());
+            ids = tok.encode_chat(&text, &contents, true)?;
+        }
+        let placeholder = self.vision.image_token_id();
+        // Each image's features, split evenly over its frames' placeholders.
+        let mut features: Vec<(usize, Array)> = Vec::new();
+        for (i, f) in cached.iter().enumerate() {
+            let frames = f.splits.map_or(1, |[r, c]| r * c + 1);
+            let n = f.rows.dim(0) / frames;
+            for j in 0..frames {
+                let rows = f.rows.slice_axis(0, (j * n) as i32, ((j + 1) * n) as i32).map_err(be)?;
+                features.push((i, rows));
+            }
+        }
+        let found = ids.iter().filter(|&&t| t == placeholder).count();
+        if found != features.len() {
+            return Err(EngineError::Backend(format!(
+                "the prompt holds {found} image slots after expansion but the images give {} frames",
+                features.len()
+            )));
+        }
+        let per_image = features[0].1.dim(0);
         // Expand each placeholder into the image's positions.
         let mut expanded = Vec::with_capacity(ids.len() + images.len() * per_image);
         let mut keys = Vec::with_capacity(expanded.capacity());
@@ -253,10 +277,15 @@ impl VlmModel {
             pieces.push(Piece::Text(text_start, pos));
             pieces.push(Piece::Image(image));
             text_start = pos + 1;
-            let n = features[image].dim(0);
-            for i in 0..n {
+            let (owner, rows) = &features[image];
+            let first = features[..image]
+                .iter()
+                .filter(|(o, _)| o == owner)
+                .map(|(_, r)| r.dim(0))
+                .sum::<usize>();
+            for i in 0..rows.dim(0) {
                 expanded.push(id);
-                keys.push(image_key(hashes[image], i));
+                keys.push(image_key(hashes[*owner], first + i));
             }
             image += 1;
         }
@@ -270,6 +299,7 @@ impl VlmModel {
                 Piece::Text(..) => {}
                 Piece::Image(i) => parts.push(
                     features[i]
+                        .1
                         .astype(text_emb.dtype())
                         .and_then(|f| f.expand_dims(0))
                         .map_err(be)?,
@@ -358,23 +388,33 @@ impl VlmModel {
     }
 }
 
-/// `text` with every `from` replaced by `to`, except inside `contents` (the
-/// messages' own text, found in order), which stay as the user wrote them.
-fn replace_outside(text: &str, contents: &[&str], from: &str, to: &str) -> String {
+/// `text` with each `from` replaced by the next of `to`, except inside
+/// `contents` (the messages' own text, found in order), which stay as the
+/// user wrote them.
+fn replace_outside(text: &str, contents: &[&str], from: &str, mut to: impl Iterator<Item = String>) -> String {
     let mut out = String::with_capacity(text.len());
     let mut cursor = 0;
+    let mut replace = |segment: &str, out: &mut String| {
+        let mut rest = segment;
+        while let Some(p) = rest.find(from) {
+            out.push_str(&rest[..p]);
+            out.push_str(&to.next().unwrap_or_else(|| from.to_string()));
+            rest = &rest[p + from.len()..];
+        }
+        out.push_str(rest);
+    };
     for c in contents.iter().filter(|c| !c.is_empty()) {
         let found = [*c, c.trim()]
             .into_iter()
             .filter(|c| !c.is_empty())
             .find_map(|c| text[cursor..].find(c).map(|p| (cursor + p, c.len())));
         if let Some((start, len)) = found {
-            out.push_str(&text[cursor..start].replace(from, to));
+            replace(&text[cursor..start], &mut out);
             out.push_str(&text[start..start + len]);
             cursor = start + len;
         }
     }
-    out.push_str(&text[cursor..].replace(from, to));
+    replace(&text[cursor..], &mut out);
     out
 }
 
@@ -400,6 +440,8 @@ fn image_spans(ids: &[u32], token: u32) -> Vec<(usize, usize)> {
 struct Features {
     rows: Array,
     grid: Option<[usize; 3]>,
+    /// Idefics3's tile split.
+    splits: Option<[usize; 2]>,
 }
 
 enum Piece {

@@ -72,6 +72,10 @@ pub struct ImageProcessorConfig {
     pub do_pan_and_scan: Option<bool>,
     /// LLaVA-NeXT: the (height, width) resolutions anyres tiling picks from.
     pub image_grid_pinpoints: Option<Vec<[u32; 2]>>,
+    /// Idefics3: the frame side (`{"longest_edge": 364}`).
+    pub max_image_size: Option<Value>,
+    /// Idefics3: split big images into frame-sized tiles plus a global frame.
+    pub do_image_splitting: Option<bool>,
 }
 
 impl ImageProcessorConfig {
@@ -144,6 +148,8 @@ pub enum ProcessorKind {
     Qwen2Vl,
     /// `LlavaNextImageProcessor`: anyres tiles of the best pinpoint plus a squashed base image.
     LlavaNext,
+    /// `Idefics3ImageProcessor` (SmolVLM's too): longest-edge resize, frame-sized tiles and a global frame.
+    Idefics3,
 }
 
 impl ProcessorKind {
@@ -158,6 +164,7 @@ impl ProcessorKind {
             "Gemma3ImageProcessor" => ProcessorKind::Gemma3,
             "Qwen2VLImageProcessor" => ProcessorKind::Qwen2Vl,
             "LlavaNextImageProcessor" => ProcessorKind::LlavaNext,
+            "Idefics3ImageProcessor" | "SmolVLMImageProcessor" => ProcessorKind::Idefics3,
             _ => return None,
         })
     }
@@ -213,6 +220,15 @@ enum Geometry {
         resample: Resample,
         each: Box<Geometry>,
     },
+    /// Idefics3: the longest edge resized to `longest` (when set), then (with
+    /// `split`) both sides up to multiples of `frame` and cut into frames plus
+    /// a global frame; without `split` one frame.
+    Frames {
+        longest: Option<u32>,
+        frame: u32,
+        split: bool,
+        resample: Resample,
+    },
 }
 
 /// Preprocessed pixels: `data` in row-major order with `shape`.
@@ -226,6 +242,9 @@ pub struct PixelValues {
     pub image_grid_thw: Option<[usize; 3]>,
     /// LLaVA-NeXT's anyres tiling, when `shape` is `[1 + tiles, 3, h, w]`.
     pub anyres: Option<Anyres>,
+    /// Idefics3's split, (rows, cols) of tiles (`[0, 0]`: one global frame),
+    /// when `shape` is `[frames, 3, side, side]`.
+    pub splits: Option<[usize; 2]>,
 }
 
 /// How LLaVA-NeXT tiled an image.
@@ -258,6 +277,7 @@ impl ImageProcessor {
             Siglip => (Resample::Bicubic, HALF_MEAN_STD, HALF_MEAN_STD, false),
             Gemma3 => (Resample::Bilinear, HALF_MEAN_STD, HALF_MEAN_STD, true),
             Qwen2Vl | LlavaNext => (Resample::Bicubic, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, false),
+            Idefics3 => (Resample::Lanczos, HALF_MEAN_STD, HALF_MEAN_STD, false),
         };
         let resample = match config.resample {
             None => resample,
@@ -286,7 +306,7 @@ impl ImageProcessor {
                 feature: "do_pan_and_scan (Gemma 3's extra crops)".into(),
             });
         }
-        if config.do_pad == Some(true) && !matches!(kind, Qwen2Vl | LlavaNext) {
+        if config.do_pad == Some(true) && !matches!(kind, Qwen2Vl | LlavaNext | Idefics3) {
             return Err(PreprocessError::Unsupported {
                 feature: "do_pad (batch padding)".into(),
             });
@@ -328,6 +348,30 @@ impl ImageProcessor {
             });
         }
 
+        if kind == Idefics3 {
+            let edge = |field: &'static str, v: Option<&Value>, default: u32| -> Result<u32, PreprocessError> {
+                match v {
+                    None => Ok(default),
+                    Some(v) => size_dict(field, v, false)?
+                        .longest_edge
+                        .ok_or_else(|| bad(field, format!("{v} has no longest_edge"))),
+                }
+            };
+            let geometry = Geometry::Frames {
+                longest: do_resize
+                    .then(|| edge("size", config.size.as_ref(), 4 * 364))
+                    .transpose()?,
+                frame: edge("max_image_size", config.max_image_size.as_ref(), 364)?,
+                split: config.do_image_splitting.unwrap_or(true),
+                resample,
+            };
+            return Ok(ImageProcessor {
+                kind,
+                geometry,
+                rescale,
+                normalize,
+            });
+        }
         let resize = if do_resize {
             let size = match &config.size {
                 Some(size) => size.clone(),
@@ -393,6 +437,12 @@ impl ImageProcessor {
                 resample,
                 each,
             } => return self.preprocess_anyres(image, pinpoints, *tile, *base, *resample, each),
+            Geometry::Frames {
+                longest,
+                frame,
+                split,
+                resample,
+            } => return Ok(self.preprocess_frames(image, *longest, *frame, *split, *resample)),
         };
         let mut current = std::borrow::Cow::Borrowed(image);
         if let Some((rule, resample)) = resize_to {
@@ -415,7 +465,65 @@ impl ImageProcessor {
             shape: vec![3, h as usize, w as usize],
             image_grid_thw: None,
             anyres: None,
+            splits: None,
         })
+    }
+
+    /// Idefics3's resize, `resize_for_vision_encoder` and `split_images`, then
+    /// rescale/normalise of every frame (tiles row by row, the global frame last).
+    fn preprocess_frames(
+        &self,
+        image: &RgbImage,
+        longest: Option<u32>,
+        frame: u32,
+        split: bool,
+        resample: Resample,
+    ) -> PixelValues {
+        let mut current = match longest {
+            Some(max) => {
+                let (h, w) = idefics3_resize(image.height(), image.width(), max);
+                resize(image, w, h, resample)
+            }
+            None => image.clone(),
+        };
+        let mut frames = Vec::new();
+        let mut splits = [0, 0];
+        if split {
+            let (h, w) = (current.height(), current.width());
+            let aspect = f64::from(w) / f64::from(h);
+            let up = |x: u32| x.div_ceil(frame) * frame;
+            let (h, w) = if w >= h {
+                let w = up(w);
+                (up(((f64::from(w) / aspect) as u32).max(1)), w)
+            } else {
+                let h = up(h);
+                (h, up(((f64::from(h) * aspect) as u32).max(1)))
+            };
+            current = resize(&current, w, h, resample);
+            if h > frame || w > frame {
+                let (rows, cols) = ((h - frame) / frame + 1, (w - frame) / frame + 1);
+                for r in 0..rows {
+                    for c in 0..cols {
+                        frames
+                            .push(::image::imageops::crop_imm(&current, c * frame, r * frame, frame, frame).to_image());
+                    }
+                }
+                splits = [rows as usize, cols as usize];
+                frames.push(resize(&current, frame, frame, resample));
+            } else {
+                frames.push(current);
+            }
+        } else {
+            frames.push(resize(&current, frame, frame, resample));
+        }
+        let data = frames.iter().flat_map(|f| self.rescale_normalize(f)).collect();
+        PixelValues {
+            data,
+            shape: vec![frames.len(), 3, frame as usize, frame as usize],
+            image_grid_thw: None,
+            anyres: None,
+            splits: Some(splits),
+        }
     }
 
     /// LLaVA-NeXT's `get_image_patches`, then each piece through `each`.
@@ -478,6 +586,7 @@ impl ImageProcessor {
                 original: [h as usize, w as usize],
                 grid: [(best_h / tile) as usize, (best_w / tile) as usize],
             }),
+            splits: None,
         })
     }
 
@@ -538,6 +647,7 @@ impl ImageProcessor {
             shape: vec![grid_h * grid_w, row_len],
             image_grid_thw: Some([1, grid_h, grid_w]),
             anyres: None,
+            splits: None,
         })
     }
 
@@ -681,6 +791,28 @@ fn center_crop(image: &RgbImage, crop_h: u32, crop_w: u32) -> RgbImage {
 }
 
 // ------------------------------------------------------------------ config parsing
+
+/// Idefics3's longest-edge resize: the long side to `max` (the short one
+/// truncated, then made even), then scaled below 4096 px.
+fn idefics3_resize(h: u32, w: u32, max: u32) -> (u32, u32) {
+    let aspect = f64::from(w) / f64::from(h);
+    let (mut h, mut w) = if w >= h {
+        let h = (f64::from(max) / aspect) as u32;
+        (h + h % 2, max)
+    } else {
+        let w = (f64::from(max) * aspect) as u32;
+        (max, w + w % 2)
+    };
+    (h, w) = (h.max(1), w.max(1));
+    const UPPER: u32 = 4096;
+    let aspect = f64::from(w) / f64::from(h);
+    if w >= h && w > UPPER {
+        (h, w) = (((f64::from(UPPER) / aspect) as u32).max(1), UPPER);
+    } else if h > w && h > UPPER {
+        (h, w) = (UPPER, ((f64::from(UPPER) * aspect) as u32).max(1));
+    }
+    (h, w)
+}
 
 /// transformers' `select_best_resolution`: the (height, width) pinpoint that
 /// keeps the most of the image's resolution, then wastes the least.
@@ -927,7 +1059,7 @@ pub enum PreprocessError {
     #[error("the image processor config has no image_processor_type: add one (e.g. \"CLIPImageProcessor\")")]
     MissingProcessorType,
     /// A processor class not implemented here.
-    #[error("image processor {name:?} is not supported; supported: CLIPImageProcessor, SiglipImageProcessor, Gemma3ImageProcessor, Qwen2VLImageProcessor, LlavaNextImageProcessor")]
+    #[error("image processor {name:?} is not supported; supported: CLIPImageProcessor, SiglipImageProcessor, Gemma3ImageProcessor, Qwen2VLImageProcessor, LlavaNextImageProcessor, Idefics3ImageProcessor")]
     UnsupportedProcessor {
         /// The class name from the config.
         name: String,

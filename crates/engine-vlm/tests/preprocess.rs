@@ -451,7 +451,7 @@ fn bad_processor_configs_are_refused() {
 
     assert!(matches!(config("{}"), Err(PreprocessError::MissingProcessorType)));
     assert!(matches!(
-        config(r#"{"image_processor_type": "Idefics3ImageProcessor"}"#),
+        config(r#"{"image_processor_type": "PixtralImageProcessor"}"#),
         Err(PreprocessError::UnsupportedProcessor { .. })
     ));
     assert!(matches!(config("{not json"), Err(PreprocessError::ParseConfig { .. })));

@@ -2,6 +2,7 @@
 //! decoder is always `engine-llm`'s.
 
 pub mod gemma3;
+pub mod idefics3;
 pub mod llava;
 pub mod qwen2_vl;
 
@@ -11,7 +12,15 @@ use engine_core::{EngineError, Result, Tokenizer};
 use engine_mlx::{Array, Dtype, WeightMap};
 
 /// The architectures this crate implements (HF `model_type` values).
-pub const SUPPORTED: &[&str] = &["llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "gemma3"];
+pub const SUPPORTED: &[&str] = &[
+    "llava",
+    "llava_next",
+    "qwen2_vl",
+    "qwen2_5_vl",
+    "gemma3",
+    "idefics3",
+    "smolvlm",
+];
 
 /// The vision side of a loaded model: tower + projector.
 pub enum VisionSide {
@@ -21,6 +30,8 @@ pub enum VisionSide {
     Qwen2Vl(qwen2_vl::Qwen2Vl),
     /// Gemma 3.
     Gemma3(gemma3::Gemma3),
+    /// Idefics3 and SmolVLM.
+    Idefics3(idefics3::Idefics3),
 }
 
 impl VisionSide {
@@ -38,23 +49,48 @@ impl VisionSide {
             VisionSide::Llava(m) => m.image_token_id(),
             VisionSide::Qwen2Vl(m) => m.image_token_id(),
             VisionSide::Gemma3(m) => m.image_token_id(),
+            VisionSide::Idefics3(m) => m.image_token_id(),
         }
     }
 
-    /// The text the processor writes in place of the template's placeholder,
-    /// with the image token once (it is expanded to the features' length
-    /// after tokenizing); `None` when the placeholder stays as it is.
-    pub fn expansion(&self, tok: &Tokenizer) -> Result<Option<String>> {
+    /// The text the processor writes in place of the template's placeholder
+    /// for an image (`splits`: its Idefics3 tiling), with the image token once
+    /// per frame (each is expanded to the frame's length after tokenizing);
+    /// `None` when the placeholder stays as it is.
+    pub fn expansion(&self, tok: &Tokenizer, splits: Option<[usize; 2]>) -> Result<Option<String>> {
+        let name = |id: u32| {
+            tok.id_to_token(id).ok_or_else(|| {
+                EngineError::Config(format!(
+                    "the tokenizer has no token {id}, which config.json names as an image marker"
+                ))
+            })
+        };
         match self {
             VisionSide::Gemma3(m) => {
-                let [boi, eoi, image] = m.marker_ids().map(|id| {
-                    tok.id_to_token(id).ok_or_else(|| {
-                        EngineError::Config(format!(
-                            "the tokenizer has no token {id}, which config.json names as an image marker"
-                        ))
-                    })
-                });
+                let [boi, eoi, image] = m.marker_ids().map(name);
                 Ok(Some(format!("\n\n{}{}{}\n\n", boi?, image?, eoi?)))
+            }
+            VisionSide::Idefics3(m) => {
+                let image = name(m.image_token_id())?;
+                let (fake, global) = ("<fake_token_around_image>", "<global-img>");
+                for t in [fake, global] {
+                    if tok.token_to_id(t).is_none() {
+                        return Err(EngineError::Config(format!("the tokenizer has no `{t}` token")));
+                    }
+                }
+                let [rows, cols] = splits.unwrap_or([0, 0]);
+                let mut text = String::new();
+                for r in 1..=rows {
+                    for c in 1..=cols {
+                        text.push_str(&format!("{fake}<row_{r}_col_{c}>{image}"));
+                    }
+                    text.push('\n');
+                }
+                if rows > 0 {
+                    text.push('\n');
+                }
+                text.push_str(&format!("{fake}{global}{image}{fake}"));
+                Ok(Some(text))
             }
             _ => Ok(None),
         }
@@ -68,7 +104,7 @@ impl VisionSide {
     /// The spatial merge of a model whose decoder takes M-RoPE positions.
     pub fn mrope_merge(&self) -> Option<usize> {
         match self {
-            VisionSide::Llava(_) | VisionSide::Gemma3(_) => None,
+            VisionSide::Llava(_) | VisionSide::Gemma3(_) | VisionSide::Idefics3(_) => None,
             VisionSide::Qwen2Vl(m) => Some(m.merge_size()),
         }
     }
@@ -84,6 +120,7 @@ impl VisionSide {
             VisionSide::Llava(m) => m.convert(dtype),
             VisionSide::Qwen2Vl(m) => m.convert(dtype),
             VisionSide::Gemma3(m) => m.convert(dtype),
+            VisionSide::Idefics3(m) => m.convert(dtype),
         }
     }
 
@@ -124,6 +161,25 @@ impl VisionSide {
                 m.image_features(&batch).map_err(be)?
             }
             VisionSide::Qwen2Vl(m) => return m.encode(pixels),
+            VisionSide::Idefics3(m) => {
+                // Images have different frame counts: one tower batch per image.
+                let size = m.image_size();
+                let mut out = Vec::with_capacity(pixels.len());
+                for p in pixels {
+                    if p.splits.is_none() || p.shape.len() != 4 || p.shape[1..] != [3, size, size] {
+                        return Err(EngineError::Image(format!(
+                            "the image processor made pixels of shape {:?} but this Idefics3 tower takes frames \
+                             [n, 3, {size}, {size}] (Idefics3ImageProcessor with max_image_size {size})",
+                            p.shape
+                        )));
+                    }
+                    let batch = Array::from_slice(&p.data, &p.shape)
+                        .and_then(|a| a.transpose(&[0, 2, 3, 1]))
+                        .map_err(be)?;
+                    out.push(m.image_features(&batch).map_err(be)?);
+                }
+                return Ok(out);
+            }
         };
         (0..pixels.len() as i32)
             .map(|i| f.slice_axis(0, i, i + 1).and_then(|x| x.squeeze(0)))
@@ -204,6 +260,22 @@ pub fn load_vision(
             )?;
             Ok((
                 VisionSide::Gemma3(gemma3::Gemma3::load(cfg, &vision, text_hidden)?),
+                text,
+            ))
+        }
+        "idefics3" | "smolvlm" => {
+            let cfg: idefics3::Idefics3Config = serde_json::from_value(config.clone())
+                .map_err(|e| EngineError::Config(format!("config.json does not describe an Idefics3 model: {e}")))?;
+            let (mut vision, text) = split(idefics3::sanitize(weights), |n| {
+                n.starts_with("vision_tower.") || n.starts_with("connector.")
+            });
+            torch_conv_to_mlx(
+                &mut vision,
+                "vision_tower.embeddings.patch_embedding.weight",
+                cfg.vision_config.num_channels,
+            )?;
+            Ok((
+                VisionSide::Idefics3(idefics3::Idefics3::load(cfg, &vision, text_hidden)?),
                 text,
             ))
         }
