@@ -192,6 +192,13 @@ mod tests {
             r#"{"model_type": "gemma3", "vision_config": {}}"#,
         )
         .unwrap();
+        assert_eq!(kind_of(d), ModelKind::Vision);
+        // A multimodal architecture whose tower is not implemented serves text-only.
+        std::fs::write(
+            d.join("config.json"),
+            r#"{"model_type": "mllama", "vision_config": {}}"#,
+        )
+        .unwrap();
         assert_eq!(kind_of(d), ModelKind::Text);
         std::fs::write(d.join("config.json"), r#"{"model_type": "bert"}"#).unwrap();
         assert_eq!(kind_of(d), ModelKind::Embedding);
