@@ -15,7 +15,7 @@ use engine_vlm::VlmModel;
 const NAME: &str = "gemma3";
 
 fn load() -> VlmModel {
-    VlmModel::load(&fixture(NAME), &Default::default(), &mut |_| {}).unwrap()
+    common::load(NAME)
 }
 
 #[test]

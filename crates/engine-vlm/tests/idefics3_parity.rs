@@ -6,14 +6,14 @@
 
 mod common;
 
-use common::{assert_greedy_match, assert_logits_match, expected, fixture, messages};
+use common::{assert_greedy_match, assert_logits_match, expected, messages};
 use engine_core::ChatMessage;
 use engine_vlm::VlmModel;
 
 const NAME: &str = "idefics3";
 
 fn load() -> VlmModel {
-    VlmModel::load(&fixture(NAME), &Default::default(), &mut |_| {}).unwrap()
+    common::load(NAME)
 }
 
 #[test]

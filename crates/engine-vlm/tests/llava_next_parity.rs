@@ -12,7 +12,7 @@ use engine_vlm::VlmModel;
 const NAME: &str = "llava-next";
 
 fn load() -> VlmModel {
-    VlmModel::load(&fixture(NAME), &Default::default(), &mut |_| {}).unwrap()
+    common::load(NAME)
 }
 
 #[test]

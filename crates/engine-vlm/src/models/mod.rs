@@ -138,15 +138,7 @@ impl VisionSide {
                                 .into(),
                         )
                     })?;
-                    if p.shape.len() != 4 || p.shape[1..] != [3, size, size] {
-                        return Err(EngineError::Image(format!(
-                            "the image processor made pieces of shape {:?} but the vision tower takes [3, {size}, {size}]",
-                            &p.shape[1..]
-                        )));
-                    }
-                    let batch = Array::from_slice(&p.data, &p.shape)
-                        .and_then(|a| a.transpose(&[0, 2, 3, 1]))
-                        .map_err(be)?;
+                    let batch = pieces_batch(p, size, "LlavaNextImageProcessor's crop_size")?;
                     let f = m.image_features(&batch).map_err(be)?;
                     out.push(m.pack_anyres(&f, tiling)?);
                 }
@@ -166,16 +158,13 @@ impl VisionSide {
                 let size = m.image_size();
                 let mut out = Vec::with_capacity(pixels.len());
                 for p in pixels {
-                    if p.splits.is_none() || p.shape.len() != 4 || p.shape[1..] != [3, size, size] {
-                        return Err(EngineError::Image(format!(
-                            "the image processor made pixels of shape {:?} but this Idefics3 tower takes frames \
-                             [n, 3, {size}, {size}] (Idefics3ImageProcessor with max_image_size {size})",
-                            p.shape
-                        )));
+                    if p.splits.is_none() {
+                        return Err(EngineError::Image(
+                            "an Idefics3 model needs split frames (Idefics3ImageProcessor in preprocessor_config.json)"
+                                .into(),
+                        ));
                     }
-                    let batch = Array::from_slice(&p.data, &p.shape)
-                        .and_then(|a| a.transpose(&[0, 2, 3, 1]))
-                        .map_err(be)?;
+                    let batch = pieces_batch(p, size, "Idefics3ImageProcessor's max_image_size")?;
                     out.push(m.image_features(&batch).map_err(be)?);
                 }
                 return Ok(out);
@@ -233,14 +222,9 @@ pub fn load_vision(
             let cfg: llava::LlavaConfig = serde_json::from_value(config.clone())
                 .map_err(|e| EngineError::Config(format!("config.json does not describe a LLaVA model: {e}")))?;
             let w = llava::sanitize(weights);
-            let (mut vision, text) = split(w, |n| {
-                n.starts_with("vision_tower.") || n.starts_with("multi_modal_projector.") || n == "image_newline"
-            });
-            torch_conv_to_mlx(
-                &mut vision,
-                "vision_tower.embeddings.patch_embedding.weight",
-                cfg.vision_config.num_channels,
-            )?;
+            let (vision, text) = split_vit(w, cfg.vision_config.num_channels, |n| {
+                n.starts_with("multi_modal_projector.") || n == "image_newline"
+            })?;
             let next = arch == "llava_next";
             Ok((
                 VisionSide::Llava(llava::Llava::load(cfg, &vision, text_hidden, next)?),
@@ -250,14 +234,9 @@ pub fn load_vision(
         "gemma3" => {
             let cfg: gemma3::Gemma3Config = serde_json::from_value(config.clone())
                 .map_err(|e| EngineError::Config(format!("config.json does not describe a Gemma 3 model: {e}")))?;
-            let (mut vision, text) = split(llava::sanitize(weights), |n| {
-                n.starts_with("vision_tower.") || n.starts_with("multi_modal_projector.")
-            });
-            torch_conv_to_mlx(
-                &mut vision,
-                "vision_tower.embeddings.patch_embedding.weight",
-                cfg.vision_config.num_channels,
-            )?;
+            let (vision, text) = split_vit(llava::sanitize(weights), cfg.vision_config.num_channels, |n| {
+                n.starts_with("multi_modal_projector.")
+            })?;
             Ok((
                 VisionSide::Gemma3(gemma3::Gemma3::load(cfg, &vision, text_hidden)?),
                 text,
@@ -266,14 +245,9 @@ pub fn load_vision(
         "idefics3" | "smolvlm" => {
             let cfg: idefics3::Idefics3Config = serde_json::from_value(config.clone())
                 .map_err(|e| EngineError::Config(format!("config.json does not describe an Idefics3 model: {e}")))?;
-            let (mut vision, text) = split(idefics3::sanitize(weights), |n| {
-                n.starts_with("vision_tower.") || n.starts_with("connector.")
-            });
-            torch_conv_to_mlx(
-                &mut vision,
-                "vision_tower.embeddings.patch_embedding.weight",
-                cfg.vision_config.num_channels,
-            )?;
+            let (vision, text) = split_vit(idefics3::sanitize(weights), cfg.vision_config.num_channels, |n| {
+                n.starts_with("connector.")
+            })?;
             Ok((
                 VisionSide::Idefics3(idefics3::Idefics3::load(cfg, &vision, text_hidden)?),
                 text,
@@ -290,6 +264,29 @@ pub fn load_vision(
             SUPPORTED.join(", ")
         ))),
     }
+}
+
+/// The vision side of a `vit.rs` tower (`vision_tower.*` plus the
+/// connector's names `extra` matches) and the rest, the patch convolution in
+/// MLX's layout.
+fn split_vit(w: WeightMap, channels: usize, extra: impl Fn(&str) -> bool) -> Result<(WeightMap, WeightMap)> {
+    let (mut vision, text) = split(w, |n| n.starts_with("vision_tower.") || extra(n));
+    torch_conv_to_mlx(&mut vision, "vision_tower.embeddings.patch_embedding.weight", channels)?;
+    Ok((vision, text))
+}
+
+/// One image's pieces (n, 3, size, size) as an (n, H, W, C) batch; another
+/// shape means the processor and the tower disagree (`needs` says what fits).
+fn pieces_batch(p: &PixelValues, size: usize, needs: &str) -> Result<Array> {
+    if p.shape.len() != 4 || p.shape[1..] != [3, size, size] {
+        return Err(EngineError::Image(format!(
+            "the image processor made pixels of shape {:?} but the vision tower takes pieces [n, 3, {size}, {size}] ({needs})",
+            p.shape
+        )));
+    }
+    Array::from_slice(&p.data, &p.shape)
+        .and_then(|a| a.transpose(&[0, 2, 3, 1]))
+        .map_err(be)
 }
 
 /// Partitions `w` by name: (matching, rest).

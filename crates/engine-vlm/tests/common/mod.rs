@@ -12,6 +12,11 @@ pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
+/// Loads fixture `name` with the default options.
+pub fn load(name: &str) -> VlmModel {
+    VlmModel::load(&fixture(name), &Default::default(), &mut |_| {}).unwrap()
+}
+
 /// The fixture's expected.json.
 pub fn expected(name: &str) -> Value {
     let text = std::fs::read_to_string(fixture(name).join("expected.json")).unwrap();
