@@ -173,8 +173,9 @@ struct ServeArgs {
     #[arg(long, default_value = "5m")]
     keep_alive: String,
     /// Requests each model answers at once: a text model batches them
-    /// (continuous batching, one copy of the weights); vision and embedding
-    /// models load this many copies.
+    /// (continuous batching, one copy of the weights); an embedding model
+    /// embeds queued requests together; vision and image models load this
+    /// many copies.
     #[arg(long, default_value_t = 4)]
     parallel: usize,
     /// Requests that may wait per model before a 429.
@@ -190,6 +191,11 @@ struct ServeArgs {
     /// Let requests download models from the Hugging Face Hub.
     #[arg(long)]
     allow_pull: bool,
+    /// Memory the loaded models may take together: a size (16GB), a share of
+    /// the memory free at start (80%), or none. Loading past it unloads idle
+    /// on-demand models, least recently used first.
+    #[arg(long, default_value = "80%")]
+    memory_budget: String,
 }
 
 #[derive(Args)]
@@ -261,6 +267,7 @@ fn run(cli: Cli) -> Result<()> {
             max_loaded: a.max_loaded,
             cors: a.cors,
             allow_pull: a.allow_pull,
+            memory_budget: mlxengine_server::parse_memory_budget(&a.memory_budget).map_err(anyhow::Error::msg)?,
         }),
     }
 }

@@ -950,3 +950,211 @@ fn images_generations_match_imagine() {
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.text().contains("/v1/images/generations"), "{}", r.text());
 }
+
+/// Embedding requests that wait while the model is busy run as one batch:
+/// each still gets exactly the vectors it gets alone, and the batch counter
+/// moves by fewer runs than there were requests.
+#[test]
+fn embedding_requests_are_batched() {
+    let mini = minilm();
+    let server = Server::start(&["--model", mini.to_str().unwrap()], &[]);
+    let texts: Vec<String> = (0..8)
+        .map(|i| format!("request {i}: the quick brown fox jumps over {i} lazy dogs"))
+        .collect();
+    let embed = |input: serde_json::Value| {
+        let r = server.post(
+            "/v1/embeddings",
+            &serde_json::json!({"model": MINILM_ID, "input": input}),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        let data = r.json()["data"].as_array().unwrap().clone();
+        data.iter()
+            .map(|d| {
+                d["embedding"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap())
+                    .collect::<Vec<f64>>()
+            })
+            .collect::<Vec<_>>()
+    };
+    let alone: Vec<Vec<f64>> = texts.iter().map(|t| embed(serde_json::json!(t)).remove(0)).collect();
+    let runs_before = metric(&server.get("/metrics").text(), "mlxengine_embed_batches_total");
+    // A long request keeps the model busy while the short ones queue behind it.
+    let long: Vec<String> = (0..192)
+        .map(|i| format!("filler sentence number {i} about nothing in particular, repeated to take time"))
+        .collect();
+    let together: Vec<Vec<f64>> = std::thread::scope(|s| {
+        let busy = s.spawn(|| embed(serde_json::json!(long)));
+        std::thread::sleep(Duration::from_millis(50));
+        let handles: Vec<_> = texts
+            .iter()
+            .map(|t| {
+                let embed = &embed;
+                s.spawn(move || embed(serde_json::json!(t)).remove(0))
+            })
+            .collect();
+        let out = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert_eq!(busy.join().unwrap().len(), long.len());
+        out
+    });
+    for (i, (a, b)) in alone.iter().zip(&together).enumerate() {
+        let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+        assert!(worst < 1e-5, "request {i}: batched vector differs by {worst}");
+    }
+    let runs = metric(&server.get("/metrics").text(), "mlxengine_embed_batches_total") - runs_before;
+    assert!(
+        runs < (texts.len() + 1) as f64,
+        "{} requests took {runs} runs: none were batched",
+        texts.len() + 1
+    );
+}
+
+/// Ollama's per-request `keep_alive`: a duration keeps the model that long
+/// after the request (then it unloads), negative keeps it for good, a request
+/// with no prompt loads the model, or unloads it with `keep_alive: 0`; a
+/// preloaded model stays; a bad value is a 400 naming the field.
+#[test]
+fn ollama_keep_alive_per_request() {
+    let (mini, smol) = (minilm(), smollm());
+    let server = Server::start(&["--model", smol.to_str().unwrap()], &[]);
+    let loaded = |server: &Server| -> Vec<(String, String)> {
+        server.get("/api/ps").json()["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["name"].as_str().unwrap().to_string(),
+                    m["expires_at"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let mini_s = mini.to_str().unwrap();
+    let r = server.post(
+        "/api/embed",
+        &serde_json::json!({"model": mini_s, "input": "hi", "keep_alive": -1}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let ps = loaded(&server);
+    let forever = &ps.iter().find(|(n, _)| n == MINILM_ID).unwrap().1;
+    assert!(forever.starts_with("9999"), "keep_alive -1 expires at {forever}");
+    // keep_alive 0 with no prompt unloads it at once.
+    let r = server.post("/api/generate", &serde_json::json!({"model": mini_s, "keep_alive": 0}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["done_reason"], "unload", "{}", r.text());
+    assert!(
+        !loaded(&server).iter().any(|(n, _)| n == MINILM_ID),
+        "keep_alive 0 did not unload"
+    );
+    let r = server.post(
+        "/api/embed",
+        &serde_json::json!({"model": mini_s, "input": "hi", "keep_alive": "2s"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let ps = loaded(&server);
+    let soon = &ps.iter().find(|(n, _)| n == MINILM_ID).unwrap().1;
+    assert!(!soon.starts_with("9999"), "keep_alive 2s expires at {soon}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while loaded(&server).iter().any(|(n, _)| n == MINILM_ID) {
+        assert!(Instant::now() < deadline, "keep_alive 2s did not unload the model");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        loaded(&server).iter().any(|(n, _)| n == SMOLLM_ID),
+        "the preloaded model stays"
+    );
+
+    // The preloaded model is not unloaded by a client.
+    let r = server.post(
+        "/api/chat",
+        &serde_json::json!({"model": SMOLLM_ID, "messages": [], "keep_alive": 0}),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("--model"), "{}", r.text());
+    let r = server.post("/api/chat", &serde_json::json!({"model": SMOLLM_ID, "messages": []}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["done_reason"], "load");
+    let r = server.post(
+        "/api/generate",
+        &serde_json::json!({"model": SMOLLM_ID, "prompt": "Hi", "keep_alive": "soon"}),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("keep"), "{}", r.text());
+}
+
+/// `--memory-budget`: a model that would overflow the budget unloads the
+/// idle on-demand one first; one that does not fit even alone is refused
+/// with a 503 naming the flag; `/metrics` shows each model's memory and the
+/// errors by kind.
+#[test]
+fn memory_budget_unloads_and_refuses() {
+    let (mini, smol) = (minilm(), smollm());
+    let sizes = [
+        std::fs::metadata(mini.join("model.safetensors")).unwrap().len(),
+        std::fs::metadata(&smol).unwrap().len(),
+    ];
+    // Each fits alone; both (the first one's measured memory + the second's weights) do not.
+    let budget = format!("{}B", sizes.iter().max().unwrap() + sizes.iter().min().unwrap() / 2);
+    let server = Server::start(&["--memory-budget", &budget], &[]);
+    let r = server.post(
+        "/v1/embeddings",
+        &serde_json::json!({"model": mini.to_str().unwrap(), "input": "hello"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let text = server.get("/metrics").text();
+    let mem = metric(&text, &format!("mlxengine_model_memory_bytes{{model=\"{MINILM_ID}\"}}"));
+    assert!(mem > 1e6, "MiniLM's resident memory reads {mem}:\n{text}");
+    let ps = server.get("/api/ps").json();
+    assert_eq!(ps["models"][0]["size"].as_f64().unwrap(), mem, "{ps}");
+    let mut chat = short_chat();
+    chat["model"] = serde_json::json!(smol.to_str().unwrap());
+    let r = server.post("/v1/chat/completions", &chat);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let ps = server.get("/api/ps").json();
+    let names: Vec<&str> = ps["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [SMOLLM_ID],
+        "MiniLM should have been unloaded for the budget: {ps}"
+    );
+    let text = server.get("/metrics").text();
+    assert_eq!(
+        metric(&text, &format!("mlxengine_model_memory_bytes{{model=\"{MINILM_ID}\"}}")),
+        0.0,
+        "{text}"
+    );
+
+    let tight = Server::start(&["--memory-budget", "1MB"], &[]);
+    let r = tight.post(
+        "/v1/embeddings",
+        &serde_json::json!({"model": mini.to_str().unwrap(), "input": "hello"}),
+    );
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "insufficient_memory", "{}", r.text());
+    assert!(r.text().contains("--memory-budget"), "{}", r.text());
+    let r = tight.post(
+        "/v1/embeddings",
+        &serde_json::json!({"model": "org/not-cached", "input": "x"}),
+    );
+    assert_eq!(r.status, 404);
+    let text = tight.get("/metrics").text();
+    assert_eq!(
+        metric(&text, "mlxengine_errors_total{kind=\"insufficient_memory\"}"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "mlxengine_errors_total{kind=\"model_not_found\"}"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(metric(&text, "mlxengine_memory_budget_bytes"), 1e6, "{text}");
+}

@@ -2,6 +2,7 @@
 //! starting a generation, collecting or streaming its events.
 
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::worker::{GenEvent, ModelWorker, SubmitError};
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, Request};
@@ -10,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use engine_core::{FinishReason, GenerateParams, GenerationStats, Prompt, StreamEvent};
 use serde::de::DeserializeOwned;
 use std::collections::VecDeque;
+use std::sync::Arc;
 use tokio::sync::mpsc;
 
 /// A JSON body: bad JSON or a wrong field is a 400 naming the problem, a body
@@ -112,10 +114,12 @@ pub fn stream_response<F: StreamFormat>(
     rx: mpsc::UnboundedReceiver<GenEvent>,
     format: F,
     content_type: &'static str,
+    metrics: Arc<Metrics>,
 ) -> Response {
     struct State<F> {
         rx: mpsc::UnboundedReceiver<GenEvent>,
         format: F,
+        metrics: Arc<Metrics>,
         pending: VecDeque<String>,
         ended: bool,
     }
@@ -127,14 +131,16 @@ pub fn stream_response<F: StreamFormat>(
                 s.ended = true;
             }
             Some(Err(e)) => {
-                let frame = s.format.error(&ApiError::from(e));
+                let e = ApiError::from(e);
+                s.metrics.record_error(e.metric_kind());
+                let frame = s.format.error(&e);
                 s.pending.push_back(frame);
                 s.ended = true;
             }
             None => {
-                let frame = s
-                    .format
-                    .error(&ApiError::internal("the generation ended without finishing"));
+                let e = ApiError::internal("the generation ended without finishing");
+                s.metrics.record_error(e.metric_kind());
+                let frame = s.format.error(&e);
                 s.pending.push_back(frame);
                 s.ended = true;
             }
@@ -143,6 +149,7 @@ pub fn stream_response<F: StreamFormat>(
     let mut state = State {
         rx,
         format,
+        metrics,
         pending: VecDeque::new(),
         ended: false,
     };

@@ -115,6 +115,20 @@ impl ApiError {
         e
     }
 
+    /// 503 without a retry: the model does not fit the memory budget even
+    /// with every other model unloaded.
+    pub fn insufficient_memory(message: impl Into<String>) -> Self {
+        let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message);
+        e.code = Some("insufficient_memory");
+        e
+    }
+
+    /// The kind counted by `mlxengine_errors_total`: the `code` when there
+    /// is one (`queue_full`, `model_not_found`, ...), else the `type`.
+    pub fn metric_kind(&self) -> &'static str {
+        self.code.unwrap_or(self.kind)
+    }
+
     /// 500: the engine failed.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
@@ -152,12 +166,18 @@ impl std::fmt::Display for ApiError {
     }
 }
 
+/// The kind of error a response carries (a response extension).
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorKind(pub &'static str);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut res = (self.status, axum::Json(self.body())).into_response();
         if let Some(s) = self.retry_after {
             res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
+        // Read by the request middleware, which counts errors by kind.
+        res.extensions_mut().insert(ErrorKind(self.metric_kind()));
         res
     }
 }

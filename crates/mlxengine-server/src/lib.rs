@@ -73,6 +73,11 @@ pub struct ServerConfig {
     pub cors: Vec<String>,
     /// Let clients' requests download models from the Hugging Face Hub.
     pub allow_pull: bool,
+    /// Memory the loaded models may take together (`None`: no limit): a
+    /// fixed size or a share of what the device has free at start (80% by
+    /// default). Loading past it unloads idle on-demand models, least
+    /// recently used first; a model that does not fit alone is refused.
+    pub memory_budget: Option<engine_device::MemoryBudget>,
 }
 
 impl Default for ServerConfig {
@@ -88,16 +93,37 @@ impl Default for ServerConfig {
             max_loaded: None,
             cors: Vec::new(),
             allow_pull: false,
+            memory_budget: Some(engine_device::MemoryBudget::default()),
         }
     }
 }
 
+/// Parses `--memory-budget`: a size (`8GB`, `512MiB`), a share of the free
+/// memory (`90%`), or `none` for no limit.
+pub fn parse_memory_budget(s: &str) -> Result<Option<engine_device::MemoryBudget>, String> {
+    let s = s.trim();
+    if matches!(s, "none" | "off" | "unlimited") {
+        return Ok(None);
+    }
+    let bad = || format!("--memory-budget `{s}`: use a size such as 8GB or 512MiB, a share such as 90%, or none");
+    if let Some(pct) = s.strip_suffix('%') {
+        let p: f64 = pct.trim().parse().map_err(|_| bad())?;
+        return engine_device::MemoryBudget::fraction(p / 100.0)
+            .map(Some)
+            .map_err(|e| format!("--memory-budget `{s}`: {e}"));
+    }
+    engine_device::MemoryBudget::parse(s).map(Some).map_err(|_| bad())
+}
+
 /// Parses a keep-alive such as `5m`, `30s`, `1h`, `300` (seconds) or `0`;
-/// `-1`, `never` and `forever` keep models loaded.
+/// a negative one (`-1`, `-1m`), `never` and `forever` keep models loaded.
 pub fn parse_keep_alive(s: &str) -> Result<Option<Duration>, String> {
     let s = s.trim();
-    if matches!(s, "-1" | "never" | "forever" | "inf") {
+    if matches!(s, "never" | "forever" | "inf") {
         return Ok(None);
+    }
+    if let Some(rest) = s.strip_prefix('-') {
+        return parse_keep_alive(rest).map(|_| None);
     }
     let (number, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
         Some(i) => s.split_at(i),
@@ -121,7 +147,8 @@ pub(crate) struct AppState {
     pub(crate) pool: Arc<ModelPool>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) started_unix: u64,
-    pub(crate) keep_alive: Option<Duration>,
+    /// Models run on a GPU (their memory counts as `size_vram`).
+    pub(crate) gpu: bool,
     api_key: Option<String>,
     /// Bound to loopback: only `localhost` Host headers are served.
     loopback: bool,
@@ -170,6 +197,21 @@ pub async fn serve(config: ServerConfig, shutdown: impl Future<Output = ()> + Se
             .with_context(|| format!("--host {h} is not an IP address (use e.g. 127.0.0.1, ::1 or 0.0.0.0)"))?,
     };
     let metrics = Arc::new(Metrics::default());
+    let gpu = engine_mlx::gpu_available();
+    let memory_budget = match config.memory_budget {
+        Some(b) => {
+            let device = tokio::task::spawn_blocking(engine_device::DeviceReport::detect)
+                .await
+                .context("reading the device's memory")?;
+            let bytes = b.bytes(&device);
+            tracing::info!(budget = %engine_device::format_size(bytes), "memory budget for loaded models");
+            metrics
+                .memory_budget_bytes
+                .store(bytes, std::sync::atomic::Ordering::Relaxed);
+            Some(bytes)
+        }
+        None => None,
+    };
     let pool = Arc::new(ModelPool::new(
         resolve::Resolver::from_env(config.allow_pull),
         PoolOptions {
@@ -177,6 +219,7 @@ pub async fn serve(config: ServerConfig, shutdown: impl Future<Output = ()> + Se
             queue_depth: config.queue_depth.max(1),
             keep_alive: config.keep_alive,
             max_loaded: config.max_loaded.map(|n| n.max(1)),
+            memory_budget,
         },
         metrics.clone(),
     ));
@@ -190,7 +233,7 @@ pub async fn serve(config: ServerConfig, shutdown: impl Future<Output = ()> + Se
         pool: pool.clone(),
         metrics,
         started_unix: common::unix_now(),
-        keep_alive: config.keep_alive,
+        gpu,
         api_key: config
             .api_key
             .clone()
@@ -338,6 +381,9 @@ async fn guard(State(state): State<Arc<AppState>>, req: Request, next: Next) -> 
         next.run(req).await
     };
     state.metrics.record_request(&endpoint, response.status().as_u16());
+    if let Some(kind) = response.extensions().get::<error::ErrorKind>() {
+        state.metrics.record_error(kind.0);
+    }
     response
 }
 
@@ -372,7 +418,23 @@ mod tests {
         assert_eq!(parse_keep_alive("90").unwrap(), Some(Duration::from_secs(90)));
         assert_eq!(parse_keep_alive("0").unwrap(), Some(Duration::ZERO));
         assert_eq!(parse_keep_alive("-1").unwrap(), None);
+        assert_eq!(parse_keep_alive("-5m").unwrap(), None);
+        assert!(parse_keep_alive("-x").is_err());
         assert!(parse_keep_alive("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn memory_budgets() {
+        assert_eq!(parse_memory_budget("none").unwrap(), None);
+        assert_eq!(
+            parse_memory_budget("8GB").unwrap().unwrap().override_bytes,
+            Some(8_000_000_000)
+        );
+        assert_eq!(parse_memory_budget("90%").unwrap().unwrap().fraction, 0.9);
+        for bad in ["lots", "0%", "150%", "-3GB"] {
+            let e = parse_memory_budget(bad).unwrap_err();
+            assert!(e.contains("--memory-budget"), "{bad}: {e}");
+        }
     }
 
     #[test]

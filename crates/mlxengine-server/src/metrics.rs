@@ -15,6 +15,10 @@ const ITL_BUCKETS: [f64; 10] = [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0
 #[derive(Debug, Default)]
 pub struct Metrics {
     requests: Mutex<BTreeMap<(String, u16), u64>>,
+    /// Errors answered, by kind (the OpenAI error `code`, else its `type`).
+    errors: Mutex<BTreeMap<String, u64>>,
+    /// Resident bytes of each loaded model, by served id.
+    model_memory: Mutex<BTreeMap<String, u64>>,
     /// Generations running now.
     pub running: AtomicU64,
     /// Requests waiting in a model queue.
@@ -25,6 +29,10 @@ pub struct Metrics {
     pub generated_tokens: AtomicU64,
     /// Texts embedded.
     pub embedded_inputs: AtomicU64,
+    /// Forward runs of embedding models (requests queued together share one).
+    pub embed_batches: AtomicU64,
+    /// The memory budget models are loaded within (0: none).
+    pub memory_budget_bytes: AtomicU64,
     /// Generations stopped because their client went away.
     pub cancelled: AtomicU64,
     /// Models loaded now.
@@ -78,6 +86,27 @@ impl Metrics {
         }
     }
 
+    /// Counts one error answered (before or during a stream).
+    pub fn record_error(&self, kind: &str) {
+        if let Ok(mut m) = self.errors.lock() {
+            *m.entry(kind.to_string()).or_default() += 1;
+        }
+    }
+
+    /// Sets the resident bytes of model `id` (`None`: it was unloaded).
+    pub fn set_model_memory(&self, id: &str, bytes: Option<u64>) {
+        if let Ok(mut m) = self.model_memory.lock() {
+            match bytes {
+                Some(b) => {
+                    m.insert(id.to_string(), b);
+                }
+                None => {
+                    m.remove(id);
+                }
+            }
+        }
+    }
+
     /// Records one time to first token.
     pub fn observe_ttft(&self, seconds: f64) {
         if let Ok(mut h) = self.ttft.lock() {
@@ -125,8 +154,26 @@ impl Metrics {
                 let _ = writeln!(
                     out,
                     "mlxengine_requests_total{{endpoint=\"{}\",status=\"{status}\"}} {n}",
-                    endpoint.replace('\\', "\\\\").replace('"', "\\\"")
+                    label(endpoint)
                 );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP mlxengine_errors_total Errors answered (before or during a stream), by kind.\n# TYPE mlxengine_errors_total counter"
+        );
+        if let Ok(m) = self.errors.lock() {
+            for (kind, n) in m.iter() {
+                let _ = writeln!(out, "mlxengine_errors_total{{kind=\"{}\"}} {n}", label(kind));
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP mlxengine_model_memory_bytes Resident bytes of each loaded model (measured at load).\n# TYPE mlxengine_model_memory_bytes gauge"
+        );
+        if let Ok(m) = self.model_memory.lock() {
+            for (id, n) in m.iter() {
+                let _ = writeln!(out, "mlxengine_model_memory_bytes{{model=\"{}\"}} {n}", label(id));
             }
         }
         let gauges = [
@@ -137,6 +184,11 @@ impl Metrics {
                 &self.waiting,
             ),
             ("mlxengine_resident_models", "Models loaded now.", &self.resident_models),
+            (
+                "mlxengine_memory_budget_bytes",
+                "The memory budget models are loaded within (0: none).",
+                &self.memory_budget_bytes,
+            ),
             (
                 "mlxengine_kv_cache_bytes",
                 "Bytes of KV cache held by running generations.",
@@ -170,6 +222,11 @@ impl Metrics {
                 "mlxengine_embedded_inputs_total",
                 "Texts embedded.",
                 &self.embedded_inputs,
+            ),
+            (
+                "mlxengine_embed_batches_total",
+                "Forward runs of embedding models; requests queued together share one.",
+                &self.embed_batches,
             ),
             (
                 "mlxengine_prompt_tokens_cached_total",
@@ -209,6 +266,11 @@ impl Metrics {
     }
 }
 
+/// A Prometheus label value, escaped.
+fn label(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,7 +284,18 @@ mod tests {
         m.observe_itl(0.015);
         m.observe_itl(0.3);
         Metrics::add(&m.generated_tokens, 5);
+        m.record_error("queue_full");
+        m.record_error("queue_full");
+        m.set_model_memory("a\"b", Some(7));
+        m.set_model_memory("gone", Some(1));
+        m.set_model_memory("gone", None);
         let text = m.render();
+        assert!(text.contains("mlxengine_errors_total{kind=\"queue_full\"} 2"), "{text}");
+        assert!(
+            text.contains("mlxengine_model_memory_bytes{model=\"a\\\"b\"} 7"),
+            "{text}"
+        );
+        assert!(!text.contains("gone"), "{text}");
         assert!(text.contains("mlxengine_requests_total{endpoint=\"/v1/models\",status=\"200\"} 2"));
         assert!(text.contains("mlxengine_time_to_first_token_seconds_bucket{le=\"0.25\"} 0"));
         assert!(text.contains("mlxengine_time_to_first_token_seconds_bucket{le=\"0.5\"} 1"));

@@ -33,6 +33,9 @@ pub struct Slot {
     pub kind: ModelKind,
     /// Given with `--model`: loaded at start and never unloaded.
     pub preloaded: bool,
+    /// The keep-alive the last request asked for (Ollama's `keep_alive`):
+    /// `None` until one does, then `Some(None)` for "never unload".
+    keep_alive: Mutex<Option<Option<Duration>>>,
     worker: Mutex<Option<Arc<ModelWorker>>>,
     /// Held while loading, so concurrent requests wait for one load.
     load: tokio::sync::Mutex<()>,
@@ -42,6 +45,36 @@ impl Slot {
     /// The loaded worker, if any.
     pub fn loaded(&self) -> Option<Arc<ModelWorker>> {
         self.worker.lock().ok().and_then(|w| w.clone())
+    }
+
+    /// How long it stays loaded after its last request (`None`: forever):
+    /// what the last request asked for, else `default`; preloaded models
+    /// stay.
+    pub fn keep_alive(&self, default: Option<Duration>) -> Option<Duration> {
+        if self.preloaded {
+            return None;
+        }
+        self.keep_alive.lock().ok().and_then(|k| *k).unwrap_or(default)
+    }
+
+    /// Sets the keep-alive a request asked for (`None`: never unload).
+    pub fn set_keep_alive(&self, keep_alive: Option<Duration>) {
+        if let Ok(mut k) = self.keep_alive.lock() {
+            *k = Some(keep_alive);
+        }
+    }
+
+    /// When it will be unloaded if no request comes (`None`: never).
+    pub fn expires_at(&self, default: Option<Duration>) -> Option<std::time::SystemTime> {
+        let keep = self.keep_alive(default)?;
+        let worker = self.loaded()?;
+        // A busy model's clock starts when its last job ends.
+        let idle = if worker.is_idle() {
+            worker.idle_for()
+        } else {
+            Duration::ZERO
+        };
+        Some(std::time::SystemTime::now() + keep.saturating_sub(idle))
     }
 
     /// Whether `name` addresses this model (`:latest`, as Ollama clients add it, is ignored).
@@ -63,6 +96,10 @@ pub struct PoolOptions {
     /// Most models loaded at once (`None`: no limit): loading another first
     /// unloads the least recently used idle on-demand model.
     pub max_loaded: Option<usize>,
+    /// Bytes the loaded models may take together (`None`: no limit); loading
+    /// one that would not fit first unloads idle on-demand models, least
+    /// recently used first.
+    pub memory_budget: Option<u64>,
 }
 
 /// All served models.
@@ -73,6 +110,8 @@ pub struct ModelPool {
     metrics: Arc<Metrics>,
     /// Preloaded models still loading (for `/health`).
     loading: Mutex<Vec<String>>,
+    /// One load at a time: room is made and memory measured for one model.
+    load: tokio::sync::Mutex<()>,
 }
 
 impl ModelPool {
@@ -84,7 +123,14 @@ impl ModelPool {
             options,
             metrics,
             loading: Mutex::new(Vec::new()),
+            load: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The idle time after which an on-demand model is unloaded, unless a
+    /// request asked for another.
+    pub fn default_keep_alive(&self) -> Option<Duration> {
+        self.options.keep_alive
     }
 
     /// The slots, in the order they were added.
@@ -200,8 +246,15 @@ impl ModelPool {
         if let Some(w) = slot.loaded() {
             return Ok(w);
         }
-        self.make_room(&slot.id)?;
-        tracing::info!(model = %slot.id, path = %slot.path.display(), "loading");
+        let _one_at_a_time = self.load.lock().await;
+        let copies = ModelWorker::copies(slot.kind, self.options.parallel) as u64;
+        let (weights, path) = (slot.path.clone(), slot.path.clone());
+        let estimate = tokio::task::spawn_blocking(move || weights_on_disk(&weights))
+            .await
+            .unwrap_or(0)
+            * copies;
+        self.make_room(&slot.id, estimate)?;
+        tracing::info!(model = %slot.id, path = %path.display(), "loading");
         let (id, path, kind) = (slot.id.clone(), slot.path.clone(), slot.kind);
         let (parallel, depth, metrics) = (self.options.parallel, self.options.queue_depth, self.metrics.clone());
         let worker =
@@ -210,29 +263,41 @@ impl ModelPool {
                 .map_err(|e| ApiError::internal(format!("loading `{}` crashed: {e}", slot.id)))?
                 .map_err(|e| ApiError::internal(format!("cannot load model `{}`: {e}", slot.id)))?;
         let worker = Arc::new(worker);
+        tracing::info!(model = %slot.id, memory = %engine_device::format_size(worker.memory_bytes), "loaded");
         if let Ok(mut w) = slot.worker.lock() {
             *w = Some(worker.clone());
         }
         Ok(worker)
     }
 
-    /// Unloads least recently used idle on-demand models until loading one
-    /// more stays within `max_loaded`; a 503 when every loaded model is
-    /// preloaded or busy.
-    fn make_room(&self, loading: &str) -> Result<(), ApiError> {
-        let Some(max) = self.options.max_loaded else {
-            return Ok(());
-        };
+    /// Unloads least recently used idle on-demand models until one more,
+    /// of about `needs` bytes, stays within `--max-loaded` and the memory
+    /// budget; a 503 when the rest are preloaded or busy, or when the model
+    /// would not fit even alone.
+    fn make_room(&self, loading: &str, needs: u64) -> Result<(), ApiError> {
+        let budget = self.options.memory_budget;
+        if let Some(b) = budget.filter(|&b| needs > b) {
+            return Err(ApiError::insufficient_memory(format!(
+                "model `{loading}` needs about {} (its weights) and the server's memory budget is {}; \
+                 start the server with a larger --memory-budget, or use a smaller or quantized model",
+                engine_device::format_size(needs),
+                engine_device::format_size(b)
+            )));
+        }
         let mut slots = self
             .slots
             .lock()
             .map_err(|_| ApiError::internal("model table poisoned"))?;
         loop {
-            let loaded = slots.iter().filter(|s| s.loaded().is_some()).count();
-            if loaded < max {
+            let loaded: Vec<Arc<ModelWorker>> = slots.iter().filter_map(|s| s.loaded()).collect();
+            let used: u64 = loaded.iter().map(|w| w.memory_bytes).sum();
+            let too_many = self.options.max_loaded.filter(|&m| loaded.len() >= m);
+            let too_big = budget.filter(|&b| used + needs > b);
+            drop(loaded);
+            if too_many.is_none() && too_big.is_none() {
                 return Ok(());
             }
-            // Idle and held by no request (strong count 1: only its slot).
+            // Idle and held by no request (strong count 2: its slot and this look).
             let victim = slots
                 .iter()
                 .enumerate()
@@ -243,9 +308,19 @@ impl ModelPool {
                 })
                 .max_by_key(|&(_, idle)| idle);
             let Some((i, _)) = victim else {
+                let why = match (too_many, too_big) {
+                    (Some(max), _) => format!("{max} models are loaded (--max-loaded {max})"),
+                    (None, Some(b)) => format!(
+                        "model `{loading}` needs about {} and the loaded models take {} of the {} memory budget \
+                         (--memory-budget)",
+                        engine_device::format_size(needs),
+                        engine_device::format_size(used),
+                        engine_device::format_size(b)
+                    ),
+                    (None, None) => unreachable!("room is made only when a limit is reached"),
+                };
                 return Err(ApiError::unavailable(format!(
-                    "{loaded} models are loaded (--max-loaded {max}) and none can be unloaded now (preloaded or busy); \
-                     retry later or raise --max-loaded"
+                    "{why} and none can be unloaded now (preloaded or busy); retry later or raise the limit"
                 )));
             };
             let slot = slots.remove(i);
@@ -258,14 +333,11 @@ impl ModelPool {
     /// Unloads on-demand models idle for longer than the keep-alive (their
     /// slots go too: a later request loads them again).
     pub fn unload_idle(&self) {
-        let Some(keep_alive) = self.options.keep_alive else {
-            return;
-        };
         let Ok(mut slots) = self.slots.lock() else { return };
         slots.retain(|slot| {
-            if slot.preloaded {
+            let Some(keep_alive) = slot.keep_alive(self.options.keep_alive) else {
                 return true;
-            }
+            };
             let Ok(mut w) = slot.worker.lock() else { return true };
             match w.as_ref() {
                 // Held by a request (strong count > 1) or busy: keep.
@@ -279,6 +351,31 @@ impl ModelPool {
                 None => slot.load.try_lock().is_err(),
             }
         });
+    }
+
+    /// Sets the keep-alive a request to model `id` asked for.
+    pub fn keep(&self, id: &str, keep_alive: Option<Duration>) {
+        if let Some(slot) = self.slots().into_iter().find(|s| s.id == id) {
+            slot.set_keep_alive(keep_alive);
+        }
+    }
+
+    /// Unloads model `name` now (Ollama's `keep_alive: 0` with no prompt),
+    /// or as soon as its running requests end; its served id, or `None`
+    /// when it is not loaded. A preloaded model is refused: it stays.
+    pub fn unload_now(&self, name: &str) -> Result<Option<String>, ApiError> {
+        let Some(slot) = self.find(name).filter(|s| s.loaded().is_some()) else {
+            return Ok(None);
+        };
+        if slot.preloaded {
+            return Err(ApiError::bad_param(
+                "keep_alive",
+                format!("`{}` was given with --model and stays loaded", slot.id),
+            ));
+        }
+        slot.set_keep_alive(Some(Duration::ZERO));
+        self.unload_idle();
+        Ok(Some(slot.id.clone()))
     }
 
     /// Drops every model (at shutdown).
@@ -296,6 +393,7 @@ fn new_slot(id: String, name: String, path: PathBuf, preloaded: bool) -> Arc<Slo
         name,
         path,
         preloaded,
+        keep_alive: Mutex::new(None),
         worker: Mutex::new(None),
         load: tokio::sync::Mutex::new(()),
     })
@@ -317,4 +415,39 @@ fn check_use(slot: &Slot, purpose: Use) -> Result<(), ApiError> {
     } else {
         Err(ApiError::bad_param("model", format!("`{}` {what}", slot.id)))
     }
+}
+
+/// Bytes of the weight files a model loads (a file, or the weights in a
+/// folder and its component subfolders): about what loading it takes.
+pub(crate) fn weights_on_disk(path: &std::path::Path) -> u64 {
+    if path.is_file() {
+        return std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    }
+    let Ok(entries) = std::fs::read_dir(path) else { return 0 };
+    // One set of weights per folder: plain safetensors, else a variant
+    // (`*.fp16.safetensors`), else GGUF, else PyTorch `.bin`.
+    let (mut plain, mut variant, mut gguf, mut bin, mut parts) = (0, 0, 0, 0, 0);
+    for e in entries.filter_map(Result::ok) {
+        let p = e.path();
+        let Ok(meta) = std::fs::metadata(&p) else { continue };
+        let name = e.file_name().to_string_lossy().into_owned();
+        if meta.is_dir() {
+            // diffusers components (unet/, vae/, ...) hold their own weights.
+            if p.join("config.json").is_file() {
+                parts += weights_on_disk(&p);
+            }
+        } else if let Some(stem) = name.strip_suffix(".safetensors") {
+            if stem.contains('.') {
+                variant += meta.len();
+            } else {
+                plain += meta.len();
+            }
+        } else if name.ends_with(".gguf") {
+            gguf += meta.len();
+        } else if name.ends_with(".bin") {
+            bin += meta.len();
+        }
+    }
+    let own = [plain, variant, gguf, bin].into_iter().find(|&b| b > 0).unwrap_or(0);
+    own + parts
 }

@@ -2,8 +2,11 @@
 //! `/api/embeddings`), `/api/tags`, `/api/ps`, `/api/show`, `/api/version`.
 //!
 //! Streams are NDJSON unless `"stream": false`. Errors use Ollama's shape,
-//! `{"error": "message"}`. Per-request `keep_alive` is not honoured (the
-//! server's `--keep-alive` is) and unknown `options` are ignored.
+//! `{"error": "message"}`. A request's `keep_alive` (a duration such as
+//! `"10m"`, seconds, or negative for "never") sets how long its model stays
+//! loaded after it, as in Ollama; with no prompt it only loads the model, or
+//! unloads it with `keep_alive: 0`. Models given with `--model` stay loaded.
+//! Unknown `options` are ignored.
 
 use crate::common::{self, finish_reason_str, rfc3339, JsonBody, Sampling, StreamFormat};
 use crate::error::ApiError;
@@ -18,7 +21,7 @@ use engine_core::{ChatMessage, FinishReason, GenerationStats, ImageSource, Promp
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 type OllamaResult = Result<Response, ApiError>;
 
@@ -52,6 +55,46 @@ impl Options {
 
 fn default_true() -> bool {
     true
+}
+
+/// A request's `keep_alive`: `None` when absent, `Some(None)` for "never unload".
+fn keep_alive(value: Option<&Value>) -> Result<Option<Option<Duration>>, ApiError> {
+    let bad = |why: String| ApiError::bad_param("keep_alive", why);
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => {
+            let secs = n.as_f64().unwrap_or(0.0);
+            Ok(Some((secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(1e9)))))
+        }
+        Some(Value::String(s)) => crate::parse_keep_alive(s).map(Some).map_err(bad),
+        Some(other) => Err(bad(format!(
+            "`keep_alive` must be a duration such as \"5m\" or a number of seconds, not {other}"
+        ))),
+    }
+}
+
+/// Answers a request without a prompt: loads the model, or with
+/// `keep_alive: 0` unloads it, as Ollama does.
+async fn load_or_unload(state: &AppState, model: &str, keep: Option<Option<Duration>>, chat: bool) -> OllamaResult {
+    let (id, reason) = if keep == Some(Some(Duration::ZERO)) {
+        let id = state.pool.unload_now(model)?.unwrap_or_else(|| model.to_string());
+        (id, "unload")
+    } else {
+        let worker = state.pool.get(model, Use::Generate).await?;
+        if let Some(k) = keep {
+            state.pool.keep(&worker.id, k);
+        }
+        (worker.id.clone(), "load")
+    };
+    let mut body = json!({
+        "model": id, "created_at": rfc3339(SystemTime::now()), "done": true, "done_reason": reason,
+    });
+    if chat {
+        body["message"] = json!({"role": "assistant", "content": ""});
+    } else {
+        body["response"] = json!("");
+    }
+    Ok(Json(body).into_response())
 }
 
 fn refuse_format(format: Option<&Value>) -> Result<(), ApiError> {
@@ -107,6 +150,7 @@ pub(crate) struct ChatRequest {
     tools: Option<Value>,
     #[serde(default)]
     options: Options,
+    keep_alive: Option<Value>,
 }
 
 /// NDJSON lines of `/api/chat` or `/api/generate`.
@@ -174,10 +218,14 @@ async fn run(
     stream: bool,
     chat: bool,
     sampling: Sampling,
+    keep: Option<Option<Duration>>,
     make_prompt: impl FnOnce(&crate::worker::ModelWorker) -> Result<Prompt, ApiError>,
 ) -> OllamaResult {
     let started = Instant::now();
     let worker = state.pool.get(model, Use::Generate).await?;
+    if let Some(k) = keep {
+        state.pool.keep(&worker.id, k);
+    }
     let prompt = make_prompt(&worker)?;
     let params = sampling.params(&worker.details.defaults);
     let mut rx = common::start(&worker, prompt, params)?;
@@ -188,7 +236,13 @@ async fn run(
     };
     if stream {
         let first = common::first_event(&mut rx).await?;
-        return Ok(common::stream_response(first, rx, lines, "application/x-ndjson"));
+        return Ok(common::stream_response(
+            first,
+            rx,
+            lines,
+            "application/x-ndjson",
+            state.metrics.clone(),
+        ));
     }
     let done = common::collect(rx).await?;
     Ok(Json(lines.last(&done.text, done.finish_reason, &done.stats)).into_response())
@@ -212,24 +266,30 @@ pub(crate) async fn chat(
                 "tool calling is not supported by this server yet",
             ));
         }
+        let keep = keep_alive(req.keep_alive.as_ref())?;
         if req.messages.is_empty() {
-            return Err(ApiError::bad_param(
-                "messages",
-                "`messages` must hold at least one message",
-            ));
+            return load_or_unload(&state, &req.model, keep, true).await;
         }
         let messages = req.messages;
         let model = req.model.clone();
-        run(&state, &req.model, req.stream, true, req.options.sampling(), move |w| {
-            let vision = w.kind == crate::resolve::ModelKind::Vision;
-            let mut out = Vec::with_capacity(messages.len());
-            for m in messages {
-                let mut msg = ChatMessage::new(m.role, m.content);
-                msg.images = decode_images(m.images, vision, &model)?;
-                out.push(msg);
-            }
-            Ok(Prompt::Chat(out))
-        })
+        run(
+            &state,
+            &req.model,
+            req.stream,
+            true,
+            req.options.sampling(),
+            keep,
+            move |w| {
+                let vision = w.kind == crate::resolve::ModelKind::Vision;
+                let mut out = Vec::with_capacity(messages.len());
+                for m in messages {
+                    let mut msg = ChatMessage::new(m.role, m.content);
+                    msg.images = decode_images(m.images, vision, &model)?;
+                    out.push(msg);
+                }
+                Ok(Prompt::Chat(out))
+            },
+        )
         .await
     }
     .await;
@@ -251,6 +311,7 @@ pub(crate) struct GenerateRequest {
     format: Option<Value>,
     #[serde(default)]
     options: Options,
+    keep_alive: Option<Value>,
 }
 
 /// `POST /api/generate`. An empty prompt loads the model and answers
@@ -262,13 +323,9 @@ pub(crate) async fn generate(
     let JsonBody(req) = body.map_err(ApiError::ollama)?;
     let result = async {
         refuse_format(req.format.as_ref())?;
+        let keep = keep_alive(req.keep_alive.as_ref())?;
         if req.prompt.is_empty() && req.images.is_empty() {
-            let worker = state.pool.get(&req.model, Use::Generate).await?;
-            return Ok(Json(json!({
-                "model": worker.id, "created_at": rfc3339(SystemTime::now()),
-                "response": "", "done": true, "done_reason": "load",
-            }))
-            .into_response());
+            return load_or_unload(&state, &req.model, keep, false).await;
         }
         let (prompt, system, raw, images, model) = (req.prompt, req.system, req.raw, req.images, req.model.clone());
         run(
@@ -277,6 +334,7 @@ pub(crate) async fn generate(
             req.stream,
             false,
             req.options.sampling(),
+            keep,
             move |w| {
                 let vision = w.kind == crate::resolve::ModelKind::Vision;
                 let images = decode_images(images, vision, &model)?;
@@ -311,14 +369,20 @@ pub(crate) struct EmbedRequest {
     input: Option<Value>,
     /// `/api/embeddings` (older): one text.
     prompt: Option<String>,
+    keep_alive: Option<Value>,
 }
 
 async fn embed_texts(
     state: &AppState,
     model: &str,
     texts: Vec<String>,
+    keep: Option<Value>,
 ) -> Result<(String, engine_embed::EmbedOutput), ApiError> {
+    let keep = keep_alive(keep.as_ref())?;
     let worker = state.pool.get(model, Use::Embed).await?;
+    if let Some(k) = keep {
+        state.pool.keep(&worker.id, k);
+    }
     let out = worker
         .embed(texts)
         .await
@@ -338,7 +402,7 @@ pub(crate) async fn embed(
             .input
             .ok_or_else(|| ApiError::bad_param("input", "`input` is required"))?;
         let texts = input_texts(&input, "input")?;
-        let (id, out) = embed_texts(&state, &req.model, texts).await?;
+        let (id, out) = embed_texts(&state, &req.model, texts, req.keep_alive).await?;
         Ok(Json(json!({
             "model": id,
             "embeddings": out.vectors,
@@ -362,7 +426,7 @@ pub(crate) async fn embeddings(
         let prompt = req
             .prompt
             .ok_or_else(|| ApiError::bad_param("prompt", "`prompt` is required"))?;
-        let (_, out) = embed_texts(&state, &req.model, vec![prompt]).await?;
+        let (_, out) = embed_texts(&state, &req.model, vec![prompt], req.keep_alive).await?;
         let vector = out.vectors.into_iter().next().unwrap_or_default();
         Ok(Json(json!({"embedding": vector})).into_response())
     }
@@ -434,13 +498,13 @@ pub(crate) async fn ps(State(state): State<Arc<AppState>>) -> Json<Value> {
         .filter(|s| s.loaded().is_some())
         .map(|s| {
             let mut m = entry(s);
-            let expires = match (s.preloaded, state.keep_alive) {
-                (false, Some(k)) => SystemTime::now() + k,
-                // Preloaded models stay: far in the future, as Ollama writes "forever".
-                _ => std::time::UNIX_EPOCH + std::time::Duration::from_secs(253_402_300_799),
-            };
+            // Ollama writes "forever" as a date far in the future.
+            let forever = std::time::UNIX_EPOCH + Duration::from_secs(253_402_300_799);
+            let expires = s.expires_at(state.pool.default_keep_alive()).unwrap_or(forever);
+            let resident = s.loaded().map(|w| w.memory_bytes).unwrap_or(0);
             m.insert("expires_at".into(), json!(rfc3339(expires)));
-            m.insert("size_vram".into(), json!(0));
+            m.insert("size".into(), json!(resident));
+            m.insert("size_vram".into(), json!(if state.gpu { resident } else { 0 }));
             Value::Object(m)
         })
         .collect();

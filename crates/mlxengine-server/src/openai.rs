@@ -257,7 +257,13 @@ pub(crate) async fn chat_completions(
             sent_role: false,
             text_completion: false,
         };
-        return Ok(common::stream_response(first, rx, format, "text/event-stream"));
+        return Ok(common::stream_response(
+            first,
+            rx,
+            format,
+            "text/event-stream",
+            state.metrics.clone(),
+        ));
     }
     let done = common::collect(rx).await?;
     Ok(Json(json!({
@@ -408,7 +414,13 @@ pub(crate) async fn completions(
             sent_role: true,
             text_completion: true,
         };
-        return Ok(common::stream_response(first, rx, format, "text/event-stream"));
+        return Ok(common::stream_response(
+            first,
+            rx,
+            format,
+            "text/event-stream",
+            state.metrics.clone(),
+        ));
     }
     let done = common::collect(rx).await?;
     Ok(Json(json!({

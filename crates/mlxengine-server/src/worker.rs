@@ -166,6 +166,9 @@ pub struct ModelWorker {
     last_used: Arc<Mutex<Instant>>,
     /// When the model finished loading.
     pub loaded_at: std::time::SystemTime,
+    /// Bytes the load took (MLX's active memory before and after, all
+    /// copies; the weight files' size when that reads nothing).
+    pub memory_bytes: u64,
 }
 
 impl std::fmt::Debug for ModelWorker {
@@ -178,10 +181,21 @@ impl std::fmt::Debug for ModelWorker {
 }
 
 impl ModelWorker {
+    /// Copies of a model of `kind` loaded to answer `parallel` requests at
+    /// once: one for text and embedding models, which batch requests, one
+    /// per request for the others.
+    pub fn copies(kind: ModelKind, parallel: usize) -> usize {
+        match kind {
+            ModelKind::Text | ModelKind::Embedding => 1,
+            ModelKind::Vision | ModelKind::Image => parallel.max(1),
+        }
+    }
+
     /// Loads the model at `path` to answer `parallel` requests at once: a
-    /// text model once, batching up to `parallel` generations; other kinds
-    /// as `parallel` copies, each on its own thread. The threads share one
-    /// queue of `queue_depth` jobs. Blocks until all are loaded (call it from
+    /// text model once, batching up to `parallel` generations; an embedding
+    /// model once, embedding the texts of all queued requests together;
+    /// other kinds as `parallel` copies, each on its own thread. The threads
+    /// share one queue of `queue_depth` jobs. Blocks until all are loaded (call it from
     /// a blocking task); the first load error is returned and the threads
     /// already started end.
     pub fn start(
@@ -193,10 +207,8 @@ impl ModelWorker {
         metrics: Arc<Metrics>,
     ) -> Result<ModelWorker, String> {
         let parallel = parallel.max(1);
-        let (replicas, batch) = match kind {
-            ModelKind::Text => (1, parallel),
-            ModelKind::Vision | ModelKind::Embedding | ModelKind::Image => (parallel, 1),
-        };
+        let replicas = Self::copies(kind, parallel);
+        let before = engine_mlx::memory::active();
         let (jobs, rx) = mpsc::sync_channel::<Job>(queue_depth);
         let rx = Arc::new(Mutex::new(rx));
         let active = Arc::new(AtomicU64::new(0));
@@ -218,7 +230,8 @@ impl ModelWorker {
                     let _ = ready.send(Ok(model.details()));
                     drop(ready);
                     match model {
-                        LoadedModel::Text(m) => run_batched(&m, batch, &rx, &metrics, &active, &last_used),
+                        LoadedModel::Text(m) => run_batched(&m, parallel, &rx, &metrics, &active, &last_used),
+                        LoadedModel::Embedding(e) => run_embeds(&e, &rx, &metrics, &active, &last_used),
                         other => run_jobs(other, &rx, &metrics, &active, &last_used),
                     }
                 })
@@ -234,7 +247,13 @@ impl ModelWorker {
             }
         }
         let details = details.ok_or("no worker thread loaded the model")?;
+        // Loads run one at a time (the pool's lock), so the difference is this model's.
+        let memory_bytes = match engine_mlx::memory::active().saturating_sub(before) as u64 {
+            0 => crate::models::weights_on_disk(path) * replicas as u64,
+            n => n,
+        };
         Metrics::add(&metrics.resident_models, 1);
+        metrics.set_model_memory(id, Some(memory_bytes));
         Ok(ModelWorker {
             id: id.to_string(),
             kind,
@@ -246,6 +265,7 @@ impl ModelWorker {
             metrics,
             last_used,
             loaded_at: std::time::SystemTime::now(),
+            memory_bytes,
         })
     }
 
@@ -321,6 +341,7 @@ impl ModelWorker {
 impl Drop for ModelWorker {
     fn drop(&mut self) {
         Metrics::dec(&self.metrics.resident_models);
+        self.metrics.set_model_memory(&self.id, None);
         tracing::info!(model = %self.id, "unloading");
     }
 }
@@ -354,14 +375,6 @@ fn run_jobs(
         match (job, &mut model) {
             (Job::Generate(job), LoadedModel::Text(m)) => run_generate(m.as_mut(), job, metrics),
             (Job::Generate(job), LoadedModel::Vision(m)) => run_generate(m.as_mut(), job, metrics),
-            (Job::Embed(job), LoadedModel::Embedding(e)) => {
-                let refs: Vec<&str> = job.texts.iter().map(String::as_str).collect();
-                let out = e.embed_with(&refs, &EmbedOptions::default());
-                if out.is_ok() {
-                    Metrics::add(&metrics.embedded_inputs, refs.len() as u64);
-                }
-                let _ = job.reply.send(out);
-            }
             (Job::Image(job), LoadedModel::Image(p)) => {
                 let _ = job.reply.send(ImageGenerator::generate(p.as_ref(), &job.request));
             }
@@ -380,6 +393,117 @@ fn run_jobs(
             *t = Instant::now();
         }
         active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Most texts one embedding forward run takes from queued requests (a
+/// request with more runs alone).
+const EMBED_BATCH_TEXTS: usize = 256;
+
+/// An embedding model's loop: the texts of every request queued meanwhile
+/// are embedded together, up to [`EMBED_BATCH_TEXTS`] (the embedder groups
+/// them by length into its own forward batches), and each request gets its
+/// share of the vectors.
+fn run_embeds(
+    model: &Embedder,
+    rx: &Mutex<Receiver<Job>>,
+    metrics: &Metrics,
+    active: &AtomicU64,
+    last_used: &Mutex<Instant>,
+) {
+    // A job taken from the queue that did not fit the batch before it.
+    let mut held: Option<Job> = None;
+    loop {
+        let mut jobs: Vec<EmbedJob> = Vec::new();
+        let mut texts = 0;
+        {
+            let Ok(rx) = rx.lock() else { return };
+            loop {
+                let next = match held.take() {
+                    Some(j) => Ok(j),
+                    None if jobs.is_empty() => rx.recv().map_err(|_| TryRecvError::Disconnected),
+                    None => rx.try_recv(),
+                };
+                let job = match next {
+                    Ok(j) => j,
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) if jobs.is_empty() => return,
+                    Err(TryRecvError::Disconnected) => break,
+                };
+                match job {
+                    Job::Embed(j) if jobs.is_empty() || texts + j.texts.len() <= EMBED_BATCH_TEXTS => {
+                        Metrics::dec(&metrics.waiting);
+                        Metrics::add(&metrics.running, 1);
+                        texts += j.texts.len();
+                        jobs.push(j);
+                    }
+                    Job::Embed(j) => {
+                        held = Some(Job::Embed(j));
+                        break;
+                    }
+                    Job::Generate(j) => {
+                        Metrics::dec(&metrics.waiting);
+                        let _ = j.events.send(Err(EngineError::InvalidParameter(
+                            "this model cannot generate text".into(),
+                        )));
+                        active.fetch_sub(1, Ordering::SeqCst);
+                    }
+                    Job::Image(_) => {
+                        // Handlers check the model kind first; the dropped reply reads as a failure.
+                        Metrics::dec(&metrics.waiting);
+                        tracing::warn!("an image job reached an embedding model");
+                        active.fetch_sub(1, Ordering::SeqCst);
+                    }
+                }
+            }
+        }
+        if jobs.is_empty() {
+            continue;
+        }
+        let all: Vec<&str> = jobs.iter().flat_map(|j| j.texts.iter().map(String::as_str)).collect();
+        let out = model.embed_with(&all, &EmbedOptions::default());
+        Metrics::add(&metrics.embed_batches, 1);
+        let n = jobs.len();
+        match out {
+            Ok(mut out) => {
+                Metrics::add(&metrics.embedded_inputs, all.len() as u64);
+                // Hand each request its slice, in order.
+                for job in jobs {
+                    let k = job.texts.len();
+                    let part = EmbedOutput {
+                        vectors: out.vectors.drain(..k).collect(),
+                        truncated: out.truncated.drain(..k).collect(),
+                        token_counts: out.token_counts.drain(..k).collect(),
+                    };
+                    let _ = job.reply.send(Ok(part));
+                }
+            }
+            Err(_) if n > 1 => {
+                // One request's texts failed the batch: run each alone, so the
+                // error reaches only the request that caused it.
+                for job in jobs {
+                    let refs: Vec<&str> = job.texts.iter().map(String::as_str).collect();
+                    let out = model.embed_with(&refs, &EmbedOptions::default());
+                    Metrics::add(&metrics.embed_batches, 1);
+                    if out.is_ok() {
+                        Metrics::add(&metrics.embedded_inputs, refs.len() as u64);
+                    }
+                    let _ = job.reply.send(out);
+                }
+            }
+            Err(e) => {
+                if let Some(job) = jobs.pop() {
+                    let _ = job.reply.send(Err(e));
+                }
+            }
+        }
+        for _ in 0..n {
+            Metrics::dec(&metrics.running);
+            active.fetch_sub(1, Ordering::SeqCst);
+        }
+        if let Ok(mut t) = last_used.lock() {
+            *t = Instant::now();
+        }
     }
 }
 
