@@ -1,12 +1,12 @@
 //! Model names → files on disk, and what kind of model a path holds.
 //!
-//! This mirrors the facade's `InferenceEngine::resolve` (the server cannot
-//! depend on the `mlxengine` package, whose binary depends on the server),
+//! Names resolve as the facade's `InferenceEngine::resolve` resolves them,
 //! with one difference: a name a *client* sends is looked up in the local
 //! Hugging Face cache only, unless the server runs with `--allow-pull`.
 
 use engine_core::ModelType;
-use engine_hub::{FileFilter, HubClient, HubConfig, ModelRef, RepoId};
+use engine_hub::{HubClient, HubConfig};
+use mlxengine::InferenceEngine;
 use std::path::{Path, PathBuf};
 
 /// What a model serves.
@@ -72,12 +72,13 @@ pub fn served_id(name: &str) -> String {
     name.to_string()
 }
 
-/// Finds models by name: paths, registry ids and Hugging Face repos.
+/// Finds models by name: paths, registry ids and Hugging Face repos, as the
+/// facade's [`InferenceEngine::resolve`] does.
 pub struct Resolver {
     /// Honours `HF_HUB_OFFLINE`; may download.
-    online: Option<HubClient>,
+    online: Option<InferenceEngine>,
     /// Never touches the network: answers from the cache.
-    offline: Option<HubClient>,
+    offline: Option<InferenceEngine>,
     allow_pull: bool,
 }
 
@@ -87,91 +88,50 @@ impl Resolver {
         let config = HubConfig::from_env().ok();
         let offline = config.clone().map(|mut c| {
             c.offline = true;
-            HubClient::new(c)
+            InferenceEngine::with_hub(HubClient::new(c))
         });
         Resolver {
-            online: config.map(HubClient::new),
+            online: config.map(|c| InferenceEngine::with_hub(HubClient::new(c))),
             offline,
             allow_pull,
         }
     }
 
     /// Resolves a `--model` given on the command line (downloads allowed, as
-    /// `mlxengine run` does).
+    /// `mlxengine run` does); a registry id is fetched as its own type.
     pub fn resolve_preload(&self, name: &str) -> Result<PathBuf, String> {
-        self.resolve(name, None, self.online.as_ref())
+        let wanted = engine_device::Registry::builtin()
+            .get(name)
+            .map_or(ModelType::Llm, |e| e.model_type);
+        self.resolve(name, wanted, self.online.as_ref())
     }
 
     /// Resolves a name a client sent: a local path, or the local cache (the
     /// hub too with `--allow-pull`).
     pub fn resolve_request(&self, name: &str, wanted: ModelType) -> Result<PathBuf, String> {
-        let hub = if self.allow_pull {
+        let engine = if self.allow_pull {
             self.online.as_ref()
         } else {
             self.offline.as_ref()
         };
-        self.resolve(name, Some(wanted), hub)
+        self.resolve(name, wanted, engine)
     }
 
-    fn resolve(&self, name: &str, wanted: Option<ModelType>, hub: Option<&HubClient>) -> Result<PathBuf, String> {
+    fn resolve(&self, name: &str, wanted: ModelType, engine: Option<&InferenceEngine>) -> Result<PathBuf, String> {
         let path = Path::new(name);
         if path.exists() {
             return Ok(path.to_path_buf());
         }
-        // `org/repo:TAG` and `hf.co/org/repo` (Ollama's syntax) only mean the hub.
-        let reference = ModelRef::parse(name);
-        let explicit = reference.as_ref().is_ok_and(ModelRef::is_explicit);
-        let looks_like_path = name.starts_with(['.', '/', '~']) || name.contains('\\') || name.matches('/').count() > 1;
-        if looks_like_path && !explicit {
-            return Err(format!("no such file or folder: {name}"));
-        }
-        let hub = hub.ok_or_else(|| "the Hugging Face cache is not configured".to_string())?;
-        let cached_hint = if self.allow_pull {
-            ""
-        } else {
-            " (downloads need `mlxengine serve --allow-pull`, or `mlxengine pull` first)"
-        };
-        if let Some(entry) = engine_device::Registry::builtin().get(name).filter(|_| !explicit) {
-            if let Some(w) = wanted {
-                let serves = entry.model_type == w || (w == ModelType::Llm && entry.model_type == ModelType::Vlm);
-                if !serves {
-                    return Err(format!(
-                        "`{}` is a registry entry of type `{}`, not `{w}`",
-                        entry.id, entry.model_type
-                    ));
-                }
-            }
-            let device = engine_device::DeviceReport::detect();
-            let sel =
-                engine_device::select_variant(&entry.id, None, &device, &engine_device::MemoryBudget::default(), None)
-                    .map_err(|e| e.to_string())?;
-            let repo = RepoId::parse(&sel.repo).map_err(|e| e.to_string())?;
-            let got = match sel.file.as_deref() {
-                Some(f) => hub.get_file(&repo, &sel.revision, f, &mut |_| {}),
-                None => hub
-                    .pull(
-                        &repo,
-                        &sel.revision,
-                        &FileFilter::for_model_type(entry.model_type),
-                        &mut |_| {},
-                    )
-                    .map(|s| s.path),
-            };
-            return got.map_err(|e| format!("{e}{cached_hint}"));
-        }
-        let reference = reference.map_err(|e| {
-            if name.contains(':') {
-                // A malformed `org/repo:TAG` says what is wrong with it.
-                e.to_string()
+        let engine = engine.ok_or_else(|| "the Hugging Face cache is not configured".to_string())?;
+        engine.resolve(name, wanted, &mut |_| {}).map_err(|e| {
+            let cached_only = !self.allow_pull && matches!(e, mlxengine::Error::Hub(_));
+            let hint = if cached_only {
+                " (downloads need `mlxengine serve --allow-pull`, or `mlxengine pull` first)"
             } else {
-                format!(
-                    "`{name}` is not a local file or folder, a registry id (`mlxengine search`) or an `org/name` repo id"
-                )
-            }
-        })?;
-        let filter = FileFilter::for_model_type(wanted.unwrap_or(ModelType::Llm));
-        hub.pull_ref(&reference, "main", &filter, &mut |_| {})
-            .map_err(|e| format!("{e}{cached_hint}"))
+                ""
+            };
+            format!("{e}{hint}")
+        })
     }
 }
 
@@ -211,12 +171,25 @@ mod tests {
 
     #[test]
     fn missing_paths_never_reach_the_hub() {
+        let cache = tempfile::tempdir().unwrap();
+        let mut config = HubConfig::from_env().unwrap();
+        config.cache_dir = cache.path().to_path_buf();
+        // An endpoint nothing listens on: a lookup that reached it would fail differently.
+        config.endpoint = "http://127.0.0.1:9".into();
+        config.offline = true;
         let r = Resolver {
             online: None,
-            offline: None,
+            offline: Some(InferenceEngine::with_hub(HubClient::new(config))),
             allow_pull: false,
         };
         let e = r.resolve_request("./nope.gguf", ModelType::Llm).unwrap_err();
         assert!(e.contains("no such file"), "{e}");
+        let e = r.resolve_request("org/not-cached", ModelType::Llm).unwrap_err();
+        assert!(e.contains("--allow-pull"), "{e}");
+        let e = r.resolve_request("all-minilm-l6-v2", ModelType::Llm).unwrap_err();
+        assert!(
+            e.contains("embedding"),
+            "a registry embedding model is not a text model: {e}"
+        );
     }
 }
