@@ -118,7 +118,7 @@ pub(crate) fn unlist(l: UniquePtr<ffi::ArrayList>, op: &'static str) -> Result<V
     (0..ffi::list_len(&l)).map(|i| wrap(ffi::list_get(&l, i), op)).collect()
 }
 
-fn dims(shape: &[usize]) -> Result<Vec<i32>> {
+pub(crate) fn dims(shape: &[usize]) -> Result<Vec<i32>> {
     shape
         .iter()
         .map(|&d| {

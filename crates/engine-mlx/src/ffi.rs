@@ -16,6 +16,7 @@ pub(crate) mod bridge {
         type WeightFile;
         type StreamHandle;
         type CompiledFn;
+        type Group;
 
         fn list_new() -> UniquePtr<ArrayList>;
         fn list_push(l: Pin<&mut ArrayList>, a: &Array);
@@ -201,6 +202,16 @@ pub(crate) mod bridge {
         fn clear_cache();
 
         fn gpu_available() -> bool;
+
+        fn distributed_available(backend: &str) -> bool;
+        fn distributed_init(backend: &str) -> Result<UniquePtr<Group>>;
+        fn group_rank(g: &Group) -> i32;
+        fn group_size(g: &Group) -> i32;
+        fn group_split(g: &Group, color: i32, key: i32) -> Result<UniquePtr<Group>>;
+        fn dist_all_sum(a: &Array, g: &Group) -> Result<UniquePtr<Array>>;
+        fn dist_all_gather(a: &Array, g: &Group) -> Result<UniquePtr<Array>>;
+        fn dist_send(a: &Array, dst: i32, g: &Group) -> Result<UniquePtr<Array>>;
+        fn dist_recv(shape: &[i32], dtype: u8, src: i32, g: &Group) -> Result<UniquePtr<Array>>;
         fn set_default_device(gpu: bool) -> Result<()>;
         fn default_device_is_gpu() -> bool;
         fn device_info(gpu: bool) -> Result<Vec<String>>;

@@ -13,6 +13,7 @@
 mod array;
 mod compile;
 mod device;
+pub mod distributed;
 mod dtype;
 mod error;
 pub mod fast;

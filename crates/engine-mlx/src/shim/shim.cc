@@ -603,6 +603,32 @@ size_t set_cache_limit(size_t limit) { return mx::set_cache_limit(limit); }
 void clear_cache() { mx::clear_cache(); }
 
 bool gpu_available() { return mx::is_available(mx::Device::gpu); }
+
+namespace dist = mx::distributed;
+
+bool distributed_available(rust::Str backend) { return dist::is_available(std::string(backend)); }
+
+// Strict: a backend that cannot start (no hostfile, a peer that never
+// connects) is an error, never a silent group of one.
+std::unique_ptr<Group> distributed_init(rust::Str backend) {
+  return std::make_unique<Group>(dist::init(true, std::string(backend)));
+}
+
+int32_t group_rank(const Group& g) { return g.group.rank(); }
+int32_t group_size(const Group& g) { return g.group.size(); }
+
+std::unique_ptr<Group> group_split(const Group& g, int32_t color, int32_t key) {
+  return std::make_unique<Group>(g.group.split(color, key));
+}
+
+std::unique_ptr<Array> dist_all_sum(const Array& a, const Group& g) { return own(dist::all_sum(a, g.group)); }
+std::unique_ptr<Array> dist_all_gather(const Array& a, const Group& g) { return own(dist::all_gather(a, g.group)); }
+std::unique_ptr<Array> dist_send(const Array& a, int32_t dst, const Group& g) {
+  return own(dist::send(a, dst, g.group));
+}
+std::unique_ptr<Array> dist_recv(rust::Slice<const int32_t> shape, uint8_t dtype, int32_t src, const Group& g) {
+  return own(dist::recv(to_shape(shape), to_dtype(dtype), src, g.group));
+}
 void set_default_device(bool gpu) { mx::set_default_device(gpu ? mx::Device::gpu : mx::Device::cpu); }
 bool default_device_is_gpu() { return mx::default_device() == mx::Device::gpu; }
 rust::Vec<rust::String> device_info(bool gpu) {

@@ -33,6 +33,12 @@ struct WeightFile {
   std::vector<std::unique_ptr<Array>> meta_arrays;
 };
 
+/// A group of processes that communicate (MLX distributed).
+struct Group {
+  explicit Group(mlx::core::distributed::Group g) : group(std::move(g)) {}
+  mlx::core::distributed::Group group;
+};
+
 /// A stream of work on a device.
 struct StreamHandle {
   mlx::core::Stream stream;
@@ -162,6 +168,16 @@ void clear_cache();
 
 // ---- devices, streams, info
 bool gpu_available();
+
+bool distributed_available(rust::Str backend);
+std::unique_ptr<Group> distributed_init(rust::Str backend);
+int32_t group_rank(const Group& g);
+int32_t group_size(const Group& g);
+std::unique_ptr<Group> group_split(const Group& g, int32_t color, int32_t key);
+std::unique_ptr<Array> dist_all_sum(const Array& a, const Group& g);
+std::unique_ptr<Array> dist_all_gather(const Array& a, const Group& g);
+std::unique_ptr<Array> dist_send(const Array& a, int32_t dst, const Group& g);
+std::unique_ptr<Array> dist_recv(rust::Slice<const int32_t> shape, uint8_t dtype, int32_t src, const Group& g);
 void set_default_device(bool gpu);
 bool default_device_is_gpu();
 rust::Vec<rust::String> device_info(bool gpu);

@@ -1,0 +1,148 @@
+//! MLX distributed: a group of processes (ranks) that exchange arrays, over
+//! MLX's own backends — `ring` (TCP, any machine), `nccl` (CUDA), `mpi`,
+//! `jaccl` (Thunderbolt Macs) or `any`.
+//!
+//! A process joins with [`init`]; which rank it is and where its peers are
+//! come from MLX's environment conventions (`MLX_RANK`, `MLX_HOSTFILE` for
+//! the ring: a JSON list with one `["host:port", ...]` list per rank), as
+//! `mlx.launch` sets them. Communication ops are lazy like any other op: they
+//! run when their result is evaluated, and every rank must evaluate the same
+//! ops in the same order.
+
+use crate::array::{dims, wrap, Array};
+use crate::dtype::Dtype;
+use crate::error::{Context, Error, Result};
+use crate::ffi;
+use cxx::UniquePtr;
+
+/// The backends MLX can communicate over.
+pub const BACKENDS: &[&str] = &["ring", "nccl", "mpi", "jaccl", "any"];
+
+/// A group of communicating processes. `Send` and `Sync`: MLX's group is an
+/// immutable handle, and ops on it are scheduled like any other op.
+pub struct Group {
+    inner: UniquePtr<ffi::Group>,
+}
+
+// SAFETY: the C++ group is a shared pointer to a backend that MLX itself
+// drives from its stream threads; the handle is never mutated after init.
+unsafe impl Send for Group {}
+// SAFETY: see above; every method takes `&self` and only reads the handle.
+unsafe impl Sync for Group {}
+
+impl std::fmt::Debug for Group {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Group")
+            .field("rank", &self.rank())
+            .field("size", &self.size())
+            .finish()
+    }
+}
+
+/// Whether this build of MLX has `backend` (one of [`BACKENDS`]).
+pub fn is_available(backend: &str) -> bool {
+    ffi::distributed_available(backend)
+}
+
+/// Joins the group of all processes started together, over `backend`.
+/// Strict: a backend that is missing or cannot connect (no `MLX_HOSTFILE`,
+/// a peer that never comes up) is an error naming it, never a silent group
+/// of one.
+pub fn init(backend: &str) -> Result<Group> {
+    if !BACKENDS.contains(&backend) {
+        return Err(Error::Invalid(format!(
+            "unknown distributed backend `{backend}`; use one of {}",
+            BACKENDS.join(", ")
+        )));
+    }
+    if !is_available(backend) {
+        return Err(Error::Invalid(format!(
+            "this build of MLX has no `{backend}` distributed backend"
+        )));
+    }
+    if backend == "ring" {
+        if let Some(file) = std::env::var_os("MLX_HOSTFILE") {
+            let path = std::path::Path::new(&file);
+            match std::fs::metadata(path) {
+                Ok(m) if m.is_file() && m.len() > 0 => {}
+                Ok(_) => {
+                    return Err(Error::Invalid(format!(
+                        "MLX_HOSTFILE {} is empty or not a file: it must be a JSON list of [\"host:port\", ...] lists, one per rank",
+                        path.display()
+                    )))
+                }
+                Err(e) => {
+                    return Err(Error::Invalid(format!(
+                        "MLX_HOSTFILE {} cannot be read: {e}",
+                        path.display()
+                    )))
+                }
+            }
+        }
+    }
+    ffi::distributed_init(backend)
+        .map(|inner| Group { inner })
+        .map_err(|e| {
+            let env = |k: &str| std::env::var(k).unwrap_or_else(|_| "unset".into());
+            Error::Invalid(format!(
+                "cannot join the `{backend}` group (MLX_RANK {}, MLX_HOSTFILE {}): {}",
+                env("MLX_RANK"),
+                env("MLX_HOSTFILE"),
+                e.what()
+            ))
+        })
+}
+
+impl Group {
+    /// This process's rank, `0..size()`.
+    pub fn rank(&self) -> usize {
+        ffi::group_rank(&self.inner) as usize
+    }
+
+    /// How many processes the group holds.
+    pub fn size(&self) -> usize {
+        ffi::group_size(&self.inner) as usize
+    }
+
+    /// Splits the group: ranks passing the same `color` form one subgroup,
+    /// ordered by `key` (`None`: by their rank here).
+    pub fn split(&self, color: i32, key: Option<i32>) -> Result<Group> {
+        ffi::group_split(&self.inner, color, key.unwrap_or(-1))
+            .op("group split")
+            .map(|inner| Group { inner })
+    }
+
+    /// The element-wise sum of `a` over all ranks (every rank gets it).
+    pub fn all_sum(&self, a: &Array) -> Result<Array> {
+        wrap(ffi::dist_all_sum(&a.inner, &self.inner), "all_sum")
+    }
+
+    /// Every rank's `a` concatenated along the first axis, in rank order.
+    pub fn all_gather(&self, a: &Array) -> Result<Array> {
+        wrap(ffi::dist_all_gather(&a.inner, &self.inner), "all_gather")
+    }
+
+    /// Sends `a` to rank `dst`; evaluate the returned array to send.
+    pub fn send(&self, a: &Array, dst: usize) -> Result<Array> {
+        wrap(ffi::dist_send(&a.inner, self.peer(dst)?, &self.inner), "send")
+    }
+
+    /// Receives an array of `shape` and `dtype` from rank `src`.
+    pub fn recv(&self, shape: &[usize], dtype: Dtype, src: usize) -> Result<Array> {
+        wrap(
+            ffi::dist_recv(&dims(shape)?, dtype as u8, self.peer(src)?, &self.inner),
+            "recv",
+        )
+    }
+
+    fn peer(&self, r: usize) -> Result<i32> {
+        if r >= self.size() || r == self.rank() {
+            return Err(Error::Invalid(format!(
+                "rank {r} is not a peer of rank {} in a group of {}",
+                self.rank(),
+                self.size()
+            )));
+        }
+        Ok(r as i32)
+    }
+}
