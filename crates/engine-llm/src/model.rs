@@ -42,6 +42,10 @@ pub struct LoadOptions {
     /// LoRA adapter folders (mlx-lm's or PEFT's format), applied unfused in
     /// order on top of the (possibly quantized) base weights.
     pub adapters: Vec<std::path::PathBuf>,
+    /// Split the model across the ranks of this group (tensor parallelism,
+    /// see [`Transformer::shard`]); every rank loads with the same options
+    /// and runs the same calls.
+    pub tensor_parallel: Option<std::sync::Arc<engine_mlx::distributed::Group>>,
 }
 
 /// A loaded language model with its tokenizer and chat template.
@@ -184,6 +188,19 @@ impl LlmModel {
             report("quantizing", 0.85);
             transformer
                 .quantize(spec)
+                .map_err(|e| EngineError::InvalidParameter(e.to_string()))?;
+        }
+        if let Some(group) = &options.tensor_parallel {
+            if !options.adapters.is_empty() {
+                return Err(EngineError::InvalidParameter(
+                    "LoRA adapters cannot be applied to a model split across ranks: fuse them first \
+                     (`mlxengine convert --adapter`)"
+                        .into(),
+                ));
+            }
+            report("splitting across ranks", 0.88);
+            transformer
+                .shard(group.clone())
                 .map_err(|e| EngineError::InvalidParameter(e.to_string()))?;
         }
         for dir in &options.adapters {

@@ -4,9 +4,11 @@
 
 use crate::cache::{KeyOrder, KvCache};
 use crate::config::LlmConfig;
+use engine_mlx::distributed::Group;
 use engine_mlx::fast::{scaled_dot_product_attention, AttentionMask};
-use engine_mlx::nn::{join, Embedding, Linear, RmsNorm, Rope, RopeScaling};
+use engine_mlx::nn::{join, Embedding, Linear, RmsNorm, Rope, RopeScaling, ShardDim};
 use engine_mlx::{where_, Array, Dtype, Result, WeightMap};
+use std::sync::Arc;
 
 /// The MLP's gate activation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +74,10 @@ struct Attention {
     k_norm: Option<RmsNorm>,
     rope: Rope,
     window: Option<usize>,
+    /// Query and key/value heads this rank computes (all of them unless
+    /// the model is split across ranks).
+    heads: usize,
+    kv_heads: usize,
 }
 
 struct Mlp {
@@ -113,6 +119,10 @@ pub struct Transformer {
     layers: Vec<Layer>,
     norm: RmsNorm,
     lm_head: Option<Linear>,
+    /// The ranks this model is split across (tensor parallelism): each holds
+    /// a share of every layer's heads and MLP features, and the attention
+    /// output and MLP down projections are summed over the group.
+    group: Option<Arc<Group>>,
 }
 
 /// Per-call masking and positions: causal, plus optional left padding per
@@ -170,6 +180,8 @@ impl Transformer {
                     &scaling,
                 )?,
                 window: features.layer_windows[i],
+                heads: nh,
+                kv_heads: nkv,
             };
             let mlp = Mlp {
                 gate: Linear::load(w, &join(&m, "gate_proj"), d, cfg.intermediate_size, false)?,
@@ -206,7 +218,63 @@ impl Transformer {
             layers,
             norm,
             lm_head,
+            group: None,
         })
+    }
+
+    /// Splits the model across the ranks of `group` (Megatron-style tensor
+    /// parallelism): this rank keeps its share of the query and key/value
+    /// heads (q, k, v split by outputs, o by inputs) and of the MLP features
+    /// (gate and up by outputs, down by inputs); the embeddings, norms and
+    /// LM head stay whole. Every rank then computes the same logits, summing
+    /// two partial results per layer over the group.
+    pub fn shard(&mut self, group: Arc<Group>) -> Result<()> {
+        let (rank, n) = (group.rank(), group.size());
+        if n == 1 {
+            return Ok(());
+        }
+        let cfg = &self.cfg;
+        for (what, count) in [
+            ("attention heads", cfg.num_heads),
+            ("key/value heads", cfg.num_kv_heads),
+            ("MLP features (intermediate_size)", cfg.intermediate_size),
+        ] {
+            if !count.is_multiple_of(n) {
+                return Err(engine_mlx::Error::Invalid(format!(
+                    "this {} model cannot be split across {n} ranks: its {count} {what} do not divide by {n}",
+                    cfg.model_type
+                )));
+            }
+        }
+        let dense = self.embed_dtype();
+        for layer in &mut self.layers {
+            let a = &mut layer.attn;
+            for l in [&mut a.q, &mut a.k, &mut a.v] {
+                *l = l.shard(ShardDim::Outputs, rank, n, dense)?;
+            }
+            a.o = a.o.shard(ShardDim::Inputs, rank, n, dense)?;
+            a.heads = self.cfg.num_heads / n;
+            a.kv_heads = self.cfg.num_kv_heads / n;
+            let m = &mut layer.mlp;
+            m.gate = m.gate.shard(ShardDim::Outputs, rank, n, dense)?;
+            m.up = m.up.shard(ShardDim::Outputs, rank, n, dense)?;
+            m.down = m.down.shard(ShardDim::Inputs, rank, n, dense)?;
+        }
+        self.group = Some(group);
+        self.eval_weights()
+    }
+
+    /// The group this model is split across, if any.
+    pub fn group(&self) -> Option<&Arc<Group>> {
+        self.group.as_ref()
+    }
+
+    /// Sums a row-parallel layer's partial output over the ranks.
+    fn reduce(&self, partial: Array) -> Result<Array> {
+        match &self.group {
+            Some(g) => g.all_sum(&partial),
+            None => Ok(partial),
+        }
     }
 
     /// The configuration.
@@ -518,7 +586,7 @@ impl Transformer {
             Activation::Silu => g.silu()?,
             Activation::GeluApprox => g.gelu_approx()?,
         };
-        m.down.forward(&g.multiply(&m.up.forward(x)?)?)
+        self.reduce(m.down.forward(&g.multiply(&m.up.forward(x)?)?)?)
     }
 
     fn attention(&self, a: &Attention, x: &Array, cache: &mut KvCache, step: &mut Step<'_>) -> Result<Array> {
@@ -533,9 +601,9 @@ impl Transformer {
             };
             t.transpose(&[0, 2, 1, 3])
         };
-        let q = heads(a.q.forward(x)?, self.cfg.num_heads, &a.q_norm)?;
-        let k = heads(a.k.forward(x)?, self.cfg.num_kv_heads, &a.k_norm)?;
-        let v = heads(a.v.forward(x)?, self.cfg.num_kv_heads, &None)?;
+        let q = heads(a.q.forward(x)?, a.heads, &a.q_norm)?;
+        let k = heads(a.k.forward(x)?, a.kv_heads, &a.k_norm)?;
+        let v = heads(a.v.forward(x)?, a.kv_heads, &None)?;
         let offset = cache.offset();
         let (q, k) = match (&step.tables, &step.row_offsets) {
             (Some((cos, sin)), _) => (rotate(&q, cos, sin)?, rotate(&k, cos, sin)?),
@@ -570,7 +638,7 @@ impl Transformer {
                 scaled_dot_product_attention(&q, &k, &v, scale, m)?
             }
         };
-        a.o.forward(&out.transpose(&[0, 2, 1, 3])?.reshape(&[b, l, -1])?)
+        self.reduce(a.o.forward(&out.transpose(&[0, 2, 1, 3])?.reshape(&[b, l, -1])?)?)
     }
 
     /// Chooses the cheapest correct mask for `l` queries from position

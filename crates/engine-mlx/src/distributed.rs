@@ -146,3 +146,97 @@ impl Group {
         Ok(r as i32)
     }
 }
+
+/// What one rank of [`launch_local`] left behind.
+#[derive(Debug)]
+pub struct RankExit {
+    /// Its exit status (`None`: killed because another rank failed or time ran out).
+    pub status: Option<std::process::ExitStatus>,
+    /// What it wrote to stdout, when that was piped.
+    pub stdout: String,
+    /// What it wrote to stderr, when that was piped.
+    pub stderr: String,
+}
+
+/// Runs `n` ranks on this machine over the ring backend on loopback, the
+/// way `mlx.launch` does: writes a hostfile of free loopback ports to
+/// `dir/hosts.json`, starts `command(rank)` for every rank with `MLX_RANK`
+/// and `MLX_HOSTFILE` set, and waits for all. When one rank fails, or
+/// `timeout` passes, the others are killed (a rank blocked on a dead peer
+/// never hangs the run). Piped stdout/stderr are collected.
+pub fn launch_local(
+    n: usize,
+    dir: &std::path::Path,
+    timeout: Option<std::time::Duration>,
+    command: impl Fn(usize) -> std::process::Command,
+) -> std::io::Result<Vec<RankExit>> {
+    use std::io::Read;
+    let mut hosts = Vec::with_capacity(n);
+    for _ in 0..n {
+        // Bound and dropped at once: MLX binds it again a moment later.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        hosts.push(format!("[\"127.0.0.1:{port}\"]"));
+    }
+    let hostfile = dir.join("hosts.json");
+    std::fs::write(&hostfile, format!("[{}]", hosts.join(", ")))?;
+    let mut children = Vec::with_capacity(n);
+    for rank in 0..n {
+        let mut cmd = command(rank);
+        cmd.env("MLX_RANK", rank.to_string()).env("MLX_HOSTFILE", &hostfile);
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                for (c, _, _) in &mut children {
+                    let c: &mut std::process::Child = c;
+                    let _ = c.kill();
+                }
+                return Err(e);
+            }
+        };
+        let drain = |r: Option<Box<dyn Read + Send>>| {
+            r.map(|mut r| {
+                std::thread::spawn(move || {
+                    let mut s = Vec::new();
+                    let _ = r.read_to_end(&mut s);
+                    String::from_utf8_lossy(&s).into_owned()
+                })
+            })
+        };
+        let out = drain(child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
+        let err = drain(child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
+        children.push((child, out, err));
+    }
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    let mut status: Vec<Option<std::process::ExitStatus>> = vec![None; n];
+    loop {
+        for (i, (c, _, _)) in children.iter_mut().enumerate() {
+            if status[i].is_none() {
+                status[i] = c.try_wait()?;
+            }
+        }
+        let failed = status.iter().flatten().any(|s| !s.success());
+        let late = deadline.is_some_and(|d| std::time::Instant::now() > d);
+        if status.iter().all(Option::is_some) {
+            break;
+        }
+        if failed || late {
+            for (i, (c, _, _)) in children.iter_mut().enumerate() {
+                if status[i].is_none() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+            }
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Ok(children
+        .into_iter()
+        .zip(status)
+        .map(|((_, out, err), status)| RankExit {
+            status,
+            stdout: out.and_then(|h| h.join().ok()).unwrap_or_default(),
+            stderr: err.and_then(|h| h.join().ok()).unwrap_or_default(),
+        })
+        .collect())
+}

@@ -5,7 +5,7 @@
 use engine_mlx::distributed::{self, Group};
 use engine_mlx::{Array, Dtype};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Set in the child processes: which test body to run as a rank.
 const CHILD: &str = "ENGINE_MLX_DIST_CHILD";
@@ -14,54 +14,28 @@ const CHILD: &str = "ENGINE_MLX_DIST_CHILD";
 /// and returns each rank's stdout; fails if a rank fails or the whole run
 /// takes over a minute (a hang).
 fn run_ranks(name: &str, n: usize) -> Vec<String> {
-    let ports: Vec<u16> = (0..n)
-        .map(|_| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        })
-        .collect();
     let dir = tempfile::tempdir().unwrap();
-    let hostfile = dir.path().join("hosts.json");
-    let hosts: Vec<String> = ports.iter().map(|p| format!("[\"127.0.0.1:{p}\"]")).collect();
-    std::fs::write(&hostfile, format!("[{}]", hosts.join(","))).unwrap();
-    let mut children: Vec<_> = (0..n)
-        .map(|rank| {
-            Command::new(std::env::current_exe().unwrap())
-                .args(["--exact", name, "--nocapture", "--test-threads=1"])
-                .env(CHILD, "1")
-                .env("MLX_RANK", rank.to_string())
-                .env("MLX_HOSTFILE", &hostfile)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while children.iter_mut().any(|c| c.try_wait().unwrap().is_none()) {
-        if Instant::now() > deadline {
-            for c in &mut children {
-                let _ = c.kill();
-            }
-            panic!("the ranks did not finish within a minute");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    children
+    let exits = distributed::launch_local(n, dir.path(), Some(Duration::from_secs(60)), |_| {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args(["--exact", name, "--nocapture", "--test-threads=1"])
+            .env(CHILD, "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    })
+    .unwrap();
+    exits
         .into_iter()
         .enumerate()
-        .map(|(rank, c)| {
-            let out = c.wait_with_output().unwrap();
-            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        .map(|(rank, e)| {
             assert!(
-                out.status.success(),
-                "rank {rank} failed: {}\n{stdout}",
-                String::from_utf8_lossy(&out.stderr)
+                e.status.is_some_and(|s| s.success()),
+                "rank {rank} failed ({:?}): {}\n{}",
+                e.status,
+                e.stderr,
+                e.stdout
             );
-            stdout
+            e.stdout
         })
         .collect()
 }
@@ -154,4 +128,39 @@ fn bad_setups_child() {
         Ok(g) => println!("error=none (joined a group of {})", g.size()),
         Err(e) => println!("error={e}"),
     }
+}
+
+/// A rank whose peer dies does not hang: the launcher kills it once the
+/// peer fails, and says which rank failed.
+#[test]
+fn a_dead_peer_ends_the_run() {
+    if std::env::var_os(CHILD).is_some() {
+        let g = distributed::init("ring").unwrap();
+        if g.rank() == 1 {
+            std::process::exit(3);
+        }
+        // Rank 0 waits on a sum its peer never joins.
+        let x = Array::from_slice(&[1.0f32], &[1]).unwrap();
+        let _ = g.all_sum(&x).and_then(|s| s.to_vec::<f32>());
+        println!("error=rank 0 finished a sum without its peer");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let exits = distributed::launch_local(2, dir.path(), Some(Duration::from_secs(60)), |_| {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args(["--exact", "a_dead_peer_ends_the_run", "--nocapture", "--test-threads=1"])
+            .env(CHILD, "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    })
+    .unwrap();
+    assert_eq!(exits[1].status.and_then(|s| s.code()), Some(3), "{exits:?}");
+    assert!(exits[0].status.is_none_or(|s| !s.success()), "{exits:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(50),
+        "took {:?}",
+        started.elapsed()
+    );
 }

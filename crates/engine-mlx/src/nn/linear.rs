@@ -37,6 +37,18 @@ pub enum Linear {
     },
 }
 
+/// Which dimension of a layer a rank keeps one share of (tensor parallelism).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardDim {
+    /// A share of the outputs (column-parallel: each rank computes some
+    /// features of `y`; its bias share with them).
+    Outputs,
+    /// A share of the inputs (row-parallel: each rank computes a partial
+    /// `y` from its share of `x`, to be summed over ranks; the bias stays on
+    /// rank 0 only, so the sum adds it once).
+    Inputs,
+}
+
 /// The dense update a LoRA pair adds to a weight (out, in): `scale · (A B)ᵀ`.
 pub fn lora_delta(a: &Array, b: &Array, scale: f32) -> Result<Array> {
     a.matmul(b)?.t()?.mul_scalar(f64::from(scale))
@@ -73,6 +85,70 @@ impl Linear {
             weight: w.get_shaped(&wname, &[out_features, in_features])?,
             bias: b,
         })
+    }
+
+    /// Rank `rank`'s share (of `ranks` equal ones) of this layer along `dim`.
+    /// A quantized layer whose input share does not fall on its quantization
+    /// groups is made dense (in `dense`) first.
+    pub fn shard(&self, dim: ShardDim, rank: usize, ranks: usize, dense: Dtype) -> Result<Linear> {
+        let (inp, out) = self.dims();
+        let total = match dim {
+            ShardDim::Outputs => out,
+            ShardDim::Inputs => inp,
+        };
+        if ranks == 0 || !total.is_multiple_of(ranks) || rank >= ranks {
+            return Err(crate::Error::Invalid(format!(
+                "cannot split a layer of {inp} inputs and {out} outputs into {ranks} equal shares of its {}",
+                if dim == ShardDim::Outputs { "outputs" } else { "inputs" }
+            )));
+        }
+        let share = total / ranks;
+        let part = |a: &Array, axis: i32, per: usize| {
+            let start = (rank * per) as i32;
+            a.slice_axis(axis, start, start + per as i32)
+        };
+        let bias_share = |b: &Option<Array>| -> Result<Option<Array>> {
+            match (b, dim) {
+                (Some(b), ShardDim::Outputs) => Ok(Some(part(b, 0, share)?)),
+                (Some(b), ShardDim::Inputs) if rank == 0 => Ok(Some(b.clone())),
+                _ => Ok(None),
+            }
+        };
+        match self {
+            Linear::Dense { weight, bias } => Ok(Linear::Dense {
+                weight: match dim {
+                    ShardDim::Outputs => part(weight, 0, share)?,
+                    ShardDim::Inputs => part(weight, 1, share)?,
+                },
+                bias: bias_share(bias)?,
+            }),
+            Linear::Quantized { q, bias } => {
+                let (bits, group) = (q.spec.bits as usize, q.spec.group_size as usize);
+                let q = match dim {
+                    ShardDim::Outputs => Quantized {
+                        weight: part(&q.weight, 0, share)?,
+                        scales: part(&q.scales, 0, share)?,
+                        biases: part(&q.biases, 0, share)?,
+                        spec: q.spec,
+                    },
+                    ShardDim::Inputs if share.is_multiple_of(group) && (share * bits).is_multiple_of(32) => Quantized {
+                        weight: part(&q.weight, 1, share * bits / 32)?,
+                        scales: part(&q.scales, 1, share / group)?,
+                        biases: part(&q.biases, 1, share / group)?,
+                        spec: q.spec,
+                    },
+                    ShardDim::Inputs => return self.dequantized(dense)?.shard(dim, rank, ranks, dense),
+                };
+                Ok(Linear::Quantized {
+                    q,
+                    bias: bias_share(bias)?,
+                })
+            }
+            Linear::Lora { .. } => Err(crate::Error::Invalid(
+                "a layer with a LoRA adapter cannot be split across ranks: fuse the adapter first (`mlxengine convert --adapter`)"
+                    .into(),
+            )),
+        }
     }
 
     /// Applies the layer to x (..., in).

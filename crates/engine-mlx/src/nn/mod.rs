@@ -10,7 +10,7 @@ mod rope;
 
 pub use conv::Conv2d;
 pub use embedding::Embedding;
-pub use linear::{lora_delta, Linear};
+pub use linear::{lora_delta, Linear, ShardDim};
 pub use norm::{GroupNorm, LayerNorm, RmsNorm};
 pub use rope::{Rope, RopeScaling};
 

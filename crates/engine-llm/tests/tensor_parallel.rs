@@ -1,0 +1,166 @@
+//! Tensor parallelism over MLX distributed: every parity fixture (each
+//! architecture, dense and MLX 4-bit, and the GGUF one) split across two
+//! real ranks of a ring on loopback computes the logits the whole model
+//! computes in one process (within 1e-4) and the same greedy tokens, alone
+//! and in a batch.
+
+mod common;
+
+use engine_llm::{DtypePolicy, LlmModel, LoadOptions};
+use engine_mlx::distributed;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Set in the rank processes.
+const CHILD: &str = "ENGINE_LLM_TP_CHILD";
+
+fn fixtures() -> Vec<PathBuf> {
+    let dir = std::env::var_os("MLXENGINE_PARITY_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/parity"));
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}; run `cargo xtask parity-fixtures`", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    v.sort();
+    v
+}
+
+fn prompt_of(dir: &std::path::Path) -> Vec<u32> {
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    expected["prompt"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+/// One rank: for every fixture, the whole model and this rank's share.
+fn rank_body() {
+    let group = Arc::new(distributed::init("ring").unwrap());
+    let first = common::checkpoint(&fixtures()[0]);
+    let refused = LlmModel::load(
+        &first,
+        &LoadOptions {
+            tensor_parallel: Some(group.clone()),
+            adapters: vec![PathBuf::from("/nonexistent/adapter")],
+            ..Default::default()
+        },
+        &mut |_| {},
+    );
+    match refused {
+        Err(e) => println!("adapters={}", e.to_string().contains("fuse them first")),
+        Ok(_) => println!("adapters=accepted"),
+    }
+    for dir in fixtures() {
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let path = common::checkpoint(&dir);
+        let whole = LlmModel::load(
+            &path,
+            &LoadOptions {
+                dtype: DtypePolicy::Native,
+                ..Default::default()
+            },
+            &mut |_| {},
+        )
+        .unwrap();
+        let split = LlmModel::load(
+            &path,
+            &LoadOptions {
+                dtype: DtypePolicy::Native,
+                tensor_parallel: Some(group.clone()),
+                ..Default::default()
+            },
+            &mut |_| {},
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let prompt = prompt_of(&dir);
+        let a = whole.logits(&prompt).unwrap().to_f32_vec().unwrap();
+        let b = split.logits(&prompt).unwrap().to_f32_vec().unwrap();
+        assert_eq!(a.len(), b.len(), "{name}");
+        let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        let short: Vec<u32> = prompt.iter().copied().take(3).collect();
+        let prompts = vec![prompt.clone(), short];
+        let want = whole.generate_batch(&prompts[..1], 8).unwrap();
+        let got = split.generate_batch(&prompts[..1], 8).unwrap();
+        let want_batch = whole.generate_batch(&prompts, 8).unwrap();
+        let got_batch = split.generate_batch(&prompts, 8).unwrap();
+        println!(
+            "fixture={name} worst={worst:e} same_tokens={} same_batch={} tokens={:?}",
+            want == got,
+            want_batch == got_batch,
+            got[0]
+        );
+    }
+}
+
+#[test]
+fn every_fixture_split_across_two_ranks_matches_one_process() {
+    if std::env::var_os(CHILD).is_some() {
+        rank_body();
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exits = distributed::launch_local(2, dir.path(), Some(Duration::from_secs(300)), |_| {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args([
+            "--exact",
+            "every_fixture_split_across_two_ranks_matches_one_process",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD, "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        cmd
+    })
+    .unwrap();
+    let n = fixtures().len();
+    assert!(n >= 19, "only {n} parity fixtures: run `cargo xtask parity-fixtures`");
+    for (rank, e) in exits.iter().enumerate() {
+        assert!(
+            e.status.is_some_and(|s| s.success()),
+            "rank {rank} failed ({:?}):\n{}\n{}",
+            e.status,
+            e.stderr,
+            e.stdout
+        );
+        assert!(
+            e.stdout.contains("adapters=true"),
+            "rank {rank}: a LoRA adapter on a split model is not refused clearly:\n{}",
+            e.stdout
+        );
+        let lines: Vec<&str> = e.stdout.lines().filter(|l| l.contains("fixture=")).collect();
+        assert_eq!(
+            lines.len(),
+            n,
+            "rank {rank} checked {} of {n} fixtures:\n{}",
+            lines.len(),
+            e.stdout
+        );
+        for l in lines {
+            let field = |k: &str| {
+                let tag = format!("{k}=");
+                let i = l.find(&tag).unwrap() + tag.len();
+                l[i..].split(' ').next().unwrap().to_string()
+            };
+            let worst: f32 = field("worst").parse().unwrap();
+            assert!(worst < 1e-4, "rank {rank}: {l}");
+            assert_eq!(field("same_tokens"), "true", "rank {rank}: {l}");
+            assert_eq!(field("same_batch"), "true", "rank {rank}: {l}");
+        }
+    }
+    // Both ranks produced the same tokens.
+    let tokens = |s: &str| -> Vec<String> {
+        s.lines()
+            .filter(|l| l.contains("fixture="))
+            .map(|l| l[l.find("tokens=").unwrap()..].to_string())
+            .collect()
+    };
+    assert_eq!(tokens(&exits[0].stdout), tokens(&exits[1].stdout));
+}
