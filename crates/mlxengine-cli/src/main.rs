@@ -2,6 +2,7 @@
 
 mod convert;
 mod imagine;
+mod launch;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -37,6 +38,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Split a command across N processes over MLX distributed:
+    /// `launch -n 2 -- run MODEL PROMPT` (tensor parallelism).
+    Launch(launch::LaunchArgs),
     /// Generate images from PROMPT with a diffusion model (-o out.png).
     Imagine(imagine::ImagineArgs),
     /// Write a model (folder, GGUF or repo) as an MLX folder that mlx-lm loads.
@@ -235,6 +239,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Run(args) => run_text(args),
         Command::Embed { model, text, json } => embed(&model, text, json),
         Command::Imagine(args) => imagine::imagine(args),
+        Command::Launch(args) => launch::launch(args),
         Command::Convert(args) => convert::convert(args),
         Command::Pull {
             model,
@@ -458,11 +463,22 @@ fn run_text(args: RunArgs) -> Result<()> {
     if args.context == Some(0) {
         bail!("--context must be at least 1 token");
     }
+    let tensor_parallel = launch::group()?;
+    if tensor_parallel.is_some() {
+        // Every rank must run exactly the same calls: no terminal input, no images.
+        if args.prompt.is_none() {
+            bail!("under `mlxengine launch`, give the prompt on the command line (interactive chat is not split)");
+        }
+        if !args.image.is_empty() {
+            bail!("under `mlxengine launch`, vision models cannot be split yet: run without --image or without launch");
+        }
+    }
     let options = LoadOptions {
         dtype: parse_dtype(&args.dtype)?,
         context_length: args.context,
         quantize: parse_quantize(args.quantize, args.group_size)?,
         adapters: args.adapter.clone(),
+        tensor_parallel,
     };
     // Images are checked before any download or load: a bad path fails at once.
     let images: Vec<ImageSource> = args.image.iter().map(|i| image_arg(i)).collect::<Result<_>>()?;
@@ -516,7 +532,8 @@ fn run_text(args: RunArgs) -> Result<()> {
         top_k: args.top_k.unwrap_or(defaults.top_k),
         min_p: args.min_p.unwrap_or(defaults.min_p),
         repetition_penalty: args.repetition_penalty.unwrap_or(defaults.repetition_penalty),
-        seed: args.seed,
+        // Ranks of one launch sample alike: the same seed on each.
+        seed: args.seed.or_else(launch::shared_seed),
         stop: args.stop.clone(),
         ..defaults
     };
