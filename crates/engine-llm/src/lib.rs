@@ -28,3 +28,4 @@ pub use adapter::{Adapter, LoraLayer};
 pub use batch::{BatchOptions, Scheduler, SeqEvent, SeqId};
 pub use generate::{CacheState, Generator};
 pub use model::{ChatHistory, ChatSession, ChatTurn, DtypePolicy, LlmModel, LoadOptions};
+pub use transformer::{Split, SplitMode};

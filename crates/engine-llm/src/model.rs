@@ -42,10 +42,10 @@ pub struct LoadOptions {
     /// LoRA adapter folders (mlx-lm's or PEFT's format), applied unfused in
     /// order on top of the (possibly quantized) base weights.
     pub adapters: Vec<std::path::PathBuf>,
-    /// Split the model across the ranks of this group (tensor parallelism,
-    /// see [`Transformer::shard`]); every rank loads with the same options
-    /// and runs the same calls.
-    pub tensor_parallel: Option<std::sync::Arc<engine_mlx::distributed::Group>>,
+    /// Split the model across the ranks of a distributed group, by heads
+    /// (tensor parallelism) or by layers (pipeline parallelism); every rank
+    /// loads with the same options and runs the same calls.
+    pub split: Option<crate::Split>,
 }
 
 /// A loaded language model with its tokenizer and chat template.
@@ -190,7 +190,7 @@ impl LlmModel {
                 .quantize(spec)
                 .map_err(|e| EngineError::InvalidParameter(e.to_string()))?;
         }
-        if let Some(group) = &options.tensor_parallel {
+        if let Some(split) = &options.split {
             if !options.adapters.is_empty() {
                 return Err(EngineError::InvalidParameter(
                     "LoRA adapters cannot be applied to a model split across ranks: fuse them first \
@@ -200,7 +200,7 @@ impl LlmModel {
             }
             report("splitting across ranks", 0.88);
             transformer
-                .shard(group.clone())
+                .split(split)
                 .map_err(|e| EngineError::InvalidParameter(e.to_string()))?;
         }
         for dir in &options.adapters {

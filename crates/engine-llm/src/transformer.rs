@@ -123,6 +123,28 @@ pub struct Transformer {
     /// a share of every layer's heads and MLP features, and the attention
     /// output and MLP down projections are summed over the group.
     group: Option<Arc<Group>>,
+    /// The ranks this model's layers are split across (pipeline
+    /// parallelism): `layers` holds only this rank's contiguous range.
+    stages: Option<Arc<Group>>,
+}
+
+/// How a model is split across the ranks of a distributed group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SplitMode {
+    /// Every rank holds a share of every layer (see [`Transformer::shard`]).
+    Tensor,
+    /// Every rank holds a contiguous range of layers (see
+    /// [`Transformer::pipeline`]).
+    Pipeline,
+}
+
+/// A model split across ranks: the group and how.
+#[derive(Debug, Clone)]
+pub struct Split {
+    /// The ranks.
+    pub group: Arc<Group>,
+    /// How the model is divided among them.
+    pub mode: SplitMode,
 }
 
 /// Per-call masking and positions: causal, plus optional left padding per
@@ -219,7 +241,46 @@ impl Transformer {
             norm,
             lm_head,
             group: None,
+            stages: None,
         })
+    }
+
+    /// Splits the model as `split` says (a group of one leaves it whole).
+    pub fn split(&mut self, split: &Split) -> Result<()> {
+        if self.group.is_some() || self.stages.is_some() {
+            return Err(engine_mlx::Error::Invalid("the model is already split".into()));
+        }
+        match split.mode {
+            SplitMode::Tensor => self.shard(split.group.clone()),
+            SplitMode::Pipeline => self.pipeline(split.group.clone()),
+        }
+    }
+
+    /// Splits the layers across the ranks of `group` (pipeline parallelism):
+    /// rank r keeps the r-th of `size` contiguous, near-equal ranges of
+    /// layers (the first ranks take one more when they do not divide). Each
+    /// rank receives the hidden states from the rank before it, runs its
+    /// layers and sends them on; the last rank's output is gathered so that
+    /// every rank computes the same logits (the embeddings, final norm and
+    /// LM head stay on every rank).
+    pub fn pipeline(&mut self, group: Arc<Group>) -> Result<()> {
+        let (rank, n) = (group.rank(), group.size());
+        if n == 1 {
+            return Ok(());
+        }
+        let total = self.layers.len();
+        if total < n {
+            return Err(engine_mlx::Error::Invalid(format!(
+                "this {} model cannot be split across {n} ranks by layers: it has only {total}",
+                self.cfg.model_type
+            )));
+        }
+        let (base, extra) = (total / n, total % n);
+        let start = rank * base + rank.min(extra);
+        let count = base + usize::from(rank < extra);
+        self.layers = self.layers.drain(start..start + count).collect();
+        self.stages = Some(group);
+        Ok(())
     }
 
     /// Splits the model across the ranks of `group` (Megatron-style tensor
@@ -229,6 +290,11 @@ impl Transformer {
     /// LM head stay whole. Every rank then computes the same logits, summing
     /// two partial results per layer over the group.
     pub fn shard(&mut self, group: Arc<Group>) -> Result<()> {
+        if self.stages.is_some() {
+            return Err(engine_mlx::Error::Invalid(
+                "the model is already split by layers".into(),
+            ));
+        }
         let (rank, n) = (group.rank(), group.size());
         if n == 1 {
             return Ok(());
@@ -264,9 +330,19 @@ impl Transformer {
         self.eval_weights()
     }
 
-    /// The group this model is split across, if any.
-    pub fn group(&self) -> Option<&Arc<Group>> {
-        self.group.as_ref()
+    /// The group this model is split across, if any, and how.
+    pub fn split_across(&self) -> Option<Split> {
+        match (&self.group, &self.stages) {
+            (Some(g), _) => Some(Split {
+                group: g.clone(),
+                mode: SplitMode::Tensor,
+            }),
+            (None, Some(g)) => Some(Split {
+                group: g.clone(),
+                mode: SplitMode::Pipeline,
+            }),
+            (None, None) => None,
+        }
     }
 
     /// Sums a row-parallel layer's partial output over the ranks.
@@ -514,8 +590,22 @@ impl Transformer {
             row_offsets,
             masks: Vec::new(),
         };
+        if let Some(g) = self.stages.as_ref().filter(|g| g.rank() > 0) {
+            // The hidden states come from the rank before: same shape and dtype.
+            h = g.recv(&h.shape(), h.dtype(), g.rank() - 1)?;
+        }
         for (layer, c) in self.layers.iter().zip(cache.iter_mut()) {
             h = self.layer_forward(layer, &h, c, &mut step)?;
+        }
+        if let Some(g) = &self.stages {
+            let (r, n) = (g.rank(), g.size() as i32);
+            if r + 1 < g.size() {
+                h = g.send(&h, r + 1)?;
+            }
+            // Every rank takes the last rank's rows; gathering keeps the
+            // sends in each rank's graph.
+            let b = h.dim(0) as i32;
+            h = g.all_gather(&h)?.slice_axis(0, (n - 1) * b, n * b)?;
         }
         Ok(h)
     }

@@ -3,8 +3,9 @@
 //!
 //! The ranks run on this machine over the ring backend on loopback (a
 //! hostfile of free ports, `MLX_RANK` / `MLX_HOSTFILE` set per rank). Each
-//! loads its share of the model (tensor parallelism) and every rank runs
-//! the same generation; rank 0 owns the terminal, the others' output is
+//! loads its share of the model — of every layer (`--split tensor`) or a
+//! range of layers (`--split pipeline`) — and every rank runs the same
+//! generation; rank 0 owns the terminal, the others' output is
 //! kept and shown only if they fail. When one rank fails the others are
 //! stopped, so a dead rank never leaves the rest waiting.
 
@@ -15,6 +16,8 @@ use std::process::{Command, Stdio};
 
 /// Set in every rank: the backend to join the group over.
 pub const BACKEND_ENV: &str = "MLXENGINE_DISTRIBUTED";
+/// Set in every rank: how the model is split (`tensor` or `pipeline`).
+pub const SPLIT_ENV: &str = "MLXENGINE_SPLIT";
 /// Set in every rank: the seed all ranks sample with when none was given.
 pub const SEED_ENV: &str = "MLXENGINE_LAUNCH_SEED";
 
@@ -27,6 +30,10 @@ pub struct LaunchArgs {
     /// MLX distributed backend: ring (TCP on loopback), or nccl / mpi / any.
     #[arg(long, default_value = "ring")]
     backend: String,
+    /// How to split the model: `tensor` (every rank holds a share of every
+    /// layer) or `pipeline` (every rank holds a range of layers).
+    #[arg(long, default_value = "tensor", value_parser = ["tensor", "pipeline"])]
+    split: String,
     /// The command every rank runs: `run MODEL PROMPT [options]`.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
     command: Vec<String>,
@@ -59,6 +66,7 @@ pub fn launch(args: LaunchArgs) -> Result<()> {
         let mut cmd = Command::new(&exe);
         cmd.args(&args.command)
             .env(BACKEND_ENV, &args.backend)
+            .env(SPLIT_ENV, &args.split)
             .env(SEED_ENV, seed.to_string())
             .stdin(Stdio::null());
         if rank > 0 {
@@ -87,13 +95,20 @@ pub fn launch(args: LaunchArgs) -> Result<()> {
     Ok(())
 }
 
-/// The tensor-parallel group of this process when `mlxengine launch`
-/// started it, else `None`.
-pub fn group() -> Result<Option<std::sync::Arc<distributed::Group>>> {
+/// How this process's model is split when `mlxengine launch` started it,
+/// else `None`.
+pub fn split() -> Result<Option<mlxengine::Split>> {
     let Ok(backend) = std::env::var(BACKEND_ENV) else {
         return Ok(None);
     };
-    Ok(Some(std::sync::Arc::new(distributed::init(&backend)?)))
+    let mode = match std::env::var(SPLIT_ENV).as_deref() {
+        Ok("pipeline") => mlxengine::SplitMode::Pipeline,
+        _ => mlxengine::SplitMode::Tensor,
+    };
+    Ok(Some(mlxengine::Split {
+        group: std::sync::Arc::new(distributed::init(&backend)?),
+        mode,
+    }))
 }
 
 /// The seed the ranks share when the command gives none.

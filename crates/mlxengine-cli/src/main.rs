@@ -463,8 +463,8 @@ fn run_text(args: RunArgs) -> Result<()> {
     if args.context == Some(0) {
         bail!("--context must be at least 1 token");
     }
-    let tensor_parallel = launch::group()?;
-    if tensor_parallel.is_some() {
+    let split = launch::split()?;
+    if split.is_some() {
         // Every rank must run exactly the same calls: no terminal input, no images.
         if args.prompt.is_none() {
             bail!("under `mlxengine launch`, give the prompt on the command line (interactive chat is not split)");
@@ -478,7 +478,7 @@ fn run_text(args: RunArgs) -> Result<()> {
         context_length: args.context,
         quantize: parse_quantize(args.quantize, args.group_size)?,
         adapters: args.adapter.clone(),
-        tensor_parallel,
+        split,
     };
     // Images are checked before any download or load: a bad path fails at once.
     let images: Vec<ImageSource> = args.image.iter().map(|i| image_arg(i)).collect::<Result<_>>()?;

@@ -28,8 +28,8 @@ fn json_of(out: &Output) -> serde_json::Value {
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
 }
 
-/// Two ranks (each with half of every layer) answer exactly as one process:
-/// greedy and sampled with a seed.
+/// Two ranks (each with half of every layer, or half of the layers) answer
+/// exactly as one process: greedy and sampled with a seed.
 #[test]
 fn two_ranks_answer_as_one_process() {
     let model = root().join("target/parity/llama");
@@ -46,11 +46,13 @@ fn two_ranks_answer_as_one_process() {
         let mut run = vec!["run", m, "Hello there", "--max-tokens", "12", "--json"];
         run.extend_from_slice(extra);
         let one = json_of(&mlxengine(&run));
-        let mut launch = vec!["launch", "-n", "2", "--"];
-        launch.extend_from_slice(&run);
-        let two = json_of(&mlxengine(&launch));
-        assert_eq!(two["token_ids"], one["token_ids"], "{extra:?}: {two} vs {one}");
-        assert_eq!(two["text"], one["text"], "{extra:?}");
+        for split in ["tensor", "pipeline"] {
+            let mut launch = vec!["launch", "-n", "2", "--split", split, "--"];
+            launch.extend_from_slice(&run);
+            let two = json_of(&mlxengine(&launch));
+            assert_eq!(two["token_ids"], one["token_ids"], "{split} {extra:?}: {two} vs {one}");
+            assert_eq!(two["text"], one["text"], "{split} {extra:?}");
+        }
         assert_eq!(one["completion_tokens"], 12, "{one}");
     }
 }

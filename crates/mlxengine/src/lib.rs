@@ -32,7 +32,7 @@ pub use engine_hub as hub;
 #[cfg(feature = "llm")]
 pub use engine_llm::export;
 #[cfg(feature = "llm")]
-pub use engine_llm::{ChatHistory, ChatSession, ChatTurn, DtypePolicy, LlmModel, LoadOptions};
+pub use engine_llm::{ChatHistory, ChatSession, ChatTurn, DtypePolicy, LlmModel, LoadOptions, Split, SplitMode};
 pub use engine_mlx as mlx;
 #[cfg(feature = "vlm")]
 pub use engine_vlm::{

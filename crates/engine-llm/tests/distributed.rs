@@ -1,12 +1,12 @@
-//! Tensor parallelism over MLX distributed: every parity fixture (each
-//! architecture, dense and MLX 4-bit, and the GGUF one) split across two
-//! real ranks of a ring on loopback computes the logits the whole model
-//! computes in one process (within 1e-4) and the same greedy tokens, alone
-//! and in a batch.
+//! Tensor and pipeline parallelism over MLX distributed: every parity
+//! fixture (each architecture, dense and MLX 4-bit, and the GGUF one) split
+//! across two real ranks of a ring on loopback — by heads and by layers —
+//! computes the logits the whole model computes in one process (within
+//! 1e-4) and the same greedy tokens, alone and in a batch.
 
 mod common;
 
-use engine_llm::{DtypePolicy, LlmModel, LoadOptions};
+use engine_llm::{DtypePolicy, LlmModel, LoadOptions, Split, SplitMode};
 use engine_mlx::distributed;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -47,7 +47,10 @@ fn rank_body() {
     let refused = LlmModel::load(
         &first,
         &LoadOptions {
-            tensor_parallel: Some(group.clone()),
+            split: Some(Split {
+                group: group.clone(),
+                mode: SplitMode::Tensor,
+            }),
             adapters: vec![PathBuf::from("/nonexistent/adapter")],
             ..Default::default()
         },
@@ -69,38 +72,43 @@ fn rank_body() {
             &mut |_| {},
         )
         .unwrap();
-        let split = LlmModel::load(
-            &path,
-            &LoadOptions {
-                dtype: DtypePolicy::Native,
-                tensor_parallel: Some(group.clone()),
-                ..Default::default()
-            },
-            &mut |_| {},
-        )
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let prompt = prompt_of(&dir);
-        let a = whole.logits(&prompt).unwrap().to_f32_vec().unwrap();
-        let b = split.logits(&prompt).unwrap().to_f32_vec().unwrap();
-        assert_eq!(a.len(), b.len(), "{name}");
-        let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
-        let short: Vec<u32> = prompt.iter().copied().take(3).collect();
-        let prompts = vec![prompt.clone(), short];
-        let want = whole.generate_batch(&prompts[..1], 8).unwrap();
-        let got = split.generate_batch(&prompts[..1], 8).unwrap();
-        let want_batch = whole.generate_batch(&prompts, 8).unwrap();
-        let got_batch = split.generate_batch(&prompts, 8).unwrap();
-        println!(
-            "fixture={name} worst={worst:e} same_tokens={} same_batch={} tokens={:?}",
-            want == got,
-            want_batch == got_batch,
-            got[0]
-        );
+        for mode in [SplitMode::Tensor, SplitMode::Pipeline] {
+            let split = LlmModel::load(
+                &path,
+                &LoadOptions {
+                    dtype: DtypePolicy::Native,
+                    split: Some(Split {
+                        group: group.clone(),
+                        mode,
+                    }),
+                    ..Default::default()
+                },
+                &mut |_| {},
+            )
+            .unwrap_or_else(|e| panic!("{name} {mode:?}: {e}"));
+            let prompt = prompt_of(&dir);
+            let a = whole.logits(&prompt).unwrap().to_f32_vec().unwrap();
+            let b = split.logits(&prompt).unwrap().to_f32_vec().unwrap();
+            assert_eq!(a.len(), b.len(), "{name}");
+            let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+            let short: Vec<u32> = prompt.iter().copied().take(3).collect();
+            let prompts = vec![prompt.clone(), short];
+            let want = whole.generate_batch(&prompts[..1], 8).unwrap();
+            let got = split.generate_batch(&prompts[..1], 8).unwrap();
+            let want_batch = whole.generate_batch(&prompts, 8).unwrap();
+            let got_batch = split.generate_batch(&prompts, 8).unwrap();
+            println!(
+                "fixture={name}/{mode:?} worst={worst:e} same_tokens={} same_batch={} tokens={:?}",
+                want == got,
+                want_batch == got_batch,
+                got[0]
+            );
+        }
     }
 }
 
 #[test]
-fn every_fixture_split_across_two_ranks_matches_one_process() {
+fn every_fixture_split_two_ways_across_two_ranks_matches_one_process() {
     if std::env::var_os(CHILD).is_some() {
         rank_body();
         return;
@@ -110,7 +118,7 @@ fn every_fixture_split_across_two_ranks_matches_one_process() {
         let mut cmd = Command::new(std::env::current_exe().unwrap());
         cmd.args([
             "--exact",
-            "every_fixture_split_across_two_ranks_matches_one_process",
+            "every_fixture_split_two_ways_across_two_ranks_matches_one_process",
             "--nocapture",
             "--test-threads=1",
         ])
@@ -138,8 +146,8 @@ fn every_fixture_split_across_two_ranks_matches_one_process() {
         let lines: Vec<&str> = e.stdout.lines().filter(|l| l.contains("fixture=")).collect();
         assert_eq!(
             lines.len(),
-            n,
-            "rank {rank} checked {} of {n} fixtures:\n{}",
+            2 * n,
+            "rank {rank} checked {} of {n} fixtures × 2 ways:\n{}",
             lines.len(),
             e.stdout
         );
