@@ -83,28 +83,26 @@ pub fn run() -> Result<()> {
         json_of(&mut cmd)
     };
     // Alternate and keep each side's best, so a noisy moment hurts neither alone.
+    // TTFT is end to end on both sides: image read, preprocessing, vision tower, prefill.
     let (mut ours, mut theirs) = (engine(&model)?, oracle(&model)?);
     let (a, b) = (engine(&model)?, oracle(&model)?);
-    if f(&a, "ttft_ms") < f(&ours, "ttft_ms") {
-        ours["ttft_ms"] = a["ttft_ms"].clone();
-    }
-    if f(&a, "decode_tok_s") > f(&ours, "decode_tok_s") {
-        ours["decode_tok_s"] = a["decode_tok_s"].clone();
-    }
-    if f(&b, "ttft_ms") < f(&theirs, "ttft_ms") {
-        theirs["ttft_ms"] = b["ttft_ms"].clone();
-    }
-    if f(&b, "decode_tok_s") > f(&theirs, "decode_tok_s") {
-        theirs["decode_tok_s"] = b["decode_tok_s"].clone();
-    }
-    let prefill = f(&theirs, "ttft_ms") / f(&ours, "ttft_ms");
+    let keep = |best: &mut Value, run: &Value, key: &str, lower: bool| {
+        if (f(run, key) < f(best, key)) == lower {
+            best[key] = run[key].clone();
+        }
+    };
+    keep(&mut ours, &a, "e2e_ttft_ms", true);
+    keep(&mut ours, &a, "decode_tok_s", false);
+    keep(&mut theirs, &b, "ttft_ms", true);
+    keep(&mut theirs, &b, "decode_tok_s", false);
+    let prefill = f(&theirs, "ttft_ms") / f(&ours, "e2e_ttft_ms");
     let decode = f(&ours, "decode_tok_s") / f(&theirs, "decode_tok_s");
     println!(
         "{}",
         serde_json::json!({
             "bench": "vlm",
             "model": "Qwen2-VL-2B shapes, random f16 weights run in f32, one 224x224 image",
-            "engine_ttft_ms": ours["ttft_ms"],
+            "engine_ttft_ms": ours["e2e_ttft_ms"],
             "oracle_ttft_ms": theirs["ttft_ms"],
             "engine_decode_tok_s": ours["decode_tok_s"],
             "oracle_decode_tok_s": theirs["decode_tok_s"],

@@ -1,5 +1,9 @@
-//! Engine side of `cargo xtask bench vlm`: one greedy answer about one image,
-//! timed. Prints {"ttft_ms", "decode_tok_s", "prompt_tokens", "generated"}.
+//! Engine side of `cargo xtask bench vlm` (and of the GPU VLM bench): one
+//! greedy answer about one image, timed. Prints {"ttft_ms", "e2e_ttft_ms",
+//! "decode_tok_s", "prompt_tokens", "generated"}: `ttft_ms` is the engine's
+//! own (text prefill, after the image was encoded), `e2e_ttft_ms` the wall
+//! time from the `stream` call — image read, preprocessing, vision tower and
+//! prefill — to the first token, as mlx-vlm's TTFT is measured.
 //! Usage: bench_vlm MODEL_DIR IMAGE PROMPT N [--dtype auto|native|f32|bf16]
 
 use engine_core::{ChatMessage, GenerateParams, ImageSource, Prompt, StreamEvent, TextGenerator};
@@ -32,17 +36,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ev?;
     }
     m.clear_image_cache();
+    let start = std::time::Instant::now();
+    let mut first = None;
     for ev in m.stream(&Prompt::Chat(vec![msg]), &params)? {
-        if let StreamEvent::Done { stats, .. } = ev? {
-            println!(
+        match ev? {
+            StreamEvent::Text { .. } if first.is_none() => first = Some(start.elapsed()),
+            StreamEvent::Done { stats, .. } => println!(
                 "{}",
                 serde_json::json!({
                     "ttft_ms": stats.ttft_ms,
+                    "e2e_ttft_ms": first.map(|d| d.as_secs_f64() * 1e3),
                     "decode_tok_s": stats.decode_tok_per_s,
                     "prompt_tokens": stats.prompt_tokens,
                     "generated": stats.generated_tokens,
                 })
-            );
+            ),
+            _ => {}
         }
     }
     Ok(())

@@ -5,7 +5,7 @@
 #     checkpoint ($HOME/qwen25vl-3b, torch on the GPU) and the 448x448 image;
 #   call 2, right after, carry [".devcache/cuda/b", ".devcache/vlm"]:  bash xtask/bench/gpu/run_vlm.sh 2
 #     joins libmlx (CUDA), installs MLX Python + mlx-lm + mlx-vlm beside it, runs diag_vlm.py (where
-#     mlx-vlm's Qwen2.5-VL dies on CUDA), then the engine (vlm_e2e, --dtype native) and mlx-vlm
+#     mlx-vlm's Qwen2.5-VL dies on CUDA), then the engine (bench_vlm, --dtype native) and mlx-vlm
 #     (bfloat16; with --dedupe-windows, and unpatched with MLX_CUDA_USE_CUDNN_SDPA=0) twice each on
 #     the same checkpoint, image and prompt, 64 greedy tokens, and unpatched mlx-vlm once more (it
 #     is expected to die with SIGFPE; faulthandler prints its stack). If no mlx-vlm run succeeds,
@@ -14,7 +14,7 @@
 # Staged here: stage-mlx-cuda-native.sh .devcache/cuda; .devcache/vlm/payload.tar.xz holds py/ (the
 # mlx 0.32.4 cp312 manylinux, mlx_lm 0.32.2 and mlx_vlm 0.7.10 wheels unzipped: the device venv has
 # their other imports), include/ (the CUDA wheel's mlx/include, CCCL included, for NVRTC) and
-# vlm_e2e (xtask/bench/gpu/vlm_e2e built against .devcache/cuda/sdk/mlx, stripped); xz, since half b
+# bench_vlm (the engine-vlm example built with engine-mlx/cuda against .devcache/cuda/sdk/mlx, stripped); xz, since half b
 # plus the work tree leave ~10 MB of the 64 MiB a call carries.
 set -uo pipefail
 M=$HOME/qwen25vl-3b IMG=$HOME/vlm-image.png FX=crates/engine-vlm/tests/fixtures/qwen2.5-vl
@@ -43,7 +43,7 @@ ldd $RT/lib/libmlx.so | grep 'not found'
 export PYTHONPATH=$PWD/.devcache/payload/py PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee $OUT/gpu.txt
 python3 -c "import mlx.core as mx; print(mx.default_device(), mx.__version__)" 2>&1 | tail -2
-E=.devcache/payload/vlm_e2e
+E=.devcache/payload/bench_vlm
 make_inputs
 LOG=$OUT/log.txt RES=$OUT/results.jsonl
 # run NAME ROUND CMD...: CMD's last JSON line (or null), its exit status and wall time -> $RES

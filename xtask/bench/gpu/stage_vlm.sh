@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Stages what run_vlm.sh carries, here (x86_64 Linux), into .devcache (git-ignored):
 #   .devcache/cuda/{a,b,sdk}        /work/shared/device/stage-mlx-cuda-native.sh (libmlx CUDA halves)
-#   .devcache/vlm/payload.tar.xz    py/ (mlx, mlx_lm, mlx_vlm unzipped), include/, vlm_e2e
+#   .devcache/vlm/payload.tar.xz    py/ (mlx, mlx_lm, mlx_vlm unzipped), include/, bench_vlm
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 [ -f .devcache/cuda/sdk/mlx/lib/libmlx.so ] || bash /work/shared/device/stage-mlx-cuda-native.sh .devcache/cuda
@@ -12,7 +12,7 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 312 --
 for w in $S/*.whl; do python3 -m zipfile -e "$w" $S/py; done
 rm -rf $S/include && cp -r .devcache/cuda/sdk/mlx/include $S/include
 MLX_DIR=$PWD/.devcache/cuda/sdk/mlx CARGO_TARGET_DIR=target/cuda nice -n 10 cargo build --release \
-  --manifest-path xtask/bench/gpu/vlm_e2e/Cargo.toml
-cp target/cuda/release/vlm_e2e $S/vlm_e2e && strip $S/vlm_e2e
-tar cf - -C $S py include vlm_e2e | xz -9 -T2 > .devcache/vlm/payload.tar.xz
+  -p engine-vlm --example bench_vlm --features engine-mlx/cuda
+cp target/cuda/release/examples/bench_vlm $S/bench_vlm && strip $S/bench_vlm
+tar cf - -C $S py include bench_vlm | xz -9 -T2 > .devcache/vlm/payload.tar.xz
 du -b .devcache/cuda/a .devcache/cuda/b .devcache/vlm
