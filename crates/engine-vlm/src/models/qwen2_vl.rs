@@ -447,28 +447,8 @@ impl Qwen2Vl {
         };
         let (q, k) = (rot(part(0)?)?, rot(part(1)?)?);
         let vv = part(2)?.transpose(&[1, 0, 2])?.expand_dims(0)?;
-        // Attention stays within each image (frame).
-        let scale = (hd as f32).powf(-0.5);
-        let mut outs = Vec::with_capacity(segments.len());
-        let mut at = 0;
-        for &n in segments {
-            let n = n as i32;
-            let sl = |t: &Array| t.slice_axis(2, at, at + n);
-            outs.push(scaled_dot_product_attention(
-                &sl(&q)?,
-                &sl(&k)?,
-                &sl(&vv)?,
-                scale,
-                AttentionMask::None,
-            )?);
-            at += n;
-        }
-        let refs: Vec<&Array> = outs.iter().collect();
-        let a = if refs.len() == 1 {
-            outs[0].clone()
-        } else {
-            concatenate(&refs, 2)?
-        };
+        // Attention stays within each image (frame) or window.
+        let a = segmented_attention(&q, &k, &vv, segments, (hd as f32).powf(-0.5))?;
         let a = b
             .proj
             .forward(&a.squeeze(0)?.transpose(&[1, 0, 2])?.reshape(&[s, -1])?)?;
@@ -486,6 +466,36 @@ impl Qwen2Vl {
             Mlp::Gated(gate, up, down) => down.forward(&act(gate.forward(&h)?)?.multiply(&up.forward(&h)?)?)?,
         };
         x.add(&m)
+    }
+}
+
+/// Attention of q, k, v (1, heads, rows, head_dim) within consecutive
+/// segments of `segments` rows each. A run of equal segments (an image's
+/// full windows, several frames of one size) is one batched attention call
+/// instead of one call per segment: the same sums, far fewer kernels.
+fn segmented_attention(q: &Array, k: &Array, v: &Array, segments: &[usize], scale: f32) -> engine_mlx::Result<Array> {
+    let (heads, hd) = (q.dim(1) as i32, q.dim(3) as i32);
+    let mut outs = Vec::new();
+    let (mut at, mut i) = (0i32, 0usize);
+    while i < segments.len() {
+        let n = segments[i];
+        let run = segments[i..].iter().take_while(|&&m| m == n).count();
+        let (count, n) = (run as i32, n as i32);
+        let len = count * n;
+        // (1, H, count·n, D) → (count, H, n, D): one batch row per segment.
+        let batch = |t: &Array| {
+            t.slice_axis(2, at, at + len)?
+                .reshape(&[heads, count, n, hd])?
+                .transpose(&[1, 0, 2, 3])
+        };
+        let o = scaled_dot_product_attention(&batch(q)?, &batch(k)?, &batch(v)?, scale, AttentionMask::None)?;
+        outs.push(o.transpose(&[1, 0, 2, 3])?.reshape(&[1, heads, len, hd])?);
+        at += len;
+        i += run;
+    }
+    match outs.len() {
+        1 => Ok(outs.remove(0)),
+        _ => concatenate(&outs.iter().collect::<Vec<_>>(), 2),
     }
 }
 
