@@ -116,6 +116,26 @@ impl Server {
         self.log.lock().unwrap().clone()
     }
 
+    /// The loaded models `/api/ps` lists: (name, expires_at).
+    fn loaded(&self) -> Vec<(String, String)> {
+        self.get("/api/ps").json()["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["name"].as_str().unwrap().to_string(),
+                    m["expires_at"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// The names of the loaded models.
+    fn loaded_names(&self) -> Vec<String> {
+        self.loaded().into_iter().map(|(name, _)| name).collect()
+    }
+
     fn get(&self, path: &str) -> HttpResponse {
         http(self.addr, "GET", path, &[], b"")
     }
@@ -864,14 +884,7 @@ fn max_loaded_unloads_the_least_recently_used_model() {
     chat["model"] = serde_json::json!(smol.to_str().unwrap());
     let r = server.post("/v1/chat/completions", &chat);
     assert_eq!(r.status, 200, "{}", r.text());
-    let ps = server.get("/api/ps").json();
-    let names: Vec<&str> = ps["models"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, [SMOLLM_ID], "{ps}");
+    assert_eq!(server.loaded_names(), [SMOLLM_ID]);
     assert_eq!(metric(&server.get("/metrics").text(), "mlxengine_resident_models"), 1.0);
 
     let pinned = Server::start(&["--model", smol.to_str().unwrap(), "--max-loaded", "1"], &[]);
@@ -1019,26 +1032,13 @@ fn embedding_requests_are_batched() {
 fn ollama_keep_alive_per_request() {
     let (mini, smol) = (minilm(), smollm());
     let server = Server::start(&["--model", smol.to_str().unwrap()], &[]);
-    let loaded = |server: &Server| -> Vec<(String, String)> {
-        server.get("/api/ps").json()["models"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| {
-                (
-                    m["name"].as_str().unwrap().to_string(),
-                    m["expires_at"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect()
-    };
     let mini_s = mini.to_str().unwrap();
     let r = server.post(
         "/api/embed",
         &serde_json::json!({"model": mini_s, "input": "hi", "keep_alive": -1}),
     );
     assert_eq!(r.status, 200, "{}", r.text());
-    let ps = loaded(&server);
+    let ps = server.loaded();
     let forever = &ps.iter().find(|(n, _)| n == MINILM_ID).unwrap().1;
     assert!(forever.starts_with("9999"), "keep_alive -1 expires at {forever}");
     // keep_alive 0 with no prompt unloads it at once.
@@ -1046,7 +1046,7 @@ fn ollama_keep_alive_per_request() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["done_reason"], "unload", "{}", r.text());
     assert!(
-        !loaded(&server).iter().any(|(n, _)| n == MINILM_ID),
+        !server.loaded().iter().any(|(n, _)| n == MINILM_ID),
         "keep_alive 0 did not unload"
     );
     let r = server.post(
@@ -1054,16 +1054,16 @@ fn ollama_keep_alive_per_request() {
         &serde_json::json!({"model": mini_s, "input": "hi", "keep_alive": "2s"}),
     );
     assert_eq!(r.status, 200, "{}", r.text());
-    let ps = loaded(&server);
+    let ps = server.loaded();
     let soon = &ps.iter().find(|(n, _)| n == MINILM_ID).unwrap().1;
     assert!(!soon.starts_with("9999"), "keep_alive 2s expires at {soon}");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while loaded(&server).iter().any(|(n, _)| n == MINILM_ID) {
+    while server.loaded().iter().any(|(n, _)| n == MINILM_ID) {
         assert!(Instant::now() < deadline, "keep_alive 2s did not unload the model");
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(
-        loaded(&server).iter().any(|(n, _)| n == SMOLLM_ID),
+        server.loaded().iter().any(|(n, _)| n == SMOLLM_ID),
         "the preloaded model stays"
     );
 
@@ -1113,17 +1113,10 @@ fn memory_budget_unloads_and_refuses() {
     chat["model"] = serde_json::json!(smol.to_str().unwrap());
     let r = server.post("/v1/chat/completions", &chat);
     assert_eq!(r.status, 200, "{}", r.text());
-    let ps = server.get("/api/ps").json();
-    let names: Vec<&str> = ps["models"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["name"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        names,
+        server.loaded_names(),
         [SMOLLM_ID],
-        "MiniLM should have been unloaded for the budget: {ps}"
+        "MiniLM should have been unloaded for the budget"
     );
     let text = server.get("/metrics").text();
     assert_eq!(
