@@ -330,21 +330,6 @@ impl Transformer {
         self.eval_weights()
     }
 
-    /// The group this model is split across, if any, and how.
-    pub fn split_across(&self) -> Option<Split> {
-        match (&self.group, &self.stages) {
-            (Some(g), _) => Some(Split {
-                group: g.clone(),
-                mode: SplitMode::Tensor,
-            }),
-            (None, Some(g)) => Some(Split {
-                group: g.clone(),
-                mode: SplitMode::Pipeline,
-            }),
-            (None, None) => None,
-        }
-    }
-
     /// Sums a row-parallel layer's partial output over the ranks.
     fn reduce(&self, partial: Array) -> Result<Array> {
         match &self.group {
