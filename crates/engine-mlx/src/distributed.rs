@@ -160,29 +160,67 @@ pub struct RankExit {
 
 /// Runs `n` ranks on this machine over the ring backend on loopback, the
 /// way `mlx.launch` does: writes a hostfile of free loopback ports to
-/// `dir/hosts.json`, starts `command(rank)` for every rank with `MLX_RANK`
-/// and `MLX_HOSTFILE` set, and waits for all. When one rank fails, or
-/// `timeout` passes, the others are killed (a rank blocked on a dead peer
-/// never hangs the run). Piped stdout/stderr are collected.
+/// `dir/hosts.json` ([`loopback_hostfile`]) and runs `command(rank)` for
+/// every rank ([`run_ranks`]).
 pub fn launch_local(
     n: usize,
     dir: &std::path::Path,
     timeout: Option<std::time::Duration>,
     command: impl Fn(usize) -> std::process::Command,
 ) -> std::io::Result<Vec<RankExit>> {
-    use std::io::Read;
+    let hostfile = loopback_hostfile(n, dir)?;
+    run_ranks(n, &hostfile, timeout, command)
+}
+
+/// A free port on `ip` of this machine (bound and dropped at once: MLX
+/// binds it again a moment later).
+pub fn free_port(ip: &str) -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind((ip, 0))?.local_addr()?.port())
+}
+
+/// Writes the ring backend's hostfile for `n` ranks on loopback, one free
+/// port each (`[["127.0.0.1:PORT"], ...]`), to `dir/hosts.json`.
+pub fn loopback_hostfile(n: usize, dir: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
     let mut hosts = Vec::with_capacity(n);
     for _ in 0..n {
-        // Bound and dropped at once: MLX binds it again a moment later.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        hosts.push(format!("[\"127.0.0.1:{port}\"]"));
+        hosts.push(vec![format!("127.0.0.1:{}", free_port("127.0.0.1")?)]);
     }
     let hostfile = dir.join("hosts.json");
-    std::fs::write(&hostfile, format!("[{}]", hosts.join(", ")))?;
+    std::fs::write(&hostfile, ring_hostfile(&hosts))?;
+    Ok(hostfile)
+}
+
+/// The ring backend's `MLX_HOSTFILE` text: for each rank, the `ip:port`
+/// addresses it listens on.
+pub fn ring_hostfile(ranks: &[Vec<String>]) -> String {
+    let rank = |r: &Vec<String>| {
+        let addrs: Vec<String> = r.iter().map(|a| format!("\"{a}\"")).collect();
+        format!("[{}]", addrs.join(", "))
+    };
+    format!("[{}]", ranks.iter().map(rank).collect::<Vec<_>>().join(", "))
+}
+
+/// How long the other ranks may run on once rank 0 has ended before they
+/// are stopped (they normally end with it: a `run` finishes together, a
+/// `serve` tells its followers to stop).
+pub const AFTER_RANK_0: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Starts `command(rank)` for each of `n` ranks with `MLX_RANK` and
+/// `MLX_HOSTFILE` (= `hostfile`) set, and waits for all. When one rank
+/// fails, or `timeout` passes, the others are killed (a rank blocked on a
+/// dead peer never hangs the run); when rank 0 ends, the others get
+/// [`AFTER_RANK_0`] to end too. Piped stdout/stderr are collected.
+pub fn run_ranks(
+    n: usize,
+    hostfile: &std::path::Path,
+    timeout: Option<std::time::Duration>,
+    command: impl Fn(usize) -> std::process::Command,
+) -> std::io::Result<Vec<RankExit>> {
+    use std::io::Read;
     let mut children = Vec::with_capacity(n);
     for rank in 0..n {
         let mut cmd = command(rank);
-        cmd.env("MLX_RANK", rank.to_string()).env("MLX_HOSTFILE", &hostfile);
+        cmd.env("MLX_RANK", rank.to_string()).env("MLX_HOSTFILE", hostfile);
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
@@ -208,6 +246,7 @@ pub fn launch_local(
     }
     let deadline = timeout.map(|t| std::time::Instant::now() + t);
     let mut status: Vec<Option<std::process::ExitStatus>> = vec![None; n];
+    let mut rank0_done: Option<std::time::Instant> = None;
     loop {
         for (i, (c, _, _)) in children.iter_mut().enumerate() {
             if status[i].is_none() {
@@ -215,7 +254,11 @@ pub fn launch_local(
             }
         }
         let failed = status.iter().flatten().any(|s| !s.success());
-        let late = deadline.is_some_and(|d| std::time::Instant::now() > d);
+        if status[0].is_some() {
+            rank0_done.get_or_insert_with(std::time::Instant::now);
+        }
+        let late = deadline.is_some_and(|d| std::time::Instant::now() > d)
+            || rank0_done.is_some_and(|t| t.elapsed() > AFTER_RANK_0);
         if status.iter().all(Option::is_some) {
             break;
         }

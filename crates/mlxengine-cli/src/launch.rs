@@ -55,9 +55,11 @@ pub fn launch(args: LaunchArgs) -> Result<()> {
         bail!("this build of MLX has no `{}` distributed backend", args.backend);
     }
     match args.command.first().map(String::as_str) {
-        Some("run") => {}
-        Some(other) => bail!("`launch` runs `run` across ranks; `{other}` cannot be split yet"),
-        None => bail!("give the command to run across ranks: `mlxengine launch -n 2 -- run MODEL PROMPT`"),
+        Some("run" | "serve") => {}
+        Some(other) => bail!("`launch` runs `run` or `serve` across ranks; `{other}` cannot be split yet"),
+        None => bail!(
+            "give the command to run across ranks: `mlxengine launch -n 2 -- run MODEL PROMPT` or `-- serve --model MODEL`"
+        ),
     }
     let exe = std::env::current_exe()?;
     let dir = tempfile::tempdir()?;
@@ -72,6 +74,7 @@ pub fn launch(args: LaunchArgs) -> Result<()> {
         if rank > 0 {
             cmd.stdout(Stdio::null()).stderr(Stdio::piped());
         }
+        stop_with_launcher(&mut cmd);
         cmd
     })?;
     // The rank that failed on its own, not one stopped because of it.
@@ -114,6 +117,25 @@ pub fn split() -> Result<Option<mlxengine::Split>> {
 /// The seed the ranks share when the command gives none.
 pub fn shared_seed() -> Option<u64> {
     std::env::var(SEED_ENV).ok()?.parse().ok()
+}
+
+/// A rank started here gets SIGTERM when the launcher dies, however it
+/// dies (Linux), so killing `mlxengine launch` never leaves ranks behind: a
+/// `serve` rank 0 then shuts down as on Ctrl-C.
+fn stop_with_launcher(cmd: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = cmd;
 }
 
 fn rand_seed() -> u64 {

@@ -262,6 +262,8 @@ fn run(cli: Cli) -> Result<()> {
             json,
         } => recommend(&model_type, memory, context, json),
         Command::Serve(a) => mlxengine_server::run(mlxengine_server::ServerConfig {
+            // Under `mlxengine launch`: rank 0 serves, the others follow it.
+            split: launch::split()?,
             keep_alive: mlxengine_server::parse_keep_alive(&a.keep_alive).map_err(anyhow::Error::msg)?,
             host: a.host,
             port: a.port,

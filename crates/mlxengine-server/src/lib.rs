@@ -23,6 +23,7 @@ pub mod models;
 mod ollama;
 mod openai;
 pub mod resolve;
+pub mod split;
 pub mod worker;
 
 use crate::error::ApiError;
@@ -78,6 +79,10 @@ pub struct ServerConfig {
     /// default). Loading past it unloads idle on-demand models, least
     /// recently used first; a model that does not fit alone is refused.
     pub memory_budget: Option<engine_device::MemoryBudget>,
+    /// The model split across the ranks of `mlxengine launch` (`None`:
+    /// unsplit). Exactly one text `--model` is served then: rank 0 serves
+    /// HTTP, the other ranks [`split::follow`] it.
+    pub split: Option<engine_llm::Split>,
 }
 
 impl Default for ServerConfig {
@@ -94,6 +99,7 @@ impl Default for ServerConfig {
             cors: Vec::new(),
             allow_pull: false,
             memory_budget: Some(engine_device::MemoryBudget::default()),
+            split: None,
         }
     }
 }
@@ -155,7 +161,11 @@ pub(crate) struct AppState {
 }
 
 /// Serves `config` until Ctrl-C or SIGTERM (blocking: builds the runtime).
+/// A split server's ranks other than 0 follow rank 0 instead, without HTTP.
 pub fn run(config: ServerConfig) -> anyhow::Result<()> {
+    if config.split.as_ref().is_some_and(|s| s.group.rank() != 0) {
+        return split::follow(&config);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("mlxengine-http")
@@ -196,6 +206,15 @@ pub async fn serve(config: ServerConfig, shutdown: impl Future<Output = ()> + Se
             .parse()
             .with_context(|| format!("--host {h} is not an IP address (use e.g. 127.0.0.1, ::1 or 0.0.0.0)"))?,
     };
+    if let Some(s) = &config.split {
+        if s.group.rank() != 0 {
+            anyhow::bail!(
+                "rank {} of a split server follows rank 0: start it with `run`",
+                s.group.rank()
+            );
+        }
+        split::only_model(&config.models)?;
+    }
     let metrics = Arc::new(Metrics::default());
     let gpu = engine_mlx::gpu_available();
     let memory_budget = match config.memory_budget {
@@ -220,6 +239,7 @@ pub async fn serve(config: ServerConfig, shutdown: impl Future<Output = ()> + Se
             keep_alive: config.keep_alive,
             max_loaded: config.max_loaded.map(|n| n.max(1)),
             memory_budget,
+            split: config.split.clone(),
         },
         metrics.clone(),
     ));
@@ -229,6 +249,11 @@ pub async fn serve(config: ServerConfig, shutdown: impl Future<Output = ()> + Se
         .await
         .context("resolving the --model names")?
         .map_err(anyhow::Error::msg)?;
+    if config.split.is_some() {
+        for slot in pool.slots() {
+            split::check_kind(&slot.name, slot.kind)?;
+        }
+    }
     let state = Arc::new(AppState {
         pool: pool.clone(),
         metrics,

@@ -100,6 +100,8 @@ pub struct PoolOptions {
     /// one that would not fit first unloads idle on-demand models, least
     /// recently used first.
     pub memory_budget: Option<u64>,
+    /// The `--model` is split across the ranks of `mlxengine launch`.
+    pub split: Option<engine_llm::Split>,
 }
 
 /// All served models.
@@ -210,6 +212,17 @@ impl ModelPool {
                 format!("`model` is required; served models: {}", self.served_list()),
             ));
         }
+        if self.options.split.is_some() {
+            // Every rank would have to load it together, and the followers
+            // only mirror the one split model's scheduler: refused, rather
+            // than served unsplit on rank 0 beside a split model whose share
+            // of memory was planned for it alone.
+            return Err(ApiError::model_not_found(format!(
+                "model `{name}` is not served: under `mlxengine launch` only the split model is served ({}); \
+                 models are not loaded on demand across ranks",
+                self.served_list()
+            )));
+        }
         let wanted = match purpose {
             Use::Generate => ModelType::Llm,
             Use::Embed => ModelType::Embedding,
@@ -252,13 +265,15 @@ impl ModelPool {
         let estimate = tokio::task::spawn_blocking(move || weights_on_disk(&weights))
             .await
             .unwrap_or(0)
-            * copies;
+            * copies
+            / self.options.split.as_ref().map_or(1, |s| s.group.size() as u64);
         self.make_room(&slot.id, estimate)?;
         tracing::info!(model = %slot.id, path = %path.display(), "loading");
         let (id, path, kind) = (slot.id.clone(), slot.path.clone(), slot.kind);
         let (parallel, depth, metrics) = (self.options.parallel, self.options.queue_depth, self.metrics.clone());
+        let split = self.options.split.clone();
         let worker =
-            tokio::task::spawn_blocking(move || ModelWorker::start(&id, &path, kind, parallel, depth, metrics))
+            tokio::task::spawn_blocking(move || ModelWorker::start(&id, &path, kind, parallel, depth, metrics, split))
                 .await
                 .map_err(|e| ApiError::internal(format!("loading `{}` crashed: {e}", slot.id)))?
                 .map_err(|e| ApiError::internal(format!("cannot load model `{}`: {e}", slot.id)))?;

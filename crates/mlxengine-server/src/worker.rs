@@ -21,7 +21,7 @@ use engine_core::{
 };
 use engine_diffusion::ImagePipeline;
 use engine_embed::{EmbedOptions, EmbedOutput, Embedder};
-use engine_llm::{LlmModel, LoadOptions};
+use engine_llm::{LlmModel, LoadOptions, Split};
 use engine_vlm::VlmModel;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -98,8 +98,14 @@ pub struct ModelDetails {
 }
 
 impl LoadedModel {
-    fn load(path: &Path, kind: ModelKind) -> Result<LoadedModel, String> {
-        let options = LoadOptions::default();
+    fn load(path: &Path, kind: ModelKind, split: Option<&Split>) -> Result<LoadedModel, String> {
+        let options = LoadOptions {
+            split: split.cloned(),
+            ..Default::default()
+        };
+        if split.is_some() && kind != ModelKind::Text {
+            return Err("only text models can be split across ranks".into());
+        }
         Ok(match kind {
             ModelKind::Text => LoadedModel::Text(Box::new(
                 LlmModel::load(path, &options, &mut |_| {}).map_err(|e| e.to_string())?,
@@ -160,7 +166,11 @@ pub struct ModelWorker {
     active: Arc<AtomicU64>,
     /// The most jobs that may wait.
     queue_depth: usize,
-    jobs: SyncSender<Job>,
+    /// `None` once dropping closed it.
+    jobs: Option<SyncSender<Job>>,
+    /// A split model's thread, joined on drop: it tells the other ranks to
+    /// stop before this process may exit.
+    split_thread: Option<std::thread::JoinHandle<()>>,
     metrics: Arc<Metrics>,
     /// When the last job finished or was queued.
     last_used: Arc<Mutex<Instant>>,
@@ -195,9 +205,11 @@ impl ModelWorker {
     /// text model once, batching up to `parallel` generations; an embedding
     /// model once, embedding the texts of all queued requests together;
     /// other kinds as `parallel` copies, each on its own thread. The threads
-    /// share one queue of `queue_depth` jobs. Blocks until all are loaded (call it from
-    /// a blocking task); the first load error is returned and the threads
-    /// already started end.
+    /// share one queue of `queue_depth` jobs. With `split` (rank 0 of
+    /// `mlxengine launch`) a text model loads its share and every scheduler
+    /// call is mirrored to the other ranks ([`crate::split`]). Blocks until
+    /// all are loaded (call it from a blocking task); the first load error
+    /// is returned and the threads already started end.
     pub fn start(
         id: &str,
         path: &Path,
@@ -205,6 +217,7 @@ impl ModelWorker {
         parallel: usize,
         queue_depth: usize,
         metrics: Arc<Metrics>,
+        split: Option<Split>,
     ) -> Result<ModelWorker, String> {
         let parallel = parallel.max(1);
         let replicas = Self::copies(kind, parallel);
@@ -214,13 +227,16 @@ impl ModelWorker {
         let active = Arc::new(AtomicU64::new(0));
         let last_used = Arc::new(Mutex::new(Instant::now()));
         let (ready_tx, ready_rx) = mpsc::channel::<Result<ModelDetails, String>>();
+        let mut split_thread = None;
         for i in 0..replicas {
             let (rx, ready, path) = (rx.clone(), ready_tx.clone(), path.to_path_buf());
             let (metrics, active, last_used) = (metrics.clone(), active.clone(), last_used.clone());
-            std::thread::Builder::new()
+            let split = split.clone();
+            let is_split = split.is_some();
+            let thread = std::thread::Builder::new()
                 .name(format!("model-{id}-{i}"))
                 .spawn(move || {
-                    let model = match LoadedModel::load(&path, kind) {
+                    let model = match LoadedModel::load(&path, kind, split.as_ref()) {
                         Ok(m) => m,
                         Err(e) => {
                             let _ = ready.send(Err(e));
@@ -230,12 +246,17 @@ impl ModelWorker {
                     let _ = ready.send(Ok(model.details()));
                     drop(ready);
                     match model {
-                        LoadedModel::Text(m) => run_batched(&m, parallel, &rx, &metrics, &active, &last_used),
+                        LoadedModel::Text(m) => {
+                            run_batched(&m, parallel, &rx, &metrics, &active, &last_used, split.as_ref())
+                        }
                         LoadedModel::Embedding(e) => run_embeds(&e, &rx, &metrics, &active, &last_used),
                         other => run_jobs(other, &rx, &metrics, &active, &last_used),
                     }
                 })
                 .map_err(|e| format!("cannot start a worker thread: {e}"))?;
+            if is_split {
+                split_thread = Some(thread);
+            }
         }
         drop(ready_tx);
         let mut details = None;
@@ -261,7 +282,8 @@ impl ModelWorker {
             details,
             active,
             queue_depth,
-            jobs,
+            jobs: Some(jobs),
+            split_thread,
             metrics,
             last_used,
             loaded_at: std::time::SystemTime::now(),
@@ -274,7 +296,11 @@ impl ModelWorker {
         self.active.fetch_add(1, Ordering::SeqCst);
         Metrics::add(&self.metrics.waiting, 1);
         self.touch();
-        match self.jobs.try_send(job) {
+        let sent = match &self.jobs {
+            Some(jobs) => jobs.try_send(job),
+            None => Err(TrySendError::Disconnected(job)),
+        };
+        match sent {
             Ok(()) => Ok(()),
             Err(e) => {
                 self.active.fetch_sub(1, Ordering::SeqCst);
@@ -343,6 +369,12 @@ impl Drop for ModelWorker {
         Metrics::dec(&self.metrics.resident_models);
         self.metrics.set_model_memory(&self.id, None);
         tracing::info!(model = %self.id, "unloading");
+        self.jobs = None;
+        if let Some(t) = self.split_thread.take() {
+            // Only at shutdown (a split model is never unloaded before): its
+            // queued jobs finish, then the other ranks are told to stop.
+            let _ = t.join();
+        }
     }
 }
 
@@ -517,7 +549,8 @@ struct Live {
 
 /// A text model's loop: jobs join engine-llm's continuous-batching scheduler
 /// between decode steps, at most `batch` at once (the rest wait in the
-/// queue, where they count as waiting and the queue limit applies).
+/// queue, where they count as waiting and the queue limit applies). A split
+/// model's scheduler calls are mirrored to the other ranks.
 fn run_batched(
     model: &LlmModel,
     batch: usize,
@@ -525,12 +558,10 @@ fn run_batched(
     metrics: &Metrics,
     active: &AtomicU64,
     last_used: &Mutex<Instant>,
+    split: Option<&Split>,
 ) {
-    let options = engine_llm::BatchOptions {
-        max_batch: batch,
-        ..Default::default()
-    };
-    let mut sched = model.scheduler(options);
+    let options = crate::split::batch_options(batch, model, split);
+    let mut sched = crate::split::Mirrored::new(model.scheduler(options), split.map(|s| &*s.group));
     let mut live: HashMap<engine_llm::SeqId, Live> = HashMap::new();
     let (mut kv_bytes, mut prefix_bytes) = (0u64, 0u64);
     let finish = |n: usize| {
