@@ -7,7 +7,9 @@
 //! range of layers (`--split pipeline`) — and every rank runs the same
 //! generation; rank 0 owns the terminal, the others' output is
 //! kept and shown only if they fail. When one rank fails the others are
-//! stopped, so a dead rank never leaves the rest waiting.
+//! stopped, so a dead rank never leaves the rest waiting. Under `serve`,
+//! rank 0 serves HTTP and the others follow its batch scheduler
+//! (`mlxengine_server::split`).
 
 use anyhow::{bail, Result};
 use clap::Args;
@@ -34,7 +36,8 @@ pub struct LaunchArgs {
     /// layer) or `pipeline` (every rank holds a range of layers).
     #[arg(long, default_value = "tensor", value_parser = ["tensor", "pipeline"])]
     split: String,
-    /// The command every rank runs: `run MODEL PROMPT [options]`.
+    /// The command every rank runs: `run MODEL PROMPT [options]`, or
+    /// `serve --model MODEL [options]` (one text model; rank 0 serves HTTP).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
     command: Vec<String>,
 }

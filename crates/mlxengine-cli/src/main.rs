@@ -38,8 +38,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Split a command across N processes over MLX distributed:
-    /// `launch -n 2 -- run MODEL PROMPT` (tensor parallelism).
+    /// Split a model across N processes over MLX distributed:
+    /// `launch -n 2 [--split tensor|pipeline] -- run MODEL PROMPT`, or
+    /// `-- serve --model MODEL` (rank 0 serves HTTP, every rank steps the batch).
     Launch(launch::LaunchArgs),
     /// Generate images from PROMPT with a diffusion model (-o out.png).
     Imagine(imagine::ImagineArgs),
