@@ -26,9 +26,21 @@ pub const SEED_ENV: &str = "MLXENGINE_LAUNCH_SEED";
 /// Arguments of `mlxengine launch`.
 #[derive(Args)]
 pub struct LaunchArgs {
-    /// Number of processes (ranks) to split the model across.
-    #[arg(short = 'n', long, default_value_t = 2)]
-    ranks: usize,
+    /// Number of processes (ranks) to split the model across (default: 2,
+    /// or one per host of --hostfile).
+    #[arg(short = 'n', long)]
+    ranks: Option<usize>,
+    /// Hosts to run the ranks on, as `mlx.launch` reads them: a JSON list
+    /// `[{"ssh": "host1", "ips": ["10.0.0.1"]}, ...]` (or `{"hosts": [...]}`),
+    /// one rank per host. Hosts that are this machine (localhost, 127.0.0.1,
+    /// its hostname) start here; others through `ssh HOST`, running this
+    /// binary's path with MLX_RANK / MLX_HOSTFILE set (ring backend only).
+    #[arg(long, value_name = "FILE")]
+    hostfile: Option<std::path::PathBuf>,
+    /// First port the ranks on other hosts listen on (one more per rank and
+    /// IP, as mlx.launch); ranks here take free ports.
+    #[arg(long, default_value_t = 32323)]
+    starting_port: u16,
     /// MLX distributed backend: ring (TCP on loopback), or nccl / mpi / any.
     #[arg(long, default_value = "ring")]
     backend: String,
@@ -44,7 +56,12 @@ pub struct LaunchArgs {
 
 /// Starts the ranks and waits for them; the first failure is the error.
 pub fn launch(args: LaunchArgs) -> Result<()> {
-    if args.ranks < 1 {
+    let hosts = match &args.hostfile {
+        Some(file) => Some(read_hostfile(file, args.ranks, &args.backend)?),
+        None => None,
+    };
+    let ranks = hosts.as_ref().map_or(args.ranks.unwrap_or(2), Vec::len);
+    if ranks < 1 {
         bail!("-n must be at least 1");
     }
     if !distributed::BACKENDS.contains(&args.backend.as_str()) {
@@ -67,13 +84,30 @@ pub fn launch(args: LaunchArgs) -> Result<()> {
     let exe = std::env::current_exe()?;
     let dir = tempfile::tempdir()?;
     let seed = rand_seed();
-    let exits = distributed::launch_local(args.ranks, dir.path(), None, |rank| {
-        let mut cmd = Command::new(&exe);
-        cmd.args(&args.command)
-            .env(BACKEND_ENV, &args.backend)
-            .env(SPLIT_ENV, &args.split)
-            .env(SEED_ENV, seed.to_string())
-            .stdin(Stdio::null());
+    let hostfile = match &hosts {
+        None => distributed::loopback_hostfile(ranks, dir.path())?,
+        Some(hosts) => {
+            let path = dir.path().join("hosts.json");
+            std::fs::write(&path, ring_addresses(hosts, args.starting_port)?)?;
+            path
+        }
+    };
+    let envs = [
+        (BACKEND_ENV, args.backend.clone()),
+        (SPLIT_ENV, args.split.clone()),
+        (SEED_ENV, seed.to_string()),
+    ];
+    let exits = distributed::run_ranks(ranks, &hostfile, None, |rank| {
+        let remote = hosts.as_ref().and_then(|h| (!h[rank].local).then_some(&h[rank].ssh));
+        let mut cmd = match remote {
+            Some(host) => ssh_command(host, rank, &hostfile, &exe, &args.command, &envs),
+            None => {
+                let mut cmd = Command::new(&exe);
+                cmd.args(&args.command);
+                cmd
+            }
+        };
+        cmd.envs(envs.iter().map(|(k, v)| (*k, v))).stdin(Stdio::null());
         if rank > 0 {
             cmd.stdout(Stdio::null()).stderr(Stdio::piped());
         }
@@ -99,6 +133,136 @@ pub fn launch(args: LaunchArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// One host of a `--hostfile`.
+struct Host {
+    ssh: String,
+    ips: Vec<String>,
+    /// This machine: the rank starts here, not through ssh.
+    local: bool,
+}
+
+/// Reads mlx.launch's hostfile; every problem names the file and the fix.
+fn read_hostfile(file: &std::path::Path, ranks: Option<usize>, backend: &str) -> Result<Vec<Host>> {
+    let shape = r#"a JSON list of hosts such as [{"ssh": "host1", "ips": ["10.0.0.1"]}, {"ssh": "host2", "ips": ["10.0.0.2"]}]"#;
+    let name = file.display();
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| anyhow::anyhow!("--hostfile {name} cannot be read ({e}); give {shape}"))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("--hostfile {name} is not JSON ({e}); give {shape}"))?;
+    let list = match &json {
+        serde_json::Value::Array(l) => l,
+        serde_json::Value::Object(o) => match o.get("hosts").and_then(|h| h.as_array()) {
+            Some(l) => l,
+            None => bail!("--hostfile {name} has no \"hosts\" list; give {shape}"),
+        },
+        _ => bail!("--hostfile {name} is not a list of hosts; give {shape}"),
+    };
+    if list.is_empty() {
+        bail!("--hostfile {name} lists no hosts; give {shape}");
+    }
+    if let Some(n) = ranks {
+        if n != list.len() {
+            bail!(
+                "-n {n} disagrees with --hostfile {name}, which lists {} hosts (one rank each): leave out -n or list {n} hosts",
+                list.len()
+            );
+        }
+    }
+    if backend != "ring" {
+        bail!("--hostfile starts ranks for the ring backend; use --backend ring (or mlx.launch for `{backend}`)");
+    }
+    let me = this_hostname();
+    list.iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let ssh = h.get("ssh").and_then(|s| s.as_str()).filter(|s| !s.is_empty());
+            let Some(ssh) = ssh else {
+                bail!("--hostfile {name}: host {i} has no \"ssh\" hostname; give {shape}")
+            };
+            let ips: Vec<String> = h
+                .get("ips")
+                .and_then(|l| l.as_array())
+                .map(|l| l.iter().filter_map(|ip| ip.as_str().map(String::from)).collect())
+                .unwrap_or_default();
+            if ips.is_empty() {
+                bail!("--hostfile {name}: host {i} ({ssh}) has no \"ips\"; the ring backend needs the addresses it listens on, e.g. \"ips\": [\"10.0.0.1\"]");
+            }
+            let local = matches!(ssh, "localhost" | "127.0.0.1" | "::1") || me.as_deref() == Some(ssh);
+            Ok(Host { ssh: ssh.to_string(), ips, local })
+        })
+        .collect()
+}
+
+/// The ring backend's `MLX_HOSTFILE` for `hosts`: ranks here listen on free
+/// ports, ranks elsewhere on `start`, `start + 1`, ...
+fn ring_addresses(hosts: &[Host], start: u16) -> Result<String> {
+    let mut port = start;
+    let mut ranks = Vec::with_capacity(hosts.len());
+    for h in hosts {
+        let mut addrs = Vec::new();
+        for ip in &h.ips {
+            let p = if h.local {
+                distributed::free_port(ip).map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot listen on {ip} for host {} here ({e}): list an address of this machine",
+                        h.ssh
+                    )
+                })?
+            } else {
+                port = port
+                    .checked_add(1)
+                    .ok_or_else(|| anyhow::anyhow!("--starting-port {start} leaves no ports"))?;
+                port - 1
+            };
+            addrs.push(format!("{ip}:{p}"));
+        }
+        ranks.push(addrs);
+    }
+    Ok(distributed::ring_hostfile(&ranks))
+}
+
+/// `ssh HOST` running this binary's path for `rank`: the hostfile is written
+/// to a temporary file there (as mlx.launch does) and MLX_RANK /
+/// MLX_HOSTFILE and the launch variables are set. BatchMode: a host that
+/// wants a password fails at once instead of waiting.
+fn ssh_command(
+    host: &str,
+    rank: usize,
+    hostfile: &std::path::Path,
+    exe: &std::path::Path,
+    command: &[String],
+    envs: &[(&str, String)],
+) -> Command {
+    let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+    let ring = std::fs::read_to_string(hostfile).unwrap_or_default();
+    let mut script = format!(
+        "f=$(mktemp) && printf '%s' {} > \"$f\" && export MLX_HOSTFILE=\"$f\" MLX_RANK={rank}",
+        quote(&ring)
+    );
+    for (k, v) in envs {
+        script.push_str(&format!(" {k}={}", quote(v)));
+    }
+    if let Ok(dir) = std::env::current_dir() {
+        script.push_str(&format!(
+            " && {{ cd {} 2>/dev/null || true; }}",
+            quote(&dir.to_string_lossy())
+        ));
+    }
+    script.push_str(&format!(" && exec {}", quote(&exe.to_string_lossy())));
+    for a in command {
+        script.push(' ');
+        script.push_str(&quote(a));
+    }
+    let mut cmd = Command::new("ssh");
+    cmd.args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=10", host, &script]);
+    cmd
+}
+
+fn this_hostname() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    Some(name.trim().to_string()).filter(|n| !n.is_empty())
 }
 
 /// How this process's model is split when `mlxengine launch` started it,

@@ -335,3 +335,67 @@ fn what_cannot_be_served_split_is_a_clear_error() {
         );
     }
 }
+
+/// `launch --hostfile`: mlx.launch's host list; hosts that are this machine
+/// start here (others would go through ssh, which cannot be tested here).
+/// A hostfile listing localhost twice answers as one process; a bad one is
+/// a clear error naming the file, never a hang.
+#[test]
+fn hostfile_of_this_machine_and_bad_hostfiles() {
+    let model = root().join("target/parity/llama");
+    let m = model.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let two = write(
+        "two.json",
+        r#"[{"ssh": "localhost", "ips": ["127.0.0.1"]}, {"ssh": "127.0.0.1", "ips": ["127.0.0.1"]}]"#,
+    );
+    let run = [
+        "run",
+        m,
+        "Hello there",
+        "--max-tokens",
+        "8",
+        "--json",
+        "--temperature",
+        "0",
+    ];
+    let one = json_of(&mlxengine(&run));
+    let mut launch = vec!["launch", "--hostfile", &two, "--"];
+    launch.extend_from_slice(&run);
+    let split = json_of(&mlxengine(&launch));
+    assert_eq!(split["token_ids"], one["token_ids"], "{split} vs {one}");
+
+    let missing = dir.path().join("missing.json").to_str().unwrap().to_string();
+    let cases = [
+        (missing.clone(), None, "cannot be read"),
+        (write("bad.json", "[{\"ssh\": "), None, "is not JSON"),
+        (write("empty.json", "[]"), None, "lists no hosts"),
+        (write("noips.json", r#"[{"ssh": "localhost"}]"#), None, "has no \"ips\""),
+        (two.clone(), Some("3"), "-n 3 disagrees with --hostfile"),
+    ];
+    for (file, n, want) in cases {
+        let mut args = vec!["launch", "--hostfile", &file];
+        if let Some(n) = n {
+            args.extend(["-n", n]);
+        }
+        args.extend(["--", "run", m, "Hi"]);
+        let started = Instant::now();
+        let out = mlxengine(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(
+            stderr.contains(want) && stderr.contains(&file),
+            "{args:?}: stderr lacks `{want}` or the file:\n{stderr}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{args:?} took {:?}",
+            started.elapsed()
+        );
+    }
+}
