@@ -84,6 +84,31 @@ pub struct EstimateOptions {
     /// exist until the conversion finishes.
     #[serde(default)]
     pub stored_weights_bytes: Option<u64>,
+    /// The model is split across the ranks of a distributed group: the estimate is one
+    /// rank's share (see [`RankSplit`]).
+    #[serde(default)]
+    pub split: Option<RankSplit>,
+}
+
+/// How a model is split across processes (`mlxengine launch`), for per-rank estimates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RankSplit {
+    /// Processes the model is split across.
+    pub ranks: u64,
+    /// By heads or by layers.
+    pub mode: SplitKind,
+}
+
+/// The two ways engine-llm splits a transformer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SplitKind {
+    /// Tensor parallelism: every rank holds its share of each layer's attention heads,
+    /// key/value heads and MLP features; embeddings, norms and the LM head are replicated.
+    Tensor,
+    /// Pipeline parallelism: each rank holds a contiguous range of layers (the first ranks
+    /// one more when they do not divide), plus the replicated embeddings and LM head.
+    Pipeline,
 }
 
 impl EstimateOptions {
@@ -96,6 +121,7 @@ impl EstimateOptions {
             f32_weights: false,
             prompt_len: None,
             stored_weights_bytes: None,
+            split: None,
         }
     }
 
@@ -108,6 +134,7 @@ impl EstimateOptions {
             f32_weights: true,
             prompt_len: None,
             stored_weights_bytes: None,
+            split: None,
         }
     }
 }
@@ -117,6 +144,47 @@ fn round_up(n: u64, step: u64) -> u64 {
 }
 
 impl ArchConfig {
+    /// The model one rank of `split` runs: a tensor-parallel rank has its share of the
+    /// heads, key/value heads and MLP features (at least one key/value head: fewer heads
+    /// than ranks are replicated), a pipeline rank the largest range of layers.
+    pub fn rank_view(&self, split: RankSplit) -> ArchConfig {
+        let n = split.ranks.max(1);
+        match split.mode {
+            SplitKind::Tensor => ArchConfig {
+                attention_heads: (self.attention_heads / n).max(1),
+                kv_heads: if self.kv_heads == 0 {
+                    0
+                } else {
+                    (self.kv_heads / n).max(1)
+                },
+                intermediate_size: self.intermediate_size / n,
+                ..*self
+            },
+            SplitKind::Pipeline => ArchConfig {
+                layers: self.layers.div_ceil(n),
+                ..*self
+            },
+        }
+    }
+
+    /// Parameters of the attention and MLP projections of all layers: what a split divides
+    /// (embeddings, norms and the LM head stay whole on every rank).
+    pub fn layer_params(&self) -> u64 {
+        let h = self.hidden_size;
+        let attn = 2 * h * self.attention_heads * self.head_dim + 2 * h * self.kv_heads * self.head_dim;
+        self.layers * (attn + 3 * h * self.intermediate_size)
+    }
+
+    /// The fraction of a model of `total_params` one rank of `split` holds.
+    pub fn rank_share(&self, total_params: u64, split: RankSplit) -> f64 {
+        let layers = self.layer_params().min(total_params);
+        if total_params == 0 {
+            return 1.0;
+        }
+        let kept = self.rank_view(split).layer_params().min(layers);
+        (total_params - layers + kept) as f64 / total_params as f64
+    }
+
     /// KV-cache bytes for `context` tokens: 2 (K and V) × layers × KV heads × head dim × tokens ×
     /// dtype, with sliding-window layers capped at their window.
     pub fn kv_cache_bytes(&self, context: u64, dtype_bytes: u64) -> u64 {
@@ -188,7 +256,19 @@ pub fn estimate_for_config(
 }
 
 /// Estimate for a transformer with a full config, whose weights take `weights_bytes` in memory.
+///
+/// With `opts.split`, the estimate is one rank's: `weights_bytes` is then that rank's share
+/// (engine-llm's `Transformer::weight_bytes` after the split, or [`ArchConfig::rank_share`] of
+/// the whole), and its KV cache and activations follow [`ArchConfig::rank_view`].
 pub fn estimate_for_arch(arch: &ArchConfig, weights_bytes: u64, opts: &EstimateOptions) -> MemoryEstimate {
+    let view;
+    let arch = match opts.split {
+        Some(split) => {
+            view = arch.rank_view(split);
+            &view
+        }
+        None => arch,
+    };
     let ctx = opts.context_len;
     let kv = arch.kv_cache_bytes(ctx, opts.kv_dtype_bytes);
     let tokens = if arch.kv_heads == 0 {
@@ -296,6 +376,10 @@ pub fn estimate_with(entry: &ModelEntry, variant: &Variant, opts: &EstimateOptio
                 return MemoryEstimate::new(weights, 0, weights / 10);
             };
             let ctx = opts.context_len.min(entry.context_length);
+            let weights = match opts.split {
+                Some(split) => (weights as f64 * arch.rank_share(entry.params, split)) as u64,
+                None => weights,
+            };
             let mut e = estimate_for_arch(
                 &arch,
                 weights,
@@ -351,6 +435,65 @@ mod tests {
         // 1 global layer at 4096 + 5 local layers at 512.
         let per = 2 * 8 * 128 * 2;
         assert_eq!(g.kv_cache_bytes(4096, 2), per * (4096 + 5 * 512));
+    }
+
+    #[test]
+    fn a_rank_holds_its_share() {
+        // Llama 3.1 70B: 80 layers, 8 KV heads, 70.6B parameters of which ~2.1B are the
+        // (untied) embeddings and LM head.
+        let arch = ArchConfig {
+            layers: 80,
+            hidden_size: 8192,
+            attention_heads: 64,
+            kv_heads: 8,
+            head_dim: 128,
+            intermediate_size: 28672,
+            vocab_size: 128256,
+            sliding_window: None,
+            sliding_window_pattern: None,
+        };
+        let total = 70_553_706_496u64;
+        let embed = 2 * arch.vocab_size * arch.hidden_size;
+        assert!(arch.layer_params() + embed <= total && total - arch.layer_params() - embed < total / 1000);
+        let tp = RankSplit {
+            ranks: 2,
+            mode: SplitKind::Tensor,
+        };
+        let pp = RankSplit {
+            ranks: 2,
+            mode: SplitKind::Pipeline,
+        };
+        let half = (total - arch.layer_params() / 2) as f64 / total as f64;
+        assert!((arch.rank_share(total, tp) - half).abs() < 1e-9);
+        assert!((arch.rank_share(total, pp) - half).abs() < 1e-9);
+        // KV cache: half the heads on every layer, or every head on half the layers.
+        let bf16 = 140_000_000_000;
+        let whole = estimate_for_arch(&arch, bf16, &EstimateOptions::new(8192));
+        for split in [tp, pp] {
+            let o = EstimateOptions {
+                split: Some(split),
+                ..EstimateOptions::new(8192)
+            };
+            let e = estimate_for_arch(&arch, (bf16 as f64 * arch.rank_share(total, split)) as u64, &o);
+            assert_eq!(e.kv_cache_bytes, whole.kv_cache_bytes / 2, "{split:?}");
+            assert!(
+                e.total_bytes < whole.total_bytes * 53 / 100,
+                "{split:?}: {e:?} vs {whole:?}"
+            );
+        }
+        // Odd layer counts: the first rank takes the extra layer.
+        let mut odd = arch;
+        odd.layers = 3;
+        assert_eq!(odd.rank_view(pp).layers, 2);
+        // Fewer KV heads than ranks: each rank keeps one.
+        assert_eq!(
+            arch.rank_view(RankSplit {
+                ranks: 16,
+                mode: SplitKind::Tensor
+            })
+            .kv_heads,
+            1
+        );
     }
 
     #[test]

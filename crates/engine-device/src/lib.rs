@@ -21,7 +21,7 @@ pub use device::{DeviceReport, Problem, Severity};
 pub use error::{DeviceError, NotFit, Result};
 pub use estimate::{
     estimate_for_arch, estimate_for_config, estimate_memory, estimate_with, weights_in_memory, EstimateOptions,
-    MemoryEstimate, KV_STEP, PREFILL_CHUNK,
+    MemoryEstimate, RankSplit, SplitKind, KV_STEP, PREFILL_CHUNK,
 };
 pub use recommend::{
     default_context, recommend, select_variant, ComputePath, Purpose, RecommendReport, Recommendation, Selection,

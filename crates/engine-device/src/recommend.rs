@@ -3,7 +3,7 @@
 use crate::budget::{format_size, MemoryBudget};
 use crate::device::DeviceReport;
 use crate::error::{DeviceError, NotFit, Result};
-use crate::estimate::{estimate_with, EstimateOptions, MemoryEstimate};
+use crate::estimate::{estimate_with, EstimateOptions, MemoryEstimate, RankSplit};
 use crate::registry::{ModelEntry, Registry, Variant, WeightFormat};
 use engine_core::{FeatureFlag, ModelType};
 use engine_mlx::Backend;
@@ -16,6 +16,10 @@ pub struct Purpose {
     pub context_len: Option<u64>,
     /// Capabilities the model must have (e.g. `tool_use`).
     pub required: Vec<FeatureFlag>,
+    /// The model will be split across processes (`mlxengine launch`): the budget is one
+    /// rank's and each estimate that rank's share.
+    #[serde(default)]
+    pub split: Option<RankSplit>,
 }
 
 /// The context planned for when none is asked for: 4096 tokens for chat models, 512 for
@@ -100,8 +104,21 @@ struct Candidate<'a> {
 }
 
 /// Variants of `entry` in this device's order of preference, each with its estimate.
-fn ranked_variants<'a>(device: &DeviceReport, entry: &'a ModelEntry, ctx: u64) -> Vec<Candidate<'a>> {
+fn ranked_variants<'a>(
+    device: &DeviceReport,
+    entry: &'a ModelEntry,
+    ctx: u64,
+    split: Option<RankSplit>,
+) -> Vec<Candidate<'a>> {
     let openblas = device.blas == "openblas";
+    let gpu_opts = EstimateOptions {
+        split,
+        ..EstimateOptions::new(ctx)
+    };
+    let f32_opts = EstimateOptions {
+        split,
+        ..EstimateOptions::f32(ctx)
+    };
     let mut out: Vec<(u32, Candidate<'a>)> = Vec::new();
     for v in &entry.variants {
         // GGUF files load into the same MLX kernels as MLX's own quantization; prefer the
@@ -110,7 +127,7 @@ fn ranked_variants<'a>(device: &DeviceReport, entry: &'a ModelEntry, ctx: u64) -
         let native = |why| Candidate {
             variant: v,
             path: ComputePath::Native,
-            estimate: estimate_with(entry, v, &EstimateOptions::new(ctx)),
+            estimate: estimate_with(entry, v, &gpu_opts),
             why,
         };
         match device.backend_kind() {
@@ -151,7 +168,7 @@ fn ranked_variants<'a>(device: &DeviceReport, entry: &'a ModelEntry, ctx: u64) -
                     out.push((rank + gguf, Candidate {
                         variant: v,
                         path: ComputePath::F32,
-                        estimate: estimate_with(entry, v, &EstimateOptions::f32(ctx)),
+                        estimate: estimate_with(entry, v, &f32_opts),
                         why: "upcast to f32 at load, its matmuls run through OpenBLAS, the fastest measured CPU path (20-30x the reference BLAS)",
                     }));
                     let rank = match v.bits {
@@ -262,7 +279,7 @@ impl Registry {
                 Some(c) => c,
                 None => default_context(model_type).min(entry.context_length),
             };
-            let ranked = ranked_variants(device, entry, ctx);
+            let ranked = ranked_variants(device, entry, ctx, purpose.split);
             for c in &ranked {
                 if smallest.as_ref().is_none_or(|(b, _)| c.estimate.total_bytes < *b) {
                     smallest = Some((c.estimate.total_bytes, format!("{} {}", entry.id, c.variant.name)));
@@ -312,7 +329,8 @@ impl Registry {
         }
     }
 
-    /// The variant of `id` to load on `device`: `variant` when given, else the best that fits.
+    /// The variant of `id` to load on `device`: `variant` when given, else the best that fits
+    /// the context and split of `purpose` (its required capabilities are not checked here).
     ///
     /// Fails before any download when nothing fits, with the estimate and the budget.
     pub fn select_variant(
@@ -321,14 +339,15 @@ impl Registry {
         variant: Option<&str>,
         device: &DeviceReport,
         budget: &MemoryBudget,
-        context_len: Option<u64>,
+        purpose: &Purpose,
     ) -> Result<Selection> {
         let entry = self.lookup(id)?;
         let budget_bytes = budget.bytes(device);
-        let ctx = context_len
+        let ctx = purpose
+            .context_len
             .unwrap_or_else(|| default_context(entry.model_type))
             .min(entry.context_length);
-        let ranked = ranked_variants(device, entry, ctx);
+        let ranked = ranked_variants(device, entry, ctx, purpose.split);
         let candidates: Vec<&Candidate<'_>> = match variant {
             Some(name) => {
                 let v = entry.variant(name)?;
@@ -387,7 +406,7 @@ pub fn select_variant(
     variant: Option<&str>,
     device: &DeviceReport,
     budget: &MemoryBudget,
-    context_len: Option<u64>,
+    purpose: &Purpose,
 ) -> Result<Selection> {
-    Registry::builtin().select_variant(id, variant, device, budget, context_len)
+    Registry::builtin().select_variant(id, variant, device, budget, purpose)
 }

@@ -2,7 +2,8 @@
 
 use engine_core::ModelType;
 use engine_device::{
-    estimate_memory, parse_size, ComputePath, DeviceError, DeviceReport, MemoryBudget, Purpose, Registry,
+    estimate_memory, parse_size, ComputePath, DeviceError, DeviceReport, MemoryBudget, Purpose, RankSplit, Registry,
+    SplitKind,
 };
 
 /// This machine, described as another backend with `gpu_gb` of GPU memory.
@@ -55,13 +56,19 @@ fn the_variant_follows_the_backend() {
     // CUDA with room: bf16 of an 8B model.
     let cuda = as_backend("cuda", "openblas", Some(80));
     let s = reg
-        .select_variant("qwen3-8b", None, &cuda, &MemoryBudget::default(), None)
+        .select_variant("qwen3-8b", None, &cuda, &MemoryBudget::default(), &Purpose::default())
         .unwrap();
     assert_eq!(s.variant, "bf16");
     assert!(s.reason.contains("CUDA"), "{}", s.reason);
     // CUDA with 10 GB: bf16 (16 GB) does not fit, 8-bit does.
     let s = reg
-        .select_variant("qwen3-8b", None, &cuda, &MemoryBudget::parse("10GB").unwrap(), None)
+        .select_variant(
+            "qwen3-8b",
+            None,
+            &cuda,
+            &MemoryBudget::parse("10GB").unwrap(),
+            &Purpose::default(),
+        )
         .unwrap();
     assert_eq!(s.variant, "8bit");
     assert!(s.reason.contains("bf16 would need"), "{}", s.reason);
@@ -73,7 +80,7 @@ fn the_variant_follows_the_backend() {
             None,
             &mac,
             &MemoryBudget::parse("6GB").unwrap(),
-            None,
+            &Purpose::default(),
         )
         .unwrap();
     assert_eq!(s.variant, "4bit");
@@ -85,7 +92,7 @@ fn the_variant_follows_the_backend() {
             None,
             &cpu,
             &MemoryBudget::parse("8GB").unwrap(),
-            None,
+            &Purpose::default(),
         )
         .unwrap();
     assert_eq!((s.variant.as_str(), s.compute), ("bf16", ComputePath::F32));
@@ -96,7 +103,7 @@ fn the_variant_follows_the_backend() {
             None,
             &cpu,
             &MemoryBudget::parse("1GB").unwrap(),
-            None,
+            &Purpose::default(),
         )
         .unwrap();
     assert_eq!((s.variant.as_str(), s.compute), ("8bit", ComputePath::Native));
@@ -107,11 +114,58 @@ fn the_variant_follows_the_backend() {
 }
 
 #[test]
+fn a_split_model_is_planned_per_rank() {
+    let reg = Registry::builtin();
+    let cuda = as_backend("cuda", "openblas", Some(80));
+    let budget = MemoryBudget::parse("12GB").unwrap();
+    // Qwen3-8B in bf16 (16 GB) does not fit 12 GB in one process: 8-bit does.
+    let whole = reg
+        .select_variant("qwen3-8b", None, &cuda, &budget, &Purpose::default())
+        .unwrap();
+    assert_eq!(whole.variant, "8bit");
+    // Split in two, each rank holds half of every layer (or half of the layers) plus the
+    // embeddings and LM head: bf16 fits each rank's 12 GB.
+    for mode in [SplitKind::Tensor, SplitKind::Pipeline] {
+        let purpose = Purpose {
+            split: Some(RankSplit { ranks: 2, mode }),
+            ..Purpose::default()
+        };
+        let s = reg.select_variant("qwen3-8b", None, &cuda, &budget, &purpose).unwrap();
+        assert_eq!(s.variant, "bf16", "{mode:?}: {}", s.reason);
+        let one = reg
+            .select_variant(
+                "qwen3-8b",
+                Some("bf16"),
+                &cuda,
+                &MemoryBudget::parse("1TB").unwrap(),
+                &Purpose::default(),
+            )
+            .unwrap();
+        let share = s.estimate.weights_bytes as f64 / one.estimate.weights_bytes as f64;
+        assert!((0.55..0.6).contains(&share), "{mode:?}: {share}");
+        assert!(s.estimate.kv_cache_bytes * 2 == one.estimate.kv_cache_bytes, "{mode:?}");
+        let r = reg.recommend(&cuda, ModelType::Llm, &purpose, &budget);
+        assert!(
+            r.recommendations
+                .iter()
+                .any(|r| r.id == "qwen3-8b" && r.variant == "bf16"),
+            "{mode:?}"
+        );
+    }
+}
+
+#[test]
 fn too_big_fails_before_download_with_estimate_and_budget() {
     let reg = Registry::builtin();
     let cpu = as_backend("cpu", "openblas", None);
     let e = reg
-        .select_variant("qwen3-8b", None, &cpu, &MemoryBudget::parse("2GB").unwrap(), None)
+        .select_variant(
+            "qwen3-8b",
+            None,
+            &cpu,
+            &MemoryBudget::parse("2GB").unwrap(),
+            &Purpose::default(),
+        )
         .unwrap_err();
     assert!(matches!(e, DeviceError::DoesNotFit { .. }));
     let msg = e.to_string();
@@ -124,17 +178,23 @@ fn too_big_fails_before_download_with_estimate_and_budget() {
             Some("bf16"),
             &cpu,
             &MemoryBudget::parse("8GB").unwrap(),
-            None,
+            &Purpose::default(),
         )
         .unwrap_err()
         .to_string();
     assert!(e.contains("`--variant 4bit` fits"), "{e}");
     assert!(matches!(
-        reg.select_variant("qwen3-8b", Some("3bit"), &cpu, &MemoryBudget::default(), None),
+        reg.select_variant(
+            "qwen3-8b",
+            Some("3bit"),
+            &cpu,
+            &MemoryBudget::default(),
+            &Purpose::default()
+        ),
         Err(DeviceError::UnknownVariant { .. })
     ));
     assert!(matches!(
-        reg.select_variant("gpt-5", None, &cpu, &MemoryBudget::default(), None),
+        reg.select_variant("gpt-5", None, &cpu, &MemoryBudget::default(), &Purpose::default()),
         Err(DeviceError::UnknownModel { .. })
     ));
 }

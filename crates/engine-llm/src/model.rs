@@ -178,17 +178,26 @@ impl LlmModel {
         report("building the model", 0.5);
         let mut transformer = Transformer::load(cfg.clone(), features, &weights).map_err(be)?;
         drop(weights);
-        let target = target_dtype(options.dtype);
-        report("materialising weights", 0.7);
-        match target {
-            Some(d) => transformer.convert(d).map_err(be)?,
-            None => transformer.eval_weights().map_err(be)?,
+        // A rank of a split model keeps the graph lazy until it has dropped what
+        // other ranks hold: safetensors are read on evaluation, so it reads only
+        // the layers it keeps (pipeline) and holds one whole weight at a time
+        // while slicing its shares (tensor).
+        let lazy = options.split.is_some();
+        if let Some(d) = target_dtype(options.dtype) {
+            transformer.convert(d).map_err(be)?;
+        }
+        if !lazy {
+            report("materialising weights", 0.7);
+            transformer.eval_weights().map_err(be)?;
         }
         if let Some(spec) = options.quantize {
             report("quantizing", 0.85);
             transformer
                 .quantize(spec)
                 .map_err(|e| EngineError::InvalidParameter(e.to_string()))?;
+            if !lazy {
+                transformer.eval_weights().map_err(be)?;
+            }
         }
         if let Some(split) = &options.split {
             if !options.adapters.is_empty() {
@@ -198,10 +207,11 @@ impl LlmModel {
                         .into(),
                 ));
             }
-            report("splitting across ranks", 0.88);
+            report("splitting across ranks", 0.7);
             transformer
                 .split(split)
                 .map_err(|e| EngineError::InvalidParameter(e.to_string()))?;
+            transformer.eval_weights().map_err(be)?;
         }
         for dir in &options.adapters {
             report("applying the adapter", 0.9);

@@ -288,7 +288,9 @@ impl Transformer {
     /// heads (q, k, v split by outputs, o by inputs) and of the MLP features
     /// (gate and up by outputs, down by inputs); the embeddings, norms and
     /// LM head stay whole. Every rank then computes the same logits, summing
-    /// two partial results per layer over the group.
+    /// two partial results per layer over the group. With fewer key/value
+    /// heads than ranks (GQA, MQA), each rank keeps the one key/value head its
+    /// query heads attend with, replicated across the ranks that share it.
     pub fn shard(&mut self, group: Arc<Group>) -> Result<()> {
         if self.stages.is_some() {
             return Err(engine_mlx::Error::Invalid(
@@ -302,7 +304,6 @@ impl Transformer {
         let cfg = &self.cfg;
         for (what, count) in [
             ("attention heads", cfg.num_heads),
-            ("key/value heads", cfg.num_kv_heads),
             ("MLP features (intermediate_size)", cfg.intermediate_size),
         ] {
             if !count.is_multiple_of(n) {
@@ -312,15 +313,30 @@ impl Transformer {
                 )));
             }
         }
+        let kv = cfg.num_kv_heads;
+        // Key/value heads split evenly, or (fewer than ranks) one kept per rank:
+        // rank r's query heads all attend with head r·kv/n.
+        let (kv_part, kv_parts) = if kv.is_multiple_of(n) {
+            (rank, n)
+        } else if n.is_multiple_of(kv) {
+            (rank * kv / n, kv)
+        } else {
+            return Err(engine_mlx::Error::Invalid(format!(
+                "this {} model cannot be split across {n} ranks: its {kv} key/value heads neither divide by {n} \
+                 nor divide {n}",
+                cfg.model_type
+            )));
+        };
         let dense = self.embed_dtype();
         for layer in &mut self.layers {
             let a = &mut layer.attn;
-            for l in [&mut a.q, &mut a.k, &mut a.v] {
-                *l = l.shard(ShardDim::Outputs, rank, n, dense)?;
+            a.q = a.q.shard(ShardDim::Outputs, rank, n, dense)?;
+            for l in [&mut a.k, &mut a.v] {
+                *l = l.shard(ShardDim::Outputs, kv_part, kv_parts, dense)?;
             }
             a.o = a.o.shard(ShardDim::Inputs, rank, n, dense)?;
             a.heads = self.cfg.num_heads / n;
-            a.kv_heads = self.cfg.num_kv_heads / n;
+            a.kv_heads = kv / kv_parts;
             let m = &mut layer.mlp;
             m.gate = m.gate.shard(ShardDim::Outputs, rank, n, dense)?;
             m.up = m.up.shard(ShardDim::Outputs, rank, n, dense)?;
@@ -378,7 +394,8 @@ impl Transformer {
         self.layers.first()?.attn.q.quant_spec()
     }
 
-    /// Converts every weight to dense `dtype` (the CPU policy: f32 + BLAS).
+    /// Converts every weight to dense `dtype` (the CPU policy: f32 + BLAS),
+    /// lazily: [`Transformer::eval_weights`] materialises the result.
     pub fn convert(&mut self, dtype: Dtype) -> Result<()> {
         let lin = |l: &mut Linear| -> Result<()> {
             *l = l.dequantized(dtype)?;
@@ -404,12 +421,12 @@ impl Transformer {
         if let Some(h) = &mut self.lm_head {
             lin(h)?;
         }
-        self.eval_weights()
+        Ok(())
     }
 
     /// Quantizes every dense linear layer, the embedding table and the LM head
     /// with MLX's affine `spec`, as `mlx_lm.convert -q` does (norms stay dense);
-    /// layers already quantized stay as they are.
+    /// layers already quantized stay as they are. Lazy, as [`Transformer::convert`].
     pub fn quantize(&mut self, spec: engine_mlx::quant::QuantSpec) -> Result<()> {
         for (i, layer) in self.layers.iter_mut().enumerate() {
             let p = format!("model.layers.{i}");
@@ -421,7 +438,7 @@ impl Transformer {
         if let Some(h) = &mut self.lm_head {
             *h = h.quantized(spec, "lm_head")?;
         }
-        self.eval_weights()
+        Ok(())
     }
 
     /// Applies a LoRA adapter unfused (each adapted layer computes its

@@ -2,12 +2,15 @@
 //! fixture (each architecture, dense and MLX 4-bit, and the GGUF one) split
 //! across two real ranks of a ring on loopback — by heads and by layers —
 //! computes the logits the whole model computes in one process (within
-//! 1e-4) and the same greedy tokens, alone and in a batch.
+//! 1e-4) and the same greedy tokens, alone and in a batch. A rank loading its
+//! share holds only that share, never the whole model, and engine-device's
+//! per-rank estimate of it holds.
 
 mod common;
 
+use engine_device::{ArchConfig, RankSplit, SplitKind};
 use engine_llm::{DtypePolicy, LlmModel, LoadOptions, Split, SplitMode};
-use engine_mlx::distributed;
+use engine_mlx::{distributed, memory};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -40,9 +43,67 @@ fn prompt_of(dir: &std::path::Path) -> Vec<u32> {
         .collect()
 }
 
+/// Loads the dense Llama fixture split each way and prints this rank's
+/// resident bytes, load peak, share and the per-rank estimate of its weights,
+/// then the whole model's weight bytes.
+fn memory_lines(group: &Arc<distributed::Group>) {
+    let dir = fixtures().into_iter().find(|d| d.ends_with("llama")).unwrap();
+    let path = common::checkpoint(&dir);
+    let load = |split: Option<Split>| {
+        memory::clear_cache();
+        memory::reset_peak();
+        let base = memory::active();
+        let opts = LoadOptions {
+            dtype: DtypePolicy::Native,
+            split,
+            ..Default::default()
+        };
+        let m = LlmModel::load(&path, &opts, &mut |_| {}).unwrap();
+        let (resident, peak) = (memory::active() - base, memory::peak() - base);
+        (m, resident, peak)
+    };
+    let (whole, _, _) = load(None);
+    let t = whole.transformer();
+    let c = t.config();
+    let arch = ArchConfig {
+        layers: c.num_layers as u64,
+        hidden_size: c.hidden_size as u64,
+        attention_heads: c.num_heads as u64,
+        kv_heads: c.num_kv_heads as u64,
+        head_dim: c.head_dim as u64,
+        intermediate_size: c.intermediate_size as u64,
+        vocab_size: c.vocab_size as u64,
+        sliding_window: None,
+        sliding_window_pattern: None,
+    };
+    let whole_bytes = t.weight_bytes();
+    drop(whole);
+    for (mode, kind) in [
+        (SplitMode::Tensor, SplitKind::Tensor),
+        (SplitMode::Pipeline, SplitKind::Pipeline),
+    ] {
+        let split = Split {
+            group: group.clone(),
+            mode,
+        };
+        let (m, resident, peak) = load(Some(split));
+        let share = m.transformer().weight_bytes();
+        let planned = RankSplit {
+            ranks: group.size() as u64,
+            mode: kind,
+        };
+        // The fixture is f32: 4 bytes per parameter.
+        let estimate = (whole_bytes as f64 * arch.rank_share(whole_bytes as u64 / 4, planned)) as usize;
+        println!(
+            "memory={mode:?} resident={resident} peak={peak} share={share} estimate={estimate} whole={whole_bytes}"
+        );
+    }
+}
+
 /// One rank: for every fixture, the whole model and this rank's share.
 fn rank_body() {
     let group = Arc::new(distributed::init("ring").unwrap());
+    memory_lines(&group);
     let first = common::checkpoint(&fixtures()[0]);
     let refused = LlmModel::load(
         &first,
@@ -163,6 +224,39 @@ fn every_fixture_split_two_ways_across_two_ranks_matches_one_process() {
             assert_eq!(field("same_batch"), "true", "rank {rank}: {l}");
         }
     }
+    // Each rank holds its share after loading (MLX's slices are views of the
+    // whole weight: kept as they are, every rank would hold the whole model)
+    // and never the whole model while loading; the estimate matches the share.
+    for (rank, e) in exits.iter().enumerate() {
+        // (The harness prints the test's name on the line of its first output.)
+        let lines: Vec<&str> = e
+            .stdout
+            .lines()
+            .filter_map(|l| l.find("memory=").map(|i| &l[i..]))
+            .collect();
+        assert_eq!(lines.len(), 2, "rank {rank}:\n{}", e.stdout);
+        for l in lines {
+            let field = |k: &str| -> f64 {
+                let tag = format!("{k}=");
+                let i = l.find(&tag).unwrap() + tag.len();
+                l[i..].split(' ').next().unwrap().parse().unwrap()
+            };
+            let (resident, peak, share, estimate, whole) = (
+                field("resident"),
+                field("peak"),
+                field("share"),
+                field("estimate"),
+                field("whole"),
+            );
+            assert!(share < 0.8 * whole, "rank {rank}: {l}");
+            assert!(
+                resident <= share * 1.05 + 4096.0,
+                "rank {rank} holds more than its share: {l}"
+            );
+            assert!(peak < whole, "rank {rank} held the whole model while loading: {l}");
+            assert!((estimate / share - 1.0).abs() < 0.05, "rank {rank}: estimate off: {l}");
+        }
+    }
     // Both ranks produced the same tokens.
     let tokens = |s: &str| -> Vec<String> {
         s.lines()
@@ -171,4 +265,89 @@ fn every_fixture_split_two_ways_across_two_ranks_matches_one_process() {
             .collect()
     };
     assert_eq!(tokens(&exits[0].stdout), tokens(&exits[1].stdout));
+}
+
+/// One of four ranks: the Llama fixtures (2 key/value heads) split by heads,
+/// so ranks share a replicated key/value head in pairs.
+fn replicated_kv_body() {
+    let group = Arc::new(distributed::init("ring").unwrap());
+    for dir in fixtures()
+        .into_iter()
+        .filter(|d| d.ends_with("llama") || d.ends_with("llama-4bit"))
+    {
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let path = common::checkpoint(&dir);
+        let native = |split| LoadOptions {
+            dtype: DtypePolicy::Native,
+            split,
+            ..Default::default()
+        };
+        let whole = LlmModel::load(&path, &native(None), &mut |_| {}).unwrap();
+        let split = LlmModel::load(
+            &path,
+            &native(Some(Split {
+                group: group.clone(),
+                mode: SplitMode::Tensor,
+            })),
+            &mut |_| {},
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let prompt = prompt_of(&dir);
+        let a = whole.logits(&prompt).unwrap().to_f32_vec().unwrap();
+        let b = split.logits(&prompt).unwrap().to_f32_vec().unwrap();
+        let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        let same = whole.generate_batch(std::slice::from_ref(&prompt), 8).unwrap()
+            == split.generate_batch(&[prompt], 8).unwrap();
+        println!("kv={name} worst={worst:e} same_tokens={same}");
+    }
+}
+
+#[test]
+fn four_ranks_share_replicated_key_value_heads() {
+    if std::env::var_os(CHILD).is_some() {
+        replicated_kv_body();
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exits = distributed::launch_local(4, dir.path(), Some(Duration::from_secs(120)), |_| {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args([
+            "--exact",
+            "four_ranks_share_replicated_key_value_heads",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD, "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        cmd
+    })
+    .unwrap();
+    for (rank, e) in exits.iter().enumerate() {
+        assert!(
+            e.status.is_some_and(|s| s.success()),
+            "rank {rank} failed ({:?}):\n{}\n{}",
+            e.status,
+            e.stderr,
+            e.stdout
+        );
+        let lines: Vec<&str> = e
+            .stdout
+            .lines()
+            .filter_map(|l| l.find("kv=").map(|i| &l[i..]))
+            .collect();
+        assert_eq!(lines.len(), 2, "rank {rank}:\n{}", e.stdout);
+        for l in lines {
+            let worst: f32 = l
+                .split("worst=")
+                .nth(1)
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(worst < 1e-4 && l.ends_with("same_tokens=true"), "rank {rank}: {l}");
+        }
+    }
 }

@@ -544,6 +544,13 @@ impl Array {
         wrap(ffi::broadcast_to(&self.inner, shape), "broadcast_to")
     }
 
+    /// Evaluates this array and copies it into a buffer of its own. MLX's
+    /// slices are views that keep their whole input buffer alive: a rank's
+    /// share of a weight detached this way lets the rest be freed.
+    pub fn detached(&self) -> Result<Array> {
+        wrap(ffi::detached(&self.inner), "detached")
+    }
+
     /// A row-contiguous copy (no-op when already contiguous).
     pub fn contiguous(&self) -> Result<Array> {
         wrap(ffi::contiguous(&self.inner), "contiguous")

@@ -26,6 +26,7 @@ pub(crate) mod bridge {
         fn from_bytes(data: &[u8], shape: &[i32], dtype: u8) -> Result<UniquePtr<Array>>;
         fn alloc_uninit(shape: &[i32], dtype: u8) -> Result<UniquePtr<Array>>;
         fn array_data_mut(a: &Array) -> *mut u8;
+        fn detached(a: &Array) -> Result<UniquePtr<Array>>;
         fn full(shape: &[i32], value: f64, dtype: u8) -> Result<UniquePtr<Array>>;
         fn arange(start: f64, stop: f64, step: f64, dtype: u8) -> Result<UniquePtr<Array>>;
         fn clone_array(a: &Array) -> UniquePtr<Array>;

@@ -6,7 +6,7 @@ mod launch;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use engine_device::{format_size, DeviceReport, MemoryBudget, Purpose, Query, Registry};
+use engine_device::{format_size, DeviceReport, MemoryBudget, Purpose, Query, RankSplit, Registry, SplitKind};
 use engine_hub::{FileFilter, HubClient, RepoId};
 use indicatif::{ProgressBar, ProgressStyle};
 use mlxengine::{
@@ -89,6 +89,13 @@ enum Command {
         /// Context length to plan the KV cache for.
         #[arg(long)]
         context: Option<u64>,
+        /// Plan for a model split across this many processes (`mlxengine launch -n N`): the
+        /// budget is one rank's and each estimate that rank's share.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+        ranks: u64,
+        /// How a split model is divided: by heads (`tensor`) or by layers (`pipeline`).
+        #[arg(long, default_value = "tensor", value_parser = ["tensor", "pipeline"])]
+        split: String,
         /// Print JSON (when nothing fits: the report with its `note`, and a failing exit status).
         #[arg(long)]
         json: bool,
@@ -260,8 +267,20 @@ fn run(cli: Cli) -> Result<()> {
             model_type,
             memory,
             context,
+            ranks,
+            split,
             json,
-        } => recommend(&model_type, memory, context, json),
+        } => {
+            let split = (ranks > 1).then(|| RankSplit {
+                ranks,
+                mode: if split == "pipeline" {
+                    SplitKind::Pipeline
+                } else {
+                    SplitKind::Tensor
+                },
+            });
+            recommend(&model_type, memory, context, split, json)
+        }
         Command::Serve(a) => mlxengine_server::run(mlxengine_server::ServerConfig {
             // Under `mlxengine launch`: rank 0 serves, the others follow it.
             split: launch::split()?,
@@ -467,6 +486,7 @@ fn run_text(args: RunArgs) -> Result<()> {
         bail!("--context must be at least 1 token");
     }
     let split = launch::split()?;
+    engine.split = split.as_ref().map(launch::rank_split);
     if split.is_some() {
         // Every rank must run exactly the same calls: no terminal input, no images.
         if args.prompt.is_none() {
@@ -777,8 +797,13 @@ fn pull(model: &str, revision: &str, variant: Option<String>) -> Result<()> {
     let result: std::result::Result<_, engine_hub::GgufError> = match Registry::builtin().get(model) {
         Some(entry) => {
             let device = DeviceReport::detect();
-            let sel =
-                engine_device::select_variant(&entry.id, variant.as_deref(), &device, &MemoryBudget::default(), None)?;
+            let sel = engine_device::select_variant(
+                &entry.id,
+                variant.as_deref(),
+                &device,
+                &MemoryBudget::default(),
+                &Purpose::default(),
+            )?;
             eprintln!("{}: variant {} — {}", sel.id, sel.variant, sel.reason);
             let repo = RepoId::parse(&sel.repo)?;
             match sel.file {
@@ -929,7 +954,13 @@ fn doctor(json: bool) -> Result<()> {
     Ok(())
 }
 
-fn recommend(model_type: &str, memory: Option<String>, context: Option<u64>, json: bool) -> Result<()> {
+fn recommend(
+    model_type: &str,
+    memory: Option<String>,
+    context: Option<u64>,
+    split: Option<RankSplit>,
+    json: bool,
+) -> Result<()> {
     let model_type: ModelType = model_type.parse()?;
     // Only what this build can run is recommended (cargo features gate whole modalities).
     if !mlxengine::can_load(model_type) {
@@ -952,6 +983,7 @@ fn recommend(model_type: &str, memory: Option<String>, context: Option<u64>, jso
         &Purpose {
             context_len: context,
             required: vec![],
+            split,
         },
         &budget,
     );

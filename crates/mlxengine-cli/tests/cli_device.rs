@@ -2,7 +2,7 @@
 //! what the OS reports and against the built-in registry.
 
 use engine_core::ModelType;
-use engine_device::{estimate_with, DeviceReport, EstimateOptions, Registry};
+use engine_device::{estimate_with, DeviceReport, EstimateOptions, RankSplit, Registry, SplitKind};
 use serde_json::Value;
 use std::process::{Command, Output};
 
@@ -278,6 +278,56 @@ fn recommend_2gb_lists_only_what_fits_best_first() {
         });
         assert_eq!(listed.contains(&entry.id.as_str()), fits, "{}", entry.id);
     }
+}
+
+#[test]
+fn recommend_plans_per_rank_for_a_split_model() {
+    let reg = Registry::builtin();
+    let list = |extra: &[&str]| {
+        let mut args = vec!["recommend", "--type", "llm", "--memory", "2GB", "--json"];
+        args.extend_from_slice(extra);
+        let out = mlxengine(&args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        stdout_json(&out)["recommendations"]
+            .as_array()
+            .expect("recommendations")
+            .clone()
+    };
+    let best_params = |recs: &[serde_json::Value]| {
+        recs.iter()
+            .map(|r| reg.get(r["id"].as_str().unwrap()).unwrap().params)
+            .max()
+            .unwrap_or(0)
+    };
+    let alone = list(&[]);
+    for split in [SplitKind::Tensor, SplitKind::Pipeline] {
+        let name = if split == SplitKind::Tensor {
+            "tensor"
+        } else {
+            "pipeline"
+        };
+        let recs = list(&["--ranks", "2", "--split", name]);
+        // Each rank holds about half of the layers: bigger models fit 2 GB per rank.
+        assert!(best_params(&recs) > best_params(&alone), "{name}: {recs:?}");
+        for r in &recs {
+            let entry = reg.get(r["id"].as_str().unwrap()).unwrap();
+            let v = entry.variant(r["variant"].as_str().unwrap()).unwrap();
+            let ctx = r["context_len"].as_u64().unwrap();
+            let base = match r["compute"].as_str() {
+                Some("f32") => EstimateOptions::f32(ctx),
+                _ => EstimateOptions::new(ctx),
+            };
+            let opts = EstimateOptions {
+                split: Some(RankSplit { ranks: 2, mode: split }),
+                ..base
+            };
+            let bytes = r["estimated_memory_bytes"].as_u64().unwrap();
+            assert_eq!(estimate_with(entry, v, &opts).total_bytes, bytes, "{name}: {r}");
+            assert!(bytes <= 2_000_000_000);
+        }
+    }
+    let bad = mlxengine(&["recommend", "--ranks", "0"]);
+    assert!(!bad.status.success());
 }
 
 #[test]

@@ -223,6 +223,10 @@ pub struct InferenceEngine {
     hub: Option<engine_hub::HubClient>,
     /// Variant to use for registry ids (`None`: the best for this device).
     pub variant: Option<String>,
+    /// The model will be split across processes (`mlxengine launch`): a registry id's
+    /// variant is chosen for one rank's share.
+    #[cfg(feature = "device")]
+    pub split: Option<engine_device::RankSplit>,
     /// Hub revision for repo ids.
     pub revision: String,
 }
@@ -235,6 +239,8 @@ impl InferenceEngine {
             #[cfg(feature = "hub")]
             hub: Some(engine_hub::HubClient::from_env()?),
             variant: None,
+            #[cfg(feature = "device")]
+            split: None,
             revision: "main".into(),
         })
     }
@@ -246,6 +252,8 @@ impl InferenceEngine {
         InferenceEngine {
             hub: Some(hub),
             variant: None,
+            #[cfg(feature = "device")]
+            split: None,
             revision: "main".into(),
         }
     }
@@ -300,7 +308,10 @@ impl InferenceEngine {
                 self.variant.as_deref(),
                 &device,
                 &engine_device::MemoryBudget::default(),
-                None,
+                &engine_device::Purpose {
+                    split: self.split,
+                    ..Default::default()
+                },
             )?;
             tracing::info!(id = %sel.id, variant = %sel.variant, reason = %sel.reason, "selected");
             // The entry's own type picks the files (a VLM run for text still needs its vision tower).

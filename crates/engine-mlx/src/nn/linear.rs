@@ -103,9 +103,11 @@ impl Linear {
             )));
         }
         let share = total / ranks;
+        // Each share is materialised on its own, so a rank holds the whole of
+        // at most one weight at a time while loading and only its share after.
         let part = |a: &Array, axis: i32, per: usize| {
             let start = (rank * per) as i32;
-            a.slice_axis(axis, start, start + per as i32)
+            a.slice_axis(axis, start, start + per as i32)?.detached()
         };
         let bias_share = |b: &Option<Array>| -> Result<Option<Array>> {
             match (b, dim) {

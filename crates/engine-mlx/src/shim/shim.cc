@@ -115,6 +115,17 @@ std::unique_ptr<Array> alloc_uninit(rust::Slice<const int32_t> shape, uint8_t co
 // The buffer is fresh from alloc_uninit and not shared: writing it is safe.
 uint8_t* array_data_mut(const Array& a) { return const_cast<uint8_t*>(a.data<uint8_t>()); }
 
+// MLX's slices and copies share their input's buffer, so a small slice of a
+// large weight keeps all of it alive; this evaluates `a` and copies its
+// elements into a buffer of their own.
+std::unique_ptr<Array> detached(const Array& a) {
+  auto c = mx::contiguous(a);
+  c.eval();
+  Array out(mx::allocator::malloc(c.nbytes()), c.shape(), c.dtype());
+  if (c.nbytes() > 0) std::memcpy(out.data<uint8_t>(), c.data<uint8_t>(), c.nbytes());
+  return own(std::move(out));
+}
+
 std::unique_ptr<Array> from_bytes(rust::Slice<const uint8_t> data, rust::Slice<const int32_t> shape, uint8_t code) {
   auto d = to_dtype(code);
   auto s = to_shape(shape);

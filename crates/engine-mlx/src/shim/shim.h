@@ -59,6 +59,7 @@ std::unique_ptr<Array> list_get(const ArrayList& l, size_t i);
 std::unique_ptr<Array> from_bytes(rust::Slice<const uint8_t> data, rust::Slice<const int32_t> shape, uint8_t dtype);
 std::unique_ptr<Array> alloc_uninit(rust::Slice<const int32_t> shape, uint8_t dtype);
 uint8_t* array_data_mut(const Array& a);
+std::unique_ptr<Array> detached(const Array& a);
 std::unique_ptr<Array> full(rust::Slice<const int32_t> shape, double value, uint8_t dtype);
 std::unique_ptr<Array> arange(double start, double stop, double step, uint8_t dtype);
 std::unique_ptr<Array> clone_array(const Array& a);
