@@ -13,7 +13,6 @@
 
 use anyhow::{bail, Result};
 use clap::Args;
-use engine_device::{RankSplit, SplitKind};
 use mlxengine::mlx::distributed;
 use std::process::{Command, Stdio};
 
@@ -280,17 +279,6 @@ pub fn split() -> Result<Option<mlxengine::Split>> {
         group: std::sync::Arc::new(distributed::init(&backend)?),
         mode,
     }))
-}
-
-/// What engine-device's per-rank estimates need to know of `split`.
-pub fn rank_split(split: &mlxengine::Split) -> RankSplit {
-    RankSplit {
-        ranks: split.group.size() as u64,
-        mode: match split.mode {
-            mlxengine::SplitMode::Tensor => SplitKind::Tensor,
-            mlxengine::SplitMode::Pipeline => SplitKind::Pipeline,
-        },
-    }
 }
 
 /// The seed the ranks share when the command gives none.

@@ -486,7 +486,7 @@ fn run_text(args: RunArgs) -> Result<()> {
         bail!("--context must be at least 1 token");
     }
     let split = launch::split()?;
-    engine.split = split.as_ref().map(launch::rank_split);
+    engine.split = split.as_ref().map(mlxengine::rank_split);
     if split.is_some() {
         // Every rank must run exactly the same calls: no terminal input, no images.
         if args.prompt.is_none() {

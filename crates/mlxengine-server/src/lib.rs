@@ -232,7 +232,7 @@ pub async fn serve(config: ServerConfig, shutdown: impl Future<Output = ()> + Se
         None => None,
     };
     let pool = Arc::new(ModelPool::new(
-        resolve::Resolver::from_env(config.allow_pull),
+        resolve::Resolver::from_env(config.allow_pull).for_split(config.split.as_ref()),
         PoolOptions {
             parallel: config.parallel.max(1),
             queue_depth: config.queue_depth.max(1),

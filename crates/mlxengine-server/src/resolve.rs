@@ -97,6 +97,16 @@ impl Resolver {
         }
     }
 
+    /// Registry ids pick the variant that fits one rank of `split` (a model
+    /// served under `mlxengine launch`).
+    pub fn for_split(mut self, split: Option<&engine_llm::Split>) -> Resolver {
+        let plan = split.map(mlxengine::rank_split);
+        for engine in [&mut self.online, &mut self.offline].into_iter().flatten() {
+            engine.split = plan;
+        }
+        self
+    }
+
     /// Resolves a `--model` given on the command line (downloads allowed, as
     /// `mlxengine run` does); a registry id is fetched as its own type.
     pub fn resolve_preload(&self, name: &str) -> Result<PathBuf, String> {

@@ -216,6 +216,7 @@ pub fn follow(config: &crate::ServerConfig) -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("follow needs a split (run under `mlxengine launch`)"))?;
     let name = only_model(&config.models)?;
     let path = crate::resolve::Resolver::from_env(config.allow_pull)
+        .for_split(Some(split))
         .resolve_preload(name)
         .map_err(|e| anyhow::anyhow!("--model {name}: {e}"))?;
     check_kind(name, crate::resolve::kind_of(&path))?;

@@ -34,6 +34,19 @@ pub use engine_llm::export;
 #[cfg(feature = "llm")]
 pub use engine_llm::{ChatHistory, ChatSession, ChatTurn, DtypePolicy, LlmModel, LoadOptions, Split, SplitMode};
 pub use engine_mlx as mlx;
+
+/// What engine-device's per-rank memory estimates need to know of `split`
+/// (how many ranks, by heads or by layers).
+#[cfg(all(feature = "llm", feature = "device"))]
+pub fn rank_split(split: &Split) -> engine_device::RankSplit {
+    engine_device::RankSplit {
+        ranks: split.group.size() as u64,
+        mode: match split.mode {
+            SplitMode::Tensor => engine_device::SplitKind::Tensor,
+            SplitMode::Pipeline => engine_device::SplitKind::Pipeline,
+        },
+    }
+}
 #[cfg(feature = "vlm")]
 pub use engine_vlm::{
     image::ImageLimits, models::SUPPORTED as VLM_ARCHITECTURES, multimodal_architecture, runs_with_images,
