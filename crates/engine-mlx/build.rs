@@ -16,6 +16,8 @@ fn main() {
     println!("cargo:rerun-if-env-changed=MLXENGINE_BLAS");
     println!("cargo:rerun-if-changed=src/shim/shim.h");
     println!("cargo:rerun-if-changed=src/shim/shim.cc");
+    println!("cargo:rerun-if-changed=src/shim/blas.h");
+    println!("cargo:rerun-if-changed=src/shim/blas.cc");
     println!("cargo:rerun-if-changed=src/ffi.rs");
 
     let target_os = env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
@@ -41,16 +43,24 @@ fn main() {
         .flag_if_supported("-Wno-unused-parameter")
         .flag_if_supported("-Wno-deprecated-declarations");
 
-    // On Linux CPU, Debian's OpenBLAS linked as a direct dependency of every
-    // binary resolves cblas_sgemm ahead of the wheel's reference BLAS (a
-    // second-level dependency of libmlx): ~30x faster f32 matmuls.
-    let openblas = if target_os == "linux" && !cuda && env::var("MLXENGINE_BLAS").as_deref() != Ok("bundled") {
+    // On Linux CPU builds MLX's BLAS calls go to OpenBLAS instead of the
+    // wheel's reference BLAS (~30x faster f32 matmuls). On x86-64 the shim
+    // defines the BLAS/LAPACK symbols libmlx imports and loads OpenBLAS on
+    // first use with the right kernel for this CPU (src/shim/blas.cc), so
+    // nothing is linked here; elsewhere Debian's OpenBLAS is linked directly.
+    let target_arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
+    let wants_openblas = target_os == "linux" && !cuda && env::var("MLXENGINE_BLAS").as_deref() != Ok("bundled");
+    let forward = wants_openblas && target_arch == "x86_64";
+    let openblas = if wants_openblas && !forward {
         find_openblas()
     } else {
         None
     };
-    if openblas.is_some() {
+    build.file("src/shim/blas.cc");
+    if forward {
         build.define("MLXE_OPENBLAS", None);
+    } else if openblas.is_some() {
+        build.define("MLXE_OPENBLAS_LINKED", None);
     }
     build.compile("engine_mlx_shim");
 
@@ -78,9 +88,11 @@ fn main() {
     if let Some(dir) = &openblas {
         println!("cargo:rustc-link-search=native={}", dir.display());
         println!("cargo:rustc-link-lib=dylib:+verbatim=libopenblas.so.0");
-        println!("cargo:rustc-cfg=mlxe_openblas");
     }
-    println!("cargo::rustc-check-cfg=cfg(mlxe_openblas)");
+    if forward {
+        // dlopen/dlsym (part of libc from glibc 2.34, libdl before).
+        println!("cargo:rustc-link-lib=dylib=dl");
+    }
     if cuda {
         // libmlx's CUDA dependencies exist only on machines with the CUDA runtime.
         println!("cargo:rustc-link-arg=-Wl,--allow-shlib-undefined");

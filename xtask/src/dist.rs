@@ -1,12 +1,14 @@
 //! `cargo xtask dist`: a relocatable tarball of the `mlxengine` binary under
 //! `target/dist/` — `bin/mlxengine`, `lib/mlx/` (libmlx and the wheel's bundled
 //! libraries, as the wheel lays them out) and `lib/` (every other shared library
-//! the binary loads that a bare system lacks, OpenBLAS and its Fortran runtime
-//! among them). Binaries carry `$ORIGIN/../lib` rpaths ahead of the build
-//! cache's (engine-mlx's dependent_build.rs), so an unpacked copy runs on a
-//! fresh machine of the same OS. The command checks that itself: it unpacks the
-//! tarball into a temporary folder and requires every library to resolve
-//! inside it and `mlxengine doctor --json` to run.
+//! the binary loads that a bare system lacks, among them OpenBLAS, which the
+//! binary opens at run time (engine-mlx's blas.cc), and its Fortran runtime).
+//! Binaries carry `$ORIGIN/../lib` rpaths ahead of the build cache's
+//! (engine-mlx's dependent_build.rs), so an unpacked copy runs on a fresh
+//! machine of the same OS. The command checks that itself: it unpacks the
+//! tarball into a temporary folder, runs `mlxengine doctor --json` there and
+//! requires every library the process loaded (`LD_DEBUG=files`, so OpenBLAS's
+//! dlopen counts too) to come from inside it.
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -113,6 +115,29 @@ pub fn run() -> Result<()> {
         }
         sh(Command::new("cp").arg("-L").arg(p).arg(stage.join("lib").join(n)))?;
     }
+    // OpenBLAS is opened at run time, so ldd does not list it: ask the binary
+    // which file serves its BLAS, and ship it with its own dependencies.
+    let report = doctor(&exe)?;
+    if report.json["blas"] == "openblas" {
+        let lib = report.json["blas_library"].as_str().unwrap_or_default();
+        if lib.is_empty() {
+            bail!("the binary uses OpenBLAS but does not say which file");
+        }
+        let lib = Path::new(lib);
+        sh(Command::new("cp")
+            .arg("-L")
+            .arg(lib)
+            .arg(stage.join("lib/libopenblas.so.0")))?;
+        for (n, p) in ldd(lib)? {
+            if is_system(&n) {
+                continue;
+            }
+            let Some(p) = p else {
+                bail!("{n} is not found for {}", lib.display())
+            };
+            sh(Command::new("cp").arg("-L").arg(p).arg(stage.join("lib").join(n)))?;
+        }
+    }
     let tarball = dist.join(format!("{name}.tar.gz"));
     sh(Command::new("tar")
         .arg("czf")
@@ -126,8 +151,36 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
+/// What `mlxengine doctor --json` printed, and the files the process loaded
+/// (from the dynamic loader's `LD_DEBUG=files` trace).
+struct Doctor {
+    json: serde_json::Value,
+    loaded: Vec<PathBuf>,
+}
+
+fn doctor(bin: &Path) -> Result<Doctor> {
+    // Neither side may lean on the build machine's BLAS settings.
+    let out = Command::new(bin)
+        .args(["doctor", "--json"])
+        .env("LD_DEBUG", "files")
+        .env_remove("MLXENGINE_BLAS")
+        .env_remove("OPENBLAS_CORETYPE")
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        bail!("{} failed: {stderr}", bin.display());
+    }
+    let json = serde_json::from_slice(&out.stdout).context("doctor --json printed no JSON")?;
+    let loaded = stderr
+        .lines()
+        .filter_map(|l| l.split("calling init: ").nth(1))
+        .map(|p| PathBuf::from(p.trim()))
+        .collect();
+    Ok(Doctor { json, loaded })
+}
+
 /// Unpacks the tarball elsewhere: every library must resolve inside it, and
-/// the binary must run.
+/// the binary must run loading only its own libraries.
 fn check(tarball: &Path, name: &str) -> Result<()> {
     let tmp = std::env::temp_dir().join(format!("mlxengine-dist-check-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
@@ -144,9 +197,21 @@ fn check(tarball: &Path, name: &str) -> Result<()> {
             other => bail!("the unpacked binary loads {n} from {other:?}, not from the tarball"),
         }
     }
-    let out = Command::new(&bin).args(["doctor", "--json"]).output()?;
-    if !out.status.success() {
-        bail!("the unpacked binary failed: {}", String::from_utf8_lossy(&out.stderr));
+    let report = doctor(&bin)?;
+    for p in &report.loaded {
+        let file = p
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if !is_system(&file) && !p.starts_with(&unpacked) {
+            bail!(
+                "the unpacked binary loaded {} at run time, not from the tarball",
+                p.display()
+            );
+        }
+    }
+    if !report.loaded.iter().any(|p| p.ends_with("lib/libopenblas.so.0")) && report.json["blas"] == "openblas" {
+        bail!("the unpacked binary reports OpenBLAS but did not load the tarball's copy");
     }
     std::fs::remove_dir_all(&tmp).ok();
     Ok(())

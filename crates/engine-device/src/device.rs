@@ -40,6 +40,12 @@ pub struct DeviceReport {
     pub cpu_features: Vec<String>,
     /// `openblas` or `bundled-reference`: the BLAS that MLX's CPU matmuls run on.
     pub blas: String,
+    /// The kernel OpenBLAS runs for this CPU (`Cooperlake`, `Haswell`, ...; empty otherwise).
+    #[serde(default)]
+    pub blas_core: String,
+    /// The file of the BLAS library serving MLX's matmuls, when known.
+    #[serde(default)]
+    pub blas_library: String,
     /// Operating system (`linux`, `macos`, ...).
     pub os: String,
     /// OS version / distribution, when known.
@@ -149,6 +155,8 @@ impl DeviceReport {
             cpu_brand,
             cpu_features: cpu_features(),
             blas: engine_mlx::blas().to_string(),
+            blas_core: engine_mlx::blas_core(),
+            blas_library: engine_mlx::blas_library(),
             os: std::env::consts::OS.to_string(),
             os_version: System::long_os_version(),
             arch: std::env::consts::ARCH.to_string(),
@@ -206,7 +214,7 @@ impl DeviceReport {
                 Severity::Warning,
                 "no_openblas",
                 "MLX's CPU matmuls use the bundled reference BLAS, 20-30x slower than OpenBLAS".into(),
-                "install OpenBLAS (`apt install libopenblas0-pthread` on Debian/Ubuntu), unset MLXENGINE_BLAS, then rebuild: `cargo clean -p engine-mlx && cargo build --release`",
+                "install OpenBLAS (`apt install libopenblas0-pthread` on Debian/Ubuntu) and unset MLXENGINE_BLAS; a build made with MLXENGINE_BLAS=bundled also needs `cargo clean -p engine-mlx && cargo build --release`",
             );
         }
         if self.nvidia_driver_present && !self.gpu_available {

@@ -1,6 +1,7 @@
 //! Measures f32 1024² matmul throughput on the CPU and prints one JSON line
-//! `{"gflops":…,"blas":…}`. `--libdir` prints where libmlx was linked from.
-use engine_mlx::{blas, random, Dtype};
+//! `{"gflops":…,"blas":…,"core":…}` (`MLXENGINE_BLAS=bundled` measures the
+//! wheel's reference BLAS). `--libdir` prints where libmlx was linked from.
+use engine_mlx::{blas, blas_core, random, Dtype};
 use std::time::Instant;
 
 fn main() -> engine_mlx::Result<()> {
@@ -22,6 +23,10 @@ fn main() -> engine_mlx::Result<()> {
         runs += 1;
     }
     let gflops = 2.0 * (n as f64).powi(3) / best / 1e9;
-    println!("{{\"gflops\":{gflops:.2},\"blas\":\"{}\",\"runs\":{runs}}}", blas());
+    println!(
+        "{{\"gflops\":{gflops:.2},\"blas\":\"{}\",\"core\":\"{}\",\"runs\":{runs}}}",
+        blas(),
+        blas_core()
+    );
     Ok(())
 }

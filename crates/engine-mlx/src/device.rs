@@ -90,6 +90,19 @@ pub fn blas() -> &'static str {
     }
 }
 
+/// The kernel OpenBLAS picked for this CPU (`Cooperlake`, `SkylakeX`,
+/// `Haswell`, `Zen`, ...), or an empty string when OpenBLAS is not in use.
+/// On x86-64 Linux the engine chooses it from cpuid unless
+/// `OPENBLAS_CORETYPE` is set.
+pub fn blas_core() -> String {
+    ffi::blas_core()
+}
+
+/// The file of the BLAS library serving MLX's CPU matmuls (empty when unknown).
+pub fn blas_library() -> String {
+    ffi::blas_library()
+}
+
 /// Sets the OpenBLAS thread count (when linked) and returns the count in effect.
 pub fn set_blas_threads(n: usize) -> usize {
     ffi::blas_threads(n.min(i32::MAX as usize) as i32).max(1) as usize

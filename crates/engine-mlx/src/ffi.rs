@@ -224,6 +224,8 @@ pub(crate) mod bridge {
         fn synchronize_all() -> Result<()>;
         fn blas_threads(n: i32) -> i32;
         fn openblas_linked() -> bool;
+        fn blas_core() -> String;
+        fn blas_library() -> String;
 
         fn compile(ctx: usize, shapeless: bool) -> Result<UniquePtr<CompiledFn>>;
         fn call_compiled(f: &CompiledFn, inputs: &ArrayList) -> Result<UniquePtr<ArrayList>>;

@@ -26,8 +26,8 @@ pub mod random;
 pub use array::{async_eval, concatenate, conv1d, conv2d, eval, stack, upsample_nearest, where_, Array};
 pub use compile::{compile, Compiled};
 pub use device::{
-    backend, blas, default_device, device_info, gpu_available, memory, mlx_version, set_blas_threads,
-    set_default_device, synchronize, Backend, Device, Stream,
+    backend, blas, blas_core, blas_library, default_device, device_info, gpu_available, memory, mlx_version,
+    set_blas_threads, set_default_device, synchronize, Backend, Device, Stream,
 };
 pub use dtype::{Dtype, Element};
 pub use error::{Error, Result};

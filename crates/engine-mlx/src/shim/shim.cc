@@ -1,21 +1,13 @@
 // Implementation of the engine-mlx bridge; see shim.h.
 #include "engine-mlx/src/shim/shim.h"
 #include "engine-mlx/src/ffi.rs.h"
+#include "engine-mlx/src/shim/blas.h"
 #include "engine-mlx/src/shim/cpu_kernels.h"
 
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <stdexcept>
-
-#ifdef MLXE_OPENBLAS
-extern "C" void openblas_set_num_threads(int);
-extern "C" int openblas_get_num_threads(void);
-// A dynamic initializer lives in .init_array, which --gc-sections keeps; its
-// reference makes the linker keep libopenblas as a direct dependency under
-// --as-needed, so OpenBLAS's cblas_sgemm wins over the wheel's reference BLAS.
-static const int mlxe_openblas_threads_at_start = openblas_get_num_threads();
-#endif
 
 #if defined(__linux__) && defined(__GLIBC__)
 #include <malloc.h>
@@ -664,22 +656,10 @@ void set_default_stream(const StreamHandle& s) { mx::set_default_stream(s.stream
 void synchronize(const StreamHandle& s) { mx::synchronize(s.stream); }
 void synchronize_all() { mx::synchronize(); }
 
-int32_t blas_threads(int32_t n) {
-#ifdef MLXE_OPENBLAS
-  if (n > 0) openblas_set_num_threads(n);
-  return openblas_get_num_threads();
-#else
-  (void)n;
-  return 1;
-#endif
-}
-bool openblas_linked() {
-#ifdef MLXE_OPENBLAS
-  return true;
-#else
-  return false;
-#endif
-}
+int32_t blas_threads(int32_t n) { return blas::threads(n); }
+bool openblas_linked() { return blas::openblas(); }
+rust::String blas_core() { return rust::String::lossy(blas::core()); }
+rust::String blas_library() { return rust::String::lossy(blas::library()); }
 
 std::unique_ptr<CompiledFn> compile(size_t ctx, bool shapeless) {
   std::function<std::vector<Array>(const std::vector<Array>&)> f = [ctx](const std::vector<Array>& in) {

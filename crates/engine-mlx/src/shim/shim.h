@@ -190,6 +190,8 @@ void synchronize(const StreamHandle& s);
 void synchronize_all();
 int32_t blas_threads(int32_t n);
 bool openblas_linked();
+rust::String blas_core();
+rust::String blas_library();
 
 // ---- compile
 std::unique_ptr<CompiledFn> compile(size_t ctx, bool shapeless);
