@@ -123,3 +123,29 @@ pub fn quantized_matmul(x: &Array, q: &Quantized, transpose: bool) -> Result<Arr
         "quantized_matmul",
     )
 }
+
+/// Turns the engine's own CUDA kernel for [`quantized_matmul`] on or off for
+/// this process (on by default; `MLXENGINE_CUDA_QMV=0` starts it off). It
+/// serves 4- and 8-bit layers on the GPU for up to 8 rows of `x` (decode
+/// batches; `MLXENGINE_CUDA_QMV_MAX_ROWS` moves the limit), MLX's kernels
+/// everything else. Returns whether this build has it (the `cuda` feature).
+pub fn set_cuda_kernels(on: bool) -> bool {
+    ffi::cuda_qmv_set_enabled(on)
+}
+
+/// `x @ dequantize(q)ᵀ` through the engine's CUDA kernel alone, for any
+/// number of rows (parity checks against MLX's kernels). Fails without the
+/// `cuda` feature, off the GPU, or for other bits than 4 and 8.
+pub fn cuda_quantized_matmul(x: &Array, q: &Quantized) -> Result<Array> {
+    wrap(
+        ffi::cuda_qmv(
+            &x.inner,
+            &q.weight.inner,
+            &q.scales.inner,
+            &q.biases.inner,
+            q.spec.group_size,
+            q.spec.bits,
+        ),
+        "cuda_quantized_matmul",
+    )
+}

@@ -1,0 +1,39 @@
+// CUDA kernels of our own, run as MLX custom kernels (`mx::fast::cuda_kernel`,
+// compiled by NVRTC on first use). Built only with the `cuda` feature; each
+// entry point declines (returns nullopt) where it does not apply, and the
+// caller falls back to MLX's own op.
+#pragma once
+
+#include "mlx/mlx.h"
+
+#include <optional>
+
+namespace mlxe::cuda {
+
+namespace mx = mlx::core;
+
+// Rows of x (batch × tokens) up to which `quantized_matmul` uses our kernel
+// unless MLXENGINE_CUDA_QMV_MAX_ROWS says otherwise; beyond, MLX's
+// tensor-core qmm wins.
+constexpr int QMV_MAX_ROWS = 8;
+
+// Turns our kernels on or off for this process (on by default unless
+// MLXENGINE_CUDA_QMV=0); for A/B checks against MLX's own kernels.
+void set_enabled(bool on);
+
+// x · dequantize(w)ᵀ for MLX affine 4- or 8-bit weights (packed uint32
+// (N, K·bits/32), scales and biases (N, K/group)) and x (…, K) in float32,
+// float16 or bfloat16 with at most the row limit above, on the GPU:
+// one pass over the weights with 128-bit loads and dequantization in
+// registers. nullopt where it does not apply (another device, dtype, bits,
+// transposition, no biases, more rows, our kernels off).
+std::optional<mx::array> quantized_matmul(const mx::array& x, const mx::array& w, const mx::array& scales,
+                                          const std::optional<mx::array>& biases, bool transpose, int group_size,
+                                          int bits, mx::StreamOrDevice s = {});
+
+// The same kernel without the row limit or the on/off switch (the parity
+// check at 32 rows); throws where the kernel cannot run.
+mx::array qmv(const mx::array& x, const mx::array& w, const mx::array& scales, const mx::array& biases,
+              int group_size, int bits, mx::StreamOrDevice s = {});
+
+}  // namespace mlxe::cuda
