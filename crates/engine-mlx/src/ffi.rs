@@ -181,6 +181,7 @@ pub(crate) mod bridge {
             biases: &Array,
             group_size: i32,
             bits: i32,
+            block_rows: bool,
         ) -> Result<UniquePtr<Array>>;
 
         fn load_safetensors(path: &str) -> Result<UniquePtr<WeightFile>>;

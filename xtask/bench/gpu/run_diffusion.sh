@@ -7,7 +7,8 @@
 # GPU, float16 safetensors), then at 512x512 from the same initial latents: SDXL-Turbo-shaped 1 step (Euler
 # trailing, guidance 0) and SD-2.1-shaped 50 steps (DDIM, guidance 7.5, batched CFG); the engine in float16 and
 # bfloat16 and diffusers in float16, each after a warm-up, two timed runs. $OUT/diffusion.jsonl, one line a run:
-# {"kind", "side", result (seconds per image, loop and VAE split)}.
+# {"kind", "side", result (seconds per image, loop and VAE split)}; then diag_diffusion.py (MLX's conv2d, group
+# norm and attention against torch at these shapes) -> $OUT/diag_diffusion.jsonl.
 set -uo pipefail
 D=.devcache/diff W=$HOME/diffusion RES=$OUT/diffusion.jsonl
 source xtask/bench/gpu/mlx_env.sh
@@ -30,3 +31,5 @@ for kind in sdxl-turbo sd21; do
     | while read -r line; do echo "{\"kind\": \"$kind\", \"side\": \"diffusers\", \"result\": $line}" | tee -a $RES; done
   tail -2 /tmp/diffusers.err
 done
+# Where the time goes: MLX's conv / group norm / attention vs torch at these shapes.
+timeout 150 python3 xtask/bench/gpu/diag_diffusion.py 2>&1 | tee $OUT/diag_diffusion.jsonl

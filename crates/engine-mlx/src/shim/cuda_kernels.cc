@@ -62,12 +62,14 @@ struct Packed {
   }
 };
 
-// y (M, N) = x (M, K) · dequantize(w)ᵀ. A block owns ROWS rows of w and MT
-// rows of x; its threads stride over K in 16-byte chunks of w (one 128-bit
-// load per row, all inside one quantization group), so each weight byte is
-// read once per MT rows of x. Per chunk, a row adds
-// scale · Σ q·x + bias · Σ x, in float32.
-template <typename T, int BITS, int GS, int MT, int ROWS>
+// y (M, N) = x (M, K) · dequantize(w)ᵀ, each weight byte read once per MT
+// rows of x. Threads stride over K in 16-byte chunks of w (one 128-bit load
+// per row, inside one quantization group); per chunk a row adds
+// scale · Σ q·x + bias · Σ x, in float32. WARP_ROWS: each warp owns ROWS rows
+// (its lanes split K; a shuffle sums them), so a block's warps share x
+// through L1. Otherwise the block owns ROWS rows, all its threads split K,
+// and shared memory sums the warps.
+template <typename T, int BITS, int GS, int MT, int ROWS, bool WARP_ROWS>
 __device__ __forceinline__ void qmv(const T* x, const uint32_t* w, const T* scales, const T* biases, T* y,
                                     int M, int N, int K) {
   constexpr int E = 128 / BITS;               // elements in a chunk
@@ -76,7 +78,10 @@ __device__ __forceinline__ void qmv(const T* x, const uint32_t* w, const T* scal
   constexpr int XWORDS = PW / XPW;            // words of x under a word of w
   static_assert(GS % E == 0, "a chunk must lie inside one group");
   const int chunks = K / E, groups = K / GS, row_words = K / PW;
-  const int row0 = blockIdx.x * ROWS, m0 = blockIdx.y * MT;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int row0 = WARP_ROWS ? (blockIdx.x * int(blockDim.x / 32) + warp) * ROWS : blockIdx.x * ROWS;
+  const int m0 = blockIdx.y * MT;
+  if (WARP_ROWS && row0 >= N) return;
 
   float acc[ROWS][MT];
 #pragma unroll
@@ -84,7 +89,7 @@ __device__ __forceinline__ void qmv(const T* x, const uint32_t* w, const T* scal
 #pragma unroll
     for (int m = 0; m < MT; ++m) acc[r][m] = 0.f;
 
-  for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
+  for (int c = WARP_ROWS ? lane : threadIdx.x; c < chunks; c += WARP_ROWS ? 32 : blockDim.x) {
     uint4 wv[ROWS];
     float sc[ROWS], bi[ROWS];
     const int g = c * E / GS;
@@ -153,25 +158,34 @@ __device__ __forceinline__ void qmv(const T* x, const uint32_t* w, const T* scal
       for (int m = 0; m < MT; ++m) acc[r][m] += sc[r] * qx[r][m] + bi[r] * xs[m];
   }
 
-  // Sum over the block: within each warp by shuffles, then across warps.
-  __shared__ float part[4][ROWS * MT];
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
 #pragma unroll
   for (int r = 0; r < ROWS; ++r)
 #pragma unroll
-    for (int m = 0; m < MT; ++m) {
-      float v = acc[r][m];
+    for (int m = 0; m < MT; ++m)
 #pragma unroll
-      for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
-      if (lane == 0) part[warp][r * MT + m] = v;
+      for (int o = 16; o > 0; o /= 2) acc[r][m] += __shfl_xor_sync(0xffffffffu, acc[r][m], o);
+  if constexpr (WARP_ROWS) {
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r)
+#pragma unroll
+      for (int m = 0; m < MT; ++m)
+        if (lane == r * MT + m && row0 + r < N && m0 + m < M) y[size_t(m0 + m) * N + row0 + r] = from_float<T>(acc[r][m]);
+  } else {
+    __shared__ float part[4][ROWS * MT];
+    if (lane == 0) {
+#pragma unroll
+      for (int r = 0; r < ROWS; ++r)
+#pragma unroll
+        for (int m = 0; m < MT; ++m) part[warp][r * MT + m] = acc[r][m];
     }
-  __syncthreads();
-  for (int i = threadIdx.x; i < ROWS * MT; i += blockDim.x) {
-    const int n = row0 + i / MT, m = m0 + i % MT;
-    if (n < N && m < M) {
-      float v = 0.f;
-      for (int k = 0; k < int(blockDim.x / 32); ++k) v += part[k][i];
-      y[size_t(m) * N + n] = from_float<T>(v);
+    __syncthreads();
+    for (int i = threadIdx.x; i < ROWS * MT; i += blockDim.x) {
+      const int n = row0 + i / MT, m = m0 + i % MT;
+      if (n < N && m < M) {
+        float v = 0.f;
+        for (int k = 0; k < int(blockDim.x / 32); ++k) v += part[k][i];
+        y[size_t(m) * N + n] = from_float<T>(v);
+      }
     }
   }
 }
@@ -179,15 +193,34 @@ __device__ __forceinline__ void qmv(const T* x, const uint32_t* w, const T* scal
 }  // namespace mlxe
 )";
 
-// The kernel body; MLX declares the parameters (with x_shape and w_shape,
-// since the body names them) and the template constants before it.
+// The kernel body; MLX declares the parameters (with x's shape and ndim and
+// w's shape, since the body names them) and the template constants before it.
+// x keeps its leading axes: a reshape would add graph nodes to every call.
 constexpr const char* kSource = R"(
-  mlxe::qmv<T, BITS, GS, MT, ROWS>(x, w, scales, biases, y, x_shape[0], w_shape[0], x_shape[1]);
+  int M = 1;
+  for (int i = 0; i + 1 < x_ndim; ++i) M *= x_shape[i];
+  mlxe::qmv<T, BITS, GS, MT, ROWS, WARP_ROWS>(x, w, scales, biases, y, M, w_shape[0], x_shape[x_ndim - 1]);
 )";
 
+// The header without its comments and blank lines: MLX hashes the whole
+// source on every call, so a shorter one costs less per call.
+std::string strip_comments(const char* src) {
+  std::string out;
+  const std::string s(src);
+  for (size_t pos = 0; pos < s.size();) {
+    size_t end = s.find('\n', pos);
+    if (end == std::string::npos) end = s.size();
+    const std::string line = s.substr(pos, end - pos);
+    const size_t first = line.find_first_not_of(' ');
+    if (first != std::string::npos && line.compare(first, 2, "//") != 0) out += line + '\n';
+    pos = end + 1;
+  }
+  return out;
+}
+
 const mx::fast::CustomKernelFunction& qmv_kernel() {
-  static const auto k = mx::fast::cuda_kernel("mlxe_qmv", {"x", "w", "scales", "biases"}, {"y"}, kSource, kHeader,
-                                              /*ensure_row_contiguous=*/true);
+  static const auto k = mx::fast::cuda_kernel("mlxe_qmv", {"x", "w", "scales", "biases"}, {"y"}, kSource,
+                                              strip_comments(kHeader), /*ensure_row_contiguous=*/true);
   return k;
 }
 
@@ -201,6 +234,14 @@ std::atomic<bool>& enabled() {
   return on;
 }
 
+QmvLayout default_layout() {
+  static const QmvLayout l = [] {
+    const char* v = std::getenv("MLXENGINE_CUDA_QMV_LAYOUT");
+    return v != nullptr && std::string(v) == "block" ? QmvLayout::BlockRows : QmvLayout::WarpRows;
+  }();
+  return l;
+}
+
 bool float_type(mx::Dtype d) { return d == mx::float32 || d == mx::float16 || d == mx::bfloat16; }
 
 // A check that holds for lazy arrays too (their layout is known only once evaluated).
@@ -211,7 +252,7 @@ bool row_contiguous(const mx::array& a) { return !a.is_available() || a.flags().
 void set_enabled(bool on) { enabled().store(on); }
 
 mx::array qmv(const mx::array& x, const mx::array& w, const mx::array& scales, const mx::array& biases,
-              int group_size, int bits, mx::StreamOrDevice s) {
+              int group_size, int bits, QmvLayout layout, mx::StreamOrDevice s) {
   if (bits != 4 && bits != 8) throw std::invalid_argument("mlxe qmv: only 4- and 8-bit weights");
   if (group_size != 32 && group_size != 64 && group_size != 128)
     throw std::invalid_argument("mlxe qmv: group size must be 32, 64 or 128");
@@ -228,16 +269,23 @@ mx::array qmv(const mx::array& x, const mx::array& w, const mx::array& scales, c
   if (M == 0 || N == 0) return mx::zeros(out_shape, x.dtype(), s);
 
   const int mt = std::min(M, QMV_MAX_ROWS);
-  // Enough blocks to fill the GPU on the narrow layers (k/v projections).
-  const int rows = N >= 2048 ? 4 : N >= 512 ? 2 : 1;
+  const bool warp_rows = layout == QmvLayout::WarpRows;
+  // Rows per warp (or block): as many as keep ~2 blocks per SM on the narrow
+  // layers (k/v projections), since more rows share each load of x.
+  const int rows = warp_rows ? (N >= 4096 ? 4 : N >= 2048 ? 2 : 1) : (N >= 2048 ? 4 : N >= 512 ? 2 : 1);
   const int chunks = K / (128 / bits);
-  const int threads = std::min(128, (chunks + 31) / 32 * 32);
-  const int blocks = (N + rows - 1) / rows;
-  auto out = qmv_kernel()({mx::reshape(x, {M, K}, s), w, scales, biases}, {{M, N}}, {x.dtype()},
-                          {blocks * threads, (M + mt - 1) / mt, 1}, {threads, 1, 1},
-                          {{"T", x.dtype()}, {"BITS", bits}, {"GS", group_size}, {"MT", mt}, {"ROWS", rows}},
-                          std::nullopt, false, s);
-  return mx::reshape(out[0], out_shape, s);
+  const int threads = warp_rows ? 128 : std::min(128, (chunks + 31) / 32 * 32);
+  const int rows_per_block = warp_rows ? rows * threads / 32 : rows;
+  const int blocks = (N + rows_per_block - 1) / rows_per_block;
+  return qmv_kernel()({x, w, scales, biases}, {out_shape}, {x.dtype()}, {blocks * threads, (M + mt - 1) / mt, 1},
+                      {threads, 1, 1},
+                      {{"T", x.dtype()},
+                       {"BITS", bits},
+                       {"GS", group_size},
+                       {"MT", mt},
+                       {"ROWS", rows},
+                       {"WARP_ROWS", warp_rows}},
+                      std::nullopt, false, s)[0];
 }
 
 std::optional<mx::array> quantized_matmul(const mx::array& x, const mx::array& w, const mx::array& scales,
@@ -249,10 +297,14 @@ std::optional<mx::array> quantized_matmul(const mx::array& x, const mx::array& w
   if (x.ndim() < 1 || w.ndim() != 2 || w.dtype() != mx::uint32 || !float_type(x.dtype())) return std::nullopt;
   const int K = x.shape(-1);
   if (K == 0 || x.size() / K > static_cast<size_t>(max_rows) || w.shape(1) != K * bits / 32) return std::nullopt;
+  // Small layers are bound by the per-call cost on the CPU, where MLX's op is
+  // cheaper than a custom kernel's (H100: 4 vs 7 us for a 2048x2048 matvec).
+  const size_t min_size = x.size() == static_cast<size_t>(K) ? QMV_MIN_SIZE_ONE_ROW : QMV_MIN_SIZE;
+  if (static_cast<size_t>(w.shape(0)) * K < min_size) return std::nullopt;
   if (scales.dtype() != x.dtype() || biases->dtype() != x.dtype()) return std::nullopt;
   // A strided view of the weights would be copied on every call: MLX's kernel reads it as is.
   if (!row_contiguous(w) || !row_contiguous(scales) || !row_contiguous(*biases)) return std::nullopt;
-  return qmv(x, w, scales, *biases, group_size, bits, s);
+  return qmv(x, w, scales, *biases, group_size, bits, default_layout(), s);
 }
 
 }  // namespace mlxe::cuda

@@ -17,6 +17,17 @@ namespace mx = mlx::core;
 // tensor-core qmm wins.
 constexpr int QMV_MAX_ROWS = 8;
 
+// Weight sizes (rows × columns) from which our kernel takes over, for one
+// row of x and for more: below, the per-call cost on the CPU dominates and
+// MLX's built-in op is cheaper.
+constexpr size_t QMV_MIN_SIZE_ONE_ROW = size_t(8) << 20;
+constexpr size_t QMV_MIN_SIZE = size_t(4) << 20;
+
+// How the kernel spreads rows of w: each warp owns a few (a shuffle sums its
+// lanes; the default) or each block owns a few (shared memory sums its warps;
+// MLXENGINE_CUDA_QMV_LAYOUT=block).
+enum class QmvLayout { WarpRows, BlockRows };
+
 // Turns our kernels on or off for this process (on by default unless
 // MLXENGINE_CUDA_QMV=0); for A/B checks against MLX's own kernels.
 void set_enabled(bool on);
@@ -31,9 +42,9 @@ std::optional<mx::array> quantized_matmul(const mx::array& x, const mx::array& w
                                           const std::optional<mx::array>& biases, bool transpose, int group_size,
                                           int bits, mx::StreamOrDevice s = {});
 
-// The same kernel without the row limit or the on/off switch (the parity
-// check at 32 rows); throws where the kernel cannot run.
+// The same kernel without the row and size limits or the on/off switch (the
+// parity check at 32 rows); throws where the kernel cannot run.
 mx::array qmv(const mx::array& x, const mx::array& w, const mx::array& scales, const mx::array& biases,
-              int group_size, int bits, mx::StreamOrDevice s = {});
+              int group_size, int bits, QmvLayout layout = QmvLayout::WarpRows, mx::StreamOrDevice s = {});
 
 }  // namespace mlxe::cuda

@@ -532,11 +532,11 @@ bool cuda_qmv_set_enabled(bool on) {
   return false;
 #endif
 }
-std::unique_ptr<Array> cuda_qmv(const Array& x, const Array& w, const Array& scales, const Array& biases, int32_t group_size, int32_t bits) {
+std::unique_ptr<Array> cuda_qmv(const Array& x, const Array& w, const Array& scales, const Array& biases, int32_t group_size, int32_t bits, bool block_rows) {
 #ifdef MLXE_CUDA
-  return own(cuda::qmv(x, w, scales, biases, group_size, bits));
+  return own(cuda::qmv(x, w, scales, biases, group_size, bits, block_rows ? cuda::QmvLayout::BlockRows : cuda::QmvLayout::WarpRows));
 #else
-  (void)x, (void)w, (void)scales, (void)biases, (void)group_size, (void)bits;
+  (void)x, (void)w, (void)scales, (void)biases, (void)group_size, (void)bits, (void)block_rows;
   throw std::runtime_error("engine-mlx was built without the `cuda` feature: no CUDA kernels");
 #endif
 }

@@ -145,7 +145,7 @@ std::unique_ptr<Array> quantized_matmul(const Array& x, const Array& w, const Ar
 // Turns our CUDA quantized matvec on or off; false when built without CUDA.
 bool cuda_qmv_set_enabled(bool on);
 // Our CUDA quantized matvec itself, any number of rows (throws without CUDA).
-std::unique_ptr<Array> cuda_qmv(const Array& x, const Array& w, const Array& scales, const Array& biases, int32_t group_size, int32_t bits);
+std::unique_ptr<Array> cuda_qmv(const Array& x, const Array& w, const Array& scales, const Array& biases, int32_t group_size, int32_t bits, bool block_rows);
 
 // ---- io
 std::unique_ptr<WeightFile> load_safetensors(rust::Str path);
