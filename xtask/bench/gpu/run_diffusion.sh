@@ -8,7 +8,8 @@
 # trailing, guidance 0) and SD-2.1-shaped 50 steps (DDIM, guidance 7.5, batched CFG); the engine in float16 and
 # bfloat16 and diffusers in float16, each after a warm-up, two timed runs. $OUT/diffusion.jsonl, one line a run:
 # {"kind", "side", result (seconds per image, loop and VAE split)}; then diag_diffusion.py (MLX's conv2d, group
-# norm and attention against torch at these shapes) -> $OUT/diag_diffusion.jsonl.
+# norm and attention against torch at these shapes) -> $OUT/diag_diffusion.jsonl. DTYPES="bfloat16" runs the engine
+# in one dtype only, DIAG=0 skips diag_diffusion.py.
 set -uo pipefail
 D=.devcache/diff W=$HOME/diffusion RES=$OUT/diffusion.jsonl
 source xtask/bench/gpu/mlx_env.sh
@@ -21,7 +22,7 @@ P="a photo of an astronaut riding a horse on mars" NEG="blurry, low quality"
 for kind in sdxl-turbo sd21; do
   [ -f $W/$kind/model/model_index.json ] || timeout 200 python3 xtask/bench/gpu/diffusion_gpu.py make $W/$kind $kind 2>&1 | tail -3
   case $kind in sdxl-turbo) set -- 1 0.0 euler ;; sd21) set -- 50 7.5 ddim ;; esac
-  for dtype in float16 bfloat16; do
+  for dtype in ${DTYPES:-float16 bfloat16}; do
     timeout 200 $BIN/bench_image $W/$kind/model $W/$kind/latents.safetensors $W/$kind/ours.safetensors "$@" "$P" "$NEG" \
       $dtype 2 2>/tmp/engine.err | while read -r line; do
       echo "{\"kind\": \"$kind\", \"side\": \"engine\", \"result\": $line}" | tee -a $RES; done
@@ -32,4 +33,4 @@ for kind in sdxl-turbo sd21; do
   tail -2 /tmp/diffusers.err
 done
 # Where the time goes: MLX's conv / group norm / attention vs torch at these shapes.
-timeout 150 python3 xtask/bench/gpu/diag_diffusion.py 2>&1 | tee $OUT/diag_diffusion.jsonl
+[ "${DIAG:-1}" = 0 ] || timeout 150 python3 xtask/bench/gpu/diag_diffusion.py 2>&1 | tee $OUT/diag_diffusion.jsonl

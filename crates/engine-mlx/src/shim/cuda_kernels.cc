@@ -237,7 +237,7 @@ std::atomic<bool>& enabled() {
 QmvLayout default_layout() {
   static const QmvLayout l = [] {
     const char* v = std::getenv("MLXENGINE_CUDA_QMV_LAYOUT");
-    return v != nullptr && std::string(v) == "block" ? QmvLayout::BlockRows : QmvLayout::WarpRows;
+    return v != nullptr && std::string(v) == "warp" ? QmvLayout::WarpRows : QmvLayout::BlockRows;
   }();
   return l;
 }
