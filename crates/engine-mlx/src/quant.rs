@@ -127,7 +127,7 @@ pub fn quantized_matmul(x: &Array, q: &Quantized, transpose: bool) -> Result<Arr
 /// Turns the engine's own CUDA kernel for [`quantized_matmul`] on or off for
 /// this process (on by default; `MLXENGINE_CUDA_QMV=0` starts it off). It
 /// serves 4- and 8-bit layers of at least 8 Mi weights (4 Mi for several
-/// rows) on the GPU for up to 8 rows of `x` (decode batches;
+/// rows) on the GPU for up to 7 rows of `x` (decode batches;
 /// `MLXENGINE_CUDA_QMV_MAX_ROWS` moves the limit), MLX's kernels everything
 /// else. Returns whether this build has it (the `cuda` feature).
 pub fn set_cuda_kernels(on: bool) -> bool {

@@ -268,7 +268,7 @@ mx::array qmv(const mx::array& x, const mx::array& w, const mx::array& scales, c
   out_shape.back() = N;
   if (M == 0 || N == 0) return mx::zeros(out_shape, x.dtype(), s);
 
-  const int mt = std::min(M, QMV_MAX_ROWS);
+  const int mt = std::min(M, QMV_ROW_TILE);
   const bool warp_rows = layout == QmvLayout::WarpRows;
   // Rows per warp (or block): as many as keep ~2 blocks per SM on the narrow
   // layers (k/v projections), since more rows share each load of x.
