@@ -19,7 +19,10 @@ use engine_mlx::quant::{
 use engine_mlx::{eval, random, Array, Dtype, Result};
 use std::time::Instant;
 
-const FAMILIES: [(&str, [(&str, usize, usize); 5]); 3] = [
+/// A linear layer: name, input features (K), output features (N).
+type Layer = (&'static str, usize, usize);
+
+const FAMILIES: [(&str, [Layer; 5]); 3] = [
     (
         "llama-3.2-1b",
         [
