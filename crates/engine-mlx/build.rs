@@ -19,6 +19,8 @@ fn main() {
     println!("cargo:rerun-if-changed=src/shim/blas.h");
     println!("cargo:rerun-if-changed=src/shim/blas.cc");
     println!("cargo:rerun-if-changed=src/ffi.rs");
+    println!("cargo:rerun-if-changed=src/shim/cuda_kernels.h");
+    println!("cargo:rerun-if-changed=src/shim/cuda_kernels.cc");
 
     let target_os = env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
     let cuda = env::var_os("CARGO_FEATURE_CUDA").is_some();
@@ -61,6 +63,10 @@ fn main() {
         build.define("MLXE_OPENBLAS", None);
     } else if openblas.is_some() {
         build.define("MLXE_OPENBLAS_LINKED", None);
+    }
+    if cuda {
+        // Our CUDA kernels (NVRTC at run time), only where libmlx has a CUDA backend.
+        build.file("src/shim/cuda_kernels.cc").define("MLXE_CUDA", None);
     }
     build.compile("engine_mlx_shim");
 

@@ -25,7 +25,8 @@ pub struct VaeConfig {
     /// Latents are divided by this before decoding (0.18215 for SD 1/2, 0.13025 for SDXL).
     #[serde(default = "scaling")]
     pub scaling_factor: f32,
-    /// Run in float32 even when the pipeline computes in float16 (SDXL's VAE overflows in f16).
+    /// Run in float32 when the pipeline computes in float16 (SDXL's VAE overflows in f16; bfloat16
+    /// keeps its dtype, having float32's range).
     #[serde(default = "yes")]
     pub force_upcast: bool,
     /// The 1×1 `quant_conv` after the encoder.

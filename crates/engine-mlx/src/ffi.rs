@@ -174,6 +174,16 @@ pub(crate) mod bridge {
             group_size: i32,
             bits: i32,
         ) -> Result<UniquePtr<Array>>;
+        fn cuda_qmv_set_enabled(on: bool) -> bool;
+        fn cuda_qmv(
+            x: &Array,
+            w: &Array,
+            scales: &Array,
+            biases: &Array,
+            group_size: i32,
+            bits: i32,
+            block_rows: bool,
+        ) -> Result<UniquePtr<Array>>;
 
         fn load_safetensors(path: &str) -> Result<UniquePtr<WeightFile>>;
         fn load_gguf(path: &str) -> Result<UniquePtr<WeightFile>>;

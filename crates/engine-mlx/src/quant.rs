@@ -123,3 +123,42 @@ pub fn quantized_matmul(x: &Array, q: &Quantized, transpose: bool) -> Result<Arr
         "quantized_matmul",
     )
 }
+
+/// Turns the engine's own CUDA kernel for [`quantized_matmul`] on or off for
+/// this process (on by default; `MLXENGINE_CUDA_QMV=0` starts it off). It
+/// serves 4- and 8-bit layers of at least 8 Mi weights (4 Mi for several
+/// rows) on the GPU for up to 7 rows of `x` (decode batches;
+/// `MLXENGINE_CUDA_QMV_MAX_ROWS` moves the limit), MLX's kernels everything
+/// else. Returns whether this build has it (the `cuda` feature).
+pub fn set_cuda_kernels(on: bool) -> bool {
+    ffi::cuda_qmv_set_enabled(on)
+}
+
+/// How the engine's CUDA matvec spreads the rows of the weight matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CudaQmvLayout {
+    /// Each warp owns a few rows and sums its lanes with shuffles
+    /// (`MLXENGINE_CUDA_QMV_LAYOUT=warp`).
+    WarpRows,
+    /// Each block owns a few rows and sums its warps in shared memory (the
+    /// default: more blocks, and faster 8B decode on an H100).
+    BlockRows,
+}
+
+/// `x @ dequantize(q)ᵀ` through the engine's CUDA kernel alone, for any
+/// number of rows and any size (parity checks against MLX's kernels). Fails
+/// without the `cuda` feature, off the GPU, or for other bits than 4 and 8.
+pub fn cuda_quantized_matmul(x: &Array, q: &Quantized, layout: CudaQmvLayout) -> Result<Array> {
+    wrap(
+        ffi::cuda_qmv(
+            &x.inner,
+            &q.weight.inner,
+            &q.scales.inner,
+            &q.biases.inner,
+            q.spec.group_size,
+            q.spec.bits,
+            layout == CudaQmvLayout::BlockRows,
+        ),
+        "cuda_quantized_matmul",
+    )
+}

@@ -312,6 +312,19 @@ fn quantization_matches_mlx_python() -> R {
         }
     )
     .is_err());
+    // Without the `cuda` feature the CUDA matvec is absent: switching it is a no-op and
+    // calling it directly is an error, not a crash.
+    if !cfg!(feature = "cuda") {
+        let q = quant::quantize(
+            &w,
+            QuantSpec {
+                group_size: 64,
+                bits: 4,
+            },
+        )?;
+        assert!(!quant::set_cuda_kernels(true));
+        assert!(quant::cuda_quantized_matmul(&ramp(&[1, 64], 0.2), &q, quant::CudaQmvLayout::BlockRows).is_err());
+    }
     Ok(())
 }
 

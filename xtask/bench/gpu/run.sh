@@ -1,33 +1,45 @@
 #!/usr/bin/env bash
-# Second device call of the GPU decode bench (see ../../../docs and the shared device recipe):
-# joins libmlx (CUDA), installs MLX Python + mlx-lm beside it, makes random Llama weights at real
-# shapes, and runs the engine and mlx-lm on the same weights and prompt, writing JSON to $OUT.
+# GPU decode bench (see ../../../docs and the shared device recipe), the call that carries half b of
+# libmlx (`stage_kernels.sh` stages it): joins libmlx (CUDA), installs MLX Python + mlx-lm beside it,
+# makes random Llama weights at real shapes (or reuses those in $MODELS, default .devcache), and runs
+# the engine and mlx-lm on the same weights and prompt, twice each: $OUT/decode.jsonl, one line a run
+# ({"run": "engine-8b-q4", "round": 1, "result": the bench's JSON line or null}), $OUT/gpu.txt.
+#   SIZES="1b 8b"  which shapes;  QUANT=1  also an MLX 4-bit (group 64) copy of the same weights, run by
+#   the engine with its CUDA matvec (engine-SIZE-q4; engine_warprows-… with its other layout), without it
+#   (MLXENGINE_CUDA_QMV=0, engine_mlxqmv-…) and by mlx-lm;  NO_BF16=1  skips the bf16 rounds;  KEEP=1  keeps the models.
+# Half a travels in an earlier call (it does not fit beside b): that call copies it to $HOME/stage_a
+# (`run_qmv.sh 1`), and this one (mlx_env.sh) copies it back while the machine is still warm.
 set -uo pipefail
-A=.devcache/cuda/a B=.devcache/cuda/b RT=$PWD/.devcache/rt
-python3 -m pip install -q --no-deps $B/zstandard-*.whl
-mkdir -p $RT/lib && cat $A/libmlx.zst.aa $B/libmlx.zst.ab | python3 -c "import sys,zstandard; zstandard.ZstdDecompressor().copy_stream(sys.stdin.buffer, open('$RT/lib/libmlx.so','wb'))"
-tar xzf $B/include.tgz -C $RT
-N=$(python3 -c 'import nvidia; print(list(nvidia.__path__)[0])')
-export LD_LIBRARY_PATH=$RT/lib:$N/cu13/lib:$N/cudnn/lib:$N/nccl/lib:$PWD/$A/mlx_cuda_13.libs
-python3 -m pip install -q --no-deps --target .devcache/py $B/mlx-0.32.4-*.whl $B/mlx_lm-*.whl
-export PYTHONPATH=$PWD/.devcache/py
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee $OUT/gpu.txt
+source xtask/bench/gpu/mlx_env.sh
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee -a $OUT/gpu.txt
 python3 -c "import mlx.core as mx; print(mx.default_device(), mx.__version__)" 2>&1 | tail -2
-chmod +x $B/bench_decode
+MODELS=${MODELS:-.devcache}
+# bench NAME ROUND CMD...: CMD's last JSON line (or null) -> $OUT/decode.jsonl
+bench() {
+  local name=$1 round=$2 line; shift 2
+  line=$(timeout 300 "$@" 2>/tmp/bench.err | grep '^{' | tail -1)
+  [ -n "$line" ] || tail -3 /tmp/bench.err
+  echo "{\"run\": \"$name\", \"round\": $round, \"result\": ${line:-null}}" | tee -a $OUT/decode.jsonl
+}
 for size in ${SIZES:-1b 8b}; do
-  M=.devcache/llama-$size
-  python3 xtask/bench/gpu/random_llama.py $M $size 512 || continue
-  for round in 1 2; do
-    $B/bench_decode $M --dtype native --prompt-ids $M/prompt_ids.json --tokens 128 | tee -a $OUT/engine-$size.jsonl
-    python3 xtask/bench/mlx_lm_decode.py $M $M/prompt_ids.json 128 2>&1 | tail -1 | tee -a $OUT/mlx_lm-$size.jsonl
+  M=$MODELS/llama-$size
+  [ -f $M/model.safetensors ] || python3 xtask/bench/gpu/random_llama.py $M $size 512 || continue
+  [ -n "${NO_BF16:-}" ] || for round in 1 2; do
+    bench engine-$size $round $BIN/bench_decode $M --dtype native --prompt-ids $M/prompt_ids.json --tokens 128
+    bench mlx_lm-$size $round python3 xtask/bench/mlx_lm_decode.py $M $M/prompt_ids.json 128
   done
   if [ -n "${QUANT:-}" ]; then
-    # The same weights as MLX 4-bit (group 64): engine and mlx-lm again.
-    python3 xtask/bench/gpu/quantize.py $M $M-q4 4 64 && for round in 1 2; do
-      $B/bench_decode $M-q4 --dtype native --prompt-ids $M/prompt_ids.json --tokens 128 | tee -a $OUT/engine-$size-q4.jsonl
-      python3 xtask/bench/mlx_lm_decode.py $M-q4 $M/prompt_ids.json 128 2>&1 | tail -1 | tee -a $OUT/mlx_lm-$size-q4.jsonl
+    # The same weights as MLX 4-bit (group 64): the engine with and without its CUDA matvec, and mlx-lm.
+    [ -f $M-q4/config.json ] || python3 xtask/bench/gpu/quantize.py $M $M-q4 4 64
+    for round in 1 2; do
+      bench engine-$size-q4 $round $BIN/bench_decode $M-q4 --dtype native --prompt-ids $M/prompt_ids.json --tokens 128
+      bench engine_mlxqmv-$size-q4 $round env MLXENGINE_CUDA_QMV=0 \
+        $BIN/bench_decode $M-q4 --dtype native --prompt-ids $M/prompt_ids.json --tokens 128
+      [ -n "${NO_LAYOUTS:-}" ] || bench engine_warprows-$size-q4 $round env MLXENGINE_CUDA_QMV_LAYOUT=warp \
+        $BIN/bench_decode $M-q4 --dtype native --prompt-ids $M/prompt_ids.json --tokens 128
+      bench mlx_lm-$size-q4 $round python3 xtask/bench/mlx_lm_decode.py $M-q4 $M/prompt_ids.json 128
     done
-    rm -rf $M-q4
+    [ -n "${KEEP:-}" ] || rm -rf $M-q4
   fi
-  rm -rf $M
+  [ -n "${KEEP:-}" ] || rm -rf $M
 done

@@ -112,6 +112,15 @@ impl GroupNorm {
         let n = shape[0];
         let c = *shape.last().unwrap_or(&0);
         let g = self.groups as i32;
+        if crate::backend() == crate::Backend::Cuda && crate::default_device() == crate::Device::Gpu {
+            // MLX's CUDA reductions over two strided axes (below) ran ~200x slower than torch's
+            // group norm (H100: 203 vs 1.0 ms at 512x512x128, 2.4 vs 0.06 ms at 2x64x64x320):
+            // each group made contiguous and normalised by the fused layer norm instead.
+            let grouped = x.reshape(&[n, -1, g, c / g])?.swapaxes(1, 2)?.reshape(&[n, g, -1])?;
+            let normed = fast::layer_norm(&grouped, None, None, self.eps)?;
+            let back = normed.reshape(&[n, g, -1, c / g])?.swapaxes(1, 2)?.reshape(&shape)?;
+            return back.multiply(&self.weight)?.add(&self.bias);
+        }
         // (N, positions, G, C/G): statistics over positions and the channels of a group.
         let grouped = x.reshape(&[n, -1, g, c / g])?;
         let mean = grouped.mean(&[1, 3], true)?;

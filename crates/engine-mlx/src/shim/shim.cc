@@ -3,6 +3,9 @@
 #include "engine-mlx/src/ffi.rs.h"
 #include "engine-mlx/src/shim/blas.h"
 #include "engine-mlx/src/shim/cpu_kernels.h"
+#ifdef MLXE_CUDA
+#include "engine-mlx/src/shim/cuda_kernels.h"
+#endif
 
 #include <cstdlib>
 #include <cstring>
@@ -517,7 +520,28 @@ std::unique_ptr<Array> dequantize(const Array& w, const Array& scales, const Arr
   return own(mx::dequantize(w, scales, opt(biases), group_size, bits));
 }
 std::unique_ptr<Array> quantized_matmul(const Array& x, const Array& w, const Array& scales, const ArrayList& biases, bool transpose, int32_t group_size, int32_t bits) {
+#ifdef MLXE_CUDA
+  // Decode-sized batches on the GPU: our matvec, one pass over the weights.
+  if (auto y = cuda::quantized_matmul(x, w, scales, opt(biases), transpose, group_size, bits)) return own(*std::move(y));
+#endif
   return own(mx::quantized_matmul(x, w, scales, opt(biases), transpose, group_size, bits));
+}
+bool cuda_qmv_set_enabled(bool on) {
+#ifdef MLXE_CUDA
+  cuda::set_enabled(on);
+  return true;
+#else
+  (void)on;
+  return false;
+#endif
+}
+std::unique_ptr<Array> cuda_qmv(const Array& x, const Array& w, const Array& scales, const Array& biases, int32_t group_size, int32_t bits, bool block_rows) {
+#ifdef MLXE_CUDA
+  return own(cuda::qmv(x, w, scales, biases, group_size, bits, block_rows ? cuda::QmvLayout::BlockRows : cuda::QmvLayout::WarpRows));
+#else
+  (void)x, (void)w, (void)scales, (void)biases, (void)group_size, (void)bits, (void)block_rows;
+  throw std::runtime_error("engine-mlx was built without the `cuda` feature: no CUDA kernels");
+#endif
 }
 
 namespace {

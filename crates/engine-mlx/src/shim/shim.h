@@ -143,6 +143,10 @@ std::unique_ptr<Array> rope_rows(const Array& x, int32_t dims, bool traditional,
 std::unique_ptr<ArrayList> quantize(const Array& w, int32_t group_size, int32_t bits);
 std::unique_ptr<Array> dequantize(const Array& w, const Array& scales, const ArrayList& biases, int32_t group_size, int32_t bits);
 std::unique_ptr<Array> quantized_matmul(const Array& x, const Array& w, const Array& scales, const ArrayList& biases, bool transpose, int32_t group_size, int32_t bits);
+// Turns our CUDA quantized matvec on or off; false when built without CUDA.
+bool cuda_qmv_set_enabled(bool on);
+// Our CUDA quantized matvec itself, any number of rows (throws without CUDA).
+std::unique_ptr<Array> cuda_qmv(const Array& x, const Array& w, const Array& scales, const Array& biases, int32_t group_size, int32_t bits, bool block_rows);
 
 // ---- io
 std::unique_ptr<WeightFile> load_safetensors(rust::Str path);
