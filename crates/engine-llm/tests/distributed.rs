@@ -43,6 +43,21 @@ fn prompt_of(dir: &std::path::Path) -> Vec<u32> {
         .collect()
 }
 
+/// Runs `test` of this binary as `n` ranks on loopback (each sees `CHILD`),
+/// stopping them all after `timeout_s`.
+fn run_ranks(n: usize, test: &str, timeout_s: u64) -> Vec<distributed::RankExit> {
+    let dir = tempfile::tempdir().unwrap();
+    distributed::launch_local(n, dir.path(), Some(Duration::from_secs(timeout_s)), |_| {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args(["--exact", test, "--nocapture", "--test-threads=1"])
+            .env(CHILD, "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    })
+    .unwrap()
+}
+
 /// Loads the dense Llama fixture split each way and prints this rank's
 /// resident bytes, load peak, share and the per-rank estimate of its weights,
 /// then the whole model's weight bytes.
@@ -174,21 +189,11 @@ fn every_fixture_split_two_ways_across_two_ranks_matches_one_process() {
         rank_body();
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let exits = distributed::launch_local(2, dir.path(), Some(Duration::from_secs(300)), |_| {
-        let mut cmd = Command::new(std::env::current_exe().unwrap());
-        cmd.args([
-            "--exact",
-            "every_fixture_split_two_ways_across_two_ranks_matches_one_process",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD, "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-        cmd
-    })
-    .unwrap();
+    let exits = run_ranks(
+        2,
+        "every_fixture_split_two_ways_across_two_ranks_matches_one_process",
+        300,
+    );
     let n = fixtures().len();
     assert!(n >= 19, "only {n} parity fixtures: run `cargo xtask parity-fixtures`");
     for (rank, e) in exits.iter().enumerate() {
@@ -308,21 +313,7 @@ fn four_ranks_share_replicated_key_value_heads() {
         replicated_kv_body();
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let exits = distributed::launch_local(4, dir.path(), Some(Duration::from_secs(120)), |_| {
-        let mut cmd = Command::new(std::env::current_exe().unwrap());
-        cmd.args([
-            "--exact",
-            "four_ranks_share_replicated_key_value_heads",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD, "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-        cmd
-    })
-    .unwrap();
+    let exits = run_ranks(4, "four_ranks_share_replicated_key_value_heads", 120);
     for (rank, e) in exits.iter().enumerate() {
         assert!(
             e.status.is_some_and(|s| s.success()),
