@@ -378,10 +378,26 @@ impl Transformer {
         self.layers.first()?.attn.q.quant_spec()
     }
 
-    /// Converts every weight to dense `dtype` (the CPU policy: f32 + BLAS).
+    /// Converts every weight to dense `dtype`.
     pub fn convert(&mut self, dtype: Dtype) -> Result<()> {
+        self.convert_with(dtype, false)
+    }
+
+    /// [`crate::DtypePolicy::CpuKernels`]: 4- and 8-bit quantized linear
+    /// layers stay as stored (with float32 scales) for engine-mlx's quantized
+    /// CPU kernels; everything else, the embedding table included, becomes
+    /// dense float32 (matmuls through OpenBLAS).
+    pub fn convert_for_cpu(&mut self) -> Result<()> {
+        self.convert_with(Dtype::Float32, true)
+    }
+
+    fn convert_with(&mut self, dtype: Dtype, keep_quantized: bool) -> Result<()> {
         let lin = |l: &mut Linear| -> Result<()> {
-            *l = l.dequantized(dtype)?;
+            *l = if keep_quantized {
+                l.for_cpu_kernels(dtype)?
+            } else {
+                l.dequantized(dtype)?
+            };
             Ok(())
         };
         for layer in &mut self.layers {
@@ -399,6 +415,9 @@ impl Transformer {
                 *n = n.cast(dtype)?;
             }
         }
+        // The table stays dense f32 also for the quantized CPU kernels: kept
+        // quantized (lookups through MLX's dequantize, the tied head through
+        // the kernels), batched prompts got wrong rows past the first one.
         self.embed = self.embed.dequantized(dtype)?;
         self.norm = self.norm.cast(dtype)?;
         if let Some(h) = &mut self.lm_head {

@@ -506,8 +506,13 @@ std::unique_ptr<Array> dequantize(const Array& w, const Array& scales, const Arr
   return own(mx::dequantize(w, scales, opt(biases), group_size, bits));
 }
 std::unique_ptr<Array> quantized_matmul(const Array& x, const Array& w, const Array& scales, const ArrayList& biases, bool transpose, int32_t group_size, int32_t bits) {
-  return own(mx::quantized_matmul(x, w, scales, opt(biases), transpose, group_size, bits));
+  auto b = opt(biases);
+  if (transpose && b && kernels::quantized_linear_applies(x, w, scales, *b, group_size, bits)) {
+    return own(kernels::quantized_linear(x, w, scales, *b, group_size, bits));
+  }
+  return own(mx::quantized_matmul(x, w, scales, b, transpose, group_size, bits));
 }
+int32_t quantized_kernel_level(int32_t force) { return kernels::quantized_kernel_level(force); }
 
 namespace {
 std::unique_ptr<WeightFile> from_map(std::unordered_map<std::string, Array> arrays) {
