@@ -141,7 +141,9 @@ void quantize_activations(const float* x, int64_t m, int64_t k, int64_t group, b
       const float d = amax / 127.0f, inv = d > 0.0f ? 1.0f / d : 0.0f;
       int8_t* out = xq + r * k + blk * kBlock;
       for (int64_t i = 0; i < kBlock; i++) {
-        const int8_t q = static_cast<int8_t>(std::nearbyint(v[i] * inv));
+        // Round half away from zero without a libm call, so the loop vectorises.
+        const float t = v[i] * inv;
+        const int8_t q = static_cast<int8_t>(static_cast<int32_t>(t + (t >= 0.0f ? 0.5f : -0.5f)));
         out[nibble_order ? (i & 1) * 16 + i / 2 : i] = q;
       }
       dx[r * nb + blk] = d;
@@ -194,6 +196,17 @@ void rows_scalar(const Args& a, int64_t n0, int64_t n1) {
     s = _mm_add_ss(s, _mm_movehdup_ps(s));                                                                     \
     return _mm_cvtss_f32(s);                                                                                   \
   }                                                                                                            \
+  /* The bias term Σ_g b[g]·sxg[g], eight groups per step; out of line so     \
+     every tile sums it in the same order (a row gets the same bits alone or  \
+     in a batch). */                                                                                           \
+  __attribute__((noinline)) float bias_dot(const float* b, const float* sxg, int64_t ng) {                    \
+    __m256 acc = _mm256_setzero_ps();                                                                          \
+    int64_t g = 0;                                                                                             \
+    for (; g + 8 <= ng; g += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(b + g), _mm256_loadu_ps(sxg + g), acc); \
+    float t = hsum(acc);                                                                                       \
+    for (; g < ng; g++) t = std::fma(b[g], sxg[g], t);                                                         \
+    return t;                                                                                                  \
+  }                                                                                                            \
   /* MT rows of x against one weight row: each weight block is unpacked once;   \
      two accumulators per row (even and odd blocks) hide the FMA latency. */    \
   template <int MT, int BITS>                                                   \
@@ -237,7 +250,7 @@ void rows_scalar(const Args& a, int64_t n0, int64_t n1) {
     if (blk < nb) block<MT, BITS>(a, wr, sr, blk, r0, gshift, even);            \
     for (int r = 0; r < MT; r++) {                                              \
       a.y[(r0 + r) * a.n + n] =                                                 \
-          hsum(_mm256_add_ps(even[r], odd[r])) + bias_term(a.b + n * ng, a.sxg + (r0 + r) * ng, ng); \
+          hsum(_mm256_add_ps(even[r], odd[r])) + bias_dot(a.b + n * ng, a.sxg + (r0 + r) * ng, ng); \
     }                                                                           \
   }                                                                             \
   template <int BITS>                                                                                          \
