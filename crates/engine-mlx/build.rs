@@ -75,6 +75,7 @@ fn main() {
     cc::Build::new()
         .cpp(true)
         .file("src/shim/cpu_kernels.cc")
+        .file("src/shim/quant_kernels.cc")
         .include(&include)
         .std("c++20")
         .opt_level(3)
@@ -88,6 +89,7 @@ fn main() {
         .compile("engine_mlx_kernels");
     println!("cargo:rerun-if-changed=src/shim/cpu_kernels.cc");
     println!("cargo:rerun-if-changed=src/shim/cpu_kernels.h");
+    println!("cargo:rerun-if-changed=src/shim/quant_kernels.cc");
 
     println!("cargo:rustc-link-search=native={}", lib.display());
     println!("cargo:rustc-link-lib=dylib=mlx");

@@ -18,6 +18,7 @@ mod bench_diffusion;
 mod bench_embed;
 mod bench_hub;
 mod bench_llm;
+mod bench_llm_cpu;
 mod bench_mlx;
 mod bench_serve;
 mod bench_vlm;
@@ -37,13 +38,16 @@ fn main() -> Result<()> {
         Some("bench") => match args.get(1).map(String::as_str) {
             Some("mlx") => bench_mlx::run(),
             Some("llm") => bench_llm::run(),
+            Some("llm-cpu") => bench_llm_cpu::run(),
             Some("embed") => bench_embed::run(),
             Some("hub") => bench_hub::run(),
             Some("vlm") => bench_vlm::run(),
             Some("window") => bench_window::run(&args[2..]),
             Some("serve") => bench_serve::run(),
             Some("diffusion") => bench_diffusion::run(),
-            other => bail!("unknown bench {other:?}; available: mlx, llm, embed, hub, vlm, window, diffusion, serve"),
+            other => bail!(
+                "unknown bench {other:?}; available: mlx, llm, llm-cpu, embed, hub, vlm, window, diffusion, serve"
+            ),
         },
         _ => {
             eprintln!(
@@ -52,6 +56,12 @@ fn main() -> Result<()> {
             std::process::exit(2);
         }
     }
+}
+
+/// The cores this process may use (the thread count both sides of a CPU
+/// bench get).
+pub fn threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 /// The workspace root (xtask lives one level below it).

@@ -23,6 +23,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let dtype = match arg(&args, "--dtype").as_deref() {
         Some("native") => DtypePolicy::Native,
+        Some("cpu-kernels") => DtypePolicy::CpuKernels,
         _ => DtypePolicy::Auto,
     };
     let model = LlmModel::load(

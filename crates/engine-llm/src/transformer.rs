@@ -119,6 +119,10 @@ pub struct Transformer {
     layers: Vec<Layer>,
     norm: RmsNorm,
     lm_head: Option<Linear>,
+    /// With tied embeddings under `DtypePolicy::CpuKernels`: the table kept
+    /// quantized as the output projection (the int8 kernels read it as
+    /// stored), beside the dense copy the lookups use.
+    tied_head: Option<Linear>,
     /// The ranks this model is split across (tensor parallelism): each holds
     /// a share of every layer's heads and MLP features, and the attention
     /// output and MLP down projections are summed over the group.
@@ -240,6 +244,7 @@ impl Transformer {
             layers,
             norm,
             lm_head,
+            tied_head: None,
             group: None,
             stages: None,
         })
@@ -397,8 +402,24 @@ impl Transformer {
     /// Converts every weight to dense `dtype` (the CPU policy: f32 + BLAS),
     /// lazily: [`Transformer::eval_weights`] materialises the result.
     pub fn convert(&mut self, dtype: Dtype) -> Result<()> {
+        self.convert_with(dtype, false)
+    }
+
+    /// [`crate::DtypePolicy::CpuKernels`]: 4- and 8-bit quantized linear
+    /// layers stay as stored (with float32 scales) for engine-mlx's quantized
+    /// CPU kernels; everything else, the embedding table included, becomes
+    /// dense float32 (matmuls through OpenBLAS).
+    pub fn convert_for_cpu(&mut self) -> Result<()> {
+        self.convert_with(Dtype::Float32, true)
+    }
+
+    fn convert_with(&mut self, dtype: Dtype, keep_quantized: bool) -> Result<()> {
         let lin = |l: &mut Linear| -> Result<()> {
-            *l = l.dequantized(dtype)?;
+            *l = if keep_quantized {
+                l.for_cpu_kernels(dtype)?
+            } else {
+                l.dequantized(dtype)?
+            };
             Ok(())
         };
         for layer in &mut self.layers {
@@ -414,6 +435,20 @@ impl Transformer {
             }
             for n in [&mut layer.attn.q_norm, &mut layer.attn.k_norm].into_iter().flatten() {
                 *n = n.cast(dtype)?;
+            }
+        }
+        // The lookups read a dense f32 table also under the quantized CPU
+        // kernels (kept quantized, MLX's dequantize of the gathered rows gave
+        // wrong rows past the first of a batch); a tied output projection
+        // keeps the quantized table for the kernels (1/6 the bytes per token).
+        self.tied_head = None;
+        if let (true, None, Embedding::Quantized(q)) = (keep_quantized, &self.lm_head, &self.embed) {
+            let head = Linear::Quantized {
+                q: q.clone(),
+                bias: None,
+            };
+            if head.is_quantized() && engine_mlx::quant::cpu_kernel_supports(q.spec) {
+                self.tied_head = Some(head.for_cpu_kernels(dtype)?);
             }
         }
         self.embed = self.embed.dequantized(dtype)?;
@@ -527,7 +562,7 @@ impl Transformer {
             v.extend(l.attn.q_norm.iter().chain(l.attn.k_norm.iter()).map(|n| &n.weight));
         }
         v.push(&self.norm.weight);
-        if let Some(h) = &self.lm_head {
+        for h in self.lm_head.iter().chain(self.tied_head.iter()) {
             v.extend(h.arrays());
         }
         v
@@ -616,9 +651,9 @@ impl Transformer {
     /// and soft-capping.
     pub fn head(&self, h: &Array) -> Result<Array> {
         let h = self.norm.forward(h)?;
-        let mut logits = match &self.lm_head {
-            Some(head) => head.forward(&h)?,
-            None => self.embed.as_linear(&h)?,
+        let mut logits = match (&self.lm_head, &self.tied_head) {
+            (Some(head), _) | (None, Some(head)) => head.forward(&h)?,
+            (None, None) => self.embed.as_linear(&h)?,
         };
         if let Some(cap) = self.features.final_softcap {
             logits = logits.mul_scalar(1.0 / cap as f64)?.tanh()?.mul_scalar(cap as f64)?;

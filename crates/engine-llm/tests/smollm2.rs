@@ -79,6 +79,25 @@ fn native_quantized_and_f32_policies_agree_on_the_answer() {
 }
 
 #[test]
+fn cpu_kernel_policy_answers_the_same_questions() {
+    // Q4_1 linears stay quantized for engine-mlx's int8 CPU kernels.
+    let mut m = LlmModel::load(
+        &gguf_path(),
+        &LoadOptions {
+            dtype: DtypePolicy::CpuKernels,
+            ..Default::default()
+        },
+        &mut |_| {},
+    )
+    .unwrap();
+    assert!(m.transformer().is_quantized());
+    let g = ask(&mut m, "What is the capital of France?", 16);
+    assert!(g.text.contains("Paris"), "answer: {:?}", g.text);
+    let g = ask(&mut m, "What is 2+2? Answer with the number.", 8);
+    assert!(g.text.contains('4'), "answer: {:?}", g.text);
+}
+
+#[test]
 fn chat_session_reuses_its_cache() {
     let m = model().lock().unwrap();
     let mut chat = m.chat(Some("You are a helpful assistant."));

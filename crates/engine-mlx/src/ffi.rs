@@ -234,6 +234,7 @@ pub(crate) mod bridge {
         fn synchronize_all() -> Result<()>;
         fn blas_threads(n: i32) -> i32;
         fn openblas_linked() -> bool;
+        fn quantized_kernel_level(force: i32) -> i32;
         fn blas_core() -> String;
         fn blas_library() -> String;
 

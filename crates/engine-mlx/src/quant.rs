@@ -162,3 +162,38 @@ pub fn cuda_quantized_matmul(x: &Array, q: &Quantized, layout: CudaQmvLayout) ->
         "cuda_quantized_matmul",
     )
 }
+
+/// Whether the CPU's own quantized kernels take weights of `spec` (4 or 8
+/// bits, groups of 32, 64 or 128): [`quantized_matmul`] uses them on a CPU
+/// stream for float32 `x` when the scales and biases are float32 too (see
+/// [`Quantized::with_f32_params`]), and MLX's kernels otherwise.
+pub fn cpu_kernel_supports(spec: QuantSpec) -> bool {
+    matches!(spec.bits, 4 | 8) && matches!(spec.group_size, 32 | 64 | 128)
+}
+
+/// The instruction set the CPU quantized kernels use: 0 plain C, 1 AVX2,
+/// 2 AVX-512 VNNI (picked from the CPU at run time).
+pub fn cpu_kernel_level() -> i32 {
+    ffi::quantized_kernel_level(-2)
+}
+
+/// Caps the CPU quantized kernels' instruction set at `level` (0 plain C,
+/// 1 AVX2, 2 AVX-512 VNNI), or restores the automatic choice with `None`;
+/// returns the level now in use. For tests and benchmarks that compare paths.
+pub fn force_cpu_kernel_level(level: Option<i32>) -> i32 {
+    ffi::quantized_kernel_level(level.map_or(-1, |l| l.max(0)))
+}
+
+impl Quantized {
+    /// The same weights with float32 scales and biases: the form the CPU
+    /// quantized kernels read (1/8 more memory at 4 bits, group 32, than f16).
+    pub fn with_f32_params(&self) -> Result<Quantized> {
+        let f32 = crate::Dtype::Float32;
+        Ok(Quantized {
+            weight: self.weight.clone(),
+            scales: self.scales.astype(f32)?,
+            biases: self.biases.astype(f32)?,
+            spec: self.spec,
+        })
+    }
+}

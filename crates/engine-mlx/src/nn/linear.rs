@@ -233,6 +233,33 @@ impl Linear {
         })
     }
 
+    /// The form the CPU runs fastest: a quantized weight the CPU's own
+    /// kernels take (4 or 8 bits, see [`crate::quant::cpu_kernel_supports`])
+    /// stays quantized with float32 scales and biases; everything else
+    /// becomes dense `dtype` (as [`Linear::dequantized`]).
+    pub fn for_cpu_kernels(&self, dtype: Dtype) -> Result<Linear> {
+        Ok(match self {
+            Linear::Quantized { q, bias } if crate::quant::cpu_kernel_supports(q.spec) => Linear::Quantized {
+                q: q.with_f32_params()?,
+                bias: bias.as_ref().map(|b| b.astype(dtype)).transpose()?,
+            },
+            Linear::Lora {
+                base,
+                a,
+                b,
+                scale,
+                gain,
+            } => Linear::Lora {
+                base: Box::new(base.for_cpu_kernels(dtype)?),
+                a: a.astype(dtype)?,
+                b: b.astype(dtype)?,
+                scale: *scale,
+                gain: gain.as_ref().map(|g| g.astype(dtype)).transpose()?,
+            },
+            _ => self.dequantized(dtype)?,
+        })
+    }
+
     /// Wraps this layer with a low-rank update (A: (in, r), B: (r, out)); an
     /// already adapted layer gets the new update on top.
     pub fn with_lora(self, a: Array, b: Array, scale: f32) -> Linear {

@@ -45,4 +45,21 @@ mx::array linear(const mx::array& x, const mx::array& w, mx::StreamOrDevice s = 
 mx::array packed_attention(const mx::array& qkv, std::vector<int32_t> lengths, int heads, float scale,
                            mx::StreamOrDevice s = {});
 
+// Whether quantized_linear takes these arguments: float32 x (…, K) on a CPU
+// stream, w (N, K·bits/32) uint32 in MLX's affine layout with 4 or 8 bits,
+// float32 scales and biases (N, K/group), group 32, 64 or 128.
+bool quantized_linear_applies(const mx::array& x, const mx::array& w, const mx::array& scales,
+                              const mx::array& biases, int group, int bits, mx::StreamOrDevice s = {});
+
+// x · dequantize(w)ᵀ straight from the packed weights: x quantized per block
+// of 32 to int8, integer dot products (AVX-512 VNNI, AVX2 or plain C, picked
+// at run time), split over the cores (quant_kernels.cc).
+mx::array quantized_linear(const mx::array& x, const mx::array& w, const mx::array& scales,
+                           const mx::array& biases, int group, int bits, mx::StreamOrDevice s = {});
+
+// The instruction set quantized_linear uses: 0 plain C, 1 AVX2, 2 AVX-512
+// VNNI. `force` ≥ 0 caps it (tests run every level the CPU has), -1 restores
+// the automatic choice, < -1 only reads.
+int quantized_kernel_level(int force);
+
 }  // namespace mlxe::kernels

@@ -524,8 +524,13 @@ std::unique_ptr<Array> quantized_matmul(const Array& x, const Array& w, const Ar
   // Decode-sized batches on the GPU: our matvec, one pass over the weights.
   if (auto y = cuda::quantized_matmul(x, w, scales, opt(biases), transpose, group_size, bits)) return own(*std::move(y));
 #endif
-  return own(mx::quantized_matmul(x, w, scales, opt(biases), transpose, group_size, bits));
+  auto b = opt(biases);
+  if (transpose && b && kernels::quantized_linear_applies(x, w, scales, *b, group_size, bits)) {
+    return own(kernels::quantized_linear(x, w, scales, *b, group_size, bits));
+  }
+  return own(mx::quantized_matmul(x, w, scales, b, transpose, group_size, bits));
 }
+int32_t quantized_kernel_level(int32_t force) { return kernels::quantized_kernel_level(force); }
 bool cuda_qmv_set_enabled(bool on) {
 #ifdef MLXE_CUDA
   cuda::set_enabled(on);

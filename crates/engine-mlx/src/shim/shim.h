@@ -194,6 +194,7 @@ void synchronize(const StreamHandle& s);
 void synchronize_all();
 int32_t blas_threads(int32_t n);
 bool openblas_linked();
+int32_t quantized_kernel_level(int32_t force);
 rust::String blas_core();
 rust::String blas_library();
 

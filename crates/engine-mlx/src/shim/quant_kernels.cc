@@ -1,0 +1,433 @@
+// Quantized matrix products on the CPU, straight from MLX's affine layout
+// (4- or 8-bit unsigned values packed in uint32 words, one f32 scale and bias
+// per group of 32, 64 or 128), which is also what GGUF Q4_0/Q4_1/Q8_0/Q4_K
+// blocks load as. See quantized_linear in cpu_kernels.h.
+//
+// y[m][n] = Σ_g s[n][g] · Σ_{i∈g} q[n][i]·x[m][i] + b[n][g] · Σ_{i∈g} x[m][i].
+// The activations are quantized per block of 32 to int8 (x ≈ d·xq, |xq| ≤ 127),
+// so each block's Σ q·xq is an integer dot product: AVX-512 VNNI `vpdpbusd`,
+// or AVX2 `vpmaddubsw` + `vpmaddwd`, or plain C; the bias term uses the exact
+// float sums of x. Each block's integer sum is scaled by s·d in float, as
+// llama.cpp does for its Q8 activations; the int8 rounding of x is the only
+// approximation (tests/quant_kernels.rs bounds it).
+//
+// Layout: a 4-bit block of 32 is 16 bytes, element 2j in the low nibble of
+// byte j and 2j+1 in the high nibble, so one 16-byte load split into low and
+// high nibbles gives [even elements | odd elements]; the quantized activations
+// of each block are stored in that same order. An 8-bit block is 32 bytes in
+// element order.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <mutex>
+#include <stdexcept>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+#include "cpu_kernels.h"
+#include "mlx/backend/cpu/encoder.h"
+#include "mlx/primitives.h"
+
+namespace mlxe::kernels {
+namespace {
+
+constexpr int64_t kBlock = 32;
+
+// A small persistent pool: the decode step calls these kernels hundreds of
+// times per token, so threads must not be created per call. Workers spin
+// briefly for the next call (they usually come microseconds apart), then
+// sleep. The caller never waits for a worker that has not joined: on a busy
+// machine a descheduled worker would otherwise stall every call; the caller
+// takes the tasks itself and only waits for workers already inside.
+class Pool {
+ public:
+  static Pool& get() {
+    static Pool* pool = new Pool();  // never destroyed: workers outlive static destruction
+    return *pool;
+  }
+
+  int size() const { return static_cast<int>(workers_) + 1; }
+
+  // Runs task(i) for every i in [0, n) on the caller and the workers. A
+  // second caller while the pool is busy runs its tasks alone.
+  template <typename F>
+  void run(int64_t n, F&& task) {
+    std::unique_lock<std::mutex> lock(busy_, std::try_to_lock);
+    if (!lock.owns_lock() || workers_ == 0 || n <= 1) {
+      for (int64_t i = 0; i < n; i++) task(i);
+      return;
+    }
+    using T = std::remove_reference_t<F>;
+    fn_ = [](void* ctx, int64_t i) { (*static_cast<T*>(ctx))(i); };
+    ctx_ = &task;
+    n_ = n;
+    next_.store(0, std::memory_order_relaxed);
+    closed_.store(false, std::memory_order_seq_cst);
+    generation_.fetch_add(1, std::memory_order_seq_cst);
+    generation_.notify_all();
+    drain();
+    // Dekker-style hand-off (all seq_cst): a worker that joins after this
+    // store sees `closed_` and leaves without touching the job.
+    closed_.store(true, std::memory_order_seq_cst);
+    while (inside_.load(std::memory_order_seq_cst) != 0) _mm_pause();
+  }
+
+ private:
+  Pool() {
+    const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
+    // More than 8 threads only adds wake-ups for these memory-bound products.
+    workers_ = std::min(hw, 8u) - 1;
+    for (unsigned i = 0; i < workers_; i++) std::thread([this] { work(); }).detach();
+  }
+
+  void drain() {
+    for (int64_t i; (i = next_.fetch_add(1, std::memory_order_relaxed)) < n_;) fn_(ctx_, i);
+  }
+
+  void work() {
+    // The value before any run: a run that starts before this thread does is
+    // still seen as new.
+    uint64_t seen = 0;
+    for (;;) {
+      for (int spin = 0; spin < 4000 && generation_.load(std::memory_order_seq_cst) == seen; spin++) _mm_pause();
+      generation_.wait(seen, std::memory_order_seq_cst);
+      seen = generation_.load(std::memory_order_seq_cst);
+      inside_.fetch_add(1, std::memory_order_seq_cst);
+      if (!closed_.load(std::memory_order_seq_cst)) drain();
+      inside_.fetch_sub(1, std::memory_order_seq_cst);
+    }
+  }
+
+  unsigned workers_ = 0;
+  std::mutex busy_;
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int64_t> next_{0};
+  std::atomic<int> inside_{0};
+  std::atomic<bool> closed_{true};
+  void (*fn_)(void*, int64_t) = nullptr;
+  void* ctx_ = nullptr;
+  int64_t n_ = 0;
+};
+
+// What one product needs, with the activations already quantized.
+struct Args {
+  const int8_t* xq;  // (M, K), each 4-bit block in [evens | odds] order
+  const float* dx;   // (M, K/32) activation scale per block
+  const float* sxg;  // (M, K/group) Σ x per weight group
+  const uint8_t* w;  // (N, K·bits/8)
+  const float* s;    // (N, K/group)
+  const float* b;    // (N, K/group)
+  float* y;          // (M, N)
+  int64_t m, n, k, group, bits;
+};
+
+void quantize_activations(const float* x, int64_t m, int64_t k, int64_t group, bool nibble_order, int8_t* xq,
+                          float* dx, float* sxg) {
+  const int64_t nb = k / kBlock, ng = k / group;
+  for (int64_t r = 0; r < m; r++) {
+    for (int64_t g = 0; g < ng; g++) sxg[r * ng + g] = 0.0f;
+    for (int64_t blk = 0; blk < nb; blk++) {
+      const float* v = x + r * k + blk * kBlock;
+      float amax = 0.0f, sum = 0.0f;
+      for (int64_t i = 0; i < kBlock; i++) {
+        amax = std::max(amax, std::fabs(v[i]));
+        sum += v[i];
+      }
+      const float d = amax / 127.0f, inv = d > 0.0f ? 1.0f / d : 0.0f;
+      int8_t* out = xq + r * k + blk * kBlock;
+      for (int64_t i = 0; i < kBlock; i++) {
+        // Round half away from zero without a libm call, so the loop vectorises.
+        const float t = v[i] * inv;
+        const int8_t q = static_cast<int8_t>(static_cast<int32_t>(t + (t >= 0.0f ? 0.5f : -0.5f)));
+        out[nibble_order ? (i & 1) * 16 + i / 2 : i] = q;
+      }
+      dx[r * nb + blk] = d;
+      sxg[r * ng + blk * kBlock / group] += sum;
+    }
+  }
+}
+
+// The bias term of one output: Σ_g b[g] · Σ_{i∈g} x[i]. One out-of-line
+// copy, so every tile computes it in the same order and a row gets the same
+// bits alone or in a batch.
+__attribute__((noinline)) float bias_term(const float* b, const float* sxg, int64_t ng) {
+  float t = 0.0f;
+  for (int64_t g = 0; g < ng; g++) t += b[g] * sxg[g];
+  return t;
+}
+
+void rows_scalar(const Args& a, int64_t n0, int64_t n1) {
+  const int64_t nb = a.k / kBlock, ng = a.k / a.group, row_bytes = a.k * a.bits / 8;
+  for (int64_t n = n0; n < n1; n++) {
+    const uint8_t* wr = a.w + n * row_bytes;
+    for (int64_t r = 0; r < a.m; r++) {
+      const int8_t* xr = a.xq + r * a.k;
+      float acc = 0.0f;
+      for (int64_t blk = 0; blk < nb; blk++) {
+        int32_t dot = 0;
+        if (a.bits == 4) {
+          const uint8_t* wb = wr + blk * 16;
+          const int8_t* xb = xr + blk * kBlock;
+          for (int j = 0; j < 16; j++) dot += (wb[j] & 15) * xb[j] + (wb[j] >> 4) * xb[16 + j];
+        } else {
+          const uint8_t* wb = wr + blk * kBlock;
+          const int8_t* xb = xr + blk * kBlock;
+          for (int j = 0; j < kBlock; j++) dot += wb[j] * xb[j];
+        }
+        acc += static_cast<float>(dot) * (a.s[n * ng + blk / (a.group / kBlock)] * a.dx[r * nb + blk]);
+      }
+      a.y[r * a.n + n] = acc + bias_term(a.b + n * ng, a.sxg + r * ng, ng);
+    }
+  }
+}
+
+// The vector kernels, compiled twice: AVX2 (+FMA) and AVX-512 VNNI (256-bit
+// vpdpbusd). DOT(acc, w, x) adds the 8 partial sums of one block's Σ w·x.
+#define MLXE_QUANT_BODY(NS, DOT4, DOT8)                                                                        \
+  namespace NS {                                                                                               \
+  inline float hsum(__m256 v) {                                                                                \
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));                            \
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));                                                                    \
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));                                                                     \
+    return _mm_cvtss_f32(s);                                                                                   \
+  }                                                                                                            \
+  /* The bias term Σ_g b[g]·sxg[g], eight groups per step; out of line so     \
+     every tile sums it in the same order (a row gets the same bits alone or  \
+     in a batch). */                                                                                           \
+  __attribute__((noinline)) float bias_dot(const float* b, const float* sxg, int64_t ng) {                    \
+    __m256 acc = _mm256_setzero_ps();                                                                          \
+    int64_t g = 0;                                                                                             \
+    for (; g + 8 <= ng; g += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(b + g), _mm256_loadu_ps(sxg + g), acc); \
+    float t = hsum(acc);                                                                                       \
+    for (; g < ng; g++) t = std::fma(b[g], sxg[g], t);                                                         \
+    return t;                                                                                                  \
+  }                                                                                                            \
+  /* MT rows of x against one weight row: each weight block is unpacked once;   \
+     two accumulators per row (even and odd blocks) hide the FMA latency. */    \
+  template <int MT, int BITS>                                                   \
+  inline void block(const Args& a, const uint8_t* wr, const float* sr, int64_t blk, int64_t r0, int gshift, \
+                    __m256 (&acc)[MT]) {                                        \
+    const int64_t nb = a.k / kBlock;                                            \
+    const __m256i low = _mm256_set1_epi8(15);                                   \
+    const __m256 ws = _mm256_set1_ps(sr[blk >> gshift]);                        \
+    __m256i w0;                                                                 \
+    if constexpr (BITS == 4) {                                                  \
+      const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wr + blk * 16)); \
+      w0 = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low); \
+    } else {                                                                    \
+      w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + blk * kBlock)); \
+    }                                                                           \
+    for (int r = 0; r < MT; r++) {                                              \
+      const __m256i xv =                                                        \
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.xq + (r0 + r) * a.k + blk * kBlock)); \
+      __m256i p;                                                                \
+      if constexpr (BITS == 4) {                                                \
+        p = DOT4(w0, xv);                                                       \
+      } else {                                                                  \
+        p = DOT8(w0, xv, low);                                                  \
+      }                                                                         \
+      const __m256 d = _mm256_mul_ps(ws, _mm256_broadcast_ss(a.dx + (r0 + r) * nb + blk)); \
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, acc[r]);               \
+    }                                                                           \
+  }                                                                             \
+  template <int MT, int BITS>                                                   \
+  inline void tile(const Args& a, int64_t n, int64_t r0, int gshift) {          \
+    const int64_t nb = a.k / kBlock, ng = a.k / a.group, row_bytes = a.k * BITS / 8; \
+    const uint8_t* wr = a.w + n * row_bytes;                                    \
+    const float* sr = a.s + n * ng;                                             \
+    __m256 even[MT], odd[MT];                                                   \
+    for (int r = 0; r < MT; r++) even[r] = odd[r] = _mm256_setzero_ps();        \
+    int64_t blk = 0;                                                            \
+    for (; blk + 2 <= nb; blk += 2) {                                           \
+      block<MT, BITS>(a, wr, sr, blk, r0, gshift, even);                        \
+      block<MT, BITS>(a, wr, sr, blk + 1, r0, gshift, odd);                     \
+    }                                                                           \
+    if (blk < nb) block<MT, BITS>(a, wr, sr, blk, r0, gshift, even);            \
+    for (int r = 0; r < MT; r++) {                                              \
+      a.y[(r0 + r) * a.n + n] =                                                 \
+          hsum(_mm256_add_ps(even[r], odd[r])) + bias_dot(a.b + n * ng, a.sxg + (r0 + r) * ng, ng); \
+    }                                                                           \
+  }                                                                             \
+  template <int BITS>                                                                                          \
+  void rows_bits(const Args& a, int64_t n0, int64_t n1) {                                                      \
+    const int gshift = a.group == 32 ? 0 : (a.group == 64 ? 1 : 2);                                            \
+    for (int64_t n = n0; n < n1; n++) {                                                                        \
+      int64_t r = 0;                                                                                           \
+      for (; r + 4 <= a.m; r += 4) tile<4, BITS>(a, n, r, gshift);                                             \
+      switch (a.m - r) {                                                                                       \
+        case 3: tile<3, BITS>(a, n, r, gshift); break;                                                         \
+        case 2: tile<2, BITS>(a, n, r, gshift); break;                                                         \
+        case 1: tile<1, BITS>(a, n, r, gshift); break;                                                         \
+        default: break;                                                                                        \
+      }                                                                                                        \
+    }                                                                                                          \
+  }                                                                                                            \
+  void rows(const Args& a, int64_t n0, int64_t n1) {                                                           \
+    if (a.bits == 4) {                                                                                         \
+      rows_bits<4>(a, n0, n1);                                                                                 \
+    } else {                                                                                                   \
+      rows_bits<8>(a, n0, n1);                                                                                 \
+    }                                                                                                          \
+  }                                                                                                            \
+  }
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define MLXE_QUANT_X86 1
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+// u8·s8 pairs summed to i16 (at most 2·15·127 for nibbles: no saturation),
+// then pairs of i16 to i32. An 8-bit value is split into nibbles: 16·hi + lo.
+#define MLXE_DOT4_AVX2(w, x) _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1))
+#define MLXE_DOT8_AVX2(w, x, low)                                                                           \
+  _mm256_add_epi32(                                                                                        \
+      _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_and_si256(w, low), x), _mm256_set1_epi16(1)),          \
+      _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(w, 4), low), x),           \
+                        _mm256_set1_epi16(16)))
+MLXE_QUANT_BODY(avx2, MLXE_DOT4_AVX2, MLXE_DOT8_AVX2)
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")
+// vpdpbusd: four u8·s8 products summed straight into each i32 lane.
+#define MLXE_DOT4_VNNI(w, x) _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, x)
+#define MLXE_DOT8_VNNI(w, x, low) _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, x)
+MLXE_QUANT_BODY(vnni, MLXE_DOT4_VNNI, MLXE_DOT8_VNNI)
+#pragma GCC pop_options
+#endif
+
+std::atomic<int> forced_level{-1};
+
+int detected_level() {
+#ifdef MLXE_QUANT_X86
+  static const int level = [] {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("fma")) {
+      return 2;
+    }
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 1;
+    return 0;
+  }();
+  return level;
+#else
+  return 0;
+#endif
+}
+
+int active_level() {
+  const int f = forced_level.load(std::memory_order_relaxed);
+  return f >= 0 ? std::min(f, detected_level()) : detected_level();
+}
+
+void run_rows(const Args& a, int level, int64_t n0, int64_t n1) {
+#ifdef MLXE_QUANT_X86
+  if (level == 2) return vnni::rows(a, n0, n1);
+  if (level == 1) return avx2::rows(a, n0, n1);
+#endif
+  rows_scalar(a, n0, n1);
+}
+
+// Buffers of the quantized activations, reused between calls on a thread.
+struct Scratch {
+  std::vector<int8_t> xq;
+  std::vector<float> dx, sxg;
+};
+
+void compute(const float* x, const uint8_t* w, const float* s, const float* b, float* y, int64_t m, int64_t n,
+             int64_t k, int64_t group, int64_t bits) {
+  thread_local Scratch scratch;
+  scratch.xq.resize(static_cast<size_t>(m * k));
+  scratch.dx.resize(static_cast<size_t>(m * (k / kBlock)));
+  scratch.sxg.resize(static_cast<size_t>(m * (k / group)));
+  quantize_activations(x, m, k, group, bits == 4, scratch.xq.data(), scratch.dx.data(), scratch.sxg.data());
+  const Args a{scratch.xq.data(), scratch.dx.data(), scratch.sxg.data(), w, s, b, y, m, n, k, group, bits};
+  const int level = active_level();
+  // Tasks of about 32 KiB of weights (times up to 4 rows of x), a multiple
+  // of the thread count so the threads finish together; at least 4 weight
+  // rows each.
+  Pool& pool = Pool::get();
+  const int64_t work = n * (k * bits / 8) * std::min<int64_t>(m, 4);
+  int64_t tasks = std::max<int64_t>(pool.size(), (work + (32 << 10) - 1) / (32 << 10));
+  tasks = (tasks + pool.size() - 1) / pool.size() * pool.size();
+  tasks = std::max<int64_t>(1, std::min(tasks, n / 4));
+  const int64_t per = (n + tasks - 1) / tasks;
+  tasks = (n + per - 1) / per;
+  pool.run(tasks, [&](int64_t t) { run_rows(a, level, t * per, std::min(n, (t + 1) * per)); });
+}
+
+class QuantizedLinearKernel : public mx::UnaryPrimitive {
+ public:
+  QuantizedLinearKernel(mx::Stream s, int group, int bits) : mx::UnaryPrimitive(s), group_(group), bits_(bits) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& enc = mx::cpu::get_command_encoder(stream());
+    for (auto& a : inputs) enc.set_input_array(a);
+    enc.set_output_array(out);
+    enc.dispatch([x = mx::array::unsafe_weak_copy(inputs[0]), w = mx::array::unsafe_weak_copy(inputs[1]),
+                  s = mx::array::unsafe_weak_copy(inputs[2]), b = mx::array::unsafe_weak_copy(inputs[3]),
+                  out = mx::array::unsafe_weak_copy(out), group = group_, bits = bits_]() mutable {
+      const int64_t n = w.shape(0), k = w.shape(1) * 32 / bits;
+      const int64_t m = static_cast<int64_t>(x.size()) / k;
+      compute(x.data<float>(), reinterpret_cast<const uint8_t*>(w.data<uint32_t>()), s.data<float>(),
+              b.data<float>(), out.data<float>(), m, n, k, group, bits);
+    });
+  }
+  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
+    throw std::runtime_error("MlxeQuantizedLinear is a CPU kernel");
+  }
+  const char* name() const override { return "MlxeQuantizedLinear"; }
+  bool is_equivalent(const mx::Primitive& other) const override {
+    auto* o = dynamic_cast<const QuantizedLinearKernel*>(&other);
+    return o != nullptr && o->group_ == group_ && o->bits_ == bits_;
+  }
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    auto shape = inputs[0].shape();
+    shape.back() = inputs[1].shape(0);
+    return {shape};
+  }
+
+ private:
+  int group_, bits_;
+};
+
+}  // namespace
+
+bool quantized_linear_applies(const mx::array& x, const mx::array& w, const mx::array& scales,
+                              const mx::array& biases, int group, int bits, mx::StreamOrDevice s) {
+  if (!applies(x, s) || x.ndim() < 1 || w.ndim() != 2 || w.dtype() != mx::uint32) return false;
+  if ((bits != 4 && bits != 8) || (group != 32 && group != 64 && group != 128)) return false;
+  const int64_t k = static_cast<int64_t>(w.shape(1)) * 32 / bits;
+  if (x.shape(-1) != k || k % group != 0 || k == 0) return false;
+  const mx::Shape groups{w.shape(0), static_cast<int>(k / group)};
+  return scales.dtype() == mx::float32 && biases.dtype() == mx::float32 && scales.shape() == groups &&
+         biases.shape() == groups;
+}
+
+mx::array quantized_linear(const mx::array& x, const mx::array& w, const mx::array& scales,
+                           const mx::array& biases, int group, int bits, mx::StreamOrDevice s) {
+  if (!quantized_linear_applies(x, w, scales, biases, group, bits, s)) {
+    throw std::invalid_argument(
+        "quantized_linear kernel: float32 x on a CPU stream, 4- or 8-bit weights in groups of 32, 64 or 128 "
+        "with float32 scales and biases");
+  }
+  auto stream = mx::to_stream(s);
+  auto shape = x.shape();
+  shape.back() = w.shape(0);
+  return mx::array(shape, mx::float32, std::make_shared<QuantizedLinearKernel>(stream, group, bits),
+                   {mx::contiguous(x, false, stream), mx::contiguous(w, false, stream),
+                    mx::contiguous(scales, false, stream), mx::contiguous(biases, false, stream)});
+}
+
+int quantized_kernel_level(int force) {
+  if (force >= -1) forced_level.store(force, std::memory_order_relaxed);
+  return active_level();
+}
+
+}  // namespace mlxe::kernels

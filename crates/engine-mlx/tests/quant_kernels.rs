@@ -1,0 +1,92 @@
+//! The CPU quantized kernels (`quantized_matmul` on float32 activations with
+//! 4/8-bit weights and float32 scales) against the dequantized-f32 product
+//! computed in f64, at every instruction-set level this CPU has.
+//!
+//! Tolerance: the kernels round x to int8 per block of 32 (x ≈ d·q, d =
+//! max|x|/127), so an element moves by at most d/2 and an output by at most
+//! Σ_blocks d_b/2 · Σ_{i∈b} |w_i|; on top of that, float32 summation adds up
+//! to 1e-5 · Σ |x_i w_i|. Each output is checked against that bound.
+
+use engine_mlx::quant::{self, QuantSpec};
+use engine_mlx::{random, Array, Dtype};
+
+fn normal(shape: &[usize], seed: u64) -> Array {
+    let key = random::key(seed).unwrap();
+    random::normal(shape, Dtype::Float32, 0.0, 1.0, Some(&key)).unwrap()
+}
+
+/// Checks x (m, k) · Wᵀ for a random W (n, k) quantized with `spec`.
+fn check(m: usize, n: usize, k: usize, spec: QuantSpec, seed: u64) {
+    let w = normal(&[n, k], seed);
+    let q = quant::quantize(&w, spec).unwrap().with_f32_params().unwrap();
+    let wd = quant::dequantize(&q).unwrap().to_vec::<f32>().unwrap();
+    let mut xv = normal(&[m, k], seed + 1).to_vec::<f32>().unwrap();
+    // One all-zero block and one large outlier: the edge cases of the scaling.
+    xv[..32].fill(0.0);
+    xv[k - 1] = 40.0;
+    let x = Array::from_slice(&xv, &[1, m, k]).unwrap();
+    let y = quant::quantized_matmul(&x, &q, true).unwrap();
+    assert_eq!(y.shape(), vec![1, m, n]);
+    let y = y.to_vec::<f32>().unwrap();
+    for r in 0..m {
+        let xr = &xv[r * k..(r + 1) * k];
+        for c in 0..n {
+            let wr = &wd[c * k..(c + 1) * k];
+            let exact: f64 = xr.iter().zip(wr).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
+            let magnitude: f64 = xr.iter().zip(wr).map(|(&a, &b)| f64::from(a * b).abs()).sum();
+            let rounding: f64 = xr
+                .chunks(32)
+                .zip(wr.chunks(32))
+                .map(|(xb, wb)| {
+                    let d = xb.iter().fold(0f32, |a, v| a.max(v.abs())) as f64 / 127.0;
+                    d / 2.0 * wb.iter().map(|v| f64::from(v.abs())).sum::<f64>()
+                })
+                .sum();
+            let got = f64::from(y[r * n + c]);
+            let bound = rounding + 1e-5 * magnitude + 1e-6;
+            assert!(
+                (got - exact).abs() <= bound,
+                "{spec:?} m={m} row {r} col {c}: {got} vs {exact} (bound {bound})"
+            );
+        }
+    }
+}
+
+#[test]
+fn quantized_kernels_match_the_dequantized_product_at_every_level() {
+    let top = quant::cpu_kernel_level();
+    for level in 0..=top {
+        assert_eq!(quant::force_cpu_kernel_level(Some(level)), level);
+        for (bits, group) in [(4, 32), (4, 64), (8, 32), (8, 128)] {
+            let spec = QuantSpec {
+                group_size: group,
+                bits,
+            };
+            // 1 row (decode), 6 rows (a tile of 4 and a tail of 2), N not a
+            // multiple of the task split.
+            for m in [1, 3, 6, 90] {
+                check(m, 37, 256, spec, (level * 100 + bits * 10 + m as i32) as u64);
+            }
+        }
+    }
+    quant::force_cpu_kernel_level(None);
+}
+
+#[test]
+fn f16_scales_take_mlx_kernels_and_agree() {
+    // Not the kernels' form: MLX's own quantized matmul answers.
+    let spec = QuantSpec {
+        group_size: 32,
+        bits: 4,
+    };
+    let q = quant::quantize(&normal(&[8, 64], 7).astype(Dtype::Float16).unwrap(), spec).unwrap();
+    let x = normal(&[2, 64], 8);
+    let ours = quant::quantized_matmul(&x, &q.with_f32_params().unwrap(), true).unwrap();
+    let mlx = quant::quantized_matmul(&x.astype(Dtype::Float16).unwrap(), &q, true).unwrap();
+    let mlx = mlx.astype(Dtype::Float32).unwrap();
+    let (a, b) = (ours.to_vec::<f32>().unwrap(), mlx.to_vec::<f32>().unwrap());
+    // The int8 bound of the module doc is ≈ 0.6 for 64 inputs of N(0, 1).
+    for (u, v) in a.iter().zip(&b) {
+        assert!((u - v).abs() <= 1.0, "{u} vs {v}");
+    }
+}
