@@ -196,6 +196,7 @@ impl Adapter {
                         scales: scales.clone(),
                         biases: w.get(&format!("{module}.biases")).map_err(be)?.clone(),
                         spec,
+                        int8_kernels: false,
                     })
                 }
                 None => None,

@@ -477,6 +477,7 @@ mod tests {
                     group_size: 32,
                     bits: a.bits as i32,
                 },
+                int8_kernels: false,
             };
             let got = dequantize(&q).unwrap().to_vec::<f32>().unwrap();
             let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));

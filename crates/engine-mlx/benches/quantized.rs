@@ -20,7 +20,7 @@ fn quantized(c: &mut Criterion) {
     let levels = ["c", "avx2", "vnni"];
     for bits in [4, 8] {
         let spec = QuantSpec { group_size: 32, bits };
-        let q = quant::quantize(&w, spec).unwrap();
+        let q = quant::quantize(&w, spec).unwrap().for_cpu_kernels().unwrap();
         engine_mlx::eval([&q.weight, &q.scales, &q.biases]).unwrap();
         let q16 = quant::quantize(&w.astype(Dtype::Float16).unwrap(), spec).unwrap();
         engine_mlx::eval([&q16.weight, &q16.scales, &q16.biases]).unwrap();

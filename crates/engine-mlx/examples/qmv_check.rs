@@ -88,6 +88,7 @@ fn case(family: &str, layer: &str, k: usize, n: usize, m: usize, dtype: Dtype, s
         scales: q.scales.astype(Dtype::Float32)?,
         biases: q.biases.astype(Dtype::Float32)?,
         spec,
+        int8_kernels: false,
     };
     eval([&q.weight, &q.scales, &q.biases, &x, &q32.scales, &q32.biases])?;
     set_cuda_kernels(false);

@@ -173,6 +173,7 @@ pub(crate) mod bridge {
             transpose: bool,
             group_size: i32,
             bits: i32,
+            int8_kernels: bool,
         ) -> Result<UniquePtr<Array>>;
         fn cuda_qmv_set_enabled(on: bool) -> bool;
         fn cuda_qmv(

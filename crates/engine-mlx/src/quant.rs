@@ -44,6 +44,10 @@ pub struct Quantized {
     pub biases: Array,
     /// Settings used.
     pub spec: QuantSpec,
+    /// Multiply through the engine's int8 CPU kernels where they apply (x
+    /// rounded to int8 per block of 32: faster, slightly approximate); set
+    /// by [`Quantized::for_cpu_kernels`]. Otherwise MLX's exact kernels.
+    pub int8_kernels: bool,
 }
 
 /// Quantizes `w` along its last axis.
@@ -66,6 +70,7 @@ pub fn quantize(w: &Array, spec: QuantSpec) -> Result<Quantized> {
         scales,
         biases,
         spec,
+        int8_kernels: false,
     })
 }
 
@@ -119,6 +124,7 @@ pub fn quantized_matmul(x: &Array, q: &Quantized, transpose: bool) -> Result<Arr
             transpose,
             q.spec.group_size,
             q.spec.bits,
+            q.int8_kernels,
         ),
         "quantized_matmul",
     )
@@ -165,8 +171,8 @@ pub fn cuda_quantized_matmul(x: &Array, q: &Quantized, layout: CudaQmvLayout) ->
 
 /// Whether the CPU's own quantized kernels take weights of `spec` (4 or 8
 /// bits, groups of 32, 64 or 128): [`quantized_matmul`] uses them on a CPU
-/// stream for float32 `x` when the scales and biases are float32 too (see
-/// [`Quantized::with_f32_params`]), and MLX's kernels otherwise.
+/// stream for float32 `x` when the weights opted in (see
+/// [`Quantized::for_cpu_kernels`]), and MLX's kernels otherwise.
 pub fn cpu_kernel_supports(spec: QuantSpec) -> bool {
     matches!(spec.bits, 4 | 8) && matches!(spec.group_size, 32 | 64 | 128)
 }
@@ -185,15 +191,17 @@ pub fn force_cpu_kernel_level(level: Option<i32>) -> i32 {
 }
 
 impl Quantized {
-    /// The same weights with float32 scales and biases: the form the CPU
-    /// quantized kernels read (1/8 more memory at 4 bits, group 32, than f16).
-    pub fn with_f32_params(&self) -> Result<Quantized> {
+    /// The same weights with float32 scales and biases, opted in to the
+    /// int8 CPU kernels: the form they read (1/8 more memory at 4 bits,
+    /// group 32, than f16).
+    pub fn for_cpu_kernels(&self) -> Result<Quantized> {
         let f32 = crate::Dtype::Float32;
         Ok(Quantized {
             weight: self.weight.clone(),
             scales: self.scales.astype(f32)?,
             biases: self.biases.astype(f32)?,
             spec: self.spec,
+            int8_kernels: true,
         })
     }
 }

@@ -18,7 +18,7 @@ fn normal(shape: &[usize], seed: u64) -> Array {
 /// Checks x (m, k) · Wᵀ for a random W (n, k) quantized with `spec`.
 fn check(m: usize, n: usize, k: usize, spec: QuantSpec, seed: u64) {
     let w = normal(&[n, k], seed);
-    let q = quant::quantize(&w, spec).unwrap().with_f32_params().unwrap();
+    let q = quant::quantize(&w, spec).unwrap().for_cpu_kernels().unwrap();
     let wd = quant::dequantize(&q).unwrap().to_vec::<f32>().unwrap();
     let mut xv = normal(&[m, k], seed + 1).to_vec::<f32>().unwrap();
     // One all-zero block and one large outlier: the edge cases of the scaling.
@@ -81,7 +81,7 @@ fn f16_scales_take_mlx_kernels_and_agree() {
     };
     let q = quant::quantize(&normal(&[8, 64], 7).astype(Dtype::Float16).unwrap(), spec).unwrap();
     let x = normal(&[2, 64], 8);
-    let ours = quant::quantized_matmul(&x, &q.with_f32_params().unwrap(), true).unwrap();
+    let ours = quant::quantized_matmul(&x, &q.for_cpu_kernels().unwrap(), true).unwrap();
     let mlx = quant::quantized_matmul(&x.astype(Dtype::Float16).unwrap(), &q, true).unwrap();
     let mlx = mlx.astype(Dtype::Float32).unwrap();
     let (a, b) = (ours.to_vec::<f32>().unwrap(), mlx.to_vec::<f32>().unwrap());

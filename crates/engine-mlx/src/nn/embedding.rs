@@ -24,6 +24,7 @@ impl Embedding {
                 scales: w.get_shaped(&join(prefix, "scales"), &[vocab, groups])?,
                 biases: w.get_shaped(&join(prefix, "biases"), &[vocab, groups])?,
                 spec,
+                int8_kernels: false,
             }));
         }
         Ok(Embedding::Dense(w.get_shaped(&wname, &[vocab, dim])?))
@@ -39,6 +40,7 @@ impl Embedding {
                     scales: q.scales.take(ids, 0)?,
                     biases: q.biases.take(ids, 0)?,
                     spec: q.spec,
+                    int8_kernels: false,
                 };
                 dequantize(&rows)
             }

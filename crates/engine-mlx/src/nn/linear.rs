@@ -78,6 +78,7 @@ impl Linear {
                     &[out_features, in_features / spec.group_size as usize],
                 )?,
                 spec,
+                int8_kernels: false,
             };
             return Ok(Linear::Quantized { q, bias: b });
         }
@@ -132,12 +133,14 @@ impl Linear {
                         scales: part(&q.scales, 0, share)?,
                         biases: part(&q.biases, 0, share)?,
                         spec: q.spec,
+                        int8_kernels: q.int8_kernels,
                     },
                     ShardDim::Inputs if share.is_multiple_of(group) && (share * bits).is_multiple_of(32) => Quantized {
                         weight: part(&q.weight, 1, share * bits / 32)?,
                         scales: part(&q.scales, 1, share / group)?,
                         biases: part(&q.biases, 1, share / group)?,
                         spec: q.spec,
+                        int8_kernels: q.int8_kernels,
                     },
                     ShardDim::Inputs => return self.dequantized(dense)?.shard(dim, rank, ranks, dense),
                 };
@@ -240,7 +243,7 @@ impl Linear {
     pub fn for_cpu_kernels(&self, dtype: Dtype) -> Result<Linear> {
         Ok(match self {
             Linear::Quantized { q, bias } if crate::quant::cpu_kernel_supports(q.spec) => Linear::Quantized {
-                q: q.with_f32_params()?,
+                q: q.for_cpu_kernels()?,
                 bias: bias.as_ref().map(|b| b.astype(dtype)).transpose()?,
             },
             Linear::Lora {

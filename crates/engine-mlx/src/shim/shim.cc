@@ -519,13 +519,14 @@ std::unique_ptr<ArrayList> quantize(const Array& w, int32_t group_size, int32_t 
 std::unique_ptr<Array> dequantize(const Array& w, const Array& scales, const ArrayList& biases, int32_t group_size, int32_t bits) {
   return own(mx::dequantize(w, scales, opt(biases), group_size, bits));
 }
-std::unique_ptr<Array> quantized_matmul(const Array& x, const Array& w, const Array& scales, const ArrayList& biases, bool transpose, int32_t group_size, int32_t bits) {
+std::unique_ptr<Array> quantized_matmul(const Array& x, const Array& w, const Array& scales, const ArrayList& biases, bool transpose, int32_t group_size, int32_t bits, bool int8_kernels) {
 #ifdef MLXE_CUDA
   // Decode-sized batches on the GPU: our matvec, one pass over the weights.
   if (auto y = cuda::quantized_matmul(x, w, scales, opt(biases), transpose, group_size, bits)) return own(*std::move(y));
 #endif
   auto b = opt(biases);
-  if (transpose && b && kernels::quantized_linear_applies(x, w, scales, *b, group_size, bits)) {
+  // The int8 CPU kernels round x per block: only for weights that opted in.
+  if (int8_kernels && transpose && b && kernels::quantized_linear_applies(x, w, scales, *b, group_size, bits)) {
     return own(kernels::quantized_linear(x, w, scales, *b, group_size, bits));
   }
   return own(mx::quantized_matmul(x, w, scales, b, transpose, group_size, bits));

@@ -142,7 +142,7 @@ std::unique_ptr<Array> rope_rows(const Array& x, int32_t dims, bool traditional,
 // ---- quantization
 std::unique_ptr<ArrayList> quantize(const Array& w, int32_t group_size, int32_t bits);
 std::unique_ptr<Array> dequantize(const Array& w, const Array& scales, const ArrayList& biases, int32_t group_size, int32_t bits);
-std::unique_ptr<Array> quantized_matmul(const Array& x, const Array& w, const Array& scales, const ArrayList& biases, bool transpose, int32_t group_size, int32_t bits);
+std::unique_ptr<Array> quantized_matmul(const Array& x, const Array& w, const Array& scales, const ArrayList& biases, bool transpose, int32_t group_size, int32_t bits, bool int8_kernels);
 // Turns our CUDA quantized matvec on or off; false when built without CUDA.
 bool cuda_qmv_set_enabled(bool on);
 // Our CUDA quantized matvec itself, any number of rows (throws without CUDA).
