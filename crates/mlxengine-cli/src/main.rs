@@ -141,7 +141,8 @@ struct RunArgs {
     /// Context length in tokens (default: the model's).
     #[arg(long)]
     context: Option<usize>,
-    /// Weight precision: auto (fastest for this device), native, f32, bf16, f16.
+    /// Weight precision: auto (fastest for this device), native, f32, bf16, f16, or cpu-kernels
+    /// (4/8-bit weights kept quantized for the engine's int8 CPU kernels, the rest f32).
     #[arg(long, default_value = "auto")]
     dtype: String,
     /// Quantize the weights on load to this many bits (4 or 8; MLX affine, as `mlx_lm.convert -q`).
@@ -401,9 +402,10 @@ fn parse_dtype(s: &str) -> Result<DtypePolicy> {
     Ok(match s {
         "auto" => DtypePolicy::Auto,
         "native" => DtypePolicy::Native,
+        "cpu-kernels" => DtypePolicy::CpuKernels,
         other => match engine_mlx::Dtype::from_name(other) {
             Some(d) if d.is_float() => DtypePolicy::Dense(d),
-            _ => bail!("unknown --dtype `{other}`; use auto, native, f32, bf16 or f16"),
+            _ => bail!("unknown --dtype `{other}`; use auto, native, cpu-kernels, f32, bf16 or f16"),
         },
     })
 }
