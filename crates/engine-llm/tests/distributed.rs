@@ -8,7 +8,7 @@
 
 mod common;
 
-use engine_device::{ArchConfig, RankSplit, SplitKind};
+use engine_device::{RankSplit, SplitKind};
 use engine_llm::{DtypePolicy, LlmModel, LoadOptions, Split, SplitMode};
 use engine_mlx::{distributed, memory};
 use std::path::PathBuf;
@@ -79,18 +79,7 @@ fn memory_lines(group: &Arc<distributed::Group>) {
     };
     let (whole, _, _) = load(None);
     let t = whole.transformer();
-    let c = t.config();
-    let arch = ArchConfig {
-        layers: c.num_layers as u64,
-        hidden_size: c.hidden_size as u64,
-        attention_heads: c.num_heads as u64,
-        kv_heads: c.num_kv_heads as u64,
-        head_dim: c.head_dim as u64,
-        intermediate_size: c.intermediate_size as u64,
-        vocab_size: c.vocab_size as u64,
-        sliding_window: None,
-        sliding_window_pattern: None,
-    };
+    let arch = common::arch_of(t);
     let whole_bytes = t.weight_bytes();
     drop(whole);
     for (mode, kind) in [

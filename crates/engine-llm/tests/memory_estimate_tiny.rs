@@ -7,7 +7,7 @@
 mod common;
 
 use engine_core::{GenerateParams, StreamEvent};
-use engine_device::{estimate_for_arch, ArchConfig, EstimateOptions};
+use engine_device::{estimate_for_arch, EstimateOptions};
 use engine_llm::{DtypePolicy, LlmModel, LoadOptions};
 use engine_mlx::memory;
 use std::path::PathBuf;
@@ -47,20 +47,7 @@ fn estimate_is_within_15_percent_for_tiny_checkpoints() {
         }
         let peak = (memory::peak() - base).max(load_peak) as f64;
         let t = m.transformer();
-        let c = t.config();
-        let windows: Vec<u64> = t.features().layer_windows.iter().flatten().map(|&w| w as u64).collect();
-        let global = (c.num_layers - windows.len()) as u64;
-        let arch = ArchConfig {
-            layers: c.num_layers as u64,
-            hidden_size: c.hidden_size as u64,
-            attention_heads: c.num_heads as u64,
-            kv_heads: c.num_kv_heads as u64,
-            head_dim: c.head_dim as u64,
-            intermediate_size: c.intermediate_size as u64,
-            vocab_size: c.vocab_size as u64,
-            sliding_window: windows.first().copied(),
-            sliding_window_pattern: (!windows.is_empty() && global > 0).then(|| c.num_layers as u64 / global),
-        };
+        let arch = common::arch_of(t);
         // Tiny checkpoints are f32 (dense) or carry f32 scales (4-bit): f32 activations and cache.
         let ctx = prompt.len() as u64 + generated;
         let o = EstimateOptions {
