@@ -49,17 +49,7 @@ pub fn run() -> Result<()> {
     let ids = work.join("prompt_ids.json");
     std::fs::create_dir_all(&work)?;
     export_mlx(&exe, &gguf, &mlx_dir)?;
-    let prompt = "Write a long story about a dragon who learns to bake bread.";
-    let ok = Command::new(&exe)
-        .arg(&gguf)
-        .arg("--write-prompt-ids")
-        .arg(&ids)
-        .arg(prompt)
-        .status()?
-        .success();
-    if !ok {
-        bail!("tokenizing the prompt failed");
-    }
+    write_prompt_ids(&exe, &gguf, &ids)?;
     let n = "128";
     let engine = |dtype: &str, model: &Path| -> Result<Value> {
         json_of(
@@ -108,5 +98,22 @@ pub fn run() -> Result<()> {
             "ratio": e / o,
         })
     );
+    Ok(())
+}
+
+/// Writes the token ids of the benches' story prompt, tokenized by `exe`
+/// (the bench_decode example) from `gguf`, to `ids` (JSON).
+pub fn write_prompt_ids(exe: &Path, gguf: &Path, ids: &Path) -> Result<()> {
+    let prompt = "Write a long story about a dragon who learns to bake bread.";
+    let ok = Command::new(exe)
+        .arg(gguf)
+        .arg("--write-prompt-ids")
+        .arg(ids)
+        .arg(prompt)
+        .status()?
+        .success();
+    if !ok {
+        bail!("tokenizing the prompt failed");
+    }
     Ok(())
 }

@@ -101,17 +101,7 @@ pub fn run() -> Result<()> {
     std::fs::create_dir_all(&work)?;
     let main = models.join("SmolLM2-135M-Instruct.Q4_1.gguf");
     let ids = work.join("prompt_ids.json");
-    let prompt = "Write a long story about a dragon who learns to bake bread.";
-    let ok = Command::new(&exe)
-        .arg(&main)
-        .arg("--write-prompt-ids")
-        .arg(&ids)
-        .arg(prompt)
-        .status()?
-        .success();
-    if !ok {
-        bail!("tokenizing the prompt failed");
-    }
+    crate::bench_llm::write_prompt_ids(&exe, &main, &ids)?;
     let n = "128";
     let engine = |gguf: &Path, dtype: &str| -> Result<Value> {
         json_of(
