@@ -1,7 +1,7 @@
 //! Decode benchmark used by `cargo xtask bench llm`.
 //!
 //! `bench_decode MODEL --dtype native|auto --tokens N --prompt-ids FILE` prints
-//! `{"tok_s":…,"ttft_ms":…,"generated":…}`; `--write-prompt-ids FILE TEXT`
+//! `{"tok_s":…,"ttft_ms":…,"generated":…,"first_tokens":[…16 ids],"peak_memory_bytes":…}`; `--write-prompt-ids FILE TEXT`
 //! writes the chat-templated prompt's ids, `--write-eos-ids FILE` the stop
 //! ids; `--export-mlx OUT` converts a GGUF.
 use engine_core::{ChatMessage, GenerateParams, Prompt, StreamEvent};
@@ -50,16 +50,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let n: usize = arg(&args, "--tokens").map(|s| s.parse()).transpose()?.unwrap_or(128);
     // Warm-up: first-call costs (allocations, kernel set-up) are not decode speed.
     for _ in model.generate_from_tokens(&ids, &GenerateParams::greedy(8), None)? {}
-    let mut result = None;
+    let (mut result, mut tokens) = (None, Vec::new());
     for ev in model.generate_from_tokens(&ids, &GenerateParams::greedy(n), None)? {
-        if let StreamEvent::Done { stats, .. } = ev? {
-            result = Some(stats);
+        match ev? {
+            StreamEvent::Done { stats, .. } => result = Some(stats),
+            StreamEvent::Text { token, .. } if tokens.len() < 16 => tokens.push(token),
+            _ => {}
         }
     }
     let s = result.ok_or("no stats")?;
     println!(
         "{}",
-        serde_json::json!({"tok_s": s.decode_tok_per_s, "ttft_ms": s.ttft_ms, "generated": s.generated_tokens})
+        serde_json::json!({"tok_s": s.decode_tok_per_s, "ttft_ms": s.ttft_ms, "generated": s.generated_tokens,
+            "first_tokens": tokens, "peak_memory_bytes": s.peak_memory_bytes})
     );
     Ok(())
 }

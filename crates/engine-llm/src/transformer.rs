@@ -7,6 +7,7 @@ use crate::config::LlmConfig;
 use engine_mlx::distributed::Group;
 use engine_mlx::fast::{scaled_dot_product_attention, AttentionMask};
 use engine_mlx::nn::{join, Embedding, Linear, RmsNorm, Rope, RopeScaling, ShardDim};
+use engine_mlx::quant::{fused_matvec, FusedEpilogue};
 use engine_mlx::{where_, Array, Dtype, Result, WeightMap};
 use std::sync::Arc;
 
@@ -693,6 +694,11 @@ impl Transformer {
     }
 
     fn layer_forward(&self, layer: &Layer, x: &Array, cache: &mut KvCache, step: &mut Step<'_>) -> Result<Array> {
+        if layer.ff_norms.is_none() {
+            if let Some(h) = self.fused_layer(layer, x, cache, step)? {
+                return Ok(h);
+            }
+        }
         let r = self.attention(&layer.attn, &layer.input_norm.forward(x)?, cache, step)?;
         match &layer.ff_norms {
             Some((pre, post)) => {
@@ -707,6 +713,75 @@ impl Transformer {
         }
     }
 
+    /// A pre-norm layer's decode step through the fused CUDA matvecs of
+    /// quantized weights (`fused_matvec`): norm + q/k/v in one kernel, the
+    /// output projection + residual in one, norm + gate/up + SwiGLU in one,
+    /// the down projection + residual in one — 4 kernels where MLX's ops take
+    /// 13, since on a fast GPU the host's cost per op bounds decode. `None`
+    /// where the kernels do not apply (the CPU, dense weights, LoRA, longer
+    /// inputs): the caller takes the composed path. Under tensor parallelism
+    /// the partial outputs are summed before the residual, so those two stay
+    /// composed.
+    fn fused_layer(&self, layer: &Layer, x: &Array, cache: &mut KvCache, step: &mut Step<'_>) -> Result<Option<Array>> {
+        let (a, m) = (&layer.attn, &layer.mlp);
+        let (Some(q), Some(k), Some(v)) = (a.q.as_quantized(), a.k.as_quantized(), a.v.as_quantized()) else {
+            return Ok(None);
+        };
+        let norm = Some((&layer.input_norm.weight, layer.input_norm.eps));
+        // A decode step's q, k, v come out as (B, heads, 1, head_dim).
+        let s = x.shape_i32();
+        let heads_first = s.len() == 3 && s[1] == 1;
+        let hd = self.cfg.head_dim as i32;
+        let shape = |n: usize| [s[0], n as i32, 1, hd];
+        let shapes = [shape(a.heads), shape(a.kv_heads), shape(a.kv_heads)];
+        let out_shapes: Vec<&[i32]> = if heads_first {
+            shapes.iter().map(|s| &s[..]).collect()
+        } else {
+            vec![]
+        };
+        let Some(qkv) = fused_matvec(x, &[q, k, v], norm, None, FusedEpilogue::Split, &out_shapes)? else {
+            return Ok(None);
+        };
+        let [q, k, v]: [Array; 3] = qkv
+            .try_into()
+            .map_err(|_| engine_mlx::Error::Invalid("fused q/k/v: three outputs expected".into()))?;
+        let out = self.attend(a, q, k, v, cache, step, heads_first)?;
+        let whole = self.group.is_none();
+        // `x` may be the attention output (B, heads, 1, head_dim): the fused
+        // kernel reads it as rows of K; MLX's ops need it flat.
+        let with_residual = |l: &Linear, x: &Array, residual: &Array| -> Result<Array> {
+            if let Some(w) = l.as_quantized().filter(|_| whole) {
+                let shape = residual.shape_i32();
+                if let Some(mut y) = fused_matvec(x, &[w], None, Some(residual), FusedEpilogue::Split, &[&shape])? {
+                    return Ok(y.remove(0));
+                }
+            }
+            let x = if x.ndim() == 4 {
+                x.transpose(&[0, 2, 1, 3])?.reshape(&[s[0], s[1], -1])?
+            } else {
+                x.clone()
+            };
+            residual.add(&self.reduce(l.forward(&x)?)?)
+        };
+        let h = with_residual(&a.o, &out, x)?;
+        let post = &layer.post_attn_norm;
+        let gated = match (m.gate.as_quantized(), m.up.as_quantized(), self.features.activation) {
+            (Some(g), Some(u), Activation::Silu) if g.1.is_none() && u.1.is_none() => fused_matvec(
+                &h,
+                &[g, u],
+                Some((&post.weight, post.eps)),
+                None,
+                FusedEpilogue::SwiGlu,
+                &[],
+            )?,
+            _ => None,
+        };
+        Ok(Some(match gated {
+            Some(mut g) => with_residual(&m.down, &g.remove(0), &h)?,
+            None => h.add(&self.mlp(m, &post.forward(&h)?)?)?,
+        }))
+    }
+
     fn mlp(&self, m: &Mlp, x: &Array) -> Result<Array> {
         let g = m.gate.forward(x)?;
         let g = match self.features.activation {
@@ -717,10 +792,37 @@ impl Transformer {
     }
 
     fn attention(&self, a: &Attention, x: &Array, cache: &mut KvCache, step: &mut Step<'_>) -> Result<Array> {
-        let s = x.shape_i32();
-        let (b, l) = (s[0], s[1]);
+        let out = self.attend(a, a.q.forward(x)?, a.k.forward(x)?, a.v.forward(x)?, cache, step, false)?;
+        self.reduce(a.o.forward(&out)?)
+    }
+
+    /// Attention from the projections q, k, v (B, L, heads·head_dim): head
+    /// norms, RoPE, the cache update and the scores; (B, L, heads·head_dim)
+    /// before the output projection. With `heads_first`, q, k, v come as
+    /// (B, heads, L, head_dim) and the result stays (B, heads, L, head_dim):
+    /// for a decode step (L = 1) both hold the flat layout's elements in the
+    /// same order, so no reshape or transpose joins the graph.
+    #[allow(clippy::too_many_arguments)]
+    fn attend(
+        &self,
+        a: &Attention,
+        q: Array,
+        k: Array,
+        v: Array,
+        cache: &mut KvCache,
+        step: &mut Step<'_>,
+        heads_first: bool,
+    ) -> Result<Array> {
+        let s = q.shape_i32();
+        let (b, l) = if heads_first { (s[0], s[2]) } else { (s[0], s[1]) };
         let hd = self.cfg.head_dim as i32;
         let heads = |t: Array, n: usize, norm: &Option<RmsNorm>| -> Result<Array> {
+            if heads_first {
+                return match norm {
+                    Some(nm) => nm.forward(&t),
+                    None => Ok(t),
+                };
+            }
             let t = t.reshape(&[b, l, n as i32, hd])?;
             let t = match norm {
                 Some(nm) => nm.forward(&t)?,
@@ -728,9 +830,9 @@ impl Transformer {
             };
             t.transpose(&[0, 2, 1, 3])
         };
-        let q = heads(a.q.forward(x)?, a.heads, &a.q_norm)?;
-        let k = heads(a.k.forward(x)?, a.kv_heads, &a.k_norm)?;
-        let v = heads(a.v.forward(x)?, a.kv_heads, &None)?;
+        let q = heads(q, a.heads, &a.q_norm)?;
+        let k = heads(k, a.kv_heads, &a.k_norm)?;
+        let v = heads(v, a.kv_heads, &None)?;
         let offset = cache.offset();
         let (q, k) = match (&step.tables, &step.row_offsets) {
             (Some((cos, sin)), _) => (rotate(&q, cos, sin)?, rotate(&k, cos, sin)?),
@@ -765,7 +867,10 @@ impl Transformer {
                 scaled_dot_product_attention(&q, &k, &v, scale, m)?
             }
         };
-        self.reduce(a.o.forward(&out.transpose(&[0, 2, 1, 3])?.reshape(&[b, l, -1])?)?)
+        if heads_first {
+            return Ok(out);
+        }
+        out.transpose(&[0, 2, 1, 3])?.reshape(&[b, l, -1])
     }
 
     /// Chooses the cheapest correct mask for `l` queries from position

@@ -1,7 +1,7 @@
 //! Parity and speed of the engine's CUDA quantized matvec against MLX's own
 //! `quantized_matmul`, on the GPU (build with `--features cuda`):
 //!
-//! `qmv_check [--quick]`
+//! `qmv_check [--quick | --bandwidth]`
 //!
 //! For every linear layer shape of Llama-3.2-1B, Llama-3.1-8B and Qwen2.5-7B
 //! (q/o, k/v, gate/up, down, LM head) and batch 1, 4, 32: random weights
@@ -9,14 +9,16 @@
 //! kernel on float32 copies of x, scales and biases, rounded to the dtype of
 //! the output). Prints one JSON line a case (relative L2 errors, microseconds
 //! per call of each kernel and of both layouts of ours) and a summary line;
-//! exits 1 if our kernel is off by more than 1e-3 relative. Batch 8 and 16,
+//! exits 1 if our kernel is off by more than 1e-3 relative. First, the fused
+//! kernels of one decoder layer (see `fused_case`) on the three families. Batch 8 and 16,
 //! other group sizes, 8-bit and float16/float32 (batch 1 and 4) run on the 8B shapes unless
 //! `--quick` (bfloat16 4-bit group 64 alone).
 
 use engine_mlx::quant::{
-    cuda_quantized_matmul, quantize, quantized_matmul, set_cuda_kernels, CudaQmvLayout, QuantSpec, Quantized,
+    cuda_quantized_matmul, fused_matvec, quantize, quantized_matmul, set_cuda_kernels, FusedEpilogue, QuantSpec,
+    Quantized,
 };
-use engine_mlx::{eval, random, Array, Dtype, Result};
+use engine_mlx::{eval, fast, random, Array, Dtype, Result};
 use std::time::Instant;
 
 /// A linear layer: name, input features (K), output features (N).
@@ -97,32 +99,257 @@ fn case(family: &str, layer: &str, k: usize, n: usize, m: usize, dtype: Dtype, s
     let reference = exact.astype(dtype)?.to_f32_vec()?;
     let exact = exact.to_f32_vec()?;
     let mlx = quantized_matmul(&x, &q, true)?.to_f32_vec()?;
-    let (warp, block) = (CudaQmvLayout::WarpRows, CudaQmvLayout::BlockRows);
-    let ours = cuda_quantized_matmul(&x, &q, warp)?.to_f32_vec()?;
-    let ours_block = cuda_quantized_matmul(&x, &q, block)?.to_f32_vec()?;
+    let ours = cuda_quantized_matmul(&x, &q)?.to_f32_vec()?;
     let reps = (500_000_000 / (n * k * spec.bits as usize / 8)).clamp(5, 50);
     let mlx_us = time_us(reps, &|| quantized_matmul(&x, &q, true))?;
-    let ours_us = time_us(reps, &|| cuda_quantized_matmul(&x, &q, warp))?;
-    let block_us = time_us(reps, &|| cuda_quantized_matmul(&x, &q, block))?;
+    let ours_us = time_us(reps, &|| cuda_quantized_matmul(&x, &q))?;
     set_cuda_kernels(true);
-    let err = rel_err(&ours, &reference).max(rel_err(&ours_block, &reference));
+    let err = rel_err(&ours, &reference);
     let bytes = (n * k * spec.bits as usize / 8 + n * k / spec.group_size as usize * 2 * dtype.size()) as f64;
     println!(
         "{}",
         serde_json::json!({
             "family": family, "layer": layer, "k": k, "n": n, "m": m, "dtype": dtype.name(),
             "bits": spec.bits, "group": spec.group_size,
-            "ours_rel_err": rel_err(&ours, &reference), "ours_block_rel_err": rel_err(&ours_block, &reference),
+            "ours_rel_err": err,
             "mlx_rel_err": rel_err(&mlx, &reference), "ours_vs_mlx": rel_err(&ours, &mlx),
             "ours_vs_f32": rel_err(&ours, &exact), "mlx_vs_f32": rel_err(&mlx, &exact),
-            "ours_us": ours_us, "ours_block_us": block_us, "mlx_us": mlx_us, "speedup": mlx_us / ours_us,
+            "ours_us": ours_us, "mlx_us": mlx_us, "speedup": mlx_us / ours_us,
             "ours_gbps": bytes / ours_us / 1e3, "mlx_gbps": bytes / mlx_us / 1e3,
         })
     );
     Ok(err)
 }
 
+/// A random bfloat16 4-bit (group 64) matrix (n, k).
+fn random_quantized(n: usize, k: usize, seed: u64) -> Result<Quantized> {
+    let w = random::normal(&[n, k], Dtype::Float32, 0.0, 0.02, Some(&random::key(seed)?))?.astype(Dtype::Bfloat16)?;
+    quantize(
+        &w,
+        QuantSpec {
+            group_size: 64,
+            bits: 4,
+        },
+    )
+}
+
+/// The same matrix with float32 scales and biases (the exact reference).
+fn as_f32(q: &Quantized) -> Result<Quantized> {
+    Ok(Quantized {
+        weight: q.weight.clone(),
+        scales: q.scales.astype(Dtype::Float32)?,
+        biases: q.biases.astype(Dtype::Float32)?,
+        spec: q.spec,
+        int8_kernels: false,
+    })
+}
+
+fn normal(shape: &[usize], seed: u64) -> Result<Array> {
+    random::normal(shape, Dtype::Float32, 0.0, 1.0, Some(&random::key(seed)?))?.astype(Dtype::Bfloat16)
+}
+
+/// One decoder layer's fused kernels (norm + q/k/v, o + residual, norm +
+/// gate/up + SwiGLU, down + residual; bfloat16, 4-bit group 64, `m` rows)
+/// against MLX's ops in float32 rounded to bfloat16, and the microseconds of
+/// the four fused calls against the eleven composed ones MLX runs for them.
+fn fused_case(family: &str, hidden: usize, q: usize, kv: usize, ff: usize, m: usize) -> Result<f64> {
+    let (wq, wk, wv, wo) = (
+        random_quantized(q, hidden, 1)?,
+        random_quantized(kv, hidden, 2)?,
+        random_quantized(kv, hidden, 3)?,
+        random_quantized(hidden, q, 4)?,
+    );
+    let (wg, wu, wd) = (
+        random_quantized(ff, hidden, 5)?,
+        random_quantized(ff, hidden, 6)?,
+        random_quantized(hidden, ff, 7)?,
+    );
+    let x = normal(&[m, hidden], 8)?;
+    let g = random::uniform(&[hidden], Dtype::Float32, 0.5, 1.5, Some(&random::key(9)?))?.astype(Dtype::Bfloat16)?;
+    let res = normal(&[m, hidden], 10)?;
+    let att = normal(&[m, q], 11)?;
+    let hff = normal(&[m, ff], 12)?.mul_scalar(0.1)?;
+    let eps = 1e-5;
+    eval([&x, &g, &res, &att, &hff])?;
+    let f32 = |a: &Array| a.astype(Dtype::Float32);
+    set_cuda_kernels(false);
+    let qm = |a: &Array, w: &Quantized| quantized_matmul(a, &as_f32(w)?, true);
+    let xn = fast::rms_norm(&f32(&x)?, Some(&f32(&g)?), eps)?;
+    let reference = [
+        qm(&xn, &wq)?,
+        qm(&xn, &wk)?,
+        qm(&xn, &wv)?,
+        qm(&f32(&att)?, &wo)?.add(&f32(&res)?)?,
+        qm(&xn, &wg)?.silu()?.multiply(&qm(&xn, &wu)?)?,
+        qm(&f32(&hff)?, &wd)?.add(&f32(&res)?)?,
+    ];
+    let reference: Vec<Vec<f32>> = reference
+        .iter()
+        .map(|r| r.astype(Dtype::Bfloat16)?.to_f32_vec())
+        .collect::<Result<_>>()?;
+    let composed = || -> Result<Array> {
+        let xn = fast::rms_norm(&x, Some(&g), eps)?;
+        let (a, b, c) = (
+            quantized_matmul(&xn, &wq, true)?,
+            quantized_matmul(&xn, &wk, true)?,
+            quantized_matmul(&xn, &wv, true)?,
+        );
+        let o = quantized_matmul(&att, &wo, true)?.add(&res)?;
+        let xn2 = fast::rms_norm(&o, Some(&g), eps)?;
+        let mlp = quantized_matmul(&xn2, &wg, true)?
+            .silu()?
+            .multiply(&quantized_matmul(&xn2, &wu, true)?)?;
+        let d = quantized_matmul(&hff, &wd, true)?.add(&res)?;
+        // One output that depends on all of them.
+        a.sum(&[], false)?
+            .add(&b.sum(&[], false)?)?
+            .add(&c.sum(&[], false)?)?
+            .add(&mlp.sum(&[], false)?)?
+            .add(&d.sum(&[], false)?)
+    };
+    let composed_us = time_us(20, &composed)?;
+    set_cuda_kernels(true);
+    let split = FusedEpilogue::Split;
+    let none = |v: Option<Vec<Array>>| v.ok_or_else(|| engine_mlx::Error::Invalid("fused_matvec declined".into()));
+    let fused = || -> Result<Vec<Array>> {
+        let mut out = none(fused_matvec(
+            &x,
+            &[(&wq, None), (&wk, None), (&wv, None)],
+            Some((&g, eps)),
+            None,
+            split,
+            &[],
+        )?)?;
+        out.extend(none(fused_matvec(&att, &[(&wo, None)], None, Some(&res), split, &[])?)?);
+        out.extend(none(fused_matvec(
+            &x,
+            &[(&wg, None), (&wu, None)],
+            Some((&g, eps)),
+            None,
+            FusedEpilogue::SwiGlu,
+            &[],
+        )?)?);
+        out.extend(none(fused_matvec(&hff, &[(&wd, None)], None, Some(&res), split, &[])?)?);
+        Ok(out)
+    };
+    let ours = fused()?;
+    let names = ["q", "k", "v", "o_residual", "swiglu", "down_residual"];
+    let mut worst: f64 = 0.0;
+    let mut errs = serde_json::Map::new();
+    for ((name, o), r) in names.iter().zip(&ours).zip(&reference) {
+        let e = rel_err(&o.to_f32_vec()?, r);
+        worst = worst.max(e);
+        errs.insert(name.to_string(), e.into());
+    }
+    if m == 1 {
+        // A decode step's shapes: q/k/v out as (1, heads, 1, 128), the
+        // attention output in as (1, heads, 1, 128); the same values.
+        let (h, kvh) = ((q / 128) as i32, (kv / 128) as i32);
+        let heads = none(fused_matvec(
+            &x,
+            &[(&wq, None), (&wk, None), (&wv, None)],
+            Some((&g, eps)),
+            None,
+            split,
+            &[&[1, h, 1, 128], &[1, kvh, 1, 128], &[1, kvh, 1, 128]],
+        )?)?;
+        let o = none(fused_matvec(
+            &att.reshape(&[1, h, 1, 128])?,
+            &[(&wo, None)],
+            None,
+            Some(&res),
+            split,
+            &[&[1, 1, hidden as i32]],
+        )?)?;
+        for (a, b) in heads.iter().chain(&o).zip(ours[..3].iter().chain(&ours[3..4])) {
+            let d = rel_err(&a.to_f32_vec()?, &b.to_f32_vec()?);
+            if d != 0.0 {
+                eprintln!("head-shaped fused outputs differ from the flat ones: {d}");
+                worst = worst.max(1.0);
+            }
+        }
+    }
+    let fused_us = time_us(20, &|| {
+        let o = fused()?;
+        let mut t = o[0].sum(&[], false)?;
+        for a in &o[1..] {
+            t = t.add(&a.sum(&[], false)?)?;
+        }
+        Ok(t)
+    })?;
+    println!(
+        "{}",
+        serde_json::json!({"fused": family, "m": m, "rel_err": errs, "worst": worst,
+            "fused_us": fused_us, "composed_us": composed_us})
+    );
+    Ok(worst)
+}
+
+/// Streaming bandwidth at one row of x, as decode sees it: calls cycle
+/// through copies of the weights totalling ≥ 1 GB, so none is served from
+/// the GPU's L2 cache (50 MB on an H100), which a repeated call on one copy is.
+fn bandwidth(family: &str, layer: &str, k: usize, n: usize) -> Result<()> {
+    let q = random_quantized(n, k, 3)?;
+    let bytes = n * k / 2 + n * k / 64 * 4;
+    let copies = (1_000_000_000 / bytes).clamp(2, 64);
+    let qs: Vec<Quantized> = (0..copies)
+        .map(|_| {
+            Ok(Quantized {
+                weight: q.weight.detached()?,
+                scales: q.scales.detached()?,
+                biases: q.biases.detached()?,
+                ..q.clone()
+            })
+        })
+        .collect::<Result<_>>()?;
+    let x = normal(&[1, k], 4)?;
+    eval([&x])?;
+    let run = |ours: bool| -> Result<f64> {
+        let mut best = f64::MAX;
+        for _ in 0..3 {
+            let t = Instant::now();
+            let ys = qs
+                .iter()
+                .map(|q| {
+                    if ours {
+                        cuda_quantized_matmul(&x, q)
+                    } else {
+                        quantized_matmul(&x, q, true)
+                    }
+                })
+                .collect::<Result<Vec<_>>>()?;
+            eval(&ys)?;
+            best = best.min(t.elapsed().as_secs_f64() * 1e6 / copies as f64);
+        }
+        Ok(best)
+    };
+    set_cuda_kernels(false);
+    let mlx_us = run(false)?;
+    set_cuda_kernels(true);
+    let ours_us = run(true)?;
+    println!(
+        "{}",
+        serde_json::json!({"bandwidth": family, "layer": layer, "k": k, "n": n, "copies": copies,
+            "ours_us": ours_us, "mlx_us": mlx_us, "ours_gbps": bytes as f64 / ours_us / 1e3,
+            "mlx_gbps": bytes as f64 / mlx_us / 1e3,
+            "rows_env": std::env::var("MLXENGINE_CUDA_QMV_ROWS").ok(),
+            "threads_env": std::env::var("MLXENGINE_CUDA_QMV_THREADS").ok()})
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
+    if std::env::args().any(|a| a == "--bandwidth") {
+        if !set_cuda_kernels(true) {
+            eprintln!("qmv_check: built without the `cuda` feature");
+            std::process::exit(2);
+        }
+        let (family, layers) = FAMILIES[1];
+        for (layer, k, n) in layers {
+            bandwidth(family, layer, k, n)?;
+        }
+        return Ok(());
+    }
     let quick = std::env::args().any(|a| a == "--quick");
     if !set_cuda_kernels(true) {
         eprintln!("qmv_check: built without the `cuda` feature");
@@ -161,6 +388,15 @@ fn main() -> Result<()> {
         }
     }
     let mut worst: f64 = 0.0;
+    for (family, hidden, q, kv, ff) in [
+        ("llama-3.2-1b", 2048, 2048, 512, 8192),
+        ("llama-3.1-8b", 4096, 4096, 1024, 14336),
+        ("qwen2.5-7b", 3584, 3584, 512, 18944),
+    ] {
+        for m in [1, 4] {
+            worst = worst.max(fused_case(family, hidden, q, kv, ff, m)?);
+        }
+    }
     for (family, layer, k, n, m, dtype, s) in cases {
         worst = worst.max(case(family, layer, k, n, m, dtype, s)?);
     }

@@ -183,8 +183,22 @@ pub(crate) mod bridge {
             biases: &Array,
             group_size: i32,
             bits: i32,
-            block_rows: bool,
         ) -> Result<UniquePtr<Array>>;
+        #[allow(clippy::too_many_arguments)]
+        fn cuda_fused_qmv(
+            x: &Array,
+            mats: &ArrayList,
+            bias: &ArrayList,
+            has_bias: &[bool],
+            group_size: i32,
+            bits: i32,
+            norm: &ArrayList,
+            eps: f32,
+            residual: &ArrayList,
+            swiglu: bool,
+            out_shapes: &[i32],
+            out_ranks: &[usize],
+        ) -> Result<UniquePtr<ArrayList>>;
 
         fn load_safetensors(path: &str) -> Result<UniquePtr<WeightFile>>;
         fn load_gguf(path: &str) -> Result<UniquePtr<WeightFile>>;

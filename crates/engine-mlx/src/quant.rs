@@ -1,7 +1,7 @@
 //! Group-wise affine quantization (MLX's format: packed uint32 weights with
 //! per-group scales and biases).
 
-use crate::array::{opt_list, unlist, wrap};
+use crate::array::{list, opt_list, unlist, wrap};
 use crate::error::{Context, Error, Result};
 use crate::{ffi, Array};
 
@@ -140,21 +140,10 @@ pub fn set_cuda_kernels(on: bool) -> bool {
     ffi::cuda_qmv_set_enabled(on)
 }
 
-/// How the engine's CUDA matvec spreads the rows of the weight matrix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CudaQmvLayout {
-    /// Each warp owns a few rows and sums its lanes with shuffles
-    /// (`MLXENGINE_CUDA_QMV_LAYOUT=warp`).
-    WarpRows,
-    /// Each block owns a few rows and sums its warps in shared memory (the
-    /// default: more blocks, and faster 8B decode on an H100).
-    BlockRows,
-}
-
 /// `x @ dequantize(q)ᵀ` through the engine's CUDA kernel alone, for any
 /// number of rows and any size (parity checks against MLX's kernels). Fails
 /// without the `cuda` feature, off the GPU, or for other bits than 4 and 8.
-pub fn cuda_quantized_matmul(x: &Array, q: &Quantized, layout: CudaQmvLayout) -> Result<Array> {
+pub fn cuda_quantized_matmul(x: &Array, q: &Quantized) -> Result<Array> {
     wrap(
         ffi::cuda_qmv(
             &x.inner,
@@ -163,10 +152,70 @@ pub fn cuda_quantized_matmul(x: &Array, q: &Quantized, layout: CudaQmvLayout) ->
             &q.biases.inner,
             q.spec.group_size,
             q.spec.bits,
-            layout == CudaQmvLayout::BlockRows,
         ),
         "cuda_quantized_matmul",
     )
+}
+
+/// What follows the products in [`fused_matvec`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FusedEpilogue {
+    /// One output per matrix, `(…, N_i)` (e.g. q, k and v from one pass over x).
+    Split,
+    /// Two matrices of one shape (gate, up): one output `silu(gate) · up`.
+    SwiGlu,
+}
+
+/// A decode step's matrix products in one CUDA kernel (the `cuda` feature,
+/// on the GPU, our kernels on, at most 7 rows of `x`; `None` elsewhere, and
+/// the caller composes MLX's ops): `y_i = norm(x) · dequantize(q_i)ᵀ (+
+/// bias_i) (+ residual)` for one to three matrices sharing bits (4 or 8) and
+/// group size, with `norm` = (RMS-norm weight (K,), eps) applied to `x` first
+/// and `residual` (…, N) added to a single matrix's product. Float32 sums,
+/// one rounding to `x`'s dtype. Each fused kernel replaces 2–5 of MLX's ops,
+/// and the per-op cost on the host is what bounds decode on a fast GPU.
+///
+/// `x` is `(…, K)` or any row-contiguous shape of `M·K` elements (a decode
+/// step's attention output `(B, heads, 1, head_dim)`). The outputs are `(…,
+/// N_i)` like `x` (`(M, N_i)` for another shape), or `out_shapes` when not
+/// empty: one per output, holding the same elements (q, k and v of a decode
+/// step as `(B, heads, 1, head_dim)`, which needs no transpose).
+pub fn fused_matvec(
+    x: &Array,
+    mats: &[(&Quantized, Option<&Array>)],
+    norm: Option<(&Array, f32)>,
+    residual: Option<&Array>,
+    epilogue: FusedEpilogue,
+    out_shapes: &[&[i32]],
+) -> Result<Option<Vec<Array>>> {
+    let Some((first, _)) = mats.first() else {
+        return Ok(None);
+    };
+    if !cfg!(feature = "cuda") || mats.iter().any(|(q, _)| q.spec != first.spec) {
+        return Ok(None);
+    }
+    let parts = list(mats.iter().flat_map(|(q, _)| [&q.weight, &q.scales, &q.biases]));
+    let biases = list(mats.iter().filter_map(|(_, b)| *b));
+    let has_bias: Vec<bool> = mats.iter().map(|(_, b)| b.is_some()).collect();
+    let out = unlist(
+        ffi::cuda_fused_qmv(
+            &x.inner,
+            &parts,
+            &biases,
+            &has_bias,
+            first.spec.group_size,
+            first.spec.bits,
+            &opt_list(norm.map(|(w, _)| w)),
+            norm.map_or(0.0, |(_, eps)| eps),
+            &opt_list(residual),
+            epilogue == FusedEpilogue::SwiGlu,
+            &out_shapes.concat(),
+            &out_shapes.iter().map(|s| s.len()).collect::<Vec<_>>(),
+        )
+        .op("fused_matvec")?,
+        "fused_matvec",
+    )?;
+    Ok((!out.is_empty()).then_some(out))
 }
 
 /// Whether the CPU's own quantized kernels take weights of `spec` (4 or 8

@@ -323,7 +323,11 @@ fn quantization_matches_mlx_python() -> R {
             },
         )?;
         assert!(!quant::set_cuda_kernels(true));
-        assert!(quant::cuda_quantized_matmul(&ramp(&[1, 64], 0.2), &q, quant::CudaQmvLayout::BlockRows).is_err());
+        let x = ramp(&[1, 64], 0.2);
+        assert!(quant::cuda_quantized_matmul(&x, &q).is_err());
+        // The fused decode kernels decline: callers fall back to MLX's ops.
+        let fused = quant::fused_matvec(&x, &[(&q, None)], None, None, quant::FusedEpilogue::Split, &[])?;
+        assert!(fused.is_none());
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 """Random-weight Llama checkpoints at real shapes for GPU decode benchmarks
 (the GPU machine has torch but no internet). Writes config.json,
 model.safetensors (bf16), a minimal tokenizer.json and prompt_ids.json.
-Usage: python random_llama.py OUT_DIR {1b|8b} [PROMPT_LEN]
+Usage: python random_llama.py OUT_DIR {1b|8b|thin} [PROMPT_LEN]
 """
 import json
 import os
@@ -15,6 +15,9 @@ SHAPES = {
                num_key_value_heads=8, head_dim=64, tie_word_embeddings=True),
     "8b": dict(hidden_size=4096, num_hidden_layers=32, intermediate_size=14336, num_attention_heads=32,
                num_key_value_heads=8, head_dim=128, tie_word_embeddings=False),
+    # 8B's depth and head size with tiny matrices: a decode step of it is all per-op cost.
+    "thin": dict(hidden_size=512, num_hidden_layers=32, intermediate_size=1024, num_attention_heads=4,
+                 num_key_value_heads=1, head_dim=128, tie_word_embeddings=True),
 }
 
 out, size = sys.argv[1], sys.argv[2]

@@ -5,8 +5,8 @@
 # the engine and mlx-lm on the same weights and prompt, twice each: $OUT/decode.jsonl, one line a run
 # ({"run": "engine-8b-q4", "round": 1, "result": the bench's JSON line or null}), $OUT/gpu.txt.
 #   SIZES="1b 8b"  which shapes;  QUANT=1  also an MLX 4-bit (group 64) copy of the same weights, run by
-#   the engine with its CUDA matvec (engine-SIZE-q4; engine_warprows-… with its other layout), without it
-#   (MLXENGINE_CUDA_QMV=0, engine_mlxqmv-…) and by mlx-lm;  NO_BF16=1  skips the bf16 rounds;  KEEP=1  keeps the models.
+#   the engine with its CUDA kernels (engine-SIZE-q4: the fused decode matvecs), without them
+#   (MLXENGINE_CUDA_QMV=0, engine_mlxqmv-…: MLX's ops alone) and by mlx-lm;  NO_BF16=1  skips the bf16 rounds;  KEEP=1  keeps the models.
 # Half a travels in an earlier call (it does not fit beside b): that call copies it to $HOME/stage_a
 # (`run_qmv.sh 1`), and this one (mlx_env.sh) copies it back while the machine is still warm.
 set -uo pipefail
@@ -34,8 +34,6 @@ for size in ${SIZES:-1b 8b}; do
     for round in 1 2; do
       bench engine-$size-q4 $round $BIN/bench_decode $M-q4 --dtype native --prompt-ids $M/prompt_ids.json --tokens 128
       bench engine_mlxqmv-$size-q4 $round env MLXENGINE_CUDA_QMV=0 \
-        $BIN/bench_decode $M-q4 --dtype native --prompt-ids $M/prompt_ids.json --tokens 128
-      [ -n "${NO_LAYOUTS:-}" ] || bench engine_warprows-$size-q4 $round env MLXENGINE_CUDA_QMV_LAYOUT=warp \
         $BIN/bench_decode $M-q4 --dtype native --prompt-ids $M/prompt_ids.json --tokens 128
       bench mlx_lm-$size-q4 $round python3 xtask/bench/mlx_lm_decode.py $M-q4 $M/prompt_ids.json 128
     done

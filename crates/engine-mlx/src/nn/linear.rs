@@ -200,6 +200,15 @@ impl Linear {
         }
     }
 
+    /// A plain quantized layer's weights and bias (for fused kernels that
+    /// read them directly); `None` for dense and adapted layers.
+    pub fn as_quantized(&self) -> Option<(&Quantized, Option<&Array>)> {
+        match self {
+            Linear::Quantized { q, bias } => Some((q, bias.as_ref())),
+            _ => None,
+        }
+    }
+
     /// The bias, if any.
     pub fn bias(&self) -> Option<&Array> {
         match self {

@@ -1,87 +1,196 @@
-// Our CUDA kernels as MLX custom kernels; see cuda_kernels.h.
+// Our CUDA kernels as an MLX primitive; see cuda_kernels.h.
 #include "engine-mlx/src/shim/cuda_kernels.h"
 
+#include <dlfcn.h>
+
+#include "mlx/allocator.h"
+#include "mlx/primitives.h"
+
+#include <array>
+#include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <cstdlib>
+#include <mutex>
 #include <stdexcept>
 #include <string>
+#include <unordered_map>
+
+// The three entry points of MLX's CUDA backend we use, declared here because
+// the wheel's backend headers need fmt, which the wheel does not ship. They are
+// exported from libmlx (`nm -DC libmlx.so`); dim3 and CUfunc_st only need
+// their names and layout to match CUDA's.
+struct dim3 {
+  unsigned int x, y, z;
+};
+struct CUfunc_st;
+namespace mlx::core::cu {
+class CommandEncoder {
+ public:
+  void set_input_array(const array& arr);
+  void set_output_array(const array& arr);
+  void add_kernel_node_raw(CUfunc_st* func, dim3 grid, dim3 block, dim3 cluster, uint32_t smem, void** params);
+};
+CommandEncoder& get_command_encoder(Stream s);
+// The head of MLX's CUDA buffer (mlx/backend/cuda/allocator.h): its device pointer.
+struct CudaBuffer {
+  void* data;
+};
+}  // namespace mlx::core::cu
 
 namespace mlxe::cuda {
 namespace {
 
-// Device code shared by the kernels (NVRTC prepends MLX's device utilities,
-// which bring the half and bfloat16 types).
-constexpr const char* kHeader = R"(
+// Kernel arguments, laid out alike on the host and in the device code below.
+struct Params {
+  const void* x;
+  const void* norm;
+  const void* residual;
+  const void* w[3];
+  const void* scales[3];
+  const void* biases[3];
+  const void* bias[3];
+  void* y[3];
+  int n_end[3];  // cumulative rows of the matrices (Split), or N (SwiGlu)
+  int M, K, ldx, ldr;
+  float eps;
+};
+
+// Device code. No headers: half and bfloat16 travel as 16-bit words and
+// convert with PTX, so NVRTC needs no include path on the GPU machine.
+constexpr const char* kSource = R"(
 namespace mlxe {
+typedef unsigned int u32;
+typedef unsigned short u16;
+struct Params {
+  const void* x; const void* norm; const void* residual;
+  const void* w[3]; const void* scales[3]; const void* biases[3]; const void* bias[3];
+  void* y[3];
+  int n_end[3];
+  int M, K, ldx, ldr;
+  float eps;
+};
 
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T> __device__ __forceinline__ T from_float(float v);
-template <> __device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
-
-// The values of x in one 32-bit word, as floats (bfloat16 widens by a shift).
-template <typename T> struct Unpack;
-template <> struct Unpack<float> {
+template <int KIND> struct Elem;
+template <> struct Elem<0> {  // float32
+  typedef float S;
   static constexpr int N = 1;
-  __device__ static void run(uint32_t v, float* o) { o[0] = __uint_as_float(v); }
+  __device__ static float get(S v) { return v; }
+  __device__ static S put(float v) { return v; }
+  __device__ static void unpack(u32 v, float* o) { o[0] = __uint_as_float(v); }
 };
-template <> struct Unpack<__nv_bfloat16> {
+template <> struct Elem<1> {  // float16
+  typedef u16 S;
   static constexpr int N = 2;
-  __device__ static void run(uint32_t v, float* o) {
-    o[0] = __uint_as_float(v << 16);
-    o[1] = __uint_as_float(v & 0xffff0000u);
-  }
+  __device__ static float get(S v) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v)); return f; }
+  __device__ static S put(float v) { u16 h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v)); return h; }
+  __device__ static void unpack(u32 v, float* o) { o[0] = get(u16(v & 0xffffu)); o[1] = get(u16(v >> 16)); }
 };
-template <> struct Unpack<__half> {
+template <> struct Elem<2> {  // bfloat16: widening is a shift
+  typedef u16 S;
   static constexpr int N = 2;
-  __device__ static void run(uint32_t v, float* o) {
-    float2 f = __half22float2(*reinterpret_cast<__half2*>(&v));
-    o[0] = f.x;
-    o[1] = f.y;
-  }
+  __device__ static float get(S v) { return __uint_as_float(u32(v) << 16); }
+  __device__ static S put(float v) { u16 h; asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(v)); return h; }
+  __device__ static void unpack(u32 v, float* o) { o[0] = __uint_as_float(v << 16); o[1] = __uint_as_float(v & 0xffff0000u); }
 };
 
-// Packed elements as exact floats without int-to-float conversions (a
-// quarter of the rate): element j, masked in place and OR-ed into the
-// mantissa of 2^23, minus 2^23, is q · 2^(BITS·pos) with pos = j for the
-// first SPLIT elements of a word, whose bits lie inside the mantissa; the
-// rest come from one shift of the word. The matching x is scaled by
-// 2^(-BITS·pos) (exact), once for all rows.
-template <int BITS>
-struct Packed {
+// Packed elements as exact floats without int-to-float conversions: element
+// j, masked in place and OR-ed into the mantissa of 2^23, minus 2^23, is
+// q · 2^(BITS·pos); the matching x is scaled by 2^(-BITS·pos) (exact).
+template <int BITS> struct Packed {
   static constexpr int SPLIT = 23 / BITS;
-  static constexpr uint32_t MASK = (1u << BITS) - 1;
+  static constexpr u32 MASK = (1u << BITS) - 1;
   __device__ static constexpr int pos(int j) { return j < SPLIT ? j : j - SPLIT; }
   __device__ static constexpr float x_scale(int j) { return 1.0f / float(1u << (BITS * pos(j))); }
-  __device__ static __forceinline__ float scaled_q(uint32_t word, uint32_t high, int j) {
-    const uint32_t src = j < SPLIT ? word : high;
+  __device__ static __forceinline__ float scaled_q(u32 word, u32 high, int j) {
+    const u32 src = j < SPLIT ? word : high;
     return __uint_as_float(0x4B000000u | (src & (MASK << (BITS * pos(j))))) - 8388608.0f;
   }
 };
 
-// y (M, N) = x (M, K) · dequantize(w)ᵀ, each weight byte read once per MT
-// rows of x. Threads stride over K in 16-byte chunks of w (one 128-bit load
-// per row, inside one quantization group); per chunk a row adds
-// scale · Σ q·x + bias · Σ x, in float32. WARP_ROWS: each warp owns ROWS rows
-// (its lanes split K; a shuffle sums them), so a block's warps share x
-// through L1. Otherwise the block owns ROWS rows, all its threads split K,
-// and shared memory sums the warps.
-template <typename T, int BITS, int GS, int MT, int ROWS, bool WARP_ROWS>
-__device__ __forceinline__ void qmv(const T* x, const uint32_t* w, const T* scales, const T* biases, T* y,
-                                    int M, int N, int K) {
-  constexpr int E = 128 / BITS;               // elements in a chunk
-  constexpr int PW = 32 / BITS;               // elements in a word of w
-  constexpr int XPW = Unpack<T>::N;           // elements in a word of x
-  constexpr int XWORDS = PW / XPW;            // words of x under a word of w
-  static_assert(GS % E == 0, "a chunk must lie inside one group");
-  const int chunks = K / E, groups = K / GS, row_words = K / PW;
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int row0 = WARP_ROWS ? (blockIdx.x * int(blockDim.x / 32) + warp) * ROWS : blockIdx.x * ROWS;
+// Loads the XW words of x-like data (x or the norm weight) under one word of w.
+template <int XW> __device__ __forceinline__ void load_words(const void* p, u32* o) {
+  if constexpr (XW % 4 == 0) {
+#pragma unroll
+    for (int v = 0; v < XW / 4; ++v) {
+      const uint4 u = __ldg(reinterpret_cast<const uint4*>(p) + v);
+      o[4 * v] = u.x; o[4 * v + 1] = u.y; o[4 * v + 2] = u.z; o[4 * v + 3] = u.w;
+    }
+  } else {
+#pragma unroll
+    for (int v = 0; v < XW / 2; ++v) {
+      const uint2 u = __ldg(reinterpret_cast<const uint2*>(p) + v);
+      o[2 * v] = u.x; o[2 * v + 1] = u.y;
+    }
+  }
+}
+
+// One block owns ROWS rows of the stacked matrices (SwiGlu: ROWS/2 gate rows
+// and the same up rows) and MT rows of x; its threads stride over K in
+// 16-byte chunks of w (one 128-bit load per row, inside one group), adding
+// scale · Σ q·x + bias · Σ x per chunk in float32; shared memory sums the warps.
+template <int KIND, int BITS, int GS, int MT, int ROWS, int MODE, bool NORM>
+__device__ __forceinline__ void qmv(const Params& p) {
+  typedef Elem<KIND> EL;
+  typedef typename EL::S S;
+  constexpr int E = 128 / BITS, PW = 32 / BITS, XPW = EL::N, XWORDS = PW / XPW;
+  const int M = p.M, K = p.K, chunks = K / E, groups = K / GS, row_words = K / PW;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
   const int m0 = blockIdx.y * MT;
-  if (WARP_ROWS && row0 >= N) return;
+  const S* x = static_cast<const S*>(p.x);
+  const S* g = static_cast<const S*>(p.norm);
+
+  const uint4* wr[ROWS];
+  const S* sr[ROWS];
+  const S* br[ROWS];
+  int mat[ROWS], row[ROWS];
+  bool live[ROWS];
+#pragma unroll
+  for (int r = 0; r < ROWS; ++r) {
+    int v, i;
+    if constexpr (MODE == 1) {
+      v = blockIdx.x * (ROWS / 2) + r % (ROWS / 2);
+      i = r / (ROWS / 2);
+      live[r] = v < p.n_end[0];
+      row[r] = live[r] ? v : 0;
+    } else {
+      v = blockIdx.x * ROWS + r;
+      live[r] = v < p.n_end[2];
+      if (!live[r]) v = 0;
+      i = v < p.n_end[0] ? 0 : v < p.n_end[1] ? 1 : 2;
+      row[r] = v - (i == 0 ? 0 : p.n_end[i - 1]);
+    }
+    mat[r] = i;
+    wr[r] = reinterpret_cast<const uint4*>(static_cast<const u32*>(p.w[i]) + size_t(row[r]) * row_words);
+    sr[r] = static_cast<const S*>(p.scales[i]) + size_t(row[r]) * groups;
+    br[r] = static_cast<const S*>(p.biases[i]) + size_t(row[r]) * groups;
+  }
+
+  __shared__ float part[8][ROWS * MT];
+  __shared__ float res[ROWS * MT];
+  __shared__ float inv[MT];
+  if constexpr (NORM) {
+    // 1/RMS of each row of x (the weight multiplies x in the main loop).
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+      float ss = 0.f;
+      if (m0 + m < M)
+        for (int k = threadIdx.x; k < K; k += blockDim.x) {
+          const float v = EL::get(x[size_t(m0 + m) * p.ldx + k]);
+          ss = fmaf(v, v, ss);
+        }
+#pragma unroll
+      for (int o = 16; o > 0; o /= 2) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+      if (lane == 0) part[warp][m] = ss;
+    }
+    __syncthreads();
+    if (threadIdx.x < MT) {
+      float ss = 0.f;
+      for (int k = 0; k < nwarps; ++k) ss += part[k][threadIdx.x];
+      inv[threadIdx.x] = rsqrtf(ss / float(K) + p.eps);
+    }
+    __syncthreads();
+  }
 
   float acc[ROWS][MT];
 #pragma unroll
@@ -89,17 +198,15 @@ __device__ __forceinline__ void qmv(const T* x, const uint32_t* w, const T* scal
 #pragma unroll
     for (int m = 0; m < MT; ++m) acc[r][m] = 0.f;
 
-  for (int c = WARP_ROWS ? lane : threadIdx.x; c < chunks; c += WARP_ROWS ? 32 : blockDim.x) {
+  for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
     uint4 wv[ROWS];
     float sc[ROWS], bi[ROWS];
-    const int g = c * E / GS;
+    const int grp = c * E / GS;
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
-      // Rows past N read row N-1 and are never written.
-      const size_t n = min(row0 + r, N - 1);
-      wv[r] = __ldg(reinterpret_cast<const uint4*>(w + n * row_words) + c);
-      sc[r] = to_float(scales[n * groups + g]);
-      bi[r] = to_float(biases[n * groups + g]);
+      wv[r] = __ldg(wr[r] + c);
+      sc[r] = EL::get(sr[r][grp]);
+      bi[r] = EL::get(br[r][grp]);
     }
     float qx[ROWS][MT], xs[MT];
 #pragma unroll
@@ -113,38 +220,34 @@ __device__ __forceinline__ void qmv(const T* x, const uint32_t* w, const T* scal
       float q[ROWS][PW];
 #pragma unroll
       for (int r = 0; r < ROWS; ++r) {
-        const uint32_t word = reinterpret_cast<const uint32_t*>(&wv[r])[i];
-        const uint32_t high = word >> (BITS * Packed<BITS>::SPLIT);
+        const u32 word = reinterpret_cast<const u32*>(&wv[r])[i];
+        const u32 high = word >> (BITS * Packed<BITS>::SPLIT);
 #pragma unroll
         for (int j = 0; j < PW; ++j) q[r][j] = Packed<BITS>::scaled_q(word, high, j);
+      }
+      const int col = c * E + i * PW;
+      float gf[PW];
+      if constexpr (NORM) {
+        u32 gw[XWORDS];
+        load_words<XWORDS>(g + col, gw);
+#pragma unroll
+        for (int v = 0; v < XWORDS; ++v) EL::unpack(gw[v], gf + v * XPW);
       }
 #pragma unroll
       for (int m = 0; m < MT; ++m) {
         if (m0 + m < M) {
-          const uint32_t* xp = reinterpret_cast<const uint32_t*>(x + size_t(m0 + m) * K + c * E + i * PW);
-          uint32_t xw[XWORDS];
-          if constexpr (XWORDS % 4 == 0) {
-#pragma unroll
-            for (int v = 0; v < XWORDS / 4; ++v) {
-              const uint4 u = __ldg(reinterpret_cast<const uint4*>(xp) + v);
-              xw[4 * v] = u.x; xw[4 * v + 1] = u.y; xw[4 * v + 2] = u.z; xw[4 * v + 3] = u.w;
-            }
-          } else {
-#pragma unroll
-            for (int v = 0; v < XWORDS / 2; ++v) {
-              const uint2 u = __ldg(reinterpret_cast<const uint2*>(xp) + v);
-              xw[2 * v] = u.x; xw[2 * v + 1] = u.y;
-            }
-          }
+          u32 xw[XWORDS];
+          load_words<XWORDS>(x + size_t(m0 + m) * p.ldx + col, xw);
 #pragma unroll
           for (int v = 0; v < XWORDS; ++v) {
             float xf[XPW];
-            Unpack<T>::run(xw[v], xf);
+            EL::unpack(xw[v], xf);
 #pragma unroll
             for (int t = 0; t < XPW; ++t) {
               const int j = v * XPW + t;
-              xs[m] += xf[t];
-              const float xj = xf[t] * Packed<BITS>::x_scale(j);
+              const float xv = NORM ? xf[t] * gf[j] : xf[t];
+              xs[m] += xv;
+              const float xj = xv * Packed<BITS>::x_scale(j);
 #pragma unroll
               for (int r = 0; r < ROWS; ++r) qx[r][m] = fmaf(q[r][j], xj, qx[r][m]);
             }
@@ -161,68 +264,273 @@ __device__ __forceinline__ void qmv(const T* x, const uint32_t* w, const T* scal
 #pragma unroll
   for (int r = 0; r < ROWS; ++r)
 #pragma unroll
-    for (int m = 0; m < MT; ++m)
+    for (int m = 0; m < MT; ++m) {
 #pragma unroll
       for (int o = 16; o > 0; o /= 2) acc[r][m] += __shfl_xor_sync(0xffffffffu, acc[r][m], o);
-  if constexpr (WARP_ROWS) {
+    }
+  __syncthreads();  // part held the norm's sums
+  if (lane == 0) {
 #pragma unroll
     for (int r = 0; r < ROWS; ++r)
 #pragma unroll
-      for (int m = 0; m < MT; ++m)
-        if (lane == r * MT + m && row0 + r < N && m0 + m < M) y[size_t(m0 + m) * N + row0 + r] = from_float<T>(acc[r][m]);
-  } else {
-    __shared__ float part[4][ROWS * MT];
-    if (lane == 0) {
-#pragma unroll
-      for (int r = 0; r < ROWS; ++r)
-#pragma unroll
-        for (int m = 0; m < MT; ++m) part[warp][r * MT + m] = acc[r][m];
+      for (int m = 0; m < MT; ++m) part[warp][r * MT + m] = acc[r][m];
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < ROWS * MT; i += blockDim.x) {
+    float v = 0.f;
+    for (int k = 0; k < nwarps; ++k) v += part[k][i];
+    res[i] = NORM ? v * inv[i % MT] : v;
+  }
+  __syncthreads();
+
+  if constexpr (MODE == 1) {
+    S* y = static_cast<S*>(p.y[0]);
+    for (int i = threadIdx.x; i < (ROWS / 2) * MT; i += blockDim.x) {
+      const int r = i / MT, m = i % MT;
+      const int n = blockIdx.x * (ROWS / 2) + r;
+      if (n < p.n_end[0] && m0 + m < M) {
+        const float a = res[r * MT + m], b = res[(r + ROWS / 2) * MT + m];
+        y[size_t(m0 + m) * p.n_end[0] + n] = EL::put(a / (1.0f + __expf(-a)) * b);
+      }
     }
-    __syncthreads();
+  } else {
     for (int i = threadIdx.x; i < ROWS * MT; i += blockDim.x) {
-      const int n = row0 + i / MT, m = m0 + i % MT;
-      if (n < N && m < M) {
-        float v = 0.f;
-        for (int k = 0; k < int(blockDim.x / 32); ++k) v += part[k][i];
-        y[size_t(m) * N + n] = from_float<T>(v);
+      const int r = i / MT, m = i % MT;
+      if (live[r] && m0 + m < M) {
+        const int a = mat[r], n = row[r];
+        const int rows_a = p.n_end[a] - (a == 0 ? 0 : p.n_end[a - 1]);
+        float v = res[i];
+        if (p.bias[a] != nullptr) v += EL::get(static_cast<const S*>(p.bias[a])[n]);
+        if (p.residual != nullptr) v += EL::get(static_cast<const S*>(p.residual)[size_t(m0 + m) * p.ldr + n]);
+        static_cast<S*>(p.y[a])[size_t(m0 + m) * rows_a + n] = EL::put(v);
       }
     }
   }
 }
-
 }  // namespace mlxe
 )";
 
-// The kernel body; MLX declares the parameters (with x's shape and ndim and
-// w's shape, since the body names them) and the template constants before it.
-// x keeps its leading axes: a reshape would add graph nodes to every call.
-constexpr const char* kSource = R"(
-  int M = 1;
-  for (int i = 0; i + 1 < x_ndim; ++i) M *= x_shape[i];
-  mlxe::qmv<T, BITS, GS, MT, ROWS, WARP_ROWS>(x, w, scales, biases, y, M, w_shape[0], x_shape[x_ndim - 1]);
-)";
+// The driver and NVRTC functions we call, found in the libraries libmlx
+// already loaded (it links both).
+struct Api {
+  using Prog = void*;
+  int (*nvrtcCreateProgram)(Prog*, const char*, const char*, int, const char* const*, const char* const*);
+  int (*nvrtcCompileProgram)(Prog, int, const char* const*);
+  int (*nvrtcGetProgramLogSize)(Prog, size_t*);
+  int (*nvrtcGetProgramLog)(Prog, char*);
+  int (*nvrtcGetCUBINSize)(Prog, size_t*);
+  int (*nvrtcGetCUBIN)(Prog, char*);
+  int (*nvrtcDestroyProgram)(Prog*);
+  int (*cuCtxGetDevice)(int*);
+  int (*cuDeviceGetAttribute)(int*, int, int);
+  int (*cuModuleLoadData)(void**, const void*);
+  int (*cuModuleGetFunction)(CUfunc_st**, void*, const char*);
+};
 
-// The header without its comments and blank lines: MLX hashes the whole
-// source on every call, so a shorter one costs less per call.
-std::string strip_comments(const char* src) {
-  std::string out;
-  const std::string s(src);
-  for (size_t pos = 0; pos < s.size();) {
-    size_t end = s.find('\n', pos);
-    if (end == std::string::npos) end = s.size();
-    const std::string line = s.substr(pos, end - pos);
-    const size_t first = line.find_first_not_of(' ');
-    if (first != std::string::npos && line.compare(first, 2, "//") != 0) out += line + '\n';
-    pos = end + 1;
+void* open_lib(std::initializer_list<const char*> names) {
+  for (const char* n : names)
+    if (void* h = dlopen(n, RTLD_NOW | RTLD_GLOBAL)) return h;
+  throw std::runtime_error(std::string("mlxe CUDA kernels: cannot open ") + *names.begin() +
+                           " (libmlx's CUDA backend needs it too: is LD_LIBRARY_PATH set up as for MLX?)");
+}
+
+template <typename F>
+void sym(void* lib, const char* name, F& f) {
+  f = reinterpret_cast<F>(dlsym(lib, name));
+  if (f == nullptr) throw std::runtime_error(std::string("mlxe CUDA kernels: missing symbol ") + name);
+}
+
+const Api& api() {
+  static const Api a = [] {
+    Api a{};
+    void* nv = open_lib({"libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"});
+    void* cu = open_lib({"libcuda.so.1", "libcuda.so"});
+    sym(nv, "nvrtcCreateProgram", a.nvrtcCreateProgram);
+    sym(nv, "nvrtcCompileProgram", a.nvrtcCompileProgram);
+    sym(nv, "nvrtcGetProgramLogSize", a.nvrtcGetProgramLogSize);
+    sym(nv, "nvrtcGetProgramLog", a.nvrtcGetProgramLog);
+    sym(nv, "nvrtcGetCUBINSize", a.nvrtcGetCUBINSize);
+    sym(nv, "nvrtcGetCUBIN", a.nvrtcGetCUBIN);
+    sym(nv, "nvrtcDestroyProgram", a.nvrtcDestroyProgram);
+    sym(cu, "cuCtxGetDevice", a.cuCtxGetDevice);
+    sym(cu, "cuDeviceGetAttribute", a.cuDeviceGetAttribute);
+    sym(cu, "cuModuleLoadData", a.cuModuleLoadData);
+    sym(cu, "cuModuleGetFunction", a.cuModuleGetFunction);
+    return a;
+  }();
+  return a;
+}
+
+// What picks a compiled kernel.
+struct Config {
+  int kind, bits, group, mt, rows, mode;
+  bool norm;
+  int threads;  // most threads a block (a multiple of 32, at most 256); not part of the compiled code
+  std::string key() const {
+    return std::to_string(kind) + "_" + std::to_string(bits) + "_" + std::to_string(group) + "_" + std::to_string(mt) +
+           "_" + std::to_string(rows) + "_" + std::to_string(mode) + "_" + std::to_string(norm);
   }
-  return out;
+};
+
+// The kernel of `c`, compiled by NVRTC for this GPU on first use (each
+// configuration once per process; a few hundred milliseconds).
+CUfunc_st* kernel(const Config& c) {
+  static std::mutex mu;
+  static std::unordered_map<std::string, CUfunc_st*> cache;
+  const std::string key = c.key();
+  std::lock_guard<std::mutex> lock(mu);
+  if (auto it = cache.find(key); it != cache.end()) return it->second;
+  const Api& a = api();
+  int dev = 0, major = 0, minor = 0;
+  if (a.cuCtxGetDevice(&dev) != 0 || a.cuDeviceGetAttribute(&major, 75, dev) != 0 ||
+      a.cuDeviceGetAttribute(&minor, 76, dev) != 0)
+    throw std::runtime_error("mlxe CUDA kernels: no current CUDA device");
+  const std::string src = std::string(kSource) +
+                          "extern \"C\" __global__ void __launch_bounds__(256) mlxe_qmv(const mlxe::Params p) {\n"
+                          "  mlxe::qmv<" +
+                          std::to_string(c.kind) + ", " + std::to_string(c.bits) + ", " + std::to_string(c.group) + ", " +
+                          std::to_string(c.mt) + ", " + std::to_string(c.rows) + ", " + std::to_string(c.mode) + ", " +
+                          (c.norm ? "true" : "false") + ">(p);\n}\n";
+  void* prog = nullptr;
+  if (a.nvrtcCreateProgram(&prog, src.c_str(), "mlxe_qmv.cu", 0, nullptr, nullptr) != 0)
+    throw std::runtime_error("mlxe CUDA kernels: nvrtcCreateProgram failed");
+  const std::string arch = "--gpu-architecture=sm_" + std::to_string(major) + std::to_string(minor);
+  const char* opts[] = {arch.c_str(), "--std=c++17"};
+  const int rc = a.nvrtcCompileProgram(prog, 2, opts);
+  std::string binary;
+  if (rc == 0) {
+    size_t n = 0;
+    a.nvrtcGetCUBINSize(prog, &n);
+    binary.resize(n);
+    a.nvrtcGetCUBIN(prog, binary.data());
+  } else {
+    size_t n = 0;
+    a.nvrtcGetProgramLogSize(prog, &n);
+    std::string log(n, '\0');
+    a.nvrtcGetProgramLog(prog, log.data());
+    a.nvrtcDestroyProgram(&prog);
+    throw std::runtime_error("mlxe CUDA kernels: NVRTC failed for " + arch + ": " + log);
+  }
+  a.nvrtcDestroyProgram(&prog);
+  void* module = nullptr;
+  CUfunc_st* f = nullptr;
+  if (a.cuModuleLoadData(&module, binary.data()) != 0 || a.cuModuleGetFunction(&f, module, "mlxe_qmv") != 0)
+    throw std::runtime_error("mlxe CUDA kernels: cannot load the compiled kernel");
+  cache.emplace(key, f);
+  return f;
 }
 
-const mx::fast::CustomKernelFunction& qmv_kernel() {
-  static const auto k = mx::fast::cuda_kernel("mlxe_qmv", {"x", "w", "scales", "biases"}, {"y"}, kSource,
-                                              strip_comments(kHeader), /*ensure_row_contiguous=*/true);
-  return k;
+// An array's device address, as MLX's gpu_ptr (offsets are in bytes).
+const void* gptr(const mx::array& a) {
+  const auto* b = static_cast<const mx::cu::CudaBuffer*>(a.buffer().ptr());
+  return static_cast<const char*>(b->data) + a.offset();
 }
+void* gptr(mx::array& a) { return const_cast<void*>(gptr(static_cast<const mx::array&>(a))); }
+
+int kind_of(mx::Dtype d) { return d == mx::float32 ? 0 : d == mx::float16 ? 1 : 2; }
+
+// Elements between rows of a (…, K) array whose last axis is contiguous and
+// whose leading axes collapse into one stride; -1 otherwise.
+int64_t row_stride(const mx::array& a) {
+  const auto& sh = a.shape();
+  const auto& st = a.strides();
+  if (a.ndim() == 0 || (sh.back() > 1 && st.back() != 1)) return -1;
+  int64_t stride = -1, expect = -1;
+  for (int i = static_cast<int>(a.ndim()) - 2; i >= 0; --i) {
+    if (sh[i] == 1) continue;
+    if (stride < 0) {
+      stride = st[i];
+      expect = st[i] * sh[i];
+    } else if (st[i] != expect) {
+      return -1;
+    } else {
+      expect *= sh[i];
+    }
+  }
+  return stride < 0 ? sh.back() : stride;
+}
+
+// The fused matvec as an MLX primitive. Inputs: x, [norm weight],
+// [residual], then per matrix w, scales, biases, [bias].
+class FusedQmv : public mx::Primitive {
+ public:
+  FusedQmv(mx::Stream s, Config c, int k, int nmat, std::array<bool, 3> has_bias, bool residual, float eps)
+      : mx::Primitive(s), c_(c), k_(k), nmat_(nmat), has_bias_(has_bias), residual_(residual), eps_(eps) {}
+
+  void eval_cpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
+    throw std::runtime_error("MlxeFusedQmv is a CUDA kernel");
+  }
+
+  void eval_gpu(const std::vector<mx::array>& in, std::vector<mx::array>& outs) override {
+    auto& enc = mx::cu::get_command_encoder(stream());
+    Params p{};
+    size_t i = 0;
+    const mx::array& x = in[i++];
+    const int K = k_;
+    // x is (…, K), or any row-contiguous shape of M·K elements (a decode
+    // step's attention output, (B, heads, 1, head_dim)).
+    const int64_t ldx = x.shape(-1) == K ? row_stride(x) : x.flags().row_contiguous ? K : -1;
+    if (ldx < 0 || ldx % 8 != 0 || (reinterpret_cast<uintptr_t>(gptr(x)) % 16) != 0)
+      throw std::runtime_error("MlxeFusedQmv: x must have a contiguous, 16-byte aligned last axis");
+    p.x = gptr(x);
+    p.ldx = static_cast<int>(ldx);
+    p.M = static_cast<int>(x.size() / K);
+    p.K = K;
+    p.eps = eps_;
+    if (c_.norm) {
+      p.norm = gptr(in[i++]);
+      if (reinterpret_cast<uintptr_t>(p.norm) % 16 != 0) throw std::runtime_error("MlxeFusedQmv: unaligned norm weight");
+    }
+    if (residual_) {
+      const mx::array& r = in[i++];
+      const int64_t ldr = row_stride(r);
+      if (ldr < 0) throw std::runtime_error("MlxeFusedQmv: the residual's last axis must be contiguous");
+      p.residual = gptr(r);
+      p.ldr = static_cast<int>(ldr);
+    }
+    int rows = 0;
+    for (int m = 0; m < nmat_; ++m) {
+      p.w[m] = gptr(in[i++]);
+      p.scales[m] = gptr(in[i++]);
+      p.biases[m] = gptr(in[i++]);
+      if (has_bias_[m]) p.bias[m] = gptr(in[i++]);
+      const int n = in[i - 3 - (has_bias_[m] ? 1 : 0)].shape(0);
+      rows = c_.mode == 1 ? n : rows + n;
+      p.n_end[m] = rows;
+    }
+    for (int m = nmat_; m < 3; ++m) p.n_end[m] = rows;
+    for (size_t o = 0; o < outs.size(); ++o) {
+      outs[o].set_data(mx::allocator::malloc(outs[o].nbytes()));
+      p.y[o] = gptr(outs[o]);
+    }
+    const int chunks = K / (128 / c_.bits);
+    const unsigned threads = std::min(c_.threads, (chunks + 31) / 32 * 32);
+    const int per_block = c_.mode == 1 ? c_.rows / 2 : c_.rows;
+    const dim3 grid{static_cast<unsigned>((rows + per_block - 1) / per_block),
+                    static_cast<unsigned>((p.M + c_.mt - 1) / c_.mt), 1};
+    CUfunc_st* f = kernel(c_);
+    for (const auto& a : in) enc.set_input_array(a);
+    for (const auto& o : outs) enc.set_output_array(o);
+    void* args[] = {&p};
+    enc.add_kernel_node_raw(f, grid, dim3{threads, 1, 1}, dim3{1, 1, 1}, 0, args);
+  }
+
+  const char* name() const override { return "MlxeFusedQmv"; }
+
+  bool is_equivalent(const mx::Primitive& other) const override {
+    const auto* o = dynamic_cast<const FusedQmv*>(&other);
+    return o != nullptr && o->c_.key() == c_.key() && o->c_.threads == c_.threads && o->k_ == k_ && o->nmat_ == nmat_ && o->has_bias_ == has_bias_ &&
+           o->residual_ == residual_ && o->eps_ == eps_;
+  }
+
+ private:
+  Config c_;
+  int k_;
+  int nmat_;
+  std::array<bool, 3> has_bias_;
+  bool residual_;
+  float eps_;
+};
 
 int env_int(const char* name, int fallback) {
   const char* v = std::getenv(name);
@@ -234,77 +542,154 @@ std::atomic<bool>& enabled() {
   return on;
 }
 
-QmvLayout default_layout() {
-  static const QmvLayout l = [] {
-    const char* v = std::getenv("MLXENGINE_CUDA_QMV_LAYOUT");
-    return v != nullptr && std::string(v) == "warp" ? QmvLayout::WarpRows : QmvLayout::BlockRows;
-  }();
-  return l;
-}
-
 bool float_type(mx::Dtype d) { return d == mx::float32 || d == mx::float16 || d == mx::bfloat16; }
 
 // A check that holds for lazy arrays too (their layout is known only once evaluated).
 bool row_contiguous(const mx::array& a) { return !a.is_available() || a.flags().row_contiguous; }
 
+// Builds the primitive's outputs; throws where the arguments do not fit.
+std::vector<mx::array> build(const mx::array& x_in, const std::vector<QuantMatrix>& mats, int group_size, int bits,
+                             const std::optional<std::pair<mx::array, float>>& norm,
+                             const std::optional<mx::array>& residual, Epilogue epilogue,
+                             const std::vector<mx::Shape>& out_shapes, mx::StreamOrDevice s) {
+  if (bits != 4 && bits != 8) throw std::invalid_argument("mlxe qmv: only 4- and 8-bit weights");
+  if (group_size != 32 && group_size != 64 && group_size != 128)
+    throw std::invalid_argument("mlxe qmv: group size must be 32, 64 or 128");
+  if (mats.empty() || mats.size() > 3) throw std::invalid_argument("mlxe qmv: one to three matrices");
+  if (x_in.ndim() < 1 || !float_type(x_in.dtype())) throw std::invalid_argument("mlxe qmv: x must be float (…, K)");
+  const int K = mats[0].w.ndim() == 2 ? mats[0].w.shape(1) * 32 / bits : 0;
+  if (K == 0 || K % group_size != 0) throw std::invalid_argument("mlxe qmv: K must be a multiple of the group size");
+  if (x_in.size() % K != 0) throw std::invalid_argument("mlxe qmv: x's size must be a multiple of K");
+  // Another shape of M·K elements is read as rows of K: it must be row-contiguous.
+  const mx::array x = x_in.shape(-1) == K ? x_in : mx::contiguous(x_in, false, s);
+  const bool swiglu = epilogue == Epilogue::SwiGlu;
+  if (swiglu && (mats.size() != 2 || mats[0].w.shape() != mats[1].w.shape()))
+    throw std::invalid_argument("mlxe qmv: SwiGLU takes two matrices of one shape");
+  if (residual && (mats.size() != 1 || swiglu)) throw std::invalid_argument("mlxe qmv: a residual needs one matrix");
+  std::vector<mx::array> inputs{x};
+  if (norm) {
+    if (norm->first.shape() != mx::Shape{K} || norm->first.dtype() != x.dtype())
+      throw std::invalid_argument("mlxe qmv: the norm weight must be (K,) in x's dtype");
+    inputs.push_back(norm->first);
+  }
+  if (residual) inputs.push_back(*residual);
+  std::array<bool, 3> has_bias{false, false, false};
+  std::vector<mx::Shape> shapes;
+  for (size_t m = 0; m < mats.size(); ++m) {
+    const auto& q = mats[m];
+    const int N = q.w.ndim() == 2 ? q.w.shape(0) : -1;
+    if (N < 0 || q.w.dtype() != mx::uint32 || q.w.shape(1) != K * bits / 32 ||
+        q.scales.shape() != mx::Shape{N, K / group_size} || q.biases.shape() != q.scales.shape())
+      throw std::invalid_argument("mlxe qmv: weights, scales and biases do not fit x");
+    if (q.scales.dtype() != x.dtype() || q.biases.dtype() != x.dtype())
+      throw std::invalid_argument("mlxe qmv: x, scales and biases must share one float dtype");
+    if (!row_contiguous(q.w) || !row_contiguous(q.scales) || !row_contiguous(q.biases))
+      throw std::invalid_argument("mlxe qmv: weights must be row-contiguous");
+    inputs.push_back(q.w);
+    inputs.push_back(q.scales);
+    inputs.push_back(q.biases);
+    if (q.bias) {
+      if (q.bias->shape() != mx::Shape{N} || q.bias->dtype() != x.dtype())
+        throw std::invalid_argument("mlxe qmv: a bias must be (N,) in x's dtype");
+      inputs.push_back(*q.bias);
+      has_bias[m] = true;
+    }
+    mx::Shape out = x.shape();
+    out.back() = N;
+    if (x.shape(-1) != K) out = {static_cast<int>(x.size() / K), N};
+    if (!swiglu || m == 0) shapes.push_back(out);
+  }
+  if (!out_shapes.empty()) {
+    // The caller's shapes for the same elements (q, k, v as (B, heads, 1, head_dim)).
+    if (out_shapes.size() != shapes.size()) throw std::invalid_argument("mlxe qmv: one output shape per output");
+    for (size_t o = 0; o < shapes.size(); ++o) {
+      size_t a = 1, b = 1;
+      for (int d : shapes[o]) a *= d;
+      for (int d : out_shapes[o]) b *= d;
+      if (a != b) throw std::invalid_argument("mlxe qmv: an output shape does not hold the output's elements");
+    }
+    shapes = out_shapes;
+  }
+  if (residual && residual->size() != static_cast<size_t>(x.size() / K) * mats[0].w.shape(0))
+    throw std::invalid_argument("mlxe qmv: the residual must hold M·N elements");
+  const int M = static_cast<int>(x.size() / K);
+  if (M == 0) {
+    std::vector<mx::array> zeros;
+    for (auto& sh : shapes) zeros.push_back(mx::zeros(sh, x.dtype(), s));
+    return zeros;
+  }
+  int total = 0;
+  for (const auto& q : mats) total += q.w.shape(0);
+  if (swiglu) total = mats[0].w.shape(0);
+  Config c{};
+  c.kind = kind_of(x.dtype());
+  c.bits = bits;
+  c.group = group_size;
+  c.mt = std::min(M, QMV_ROW_TILE);
+  // Rows per block: more share each load of x, fewer keep ~2 blocks per SM on
+  // narrow layers. SwiGLU pairs gate and up rows, so its count is even.
+  static const int rows_env = env_int("MLXENGINE_CUDA_QMV_ROWS", 0);
+  static const int threads_env = std::clamp(env_int("MLXENGINE_CUDA_QMV_THREADS", 64) / 32 * 32, 32, 256);
+  c.rows = rows_env > 0 ? std::min(rows_env, 8) : swiglu ? 4 : (total >= 2048 ? 4 : total >= 512 ? 2 : 1);
+  if (swiglu) c.rows = std::max(2, c.rows / 2 * 2);
+  c.threads = threads_env;
+  c.mode = swiglu ? 1 : 0;
+  c.norm = norm.has_value();
+  const float eps = norm ? norm->second : 0.f;
+  std::vector<mx::Dtype> dtypes(shapes.size(), x.dtype());
+  const auto stream = mx::to_stream(s);
+  return mx::array::make_arrays(
+      std::move(shapes), dtypes,
+      std::make_shared<FusedQmv>(stream, c, K, static_cast<int>(mats.size()), has_bias, residual.has_value(), eps),
+      std::move(inputs));
+}
+
 }  // namespace
 
 void set_enabled(bool on) { enabled().store(on); }
 
-mx::array qmv(const mx::array& x, const mx::array& w, const mx::array& scales, const mx::array& biases,
-              int group_size, int bits, QmvLayout layout, mx::StreamOrDevice s) {
-  if (bits != 4 && bits != 8) throw std::invalid_argument("mlxe qmv: only 4- and 8-bit weights");
-  if (group_size != 32 && group_size != 64 && group_size != 128)
-    throw std::invalid_argument("mlxe qmv: group size must be 32, 64 or 128");
-  if (x.ndim() < 1 || w.ndim() != 2 || w.dtype() != mx::uint32) throw std::invalid_argument("mlxe qmv: bad shapes");
-  const int K = x.shape(-1), N = w.shape(0);
-  if (K % group_size != 0 || w.shape(1) != K * bits / 32 || scales.shape() != mx::Shape{N, K / group_size} ||
-      biases.shape() != scales.shape())
-    throw std::invalid_argument("mlxe qmv: weights, scales and biases do not fit x");
-  if (!float_type(x.dtype()) || scales.dtype() != x.dtype() || biases.dtype() != x.dtype())
-    throw std::invalid_argument("mlxe qmv: x, scales and biases must share one float dtype");
-  const int M = K == 0 ? 0 : static_cast<int>(x.size() / K);
-  mx::Shape out_shape = x.shape();
-  out_shape.back() = N;
-  if (M == 0 || N == 0) return mx::zeros(out_shape, x.dtype(), s);
+bool enabled_now() { return enabled().load(); }
 
-  const int mt = std::min(M, QMV_ROW_TILE);
-  const bool warp_rows = layout == QmvLayout::WarpRows;
-  // Rows per warp (or block): as many as keep ~2 blocks per SM on the narrow
-  // layers (k/v projections), since more rows share each load of x.
-  const int rows = warp_rows ? (N >= 4096 ? 4 : N >= 2048 ? 2 : 1) : (N >= 2048 ? 4 : N >= 512 ? 2 : 1);
-  const int chunks = K / (128 / bits);
-  const int threads = warp_rows ? 128 : std::min(128, (chunks + 31) / 32 * 32);
-  const int rows_per_block = warp_rows ? rows * threads / 32 : rows;
-  const int blocks = (N + rows_per_block - 1) / rows_per_block;
-  return qmv_kernel()({x, w, scales, biases}, {out_shape}, {x.dtype()}, {blocks * threads, (M + mt - 1) / mt, 1},
-                      {threads, 1, 1},
-                      {{"T", x.dtype()},
-                       {"BITS", bits},
-                       {"GS", group_size},
-                       {"MT", mt},
-                       {"ROWS", rows},
-                       {"WARP_ROWS", warp_rows}},
-                      std::nullopt, false, s)[0];
+std::optional<std::vector<mx::array>> fused_qmv(const mx::array& x, const std::vector<QuantMatrix>& mats, int group_size,
+                                                int bits, const std::optional<std::pair<mx::array, float>>& norm,
+                                                const std::optional<mx::array>& residual, Epilogue epilogue,
+                                                const std::vector<mx::Shape>& out_shapes, mx::StreamOrDevice s) {
+  if (!enabled().load() || (bits != 4 && bits != 8) || mats.empty()) return std::nullopt;
+  if (mx::to_stream(s).device.type != mx::Device::gpu) return std::nullopt;
+  static const int max_rows = env_int("MLXENGINE_CUDA_QMV_MAX_ROWS", QMV_MAX_ROWS);
+  if (x.ndim() < 1 || !float_type(x.dtype()) || mats[0].w.ndim() != 2) return std::nullopt;
+  const int K = mats[0].w.shape(1) * 32 / bits;
+  if (K == 0 || x.size() % K != 0 || x.size() / K > static_cast<size_t>(max_rows)) return std::nullopt;
+  for (const auto& q : mats) {
+    if (q.w.ndim() != 2 || q.w.dtype() != mx::uint32 || q.w.shape(1) != K * bits / 32) return std::nullopt;
+    if (q.scales.dtype() != x.dtype() || q.biases.dtype() != x.dtype()) return std::nullopt;
+    if (q.bias && q.bias->dtype() != x.dtype()) return std::nullopt;
+    // A strided view of the weights would need a copy on every call: MLX's kernel reads it as is.
+    if (!row_contiguous(q.w) || !row_contiguous(q.scales) || !row_contiguous(q.biases)) return std::nullopt;
+  }
+  if (norm && norm->first.dtype() != x.dtype()) return std::nullopt;
+  if (residual && residual->dtype() != x.dtype()) return std::nullopt;
+  return build(x, mats, group_size, bits, norm, residual, epilogue, out_shapes, s);
 }
 
 std::optional<mx::array> quantized_matmul(const mx::array& x, const mx::array& w, const mx::array& scales,
                                           const std::optional<mx::array>& biases, bool transpose, int group_size,
                                           int bits, mx::StreamOrDevice s) {
-  if (!enabled().load() || !transpose || !biases || (bits != 4 && bits != 8)) return std::nullopt;
-  if (mx::to_stream(s).device.type != mx::Device::gpu) return std::nullopt;
-  static const int max_rows = env_int("MLXENGINE_CUDA_QMV_MAX_ROWS", QMV_MAX_ROWS);
-  if (x.ndim() < 1 || w.ndim() != 2 || w.dtype() != mx::uint32 || !float_type(x.dtype())) return std::nullopt;
-  const int K = x.shape(-1);
-  if (K == 0 || x.size() / K > static_cast<size_t>(max_rows) || w.shape(1) != K * bits / 32) return std::nullopt;
-  // Small layers are bound by the per-call cost on the CPU, where MLX's op is
-  // cheaper than a custom kernel's (H100: 4 vs 7 us for a 2048x2048 matvec).
-  const size_t min_size = x.size() == static_cast<size_t>(K) ? QMV_MIN_SIZE_ONE_ROW : QMV_MIN_SIZE;
-  if (static_cast<size_t>(w.shape(0)) * K < min_size) return std::nullopt;
-  if (scales.dtype() != x.dtype() || biases->dtype() != x.dtype()) return std::nullopt;
-  // A strided view of the weights would be copied on every call: MLX's kernel reads it as is.
-  if (!row_contiguous(w) || !row_contiguous(scales) || !row_contiguous(*biases)) return std::nullopt;
-  return qmv(x, w, scales, *biases, group_size, bits, default_layout(), s);
+  if (!transpose || !biases) return std::nullopt;
+  // MLX's op takes x (…, K) only.
+  if (x.ndim() < 1 || w.ndim() != 2 || x.shape(-1) != w.shape(1) * 32 / bits) return std::nullopt;
+  auto y = fused_qmv(x, {QuantMatrix{w, scales, *biases, std::nullopt}}, group_size, bits, std::nullopt, std::nullopt,
+                     Epilogue::Split, {}, s);
+  if (!y) return std::nullopt;
+  return (*y)[0];
+}
+
+mx::array qmv(const mx::array& x, const mx::array& w, const mx::array& scales, const mx::array& biases,
+              int group_size, int bits, mx::StreamOrDevice s) {
+  if (x.ndim() < 1 || w.ndim() != 2 || x.shape(-1) != w.shape(1) * 32 / bits)
+    throw std::invalid_argument("mlxe qmv: x must be (…, K)");
+  return build(x, {QuantMatrix{w, scales, biases, std::nullopt}}, group_size, bits, std::nullopt, std::nullopt,
+               Epilogue::Split, {}, s)[0];
 }
 
 }  // namespace mlxe::cuda

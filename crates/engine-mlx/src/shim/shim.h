@@ -146,7 +146,13 @@ std::unique_ptr<Array> quantized_matmul(const Array& x, const Array& w, const Ar
 // Turns our CUDA quantized matvec on or off; false when built without CUDA.
 bool cuda_qmv_set_enabled(bool on);
 // Our CUDA quantized matvec itself, any number of rows (throws without CUDA).
-std::unique_ptr<Array> cuda_qmv(const Array& x, const Array& w, const Array& scales, const Array& biases, int32_t group_size, int32_t bits, bool block_rows);
+std::unique_ptr<Array> cuda_qmv(const Array& x, const Array& w, const Array& scales, const Array& biases, int32_t group_size, int32_t bits);
+// Fused decode matvec (cuda_kernels.h): `mats` holds w, scales, biases per
+// matrix; `bias` the linear biases of the matrices whose `has_bias` is set;
+// `norm` and `residual` hold zero or one array; `out_shapes` the outputs'
+// shapes laid end to end, `out_ranks` their lengths (none: x's). Empty where it
+// does not apply.
+std::unique_ptr<ArrayList> cuda_fused_qmv(const Array& x, const ArrayList& mats, const ArrayList& bias, rust::Slice<const bool> has_bias, int32_t group_size, int32_t bits, const ArrayList& norm, float eps, const ArrayList& residual, bool swiglu, rust::Slice<const int32_t> out_shapes, rust::Slice<const size_t> out_ranks);
 
 // ---- io
 std::unique_ptr<WeightFile> load_safetensors(rust::Str path);
