@@ -713,18 +713,17 @@ impl Transformer {
         }
     }
 
-    /// A pre-norm layer's decode step through the fused CUDA matvecs of
-    /// quantized weights (`fused_matvec`): norm + q/k/v in one kernel, the
+    /// A pre-norm layer's decode step through the fused CUDA matvecs
+    /// (`fused_matvec`, 4/8-bit or dense weights): norm + q/k/v in one kernel, the
     /// output projection + residual in one, norm + gate/up + SwiGLU in one,
     /// the down projection + residual in one — 4 kernels where MLX's ops take
     /// 13, since on a fast GPU the host's cost per op bounds decode. `None`
-    /// where the kernels do not apply (the CPU, dense weights, LoRA, longer
-    /// inputs): the caller takes the composed path. Under tensor parallelism
+    /// where the kernels do not apply (the CPU, LoRA, longer inputs): the caller takes the composed path. Under tensor parallelism
     /// the partial outputs are summed before the residual, so those two stay
     /// composed.
     fn fused_layer(&self, layer: &Layer, x: &Array, cache: &mut KvCache, step: &mut Step<'_>) -> Result<Option<Array>> {
         let (a, m) = (&layer.attn, &layer.mlp);
-        let (Some(q), Some(k), Some(v)) = (a.q.as_quantized(), a.k.as_quantized(), a.v.as_quantized()) else {
+        let (Some(q), Some(k), Some(v)) = (a.q.fused_weight(), a.k.fused_weight(), a.v.fused_weight()) else {
             return Ok(None);
         };
         let norm = Some((&layer.input_norm.weight, layer.input_norm.eps));
@@ -750,7 +749,7 @@ impl Transformer {
         // `x` may be the attention output (B, heads, 1, head_dim): the fused
         // kernel reads it as rows of K; MLX's ops need it flat.
         let with_residual = |l: &Linear, x: &Array, residual: &Array| -> Result<Array> {
-            if let Some(w) = l.as_quantized().filter(|_| whole) {
+            if let Some(w) = l.fused_weight().filter(|_| whole) {
                 let shape = residual.shape_i32();
                 if let Some(mut y) = fused_matvec(x, &[w], None, Some(residual), FusedEpilogue::Split, &[&shape])? {
                     return Ok(y.remove(0));
@@ -765,7 +764,7 @@ impl Transformer {
         };
         let h = with_residual(&a.o, &out, x)?;
         let post = &layer.post_attn_norm;
-        let gated = match (m.gate.as_quantized(), m.up.as_quantized(), self.features.activation) {
+        let gated = match (m.gate.fused_weight(), m.up.fused_weight(), self.features.activation) {
             (Some(g), Some(u), Activation::Silu) if g.1.is_none() && u.1.is_none() => fused_matvec(
                 &h,
                 &[g, u],

@@ -15,8 +15,8 @@
 //! `--quick` (bfloat16 4-bit group 64 alone).
 
 use engine_mlx::quant::{
-    cuda_quantized_matmul, fused_matvec, quantize, quantized_matmul, set_cuda_kernels, FusedEpilogue, QuantSpec,
-    Quantized,
+    cuda_quantized_matmul, fused_matvec, quantize, quantized_matmul, set_cuda_kernels, FusedEpilogue, FusedWeight,
+    QuantSpec, Quantized,
 };
 use engine_mlx::{eval, fast, random, Array, Dtype, Result};
 use std::time::Instant;
@@ -214,22 +214,40 @@ fn fused_case(family: &str, hidden: usize, q: usize, kv: usize, ff: usize, m: us
     let fused = || -> Result<Vec<Array>> {
         let mut out = none(fused_matvec(
             &x,
-            &[(&wq, None), (&wk, None), (&wv, None)],
+            &[
+                (FusedWeight::Quantized(&wq), None),
+                (FusedWeight::Quantized(&wk), None),
+                (FusedWeight::Quantized(&wv), None),
+            ],
             Some((&g, eps)),
             None,
             split,
             &[],
         )?)?;
-        out.extend(none(fused_matvec(&att, &[(&wo, None)], None, Some(&res), split, &[])?)?);
+        out.extend(none(fused_matvec(
+            &att,
+            &[(FusedWeight::Quantized(&wo), None)],
+            None,
+            Some(&res),
+            split,
+            &[],
+        )?)?);
         out.extend(none(fused_matvec(
             &x,
-            &[(&wg, None), (&wu, None)],
+            &[(FusedWeight::Quantized(&wg), None), (FusedWeight::Quantized(&wu), None)],
             Some((&g, eps)),
             None,
             FusedEpilogue::SwiGlu,
             &[],
         )?)?);
-        out.extend(none(fused_matvec(&hff, &[(&wd, None)], None, Some(&res), split, &[])?)?);
+        out.extend(none(fused_matvec(
+            &hff,
+            &[(FusedWeight::Quantized(&wd), None)],
+            None,
+            Some(&res),
+            split,
+            &[],
+        )?)?);
         Ok(out)
     };
     let ours = fused()?;
@@ -247,7 +265,11 @@ fn fused_case(family: &str, hidden: usize, q: usize, kv: usize, ff: usize, m: us
         let (h, kvh) = ((q / 128) as i32, (kv / 128) as i32);
         let heads = none(fused_matvec(
             &x,
-            &[(&wq, None), (&wk, None), (&wv, None)],
+            &[
+                (FusedWeight::Quantized(&wq), None),
+                (FusedWeight::Quantized(&wk), None),
+                (FusedWeight::Quantized(&wv), None),
+            ],
             Some((&g, eps)),
             None,
             split,
@@ -255,7 +277,7 @@ fn fused_case(family: &str, hidden: usize, q: usize, kv: usize, ff: usize, m: us
         )?)?;
         let o = none(fused_matvec(
             &att.reshape(&[1, h, 1, 128])?,
-            &[(&wo, None)],
+            &[(FusedWeight::Quantized(&wo), None)],
             None,
             Some(&res),
             split,
@@ -338,6 +360,182 @@ fn bandwidth(family: &str, layer: &str, k: usize, n: usize) -> Result<()> {
     Ok(())
 }
 
+/// The fused kernels on dense bfloat16 weights (norm + q/k/v, norm +
+/// gate/up + SwiGLU, down + residual; opt-in, `MLXENGINE_CUDA_QMV_DENSE=1`)
+/// against MLX's ops in float32 rounded to bfloat16, and their microseconds
+/// against MLX's composed ops.
+fn dense_case(family: &str, hidden: usize, q: usize, kv: usize, ff: usize, m: usize) -> Result<f64> {
+    let w = |n: usize, k: usize, seed: u64| -> Result<Array> { normal(&[n, k], seed)?.mul_scalar(0.02) };
+    let (wq, wk, wv, wg, wu, wd) = (
+        w(q, hidden, 1)?,
+        w(kv, hidden, 2)?,
+        w(kv, hidden, 3)?,
+        w(ff, hidden, 5)?,
+        w(ff, hidden, 6)?,
+        w(hidden, ff, 7)?,
+    );
+    let x = normal(&[m, hidden], 8)?;
+    let g = random::uniform(&[hidden], Dtype::Float32, 0.5, 1.5, Some(&random::key(9)?))?.astype(Dtype::Bfloat16)?;
+    let res = normal(&[m, hidden], 10)?;
+    let hff = normal(&[m, ff], 12)?.mul_scalar(0.1)?;
+    let eps = 1e-5;
+    eval([&x, &g, &res, &hff, &wq, &wk, &wv, &wg, &wu, &wd])?;
+    let f32 = |a: &Array| a.astype(Dtype::Float32);
+    // Row by row: MLX's float32 matmul of several rows takes TF32 tensor cores
+    // on the GPU (~1e-3 relative), its matvec does not.
+    let mm = |a: &Array, w: &Array| -> Result<Array> {
+        let wt = f32(w)?.t()?;
+        let rows = (0..a.dim(0) as i32)
+            .map(|i| a.slice_axis(0, i, i + 1)?.matmul(&wt))
+            .collect::<Result<Vec<_>>>()?;
+        engine_mlx::concatenate(&rows.iter().collect::<Vec<_>>(), 0)
+    };
+    let xn = fast::rms_norm(&f32(&x)?, Some(&f32(&g)?), eps)?;
+    let reference = [
+        mm(&xn, &wq)?,
+        mm(&xn, &wk)?,
+        mm(&xn, &wv)?,
+        mm(&xn, &wg)?.silu()?.multiply(&mm(&xn, &wu)?)?,
+        mm(&f32(&hff)?, &wd)?.add(&f32(&res)?)?,
+    ];
+    let d = FusedWeight::Dense;
+    let none = |v: Option<Vec<Array>>| v.ok_or_else(|| engine_mlx::Error::Invalid("fused_matvec declined".into()));
+    let split = FusedEpilogue::Split;
+    let fused = || -> Result<Vec<Array>> {
+        let mut out = none(fused_matvec(
+            &x,
+            &[(d(&wq), None), (d(&wk), None), (d(&wv), None)],
+            Some((&g, eps)),
+            None,
+            split,
+            &[],
+        )?)?;
+        out.extend(none(fused_matvec(
+            &x,
+            &[(d(&wg), None), (d(&wu), None)],
+            Some((&g, eps)),
+            None,
+            FusedEpilogue::SwiGlu,
+            &[],
+        )?)?);
+        out.extend(none(fused_matvec(
+            &hff,
+            &[(d(&wd), None)],
+            None,
+            Some(&res),
+            split,
+            &[],
+        )?)?);
+        Ok(out)
+    };
+    if fused_matvec(&x, &[(d(&wd), None)], None, None, split, &[])?.is_none() {
+        println!(
+            "{}",
+            serde_json::json!({"dense": family, "skipped": "run with MLXENGINE_CUDA_QMV_DENSE=1"})
+        );
+        return Ok(0.0);
+    }
+    let ours = fused()?;
+    let mut worst: f64 = 0.0;
+    let mut errs = serde_json::Map::new();
+    for ((name, o), r) in ["q", "k", "v", "swiglu", "down_residual"]
+        .iter()
+        .zip(&ours)
+        .zip(&reference)
+    {
+        let e = rel_err(&o.to_f32_vec()?, &r.astype(Dtype::Bfloat16)?.to_f32_vec()?);
+        worst = worst.max(e);
+        errs.insert(name.to_string(), e.into());
+    }
+    let sum_all = |o: Vec<Array>| -> Result<Array> {
+        let mut t = o[0].sum(&[], false)?;
+        for a in &o[1..] {
+            t = t.add(&a.sum(&[], false)?)?;
+        }
+        Ok(t)
+    };
+    let lin = |a: &Array, w: &Array| a.matmul(&w.t()?);
+    let composed_us = time_us(20, &|| {
+        let xn = fast::rms_norm(&x, Some(&g), eps)?;
+        sum_all(vec![
+            lin(&xn, &wq)?,
+            lin(&xn, &wk)?,
+            lin(&xn, &wv)?,
+            lin(&xn, &wg)?.silu()?.multiply(&lin(&xn, &wu)?)?,
+            lin(&hff, &wd)?.add(&res)?,
+        ])
+    })?;
+    let fused_us = time_us(20, &|| sum_all(fused()?))?;
+    println!(
+        "{}",
+        serde_json::json!({"dense": family, "m": m, "rel_err": errs, "worst": worst,
+            "fused_us": fused_us, "composed_us": composed_us})
+    );
+    Ok(worst)
+}
+
+/// [`bandwidth`] for dense bfloat16 weights: ours against MLX's matmul.
+fn dense_bandwidth(family: &str, layer: &str, k: usize, n: usize) -> Result<()> {
+    let w = normal(&[n, k], 3)?.mul_scalar(0.02)?;
+    let bytes = n * k * 2;
+    let copies = (2_000_000_000 / bytes).clamp(2, 64);
+    let ws: Vec<Array> = (0..copies).map(|_| w.detached()).collect::<Result<_>>()?;
+    let x = normal(&[1, k], 4)?;
+    eval([&x])?;
+    if fused_matvec(
+        &x,
+        &[(FusedWeight::Dense(&w), None)],
+        None,
+        None,
+        FusedEpilogue::Split,
+        &[],
+    )?
+    .is_none()
+    {
+        println!(
+            "{}",
+            serde_json::json!({"bandwidth_dense": family, "skipped": "run with MLXENGINE_CUDA_QMV_DENSE=1"})
+        );
+        return Ok(());
+    }
+    let run = |ours: bool| -> Result<f64> {
+        let mut best = f64::MAX;
+        for _ in 0..3 {
+            let t = Instant::now();
+            let ys = ws
+                .iter()
+                .map(|w| {
+                    if ours {
+                        fused_matvec(
+                            &x,
+                            &[(FusedWeight::Dense(w), None)],
+                            None,
+                            None,
+                            FusedEpilogue::Split,
+                            &[],
+                        )?
+                        .map(|mut y| y.remove(0))
+                        .ok_or_else(|| engine_mlx::Error::Invalid("declined".into()))
+                    } else {
+                        x.matmul(&w.t()?)
+                    }
+                })
+                .collect::<Result<Vec<_>>>()?;
+            eval(&ys)?;
+            best = best.min(t.elapsed().as_secs_f64() * 1e6 / copies as f64);
+        }
+        Ok(best)
+    };
+    let (mlx_us, ours_us) = (run(false)?, run(true)?);
+    println!(
+        "{}",
+        serde_json::json!({"bandwidth_dense": family, "layer": layer, "k": k, "n": n, "copies": copies,
+            "ours_us": ours_us, "mlx_us": mlx_us, "ours_gbps": bytes as f64 / ours_us / 1e3,
+            "mlx_gbps": bytes as f64 / mlx_us / 1e3})
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     if std::env::args().any(|a| a == "--bandwidth") {
         if !set_cuda_kernels(true) {
@@ -347,6 +545,7 @@ fn main() -> Result<()> {
         let (family, layers) = FAMILIES[1];
         for (layer, k, n) in layers {
             bandwidth(family, layer, k, n)?;
+            dense_bandwidth(family, layer, k, n)?;
         }
         return Ok(());
     }
@@ -395,6 +594,7 @@ fn main() -> Result<()> {
     ] {
         for m in [1, 4] {
             worst = worst.max(fused_case(family, hidden, q, kv, ff, m)?);
+            worst = worst.max(dense_case(family, hidden, q, kv, ff, m)?);
         }
     }
     for (family, layer, k, n, m, dtype, s) in cases {

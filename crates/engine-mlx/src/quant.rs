@@ -157,6 +157,15 @@ pub fn cuda_quantized_matmul(x: &Array, q: &Quantized) -> Result<Array> {
     )
 }
 
+/// A matrix (N, K) for [`fused_matvec`].
+#[derive(Debug, Clone, Copy)]
+pub enum FusedWeight<'a> {
+    /// MLX affine 4- or 8-bit.
+    Quantized(&'a Quantized),
+    /// Dense, in `x`'s dtype.
+    Dense(&'a Array),
+}
+
 /// What follows the products in [`fused_matvec`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FusedEpilogue {
@@ -169,8 +178,8 @@ pub enum FusedEpilogue {
 /// A decode step's matrix products in one CUDA kernel (the `cuda` feature,
 /// on the GPU, our kernels on, at most 7 rows of `x`; `None` elsewhere, and
 /// the caller composes MLX's ops): `y_i = norm(x) · dequantize(q_i)ᵀ (+
-/// bias_i) (+ residual)` for one to three matrices sharing bits (4 or 8) and
-/// group size, with `norm` = (RMS-norm weight (K,), eps) applied to `x` first
+/// bias_i) (+ residual)` for one to three matrices, all dense in `x`'s dtype
+/// or all quantized with one bits (4 or 8) and group size, with `norm` = (RMS-norm weight (K,), eps) applied to `x` first
 /// and `residual` (…, N) added to a single matrix's product. Float32 sums,
 /// one rounding to `x`'s dtype. Each fused kernel replaces 2–5 of MLX's ops,
 /// and the per-op cost on the host is what bounds decode on a fast GPU.
@@ -182,19 +191,32 @@ pub enum FusedEpilogue {
 /// step as `(B, heads, 1, head_dim)`, which needs no transpose).
 pub fn fused_matvec(
     x: &Array,
-    mats: &[(&Quantized, Option<&Array>)],
+    mats: &[(FusedWeight<'_>, Option<&Array>)],
     norm: Option<(&Array, f32)>,
     residual: Option<&Array>,
     epilogue: FusedEpilogue,
     out_shapes: &[&[i32]],
 ) -> Result<Option<Vec<Array>>> {
-    let Some((first, _)) = mats.first() else {
-        return Ok(None);
-    };
-    if !cfg!(feature = "cuda") || mats.iter().any(|(q, _)| q.spec != first.spec) {
+    if !cfg!(feature = "cuda") {
         return Ok(None);
     }
-    let parts = list(mats.iter().flat_map(|(q, _)| [&q.weight, &q.scales, &q.biases]));
+    // All dense (bits 0 for the shim) or all quantized alike.
+    let spec = match mats.first() {
+        Some((FusedWeight::Quantized(q), _)) => Some(q.spec),
+        Some((FusedWeight::Dense(_), _)) => None,
+        None => return Ok(None),
+    };
+    let mut parts = Vec::new();
+    for (w, _) in mats {
+        match (w, spec) {
+            (FusedWeight::Quantized(q), Some(s)) if q.spec == s => {
+                parts.extend([&q.weight, &q.scales, &q.biases]);
+            }
+            (FusedWeight::Dense(d), None) => parts.push(*d),
+            _ => return Ok(None),
+        }
+    }
+    let parts = list(parts);
     let biases = list(mats.iter().filter_map(|(_, b)| *b));
     let has_bias: Vec<bool> = mats.iter().map(|(_, b)| b.is_some()).collect();
     let out = unlist(
@@ -203,8 +225,8 @@ pub fn fused_matvec(
             &parts,
             &biases,
             &has_bias,
-            first.spec.group_size,
-            first.spec.bits,
+            spec.map_or(0, |s| s.group_size),
+            spec.map_or(0, |s| s.bits),
             &opt_list(norm.map(|(w, _)| w)),
             norm.map_or(0.0, |(_, eps)| eps),
             &opt_list(residual),

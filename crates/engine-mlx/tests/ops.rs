@@ -326,7 +326,14 @@ fn quantization_matches_mlx_python() -> R {
         let x = ramp(&[1, 64], 0.2);
         assert!(quant::cuda_quantized_matmul(&x, &q).is_err());
         // The fused decode kernels decline: callers fall back to MLX's ops.
-        let fused = quant::fused_matvec(&x, &[(&q, None)], None, None, quant::FusedEpilogue::Split, &[])?;
+        let fused = quant::fused_matvec(
+            &x,
+            &[(quant::FusedWeight::Quantized(&q), None)],
+            None,
+            None,
+            quant::FusedEpilogue::Split,
+            &[],
+        )?;
         assert!(fused.is_none());
     }
     Ok(())

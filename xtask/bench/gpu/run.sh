@@ -6,7 +6,8 @@
 # ({"run": "engine-8b-q4", "round": 1, "result": the bench's JSON line or null}), $OUT/gpu.txt.
 #   SIZES="1b 8b"  which shapes;  QUANT=1  also an MLX 4-bit (group 64) copy of the same weights, run by
 #   the engine with its CUDA kernels (engine-SIZE-q4: the fused decode matvecs), without them
-#   (MLXENGINE_CUDA_QMV=0, engine_mlxqmv-…: MLX's ops alone) and by mlx-lm;  NO_BF16=1  skips the bf16 rounds;  KEEP=1  keeps the models.
+#   (MLXENGINE_CUDA_QMV=0, engine_mlxqmv-…: MLX's ops alone) and by mlx-lm; the bf16 rounds run the engine also
+#   with its opt-in fused dense kernels (MLXENGINE_CUDA_QMV_DENSE=1, engine_densefused-…);  NO_BF16=1  skips the bf16 rounds;  KEEP=1  keeps the models.
 # Half a travels in an earlier call (it does not fit beside b): that call copies it to $HOME/stage_a
 # (`run_qmv.sh 1`), and this one (mlx_env.sh) copies it back while the machine is still warm.
 set -uo pipefail
@@ -26,6 +27,8 @@ for size in ${SIZES:-1b 8b}; do
   [ -f $M/model.safetensors ] || python3 xtask/bench/gpu/random_llama.py $M $size 512 || continue
   [ -n "${NO_BF16:-}" ] || for round in 1 2; do
     bench engine-$size $round $BIN/bench_decode $M --dtype native --prompt-ids $M/prompt_ids.json --tokens 128
+    bench engine_densefused-$size $round env MLXENGINE_CUDA_QMV_DENSE=1 \
+      $BIN/bench_decode $M --dtype native --prompt-ids $M/prompt_ids.json --tokens 128
     bench mlx_lm-$size $round python3 xtask/bench/mlx_lm_decode.py $M $M/prompt_ids.json 128
   done
   if [ -n "${QUANT:-}" ]; then

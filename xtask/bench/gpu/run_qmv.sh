@@ -22,14 +22,14 @@ if [ "${1:-2}" = 1 ]; then
 fi
 source xtask/bench/gpu/mlx_env.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee $OUT/gpu.txt
-[ "${QMV_CHECK:-1}" = 0 ] || timeout 200 $BIN/qmv_check > $OUT/qmv.jsonl 2>&1
+[ "${QMV_CHECK:-1}" = 0 ] || MLXENGINE_CUDA_QMV_DENSE=1 timeout 200 $BIN/qmv_check > $OUT/qmv.jsonl 2>&1
 [ "${QMV_CHECK:-1}" = 0 ] || python3 - $OUT/qmv.jsonl <<'PY'
 import json, sys
 for l in open(sys.argv[1]):
     try: r = json.loads(l)
     except ValueError: print(l.rstrip()); continue
-    if "summary" in r or (r["dtype"] == "bfloat16" and r["bits"] == 4 and r["group"] == 64):
-        print(r if "summary" in r else f'{r["family"]} {r["layer"]} m={r["m"]}: ours {r["ours_us"]:.1f} us ({r["ours_gbps"]:.0f} GB/s, block layout {r["ours_block_us"]:.1f}) mlx {r["mlx_us"]:.1f} us  err {r["ours_rel_err"]:.1e} (mlx {r["mlx_rel_err"]:.1e})')
+    if "family" not in r or (r["dtype"] == "bfloat16" and r["bits"] == 4 and r["group"] == 64):
+        print(r if "family" not in r else f'{r["family"]} {r["layer"]} m={r["m"]}: ours {r["ours_us"]:.1f} us ({r["ours_gbps"]:.0f} GB/s, block layout {r["ours_block_us"]:.1f}) mlx {r["mlx_us"]:.1f} us  err {r["ours_rel_err"]:.1e} (mlx {r["mlx_rel_err"]:.1e})')
 PY
 [ -n "${PHASE2_BF16:-}" ] || export NO_BF16=1
 SIZES=${SIZES:-1b 8b} QUANT=1 KEEP=1 bash xtask/bench/gpu/run.sh

@@ -1,5 +1,5 @@
 use super::{infer_quant, join, param};
-use crate::quant::{dequantize, quantize_checked, quantized_matmul, QuantSpec, Quantized};
+use crate::quant::{dequantize, quantize_checked, quantized_matmul, FusedWeight, QuantSpec, Quantized};
 use crate::{Array, Dtype, Result, WeightMap};
 
 /// `y = x Wᵀ + b`, dense or group-quantized (MLX affine, also what GGUF
@@ -200,12 +200,13 @@ impl Linear {
         }
     }
 
-    /// A plain quantized layer's weights and bias (for fused kernels that
-    /// read them directly); `None` for dense and adapted layers.
-    pub fn as_quantized(&self) -> Option<(&Quantized, Option<&Array>)> {
+    /// A plain layer's weight and bias, for the fused kernels that read them
+    /// directly (`quant::fused_matvec`); `None` for adapted layers.
+    pub fn fused_weight(&self) -> Option<(FusedWeight<'_>, Option<&Array>)> {
         match self {
-            Linear::Quantized { q, bias } => Some((q, bias.as_ref())),
-            _ => None,
+            Linear::Quantized { q, bias } => Some((FusedWeight::Quantized(q), bias.as_ref())),
+            Linear::Dense { weight, bias } => Some((FusedWeight::Dense(weight), bias.as_ref())),
+            Linear::Lora { .. } => None,
         }
     }
 

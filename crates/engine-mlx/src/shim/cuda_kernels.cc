@@ -125,10 +125,19 @@ template <int XW> __device__ __forceinline__ void load_words(const void* p, u32*
   }
 }
 
+// The E floats of a 16-byte chunk of x-like data.
+template <typename EL, int E> __device__ __forceinline__ void unpack_chunk(const uint4 u, float* o) {
+  EL::unpack(u.x, o);
+  EL::unpack(u.y, o + E / 4);
+  EL::unpack(u.z, o + E / 2);
+  EL::unpack(u.w, o + 3 * E / 4);
+}
+
 // One block owns ROWS rows of the stacked matrices (SwiGlu: ROWS/2 gate rows
 // and the same up rows) and MT rows of x; its threads stride over K in
 // 16-byte chunks of w (one 128-bit load per row, inside one group), adding
 // scale · Σ q·x + bias · Σ x per chunk in float32; shared memory sums the warps.
+// BITS 16 or 32: dense weights in x's dtype (bfloat16/float16 or float32).
 template <int KIND, int BITS, int GS, int MT, int ROWS, int MODE, bool NORM>
 __device__ __forceinline__ void qmv(const Params& p) {
   typedef Elem<KIND> EL;
@@ -162,8 +171,10 @@ __device__ __forceinline__ void qmv(const Params& p) {
     }
     mat[r] = i;
     wr[r] = reinterpret_cast<const uint4*>(static_cast<const u32*>(p.w[i]) + size_t(row[r]) * row_words);
-    sr[r] = static_cast<const S*>(p.scales[i]) + size_t(row[r]) * groups;
-    br[r] = static_cast<const S*>(p.biases[i]) + size_t(row[r]) * groups;
+    if constexpr (BITS <= 8) {
+      sr[r] = static_cast<const S*>(p.scales[i]) + size_t(row[r]) * groups;
+      br[r] = static_cast<const S*>(p.biases[i]) + size_t(row[r]) * groups;
+    }
   }
 
   __shared__ float part[8][ROWS * MT];
@@ -198,67 +209,98 @@ __device__ __forceinline__ void qmv(const Params& p) {
 #pragma unroll
     for (int m = 0; m < MT; ++m) acc[r][m] = 0.f;
 
-  for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
-    uint4 wv[ROWS];
-    float sc[ROWS], bi[ROWS];
-    const int grp = c * E / GS;
-#pragma unroll
-    for (int r = 0; r < ROWS; ++r) {
-      wv[r] = __ldg(wr[r] + c);
-      sc[r] = EL::get(sr[r][grp]);
-      bi[r] = EL::get(br[r][grp]);
-    }
-    float qx[ROWS][MT], xs[MT];
-#pragma unroll
-    for (int m = 0; m < MT; ++m) {
-      xs[m] = 0.f;
-#pragma unroll
-      for (int r = 0; r < ROWS; ++r) qx[r][m] = 0.f;
-    }
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      float q[ROWS][PW];
-#pragma unroll
+  if constexpr (BITS <= 8) {
+    for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
+      uint4 wv[ROWS];
+      float sc[ROWS], bi[ROWS];
+      const int grp = c * E / GS;
+  #pragma unroll
       for (int r = 0; r < ROWS; ++r) {
-        const u32 word = reinterpret_cast<const u32*>(&wv[r])[i];
-        const u32 high = word >> (BITS * Packed<BITS>::SPLIT);
-#pragma unroll
-        for (int j = 0; j < PW; ++j) q[r][j] = Packed<BITS>::scaled_q(word, high, j);
+        wv[r] = __ldg(wr[r] + c);
+        sc[r] = EL::get(sr[r][grp]);
+        bi[r] = EL::get(br[r][grp]);
       }
-      const int col = c * E + i * PW;
-      float gf[PW];
-      if constexpr (NORM) {
-        u32 gw[XWORDS];
-        load_words<XWORDS>(g + col, gw);
-#pragma unroll
-        for (int v = 0; v < XWORDS; ++v) EL::unpack(gw[v], gf + v * XPW);
-      }
-#pragma unroll
+      float qx[ROWS][MT], xs[MT];
+  #pragma unroll
       for (int m = 0; m < MT; ++m) {
-        if (m0 + m < M) {
-          u32 xw[XWORDS];
-          load_words<XWORDS>(x + size_t(m0 + m) * p.ldx + col, xw);
-#pragma unroll
-          for (int v = 0; v < XWORDS; ++v) {
-            float xf[XPW];
-            EL::unpack(xw[v], xf);
-#pragma unroll
-            for (int t = 0; t < XPW; ++t) {
-              const int j = v * XPW + t;
-              const float xv = NORM ? xf[t] * gf[j] : xf[t];
-              xs[m] += xv;
-              const float xj = xv * Packed<BITS>::x_scale(j);
-#pragma unroll
-              for (int r = 0; r < ROWS; ++r) qx[r][m] = fmaf(q[r][j], xj, qx[r][m]);
+        xs[m] = 0.f;
+  #pragma unroll
+        for (int r = 0; r < ROWS; ++r) qx[r][m] = 0.f;
+      }
+  #pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        float q[ROWS][PW];
+  #pragma unroll
+        for (int r = 0; r < ROWS; ++r) {
+          const u32 word = reinterpret_cast<const u32*>(&wv[r])[i];
+          const u32 high = word >> (BITS * Packed<BITS>::SPLIT);
+  #pragma unroll
+          for (int j = 0; j < PW; ++j) q[r][j] = Packed<BITS>::scaled_q(word, high, j);
+        }
+        const int col = c * E + i * PW;
+        float gf[PW];
+        if constexpr (NORM) {
+          u32 gw[XWORDS];
+          load_words<XWORDS>(g + col, gw);
+  #pragma unroll
+          for (int v = 0; v < XWORDS; ++v) EL::unpack(gw[v], gf + v * XPW);
+        }
+  #pragma unroll
+        for (int m = 0; m < MT; ++m) {
+          if (m0 + m < M) {
+            u32 xw[XWORDS];
+            load_words<XWORDS>(x + size_t(m0 + m) * p.ldx + col, xw);
+  #pragma unroll
+            for (int v = 0; v < XWORDS; ++v) {
+              float xf[XPW];
+              EL::unpack(xw[v], xf);
+  #pragma unroll
+              for (int t = 0; t < XPW; ++t) {
+                const int j = v * XPW + t;
+                const float xv = NORM ? xf[t] * gf[j] : xf[t];
+                xs[m] += xv;
+                const float xj = xv * Packed<BITS>::x_scale(j);
+  #pragma unroll
+                for (int r = 0; r < ROWS; ++r) qx[r][m] = fmaf(q[r][j], xj, qx[r][m]);
+              }
             }
           }
         }
       }
+  #pragma unroll
+      for (int r = 0; r < ROWS; ++r)
+  #pragma unroll
+        for (int m = 0; m < MT; ++m) acc[r][m] += sc[r] * qx[r][m] + bi[r] * xs[m];
     }
+  } else {
+    // Dense rows: E elements a 16-byte chunk, x multiplied as read.
+    for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
+      const int col = c * E;
+      float gf[E], xv[MT][E];
+      if constexpr (NORM) unpack_chunk<EL, E>(__ldg(reinterpret_cast<const uint4*>(g + col)), gf);
 #pragma unroll
-    for (int r = 0; r < ROWS; ++r)
+      for (int m = 0; m < MT; ++m) {
+        if (m0 + m < M) {
+          unpack_chunk<EL, E>(__ldg(reinterpret_cast<const uint4*>(x + size_t(m0 + m) * p.ldx + col)), xv[m]);
+          if constexpr (NORM) {
 #pragma unroll
-      for (int m = 0; m < MT; ++m) acc[r][m] += sc[r] * qx[r][m] + bi[r] * xs[m];
+            for (int e = 0; e < E; ++e) xv[m][e] *= gf[e];
+          }
+        } else {
+#pragma unroll
+          for (int e = 0; e < E; ++e) xv[m][e] = 0.f;
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < ROWS; ++r) {
+        float wf[E];
+        unpack_chunk<EL, E>(__ldg(wr[r] + c), wf);
+#pragma unroll
+        for (int m = 0; m < MT; ++m)
+#pragma unroll
+          for (int e = 0; e < E; ++e) acc[r][m] = fmaf(wf[e], xv[m][e], acc[r][m]);
+      }
+    }
   }
 
 #pragma unroll
@@ -489,12 +531,15 @@ class FusedQmv : public mx::Primitive {
       p.ldr = static_cast<int>(ldr);
     }
     int rows = 0;
+    const bool dense = c_.bits > 8;
     for (int m = 0; m < nmat_; ++m) {
+      const int n = in[i].shape(0);
       p.w[m] = gptr(in[i++]);
-      p.scales[m] = gptr(in[i++]);
-      p.biases[m] = gptr(in[i++]);
+      if (!dense) {
+        p.scales[m] = gptr(in[i++]);
+        p.biases[m] = gptr(in[i++]);
+      }
       if (has_bias_[m]) p.bias[m] = gptr(in[i++]);
-      const int n = in[i - 3 - (has_bias_[m] ? 1 : 0)].shape(0);
       rows = c_.mode == 1 ? n : rows + n;
       p.n_end[m] = rows;
     }
@@ -552,12 +597,18 @@ std::vector<mx::array> build(const mx::array& x_in, const std::vector<QuantMatri
                              const std::optional<std::pair<mx::array, float>>& norm,
                              const std::optional<mx::array>& residual, Epilogue epilogue,
                              const std::vector<mx::Shape>& out_shapes, mx::StreamOrDevice s) {
-  if (bits != 4 && bits != 8) throw std::invalid_argument("mlxe qmv: only 4- and 8-bit weights");
-  if (group_size != 32 && group_size != 64 && group_size != 128)
+  const bool dense = bits == 0;
+  if (!dense && bits != 4 && bits != 8) throw std::invalid_argument("mlxe qmv: only 4- and 8-bit weights");
+  if (!dense && group_size != 32 && group_size != 64 && group_size != 128)
     throw std::invalid_argument("mlxe qmv: group size must be 32, 64 or 128");
   if (mats.empty() || mats.size() > 3) throw std::invalid_argument("mlxe qmv: one to three matrices");
   if (x_in.ndim() < 1 || !float_type(x_in.dtype())) throw std::invalid_argument("mlxe qmv: x must be float (…, K)");
-  const int K = mats[0].w.ndim() == 2 ? mats[0].w.shape(1) * 32 / bits : 0;
+  // Dense rows are read 16 bytes at a time, as packed ones: their "bits" is the element size.
+  if (dense) {
+    bits = 8 * static_cast<int>(x_in.itemsize());
+    group_size = 32;
+  }
+  const int K = mats[0].w.ndim() == 2 ? (dense ? mats[0].w.shape(1) : mats[0].w.shape(1) * 32 / bits) : 0;
   if (K == 0 || K % group_size != 0) throw std::invalid_argument("mlxe qmv: K must be a multiple of the group size");
   if (x_in.size() % K != 0) throw std::invalid_argument("mlxe qmv: x's size must be a multiple of K");
   // Another shape of M·K elements is read as rows of K: it must be row-contiguous.
@@ -578,16 +629,23 @@ std::vector<mx::array> build(const mx::array& x_in, const std::vector<QuantMatri
   for (size_t m = 0; m < mats.size(); ++m) {
     const auto& q = mats[m];
     const int N = q.w.ndim() == 2 ? q.w.shape(0) : -1;
-    if (N < 0 || q.w.dtype() != mx::uint32 || q.w.shape(1) != K * bits / 32 ||
-        q.scales.shape() != mx::Shape{N, K / group_size} || q.biases.shape() != q.scales.shape())
-      throw std::invalid_argument("mlxe qmv: weights, scales and biases do not fit x");
-    if (q.scales.dtype() != x.dtype() || q.biases.dtype() != x.dtype())
-      throw std::invalid_argument("mlxe qmv: x, scales and biases must share one float dtype");
-    if (!row_contiguous(q.w) || !row_contiguous(q.scales) || !row_contiguous(q.biases))
-      throw std::invalid_argument("mlxe qmv: weights must be row-contiguous");
-    inputs.push_back(q.w);
-    inputs.push_back(q.scales);
-    inputs.push_back(q.biases);
+    if (dense) {
+      if (N < 0 || q.w.dtype() != x.dtype() || q.w.shape(1) != K || q.scales || q.biases)
+        throw std::invalid_argument("mlxe qmv: dense weights must be (N, K) in x's dtype");
+      if (!row_contiguous(q.w)) throw std::invalid_argument("mlxe qmv: weights must be row-contiguous");
+      inputs.push_back(q.w);
+    } else {
+      if (N < 0 || q.w.dtype() != mx::uint32 || q.w.shape(1) != K * bits / 32 || !q.scales || !q.biases ||
+          q.scales->shape() != mx::Shape{N, K / group_size} || q.biases->shape() != q.scales->shape())
+        throw std::invalid_argument("mlxe qmv: weights, scales and biases do not fit x");
+      if (q.scales->dtype() != x.dtype() || q.biases->dtype() != x.dtype())
+        throw std::invalid_argument("mlxe qmv: x, scales and biases must share one float dtype");
+      if (!row_contiguous(q.w) || !row_contiguous(*q.scales) || !row_contiguous(*q.biases))
+        throw std::invalid_argument("mlxe qmv: weights must be row-contiguous");
+      inputs.push_back(q.w);
+      inputs.push_back(*q.scales);
+      inputs.push_back(*q.biases);
+    }
     if (q.bias) {
       if (q.bias->shape() != mx::Shape{N} || q.bias->dtype() != x.dtype())
         throw std::invalid_argument("mlxe qmv: a bias must be (N,) in x's dtype");
@@ -654,18 +712,31 @@ std::optional<std::vector<mx::array>> fused_qmv(const mx::array& x, const std::v
                                                 int bits, const std::optional<std::pair<mx::array, float>>& norm,
                                                 const std::optional<mx::array>& residual, Epilogue epilogue,
                                                 const std::vector<mx::Shape>& out_shapes, mx::StreamOrDevice s) {
-  if (!enabled().load() || (bits != 4 && bits != 8) || mats.empty()) return std::nullopt;
+  const bool dense = bits == 0;
+  // Dense weights are opt-in: at 8B bfloat16 (GPU-bound) cuBLAS's gemv streams
+  // 10-15% faster than ours and decode ran 134 vs 166 tok/s; at 1B (host-bound)
+  // fusing gained nothing (566 vs 586) (H100, xtask/bench/gpu/run.sh).
+  static const bool dense_on = env_int("MLXENGINE_CUDA_QMV_DENSE", 0) != 0;
+  if (!enabled().load() || (dense && !dense_on) || (!dense && bits != 4 && bits != 8) || mats.empty())
+    return std::nullopt;
   if (mx::to_stream(s).device.type != mx::Device::gpu) return std::nullopt;
   static const int max_rows = env_int("MLXENGINE_CUDA_QMV_MAX_ROWS", QMV_MAX_ROWS);
   if (x.ndim() < 1 || !float_type(x.dtype()) || mats[0].w.ndim() != 2) return std::nullopt;
-  const int K = mats[0].w.shape(1) * 32 / bits;
+  const int K = dense ? mats[0].w.shape(1) : mats[0].w.shape(1) * 32 / bits;
   if (K == 0 || x.size() % K != 0 || x.size() / K > static_cast<size_t>(max_rows)) return std::nullopt;
+  // Dense rows go 16 bytes at a time, in groups of 32 elements.
+  if (dense && K % 32 != 0) return std::nullopt;
   for (const auto& q : mats) {
-    if (q.w.ndim() != 2 || q.w.dtype() != mx::uint32 || q.w.shape(1) != K * bits / 32) return std::nullopt;
-    if (q.scales.dtype() != x.dtype() || q.biases.dtype() != x.dtype()) return std::nullopt;
     if (q.bias && q.bias->dtype() != x.dtype()) return std::nullopt;
     // A strided view of the weights would need a copy on every call: MLX's kernel reads it as is.
-    if (!row_contiguous(q.w) || !row_contiguous(q.scales) || !row_contiguous(q.biases)) return std::nullopt;
+    if (q.w.ndim() != 2 || !row_contiguous(q.w)) return std::nullopt;
+    if (dense) {
+      if (q.w.dtype() != x.dtype() || q.w.shape(1) != K || q.scales || q.biases) return std::nullopt;
+      continue;
+    }
+    if (q.w.dtype() != mx::uint32 || q.w.shape(1) != K * bits / 32 || !q.scales || !q.biases) return std::nullopt;
+    if (q.scales->dtype() != x.dtype() || q.biases->dtype() != x.dtype()) return std::nullopt;
+    if (!row_contiguous(*q.scales) || !row_contiguous(*q.biases)) return std::nullopt;
   }
   if (norm && norm->first.dtype() != x.dtype()) return std::nullopt;
   if (residual && residual->dtype() != x.dtype()) return std::nullopt;

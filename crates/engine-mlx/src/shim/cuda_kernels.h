@@ -30,11 +30,13 @@ void set_enabled(bool on);
 // Whether our kernels are on (see set_enabled).
 bool enabled_now();
 
-// One MLX affine-quantized matrix (N, K): packed uint32 (N, K·bits/32),
-// scales and biases (N, K/group), and an optional per-row bias (N,) added to
+// One matrix (N, K): MLX affine-quantized (packed uint32 (N, K·bits/32),
+// scales and biases (N, K/group)) or dense in x's dtype (no scales or
+// biases; `bits` 0 in fused_qmv), and an optional per-row bias (N,) added to
 // the product (a linear layer's bias).
 struct QuantMatrix {
-  mx::array w, scales, biases;
+  mx::array w;
+  std::optional<mx::array> scales, biases;
   std::optional<mx::array> bias;
 };
 
@@ -52,8 +54,8 @@ enum class Epilogue {
 // kernel: one pass over the weights with 128-bit loads, dequantized in
 // registers, float32 sums, one rounding to x's dtype. `norm` = (weight (K,),
 // eps) applies RMS normalisation to x first; `residual` (M·N elements) is
-// added to a single matrix's product. All matrices share bits and group size.
-// Outputs are (…, N_i) like x, or `out_shapes` when given (the same element
+// added to a single matrix's product. All matrices share bits and group size;
+// `bits` 0 takes dense matrices in x's dtype. Outputs are (…, N_i) like x, or `out_shapes` when given (the same element
 // counts: a decode step's q, k, v as (B, heads, 1, head_dim)). nullopt where
 // it does not apply (another device, dtype, bits, more rows, our kernels off).
 std::optional<std::vector<mx::array>> fused_qmv(const mx::array& x, const std::vector<QuantMatrix>& mats, int group_size,

@@ -561,8 +561,10 @@ std::unique_ptr<Array> cuda_qmv(const Array& x, const Array& w, const Array& sca
 std::unique_ptr<ArrayList> cuda_fused_qmv(const Array& x, const ArrayList& mats, const ArrayList& bias, rust::Slice<const bool> has_bias, int32_t group_size, int32_t bits, const ArrayList& norm, float eps, const ArrayList& residual, bool swiglu, rust::Slice<const int32_t> out_shapes, rust::Slice<const size_t> out_ranks) {
   auto out = std::make_unique<ArrayList>();
 #ifdef MLXE_CUDA
-  if (mats.items.size() % 3 != 0 || mats.items.size() / 3 != has_bias.size())
-    throw std::invalid_argument("cuda_fused_qmv: three arrays and one bias flag per matrix");
+  // Three arrays a quantized matrix, one a dense one (bits 0).
+  const size_t per = bits == 0 ? 1 : 3;
+  if (mats.items.size() % per != 0 || mats.items.size() / per != has_bias.size())
+    throw std::invalid_argument("cuda_fused_qmv: the matrices' arrays and one bias flag per matrix");
   std::vector<cuda::QuantMatrix> qs;
   size_t b = 0;
   for (size_t m = 0; m < has_bias.size(); ++m) {
@@ -571,7 +573,10 @@ std::unique_ptr<ArrayList> cuda_fused_qmv(const Array& x, const ArrayList& mats,
       if (b >= bias.items.size()) throw std::invalid_argument("cuda_fused_qmv: a bias flag without its bias");
       lb = bias.items[b++];
     }
-    qs.push_back({mats.items[3 * m], mats.items[3 * m + 1], mats.items[3 * m + 2], lb});
+    if (per == 1)
+      qs.push_back({mats.items[m], std::nullopt, std::nullopt, lb});
+    else
+      qs.push_back({mats.items[3 * m], mats.items[3 * m + 1], mats.items[3 * m + 2], lb});
   }
   std::optional<std::pair<Array, float>> nm;
   if (!norm.items.empty()) nm = std::make_pair(norm.items[0], eps);

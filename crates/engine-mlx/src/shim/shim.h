@@ -148,7 +148,7 @@ bool cuda_qmv_set_enabled(bool on);
 // Our CUDA quantized matvec itself, any number of rows (throws without CUDA).
 std::unique_ptr<Array> cuda_qmv(const Array& x, const Array& w, const Array& scales, const Array& biases, int32_t group_size, int32_t bits);
 // Fused decode matvec (cuda_kernels.h): `mats` holds w, scales, biases per
-// matrix; `bias` the linear biases of the matrices whose `has_bias` is set;
+// matrix (w alone for dense ones, `bits` 0); `bias` the linear biases of the matrices whose `has_bias` is set;
 // `norm` and `residual` hold zero or one array; `out_shapes` the outputs'
 // shapes laid end to end, `out_ranks` their lengths (none: x's). Empty where it
 // does not apply.
