@@ -2,7 +2,7 @@
 //! attention with GQA + RoPE + KV cache, a gated MLP, RMS norms. Each
 //! architecture file sets the [`ArchFeatures`] that make it itself.
 
-use crate::cache::{KeyOrder, KvCache};
+use crate::cache::{KeyOrder, KvCache, KvView};
 use crate::config::LlmConfig;
 use engine_mlx::distributed::Group;
 use engine_mlx::fast::{scaled_dot_product_attention, AttentionMask};
@@ -742,6 +742,9 @@ impl Transformer {
         };
         let view = cache.update(&k, &v)?;
         let t = view.keys.dim(2);
+        if let Some(out) = self.cache_attention(a, &q, &view, offset, l as usize, step.spec)? {
+            return self.reduce(a.o.forward(&out.transpose(&[0, 2, 1, 3])?.reshape(&[b, l, -1])?)?);
+        }
         // Layers with the same window see the same keys layout: one mask for all.
         let memo_key = (a.window, view.order, t);
         let mask_arr = match step.masks.iter().find(|(k, _)| *k == memo_key) {
@@ -766,6 +769,45 @@ impl Transformer {
             }
         };
         self.reduce(a.o.forward(&out.transpose(&[0, 2, 1, 3])?.reshape(&[b, l, -1])?)?)
+    }
+
+    /// Plain causal attention (left padding allowed) over keys in order, on
+    /// the CPU in float32: one kernel whose every query gives the same bits
+    /// however the prompt is chunked or batched. Under the int8 CPU kernels
+    /// that matters beyond rounding: the activations are rounded to int8, so
+    /// a last-bit difference upstream can move a value across a rounding
+    /// step, and chunked prefill (the single-sequence path) and a batch's
+    /// whole-prompt prefill drifted apart within a few tokens. `None` where
+    /// the case is not covered (windows, soft-capping, bidirectional spans,
+    /// ring caches, other devices and dtypes).
+    fn cache_attention(
+        &self,
+        a: &Attention,
+        q: &Array,
+        view: &KvView,
+        q_start: usize,
+        l: usize,
+        spec: &MaskSpec,
+    ) -> Result<Option<Array>> {
+        let KeyOrder::InOrder { first } = view.order else {
+            return Ok(None);
+        };
+        let window_bites = a.window.is_some_and(|w| q_start + l - first > w);
+        if window_bites
+            || self.features.attn_softcap.is_some()
+            || !spec.bidirectional.is_empty()
+            || !engine_mlx::fast::cache_attention_applies(q, &view.keys, &view.values)
+        {
+            return Ok(None);
+        }
+        // Padding is in positions; the kernel counts slots from the first key.
+        let pads: Vec<i32> = spec
+            .left_padding
+            .iter()
+            .flatten()
+            .map(|&p| p.saturating_sub(first) as i32)
+            .collect();
+        engine_mlx::fast::cache_attention(q, &view.keys, &view.values, self.features.attn_scale, &pads).map(Some)
     }
 
     /// Chooses the cheapest correct mask for `l` queries from position
