@@ -109,6 +109,35 @@ impl Layer {
             (&mut self.mlp.down, "mlp.down_proj"),
         ]
     }
+
+    /// Every weight array of the layer.
+    fn arrays(&self) -> Vec<&Array> {
+        let mut v = Vec::new();
+        for lin in [
+            &self.attn.q,
+            &self.attn.k,
+            &self.attn.v,
+            &self.attn.o,
+            &self.mlp.gate,
+            &self.mlp.up,
+            &self.mlp.down,
+        ] {
+            v.extend(lin.arrays());
+        }
+        v.push(&self.input_norm.weight);
+        v.push(&self.post_attn_norm.weight);
+        if let Some((a, b)) = &self.ff_norms {
+            v.extend([&a.weight, &b.weight]);
+        }
+        v.extend(
+            self.attn
+                .q_norm
+                .iter()
+                .chain(self.attn.k_norm.iter())
+                .map(|n| &n.weight),
+        );
+        v
+    }
 }
 
 /// A loaded decoder-only transformer.
@@ -402,18 +431,21 @@ impl Transformer {
     /// Converts every weight to dense `dtype` (the CPU policy: f32 + BLAS),
     /// lazily: [`Transformer::eval_weights`] materialises the result.
     pub fn convert(&mut self, dtype: Dtype) -> Result<()> {
-        self.convert_with(dtype, false)
+        self.convert_with(dtype, false, false)
     }
 
     /// [`crate::DtypePolicy::CpuKernels`]: 4- and 8-bit quantized linear
     /// layers stay as stored (with float32 scales) for engine-mlx's quantized
     /// CPU kernels; everything else, the embedding table included, becomes
-    /// dense float32 (matmuls through OpenBLAS).
-    pub fn convert_for_cpu(&mut self) -> Result<()> {
-        self.convert_with(Dtype::Float32, true)
+    /// dense float32 (matmuls through OpenBLAS). With `eager`, each layer is
+    /// materialised as soon as it is converted, so the stored form of only
+    /// one layer at a time coexists with the converted weights (the load
+    /// peaks near the final size); otherwise lazy, as [`Transformer::convert`].
+    pub fn convert_for_cpu(&mut self, eager: bool) -> Result<()> {
+        self.convert_with(Dtype::Float32, true, eager)
     }
 
-    fn convert_with(&mut self, dtype: Dtype, keep_quantized: bool) -> Result<()> {
+    fn convert_with(&mut self, dtype: Dtype, keep_quantized: bool, eager: bool) -> Result<()> {
         let lin = |l: &mut Linear| -> Result<()> {
             *l = if keep_quantized {
                 l.for_cpu_kernels(dtype)?
@@ -436,6 +468,9 @@ impl Transformer {
             for n in [&mut layer.attn.q_norm, &mut layer.attn.k_norm].into_iter().flatten() {
                 *n = n.cast(dtype)?;
             }
+            if eager {
+                engine_mlx::eval(layer.arrays())?;
+            }
         }
         // The lookups read a dense f32 table also under the quantized CPU
         // kernels (kept quantized, MLX's dequantize of the gathered rows gave
@@ -451,7 +486,11 @@ impl Transformer {
                 self.tied_head = Some(head.for_cpu_kernels(dtype)?);
             }
         }
-        self.embed = self.embed.dequantized(dtype)?;
+        self.embed = if eager {
+            self.embed.dequantized_now(dtype)?
+        } else {
+            self.embed.dequantized(dtype)?
+        };
         self.norm = self.norm.cast(dtype)?;
         if let Some(h) = &mut self.lm_head {
             lin(h)?;
@@ -543,23 +582,7 @@ impl Transformer {
     fn arrays(&self) -> Vec<&Array> {
         let mut v = self.embed.arrays();
         for l in &self.layers {
-            for lin in [
-                &l.attn.q,
-                &l.attn.k,
-                &l.attn.v,
-                &l.attn.o,
-                &l.mlp.gate,
-                &l.mlp.up,
-                &l.mlp.down,
-            ] {
-                v.extend(lin.arrays());
-            }
-            v.push(&l.input_norm.weight);
-            v.push(&l.post_attn_norm.weight);
-            if let Some((a, b)) = &l.ff_norms {
-                v.extend([&a.weight, &b.weight]);
-            }
-            v.extend(l.attn.q_norm.iter().chain(l.attn.k_norm.iter()).map(|n| &n.weight));
+            v.extend(l.arrays());
         }
         v.push(&self.norm.weight);
         for h in self.lm_head.iter().chain(self.tied_head.iter()) {
