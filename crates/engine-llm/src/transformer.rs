@@ -78,12 +78,18 @@ struct Attention {
     /// the model is split across ranks).
     heads: usize,
     kv_heads: usize,
+    /// Under the int8 CPU kernels: q, k and v fused into one layer (they are
+    /// views of it), so each step rounds x once and makes one kernel call.
+    /// Dropped whenever q, k or v change.
+    qkv: Option<Linear>,
 }
 
 struct Mlp {
     gate: Linear,
     up: Linear,
     down: Linear,
+    /// gate and up fused, as [`Attention::qkv`].
+    gate_up: Option<Linear>,
 }
 
 struct Layer {
@@ -99,6 +105,9 @@ impl Layer {
     /// The seven linear layers, in checkpoint order, with their names under
     /// `model.layers.N.`.
     fn linears_mut(&mut self) -> [(&mut Linear, &'static str); 7] {
+        // Whoever changes a layer invalidates the fused forms built from it.
+        self.attn.qkv = None;
+        self.mlp.gate_up = None;
         [
             (&mut self.attn.q, "self_attn.q_proj"),
             (&mut self.attn.k, "self_attn.k_proj"),
@@ -237,11 +246,13 @@ impl Transformer {
                 window: features.layer_windows[i],
                 heads: nh,
                 kv_heads: nkv,
+                qkv: None,
             };
             let mlp = Mlp {
                 gate: Linear::load(w, &join(&m, "gate_proj"), d, cfg.intermediate_size, false)?,
                 up: Linear::load(w, &join(&m, "up_proj"), d, cfg.intermediate_size, false)?,
                 down: Linear::load(w, &join(&m, "down_proj"), cfg.intermediate_size, d, false)?,
+                gate_up: None,
             };
             let ff_norms = if features.sandwich_norms {
                 Some((
@@ -363,6 +374,7 @@ impl Transformer {
         };
         let dense = self.embed_dtype();
         for layer in &mut self.layers {
+            (layer.attn.qkv, layer.mlp.gate_up) = (None, None);
             let a = &mut layer.attn;
             a.q = a.q.shard(ShardDim::Outputs, rank, n, dense)?;
             for l in [&mut a.k, &mut a.v] {
@@ -470,6 +482,11 @@ impl Transformer {
             }
             if eager {
                 engine_mlx::eval(layer.arrays())?;
+                if keep_quantized {
+                    let (a, m) = (&mut layer.attn, &mut layer.mlp);
+                    a.qkv = Linear::fuse_outputs(&mut [&mut a.q, &mut a.k, &mut a.v])?;
+                    m.gate_up = Linear::fuse_outputs(&mut [&mut m.gate, &mut m.up])?;
+                }
             }
         }
         // The lookups read a dense f32 table also under the quantized CPU
@@ -731,12 +748,19 @@ impl Transformer {
     }
 
     fn mlp(&self, m: &Mlp, x: &Array) -> Result<Array> {
-        let g = m.gate.forward(x)?;
+        let (g, u) = match &m.gate_up {
+            Some(gu) => {
+                let y = gu.forward(x)?;
+                let i = (y.dim(-1) / 2) as i32;
+                (y.slice_axis(-1, 0, i)?, y.slice_axis(-1, i, 2 * i)?)
+            }
+            None => (m.gate.forward(x)?, m.up.forward(x)?),
+        };
         let g = match self.features.activation {
             Activation::Silu => g.silu()?,
             Activation::GeluApprox => g.gelu_approx()?,
         };
-        self.reduce(m.down.forward(&g.multiply(&m.up.forward(x)?)?)?)
+        self.reduce(m.down.forward(&g.multiply(&u)?)?)
     }
 
     fn attention(&self, a: &Attention, x: &Array, cache: &mut KvCache, step: &mut Step<'_>) -> Result<Array> {
@@ -751,9 +775,21 @@ impl Transformer {
             };
             t.transpose(&[0, 2, 1, 3])
         };
-        let q = heads(a.q.forward(x)?, a.heads, &a.q_norm)?;
-        let k = heads(a.k.forward(x)?, a.kv_heads, &a.k_norm)?;
-        let v = heads(a.v.forward(x)?, a.kv_heads, &None)?;
+        let (q, k, v) = match &a.qkv {
+            Some(qkv) => {
+                let y = qkv.forward(x)?;
+                let (nq, nkv) = ((a.heads as i32) * hd, (a.kv_heads as i32) * hd);
+                (
+                    y.slice_axis(-1, 0, nq)?,
+                    y.slice_axis(-1, nq, nq + nkv)?,
+                    y.slice_axis(-1, nq + nkv, nq + 2 * nkv)?,
+                )
+            }
+            None => (a.q.forward(x)?, a.k.forward(x)?, a.v.forward(x)?),
+        };
+        let q = heads(q, a.heads, &a.q_norm)?;
+        let k = heads(k, a.kv_heads, &a.k_norm)?;
+        let v = heads(v, a.kv_heads, &None)?;
         let offset = cache.offset();
         let (q, k) = match (&step.tables, &step.row_offsets) {
             (Some((cos, sin)), _) => (rotate(&q, cos, sin)?, rotate(&k, cos, sin)?),
