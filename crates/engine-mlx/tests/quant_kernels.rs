@@ -52,8 +52,13 @@ fn check(m: usize, n: usize, k: usize, spec: QuantSpec, seed: u64) {
     }
 }
 
+/// The kernel level is process-wide: tests that force it or compare bits
+/// across calls take this lock, so they do not run in each other's middle.
+static LEVEL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn quantized_kernels_match_the_dequantized_product_at_every_level() {
+    let _level = LEVEL.lock().unwrap_or_else(|e| e.into_inner());
     let top = quant::cpu_kernel_level();
     for level in 0..=top {
         assert_eq!(quant::force_cpu_kernel_level(Some(level)), level);
@@ -94,6 +99,7 @@ fn f16_scales_take_mlx_kernels_and_agree() {
 #[test]
 fn fused_layers_give_each_part_the_same_bits() {
     use engine_mlx::nn::Linear;
+    let _level = LEVEL.lock().unwrap_or_else(|e| e.into_inner());
     let spec = QuantSpec {
         bits: 4,
         group_size: 32,
