@@ -18,7 +18,7 @@ use std::path::Path;
 pub enum DtypePolicy {
     /// The fastest measured path for each weight format on this device. On
     /// the CPU: 4- and 8-bit quantized weights stay as stored for
-    /// engine-mlx's int8 CPU kernels (SmolLM2 Q4_1 decodes ~1.7× faster than
+    /// engine-mlx's int8 CPU kernels (SmolLM2 Q4_1 decodes ~1.4–1.6× faster than
     /// dense f32 + OpenBLAS here), other quantized and half-precision weights
     /// become dense f32 (OpenBLAS beats MLX's CPU quantized and
     /// half-precision kernels). On a GPU, the checkpoint's own.
