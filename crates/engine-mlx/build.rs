@@ -90,6 +90,7 @@ fn main() {
     println!("cargo:rerun-if-changed=src/shim/cpu_kernels.cc");
     println!("cargo:rerun-if-changed=src/shim/cpu_kernels.h");
     println!("cargo:rerun-if-changed=src/shim/quant_kernels.cc");
+    println!("cargo:rerun-if-changed=src/shim/pool.h");
 
     println!("cargo:rustc-link-search=native={}", lib.display());
     println!("cargo:rustc-link-lib=dylib=mlx");

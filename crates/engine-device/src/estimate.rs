@@ -88,6 +88,12 @@ pub struct EstimateOptions {
     /// rank's share (see [`RankSplit`]).
     #[serde(default)]
     pub split: Option<RankSplit>,
+    /// The CPU default (engine-llm's `DtypePolicy::Auto` on the CPU): 4- and 8-bit
+    /// quantized weights stay quantized for the int8 CPU kernels, with f32 scales and
+    /// biases; other weights and the embedding table become dense f32, and a tied output
+    /// projection keeps a quantized copy of the table. Overrides `f32_weights`.
+    #[serde(default)]
+    pub cpu_kernels: bool,
 }
 
 /// How a model is split across processes (`mlxengine launch`), for per-rank estimates.
@@ -122,6 +128,7 @@ impl EstimateOptions {
             prompt_len: None,
             stored_weights_bytes: None,
             split: None,
+            cpu_kernels: false,
         }
     }
 
@@ -135,6 +142,17 @@ impl EstimateOptions {
             prompt_len: None,
             stored_weights_bytes: None,
             split: None,
+            cpu_kernels: false,
+        }
+    }
+
+    /// The CPU default: f32 cache and activations, 4- and 8-bit weights kept for the
+    /// int8 CPU kernels, the rest dense f32 (see [`EstimateOptions::cpu_kernels`]).
+    pub fn cpu(context_len: u64) -> Self {
+        EstimateOptions {
+            f32_weights: false,
+            cpu_kernels: true,
+            ..Self::f32(context_len)
         }
     }
 }
@@ -297,13 +315,81 @@ pub fn estimate_for_arch(arch: &ArchConfig, weights_bytes: u64, opts: &EstimateO
 
 /// Bytes the weights of `variant` take in memory under `opts`.
 pub fn weights_in_memory(entry: &ModelEntry, variant: &Variant, opts: &EstimateOptions) -> u64 {
-    if opts.f32_weights {
+    if opts.cpu_kernels {
+        cpu_kernel_weights(entry, variant)
+    } else if opts.f32_weights {
         entry.params * 4
     } else if variant.format == WeightFormat::Gguf {
         (variant.file_size_bytes as f64 * gguf_resident_factor(&variant.quantization)) as u64
     } else {
         variant.file_size_bytes
     }
+}
+
+/// Bits per weight resident under the int8 CPU kernels of weights stored as `bits`:
+/// 4 and 8 bits stay packed with an f32 scale and bias per group (of 32 for GGUF, 64
+/// for MLX's own files); anything else becomes dense f32.
+fn cpu_kernel_bpw(bits: u32, group: f64) -> f64 {
+    match bits {
+        4 | 8 => bits as f64 + 64.0 / group,
+        _ => 32.0,
+    }
+}
+
+/// Weight bytes under the CPU kernels (see [`EstimateOptions::cpu_kernels`]): the
+/// embedding table dense f32 plus the output projection quantized, and the layers' linear
+/// weights at their kernel form. GGUF quantization names map to what the loader makes of
+/// each ggml type: Q6_K, Q3_K, Q2_K and IQ4 load as 8-bit, Q5 types stay 5-bit (dense
+/// under the kernels). For K-quant files of a model whose hidden size is not a multiple
+/// of 256, llama.cpp stores the matrices that read the hidden state (all but the MLP's
+/// down projection) as Q5_0 (for Q4_K) or Q8_0 (for Q6_K); the output is 8-bit then.
+/// (SmolLM2-135M: 228 MB resident for Q4_1, 489 MB for Q4_K_M, measured by
+/// engine-llm's memory_estimate test.)
+fn cpu_kernel_weights(entry: &ModelEntry, variant: &Variant) -> u64 {
+    let Some(arch) = entry.config else {
+        return entry.params * 4;
+    };
+    let table = arch.vocab_size * arch.hidden_size;
+    let linear = entry.params.saturating_sub(table) as f64;
+    // Share of the linear weights that read the hidden state (all but `down`).
+    let down = (arch.layers * arch.intermediate_size * arch.hidden_size) as f64;
+    let reads_hidden = if linear > 0.0 {
+        (1.0 - down / linear).clamp(0.0, 1.0)
+    } else {
+        1.0
+    };
+    let fallback = arch.hidden_size % 256 != 0;
+    let gguf = |bits: u32| cpu_kernel_bpw(bits, 32.0);
+    let q = variant.quantization.to_ascii_lowercase();
+    // (bits per weight of the linear layers, of the output projection)
+    let (lin, head) = if variant.format != WeightFormat::Gguf {
+        let b = cpu_kernel_bpw(variant.bits, 64.0);
+        (b, b)
+    } else {
+        match q.as_str() {
+            "q4_0" | "q4_1" => (gguf(4), gguf(8)),
+            "q8_0" | "q6_k" | "q3_k" | "q3_k_s" | "q3_k_m" | "q3_k_l" | "q2_k" | "q2_k_s" | "iq4_nl" | "iq4_xs" => {
+                (gguf(8), gguf(8))
+            }
+            "q4_k" | "q4_k_s" | "q4_k_m" => {
+                // The _m mix keeps ~15% (attn_v, half of ffn_down) in Q6_K.
+                let k = if q == "q4_k_m" {
+                    0.85 * gguf(4) + 0.15 * gguf(8)
+                } else {
+                    gguf(4)
+                };
+                if fallback {
+                    // Q5_0 (dense here) where rows read the hidden state; attn_v's Q8_0
+                    // share is a few percent of those under grouped-query attention.
+                    (reads_hidden * 32.0 + (1.0 - reads_hidden) * k, gguf(8))
+                } else {
+                    (k, gguf(8))
+                }
+            }
+            _ => (32.0, 32.0),
+        }
+    };
+    (table as f64 * (4.0 + head / 8.0) + linear * lin / 8.0) as u64
 }
 
 /// Resident bytes ÷ file bytes of a GGUF file of `quantization` (`q4_k_m`) kept

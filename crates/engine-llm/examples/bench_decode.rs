@@ -24,6 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dtype = match arg(&args, "--dtype").as_deref() {
         Some("native") => DtypePolicy::Native,
         Some("cpu-kernels") => DtypePolicy::CpuKernels,
+        Some("f32") => DtypePolicy::Dense(engine_mlx::Dtype::Float32),
         _ => DtypePolicy::Auto,
     };
     let model = LlmModel::load(

@@ -16,20 +16,22 @@ use std::path::Path;
 /// Which precision weights run in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DtypePolicy {
-    /// The fastest for this device: on the CPU, dense f32 (quantized weights
-    /// dequantized; f32 + OpenBLAS measured faster than MLX's CPU quantized
-    /// and half-precision kernels); on a GPU, the checkpoint's own.
+    /// The fastest measured path for each weight format on this device. On
+    /// the CPU: 4- and 8-bit quantized weights stay as stored for
+    /// engine-mlx's int8 CPU kernels (SmolLM2 Q4_1 decodes ~1.4–1.6× faster than
+    /// dense f32 + OpenBLAS here), other quantized and half-precision weights
+    /// become dense f32 (OpenBLAS beats MLX's CPU quantized and
+    /// half-precision kernels). On a GPU, the checkpoint's own.
     #[default]
     Auto,
     /// Exactly as stored (quantized stays quantized).
     Native,
     /// Dense weights of this dtype.
     Dense(Dtype),
-    /// On the CPU: 4- and 8-bit quantized weights stay as stored for
-    /// engine-mlx's int8 CPU kernels (activations rounded to int8 per block
-    /// of 32), everything else dense f32; on a GPU, as stored. Decodes
-    /// SmolLM2 Q4_1 ~3.5× faster than dense f32 here, but rows of a batch
-    /// are not yet bit-identical to the same prompt alone, so not the default.
+    /// What [`DtypePolicy::Auto`] does on the CPU, asked for by name: 4- and
+    /// 8-bit quantized weights stay as stored for engine-mlx's int8 CPU
+    /// kernels (activations rounded to int8 per block of 32, as llama.cpp
+    /// does), everything else dense f32; on a GPU, as stored.
     CpuKernels,
 }
 
@@ -79,11 +81,7 @@ fn weight_form(policy: DtypePolicy) -> WeightForm {
         DtypePolicy::Native => WeightForm::AsStored,
         DtypePolicy::Dense(d) => WeightForm::Dense(d),
         DtypePolicy::Auto | DtypePolicy::CpuKernels if engine_mlx::default_device() == engine_mlx::Device::Cpu => {
-            if policy == DtypePolicy::Auto {
-                WeightForm::Dense(Dtype::Float32)
-            } else {
-                WeightForm::CpuKernels
-            }
+            WeightForm::CpuKernels
         }
         DtypePolicy::Auto | DtypePolicy::CpuKernels => WeightForm::AsStored,
     }
@@ -216,7 +214,7 @@ impl LlmModel {
         let lazy = options.split.is_some();
         match weight_form(options.dtype) {
             WeightForm::Dense(d) => transformer.convert(d).map_err(be)?,
-            WeightForm::CpuKernels => transformer.convert_for_cpu().map_err(be)?,
+            WeightForm::CpuKernels => transformer.convert_for_cpu(!lazy).map_err(be)?,
             WeightForm::AsStored => {}
         }
         if !lazy {

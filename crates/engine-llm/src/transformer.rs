@@ -2,7 +2,7 @@
 //! attention with GQA + RoPE + KV cache, a gated MLP, RMS norms. Each
 //! architecture file sets the [`ArchFeatures`] that make it itself.
 
-use crate::cache::{KeyOrder, KvCache};
+use crate::cache::{KeyOrder, KvCache, KvView};
 use crate::config::LlmConfig;
 use engine_mlx::distributed::Group;
 use engine_mlx::fast::{scaled_dot_product_attention, AttentionMask};
@@ -79,12 +79,18 @@ struct Attention {
     /// the model is split across ranks).
     heads: usize,
     kv_heads: usize,
+    /// Under the int8 CPU kernels: q, k and v fused into one layer (they are
+    /// views of it), so each step rounds x once and makes one kernel call.
+    /// Dropped whenever q, k or v change.
+    qkv: Option<Linear>,
 }
 
 struct Mlp {
     gate: Linear,
     up: Linear,
     down: Linear,
+    /// gate and up fused, as [`Attention::qkv`].
+    gate_up: Option<Linear>,
 }
 
 struct Layer {
@@ -100,6 +106,9 @@ impl Layer {
     /// The seven linear layers, in checkpoint order, with their names under
     /// `model.layers.N.`.
     fn linears_mut(&mut self) -> [(&mut Linear, &'static str); 7] {
+        // Whoever changes a layer invalidates the fused forms built from it.
+        self.attn.qkv = None;
+        self.mlp.gate_up = None;
         [
             (&mut self.attn.q, "self_attn.q_proj"),
             (&mut self.attn.k, "self_attn.k_proj"),
@@ -109,6 +118,35 @@ impl Layer {
             (&mut self.mlp.up, "mlp.up_proj"),
             (&mut self.mlp.down, "mlp.down_proj"),
         ]
+    }
+
+    /// Every weight array of the layer.
+    fn arrays(&self) -> Vec<&Array> {
+        let mut v = Vec::new();
+        for lin in [
+            &self.attn.q,
+            &self.attn.k,
+            &self.attn.v,
+            &self.attn.o,
+            &self.mlp.gate,
+            &self.mlp.up,
+            &self.mlp.down,
+        ] {
+            v.extend(lin.arrays());
+        }
+        v.push(&self.input_norm.weight);
+        v.push(&self.post_attn_norm.weight);
+        if let Some((a, b)) = &self.ff_norms {
+            v.extend([&a.weight, &b.weight]);
+        }
+        v.extend(
+            self.attn
+                .q_norm
+                .iter()
+                .chain(self.attn.k_norm.iter())
+                .map(|n| &n.weight),
+        );
+        v
     }
 }
 
@@ -209,11 +247,13 @@ impl Transformer {
                 window: features.layer_windows[i],
                 heads: nh,
                 kv_heads: nkv,
+                qkv: None,
             };
             let mlp = Mlp {
                 gate: Linear::load(w, &join(&m, "gate_proj"), d, cfg.intermediate_size, false)?,
                 up: Linear::load(w, &join(&m, "up_proj"), d, cfg.intermediate_size, false)?,
                 down: Linear::load(w, &join(&m, "down_proj"), cfg.intermediate_size, d, false)?,
+                gate_up: None,
             };
             let ff_norms = if features.sandwich_norms {
                 Some((
@@ -335,6 +375,7 @@ impl Transformer {
         };
         let dense = self.embed_dtype();
         for layer in &mut self.layers {
+            (layer.attn.qkv, layer.mlp.gate_up) = (None, None);
             let a = &mut layer.attn;
             a.q = a.q.shard(ShardDim::Outputs, rank, n, dense)?;
             for l in [&mut a.k, &mut a.v] {
@@ -403,18 +444,21 @@ impl Transformer {
     /// Converts every weight to dense `dtype` (the CPU policy: f32 + BLAS),
     /// lazily: [`Transformer::eval_weights`] materialises the result.
     pub fn convert(&mut self, dtype: Dtype) -> Result<()> {
-        self.convert_with(dtype, false)
+        self.convert_with(dtype, false, false)
     }
 
     /// [`crate::DtypePolicy::CpuKernels`]: 4- and 8-bit quantized linear
     /// layers stay as stored (with float32 scales) for engine-mlx's quantized
     /// CPU kernels; everything else, the embedding table included, becomes
-    /// dense float32 (matmuls through OpenBLAS).
-    pub fn convert_for_cpu(&mut self) -> Result<()> {
-        self.convert_with(Dtype::Float32, true)
+    /// dense float32 (matmuls through OpenBLAS). With `eager`, each layer is
+    /// materialised as soon as it is converted, so the stored form of only
+    /// one layer at a time coexists with the converted weights (the load
+    /// peaks near the final size); otherwise lazy, as [`Transformer::convert`].
+    pub fn convert_for_cpu(&mut self, eager: bool) -> Result<()> {
+        self.convert_with(Dtype::Float32, true, eager)
     }
 
-    fn convert_with(&mut self, dtype: Dtype, keep_quantized: bool) -> Result<()> {
+    fn convert_with(&mut self, dtype: Dtype, keep_quantized: bool, eager: bool) -> Result<()> {
         let lin = |l: &mut Linear| -> Result<()> {
             *l = if keep_quantized {
                 l.for_cpu_kernels(dtype)?
@@ -437,6 +481,14 @@ impl Transformer {
             for n in [&mut layer.attn.q_norm, &mut layer.attn.k_norm].into_iter().flatten() {
                 *n = n.cast(dtype)?;
             }
+            if eager {
+                engine_mlx::eval(layer.arrays())?;
+                if keep_quantized {
+                    let (a, m) = (&mut layer.attn, &mut layer.mlp);
+                    a.qkv = Linear::fuse_outputs(&mut [&mut a.q, &mut a.k, &mut a.v])?;
+                    m.gate_up = Linear::fuse_outputs(&mut [&mut m.gate, &mut m.up])?;
+                }
+            }
         }
         // The lookups read a dense f32 table also under the quantized CPU
         // kernels (kept quantized, MLX's dequantize of the gathered rows gave
@@ -452,7 +504,11 @@ impl Transformer {
                 self.tied_head = Some(head.for_cpu_kernels(dtype)?);
             }
         }
-        self.embed = self.embed.dequantized(dtype)?;
+        self.embed = if eager {
+            self.embed.dequantized_now(dtype)?
+        } else {
+            self.embed.dequantized(dtype)?
+        };
         self.norm = self.norm.cast(dtype)?;
         if let Some(h) = &mut self.lm_head {
             lin(h)?;
@@ -544,23 +600,7 @@ impl Transformer {
     fn arrays(&self) -> Vec<&Array> {
         let mut v = self.embed.arrays();
         for l in &self.layers {
-            for lin in [
-                &l.attn.q,
-                &l.attn.k,
-                &l.attn.v,
-                &l.attn.o,
-                &l.mlp.gate,
-                &l.mlp.up,
-                &l.mlp.down,
-            ] {
-                v.extend(lin.arrays());
-            }
-            v.push(&l.input_norm.weight);
-            v.push(&l.post_attn_norm.weight);
-            if let Some((a, b)) = &l.ff_norms {
-                v.extend([&a.weight, &b.weight]);
-            }
-            v.extend(l.attn.q_norm.iter().chain(l.attn.k_norm.iter()).map(|n| &n.weight));
+            v.extend(l.arrays());
         }
         v.push(&self.norm.weight);
         for h in self.lm_head.iter().chain(self.tied_head.iter()) {
@@ -782,16 +822,36 @@ impl Transformer {
     }
 
     fn mlp(&self, m: &Mlp, x: &Array) -> Result<Array> {
-        let g = m.gate.forward(x)?;
+        let (g, u) = match &m.gate_up {
+            Some(gu) => {
+                let y = gu.forward(x)?;
+                let i = (y.dim(-1) / 2) as i32;
+                (y.slice_axis(-1, 0, i)?, y.slice_axis(-1, i, 2 * i)?)
+            }
+            None => (m.gate.forward(x)?, m.up.forward(x)?),
+        };
         let g = match self.features.activation {
             Activation::Silu => g.silu()?,
             Activation::GeluApprox => g.gelu_approx()?,
         };
-        self.reduce(m.down.forward(&g.multiply(&m.up.forward(x)?)?)?)
+        self.reduce(m.down.forward(&g.multiply(&u)?)?)
     }
 
     fn attention(&self, a: &Attention, x: &Array, cache: &mut KvCache, step: &mut Step<'_>) -> Result<Array> {
-        let out = self.attend(a, a.q.forward(x)?, a.k.forward(x)?, a.v.forward(x)?, cache, step, false)?;
+        let (q, k, v) = match &a.qkv {
+            Some(qkv) => {
+                let y = qkv.forward(x)?;
+                let hd = self.cfg.head_dim as i32;
+                let (nq, nkv) = ((a.heads as i32) * hd, (a.kv_heads as i32) * hd);
+                (
+                    y.slice_axis(-1, 0, nq)?,
+                    y.slice_axis(-1, nq, nq + nkv)?,
+                    y.slice_axis(-1, nq + nkv, nq + 2 * nkv)?,
+                )
+            }
+            None => (a.q.forward(x)?, a.k.forward(x)?, a.v.forward(x)?),
+        };
+        let out = self.attend(a, q, k, v, cache, step, false)?;
         self.reduce(a.o.forward(&out)?)
     }
 
@@ -843,6 +903,12 @@ impl Transformer {
         };
         let view = cache.update(&k, &v)?;
         let t = view.keys.dim(2);
+        if let Some(out) = self.cache_attention(a, &q, &view, offset, l as usize, step.spec)? {
+            if heads_first {
+                return Ok(out);
+            }
+            return out.transpose(&[0, 2, 1, 3])?.reshape(&[b, l, -1]);
+        }
         // Layers with the same window see the same keys layout: one mask for all.
         let memo_key = (a.window, view.order, t);
         let mask_arr = match step.masks.iter().find(|(k, _)| *k == memo_key) {
@@ -870,6 +936,45 @@ impl Transformer {
             return Ok(out);
         }
         out.transpose(&[0, 2, 1, 3])?.reshape(&[b, l, -1])
+    }
+
+    /// Plain causal attention (left padding allowed) over keys in order, on
+    /// the CPU in float32: one kernel whose every query gives the same bits
+    /// however the prompt is chunked or batched. Under the int8 CPU kernels
+    /// that matters beyond rounding: the activations are rounded to int8, so
+    /// a last-bit difference upstream can move a value across a rounding
+    /// step, and chunked prefill (the single-sequence path) and a batch's
+    /// whole-prompt prefill drifted apart within a few tokens. `None` where
+    /// the case is not covered (windows, soft-capping, bidirectional spans,
+    /// ring caches, other devices and dtypes).
+    fn cache_attention(
+        &self,
+        a: &Attention,
+        q: &Array,
+        view: &KvView,
+        q_start: usize,
+        l: usize,
+        spec: &MaskSpec,
+    ) -> Result<Option<Array>> {
+        let KeyOrder::InOrder { first } = view.order else {
+            return Ok(None);
+        };
+        let window_bites = a.window.is_some_and(|w| q_start + l - first > w);
+        if window_bites
+            || self.features.attn_softcap.is_some()
+            || !spec.bidirectional.is_empty()
+            || !engine_mlx::fast::cache_attention_applies(q, &view.keys, &view.values)
+        {
+            return Ok(None);
+        }
+        // Padding is in positions; the kernel counts slots from the first key.
+        let pads: Vec<i32> = spec
+            .left_padding
+            .iter()
+            .flatten()
+            .map(|&p| p.saturating_sub(first) as i32)
+            .collect();
+        engine_mlx::fast::cache_attention(q, &view.keys, &view.values, self.features.attn_scale, &pads).map(Some)
     }
 
     /// Chooses the cheapest correct mask for `l` queries from position

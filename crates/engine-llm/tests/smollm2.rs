@@ -157,6 +157,12 @@ fn collect(
 #[test]
 fn batch_matches_one_by_one() {
     let m = model().lock().unwrap();
+    // On the CPU the default keeps Q4_1 for the int8 kernels, whose rounding of
+    // the activations turns any last-bit difference between the batched and the
+    // single path into a different token within a few steps.
+    if engine_mlx::default_device() == engine_mlx::Device::Cpu {
+        assert!(m.transformer().is_quantized());
+    }
     let qs = [
         "What is the capital of France?",
         "Name a color.",

@@ -90,6 +90,31 @@ pub fn packed_attention(qkv: &Array, lengths: &[i32], heads: i32, scale: f32) ->
     )
 }
 
+/// Whether [`cache_attention`] runs for these arrays: float32 on the CPU,
+/// q (B, H, L, D) and k, v (B, Hkv, T, D) with L ≤ T, D ≤ 256 and H a
+/// multiple of Hkv.
+pub fn cache_attention_applies(q: &Array, k: &Array, v: &Array) -> bool {
+    ffi::cache_attention_applies(&q.inner, &k.inner, &v.inner)
+}
+
+/// Causal attention of L new queries over a KV cache that ends with their
+/// own keys, in one CPU kernel: query `i` (slot T − L + i) sees slots
+/// `pads[b]..=slot` of its batch row (`pads` empty: no padding; a padding
+/// query sees only itself). Returns (B, H, L, D) as
+/// [`scaled_dot_product_attention`] does.
+///
+/// Each query runs the same float operations in the same order however the
+/// sequence is split into chunks or batched with others, so chunked prefill,
+/// single-token decode and left-padded batches give it the same bits. Keys
+/// and values are read in place through their strides (no copy of the
+/// cache). Only where [`cache_attention_applies`].
+pub fn cache_attention(q: &Array, k: &Array, v: &Array, scale: f32, pads: &[i32]) -> Result<Array> {
+    wrap(
+        ffi::cache_attention(&q.inner, &k.inner, &v.inner, scale, pads),
+        "cache_attention",
+    )
+}
+
 /// Frequencies of a rotary embedding: a base, or explicit per-pair frequencies.
 #[derive(Debug, Clone, Copy)]
 pub enum RopeFreqs<'a> {

@@ -132,6 +132,8 @@ pub(crate) mod bridge {
             eps: f32,
         ) -> Result<UniquePtr<Array>>;
         fn packed_attention(qkv: &Array, lengths: &[i32], heads: i32, scale: f32) -> Result<UniquePtr<Array>>;
+        fn cache_attention_applies(q: &Array, k: &Array, v: &Array) -> bool;
+        fn cache_attention(q: &Array, k: &Array, v: &Array, scale: f32, pads: &[i32]) -> Result<UniquePtr<Array>>;
         #[allow(clippy::too_many_arguments)]
         fn rope(
             x: &Array,

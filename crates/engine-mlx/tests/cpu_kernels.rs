@@ -214,3 +214,83 @@ fn skinny_linear_matches_matmul_and_is_the_same_alone_or_batched() -> R {
     assert_eq!(fast::linear(&x16, &w16)?.shape(), [2, 197]);
     Ok(())
 }
+
+/// The float64 reference of `cache_attention`: MLX's attention with the
+/// boolean mask the kernel implies (row `b`, query `i` at slot t − l + i
+/// sees slots `min(pad, slot)..=slot`).
+fn cache_attention_reference(q: &Array, k: &Array, v: &Array, scale: f32, pads: &[i32]) -> Array {
+    let (b, l, t) = (q.dim(0), q.dim(2), k.dim(2));
+    let mut m = vec![0u8; b * l * t];
+    for r in 0..b {
+        let pad = pads.get(r).copied().unwrap_or(0) as usize;
+        for i in 0..l {
+            let slot = t - l + i;
+            for j in pad.min(slot)..=slot {
+                m[(r * l + i) * t + j] = 1;
+            }
+        }
+    }
+    let mask = Array::from_slice(&m, &[b, 1, l, t])
+        .unwrap()
+        .astype(Dtype::Bool)
+        .unwrap();
+    fast::scaled_dot_product_attention(&f64_of(q), &f64_of(k), &f64_of(v), scale, AttentionMask::Array(&mask)).unwrap()
+}
+
+#[test]
+fn cache_attention_matches_float64_and_ignores_chunking_and_batching() -> R {
+    // Grouped heads (6 over 2), a head dim with a vector tail (20) and one
+    // without (64); the cache is a view of a larger buffer (as KvCache's).
+    for (d, seed) in [(64usize, 21u64), (20, 22)] {
+        let (b, h, hkv, t) = (3usize, 6usize, 2usize, 29usize);
+        let scale = 1.0 / (d as f32).sqrt();
+        let kbuf = normal(&[b, hkv, 40, d], seed, 1.0);
+        let vbuf = normal(&[b, hkv, 40, d], seed + 1, 1.0);
+        let (k, v) = (kbuf.slice_axis(2, 0, t as i32)?, vbuf.slice_axis(2, 0, t as i32)?);
+        let q = normal(&[b, h, t, d], seed + 2, 1.0);
+        let pads = [0, 5, 28];
+        assert!(fast::cache_attention_applies(&q, &k, &v));
+        let whole = fast::cache_attention(&q, &k, &v, scale, &pads)?;
+        close(&whole, &cache_attention_reference(&q, &k, &v, scale, &pads), 1e-5);
+        close(
+            &fast::cache_attention(&q, &k, &v, scale, &[])?,
+            &cache_attention_reference(&q, &k, &v, scale, &[]),
+            1e-5,
+        );
+        let whole = whole.to_f32_vec()?;
+        let at = |out: &[f32], shape: [usize; 4], r: usize, hh: usize, i: usize| -> Vec<u32> {
+            let base = ((r * shape[1] + hh) * shape[2] + i) * shape[3];
+            out[base..base + d].iter().map(|x| x.to_bits()).collect()
+        };
+        // The last 1 and 7 queries alone over the keys up to theirs, and
+        // row 1 alone: the same bits as in the whole call.
+        for l in [1usize, 7] {
+            let (kk, vv) = (k.slice_axis(2, 0, t as i32)?, v.slice_axis(2, 0, t as i32)?);
+            let qq = q.slice_axis(2, (t - l) as i32, t as i32)?;
+            let part = fast::cache_attention(&qq, &kk, &vv, scale, &pads)?.to_f32_vec()?;
+            for r in 0..b {
+                for hh in 0..h {
+                    for i in 0..l {
+                        assert_eq!(
+                            at(&part, [b, h, l, d], r, hh, i),
+                            at(&whole, [b, h, t, d], r, hh, t - l + i)
+                        );
+                    }
+                }
+            }
+        }
+        let one = |a: &Array| a.slice_axis(0, 1, 2);
+        let alone = fast::cache_attention(&one(&q)?, &one(&k)?, &one(&v)?, scale, &[5])?.to_f32_vec()?;
+        for hh in 0..h {
+            for i in 0..t {
+                assert_eq!(at(&alone, [1, h, t, d], 0, hh, i), at(&whole, [b, h, t, d], 1, hh, i));
+            }
+        }
+    }
+    // Not covered: more queries than keys, or heads not a multiple of kv heads.
+    let k = normal(&[1, 2, 4, 8], 30, 1.0);
+    assert!(!fast::cache_attention_applies(&normal(&[1, 2, 5, 8], 31, 1.0), &k, &k));
+    assert!(!fast::cache_attention_applies(&normal(&[1, 3, 4, 8], 32, 1.0), &k, &k));
+    assert!(fast::cache_attention(&normal(&[1, 3, 4, 8], 32, 1.0), &k, &k, 1.0, &[]).is_err());
+    Ok(())
+}

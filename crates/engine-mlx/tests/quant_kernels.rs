@@ -52,8 +52,13 @@ fn check(m: usize, n: usize, k: usize, spec: QuantSpec, seed: u64) {
     }
 }
 
+/// The kernel level is process-wide: tests that force it or compare bits
+/// across calls take this lock, so they do not run in each other's middle.
+static LEVEL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn quantized_kernels_match_the_dequantized_product_at_every_level() {
+    let _level = LEVEL.lock().unwrap_or_else(|e| e.into_inner());
     let top = quant::cpu_kernel_level();
     for level in 0..=top {
         assert_eq!(quant::force_cpu_kernel_level(Some(level)), level);
@@ -89,4 +94,46 @@ fn f16_scales_take_mlx_kernels_and_agree() {
     for (u, v) in a.iter().zip(&b) {
         assert!((u - v).abs() <= 1.0, "{u} vs {v}");
     }
+}
+
+#[test]
+fn fused_layers_give_each_part_the_same_bits() {
+    use engine_mlx::nn::Linear;
+    let _level = LEVEL.lock().unwrap_or_else(|e| e.into_inner());
+    let spec = QuantSpec {
+        bits: 4,
+        group_size: 32,
+    };
+    let layer = |n: usize, seed: u64, kernels: bool| {
+        let q = quant::quantize(&normal(&[n, 96], seed), spec).unwrap();
+        Linear::Quantized {
+            q: if kernels { q.for_cpu_kernels().unwrap() } else { q },
+            bias: Some(normal(&[n], seed + 7)),
+        }
+    };
+    let x = normal(&[3, 96], 40);
+    let mut parts = [layer(64, 41, true), layer(16, 42, true), layer(24, 43, true)];
+    let alone: Vec<Vec<f32>> = parts.iter().map(|l| l.forward(&x).unwrap().to_vec().unwrap()).collect();
+    let [a, b, c] = &mut parts;
+    let fused = Linear::fuse_outputs(&mut [a, b, c])
+        .unwrap()
+        .expect("same spec, all opted in");
+    let y = fused.forward(&x).unwrap();
+    assert_eq!(y.shape(), vec![3, 104]);
+    let mut start = 0;
+    for (part, want) in parts.iter().zip(&alone) {
+        let n = want.len() / 3;
+        let cols = y
+            .slice_axis(1, start, start + n as i32)
+            .unwrap()
+            .to_vec::<f32>()
+            .unwrap();
+        assert_eq!(&cols, want, "the fused product's columns");
+        // The parts, now views of the fused weights, still give their own product.
+        assert_eq!(&part.forward(&x).unwrap().to_vec::<f32>().unwrap(), want);
+        start += n as i32;
+    }
+    // A layer left on MLX's kernels (or another spec) is not fused.
+    let (mut d, mut e) = (layer(8, 44, true), layer(8, 45, false));
+    assert!(Linear::fuse_outputs(&mut [&mut d, &mut e]).unwrap().is_none());
 }

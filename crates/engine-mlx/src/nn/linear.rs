@@ -246,6 +246,73 @@ impl Linear {
         })
     }
 
+    /// Layers reading the same input, fused into one whose outputs are theirs
+    /// laid end to end, with each part rebuilt as a view of the fused arrays
+    /// (no second copy of the weights): one int8 kernel call, one rounding
+    /// of x, instead of one per part. Only for quantized layers opted in to
+    /// the CPU kernels with the same spec (biases on all or none); `None`
+    /// otherwise. Evaluates the fused arrays.
+    pub fn fuse_outputs(parts: &mut [&mut Linear]) -> Result<Option<Linear>> {
+        let mut qs = Vec::with_capacity(parts.len());
+        for p in parts.iter() {
+            match &**p {
+                Linear::Quantized { q, bias } if q.int8_kernels => qs.push((q, bias)),
+                _ => return Ok(None),
+            }
+        }
+        let Some(&(first, first_bias)) = qs.first() else {
+            return Ok(None);
+        };
+        if qs
+            .iter()
+            .any(|(q, b)| q.spec != first.spec || b.is_some() != first_bias.is_some())
+        {
+            return Ok(None);
+        }
+        let cat = |f: &dyn Fn(&Quantized) -> &Array| -> Result<Array> {
+            let arrays: Vec<&Array> = qs.iter().map(|(q, _)| f(q)).collect();
+            crate::concatenate(&arrays, 0)
+        };
+        let fused = Quantized {
+            weight: cat(&|q| &q.weight)?,
+            scales: cat(&|q| &q.scales)?,
+            biases: cat(&|q| &q.biases)?,
+            spec: first.spec,
+            int8_kernels: true,
+        };
+        let bias = match first_bias {
+            Some(_) => {
+                let b: Vec<&Array> = qs.iter().filter_map(|(_, b)| b.as_ref()).collect();
+                Some(crate::concatenate(&b, 0)?)
+            }
+            None => None,
+        };
+        let rows: Vec<usize> = qs.iter().map(|(q, _)| q.weight.dim(0)).collect();
+        drop(qs);
+        let mut arrays = vec![&fused.weight, &fused.scales, &fused.biases];
+        arrays.extend(bias.as_ref());
+        crate::eval(arrays)?;
+        let mut start = 0;
+        for (p, n) in parts.iter_mut().zip(rows) {
+            let (a, b) = (start as i32, (start + n) as i32);
+            **p = Linear::Quantized {
+                q: Quantized {
+                    weight: fused.weight.slice_axis(0, a, b)?,
+                    scales: fused.scales.slice_axis(0, a, b)?,
+                    biases: fused.biases.slice_axis(0, a, b)?,
+                    spec: fused.spec,
+                    int8_kernels: true,
+                },
+                bias: bias.as_ref().map(|x| x.slice_axis(0, a, b)).transpose()?,
+            };
+            start += n;
+        }
+        // The views must be evaluated so they share the fused buffers.
+        let views: Vec<&Array> = parts.iter().flat_map(|p| p.arrays()).collect();
+        crate::eval(views)?;
+        Ok(Some(Linear::Quantized { q: fused, bias }))
+    }
+
     /// The form the CPU runs fastest: a quantized weight the CPU's own
     /// kernels take (4 or 8 bits, see [`crate::quant::cpu_kernel_supports`])
     /// stays quantized with float32 scales and biases; everything else

@@ -2,6 +2,7 @@
 // Linux each loop is compiled for AVX-512, AVX2 and baseline and picked at
 // load time, so one binary runs everywhere and uses what the CPU has.
 #include "cpu_kernels.h"
+#include "pool.h"
 
 #include <algorithm>
 #include <cmath>
@@ -529,6 +530,142 @@ class PackedAttentionKernel : public mx::UnaryPrimitive {
   float scale_;
 };
 
+// Causal attention of queries at the end of a KV cache, one query at a time:
+// query i of a call with L queries over T keys sits at slot T − L + i and
+// sees slots [min(pad, slot), slot] of its row (left padding hidden; a
+// padding query sees itself only). Every query runs the same float
+// operations in the same order whatever L, T or the row's padding are
+// (sums start at its first visible key), so a sequence gets the same bits
+// when its prompt is split into other chunks or decoded beside others.
+struct CacheAttention {
+  const float *q, *k, *v;
+  float* out;
+  int64_t heads, kv_heads, l, t, d;
+  int64_t qs[4], ks[4], vs[4];  // element strides (B, H, L/T, D)
+  const int32_t* pads;          // (B,) or null
+  float scale;
+};
+
+MLXE_CLONES void attend_cached(const CacheAttention& a, int64_t b, int64_t h, int64_t i0, int64_t i1, float* scores) {
+  const int64_t d = a.d, kh = h / (a.heads / a.kv_heads), d8 = d / 8 * 8;
+  const float* kbase = a.k + b * a.ks[0] + kh * a.ks[1];
+  const float* vbase = a.v + b * a.vs[0] + kh * a.vs[1];
+  const int64_t pad = a.pads != nullptr ? a.pads[b] : 0;
+  float q[256];
+  v8 acc[32];
+  for (int64_t i = i0; i < i1; i++) {
+    const float* qr = a.q + b * a.qs[0] + h * a.qs[1] + i * a.qs[2];
+    for (int64_t c = 0; c < d; c++) q[c] = qr[c * a.qs[3]] * a.scale;
+    const int64_t slot = a.t - a.l + i, lo = std::min(pad, slot), n = slot + 1 - lo;
+    float m = -std::numeric_limits<float>::infinity();
+    for (int64_t j = 0; j < n; j++) {
+      const float* kr = kbase + (lo + j) * a.ks[2];
+      v8 s8 = {};
+      for (int64_t c = 0; c < d8; c += 8) s8 += load8(q + c) * load8(kr + c);
+      float s = ((s8[0] + s8[4]) + (s8[1] + s8[5])) + ((s8[2] + s8[6]) + (s8[3] + s8[7]));
+      for (int64_t c = d8; c < d; c++) s += q[c] * kr[c];
+      scores[j] = s;
+      m = std::max(m, s);
+    }
+    float sum = 0.0f;
+    for (int64_t j = 0; j < n; j++) {
+      scores[j] = exp_approx(scores[j] - m);
+      sum += scores[j];
+    }
+    for (int64_t c = 0; c < d8; c += 8) acc[c / 8] = v8{};
+    float tail[8] = {};
+    for (int64_t j = 0; j < n; j++) {
+      const float* vr = vbase + (lo + j) * a.vs[2];
+      const float p = scores[j];
+      for (int64_t c = 0; c < d8; c += 8) acc[c / 8] += p * load8(vr + c);
+      for (int64_t c = d8; c < d; c++) tail[c - d8] += p * vr[c];
+    }
+    const float inv = 1.0f / sum;
+    float* o = a.out + ((b * a.heads + h) * a.l + i) * d;
+    for (int64_t c = 0; c < d8; c += 8) {
+      const v8 r = acc[c / 8] * inv;
+      std::memcpy(o + c, &r, sizeof(r));
+    }
+    for (int64_t c = d8; c < d; c++) o[c] = tail[c - d8] * inv;
+  }
+}
+
+class CacheAttentionKernel : public mx::UnaryPrimitive {
+ public:
+  CacheAttentionKernel(mx::Stream s, float scale, std::vector<int32_t> pads)
+      : mx::UnaryPrimitive(s), scale_(scale), pads_(std::move(pads)) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
+    for (auto& x : inputs) {
+      if (x.dtype() != mx::float32) throw std::runtime_error("MlxeCacheAttention: float32 inputs");
+    }
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& enc = mx::cpu::get_command_encoder(stream());
+    for (auto& x : inputs) enc.set_input_array(x);
+    enc.set_output_array(out);
+    enc.dispatch([q = mx::array::unsafe_weak_copy(inputs[0]), k = mx::array::unsafe_weak_copy(inputs[1]),
+                  v = mx::array::unsafe_weak_copy(inputs[2]), out = mx::array::unsafe_weak_copy(out),
+                  scale = scale_, pads = pads_]() mutable {
+      CacheAttention a{q.data<float>(), k.data<float>(), v.data<float>(), out.data<float>(),
+                       q.shape(1), k.shape(1), q.shape(2), k.shape(2), q.shape(3), {}, {}, {},
+                       pads.empty() ? nullptr : pads.data(), scale};
+      // Keys and values are read in place through their strides (the cache is
+      // a view of a larger buffer); only a D axis that is not contiguous (not
+      // seen from KvCache) is gathered first.
+      std::vector<float> kd, vd;
+      auto view = [](const mx::array& x, const float*& p, int64_t* st, std::vector<float>& copy) {
+        for (int i = 0; i < 4; i++) st[i] = x.strides(i);
+        if (st[3] == 1 || x.shape(3) == 1) return;
+        copy.resize(x.size());
+        size_t o = 0;
+        for (int64_t i0 = 0; i0 < x.shape(0); i0++)
+          for (int64_t i1 = 0; i1 < x.shape(1); i1++)
+            for (int64_t i2 = 0; i2 < x.shape(2); i2++)
+              for (int64_t i3 = 0; i3 < x.shape(3); i3++) copy[o++] = p[i0 * st[0] + i1 * st[1] + i2 * st[2] + i3 * st[3]];
+        p = copy.data();
+        st[3] = 1;
+        st[2] = x.shape(3);
+        st[1] = st[2] * x.shape(2);
+        st[0] = st[1] * x.shape(1);
+      };
+      for (int i = 0; i < 4; i++) a.qs[i] = q.strides(i);
+      view(k, a.k, a.ks, kd);
+      view(v, a.v, a.vs, vd);
+      const int64_t batch = q.shape(0);
+      // Tasks: (row, head, block of queries); prefill splits the queries
+      // so both cores share a long chunk, decode has one task per head.
+      const int64_t qblock = 16, qblocks = (a.l + qblock - 1) / qblock;
+      const int64_t tasks = batch * a.heads * qblocks;
+      const int64_t work = tasks * std::min(a.l, qblock) * a.t * a.d;
+      auto task = [&](int64_t it) {
+        thread_local std::vector<float> scores;
+        if (scores.size() < static_cast<size_t>(a.t)) scores.resize(static_cast<size_t>(a.t));
+        const int64_t qb = it % qblocks, h = (it / qblocks) % a.heads, b = it / (qblocks * a.heads);
+        attend_cached(a, b, h, qb * qblock, std::min(a.l, (qb + 1) * qblock), scores.data());
+      };
+      // Below ~16K multiply-adds a hand-off to the other core costs more than it saves.
+      if (work < (1 << 14)) {
+        for (int64_t it = 0; it < tasks; it++) task(it);
+      } else {
+        Pool::get().run(tasks, task);
+      }
+    });
+  }
+  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
+    throw std::runtime_error("MlxeCacheAttention is a CPU kernel");
+  }
+  const char* name() const override { return "MlxeCacheAttention"; }
+  bool is_equivalent(const mx::Primitive& other) const override {
+    auto* o = dynamic_cast<const CacheAttentionKernel*>(&other);
+    return o && o->scale_ == scale_ && o->pads_ == pads_;
+  }
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override { return {inputs[0].shape()}; }
+
+ private:
+  float scale_;
+  std::vector<int32_t> pads_;
+};
+
 mx::array make(const mx::array& x, Kind kind, mx::StreamOrDevice s) {
   if (!applies(x, s)) {
     throw std::invalid_argument("CPU kernels take float32 arrays on a CPU stream");
@@ -584,6 +721,28 @@ mx::array linear(const mx::array& x, const mx::array& w, mx::StreamOrDevice s) {
   shape.back() = w.shape(0);
   return mx::array(shape, mx::float32, std::make_shared<SkinnyMatmulKernel>(stream),
                    {mx::contiguous(x, false, stream), mx::contiguous(w, false, stream)});
+}
+
+bool cache_attention_applies(const mx::array& q, const mx::array& k, const mx::array& v, mx::StreamOrDevice s) {
+  return applies(q, s) && k.dtype() == mx::float32 && v.dtype() == mx::float32 && q.ndim() == 4 && k.ndim() == 4 &&
+         v.ndim() == 4 && k.shape() == v.shape() && q.shape(0) == k.shape(0) && q.shape(3) == k.shape(3) &&
+         k.shape(1) > 0 && q.shape(1) % k.shape(1) == 0 && q.shape(2) <= k.shape(2) && q.shape(3) <= 256 &&
+         q.shape(2) > 0;
+}
+
+mx::array cache_attention(const mx::array& q, const mx::array& k, const mx::array& v, float scale,
+                          std::vector<int32_t> pads, mx::StreamOrDevice s) {
+  if (!cache_attention_applies(q, k, v, s)) {
+    throw std::invalid_argument(
+        "cache_attention kernel: float32 q (B, H, L, D) and k, v (B, Hkv, T, D) on a CPU stream, L ≤ T, D ≤ 256, "
+        "H a multiple of Hkv");
+  }
+  if (!pads.empty() && static_cast<int>(pads.size()) != q.shape(0)) {
+    throw std::invalid_argument("cache_attention: one padding per batch row");
+  }
+  auto stream = mx::to_stream(s);
+  return mx::array(q.shape(), mx::float32, std::make_shared<CacheAttentionKernel>(stream, scale, std::move(pads)),
+                   {q, k, v});
 }
 
 mx::array packed_attention(const mx::array& qkv, std::vector<int32_t> lengths, int heads, float scale,

@@ -45,6 +45,19 @@ mx::array linear(const mx::array& x, const mx::array& w, mx::StreamOrDevice s = 
 mx::array packed_attention(const mx::array& qkv, std::vector<int32_t> lengths, int heads, float scale,
                            mx::StreamOrDevice s = {});
 
+// Whether cache_attention takes these arguments: float32 q (B, H, L, D) and
+// k, v (B, Hkv, T, D) on a CPU stream, L ≤ T, D ≤ 256, H a multiple of Hkv.
+bool cache_attention_applies(const mx::array& q, const mx::array& k, const mx::array& v, mx::StreamOrDevice s = {});
+
+// Causal attention of L queries that are the last L positions of T cached
+// keys: query i (slot T − L + i) sees the slots from its row's left padding
+// `pads[b]` (none when empty) up to its own; a padding query sees only
+// itself. Returns (B, H, L, D). Keys and values are read through their
+// strides, so a cache view costs no copy. Each query's result is the same
+// bits however the sequence is chunked or batched.
+mx::array cache_attention(const mx::array& q, const mx::array& k, const mx::array& v, float scale,
+                          std::vector<int32_t> pads, mx::StreamOrDevice s = {});
+
 // Whether quantized_linear takes these arguments: float32 x (…, K) on a CPU
 // stream, w (N, K·bits/32) uint32 in MLX's affine layout with 4 or 8 bits,
 // float32 scales and biases (N, K/group), group 32, 64 or 128.

@@ -470,6 +470,12 @@ std::unique_ptr<Array> layer_norm(const Array& x, const ArrayList& residual, con
   return own(mx::fast::layer_norm(r ? mx::add(x, *r) : x, opt(weight), opt(bias), eps));
 }
 
+bool cache_attention_applies(const Array& q, const Array& k, const Array& v) {
+  return kernels::cache_attention_applies(q, k, v);
+}
+std::unique_ptr<Array> cache_attention(const Array& q, const Array& k, const Array& v, float scale, rust::Slice<const int32_t> pads) {
+  return own(kernels::cache_attention(q, k, v, scale, std::vector<int32_t>(pads.begin(), pads.end())));
+}
 std::unique_ptr<Array> packed_attention(const Array& qkv, rust::Slice<const int32_t> lengths, int32_t heads, float scale) {
   if (qkv.ndim() != 2 || heads <= 0 || qkv.shape(1) % (3 * heads) != 0) {
     throw std::invalid_argument("packed_attention: qkv must be (tokens, 3·heads·head_dim)");
