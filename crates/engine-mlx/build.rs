@@ -76,6 +76,7 @@ fn main() {
         .cpp(true)
         .file("src/shim/cpu_kernels.cc")
         .file("src/shim/quant_kernels.cc")
+        .file("src/shim/image_kernels.cc")
         .include(&include)
         .std("c++20")
         .opt_level(3)
@@ -90,6 +91,8 @@ fn main() {
     println!("cargo:rerun-if-changed=src/shim/cpu_kernels.cc");
     println!("cargo:rerun-if-changed=src/shim/cpu_kernels.h");
     println!("cargo:rerun-if-changed=src/shim/quant_kernels.cc");
+    println!("cargo:rerun-if-changed=src/shim/image_kernels.cc");
+    println!("cargo:rerun-if-changed=src/shim/kernel_common.h");
 
     println!("cargo:rustc-link-search=native={}", lib.display());
     println!("cargo:rustc-link-lib=dylib=mlx");

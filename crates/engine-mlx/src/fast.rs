@@ -90,6 +90,48 @@ pub fn packed_attention(qkv: &Array, lengths: &[i32], heads: i32, scale: f32) ->
     )
 }
 
+/// 2-D convolution of NHWC `x` with an (O, KH, KW, I) weight, plus `bias`
+/// (O,) when given; no dilation, one group. On the CPU in float32 our kernel
+/// (tiles of receptive fields packed in cache and one sgemm each, no im2col
+/// of the whole image, split over the cores); elsewhere MLX's conv and an add.
+pub fn conv2d(x: &Array, w: &Array, bias: Option<&Array>, stride: (i32, i32), padding: (i32, i32)) -> Result<Array> {
+    wrap(
+        ffi::conv2d_bias(
+            &x.inner,
+            &w.inner,
+            &opt_list(bias),
+            stride.0,
+            stride.1,
+            padding.0,
+            padding.1,
+        ),
+        "conv2d",
+    )
+}
+
+/// Group normalisation of channels-last `x` (N, ..., C): statistics per image
+/// over all positions and the C/`groups` channels of a group, then
+/// `weight`·x̂ + `bias` per channel, and SiLU when `silu` (a UNet's
+/// norm → SiLU pairs in one pass). One fused kernel on the CPU in float32.
+pub fn group_norm(x: &Array, groups: i32, weight: &Array, bias: &Array, eps: f32, silu: bool) -> Result<Array> {
+    wrap(
+        ffi::group_norm(&x.inner, groups, &weight.inner, &bias.inner, eps, silu),
+        "group_norm",
+    )
+}
+
+/// Multi-head attention `softmax(q kᵀ · scale) v` without a mask, with the
+/// heads side by side in the last axis as linear projections give them:
+/// q (B, L, H·D), k and v (B, S, H·D) → (B, L, H·D). On the CPU in float32
+/// one kernel that keeps a few query rows' scores in cache (never the
+/// L × S matrix) and needs no head transposes; elsewhere MLX's fused attention.
+pub fn attention(q: &Array, k: &Array, v: &Array, heads: i32, scale: f32) -> Result<Array> {
+    wrap(
+        ffi::attention(&q.inner, &k.inner, &v.inner, heads, scale),
+        "attention",
+    )
+}
+
 /// Frequencies of a rotary embedding: a base, or explicit per-pair frequencies.
 #[derive(Debug, Clone, Copy)]
 pub enum RopeFreqs<'a> {

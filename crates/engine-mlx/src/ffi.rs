@@ -133,6 +133,25 @@ pub(crate) mod bridge {
         ) -> Result<UniquePtr<Array>>;
         fn packed_attention(qkv: &Array, lengths: &[i32], heads: i32, scale: f32) -> Result<UniquePtr<Array>>;
         #[allow(clippy::too_many_arguments)]
+        fn conv2d_bias(
+            x: &Array,
+            w: &Array,
+            bias: &ArrayList,
+            sh: i32,
+            sw: i32,
+            ph: i32,
+            pw: i32,
+        ) -> Result<UniquePtr<Array>>;
+        fn group_norm(
+            x: &Array,
+            groups: i32,
+            weight: &Array,
+            bias: &Array,
+            eps: f32,
+            silu: bool,
+        ) -> Result<UniquePtr<Array>>;
+        fn attention(q: &Array, k: &Array, v: &Array, heads: i32, scale: f32) -> Result<UniquePtr<Array>>;
+        #[allow(clippy::too_many_arguments)]
         fn rope(
             x: &Array,
             dims: i32,

@@ -2,6 +2,7 @@
 // Linux each loop is compiled for AVX-512, AVX2 and baseline and picked at
 // load time, so one binary runs everywhere and uses what the CPU has.
 #include "cpu_kernels.h"
+#include "kernel_common.h"
 
 #include <algorithm>
 #include <cmath>
@@ -15,38 +16,9 @@
 #include "mlx/backend/cpu/encoder.h"
 #include "mlx/primitives.h"
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
-#define MLXE_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define MLXE_CLONES
-#endif
 
 namespace mlxe::kernels {
 namespace {
-
-// exp(x) = 2^n·e^r with n = round(x·log2 e), |r| ≤ ln2/2 and a degree-6
-// polynomial for e^r (Cephes' expf coefficients, relative error < 2e-7).
-// Written without calls or branches so the loops around it vectorise.
-inline float exp_approx(float x) {
-  const float xc = std::min(std::max(x, -87.0f), 88.0f);
-  // Round to nearest by adding and removing 1.5·2^23.
-  float n = xc * 1.44269504088896341f + 12582912.0f;
-  n -= 12582912.0f;
-  float r = xc - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  // Below -87 the true value is under float's normal range: 0 (also for -inf).
-  return x < -87.0f ? 0.0f : p * scale;
-}
 
 // erf(z) ≈ z·P(z²)/Q(z²) on [-4, 4], the rational form Eigen and XLA use for
 // float32 (|error| < 5e-7); beyond ±4 erf is ±1 in float32.
@@ -230,33 +202,6 @@ MLXE_CLONES void attend_one(const float* qkv, float* out, int64_t off, int64_t n
         out[(off + i0 + qi) * width + head * d + c0] = sum;
       }
     }
-  }
-}
-
-// Splits `items` units of work (each `unit` floats long) over the cores when
-// there is enough of it to pay for the threads.
-template <typename F>
-void parallel(int64_t items, int64_t unit, F&& f) {
-  constexpr int64_t min_floats_per_thread = 1 << 17;
-  const int64_t hw = std::max(1u, std::thread::hardware_concurrency());
-  const int64_t threads = std::min(hw, std::max<int64_t>(1, items * unit / min_floats_per_thread));
-  if (threads <= 1) {
-    f(0, items);
-    return;
-  }
-  const int64_t per = (items + threads - 1) / threads;
-  std::vector<std::thread> pool;
-  for (int64_t t = 1; t < threads; t++) {
-    const int64_t lo = t * per, hi = std::min(items, lo + per);
-    if (lo < hi) pool.emplace_back([&f, lo, hi] { f(lo, hi); });
-  }
-  f(0, std::min(items, per));
-  for (auto& th : pool) th.join();
-}
-
-void check_input(const mx::array& a, const char* name) {
-  if (a.dtype() != mx::float32 || !a.flags().row_contiguous) {
-    throw std::runtime_error(std::string(name) + ": expects row-contiguous float32 inputs");
   }
 }
 

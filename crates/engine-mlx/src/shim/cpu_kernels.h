@@ -62,4 +62,31 @@ mx::array quantized_linear(const mx::array& x, const mx::array& w, const mx::arr
 // the automatic choice, < -1 only reads.
 int quantized_kernel_level(int force);
 
+// ---- image models (image_kernels.cc)
+
+// Whether conv2d takes these arguments: float32 NHWC x and (O, KH, KW, I)
+// weight on a CPU stream, one group, no dilation, and a BLAS to call.
+bool conv2d_applies(const mx::array& x, const mx::array& w, int sh, int sw, int ph, int pw, int dh, int dw, int groups,
+                    mx::StreamOrDevice s = {});
+
+// 2-D convolution (+ bias) without im2col: the output positions go in tiles
+// over the cores; each tile's receptive fields are packed into a buffer that
+// stays in cache (1×1 stride-1 convolutions read the input in place) and
+// multiplied by the weight with one single-threaded sgemm.
+mx::array conv2d(const mx::array& x, const mx::array& w, const std::optional<mx::array>& bias, int sh, int sw, int ph,
+                 int pw, mx::StreamOrDevice s = {});
+
+// Group normalisation of x (N, ..., C) over all positions and the C/groups
+// channels of each group, scaled and shifted per channel, then SiLU when
+// `silu`: the statistics in one pass (float partials added in double), the
+// output in a second, both split over the cores.
+mx::array group_norm(const mx::array& x, int groups, const mx::array& weight, const mx::array& bias, float eps,
+                     bool silu, mx::StreamOrDevice s = {});
+
+// softmax(q kᵀ·scale) v per head for q (B, L, H·D) and k, v (B, S, H·D),
+// heads side by side in the last axis as the projections give them; returns
+// (B, L, H·D). Holds a few query rows' scores at a time, never L × S.
+mx::array attention(const mx::array& q, const mx::array& k, const mx::array& v, int heads, float scale,
+                    mx::StreamOrDevice s = {});
+
 }  // namespace mlxe::kernels
