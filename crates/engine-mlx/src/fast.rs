@@ -37,7 +37,8 @@ pub fn scaled_dot_product_attention(
 
 /// `x · wᵀ` for x (…, K) and a weight w (N, K) as a linear layer stores it.
 /// Decode-sized float32 products on the CPU (at most 8 rows) take one pass
-/// over the weights in our kernel; everything else is MLX's matmul.
+/// over the weights in our kernel; larger ones are split over the cores by
+/// us, one single-threaded sgemm each; everything else is MLX's matmul.
 pub fn linear(x: &Array, w: &Array) -> Result<Array> {
     wrap(ffi::linear(&x.inner, &w.inner), "linear")
 }

@@ -524,7 +524,12 @@ mx::array linear(const mx::array& x, const mx::array& w, mx::StreamOrDevice s) {
   auto stream = mx::to_stream(s);
   const bool fits = applies(x, s) && x.ndim() >= 1 && w.ndim() == 2 && w.dtype() == mx::float32 &&
                     x.shape(-1) == w.shape(1) && x.size() / std::max(1, w.shape(1)) <= SKINNY_ROWS;
-  if (!fits) return mx::matmul(x, mx::transpose(w, stream), stream);
+  if (!fits) {
+    if (gemm_applies(x, w, s) && x.ndim() >= 1 && x.size() / std::max(1, w.shape(1)) > SKINNY_ROWS) {
+      return gemm(x, w, std::nullopt, s);
+    }
+    return mx::matmul(x, mx::transpose(w, stream), stream);
+  }
   auto shape = x.shape();
   shape.back() = w.shape(0);
   return mx::array(shape, mx::float32, std::make_shared<SkinnyMatmulKernel>(stream),

@@ -35,7 +35,7 @@ constexpr size_t SKINNY_ROWS = 8;
 
 // x · wᵀ for x (…, K) and a weight w (N, K). In float32 on the CPU with at
 // most SKINNY_ROWS rows, one pass over the weights (memory-bound decode
-// steps); otherwise MLX's matmul.
+// steps); with more, `gemm` below; otherwise MLX's matmul.
 mx::array linear(const mx::array& x, const mx::array& w, mx::StreamOrDevice s = {});
 
 // Bidirectional attention over packed sequences: qkv (T, 3·heads·D) holds the
@@ -63,6 +63,16 @@ mx::array quantized_linear(const mx::array& x, const mx::array& w, const mx::arr
 int quantized_kernel_level(int force);
 
 // ---- image models (image_kernels.cc)
+
+// Whether gemm takes these arguments: float32 x (…, K) and w (N, K) on a CPU
+// stream, and a BLAS to call.
+bool gemm_applies(const mx::array& x, const mx::array& w, mx::StreamOrDevice s = {});
+
+// x · wᵀ (+ bias) split over the cores by us, one single-threaded sgemm each
+// (by rows, or by weight rows when x has few): OpenBLAS's own threads spin
+// in sched_yield between calls, which on two cores took 15% of a diffusion run.
+mx::array gemm(const mx::array& x, const mx::array& w, const std::optional<mx::array>& bias,
+               mx::StreamOrDevice s = {});
 
 // Whether conv2d takes these arguments: float32 NHWC x and (O, KH, KW, I)
 // weight on a CPU stream, one group, no dilation, and a BLAS to call.

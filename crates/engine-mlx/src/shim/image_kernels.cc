@@ -49,6 +49,73 @@ class SerialBlas {
   int prev_;
 };
 
+// y (m, n) = a (m, k) · w (n, k)ᵀ (+ bias per column) on the cores, one
+// single-threaded sgemm each: blocks of rows when there are many rows, else
+// blocks of columns (each thread then reads only its share of the weights).
+void threaded_gemm(const float* a, const float* w, const float* bias, float* y, int64_t m, int64_t n, int64_t k) {
+  const int64_t hw = std::max(1u, std::thread::hardware_concurrency());
+  const bool by_rows = m >= 64 * hw || n < 16 * hw;
+  const int64_t parts = std::min<int64_t>(hw, std::max<int64_t>(1, m * n * k / (int64_t{1} << 20)));
+  SerialBlas serial(parts > 1);
+  const int64_t total = by_rows ? m : n, per = (total + parts - 1) / parts;
+  parallel(parts, int64_t{1} << 30, [&](int64_t lo, int64_t hi) {
+    for (int64_t t = lo; t < hi; t++) {
+      const int64_t i0 = t * per, i1 = std::min(total, i0 + per);
+      if (i0 >= i1) continue;
+      const int64_t rows = by_rows ? i1 - i0 : m, cols = by_rows ? n : i1 - i0;
+      float* out = by_rows ? y + i0 * n : y + i0;
+      if (bias != nullptr) {
+        for (int64_t r = 0; r < rows; r++) std::memcpy(out + r * n, bias + (by_rows ? 0 : i0), sizeof(float) * cols);
+      }
+      sgemm()(kRowMajor, kNoTrans, kTrans, static_cast<int>(rows), static_cast<int>(cols), static_cast<int>(k), 1.0f,
+              by_rows ? a + i0 * k : a, static_cast<int>(k), by_rows ? w : w + i0 * k, static_cast<int>(k),
+              bias != nullptr ? 1.0f : 0.0f, out, static_cast<int>(n));
+    }
+  });
+}
+
+class GemmKernel : public mx::UnaryPrimitive {
+ public:
+  GemmKernel(mx::Stream st, bool bias) : mx::UnaryPrimitive(st), bias_(bias) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
+    for (auto& a : inputs) check_input(a, name());
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& enc = mx::cpu::get_command_encoder(stream());
+    for (auto& a : inputs) enc.set_input_array(a);
+    enc.set_output_array(out);
+    std::vector<mx::array> ins;
+    for (auto& a : inputs) ins.push_back(mx::array::unsafe_weak_copy(a));
+    enc.dispatch([ins = std::move(ins), out = mx::array::unsafe_weak_copy(out), has_bias = bias_]() mutable {
+      const int64_t k = ins[1].shape(1), n = ins[1].shape(0);
+      const int64_t m = k == 0 ? 0 : static_cast<int64_t>(ins[0].size()) / k;
+      float* y = out.data<float>();
+      if (m == 0 || n == 0) return;
+      if (k == 0) {
+        std::fill(y, y + out.size(), 0.0f);
+        return;
+      }
+      threaded_gemm(ins[0].data<float>(), ins[1].data<float>(), has_bias ? ins[2].data<float>() : nullptr, y, m, n, k);
+    });
+  }
+  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
+    throw std::runtime_error("MlxeGemm is a CPU kernel");
+  }
+  const char* name() const override { return "MlxeGemm"; }
+  bool is_equivalent(const mx::Primitive& other) const override {
+    auto* o = dynamic_cast<const GemmKernel*>(&other);
+    return o != nullptr && o->bias_ == bias_;
+  }
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    auto shape = inputs[0].shape();
+    shape.back() = inputs[1].shape(0);
+    return {shape};
+  }
+
+ private:
+  bool bias_;
+};
+
 // ---- convolution
 
 struct ConvShape {
@@ -94,7 +161,7 @@ void pack_patches(const float* x, const ConvShape& s, int64_t p0, int64_t p1, fl
   }
 }
 
-// out rows [p0, p1) = bias (or 0), then += patches · wᵀ by sgemm.
+// out rows [p0, p1) = bias (or 0), then += patches · wᵀ by one sgemm.
 void conv_tile(const float* x, const float* w, const float* bias, float* out, const ConvShape& s, int64_t p0,
                int64_t p1, float* scratch) {
   const int64_t k = s.kh * s.kw * s.cin, m = p1 - p0;
@@ -102,13 +169,8 @@ void conv_tile(const float* x, const float* w, const float* bias, float* out, co
   if (bias != nullptr) {
     for (int64_t i = 0; i < m; i++) std::memcpy(y + i * s.cout, bias, sizeof(float) * s.cout);
   }
-  const bool direct = s.kh == 1 && s.kw == 1 && s.sh == 1 && s.sw == 1 && s.ph == 0 && s.pw == 0;
-  const float* a = x + p0 * s.cin;  // a 1×1 stride-1 conv reads its rows in place
-  if (!direct) {
-    pack_patches(x, s, p0, p1, scratch);
-    a = scratch;
-  }
-  sgemm()(kRowMajor, kNoTrans, kTrans, static_cast<int>(m), static_cast<int>(s.cout), static_cast<int>(k), 1.0f, a,
+  pack_patches(x, s, p0, p1, scratch);
+  sgemm()(kRowMajor, kNoTrans, kTrans, static_cast<int>(m), static_cast<int>(s.cout), static_cast<int>(k), 1.0f, scratch,
           static_cast<int>(k), w, static_cast<int>(k), bias != nullptr ? 1.0f : 0.0f, y, static_cast<int>(s.cout));
 }
 
@@ -131,6 +193,11 @@ class Conv2dKernel : public mx::UnaryPrimitive {
       float* y = out.data<float>();
       const int64_t positions = s.n * s.oh * s.ow, k = s.kh * s.kw * s.cin;
       if (positions == 0) return;
+      if (s.kh == 1 && s.kw == 1 && s.sh == 1 && s.sw == 1 && s.ph == 0 && s.pw == 0) {
+        // A 1×1 stride-1 convolution is a product with the input in place.
+        threaded_gemm(x, w, b, y, positions, s.cout, s.cin);
+        return;
+      }
       const int64_t rows = tile_rows(k), tiles = (positions + rows - 1) / rows;
       const int64_t hw = std::max(1u, std::thread::hardware_concurrency());
       SerialBlas serial(tiles > 1 && hw > 1);
@@ -337,9 +404,7 @@ MLXE_CLONES void attend_head(const float* q, const float* k, const float* v, flo
         std::fill(p, p + spad, 0.0f);
         continue;
       }
-      float m = -std::numeric_limits<float>::infinity();
-#pragma omp simd reduction(max : m)
-      for (int64_t j = 0; j < sl; j++) m = std::max(m, p[j]);
+      const float m = row_max(p, sl);
       float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
       for (int64_t j = 0; j < sl; j++) {
@@ -430,6 +495,26 @@ class AttentionKernel : public mx::UnaryPrimitive {
 };
 
 }  // namespace
+
+bool gemm_applies(const mx::array& x, const mx::array& w, mx::StreamOrDevice s) {
+  return applies(x, s) && w.dtype() == mx::float32 && x.ndim() >= 1 && w.ndim() == 2 && x.shape(-1) == w.shape(1) &&
+         sgemm() != nullptr;
+}
+
+mx::array gemm(const mx::array& x, const mx::array& w, const std::optional<mx::array>& bias, mx::StreamOrDevice s) {
+  if (!gemm_applies(x, w, s)) throw std::invalid_argument("gemm kernel: float32 x (…, K), w (N, K) on a CPU stream");
+  auto stream = mx::to_stream(s);
+  auto shape = x.shape();
+  shape.back() = w.shape(0);
+  std::vector<mx::array> inputs{mx::contiguous(x, false, stream), mx::contiguous(w, false, stream)};
+  if (bias) {
+    if (bias->ndim() != 1 || bias->shape(0) != w.shape(0)) {
+      throw std::invalid_argument("gemm: the bias must have shape (" + std::to_string(w.shape(0)) + ",)");
+    }
+    inputs.push_back(mx::contiguous(mx::astype(*bias, mx::float32, stream), false, stream));
+  }
+  return mx::array(shape, mx::float32, std::make_shared<GemmKernel>(stream, bias.has_value()), std::move(inputs));
+}
 
 bool conv2d_applies(const mx::array& x, const mx::array& w, int sh, int sw, int ph, int pw, int dh, int dw, int groups,
                     mx::StreamOrDevice s) {
