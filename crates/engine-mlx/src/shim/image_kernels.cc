@@ -122,9 +122,18 @@ struct ConvShape {
   int64_t n, h, w, cin, cout, kh, kw, sh, sw, ph, pw, oh, ow;
 };
 
-// Output positions per tile: the packed patch rows of a tile (T × kh·kw·cin
-// floats) stay near 512 KiB, in L2, and are reused by every output channel.
-int64_t tile_rows(int64_t k) { return std::clamp<int64_t>((int64_t{1} << 17) / std::max<int64_t>(k, 1), 32, 1024); }
+// Output positions per tile (about 512), a multiple of `threads` tiles in
+// all. Each sgemm call packs the whole weight again, so a tile must be long
+// enough to amortise that (at 56 rows for a 256-channel 3×3 conv, the
+// packing took a sixth of the time); its patch rows are streamed once. Task
+// clock of 3×3 convs (2×32×32×128, 2×16×16×256, 1×256×256×32) was lowest
+// near 512 rows with 128-2304-float patch rows alike.
+int64_t tile_rows(int64_t positions, int64_t threads) {
+  constexpr int64_t want = 512;
+  int64_t tiles = (positions + want - 1) / want;
+  tiles = (tiles + threads - 1) / threads * threads;
+  return (positions + tiles - 1) / tiles;
+}
 
 // Copies the receptive fields of output positions [p0, p1) into `a`, one row
 // of kh·kw·cin floats each in (kh, kw, cin) order (the weight's), zeros where
@@ -198,8 +207,8 @@ class Conv2dKernel : public mx::UnaryPrimitive {
         threaded_gemm(x, w, b, y, positions, s.cout, s.cin);
         return;
       }
-      const int64_t rows = tile_rows(k), tiles = (positions + rows - 1) / rows;
       const int64_t hw = std::max(1u, std::thread::hardware_concurrency());
+      const int64_t rows = tile_rows(positions, hw), tiles = (positions + rows - 1) / rows;
       SerialBlas serial(tiles > 1 && hw > 1);
       // Contiguous runs of tiles per thread; each thread packs into its own buffer.
       parallel(tiles, rows * std::max<int64_t>(k, s.cout) * 16, [&](int64_t lo, int64_t hi) {
