@@ -91,7 +91,12 @@ fn attention(c: &mut Criterion) {
         let v = normal(&[b, s, heads * d], 3);
         let scale = (d as f32).powf(-0.5);
         g.bench_function(BenchmarkId::new("ours", name), |bch| {
-            bch.iter(|| fast::attention(&q, &k, &v, heads as i32, scale).unwrap().eval().unwrap())
+            bch.iter(|| {
+                fast::attention(&q, &k, &v, heads as i32, scale)
+                    .unwrap()
+                    .eval()
+                    .unwrap()
+            })
         });
         g.bench_function(BenchmarkId::new("sdpa", name), |bch| {
             bch.iter(|| {
@@ -101,14 +106,20 @@ fn attention(c: &mut Criterion) {
                         .transpose(&[0, 2, 1, 3])
                         .unwrap()
                 };
-                fast::scaled_dot_product_attention(&split(&q, l), &split(&k, s), &split(&v, s), scale, AttentionMask::None)
-                    .unwrap()
-                    .transpose(&[0, 2, 1, 3])
-                    .unwrap()
-                    .reshape(&[b as i32, l as i32, (heads * d) as i32])
-                    .unwrap()
-                    .eval()
-                    .unwrap()
+                fast::scaled_dot_product_attention(
+                    &split(&q, l),
+                    &split(&k, s),
+                    &split(&v, s),
+                    scale,
+                    AttentionMask::None,
+                )
+                .unwrap()
+                .transpose(&[0, 2, 1, 3])
+                .unwrap()
+                .reshape(&[b as i32, l as i32, (heads * d) as i32])
+                .unwrap()
+                .eval()
+                .unwrap()
             })
         });
     }

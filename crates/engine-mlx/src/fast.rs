@@ -127,10 +127,7 @@ pub fn group_norm(x: &Array, groups: i32, weight: &Array, bias: &Array, eps: f32
 /// one kernel that keeps a few query rows' scores in cache (never the
 /// L × S matrix) and needs no head transposes; elsewhere MLX's fused attention.
 pub fn attention(q: &Array, k: &Array, v: &Array, heads: i32, scale: f32) -> Result<Array> {
-    wrap(
-        ffi::attention(&q.inner, &k.inner, &v.inner, heads, scale),
-        "attention",
-    )
+    wrap(ffi::attention(&q.inner, &k.inner, &v.inner, heads, scale), "attention")
 }
 
 /// Frequencies of a rotary embedding: a base, or explicit per-pair frequencies.

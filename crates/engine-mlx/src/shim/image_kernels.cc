@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <limits>
+#include <memory>
 
 #include "blas.h"
 #include "cpu_kernels.h"
@@ -212,9 +213,10 @@ class Conv2dKernel : public mx::UnaryPrimitive {
       SerialBlas serial(tiles > 1 && hw > 1);
       // Contiguous runs of tiles per thread; each thread packs into its own buffer.
       parallel(tiles, rows * std::max<int64_t>(k, s.cout) * 16, [&](int64_t lo, int64_t hi) {
-        std::vector<float> scratch(rows * k);
+        // Every element is written by pack_patches before it is read: no zero fill.
+        std::unique_ptr<float[]> scratch(new float[rows * k]);
         for (int64_t t = lo; t < hi; t++) {
-          conv_tile(x, w, b, y, s, t * rows, std::min(positions, (t + 1) * rows), scratch.data());
+          conv_tile(x, w, b, y, s, t * rows, std::min(positions, (t + 1) * rows), scratch.get());
         }
       });
     });
