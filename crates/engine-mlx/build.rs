@@ -100,8 +100,9 @@ fn main() {
         println!("cargo:rustc-link-search=native={}", dir.display());
         println!("cargo:rustc-link-lib=dylib:+verbatim=libopenblas.so.0");
     }
-    if forward {
-        // dlopen/dlsym (part of libc from glibc 2.34, libdl before).
+    if target_os == "linux" {
+        // dlopen/dlsym (part of libc from glibc 2.34, libdl before): the OpenBLAS
+        // forwarder, and the image kernels' lookup of cblas_sgemm in every build.
         println!("cargo:rustc-link-lib=dylib=dl");
     }
     if cuda {

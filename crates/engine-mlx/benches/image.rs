@@ -126,5 +126,31 @@ fn attention(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, conv, group_norm, attention);
+fn geglu_and_bias(c: &mut Criterion) {
+    // The UNet's level-1 feed-forward: (2·1024, 128) → 1024 → GEGLU → 128.
+    let mut g = c.benchmark_group("feed_forward");
+    g.sample_size(10);
+    let x = normal(&[2048, 128], 1);
+    let w_in = normal(&[1024, 128], 2);
+    let b_in = normal(&[1024], 3);
+    g.bench_function("ours", |bch| {
+        bch.iter(|| {
+            fast::geglu(&fast::linear_bias(&x, &w_in, &b_in).unwrap())
+                .unwrap()
+                .eval()
+                .unwrap()
+        })
+    });
+    g.bench_function("mlx", |bch| {
+        bch.iter(|| {
+            let ff = x.matmul(&w_in.t().unwrap()).unwrap().add(&b_in).unwrap();
+            let parts = ff.split(2, -1).unwrap();
+            let gate = parts[1].contiguous().unwrap().gelu().unwrap();
+            parts[0].multiply(&gate).unwrap().eval().unwrap()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, conv, group_norm, attention, geglu_and_bias);
 criterion_main!(benches);

@@ -43,6 +43,12 @@ pub fn linear(x: &Array, w: &Array) -> Result<Array> {
     wrap(ffi::linear(&x.inner, &w.inner), "linear")
 }
 
+/// `x · wᵀ + bias` as [`linear`]; where our threaded sgemm runs, the bias is
+/// its starting value instead of a second pass over the output.
+pub fn linear_bias(x: &Array, w: &Array, bias: &Array) -> Result<Array> {
+    wrap(ffi::linear_bias(&x.inner, &w.inner, &bias.inner), "linear")
+}
+
 /// RMS normalisation over the last axis, scaled by `weight` when given.
 pub fn rms_norm(x: &Array, weight: Option<&Array>, eps: f32) -> Result<Array> {
     wrap(ffi::rms_norm(&x.inner, &opt_list(weight), eps), "rms_norm")
@@ -119,6 +125,13 @@ pub fn group_norm(x: &Array, groups: i32, weight: &Array, bias: &Array, eps: f32
         ffi::group_norm(&x.inner, groups, &weight.inner, &bias.inner, eps, silu),
         "group_norm",
     )
+}
+
+/// GEGLU of `x` (…, 2F) → (…, F): the first half times the exact GELU of
+/// the second (diffusers' `GEGLU` after its projection). One pass on the CPU
+/// in float32; elsewhere MLX's split, GELU and multiply.
+pub fn geglu(x: &Array) -> Result<Array> {
+    wrap(ffi::geglu(&x.inner), "geglu")
 }
 
 /// Multi-head attention `softmax(q kᵀ · scale) v` without a mask, with the

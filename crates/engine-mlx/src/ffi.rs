@@ -150,6 +150,7 @@ pub(crate) mod bridge {
             eps: f32,
             silu: bool,
         ) -> Result<UniquePtr<Array>>;
+        fn geglu(x: &Array) -> Result<UniquePtr<Array>>;
         fn attention(q: &Array, k: &Array, v: &Array, heads: i32, scale: f32) -> Result<UniquePtr<Array>>;
         #[allow(clippy::too_many_arguments)]
         fn rope(
@@ -163,6 +164,7 @@ pub(crate) mod bridge {
             freqs: &ArrayList,
         ) -> Result<UniquePtr<Array>>;
         fn linear(x: &Array, w: &Array) -> Result<UniquePtr<Array>>;
+        fn linear_bias(x: &Array, w: &Array, bias: &Array) -> Result<UniquePtr<Array>>;
         #[allow(clippy::too_many_arguments)]
         fn rope_rows(
             x: &Array,

@@ -10,7 +10,8 @@
 //! another order than MLX's GEMM; worst seen 8.7e-6, where a sum cancels),
 //! 2e-5 for the group norm (statistics in double, output in float32; worst
 //! seen 3.7e-7), 1e-5 for attention (our exp has a relative error under
-//! 2e-7; worst seen 4.1e-7).
+//! 2e-7; worst seen 4.1e-7) and for GEGLU (our erf's error times
+//! |value·gate|/2).
 
 use engine_mlx::fast::{self, AttentionMask};
 use engine_mlx::{conv2d, random, Array, Dtype};
@@ -163,5 +164,31 @@ fn attention_matches_mlx_sdpa() -> R {
         .reshape(&[b as i32, l as i32, (heads * d) as i32])?;
         close(&ours, &reference, 1e-5);
     }
+    Ok(())
+}
+
+#[test]
+fn linear_with_bias_matches_matmul_few_and_many_rows() -> R {
+    // 3 rows: the skinny kernel and an add; 300: our threaded sgemm by rows;
+    // 20 rows of a wide layer: split by weight rows. Tolerance as the conv's.
+    for (rows, k, n) in [(3usize, 64usize, 40usize), (300, 96, 72), (20, 64, 1000)] {
+        let x = normal(&[rows, k], 1, 1.0);
+        let w = normal(&[n, k], 2, 0.5);
+        let b = normal(&[n], 3, 1.0);
+        let reference = f64_of(&x).matmul(&f64_of(&w).t()?)?;
+        close(&fast::linear_bias(&x, &w, &b)?, &reference.add(&f64_of(&b))?, 2e-5);
+        close(&fast::linear(&x, &w)?, &reference, 2e-5);
+    }
+    Ok(())
+}
+
+#[test]
+fn geglu_matches_split_gelu_multiply() -> R {
+    let x = normal(&[2, 37, 2 * 40], 4, 2.0);
+    let parts = f64_of(&x).split(2, -1)?;
+    let reference = parts[0].multiply(&parts[1].gelu()?)?;
+    // Our erf is within 5e-7 of the true one; the product scales that by
+    // |value·gate|/2 (up to ~20 here).
+    close(&fast::geglu(&x)?, &reference, 1e-5);
     Ok(())
 }

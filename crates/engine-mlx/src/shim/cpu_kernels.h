@@ -22,6 +22,10 @@ mx::array gelu(const mx::array& x, mx::StreamOrDevice s = {});
 // SiLU, x·sigmoid(x).
 mx::array silu(const mx::array& x, mx::StreamOrDevice s = {});
 
+// GEGLU of x (…, 2F): the first half times the exact GELU of the second, in
+// one pass (no split copies, no GELU temporary).
+mx::array geglu(const mx::array& x, mx::StreamOrDevice s = {});
+
 // Layer normalisation over the last axis of x (+ residual when given, fused),
 // scaled by weight and shifted by bias when given (each of shape (D,)).
 mx::array layer_norm(const mx::array& x, const std::optional<mx::array>& residual,

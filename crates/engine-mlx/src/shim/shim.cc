@@ -487,6 +487,18 @@ std::unique_ptr<Array> group_norm(const Array& x, int32_t groups, const Array& w
   return own(silu ? mx::multiply(y, mx::sigmoid(y)) : y);
 }
 
+// GEGLU (value · GELU(gate), value the first half of the last axis): one CPU
+// kernel pass for float32 on the CPU, else MLX's ops.
+std::unique_ptr<Array> geglu(const Array& x) {
+  if (x.ndim() == 0 || x.shape(-1) % 2 != 0) throw std::invalid_argument("geglu: the last axis must be even");
+  if (kernels::applies(x)) return own(kernels::geglu(x));
+  auto parts = mx::split(x, 2, -1);
+  auto& g = parts[1];
+  auto gelu = mx::multiply(mx::multiply(g, Array(0.5f, g.dtype())),
+                           mx::add(Array(1.0f, g.dtype()), mx::erf(mx::multiply(g, Array(float(M_SQRT1_2), g.dtype())))));
+  return own(mx::multiply(parts[0], gelu));
+}
+
 // Multi-head attention over (B, L, H·D) queries and (B, S, H·D) keys/values:
 // the CPU kernel for float32 on the CPU, else MLX's fused attention.
 std::unique_ptr<Array> attention(const Array& q, const Array& k, const Array& v, int32_t heads, float scale) {
@@ -550,6 +562,15 @@ std::unique_ptr<Array> rope(const Array& x, int32_t dims, bool traditional, floa
   return own(mx::fast::rope(x, dims, traditional, b, scale, offset, opt(freqs)));
 }
 std::unique_ptr<Array> linear(const Array& x, const Array& w) { return own(kernels::linear(x, w)); }
+// x · wᵀ + bias: the bias fused into our threaded sgemm where it runs (more
+// rows than the skinny kernel takes, float32 on the CPU), else added after.
+std::unique_ptr<Array> linear_bias(const Array& x, const Array& w, const Array& bias) {
+  if (kernels::gemm_applies(x, w) && x.ndim() >= 1 && x.size() / std::max(1, w.shape(1)) > kernels::SKINNY_ROWS &&
+      bias.dtype() == mx::float32) {
+    return own(kernels::gemm(x, w, bias));
+  }
+  return own(mx::add(kernels::linear(x, w), bias));
+}
 std::unique_ptr<Array> rope_rows(const Array& x, int32_t dims, bool traditional, float base, bool has_base, float scale, const Array& offsets, const ArrayList& freqs) {
   std::optional<float> b = has_base ? std::optional<float>(base) : std::nullopt;
   return own(mx::fast::rope(x, dims, traditional, b, scale, offsets, opt(freqs)));
