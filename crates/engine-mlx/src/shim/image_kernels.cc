@@ -34,7 +34,9 @@ SgemmFn sgemm() {
 
 // OpenBLAS splits each call over its own threads; where we split the work
 // ourselves it must run single-threaded in each of ours (two levels of
-// threads on two cores only contend). Restores the count on scope exit.
+// threads on two cores only contend). Restores the count on scope exit. The
+// count is process-wide: a model on another thread meanwhile gets
+// single-threaded BLAS calls (slower, never wrong).
 class SerialBlas {
  public:
   explicit SerialBlas(bool on) : prev_(on ? blas::threads(0) : 1) {
