@@ -173,6 +173,15 @@ void pack_patches(const float* x, const ConvShape& s, int64_t p0, int64_t p1, fl
   }
 }
 
+// The calling thread's patch buffer, at least n floats. The pool's threads
+// live as long as the process, so each keeps one buffer (a few MiB at the
+// largest conv seen) instead of allocating and page-faulting one per call.
+float* patch_buffer(int64_t n) {
+  thread_local std::vector<float> buf;
+  if (static_cast<int64_t>(buf.size()) < n) buf.resize(n);
+  return buf.data();
+}
+
 // out rows [p0, p1) = bias (or 0), then += patches · wᵀ by one sgemm.
 void conv_tile(const float* x, const float* w, const float* bias, float* out, const ConvShape& s, int64_t p0,
                int64_t p1, float* scratch) {
@@ -215,10 +224,9 @@ class Conv2dKernel : public mx::UnaryPrimitive {
       SerialBlas serial(tiles > 1 && hw > 1);
       // Contiguous runs of tiles per thread; each thread packs into its own buffer.
       parallel(tiles, rows * std::max<int64_t>(k, s.cout) * 16, [&](int64_t lo, int64_t hi) {
-        // Every element is written by pack_patches before it is read: no zero fill.
-        std::unique_ptr<float[]> scratch(new float[rows * k]);
+        float* scratch = patch_buffer(rows * k);
         for (int64_t t = lo; t < hi; t++) {
-          conv_tile(x, w, b, y, s, t * rows, std::min(positions, (t + 1) * rows), scratch.get());
+          conv_tile(x, w, b, y, s, t * rows, std::min(positions, (t + 1) * rows), scratch);
         }
       });
     });
