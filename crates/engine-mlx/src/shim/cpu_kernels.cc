@@ -76,9 +76,7 @@ MLXE_CLONES void softmax_rows(const float* x, float* y, int64_t rows, int64_t le
   for (int64_t r = 0; r < rows; r++) {
     const float* in = x + r * len;
     float* out = y + r * len;
-    float m = -std::numeric_limits<float>::infinity();
-#pragma omp simd reduction(max : m)
-    for (int64_t i = 0; i < len; i++) m = std::max(m, in[i]);
+    const float m = row_max(in, len);
     if (m == -std::numeric_limits<float>::infinity()) {
       std::fill(out, out + len, 0.0f);
       continue;
@@ -176,8 +174,7 @@ MLXE_CLONES void attend_one(const float* qkv, float* out, int64_t off, int64_t n
     // Softmax over the n real keys (padding columns become 0).
     for (int64_t qi = 0; qi < qb; qi++) {
       float* p = probs + qi * npad;
-      float m = -std::numeric_limits<float>::infinity();
-      for (int64_t j = 0; j < n; j++) m = std::max(m, p[j]);
+      const float m = row_max(p, n);
       float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
       for (int64_t j = 0; j < n; j++) {
