@@ -76,6 +76,7 @@ fn main() {
         .cpp(true)
         .file("src/shim/cpu_kernels.cc")
         .file("src/shim/quant_kernels.cc")
+        .file("src/shim/image_kernels.cc")
         .include(&include)
         .std("c++20")
         .opt_level(3)
@@ -90,7 +91,8 @@ fn main() {
     println!("cargo:rerun-if-changed=src/shim/cpu_kernels.cc");
     println!("cargo:rerun-if-changed=src/shim/cpu_kernels.h");
     println!("cargo:rerun-if-changed=src/shim/quant_kernels.cc");
-    println!("cargo:rerun-if-changed=src/shim/pool.h");
+    println!("cargo:rerun-if-changed=src/shim/image_kernels.cc");
+    println!("cargo:rerun-if-changed=src/shim/kernel_common.h");
 
     println!("cargo:rustc-link-search=native={}", lib.display());
     println!("cargo:rustc-link-lib=dylib=mlx");
@@ -98,8 +100,9 @@ fn main() {
         println!("cargo:rustc-link-search=native={}", dir.display());
         println!("cargo:rustc-link-lib=dylib:+verbatim=libopenblas.so.0");
     }
-    if forward {
-        // dlopen/dlsym (part of libc from glibc 2.34, libdl before).
+    if target_os == "linux" {
+        // dlopen/dlsym (part of libc from glibc 2.34, libdl before): the OpenBLAS
+        // forwarder, and the image kernels' lookup of cblas_sgemm in every build.
         println!("cargo:rustc-link-lib=dylib=dl");
     }
     if cuda {

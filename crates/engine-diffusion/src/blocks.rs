@@ -1,7 +1,7 @@
 //! Building blocks shared by the UNet and the VAE (diffusers' `ResnetBlock2D`,
 //! `Downsample2D`, `Upsample2D`, `Attention`), over NHWC activations.
 
-use engine_mlx::fast::{scaled_dot_product_attention, AttentionMask};
+use engine_mlx::fast;
 use engine_mlx::nn::{join, Conv2d, GroupNorm, Linear};
 use engine_mlx::{upsample_nearest, Array, Result, WeightMap};
 
@@ -51,12 +51,12 @@ impl Resnet {
 
     /// x (N, H, W, Cin), temb (N or 1, T) → (N, H, W, Cout).
     pub fn forward(&self, x: &Array, temb: Option<&Array>) -> Result<Array> {
-        let mut h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
+        let mut h = self.conv1.forward(&self.norm1.forward_silu(x)?)?;
         if let (Some(proj), Some(t)) = (&self.time_emb_proj, temb) {
             let t = proj.forward(&t.silu()?)?;
             h = h.add(&t.expand_dims(1)?.expand_dims(1)?)?;
         }
-        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
+        let h = self.conv2.forward(&self.norm2.forward_silu(&h)?)?;
         let skip = match &self.shortcut {
             Some(c) => c.forward(x)?,
             None => x.clone(),
@@ -139,18 +139,10 @@ impl Attention {
 
     pub fn forward(&self, x: &Array, context: Option<&Array>) -> Result<Array> {
         let ctx = context.unwrap_or(x);
-        let (b, l) = (x.dim(0) as i32, x.dim(1) as i32);
-        let split = |t: Array| {
-            let s = t.shape_i32();
-            let hd = s[2] / self.heads;
-            t.reshape(&[s[0], s[1], self.heads, hd])?.transpose(&[0, 2, 1, 3])
-        };
-        let q = split(self.q.forward(x)?)?;
-        let k = split(self.k.forward(ctx)?)?;
-        let v = split(self.v.forward(ctx)?)?;
-        let scale = (q.dim(-1) as f32).powf(-0.5);
-        let a = scaled_dot_product_attention(&q, &k, &v, scale, AttentionMask::None)?;
-        self.out.forward(&a.transpose(&[0, 2, 1, 3])?.reshape(&[b, l, -1])?)
+        let q = self.q.forward(x)?;
+        let scale = ((q.dim(-1) / self.heads as usize) as f32).powf(-0.5);
+        let a = fast::attention(&q, &self.k.forward(ctx)?, &self.v.forward(ctx)?, self.heads, scale)?;
+        self.out.forward(&a)
     }
 }
 

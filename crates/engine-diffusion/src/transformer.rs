@@ -4,6 +4,7 @@
 //! residual), `proj_out`, and the residual around it all.
 
 use crate::blocks::{conv, Attention};
+use engine_mlx::fast;
 use engine_mlx::nn::{join, Conv2d, GroupNorm, LayerNorm, Linear};
 use engine_mlx::{Array, Result, WeightMap};
 
@@ -101,8 +102,7 @@ impl Transformer2D {
             h = h.add(&b.attn2.forward(&b.norm2.forward(&h)?, Some(context))?)?;
             // GEGLU: the first half is the value, the second the gate.
             let ff = b.ff_in.forward(&b.norm3.forward(&h)?)?;
-            let parts = ff.split(2, -1)?;
-            h = h.add(&b.ff_out.forward(&parts[0].multiply(&parts[1].gelu()?)?)?)?;
+            h = h.add(&b.ff_out.forward(&fast::geglu(&ff)?)?)?;
         }
         self.proj_out.forward(&h.reshape(&s)?)?.add(x)
     }

@@ -219,7 +219,7 @@ impl Vae {
                 h = u.forward(&h)?;
             }
         }
-        self.dec_out.forward(&self.dec_norm.forward(&h)?.silu()?)
+        self.dec_out.forward(&self.dec_norm.forward_silu(&h)?)
     }
 
     /// Encodes pixels in [-1, 1] (N, H, W, 3) to the posterior's mean (unscaled), or None without an encoder.
@@ -236,7 +236,7 @@ impl Vae {
                 h = d.forward(&h)?;
             }
         }
-        let h = e.conv_out.forward(&e.norm.forward(&e.mid.forward(&h)?)?.silu()?)?;
+        let h = e.conv_out.forward(&e.norm.forward_silu(&e.mid.forward(&h)?)?)?;
         let moments = match &e.quant {
             Some(q) => q.forward(&h)?,
             None => h,

@@ -1,6 +1,7 @@
-//! `fast::linear` (one pass over the weights for decode-sized batches) against
-//! MLX's matmul with the transposed weight (BLAS), float32 on the CPU, at
-//! SmolLM2's MLP shape: `cargo bench -p engine-mlx --bench linear`.
+//! `fast::linear` (one pass over the weights for decode-sized batches, our
+//! threaded sgemm beyond) against MLX's matmul with the transposed weight
+//! (OpenBLAS's threads), float32 on the CPU, at SmolLM2's MLP shape:
+//! `cargo bench -p engine-mlx --bench linear`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use engine_mlx::{fast, random, Array, Dtype};
@@ -15,7 +16,7 @@ fn normal(shape: &[usize], seed: u64) -> Array {
 fn linear(c: &mut Criterion) {
     let w = normal(&[1536, 576], 1);
     let mut g = c.benchmark_group("linear_1536x576");
-    for rows in [1usize, 4, 8, 16] {
+    for rows in [1usize, 4, 8, 16, 64, 512] {
         let x = normal(&[rows, 576], 2);
         g.bench_with_input(BenchmarkId::new("skinny", rows), &x, |b, x| {
             b.iter(|| fast::linear(x, &w).unwrap().eval().unwrap())

@@ -37,9 +37,16 @@ pub fn scaled_dot_product_attention(
 
 /// `x · wᵀ` for x (…, K) and a weight w (N, K) as a linear layer stores it.
 /// Decode-sized float32 products on the CPU (at most 8 rows) take one pass
-/// over the weights in our kernel; everything else is MLX's matmul.
+/// over the weights in our kernel; larger ones are split over the cores by
+/// us, one single-threaded sgemm each; everything else is MLX's matmul.
 pub fn linear(x: &Array, w: &Array) -> Result<Array> {
     wrap(ffi::linear(&x.inner, &w.inner), "linear")
+}
+
+/// `x · wᵀ + bias` as [`linear`]; where our threaded sgemm runs, the bias is
+/// its starting value instead of a second pass over the output.
+pub fn linear_bias(x: &Array, w: &Array, bias: &Array) -> Result<Array> {
+    wrap(ffi::linear_bias(&x.inner, &w.inner, &bias.inner), "linear")
 }
 
 /// RMS normalisation over the last axis, scaled by `weight` when given.
@@ -113,6 +120,52 @@ pub fn cache_attention(q: &Array, k: &Array, v: &Array, scale: f32, pads: &[i32]
         ffi::cache_attention(&q.inner, &k.inner, &v.inner, scale, pads),
         "cache_attention",
     )
+}
+
+/// 2-D convolution of NHWC `x` with an (O, KH, KW, I) weight, plus `bias`
+/// (O,) when given; no dilation, one group. On the CPU in float32 our kernel
+/// (tiles of receptive fields packed in cache and one sgemm each, no im2col
+/// of the whole image, split over the cores); elsewhere MLX's conv and an add.
+pub fn conv2d(x: &Array, w: &Array, bias: Option<&Array>, stride: (i32, i32), padding: (i32, i32)) -> Result<Array> {
+    wrap(
+        ffi::conv2d_bias(
+            &x.inner,
+            &w.inner,
+            &opt_list(bias),
+            stride.0,
+            stride.1,
+            padding.0,
+            padding.1,
+        ),
+        "conv2d",
+    )
+}
+
+/// Group normalisation of channels-last `x` (N, ..., C): statistics per image
+/// over all positions and the C/`groups` channels of a group, then
+/// `weight`·x̂ + `bias` per channel, and SiLU when `silu` (a UNet's
+/// norm → SiLU pairs in one pass). One fused kernel on the CPU in float32.
+pub fn group_norm(x: &Array, groups: i32, weight: &Array, bias: &Array, eps: f32, silu: bool) -> Result<Array> {
+    wrap(
+        ffi::group_norm(&x.inner, groups, &weight.inner, &bias.inner, eps, silu),
+        "group_norm",
+    )
+}
+
+/// GEGLU of `x` (…, 2F) → (…, F): the first half times the exact GELU of
+/// the second (diffusers' `GEGLU` after its projection). One pass on the CPU
+/// in float32; elsewhere MLX's split, GELU and multiply.
+pub fn geglu(x: &Array) -> Result<Array> {
+    wrap(ffi::geglu(&x.inner), "geglu")
+}
+
+/// Multi-head attention `softmax(q kᵀ · scale) v` without a mask, with the
+/// heads side by side in the last axis as linear projections give them:
+/// q (B, L, H·D), k and v (B, S, H·D) → (B, L, H·D). On the CPU in float32
+/// one kernel that keeps a few query rows' scores in cache (never the
+/// L × S matrix) and needs no head transposes; elsewhere MLX's fused attention.
+pub fn attention(q: &Array, k: &Array, v: &Array, heads: i32, scale: f32) -> Result<Array> {
+    wrap(ffi::attention(&q.inner, &k.inner, &v.inner, heads, scale), "attention")
 }
 
 /// Frequencies of a rotary embedding: a base, or explicit per-pair frequencies.

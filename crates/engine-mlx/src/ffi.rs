@@ -135,6 +135,26 @@ pub(crate) mod bridge {
         fn cache_attention_applies(q: &Array, k: &Array, v: &Array) -> bool;
         fn cache_attention(q: &Array, k: &Array, v: &Array, scale: f32, pads: &[i32]) -> Result<UniquePtr<Array>>;
         #[allow(clippy::too_many_arguments)]
+        fn conv2d_bias(
+            x: &Array,
+            w: &Array,
+            bias: &ArrayList,
+            sh: i32,
+            sw: i32,
+            ph: i32,
+            pw: i32,
+        ) -> Result<UniquePtr<Array>>;
+        fn group_norm(
+            x: &Array,
+            groups: i32,
+            weight: &Array,
+            bias: &Array,
+            eps: f32,
+            silu: bool,
+        ) -> Result<UniquePtr<Array>>;
+        fn geglu(x: &Array) -> Result<UniquePtr<Array>>;
+        fn attention(q: &Array, k: &Array, v: &Array, heads: i32, scale: f32) -> Result<UniquePtr<Array>>;
+        #[allow(clippy::too_many_arguments)]
         fn rope(
             x: &Array,
             dims: i32,
@@ -146,6 +166,7 @@ pub(crate) mod bridge {
             freqs: &ArrayList,
         ) -> Result<UniquePtr<Array>>;
         fn linear(x: &Array, w: &Array) -> Result<UniquePtr<Array>>;
+        fn linear_bias(x: &Array, w: &Array, bias: &Array) -> Result<UniquePtr<Array>>;
         #[allow(clippy::too_many_arguments)]
         fn rope_rows(
             x: &Array,

@@ -1,5 +1,5 @@
 use super::param;
-use crate::{conv2d, Array, Result, WeightMap};
+use crate::{fast, Array, Result, WeightMap};
 
 /// 2-D convolution over NHWC input; weight (out, kh, kw, in) in MLX layout.
 #[derive(Debug, Clone)]
@@ -33,12 +33,8 @@ impl Conv2d {
         })
     }
 
-    /// Applies the convolution.
+    /// Applies the convolution (and the bias, fused on the CPU).
     pub fn forward(&self, x: &Array) -> Result<Array> {
-        let y = conv2d(x, &self.weight, self.stride, self.padding, (1, 1), 1)?;
-        match &self.bias {
-            Some(b) => y.add(b),
-            None => Ok(y),
-        }
+        fast::conv2d(x, &self.weight, self.bias.as_ref(), self.stride, self.padding)
     }
 }

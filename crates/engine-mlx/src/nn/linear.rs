@@ -159,6 +159,7 @@ impl Linear {
     /// Applies the layer to x (..., in).
     pub fn forward(&self, x: &Array) -> Result<Array> {
         let (y, bias) = match self {
+            Linear::Dense { weight, bias: Some(b) } => return crate::fast::linear_bias(x, weight, b),
             Linear::Dense { weight, bias } => (crate::fast::linear(x, weight)?, bias),
             Linear::Quantized { q, bias } => (quantized_matmul(x, q, true)?, bias),
             Linear::Lora {

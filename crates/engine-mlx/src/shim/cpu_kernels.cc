@@ -2,7 +2,7 @@
 // Linux each loop is compiled for AVX-512, AVX2 and baseline and picked at
 // load time, so one binary runs everywhere and uses what the CPU has.
 #include "cpu_kernels.h"
-#include "pool.h"
+#include "kernel_common.h"
 
 #include <algorithm>
 #include <cmath>
@@ -16,38 +16,9 @@
 #include "mlx/backend/cpu/encoder.h"
 #include "mlx/primitives.h"
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
-#define MLXE_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define MLXE_CLONES
-#endif
 
 namespace mlxe::kernels {
 namespace {
-
-// exp(x) = 2^n·e^r with n = round(x·log2 e), |r| ≤ ln2/2 and a degree-6
-// polynomial for e^r (Cephes' expf coefficients, relative error < 2e-7).
-// Written without calls or branches so the loops around it vectorise.
-inline float exp_approx(float x) {
-  const float xc = std::min(std::max(x, -87.0f), 88.0f);
-  // Round to nearest by adding and removing 1.5·2^23.
-  float n = xc * 1.44269504088896341f + 12582912.0f;
-  n -= 12582912.0f;
-  float r = xc - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  // Below -87 the true value is under float's normal range: 0 (also for -inf).
-  return x < -87.0f ? 0.0f : p * scale;
-}
 
 // erf(z) ≈ z·P(z²)/Q(z²) on [-4, 4], the rational form Eigen and XLA use for
 // float32 (|error| < 5e-7); beyond ±4 erf is ±1 in float32.
@@ -87,13 +58,25 @@ MLXE_CLONES void silu_range(const float* x, float* y, int64_t n) {
   }
 }
 
+// GEGLU over rows of 2F: y = value · GELU(gate), value the first half.
+MLXE_CLONES void geglu_rows(const float* x, float* y, int64_t rows, int64_t f) {
+  for (int64_t r = 0; r < rows; r++) {
+    const float* value = x + r * 2 * f;
+    const float* gate = value + f;
+    float* out = y + r * f;
+#pragma omp simd
+    for (int64_t i = 0; i < f; i++) {
+      const float g = gate[i];
+      out[i] = value[i] * (0.5f * g * (1.0f + erf_approx(g * 0.70710678118654752f)));
+    }
+  }
+}
+
 MLXE_CLONES void softmax_rows(const float* x, float* y, int64_t rows, int64_t len) {
   for (int64_t r = 0; r < rows; r++) {
     const float* in = x + r * len;
     float* out = y + r * len;
-    float m = -std::numeric_limits<float>::infinity();
-#pragma omp simd reduction(max : m)
-    for (int64_t i = 0; i < len; i++) m = std::max(m, in[i]);
+    const float m = row_max(in, len);
     if (m == -std::numeric_limits<float>::infinity()) {
       std::fill(out, out + len, 0.0f);
       continue;
@@ -191,8 +174,7 @@ MLXE_CLONES void attend_one(const float* qkv, float* out, int64_t off, int64_t n
     // Softmax over the n real keys (padding columns become 0).
     for (int64_t qi = 0; qi < qb; qi++) {
       float* p = probs + qi * npad;
-      float m = -std::numeric_limits<float>::infinity();
-      for (int64_t j = 0; j < n; j++) m = std::max(m, p[j]);
+      const float m = row_max(p, n);
       float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
       for (int64_t j = 0; j < n; j++) {
@@ -231,33 +213,6 @@ MLXE_CLONES void attend_one(const float* qkv, float* out, int64_t off, int64_t n
         out[(off + i0 + qi) * width + head * d + c0] = sum;
       }
     }
-  }
-}
-
-// Splits `items` units of work (each `unit` floats long) over the cores when
-// there is enough of it to pay for the threads.
-template <typename F>
-void parallel(int64_t items, int64_t unit, F&& f) {
-  constexpr int64_t min_floats_per_thread = 1 << 17;
-  const int64_t hw = std::max(1u, std::thread::hardware_concurrency());
-  const int64_t threads = std::min(hw, std::max<int64_t>(1, items * unit / min_floats_per_thread));
-  if (threads <= 1) {
-    f(0, items);
-    return;
-  }
-  const int64_t per = (items + threads - 1) / threads;
-  std::vector<std::thread> pool;
-  for (int64_t t = 1; t < threads; t++) {
-    const int64_t lo = t * per, hi = std::min(items, lo + per);
-    if (lo < hi) pool.emplace_back([&f, lo, hi] { f(lo, hi); });
-  }
-  f(0, std::min(items, per));
-  for (auto& th : pool) th.join();
-}
-
-void check_input(const mx::array& a, const char* name) {
-  if (a.dtype() != mx::float32 || !a.flags().row_contiguous) {
-    throw std::runtime_error(std::string(name) + ": expects row-contiguous float32 inputs");
   }
 }
 
@@ -666,6 +621,39 @@ class CacheAttentionKernel : public mx::UnaryPrimitive {
   std::vector<int32_t> pads_;
 };
 
+class GegluKernel : public mx::UnaryPrimitive {
+ public:
+  explicit GegluKernel(mx::Stream s) : mx::UnaryPrimitive(s) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
+    check_input(inputs[0], name());
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& enc = mx::cpu::get_command_encoder(stream());
+    enc.set_input_array(inputs[0]);
+    enc.set_output_array(out);
+    enc.dispatch([in = mx::array::unsafe_weak_copy(inputs[0]), out = mx::array::unsafe_weak_copy(out)]() mutable {
+      const int64_t f = out.shape(-1);
+      if (out.size() == 0 || f == 0) return;
+      const int64_t rows = static_cast<int64_t>(out.size()) / f;
+      const float* x = in.data<float>();
+      float* y = out.data<float>();
+      parallel(rows, 3 * f, [&](int64_t lo, int64_t hi) { geglu_rows(x + lo * 2 * f, y + lo * f, hi - lo, f); });
+    });
+  }
+  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
+    throw std::runtime_error("MlxeGeglu is a CPU kernel");
+  }
+  const char* name() const override { return "MlxeGeglu"; }
+  bool is_equivalent(const mx::Primitive& other) const override {
+    return dynamic_cast<const GegluKernel*>(&other) != nullptr;
+  }
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    auto shape = inputs[0].shape();
+    shape.back() /= 2;
+    return {shape};
+  }
+};
+
 mx::array make(const mx::array& x, Kind kind, mx::StreamOrDevice s) {
   if (!applies(x, s)) {
     throw std::invalid_argument("CPU kernels take float32 arrays on a CPU stream");
@@ -684,6 +672,16 @@ bool applies(const mx::array& x, mx::StreamOrDevice s) {
 mx::array softmax_last(const mx::array& x, mx::StreamOrDevice s) { return make(x, Kind::Softmax, s); }
 mx::array gelu(const mx::array& x, mx::StreamOrDevice s) { return make(x, Kind::Gelu, s); }
 mx::array silu(const mx::array& x, mx::StreamOrDevice s) { return make(x, Kind::Silu, s); }
+
+mx::array geglu(const mx::array& x, mx::StreamOrDevice s) {
+  if (!applies(x, s) || x.ndim() == 0 || x.shape(-1) % 2 != 0) {
+    throw std::invalid_argument("geglu kernel: float32 on a CPU stream, an even last axis");
+  }
+  auto stream = mx::to_stream(s);
+  auto shape = x.shape();
+  shape.back() /= 2;
+  return mx::array(shape, mx::float32, std::make_shared<GegluKernel>(stream), {mx::contiguous(x, false, stream)});
+}
 
 mx::array layer_norm(const mx::array& x, const std::optional<mx::array>& residual,
                      const std::optional<mx::array>& weight, const std::optional<mx::array>& bias, float eps,
@@ -716,7 +714,12 @@ mx::array linear(const mx::array& x, const mx::array& w, mx::StreamOrDevice s) {
   auto stream = mx::to_stream(s);
   const bool fits = applies(x, s) && x.ndim() >= 1 && w.ndim() == 2 && w.dtype() == mx::float32 &&
                     x.shape(-1) == w.shape(1) && x.size() / std::max(1, w.shape(1)) <= SKINNY_ROWS;
-  if (!fits) return mx::matmul(x, mx::transpose(w, stream), stream);
+  if (!fits) {
+    if (gemm_applies(x, w, s) && x.ndim() >= 1 && x.size() / std::max(1, w.shape(1)) > SKINNY_ROWS) {
+      return gemm(x, w, std::nullopt, s);
+    }
+    return mx::matmul(x, mx::transpose(w, stream), stream);
+  }
   auto shape = x.shape();
   shape.back() = w.shape(0);
   return mx::array(shape, mx::float32, std::make_shared<SkinnyMatmulKernel>(stream),

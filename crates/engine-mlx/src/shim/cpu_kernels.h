@@ -22,6 +22,10 @@ mx::array gelu(const mx::array& x, mx::StreamOrDevice s = {});
 // SiLU, x·sigmoid(x).
 mx::array silu(const mx::array& x, mx::StreamOrDevice s = {});
 
+// GEGLU of x (…, 2F): the first half times the exact GELU of the second, in
+// one pass (no split copies, no GELU temporary).
+mx::array geglu(const mx::array& x, mx::StreamOrDevice s = {});
+
 // Layer normalisation over the last axis of x (+ residual when given, fused),
 // scaled by weight and shifted by bias when given (each of shape (D,)).
 mx::array layer_norm(const mx::array& x, const std::optional<mx::array>& residual,
@@ -35,7 +39,7 @@ constexpr size_t SKINNY_ROWS = 8;
 
 // x · wᵀ for x (…, K) and a weight w (N, K). In float32 on the CPU with at
 // most SKINNY_ROWS rows, one pass over the weights (memory-bound decode
-// steps); otherwise MLX's matmul.
+// steps); with more, `gemm` below; otherwise MLX's matmul.
 mx::array linear(const mx::array& x, const mx::array& w, mx::StreamOrDevice s = {});
 
 // Bidirectional attention over packed sequences: qkv (T, 3·heads·D) holds the
@@ -74,5 +78,42 @@ mx::array quantized_linear(const mx::array& x, const mx::array& w, const mx::arr
 // VNNI. `force` ≥ 0 caps it (tests run every level the CPU has), -1 restores
 // the automatic choice, < -1 only reads.
 int quantized_kernel_level(int force);
+
+// ---- image models (image_kernels.cc)
+
+// Whether gemm takes these arguments: float32 x (…, K) and w (N, K) on a CPU
+// stream, and a BLAS to call.
+bool gemm_applies(const mx::array& x, const mx::array& w, mx::StreamOrDevice s = {});
+
+// x · wᵀ (+ bias) split over the cores by us, one single-threaded sgemm each
+// (by rows, or by weight rows when x has few): OpenBLAS's own threads spin
+// in sched_yield between calls, which on two cores took 15% of a diffusion run.
+mx::array gemm(const mx::array& x, const mx::array& w, const std::optional<mx::array>& bias,
+               mx::StreamOrDevice s = {});
+
+// Whether conv2d takes these arguments: float32 NHWC x and (O, KH, KW, I)
+// weight on a CPU stream, one group, no dilation, and a BLAS to call.
+bool conv2d_applies(const mx::array& x, const mx::array& w, int sh, int sw, int ph, int pw, int dh, int dw, int groups,
+                    mx::StreamOrDevice s = {});
+
+// 2-D convolution (+ bias) without im2col: the output positions go in tiles
+// over the cores; each tile's receptive fields are packed into a buffer that
+// stays in cache (1×1 stride-1 convolutions read the input in place) and
+// multiplied by the weight with one single-threaded sgemm.
+mx::array conv2d(const mx::array& x, const mx::array& w, const std::optional<mx::array>& bias, int sh, int sw, int ph,
+                 int pw, mx::StreamOrDevice s = {});
+
+// Group normalisation of x (N, ..., C) over all positions and the C/groups
+// channels of each group, scaled and shifted per channel, then SiLU when
+// `silu`: the statistics in one pass (float partials added in double), the
+// output in a second, both split over the cores.
+mx::array group_norm(const mx::array& x, int groups, const mx::array& weight, const mx::array& bias, float eps,
+                     bool silu, mx::StreamOrDevice s = {});
+
+// softmax(q kᵀ·scale) v per head for q (B, L, H·D) and k, v (B, S, H·D),
+// heads side by side in the last axis as the projections give them; returns
+// (B, L, H·D). Holds a few query rows' scores at a time, never L × S.
+mx::array attention(const mx::array& q, const mx::array& k, const mx::array& v, int heads, float scale,
+                    mx::StreamOrDevice s = {});
 
 }  // namespace mlxe::kernels

@@ -30,7 +30,7 @@
 #include <vector>
 
 #include "cpu_kernels.h"
-#include "pool.h"
+#include "kernel_common.h"
 #include "mlx/backend/cpu/encoder.h"
 #include "mlx/primitives.h"
 

@@ -476,6 +476,60 @@ bool cache_attention_applies(const Array& q, const Array& k, const Array& v) {
 std::unique_ptr<Array> cache_attention(const Array& q, const Array& k, const Array& v, float scale, rust::Slice<const int32_t> pads) {
   return own(kernels::cache_attention(q, k, v, scale, std::vector<int32_t>(pads.begin(), pads.end())));
 }
+// Convolution + bias: our CPU kernel for float32 on the CPU, else MLX's conv
+// (im2col and a GEMM on the CPU) and an add.
+std::unique_ptr<Array> conv2d_bias(const Array& x, const Array& w, const ArrayList& bias, int32_t sh, int32_t sw, int32_t ph,
+                                   int32_t pw) {
+  auto b = opt(bias);
+  if (kernels::conv2d_applies(x, w, sh, sw, ph, pw, 1, 1, 1) && (!b || b->dtype() == mx::float32)) {
+    return own(kernels::conv2d(x, w, b, sh, sw, ph, pw));
+  }
+  auto y = mx::conv2d(x, w, {sh, sw}, {ph, pw}, {1, 1}, 1);
+  return own(b ? mx::add(y, *b) : y);
+}
+
+// Group norm over channels-last x (N, ..., C): the fused CPU kernel for
+// float32 on the CPU, else MLX's reductions over (positions, channels of a group).
+std::unique_ptr<Array> group_norm(const Array& x, int32_t groups, const Array& weight, const Array& bias, float eps, bool silu) {
+  if (kernels::applies(x) && x.ndim() >= 2) return own(kernels::group_norm(x, groups, weight, bias, eps, silu));
+  const auto shape = x.shape();
+  const int n = shape[0], c = shape.back();
+  auto g = mx::reshape(x, {n, -1, groups, c / groups});
+  auto mean = mx::mean(g, {1, 3}, true);
+  auto var = mx::var(g, {1, 3}, true);
+  auto normed = mx::multiply(mx::subtract(g, mean), mx::rsqrt(mx::add(var, Array(eps, var.dtype()))));
+  auto y = mx::add(mx::multiply(mx::reshape(normed, shape), weight), bias);
+  return own(silu ? mx::multiply(y, mx::sigmoid(y)) : y);
+}
+
+// GEGLU (value · GELU(gate), value the first half of the last axis): one CPU
+// kernel pass for float32 on the CPU, else MLX's ops.
+std::unique_ptr<Array> geglu(const Array& x) {
+  if (x.ndim() == 0 || x.shape(-1) % 2 != 0) throw std::invalid_argument("geglu: the last axis must be even");
+  if (kernels::applies(x)) return own(kernels::geglu(x));
+  auto parts = mx::split(x, 2, -1);
+  auto& g = parts[1];
+  auto gelu = mx::multiply(mx::multiply(g, Array(0.5f, g.dtype())),
+                           mx::add(Array(1.0f, g.dtype()), mx::erf(mx::multiply(g, Array(float(M_SQRT1_2), g.dtype())))));
+  return own(mx::multiply(parts[0], gelu));
+}
+
+// Multi-head attention over (B, L, H·D) queries and (B, S, H·D) keys/values:
+// the CPU kernel for float32 on the CPU, else MLX's fused attention.
+std::unique_ptr<Array> attention(const Array& q, const Array& k, const Array& v, int32_t heads, float scale) {
+  if (q.ndim() != 3 || k.ndim() != 3 || v.ndim() != 3 || heads <= 0 || q.shape(2) % heads != 0 ||
+      k.shape(2) != q.shape(2) || v.shape() != k.shape() || k.shape(0) != q.shape(0)) {
+    throw std::invalid_argument("attention: q (B, L, H·D), k and v (B, S, H·D) with H·D divisible by heads");
+  }
+  if (kernels::applies(q) && k.dtype() == mx::float32 && v.dtype() == mx::float32) {
+    return own(kernels::attention(q, k, v, heads, scale));
+  }
+  const int b = q.shape(0), l = q.shape(1), s = k.shape(1), d = q.shape(2) / heads;
+  auto split = [&](const Array& t, int len) { return mx::transpose(mx::reshape(t, {b, len, heads, d}), {0, 2, 1, 3}); };
+  auto o = mx::fast::scaled_dot_product_attention(split(q, l), split(k, s), split(v, s), scale, "", std::nullopt);
+  return own(mx::reshape(mx::transpose(o, {0, 2, 1, 3}), {b, l, heads * d}));
+}
+
 std::unique_ptr<Array> packed_attention(const Array& qkv, rust::Slice<const int32_t> lengths, int32_t heads, float scale) {
   if (qkv.ndim() != 2 || heads <= 0 || qkv.shape(1) % (3 * heads) != 0) {
     throw std::invalid_argument("packed_attention: qkv must be (tokens, 3·heads·head_dim)");
@@ -523,6 +577,15 @@ std::unique_ptr<Array> rope(const Array& x, int32_t dims, bool traditional, floa
   return own(mx::fast::rope(x, dims, traditional, b, scale, offset, opt(freqs)));
 }
 std::unique_ptr<Array> linear(const Array& x, const Array& w) { return own(kernels::linear(x, w)); }
+// x · wᵀ + bias: the bias fused into our threaded sgemm where it runs (more
+// rows than the skinny kernel takes, float32 on the CPU), else added after.
+std::unique_ptr<Array> linear_bias(const Array& x, const Array& w, const Array& bias) {
+  if (kernels::gemm_applies(x, w) && x.ndim() >= 1 && x.size() / std::max(1, w.shape(1)) > kernels::SKINNY_ROWS &&
+      bias.dtype() == mx::float32) {
+    return own(kernels::gemm(x, w, bias));
+  }
+  return own(mx::add(kernels::linear(x, w), bias));
+}
 std::unique_ptr<Array> rope_rows(const Array& x, int32_t dims, bool traditional, float base, bool has_base, float scale, const Array& offsets, const ArrayList& freqs) {
   std::optional<float> b = has_base ? std::optional<float>(base) : std::nullopt;
   return own(mx::fast::rope(x, dims, traditional, b, scale, offsets, opt(freqs)));

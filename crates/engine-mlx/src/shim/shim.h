@@ -137,8 +137,13 @@ std::unique_ptr<Array> layer_norm(const Array& x, const ArrayList& residual, con
 std::unique_ptr<Array> packed_attention(const Array& qkv, rust::Slice<const int32_t> lengths, int32_t heads, float scale);
 bool cache_attention_applies(const Array& q, const Array& k, const Array& v);
 std::unique_ptr<Array> cache_attention(const Array& q, const Array& k, const Array& v, float scale, rust::Slice<const int32_t> pads);
+std::unique_ptr<Array> conv2d_bias(const Array& x, const Array& w, const ArrayList& bias, int32_t sh, int32_t sw, int32_t ph, int32_t pw);
+std::unique_ptr<Array> group_norm(const Array& x, int32_t groups, const Array& weight, const Array& bias, float eps, bool silu);
+std::unique_ptr<Array> geglu(const Array& x);
+std::unique_ptr<Array> attention(const Array& q, const Array& k, const Array& v, int32_t heads, float scale);
 std::unique_ptr<Array> rope(const Array& x, int32_t dims, bool traditional, float base, bool has_base, float scale, int32_t offset, const ArrayList& freqs);
 std::unique_ptr<Array> linear(const Array& x, const Array& w);
+std::unique_ptr<Array> linear_bias(const Array& x, const Array& w, const Array& bias);
 std::unique_ptr<Array> rope_rows(const Array& x, int32_t dims, bool traditional, float base, bool has_base, float scale, const Array& offsets, const ArrayList& freqs);
 
 // ---- quantization

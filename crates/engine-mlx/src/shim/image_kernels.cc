@@ -1,0 +1,609 @@
+// CPU kernels for the image models' hot ops (see cpu_kernels.h): 2-D
+// convolution without im2col, group normalisation (+ SiLU) in one pass over
+// the data after the statistics, and multi-head attention that never holds
+// the whole score matrix. Built like cpu_kernels.cc (-O3, one clone per
+// x86-64 level).
+#include <dlfcn.h>
+
+#include <cmath>
+#include <limits>
+#include <memory>
+
+#include "blas.h"
+#include "cpu_kernels.h"
+#include "kernel_common.h"
+#include "mlx/backend/cpu/encoder.h"
+#include "mlx/primitives.h"
+
+namespace mlxe::kernels {
+namespace {
+
+// ---- BLAS
+
+// cblas_sgemm of whichever BLAS serves libmlx (the shim's forwarder to
+// OpenBLAS on x86-64 Linux), found at run time so no build links one more
+// library; null when none is loaded, and then the convolution is MLX's.
+using SgemmFn = void (*)(int order, int ta, int tb, int m, int n, int k, float alpha, const float* a, int lda,
+                         const float* b, int ldb, float beta, float* c, int ldc);
+constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
+
+SgemmFn sgemm() {
+  static const SgemmFn f = reinterpret_cast<SgemmFn>(dlsym(RTLD_DEFAULT, "cblas_sgemm"));
+  return f;
+}
+
+// OpenBLAS splits each call over its own threads; where we split the work
+// ourselves it must run single-threaded in each of ours (two levels of
+// threads on two cores only contend). Restores the count on scope exit. The
+// count is process-wide: a model on another thread meanwhile gets
+// single-threaded BLAS calls (slower, never wrong).
+class SerialBlas {
+ public:
+  explicit SerialBlas(bool on) : prev_(on ? blas::threads(0) : 1) {
+    if (prev_ > 1) blas::threads(1);
+  }
+  ~SerialBlas() {
+    if (prev_ > 1) blas::threads(prev_);
+  }
+  SerialBlas(const SerialBlas&) = delete;
+  SerialBlas& operator=(const SerialBlas&) = delete;
+
+ private:
+  int prev_;
+};
+
+// y (m, n) = a (m, k) · w (n, k)ᵀ (+ bias per column) on the cores, one
+// single-threaded sgemm each: blocks of rows when there are many rows, else
+// blocks of columns (each thread then reads only its share of the weights).
+void threaded_gemm(const float* a, const float* w, const float* bias, float* y, int64_t m, int64_t n, int64_t k) {
+  const int64_t hw = std::max(1u, std::thread::hardware_concurrency());
+  const bool by_rows = m >= 64 * hw || n < 16 * hw;
+  const int64_t parts = std::min<int64_t>(hw, std::max<int64_t>(1, m * n * k / (int64_t{1} << 20)));
+  SerialBlas serial(parts > 1);
+  const int64_t total = by_rows ? m : n, per = (total + parts - 1) / parts;
+  parallel(parts, int64_t{1} << 30, [&](int64_t lo, int64_t hi) {
+    for (int64_t t = lo; t < hi; t++) {
+      const int64_t i0 = t * per, i1 = std::min(total, i0 + per);
+      if (i0 >= i1) continue;
+      const int64_t rows = by_rows ? i1 - i0 : m, cols = by_rows ? n : i1 - i0;
+      float* out = by_rows ? y + i0 * n : y + i0;
+      if (bias != nullptr) {
+        for (int64_t r = 0; r < rows; r++) std::memcpy(out + r * n, bias + (by_rows ? 0 : i0), sizeof(float) * cols);
+      }
+      sgemm()(kRowMajor, kNoTrans, kTrans, static_cast<int>(rows), static_cast<int>(cols), static_cast<int>(k), 1.0f,
+              by_rows ? a + i0 * k : a, static_cast<int>(k), by_rows ? w : w + i0 * k, static_cast<int>(k),
+              bias != nullptr ? 1.0f : 0.0f, out, static_cast<int>(n));
+    }
+  });
+}
+
+class GemmKernel : public mx::UnaryPrimitive {
+ public:
+  GemmKernel(mx::Stream st, bool bias) : mx::UnaryPrimitive(st), bias_(bias) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
+    for (auto& a : inputs) check_input(a, name());
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& enc = mx::cpu::get_command_encoder(stream());
+    for (auto& a : inputs) enc.set_input_array(a);
+    enc.set_output_array(out);
+    std::vector<mx::array> ins;
+    for (auto& a : inputs) ins.push_back(mx::array::unsafe_weak_copy(a));
+    enc.dispatch([ins = std::move(ins), out = mx::array::unsafe_weak_copy(out), has_bias = bias_]() mutable {
+      const int64_t k = ins[1].shape(1), n = ins[1].shape(0);
+      const int64_t m = k == 0 ? 0 : static_cast<int64_t>(ins[0].size()) / k;
+      float* y = out.data<float>();
+      if (m == 0 || n == 0) return;
+      if (k == 0) {
+        std::fill(y, y + out.size(), 0.0f);
+        return;
+      }
+      threaded_gemm(ins[0].data<float>(), ins[1].data<float>(), has_bias ? ins[2].data<float>() : nullptr, y, m, n, k);
+    });
+  }
+  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
+    throw std::runtime_error("MlxeGemm is a CPU kernel");
+  }
+  const char* name() const override { return "MlxeGemm"; }
+  bool is_equivalent(const mx::Primitive& other) const override {
+    auto* o = dynamic_cast<const GemmKernel*>(&other);
+    return o != nullptr && o->bias_ == bias_;
+  }
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    auto shape = inputs[0].shape();
+    shape.back() = inputs[1].shape(0);
+    return {shape};
+  }
+
+ private:
+  bool bias_;
+};
+
+// ---- convolution
+
+struct ConvShape {
+  int64_t n, h, w, cin, cout, kh, kw, sh, sw, ph, pw, oh, ow;
+};
+
+// Output positions per tile (about 512), a multiple of `threads` tiles in
+// all. Each sgemm call packs the whole weight again, so a tile must be long
+// enough to amortise that (at 56 rows for a 256-channel 3×3 conv, the
+// packing took a sixth of the time); its patch rows are streamed once. Task
+// clock of 3×3 convs (2×32×32×128, 2×16×16×256, 1×256×256×32) was lowest
+// near 512 rows with 128-2304-float patch rows alike.
+int64_t tile_rows(int64_t positions, int64_t threads) {
+  constexpr int64_t want = 512;
+  int64_t tiles = (positions + want - 1) / want;
+  tiles = (tiles + threads - 1) / threads * threads;
+  return (positions + tiles - 1) / tiles;
+}
+
+// Copies the receptive fields of output positions [p0, p1) into `a`, one row
+// of kh·kw·cin floats each in (kh, kw, cin) order (the weight's), zeros where
+// the window hangs over the padding.
+void pack_patches(const float* x, const ConvShape& s, int64_t p0, int64_t p1, float* a) {
+  const int64_t k = s.kh * s.kw * s.cin, per_image = s.oh * s.ow;
+  for (int64_t p = p0; p < p1; p++) {
+    const int64_t n = p / per_image, r = p % per_image, oy = r / s.ow, ox = r % s.ow;
+    float* row = a + (p - p0) * k;
+    const float* img = x + n * s.h * s.w * s.cin;
+    for (int64_t ky = 0; ky < s.kh; ky++) {
+      const int64_t iy = oy * s.sh - s.ph + ky;
+      float* dst = row + ky * s.kw * s.cin;
+      if (iy < 0 || iy >= s.h) {
+        std::fill(dst, dst + s.kw * s.cin, 0.0f);
+        continue;
+      }
+      const int64_t ix0 = ox * s.sw - s.pw;
+      if (s.sw == 1 && ix0 >= 0 && ix0 + s.kw <= s.w) {
+        // The whole window row is inside: kw·cin contiguous floats.
+        std::memcpy(dst, img + (iy * s.w + ix0) * s.cin, sizeof(float) * s.kw * s.cin);
+        continue;
+      }
+      for (int64_t kx = 0; kx < s.kw; kx++) {
+        const int64_t ix = ix0 + kx;
+        float* d = dst + kx * s.cin;
+        if (ix < 0 || ix >= s.w) {
+          std::fill(d, d + s.cin, 0.0f);
+        } else {
+          std::memcpy(d, img + (iy * s.w + ix) * s.cin, sizeof(float) * s.cin);
+        }
+      }
+    }
+  }
+}
+
+// The calling thread's patch buffer, at least n floats. The pool's threads
+// live as long as the process, so each keeps one buffer (a few MiB at the
+// largest conv seen) instead of allocating and page-faulting one per call.
+float* patch_buffer(int64_t n) {
+  thread_local std::vector<float> buf;
+  if (static_cast<int64_t>(buf.size()) < n) buf.resize(n);
+  return buf.data();
+}
+
+// out rows [p0, p1) = bias (or 0), then += patches · wᵀ by one sgemm.
+void conv_tile(const float* x, const float* w, const float* bias, float* out, const ConvShape& s, int64_t p0,
+               int64_t p1, float* scratch) {
+  const int64_t k = s.kh * s.kw * s.cin, m = p1 - p0;
+  float* y = out + p0 * s.cout;
+  if (bias != nullptr) {
+    for (int64_t i = 0; i < m; i++) std::memcpy(y + i * s.cout, bias, sizeof(float) * s.cout);
+  }
+  pack_patches(x, s, p0, p1, scratch);
+  sgemm()(kRowMajor, kNoTrans, kTrans, static_cast<int>(m), static_cast<int>(s.cout), static_cast<int>(k), 1.0f, scratch,
+          static_cast<int>(k), w, static_cast<int>(k), bias != nullptr ? 1.0f : 0.0f, y, static_cast<int>(s.cout));
+}
+
+class Conv2dKernel : public mx::UnaryPrimitive {
+ public:
+  Conv2dKernel(mx::Stream st, ConvShape s, bool bias) : mx::UnaryPrimitive(st), s_(s), bias_(bias) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
+    for (auto& a : inputs) check_input(a, name());
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& enc = mx::cpu::get_command_encoder(stream());
+    for (auto& a : inputs) enc.set_input_array(a);
+    enc.set_output_array(out);
+    std::vector<mx::array> ins;
+    for (auto& a : inputs) ins.push_back(mx::array::unsafe_weak_copy(a));
+    enc.dispatch([ins = std::move(ins), out = mx::array::unsafe_weak_copy(out), s = s_, has_bias = bias_]() mutable {
+      const float* x = ins[0].data<float>();
+      const float* w = ins[1].data<float>();
+      const float* b = has_bias ? ins[2].data<float>() : nullptr;
+      float* y = out.data<float>();
+      const int64_t positions = s.n * s.oh * s.ow, k = s.kh * s.kw * s.cin;
+      if (positions == 0) return;
+      if (s.kh == 1 && s.kw == 1 && s.sh == 1 && s.sw == 1 && s.ph == 0 && s.pw == 0) {
+        // A 1×1 stride-1 convolution is a product with the input in place.
+        threaded_gemm(x, w, b, y, positions, s.cout, s.cin);
+        return;
+      }
+      const int64_t hw = std::max(1u, std::thread::hardware_concurrency());
+      const int64_t rows = tile_rows(positions, hw), tiles = (positions + rows - 1) / rows;
+      SerialBlas serial(tiles > 1 && hw > 1);
+      // Contiguous runs of tiles per thread; each thread packs into its own buffer.
+      parallel(tiles, rows * std::max<int64_t>(k, s.cout) * 16, [&](int64_t lo, int64_t hi) {
+        float* scratch = patch_buffer(rows * k);
+        for (int64_t t = lo; t < hi; t++) {
+          conv_tile(x, w, b, y, s, t * rows, std::min(positions, (t + 1) * rows), scratch);
+        }
+      });
+    });
+  }
+  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
+    throw std::runtime_error("MlxeConv2d is a CPU kernel");
+  }
+  const char* name() const override { return "MlxeConv2d"; }
+  bool is_equivalent(const mx::Primitive& other) const override {
+    auto* o = dynamic_cast<const Conv2dKernel*>(&other);
+    return o != nullptr && o->bias_ == bias_ && std::memcmp(&o->s_, &s_, sizeof(ConvShape)) == 0;
+  }
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>&) override {
+    return {{static_cast<int>(s_.n), static_cast<int>(s_.oh), static_cast<int>(s_.ow), static_cast<int>(s_.cout)}};
+  }
+
+ private:
+  ConvShape s_;
+  bool bias_;
+};
+
+// ---- group norm
+
+// Sums and sums of squares per group over rows [r0, r1) of one image's
+// (positions, C) block; float partials over short runs of rows, added in double.
+MLXE_CLONES void group_sums(const float* x, int64_t r0, int64_t r1, int64_t c, int64_t groups, double* sum,
+                            double* sq, float* acc) {
+  constexpr int64_t run = 32;
+  const int64_t cg = c / groups;
+  for (int64_t a = r0; a < r1; a += run) {
+    const int64_t b = std::min(r1, a + run);
+    std::fill(acc, acc + 2 * c, 0.0f);
+    for (int64_t r = a; r < b; r++) {
+      const float* row = x + r * c;
+#pragma omp simd
+      for (int64_t i = 0; i < c; i++) {
+        acc[i] += row[i];
+        acc[c + i] += row[i] * row[i];
+      }
+    }
+    for (int64_t g = 0; g < groups; g++) {
+      double s = 0, q = 0;
+      for (int64_t i = g * cg; i < (g + 1) * cg; i++) {
+        s += acc[i];
+        q += acc[c + i];
+      }
+      sum[g] += s;
+      sq[g] += q;
+    }
+  }
+}
+
+// y = (x - mean_c)·scale_c + shift_c, then SiLU when asked, over rows [r0, r1).
+MLXE_CLONES void group_apply(const float* x, float* y, int64_t r0, int64_t r1, int64_t c, const float* mean,
+                             const float* scale, const float* shift, bool silu) {
+  for (int64_t r = r0; r < r1; r++) {
+    const float* in = x + r * c;
+    float* out = y + r * c;
+    if (silu) {
+#pragma omp simd
+      for (int64_t i = 0; i < c; i++) {
+        const float v = (in[i] - mean[i]) * scale[i] + shift[i];
+        out[i] = v / (1.0f + exp_approx(-v));
+      }
+    } else {
+#pragma omp simd
+      for (int64_t i = 0; i < c; i++) out[i] = (in[i] - mean[i]) * scale[i] + shift[i];
+    }
+  }
+}
+
+class GroupNormKernel : public mx::UnaryPrimitive {
+ public:
+  GroupNormKernel(mx::Stream st, int groups, float eps, bool silu)
+      : mx::UnaryPrimitive(st), groups_(groups), eps_(eps), silu_(silu) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
+    for (auto& a : inputs) check_input(a, name());
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& enc = mx::cpu::get_command_encoder(stream());
+    for (auto& a : inputs) enc.set_input_array(a);
+    enc.set_output_array(out);
+    enc.dispatch([x = mx::array::unsafe_weak_copy(inputs[0]), w = mx::array::unsafe_weak_copy(inputs[1]),
+                  b = mx::array::unsafe_weak_copy(inputs[2]), out = mx::array::unsafe_weak_copy(out), g = groups_,
+                  eps = eps_, silu = silu_]() mutable {
+      const int64_t n = x.shape(0), c = x.shape(-1);
+      if (x.size() == 0 || c == 0) return;
+      const int64_t rows = static_cast<int64_t>(x.size()) / (n * c), cg = c / g;
+      const float* xp = x.data<float>();
+      float* yp = out.data<float>();
+      // Statistics: blocks of rows per thread, partial sums per block.
+      constexpr int64_t block = 256;
+      const int64_t blocks = (rows + block - 1) / block;
+      std::vector<double> part(static_cast<size_t>(n * blocks * g * 2), 0.0);
+      parallel(n * blocks, block * c, [&](int64_t lo, int64_t hi) {
+        std::vector<float> acc(2 * c);
+        for (int64_t it = lo; it < hi; it++) {
+          const int64_t img = it / blocks, r0 = (it % blocks) * block;
+          double* p = part.data() + it * g * 2;
+          group_sums(xp + img * rows * c, r0, std::min(rows, r0 + block), c, g, p, p + g, acc.data());
+        }
+      });
+      // Per image and channel: the group's mean, and weight/√(var+eps) and bias.
+      std::vector<float> mean(n * c), scale(n * c), shift(n * c);
+      const float* wp = w.data<float>();
+      const float* bp = b.data<float>();
+      const double count = static_cast<double>(rows * cg);
+      for (int64_t img = 0; img < n; img++) {
+        for (int64_t gi = 0; gi < g; gi++) {
+          double s = 0, q = 0;
+          for (int64_t bl = 0; bl < blocks; bl++) {
+            const double* p = part.data() + (img * blocks + bl) * g * 2;
+            s += p[gi];
+            q += p[g + gi];
+          }
+          const double mu = s / count, var = std::max(0.0, q / count - mu * mu);
+          const float inv = static_cast<float>(1.0 / std::sqrt(var + eps));
+          for (int64_t i = gi * cg; i < (gi + 1) * cg; i++) {
+            mean[img * c + i] = static_cast<float>(mu);
+            scale[img * c + i] = wp[i] * inv;
+            shift[img * c + i] = bp[i];
+          }
+        }
+      }
+      parallel(n * blocks, block * c, [&](int64_t lo, int64_t hi) {
+        for (int64_t it = lo; it < hi; it++) {
+          const int64_t img = it / blocks, r0 = (it % blocks) * block;
+          const int64_t off = img * rows * c;
+          group_apply(xp + off, yp + off, r0, std::min(rows, r0 + block), c, &mean[img * c], &scale[img * c],
+                      &shift[img * c], silu);
+        }
+      });
+    });
+  }
+  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
+    throw std::runtime_error("MlxeGroupNorm is a CPU kernel");
+  }
+  const char* name() const override { return "MlxeGroupNorm"; }
+  bool is_equivalent(const mx::Primitive& other) const override {
+    auto* o = dynamic_cast<const GroupNormKernel*>(&other);
+    return o && o->groups_ == groups_ && o->eps_ == eps_ && o->silu_ == silu_;
+  }
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override { return {inputs[0].shape()}; }
+
+ private:
+  int groups_;
+  float eps_;
+  bool silu_;
+};
+
+// ---- attention
+
+// One (batch, head): softmax(q kᵀ·scale) v for q rows of (L, H·D) and k, v
+// rows of (S, H·D). Keys are transposed into `kt` (D × Spad) and values
+// copied into `vh` (S × Dpad) once; then QB queries at a time: their scores
+// against all keys (QB × Spad, a few KiB: in L1/L2, never the L × S matrix),
+// exp, and P·V, normalised at the end. QB = 8 accumulators per loop hide the
+// FMA latency (4 left the units half idle); the row maxima are taken from
+// the score registers, and padded keys score -inf so their exp is 0.
+constexpr int64_t LANES = 16, QB = 8;
+
+MLXE_CLONES void attend_head(const float* q, const float* k, const float* v, float* out, int64_t l, int64_t sl,
+                             int64_t qstride, int64_t kstride, int64_t d, float scale, float* kt, float* vh,
+                             float* probs, float* qb_buf) {
+  const int64_t spad = (sl + LANES - 1) / LANES * LANES;
+  const int64_t dpad = (d + 7) / 8 * 8;
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  for (int64_t c = 0; c < d; c++) {
+    float* row = kt + c * spad;
+    for (int64_t j = 0; j < sl; j++) row[j] = k[j * kstride + c];
+    for (int64_t j = sl; j < spad; j++) row[j] = 0.0f;
+  }
+  for (int64_t j = 0; j < sl; j++) {
+    std::memcpy(vh + j * dpad, v + j * kstride, sizeof(float) * d);
+    for (int64_t c = d; c < dpad; c++) vh[j * dpad + c] = 0.0f;
+  }
+  for (int64_t i0 = 0; i0 < l; i0 += QB) {
+    const int64_t qb = std::min(QB, l - i0);
+    for (int64_t qi = 0; qi < QB; qi++) {
+      for (int64_t c = 0; c < d; c++) qb_buf[qi * d + c] = qi < qb ? q[(i0 + qi) * qstride + c] * scale : 0.0f;
+    }
+    float mx[QB][LANES];
+    for (int64_t qi = 0; qi < QB; qi++) std::fill(mx[qi], mx[qi] + LANES, neg_inf);
+    for (int64_t j0 = 0; j0 < spad; j0 += LANES) {
+      float acc[QB][LANES] = {};
+      for (int64_t c = 0; c < d; c++) {
+        const float* kv = kt + c * spad + j0;
+        for (int64_t qi = 0; qi < QB; qi++) {
+          const float qv = qb_buf[qi * d + c];
+#pragma omp simd
+          for (int64_t jj = 0; jj < LANES; jj++) acc[qi][jj] += qv * kv[jj];
+        }
+      }
+      if (j0 + LANES > sl) {
+        for (int64_t qi = 0; qi < QB; qi++) {
+          for (int64_t jj = sl - j0; jj < LANES; jj++) acc[qi][jj] = neg_inf;
+        }
+      }
+      for (int64_t qi = 0; qi < QB; qi++) {
+#pragma omp simd
+        for (int64_t jj = 0; jj < LANES; jj++) {
+          probs[qi * spad + j0 + jj] = acc[qi][jj];
+          mx[qi][jj] = mx[qi][jj] > acc[qi][jj] ? mx[qi][jj] : acc[qi][jj];
+        }
+      }
+    }
+    float inv[QB];
+    for (int64_t qi = 0; qi < QB; qi++) {
+      float m = neg_inf;
+      for (int64_t jj = 0; jj < LANES; jj++) m = std::max(m, mx[qi][jj]);
+      float* p = probs + qi * spad;
+      float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t j = 0; j < spad; j++) {
+        p[j] = exp_approx(p[j] - m);
+        sum += p[j];
+      }
+      inv[qi] = 1.0f / sum;
+    }
+    // P·V in blocks of 16 features, then one of 8 (vh is zero-padded to 8).
+    int64_t c0 = 0;
+    for (; c0 + LANES <= dpad; c0 += LANES) {
+      float acc[QB][LANES] = {};
+      for (int64_t j = 0; j < sl; j++) {
+        const float* vr = vh + j * dpad + c0;
+        for (int64_t qi = 0; qi < QB; qi++) {
+          const float pv = probs[qi * spad + j];
+#pragma omp simd
+          for (int64_t cc = 0; cc < LANES; cc++) acc[qi][cc] += pv * vr[cc];
+        }
+      }
+      for (int64_t qi = 0; qi < qb; qi++) {
+        for (int64_t cc = 0; cc < LANES && c0 + cc < d; cc++) out[(i0 + qi) * qstride + c0 + cc] = acc[qi][cc] * inv[qi];
+      }
+    }
+    for (; c0 < dpad; c0 += 8) {
+      float acc[QB][8] = {};
+      for (int64_t j = 0; j < sl; j++) {
+        const float* vr = vh + j * dpad + c0;
+        for (int64_t qi = 0; qi < QB; qi++) {
+          const float pv = probs[qi * spad + j];
+#pragma omp simd
+          for (int64_t cc = 0; cc < 8; cc++) acc[qi][cc] += pv * vr[cc];
+        }
+      }
+      for (int64_t qi = 0; qi < qb; qi++) {
+        for (int64_t cc = 0; cc < 8 && c0 + cc < d; cc++) out[(i0 + qi) * qstride + c0 + cc] = acc[qi][cc] * inv[qi];
+      }
+    }
+  }
+}
+
+class AttentionKernel : public mx::UnaryPrimitive {
+ public:
+  AttentionKernel(mx::Stream st, int heads, float scale) : mx::UnaryPrimitive(st), heads_(heads), scale_(scale) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
+    for (auto& a : inputs) check_input(a, name());
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& enc = mx::cpu::get_command_encoder(stream());
+    for (auto& a : inputs) enc.set_input_array(a);
+    enc.set_output_array(out);
+    enc.dispatch([q = mx::array::unsafe_weak_copy(inputs[0]), k = mx::array::unsafe_weak_copy(inputs[1]),
+                  v = mx::array::unsafe_weak_copy(inputs[2]), out = mx::array::unsafe_weak_copy(out), heads = heads_,
+                  scale = scale_]() mutable {
+      const int64_t b = q.shape(0), l = q.shape(1), width = q.shape(2), sl = k.shape(1), d = width / heads;
+      if (out.size() == 0) return;
+      if (sl == 0) {  // no keys: an empty weighted sum
+        std::fill(out.data<float>(), out.data<float>() + out.size(), 0.0f);
+        return;
+      }
+      const float* qp = q.data<float>();
+      const float* kp = k.data<float>();
+      const float* vp = v.data<float>();
+      float* y = out.data<float>();
+      const int64_t spad = (sl + LANES - 1) / LANES * LANES, dpad = (d + 7) / 8 * 8;
+      parallel(b * heads, std::max<int64_t>(1, l * sl * d / 8), [&](int64_t lo, int64_t hi) {
+        std::vector<float> kt(d * spad), vh(sl * dpad), probs(QB * spad), qbuf(QB * d);
+        for (int64_t it = lo; it < hi; it++) {
+          const int64_t bi = it / heads, h = it % heads;
+          attend_head(qp + bi * l * width + h * d, kp + bi * sl * width + h * d, vp + bi * sl * width + h * d,
+                      y + bi * l * width + h * d, l, sl, width, width, d, scale, kt.data(), vh.data(), probs.data(),
+                      qbuf.data());
+        }
+      });
+    });
+  }
+  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
+    throw std::runtime_error("MlxeAttention is a CPU kernel");
+  }
+  const char* name() const override { return "MlxeAttention"; }
+  bool is_equivalent(const mx::Primitive& other) const override {
+    auto* o = dynamic_cast<const AttentionKernel*>(&other);
+    return o && o->heads_ == heads_ && o->scale_ == scale_;
+  }
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override { return {inputs[0].shape()}; }
+
+ private:
+  int heads_;
+  float scale_;
+};
+
+}  // namespace
+
+bool gemm_applies(const mx::array& x, const mx::array& w, mx::StreamOrDevice s) {
+  return applies(x, s) && w.dtype() == mx::float32 && x.ndim() >= 1 && w.ndim() == 2 && x.shape(-1) == w.shape(1) &&
+         sgemm() != nullptr;
+}
+
+mx::array gemm(const mx::array& x, const mx::array& w, const std::optional<mx::array>& bias, mx::StreamOrDevice s) {
+  if (!gemm_applies(x, w, s)) throw std::invalid_argument("gemm kernel: float32 x (…, K), w (N, K) on a CPU stream");
+  auto stream = mx::to_stream(s);
+  auto shape = x.shape();
+  shape.back() = w.shape(0);
+  std::vector<mx::array> inputs{mx::contiguous(x, false, stream), mx::contiguous(w, false, stream)};
+  if (bias) {
+    if (bias->ndim() != 1 || bias->shape(0) != w.shape(0)) {
+      throw std::invalid_argument("gemm: the bias must have shape (" + std::to_string(w.shape(0)) + ",)");
+    }
+    inputs.push_back(mx::contiguous(mx::astype(*bias, mx::float32, stream), false, stream));
+  }
+  return mx::array(shape, mx::float32, std::make_shared<GemmKernel>(stream, bias.has_value()), std::move(inputs));
+}
+
+bool conv2d_applies(const mx::array& x, const mx::array& w, int sh, int sw, int ph, int pw, int dh, int dw, int groups,
+                    mx::StreamOrDevice s) {
+  return applies(x, s) && w.dtype() == mx::float32 && x.ndim() == 4 && w.ndim() == 4 && x.shape(3) == w.shape(3) &&
+         groups == 1 && dh == 1 && dw == 1 && sh >= 1 && sw >= 1 && ph >= 0 && pw >= 0 &&
+         x.shape(1) + 2 * ph >= w.shape(1) && x.shape(2) + 2 * pw >= w.shape(2) && sgemm() != nullptr;
+}
+
+mx::array conv2d(const mx::array& x, const mx::array& w, const std::optional<mx::array>& bias, int sh, int sw, int ph,
+                 int pw, mx::StreamOrDevice s) {
+  if (!conv2d_applies(x, w, sh, sw, ph, pw, 1, 1, 1, s)) {
+    throw std::invalid_argument("conv2d kernel: float32 NHWC input and (O, KH, KW, I) weight on a CPU stream");
+  }
+  auto stream = mx::to_stream(s);
+  ConvShape c{x.shape(0), x.shape(1), x.shape(2), x.shape(3), w.shape(0), w.shape(1), w.shape(2), sh, sw, ph, pw, 0, 0};
+  c.oh = (c.h + 2 * ph - c.kh) / sh + 1;
+  c.ow = (c.w + 2 * pw - c.kw) / sw + 1;
+  std::vector<mx::array> inputs{mx::contiguous(x, false, stream), mx::contiguous(w, false, stream)};
+  if (bias) {
+    if (bias->ndim() != 1 || bias->shape(0) != c.cout) {
+      throw std::invalid_argument("conv2d: the bias must have shape (" + std::to_string(c.cout) + ",)");
+    }
+    inputs.push_back(mx::contiguous(mx::astype(*bias, mx::float32, stream), false, stream));
+  }
+  return mx::array({x.shape(0), static_cast<int>(c.oh), static_cast<int>(c.ow), w.shape(0)}, mx::float32,
+                   std::make_shared<Conv2dKernel>(stream, c, bias.has_value()), std::move(inputs));
+}
+
+mx::array group_norm(const mx::array& x, int groups, const mx::array& weight, const mx::array& bias, float eps,
+                     bool silu, mx::StreamOrDevice s) {
+  auto stream = mx::to_stream(s);
+  if (!applies(x, s) || x.ndim() < 2) throw std::invalid_argument("group_norm kernel: float32 on a CPU stream");
+  const int c = x.shape(-1);
+  if (groups <= 0 || c % groups != 0) throw std::invalid_argument("group_norm: channels must split into the groups");
+  for (auto* p : {&weight, &bias}) {
+    if (p->ndim() != 1 || p->shape(0) != c) {
+      throw std::invalid_argument("group_norm: weight and bias must have shape (" + std::to_string(c) + ",)");
+    }
+  }
+  auto f32 = [&](const mx::array& a) { return mx::contiguous(mx::astype(a, mx::float32, stream), false, stream); };
+  return mx::array(x.shape(), mx::float32, std::make_shared<GroupNormKernel>(stream, groups, eps, silu),
+                   {mx::contiguous(x, false, stream), f32(weight), f32(bias)});
+}
+
+mx::array attention(const mx::array& q, const mx::array& k, const mx::array& v, int heads, float scale,
+                    mx::StreamOrDevice s) {
+  auto stream = mx::to_stream(s);
+  const bool ok = applies(q, s) && k.dtype() == mx::float32 && v.dtype() == mx::float32 && q.ndim() == 3 &&
+                  k.ndim() == 3 && k.shape() == v.shape() && heads > 0 && q.shape(2) == k.shape(2) &&
+                  q.shape(0) == k.shape(0) && q.shape(2) % heads == 0;
+  if (!ok) throw std::invalid_argument("attention kernel: float32 (B, L, H·D) and (B, S, H·D) on a CPU stream");
+  return mx::array(q.shape(), mx::float32, std::make_shared<AttentionKernel>(stream, heads, scale),
+                   {mx::contiguous(q, false, stream), mx::contiguous(k, false, stream),
+                    mx::contiguous(v, false, stream)});
+}
+
+}  // namespace mlxe::kernels
