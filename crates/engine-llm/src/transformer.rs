@@ -169,6 +169,13 @@ pub struct Transformer {
     /// The ranks this model's layers are split across (pipeline
     /// parallelism): `layers` holds only this rank's contiguous range.
     stages: Option<Arc<Group>>,
+    /// Under the int8 CPU kernels (set by [`Transformer::convert_for_cpu`]):
+    /// attention through `cache_attention`, whose bits do not depend on how
+    /// a prompt is chunked or batched — the int8 rounding of activations
+    /// would turn a last-bit difference into a different token. Exact
+    /// policies keep MLX's attention, and with it the parity tolerance
+    /// against mlx-lm (1e-4 on logits).
+    invariant_attention: bool,
 }
 
 /// How a model is split across the ranks of a distributed group.
@@ -288,6 +295,7 @@ impl Transformer {
             tied_head: None,
             group: None,
             stages: None,
+            invariant_attention: false,
         })
     }
 
@@ -459,6 +467,7 @@ impl Transformer {
     }
 
     fn convert_with(&mut self, dtype: Dtype, keep_quantized: bool, eager: bool) -> Result<()> {
+        self.invariant_attention = keep_quantized;
         let lin = |l: &mut Linear| -> Result<()> {
             *l = if keep_quantized {
                 l.for_cpu_kernels(dtype)?
@@ -939,7 +948,7 @@ impl Transformer {
     }
 
     /// Plain causal attention (left padding allowed) over keys in order, on
-    /// the CPU in float32: one kernel whose every query gives the same bits
+    /// the CPU in float32, under the int8 CPU kernels only: one kernel whose every query gives the same bits
     /// however the prompt is chunked or batched. Under the int8 CPU kernels
     /// that matters beyond rounding: the activations are rounded to int8, so
     /// a last-bit difference upstream can move a value across a rounding
@@ -959,6 +968,9 @@ impl Transformer {
         let KeyOrder::InOrder { first } = view.order else {
             return Ok(None);
         };
+        if !self.invariant_attention {
+            return Ok(None);
+        }
         let window_bites = a.window.is_some_and(|w| q_start + l - first > w);
         if window_bites
             || self.features.attn_softcap.is_some()
