@@ -307,6 +307,19 @@ fn fused_case(family: &str, hidden: usize, q: usize, kv: usize, ff: usize, m: us
     Ok(worst)
 }
 
+/// Microseconds per call of `f(i)` for i in 0..n evaluated together (each
+/// on its own copy of the weights), best of three.
+fn cycled_us(n: usize, f: &dyn Fn(usize) -> Result<Array>) -> Result<f64> {
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let ys = (0..n).map(f).collect::<Result<Vec<_>>>()?;
+        eval(&ys)?;
+        best = best.min(t.elapsed().as_secs_f64() * 1e6 / n as f64);
+    }
+    Ok(best)
+}
+
 /// Streaming bandwidth at one row of x, as decode sees it: calls cycle
 /// through copies of the weights totalling ≥ 1 GB, so none is served from
 /// the GPU's L2 cache (50 MB on an H100), which a repeated call on one copy is.
@@ -326,29 +339,10 @@ fn bandwidth(family: &str, layer: &str, k: usize, n: usize) -> Result<()> {
         .collect::<Result<_>>()?;
     let x = normal(&[1, k], 4)?;
     eval([&x])?;
-    let run = |ours: bool| -> Result<f64> {
-        let mut best = f64::MAX;
-        for _ in 0..3 {
-            let t = Instant::now();
-            let ys = qs
-                .iter()
-                .map(|q| {
-                    if ours {
-                        cuda_quantized_matmul(&x, q)
-                    } else {
-                        quantized_matmul(&x, q, true)
-                    }
-                })
-                .collect::<Result<Vec<_>>>()?;
-            eval(&ys)?;
-            best = best.min(t.elapsed().as_secs_f64() * 1e6 / copies as f64);
-        }
-        Ok(best)
-    };
     set_cuda_kernels(false);
-    let mlx_us = run(false)?;
+    let mlx_us = cycled_us(copies, &|i| quantized_matmul(&x, &qs[i], true))?;
     set_cuda_kernels(true);
-    let ours_us = run(true)?;
+    let ours_us = cycled_us(copies, &|i| cuda_quantized_matmul(&x, &qs[i]))?;
     println!(
         "{}",
         serde_json::json!({"bandwidth": family, "layer": layer, "k": k, "n": n, "copies": copies,
@@ -498,35 +492,19 @@ fn dense_bandwidth(family: &str, layer: &str, k: usize, n: usize) -> Result<()> 
         );
         return Ok(());
     }
-    let run = |ours: bool| -> Result<f64> {
-        let mut best = f64::MAX;
-        for _ in 0..3 {
-            let t = Instant::now();
-            let ys = ws
-                .iter()
-                .map(|w| {
-                    if ours {
-                        fused_matvec(
-                            &x,
-                            &[(FusedWeight::Dense(w), None)],
-                            None,
-                            None,
-                            FusedEpilogue::Split,
-                            &[],
-                        )?
-                        .map(|mut y| y.remove(0))
-                        .ok_or_else(|| engine_mlx::Error::Invalid("declined".into()))
-                    } else {
-                        x.matmul(&w.t()?)
-                    }
-                })
-                .collect::<Result<Vec<_>>>()?;
-            eval(&ys)?;
-            best = best.min(t.elapsed().as_secs_f64() * 1e6 / copies as f64);
-        }
-        Ok(best)
-    };
-    let (mlx_us, ours_us) = (run(false)?, run(true)?);
+    let mlx_us = cycled_us(copies, &|i| x.matmul(&ws[i].t()?))?;
+    let ours_us = cycled_us(copies, &|i| {
+        fused_matvec(
+            &x,
+            &[(FusedWeight::Dense(&ws[i]), None)],
+            None,
+            None,
+            FusedEpilogue::Split,
+            &[],
+        )?
+        .map(|mut y| y.remove(0))
+        .ok_or_else(|| engine_mlx::Error::Invalid("declined".into()))
+    })?;
     println!(
         "{}",
         serde_json::json!({"bandwidth_dense": family, "layer": layer, "k": k, "n": n, "copies": copies,
