@@ -9,6 +9,7 @@
 //! holds, for the mask.
 
 use engine_mlx::{concatenate, Array, Result};
+use std::sync::Arc;
 
 /// Capacity grows in steps of this many positions, so decoding writes into
 /// spare room (MLX updates the buffer in place) instead of copying each step.
@@ -87,6 +88,14 @@ pub struct KvCache {
     kind: Kind,
     /// Capacity to allocate at the next growth (see `reserve`).
     reserved: usize,
+    /// Whether the buffers are this cache's alone, so a fused step may write
+    /// them in place (`update_fused`): true once this cache allocated them or
+    /// wrote them through MLX (which copies a buffer others still read);
+    /// false for arrays handed in (`from_arrays`) and after `trim_to` (views
+    /// handed out before may cover the slots about to be rewritten).
+    owned: bool,
+    /// Shared by clones, which share the buffers: in place only while alone.
+    owner: Arc<()>,
 }
 
 impl KvCache {
@@ -99,6 +108,8 @@ impl KvCache {
             len: 0,
             kind: Kind::Growing,
             reserved: 0,
+            owned: false,
+            owner: Arc::new(()),
         }
     }
 
@@ -187,6 +198,47 @@ impl KvCache {
         }
     }
 
+    /// A decode step through a fused kernel that writes k/v (B, H, 1, D)
+    /// into the buffers in place (`fast::decode_attention_in_place`): `step`
+    /// gets the buffers (B, H, capacity, D), the slot the new position goes
+    /// to and how many slots the query attends to (`0..n`, the slot among
+    /// them). Only while this cache owns its buffers alone (see `owned`), and
+    /// not for the concatenating window cache: `None` then, or where `step`
+    /// declines; the cache is unchanged, but for spare room it may have
+    /// allocated.
+    pub fn update_fused<T>(
+        &mut self,
+        k: &Array,
+        v: &Array,
+        step: impl FnOnce(&Array, &Array, usize, usize) -> Result<Option<T>>,
+    ) -> Result<Option<T>> {
+        let (slot, n, len) = match self.kind {
+            Kind::Growing => (self.len, self.len + 1, self.len + 1),
+            // A full ring's new key replaces the one leaving the window, and the
+            // ring holds exactly the query's window (see update_ring).
+            Kind::Ring(w) if self.offset >= w => (self.offset % w, w, w),
+            Kind::Ring(_) => (self.len, self.len + 1, self.len + 1),
+            Kind::Concat(_) => return Ok(None),
+        };
+        if k.dim(2) != 1 {
+            return Ok(None);
+        }
+        self.ensure_capacity(len, k, v)?;
+        if !self.owned || Arc::strong_count(&self.owner) > 1 {
+            return Ok(None);
+        }
+        let (kb, vb) = (
+            self.keys.as_ref().expect("allocated"),
+            self.values.as_ref().expect("allocated"),
+        );
+        let Some(out) = step(kb, vb, slot, n)? else {
+            return Ok(None);
+        };
+        self.len = len;
+        self.offset += 1;
+        Ok(Some(out))
+    }
+
     fn capacity(&self) -> usize {
         self.keys.as_ref().map_or(0, |a| a.dim(2))
     }
@@ -216,7 +268,15 @@ impl KvCache {
         };
         self.keys = Some(extend(&self.keys, k)?);
         self.values = Some(extend(&self.values, v)?);
+        self.take_ownership();
         Ok(())
+    }
+
+    /// Marks the buffers just made (allocated, or written through MLX) as
+    /// this cache's alone.
+    fn take_ownership(&mut self) {
+        self.owned = true;
+        self.owner = Arc::new(());
     }
 
     /// Writes `k`/`v`'s positions `from..from + n` into buffer slots
@@ -239,6 +299,7 @@ impl KvCache {
         };
         self.keys = Some(put(kb, k)?);
         self.values = Some(put(vb, v)?);
+        self.take_ownership();
         Ok(())
     }
 
@@ -382,6 +443,7 @@ impl KvCache {
         }
         self.len = n;
         self.offset = n;
+        self.owned = false;
         true
     }
 
@@ -554,5 +616,49 @@ mod tests {
         assert_eq!(r.first(), 6);
         let o = KeyOrder::InOrder { first: 3 };
         assert_eq!((o.position(0), o.position(2), o.first()), (3, 5, 3));
+    }
+
+    /// Runs `update_fused` with a step that records its slot and count and
+    /// writes nothing; `None` when the cache declined.
+    fn fused(cache: &mut KvCache, k: &Array, v: &Array) -> Option<(usize, usize)> {
+        cache.update_fused(k, v, |_, _, slot, n| Ok(Some((slot, n)))).unwrap()
+    }
+
+    #[test]
+    fn fused_steps_only_on_buffers_the_cache_owns_alone() {
+        let (k, v, ..) = sequence(6, 11);
+        let one = |i: i32| (k.slice_axis(2, i, i + 1).unwrap(), v.slice_axis(2, i, i + 1).unwrap());
+        let mut c = KvCache::new();
+        c.update(&k.slice_axis(2, 0, 3).unwrap(), &v.slice_axis(2, 0, 3).unwrap())
+            .unwrap();
+        let (k3, v3) = one(3);
+        assert_eq!(fused(&mut c, &k3, &v3), Some((3, 4)));
+        assert_eq!((c.offset(), c.held()), (4, 4));
+        // A clone shares the buffers: neither writes in place while both live.
+        let twin = c.clone();
+        let (k4, v4) = one(4);
+        assert_eq!(fused(&mut c, &k4, &v4), None);
+        drop(twin);
+        assert_eq!(fused(&mut c, &k4, &v4), Some((4, 5)));
+        // After a trim, views handed out before may cover the slots rewritten
+        // next: one step through MLX first (a copy), then in place again.
+        assert!(c.trim_to(2));
+        let (k2, v2) = one(2);
+        assert_eq!(fused(&mut c, &k2, &v2), None);
+        c.update(&k2, &v2).unwrap();
+        assert_eq!(fused(&mut c, &k3, &v3), Some((3, 4)));
+        // Arrays handed in are not the cache's: it grows into its own buffer first.
+        let (kk, vv) = c.contents().unwrap().unwrap();
+        let mut d = KvCache::from_arrays(kk, vv);
+        assert_eq!(fused(&mut d, &k4, &v4), Some((4, 5)));
+        // A full ring writes over the slot leaving the window and attends to all of it.
+        let mut r = KvCache::sliding(3);
+        r.update(&k.slice_axis(2, 0, 4).unwrap(), &v.slice_axis(2, 0, 4).unwrap())
+            .unwrap();
+        assert_eq!(fused(&mut r, &k4, &v4), Some((1, 3)));
+        // The concatenating window cache never does.
+        let mut cc = KvCache::sliding_concat(3);
+        cc.update(&k3, &v3).unwrap();
+        assert_eq!(fused(&mut cc, &k4, &v4), None);
     }
 }

@@ -5,7 +5,7 @@
 use crate::cache::{KeyOrder, KvCache, KvView};
 use crate::config::LlmConfig;
 use engine_mlx::distributed::Group;
-use engine_mlx::fast::{scaled_dot_product_attention, AttentionMask};
+use engine_mlx::fast::{scaled_dot_product_attention, AttentionMask, DecodePositions, DecodeSlot};
 use engine_mlx::nn::{join, Embedding, Linear, RmsNorm, Rope, RopeScaling, ShardDim};
 use engine_mlx::quant::{fused_matvec, FusedEpilogue};
 use engine_mlx::{where_, Array, Dtype, Result, WeightMap};
@@ -663,18 +663,22 @@ impl Transformer {
         };
         // Rows of different lengths (left padding) each rotate from their own
         // position: the slot minus the row's padding.
-        let row_offsets = match (&mask.left_padding, cache.first()) {
-            (Some(pads), Some(c)) if tables.is_none() => {
+        let (mut row_offsets, mut decode_rows) = (None, None);
+        if let (Some(pads), Some(c)) = (&mask.left_padding, cache.first()) {
+            if tables.is_none() {
                 let base = c.offset() as i64 + mask.position_delta;
                 let offs: Vec<i32> = pads.iter().map(|&p| (base - p as i64) as i32).collect();
-                Some(Array::from_slice(&offs, &[offs.len()])?)
+                row_offsets = Some(Array::from_slice(&offs, &[offs.len()])?);
+                // [position, first slot attended] per row, for the fused decode attention.
+                let rows: Vec<i32> = offs.iter().zip(pads).flat_map(|(&o, &p)| [o, p as i32]).collect();
+                decode_rows = Some(Array::from_slice(&rows, &[pads.len(), 2])?);
             }
-            _ => None,
-        };
+        }
         let mut step = Step {
             spec: mask,
             tables,
             row_offsets,
+            decode_rows,
             masks: Vec::new(),
         };
         if let Some(g) = self.stages.as_ref().filter(|g| g.rank() > 0) {
@@ -901,6 +905,11 @@ impl Transformer {
         let q = heads(q, a.heads, &a.q_norm)?;
         let k = heads(k, a.kv_heads, &a.k_norm)?;
         let v = heads(v, a.kv_heads, &None)?;
+        if heads_first && l == 1 {
+            if let Some(out) = self.decode_attention(a, &q, &k, &v, cache, step)? {
+                return Ok(out);
+            }
+        }
         let offset = cache.offset();
         let (q, k) = match (&step.tables, &step.row_offsets) {
             (Some((cos, sin)), _) => (rotate(&q, cos, sin)?, rotate(&k, cos, sin)?),
@@ -945,6 +954,42 @@ impl Transformer {
             return Ok(out);
         }
         out.transpose(&[0, 2, 1, 3])?.reshape(&[b, l, -1])
+    }
+
+    /// A decode step's RoPE, cache write and attention in one CUDA kernel
+    /// (`fast::decode_attention`), q/k/v heads-first (B, heads, 1, head_dim):
+    /// on a fast GPU the host's cost per MLX op bounds decode, and this takes
+    /// eight of them off each layer. `None` where it does not apply (M-RoPE,
+    /// soft-capping, LongRoPE, a window with left padding, the CPU).
+    fn decode_attention(
+        &self,
+        a: &Attention,
+        q: &Array,
+        k: &Array,
+        v: &Array,
+        cache: &mut KvCache,
+        step: &Step<'_>,
+    ) -> Result<Option<Array>> {
+        let Some(rope) = a.rope.decode_spec() else {
+            return Ok(None);
+        };
+        if step.tables.is_some() || self.features.attn_softcap.is_some() || self.invariant_attention {
+            return Ok(None);
+        }
+        let positions = match (&step.spec.left_padding, &step.decode_rows) {
+            (None, _) => DecodePositions::Same((cache.offset() as i64 + step.spec.position_delta).max(0) as usize),
+            (Some(_), Some(rows)) if cache.window().is_none() => DecodePositions::Rows(rows),
+            _ => return Ok(None),
+        };
+        let scale = self.features.attn_scale;
+        cache.update_fused(k, v, |kb, vb, slot, n_keys| {
+            let at = DecodeSlot {
+                slot,
+                n_keys,
+                positions,
+            };
+            engine_mlx::fast::decode_attention_in_place(q, k, v, kb, vb, rope, at, scale)
+        })
     }
 
     /// Plain causal attention (left padding allowed) over keys in order, on
@@ -1097,6 +1142,8 @@ struct Step<'a> {
     tables: Option<(Array, Array)>,
     /// Per-row rotary start positions (B,), with left padding.
     row_offsets: Option<Array>,
+    /// Per-row [rotary position, left padding] (B, 2) int32, with left padding.
+    decode_rows: Option<Array>,
     /// Masks built so far.
     masks: Vec<(MaskKey, Option<MaskKind>)>,
 }

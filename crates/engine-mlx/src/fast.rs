@@ -1,7 +1,7 @@
 //! MLX's fused kernels: attention, normalisation and rotary embeddings.
 
 use crate::array::{list, opt_list, wrap};
-use crate::error::Result;
+use crate::error::{Context, Result};
 use crate::{ffi, Array};
 
 /// The mask of [`scaled_dot_product_attention`].
@@ -120,6 +120,100 @@ pub fn cache_attention(q: &Array, k: &Array, v: &Array, scale: f32, pads: &[i32]
         ffi::cache_attention(&q.inner, &k.inner, &v.inner, scale, pads),
         "cache_attention",
     )
+}
+
+/// RoPE as [`decode_attention_in_place`] applies it (see [`crate::nn::Rope::decode_spec`]):
+/// the first `dims` features rotate at angles `position · scale · inv_freq[j]`.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeRope<'a> {
+    /// Angular frequencies (dims/2,) float32.
+    pub inv_freq: &'a Array,
+    /// Rotated features.
+    pub dims: i32,
+    /// Adjacent pairs (GGUF/Meta layout) rather than halves (HF layout).
+    pub traditional: bool,
+    /// Multiplies the positions (linear scaling).
+    pub scale: f32,
+}
+
+/// Where a decode step sits in its cache, for [`decode_attention_in_place`].
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeSlot<'a> {
+    /// The slot the new key and value go to.
+    pub slot: usize,
+    /// The query attends to slots `0..n_keys` (which include `slot`).
+    pub n_keys: usize,
+    /// The rotary position of every row, or per batch row `rows` (B, 2)
+    /// int32: [position, first slot the row attends to (its left padding)].
+    pub positions: DecodePositions<'a>,
+}
+
+/// Rotary positions of a decode step's rows.
+#[derive(Debug, Clone, Copy)]
+pub enum DecodePositions<'a> {
+    /// One position for all rows, no padding.
+    Same(usize),
+    /// (B, 2) int32: per row [position, first slot attended].
+    Rows(&'a Array),
+}
+
+/// A decode step's attention in one CUDA kernel (the `cuda` feature, on the
+/// GPU, our kernels on; `None` elsewhere, and the caller composes MLX's ops):
+/// RoPE of the query q (B, H, 1, D) and of the new key k (B, KV, 1, D), k and
+/// v written into the caches (B, KV, capacity, D) at `at.slot`, then
+/// `softmax(q·kᵀ·scale)·v` over the slots `0..at.n_keys`. Returns the output
+/// (B, H, 1, D). One graph node where MLX's ops take eight (two RoPEs, two
+/// cache writes, two views, attention), and on a fast GPU the host's cost per
+/// op bounds decode.
+///
+/// **The caches are written in place** when the output is evaluated, behind
+/// MLX's back (as an output, the written caches would stay alive as the
+/// step's temporaries and the next step could not take them over, so it would
+/// copy them): the caller must own those buffers alone — no clone, view or
+/// earlier copy of them may be read after this call, except through later
+/// steps of the same cache. A KV cache's buffers, which only its own steps
+/// read, are the use (see `engine_llm`'s `KvCache::update_fused`).
+#[allow(clippy::too_many_arguments)]
+pub fn decode_attention_in_place(
+    q: &Array,
+    k: &Array,
+    v: &Array,
+    k_cache: &Array,
+    v_cache: &Array,
+    rope: DecodeRope<'_>,
+    at: DecodeSlot<'_>,
+    scale: f32,
+) -> Result<Option<Array>> {
+    if !cfg!(feature = "cuda") {
+        return Ok(None);
+    }
+    let int =
+        |n: usize| i32::try_from(n).map_err(|_| crate::Error::Invalid(format!("decode attention: {n} is too large")));
+    let (pos, rows) = match at.positions {
+        DecodePositions::Same(p) => (int(p)?, None),
+        DecodePositions::Rows(r) => (0, Some(r)),
+    };
+    let mut out = crate::array::unlist(
+        ffi::cuda_decode_attention(
+            &q.inner,
+            &k.inner,
+            &v.inner,
+            &k_cache.inner,
+            &v_cache.inner,
+            &rope.inv_freq.inner,
+            &opt_list(rows),
+            int(at.slot)?,
+            int(at.n_keys)?,
+            pos,
+            rope.dims,
+            rope.traditional,
+            rope.scale,
+            scale,
+        )
+        .op("decode_attention")?,
+        "decode_attention",
+    )?;
+    Ok(out.pop())
 }
 
 /// 2-D convolution of NHWC `x` with an (O, KH, KW, I) weight, plus `bias`

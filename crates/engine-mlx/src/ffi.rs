@@ -223,6 +223,24 @@ pub(crate) mod bridge {
             out_ranks: &[usize],
         ) -> Result<UniquePtr<ArrayList>>;
 
+        #[allow(clippy::too_many_arguments)]
+        fn cuda_decode_attention(
+            q: &Array,
+            k: &Array,
+            v: &Array,
+            k_cache: &Array,
+            v_cache: &Array,
+            inv_freq: &Array,
+            rows: &ArrayList,
+            slot: i32,
+            n_keys: i32,
+            pos: i32,
+            dims: i32,
+            traditional: bool,
+            rope_scale: f32,
+            scale: f32,
+        ) -> Result<UniquePtr<ArrayList>>;
+
         fn load_safetensors(path: &str) -> Result<UniquePtr<WeightFile>>;
         fn load_gguf(path: &str) -> Result<UniquePtr<WeightFile>>;
         fn save_safetensors(

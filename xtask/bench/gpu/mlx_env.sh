@@ -10,6 +10,7 @@ if [ ! -f $RT/lib/libmlx.so ]; then
   tar xzf $B/include.tgz -C $RT
   python3 -m pip install -q --no-deps --target $RT/py $B/mlx-0.32.4-*.whl $B/mlx_lm-*.whl
   cp -r $A/mlx_cuda_13.libs $RT/
+  for f in $RT/mlx_cuda_13.libs/*.xz; do [ -f "$f" ] && python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[1][:-3], 'wb'))" "$f" && rm "$f"; done
 fi
 BIN=$RT/bin
 mkdir -p $BIN && for f in $B/*.xz .devcache/diff/*.xz; do

@@ -2,13 +2,15 @@
 # Stages, here (x86_64 Linux), what the GPU decode and image benches carry, into .devcache (git-ignored):
 #   .devcache/cuda/a          half a of libmlx (CUDA) + the wheel's BLAS libs   (/work/shared/device/stage-mlx-cuda-native.sh)
 #   .devcache/cuda/b          half b + zstandard, and: include.tgz (the wheel's mlx/include, CCCL included: NVRTC needs it),
-#                             the mlx 0.32.4 / mlx-lm 0.32.2 wheels (the baseline), bench_decode and qmv_check (CUDA builds, xz)
+#                             the mlx 0.32.4 / mlx-lm 0.32.2 wheels (the baseline), bench_decode, qmv_check and attn_check (CUDA builds, xz)
 #   .devcache/diff            diffusers 0.42.1 + importlib_metadata wheels, bench_image (CUDA build, xz)
 # Then the device calls: run.sh's header (decode, three calls with run_qmv.sh) and run_diffusion.sh.
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 [ -f .devcache/cuda/sdk/mlx/lib/libmlx.so ] || bash /work/shared/device/stage-mlx-cuda-native.sh .devcache/cuda
 B=.devcache/cuda/b D=.devcache/diff
+# The wheel's BLAS/LAPACK libs travel xz'd (half a plus the work tree outgrew a call's 64 MiB); mlx_env.sh unpacks them.
+for f in .devcache/cuda/a/mlx_cuda_13.libs/*.so*; do case $f in *.xz) ;; *) xz -9 -T2 "$f" ;; esac; done
 mkdir -p $D
 [ -f $B/include.tgz ] || tar czf $B/include.tgz -C .devcache/cuda/sdk/mlx include
 ls $B/mlx-0.32.4-*.whl >/dev/null 2>&1 || python3 -m pip download -q --no-deps --only-binary=:all: --python-version 312 \
@@ -16,9 +18,9 @@ ls $B/mlx-0.32.4-*.whl >/dev/null 2>&1 || python3 -m pip download -q --no-deps -
 ls $D/diffusers-*.whl >/dev/null 2>&1 || python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
   -d $D "diffusers==0.42.1" importlib_metadata
 MLX_DIR=$PWD/.devcache/cuda/sdk/mlx CARGO_TARGET_DIR=target/cuda nice -n 10 cargo build --release \
-  -p engine-llm --example bench_decode -p engine-mlx --example qmv_check \
+  -p engine-llm --example bench_decode -p engine-mlx --example qmv_check --example attn_check \
   -p engine-diffusion --example bench_image --features engine-mlx/cuda
 # xz: half b, the work tree and these must stay under the 64 MiB a call carries (mlx_env.sh unpacks them).
-for e in bench_decode qmv_check; do strip -o /tmp/$e target/cuda/release/examples/$e && xz -9 -T2 -c /tmp/$e > $B/$e.xz; done
+for e in bench_decode qmv_check attn_check; do strip -o /tmp/$e target/cuda/release/examples/$e && xz -9 -T2 -c /tmp/$e > $B/$e.xz; done
 strip -o /tmp/bench_image target/cuda/release/examples/bench_image && xz -9 -T2 -c /tmp/bench_image > $D/bench_image.xz
 du -b .devcache/cuda/a .devcache/cuda/b $D

@@ -45,6 +45,9 @@ pub struct Rope {
     freqs: Option<Array>,
     /// Multiplies the rotated features first (LongRoPE); 1 otherwise.
     mscale: f32,
+    /// Angular frequencies (dims/2,) float32: 1 / period (the fused decode
+    /// attention computes its angles from them).
+    inv_freq: Array,
 }
 
 impl Rope {
@@ -57,6 +60,7 @@ impl Rope {
             scale: 1.0,
             freqs: None,
             mscale: 1.0,
+            inv_freq: Array::scalar(0.0, Dtype::Float32)?,
         };
         match scaling {
             RopeScaling::None => {}
@@ -105,6 +109,13 @@ impl Rope {
                 rope.mscale = *mscale;
             }
         }
+        let inv: Vec<f32> = match &rope.freqs {
+            Some(periods) => periods.to_vec::<f32>()?.iter().map(|p| 1.0 / p).collect(),
+            None => (0..dims / 2)
+                .map(|j| (base as f64).powf(-2.0 * j as f64 / dims as f64) as f32)
+                .collect(),
+        };
+        rope.inv_freq = Array::from_slice(&inv, &[inv.len()])?;
         Ok(rope)
     }
 
@@ -139,6 +150,17 @@ impl Rope {
         }
         let rotated = x.slice_axis(-1, 0, self.dims)?.mul_scalar(self.mscale as f64)?;
         crate::concatenate(&[&rotated, &x.slice_axis(-1, self.dims, d)?], -1)
+    }
+
+    /// This RoPE for [`fast::decode_attention_in_place`]; `None` for LongRoPE (its
+    /// magnitude correction is not part of the kernel).
+    pub fn decode_spec(&self) -> Option<fast::DecodeRope<'_>> {
+        (self.mscale == 1.0).then_some(fast::DecodeRope {
+            inv_freq: &self.inv_freq,
+            dims: self.dims,
+            traditional: self.traditional,
+            scale: self.scale,
+        })
     }
 
     /// The custom period table, if any (for tests).

@@ -352,6 +352,182 @@ __device__ __forceinline__ void qmv(const Params& p) {
 }  // namespace mlxe
 )";
 
+// Arguments of the decode attention kernel, laid out alike on the host and in
+// the device code below.
+struct AttnParams {
+  const void* q;  // (B, H, 1, D): this step's queries, before RoPE
+  const void* k;  // (B, KV, 1, D): this step's key, before RoPE
+  const void* v;  // (B, KV, 1, D)
+  void* kc;  // (B, KV, cap, D): the caches, written at `slot` in place
+  void* vc;
+  void* out;  // (B, H, 1, D)
+  const float* inv_freq;  // (dims / 2,): RoPE's angular frequencies
+  const int* rows;  // (B, 2) int32 [rotary position, first valid slot] or null
+  int H, KV, cap, slot, n_keys, pos, dims, traditional;
+  float rope_scale, scale;
+};
+
+// One decode step's attention after the q/k/v projections, in one kernel:
+// RoPE of the query and of the new key, the new key and value written into the
+// caches in place, softmax(q·kᵀ·scale)·v over the cached slots plus the new
+// one. One block a (query head, batch row); each block rotates the new key
+// itself and uses it from shared memory for its own slot, so blocks never wait
+// on each other's writes (the first query head of each group writes it; no
+// block reads that slot from memory).
+// Keys go in chunks of CHUNK: one thread a key for the scores (16-byte loads of
+// the whole row), then D/8 threads a value row for the weighted sum.
+constexpr const char* kAttnSource = R"(
+namespace mlxe {
+struct AttnParams {
+  const void* q; const void* k; const void* v;
+  void* kc; void* vc; void* out;
+  const float* inv_freq; const int* rows;
+  int H, KV, cap, slot, n_keys, pos, dims, traditional;
+  float rope_scale, scale;
+};
+
+__device__ __forceinline__ float block_reduce(float v, bool is_max, float* red) {
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) {
+    const float u = __shfl_xor_sync(0xffffffffu, v, o);
+    v = is_max ? fmaxf(v, u) : v + u;
+  }
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
+  __syncthreads();
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  v = red[0];
+  for (int w = 1; w < nw; ++w) v = is_max ? fmaxf(v, red[w]) : v + red[w];
+  return v;
+}
+
+template <int KIND, int D, int CHUNK>
+__device__ __forceinline__ void attend(const AttnParams& p) {
+  typedef Elem<KIND> EL;
+  typedef typename EL::S S;
+  constexpr int E = 16 / sizeof(S);  // elements a 16-byte load
+  constexpr int RW = D / E;          // loads a row
+  const int h = blockIdx.x, b = blockIdx.y, g = p.H / p.KV, kvh = h / g, tid = threadIdx.x;
+  const int pos = p.rows ? p.rows[2 * b] : p.pos;
+  const int first = p.rows ? p.rows[2 * b + 1] : 0;
+  __shared__ float qs[D], ks[D], vs[D], sc[CHUNK], red[32];
+  __shared__ float part[256 / RW][D];
+  const S* q = static_cast<const S*>(p.q) + (size_t(b) * p.H + h) * D;
+  const S* kn = static_cast<const S*>(p.k) + (size_t(b) * p.KV + kvh) * D;
+  const S* vn = static_cast<const S*>(p.v) + (size_t(b) * p.KV + kvh) * D;
+  for (int d = tid; d < D; d += blockDim.x) {
+    qs[d] = EL::get(q[d]);
+    ks[d] = EL::get(kn[d]);
+    vs[d] = EL::get(vn[d]);
+  }
+  __syncthreads();
+  // RoPE, rounded to the cache's dtype as a separate rope op would.
+  const int half = p.dims / 2;
+  for (int j = tid; j < half; j += blockDim.x) {
+    float sn, cs;
+    sincosf(float(pos) * p.rope_scale * p.inv_freq[j], &sn, &cs);
+    const int i1 = p.traditional ? 2 * j : j, i2 = p.traditional ? 2 * j + 1 : j + half;
+    const float a = qs[i1], c = qs[i2], x = ks[i1], y = ks[i2];
+    qs[i1] = EL::get(EL::put(a * cs - c * sn));
+    qs[i2] = EL::get(EL::put(a * sn + c * cs));
+    ks[i1] = EL::get(EL::put(x * cs - y * sn));
+    ks[i2] = EL::get(EL::put(x * sn + y * cs));
+  }
+  __syncthreads();
+  const size_t row0 = (size_t(b) * p.KV + kvh) * p.cap;
+  S* kc = static_cast<S*>(p.kc) + row0 * D;
+  S* vc = static_cast<S*>(p.vc) + row0 * D;
+  if (h % g == 0)
+    for (int d = tid; d < D; d += blockDim.x) {
+      kc[size_t(p.slot) * D + d] = EL::put(ks[d]);
+      vc[size_t(p.slot) * D + d] = EL::put(vs[d]);
+    }
+  for (int d = tid; d < D; d += blockDim.x) qs[d] *= p.scale;
+  __syncthreads();
+
+  // Value rows: RW threads a row (E dims each), `groups` rows at a time.
+  const int groups = blockDim.x / RW, grp = tid / RW, col = (tid % RW) * E;
+  const bool vthread = grp < groups;
+  float acc[E];
+#pragma unroll
+  for (int e = 0; e < E; ++e) acc[e] = 0.f;
+  const float neg_inf = __int_as_float(0xff800000);
+  float m = neg_inf, l = 0.f;
+  for (int c0 = first; c0 < p.n_keys; c0 += CHUNK) {
+    const int c1 = c0 + CHUNK < p.n_keys ? c0 + CHUNK : p.n_keys;
+    float cmax = neg_inf;
+    for (int t = c0 + tid; t < c1; t += blockDim.x) {
+      float s = 0.f;
+      if (t == p.slot) {
+        for (int d = 0; d < D; ++d) s = fmaf(qs[d], ks[d], s);
+      } else {
+        const uint4* kr = reinterpret_cast<const uint4*>(kc + size_t(t) * D);
+        uint4 w[RW];
+#pragma unroll
+        for (int i = 0; i < RW; ++i) w[i] = kr[i];
+#pragma unroll
+        for (int i = 0; i < RW; ++i) {
+          float f[E];
+          EL::unpack(w[i].x, f);
+          EL::unpack(w[i].y, f + E / 4);
+          EL::unpack(w[i].z, f + E / 2);
+          EL::unpack(w[i].w, f + 3 * E / 4);
+#pragma unroll
+          for (int e = 0; e < E; ++e) s = fmaf(qs[i * E + e], f[e], s);
+        }
+      }
+      sc[t - c0] = s;
+      cmax = fmaxf(cmax, s);
+    }
+    cmax = block_reduce(cmax, true, red);
+    const float mn = fmaxf(m, cmax), corr = __expf(m - mn);
+    float sum = 0.f;
+    for (int t = c0 + tid; t < c1; t += blockDim.x) {
+      const float e = __expf(sc[t - c0] - mn);
+      sc[t - c0] = e;
+      sum += e;
+    }
+    sum = block_reduce(sum, false, red);  // its barriers also publish sc
+    l = l * corr + sum;
+    m = mn;
+    if (vthread) {
+#pragma unroll
+      for (int e = 0; e < E; ++e) acc[e] *= corr;
+      for (int t = c0 + grp; t < c1; t += groups) {
+        const float w = sc[t - c0];
+        float f[E];
+        if (t == p.slot) {
+#pragma unroll
+          for (int e = 0; e < E; ++e) f[e] = vs[col + e];
+        } else {
+          const uint4 u = *reinterpret_cast<const uint4*>(vc + size_t(t) * D + col);
+          EL::unpack(u.x, f);
+          EL::unpack(u.y, f + E / 4);
+          EL::unpack(u.z, f + E / 2);
+          EL::unpack(u.w, f + 3 * E / 4);
+        }
+#pragma unroll
+        for (int e = 0; e < E; ++e) acc[e] = fmaf(w, f[e], acc[e]);
+      }
+    }
+    __syncthreads();  // sc is rewritten by the next chunk
+  }
+  if (vthread)
+#pragma unroll
+    for (int e = 0; e < E; ++e) part[grp][col + e] = acc[e];
+  __syncthreads();
+  S* out = static_cast<S*>(p.out) + (size_t(b) * p.H + h) * D;
+  const float inv_l = 1.f / l;
+  for (int d = tid; d < D; d += blockDim.x) {
+    float v = 0.f;
+    for (int r = 0; r < groups; ++r) v += part[r][d];
+    out[d] = EL::put(v * inv_l);
+  }
+}
+}  // namespace mlxe
+
+)";
+
 // The driver and NVRTC functions we call, found in the libraries libmlx
 // already loaded (it links both).
 struct Api {
@@ -414,12 +590,11 @@ struct Config {
   }
 };
 
-// The kernel of `c`, compiled by NVRTC for this GPU on first use (each
-// configuration once per process; a few hundred milliseconds).
-CUfunc_st* kernel(const Config& c) {
+// The kernel `name` of `src`, compiled by NVRTC for this GPU on first use
+// (each `key` once per process; a few hundred milliseconds).
+CUfunc_st* compiled(const std::string& key, const std::string& src, const char* name) {
   static std::mutex mu;
   static std::unordered_map<std::string, CUfunc_st*> cache;
-  const std::string key = c.key();
   std::lock_guard<std::mutex> lock(mu);
   if (auto it = cache.find(key); it != cache.end()) return it->second;
   const Api& a = api();
@@ -427,14 +602,8 @@ CUfunc_st* kernel(const Config& c) {
   if (a.cuCtxGetDevice(&dev) != 0 || a.cuDeviceGetAttribute(&major, 75, dev) != 0 ||
       a.cuDeviceGetAttribute(&minor, 76, dev) != 0)
     throw std::runtime_error("mlxe CUDA kernels: no current CUDA device");
-  const std::string src = std::string(kSource) +
-                          "extern \"C\" __global__ void __launch_bounds__(256) mlxe_qmv(const mlxe::Params p) {\n"
-                          "  mlxe::qmv<" +
-                          std::to_string(c.kind) + ", " + std::to_string(c.bits) + ", " + std::to_string(c.group) + ", " +
-                          std::to_string(c.mt) + ", " + std::to_string(c.rows) + ", " + std::to_string(c.mode) + ", " +
-                          (c.norm ? "true" : "false") + ">(p);\n}\n";
   void* prog = nullptr;
-  if (a.nvrtcCreateProgram(&prog, src.c_str(), "mlxe_qmv.cu", 0, nullptr, nullptr) != 0)
+  if (a.nvrtcCreateProgram(&prog, src.c_str(), "mlxe_kernels.cu", 0, nullptr, nullptr) != 0)
     throw std::runtime_error("mlxe CUDA kernels: nvrtcCreateProgram failed");
   const std::string arch = "--gpu-architecture=sm_" + std::to_string(major) + std::to_string(minor);
   const char* opts[] = {arch.c_str(), "--std=c++17"};
@@ -456,10 +625,37 @@ CUfunc_st* kernel(const Config& c) {
   a.nvrtcDestroyProgram(&prog);
   void* module = nullptr;
   CUfunc_st* f = nullptr;
-  if (a.cuModuleLoadData(&module, binary.data()) != 0 || a.cuModuleGetFunction(&f, module, "mlxe_qmv") != 0)
-    throw std::runtime_error("mlxe CUDA kernels: cannot load the compiled kernel");
+  if (a.cuModuleLoadData(&module, binary.data()) != 0 || a.cuModuleGetFunction(&f, module, name) != 0)
+    throw std::runtime_error(std::string("mlxe CUDA kernels: cannot load the compiled kernel ") + name);
   cache.emplace(key, f);
   return f;
+}
+
+// The matvec kernel of `c`.
+CUfunc_st* kernel(const Config& c) {
+  const std::string src = std::string(kSource) +
+                          "extern \"C\" __global__ void __launch_bounds__(256) mlxe_qmv(const mlxe::Params p) {\n"
+                          "  mlxe::qmv<" +
+                          std::to_string(c.kind) + ", " + std::to_string(c.bits) + ", " + std::to_string(c.group) + ", " +
+                          std::to_string(c.mt) + ", " + std::to_string(c.rows) + ", " + std::to_string(c.mode) + ", " +
+                          (c.norm ? "true" : "false") + ">(p);\n}\n";
+  return compiled("qmv_" + c.key(), src, "mlxe_qmv");
+}
+
+// Keys of a decode attention's chunk (scores kept in shared memory).
+constexpr int ATTN_CHUNK = 1024;
+// Threads of a decode attention block (its shared buffers are sized for it).
+constexpr unsigned ATTN_THREADS = 256;
+
+// The decode attention kernel for x's dtype and head size.
+CUfunc_st* attn_kernel(int kind, int head_dim) {
+  const std::string key = "attn_" + std::to_string(kind) + "_" + std::to_string(head_dim);
+  const std::string src = std::string(kSource) + kAttnSource +
+                          "extern \"C\" __global__ void __launch_bounds__(256) mlxe_attn(const mlxe::AttnParams p) {\n"
+                          "  mlxe::attend<" +
+                          std::to_string(kind) + ", " + std::to_string(head_dim) + ", " + std::to_string(ATTN_CHUNK) +
+                          ">(p);\n}\n";
+  return compiled(key, src, "mlxe_attn");
 }
 
 // An array's device address, as MLX's gpu_ptr (offsets are in bytes).
@@ -575,6 +771,80 @@ class FusedQmv : public mx::Primitive {
   std::array<bool, 3> has_bias_;
   bool residual_;
   float eps_;
+};
+
+// A decode step's attention as an MLX primitive (see kAttnSource). Inputs: q,
+// k, v, the key and value caches, the inverse frequencies, [rows]; one output,
+// the attention. The new key and value go into the cache buffers in place, a
+// write MLX does not see as an output (one with several outputs keeps the
+// others alive as temporaries of the step, so the next step could not take the
+// caches over and would copy them): the caller owns those buffers alone
+// (decode_attention's contract). The caches are declared written, so CUDA
+// graph nodes reading them later wait for this one.
+class DecodeAttention : public mx::Primitive {
+ public:
+  DecodeAttention(mx::Stream s, int slot, int n_keys, int pos, int dims, bool traditional, float rope_scale,
+                  float scale, bool rows)
+      : mx::Primitive(s),
+        slot_(slot),
+        n_keys_(n_keys),
+        pos_(pos),
+        dims_(dims),
+        traditional_(traditional),
+        rope_scale_(rope_scale),
+        scale_(scale),
+        rows_(rows) {}
+
+  void eval_cpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
+    throw std::runtime_error("MlxeDecodeAttention is a CUDA kernel");
+  }
+
+  void eval_gpu(const std::vector<mx::array>& in, std::vector<mx::array>& outs) override {
+    auto& enc = mx::cu::get_command_encoder(stream());
+    const mx::array &q = in[0], &k = in[1], &v = in[2], &kc = in[3], &vc = in[4];
+    for (int i = 0; i < 5; ++i)
+      if (!in[i].flags().row_contiguous || (reinterpret_cast<uintptr_t>(gptr(in[i])) % 16) != 0)
+        throw std::runtime_error("MlxeDecodeAttention: inputs must be row-contiguous and 16-byte aligned");
+    AttnParams p{};
+    p.q = gptr(q);
+    p.k = gptr(k);
+    p.v = gptr(v);
+    p.kc = const_cast<void*>(gptr(kc));
+    p.vc = const_cast<void*>(gptr(vc));
+    p.inv_freq = static_cast<const float*>(gptr(in[5]));
+    p.rows = rows_ ? static_cast<const int*>(gptr(in[6])) : nullptr;
+    p.H = q.shape(1);
+    p.KV = kc.shape(1);
+    p.cap = kc.shape(2);
+    p.slot = slot_;
+    p.n_keys = n_keys_;
+    p.pos = pos_;
+    p.dims = dims_;
+    p.traditional = traditional_;
+    p.rope_scale = rope_scale_;
+    p.scale = scale_;
+    outs[0].set_data(mx::allocator::malloc(outs[0].nbytes()));
+    p.out = gptr(outs[0]);
+    for (const auto& a : in) enc.set_input_array(a);
+    enc.set_output_array(outs[0]);
+    enc.set_output_array(kc);
+    enc.set_output_array(vc);
+    void* args[] = {&p};
+    const dim3 grid{static_cast<unsigned>(p.H), static_cast<unsigned>(q.shape(0)), 1};
+    enc.add_kernel_node_raw(attn_kernel(kind_of(q.dtype()), q.shape(3)), grid, dim3{ATTN_THREADS, 1, 1},
+                            dim3{1, 1, 1}, 0, args);
+  }
+
+  const char* name() const override { return "MlxeDecodeAttention"; }
+
+  // Never merged with another node: each writes its own slot.
+  bool is_equivalent(const mx::Primitive&) const override { return false; }
+
+ private:
+  int slot_, n_keys_, pos_, dims_;
+  bool traditional_;
+  float rope_scale_, scale_;
+  bool rows_;
 };
 
 int env_int(const char* name, int fallback) {
@@ -741,6 +1011,38 @@ std::optional<std::vector<mx::array>> fused_qmv(const mx::array& x, const std::v
   if (norm && norm->first.dtype() != x.dtype()) return std::nullopt;
   if (residual && residual->dtype() != x.dtype()) return std::nullopt;
   return build(x, mats, group_size, bits, norm, residual, epilogue, out_shapes, s);
+}
+
+std::optional<mx::array> decode_attention(const mx::array& q, const mx::array& k, const mx::array& v,
+                                                       const mx::array& k_cache, const mx::array& v_cache,
+                                                       const mx::array& inv_freq, const std::optional<mx::array>& rows,
+                                                       int slot, int n_keys, int pos, int dims, bool traditional,
+                                                       float rope_scale, float scale, mx::StreamOrDevice s) {
+  static const bool on = env_int("MLXENGINE_CUDA_ATTN", 1) != 0;
+  if (!on || !enabled().load() || mx::to_stream(s).device.type != mx::Device::gpu) return std::nullopt;
+  if (q.ndim() != 4 || k.ndim() != 4 || v.ndim() != 4 || k_cache.ndim() != 4 || v_cache.ndim() != 4)
+    return std::nullopt;
+  const int B = q.shape(0), H = q.shape(1), D = q.shape(3), KV = k_cache.shape(1), cap = k_cache.shape(2);
+  const mx::Dtype dt = q.dtype();
+  // Head sizes the kernel is built for (16-byte rows in every dtype); cache
+  // and new entries alike; grouped queries.
+  if (!float_type(dt) || D % 8 != 0 || D > 256 || (dt == mx::float32 && D > 128) || q.shape(2) != 1) return std::nullopt;
+  const mx::Shape kv_new{B, KV, 1, D}, cache{B, KV, cap, D};
+  if (k.shape() != kv_new || v.shape() != kv_new || k_cache.shape() != cache || v_cache.shape() != cache)
+    return std::nullopt;
+  if (k.dtype() != dt || v.dtype() != dt || k_cache.dtype() != dt || v_cache.dtype() != dt) return std::nullopt;
+  if (KV == 0 || H % KV != 0 || slot < 0 || slot >= n_keys || n_keys > cap) return std::nullopt;
+  if (dims <= 0 || dims > D || dims % 2 != 0 || inv_freq.dtype() != mx::float32 || inv_freq.size() != size_t(dims / 2))
+    return std::nullopt;
+  if (rows && (rows->dtype() != mx::int32 || rows->shape() != mx::Shape{B, 2})) return std::nullopt;
+  for (const auto* a : {&q, &k, &v, &k_cache, &v_cache})
+    if (!row_contiguous(*a)) return std::nullopt;
+  std::vector<mx::array> inputs{q, k, v, k_cache, v_cache, inv_freq};
+  if (rows) inputs.push_back(*rows);
+  return mx::array(q.shape(), dt,
+                   std::make_shared<DecodeAttention>(mx::to_stream(s), slot, n_keys, pos, dims, traditional,
+                                                     rope_scale, scale, rows.has_value()),
+                   std::move(inputs));
 }
 
 std::optional<mx::array> quantized_matmul(const mx::array& x, const mx::array& w, const mx::array& scales,

@@ -63,6 +63,26 @@ std::optional<std::vector<mx::array>> fused_qmv(const mx::array& x, const std::v
                                                 const std::optional<mx::array>& residual, Epilogue epilogue,
                                                 const std::vector<mx::Shape>& out_shapes = {}, mx::StreamOrDevice s = {});
 
+// A decode step's attention in one kernel, after the q/k/v projections: RoPE
+// of q (B, H, 1, D) and of the new key k (B, KV, 1, D) at rotary position
+// `pos` (or rows[b][0] per batch row), k and v written into the caches (B, KV,
+// cap, D) at `slot`, then softmax(q·kᵀ·scale)·v over slots 0..n_keys (from
+// rows[b][1] per row: left padding), which include `slot`. RoPE: the first
+// `dims` features, frequencies `inv_freq` (dims/2,) float32 times
+// `rope_scale`, adjacent pairs when `traditional` (else halves), as
+// mx::fast::rope. Returns the output (B, H, 1, D). The caches' buffers are
+// written IN PLACE when the returned array is evaluated: the caller must own
+// them alone (no other array, view or copy of them may be read after this
+// call) — a KV cache's buffers, which only its next steps read. q, k, v and
+// the caches must be row-contiguous in one float dtype. nullopt where it does
+// not apply (another device, head size, shapes, our kernels off or
+// MLXENGINE_CUDA_ATTN=0).
+std::optional<mx::array> decode_attention(const mx::array& q, const mx::array& k, const mx::array& v,
+                                          const mx::array& k_cache, const mx::array& v_cache,
+                                          const mx::array& inv_freq, const std::optional<mx::array>& rows, int slot,
+                                          int n_keys, int pos, int dims, bool traditional, float rope_scale,
+                                          float scale, mx::StreamOrDevice s = {});
+
 // x · dequantize(w)ᵀ (MLX's quantized_matmul with transpose) through our
 // kernel where it applies (see fused_qmv), else nullopt.
 std::optional<mx::array> quantized_matmul(const mx::array& x, const mx::array& w, const mx::array& scales,

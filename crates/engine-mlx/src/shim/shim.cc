@@ -665,6 +665,16 @@ std::unique_ptr<ArrayList> cuda_fused_qmv(const Array& x, const ArrayList& mats,
   return out;
 }
 
+std::unique_ptr<ArrayList> cuda_decode_attention(const Array& q, const Array& k, const Array& v, const Array& k_cache, const Array& v_cache, const Array& inv_freq, const ArrayList& rows, int32_t slot, int32_t n_keys, int32_t pos, int32_t dims, bool traditional, float rope_scale, float scale) {
+  auto out = std::make_unique<ArrayList>();
+#ifdef MLXE_CUDA
+  if (auto ys = cuda::decode_attention(q, k, v, k_cache, v_cache, inv_freq, opt(rows), slot, n_keys, pos, dims, traditional, rope_scale, scale)) out->items.push_back(std::move(*ys));
+#else
+  (void)q, (void)k, (void)v, (void)k_cache, (void)v_cache, (void)inv_freq, (void)rows, (void)slot, (void)n_keys, (void)pos, (void)dims, (void)traditional, (void)rope_scale, (void)scale;
+#endif
+  return out;
+}
+
 namespace {
 std::unique_ptr<WeightFile> from_map(std::unordered_map<std::string, Array> arrays) {
   auto f = std::make_unique<WeightFile>();

@@ -160,6 +160,10 @@ std::unique_ptr<Array> cuda_qmv(const Array& x, const Array& w, const Array& sca
 // shapes laid end to end, `out_ranks` their lengths (none: x's). Empty where it
 // does not apply.
 std::unique_ptr<ArrayList> cuda_fused_qmv(const Array& x, const ArrayList& mats, const ArrayList& bias, rust::Slice<const bool> has_bias, int32_t group_size, int32_t bits, const ArrayList& norm, float eps, const ArrayList& residual, bool swiglu, rust::Slice<const int32_t> out_shapes, rust::Slice<const size_t> out_ranks);
+// Decode attention with RoPE and the in-place cache write (cuda_kernels.h):
+// {out}, or empty where it does not apply (or without the `cuda` feature).
+// `rows` holds zero or one (B, 2) int32 array.
+std::unique_ptr<ArrayList> cuda_decode_attention(const Array& q, const Array& k, const Array& v, const Array& k_cache, const Array& v_cache, const Array& inv_freq, const ArrayList& rows, int32_t slot, int32_t n_keys, int32_t pos, int32_t dims, bool traditional, float rope_scale, float scale);
 
 // ---- io
 std::unique_ptr<WeightFile> load_safetensors(rust::Str path);
