@@ -301,6 +301,7 @@ fn main() -> Result<()> {
     ));
     cases.push(case("head-256", 2, 8, 4, 256, Dtype::Bfloat16, 40, plain(256)?));
     cases.push(case("head-80", 1, 32, 32, 80, Dtype::Float16, 40, plain(80)?));
+    cases.push(case("group-8", 2, 32, 4, 128, Dtype::Bfloat16, 3000, plain(128)?));
     cases.push(Case {
         pads: vec![0, 3, 30, 0],
         ..case("padded-batch", 4, 32, 8, 128, Dtype::Bfloat16, 40, plain(128)?)

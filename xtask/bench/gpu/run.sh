@@ -6,7 +6,7 @@
 # ({"run": "engine-8b-q4", "round": 1, "result": the bench's JSON line or null}), $OUT/gpu.txt.
 #   SIZES="1b 8b"  which shapes;  QUANT=1  also an MLX 4-bit (group 64) copy of the same weights, run by
 #   the engine with its CUDA kernels (engine-SIZE-q4: the fused decode matvecs), without them
-#   (MLXENGINE_CUDA_QMV=0, engine_mlxqmv-…: MLX's ops alone), with ATTN_AB=1 also without the fused decode
+#   (MLXENGINE_CUDA_QMV=0, engine_mlxqmv-…: MLX's ops alone; NO_MLXQMV=1 skips it), with ATTN_AB=1 also without the fused decode
 #   attention (MLXENGINE_CUDA_ATTN=0, engine_noattn-…), and by mlx-lm; the bf16 rounds run the engine also
 #   with its opt-in fused dense kernels (MLXENGINE_CUDA_QMV_DENSE=1, engine_densefused-…);  NO_BF16=1  skips the bf16 rounds;  KEEP=1  keeps the models.
 # Half a travels in an earlier call (it does not fit beside b): that call copies it to $HOME/stage_a
@@ -37,7 +37,7 @@ for size in ${SIZES:-1b 8b}; do
     [ -f $M-q4/config.json ] || python3 xtask/bench/gpu/quantize.py $M $M-q4 4 64
     for round in 1 2; do
       bench engine-$size-q4 $round $BIN/bench_decode $M-q4 --dtype native --prompt-ids $M/prompt_ids.json --tokens 128
-      bench engine_mlxqmv-$size-q4 $round env MLXENGINE_CUDA_QMV=0 \
+      [ -n "${NO_MLXQMV:-}" ] || bench engine_mlxqmv-$size-q4 $round env MLXENGINE_CUDA_QMV=0 \
         $BIN/bench_decode $M-q4 --dtype native --prompt-ids $M/prompt_ids.json --tokens 128
       [ -z "${ATTN_AB:-}" ] || bench engine_noattn-$size-q4 $round env MLXENGINE_CUDA_ATTN=0 \
         $BIN/bench_decode $M-q4 --dtype native --prompt-ids $M/prompt_ids.json --tokens 128

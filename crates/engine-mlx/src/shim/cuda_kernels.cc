@@ -352,8 +352,8 @@ __device__ __forceinline__ void qmv(const Params& p) {
 }  // namespace mlxe
 )";
 
-// Arguments of the decode attention kernel, laid out alike on the host and in
-// the device code below.
+// Arguments of the decode attention kernels, laid out alike on the host and
+// in the device code below.
 struct AttnParams {
   const void* q;  // (B, H, 1, D): this step's queries, before RoPE
   const void* k;  // (B, KV, 1, D): this step's key, before RoPE
@@ -361,62 +361,86 @@ struct AttnParams {
   void* kc;  // (B, KV, cap, D): the caches, written at `slot` in place
   void* vc;
   void* out;  // (B, H, 1, D)
+  float* part;  // (B, KV, splits, G, D + 2) float32: each split's sums, max and total
   const float* inv_freq;  // (dims / 2,): RoPE's angular frequencies
   const int* rows;  // (B, 2) int32 [rotary position, first valid slot] or null
   int H, KV, cap, slot, n_keys, pos, dims, traditional;
   float rope_scale, scale;
 };
 
-// One decode step's attention after the q/k/v projections, in one kernel:
-// RoPE of the query and of the new key, the new key and value written into the
-// caches in place, softmax(q·kᵀ·scale)·v over the cached slots plus the new
-// one. One block a (query head, batch row); each block rotates the new key
+// One decode step's attention after the q/k/v projections: RoPE of the
+// queries and of the new key, the new key and value written into the caches
+// in place, softmax(q·kᵀ·scale)·v over the cached slots plus the new one.
+// One block a (KV head, batch row, split of the slots), for the G query heads
+// sharing that KV head (each key and value row is read once for all of them);
+// the splits spread a long cache over the GPU. Each block rotates the new key
 // itself and uses it from shared memory for its own slot, so blocks never wait
-// on each other's writes (the first query head of each group writes it; no
-// block reads that slot from memory).
-// Keys go in chunks of CHUNK: one thread a key for the scores (16-byte loads of
-// the whole row), then D/8 threads a value row for the weighted sum.
+// on each other's writes (split 0 writes it; no block reads that slot from
+// memory). Keys go in chunks of CHUNK: one thread a key for the scores (16-byte
+// loads of the whole row), then D/8 threads a value row for the weighted sums.
+// One split writes the output; several write float32 partial sums, which
+// mlxe_attn_combine (a second kernel node, ordered after this one through the
+// output buffer that holds them) merges.
 constexpr const char* kAttnSource = R"(
 namespace mlxe {
 struct AttnParams {
   const void* q; const void* k; const void* v;
-  void* kc; void* vc; void* out;
+  void* kc; void* vc; void* out; float* part;
   const float* inv_freq; const int* rows;
   int H, KV, cap, slot, n_keys, pos, dims, traditional;
   float rope_scale, scale;
 };
 
-__device__ __forceinline__ float block_reduce(float v, bool is_max, float* red) {
-#pragma unroll
-  for (int o = 16; o > 0; o /= 2) {
-    const float u = __shfl_xor_sync(0xffffffffu, v, o);
-    v = is_max ? fmaxf(v, u) : v + u;
-  }
+// Block-wide max (IS_MAX) or sum of N values a thread; every thread gets them.
+template <int N, bool IS_MAX>
+__device__ __forceinline__ void block_reduce(float* v, float (*red)[8]) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
+#pragma unroll
+  for (int i = 0; i < N; ++i)
+#pragma unroll
+    for (int o = 16; o > 0; o /= 2) {
+      const float u = __shfl_xor_sync(0xffffffffu, v[i], o);
+      v[i] = IS_MAX ? fmaxf(v[i], u) : v[i] + u;
+    }
   __syncthreads();
-  if (lane == 0) red[warp] = v;
+  if (lane == 0)
+#pragma unroll
+    for (int i = 0; i < N; ++i) red[warp][i] = v[i];
   __syncthreads();
-  v = red[0];
-  for (int w = 1; w < nw; ++w) v = is_max ? fmaxf(v, red[w]) : v + red[w];
-  return v;
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    v[i] = red[0][i];
+    for (int w = 1; w < nw; ++w) v[i] = IS_MAX ? fmaxf(v[i], red[w][i]) : v[i] + red[w][i];
+  }
 }
 
-template <int KIND, int D, int CHUNK>
+template <typename EL> __device__ __forceinline__ void unpack16(const uint4 u, float* f) {
+  constexpr int E = 16 / sizeof(typename EL::S);
+  EL::unpack(u.x, f);
+  EL::unpack(u.y, f + E / 4);
+  EL::unpack(u.z, f + E / 2);
+  EL::unpack(u.w, f + 3 * E / 4);
+}
+
+template <int KIND, int D, int G, int CHUNK>
 __device__ __forceinline__ void attend(const AttnParams& p) {
   typedef Elem<KIND> EL;
   typedef typename EL::S S;
   constexpr int E = 16 / sizeof(S);  // elements a 16-byte load
   constexpr int RW = D / E;          // loads a row
-  const int h = blockIdx.x, b = blockIdx.y, g = p.H / p.KV, kvh = h / g, tid = threadIdx.x;
+  constexpr int GROUPS = 256 / RW;   // value rows at a time
+  const int kvh = blockIdx.x, b = blockIdx.y, split = blockIdx.z, splits = gridDim.z, tid = threadIdx.x;
   const int pos = p.rows ? p.rows[2 * b] : p.pos;
   const int first = p.rows ? p.rows[2 * b + 1] : 0;
-  __shared__ float qs[D], ks[D], vs[D], sc[CHUNK], red[32];
-  __shared__ float part[256 / RW][D];
-  const S* q = static_cast<const S*>(p.q) + (size_t(b) * p.H + h) * D;
+  const int per = (p.n_keys - first + splits - 1) / splits;
+  const int k0 = first + split * per, k1 = k0 + per < p.n_keys ? k0 + per : p.n_keys;
+  __shared__ float qs[G][D], ks[D], vs[D], sc[G][CHUNK], red[8][8];
+  __shared__ float part[GROUPS][D];
+  const S* q = static_cast<const S*>(p.q) + (size_t(b) * p.H + size_t(kvh) * G) * D;
   const S* kn = static_cast<const S*>(p.k) + (size_t(b) * p.KV + kvh) * D;
   const S* vn = static_cast<const S*>(p.v) + (size_t(b) * p.KV + kvh) * D;
+  for (int i = tid; i < G * D; i += blockDim.x) qs[i / D][i % D] = EL::get(q[i]);
   for (int d = tid; d < D; d += blockDim.x) {
-    qs[d] = EL::get(q[d]);
     ks[d] = EL::get(kn[d]);
     vs[d] = EL::get(vn[d]);
   }
@@ -427,9 +451,13 @@ __device__ __forceinline__ void attend(const AttnParams& p) {
     float sn, cs;
     sincosf(float(pos) * p.rope_scale * p.inv_freq[j], &sn, &cs);
     const int i1 = p.traditional ? 2 * j : j, i2 = p.traditional ? 2 * j + 1 : j + half;
-    const float a = qs[i1], c = qs[i2], x = ks[i1], y = ks[i2];
-    qs[i1] = EL::get(EL::put(a * cs - c * sn));
-    qs[i2] = EL::get(EL::put(a * sn + c * cs));
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      const float a = qs[g][i1], c = qs[g][i2];
+      qs[g][i1] = EL::get(EL::put(a * cs - c * sn));
+      qs[g][i2] = EL::get(EL::put(a * sn + c * cs));
+    }
+    const float x = ks[i1], y = ks[i2];
     ks[i1] = EL::get(EL::put(x * cs - y * sn));
     ks[i2] = EL::get(EL::put(x * sn + y * cs));
   }
@@ -437,29 +465,39 @@ __device__ __forceinline__ void attend(const AttnParams& p) {
   const size_t row0 = (size_t(b) * p.KV + kvh) * p.cap;
   S* kc = static_cast<S*>(p.kc) + row0 * D;
   S* vc = static_cast<S*>(p.vc) + row0 * D;
-  if (h % g == 0)
+  if (split == 0)
     for (int d = tid; d < D; d += blockDim.x) {
       kc[size_t(p.slot) * D + d] = EL::put(ks[d]);
       vc[size_t(p.slot) * D + d] = EL::put(vs[d]);
     }
-  for (int d = tid; d < D; d += blockDim.x) qs[d] *= p.scale;
+  for (int i = tid; i < G * D; i += blockDim.x) qs[i / D][i % D] *= p.scale;
   __syncthreads();
 
-  // Value rows: RW threads a row (E dims each), `groups` rows at a time.
-  const int groups = blockDim.x / RW, grp = tid / RW, col = (tid % RW) * E;
-  const bool vthread = grp < groups;
-  float acc[E];
-#pragma unroll
-  for (int e = 0; e < E; ++e) acc[e] = 0.f;
+  // Value rows: RW threads a row (E dims each), GROUPS rows at a time.
+  const int grp = tid / RW, col = (tid % RW) * E;
+  const bool vthread = grp < GROUPS;
+  float acc[G][E], m[G], l[G];
   const float neg_inf = __int_as_float(0xff800000);
-  float m = neg_inf, l = 0.f;
-  for (int c0 = first; c0 < p.n_keys; c0 += CHUNK) {
-    const int c1 = c0 + CHUNK < p.n_keys ? c0 + CHUNK : p.n_keys;
-    float cmax = neg_inf;
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    m[g] = neg_inf;
+    l[g] = 0.f;
+#pragma unroll
+    for (int e = 0; e < E; ++e) acc[g][e] = 0.f;
+  }
+  for (int c0 = k0; c0 < k1; c0 += CHUNK) {
+    const int c1 = c0 + CHUNK < k1 ? c0 + CHUNK : k1;
+    float cmax[G];
+#pragma unroll
+    for (int g = 0; g < G; ++g) cmax[g] = neg_inf;
     for (int t = c0 + tid; t < c1; t += blockDim.x) {
-      float s = 0.f;
+      float s[G];
+#pragma unroll
+      for (int g = 0; g < G; ++g) s[g] = 0.f;
       if (t == p.slot) {
-        for (int d = 0; d < D; ++d) s = fmaf(qs[d], ks[d], s);
+        for (int d = 0; d < D; ++d)
+#pragma unroll
+          for (int g = 0; g < G; ++g) s[g] = fmaf(qs[g][d], ks[d], s[g]);
       } else {
         const uint4* kr = reinterpret_cast<const uint4*>(kc + size_t(t) * D);
         uint4 w[RW];
@@ -468,64 +506,108 @@ __device__ __forceinline__ void attend(const AttnParams& p) {
 #pragma unroll
         for (int i = 0; i < RW; ++i) {
           float f[E];
-          EL::unpack(w[i].x, f);
-          EL::unpack(w[i].y, f + E / 4);
-          EL::unpack(w[i].z, f + E / 2);
-          EL::unpack(w[i].w, f + 3 * E / 4);
+          unpack16<EL>(w[i], f);
 #pragma unroll
-          for (int e = 0; e < E; ++e) s = fmaf(qs[i * E + e], f[e], s);
+          for (int e = 0; e < E; ++e)
+#pragma unroll
+            for (int g = 0; g < G; ++g) s[g] = fmaf(qs[g][i * E + e], f[e], s[g]);
         }
       }
-      sc[t - c0] = s;
-      cmax = fmaxf(cmax, s);
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        sc[g][t - c0] = s[g];
+        cmax[g] = fmaxf(cmax[g], s[g]);
+      }
     }
-    cmax = block_reduce(cmax, true, red);
-    const float mn = fmaxf(m, cmax), corr = __expf(m - mn);
-    float sum = 0.f;
-    for (int t = c0 + tid; t < c1; t += blockDim.x) {
-      const float e = __expf(sc[t - c0] - mn);
-      sc[t - c0] = e;
-      sum += e;
+    block_reduce<G, true>(cmax, red);
+    float corr[G], sum[G];
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      const float mn = fmaxf(m[g], cmax[g]);
+      corr[g] = __expf(m[g] - mn);
+      m[g] = mn;
+      sum[g] = 0.f;
     }
-    sum = block_reduce(sum, false, red);  // its barriers also publish sc
-    l = l * corr + sum;
-    m = mn;
+    for (int t = c0 + tid; t < c1; t += blockDim.x)
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        const float e = __expf(sc[g][t - c0] - m[g]);
+        sc[g][t - c0] = e;
+        sum[g] += e;
+      }
+    block_reduce<G, false>(sum, red);  // its barriers also publish sc
+#pragma unroll
+    for (int g = 0; g < G; ++g) l[g] = l[g] * corr[g] + sum[g];
     if (vthread) {
 #pragma unroll
-      for (int e = 0; e < E; ++e) acc[e] *= corr;
-      for (int t = c0 + grp; t < c1; t += groups) {
-        const float w = sc[t - c0];
+      for (int g = 0; g < G; ++g)
+#pragma unroll
+        for (int e = 0; e < E; ++e) acc[g][e] *= corr[g];
+#pragma unroll 4
+      for (int t = c0 + grp; t < c1; t += GROUPS) {
         float f[E];
         if (t == p.slot) {
 #pragma unroll
           for (int e = 0; e < E; ++e) f[e] = vs[col + e];
         } else {
-          const uint4 u = *reinterpret_cast<const uint4*>(vc + size_t(t) * D + col);
-          EL::unpack(u.x, f);
-          EL::unpack(u.y, f + E / 4);
-          EL::unpack(u.z, f + E / 2);
-          EL::unpack(u.w, f + 3 * E / 4);
+          unpack16<EL>(*reinterpret_cast<const uint4*>(vc + size_t(t) * D + col), f);
         }
 #pragma unroll
-        for (int e = 0; e < E; ++e) acc[e] = fmaf(w, f[e], acc[e]);
+        for (int g = 0; g < G; ++g) {
+          const float w = sc[g][t - c0];
+#pragma unroll
+          for (int e = 0; e < E; ++e) acc[g][e] = fmaf(w, f[e], acc[g][e]);
+        }
       }
     }
     __syncthreads();  // sc is rewritten by the next chunk
   }
-  if (vthread)
+  // Each query head: the value groups' sums, then the output or this split's partials.
+  for (int g = 0; g < G; ++g) {
+    if (vthread)
 #pragma unroll
-    for (int e = 0; e < E; ++e) part[grp][col + e] = acc[e];
-  __syncthreads();
-  S* out = static_cast<S*>(p.out) + (size_t(b) * p.H + h) * D;
-  const float inv_l = 1.f / l;
-  for (int d = tid; d < D; d += blockDim.x) {
-    float v = 0.f;
-    for (int r = 0; r < groups; ++r) v += part[r][d];
-    out[d] = EL::put(v * inv_l);
+      for (int e = 0; e < E; ++e) part[grp][col + e] = acc[g][e];
+    __syncthreads();
+    const int h = kvh * G + g;
+    for (int d = tid; d < D; d += blockDim.x) {
+      float v = 0.f;
+      for (int r = 0; r < GROUPS; ++r) v += part[r][d];
+      if (splits == 1) {
+        static_cast<S*>(p.out)[(size_t(b) * p.H + h) * D + d] = EL::put(v / l[g]);
+      } else {
+        float* o = p.part + ((size_t(b) * p.KV + kvh) * splits + split) * (G * (D + 2)) + g * (D + 2);
+        o[d] = v;
+        if (d == 0) {
+          o[D] = m[g];
+          o[D + 1] = l[g];
+        }
+      }
+    }
+    __syncthreads();
+  }
+}
+
+// Merges the splits' partials: one block a (query head, batch row).
+template <int KIND, int D, int G>
+__device__ __forceinline__ void combine(const AttnParams& p, int splits) {
+  typedef Elem<KIND> EL;
+  typedef typename EL::S S;
+  const int h = blockIdx.x, b = blockIdx.y, kvh = h / G, g = h % G;
+  const float* base = p.part + (size_t(b) * p.KV + kvh) * splits * (G * (D + 2)) + g * (D + 2);
+  float mx = __int_as_float(0xff800000);
+  for (int s = 0; s < splits; ++s) mx = fmaxf(mx, base[size_t(s) * G * (D + 2) + D]);
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float num = 0.f, den = 0.f;
+    for (int s = 0; s < splits; ++s) {
+      const float* o = base + size_t(s) * G * (D + 2);
+      const float w = o[D + 1] > 0.f ? __expf(o[D] - mx) : 0.f;  // an empty split has no max
+      num = fmaf(w, o[d], num);
+      den = fmaf(w, o[D + 1], den);
+    }
+    static_cast<S*>(p.out)[(size_t(b) * p.H + h) * D + d] = EL::put(num / den);
   }
 }
 }  // namespace mlxe
-
 )";
 
 // The driver and NVRTC functions we call, found in the libraries libmlx
@@ -590,72 +672,88 @@ struct Config {
   }
 };
 
-// The kernel `name` of `src`, compiled by NVRTC for this GPU on first use
-// (each `key` once per process; a few hundred milliseconds).
-CUfunc_st* compiled(const std::string& key, const std::string& src, const char* name) {
+// The kernel `name` of the source `make_src()` returns, compiled by NVRTC for
+// this GPU on first use (each `key` once per process; a few hundred
+// milliseconds). A hit costs one map lookup: the source is built on a miss only.
+template <typename MakeSrc>
+CUfunc_st* compiled(const std::string& key, const char* name, MakeSrc make_src) {
   static std::mutex mu;
-  static std::unordered_map<std::string, CUfunc_st*> cache;
+  static std::unordered_map<std::string, void*> modules;
+  static std::unordered_map<std::string, CUfunc_st*> funcs;
   std::lock_guard<std::mutex> lock(mu);
-  if (auto it = cache.find(key); it != cache.end()) return it->second;
+  std::string fkey = key + "/" + name;
+  if (auto it = funcs.find(fkey); it != funcs.end()) return it->second;
   const Api& a = api();
-  int dev = 0, major = 0, minor = 0;
-  if (a.cuCtxGetDevice(&dev) != 0 || a.cuDeviceGetAttribute(&major, 75, dev) != 0 ||
-      a.cuDeviceGetAttribute(&minor, 76, dev) != 0)
-    throw std::runtime_error("mlxe CUDA kernels: no current CUDA device");
-  void* prog = nullptr;
-  if (a.nvrtcCreateProgram(&prog, src.c_str(), "mlxe_kernels.cu", 0, nullptr, nullptr) != 0)
-    throw std::runtime_error("mlxe CUDA kernels: nvrtcCreateProgram failed");
-  const std::string arch = "--gpu-architecture=sm_" + std::to_string(major) + std::to_string(minor);
-  const char* opts[] = {arch.c_str(), "--std=c++17"};
-  const int rc = a.nvrtcCompileProgram(prog, 2, opts);
-  std::string binary;
-  if (rc == 0) {
-    size_t n = 0;
-    a.nvrtcGetCUBINSize(prog, &n);
-    binary.resize(n);
-    a.nvrtcGetCUBIN(prog, binary.data());
-  } else {
-    size_t n = 0;
-    a.nvrtcGetProgramLogSize(prog, &n);
-    std::string log(n, '\0');
-    a.nvrtcGetProgramLog(prog, log.data());
-    a.nvrtcDestroyProgram(&prog);
-    throw std::runtime_error("mlxe CUDA kernels: NVRTC failed for " + arch + ": " + log);
-  }
-  a.nvrtcDestroyProgram(&prog);
   void* module = nullptr;
+  if (auto it = modules.find(key); it != modules.end()) {
+    module = it->second;
+  } else {
+    int dev = 0, major = 0, minor = 0;
+    if (a.cuCtxGetDevice(&dev) != 0 || a.cuDeviceGetAttribute(&major, 75, dev) != 0 ||
+        a.cuDeviceGetAttribute(&minor, 76, dev) != 0)
+      throw std::runtime_error("mlxe CUDA kernels: no current CUDA device");
+    const std::string src = make_src();
+    void* prog = nullptr;
+    if (a.nvrtcCreateProgram(&prog, src.c_str(), "mlxe_kernels.cu", 0, nullptr, nullptr) != 0)
+      throw std::runtime_error("mlxe CUDA kernels: nvrtcCreateProgram failed");
+    const std::string arch = "--gpu-architecture=sm_" + std::to_string(major) + std::to_string(minor);
+    const char* opts[] = {arch.c_str(), "--std=c++17"};
+    const int rc = a.nvrtcCompileProgram(prog, 2, opts);
+    std::string binary;
+    if (rc == 0) {
+      size_t n = 0;
+      a.nvrtcGetCUBINSize(prog, &n);
+      binary.resize(n);
+      a.nvrtcGetCUBIN(prog, binary.data());
+    } else {
+      size_t n = 0;
+      a.nvrtcGetProgramLogSize(prog, &n);
+      std::string log(n, '\0');
+      a.nvrtcGetProgramLog(prog, log.data());
+      a.nvrtcDestroyProgram(&prog);
+      throw std::runtime_error("mlxe CUDA kernels: NVRTC failed for " + arch + ": " + log);
+    }
+    a.nvrtcDestroyProgram(&prog);
+    if (a.cuModuleLoadData(&module, binary.data()) != 0)
+      throw std::runtime_error("mlxe CUDA kernels: cannot load the compiled module " + key);
+    modules.emplace(key, module);
+  }
   CUfunc_st* f = nullptr;
-  if (a.cuModuleLoadData(&module, binary.data()) != 0 || a.cuModuleGetFunction(&f, module, name) != 0)
-    throw std::runtime_error(std::string("mlxe CUDA kernels: cannot load the compiled kernel ") + name);
-  cache.emplace(key, f);
+  if (a.cuModuleGetFunction(&f, module, name) != 0)
+    throw std::runtime_error(std::string("mlxe CUDA kernels: no kernel ") + name + " in " + key);
+  funcs.emplace(std::move(fkey), f);
   return f;
 }
 
 // The matvec kernel of `c`.
 CUfunc_st* kernel(const Config& c) {
-  const std::string src = std::string(kSource) +
-                          "extern \"C\" __global__ void __launch_bounds__(256) mlxe_qmv(const mlxe::Params p) {\n"
-                          "  mlxe::qmv<" +
-                          std::to_string(c.kind) + ", " + std::to_string(c.bits) + ", " + std::to_string(c.group) + ", " +
-                          std::to_string(c.mt) + ", " + std::to_string(c.rows) + ", " + std::to_string(c.mode) + ", " +
-                          (c.norm ? "true" : "false") + ">(p);\n}\n";
-  return compiled("qmv_" + c.key(), src, "mlxe_qmv");
+  return compiled("qmv_" + c.key(), "mlxe_qmv", [&] {
+    return std::string(kSource) +
+           "extern \"C\" __global__ void __launch_bounds__(256) mlxe_qmv(const mlxe::Params p) {\n"
+           "  mlxe::qmv<" +
+           std::to_string(c.kind) + ", " + std::to_string(c.bits) + ", " + std::to_string(c.group) + ", " +
+           std::to_string(c.mt) + ", " + std::to_string(c.rows) + ", " + std::to_string(c.mode) + ", " +
+           (c.norm ? "true" : "false") + ">(p);\n}\n";
+  });
 }
 
-// Keys of a decode attention's chunk (scores kept in shared memory).
-constexpr int ATTN_CHUNK = 1024;
+// Keys of a decode attention block's chunk (its scores kept in shared memory).
+constexpr int ATTN_CHUNK = 256;
 // Threads of a decode attention block (its shared buffers are sized for it).
 constexpr unsigned ATTN_THREADS = 256;
 
-// The decode attention kernel for x's dtype and head size.
-CUfunc_st* attn_kernel(int kind, int head_dim) {
-  const std::string key = "attn_" + std::to_string(kind) + "_" + std::to_string(head_dim);
-  const std::string src = std::string(kSource) + kAttnSource +
-                          "extern \"C\" __global__ void __launch_bounds__(256) mlxe_attn(const mlxe::AttnParams p) {\n"
-                          "  mlxe::attend<" +
-                          std::to_string(kind) + ", " + std::to_string(head_dim) + ", " + std::to_string(ATTN_CHUNK) +
-                          ">(p);\n}\n";
-  return compiled(key, src, "mlxe_attn");
+// The decode attention kernels (`combine`: the partials' merge) for x's
+// dtype, head size and query heads per KV head; both from one compilation.
+CUfunc_st* attn_kernel(int kind, int head_dim, int group, bool combine) {
+  const std::string cfg = std::to_string(kind) + ", " + std::to_string(head_dim) + ", " + std::to_string(group);
+  return compiled("attn_" + cfg, combine ? "mlxe_attn_combine" : "mlxe_attn", [&] {
+    return std::string(kSource) + kAttnSource +
+           "extern \"C\" __global__ void __launch_bounds__(256) mlxe_attn(const mlxe::AttnParams p) {\n"
+           "  mlxe::attend<" + cfg + ", " + std::to_string(ATTN_CHUNK) +
+           ">(p);\n}\n"
+           "extern \"C\" __global__ void mlxe_attn_combine(const mlxe::AttnParams p, int splits) {\n"
+           "  mlxe::combine<" + cfg + ">(p, splits);\n}\n";
+  });
 }
 
 // An array's device address, as MLX's gpu_ptr (offsets are in bytes).
@@ -773,6 +871,13 @@ class FusedQmv : public mx::Primitive {
   float eps_;
 };
 
+// Splits of the slots for a decode attention: enough blocks (KV heads × batch
+// rows × splits) to spread over a large GPU, at least 64 slots a split, at most 32.
+int attn_splits(int batch, int kv_heads, int n_keys) {
+  const int want = (256 + batch * kv_heads - 1) / (batch * kv_heads);
+  return std::max(1, std::min({want, (n_keys + 63) / 64, 32}));
+}
+
 // A decode step's attention as an MLX primitive (see kAttnSource). Inputs: q,
 // k, v, the key and value caches, the inverse frequencies, [rows]; one output,
 // the attention. The new key and value go into the cache buffers in place, a
@@ -823,16 +928,31 @@ class DecodeAttention : public mx::Primitive {
     p.traditional = traditional_;
     p.rope_scale = rope_scale_;
     p.scale = scale_;
-    outs[0].set_data(mx::allocator::malloc(outs[0].nbytes()));
+    const int B = q.shape(0), D = q.shape(3), G = p.H / p.KV, kind = kind_of(q.dtype());
+    const int splits = attn_splits(B, p.KV, n_keys_);
+    // The splits' partials live past the output in its buffer: they last as
+    // long as it, and the merge node waits on it.
+    const size_t out_bytes = (outs[0].nbytes() + 255) / 256 * 256;
+    const size_t part_bytes = splits > 1 ? size_t(B) * p.KV * splits * G * (D + 2) * sizeof(float) : 0;
+    outs[0].set_data(mx::allocator::malloc(out_bytes + part_bytes));
     p.out = gptr(outs[0]);
+    p.part = splits > 1 ? reinterpret_cast<float*>(static_cast<char*>(gptr(outs[0])) + out_bytes) : nullptr;
     for (const auto& a : in) enc.set_input_array(a);
     enc.set_output_array(outs[0]);
     enc.set_output_array(kc);
     enc.set_output_array(vc);
     void* args[] = {&p};
-    const dim3 grid{static_cast<unsigned>(p.H), static_cast<unsigned>(q.shape(0)), 1};
-    enc.add_kernel_node_raw(attn_kernel(kind_of(q.dtype()), q.shape(3)), grid, dim3{ATTN_THREADS, 1, 1},
-                            dim3{1, 1, 1}, 0, args);
+    const dim3 grid{static_cast<unsigned>(p.KV), static_cast<unsigned>(B), static_cast<unsigned>(splits)};
+    enc.add_kernel_node_raw(attn_kernel(kind, D, G, false), grid, dim3{ATTN_THREADS, 1, 1}, dim3{1, 1, 1}, 0, args);
+    if (splits > 1) {
+      // Registered again, the output orders the merge after the splits.
+      enc.set_input_array(outs[0]);
+      enc.set_output_array(outs[0]);
+      int n = splits;
+      void* cargs[] = {&p, &n};
+      enc.add_kernel_node_raw(attn_kernel(kind, D, G, true), dim3{static_cast<unsigned>(p.H), static_cast<unsigned>(B), 1},
+                              dim3{128, 1, 1}, dim3{1, 1, 1}, 0, cargs);
+    }
   }
 
   const char* name() const override { return "MlxeDecodeAttention"; }
@@ -1031,7 +1151,8 @@ std::optional<mx::array> decode_attention(const mx::array& q, const mx::array& k
   if (k.shape() != kv_new || v.shape() != kv_new || k_cache.shape() != cache || v_cache.shape() != cache)
     return std::nullopt;
   if (k.dtype() != dt || v.dtype() != dt || k_cache.dtype() != dt || v_cache.dtype() != dt) return std::nullopt;
-  if (KV == 0 || H % KV != 0 || slot < 0 || slot >= n_keys || n_keys > cap) return std::nullopt;
+  // Up to 8 query heads a KV head (the kernel keeps their sums in registers).
+  if (KV == 0 || H % KV != 0 || H / KV > 8 || slot < 0 || slot >= n_keys || n_keys > cap) return std::nullopt;
   if (dims <= 0 || dims > D || dims % 2 != 0 || inv_freq.dtype() != mx::float32 || inv_freq.size() != size_t(dims / 2))
     return std::nullopt;
   if (rows && (rows->dtype() != mx::int32 || rows->shape() != mx::Shape{B, 2})) return std::nullopt;
