@@ -888,6 +888,15 @@ impl Transformer {
         let s = q.shape_i32();
         let (b, l) = if heads_first { (s[0], s[2]) } else { (s[0], s[1]) };
         let hd = self.cfg.head_dim as i32;
+        if !heads_first && l == 1 && engine_mlx::default_device() == engine_mlx::Device::Gpu {
+            // A GPU decode step from composed projections (B, 1, heads·head_dim)
+            // goes heads-first too: for one position both layouts hold the same
+            // elements in the same order, so reshapes replace the transposes and
+            // the fused decode attention applies (dense weights, adapters).
+            let split = |t: Array, n: usize| t.reshape(&[b, n as i32, 1, hd]);
+            let (q, k, v) = (split(q, a.heads)?, split(k, a.kv_heads)?, split(v, a.kv_heads)?);
+            return self.attend(a, q, k, v, cache, step, true)?.reshape(&[b, 1, -1]);
+        }
         let heads = |t: Array, n: usize, norm: &Option<RmsNorm>| -> Result<Array> {
             if heads_first {
                 return match norm {
