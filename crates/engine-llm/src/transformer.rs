@@ -890,9 +890,15 @@ impl Transformer {
         let hd = self.cfg.head_dim as i32;
         if !heads_first && l == 1 && engine_mlx::default_device() == engine_mlx::Device::Gpu {
             // A GPU decode step from composed projections (B, 1, heads·head_dim)
-            // goes heads-first too: for one position both layouts hold the same
-            // elements in the same order, so reshapes replace the transposes and
-            // the fused decode attention applies (dense weights, adapters).
+            // (dense weights, adapters): for one position that layout holds the
+            // heads-first elements in the same order, so the fused decode
+            // attention reads it as is, or — with head norms — reshapes replace
+            // the transposes.
+            if a.q_norm.is_none() && a.k_norm.is_none() && a.qkv.is_none() {
+                if let Some(out) = self.decode_attention(a, &q, &k, &v, cache, step)? {
+                    return Ok(out);
+                }
+            }
             let split = |t: Array, n: usize| t.reshape(&[b, n as i32, 1, hd]);
             let (q, k, v) = (split(q, a.heads)?, split(k, a.kv_heads)?, split(v, a.kv_heads)?);
             return self.attend(a, q, k, v, cache, step, true)?.reshape(&[b, 1, -1]);
@@ -966,7 +972,8 @@ impl Transformer {
     }
 
     /// A decode step's RoPE, cache write and attention in one CUDA kernel
-    /// (`fast::decode_attention`), q/k/v heads-first (B, heads, 1, head_dim):
+    /// (`fast::decode_attention_in_place`), q/k/v heads-first (B, heads, 1,
+    /// head_dim) or flat (B, 1, heads·head_dim), the output in q's shape:
     /// on a fast GPU the host's cost per MLX op bounds decode, and this takes
     /// eight of them off each layer. `None` where it does not apply (M-RoPE,
     /// soft-capping, LongRoPE, a window with left padding, the CPU).

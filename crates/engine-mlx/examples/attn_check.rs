@@ -48,6 +48,8 @@ struct Case {
     ring: bool,
     pads: Vec<usize>,
     rope: Rope,
+    /// q, k, v as the projections' (B, 1, heads·D) rather than (B, heads, 1, D).
+    flat: bool,
 }
 
 /// MLX's ops for the step on [q, k, v, key cache, value cache] at (slot,
@@ -126,7 +128,15 @@ fn run_case(c: &Case, seed: u64) -> Result<bool> {
     // Copies of the caches that only the kernel writes (in place).
     let (kc2, vc2) = (kc.add_scalar(0.0)?, vc.add_scalar(0.0)?);
     eval([&kc2, &vc2])?;
-    let Some(o) = fast::decode_attention_in_place(&q, &k, &v, &kc2, &vc2, spec, at, scale)? else {
+    let flat = |t: &Array| {
+        if c.flat {
+            t.reshape(&[c.b as i32, 1, -1])
+        } else {
+            Ok(t.clone())
+        }
+    };
+    let Some(o) = fast::decode_attention_in_place(&flat(&q)?, &flat(&k)?, &flat(&v)?, &kc2, &vc2, spec, at, scale)?
+    else {
         println!("{}", serde_json::json!({"case": c.name, "declined": true}));
         return Ok(false);
     };
@@ -233,6 +243,7 @@ fn main() -> Result<()> {
         ring: false,
         pads: vec![],
         rope,
+        flat: false,
     };
     let mut cases = vec![];
     for dtype in [Dtype::Bfloat16, Dtype::Float16, Dtype::Float32] {
@@ -305,6 +316,10 @@ fn main() -> Result<()> {
     cases.push(Case {
         pads: vec![0, 3, 30, 0],
         ..case("padded-batch", 4, 32, 8, 128, Dtype::Bfloat16, 40, plain(128)?)
+    });
+    cases.push(Case {
+        flat: true,
+        ..case("flat-projections", 2, 32, 8, 64, Dtype::Bfloat16, 200, plain(64)?)
     });
     cases.push(Case {
         ring: true,

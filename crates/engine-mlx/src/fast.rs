@@ -161,8 +161,9 @@ pub enum DecodePositions<'a> {
 /// GPU, our kernels on; `None` elsewhere, and the caller composes MLX's ops):
 /// RoPE of the query q (B, H, 1, D) and of the new key k (B, KV, 1, D), k and
 /// v written into the caches (B, KV, capacity, D) at `at.slot`, then
-/// `softmax(q·kᵀ·scale)·v` over the slots `0..at.n_keys`. Returns the output
-/// (B, H, 1, D). One graph node where MLX's ops take eight (two RoPEs, two
+/// `softmax(q·kᵀ·scale)·v` over the slots `0..at.n_keys`. q, k and v may also
+/// come as the projections' (B, 1, heads·D) (the same elements in the same
+/// order); the output takes q's shape. One graph node where MLX's ops take eight (two RoPEs, two
 /// cache writes, two views, attention), and on a fast GPU the host's cost per
 /// op bounds decode.
 ///

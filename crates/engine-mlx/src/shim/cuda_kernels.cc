@@ -918,7 +918,7 @@ class DecodeAttention : public mx::Primitive {
     p.vc = const_cast<void*>(gptr(vc));
     p.inv_freq = static_cast<const float*>(gptr(in[5]));
     p.rows = rows_ ? static_cast<const int*>(gptr(in[6])) : nullptr;
-    p.H = q.shape(1);
+    p.H = static_cast<int>(q.size() / (size_t(kc.shape(0)) * kc.shape(3)));
     p.KV = kc.shape(1);
     p.cap = kc.shape(2);
     p.slot = slot_;
@@ -928,7 +928,7 @@ class DecodeAttention : public mx::Primitive {
     p.traditional = traditional_;
     p.rope_scale = rope_scale_;
     p.scale = scale_;
-    const int B = q.shape(0), D = q.shape(3), G = p.H / p.KV, kind = kind_of(q.dtype());
+    const int B = kc.shape(0), D = kc.shape(3), G = p.H / p.KV, kind = kind_of(q.dtype());
     const int splits = attn_splits(B, p.KV, n_keys_);
     // The splits' partials live past the output in its buffer: they last as
     // long as it, and the merge node waits on it.
@@ -1140,16 +1140,18 @@ std::optional<mx::array> decode_attention(const mx::array& q, const mx::array& k
                                                        float rope_scale, float scale, mx::StreamOrDevice s) {
   static const bool on = env_int("MLXENGINE_CUDA_ATTN", 1) != 0;
   if (!on || !enabled().load() || mx::to_stream(s).device.type != mx::Device::gpu) return std::nullopt;
-  if (q.ndim() != 4 || k.ndim() != 4 || v.ndim() != 4 || k_cache.ndim() != 4 || v_cache.ndim() != 4)
+  if (k_cache.ndim() != 4 || k_cache.shape() != v_cache.shape() || q.ndim() < 1 || q.shape(0) != k_cache.shape(0))
     return std::nullopt;
-  const int B = q.shape(0), H = q.shape(1), D = q.shape(3), KV = k_cache.shape(1), cap = k_cache.shape(2);
+  const int B = k_cache.shape(0), KV = k_cache.shape(1), cap = k_cache.shape(2), D = k_cache.shape(3);
   const mx::Dtype dt = q.dtype();
-  // Head sizes the kernel is built for (16-byte rows in every dtype); cache
-  // and new entries alike; grouped queries.
-  if (!float_type(dt) || D % 8 != 0 || D > 256 || (dt == mx::float32 && D > 128) || q.shape(2) != 1) return std::nullopt;
-  const mx::Shape kv_new{B, KV, 1, D}, cache{B, KV, cap, D};
-  if (k.shape() != kv_new || v.shape() != kv_new || k_cache.shape() != cache || v_cache.shape() != cache)
+  // Head sizes the kernel is built for (16-byte rows in every dtype).
+  if (!float_type(dt) || D % 8 != 0 || D > 256 || (dt == mx::float32 && D > 128) || B == 0 || KV == 0) return std::nullopt;
+  // q, k and v in any shape holding their heads in order: (B, heads, 1, D) or
+  // a projection's (B, 1, heads·D).
+  if (q.size() % (size_t(B) * D) != 0 || k.size() != size_t(B) * KV * D || v.size() != k.size() ||
+      k.shape(0) != B || v.shape(0) != B)
     return std::nullopt;
+  const int H = static_cast<int>(q.size() / (size_t(B) * D));
   if (k.dtype() != dt || v.dtype() != dt || k_cache.dtype() != dt || v_cache.dtype() != dt) return std::nullopt;
   // Up to 8 query heads a KV head (the kernel keeps their sums in registers).
   if (KV == 0 || H % KV != 0 || H / KV > 8 || slot < 0 || slot >= n_keys || n_keys > cap) return std::nullopt;

@@ -74,7 +74,8 @@ std::optional<std::vector<mx::array>> fused_qmv(const mx::array& x, const std::v
 // written IN PLACE when the returned array is evaluated: the caller must own
 // them alone (no other array, view or copy of them may be read after this
 // call) — a KV cache's buffers, which only its next steps read. q, k, v and
-// the caches must be row-contiguous in one float dtype. nullopt where it does
+// the caches must be row-contiguous in one float dtype (q, k and v may also
+// come as the projections' (B, 1, heads·D); the output takes q's shape). nullopt where it does
 // not apply (another device, head size, shapes, our kernels off or
 // MLXENGINE_CUDA_ATTN=0).
 std::optional<mx::array> decode_attention(const mx::array& q, const mx::array& k, const mx::array& v,
