@@ -27,9 +27,13 @@ fn conv(c: &mut Criterion) {
         let w = normal(&[cout, k, k, x[3]], 2);
         let b = normal(&[cout], 3);
         let p = (k / 2) as i32;
-        g.bench_function(BenchmarkId::new("ours", name), |bch| {
-            bch.iter(|| fast::conv2d(&xa, &w, Some(&b), (1, 1), (p, p)).unwrap().eval().unwrap())
-        });
+        for (label, packed) in [("ours", false), ("packed", true)] {
+            fast::force_conv2d_packed(packed);
+            g.bench_function(BenchmarkId::new(label, name), |bch| {
+                bch.iter(|| fast::conv2d(&xa, &w, Some(&b), (1, 1), (p, p)).unwrap().eval().unwrap())
+            });
+        }
+        fast::force_conv2d_packed(false);
         g.bench_function(BenchmarkId::new("mlx", name), |bch| {
             bch.iter(|| {
                 conv2d(&xa, &w, (1, 1), (p, p), (1, 1), 1)

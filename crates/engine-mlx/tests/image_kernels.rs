@@ -45,7 +45,7 @@ type ConvCase = (usize, i32, i32, [usize; 4], usize, bool);
 
 #[test]
 fn conv2d_matches_mlx_conv() -> R {
-    let cases: [ConvCase; 7] = [
+    let cases: [ConvCase; 9] = [
         (3, 1, 1, [2, 13, 11, 16], 24, true), // the UNet's/VAE's 3×3 "same" conv
         (3, 1, 1, [1, 40, 37, 48], 32, true), // several tiles over both threads
         (3, 2, 1, [2, 16, 15, 8], 12, true),  // a downsampler (odd width)
@@ -53,19 +53,33 @@ fn conv2d_matches_mlx_conv() -> R {
         (1, 1, 0, [2, 9, 7, 20], 36, true),   // 1×1 projections and shortcuts
         (3, 1, 0, [1, 6, 5, 3], 5, false),    // "valid", odd channel counts
         (5, 1, 2, [1, 12, 10, 4], 6, true),   // another kernel size
+        (3, 1, 1, [2, 5, 9, 8], 100, true),   // output blocks of 64 and 36 (the direct kernel's 3-vector tail)
+        (3, 1, 2, [1, 3, 4, 2], 17, false),   // padding wider than the kernel's reach, a 1-channel tail
     ];
-    for (i, &(k, stride, pad, shape, cout, with_bias)) in cases.iter().enumerate() {
-        let x = normal(&shape, 10 + i as u64, 1.0);
-        let w = normal(&[cout, k, k, shape[3]], 20 + i as u64, 0.5);
-        let b = normal(&[cout], 30 + i as u64, 1.0);
-        let bias = with_bias.then_some(&b);
-        let ours = fast::conv2d(&x, &w, bias, (stride, stride), (pad, pad))?;
-        let mut reference = conv2d(&f64_of(&x), &f64_of(&w), (stride, stride), (pad, pad), (1, 1), 1)?;
-        if let Some(b) = bias {
-            reference = reference.add(&f64_of(b))?;
+    // Both paths where the CPU has the direct kernel (the switch is
+    // process-wide; the other conv test passes on either).
+    let paths = if fast::conv2d_direct_kernel() {
+        vec![false, true]
+    } else {
+        vec![true]
+    };
+    for packed in paths {
+        eprintln!("packed patches + sgemm: {packed}");
+        fast::force_conv2d_packed(packed);
+        for (i, &(k, stride, pad, shape, cout, with_bias)) in cases.iter().enumerate() {
+            let x = normal(&shape, 10 + i as u64, 1.0);
+            let w = normal(&[cout, k, k, shape[3]], 20 + i as u64, 0.5);
+            let b = normal(&[cout], 30 + i as u64, 1.0);
+            let bias = with_bias.then_some(&b);
+            let ours = fast::conv2d(&x, &w, bias, (stride, stride), (pad, pad))?;
+            let mut reference = conv2d(&f64_of(&x), &f64_of(&w), (stride, stride), (pad, pad), (1, 1), 1)?;
+            if let Some(b) = bias {
+                reference = reference.add(&f64_of(b))?;
+            }
+            close(&ours, &reference, 2e-5);
         }
-        close(&ours, &reference, 2e-5);
     }
+    fast::force_conv2d_packed(false);
     Ok(())
 }
 

@@ -195,6 +195,199 @@ void conv_tile(const float* x, const float* w, const float* bias, float* out, co
           static_cast<int>(k), w, static_cast<int>(k), bias != nullptr ? 1.0f : 0.0f, y, static_cast<int>(s.cout));
 }
 
+// ---- direct convolution (AVX-512)
+//
+// A stride-1 k×k convolution without patches: the input is copied once into
+// a zero-padded (Hp, Wp, C) buffer, and output position (oy, ox) is computed
+// at "virtual" position v = oy·Wp + ox, whose window starts at padded pixel v
+// — consecutive virtual positions read consecutive pixels, so a micro-kernel
+// takes R of them with R broadcast loads and no packing. Positions with
+// ox ≥ OW (the k−1 past each row's end) are computed and dropped: 6% more
+// work at 32 wide, 1% at 256. The weight is repacked per call into blocks of
+// up to 64 output channels, (kh, kw, C, 16·NV) each, so the R×NV registers
+// take one vector load per 16 channels and R broadcasts per input channel.
+// OpenBLAS spent a third of the convs' time packing (its own copies of both
+// operands, after ours of the patches).
+#if defined(__x86_64__) && defined(__GNUC__)
+#define MLXE_DIRECT_CONV 1
+
+bool direct_conv_available() {
+  static const bool ok = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") != 0;
+  }();
+  return ok;
+}
+#else
+bool direct_conv_available() { return false; }
+#endif
+
+// Off: stride-1 convolutions take the packed-patch path too (tests and
+// benchmarks compare the two).
+std::atomic<bool> direct_conv_off{false};
+
+bool direct_conv_on() { return direct_conv_available() && !direct_conv_off.load(std::memory_order_relaxed); }
+
+#ifdef MLXE_DIRECT_CONV
+
+// Rows of the micro-kernel for NV vectors of output channels: R·NV ≤ 24
+// accumulators leave registers for the NV weight vectors and a broadcast.
+constexpr int rows_for(int nv) { return nv == 1 ? 16 : nv == 2 ? 12 : nv == 3 ? 8 : 6; }
+// Virtual positions per task: a multiple of every R above.
+constexpr int64_t kDirectStep = 48;
+
+// R virtual positions from `in` (padded pixels, `cin` floats apart) times
+// one weight block (kh, kw, cin, 16·NV), plus the block's padded bias; row r
+// goes to dst[r] (null: dropped), its first `cols` channels.
+template <int R, int NV>
+__attribute__((target("avx512f,fma"))) void conv_micro(const float* in, int64_t cin, int64_t wp, int64_t kh,
+                                                       int64_t kw, const float* w, const float* bias,
+                                                       float* const* dst, int64_t cols) {
+  __m512 acc[R][NV];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; r++) {
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; v++) acc[r][v] = _mm512_loadu_ps(bias + 16 * v);
+  }
+  for (int64_t ky = 0; ky < kh; ky++) {
+    for (int64_t kx = 0; kx < kw; kx++) {
+      const float* x = in + (ky * wp + kx) * cin;
+      const float* wk = w + (ky * kw + kx) * cin * 16 * NV;
+      for (int64_t c = 0; c < cin; c++) {
+        __m512 wv[NV];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) wv[v] = _mm512_loadu_ps(wk + c * 16 * NV + 16 * v);
+#pragma GCC unroll 16
+        for (int r = 0; r < R; r++) {
+          const __m512 xb = _mm512_set1_ps(x[r * cin + c]);
+#pragma GCC unroll 4
+          for (int v = 0; v < NV; v++) acc[r][v] = _mm512_fmadd_ps(xb, wv[v], acc[r][v]);
+        }
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < R; r++) {
+    if (dst[r] == nullptr) continue;
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; v++) {
+      const int64_t left = cols - 16 * v;
+      if (left >= 16) {
+        _mm512_storeu_ps(dst[r] + 16 * v, acc[r][v]);
+      } else if (left > 0) {
+        _mm512_mask_storeu_ps(dst[r] + 16 * v, static_cast<__mmask16>((1u << left) - 1), acc[r][v]);
+      }
+    }
+  }
+}
+
+// Columns [j0, j1) of output channels [c0, c0 + 16·nv) of the (cout, k)
+// weight into dst (k, 16·nv), zeros past cout.
+__attribute__((target("avx512f"))) void pack_weight_block(const float* w, int64_t k, int64_t cout, int64_t c0,
+                                                          int64_t nv, int64_t j0, int64_t j1, float* dst) {
+  const __m512i rows = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                          _mm512_set1_epi32(static_cast<int>(k)));
+  for (int64_t v = 0; v < nv; v++) {
+    const int64_t first = c0 + 16 * v, left = std::clamp<int64_t>(cout - first, 0, 16);
+    const __mmask16 m = static_cast<__mmask16>((1u << left) - 1);
+    const float* src = w + std::min(first, cout - 1) * k;
+    for (int64_t j = j0; j < j1; j++) {
+      _mm512_storeu_ps(dst + j * 16 * nv + 16 * v,
+                       _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, rows, src + j, 4));
+    }
+  }
+}
+
+// The calling thread's buffers for the padded input and the packed weight.
+float* direct_buffer(int which, int64_t n) {
+  thread_local std::vector<float> bufs[2];
+  auto& b = bufs[which];
+  if (static_cast<int64_t>(b.size()) < n) b.resize(n);
+  return b.data();
+}
+
+// y = conv(x, w) + bias for a stride-1 convolution (see above).
+void direct_conv(const float* x, const float* w, const float* bias, float* y, const ConvShape& s) {
+  const int64_t hp = s.h + 2 * s.ph, wpad = s.w + 2 * s.pw, cin = s.cin, k = s.kh * s.kw * cin;
+  // Reads run up to a micro-kernel's rows past the last virtual position.
+  const int64_t image = (hp * wpad + rows_for(1) + s.kw) * cin;
+  float* px = direct_buffer(0, s.n * image);
+  parallel(s.n * hp, wpad * cin, [&](int64_t lo, int64_t hi) {
+    for (int64_t it = lo; it < hi; it++) {
+      const int64_t img = it / hp, py = it % hp, iy = py - s.ph;
+      float* row = px + img * image + py * wpad * cin;
+      if (iy < 0 || iy >= s.h) {
+        std::fill(row, row + wpad * cin, 0.0f);
+      } else {
+        std::fill(row, row + s.pw * cin, 0.0f);
+        std::memcpy(row + s.pw * cin, x + ((img * s.h + iy) * s.w) * cin, sizeof(float) * s.w * cin);
+        std::fill(row + (s.pw + s.w) * cin, row + wpad * cin, 0.0f);
+      }
+      if (py == hp - 1) std::fill(row + wpad * cin, px + (img + 1) * image, 0.0f);
+    }
+  });
+  // Blocks of 64 output channels, the last of 16, 32 or 48 (zero-padded).
+  struct Block {
+    int64_t c0, nv, offset;
+  };
+  std::vector<Block> blocks;
+  int64_t packed = 0;
+  for (int64_t c0 = 0; c0 < s.cout; c0 += 64) {
+    const int64_t nv = std::min<int64_t>(4, (s.cout - c0 + 15) / 16);
+    blocks.push_back({c0, nv, packed});
+    packed += k * 16 * nv;
+  }
+  const int64_t padded_cout = packed / k;
+  float* pw = direct_buffer(1, packed + padded_cout);
+  float* pb = pw + packed;
+  // Runs of 64 weight columns per task, 16 output channels gathered at a
+  // time (the 16 weight rows' lines stay in L1 along the run): a scalar
+  // transpose took 8% of a diffusion run.
+  parallel((k + 63) / 64, 64 * padded_cout, [&](int64_t lo, int64_t hi) {
+    for (const Block& b : blocks) pack_weight_block(w, k, s.cout, b.c0, b.nv, lo * 64, std::min(k, hi * 64), pw + b.offset);
+  });
+  for (const Block& b : blocks) {
+    const int64_t width = 16 * b.nv;
+    for (int64_t o = 0; o < width; o++) {
+      pb[b.offset / k + o] = bias != nullptr && b.c0 + o < s.cout ? bias[b.c0 + o] : 0.0f;
+    }
+  }
+  // Tasks of kDirectStep virtual positions of one image, handed out one at a
+  // time: with a few big tasks a thread, one thread was often left with a
+  // whole extra one (a fifth of a UNet conv's time).
+  const int64_t virt = s.oh * wpad, per_image = (virt + kDirectStep - 1) / kDirectStep;
+  auto task = [&](int64_t it) {
+    const int64_t img = it / per_image, v0 = (it % per_image) * kDirectStep, v1 = std::min(virt, v0 + kDirectStep);
+    const float* in = px + img * image;
+    float* out = y + img * s.oh * s.ow * s.cout;
+    for (const Block& b : blocks) {
+      const float* wb = pw + b.offset;
+      const float* bb = pb + b.offset / k;
+      const int64_t cols = std::min<int64_t>(16 * b.nv, s.cout - b.c0), rows = rows_for(static_cast<int>(b.nv));
+      for (int64_t v = v0; v < v1; v += rows) {
+        float* dst[16];
+        for (int64_t r = 0; r < rows; r++) {
+          const int64_t oy = (v + r) / wpad, ox = (v + r) % wpad;
+          dst[r] = v + r < v1 && ox < s.ow ? out + (oy * s.ow + ox) * s.cout + b.c0 : nullptr;
+        }
+        const float* src = in + v * cin;
+        switch (b.nv) {
+          case 1: conv_micro<rows_for(1), 1>(src, cin, wpad, s.kh, s.kw, wb, bb, dst, cols); break;
+          case 2: conv_micro<rows_for(2), 2>(src, cin, wpad, s.kh, s.kw, wb, bb, dst, cols); break;
+          case 3: conv_micro<rows_for(3), 3>(src, cin, wpad, s.kh, s.kw, wb, bb, dst, cols); break;
+          default: conv_micro<rows_for(4), 4>(src, cin, wpad, s.kh, s.kw, wb, bb, dst, cols); break;
+        }
+      }
+    }
+  };
+  if (s.n * virt * k * s.cout < (int64_t{1} << 20)) {
+    for (int64_t it = 0; it < s.n * per_image; it++) task(it);
+  } else {
+    Pool::get().run(s.n * per_image, task);
+  }
+}
+#endif
+
 class Conv2dKernel : public mx::UnaryPrimitive {
  public:
   Conv2dKernel(mx::Stream st, ConvShape s, bool bias) : mx::UnaryPrimitive(st), s_(s), bias_(bias) {}
@@ -219,6 +412,12 @@ class Conv2dKernel : public mx::UnaryPrimitive {
         threaded_gemm(x, w, b, y, positions, s.cout, s.cin);
         return;
       }
+#ifdef MLXE_DIRECT_CONV
+      if (s.sh == 1 && s.sw == 1 && direct_conv_on()) {
+        direct_conv(x, w, b, y, s);
+        return;
+      }
+#endif
       const int64_t hw = std::max(1u, std::thread::hardware_concurrency());
       const int64_t rows = tile_rows(positions, hw), tiles = (positions + rows - 1) / rows;
       SerialBlas serial(tiles > 1 && hw > 1);
@@ -530,6 +729,11 @@ class AttentionKernel : public mx::UnaryPrimitive {
 };
 
 }  // namespace
+
+bool conv2d_direct(int force) {
+  if (force >= 0) direct_conv_off.store(force == 0, std::memory_order_relaxed);
+  return direct_conv_on();
+}
 
 bool gemm_applies(const mx::array& x, const mx::array& w, mx::StreamOrDevice s) {
   return applies(x, s) && w.dtype() == mx::float32 && x.ndim() >= 1 && w.ndim() == 2 && x.shape(-1) == w.shape(1) &&
