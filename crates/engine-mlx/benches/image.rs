@@ -28,12 +28,12 @@ fn conv(c: &mut Criterion) {
         let b = normal(&[cout], 3);
         let p = (k / 2) as i32;
         for (label, packed) in [("ours", false), ("packed", true)] {
-            fast::force_conv2d_packed(packed);
+            fast::force_portable_image_kernels(packed);
             g.bench_function(BenchmarkId::new(label, name), |bch| {
                 bch.iter(|| fast::conv2d(&xa, &w, Some(&b), (1, 1), (p, p)).unwrap().eval().unwrap())
             });
         }
-        fast::force_conv2d_packed(false);
+        fast::force_portable_image_kernels(false);
         g.bench_function(BenchmarkId::new("mlx", name), |bch| {
             bch.iter(|| {
                 conv2d(&xa, &w, (1, 1), (p, p), (1, 1), 1)
@@ -94,14 +94,18 @@ fn attention(c: &mut Criterion) {
         let k = normal(&[b, s, heads * d], 2);
         let v = normal(&[b, s, heads * d], 3);
         let scale = (d as f32).powf(-0.5);
-        g.bench_function(BenchmarkId::new("ours", name), |bch| {
-            bch.iter(|| {
-                fast::attention(&q, &k, &v, heads as i32, scale)
-                    .unwrap()
-                    .eval()
-                    .unwrap()
-            })
-        });
+        for (label, portable) in [("ours", false), ("portable", true)] {
+            fast::force_portable_image_kernels(portable);
+            g.bench_function(BenchmarkId::new(label, name), |bch| {
+                bch.iter(|| {
+                    fast::attention(&q, &k, &v, heads as i32, scale)
+                        .unwrap()
+                        .eval()
+                        .unwrap()
+                })
+            });
+        }
+        fast::force_portable_image_kernels(false);
         g.bench_function(BenchmarkId::new("sdpa", name), |bch| {
             bch.iter(|| {
                 let split = |t: &Array, len: usize| {

@@ -125,7 +125,7 @@ pub fn cache_attention(q: &Array, k: &Array, v: &Array, scale: f32, pads: &[i32]
 /// 2-D convolution of NHWC `x` with an (O, KH, KW, I) weight, plus `bias`
 /// (O,) when given; no dilation, one group. On the CPU in float32 our kernels,
 /// split over the cores: stride-1 convolutions directly on CPUs with AVX-512
-/// (see [`conv2d_direct_kernel`]), the rest by tiles of receptive fields
+/// (see [`image_kernels_avx512`]), the rest by tiles of receptive fields
 /// packed in cache and one sgemm each (no im2col of the whole image);
 /// elsewhere MLX's conv and an add.
 pub fn conv2d(x: &Array, w: &Array, bias: Option<&Array>, stride: (i32, i32), padding: (i32, i32)) -> Result<Array> {
@@ -143,19 +143,21 @@ pub fn conv2d(x: &Array, w: &Array, bias: Option<&Array>, stride: (i32, i32), pa
     )
 }
 
-/// Whether [`conv2d`] computes stride-1 float32 convolutions on the CPU
-/// directly (AVX-512 register tiles over a zero-padded copy of the input, no
-/// patch buffer, no BLAS) rather than by packed patches and sgemm.
-pub fn conv2d_direct_kernel() -> bool {
-    ffi::conv2d_direct_kernel(-1)
+/// Whether the float32 CPU image kernels take their AVX-512 paths (picked
+/// from the CPU at run time): [`conv2d`] computes stride-1 convolutions
+/// directly (register tiles over a zero-padded copy of the input, no patch
+/// buffer, no BLAS) and [`attention`] runs on intrinsics with a scalef exp.
+pub fn image_kernels_avx512() -> bool {
+    ffi::image_kernels_avx512(-1)
 }
 
-/// Sends stride-1 convolutions through the packed-patch + sgemm path
-/// (`true`) or back to the direct kernel where the CPU has AVX-512
-/// (`false`); returns whether the direct kernel is now in use. Process-wide;
-/// for tests and benchmarks that compare the two.
-pub fn force_conv2d_packed(packed: bool) -> bool {
-    ffi::conv2d_direct_kernel(if packed { 0 } else { 1 })
+/// Sends the image kernels down their portable paths (`true`: packed patches
+/// and sgemm for every conv, the compiler-vectorised attention) or back to the
+/// AVX-512 ones where the CPU has it (`false`); returns whether the AVX-512
+/// paths are now in use. Process-wide; for tests and benchmarks that compare
+/// the two.
+pub fn force_portable_image_kernels(portable: bool) -> bool {
+    ffi::image_kernels_avx512(if portable { 0 } else { 1 })
 }
 
 /// Group normalisation of channels-last `x` (N, ..., C): statistics per image

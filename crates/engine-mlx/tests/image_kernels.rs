@@ -40,6 +40,17 @@ fn close(ours: &Array, reference: &Array, tol: f64) {
     eprintln!("worst relative error {worst:.2e} (tolerance {tol:.0e})");
 }
 
+/// Whether to force the portable paths, for each path this CPU has: the
+/// AVX-512 ones (direct conv, intrinsic attention) where it has them, then the
+/// portable ones. The switch is process-wide; every test here passes on either.
+fn paths() -> Vec<bool> {
+    if fast::force_portable_image_kernels(false) {
+        vec![false, true]
+    } else {
+        vec![true]
+    }
+}
+
 /// (kernel, stride, padding, input (N, H, W, C), output channels, bias).
 type ConvCase = (usize, i32, i32, [usize; 4], usize, bool);
 
@@ -56,16 +67,9 @@ fn conv2d_matches_mlx_conv() -> R {
         (3, 1, 1, [2, 5, 9, 8], 100, true),   // output blocks of 64 and 36 (the direct kernel's 3-vector tail)
         (3, 1, 2, [1, 3, 4, 2], 17, false),   // padding wider than the kernel's reach, a 1-channel tail
     ];
-    // Both paths where the CPU has the direct kernel (the switch is
-    // process-wide; the other conv test passes on either).
-    let paths = if fast::conv2d_direct_kernel() {
-        vec![false, true]
-    } else {
-        vec![true]
-    };
-    for packed in paths {
+    for packed in paths() {
         eprintln!("packed patches + sgemm: {packed}");
-        fast::force_conv2d_packed(packed);
+        fast::force_portable_image_kernels(packed);
         for (i, &(k, stride, pad, shape, cout, with_bias)) in cases.iter().enumerate() {
             let x = normal(&shape, 10 + i as u64, 1.0);
             let w = normal(&[cout, k, k, shape[3]], 20 + i as u64, 0.5);
@@ -79,7 +83,7 @@ fn conv2d_matches_mlx_conv() -> R {
             close(&ours, &reference, 2e-5);
         }
     }
-    fast::force_conv2d_packed(false);
+    fast::force_portable_image_kernels(false);
     Ok(())
 }
 
@@ -159,7 +163,6 @@ fn attention_matches_mlx_sdpa() -> R {
         let k = normal(&[b, s, heads * d], 2, 1.0);
         let v = normal(&[b, s, heads * d], 3, 1.0);
         let scale = (d as f32).powf(-0.5);
-        let ours = fast::attention(&q, &k, &v, heads as i32, scale)?;
         let split = |t: &Array, len: usize| {
             f64_of(t)
                 .reshape(&[b as i32, len as i32, heads as i32, d as i32])
@@ -176,8 +179,13 @@ fn attention_matches_mlx_sdpa() -> R {
         )?
         .transpose(&[0, 2, 1, 3])?
         .reshape(&[b as i32, l as i32, (heads * d) as i32])?;
-        close(&ours, &reference, 1e-5);
+        for portable in paths() {
+            fast::force_portable_image_kernels(portable);
+            let ours = fast::attention(&q, &k, &v, heads as i32, scale)?;
+            close(&ours, &reference, 1e-5);
+        }
     }
+    fast::force_portable_image_kernels(false);
     Ok(())
 }
 

@@ -103,10 +103,11 @@ bool conv2d_applies(const mx::array& x, const mx::array& w, int sh, int sw, int 
 mx::array conv2d(const mx::array& x, const mx::array& w, const std::optional<mx::array>& bias, int sh, int sw, int ph,
                  int pw, mx::StreamOrDevice s = {});
 
-// Whether conv2d computes stride-1 convolutions directly (AVX-512, no
-// patches; else the patch + sgemm path). `force` 0 turns that off, 1 back on
-// where the CPU has AVX-512, < 0 only reads.
-bool conv2d_direct(int force);
+// Whether the image kernels take their AVX-512 paths (conv2d: stride-1
+// convolutions directly, no patches or sgemm; attention: intrinsics with a
+// scalef exp). `force` 0 turns them off, 1 back on where the CPU has
+// AVX-512, < 0 only reads.
+bool image_kernels_avx512(int force);
 
 // Group normalisation of x (N, ..., C) over all positions and the C/groups
 // channels of each group, scaled and shifted per channel, then SiLU when

@@ -209,9 +209,9 @@ void conv_tile(const float* x, const float* w, const float* bias, float* out, co
 // OpenBLAS spent a third of the convs' time packing (its own copies of both
 // operands, after ours of the patches).
 #if defined(__x86_64__) && defined(__GNUC__)
-#define MLXE_DIRECT_CONV 1
+#define MLXE_AVX512_KERNELS 1
 
-bool direct_conv_available() {
+bool avx512_available() {
   static const bool ok = [] {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") != 0;
@@ -219,16 +219,16 @@ bool direct_conv_available() {
   return ok;
 }
 #else
-bool direct_conv_available() { return false; }
+bool avx512_available() { return false; }
 #endif
 
-// Off: stride-1 convolutions take the packed-patch path too (tests and
+// Set: the portable paths run even where the AVX-512 ones could (tests and
 // benchmarks compare the two).
-std::atomic<bool> direct_conv_off{false};
+std::atomic<bool> portable_only{false};
 
-bool direct_conv_on() { return direct_conv_available() && !direct_conv_off.load(std::memory_order_relaxed); }
+bool avx512_on() { return avx512_available() && !portable_only.load(std::memory_order_relaxed); }
 
-#ifdef MLXE_DIRECT_CONV
+#ifdef MLXE_AVX512_KERNELS
 
 // Rows of the micro-kernel for NV vectors of output channels: R·NV ≤ 24
 // accumulators leave registers for the NV weight vectors and a broadcast.
@@ -412,8 +412,8 @@ class Conv2dKernel : public mx::UnaryPrimitive {
         threaded_gemm(x, w, b, y, positions, s.cout, s.cin);
         return;
       }
-#ifdef MLXE_DIRECT_CONV
-      if (s.sh == 1 && s.sw == 1 && direct_conv_on()) {
+#ifdef MLXE_AVX512_KERNELS
+      if (s.sh == 1 && s.sw == 1 && avx512_on()) {
         direct_conv(x, w, b, y, s);
         return;
       }
@@ -678,6 +678,180 @@ MLXE_CLONES void attend_head(const float* q, const float* k, const float* v, flo
   }
 }
 
+#ifdef MLXE_AVX512_KERNELS
+#pragma GCC push_options
+#pragma GCC target("avx512f,fma")
+// GCC 12 warns inside its own headers (an "uninitialised" _mm512_undefined_ps
+// in _mm512_max_ps and the reductions) once these are inlined here.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+// exp(x) = 2^n·e^r as exp_approx (same reduction and polynomial, 0 below
+// -87 and for -inf) with AVX-512's rounding and scalef: 13 instructions
+// where the portable loop needs 20 (at head size 16, attention spent as long
+// in exp as in both products). Lanes below -87 are zeroed rather than left
+// to scalef's denormals: each denormal result costs a microcode assist, which
+// made 77-key cross-attention (3 padded keys a row) twice as slow.
+inline __m512 exp512(__m512 x) {
+  const __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_GE_OQ);
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_maskz_mov_ps(live, _mm512_scalef_ps(p, n));
+}
+
+// Lane sum and lane max (GCC 12's _mm512_reduce_* warn about an
+// uninitialised value in its own header).
+inline float lane_sum(__m512 v) {
+  alignas(64) float t[16];
+  _mm512_store_ps(t, v);
+  float s = 0.0f;
+  for (float x : t) s += x;
+  return s;
+}
+inline float lane_max(__m512 v) {
+  alignas(64) float t[16];
+  _mm512_store_ps(t, v);
+  float m = t[0];
+  for (float x : t) m = std::max(m, x);
+  return m;
+}
+
+// attend_head with intrinsics: scores for 32 keys × 8 queries a step (16
+// accumulators: two key vectors per 8 query broadcasts), the fast exp, and
+// P·V over two keys a step into 16 accumulators (8 chains of FMAs left the
+// units waiting on latency at head size 16). Same buffers and layout.
+void attend_head_avx512(const float* q, const float* k, const float* v, float* out, int64_t l, int64_t sl,
+                        int64_t qstride, int64_t kstride, int64_t d, float scale, float* kt, float* vh, float* probs,
+                        float* qb_buf) {
+  const int64_t spad = (sl + LANES - 1) / LANES * LANES;
+  const int64_t dpad = (d + 7) / 8 * 8;
+  const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  for (int64_t c = 0; c < d; c++) {
+    float* row = kt + c * spad;
+    for (int64_t j = 0; j < sl; j++) row[j] = k[j * kstride + c];
+    for (int64_t j = sl; j < spad; j++) row[j] = 0.0f;
+  }
+  for (int64_t j = 0; j < sl; j++) {
+    std::memcpy(vh + j * dpad, v + j * kstride, sizeof(float) * d);
+    for (int64_t c = d; c < dpad; c++) vh[j * dpad + c] = 0.0f;
+  }
+  // Lanes of the 16-key block at j0 that hold keys (the rest score -inf).
+  auto key_mask = [&](int64_t j0) -> __mmask16 {
+    const int64_t n = std::clamp<int64_t>(sl - j0, 0, 16);
+    return static_cast<__mmask16>((1u << n) - 1);
+  };
+  for (int64_t i0 = 0; i0 < l; i0 += QB) {
+    const int64_t qb = std::min(QB, l - i0);
+    for (int64_t qi = 0; qi < QB; qi++) {
+      for (int64_t c = 0; c < d; c++) qb_buf[qi * d + c] = qi < qb ? q[(i0 + qi) * qstride + c] * scale : 0.0f;
+    }
+    __m512 mx[QB];
+#pragma GCC unroll 8
+    for (int64_t qi = 0; qi < QB; qi++) mx[qi] = neg_inf;
+    int64_t j0 = 0;
+    for (; j0 + 2 * LANES <= spad; j0 += 2 * LANES) {
+      __m512 a0[QB], a1[QB];
+#pragma GCC unroll 8
+      for (int64_t qi = 0; qi < QB; qi++) a0[qi] = a1[qi] = _mm512_setzero_ps();
+      for (int64_t c = 0; c < d; c++) {
+        const __m512 k0 = _mm512_loadu_ps(kt + c * spad + j0), k1 = _mm512_loadu_ps(kt + c * spad + j0 + LANES);
+#pragma GCC unroll 8
+        for (int64_t qi = 0; qi < QB; qi++) {
+          const __m512 qv = _mm512_set1_ps(qb_buf[qi * d + c]);
+          a0[qi] = _mm512_fmadd_ps(qv, k0, a0[qi]);
+          a1[qi] = _mm512_fmadd_ps(qv, k1, a1[qi]);
+        }
+      }
+      const __mmask16 m0 = key_mask(j0), m1 = key_mask(j0 + LANES);
+#pragma GCC unroll 8
+      for (int64_t qi = 0; qi < QB; qi++) {
+        a0[qi] = _mm512_mask_mov_ps(neg_inf, m0, a0[qi]);
+        a1[qi] = _mm512_mask_mov_ps(neg_inf, m1, a1[qi]);
+        _mm512_storeu_ps(probs + qi * spad + j0, a0[qi]);
+        _mm512_storeu_ps(probs + qi * spad + j0 + LANES, a1[qi]);
+        mx[qi] = _mm512_max_ps(mx[qi], _mm512_max_ps(a0[qi], a1[qi]));
+      }
+    }
+    if (j0 < spad) {
+      __m512 a0[QB];
+#pragma GCC unroll 8
+      for (int64_t qi = 0; qi < QB; qi++) a0[qi] = _mm512_setzero_ps();
+      for (int64_t c = 0; c < d; c++) {
+        const __m512 k0 = _mm512_loadu_ps(kt + c * spad + j0);
+#pragma GCC unroll 8
+        for (int64_t qi = 0; qi < QB; qi++) a0[qi] = _mm512_fmadd_ps(_mm512_set1_ps(qb_buf[qi * d + c]), k0, a0[qi]);
+      }
+      const __mmask16 m0 = key_mask(j0);
+#pragma GCC unroll 8
+      for (int64_t qi = 0; qi < QB; qi++) {
+        a0[qi] = _mm512_mask_mov_ps(neg_inf, m0, a0[qi]);
+        _mm512_storeu_ps(probs + qi * spad + j0, a0[qi]);
+        mx[qi] = _mm512_max_ps(mx[qi], a0[qi]);
+      }
+    }
+    // exp over all 8 queries a key block: 8 independent chains (one query's
+    // few blocks at a time left the units waiting on exp's latency).
+    __m512 mv[QB], sum[QB];
+#pragma GCC unroll 8
+    for (int64_t qi = 0; qi < QB; qi++) {
+      mv[qi] = _mm512_set1_ps(lane_max(mx[qi]));
+      sum[qi] = _mm512_setzero_ps();
+    }
+    for (int64_t j = 0; j < spad; j += LANES) {
+#pragma GCC unroll 8
+      for (int64_t qi = 0; qi < QB; qi++) {
+        float* p = probs + qi * spad + j;
+        const __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(p), mv[qi]));
+        _mm512_storeu_ps(p, e);
+        sum[qi] = _mm512_add_ps(sum[qi], e);
+      }
+    }
+    float inv[QB];
+#pragma GCC unroll 8
+    for (int64_t qi = 0; qi < QB; qi++) inv[qi] = 1.0f / lane_sum(sum[qi]);
+    for (int64_t c0 = 0; c0 < d; c0 += LANES) {
+      const __mmask16 cm = static_cast<__mmask16>(d - c0 >= LANES ? 0xffffu : (1u << (d - c0)) - 1);
+      __m512 a0[QB], a1[QB];
+#pragma GCC unroll 8
+      for (int64_t qi = 0; qi < QB; qi++) a0[qi] = a1[qi] = _mm512_setzero_ps();
+      int64_t j = 0;
+      for (; j + 2 <= sl; j += 2) {
+        const __m512 v0 = _mm512_maskz_loadu_ps(cm, vh + j * dpad + c0);
+        const __m512 v1 = _mm512_maskz_loadu_ps(cm, vh + (j + 1) * dpad + c0);
+#pragma GCC unroll 8
+        for (int64_t qi = 0; qi < QB; qi++) {
+          a0[qi] = _mm512_fmadd_ps(_mm512_set1_ps(probs[qi * spad + j]), v0, a0[qi]);
+          a1[qi] = _mm512_fmadd_ps(_mm512_set1_ps(probs[qi * spad + j + 1]), v1, a1[qi]);
+        }
+      }
+      if (j < sl) {
+        const __m512 v0 = _mm512_maskz_loadu_ps(cm, vh + j * dpad + c0);
+#pragma GCC unroll 8
+        for (int64_t qi = 0; qi < QB; qi++) a0[qi] = _mm512_fmadd_ps(_mm512_set1_ps(probs[qi * spad + j]), v0, a0[qi]);
+      }
+#pragma GCC unroll 8
+      for (int64_t qi = 0; qi < qb; qi++) {
+        _mm512_mask_storeu_ps(out + (i0 + qi) * qstride + c0, cm,
+                              _mm512_mul_ps(_mm512_add_ps(a0[qi], a1[qi]), _mm512_set1_ps(inv[qi])));
+      }
+    }
+  }
+}
+
+#pragma GCC diagnostic pop
+#pragma GCC pop_options
+#endif
+
 class AttentionKernel : public mx::UnaryPrimitive {
  public:
   AttentionKernel(mx::Stream st, int heads, float scale) : mx::UnaryPrimitive(st), heads_(heads), scale_(scale) {}
@@ -702,13 +876,26 @@ class AttentionKernel : public mx::UnaryPrimitive {
       const float* vp = v.data<float>();
       float* y = out.data<float>();
       const int64_t spad = (sl + LANES - 1) / LANES * LANES, dpad = (d + 7) / 8 * 8;
-      parallel(b * heads, std::max<int64_t>(1, l * sl * d / 8), [&](int64_t lo, int64_t hi) {
-        std::vector<float> kt(d * spad), vh(sl * dpad), probs(QB * spad), qbuf(QB * d);
+      // Work items are (batch, head, run of queries): runs only when there are
+      // too few heads to go round (the VAE's single head ran on one core);
+      // each run transposes its head's keys again.
+      const int64_t threads = Pool::get().size();
+      const int64_t runs = std::min((l + QB - 1) / QB, (4 * threads + b * heads - 1) / (b * heads));
+      const int64_t run_len = ((l + runs - 1) / runs + QB - 1) / QB * QB;
+      parallel(b * heads * runs, std::max<int64_t>(1, run_len * sl * d / 8), [&](int64_t lo, int64_t hi) {
+        // probs 64-byte aligned: its rows are stored as whole vectors and read back as scalars.
+        std::vector<float> kt(d * spad), vh(sl * dpad), probs_buf(QB * spad + 16), qbuf(QB * d);
+        float* probs = probs_buf.data() + (16 - reinterpret_cast<uintptr_t>(probs_buf.data()) / 4 % 16) % 16;
         for (int64_t it = lo; it < hi; it++) {
-          const int64_t bi = it / heads, h = it % heads;
-          attend_head(qp + bi * l * width + h * d, kp + bi * sl * width + h * d, vp + bi * sl * width + h * d,
-                      y + bi * l * width + h * d, l, sl, width, width, d, scale, kt.data(), vh.data(), probs.data(),
-                      qbuf.data());
+          const int64_t bi = it / (heads * runs), h = it / runs % heads, i0 = it % runs * run_len;
+          if (i0 >= l) continue;
+          auto* head = &attend_head;
+#ifdef MLXE_AVX512_KERNELS
+          if (avx512_on()) head = &attend_head_avx512;
+#endif
+          head(qp + (bi * l + i0) * width + h * d, kp + bi * sl * width + h * d, vp + bi * sl * width + h * d,
+               y + (bi * l + i0) * width + h * d, std::min(run_len, l - i0), sl, width, width, d, scale, kt.data(),
+               vh.data(), probs, qbuf.data());
         }
       });
     });
@@ -730,9 +917,9 @@ class AttentionKernel : public mx::UnaryPrimitive {
 
 }  // namespace
 
-bool conv2d_direct(int force) {
-  if (force >= 0) direct_conv_off.store(force == 0, std::memory_order_relaxed);
-  return direct_conv_on();
+bool image_kernels_avx512(int force) {
+  if (force >= 0) portable_only.store(force == 0, std::memory_order_relaxed);
+  return avx512_on();
 }
 
 bool gemm_applies(const mx::array& x, const mx::array& w, mx::StreamOrDevice s) {

@@ -610,7 +610,7 @@ std::unique_ptr<Array> quantized_matmul(const Array& x, const Array& w, const Ar
   return own(mx::quantized_matmul(x, w, scales, b, transpose, group_size, bits));
 }
 int32_t quantized_kernel_level(int32_t force) { return kernels::quantized_kernel_level(force); }
-bool conv2d_direct_kernel(int32_t force) { return kernels::conv2d_direct(force); }
+bool image_kernels_avx512(int32_t force) { return kernels::image_kernels_avx512(force); }
 bool cuda_qmv_set_enabled(bool on) {
 #ifdef MLXE_CUDA
   cuda::set_enabled(on);

@@ -208,7 +208,7 @@ void synchronize_all();
 int32_t blas_threads(int32_t n);
 bool openblas_linked();
 int32_t quantized_kernel_level(int32_t force);
-bool conv2d_direct_kernel(int32_t force);
+bool image_kernels_avx512(int32_t force);
 rust::String blas_core();
 rust::String blas_library();
 
