@@ -141,14 +141,18 @@ fn geglu_and_bias(c: &mut Criterion) {
     let x = normal(&[2048, 128], 1);
     let w_in = normal(&[1024, 128], 2);
     let b_in = normal(&[1024], 3);
-    g.bench_function("ours", |bch| {
-        bch.iter(|| {
-            fast::geglu(&fast::linear_bias(&x, &w_in, &b_in).unwrap())
-                .unwrap()
-                .eval()
-                .unwrap()
-        })
-    });
+    for (label, portable) in [("ours", false), ("portable", true)] {
+        fast::force_portable_image_kernels(portable);
+        g.bench_function(label, |bch| {
+            bch.iter(|| {
+                fast::geglu(&fast::linear_bias(&x, &w_in, &b_in).unwrap())
+                    .unwrap()
+                    .eval()
+                    .unwrap()
+            })
+        });
+    }
+    fast::force_portable_image_kernels(false);
     g.bench_function("mlx", |bch| {
         bch.iter(|| {
             let ff = x.matmul(&w_in.t().unwrap()).unwrap().add(&b_in).unwrap();

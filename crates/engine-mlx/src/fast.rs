@@ -49,6 +49,16 @@ pub fn linear_bias(x: &Array, w: &Array, bias: &Array) -> Result<Array> {
     wrap(ffi::linear_bias(&x.inner, &w.inner, &bias.inner), "linear")
 }
 
+/// `x · wᵀ (+ bias)` as [`linear_bias`] for activations of many rows (image
+/// tokens): from 192 rows on, CPUs with AVX-512 take [`conv2d`]'s direct
+/// kernel (register tiles, x read in place, the weight repacked per call)
+/// instead of sgemm. Results then depend on whether a call has 192 rows, so
+/// [`linear`] keeps sgemm for callers that need a row's result to be the
+/// same in any batch (chunked LLM prefill).
+pub fn linear_rows(x: &Array, w: &Array, bias: Option<&Array>) -> Result<Array> {
+    wrap(ffi::linear_rows(&x.inner, &w.inner, &opt_list(bias)), "linear")
+}
+
 /// RMS normalisation over the last axis, scaled by `weight` when given.
 pub fn rms_norm(x: &Array, weight: Option<&Array>, eps: f32) -> Result<Array> {
     wrap(ffi::rms_norm(&x.inner, &opt_list(weight), eps), "rms_norm")

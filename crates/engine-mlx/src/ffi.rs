@@ -167,6 +167,7 @@ pub(crate) mod bridge {
         ) -> Result<UniquePtr<Array>>;
         fn linear(x: &Array, w: &Array) -> Result<UniquePtr<Array>>;
         fn linear_bias(x: &Array, w: &Array, bias: &Array) -> Result<UniquePtr<Array>>;
+        fn linear_rows(x: &Array, w: &Array, bias: &ArrayList) -> Result<UniquePtr<Array>>;
         #[allow(clippy::too_many_arguments)]
         fn rope_rows(
             x: &Array,

@@ -56,7 +56,7 @@ type ConvCase = (usize, i32, i32, [usize; 4], usize, bool);
 
 #[test]
 fn conv2d_matches_mlx_conv() -> R {
-    let cases: [ConvCase; 9] = [
+    let cases: [ConvCase; 10] = [
         (3, 1, 1, [2, 13, 11, 16], 24, true), // the UNet's/VAE's 3×3 "same" conv
         (3, 1, 1, [1, 40, 37, 48], 32, true), // several tiles over both threads
         (3, 2, 1, [2, 16, 15, 8], 12, true),  // a downsampler (odd width)
@@ -66,6 +66,7 @@ fn conv2d_matches_mlx_conv() -> R {
         (5, 1, 2, [1, 12, 10, 4], 6, true),   // another kernel size
         (3, 1, 1, [2, 5, 9, 8], 100, true),   // output blocks of 64 and 36 (the direct kernel's 3-vector tail)
         (3, 1, 2, [1, 3, 4, 2], 17, false),   // padding wider than the kernel's reach, a 1-channel tail
+        (1, 1, 0, [2, 10, 11, 24], 70, true), // a 1×1 conv of 220 positions: the direct linear kernel
     ];
     for packed in paths() {
         eprintln!("packed patches + sgemm: {packed}");
@@ -201,6 +202,36 @@ fn linear_with_bias_matches_matmul_few_and_many_rows() -> R {
         close(&fast::linear_bias(&x, &w, &b)?, &reference.add(&f64_of(&b))?, 2e-5);
         close(&fast::linear(&x, &w)?, &reference, 2e-5);
     }
+    Ok(())
+}
+
+#[test]
+fn linear_rows_matches_matmul() -> R {
+    // 5 rows: the skinny kernel; 100: sgemm; 300 and 2049 (tasks of 48 rows,
+    // a last one of 33, micro-tiles of 6, 12 and 16 rows read past the end
+    // from a padded copy): the direct kernel where the CPU has AVX-512, with
+    // output blocks of 64 + 8 and 64 + 64 + 32 channels.
+    for (rows, k, n) in [
+        (5usize, 64usize, 40usize),
+        (100, 96, 72),
+        (300, 96, 72),
+        (2049, 40, 160),
+    ] {
+        let x = normal(&[rows, k], 1, 1.0);
+        let w = normal(&[n, k], 2, 0.5);
+        let b = normal(&[n], 3, 1.0);
+        let reference = f64_of(&x).matmul(&f64_of(&w).t()?)?;
+        for portable in paths() {
+            fast::force_portable_image_kernels(portable);
+            close(
+                &fast::linear_rows(&x, &w, Some(&b))?,
+                &reference.add(&f64_of(&b))?,
+                2e-5,
+            );
+            close(&fast::linear_rows(&x, &w, None)?, &reference, 2e-5);
+        }
+    }
+    fast::force_portable_image_kernels(false);
     Ok(())
 }
 

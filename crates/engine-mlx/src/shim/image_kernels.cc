@@ -77,9 +77,12 @@ void threaded_gemm(const float* a, const float* w, const float* bias, float* y, 
   });
 }
 
+void linear_rows(const float* a, const float* w, const float* bias, float* y, int64_t m, int64_t n, int64_t k);
+
 class GemmKernel : public mx::UnaryPrimitive {
  public:
-  GemmKernel(mx::Stream st, bool bias) : mx::UnaryPrimitive(st), bias_(bias) {}
+  GemmKernel(mx::Stream st, bool bias, bool image_rows)
+      : mx::UnaryPrimitive(st), bias_(bias), image_rows_(image_rows) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
     for (auto& a : inputs) check_input(a, name());
@@ -89,7 +92,8 @@ class GemmKernel : public mx::UnaryPrimitive {
     enc.set_output_array(out);
     std::vector<mx::array> ins;
     for (auto& a : inputs) ins.push_back(mx::array::unsafe_weak_copy(a));
-    enc.dispatch([ins = std::move(ins), out = mx::array::unsafe_weak_copy(out), has_bias = bias_]() mutable {
+    enc.dispatch([ins = std::move(ins), out = mx::array::unsafe_weak_copy(out), has_bias = bias_,
+                  image_rows = image_rows_]() mutable {
       const int64_t k = ins[1].shape(1), n = ins[1].shape(0);
       const int64_t m = k == 0 ? 0 : static_cast<int64_t>(ins[0].size()) / k;
       float* y = out.data<float>();
@@ -98,7 +102,12 @@ class GemmKernel : public mx::UnaryPrimitive {
         std::fill(y, y + out.size(), 0.0f);
         return;
       }
-      threaded_gemm(ins[0].data<float>(), ins[1].data<float>(), has_bias ? ins[2].data<float>() : nullptr, y, m, n, k);
+      const float* b = has_bias ? ins[2].data<float>() : nullptr;
+      if (image_rows) {
+        linear_rows(ins[0].data<float>(), ins[1].data<float>(), b, y, m, n, k);
+      } else {
+        threaded_gemm(ins[0].data<float>(), ins[1].data<float>(), b, y, m, n, k);
+      }
     });
   }
   void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
@@ -107,7 +116,7 @@ class GemmKernel : public mx::UnaryPrimitive {
   const char* name() const override { return "MlxeGemm"; }
   bool is_equivalent(const mx::Primitive& other) const override {
     auto* o = dynamic_cast<const GemmKernel*>(&other);
-    return o != nullptr && o->bias_ == bias_;
+    return o != nullptr && o->bias_ == bias_ && o->image_rows_ == image_rows_;
   }
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
     auto shape = inputs[0].shape();
@@ -117,6 +126,7 @@ class GemmKernel : public mx::UnaryPrimitive {
 
  private:
   bool bias_;
+  bool image_rows_;
 };
 
 // ---- convolution
@@ -298,12 +308,100 @@ __attribute__((target("avx512f"))) void pack_weight_block(const float* w, int64_
   }
 }
 
-// The calling thread's buffers for the padded input and the packed weight.
+// The calling thread's buffers: the padded input, the packed weight, a
+// linear's last rows.
 float* direct_buffer(int which, int64_t n) {
-  thread_local std::vector<float> bufs[2];
+  thread_local std::vector<float> bufs[3];
   auto& b = bufs[which];
   if (static_cast<int64_t>(b.size()) < n) b.resize(n);
   return b.data();
+}
+
+// The weight (cout, k) in blocks of 64 output channels, the last of 16, 32
+// or 48 (zero-padded), each (k, 16·nv), and the bias padded alike; in the
+// calling thread's buffer (valid until its next pack_weight).
+struct PackedWeight {
+  struct Block {
+    int64_t c0, nv, offset;
+  };
+  std::vector<Block> blocks;
+  const float* w;     // the blocks
+  const float* bias;  // per padded output channel
+  int64_t k, cout;
+
+  // dst[r] (null: dropped) = R rows of `in` (`cin` apart; a kh×kw window of
+  // `wp`-wide rows) times block b, plus its bias.
+  void multiply(const Block& b, const float* in, int64_t cin, int64_t wp, int64_t kh, int64_t kw,
+                float* const* dst) const {
+    const float* wb = w + b.offset;
+    const float* bb = bias + b.offset / k;
+    const int64_t cols = std::min<int64_t>(16 * b.nv, cout - b.c0);
+    switch (b.nv) {
+      case 1: conv_micro<rows_for(1), 1>(in, cin, wp, kh, kw, wb, bb, dst, cols); break;
+      case 2: conv_micro<rows_for(2), 2>(in, cin, wp, kh, kw, wb, bb, dst, cols); break;
+      case 3: conv_micro<rows_for(3), 3>(in, cin, wp, kh, kw, wb, bb, dst, cols); break;
+      default: conv_micro<rows_for(4), 4>(in, cin, wp, kh, kw, wb, bb, dst, cols); break;
+    }
+  }
+};
+
+PackedWeight pack_weight(const float* w, const float* bias, int64_t cout, int64_t k) {
+  PackedWeight p;
+  int64_t packed = 0;
+  for (int64_t c0 = 0; c0 < cout; c0 += 64) {
+    const int64_t nv = std::min<int64_t>(4, (cout - c0 + 15) / 16);
+    p.blocks.push_back({c0, nv, packed});
+    packed += k * 16 * nv;
+  }
+  const int64_t padded_cout = packed / k;
+  float* pw = direct_buffer(1, packed + padded_cout);
+  float* pb = pw + packed;
+  // Runs of 64 weight columns per task, 16 output channels gathered at a
+  // time (the 16 weight rows' lines stay in L1 along the run): a scalar
+  // transpose took 8% of a diffusion run.
+  parallel((k + 63) / 64, 64 * padded_cout, [&](int64_t lo, int64_t hi) {
+    for (const auto& b : p.blocks) pack_weight_block(w, k, cout, b.c0, b.nv, lo * 64, std::min(k, hi * 64), pw + b.offset);
+  });
+  for (const auto& b : p.blocks) {
+    for (int64_t o = 0; o < 16 * b.nv; o++) pb[b.offset / k + o] = bias != nullptr && b.c0 + o < cout ? bias[b.c0 + o] : 0.0f;
+  }
+  p.w = pw;
+  p.bias = pb;
+  p.k = k;
+  p.cout = cout;
+  return p;
+}
+
+// y (m, n) = x (m, k) · w (n, k)ᵀ + bias with the direct kernel's register
+// tiles, x read in place (the last partial tile of each task from a
+// zero-padded copy): OpenBLAS spent as long packing both operands of these
+// small-k products (k = 128-1024) as multiplying.
+void direct_linear(const float* x, const float* w, const float* bias, float* y, int64_t m, int64_t n, int64_t k) {
+  const PackedWeight pw = pack_weight(w, bias, n, k);
+  auto task = [&](int64_t it) {
+    const int64_t v0 = it * kDirectStep, v1 = std::min(m, v0 + kDirectStep);
+    for (const PackedWeight::Block& b : pw.blocks) {
+      const int64_t rows = rows_for(static_cast<int>(b.nv));
+      for (int64_t v = v0; v < v1; v += rows) {
+        float* dst[16];
+        for (int64_t r = 0; r < rows; r++) dst[r] = v + r < v1 ? y + (v + r) * n + b.c0 : nullptr;
+        const float* src = x + v * k;
+        if (v + rows > m) {
+          float* tail = direct_buffer(2, rows * k);
+          std::memcpy(tail, src, sizeof(float) * (m - v) * k);
+          std::fill(tail + (m - v) * k, tail + rows * k, 0.0f);
+          src = tail;
+        }
+        pw.multiply(b, src, k, 0, 1, 1, dst);
+      }
+    }
+  };
+  const int64_t tasks = (m + kDirectStep - 1) / kDirectStep;
+  if (m * n * k < (int64_t{1} << 20)) {
+    for (int64_t it = 0; it < tasks; it++) task(it);
+  } else {
+    Pool::get().run(tasks, task);
+  }
 }
 
 // y = conv(x, w) + bias for a stride-1 convolution (see above).
@@ -326,32 +424,7 @@ void direct_conv(const float* x, const float* w, const float* bias, float* y, co
       if (py == hp - 1) std::fill(row + wpad * cin, px + (img + 1) * image, 0.0f);
     }
   });
-  // Blocks of 64 output channels, the last of 16, 32 or 48 (zero-padded).
-  struct Block {
-    int64_t c0, nv, offset;
-  };
-  std::vector<Block> blocks;
-  int64_t packed = 0;
-  for (int64_t c0 = 0; c0 < s.cout; c0 += 64) {
-    const int64_t nv = std::min<int64_t>(4, (s.cout - c0 + 15) / 16);
-    blocks.push_back({c0, nv, packed});
-    packed += k * 16 * nv;
-  }
-  const int64_t padded_cout = packed / k;
-  float* pw = direct_buffer(1, packed + padded_cout);
-  float* pb = pw + packed;
-  // Runs of 64 weight columns per task, 16 output channels gathered at a
-  // time (the 16 weight rows' lines stay in L1 along the run): a scalar
-  // transpose took 8% of a diffusion run.
-  parallel((k + 63) / 64, 64 * padded_cout, [&](int64_t lo, int64_t hi) {
-    for (const Block& b : blocks) pack_weight_block(w, k, s.cout, b.c0, b.nv, lo * 64, std::min(k, hi * 64), pw + b.offset);
-  });
-  for (const Block& b : blocks) {
-    const int64_t width = 16 * b.nv;
-    for (int64_t o = 0; o < width; o++) {
-      pb[b.offset / k + o] = bias != nullptr && b.c0 + o < s.cout ? bias[b.c0 + o] : 0.0f;
-    }
-  }
+  const PackedWeight pw = pack_weight(w, bias, s.cout, k);
   // Tasks of kDirectStep virtual positions of one image, handed out one at a
   // time: with a few big tasks a thread, one thread was often left with a
   // whole extra one (a fifth of a UNet conv's time).
@@ -360,23 +433,15 @@ void direct_conv(const float* x, const float* w, const float* bias, float* y, co
     const int64_t img = it / per_image, v0 = (it % per_image) * kDirectStep, v1 = std::min(virt, v0 + kDirectStep);
     const float* in = px + img * image;
     float* out = y + img * s.oh * s.ow * s.cout;
-    for (const Block& b : blocks) {
-      const float* wb = pw + b.offset;
-      const float* bb = pb + b.offset / k;
-      const int64_t cols = std::min<int64_t>(16 * b.nv, s.cout - b.c0), rows = rows_for(static_cast<int>(b.nv));
+    for (const PackedWeight::Block& b : pw.blocks) {
+      const int64_t rows = rows_for(static_cast<int>(b.nv));
       for (int64_t v = v0; v < v1; v += rows) {
         float* dst[16];
         for (int64_t r = 0; r < rows; r++) {
           const int64_t oy = (v + r) / wpad, ox = (v + r) % wpad;
           dst[r] = v + r < v1 && ox < s.ow ? out + (oy * s.ow + ox) * s.cout + b.c0 : nullptr;
         }
-        const float* src = in + v * cin;
-        switch (b.nv) {
-          case 1: conv_micro<rows_for(1), 1>(src, cin, wpad, s.kh, s.kw, wb, bb, dst, cols); break;
-          case 2: conv_micro<rows_for(2), 2>(src, cin, wpad, s.kh, s.kw, wb, bb, dst, cols); break;
-          case 3: conv_micro<rows_for(3), 3>(src, cin, wpad, s.kh, s.kw, wb, bb, dst, cols); break;
-          default: conv_micro<rows_for(4), 4>(src, cin, wpad, s.kh, s.kw, wb, bb, dst, cols); break;
-        }
+        pw.multiply(b, in + v * cin, cin, wpad, s.kh, s.kw, dst);
       }
     }
   };
@@ -387,6 +452,18 @@ void direct_conv(const float* x, const float* w, const float* bias, float* y, co
   }
 }
 #endif
+
+// y = a · wᵀ (+ bias) over many rows: the direct kernel where it runs and
+// there are a few tasks for every core, else one sgemm a core.
+void linear_rows(const float* a, const float* w, const float* bias, float* y, int64_t m, int64_t n, int64_t k) {
+#ifdef MLXE_AVX512_KERNELS
+  if (avx512_on() && m >= 4 * kDirectStep) {
+    direct_linear(a, w, bias, y, m, n, k);
+    return;
+  }
+#endif
+  threaded_gemm(a, w, bias, y, m, n, k);
+}
 
 class Conv2dKernel : public mx::UnaryPrimitive {
  public:
@@ -409,7 +486,7 @@ class Conv2dKernel : public mx::UnaryPrimitive {
       if (positions == 0) return;
       if (s.kh == 1 && s.kw == 1 && s.sh == 1 && s.sw == 1 && s.ph == 0 && s.pw == 0) {
         // A 1×1 stride-1 convolution is a product with the input in place.
-        threaded_gemm(x, w, b, y, positions, s.cout, s.cin);
+        linear_rows(x, w, b, y, positions, s.cout, s.cin);
         return;
       }
 #ifdef MLXE_AVX512_KERNELS
@@ -927,7 +1004,8 @@ bool gemm_applies(const mx::array& x, const mx::array& w, mx::StreamOrDevice s) 
          sgemm() != nullptr;
 }
 
-mx::array gemm(const mx::array& x, const mx::array& w, const std::optional<mx::array>& bias, mx::StreamOrDevice s) {
+mx::array gemm(const mx::array& x, const mx::array& w, const std::optional<mx::array>& bias, mx::StreamOrDevice s,
+               bool image_rows) {
   if (!gemm_applies(x, w, s)) throw std::invalid_argument("gemm kernel: float32 x (…, K), w (N, K) on a CPU stream");
   auto stream = mx::to_stream(s);
   auto shape = x.shape();
@@ -939,7 +1017,8 @@ mx::array gemm(const mx::array& x, const mx::array& w, const std::optional<mx::a
     }
     inputs.push_back(mx::contiguous(mx::astype(*bias, mx::float32, stream), false, stream));
   }
-  return mx::array(shape, mx::float32, std::make_shared<GemmKernel>(stream, bias.has_value()), std::move(inputs));
+  return mx::array(shape, mx::float32, std::make_shared<GemmKernel>(stream, bias.has_value(), image_rows),
+                   std::move(inputs));
 }
 
 bool conv2d_applies(const mx::array& x, const mx::array& w, int sh, int sw, int ph, int pw, int dh, int dw, int groups,

@@ -144,6 +144,7 @@ std::unique_ptr<Array> attention(const Array& q, const Array& k, const Array& v,
 std::unique_ptr<Array> rope(const Array& x, int32_t dims, bool traditional, float base, bool has_base, float scale, int32_t offset, const ArrayList& freqs);
 std::unique_ptr<Array> linear(const Array& x, const Array& w);
 std::unique_ptr<Array> linear_bias(const Array& x, const Array& w, const Array& bias);
+std::unique_ptr<Array> linear_rows(const Array& x, const Array& w, const ArrayList& bias);
 std::unique_ptr<Array> rope_rows(const Array& x, int32_t dims, bool traditional, float base, bool has_base, float scale, const Array& offsets, const ArrayList& freqs);
 
 // ---- quantization
