@@ -207,17 +207,15 @@ void conv_tile(const float* x, const float* w, const float* bias, float* out, co
 
 // ---- direct convolution (AVX-512)
 //
-// A stride-1 k×k convolution without patches: the input is copied once into
-// a zero-padded (Hp, Wp, C) buffer, and output position (oy, ox) is computed
-// at "virtual" position v = oy·Wp + ox, whose window starts at padded pixel v
-// — consecutive virtual positions read consecutive pixels, so a micro-kernel
-// takes R of them with R broadcast loads and no packing. Positions with
-// ox ≥ OW (the k−1 past each row's end) are computed and dropped: 6% more
-// work at 32 wide, 1% at 256. The weight is repacked per call into blocks of
-// up to 64 output channels, (kh, kw, C, 16·NV) each, so the R×NV registers
-// take one vector load per 16 channels and R broadcasts per input channel.
-// OpenBLAS spent a third of the convs' time packing (its own copies of both
-// operands, after ours of the patches).
+// A k×k convolution without patches: the input is copied once into a
+// zero-padded (Hp, Wp, C) buffer, and a micro-kernel takes R output
+// positions at once from R pointers to their windows' first pixels (one
+// broadcast load per position and input channel; GCC keeps the R pointers in
+// registers, as it would R offsets of one). The weight is repacked per call
+// into blocks of up to 64 output channels, (kh, kw, C, 16·NV) each, so the
+// R×NV accumulators take one vector load per 16 channels. OpenBLAS spent a
+// third of the convs' time packing (its own copies of both operands, after
+// ours of the patches).
 #if defined(__x86_64__) && defined(__GNUC__)
 #define MLXE_AVX512_KERNELS 1
 
@@ -243,14 +241,15 @@ bool avx512_on() { return avx512_available() && !portable_only.load(std::memory_
 // Rows of the micro-kernel for NV vectors of output channels: R·NV ≤ 24
 // accumulators leave registers for the NV weight vectors and a broadcast.
 constexpr int rows_for(int nv) { return nv == 1 ? 16 : nv == 2 ? 12 : nv == 3 ? 8 : 6; }
-// Virtual positions per task: a multiple of every R above.
+// Output positions (rows) per task: a multiple of every R above.
 constexpr int64_t kDirectStep = 48;
 
-// R virtual positions from `in` (padded pixels, `cin` floats apart) times
-// one weight block (kh, kw, cin, 16·NV), plus the block's padded bias; row r
-// goes to dst[r] (null: dropped), its first `cols` channels.
+// R positions whose windows start at in[r] (pixels `cin` floats apart in
+// rows `wp` pixels apart) times one weight block (kh, kw, cin, 16·NV), plus
+// the block's padded bias; row r goes to dst[r] (null: dropped), its first
+// `cols` channels.
 template <int R, int NV>
-__attribute__((target("avx512f,fma"))) void conv_micro(const float* in, int64_t cin, int64_t wp, int64_t kh,
+__attribute__((target("avx512f,fma"))) void conv_micro(const float* const* in, int64_t cin, int64_t wp, int64_t kh,
                                                        int64_t kw, const float* w, const float* bias,
                                                        float* const* dst, int64_t cols) {
   __m512 acc[R][NV];
@@ -261,7 +260,10 @@ __attribute__((target("avx512f,fma"))) void conv_micro(const float* in, int64_t 
   }
   for (int64_t ky = 0; ky < kh; ky++) {
     for (int64_t kx = 0; kx < kw; kx++) {
-      const float* x = in + (ky * wp + kx) * cin;
+      const int64_t tap = (ky * wp + kx) * cin;
+      const float* x[R];
+#pragma GCC unroll 16
+      for (int r = 0; r < R; r++) x[r] = in[r] + tap;
       const float* wk = w + (ky * kw + kx) * cin * 16 * NV;
       for (int64_t c = 0; c < cin; c++) {
         __m512 wv[NV];
@@ -269,7 +271,7 @@ __attribute__((target("avx512f,fma"))) void conv_micro(const float* in, int64_t 
         for (int v = 0; v < NV; v++) wv[v] = _mm512_loadu_ps(wk + c * 16 * NV + 16 * v);
 #pragma GCC unroll 16
         for (int r = 0; r < R; r++) {
-          const __m512 xb = _mm512_set1_ps(x[r * cin + c]);
+          const __m512 xb = _mm512_set1_ps(x[r][c]);
 #pragma GCC unroll 4
           for (int v = 0; v < NV; v++) acc[r][v] = _mm512_fmadd_ps(xb, wv[v], acc[r][v]);
         }
@@ -308,10 +310,9 @@ __attribute__((target("avx512f"))) void pack_weight_block(const float* w, int64_
   }
 }
 
-// The calling thread's buffers: the padded input, the packed weight, a
-// linear's last rows.
+// The calling thread's buffers: the padded input and the packed weight.
 float* direct_buffer(int which, int64_t n) {
-  thread_local std::vector<float> bufs[3];
+  thread_local std::vector<float> bufs[2];
   auto& b = bufs[which];
   if (static_cast<int64_t>(b.size()) < n) b.resize(n);
   return b.data();
@@ -329,9 +330,9 @@ struct PackedWeight {
   const float* bias;  // per padded output channel
   int64_t k, cout;
 
-  // dst[r] (null: dropped) = R rows of `in` (`cin` apart; a kh×kw window of
-  // `wp`-wide rows) times block b, plus its bias.
-  void multiply(const Block& b, const float* in, int64_t cin, int64_t wp, int64_t kh, int64_t kw,
+  // dst[r] (null: dropped) = the kh×kw windows at in[r] (of `wp`-wide rows
+  // of `cin`-float pixels) times block b, plus its bias.
+  void multiply(const Block& b, const float* const* in, int64_t cin, int64_t wp, int64_t kh, int64_t kw,
                 float* const* dst) const {
     const float* wb = w + b.offset;
     const float* bb = bias + b.offset / k;
@@ -373,9 +374,8 @@ PackedWeight pack_weight(const float* w, const float* bias, int64_t cout, int64_
 }
 
 // y (m, n) = x (m, k) · w (n, k)ᵀ + bias with the direct kernel's register
-// tiles, x read in place (the last partial tile of each task from a
-// zero-padded copy): OpenBLAS spent as long packing both operands of these
-// small-k products (k = 128-1024) as multiplying.
+// tiles, x read in place: OpenBLAS spent as long packing both operands of
+// these small-k products (k = 128-1024) as multiplying.
 void direct_linear(const float* x, const float* w, const float* bias, float* y, int64_t m, int64_t n, int64_t k) {
   const PackedWeight pw = pack_weight(w, bias, n, k);
   auto task = [&](int64_t it) {
@@ -383,14 +383,12 @@ void direct_linear(const float* x, const float* w, const float* bias, float* y, 
     for (const PackedWeight::Block& b : pw.blocks) {
       const int64_t rows = rows_for(static_cast<int>(b.nv));
       for (int64_t v = v0; v < v1; v += rows) {
+        const float* src[16];
         float* dst[16];
-        for (int64_t r = 0; r < rows; r++) dst[r] = v + r < v1 ? y + (v + r) * n + b.c0 : nullptr;
-        const float* src = x + v * k;
-        if (v + rows > m) {
-          float* tail = direct_buffer(2, rows * k);
-          std::memcpy(tail, src, sizeof(float) * (m - v) * k);
-          std::fill(tail + (m - v) * k, tail + rows * k, 0.0f);
-          src = tail;
+        for (int64_t r = 0; r < rows; r++) {
+          const bool live = v + r < v1;
+          src[r] = x + (live ? v + r : v0) * k;  // past the end: any valid row, dropped
+          dst[r] = live ? y + (v + r) * n + b.c0 : nullptr;
         }
         pw.multiply(b, src, k, 0, 1, 1, dst);
       }
@@ -404,11 +402,10 @@ void direct_linear(const float* x, const float* w, const float* bias, float* y, 
   }
 }
 
-// y = conv(x, w) + bias for a stride-1 convolution (see above).
+// y = conv(x, w) + bias (see above).
 void direct_conv(const float* x, const float* w, const float* bias, float* y, const ConvShape& s) {
   const int64_t hp = s.h + 2 * s.ph, wpad = s.w + 2 * s.pw, cin = s.cin, k = s.kh * s.kw * cin;
-  // Reads run up to a micro-kernel's rows past the last virtual position.
-  const int64_t image = (hp * wpad + rows_for(1) + s.kw) * cin;
+  const int64_t image = hp * wpad * cin;
   float* px = direct_buffer(0, s.n * image);
   parallel(s.n * hp, wpad * cin, [&](int64_t lo, int64_t hi) {
     for (int64_t it = lo; it < hi; it++) {
@@ -421,34 +418,38 @@ void direct_conv(const float* x, const float* w, const float* bias, float* y, co
         std::memcpy(row + s.pw * cin, x + ((img * s.h + iy) * s.w) * cin, sizeof(float) * s.w * cin);
         std::fill(row + (s.pw + s.w) * cin, row + wpad * cin, 0.0f);
       }
-      if (py == hp - 1) std::fill(row + wpad * cin, px + (img + 1) * image, 0.0f);
     }
   });
   const PackedWeight pw = pack_weight(w, bias, s.cout, k);
-  // Tasks of kDirectStep virtual positions of one image, handed out one at a
-  // time: with a few big tasks a thread, one thread was often left with a
-  // whole extra one (a fifth of a UNet conv's time).
-  const int64_t virt = s.oh * wpad, per_image = (virt + kDirectStep - 1) / kDirectStep;
+  // Tasks of kDirectStep output positions, handed out one at a time: with a
+  // few big tasks a thread, one thread was often left with a whole extra one
+  // (a fifth of a UNet conv's time).
+  const int64_t positions = s.n * s.oh * s.ow, per_image = s.oh * s.ow;
+  auto window = [&](int64_t p) {
+    const int64_t img = p / per_image, oy = p % per_image / s.ow, ox = p % s.ow;
+    return px + img * image + (oy * s.sh * wpad + ox * s.sw) * cin;
+  };
   auto task = [&](int64_t it) {
-    const int64_t img = it / per_image, v0 = (it % per_image) * kDirectStep, v1 = std::min(virt, v0 + kDirectStep);
-    const float* in = px + img * image;
-    float* out = y + img * s.oh * s.ow * s.cout;
+    const int64_t p0 = it * kDirectStep, p1 = std::min(positions, p0 + kDirectStep);
     for (const PackedWeight::Block& b : pw.blocks) {
       const int64_t rows = rows_for(static_cast<int>(b.nv));
-      for (int64_t v = v0; v < v1; v += rows) {
+      for (int64_t p = p0; p < p1; p += rows) {
+        const float* src[16];
         float* dst[16];
         for (int64_t r = 0; r < rows; r++) {
-          const int64_t oy = (v + r) / wpad, ox = (v + r) % wpad;
-          dst[r] = v + r < v1 && ox < s.ow ? out + (oy * s.ow + ox) * s.cout + b.c0 : nullptr;
+          const bool live = p + r < p1;
+          src[r] = window(live ? p + r : p0);  // past the end: any valid window, dropped
+          dst[r] = live ? y + (p + r) * s.cout + b.c0 : nullptr;
         }
-        pw.multiply(b, in + v * cin, cin, wpad, s.kh, s.kw, dst);
+        pw.multiply(b, src, cin, wpad, s.kh, s.kw, dst);
       }
     }
   };
-  if (s.n * virt * k * s.cout < (int64_t{1} << 20)) {
-    for (int64_t it = 0; it < s.n * per_image; it++) task(it);
+  const int64_t tasks = (positions + kDirectStep - 1) / kDirectStep;
+  if (positions * k * s.cout < (int64_t{1} << 20)) {
+    for (int64_t it = 0; it < tasks; it++) task(it);
   } else {
-    Pool::get().run(s.n * per_image, task);
+    Pool::get().run(tasks, task);
   }
 }
 #endif
@@ -490,7 +491,7 @@ class Conv2dKernel : public mx::UnaryPrimitive {
         return;
       }
 #ifdef MLXE_AVX512_KERNELS
-      if (s.sh == 1 && s.sw == 1 && avx512_on()) {
+      if (avx512_on()) {
         direct_conv(x, w, b, y, s);
         return;
       }
