@@ -765,8 +765,8 @@ MLXE_CLONES void attend_head(const float* q, const float* k, const float* v, flo
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 // exp(x) = 2^n·e^r as exp_approx (same reduction and polynomial, 0 below
-// -87 and for -inf) with AVX-512's rounding and scalef: 13 instructions
-// where the portable loop needs 20 (at head size 16, attention spent as long
+// -87 and for -inf) with AVX-512's rounding and scalef: 16 instructions
+// where the portable loop needs ~21 (at head size 16, attention spent as long
 // in exp as in both products). Lanes below -87 are zeroed rather than left
 // to scalef's denormals: each denormal result costs a microcode assist, which
 // made 77-key cross-attention (3 padded keys a row) twice as slow.
