@@ -274,7 +274,7 @@ pub(crate) mod bridge {
         fn blas_threads(n: i32) -> i32;
         fn openblas_linked() -> bool;
         fn quantized_kernel_level(force: i32) -> i32;
-        fn image_kernels_avx512(force: i32) -> bool;
+        fn image_kernel_level(force: i32) -> i32;
         fn blas_core() -> String;
         fn blas_library() -> String;
 

@@ -40,15 +40,11 @@ fn close(ours: &Array, reference: &Array, tol: f64) {
     eprintln!("worst relative error {worst:.2e} (tolerance {tol:.0e})");
 }
 
-/// Whether to force the portable paths, for each path this CPU has: the
-/// AVX-512 ones (direct conv, intrinsic attention) where it has them, then the
-/// portable ones. The switch is process-wide; every test here passes on either.
-fn paths() -> Vec<bool> {
-    if fast::force_portable_image_kernels(false) {
-        vec![false, true]
-    } else {
-        vec![true]
-    }
+/// Every instruction-set level of the image kernels this CPU has, highest
+/// first (2 AVX-512, 1 AVX2, 0 portable). The cap is process-wide; every test
+/// here passes at any level.
+fn levels() -> Vec<i32> {
+    (0..=fast::force_image_kernel_level(None)).rev().collect()
 }
 
 /// (kernel, stride, padding, input (N, H, W, C), output channels, bias).
@@ -68,9 +64,9 @@ fn conv2d_matches_mlx_conv() -> R {
         (3, 1, 2, [1, 3, 4, 2], 17, false),   // padding wider than the kernel's reach, a 1-channel tail
         (1, 1, 0, [2, 10, 11, 24], 70, true), // a 1×1 conv of 220 positions: the direct linear kernel
     ];
-    for packed in paths() {
-        eprintln!("packed patches + sgemm: {packed}");
-        fast::force_portable_image_kernels(packed);
+    for level in levels() {
+        eprintln!("image kernel level {level}");
+        fast::force_image_kernel_level(Some(level));
         for (i, &(k, stride, pad, shape, cout, with_bias)) in cases.iter().enumerate() {
             let x = normal(&shape, 10 + i as u64, 1.0);
             let w = normal(&[cout, k, k, shape[3]], 20 + i as u64, 0.5);
@@ -84,7 +80,7 @@ fn conv2d_matches_mlx_conv() -> R {
             close(&ours, &reference, 2e-5);
         }
     }
-    fast::force_portable_image_kernels(false);
+    fast::force_image_kernel_level(None);
     Ok(())
 }
 
@@ -180,13 +176,13 @@ fn attention_matches_mlx_sdpa() -> R {
         )?
         .transpose(&[0, 2, 1, 3])?
         .reshape(&[b as i32, l as i32, (heads * d) as i32])?;
-        for portable in paths() {
-            fast::force_portable_image_kernels(portable);
+        for level in levels() {
+            fast::force_image_kernel_level(Some(level));
             let ours = fast::attention(&q, &k, &v, heads as i32, scale)?;
             close(&ours, &reference, 1e-5);
         }
     }
-    fast::force_portable_image_kernels(false);
+    fast::force_image_kernel_level(None);
     Ok(())
 }
 
@@ -221,8 +217,8 @@ fn linear_rows_matches_matmul() -> R {
         let w = normal(&[n, k], 2, 0.5);
         let b = normal(&[n], 3, 1.0);
         let reference = f64_of(&x).matmul(&f64_of(&w).t()?)?;
-        for portable in paths() {
-            fast::force_portable_image_kernels(portable);
+        for level in levels() {
+            fast::force_image_kernel_level(Some(level));
             close(
                 &fast::linear_rows(&x, &w, Some(&b))?,
                 &reference.add(&f64_of(&b))?,
@@ -231,7 +227,7 @@ fn linear_rows_matches_matmul() -> R {
             close(&fast::linear_rows(&x, &w, None)?, &reference, 2e-5);
         }
     }
-    fast::force_portable_image_kernels(false);
+    fast::force_image_kernel_level(None);
     Ok(())
 }
 

@@ -107,11 +107,11 @@ bool conv2d_applies(const mx::array& x, const mx::array& w, int sh, int sw, int 
 mx::array conv2d(const mx::array& x, const mx::array& w, const std::optional<mx::array>& bias, int sh, int sw, int ph,
                  int pw, mx::StreamOrDevice s = {});
 
-// Whether the image kernels take their AVX-512 paths (conv2d: stride-1
-// convolutions directly, no patches or sgemm; attention: intrinsics with a
-// scalef exp). `force` 0 turns them off, 1 back on where the CPU has
-// AVX-512, < 0 only reads.
-bool image_kernels_avx512(int force);
+// The instruction set the image kernels use: 2 AVX-512 (conv2d directly, no
+// patches or sgemm; attention on intrinsics with a scalef exp), 1 AVX2 + FMA
+// (conv2d directly, in 16-channel slices), 0 the portable paths. `force` ≥ 0
+// caps it, -1 restores the automatic choice, < -1 only reads.
+int image_kernel_level(int force);
 
 // Group normalisation of x (N, ..., C) over all positions and the C/groups
 // channels of each group, scaled and shifted per channel, then SiLU when

@@ -219,28 +219,37 @@ void conv_tile(const float* x, const float* w, const float* bias, float* out, co
 #if defined(__x86_64__) && defined(__GNUC__)
 #define MLXE_AVX512_KERNELS 1
 
-bool avx512_available() {
-  static const bool ok = [] {
+// 2: AVX-512, 1: AVX2 + FMA, 0: neither (the portable paths).
+int detected_level() {
+  static const int level = [] {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") != 0;
+    if (__builtin_cpu_supports("avx512f")) return 2;
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 0;
   }();
-  return ok;
+  return level;
 }
 #else
-bool avx512_available() { return false; }
+int detected_level() { return 0; }
 #endif
 
-// Set: the portable paths run even where the AVX-512 ones could (tests and
-// benchmarks compare the two).
-std::atomic<bool> portable_only{false};
+// A cap on the level (-1: none), for tests and benchmarks that compare paths.
+std::atomic<int> forced_level{-1};
 
-bool avx512_on() { return avx512_available() && !portable_only.load(std::memory_order_relaxed); }
+int level() {
+  const int f = forced_level.load(std::memory_order_relaxed);
+  return f >= 0 ? std::min(f, detected_level()) : detected_level();
+}
+bool avx512_on() { return level() >= 2; }
+// The direct conv and linear kernels: AVX-512, or AVX2 (16-channel slices).
+bool direct_on() { return level() >= 1; }
 
 #ifdef MLXE_AVX512_KERNELS
 
 // Rows of the micro-kernel for NV vectors of output channels: R·NV ≤ 24
 // accumulators leave registers for the NV weight vectors and a broadcast.
+// The AVX2 kernel takes 6 rows × one 16-channel slice (12 of its 16 registers).
 constexpr int rows_for(int nv) { return nv == 1 ? 16 : nv == 2 ? 12 : nv == 3 ? 8 : 6; }
+constexpr int kAvx2Rows = 6;
 // Output positions (rows) per task: a multiple of every R above.
 constexpr int64_t kDirectStep = 48;
 
@@ -293,6 +302,51 @@ __attribute__((target("avx512f,fma"))) void conv_micro(const float* const* in, i
   }
 }
 
+// conv_micro for AVX2: kAvx2Rows positions × the 16 channels at w (k rows
+// `wstride` floats apart, as one slice of a packed block).
+__attribute__((target("avx2,fma"))) void conv_micro_avx2(const float* const* in, int64_t cin, int64_t wp, int64_t kh,
+                                                         int64_t kw, const float* w, int64_t wstride,
+                                                         const float* bias, float* const* dst, int64_t cols) {
+  constexpr int R = kAvx2Rows;
+  __m256 acc[R][2];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; r++) {
+    acc[r][0] = _mm256_loadu_ps(bias);
+    acc[r][1] = _mm256_loadu_ps(bias + 8);
+  }
+  for (int64_t ky = 0; ky < kh; ky++) {
+    for (int64_t kx = 0; kx < kw; kx++) {
+      const int64_t tap = (ky * wp + kx) * cin;
+      const float* x[R];
+#pragma GCC unroll 8
+      for (int r = 0; r < R; r++) x[r] = in[r] + tap;
+      const float* wk = w + (ky * kw + kx) * cin * wstride;
+      for (int64_t c = 0; c < cin; c++) {
+        const __m256 w0 = _mm256_loadu_ps(wk + c * wstride), w1 = _mm256_loadu_ps(wk + c * wstride + 8);
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) {
+          const __m256 xb = _mm256_broadcast_ss(x[r] + c);
+          acc[r][0] = _mm256_fmadd_ps(xb, w0, acc[r][0]);
+          acc[r][1] = _mm256_fmadd_ps(xb, w1, acc[r][1]);
+        }
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; r++) {
+    if (dst[r] == nullptr) continue;
+    if (cols >= 16) {
+      _mm256_storeu_ps(dst[r], acc[r][0]);
+      _mm256_storeu_ps(dst[r] + 8, acc[r][1]);
+    } else {
+      alignas(32) float t[16];
+      _mm256_store_ps(t, acc[r][0]);
+      _mm256_store_ps(t + 8, acc[r][1]);
+      std::memcpy(dst[r], t, sizeof(float) * cols);
+    }
+  }
+}
+
 // Columns [j0, j1) of output channels [c0, c0 + 16·nv) of the (cout, k)
 // weight into dst (k, 16·nv), zeros past cout.
 __attribute__((target("avx512f"))) void pack_weight_block(const float* w, int64_t k, int64_t cout, int64_t c0,
@@ -306,6 +360,23 @@ __attribute__((target("avx512f"))) void pack_weight_block(const float* w, int64_
     for (int64_t j = j0; j < j1; j++) {
       _mm512_storeu_ps(dst + j * 16 * nv + 16 * v,
                        _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, rows, src + j, 4));
+    }
+  }
+}
+
+// pack_weight_block with AVX2's 8-lane gathers (a scalar transpose took 8%
+// of a diffusion run).
+__attribute__((target("avx2"))) void pack_weight_block_avx2(const float* w, int64_t k, int64_t cout, int64_t c0,
+                                                            int64_t nv, int64_t j0, int64_t j1, float* dst) {
+  const __m256i rows = _mm256_mullo_epi32(_mm256_set_epi32(7, 6, 5, 4, 3, 2, 1, 0),
+                                          _mm256_set1_epi32(static_cast<int>(k)));
+  for (int64_t v = 0; v < 2 * nv; v++) {
+    const int64_t first = c0 + 8 * v, left = std::clamp<int64_t>(cout - first, 0, 8);
+    const __m256i lane = _mm256_set_epi32(7, 6, 5, 4, 3, 2, 1, 0);
+    const __m256 m = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(left)), lane));
+    const float* src = w + std::min(first, cout - 1) * k;
+    for (int64_t j = j0; j < j1; j++) {
+      _mm256_storeu_ps(dst + j * 16 * nv + 8 * v, _mm256_mask_i32gather_ps(_mm256_setzero_ps(), src + j, rows, m, 4));
     }
   }
 }
@@ -329,6 +400,10 @@ struct PackedWeight {
   const float* w;     // the blocks
   const float* bias;  // per padded output channel
   int64_t k, cout;
+  bool avx512;  // the level when packed: a test may change it meanwhile
+
+  // Positions a multiply takes.
+  int64_t rows(const Block& b) const { return avx512 ? rows_for(static_cast<int>(b.nv)) : kAvx2Rows; }
 
   // dst[r] (null: dropped) = the kh×kw windows at in[r] (of `wp`-wide rows
   // of `cin`-float pixels) times block b, plus its bias.
@@ -337,6 +412,14 @@ struct PackedWeight {
     const float* wb = w + b.offset;
     const float* bb = bias + b.offset / k;
     const int64_t cols = std::min<int64_t>(16 * b.nv, cout - b.c0);
+    if (!avx512) {
+      for (int64_t s = 0; s < b.nv && 16 * s < cols; s++) {
+        float* part[kAvx2Rows];
+        for (int r = 0; r < kAvx2Rows; r++) part[r] = dst[r] ? dst[r] + 16 * s : nullptr;
+        conv_micro_avx2(in, cin, wp, kh, kw, wb + 16 * s, 16 * b.nv, bb + 16 * s, part, cols - 16 * s);
+      }
+      return;
+    }
     switch (b.nv) {
       case 1: conv_micro<rows_for(1), 1>(in, cin, wp, kh, kw, wb, bb, dst, cols); break;
       case 2: conv_micro<rows_for(2), 2>(in, cin, wp, kh, kw, wb, bb, dst, cols); break;
@@ -348,6 +431,7 @@ struct PackedWeight {
 
 PackedWeight pack_weight(const float* w, const float* bias, int64_t cout, int64_t k) {
   PackedWeight p;
+  p.avx512 = avx512_on();
   int64_t packed = 0;
   for (int64_t c0 = 0; c0 < cout; c0 += 64) {
     const int64_t nv = std::min<int64_t>(4, (cout - c0 + 15) / 16);
@@ -361,7 +445,14 @@ PackedWeight pack_weight(const float* w, const float* bias, int64_t cout, int64_
   // time (the 16 weight rows' lines stay in L1 along the run): a scalar
   // transpose took 8% of a diffusion run.
   parallel((k + 63) / 64, 64 * padded_cout, [&](int64_t lo, int64_t hi) {
-    for (const auto& b : p.blocks) pack_weight_block(w, k, cout, b.c0, b.nv, lo * 64, std::min(k, hi * 64), pw + b.offset);
+    for (const auto& b : p.blocks) {
+      const int64_t j0 = lo * 64, j1 = std::min(k, hi * 64), width = 16 * b.nv;
+      if (p.avx512) {
+        pack_weight_block(w, k, cout, b.c0, b.nv, j0, j1, pw + b.offset);
+        continue;
+      }
+      pack_weight_block_avx2(w, k, cout, b.c0, b.nv, j0, j1, pw + b.offset);
+    }
   });
   for (const auto& b : p.blocks) {
     for (int64_t o = 0; o < 16 * b.nv; o++) pb[b.offset / k + o] = bias != nullptr && b.c0 + o < cout ? bias[b.c0 + o] : 0.0f;
@@ -381,7 +472,7 @@ void direct_linear(const float* x, const float* w, const float* bias, float* y, 
   auto task = [&](int64_t it) {
     const int64_t v0 = it * kDirectStep, v1 = std::min(m, v0 + kDirectStep);
     for (const PackedWeight::Block& b : pw.blocks) {
-      const int64_t rows = rows_for(static_cast<int>(b.nv));
+      const int64_t rows = pw.rows(b);
       for (int64_t v = v0; v < v1; v += rows) {
         const float* src[16];
         float* dst[16];
@@ -432,7 +523,7 @@ void direct_conv(const float* x, const float* w, const float* bias, float* y, co
   auto task = [&](int64_t it) {
     const int64_t p0 = it * kDirectStep, p1 = std::min(positions, p0 + kDirectStep);
     for (const PackedWeight::Block& b : pw.blocks) {
-      const int64_t rows = rows_for(static_cast<int>(b.nv));
+      const int64_t rows = pw.rows(b);
       for (int64_t p = p0; p < p1; p += rows) {
         const float* src[16];
         float* dst[16];
@@ -458,7 +549,7 @@ void direct_conv(const float* x, const float* w, const float* bias, float* y, co
 // there are a few tasks for every core, else one sgemm a core.
 void linear_rows(const float* a, const float* w, const float* bias, float* y, int64_t m, int64_t n, int64_t k) {
 #ifdef MLXE_AVX512_KERNELS
-  if (avx512_on() && m >= 4 * kDirectStep) {
+  if (direct_on() && m >= 4 * kDirectStep) {
     direct_linear(a, w, bias, y, m, n, k);
     return;
   }
@@ -491,7 +582,7 @@ class Conv2dKernel : public mx::UnaryPrimitive {
         return;
       }
 #ifdef MLXE_AVX512_KERNELS
-      if (avx512_on()) {
+      if (direct_on()) {
         direct_conv(x, w, b, y, s);
         return;
       }
@@ -995,9 +1086,9 @@ class AttentionKernel : public mx::UnaryPrimitive {
 
 }  // namespace
 
-bool image_kernels_avx512(int force) {
-  if (force >= 0) portable_only.store(force == 0, std::memory_order_relaxed);
-  return avx512_on();
+int image_kernel_level(int force) {
+  if (force >= -1) forced_level.store(force, std::memory_order_relaxed);
+  return level();
 }
 
 bool gemm_applies(const mx::array& x, const mx::array& w, mx::StreamOrDevice s) {

@@ -618,7 +618,7 @@ std::unique_ptr<Array> quantized_matmul(const Array& x, const Array& w, const Ar
   return own(mx::quantized_matmul(x, w, scales, b, transpose, group_size, bits));
 }
 int32_t quantized_kernel_level(int32_t force) { return kernels::quantized_kernel_level(force); }
-bool image_kernels_avx512(int32_t force) { return kernels::image_kernels_avx512(force); }
+int32_t image_kernel_level(int32_t force) { return kernels::image_kernel_level(force); }
 bool cuda_qmv_set_enabled(bool on) {
 #ifdef MLXE_CUDA
   cuda::set_enabled(on);

@@ -209,7 +209,7 @@ void synchronize_all();
 int32_t blas_threads(int32_t n);
 bool openblas_linked();
 int32_t quantized_kernel_level(int32_t force);
-bool image_kernels_avx512(int32_t force);
+int32_t image_kernel_level(int32_t force);
 rust::String blas_core();
 rust::String blas_library();
 
