@@ -469,23 +469,23 @@ PackedWeight pack_weight(const float* w, const float* bias, int64_t cout, int64_
 // these small-k products (k = 128-1024) as multiplying.
 void direct_linear(const float* x, const float* w, const float* bias, float* y, int64_t m, int64_t n, int64_t k) {
   const PackedWeight pw = pack_weight(w, bias, n, k);
+  const int64_t nb = static_cast<int64_t>(pw.blocks.size());
   auto task = [&](int64_t it) {
-    const int64_t v0 = it * kDirectStep, v1 = std::min(m, v0 + kDirectStep);
-    for (const PackedWeight::Block& b : pw.blocks) {
-      const int64_t rows = pw.rows(b);
-      for (int64_t v = v0; v < v1; v += rows) {
-        const float* src[16];
-        float* dst[16];
-        for (int64_t r = 0; r < rows; r++) {
-          const bool live = v + r < v1;
-          src[r] = x + (live ? v + r : v0) * k;  // past the end: any valid row, dropped
-          dst[r] = live ? y + (v + r) * n + b.c0 : nullptr;
-        }
-        pw.multiply(b, src, k, 0, 1, 1, dst);
+    const int64_t v0 = it / nb * kDirectStep, v1 = std::min(m, v0 + kDirectStep);
+    const PackedWeight::Block& b = pw.blocks[it % nb];
+    const int64_t rows = pw.rows(b);
+    for (int64_t v = v0; v < v1; v += rows) {
+      const float* src[16];
+      float* dst[16];
+      for (int64_t r = 0; r < rows; r++) {
+        const bool live = v + r < v1;
+        src[r] = x + (live ? v + r : v0) * k;  // past the end: any valid row, dropped
+        dst[r] = live ? y + (v + r) * n + b.c0 : nullptr;
       }
+      pw.multiply(b, src, k, 0, 1, 1, dst);
     }
   };
-  const int64_t tasks = (m + kDirectStep - 1) / kDirectStep;
+  const int64_t tasks = (m + kDirectStep - 1) / kDirectStep * nb;
   if (m * n * k < (int64_t{1} << 20)) {
     for (int64_t it = 0; it < tasks; it++) task(it);
   } else {
@@ -512,31 +512,32 @@ void direct_conv(const float* x, const float* w, const float* bias, float* y, co
     }
   });
   const PackedWeight pw = pack_weight(w, bias, s.cout, k);
-  // Tasks of kDirectStep output positions, handed out one at a time: with a
-  // few big tasks a thread, one thread was often left with a whole extra one
-  // (a fifth of a UNet conv's time).
+  // Tasks of kDirectStep output positions × one block of output channels,
+  // handed out one at a time (consecutive ones share their input rows): with
+  // a few big tasks a thread, one thread was often left with a whole extra
+  // one (a fifth of a UNet conv's time; the 8×8 level had 3 tasks for 2).
   const int64_t positions = s.n * s.oh * s.ow, per_image = s.oh * s.ow;
   auto window = [&](int64_t p) {
     const int64_t img = p / per_image, oy = p % per_image / s.ow, ox = p % s.ow;
     return px + img * image + (oy * s.sh * wpad + ox * s.sw) * cin;
   };
+  const int64_t nb = static_cast<int64_t>(pw.blocks.size());
   auto task = [&](int64_t it) {
-    const int64_t p0 = it * kDirectStep, p1 = std::min(positions, p0 + kDirectStep);
-    for (const PackedWeight::Block& b : pw.blocks) {
-      const int64_t rows = pw.rows(b);
-      for (int64_t p = p0; p < p1; p += rows) {
-        const float* src[16];
-        float* dst[16];
-        for (int64_t r = 0; r < rows; r++) {
-          const bool live = p + r < p1;
-          src[r] = window(live ? p + r : p0);  // past the end: any valid window, dropped
-          dst[r] = live ? y + (p + r) * s.cout + b.c0 : nullptr;
-        }
-        pw.multiply(b, src, cin, wpad, s.kh, s.kw, dst);
+    const int64_t p0 = it / nb * kDirectStep, p1 = std::min(positions, p0 + kDirectStep);
+    const PackedWeight::Block& b = pw.blocks[it % nb];
+    const int64_t rows = pw.rows(b);
+    for (int64_t p = p0; p < p1; p += rows) {
+      const float* src[16];
+      float* dst[16];
+      for (int64_t r = 0; r < rows; r++) {
+        const bool live = p + r < p1;
+        src[r] = window(live ? p + r : p0);  // past the end: any valid window, dropped
+        dst[r] = live ? y + (p + r) * s.cout + b.c0 : nullptr;
       }
+      pw.multiply(b, src, cin, wpad, s.kh, s.kw, dst);
     }
   };
-  const int64_t tasks = (positions + kDirectStep - 1) / kDirectStep;
+  const int64_t tasks = (positions + kDirectStep - 1) / kDirectStep * nb;
   if (positions * k * s.cout < (int64_t{1} << 20)) {
     for (int64_t it = 0; it < tasks; it++) task(it);
   } else {
