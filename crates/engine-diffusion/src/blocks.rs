@@ -138,11 +138,18 @@ impl Attention {
     }
 
     pub fn forward(&self, x: &Array, context: Option<&Array>) -> Result<Array> {
+        // forward_rows: image tokens (many rows) may take the direct CPU kernel.
         let ctx = context.unwrap_or(x);
-        let q = self.q.forward(x)?;
+        let q = self.q.forward_rows(x)?;
         let scale = ((q.dim(-1) / self.heads as usize) as f32).powf(-0.5);
-        let a = fast::attention(&q, &self.k.forward(ctx)?, &self.v.forward(ctx)?, self.heads, scale)?;
-        self.out.forward(&a)
+        let a = fast::attention(
+            &q,
+            &self.k.forward_rows(ctx)?,
+            &self.v.forward_rows(ctx)?,
+            self.heads,
+            scale,
+        )?;
+        self.out.forward_rows(&a)
     }
 }
 

@@ -35,7 +35,7 @@ impl Proj {
     /// Applies to (N, H, W, C) (a 1×1 conv is a linear map over channels).
     fn forward(&self, x: &Array) -> Result<Array> {
         match self {
-            Proj::Linear(l) => l.forward(x),
+            Proj::Linear(l) => l.forward_rows(x),
             Proj::Conv(c) => c.forward(x),
         }
     }
@@ -101,8 +101,8 @@ impl Transformer2D {
             h = h.add(&b.attn1.forward(&b.norm1.forward(&h)?, None)?)?;
             h = h.add(&b.attn2.forward(&b.norm2.forward(&h)?, Some(context))?)?;
             // GEGLU: the first half is the value, the second the gate.
-            let ff = b.ff_in.forward(&b.norm3.forward(&h)?)?;
-            h = h.add(&b.ff_out.forward(&fast::geglu(&ff)?)?)?;
+            let ff = b.ff_in.forward_rows(&b.norm3.forward(&h)?)?;
+            h = h.add(&b.ff_out.forward_rows(&fast::geglu(&ff)?)?)?;
         }
         self.proj_out.forward(&h.reshape(&s)?)?.add(x)
     }

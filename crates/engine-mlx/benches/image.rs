@@ -27,9 +27,13 @@ fn conv(c: &mut Criterion) {
         let w = normal(&[cout, k, k, x[3]], 2);
         let b = normal(&[cout], 3);
         let p = (k / 2) as i32;
-        g.bench_function(BenchmarkId::new("ours", name), |bch| {
-            bch.iter(|| fast::conv2d(&xa, &w, Some(&b), (1, 1), (p, p)).unwrap().eval().unwrap())
-        });
+        for (label, level) in [("ours", None), ("avx2", Some(1)), ("packed", Some(0))] {
+            fast::force_image_kernel_level(level);
+            g.bench_function(BenchmarkId::new(label, name), |bch| {
+                bch.iter(|| fast::conv2d(&xa, &w, Some(&b), (1, 1), (p, p)).unwrap().eval().unwrap())
+            });
+        }
+        fast::force_image_kernel_level(None);
         g.bench_function(BenchmarkId::new("mlx", name), |bch| {
             bch.iter(|| {
                 conv2d(&xa, &w, (1, 1), (p, p), (1, 1), 1)
@@ -90,14 +94,18 @@ fn attention(c: &mut Criterion) {
         let k = normal(&[b, s, heads * d], 2);
         let v = normal(&[b, s, heads * d], 3);
         let scale = (d as f32).powf(-0.5);
-        g.bench_function(BenchmarkId::new("ours", name), |bch| {
-            bch.iter(|| {
-                fast::attention(&q, &k, &v, heads as i32, scale)
-                    .unwrap()
-                    .eval()
-                    .unwrap()
-            })
-        });
+        for (label, level) in [("ours", None), ("portable", Some(0))] {
+            fast::force_image_kernel_level(level);
+            g.bench_function(BenchmarkId::new(label, name), |bch| {
+                bch.iter(|| {
+                    fast::attention(&q, &k, &v, heads as i32, scale)
+                        .unwrap()
+                        .eval()
+                        .unwrap()
+                })
+            });
+        }
+        fast::force_image_kernel_level(None);
         g.bench_function(BenchmarkId::new("sdpa", name), |bch| {
             bch.iter(|| {
                 let split = |t: &Array, len: usize| {
@@ -133,14 +141,18 @@ fn geglu_and_bias(c: &mut Criterion) {
     let x = normal(&[2048, 128], 1);
     let w_in = normal(&[1024, 128], 2);
     let b_in = normal(&[1024], 3);
-    g.bench_function("ours", |bch| {
-        bch.iter(|| {
-            fast::geglu(&fast::linear_bias(&x, &w_in, &b_in).unwrap())
-                .unwrap()
-                .eval()
-                .unwrap()
-        })
-    });
+    for (label, level) in [("ours", None), ("avx2", Some(1)), ("portable", Some(0))] {
+        fast::force_image_kernel_level(level);
+        g.bench_function(label, |bch| {
+            bch.iter(|| {
+                fast::geglu(&fast::linear_bias(&x, &w_in, &b_in).unwrap())
+                    .unwrap()
+                    .eval()
+                    .unwrap()
+            })
+        });
+    }
+    fast::force_image_kernel_level(None);
     g.bench_function("mlx", |bch| {
         bch.iter(|| {
             let ff = x.matmul(&w_in.t().unwrap()).unwrap().add(&b_in).unwrap();

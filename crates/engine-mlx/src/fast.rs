@@ -49,6 +49,16 @@ pub fn linear_bias(x: &Array, w: &Array, bias: &Array) -> Result<Array> {
     wrap(ffi::linear_bias(&x.inner, &w.inner, &bias.inner), "linear")
 }
 
+/// `x · wᵀ (+ bias)` as [`linear_bias`] for activations of many rows (image
+/// tokens): from 192 rows on, CPUs with AVX-512 or AVX2 take [`conv2d`]'s direct
+/// kernel (register tiles, x read in place, the weight repacked per call)
+/// instead of sgemm. Results then depend on whether a call has 192 rows, so
+/// [`linear`] keeps sgemm for callers that need a row's result to be the
+/// same in any batch (chunked LLM prefill).
+pub fn linear_rows(x: &Array, w: &Array, bias: Option<&Array>) -> Result<Array> {
+    wrap(ffi::linear_rows(&x.inner, &w.inner, &opt_list(bias)), "linear")
+}
+
 /// RMS normalisation over the last axis, scaled by `weight` when given.
 pub fn rms_norm(x: &Array, weight: Option<&Array>, eps: f32) -> Result<Array> {
     wrap(ffi::rms_norm(&x.inner, &opt_list(weight), eps), "rms_norm")
@@ -218,9 +228,11 @@ pub fn decode_attention_in_place(
 }
 
 /// 2-D convolution of NHWC `x` with an (O, KH, KW, I) weight, plus `bias`
-/// (O,) when given; no dilation, one group. On the CPU in float32 our kernel
-/// (tiles of receptive fields packed in cache and one sgemm each, no im2col
-/// of the whole image, split over the cores); elsewhere MLX's conv and an add.
+/// (O,) when given; no dilation, one group. On the CPU in float32 our kernels,
+/// split over the cores: directly on CPUs with AVX-512 or AVX2 (see
+/// [`image_kernel_level`]; 1×1 stride-1 convs as [`linear_rows`]), else by
+/// tiles of receptive fields packed in cache and one sgemm each (no im2col
+/// of the whole image); elsewhere MLX's conv and an add.
 pub fn conv2d(x: &Array, w: &Array, bias: Option<&Array>, stride: (i32, i32), padding: (i32, i32)) -> Result<Array> {
     wrap(
         ffi::conv2d_bias(
@@ -234,6 +246,25 @@ pub fn conv2d(x: &Array, w: &Array, bias: Option<&Array>, stride: (i32, i32), pa
         ),
         "conv2d",
     )
+}
+
+/// The instruction set the float32 CPU image kernels use, picked from the
+/// CPU at run time: 2 AVX-512 ([`conv2d`] computes convolutions directly —
+/// register tiles over a zero-padded copy of the input, no patch buffer, no
+/// BLAS —, as [`linear_rows`] does products of many rows, and [`attention`]
+/// runs on intrinsics with a scalef exp), 1 AVX2 + FMA (the direct conv and
+/// products in 16-channel slices), 0 the portable paths (packed patches and
+/// sgemm, compiler-vectorised attention).
+pub fn image_kernel_level() -> i32 {
+    ffi::image_kernel_level(-2)
+}
+
+/// Caps the image kernels' instruction set at `level` (see
+/// [`image_kernel_level`]), or restores the automatic choice with `None`;
+/// returns the level now in use. Process-wide; for tests and benchmarks that
+/// compare paths.
+pub fn force_image_kernel_level(level: Option<i32>) -> i32 {
+    ffi::image_kernel_level(level.map_or(-1, |l| l.max(0)))
 }
 
 /// Group normalisation of channels-last `x` (N, ..., C): statistics per image

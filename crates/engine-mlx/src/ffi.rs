@@ -167,6 +167,7 @@ pub(crate) mod bridge {
         ) -> Result<UniquePtr<Array>>;
         fn linear(x: &Array, w: &Array) -> Result<UniquePtr<Array>>;
         fn linear_bias(x: &Array, w: &Array, bias: &Array) -> Result<UniquePtr<Array>>;
+        fn linear_rows(x: &Array, w: &Array, bias: &ArrayList) -> Result<UniquePtr<Array>>;
         #[allow(clippy::too_many_arguments)]
         fn rope_rows(
             x: &Array,
@@ -291,6 +292,7 @@ pub(crate) mod bridge {
         fn blas_threads(n: i32) -> i32;
         fn openblas_linked() -> bool;
         fn quantized_kernel_level(force: i32) -> i32;
+        fn image_kernel_level(force: i32) -> i32;
         fn blas_core() -> String;
         fn blas_library() -> String;
 

@@ -40,12 +40,19 @@ fn close(ours: &Array, reference: &Array, tol: f64) {
     eprintln!("worst relative error {worst:.2e} (tolerance {tol:.0e})");
 }
 
+/// Every instruction-set level of the image kernels this CPU has, highest
+/// first (2 AVX-512, 1 AVX2, 0 portable). The cap is process-wide; every test
+/// here passes at any level.
+fn levels() -> Vec<i32> {
+    (0..=fast::force_image_kernel_level(None)).rev().collect()
+}
+
 /// (kernel, stride, padding, input (N, H, W, C), output channels, bias).
 type ConvCase = (usize, i32, i32, [usize; 4], usize, bool);
 
 #[test]
 fn conv2d_matches_mlx_conv() -> R {
-    let cases: [ConvCase; 7] = [
+    let cases: [ConvCase; 10] = [
         (3, 1, 1, [2, 13, 11, 16], 24, true), // the UNet's/VAE's 3×3 "same" conv
         (3, 1, 1, [1, 40, 37, 48], 32, true), // several tiles over both threads
         (3, 2, 1, [2, 16, 15, 8], 12, true),  // a downsampler (odd width)
@@ -53,19 +60,27 @@ fn conv2d_matches_mlx_conv() -> R {
         (1, 1, 0, [2, 9, 7, 20], 36, true),   // 1×1 projections and shortcuts
         (3, 1, 0, [1, 6, 5, 3], 5, false),    // "valid", odd channel counts
         (5, 1, 2, [1, 12, 10, 4], 6, true),   // another kernel size
+        (3, 1, 1, [2, 5, 9, 8], 100, true),   // output blocks of 64 and 36 (the direct kernel's 3-vector tail)
+        (3, 1, 2, [1, 3, 4, 2], 17, false),   // padding wider than the kernel's reach, a 1-channel tail
+        (1, 1, 0, [2, 10, 11, 24], 70, true), // a 1×1 conv of 220 positions: the direct linear kernel
     ];
-    for (i, &(k, stride, pad, shape, cout, with_bias)) in cases.iter().enumerate() {
-        let x = normal(&shape, 10 + i as u64, 1.0);
-        let w = normal(&[cout, k, k, shape[3]], 20 + i as u64, 0.5);
-        let b = normal(&[cout], 30 + i as u64, 1.0);
-        let bias = with_bias.then_some(&b);
-        let ours = fast::conv2d(&x, &w, bias, (stride, stride), (pad, pad))?;
-        let mut reference = conv2d(&f64_of(&x), &f64_of(&w), (stride, stride), (pad, pad), (1, 1), 1)?;
-        if let Some(b) = bias {
-            reference = reference.add(&f64_of(b))?;
+    for level in levels() {
+        eprintln!("image kernel level {level}");
+        fast::force_image_kernel_level(Some(level));
+        for (i, &(k, stride, pad, shape, cout, with_bias)) in cases.iter().enumerate() {
+            let x = normal(&shape, 10 + i as u64, 1.0);
+            let w = normal(&[cout, k, k, shape[3]], 20 + i as u64, 0.5);
+            let b = normal(&[cout], 30 + i as u64, 1.0);
+            let bias = with_bias.then_some(&b);
+            let ours = fast::conv2d(&x, &w, bias, (stride, stride), (pad, pad))?;
+            let mut reference = conv2d(&f64_of(&x), &f64_of(&w), (stride, stride), (pad, pad), (1, 1), 1)?;
+            if let Some(b) = bias {
+                reference = reference.add(&f64_of(b))?;
+            }
+            close(&ours, &reference, 2e-5);
         }
-        close(&ours, &reference, 2e-5);
     }
+    fast::force_image_kernel_level(None);
     Ok(())
 }
 
@@ -145,7 +160,6 @@ fn attention_matches_mlx_sdpa() -> R {
         let k = normal(&[b, s, heads * d], 2, 1.0);
         let v = normal(&[b, s, heads * d], 3, 1.0);
         let scale = (d as f32).powf(-0.5);
-        let ours = fast::attention(&q, &k, &v, heads as i32, scale)?;
         let split = |t: &Array, len: usize| {
             f64_of(t)
                 .reshape(&[b as i32, len as i32, heads as i32, d as i32])
@@ -162,8 +176,13 @@ fn attention_matches_mlx_sdpa() -> R {
         )?
         .transpose(&[0, 2, 1, 3])?
         .reshape(&[b as i32, l as i32, (heads * d) as i32])?;
-        close(&ours, &reference, 1e-5);
+        for level in levels() {
+            fast::force_image_kernel_level(Some(level));
+            let ours = fast::attention(&q, &k, &v, heads as i32, scale)?;
+            close(&ours, &reference, 1e-5);
+        }
     }
+    fast::force_image_kernel_level(None);
     Ok(())
 }
 
@@ -179,6 +198,36 @@ fn linear_with_bias_matches_matmul_few_and_many_rows() -> R {
         close(&fast::linear_bias(&x, &w, &b)?, &reference.add(&f64_of(&b))?, 2e-5);
         close(&fast::linear(&x, &w)?, &reference, 2e-5);
     }
+    Ok(())
+}
+
+#[test]
+fn linear_rows_matches_matmul() -> R {
+    // 5 rows: the skinny kernel; 100: sgemm; 300 and 2049 (tasks of 48 rows,
+    // a last one of 33, micro-tiles of 6, 12 and 16 rows read past the end
+    // from a padded copy): the direct kernel where the CPU has AVX-512, with
+    // output blocks of 64 + 8 and 64 + 64 + 32 channels.
+    for (rows, k, n) in [
+        (5usize, 64usize, 40usize),
+        (100, 96, 72),
+        (300, 96, 72),
+        (2049, 40, 160),
+    ] {
+        let x = normal(&[rows, k], 1, 1.0);
+        let w = normal(&[n, k], 2, 0.5);
+        let b = normal(&[n], 3, 1.0);
+        let reference = f64_of(&x).matmul(&f64_of(&w).t()?)?;
+        for level in levels() {
+            fast::force_image_kernel_level(Some(level));
+            close(
+                &fast::linear_rows(&x, &w, Some(&b))?,
+                &reference.add(&f64_of(&b))?,
+                2e-5,
+            );
+            close(&fast::linear_rows(&x, &w, None)?, &reference, 2e-5);
+        }
+    }
+    fast::force_image_kernel_level(None);
     Ok(())
 }
 

@@ -359,6 +359,12 @@ fn convolutions_and_upsampling() -> R {
     let up = engine_mlx::upsample_nearest(&small, 2, 2)?;
     assert_eq!(up.shape(), vec![1, 4, 4, 1]);
     assert_eq!(up.to_vec::<f32>()?[..8], [1.0, 1.0, 2.0, 2.0, 1.0, 1.0, 2.0, 2.0]);
+    // Several images and channels, unequal factors: as repeating rows, then columns.
+    let x = ramp(&[2, 3, 2, 2], 0.1);
+    assert_eq!(
+        engine_mlx::upsample_nearest(&x, 2, 3)?.to_vec::<f32>()?,
+        x.repeat(2, 1)?.repeat(3, 2)?.to_vec::<f32>()?
+    );
     // Channel mismatch between input and weight.
     assert!(engine_mlx::conv2d(&img, &ramp(&[4, 3, 3, 2], 0.0), (1, 1), (0, 0), (1, 1), 1).is_err());
     Ok(())

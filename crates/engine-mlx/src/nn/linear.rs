@@ -190,6 +190,15 @@ impl Linear {
         }
     }
 
+    /// [`Linear::forward`] for activations of many rows (image tokens): a
+    /// dense layer goes through [`crate::fast::linear_rows`].
+    pub fn forward_rows(&self, x: &Array) -> Result<Array> {
+        match self {
+            Linear::Dense { weight, bias } => crate::fast::linear_rows(x, weight, bias.as_ref()),
+            _ => self.forward(x),
+        }
+    }
+
     /// `x Wᵀ` without the bias (the base of a DoRA layer is never adapted itself).
     fn unbiased(&self, x: &Array) -> Result<Array> {
         match self {

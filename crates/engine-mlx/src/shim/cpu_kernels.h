@@ -88,8 +88,12 @@ bool gemm_applies(const mx::array& x, const mx::array& w, mx::StreamOrDevice s =
 // x · wᵀ (+ bias) split over the cores by us, one single-threaded sgemm each
 // (by rows, or by weight rows when x has few): OpenBLAS's own threads spin
 // in sched_yield between calls, which on two cores took 15% of a diffusion run.
+// `image_rows` (activations of many rows, image tokens): from 192 rows on,
+// AVX-512 CPUs take conv2d's direct kernel instead (the weight repacked per
+// call; the other callers keep sgemm, whose results do not depend on the
+// number of rows, which chunked LLM prefill may rely on).
 mx::array gemm(const mx::array& x, const mx::array& w, const std::optional<mx::array>& bias,
-               mx::StreamOrDevice s = {});
+               mx::StreamOrDevice s = {}, bool image_rows = false);
 
 // Whether conv2d takes these arguments: float32 NHWC x and (O, KH, KW, I)
 // weight on a CPU stream, one group, no dilation, and a BLAS to call.
@@ -102,6 +106,12 @@ bool conv2d_applies(const mx::array& x, const mx::array& w, int sh, int sw, int 
 // multiplied by the weight with one single-threaded sgemm.
 mx::array conv2d(const mx::array& x, const mx::array& w, const std::optional<mx::array>& bias, int sh, int sw, int ph,
                  int pw, mx::StreamOrDevice s = {});
+
+// The instruction set the image kernels use: 2 AVX-512 (conv2d directly, no
+// patches or sgemm; attention on intrinsics with a scalef exp), 1 AVX2 + FMA
+// (conv2d directly, in 16-channel slices), 0 the portable paths. `force` ≥ 0
+// caps it, -1 restores the automatic choice, < -1 only reads.
+int image_kernel_level(int force);
 
 // Group normalisation of x (N, ..., C) over all positions and the C/groups
 // channels of each group, scaled and shifted per channel, then SiLU when

@@ -77,9 +77,12 @@ void threaded_gemm(const float* a, const float* w, const float* bias, float* y, 
   });
 }
 
+void linear_rows(const float* a, const float* w, const float* bias, float* y, int64_t m, int64_t n, int64_t k);
+
 class GemmKernel : public mx::UnaryPrimitive {
  public:
-  GemmKernel(mx::Stream st, bool bias) : mx::UnaryPrimitive(st), bias_(bias) {}
+  GemmKernel(mx::Stream st, bool bias, bool image_rows)
+      : mx::UnaryPrimitive(st), bias_(bias), image_rows_(image_rows) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
     for (auto& a : inputs) check_input(a, name());
@@ -89,7 +92,8 @@ class GemmKernel : public mx::UnaryPrimitive {
     enc.set_output_array(out);
     std::vector<mx::array> ins;
     for (auto& a : inputs) ins.push_back(mx::array::unsafe_weak_copy(a));
-    enc.dispatch([ins = std::move(ins), out = mx::array::unsafe_weak_copy(out), has_bias = bias_]() mutable {
+    enc.dispatch([ins = std::move(ins), out = mx::array::unsafe_weak_copy(out), has_bias = bias_,
+                  image_rows = image_rows_]() mutable {
       const int64_t k = ins[1].shape(1), n = ins[1].shape(0);
       const int64_t m = k == 0 ? 0 : static_cast<int64_t>(ins[0].size()) / k;
       float* y = out.data<float>();
@@ -98,7 +102,12 @@ class GemmKernel : public mx::UnaryPrimitive {
         std::fill(y, y + out.size(), 0.0f);
         return;
       }
-      threaded_gemm(ins[0].data<float>(), ins[1].data<float>(), has_bias ? ins[2].data<float>() : nullptr, y, m, n, k);
+      const float* b = has_bias ? ins[2].data<float>() : nullptr;
+      if (image_rows) {
+        linear_rows(ins[0].data<float>(), ins[1].data<float>(), b, y, m, n, k);
+      } else {
+        threaded_gemm(ins[0].data<float>(), ins[1].data<float>(), b, y, m, n, k);
+      }
     });
   }
   void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
@@ -107,7 +116,7 @@ class GemmKernel : public mx::UnaryPrimitive {
   const char* name() const override { return "MlxeGemm"; }
   bool is_equivalent(const mx::Primitive& other) const override {
     auto* o = dynamic_cast<const GemmKernel*>(&other);
-    return o != nullptr && o->bias_ == bias_;
+    return o != nullptr && o->bias_ == bias_ && o->image_rows_ == image_rows_;
   }
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
     auto shape = inputs[0].shape();
@@ -117,6 +126,7 @@ class GemmKernel : public mx::UnaryPrimitive {
 
  private:
   bool bias_;
+  bool image_rows_;
 };
 
 // ---- convolution
@@ -195,6 +205,359 @@ void conv_tile(const float* x, const float* w, const float* bias, float* out, co
           static_cast<int>(k), w, static_cast<int>(k), bias != nullptr ? 1.0f : 0.0f, y, static_cast<int>(s.cout));
 }
 
+// ---- direct convolution (AVX-512)
+//
+// A k×k convolution without patches: the input is copied once into a
+// zero-padded (Hp, Wp, C) buffer, and a micro-kernel takes R output
+// positions at once from R pointers to their windows' first pixels (one
+// broadcast load per position and input channel; GCC keeps the R pointers in
+// registers, as it would R offsets of one). The weight is repacked per call
+// into blocks of up to 64 output channels, (kh, kw, C, 16·NV) each, so the
+// R×NV accumulators take one vector load per 16 channels. OpenBLAS spent a
+// third of the convs' time packing (its own copies of both operands, after
+// ours of the patches).
+#if defined(__x86_64__) && defined(__GNUC__)
+#define MLXE_AVX512_KERNELS 1
+
+// 2: AVX-512, 1: AVX2 + FMA, 0: neither (the portable paths).
+int detected_level() {
+  static const int level = [] {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f")) return 2;
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 0;
+  }();
+  return level;
+}
+#else
+int detected_level() { return 0; }
+#endif
+
+// A cap on the level (-1: none), for tests and benchmarks that compare paths.
+std::atomic<int> forced_level{-1};
+
+int level() {
+  const int f = forced_level.load(std::memory_order_relaxed);
+  return f >= 0 ? std::min(f, detected_level()) : detected_level();
+}
+bool avx512_on() { return level() >= 2; }
+// The direct conv and linear kernels: AVX-512, or AVX2 (16-channel slices).
+bool direct_on() { return level() >= 1; }
+
+#ifdef MLXE_AVX512_KERNELS
+
+// Rows of the micro-kernel for NV vectors of output channels: R·NV ≤ 24
+// accumulators leave registers for the NV weight vectors and a broadcast.
+// The AVX2 kernel takes 6 rows × one 16-channel slice (12 of its 16 registers).
+constexpr int rows_for(int nv) { return nv == 1 ? 16 : nv == 2 ? 12 : nv == 3 ? 8 : 6; }
+constexpr int kAvx2Rows = 6;
+// Output positions (rows) per task: a multiple of every R above.
+constexpr int64_t kDirectStep = 48;
+
+// R positions whose windows start at in[r] (pixels `cin` floats apart in
+// rows `wp` pixels apart) times one weight block (kh, kw, cin, 16·NV), plus
+// the block's padded bias; row r goes to dst[r] (null: dropped), its first
+// `cols` channels.
+template <int R, int NV>
+__attribute__((target("avx512f,fma"))) void conv_micro(const float* const* in, int64_t cin, int64_t wp, int64_t kh,
+                                                       int64_t kw, const float* w, const float* bias,
+                                                       float* const* dst, int64_t cols) {
+  __m512 acc[R][NV];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; r++) {
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; v++) acc[r][v] = _mm512_loadu_ps(bias + 16 * v);
+  }
+  for (int64_t ky = 0; ky < kh; ky++) {
+    for (int64_t kx = 0; kx < kw; kx++) {
+      const int64_t tap = (ky * wp + kx) * cin;
+      const float* x[R];
+#pragma GCC unroll 16
+      for (int r = 0; r < R; r++) x[r] = in[r] + tap;
+      const float* wk = w + (ky * kw + kx) * cin * 16 * NV;
+      for (int64_t c = 0; c < cin; c++) {
+        __m512 wv[NV];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) wv[v] = _mm512_loadu_ps(wk + c * 16 * NV + 16 * v);
+#pragma GCC unroll 16
+        for (int r = 0; r < R; r++) {
+          const __m512 xb = _mm512_set1_ps(x[r][c]);
+#pragma GCC unroll 4
+          for (int v = 0; v < NV; v++) acc[r][v] = _mm512_fmadd_ps(xb, wv[v], acc[r][v]);
+        }
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < R; r++) {
+    if (dst[r] == nullptr) continue;
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; v++) {
+      const int64_t left = cols - 16 * v;
+      if (left >= 16) {
+        _mm512_storeu_ps(dst[r] + 16 * v, acc[r][v]);
+      } else if (left > 0) {
+        _mm512_mask_storeu_ps(dst[r] + 16 * v, static_cast<__mmask16>((1u << left) - 1), acc[r][v]);
+      }
+    }
+  }
+}
+
+// conv_micro for AVX2: kAvx2Rows positions × the 16 channels at w (k rows
+// `wstride` floats apart, as one slice of a packed block).
+__attribute__((target("avx2,fma"))) void conv_micro_avx2(const float* const* in, int64_t cin, int64_t wp, int64_t kh,
+                                                         int64_t kw, const float* w, int64_t wstride,
+                                                         const float* bias, float* const* dst, int64_t cols) {
+  constexpr int R = kAvx2Rows;
+  __m256 acc[R][2];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; r++) {
+    acc[r][0] = _mm256_loadu_ps(bias);
+    acc[r][1] = _mm256_loadu_ps(bias + 8);
+  }
+  for (int64_t ky = 0; ky < kh; ky++) {
+    for (int64_t kx = 0; kx < kw; kx++) {
+      const int64_t tap = (ky * wp + kx) * cin;
+      const float* x[R];
+#pragma GCC unroll 8
+      for (int r = 0; r < R; r++) x[r] = in[r] + tap;
+      const float* wk = w + (ky * kw + kx) * cin * wstride;
+      for (int64_t c = 0; c < cin; c++) {
+        const __m256 w0 = _mm256_loadu_ps(wk + c * wstride), w1 = _mm256_loadu_ps(wk + c * wstride + 8);
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) {
+          const __m256 xb = _mm256_broadcast_ss(x[r] + c);
+          acc[r][0] = _mm256_fmadd_ps(xb, w0, acc[r][0]);
+          acc[r][1] = _mm256_fmadd_ps(xb, w1, acc[r][1]);
+        }
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; r++) {
+    if (dst[r] == nullptr) continue;
+    if (cols >= 16) {
+      _mm256_storeu_ps(dst[r], acc[r][0]);
+      _mm256_storeu_ps(dst[r] + 8, acc[r][1]);
+    } else {
+      alignas(32) float t[16];
+      _mm256_store_ps(t, acc[r][0]);
+      _mm256_store_ps(t + 8, acc[r][1]);
+      std::memcpy(dst[r], t, sizeof(float) * cols);
+    }
+  }
+}
+
+// Columns [j0, j1) of output channels [c0, c0 + 16·nv) of the (cout, k)
+// weight into dst (k, 16·nv), zeros past cout.
+__attribute__((target("avx512f"))) void pack_weight_block(const float* w, int64_t k, int64_t cout, int64_t c0,
+                                                          int64_t nv, int64_t j0, int64_t j1, float* dst) {
+  const __m512i rows = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                          _mm512_set1_epi32(static_cast<int>(k)));
+  for (int64_t v = 0; v < nv; v++) {
+    const int64_t first = c0 + 16 * v, left = std::clamp<int64_t>(cout - first, 0, 16);
+    const __mmask16 m = static_cast<__mmask16>((1u << left) - 1);
+    const float* src = w + std::min(first, cout - 1) * k;
+    for (int64_t j = j0; j < j1; j++) {
+      _mm512_storeu_ps(dst + j * 16 * nv + 16 * v,
+                       _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, rows, src + j, 4));
+    }
+  }
+}
+
+// pack_weight_block with AVX2's 8-lane gathers (a scalar transpose took 8%
+// of a diffusion run).
+__attribute__((target("avx2"))) void pack_weight_block_avx2(const float* w, int64_t k, int64_t cout, int64_t c0,
+                                                            int64_t nv, int64_t j0, int64_t j1, float* dst) {
+  const __m256i rows = _mm256_mullo_epi32(_mm256_set_epi32(7, 6, 5, 4, 3, 2, 1, 0),
+                                          _mm256_set1_epi32(static_cast<int>(k)));
+  for (int64_t v = 0; v < 2 * nv; v++) {
+    const int64_t first = c0 + 8 * v, left = std::clamp<int64_t>(cout - first, 0, 8);
+    const __m256i lane = _mm256_set_epi32(7, 6, 5, 4, 3, 2, 1, 0);
+    const __m256 m = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(left)), lane));
+    const float* src = w + std::min(first, cout - 1) * k;
+    for (int64_t j = j0; j < j1; j++) {
+      _mm256_storeu_ps(dst + j * 16 * nv + 8 * v, _mm256_mask_i32gather_ps(_mm256_setzero_ps(), src + j, rows, m, 4));
+    }
+  }
+}
+
+// The calling thread's buffers: the padded input and the packed weight.
+float* direct_buffer(int which, int64_t n) {
+  thread_local std::vector<float> bufs[2];
+  auto& b = bufs[which];
+  if (static_cast<int64_t>(b.size()) < n) b.resize(n);
+  return b.data();
+}
+
+// The weight (cout, k) in blocks of 64 output channels, the last of 16, 32
+// or 48 (zero-padded), each (k, 16·nv), and the bias padded alike; in the
+// calling thread's buffer (valid until its next pack_weight).
+struct PackedWeight {
+  struct Block {
+    int64_t c0, nv, offset;
+  };
+  std::vector<Block> blocks;
+  const float* w;     // the blocks
+  const float* bias;  // per padded output channel
+  int64_t k, cout;
+  bool avx512;  // the level when packed: a test may change it meanwhile
+
+  // Positions a multiply takes.
+  int64_t rows(const Block& b) const { return avx512 ? rows_for(static_cast<int>(b.nv)) : kAvx2Rows; }
+
+  // dst[r] (null: dropped) = the kh×kw windows at in[r] (of `wp`-wide rows
+  // of `cin`-float pixels) times block b, plus its bias.
+  void multiply(const Block& b, const float* const* in, int64_t cin, int64_t wp, int64_t kh, int64_t kw,
+                float* const* dst) const {
+    const float* wb = w + b.offset;
+    const float* bb = bias + b.offset / k;
+    const int64_t cols = std::min<int64_t>(16 * b.nv, cout - b.c0);
+    if (!avx512) {
+      for (int64_t s = 0; s < b.nv && 16 * s < cols; s++) {
+        float* part[kAvx2Rows];
+        for (int r = 0; r < kAvx2Rows; r++) part[r] = dst[r] ? dst[r] + 16 * s : nullptr;
+        conv_micro_avx2(in, cin, wp, kh, kw, wb + 16 * s, 16 * b.nv, bb + 16 * s, part, cols - 16 * s);
+      }
+      return;
+    }
+    switch (b.nv) {
+      case 1: conv_micro<rows_for(1), 1>(in, cin, wp, kh, kw, wb, bb, dst, cols); break;
+      case 2: conv_micro<rows_for(2), 2>(in, cin, wp, kh, kw, wb, bb, dst, cols); break;
+      case 3: conv_micro<rows_for(3), 3>(in, cin, wp, kh, kw, wb, bb, dst, cols); break;
+      default: conv_micro<rows_for(4), 4>(in, cin, wp, kh, kw, wb, bb, dst, cols); break;
+    }
+  }
+};
+
+PackedWeight pack_weight(const float* w, const float* bias, int64_t cout, int64_t k) {
+  PackedWeight p;
+  p.avx512 = avx512_on();
+  int64_t packed = 0;
+  for (int64_t c0 = 0; c0 < cout; c0 += 64) {
+    const int64_t nv = std::min<int64_t>(4, (cout - c0 + 15) / 16);
+    p.blocks.push_back({c0, nv, packed});
+    packed += k * 16 * nv;
+  }
+  const int64_t padded_cout = packed / k;
+  float* pw = direct_buffer(1, packed + padded_cout);
+  float* pb = pw + packed;
+  // Runs of 64 weight columns per task, 16 output channels gathered at a
+  // time (the 16 weight rows' lines stay in L1 along the run): a scalar
+  // transpose took 8% of a diffusion run.
+  parallel((k + 63) / 64, 64 * padded_cout, [&](int64_t lo, int64_t hi) {
+    for (const auto& b : p.blocks) {
+      const int64_t j0 = lo * 64, j1 = std::min(k, hi * 64), width = 16 * b.nv;
+      if (p.avx512) {
+        pack_weight_block(w, k, cout, b.c0, b.nv, j0, j1, pw + b.offset);
+        continue;
+      }
+      pack_weight_block_avx2(w, k, cout, b.c0, b.nv, j0, j1, pw + b.offset);
+    }
+  });
+  for (const auto& b : p.blocks) {
+    for (int64_t o = 0; o < 16 * b.nv; o++) pb[b.offset / k + o] = bias != nullptr && b.c0 + o < cout ? bias[b.c0 + o] : 0.0f;
+  }
+  p.w = pw;
+  p.bias = pb;
+  p.k = k;
+  p.cout = cout;
+  return p;
+}
+
+// y (m, n) = x (m, k) · w (n, k)ᵀ + bias with the direct kernel's register
+// tiles, x read in place: OpenBLAS spent as long packing both operands of
+// these small-k products (k = 128-1024) as multiplying.
+void direct_linear(const float* x, const float* w, const float* bias, float* y, int64_t m, int64_t n, int64_t k) {
+  const PackedWeight pw = pack_weight(w, bias, n, k);
+  const int64_t nb = static_cast<int64_t>(pw.blocks.size());
+  auto task = [&](int64_t it) {
+    const int64_t v0 = it / nb * kDirectStep, v1 = std::min(m, v0 + kDirectStep);
+    const PackedWeight::Block& b = pw.blocks[it % nb];
+    const int64_t rows = pw.rows(b);
+    for (int64_t v = v0; v < v1; v += rows) {
+      const float* src[16];
+      float* dst[16];
+      for (int64_t r = 0; r < rows; r++) {
+        const bool live = v + r < v1;
+        src[r] = x + (live ? v + r : v0) * k;  // past the end: any valid row, dropped
+        dst[r] = live ? y + (v + r) * n + b.c0 : nullptr;
+      }
+      pw.multiply(b, src, k, 0, 1, 1, dst);
+    }
+  };
+  const int64_t tasks = (m + kDirectStep - 1) / kDirectStep * nb;
+  if (m * n * k < (int64_t{1} << 20)) {
+    for (int64_t it = 0; it < tasks; it++) task(it);
+  } else {
+    Pool::get().run(tasks, task);
+  }
+}
+
+// y = conv(x, w) + bias (see above).
+void direct_conv(const float* x, const float* w, const float* bias, float* y, const ConvShape& s) {
+  const int64_t hp = s.h + 2 * s.ph, wpad = s.w + 2 * s.pw, cin = s.cin, k = s.kh * s.kw * cin;
+  const int64_t image = hp * wpad * cin;
+  float* px = direct_buffer(0, s.n * image);
+  parallel(s.n * hp, wpad * cin, [&](int64_t lo, int64_t hi) {
+    for (int64_t it = lo; it < hi; it++) {
+      const int64_t img = it / hp, py = it % hp, iy = py - s.ph;
+      float* row = px + img * image + py * wpad * cin;
+      if (iy < 0 || iy >= s.h) {
+        std::fill(row, row + wpad * cin, 0.0f);
+      } else {
+        std::fill(row, row + s.pw * cin, 0.0f);
+        std::memcpy(row + s.pw * cin, x + ((img * s.h + iy) * s.w) * cin, sizeof(float) * s.w * cin);
+        std::fill(row + (s.pw + s.w) * cin, row + wpad * cin, 0.0f);
+      }
+    }
+  });
+  const PackedWeight pw = pack_weight(w, bias, s.cout, k);
+  // Tasks of kDirectStep output positions × one block of output channels,
+  // handed out one at a time (consecutive ones share their input rows): with
+  // a few big tasks a thread, one thread was often left with a whole extra
+  // one (a fifth of a UNet conv's time; the 8×8 level had 3 tasks for 2).
+  const int64_t positions = s.n * s.oh * s.ow, per_image = s.oh * s.ow;
+  auto window = [&](int64_t p) {
+    const int64_t img = p / per_image, oy = p % per_image / s.ow, ox = p % s.ow;
+    return px + img * image + (oy * s.sh * wpad + ox * s.sw) * cin;
+  };
+  const int64_t nb = static_cast<int64_t>(pw.blocks.size());
+  auto task = [&](int64_t it) {
+    const int64_t p0 = it / nb * kDirectStep, p1 = std::min(positions, p0 + kDirectStep);
+    const PackedWeight::Block& b = pw.blocks[it % nb];
+    const int64_t rows = pw.rows(b);
+    for (int64_t p = p0; p < p1; p += rows) {
+      const float* src[16];
+      float* dst[16];
+      for (int64_t r = 0; r < rows; r++) {
+        const bool live = p + r < p1;
+        src[r] = window(live ? p + r : p0);  // past the end: any valid window, dropped
+        dst[r] = live ? y + (p + r) * s.cout + b.c0 : nullptr;
+      }
+      pw.multiply(b, src, cin, wpad, s.kh, s.kw, dst);
+    }
+  };
+  const int64_t tasks = (positions + kDirectStep - 1) / kDirectStep * nb;
+  if (positions * k * s.cout < (int64_t{1} << 20)) {
+    for (int64_t it = 0; it < tasks; it++) task(it);
+  } else {
+    Pool::get().run(tasks, task);
+  }
+}
+#endif
+
+// y = a · wᵀ (+ bias) over many rows: the direct kernel where it runs and
+// there are a few tasks for every core, else one sgemm a core.
+void linear_rows(const float* a, const float* w, const float* bias, float* y, int64_t m, int64_t n, int64_t k) {
+#ifdef MLXE_AVX512_KERNELS
+  if (direct_on() && m >= 4 * kDirectStep) {
+    direct_linear(a, w, bias, y, m, n, k);
+    return;
+  }
+#endif
+  threaded_gemm(a, w, bias, y, m, n, k);
+}
+
 class Conv2dKernel : public mx::UnaryPrimitive {
  public:
   Conv2dKernel(mx::Stream st, ConvShape s, bool bias) : mx::UnaryPrimitive(st), s_(s), bias_(bias) {}
@@ -216,9 +579,15 @@ class Conv2dKernel : public mx::UnaryPrimitive {
       if (positions == 0) return;
       if (s.kh == 1 && s.kw == 1 && s.sh == 1 && s.sw == 1 && s.ph == 0 && s.pw == 0) {
         // A 1×1 stride-1 convolution is a product with the input in place.
-        threaded_gemm(x, w, b, y, positions, s.cout, s.cin);
+        linear_rows(x, w, b, y, positions, s.cout, s.cin);
         return;
       }
+#ifdef MLXE_AVX512_KERNELS
+      if (direct_on()) {
+        direct_conv(x, w, b, y, s);
+        return;
+      }
+#endif
       const int64_t hw = std::max(1u, std::thread::hardware_concurrency());
       const int64_t rows = tile_rows(positions, hw), tiles = (positions + rows - 1) / rows;
       SerialBlas serial(tiles > 1 && hw > 1);
@@ -479,6 +848,180 @@ MLXE_CLONES void attend_head(const float* q, const float* k, const float* v, flo
   }
 }
 
+#ifdef MLXE_AVX512_KERNELS
+#pragma GCC push_options
+#pragma GCC target("avx512f,fma")
+// GCC 12 warns inside its own headers (an "uninitialised" _mm512_undefined_ps
+// in _mm512_max_ps and the reductions) once these are inlined here.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+// exp(x) = 2^n·e^r as exp_approx (same reduction and polynomial, 0 below
+// -87 and for -inf) with AVX-512's rounding and scalef: 16 instructions
+// where the portable loop needs ~21 (at head size 16, attention spent as long
+// in exp as in both products). Lanes below -87 are zeroed rather than left
+// to scalef's denormals: each denormal result costs a microcode assist, which
+// made 77-key cross-attention (3 padded keys a row) twice as slow.
+inline __m512 exp512(__m512 x) {
+  const __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_GE_OQ);
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_maskz_mov_ps(live, _mm512_scalef_ps(p, n));
+}
+
+// Lane sum and lane max (GCC 12's _mm512_reduce_* warn about an
+// uninitialised value in its own header).
+inline float lane_sum(__m512 v) {
+  alignas(64) float t[16];
+  _mm512_store_ps(t, v);
+  float s = 0.0f;
+  for (float x : t) s += x;
+  return s;
+}
+inline float lane_max(__m512 v) {
+  alignas(64) float t[16];
+  _mm512_store_ps(t, v);
+  float m = t[0];
+  for (float x : t) m = std::max(m, x);
+  return m;
+}
+
+// attend_head with intrinsics: scores for 32 keys × 8 queries a step (16
+// accumulators: two key vectors per 8 query broadcasts), the fast exp, and
+// P·V over two keys a step into 16 accumulators (8 chains of FMAs left the
+// units waiting on latency at head size 16). Same buffers and layout.
+void attend_head_avx512(const float* q, const float* k, const float* v, float* out, int64_t l, int64_t sl,
+                        int64_t qstride, int64_t kstride, int64_t d, float scale, float* kt, float* vh, float* probs,
+                        float* qb_buf) {
+  const int64_t spad = (sl + LANES - 1) / LANES * LANES;
+  const int64_t dpad = (d + 7) / 8 * 8;
+  const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  for (int64_t c = 0; c < d; c++) {
+    float* row = kt + c * spad;
+    for (int64_t j = 0; j < sl; j++) row[j] = k[j * kstride + c];
+    for (int64_t j = sl; j < spad; j++) row[j] = 0.0f;
+  }
+  for (int64_t j = 0; j < sl; j++) {
+    std::memcpy(vh + j * dpad, v + j * kstride, sizeof(float) * d);
+    for (int64_t c = d; c < dpad; c++) vh[j * dpad + c] = 0.0f;
+  }
+  // Lanes of the 16-key block at j0 that hold keys (the rest score -inf).
+  auto key_mask = [&](int64_t j0) -> __mmask16 {
+    const int64_t n = std::clamp<int64_t>(sl - j0, 0, 16);
+    return static_cast<__mmask16>((1u << n) - 1);
+  };
+  for (int64_t i0 = 0; i0 < l; i0 += QB) {
+    const int64_t qb = std::min(QB, l - i0);
+    for (int64_t qi = 0; qi < QB; qi++) {
+      for (int64_t c = 0; c < d; c++) qb_buf[qi * d + c] = qi < qb ? q[(i0 + qi) * qstride + c] * scale : 0.0f;
+    }
+    __m512 mx[QB];
+#pragma GCC unroll 8
+    for (int64_t qi = 0; qi < QB; qi++) mx[qi] = neg_inf;
+    int64_t j0 = 0;
+    for (; j0 + 2 * LANES <= spad; j0 += 2 * LANES) {
+      __m512 a0[QB], a1[QB];
+#pragma GCC unroll 8
+      for (int64_t qi = 0; qi < QB; qi++) a0[qi] = a1[qi] = _mm512_setzero_ps();
+      for (int64_t c = 0; c < d; c++) {
+        const __m512 k0 = _mm512_loadu_ps(kt + c * spad + j0), k1 = _mm512_loadu_ps(kt + c * spad + j0 + LANES);
+#pragma GCC unroll 8
+        for (int64_t qi = 0; qi < QB; qi++) {
+          const __m512 qv = _mm512_set1_ps(qb_buf[qi * d + c]);
+          a0[qi] = _mm512_fmadd_ps(qv, k0, a0[qi]);
+          a1[qi] = _mm512_fmadd_ps(qv, k1, a1[qi]);
+        }
+      }
+      const __mmask16 m0 = key_mask(j0), m1 = key_mask(j0 + LANES);
+#pragma GCC unroll 8
+      for (int64_t qi = 0; qi < QB; qi++) {
+        a0[qi] = _mm512_mask_mov_ps(neg_inf, m0, a0[qi]);
+        a1[qi] = _mm512_mask_mov_ps(neg_inf, m1, a1[qi]);
+        _mm512_storeu_ps(probs + qi * spad + j0, a0[qi]);
+        _mm512_storeu_ps(probs + qi * spad + j0 + LANES, a1[qi]);
+        mx[qi] = _mm512_max_ps(mx[qi], _mm512_max_ps(a0[qi], a1[qi]));
+      }
+    }
+    if (j0 < spad) {
+      __m512 a0[QB];
+#pragma GCC unroll 8
+      for (int64_t qi = 0; qi < QB; qi++) a0[qi] = _mm512_setzero_ps();
+      for (int64_t c = 0; c < d; c++) {
+        const __m512 k0 = _mm512_loadu_ps(kt + c * spad + j0);
+#pragma GCC unroll 8
+        for (int64_t qi = 0; qi < QB; qi++) a0[qi] = _mm512_fmadd_ps(_mm512_set1_ps(qb_buf[qi * d + c]), k0, a0[qi]);
+      }
+      const __mmask16 m0 = key_mask(j0);
+#pragma GCC unroll 8
+      for (int64_t qi = 0; qi < QB; qi++) {
+        a0[qi] = _mm512_mask_mov_ps(neg_inf, m0, a0[qi]);
+        _mm512_storeu_ps(probs + qi * spad + j0, a0[qi]);
+        mx[qi] = _mm512_max_ps(mx[qi], a0[qi]);
+      }
+    }
+    // exp over all 8 queries a key block: 8 independent chains (one query's
+    // few blocks at a time left the units waiting on exp's latency).
+    __m512 mv[QB], sum[QB];
+#pragma GCC unroll 8
+    for (int64_t qi = 0; qi < QB; qi++) {
+      mv[qi] = _mm512_set1_ps(lane_max(mx[qi]));
+      sum[qi] = _mm512_setzero_ps();
+    }
+    for (int64_t j = 0; j < spad; j += LANES) {
+#pragma GCC unroll 8
+      for (int64_t qi = 0; qi < QB; qi++) {
+        float* p = probs + qi * spad + j;
+        const __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(p), mv[qi]));
+        _mm512_storeu_ps(p, e);
+        sum[qi] = _mm512_add_ps(sum[qi], e);
+      }
+    }
+    float inv[QB];
+#pragma GCC unroll 8
+    for (int64_t qi = 0; qi < QB; qi++) inv[qi] = 1.0f / lane_sum(sum[qi]);
+    for (int64_t c0 = 0; c0 < d; c0 += LANES) {
+      const __mmask16 cm = static_cast<__mmask16>(d - c0 >= LANES ? 0xffffu : (1u << (d - c0)) - 1);
+      __m512 a0[QB], a1[QB];
+#pragma GCC unroll 8
+      for (int64_t qi = 0; qi < QB; qi++) a0[qi] = a1[qi] = _mm512_setzero_ps();
+      int64_t j = 0;
+      for (; j + 2 <= sl; j += 2) {
+        const __m512 v0 = _mm512_maskz_loadu_ps(cm, vh + j * dpad + c0);
+        const __m512 v1 = _mm512_maskz_loadu_ps(cm, vh + (j + 1) * dpad + c0);
+#pragma GCC unroll 8
+        for (int64_t qi = 0; qi < QB; qi++) {
+          a0[qi] = _mm512_fmadd_ps(_mm512_set1_ps(probs[qi * spad + j]), v0, a0[qi]);
+          a1[qi] = _mm512_fmadd_ps(_mm512_set1_ps(probs[qi * spad + j + 1]), v1, a1[qi]);
+        }
+      }
+      if (j < sl) {
+        const __m512 v0 = _mm512_maskz_loadu_ps(cm, vh + j * dpad + c0);
+#pragma GCC unroll 8
+        for (int64_t qi = 0; qi < QB; qi++) a0[qi] = _mm512_fmadd_ps(_mm512_set1_ps(probs[qi * spad + j]), v0, a0[qi]);
+      }
+#pragma GCC unroll 8
+      for (int64_t qi = 0; qi < qb; qi++) {
+        _mm512_mask_storeu_ps(out + (i0 + qi) * qstride + c0, cm,
+                              _mm512_mul_ps(_mm512_add_ps(a0[qi], a1[qi]), _mm512_set1_ps(inv[qi])));
+      }
+    }
+  }
+}
+
+#pragma GCC diagnostic pop
+#pragma GCC pop_options
+#endif
+
 class AttentionKernel : public mx::UnaryPrimitive {
  public:
   AttentionKernel(mx::Stream st, int heads, float scale) : mx::UnaryPrimitive(st), heads_(heads), scale_(scale) {}
@@ -503,13 +1046,26 @@ class AttentionKernel : public mx::UnaryPrimitive {
       const float* vp = v.data<float>();
       float* y = out.data<float>();
       const int64_t spad = (sl + LANES - 1) / LANES * LANES, dpad = (d + 7) / 8 * 8;
-      parallel(b * heads, std::max<int64_t>(1, l * sl * d / 8), [&](int64_t lo, int64_t hi) {
-        std::vector<float> kt(d * spad), vh(sl * dpad), probs(QB * spad), qbuf(QB * d);
+      // Work items are (batch, head, run of queries): runs only when there are
+      // too few heads to go round (the VAE's single head ran on one core);
+      // each run transposes its head's keys again.
+      const int64_t threads = Pool::get().size();
+      const int64_t runs = std::min((l + QB - 1) / QB, (4 * threads + b * heads - 1) / (b * heads));
+      const int64_t run_len = ((l + runs - 1) / runs + QB - 1) / QB * QB;
+      parallel(b * heads * runs, std::max<int64_t>(1, run_len * sl * d / 8), [&](int64_t lo, int64_t hi) {
+        // probs 64-byte aligned: its rows are stored as whole vectors and read back as scalars.
+        std::vector<float> kt(d * spad), vh(sl * dpad), probs_buf(QB * spad + 16), qbuf(QB * d);
+        float* probs = probs_buf.data() + (16 - reinterpret_cast<uintptr_t>(probs_buf.data()) / 4 % 16) % 16;
         for (int64_t it = lo; it < hi; it++) {
-          const int64_t bi = it / heads, h = it % heads;
-          attend_head(qp + bi * l * width + h * d, kp + bi * sl * width + h * d, vp + bi * sl * width + h * d,
-                      y + bi * l * width + h * d, l, sl, width, width, d, scale, kt.data(), vh.data(), probs.data(),
-                      qbuf.data());
+          const int64_t bi = it / (heads * runs), h = it / runs % heads, i0 = it % runs * run_len;
+          if (i0 >= l) continue;
+          auto* head = &attend_head;
+#ifdef MLXE_AVX512_KERNELS
+          if (avx512_on()) head = &attend_head_avx512;
+#endif
+          head(qp + (bi * l + i0) * width + h * d, kp + bi * sl * width + h * d, vp + bi * sl * width + h * d,
+               y + (bi * l + i0) * width + h * d, std::min(run_len, l - i0), sl, width, width, d, scale, kt.data(),
+               vh.data(), probs, qbuf.data());
         }
       });
     });
@@ -531,12 +1087,18 @@ class AttentionKernel : public mx::UnaryPrimitive {
 
 }  // namespace
 
+int image_kernel_level(int force) {
+  if (force >= -1) forced_level.store(force, std::memory_order_relaxed);
+  return level();
+}
+
 bool gemm_applies(const mx::array& x, const mx::array& w, mx::StreamOrDevice s) {
   return applies(x, s) && w.dtype() == mx::float32 && x.ndim() >= 1 && w.ndim() == 2 && x.shape(-1) == w.shape(1) &&
          sgemm() != nullptr;
 }
 
-mx::array gemm(const mx::array& x, const mx::array& w, const std::optional<mx::array>& bias, mx::StreamOrDevice s) {
+mx::array gemm(const mx::array& x, const mx::array& w, const std::optional<mx::array>& bias, mx::StreamOrDevice s,
+               bool image_rows) {
   if (!gemm_applies(x, w, s)) throw std::invalid_argument("gemm kernel: float32 x (…, K), w (N, K) on a CPU stream");
   auto stream = mx::to_stream(s);
   auto shape = x.shape();
@@ -548,7 +1110,8 @@ mx::array gemm(const mx::array& x, const mx::array& w, const std::optional<mx::a
     }
     inputs.push_back(mx::contiguous(mx::astype(*bias, mx::float32, stream), false, stream));
   }
-  return mx::array(shape, mx::float32, std::make_shared<GemmKernel>(stream, bias.has_value()), std::move(inputs));
+  return mx::array(shape, mx::float32, std::make_shared<GemmKernel>(stream, bias.has_value(), image_rows),
+                   std::move(inputs));
 }
 
 bool conv2d_applies(const mx::array& x, const mx::array& w, int sh, int sw, int ph, int pw, int dh, int dw, int groups,

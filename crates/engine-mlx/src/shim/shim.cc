@@ -586,6 +586,14 @@ std::unique_ptr<Array> linear_bias(const Array& x, const Array& w, const Array& 
   }
   return own(mx::add(kernels::linear(x, w), bias));
 }
+std::unique_ptr<Array> linear_rows(const Array& x, const Array& w, const ArrayList& bias) {
+  auto b = opt(bias);
+  if (kernels::gemm_applies(x, w) && x.ndim() >= 1 && x.size() / std::max(1, w.shape(1)) > kernels::SKINNY_ROWS &&
+      (!b || b->dtype() == mx::float32)) {
+    return own(kernels::gemm(x, w, b, {}, true));
+  }
+  return b ? linear_bias(x, w, *b) : linear(x, w);
+}
 std::unique_ptr<Array> rope_rows(const Array& x, int32_t dims, bool traditional, float base, bool has_base, float scale, const Array& offsets, const ArrayList& freqs) {
   std::optional<float> b = has_base ? std::optional<float>(base) : std::nullopt;
   return own(mx::fast::rope(x, dims, traditional, b, scale, offsets, opt(freqs)));
@@ -610,6 +618,7 @@ std::unique_ptr<Array> quantized_matmul(const Array& x, const Array& w, const Ar
   return own(mx::quantized_matmul(x, w, scales, b, transpose, group_size, bits));
 }
 int32_t quantized_kernel_level(int32_t force) { return kernels::quantized_kernel_level(force); }
+int32_t image_kernel_level(int32_t force) { return kernels::image_kernel_level(force); }
 bool cuda_qmv_set_enabled(bool on) {
 #ifdef MLXE_CUDA
   cuda::set_enabled(on);

@@ -144,6 +144,7 @@ std::unique_ptr<Array> attention(const Array& q, const Array& k, const Array& v,
 std::unique_ptr<Array> rope(const Array& x, int32_t dims, bool traditional, float base, bool has_base, float scale, int32_t offset, const ArrayList& freqs);
 std::unique_ptr<Array> linear(const Array& x, const Array& w);
 std::unique_ptr<Array> linear_bias(const Array& x, const Array& w, const Array& bias);
+std::unique_ptr<Array> linear_rows(const Array& x, const Array& w, const ArrayList& bias);
 std::unique_ptr<Array> rope_rows(const Array& x, int32_t dims, bool traditional, float base, bool has_base, float scale, const Array& offsets, const ArrayList& freqs);
 
 // ---- quantization
@@ -212,6 +213,7 @@ void synchronize_all();
 int32_t blas_threads(int32_t n);
 bool openblas_linked();
 int32_t quantized_kernel_level(int32_t force);
+int32_t image_kernel_level(int32_t force);
 rust::String blas_core();
 rust::String blas_library();
 
