@@ -455,7 +455,7 @@ impl Transformer {
         self.convert_with(dtype, false, false)
     }
 
-    /// [`crate::DtypePolicy::CpuKernels`]: 4- and 8-bit quantized linear
+    /// [`crate::DtypePolicy::CpuKernels`]: 4-, 5- and 8-bit quantized linear
     /// layers stay as stored (with float32 scales) for engine-mlx's quantized
     /// CPU kernels; everything else, the embedding table included, becomes
     /// dense float32 (matmuls through OpenBLAS). With `eager`, each layer is

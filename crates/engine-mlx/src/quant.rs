@@ -240,12 +240,12 @@ pub fn fused_matvec(
     Ok((!out.is_empty()).then_some(out))
 }
 
-/// Whether the CPU's own quantized kernels take weights of `spec` (4 or 8
+/// Whether the CPU's own quantized kernels take weights of `spec` (4, 5 or 8
 /// bits, groups of 32, 64 or 128): [`quantized_matmul`] uses them on a CPU
 /// stream for float32 `x` when the weights opted in (see
 /// [`Quantized::for_cpu_kernels`]), and MLX's kernels otherwise.
 pub fn cpu_kernel_supports(spec: QuantSpec) -> bool {
-    matches!(spec.bits, 4 | 8) && matches!(spec.group_size, 32 | 64 | 128)
+    matches!(spec.bits, 4 | 5 | 8) && matches!(spec.group_size, 32 | 64 | 128)
 }
 
 /// The instruction set the CPU quantized kernels use: 0 plain C, 1 AVX2,

@@ -1,5 +1,5 @@
 //! The CPU quantized kernels (`quantized_matmul` on float32 activations with
-//! 4/8-bit weights and float32 scales) against the dequantized-f32 product
+//! 4/5/8-bit weights and float32 scales) against the dequantized-f32 product
 //! computed in f64, at every instruction-set level this CPU has.
 //!
 //! Tolerance: the kernels round x to int8 per block of 32 (x ≈ d·q, d =
@@ -62,7 +62,7 @@ fn quantized_kernels_match_the_dequantized_product_at_every_level() {
     let top = quant::cpu_kernel_level();
     for level in 0..=top {
         assert_eq!(quant::force_cpu_kernel_level(Some(level)), level);
-        for (bits, group) in [(4, 32), (4, 64), (8, 32), (8, 128)] {
+        for (bits, group) in [(4, 32), (4, 64), (5, 32), (5, 64), (8, 32), (8, 128)] {
             let spec = QuantSpec {
                 group_size: group,
                 bits,

@@ -1,7 +1,8 @@
 // Quantized matrix products on the CPU, straight from MLX's affine layout
-// (4- or 8-bit unsigned values packed in uint32 words, one f32 scale and bias
-// per group of 32, 64 or 128), which is also what GGUF Q4_0/Q4_1/Q8_0/Q4_K
-// blocks load as. See quantized_linear in cpu_kernels.h.
+// (4-, 5- or 8-bit unsigned values packed in uint32 words, one f32 scale and
+// bias per group of 32, 64 or 128), which is also what GGUF Q4_0/Q4_1/Q8_0/
+// Q4_K (4/8-bit) and Q5_0/Q5_1/Q5_K (5-bit) blocks load as. See
+// quantized_linear in cpu_kernels.h.
 //
 // y[m][n] = Σ_g s[n][g] · Σ_{i∈g} q[n][i]·x[m][i] + b[n][g] · Σ_{i∈g} x[m][i].
 // The activations are quantized per block of 32 to int8 (x ≈ d·xq, |xq| ≤ 127),
@@ -14,8 +15,10 @@
 // Layout: a 4-bit block of 32 is 16 bytes, element 2j in the low nibble of
 // byte j and 2j+1 in the high nibble, so one 16-byte load split into low and
 // high nibbles gives [even elements | odd elements]; the quantized activations
-// of each block are stored in that same order. An 8-bit block is 32 bytes in
-// element order.
+// of each block are stored in that same order. A 5-bit block is 20 bytes, a
+// little-endian bit stream (element i at bits 5i..5i+4); it unpacks as
+// [0..7 | 16..23 | 8..15 | 24..31] (see unpack5), the order its activations
+// are stored in. An 8-bit block is 32 bytes in element order.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -41,7 +44,7 @@ constexpr int64_t kBlock = 32;
 
 // What one product needs, with the activations already quantized.
 struct Args {
-  const int8_t* xq;  // (M, K), each 4-bit block in [evens | odds] order
+  const int8_t* xq;  // (M, K), each block in its weights' unpacked order
   const float* dx;   // (M, K/32) activation scale per block
   const float* sxg;  // (M, K/group) Σ x per weight group
   const uint8_t* w;  // (N, K·bits/8)
@@ -51,7 +54,16 @@ struct Args {
   int64_t m, n, k, group, bits;
 };
 
-void quantize_activations(const float* x, int64_t m, int64_t k, int64_t group, bool nibble_order, int8_t* xq,
+// Where element i of a block of 32 sits once its weights are unpacked: 4-bit
+// blocks as [evens | odds], 5-bit ones with the middle eighths swapped, 8-bit
+// ones in order.
+inline int64_t unpacked_position(int64_t i, int64_t bits) {
+  if (bits == 4) return (i & 1) * 16 + i / 2;
+  if (bits == 5 && i >= 8 && i < 24) return i < 16 ? i + 8 : i - 8;
+  return i;
+}
+
+void quantize_activations(const float* x, int64_t m, int64_t k, int64_t group, int64_t bits, int8_t* xq,
                           float* dx, float* sxg) {
   const int64_t nb = k / kBlock, ng = k / group;
   for (int64_t r = 0; r < m; r++) {
@@ -69,7 +81,7 @@ void quantize_activations(const float* x, int64_t m, int64_t k, int64_t group, b
         // Round half away from zero without a libm call, so the loop vectorises.
         const float t = v[i] * inv;
         const int8_t q = static_cast<int8_t>(static_cast<int32_t>(t + (t >= 0.0f ? 0.5f : -0.5f)));
-        out[nibble_order ? (i & 1) * 16 + i / 2 : i] = q;
+        out[unpacked_position(i, bits)] = q;
       }
       dx[r * nb + blk] = d;
       sxg[r * ng + blk * kBlock / group] += sum;
@@ -99,6 +111,16 @@ void rows_scalar(const Args& a, int64_t n0, int64_t n1) {
           const uint8_t* wb = wr + blk * 16;
           const int8_t* xb = xr + blk * kBlock;
           for (int j = 0; j < 16; j++) dot += (wb[j] & 15) * xb[j] + (wb[j] >> 4) * xb[16 + j];
+        } else if (a.bits == 5) {
+          const uint8_t* wb = wr + blk * 20;
+          const int8_t* xb = xr + blk * kBlock;
+          for (int j = 0; j < kBlock; j++) {
+            const int bit = 5 * j;
+            // The high byte only where the value crosses a byte boundary (never
+            // past the block's 20 bytes).
+            const int word = wb[bit / 8] | ((bit % 8) > 3 ? wb[bit / 8 + 1] << 8 : 0);
+            dot += ((word >> (bit % 8)) & 31) * xb[unpacked_position(j, 5)];
+          }
         } else {
           const uint8_t* wb = wr + blk * kBlock;
           const int8_t* xb = xr + blk * kBlock;
@@ -134,6 +156,30 @@ void rows_scalar(const Args& a, int64_t n0, int64_t n1) {
   }                                                                                                            \
   /* MT rows of x against one weight row: each weight block is unpacked once;   \
      two accumulators per row (even and odd blocks) hide the FMA latency. */    \
+  /* A 5-bit block's 32 values as bytes in the order                          \
+     [0..7 | 16..23 | 8..15 | 24..31]: each value's two bytes gathered into a  \
+     16-bit lane (within its 5-byte group of 8 values, value j starts at bit   \
+     s = 5j mod 8 of byte 5j/8), shifted up to bits 7..11 by a multiply by     \
+     2^(7-s) (AVX2 has no per-lane 16-bit shift), then down by 7. The loads    \
+     (bytes 0..15 and 4..19) stay inside the block. */                         \
+  inline __m256i unpack5(const uint8_t* wb) {                                   \
+    const __m256i lo = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wb))); \
+    const __m256i hi = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wb + 4))); \
+    /* Byte pairs of values 0..7 (bytes 0..4) | 8..15 (5..9) from lo, values  \
+       16..23 (bytes 10..14) | 24..31 (15..19) from hi; the last value of     \
+       each group lies in one byte (its high byte is zeroed). */              \
+    const __m256i ia = _mm256_setr_epi8(0, 1, 0, 1, 1, 2, 1, 2, 2, 3, 3, 4, 3, 4, 4, -128, \
+                                        5, 6, 5, 6, 6, 7, 6, 7, 7, 8, 8, 9, 8, 9, 9, -128); \
+    const __m256i ib = _mm256_setr_epi8(6, 7, 6, 7, 7, 8, 7, 8, 8, 9, 9, 10, 9, 10, 10, -128, \
+                                        11, 12, 11, 12, 12, 13, 12, 13, 13, 14, 14, 15, 14, 15, 15, -128); \
+    const __m256i mul = _mm256_setr_epi16(128, 4, 32, 1, 8, 64, 2, 16, 128, 4, 32, 1, 8, 64, 2, 16); \
+    const __m256i five = _mm256_set1_epi16(31);                                \
+    const __m256i a = _mm256_and_si256(                                         \
+        _mm256_srli_epi16(_mm256_mullo_epi16(_mm256_shuffle_epi8(lo, ia), mul), 7), five); \
+    const __m256i b = _mm256_and_si256(                                         \
+        _mm256_srli_epi16(_mm256_mullo_epi16(_mm256_shuffle_epi8(hi, ib), mul), 7), five); \
+    return _mm256_packus_epi16(a, b);                                           \
+  }                                                                             \
   template <int MT, int BITS>                                                   \
   inline void block(const Args& a, const uint8_t* wr, const float* sr, int64_t blk, int64_t r0, int gshift, \
                     __m256 (&acc)[MT]) {                                        \
@@ -144,6 +190,8 @@ void rows_scalar(const Args& a, int64_t n0, int64_t n1) {
     if constexpr (BITS == 4) {                                                  \
       const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wr + blk * 16)); \
       w0 = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low); \
+    } else if constexpr (BITS == 5) {                                           \
+      w0 = unpack5(wr + blk * 20);                                              \
     } else {                                                                    \
       w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + blk * kBlock)); \
     }                                                                           \
@@ -151,7 +199,7 @@ void rows_scalar(const Args& a, int64_t n0, int64_t n1) {
       const __m256i xv =                                                        \
           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.xq + (r0 + r) * a.k + blk * kBlock)); \
       __m256i p;                                                                \
-      if constexpr (BITS == 4) {                                                \
+      if constexpr (BITS == 4 || BITS == 5) { /* values ≤ 31: no saturation */  \
         p = DOT4(w0, xv);                                                       \
       } else {                                                                  \
         p = DOT8(w0, xv, low);                                                  \
@@ -195,6 +243,8 @@ void rows_scalar(const Args& a, int64_t n0, int64_t n1) {
   void rows(const Args& a, int64_t n0, int64_t n1) {                                                           \
     if (a.bits == 4) {                                                                                         \
       rows_bits<4>(a, n0, n1);                                                                                 \
+    } else if (a.bits == 5) {                                                                                  \
+      rows_bits<5>(a, n0, n1);                                                                                 \
     } else {                                                                                                   \
       rows_bits<8>(a, n0, n1);                                                                                 \
     }                                                                                                          \
@@ -206,7 +256,7 @@ void rows_scalar(const Args& a, int64_t n0, int64_t n1) {
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
-// u8·s8 pairs summed to i16 (at most 2·15·127 for nibbles: no saturation),
+// u8·s8 pairs summed to i16 (at most 2·31·127 for 4/5-bit values: no saturation),
 // then pairs of i16 to i32. An 8-bit value is split into nibbles: 16·hi + lo.
 #define MLXE_DOT4_AVX2(w, x) _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1))
 #define MLXE_DOT8_AVX2(w, x, low)                                                                           \
@@ -270,7 +320,7 @@ void compute(const float* x, const uint8_t* w, const float* s, const float* b, f
   scratch.xq.resize(static_cast<size_t>(m * k));
   scratch.dx.resize(static_cast<size_t>(m * (k / kBlock)));
   scratch.sxg.resize(static_cast<size_t>(m * (k / group)));
-  quantize_activations(x, m, k, group, bits == 4, scratch.xq.data(), scratch.dx.data(), scratch.sxg.data());
+  quantize_activations(x, m, k, group, bits, scratch.xq.data(), scratch.dx.data(), scratch.sxg.data());
   const Args a{scratch.xq.data(), scratch.dx.data(), scratch.sxg.data(), w, s, b, y, m, n, k, group, bits};
   const int level = active_level();
   // Tasks of about 32 KiB of weights (times up to 4 rows of x), a multiple
@@ -327,7 +377,8 @@ class QuantizedLinearKernel : public mx::UnaryPrimitive {
 bool quantized_linear_applies(const mx::array& x, const mx::array& w, const mx::array& scales,
                               const mx::array& biases, int group, int bits, mx::StreamOrDevice s) {
   if (!applies(x, s) || x.ndim() < 1 || w.ndim() != 2 || w.dtype() != mx::uint32) return false;
-  if ((bits != 4 && bits != 8) || (group != 32 && group != 64 && group != 128)) return false;
+  if ((bits != 4 && bits != 5 && bits != 8) || (group != 32 && group != 64 && group != 128)) return false;
+  if (static_cast<int64_t>(w.shape(1)) * 32 % bits != 0) return false;
   const int64_t k = static_cast<int64_t>(w.shape(1)) * 32 / bits;
   if (x.shape(-1) != k || k % group != 0 || k == 0) return false;
   const mx::Shape groups{w.shape(0), static_cast<int>(k / group)};
@@ -339,7 +390,7 @@ mx::array quantized_linear(const mx::array& x, const mx::array& w, const mx::arr
                            const mx::array& biases, int group, int bits, mx::StreamOrDevice s) {
   if (!quantized_linear_applies(x, w, scales, biases, group, bits, s)) {
     throw std::invalid_argument(
-        "quantized_linear kernel: float32 x on a CPU stream, 4- or 8-bit weights in groups of 32, 64 or 128 "
+        "quantized_linear kernel: float32 x on a CPU stream, 4-, 5- or 8-bit weights in groups of 32, 64 or 128 "
         "with float32 scales and biases");
   }
   auto stream = mx::to_stream(s);
