@@ -314,26 +314,49 @@ struct Scratch {
   std::vector<float> dx, sxg;
 };
 
-void compute(const float* x, const uint8_t* w, const float* s, const float* b, float* y, int64_t m, int64_t n,
-             int64_t k, int64_t group, int64_t bits) {
+// Quantizes x (m, k) into the thread's scratch; returns the products' Args
+// with no weights yet.
+Args quantized_x(const float* x, int64_t m, int64_t k, int64_t group, int64_t bits) {
   thread_local Scratch scratch;
   scratch.xq.resize(static_cast<size_t>(m * k));
   scratch.dx.resize(static_cast<size_t>(m * (k / kBlock)));
   scratch.sxg.resize(static_cast<size_t>(m * (k / group)));
   quantize_activations(x, m, k, group, bits, scratch.xq.data(), scratch.dx.data(), scratch.sxg.data());
-  const Args a{scratch.xq.data(), scratch.dx.data(), scratch.sxg.data(), w, s, b, y, m, n, k, group, bits};
+  return Args{scratch.xq.data(), scratch.dx.data(), scratch.sxg.data(), nullptr, nullptr, nullptr, nullptr,
+              m, 0, k, group, bits};
+}
+
+// The products of several matrices against one quantized x, in one pool run:
+// tasks of about 32 KiB of weights (times up to 4 rows of x), a multiple of
+// the thread count so the threads finish together; at least 4 weight rows
+// each.
+void products(const std::vector<Args>& as) {
   const int level = active_level();
-  // Tasks of about 32 KiB of weights (times up to 4 rows of x), a multiple
-  // of the thread count so the threads finish together; at least 4 weight
-  // rows each.
   Pool& pool = Pool::get();
-  const int64_t work = n * (k * bits / 8) * std::min<int64_t>(m, 4);
-  int64_t tasks = std::max<int64_t>(pool.size(), (work + (32 << 10) - 1) / (32 << 10));
-  tasks = (tasks + pool.size() - 1) / pool.size() * pool.size();
-  tasks = std::max<int64_t>(1, std::min(tasks, n / 4));
-  const int64_t per = (n + tasks - 1) / tasks;
-  tasks = (n + per - 1) / per;
-  pool.run(tasks, [&](int64_t t) { run_rows(a, level, t * per, std::min(n, (t + 1) * per)); });
+  struct Task {
+    const Args* a;
+    int64_t n0, n1;
+  };
+  std::vector<Task> tasks;
+  int64_t work = 0;
+  for (const Args& a : as) work += a.n * (a.k * a.bits / 8) * std::min<int64_t>(a.m, 4);
+  int64_t want = std::max<int64_t>(pool.size(), (work + (32 << 10) - 1) / (32 << 10));
+  want = (want + pool.size() - 1) / pool.size() * pool.size();
+  for (const Args& a : as) {
+    // Each matrix gets its share of the tasks by its share of the work.
+    const int64_t own = a.n * (a.k * a.bits / 8) * std::min<int64_t>(a.m, 4);
+    int64_t t = std::max<int64_t>(1, std::min<int64_t>((want * own + work - 1) / std::max<int64_t>(work, 1), a.n / 4));
+    const int64_t per = (a.n + t - 1) / t;
+    for (int64_t n0 = 0; n0 < a.n; n0 += per) tasks.push_back({&a, n0, std::min(a.n, n0 + per)});
+  }
+  pool.run(static_cast<int64_t>(tasks.size()), [&](int64_t t) { run_rows(*tasks[t].a, level, tasks[t].n0, tasks[t].n1); });
+}
+
+void compute(const float* x, const uint8_t* w, const float* s, const float* b, float* y, int64_t m, int64_t n,
+             int64_t k, int64_t group, int64_t bits) {
+  Args a = quantized_x(x, m, k, group, bits);
+  a.w = w, a.s = s, a.b = b, a.y = y, a.n = n;
+  products({a});
 }
 
 class QuantizedLinearKernel : public mx::UnaryPrimitive {
@@ -372,7 +395,196 @@ class QuantizedLinearKernel : public mx::UnaryPrimitive {
   int group_, bits_;
 };
 
+// The products of several matrices (one to three) against one x, with an
+// RMS norm of x in front and an epilogue behind, in one primitive. Inputs: x,
+// then (w, scales, biases) per matrix, the linear biases of the matrices that
+// have one, the norm's weight if any, the residual if any.
+struct FusedConfig {
+  int group, bits;
+  std::vector<bool> has_bias;
+  bool norm;
+  float eps;
+  bool residual, swiglu;
+  std::vector<mx::Shape> shapes;
+  bool operator==(const FusedConfig&) const = default;
+};
+
+class FusedQuantizedKernel : public mx::Primitive {
+ public:
+  FusedQuantizedKernel(mx::Stream s, FusedConfig cfg) : mx::Primitive(s), cfg_(std::move(cfg)) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    auto& enc = mx::cpu::get_command_encoder(stream());
+    for (auto& a : inputs) enc.set_input_array(a);
+    for (auto& o : outputs) {
+      o.set_data(mx::allocator::malloc(o.nbytes()));
+      enc.set_output_array(o);
+    }
+    std::vector<mx::array> in, out;
+    for (auto& a : inputs) in.push_back(mx::array::unsafe_weak_copy(a));
+    for (auto& o : outputs) out.push_back(mx::array::unsafe_weak_copy(o));
+    enc.dispatch([in = std::move(in), out = std::move(out), cfg = cfg_]() mutable { run(cfg, in, out); });
+  }
+  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
+    throw std::runtime_error("MlxeFusedQuantizedLinear is a CPU kernel");
+  }
+  const char* name() const override { return "MlxeFusedQuantizedLinear"; }
+  bool is_equivalent(const mx::Primitive& other) const override {
+    auto* o = dynamic_cast<const FusedQuantizedKernel*>(&other);
+    return o != nullptr && o->cfg_ == cfg_;
+  }
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>&) override { return cfg_.shapes; }
+
+ private:
+  static void run(const FusedConfig& cfg, std::vector<mx::array>& in, std::vector<mx::array>& out) {
+    const auto& [group_, bits_, has_bias_, norm_, eps_, residual_, swiglu_, shapes_] = cfg;
+    const size_t mats = has_bias_.size();
+    const int64_t k = in[1].shape(1) * 32 / bits_;
+    const int64_t m = static_cast<int64_t>(in[0].size()) / k;
+    size_t at = 1 + 3 * mats;
+    std::vector<const float*> bias(mats, nullptr);
+    for (size_t i = 0; i < mats; i++) {
+      if (has_bias_[i]) bias[i] = in[at++].data<float>();
+    }
+    const float* x = in[0].data<float>();
+    thread_local std::vector<float> normed;
+    if (norm_) {
+      // x · w / RMS(x) per row, one fixed order of operations whatever M.
+      const float* w = in[at++].data<float>();
+      normed.resize(static_cast<size_t>(m * k));
+      for (int64_t r = 0; r < m; r++) {
+        const float* xr = x + r * k;
+        float ss = 0.0f;
+        for (int64_t i = 0; i < k; i++) ss += xr[i] * xr[i];
+        const float inv = 1.0f / std::sqrt(ss / static_cast<float>(k) + eps_);
+        for (int64_t i = 0; i < k; i++) normed[r * k + i] = xr[i] * inv * w[i];
+      }
+      x = normed.data();
+    }
+    const float* residual = residual_ ? in[at++].data<float>() : nullptr;
+    const Args base = quantized_x(x, m, k, group_, bits_);
+    std::vector<Args> as(mats, base);
+    thread_local std::vector<float> gate_up;
+    if (swiglu_) gate_up.resize(static_cast<size_t>(2 * m * in[1].shape(0)));
+    for (size_t i = 0; i < mats; i++) {
+      Args& a = as[i];
+      a.w = reinterpret_cast<const uint8_t*>(in[1 + 3 * i].data<uint32_t>());
+      a.s = in[2 + 3 * i].data<float>();
+      a.b = in[3 + 3 * i].data<float>();
+      a.n = in[1 + 3 * i].shape(0);
+      a.y = swiglu_ ? gate_up.data() + i * m * a.n : out[i].data<float>();
+    }
+    products(as);
+    // Epilogues: (y + bias) + residual, or silu(gate + bias) · (up + bias),
+    // each as its composed ops would round it.
+    if (swiglu_) {
+      const int64_t n = as[0].n;
+      float* y = out[0].data<float>();
+      const float* g = gate_up.data();
+      const float* u = g + m * n;
+      for (int64_t r = 0; r < m; r++) {
+        for (int64_t c = 0; c < n; c++) {
+          const float gv = bias[0] ? g[r * n + c] + bias[0][c] : g[r * n + c];
+          const float uv = bias[1] ? u[r * n + c] + bias[1][c] : u[r * n + c];
+          y[r * n + c] = gv / (1.0f + exp_approx(-gv)) * uv;
+        }
+      }
+      return;
+    }
+    for (size_t i = 0; i < mats; i++) {
+      const int64_t n = as[i].n;
+      float* y = out[i].data<float>();
+      if (bias[i]) {
+        for (int64_t r = 0; r < m; r++)
+          for (int64_t c = 0; c < n; c++) y[r * n + c] += bias[i][c];
+      }
+      if (residual) {
+        for (int64_t j = 0; j < m * n; j++) y[j] += residual[j];
+      }
+    }
+  }
+
+  FusedConfig cfg_;
+};
+
+// A weight input as the kernels read it (rows one after another). An
+// evaluated row range of a fused matrix (Linear::fuse_outputs makes q/k/v and
+// gate/up such views) already is: MLX's `contiguous` would copy it on every
+// call.
+mx::array as_rows(const mx::array& a, mx::Stream s) {
+  if (a.is_available() && a.ndim() == 2 && a.strides(1) == 1 && a.strides(0) == a.shape(1)) return a;
+  if (a.is_available() && a.ndim() == 1 && a.strides(0) == 1) return a;
+  return mx::contiguous(a, false, s);
+}
+
 }  // namespace
+
+std::optional<std::vector<mx::array>> fused_quantized_linear(const mx::array& x, const std::vector<FusedMatrix>& mats,
+                                                             int group, int bits,
+                                                             const std::optional<std::pair<mx::array, float>>& norm,
+                                                             const std::optional<mx::array>& residual, bool swiglu,
+                                                             const std::vector<mx::Shape>& out_shapes,
+                                                             mx::StreamOrDevice s) {
+  if (mats.empty() || mats.size() > 3 || (swiglu && mats.size() != 2) || (residual && (swiglu || mats.size() != 1)))
+    return std::nullopt;
+  if (!applies(x, s) || x.ndim() < 1) return std::nullopt;
+  const int64_t k = static_cast<int64_t>(mats[0].w.shape(1)) * 32 / std::max(bits, 1);
+  if (k == 0 || static_cast<int64_t>(x.size()) % k != 0) return std::nullopt;
+  const int64_t m = static_cast<int64_t>(x.size()) / k;
+  auto stream = mx::to_stream(s);
+  // x as rows of K: the products do not care how the caller shaped it.
+  auto x2 = x.shape(-1) == k ? mx::reshape(x, {-1, static_cast<int>(k)}, stream)
+                             : mx::reshape(x, {static_cast<int>(m), static_cast<int>(k)}, stream);
+  std::vector<mx::array> inputs{mx::contiguous(x2, false, stream)};
+  std::vector<bool> has_bias;
+  std::vector<mx::array> biases;
+  std::vector<mx::Shape> shapes;
+  for (const auto& q : mats) {
+    if (!quantized_linear_applies(x2, q.w, q.scales, q.biases, group, bits, s)) return std::nullopt;
+    const int n = q.w.shape(0);
+    if (swiglu && n != mats[0].w.shape(0)) return std::nullopt;
+    for (const auto* a : {&q.w, &q.scales, &q.biases}) inputs.push_back(as_rows(*a, stream));
+    has_bias.push_back(q.bias.has_value());
+    if (q.bias) {
+      if (q.bias->dtype() != mx::float32 || q.bias->size() != static_cast<size_t>(n)) return std::nullopt;
+      biases.push_back(as_rows(*q.bias, stream));
+    }
+    if (!swiglu || shapes.empty()) {
+      auto shape = x.shape();
+      if (x.shape(-1) == k) {
+        shape.back() = n;
+      } else {
+        shape = {static_cast<int>(m), n};
+      }
+      shapes.push_back(shape);
+    }
+  }
+  if (!out_shapes.empty()) {
+    if (out_shapes.size() != shapes.size()) return std::nullopt;
+    for (size_t i = 0; i < shapes.size(); i++) {
+      int64_t a = 1, b = 1;
+      for (int d : out_shapes[i]) a *= d;
+      for (int d : shapes[i]) b *= d;
+      if (a != b) return std::nullopt;
+    }
+    shapes = out_shapes;
+  }
+  for (auto& b : biases) inputs.push_back(std::move(b));
+  if (norm) {
+    if (norm->first.dtype() != mx::float32 || norm->first.size() != static_cast<size_t>(k)) return std::nullopt;
+    inputs.push_back(as_rows(norm->first, stream));
+  }
+  if (residual) {
+    if (residual->dtype() != mx::float32 || residual->size() != static_cast<size_t>(m * mats[0].w.shape(0)))
+      return std::nullopt;
+    inputs.push_back(mx::contiguous(*residual, false, stream));
+  }
+  auto prim = std::make_shared<FusedQuantizedKernel>(
+      stream, FusedConfig{group, bits, std::move(has_bias), norm.has_value(), norm ? norm->second : 0.0f,
+                          residual.has_value(), swiglu, shapes});
+  std::vector<mx::Dtype> dtypes(shapes.size(), mx::float32);
+  return mx::array::make_arrays(std::move(shapes), dtypes, prim, inputs);
+}
 
 bool quantized_linear_applies(const mx::array& x, const mx::array& w, const mx::array& scales,
                               const mx::array& biases, int group, int bits, mx::StreamOrDevice s) {
@@ -397,8 +609,8 @@ mx::array quantized_linear(const mx::array& x, const mx::array& w, const mx::arr
   auto shape = x.shape();
   shape.back() = w.shape(0);
   return mx::array(shape, mx::float32, std::make_shared<QuantizedLinearKernel>(stream, group, bits),
-                   {mx::contiguous(x, false, stream), mx::contiguous(w, false, stream),
-                    mx::contiguous(scales, false, stream), mx::contiguous(biases, false, stream)});
+                   {mx::contiguous(x, false, stream), as_rows(w, stream), as_rows(scales, stream),
+                    as_rows(biases, stream)});
 }
 
 int quantized_kernel_level(int force) {
