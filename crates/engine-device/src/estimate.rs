@@ -88,7 +88,7 @@ pub struct EstimateOptions {
     /// rank's share (see [`RankSplit`]).
     #[serde(default)]
     pub split: Option<RankSplit>,
-    /// The CPU default (engine-llm's `DtypePolicy::Auto` on the CPU): 4- and 8-bit
+    /// The CPU default (engine-llm's `DtypePolicy::Auto` on the CPU): 4-, 5- and 8-bit
     /// quantized weights stay quantized for the int8 CPU kernels, with f32 scales and
     /// biases; other weights and the embedding table become dense f32, and a tied output
     /// projection keeps a quantized copy of the table. Overrides `f32_weights`.
@@ -146,7 +146,7 @@ impl EstimateOptions {
         }
     }
 
-    /// The CPU default: f32 cache and activations, 4- and 8-bit weights kept for the
+    /// The CPU default: f32 cache and activations, 4-, 5- and 8-bit weights kept for the
     /// int8 CPU kernels, the rest dense f32 (see [`EstimateOptions::cpu_kernels`]).
     pub fn cpu(context_len: u64) -> Self {
         EstimateOptions {
