@@ -226,6 +226,11 @@ impl LlmModel {
             transformer
                 .quantize(spec)
                 .map_err(|e| EngineError::InvalidParameter(e.to_string()))?;
+            // The new quantized layers take the CPU kernels' form too (as quantized
+            // they would run MLX's scalar CPU kernels).
+            if weight_form(options.dtype) == WeightForm::CpuKernels {
+                transformer.convert_for_cpu(!lazy).map_err(be)?;
+            }
             if !lazy {
                 transformer.eval_weights().map_err(be)?;
             }
