@@ -88,7 +88,7 @@ pub struct EstimateOptions {
     /// rank's share (see [`RankSplit`]).
     #[serde(default)]
     pub split: Option<RankSplit>,
-    /// The CPU default (engine-llm's `DtypePolicy::Auto` on the CPU): 4- and 8-bit
+    /// The CPU default (engine-llm's `DtypePolicy::Auto` on the CPU): 4-, 5- and 8-bit
     /// quantized weights stay quantized for the int8 CPU kernels, with f32 scales and
     /// biases; other weights and the embedding table become dense f32, and a tied output
     /// projection keeps a quantized copy of the table. Overrides `f32_weights`.
@@ -146,7 +146,7 @@ impl EstimateOptions {
         }
     }
 
-    /// The CPU default: f32 cache and activations, 4- and 8-bit weights kept for the
+    /// The CPU default: f32 cache and activations, 4-, 5- and 8-bit weights kept for the
     /// int8 CPU kernels, the rest dense f32 (see [`EstimateOptions::cpu_kernels`]).
     pub fn cpu(context_len: u64) -> Self {
         EstimateOptions {
@@ -327,11 +327,11 @@ pub fn weights_in_memory(entry: &ModelEntry, variant: &Variant, opts: &EstimateO
 }
 
 /// Bits per weight resident under the int8 CPU kernels of weights stored as `bits`:
-/// 4 and 8 bits stay packed with an f32 scale and bias per group (of 32 for GGUF, 64
-/// for MLX's own files); anything else becomes dense f32.
+/// 4, 5 and 8 bits stay packed with an f32 scale and bias per group (of 32 for GGUF,
+/// 64 for MLX's own files); anything else becomes dense f32.
 fn cpu_kernel_bpw(bits: u32, group: f64) -> f64 {
     match bits {
-        4 | 8 => bits as f64 + 64.0 / group,
+        4 | 5 | 8 => bits as f64 + 64.0 / group,
         _ => 32.0,
     }
 }
@@ -339,11 +339,11 @@ fn cpu_kernel_bpw(bits: u32, group: f64) -> f64 {
 /// Weight bytes under the CPU kernels (see [`EstimateOptions::cpu_kernels`]): the
 /// embedding table dense f32 plus the output projection quantized, and the layers' linear
 /// weights at their kernel form. GGUF quantization names map to what the loader makes of
-/// each ggml type: Q6_K, Q3_K, Q2_K and IQ4 load as 8-bit, Q5 types stay 5-bit (dense
-/// under the kernels). For K-quant files of a model whose hidden size is not a multiple
-/// of 256, llama.cpp stores the matrices that read the hidden state (all but the MLP's
-/// down projection) as Q5_0 (for Q4_K) or Q8_0 (for Q6_K); the output is 8-bit then.
-/// (SmolLM2-135M: 228 MB resident for Q4_1, 489 MB for Q4_K_M, measured by
+/// each ggml type: Q6_K, Q3_K, Q2_K and IQ4 load as 8-bit, Q5 types as 5-bit. For
+/// K-quant files of a model whose hidden size is not a multiple of 256, llama.cpp
+/// stores the matrices that read the hidden state (all but the MLP's down projection)
+/// as Q5_0 (for Q4_K), Q5_1 (for Q5_K) or Q8_0 (for Q6_K); the output is 8-bit then.
+/// (SmolLM2-135M: 228 MB resident for Q4_1, 254 MB for Q4_K_M, measured by
 /// engine-llm's memory_estimate test.)
 fn cpu_kernel_weights(entry: &ModelEntry, variant: &Variant) -> u64 {
     let Some(arch) = entry.config else {
@@ -371,17 +371,20 @@ fn cpu_kernel_weights(entry: &ModelEntry, variant: &Variant) -> u64 {
             "q8_0" | "q6_k" | "q3_k" | "q3_k_s" | "q3_k_m" | "q3_k_l" | "q2_k" | "q2_k_s" | "iq4_nl" | "iq4_xs" => {
                 (gguf(8), gguf(8))
             }
+            "q5_0" | "q5_1" | "q5_k" | "q5_k_s" => (gguf(5), gguf(8)),
+            // The _m mix keeps ~15% (attn_v, half of ffn_down) in Q6_K; the fallback
+            // (Q5_1) is 5-bit as well.
+            "q5_k_m" => (0.85 * gguf(5) + 0.15 * gguf(8), gguf(8)),
             "q4_k" | "q4_k_s" | "q4_k_m" => {
-                // The _m mix keeps ~15% (attn_v, half of ffn_down) in Q6_K.
                 let k = if q == "q4_k_m" {
                     0.85 * gguf(4) + 0.15 * gguf(8)
                 } else {
                     gguf(4)
                 };
                 if fallback {
-                    // Q5_0 (dense here) where rows read the hidden state; attn_v's Q8_0
-                    // share is a few percent of those under grouped-query attention.
-                    (reads_hidden * 32.0 + (1.0 - reads_hidden) * k, gguf(8))
+                    // Q5_0 where rows read the hidden state; attn_v's Q8_0 share is a
+                    // few percent of those under grouped-query attention.
+                    (reads_hidden * gguf(5) + (1.0 - reads_hidden) * k, gguf(8))
                 } else {
                     (k, gguf(8))
                 }

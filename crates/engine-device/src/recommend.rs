@@ -40,6 +40,9 @@ pub enum ComputePath {
     Native,
     /// Dequantized/upcast to f32 at load so the CPU's matmuls run in OpenBLAS.
     F32,
+    /// On the CPU, 4-, 5- and 8-bit weights kept quantized for the engine's int8 CPU
+    /// kernels (engine-llm's default there), the rest f32.
+    CpuKernels,
 }
 
 /// A model variant chosen for this device, with its estimate and why.
@@ -119,6 +122,10 @@ fn ranked_variants<'a>(
         split,
         ..EstimateOptions::f32(ctx)
     };
+    let cpu_opts = EstimateOptions {
+        split,
+        ..EstimateOptions::cpu(ctx)
+    };
     let mut out: Vec<(u32, Candidate<'a>)> = Vec::new();
     for v in &entry.variants {
         // GGUF files load into the same MLX kernels as MLX's own quantization; prefer the
@@ -165,12 +172,24 @@ fn ranked_variants<'a>(
                         8 => 4,
                         _ => 6,
                     };
-                    out.push((rank + gguf, Candidate {
-                        variant: v,
-                        path: ComputePath::F32,
-                        estimate: estimate_with(entry, v, &f32_opts),
-                        why: "upcast to f32 at load, its matmuls run through OpenBLAS, the fastest measured CPU path (20-30x the reference BLAS)",
-                    }));
+                    if matches!(v.bits, 4 | 5 | 8) || (v.format == WeightFormat::Gguf && v.bits < 16) {
+                        // What engine-llm's CPU default does with them (GGUF's other
+                        // quantized types load as 8-bit): the int8 kernels read the packed
+                        // weights, the embedding table becomes f32.
+                        out.push((rank + gguf, Candidate {
+                            variant: v,
+                            path: ComputePath::CpuKernels,
+                            estimate: estimate_with(entry, v, &cpu_opts),
+                            why: "kept quantized for the engine's int8 CPU kernels (SmolLM2 Q4_1 decodes ~2x faster than as f32 through OpenBLAS)",
+                        }));
+                    } else {
+                        out.push((rank + gguf, Candidate {
+                            variant: v,
+                            path: ComputePath::F32,
+                            estimate: estimate_with(entry, v, &f32_opts),
+                            why: "upcast to f32 at load, its matmuls run through OpenBLAS, the fastest measured CPU path (20-30x the reference BLAS)",
+                        }));
+                    }
                     let rank = match v.bits {
                         8 => 8,
                         4 => 10,
@@ -178,7 +197,7 @@ fn ranked_variants<'a>(
                     };
                     out.push((
                         rank + gguf,
-                        native("quantized kernels on the CPU: an f32 copy does not fit the budget"),
+                        native("as stored (`--dtype native`): the CPU default's f32 copies do not fit the budget"),
                     ));
                 }
             }

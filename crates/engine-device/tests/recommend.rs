@@ -84,7 +84,7 @@ fn the_variant_follows_the_backend() {
         )
         .unwrap();
     assert_eq!(s.variant, "4bit");
-    // CPU with OpenBLAS and room: f32 from bf16; with little room, quantized kernels.
+    // CPU with OpenBLAS and room: f32 from bf16; with little room, as stored.
     let cpu = as_backend("cpu", "openblas", None);
     let s = reg
         .select_variant(
@@ -107,6 +107,17 @@ fn the_variant_follows_the_backend() {
         )
         .unwrap();
     assert_eq!((s.variant.as_str(), s.compute), ("8bit", ComputePath::Native));
+    // A quantized variant with room: the int8 CPU kernels (the CPU default).
+    let s = reg
+        .select_variant(
+            "qwen2.5-0.5b-instruct",
+            Some("8bit"),
+            &cpu,
+            &MemoryBudget::parse("8GB").unwrap(),
+            &Purpose::default(),
+        )
+        .unwrap();
+    assert_eq!((s.variant.as_str(), s.compute), ("8bit", ComputePath::CpuKernels));
     // CPU without OpenBLAS: 4-bit.
     let slow = as_backend("cpu", "bundled-reference", None);
     let r = reg.recommend(&slow, ModelType::Llm, &purpose, &MemoryBudget::parse("64GB").unwrap());

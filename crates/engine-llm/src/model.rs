@@ -17,7 +17,7 @@ use std::path::Path;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DtypePolicy {
     /// The fastest measured path for each weight format on this device. On
-    /// the CPU: 4- and 8-bit quantized weights stay as stored for
+    /// the CPU: 4-, 5- and 8-bit quantized weights stay as stored for
     /// engine-mlx's int8 CPU kernels (SmolLM2 Q4_1 decodes ~1.4–1.6× faster than
     /// dense f32 + OpenBLAS here), other quantized and half-precision weights
     /// become dense f32 (OpenBLAS beats MLX's CPU quantized and
@@ -71,7 +71,7 @@ enum WeightForm {
     AsStored,
     /// Dense weights of this dtype.
     Dense(Dtype),
-    /// The CPU's fastest: 4/8-bit quantized weights kept for the quantized
+    /// The CPU's fastest: 4/5/8-bit quantized weights kept for the quantized
     /// CPU kernels, the rest dense f32.
     CpuKernels,
 }
@@ -226,6 +226,11 @@ impl LlmModel {
             transformer
                 .quantize(spec)
                 .map_err(|e| EngineError::InvalidParameter(e.to_string()))?;
+            // The new quantized layers take the CPU kernels' form too (as quantized
+            // they would run MLX's scalar CPU kernels).
+            if weight_form(options.dtype) == WeightForm::CpuKernels {
+                transformer.convert_for_cpu(!lazy).map_err(be)?;
+            }
             if !lazy {
                 transformer.eval_weights().map_err(be)?;
             }

@@ -455,7 +455,7 @@ impl Transformer {
         self.convert_with(dtype, false, false)
     }
 
-    /// [`crate::DtypePolicy::CpuKernels`]: 4- and 8-bit quantized linear
+    /// [`crate::DtypePolicy::CpuKernels`]: 4-, 5- and 8-bit quantized linear
     /// layers stay as stored (with float32 scales) for engine-mlx's quantized
     /// CPU kernels; everything else, the embedding table included, becomes
     /// dense float32 (matmuls through OpenBLAS). With `eager`, each layer is
@@ -766,12 +766,17 @@ impl Transformer {
         }
     }
 
-    /// A pre-norm layer's decode step through the fused CUDA matvecs
-    /// (`fused_matvec`, 4/8-bit or dense weights): norm + q/k/v in one kernel, the
+    /// A pre-norm layer through the fused matvecs (`fused_matvec`: on the GPU
+    /// for decode steps on 4/8-bit or dense weights, on the CPU for any
+    /// length under the int8 CPU kernels): norm + q/k/v in one kernel, the
     /// output projection + residual in one, norm + gate/up + SwiGLU in one,
     /// the down projection + residual in one — 4 kernels where MLX's ops take
-    /// 13, since on a fast GPU the host's cost per op bounds decode. `None`
-    /// where the kernels do not apply (the CPU, LoRA, longer inputs): the caller takes the composed path. Under tensor parallelism
+    /// 13, since the host's cost per op bounds decode on a fast GPU and
+    /// shares the cores with the kernels on a CPU. On the CPU every length
+    /// takes it, so prefill chunks and decode steps compute a token alike
+    /// (the int8 rounding makes bit-identity matter). `None` where the kernels
+    /// do not apply (dense weights on the CPU, LoRA, longer inputs on the GPU, matrices
+    /// of mixed formats): the caller takes the composed path. Under tensor parallelism
     /// the partial outputs are summed before the residual, so those two stay
     /// composed.
     fn fused_layer(&self, layer: &Layer, x: &Array, cache: &mut KvCache, step: &mut Step<'_>) -> Result<Option<Array>> {

@@ -18,7 +18,7 @@ fn normal(shape: &[usize], seed: u64) -> Array {
 fn quantized(c: &mut Criterion) {
     let w = normal(&[1536, 576], 1);
     let levels = ["c", "avx2", "vnni"];
-    for bits in [4, 8] {
+    for bits in [4, 5, 8] {
         let spec = QuantSpec { group_size: 32, bits };
         let q = quant::quantize(&w, spec).unwrap().for_cpu_kernels().unwrap();
         engine_mlx::eval([&q.weight, &q.scales, &q.biases]).unwrap();

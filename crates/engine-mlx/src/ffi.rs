@@ -209,13 +209,14 @@ pub(crate) mod bridge {
             bits: i32,
         ) -> Result<UniquePtr<Array>>;
         #[allow(clippy::too_many_arguments)]
-        fn cuda_fused_qmv(
+        fn fused_qmv(
             x: &Array,
             mats: &ArrayList,
             bias: &ArrayList,
             has_bias: &[bool],
             group_size: i32,
             bits: i32,
+            int8_kernels: bool,
             norm: &ArrayList,
             eps: f32,
             residual: &ArrayList,

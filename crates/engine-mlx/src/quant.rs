@@ -160,7 +160,7 @@ pub fn cuda_quantized_matmul(x: &Array, q: &Quantized) -> Result<Array> {
 /// A matrix (N, K) for [`fused_matvec`].
 #[derive(Debug, Clone, Copy)]
 pub enum FusedWeight<'a> {
-    /// MLX affine 4- or 8-bit.
+    /// MLX affine quantized.
     Quantized(&'a Quantized),
     /// Dense, in `x`'s dtype.
     Dense(&'a Array),
@@ -175,14 +175,21 @@ pub enum FusedEpilogue {
     SwiGlu,
 }
 
-/// A decode step's matrix products in one CUDA kernel (the `cuda` feature,
-/// on the GPU, our kernels on, at most 7 rows of `x`; `None` elsewhere, and
-/// the caller composes MLX's ops): `y_i = norm(x) · dequantize(q_i)ᵀ (+
-/// bias_i) (+ residual)` for one to three matrices, all dense in `x`'s dtype
-/// or all quantized with one bits (4 or 8) and group size, with `norm` = (RMS-norm weight (K,), eps) applied to `x` first
-/// and `residual` (…, N) added to a single matrix's product. Float32 sums,
-/// one rounding to `x`'s dtype. Each fused kernel replaces 2–5 of MLX's ops,
-/// and the per-op cost on the host is what bounds decode on a fast GPU.
+/// A decode step's matrix products in one kernel: `y_i = norm(x) ·
+/// dequantize(q_i)ᵀ (+ bias_i) (+ residual)` for one to three matrices, all
+/// dense in `x`'s dtype or all quantized with one bits and group size, with
+/// `norm` = (RMS-norm weight (K,), eps) applied to `x` first and `residual`
+/// (…, N) added to a single matrix's product. Each fused kernel replaces 2–5
+/// of MLX's ops, and the per-op cost on the host bounds decode on a fast GPU
+/// and weighs on a CPU's (it runs beside the kernels on the same cores).
+///
+/// Where it runs (`None` elsewhere, and the caller composes MLX's ops): on
+/// the GPU with the `cuda` feature and our kernels on, for 4/8-bit or dense
+/// weights and at most 7 rows of `x` (float32 sums, one rounding to `x`'s
+/// dtype); on the CPU for quantized weights opted in to the int8 CPU kernels
+/// (see [`Quantized::for_cpu_kernels`]; 4, 5 or 8 bits, float32 `x`) and any
+/// number of rows, each row one fixed sequence of operations, so a row gets
+/// the same bits alone, batched or in a prompt chunk of any length.
 ///
 /// `x` is `(…, K)` or any row-contiguous shape of `M·K` elements (a decode
 /// step's attention output `(B, heads, 1, head_dim)`). The outputs are `(…,
@@ -197,7 +204,10 @@ pub fn fused_matvec(
     epilogue: FusedEpilogue,
     out_shapes: &[&[i32]],
 ) -> Result<Option<Vec<Array>>> {
-    if !cfg!(feature = "cuda") {
+    let int8_kernels = mats
+        .iter()
+        .all(|(w, _)| matches!(w, FusedWeight::Quantized(q) if q.int8_kernels));
+    if !cfg!(feature = "cuda") && !int8_kernels {
         return Ok(None);
     }
     // All dense (bits 0 for the shim) or all quantized alike.
@@ -220,13 +230,14 @@ pub fn fused_matvec(
     let biases = list(mats.iter().filter_map(|(_, b)| *b));
     let has_bias: Vec<bool> = mats.iter().map(|(_, b)| b.is_some()).collect();
     let out = unlist(
-        ffi::cuda_fused_qmv(
+        ffi::fused_qmv(
             &x.inner,
             &parts,
             &biases,
             &has_bias,
             spec.map_or(0, |s| s.group_size),
             spec.map_or(0, |s| s.bits),
+            int8_kernels,
             &opt_list(norm.map(|(w, _)| w)),
             norm.map_or(0.0, |(_, eps)| eps),
             &opt_list(residual),
@@ -240,12 +251,12 @@ pub fn fused_matvec(
     Ok((!out.is_empty()).then_some(out))
 }
 
-/// Whether the CPU's own quantized kernels take weights of `spec` (4 or 8
+/// Whether the CPU's own quantized kernels take weights of `spec` (4, 5 or 8
 /// bits, groups of 32, 64 or 128): [`quantized_matmul`] uses them on a CPU
 /// stream for float32 `x` when the weights opted in (see
 /// [`Quantized::for_cpu_kernels`]), and MLX's kernels otherwise.
 pub fn cpu_kernel_supports(spec: QuantSpec) -> bool {
-    matches!(spec.bits, 4 | 8) && matches!(spec.group_size, 32 | 64 | 128)
+    matches!(spec.bits, 4 | 5 | 8) && matches!(spec.group_size, 32 | 64 | 128)
 }
 
 /// The instruction set the CPU quantized kernels use: 0 plain C, 1 AVX2,

@@ -1,5 +1,5 @@
 //! The CPU quantized kernels (`quantized_matmul` on float32 activations with
-//! 4/8-bit weights and float32 scales) against the dequantized-f32 product
+//! 4/5/8-bit weights and float32 scales) against the dequantized-f32 product
 //! computed in f64, at every instruction-set level this CPU has.
 //!
 //! Tolerance: the kernels round x to int8 per block of 32 (x ≈ d·q, d =
@@ -62,7 +62,7 @@ fn quantized_kernels_match_the_dequantized_product_at_every_level() {
     let top = quant::cpu_kernel_level();
     for level in 0..=top {
         assert_eq!(quant::force_cpu_kernel_level(Some(level)), level);
-        for (bits, group) in [(4, 32), (4, 64), (8, 32), (8, 128)] {
+        for (bits, group) in [(4, 32), (4, 64), (5, 32), (5, 64), (8, 32), (8, 128)] {
             let spec = QuantSpec {
                 group_size: group,
                 bits,
@@ -136,4 +136,90 @@ fn fused_layers_give_each_part_the_same_bits() {
     // A layer left on MLX's kernels (or another spec) is not fused.
     let (mut d, mut e) = (layer(8, 44, true), layer(8, 45, false));
     assert!(Linear::fuse_outputs(&mut [&mut d, &mut e]).unwrap().is_none());
+}
+
+/// The CPU's fused kernel (`fused_matvec` on weights opted in to the int8
+/// kernels) against the composed ops (MLX's RMS norm, the int8 product, the
+/// residual add or SwiGLU): they round x to int8 from slightly different
+/// normed values, so the tolerance is the int8 bound of the module doc (≈ 0.1
+/// here for outputs of magnitude ≈ 10), not bits. And a row's bits alone
+/// equal its bits in a batch.
+#[test]
+fn fused_cpu_kernel_matches_the_composed_ops() {
+    use engine_mlx::fast;
+    use engine_mlx::quant::{FusedEpilogue, FusedWeight};
+    let _level = LEVEL.lock().unwrap_or_else(|e| e.into_inner());
+    let (k, m) = (128, 5);
+    for (bits, group) in [(4, 32), (5, 32), (8, 64)] {
+        let spec = QuantSpec {
+            group_size: group,
+            bits,
+        };
+        let mats: Vec<quant::Quantized> = [(48, 1), (16, 2), (48, 3)]
+            .iter()
+            .map(|&(n, seed)| {
+                quant::quantize(&normal(&[n, k], seed), spec)
+                    .unwrap()
+                    .for_cpu_kernels()
+                    .unwrap()
+            })
+            .collect();
+        let x = normal(&[1, m, k], 10);
+        let nw = normal(&[k], 11);
+        let bias = normal(&[16], 12);
+        let residual = normal(&[1, m, 48], 13);
+        let xn = fast::rms_norm(&x, Some(&nw), 1e-5).unwrap();
+        let close = |got: &Array, want: &Array| {
+            assert_eq!(got.shape(), want.shape());
+            let (g, w) = (got.to_vec::<f32>().unwrap(), want.to_vec::<f32>().unwrap());
+            for (a, b) in g.iter().zip(&w) {
+                assert!((a - b).abs() <= 0.1 + 0.02 * b.abs(), "{spec:?}: {a} vs {b}");
+            }
+        };
+        // Norm + three products (the middle one with a bias), as (B, heads, L, D).
+        let ws: Vec<(FusedWeight<'_>, Option<&Array>)> = vec![
+            (FusedWeight::Quantized(&mats[0]), None),
+            (FusedWeight::Quantized(&mats[1]), Some(&bias)),
+            (FusedWeight::Quantized(&mats[2]), None),
+        ];
+        let shapes: [&[i32]; 3] = [&[1, m as i32, 3, 16], &[1, m as i32, 1, 16], &[1, m as i32, 3, 16]];
+        let ys = quant::fused_matvec(&x, &ws, Some((&nw, 1e-5)), None, FusedEpilogue::Split, &shapes)
+            .unwrap()
+            .expect("the CPU kernel applies");
+        for (i, y) in ys.iter().enumerate() {
+            let mut want = quant::quantized_matmul(&xn, &mats[i], true).unwrap();
+            if i == 1 {
+                want = want.add(&bias).unwrap();
+            }
+            close(&y.reshape(&[1, m as i32, -1]).unwrap(), &want);
+        }
+        // One product + residual.
+        let y = quant::fused_matvec(&x, &ws[..1], None, Some(&residual), FusedEpilogue::Split, &[])
+            .unwrap()
+            .unwrap();
+        close(
+            &y[0],
+            &quant::quantized_matmul(&x, &mats[0], true)
+                .unwrap()
+                .add(&residual)
+                .unwrap(),
+        );
+        // Norm + gate/up + SwiGLU.
+        let gu = [ws[0], ws[2]];
+        let y = quant::fused_matvec(&x, &gu, Some((&nw, 1e-5)), None, FusedEpilogue::SwiGlu, &[])
+            .unwrap()
+            .unwrap();
+        let g = quant::quantized_matmul(&xn, &mats[0], true).unwrap();
+        let u = quant::quantized_matmul(&xn, &mats[2], true).unwrap();
+        close(&y[0], &g.silu().unwrap().multiply(&u).unwrap());
+        // Row 3 alone gives the bits it has in the batch.
+        let row = x.slice_axis(1, 3, 4).unwrap();
+        let alone = quant::fused_matvec(&row, &gu, Some((&nw, 1e-5)), None, FusedEpilogue::SwiGlu, &[])
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            alone[0].to_vec::<f32>().unwrap(),
+            y[0].slice_axis(1, 3, 4).unwrap().to_vec::<f32>().unwrap()
+        );
+    }
 }

@@ -142,7 +142,7 @@ struct RunArgs {
     #[arg(long)]
     context: Option<usize>,
     /// Weight precision: auto (fastest for this device), native, f32, bf16, f16, or cpu-kernels
-    /// (4/8-bit weights kept quantized for the engine's int8 CPU kernels, the rest f32).
+    /// (4/5/8-bit weights kept quantized for the engine's int8 CPU kernels, the rest f32).
     #[arg(long, default_value = "auto")]
     dtype: String,
     /// Quantize the weights on load to this many bits (4 or 8; MLX affine, as `mlx_lm.convert -q`).

@@ -264,6 +264,7 @@ fn recommend_2gb_lists_only_what_fits_best_first() {
         let ctx = r["context_len"].as_u64().expect("context_len");
         let opts = match r["compute"].as_str() {
             Some("f32") => EstimateOptions::f32(ctx),
+            Some("cpu_kernels") => EstimateOptions::cpu(ctx),
             _ => EstimateOptions::new(ctx),
         };
         assert_eq!(estimate_with(entry, v, &opts).total_bytes, bytes, "{id} {variant}");
@@ -278,6 +279,7 @@ fn recommend_2gb_lists_only_what_fits_best_first() {
         let fits = entry.variants.iter().any(|v| {
             estimate_with(entry, v, &EstimateOptions::new(ctx)).total_bytes <= 2_000_000_000
                 || (openblas_cpu && estimate_with(entry, v, &EstimateOptions::f32(ctx)).total_bytes <= 2_000_000_000)
+                || (openblas_cpu && estimate_with(entry, v, &EstimateOptions::cpu(ctx)).total_bytes <= 2_000_000_000)
         });
         assert_eq!(listed.contains(&entry.id.as_str()), fits, "{}", entry.id);
     }
@@ -318,6 +320,7 @@ fn recommend_plans_per_rank_for_a_split_model() {
             let ctx = r["context_len"].as_u64().unwrap();
             let base = match r["compute"].as_str() {
                 Some("f32") => EstimateOptions::f32(ctx),
+                Some("cpu_kernels") => EstimateOptions::cpu(ctx),
                 _ => EstimateOptions::new(ctx),
             };
             let opts = EstimateOptions {

@@ -4,6 +4,10 @@
 // stays lazy and runs in MLX's CPU stream like any built-in op.
 #pragma once
 
+#include <optional>
+#include <utility>
+#include <vector>
+
 #include "mlx/mlx.h"
 
 namespace mlxe::kernels {
@@ -63,7 +67,7 @@ mx::array cache_attention(const mx::array& q, const mx::array& k, const mx::arra
                           std::vector<int32_t> pads, mx::StreamOrDevice s = {});
 
 // Whether quantized_linear takes these arguments: float32 x (…, K) on a CPU
-// stream, w (N, K·bits/32) uint32 in MLX's affine layout with 4 or 8 bits,
+// stream, w (N, K·bits/32) uint32 in MLX's affine layout with 4, 5 or 8 bits,
 // float32 scales and biases (N, K/group), group 32, 64 or 128.
 bool quantized_linear_applies(const mx::array& x, const mx::array& w, const mx::array& scales,
                               const mx::array& biases, int group, int bits, mx::StreamOrDevice s = {});
@@ -73,6 +77,28 @@ bool quantized_linear_applies(const mx::array& x, const mx::array& w, const mx::
 // at run time), split over the cores (quant_kernels.cc).
 mx::array quantized_linear(const mx::array& x, const mx::array& w, const mx::array& scales,
                            const mx::array& biases, int group, int bits, mx::StreamOrDevice s = {});
+
+// One matrix for fused_quantized_linear: w, scales, biases as for
+// quantized_linear, and an optional linear bias (N,).
+struct FusedMatrix {
+  mx::array w, scales, biases;
+  std::optional<mx::array> bias;
+};
+
+// y_i = norm(x) · dequantize(w_i)ᵀ (+ bias_i) (+ residual) for one to three
+// matrices read by quantized_linear's kernels in one primitive (one quantized
+// x, one pool run): a layer's q/k/v, or gate/up with `swiglu` (one output
+// silu(gate)·up), or one matrix with `residual` (M·N elements) added. `norm` =
+// (weight (K,), eps) RMS-normalises x first. x is (…, K) or any row-contiguous
+// shape of M·K elements; outputs are (…, N_i) like x ((M, N_i) otherwise), or
+// `out_shapes` (same element counts). Each row's result is one fixed sequence
+// of operations whatever M. nullopt where quantized_linear would not apply.
+std::optional<std::vector<mx::array>> fused_quantized_linear(const mx::array& x, const std::vector<FusedMatrix>& mats,
+                                                             int group, int bits,
+                                                             const std::optional<std::pair<mx::array, float>>& norm,
+                                                             const std::optional<mx::array>& residual, bool swiglu,
+                                                             const std::vector<mx::Shape>& out_shapes = {},
+                                                             mx::StreamOrDevice s = {});
 
 // The instruction set quantized_linear uses: 0 plain C, 1 AVX2, 2 AVX-512
 // VNNI. `force` ≥ 0 caps it (tests run every level the CPU has), -1 restores

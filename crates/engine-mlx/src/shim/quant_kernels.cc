@@ -1,7 +1,8 @@
 // Quantized matrix products on the CPU, straight from MLX's affine layout
-// (4- or 8-bit unsigned values packed in uint32 words, one f32 scale and bias
-// per group of 32, 64 or 128), which is also what GGUF Q4_0/Q4_1/Q8_0/Q4_K
-// blocks load as. See quantized_linear in cpu_kernels.h.
+// (4-, 5- or 8-bit unsigned values packed in uint32 words, one f32 scale and
+// bias per group of 32, 64 or 128), which is also what GGUF Q4_0/Q4_1/Q8_0/
+// Q4_K (4/8-bit) and Q5_0/Q5_1/Q5_K (5-bit) blocks load as. See
+// quantized_linear in cpu_kernels.h.
 //
 // y[m][n] = Σ_g s[n][g] · Σ_{i∈g} q[n][i]·x[m][i] + b[n][g] · Σ_{i∈g} x[m][i].
 // The activations are quantized per block of 32 to int8 (x ≈ d·xq, |xq| ≤ 127),
@@ -14,8 +15,10 @@
 // Layout: a 4-bit block of 32 is 16 bytes, element 2j in the low nibble of
 // byte j and 2j+1 in the high nibble, so one 16-byte load split into low and
 // high nibbles gives [even elements | odd elements]; the quantized activations
-// of each block are stored in that same order. An 8-bit block is 32 bytes in
-// element order.
+// of each block are stored in that same order. A 5-bit block is 20 bytes, a
+// little-endian bit stream (element i at bits 5i..5i+4); it unpacks as
+// [0..7 | 16..23 | 8..15 | 24..31] (see unpack5), the order its activations
+// are stored in. An 8-bit block is 32 bytes in element order.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -41,7 +44,7 @@ constexpr int64_t kBlock = 32;
 
 // What one product needs, with the activations already quantized.
 struct Args {
-  const int8_t* xq;  // (M, K), each 4-bit block in [evens | odds] order
+  const int8_t* xq;  // (M, K), each block in its weights' unpacked order
   const float* dx;   // (M, K/32) activation scale per block
   const float* sxg;  // (M, K/group) Σ x per weight group
   const uint8_t* w;  // (N, K·bits/8)
@@ -51,7 +54,16 @@ struct Args {
   int64_t m, n, k, group, bits;
 };
 
-void quantize_activations(const float* x, int64_t m, int64_t k, int64_t group, bool nibble_order, int8_t* xq,
+// Where element i of a block of 32 sits once its weights are unpacked: 4-bit
+// blocks as [evens | odds], 5-bit ones with the middle eighths swapped, 8-bit
+// ones in order.
+inline int64_t unpacked_position(int64_t i, int64_t bits) {
+  if (bits == 4) return (i & 1) * 16 + i / 2;
+  if (bits == 5 && i >= 8 && i < 24) return i < 16 ? i + 8 : i - 8;
+  return i;
+}
+
+void quantize_activations(const float* x, int64_t m, int64_t k, int64_t group, int64_t bits, int8_t* xq,
                           float* dx, float* sxg) {
   const int64_t nb = k / kBlock, ng = k / group;
   for (int64_t r = 0; r < m; r++) {
@@ -69,7 +81,7 @@ void quantize_activations(const float* x, int64_t m, int64_t k, int64_t group, b
         // Round half away from zero without a libm call, so the loop vectorises.
         const float t = v[i] * inv;
         const int8_t q = static_cast<int8_t>(static_cast<int32_t>(t + (t >= 0.0f ? 0.5f : -0.5f)));
-        out[nibble_order ? (i & 1) * 16 + i / 2 : i] = q;
+        out[unpacked_position(i, bits)] = q;
       }
       dx[r * nb + blk] = d;
       sxg[r * ng + blk * kBlock / group] += sum;
@@ -99,6 +111,16 @@ void rows_scalar(const Args& a, int64_t n0, int64_t n1) {
           const uint8_t* wb = wr + blk * 16;
           const int8_t* xb = xr + blk * kBlock;
           for (int j = 0; j < 16; j++) dot += (wb[j] & 15) * xb[j] + (wb[j] >> 4) * xb[16 + j];
+        } else if (a.bits == 5) {
+          const uint8_t* wb = wr + blk * 20;
+          const int8_t* xb = xr + blk * kBlock;
+          for (int j = 0; j < kBlock; j++) {
+            const int bit = 5 * j;
+            // The high byte only where the value crosses a byte boundary (never
+            // past the block's 20 bytes).
+            const int word = wb[bit / 8] | ((bit % 8) > 3 ? wb[bit / 8 + 1] << 8 : 0);
+            dot += ((word >> (bit % 8)) & 31) * xb[unpacked_position(j, 5)];
+          }
         } else {
           const uint8_t* wb = wr + blk * kBlock;
           const int8_t* xb = xr + blk * kBlock;
@@ -134,6 +156,30 @@ void rows_scalar(const Args& a, int64_t n0, int64_t n1) {
   }                                                                                                            \
   /* MT rows of x against one weight row: each weight block is unpacked once;   \
      two accumulators per row (even and odd blocks) hide the FMA latency. */    \
+  /* A 5-bit block's 32 values as bytes in the order                          \
+     [0..7 | 16..23 | 8..15 | 24..31]: each value's two bytes gathered into a  \
+     16-bit lane (within its 5-byte group of 8 values, value j starts at bit   \
+     s = 5j mod 8 of byte 5j/8), shifted up to bits 7..11 by a multiply by     \
+     2^(7-s) (AVX2 has no per-lane 16-bit shift), then down by 7. The loads    \
+     (bytes 0..15 and 4..19) stay inside the block. */                         \
+  inline __m256i unpack5(const uint8_t* wb) {                                   \
+    const __m256i lo = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wb))); \
+    const __m256i hi = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wb + 4))); \
+    /* Byte pairs of values 0..7 (bytes 0..4) | 8..15 (5..9) from lo, values  \
+       16..23 (bytes 10..14) | 24..31 (15..19) from hi; the last value of     \
+       each group lies in one byte (its high byte is zeroed). */              \
+    const __m256i ia = _mm256_setr_epi8(0, 1, 0, 1, 1, 2, 1, 2, 2, 3, 3, 4, 3, 4, 4, -128, \
+                                        5, 6, 5, 6, 6, 7, 6, 7, 7, 8, 8, 9, 8, 9, 9, -128); \
+    const __m256i ib = _mm256_setr_epi8(6, 7, 6, 7, 7, 8, 7, 8, 8, 9, 9, 10, 9, 10, 10, -128, \
+                                        11, 12, 11, 12, 12, 13, 12, 13, 13, 14, 14, 15, 14, 15, 15, -128); \
+    const __m256i mul = _mm256_setr_epi16(128, 4, 32, 1, 8, 64, 2, 16, 128, 4, 32, 1, 8, 64, 2, 16); \
+    const __m256i five = _mm256_set1_epi16(31);                                \
+    const __m256i a = _mm256_and_si256(                                         \
+        _mm256_srli_epi16(_mm256_mullo_epi16(_mm256_shuffle_epi8(lo, ia), mul), 7), five); \
+    const __m256i b = _mm256_and_si256(                                         \
+        _mm256_srli_epi16(_mm256_mullo_epi16(_mm256_shuffle_epi8(hi, ib), mul), 7), five); \
+    return _mm256_packus_epi16(a, b);                                           \
+  }                                                                             \
   template <int MT, int BITS>                                                   \
   inline void block(const Args& a, const uint8_t* wr, const float* sr, int64_t blk, int64_t r0, int gshift, \
                     __m256 (&acc)[MT]) {                                        \
@@ -144,6 +190,8 @@ void rows_scalar(const Args& a, int64_t n0, int64_t n1) {
     if constexpr (BITS == 4) {                                                  \
       const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wr + blk * 16)); \
       w0 = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low); \
+    } else if constexpr (BITS == 5) {                                           \
+      w0 = unpack5(wr + blk * 20);                                              \
     } else {                                                                    \
       w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + blk * kBlock)); \
     }                                                                           \
@@ -151,7 +199,7 @@ void rows_scalar(const Args& a, int64_t n0, int64_t n1) {
       const __m256i xv =                                                        \
           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.xq + (r0 + r) * a.k + blk * kBlock)); \
       __m256i p;                                                                \
-      if constexpr (BITS == 4) {                                                \
+      if constexpr (BITS == 4 || BITS == 5) { /* values ≤ 31: no saturation */  \
         p = DOT4(w0, xv);                                                       \
       } else {                                                                  \
         p = DOT8(w0, xv, low);                                                  \
@@ -195,6 +243,8 @@ void rows_scalar(const Args& a, int64_t n0, int64_t n1) {
   void rows(const Args& a, int64_t n0, int64_t n1) {                                                           \
     if (a.bits == 4) {                                                                                         \
       rows_bits<4>(a, n0, n1);                                                                                 \
+    } else if (a.bits == 5) {                                                                                  \
+      rows_bits<5>(a, n0, n1);                                                                                 \
     } else {                                                                                                   \
       rows_bits<8>(a, n0, n1);                                                                                 \
     }                                                                                                          \
@@ -206,7 +256,7 @@ void rows_scalar(const Args& a, int64_t n0, int64_t n1) {
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
-// u8·s8 pairs summed to i16 (at most 2·15·127 for nibbles: no saturation),
+// u8·s8 pairs summed to i16 (at most 2·31·127 for 4/5-bit values: no saturation),
 // then pairs of i16 to i32. An 8-bit value is split into nibbles: 16·hi + lo.
 #define MLXE_DOT4_AVX2(w, x) _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1))
 #define MLXE_DOT8_AVX2(w, x, low)                                                                           \
@@ -264,26 +314,49 @@ struct Scratch {
   std::vector<float> dx, sxg;
 };
 
-void compute(const float* x, const uint8_t* w, const float* s, const float* b, float* y, int64_t m, int64_t n,
-             int64_t k, int64_t group, int64_t bits) {
+// Quantizes x (m, k) into the thread's scratch; returns the products' Args
+// with no weights yet.
+Args quantized_x(const float* x, int64_t m, int64_t k, int64_t group, int64_t bits) {
   thread_local Scratch scratch;
   scratch.xq.resize(static_cast<size_t>(m * k));
   scratch.dx.resize(static_cast<size_t>(m * (k / kBlock)));
   scratch.sxg.resize(static_cast<size_t>(m * (k / group)));
-  quantize_activations(x, m, k, group, bits == 4, scratch.xq.data(), scratch.dx.data(), scratch.sxg.data());
-  const Args a{scratch.xq.data(), scratch.dx.data(), scratch.sxg.data(), w, s, b, y, m, n, k, group, bits};
+  quantize_activations(x, m, k, group, bits, scratch.xq.data(), scratch.dx.data(), scratch.sxg.data());
+  return Args{scratch.xq.data(), scratch.dx.data(), scratch.sxg.data(), nullptr, nullptr, nullptr, nullptr,
+              m, 0, k, group, bits};
+}
+
+// The products of several matrices against one quantized x, in one pool run:
+// tasks of about 32 KiB of weights (times up to 4 rows of x), a multiple of
+// the thread count so the threads finish together; at least 4 weight rows
+// each.
+void products(const std::vector<Args>& as) {
   const int level = active_level();
-  // Tasks of about 32 KiB of weights (times up to 4 rows of x), a multiple
-  // of the thread count so the threads finish together; at least 4 weight
-  // rows each.
   Pool& pool = Pool::get();
-  const int64_t work = n * (k * bits / 8) * std::min<int64_t>(m, 4);
-  int64_t tasks = std::max<int64_t>(pool.size(), (work + (32 << 10) - 1) / (32 << 10));
-  tasks = (tasks + pool.size() - 1) / pool.size() * pool.size();
-  tasks = std::max<int64_t>(1, std::min(tasks, n / 4));
-  const int64_t per = (n + tasks - 1) / tasks;
-  tasks = (n + per - 1) / per;
-  pool.run(tasks, [&](int64_t t) { run_rows(a, level, t * per, std::min(n, (t + 1) * per)); });
+  struct Task {
+    const Args* a;
+    int64_t n0, n1;
+  };
+  std::vector<Task> tasks;
+  int64_t work = 0;
+  for (const Args& a : as) work += a.n * (a.k * a.bits / 8) * std::min<int64_t>(a.m, 4);
+  int64_t want = std::max<int64_t>(pool.size(), (work + (32 << 10) - 1) / (32 << 10));
+  want = (want + pool.size() - 1) / pool.size() * pool.size();
+  for (const Args& a : as) {
+    // Each matrix gets its share of the tasks by its share of the work.
+    const int64_t own = a.n * (a.k * a.bits / 8) * std::min<int64_t>(a.m, 4);
+    int64_t t = std::max<int64_t>(1, std::min<int64_t>((want * own + work - 1) / std::max<int64_t>(work, 1), a.n / 4));
+    const int64_t per = (a.n + t - 1) / t;
+    for (int64_t n0 = 0; n0 < a.n; n0 += per) tasks.push_back({&a, n0, std::min(a.n, n0 + per)});
+  }
+  pool.run(static_cast<int64_t>(tasks.size()), [&](int64_t t) { run_rows(*tasks[t].a, level, tasks[t].n0, tasks[t].n1); });
+}
+
+void compute(const float* x, const uint8_t* w, const float* s, const float* b, float* y, int64_t m, int64_t n,
+             int64_t k, int64_t group, int64_t bits) {
+  Args a = quantized_x(x, m, k, group, bits);
+  a.w = w, a.s = s, a.b = b, a.y = y, a.n = n;
+  products({a});
 }
 
 class QuantizedLinearKernel : public mx::UnaryPrimitive {
@@ -322,12 +395,202 @@ class QuantizedLinearKernel : public mx::UnaryPrimitive {
   int group_, bits_;
 };
 
+// The products of several matrices (one to three) against one x, with an
+// RMS norm of x in front and an epilogue behind, in one primitive. Inputs: x,
+// then (w, scales, biases) per matrix, the linear biases of the matrices that
+// have one, the norm's weight if any, the residual if any.
+struct FusedConfig {
+  int group, bits;
+  std::vector<bool> has_bias;
+  bool norm;
+  float eps;
+  bool residual, swiglu;
+  std::vector<mx::Shape> shapes;
+  bool operator==(const FusedConfig&) const = default;
+};
+
+class FusedQuantizedKernel : public mx::Primitive {
+ public:
+  FusedQuantizedKernel(mx::Stream s, FusedConfig cfg) : mx::Primitive(s), cfg_(std::move(cfg)) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    auto& enc = mx::cpu::get_command_encoder(stream());
+    for (auto& a : inputs) enc.set_input_array(a);
+    for (auto& o : outputs) {
+      o.set_data(mx::allocator::malloc(o.nbytes()));
+      enc.set_output_array(o);
+    }
+    std::vector<mx::array> in, out;
+    for (auto& a : inputs) in.push_back(mx::array::unsafe_weak_copy(a));
+    for (auto& o : outputs) out.push_back(mx::array::unsafe_weak_copy(o));
+    enc.dispatch([in = std::move(in), out = std::move(out), cfg = cfg_]() mutable { run(cfg, in, out); });
+  }
+  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
+    throw std::runtime_error("MlxeFusedQuantizedLinear is a CPU kernel");
+  }
+  const char* name() const override { return "MlxeFusedQuantizedLinear"; }
+  bool is_equivalent(const mx::Primitive& other) const override {
+    auto* o = dynamic_cast<const FusedQuantizedKernel*>(&other);
+    return o != nullptr && o->cfg_ == cfg_;
+  }
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>&) override { return cfg_.shapes; }
+
+ private:
+  static void run(const FusedConfig& cfg, std::vector<mx::array>& in, std::vector<mx::array>& out) {
+    const auto& [group_, bits_, has_bias_, norm_, eps_, residual_, swiglu_, shapes_] = cfg;
+    const size_t mats = has_bias_.size();
+    const int64_t k = in[1].shape(1) * 32 / bits_;
+    const int64_t m = static_cast<int64_t>(in[0].size()) / k;
+    size_t at = 1 + 3 * mats;
+    std::vector<const float*> bias(mats, nullptr);
+    for (size_t i = 0; i < mats; i++) {
+      if (has_bias_[i]) bias[i] = in[at++].data<float>();
+    }
+    const float* x = in[0].data<float>();
+    thread_local std::vector<float> normed;
+    if (norm_) {
+      // x · w / RMS(x) per row, one fixed order of operations whatever M.
+      const float* w = in[at++].data<float>();
+      normed.resize(static_cast<size_t>(m * k));
+      for (int64_t r = 0; r < m; r++) {
+        const float* xr = x + r * k;
+        float ss = 0.0f;
+        for (int64_t i = 0; i < k; i++) ss += xr[i] * xr[i];
+        const float inv = 1.0f / std::sqrt(ss / static_cast<float>(k) + eps_);
+        for (int64_t i = 0; i < k; i++) normed[r * k + i] = xr[i] * inv * w[i];
+      }
+      x = normed.data();
+    }
+    const float* residual = residual_ ? in[at++].data<float>() : nullptr;
+    const Args base = quantized_x(x, m, k, group_, bits_);
+    std::vector<Args> as(mats, base);
+    thread_local std::vector<float> gate_up;
+    if (swiglu_) gate_up.resize(static_cast<size_t>(2 * m * in[1].shape(0)));
+    for (size_t i = 0; i < mats; i++) {
+      Args& a = as[i];
+      a.w = reinterpret_cast<const uint8_t*>(in[1 + 3 * i].data<uint32_t>());
+      a.s = in[2 + 3 * i].data<float>();
+      a.b = in[3 + 3 * i].data<float>();
+      a.n = in[1 + 3 * i].shape(0);
+      a.y = swiglu_ ? gate_up.data() + i * m * a.n : out[i].data<float>();
+    }
+    products(as);
+    // Epilogues: (y + bias) + residual, or silu(gate + bias) · (up + bias),
+    // each as its composed ops would round it.
+    if (swiglu_) {
+      const int64_t n = as[0].n;
+      float* y = out[0].data<float>();
+      const float* g = gate_up.data();
+      const float* u = g + m * n;
+      for (int64_t r = 0; r < m; r++) {
+        for (int64_t c = 0; c < n; c++) {
+          const float gv = bias[0] ? g[r * n + c] + bias[0][c] : g[r * n + c];
+          const float uv = bias[1] ? u[r * n + c] + bias[1][c] : u[r * n + c];
+          y[r * n + c] = gv / (1.0f + exp_approx(-gv)) * uv;
+        }
+      }
+      return;
+    }
+    for (size_t i = 0; i < mats; i++) {
+      const int64_t n = as[i].n;
+      float* y = out[i].data<float>();
+      if (bias[i]) {
+        for (int64_t r = 0; r < m; r++)
+          for (int64_t c = 0; c < n; c++) y[r * n + c] += bias[i][c];
+      }
+      if (residual) {
+        for (int64_t j = 0; j < m * n; j++) y[j] += residual[j];
+      }
+    }
+  }
+
+  FusedConfig cfg_;
+};
+
+// A weight input as the kernels read it (rows one after another). An
+// evaluated row range of a fused matrix (Linear::fuse_outputs makes q/k/v and
+// gate/up such views) already is: MLX's `contiguous` would copy it on every
+// call.
+mx::array as_rows(const mx::array& a, mx::Stream s) {
+  if (a.is_available() && a.ndim() == 2 && a.strides(1) == 1 && a.strides(0) == a.shape(1)) return a;
+  if (a.is_available() && a.ndim() == 1 && a.strides(0) == 1) return a;
+  return mx::contiguous(a, false, s);
+}
+
 }  // namespace
+
+std::optional<std::vector<mx::array>> fused_quantized_linear(const mx::array& x, const std::vector<FusedMatrix>& mats,
+                                                             int group, int bits,
+                                                             const std::optional<std::pair<mx::array, float>>& norm,
+                                                             const std::optional<mx::array>& residual, bool swiglu,
+                                                             const std::vector<mx::Shape>& out_shapes,
+                                                             mx::StreamOrDevice s) {
+  if (mats.empty() || mats.size() > 3 || (swiglu && mats.size() != 2) || (residual && (swiglu || mats.size() != 1)))
+    return std::nullopt;
+  if (!applies(x, s) || x.ndim() < 1) return std::nullopt;
+  const int64_t k = static_cast<int64_t>(mats[0].w.shape(1)) * 32 / std::max(bits, 1);
+  if (k == 0 || static_cast<int64_t>(x.size()) % k != 0) return std::nullopt;
+  const int64_t m = static_cast<int64_t>(x.size()) / k;
+  auto stream = mx::to_stream(s);
+  // x as rows of K: the products do not care how the caller shaped it.
+  auto x2 = x.shape(-1) == k ? mx::reshape(x, {-1, static_cast<int>(k)}, stream)
+                             : mx::reshape(x, {static_cast<int>(m), static_cast<int>(k)}, stream);
+  std::vector<mx::array> inputs{mx::contiguous(x2, false, stream)};
+  std::vector<bool> has_bias;
+  std::vector<mx::array> biases;
+  std::vector<mx::Shape> shapes;
+  for (const auto& q : mats) {
+    if (!quantized_linear_applies(x2, q.w, q.scales, q.biases, group, bits, s)) return std::nullopt;
+    const int n = q.w.shape(0);
+    if (swiglu && n != mats[0].w.shape(0)) return std::nullopt;
+    for (const auto* a : {&q.w, &q.scales, &q.biases}) inputs.push_back(as_rows(*a, stream));
+    has_bias.push_back(q.bias.has_value());
+    if (q.bias) {
+      if (q.bias->dtype() != mx::float32 || q.bias->size() != static_cast<size_t>(n)) return std::nullopt;
+      biases.push_back(as_rows(*q.bias, stream));
+    }
+    if (!swiglu || shapes.empty()) {
+      auto shape = x.shape();
+      if (x.shape(-1) == k) {
+        shape.back() = n;
+      } else {
+        shape = {static_cast<int>(m), n};
+      }
+      shapes.push_back(shape);
+    }
+  }
+  if (!out_shapes.empty()) {
+    if (out_shapes.size() != shapes.size()) return std::nullopt;
+    for (size_t i = 0; i < shapes.size(); i++) {
+      int64_t a = 1, b = 1;
+      for (int d : out_shapes[i]) a *= d;
+      for (int d : shapes[i]) b *= d;
+      if (a != b) return std::nullopt;
+    }
+    shapes = out_shapes;
+  }
+  for (auto& b : biases) inputs.push_back(std::move(b));
+  if (norm) {
+    if (norm->first.dtype() != mx::float32 || norm->first.size() != static_cast<size_t>(k)) return std::nullopt;
+    inputs.push_back(as_rows(norm->first, stream));
+  }
+  if (residual) {
+    if (residual->dtype() != mx::float32 || residual->size() != static_cast<size_t>(m * mats[0].w.shape(0)))
+      return std::nullopt;
+    inputs.push_back(mx::contiguous(*residual, false, stream));
+  }
+  auto prim = std::make_shared<FusedQuantizedKernel>(
+      stream, FusedConfig{group, bits, std::move(has_bias), norm.has_value(), norm ? norm->second : 0.0f,
+                          residual.has_value(), swiglu, shapes});
+  std::vector<mx::Dtype> dtypes(shapes.size(), mx::float32);
+  return mx::array::make_arrays(std::move(shapes), dtypes, prim, inputs);
+}
 
 bool quantized_linear_applies(const mx::array& x, const mx::array& w, const mx::array& scales,
                               const mx::array& biases, int group, int bits, mx::StreamOrDevice s) {
   if (!applies(x, s) || x.ndim() < 1 || w.ndim() != 2 || w.dtype() != mx::uint32) return false;
-  if ((bits != 4 && bits != 8) || (group != 32 && group != 64 && group != 128)) return false;
+  if ((bits != 4 && bits != 5 && bits != 8) || (group != 32 && group != 64 && group != 128)) return false;
+  if (static_cast<int64_t>(w.shape(1)) * 32 % bits != 0) return false;
   const int64_t k = static_cast<int64_t>(w.shape(1)) * 32 / bits;
   if (x.shape(-1) != k || k % group != 0 || k == 0) return false;
   const mx::Shape groups{w.shape(0), static_cast<int>(k / group)};
@@ -339,15 +602,15 @@ mx::array quantized_linear(const mx::array& x, const mx::array& w, const mx::arr
                            const mx::array& biases, int group, int bits, mx::StreamOrDevice s) {
   if (!quantized_linear_applies(x, w, scales, biases, group, bits, s)) {
     throw std::invalid_argument(
-        "quantized_linear kernel: float32 x on a CPU stream, 4- or 8-bit weights in groups of 32, 64 or 128 "
+        "quantized_linear kernel: float32 x on a CPU stream, 4-, 5- or 8-bit weights in groups of 32, 64 or 128 "
         "with float32 scales and biases");
   }
   auto stream = mx::to_stream(s);
   auto shape = x.shape();
   shape.back() = w.shape(0);
   return mx::array(shape, mx::float32, std::make_shared<QuantizedLinearKernel>(stream, group, bits),
-                   {mx::contiguous(x, false, stream), mx::contiguous(w, false, stream),
-                    mx::contiguous(scales, false, stream), mx::contiguous(biases, false, stream)});
+                   {mx::contiguous(x, false, stream), as_rows(w, stream), as_rows(scales, stream),
+                    as_rows(biases, stream)});
 }
 
 int quantized_kernel_level(int force) {

@@ -636,40 +636,54 @@ std::unique_ptr<Array> cuda_qmv(const Array& x, const Array& w, const Array& sca
   throw std::runtime_error("engine-mlx was built without the `cuda` feature: no CUDA kernels");
 #endif
 }
-std::unique_ptr<ArrayList> cuda_fused_qmv(const Array& x, const ArrayList& mats, const ArrayList& bias, rust::Slice<const bool> has_bias, int32_t group_size, int32_t bits, const ArrayList& norm, float eps, const ArrayList& residual, bool swiglu, rust::Slice<const int32_t> out_shapes, rust::Slice<const size_t> out_ranks) {
+std::unique_ptr<ArrayList> fused_qmv(const Array& x, const ArrayList& mats, const ArrayList& bias, rust::Slice<const bool> has_bias, int32_t group_size, int32_t bits, bool int8_kernels, const ArrayList& norm, float eps, const ArrayList& residual, bool swiglu, rust::Slice<const int32_t> out_shapes, rust::Slice<const size_t> out_ranks) {
   auto out = std::make_unique<ArrayList>();
-#ifdef MLXE_CUDA
   // Three arrays a quantized matrix, one a dense one (bits 0).
   const size_t per = bits == 0 ? 1 : 3;
   if (mats.items.size() % per != 0 || mats.items.size() / per != has_bias.size())
-    throw std::invalid_argument("cuda_fused_qmv: the matrices' arrays and one bias flag per matrix");
-  std::vector<cuda::QuantMatrix> qs;
+    throw std::invalid_argument("fused_qmv: the matrices' arrays and one bias flag per matrix");
+  std::vector<std::optional<Array>> lbs;
   size_t b = 0;
   for (size_t m = 0; m < has_bias.size(); ++m) {
     std::optional<Array> lb;
     if (has_bias[m]) {
-      if (b >= bias.items.size()) throw std::invalid_argument("cuda_fused_qmv: a bias flag without its bias");
+      if (b >= bias.items.size()) throw std::invalid_argument("fused_qmv: a bias flag without its bias");
       lb = bias.items[b++];
     }
-    if (per == 1)
-      qs.push_back({mats.items[m], std::nullopt, std::nullopt, lb});
-    else
-      qs.push_back({mats.items[3 * m], mats.items[3 * m + 1], mats.items[3 * m + 2], lb});
+    lbs.push_back(lb);
   }
   std::optional<std::pair<Array, float>> nm;
   if (!norm.items.empty()) nm = std::make_pair(norm.items[0], eps);
   std::vector<mx::Shape> shapes;
   size_t at = 0;
   for (size_t r : out_ranks) {
-    if (at + r > out_shapes.size()) throw std::invalid_argument("cuda_fused_qmv: out_ranks exceed out_shapes");
+    if (at + r > out_shapes.size()) throw std::invalid_argument("fused_qmv: out_ranks exceed out_shapes");
     shapes.emplace_back(out_shapes.begin() + at, out_shapes.begin() + at + r);
     at += r;
+  }
+  // The int8 CPU kernels, for weights that opted in.
+  if (int8_kernels && per == 3) {
+    std::vector<kernels::FusedMatrix> qs;
+    for (size_t m = 0; m < has_bias.size(); ++m)
+      qs.push_back({mats.items[3 * m], mats.items[3 * m + 1], mats.items[3 * m + 2], lbs[m]});
+    if (auto ys = kernels::fused_quantized_linear(x, qs, group_size, bits, nm, opt(residual), swiglu, shapes)) {
+      out->items = std::move(*ys);
+      return out;
+    }
+  }
+#ifdef MLXE_CUDA
+  std::vector<cuda::QuantMatrix> qs;
+  for (size_t m = 0; m < has_bias.size(); ++m) {
+    if (per == 1)
+      qs.push_back({mats.items[m], std::nullopt, std::nullopt, lbs[m]});
+    else
+      qs.push_back({mats.items[3 * m], mats.items[3 * m + 1], mats.items[3 * m + 2], lbs[m]});
   }
   auto ys = cuda::fused_qmv(x, qs, group_size, bits, nm, opt(residual),
                             swiglu ? cuda::Epilogue::SwiGlu : cuda::Epilogue::Split, shapes);
   if (ys) out->items = std::move(*ys);
 #else
-  (void)x, (void)mats, (void)bias, (void)has_bias, (void)group_size, (void)bits, (void)norm, (void)eps, (void)residual, (void)swiglu, (void)out_shapes, (void)out_ranks;
+  (void)swiglu;
 #endif
   return out;
 }
