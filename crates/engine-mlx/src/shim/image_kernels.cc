@@ -446,7 +446,7 @@ PackedWeight pack_weight(const float* w, const float* bias, int64_t cout, int64_
   // transpose took 8% of a diffusion run.
   parallel((k + 63) / 64, 64 * padded_cout, [&](int64_t lo, int64_t hi) {
     for (const auto& b : p.blocks) {
-      const int64_t j0 = lo * 64, j1 = std::min(k, hi * 64), width = 16 * b.nv;
+      const int64_t j0 = lo * 64, j1 = std::min(k, hi * 64);
       if (p.avx512) {
         pack_weight_block(w, k, cout, b.c0, b.nv, j0, j1, pw + b.offset);
         continue;
