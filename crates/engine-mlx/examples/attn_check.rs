@@ -21,15 +21,8 @@ use engine_mlx::quant::set_cuda_kernels;
 use engine_mlx::{eval, random, Array, Dtype, Result};
 use std::time::Instant;
 
-/// ‖a − b‖ / ‖b‖ over all elements, in f64.
-fn rel_err(a: &[f32], b: &[f32]) -> f64 {
-    let (mut d, mut n) = (0.0f64, 0.0f64);
-    for (x, y) in a.iter().zip(b) {
-        d += (f64::from(*x) - f64::from(*y)).powi(2);
-        n += f64::from(*y).powi(2);
-    }
-    (d / n.max(f64::MIN_POSITIVE)).sqrt()
-}
+mod support;
+use support::rel_err;
 
 fn normal(shape: &[usize], dtype: Dtype, seed: u64) -> Result<Array> {
     random::normal(shape, Dtype::Float32, 0.0, 1.0, Some(&random::key(seed)?))?.astype(dtype)

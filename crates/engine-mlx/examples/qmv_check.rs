@@ -21,6 +21,9 @@ use engine_mlx::quant::{
 use engine_mlx::{eval, fast, random, Array, Dtype, Result};
 use std::time::Instant;
 
+mod support;
+use support::rel_err;
+
 /// A linear layer: name, input features (K), output features (N).
 type Layer = (&'static str, usize, usize);
 
@@ -56,16 +59,6 @@ const FAMILIES: [(&str, [Layer; 5]); 3] = [
         ],
     ),
 ];
-
-/// ‖a − b‖ / ‖b‖ over all elements, in f64.
-fn rel_err(a: &[f32], b: &[f32]) -> f64 {
-    let (mut d, mut n) = (0.0f64, 0.0f64);
-    for (x, y) in a.iter().zip(b) {
-        d += (f64::from(*x) - f64::from(*y)).powi(2);
-        n += f64::from(*y).powi(2);
-    }
-    (d / n.max(f64::MIN_POSITIVE)).sqrt()
-}
 
 /// Microseconds per call: `reps` independent calls evaluated together, best of 2.
 fn time_us(reps: usize, f: &dyn Fn() -> Result<Array>) -> Result<f64> {
