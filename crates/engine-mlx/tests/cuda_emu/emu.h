@@ -1,0 +1,74 @@
+// Runs the device code of shim/cuda_kernels.cc on the CPU, for tests on
+// machines without a GPU: each CUDA thread of a block is a std::thread,
+// __syncthreads a barrier, __shfl_xor_sync an exchange through memory between
+// two barriers (so it must be reached by every thread of the block, as it is
+// in our kernels), __shared__ a function-local static (one block runs at a
+// time). Inline PTX is dropped, so only float32 data (Elem<0>, which needs
+// none) gives meaningful results.
+#include <barrier>
+#include <cmath>
+#include <cstring>
+#include <thread>
+#include <vector>
+#define __device__
+#define __forceinline__ inline
+#define __global__
+#define __launch_bounds__(x)
+#define __shared__ static
+#define asm(...) (void)0
+struct uint4 {
+  unsigned x, y, z, w;
+};
+struct uint2 {
+  unsigned x, y;
+};
+struct float4 {
+  float x, y, z, w;
+};
+struct dim3_ {
+  unsigned x, y, z;
+};
+inline thread_local dim3_ threadIdx;
+inline dim3_ blockIdx, blockDim;
+inline std::barrier<>* g_bar;
+inline float g_slots[1024];
+template <class T>
+T __ldg(const T* p) {
+  return *p;
+}
+inline void __syncthreads() { g_bar->arrive_and_wait(); }
+inline float __shfl_xor_sync(unsigned, float v, int o) {
+  const int t = threadIdx.x;
+  g_slots[t] = v;
+  g_bar->arrive_and_wait();
+  const float r = g_slots[(t & ~31) | ((t & 31) ^ o)];
+  g_bar->arrive_and_wait();
+  return r;
+}
+inline float __uint_as_float(unsigned u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+inline float __expf(float x) { return std::exp(x); }
+using std::max;
+using std::min;
+
+// Runs `f` as the kernel of a grid: blocks one after another.
+template <class F>
+void launch(dim3_ grid, unsigned threads, F f) {
+  blockDim = {threads, 1, 1};
+  for (unsigned by = 0; by < grid.y; ++by)
+    for (unsigned bx = 0; bx < grid.x; ++bx) {
+      blockIdx = {bx, by, 0};
+      std::barrier<> bar(threads);
+      g_bar = &bar;
+      std::vector<std::thread> ts;
+      for (unsigned t = 0; t < threads; ++t) ts.emplace_back([&, t] {
+          threadIdx = {t, 0, 0};
+          f();
+        });
+      for (auto& th : ts) th.join();
+    }
+}

@@ -1,0 +1,144 @@
+// The fused matvec kernels (qmv, qmv2) on float32 data under the CPU
+// emulation (emu.h) against a float64 reference: every epilogue (split
+// rows over three matrices, SwiGLU), RMS norm, bias, residual, 4/8 bits,
+// groups of 32/64/128, several rows of x, partial tiles and partial warps.
+// src.cc is the kernels' source, cut out of cuda_kernels.cc by the test.
+#include <cstdio>
+#include <random>
+#include "src.cc"
+using mlxe::Params;
+typedef unsigned u32;
+
+struct Mat {
+  int n;
+  std::vector<u32> w;
+  std::vector<float> sc, bi, bias;
+};
+
+// Relative L2 error of the kernel's output against the float64 product.
+// STREAM: qmv2 (R rows a warp, 8 warps) or qmv (R rows a block, 64 threads).
+template <bool STREAM, int BITS, int GS, int MT, int R, int MODE, bool NORM>
+double run_case(int M, int K, std::vector<int> ns, bool residual, bool bias, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> U(-1, 1);
+  const int PW = 32 / BITS, groups = K / GS;
+  std::vector<Mat> mats;
+  for (int n : ns) {
+    Mat m{n, {}, {}, {}, {}};
+    m.w.resize(size_t(n) * K / PW);
+    for (auto& v : m.w) v = rng();
+    m.sc.resize(size_t(n) * groups);
+    m.bi.resize(size_t(n) * groups);
+    for (auto& v : m.sc) v = U(rng) * 0.1f;
+    for (auto& v : m.bi) v = U(rng) * 0.5f;
+    if (bias) {
+      m.bias.resize(n);
+      for (auto& v : m.bias) v = U(rng);
+    }
+    mats.push_back(std::move(m));
+  }
+  const int ldx = K + 8, ldr = ns[0] + 3;
+  std::vector<float> x(size_t(M) * ldx), g(K), res(size_t(M) * ldr);
+  for (auto& v : x) v = U(rng) * 3;
+  for (auto& v : g) v = U(rng) + 1.5f;
+  for (auto& v : res) v = U(rng);
+  std::vector<std::vector<float>> y(3);
+  Params p{};
+  p.x = x.data();
+  p.norm = NORM ? g.data() : nullptr;
+  p.residual = residual ? res.data() : nullptr;
+  int end = 0, total = 0;
+  for (size_t i = 0; i < 3; ++i) {
+    if (i < mats.size()) {
+      p.w[i] = mats[i].w.data();
+      p.scales[i] = mats[i].sc.data();
+      p.biases[i] = mats[i].bi.data();
+      p.bias[i] = bias ? mats[i].bias.data() : nullptr;
+      end = MODE == 1 ? ns[0] : end + ns[i];
+      total += ns[i];
+      y[i].assign(size_t(M) * ns[i], NAN);
+      if (MODE == 0 || i == 0) p.y[i] = y[i].data();
+    }
+    p.n_end[i] = end;
+  }
+  p.M = M;
+  p.K = K;
+  p.ldx = ldx;
+  p.ldr = ldr;
+  p.eps = 1e-5f;
+  const int rows = MODE == 1 ? ns[0] : total;
+  const int per_block = (MODE == 1 ? R / 2 : R) * (STREAM ? 8 : 1);
+  const dim3_ grid{unsigned((rows + per_block - 1) / per_block), unsigned((M + MT - 1) / MT), 1};
+  if constexpr (STREAM) {
+    launch(grid, 256, [&] { mlxe::qmv2<0, BITS, GS, MT, R, MODE, NORM, 2048>(p); });
+  } else {
+    launch(grid, 64, [&] { mlxe::qmv<0, BITS, GS, MT, R, MODE, NORM>(p); });
+  }
+  double num = 0, den = 0;
+  bool finite = true;
+  auto deq = [&](const Mat& m, int n, int k) {
+    const u32 word = m.w[size_t(n) * K / PW + k / PW];
+    const int q = (word >> (BITS * (k % PW))) & ((1u << BITS) - 1);
+    return double(m.sc[size_t(n) * groups + k / GS]) * q + m.bi[size_t(n) * groups + k / GS];
+  };
+  auto add = [&](double got, double want) {
+    finite = finite && std::isfinite(got);
+    num += (got - want) * (got - want);
+    den += want * want;
+  };
+  for (int mm = 0; mm < M; ++mm) {
+    const float* xr = &x[size_t(mm) * ldx];
+    double inv = 1;
+    if (NORM) {
+      double s = 0;
+      for (int k = 0; k < K; ++k) s += double(xr[k]) * xr[k];
+      inv = 1 / std::sqrt(s / K + 1e-5);
+    }
+    auto dot = [&](const Mat& m, int n) {
+      double s = 0;
+      for (int k = 0; k < K; ++k) s += deq(m, n, k) * xr[k] * (NORM ? g[k] * inv : 1.0);
+      return s;
+    };
+    if (MODE == 1) {
+      for (int n = 0; n < ns[0]; ++n) {
+        const double a = dot(mats[0], n), b = dot(mats[1], n);
+        add(y[0][size_t(mm) * ns[0] + n], a / (1 + std::exp(-a)) * b);
+      }
+    } else {
+      for (size_t i = 0; i < mats.size(); ++i)
+        for (int n = 0; n < ns[i]; ++n)
+          add(y[i][size_t(mm) * ns[i] + n], dot(mats[i], n) + (bias ? mats[i].bias[n] : 0) +
+                                                 (residual ? res[size_t(mm) * ldr + n] : 0));
+    }
+  }
+  return finite ? std::sqrt(num / den) : INFINITY;
+}
+
+#define CASE(NAME, TPL, ...)                                         \
+  do {                                                               \
+    const double e = run_case<TPL>(__VA_ARGS__);                     \
+    std::printf("%-40s rel_l2 %.2e\n", NAME, e);                     \
+    worst = std::isnan(e) ? INFINITY : std::max(worst, e);           \
+  } while (0)
+#define T(...) __VA_ARGS__
+
+int main() {
+  double worst = 0;
+  // qmv2: K past one tile (4608), a partial warp of staging threads (896).
+  CASE("qmv2 4b g64 norm split3", T(true, 4, 64, 1, 2, 0, true), 1, 4096, {40, 24, 24}, false, false, 1);
+  CASE("qmv2 4b g64 residual K4608", T(true, 4, 64, 1, 1, 0, false), 1, 4608, {37}, true, false, 2);
+  CASE("qmv2 4b g32 norm bias M3 K896", T(true, 4, 32, 2, 2, 0, true), 3, 896, {20, 8, 8}, false, true, 3);
+  CASE("qmv2 4b g128 bias residual M4", T(true, 4, 128, 4, 2, 0, false), 4, 2048, {33}, true, true, 4);
+  CASE("qmv2 8b g64 norm", T(true, 8, 64, 1, 2, 0, true), 1, 4096, {40}, false, false, 5);
+  CASE("qmv2 8b g32 residual M2 K4608", T(true, 8, 32, 2, 1, 0, false), 2, 4608, {19, 5}, true, false, 6);
+  CASE("qmv2 4b g64 norm swiglu", T(true, 4, 64, 1, 4, 1, true), 1, 4096, {36, 36}, false, false, 7);
+  CASE("qmv2 4b g64 norm swiglu M2 K896", T(true, 4, 64, 2, 2, 1, true), 2, 896, {21, 21}, false, false, 8);
+  CASE("qmv2 8b g128 swiglu K4608", T(true, 8, 128, 1, 2, 1, false), 1, 4608, {17, 17}, false, false, 9);
+  // qmv, the kernel above it.
+  CASE("qmv 4b g64 norm split3", T(false, 4, 64, 1, 4, 0, true), 1, 1024, {12, 4, 4}, false, false, 10);
+  CASE("qmv 8b g32 bias residual M3", T(false, 8, 32, 4, 2, 0, false), 3, 896, {9}, true, true, 11);
+  CASE("qmv 4b g128 norm swiglu M2", T(false, 4, 128, 2, 4, 1, true), 2, 1024, {10, 10}, false, false, 12);
+  const bool pass = worst < 1e-5;
+  std::printf("worst rel_l2 %.2e: %s\n", worst, pass ? "pass" : "FAIL");
+  return pass ? 0 : 1;
+}
