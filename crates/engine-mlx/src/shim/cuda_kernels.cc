@@ -106,7 +106,31 @@ template <int BITS> struct Packed {
     const u32 src = j < SPLIT ? word : high;
     return __uint_as_float(0x4B000000u | (src & (MASK << (BITS * pos(j))))) - 8388608.0f;
   }
+  // The same from lo, hi: the word and the word shifted right by BITS·SPLIT,
+  // each with 2^23's bits OR-ed in by with_magic (they miss the elements read
+  // from each): (w | m) & (mask | m) = (w & mask) | m, one AND with one
+  // immediate a weight. Written as mask-then-OR, the compiler keeps 2^23 as
+  // the immediate and rematerialises a register for each mask before most
+  // ANDs: at one row of x this form takes 12-14% fewer instructions in the
+  // matvec's loop (SASS for sm_90) and fewer registers; at 4 rows, where a
+  // dequantized weight serves 4 FMAs, 5% more, so qmv picks by MT.
+  __device__ static __forceinline__ float scaled_q_or(u32 lo, u32 hi, int j) {
+    const u32 src = j < SPLIT ? lo : hi;
+    return __uint_as_float(src & ((MASK << (BITS * pos(j))) | 0x4B000000u)) - 8388608.0f;
+  }
 };
+
+// w | 0x4B000000, opaque to the compiler so it cannot fold Packed::scaled_q_or's
+// AND back into the mask-then-OR form.
+__device__ __forceinline__ u32 with_magic(u32 w) {
+#ifdef MLXE_EMULATED
+  return w | 0x4B000000u;
+#else
+  u32 r;
+  asm("or.b32 %0, %1, 0x4B000000;" : "=r"(r) : "r"(w));
+  return r;
+#endif
+}
 
 // Loads the XW words of x-like data (x or the norm weight) under one word of w.
 template <int XW> __device__ __forceinline__ void load_words(const void* p, u32* o) {
@@ -234,8 +258,14 @@ __device__ __forceinline__ void qmv(const Params& p) {
         for (int r = 0; r < ROWS; ++r) {
           const u32 word = reinterpret_cast<const u32*>(&wv[r])[i];
           const u32 high = word >> (BITS * Packed<BITS>::SPLIT);
+          if constexpr (MT == 1) {
+            const u32 lo = with_magic(word), hi = with_magic(high);
   #pragma unroll
-          for (int j = 0; j < PW; ++j) q[r][j] = Packed<BITS>::scaled_q(word, high, j);
+            for (int j = 0; j < PW; ++j) q[r][j] = Packed<BITS>::scaled_q_or(lo, hi, j);
+          } else {
+  #pragma unroll
+            for (int j = 0; j < PW; ++j) q[r][j] = Packed<BITS>::scaled_q(word, high, j);
+          }
         }
         const int col = c * E + i * PW;
         float gf[PW];
@@ -347,231 +377,6 @@ __device__ __forceinline__ void qmv(const Params& p) {
         static_cast<S*>(p.y[a])[size_t(m0 + m) * rows_a + n] = EL::put(v);
       }
     }
-  }
-}
-// Eight x-like values from 16-byte aligned memory (32 bytes for float32).
-template <typename EL> __device__ __forceinline__ void load8(const void* p, float* o) {
-  const uint4* q = reinterpret_cast<const uint4*>(p);
-  if constexpr (EL::N == 1) {
-    unpack_chunk<EL, 4>(__ldg(q), o);
-    unpack_chunk<EL, 4>(__ldg(q + 1), o + 4);
-  } else {
-    unpack_chunk<EL, 8>(__ldg(q), o);
-  }
-}
-
-// The 16-byte quad of the staged x that holds logical quad `quad`: XOR-
-// swizzled within each 128 bytes, so the 8 lanes of a 128-bit shared load
-// (consecutive chunks of w) hit distinct banks.
-__device__ __forceinline__ int swz(int quad) { return quad ^ ((quad >> 3) & 7); }
-
-// The quantized matvec built for streaming (a few rows of x, as decode): the
-// x-side work (RMS norm weight, the packing trick's x_scale, the per-group
-// sums for the bias term) is done once per block into shared memory, a tile
-// of TILE columns at a time, and shared by the block's 8·R rows; each warp
-// owns R rows (SwiGlu: R/2 gate rows and the same up rows), its lanes
-// striding over a tile's 16-byte chunks with the chunks' loads issued before
-// the tile is staged. Per weight the inner loop is a mask, a subtraction and
-// an FMA; the lanes' sums meet by shuffles. The same sums as qmv (float32,
-// one rounding at the output); RMS of x is taken from the staged columns.
-template <int KIND, int BITS, int GS, int MT, int R, int MODE, bool NORM, int TILE>
-__device__ __forceinline__ void qmv2(const Params& p) {
-  typedef Elem<KIND> EL;
-  typedef typename EL::S S;
-  constexpr int E = 128 / BITS, PW = 32 / BITS, WARPS = 8, CPL = TILE / E / 32;
-  const int M = p.M, K = p.K, groups = K / GS, row_words = K / PW;
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int m0 = blockIdx.y * MT;
-  const S* x = static_cast<const S*>(p.x);
-  const S* g = static_cast<const S*>(p.norm);
-
-  __shared__ float4 xs[MT][TILE / 4];
-  __shared__ float csum[MT][TILE / E];
-  __shared__ float red[WARPS][MT];
-
-  const uint4* wr[R];
-  const S* sr[R];
-  const S* br[R];
-  int mat[R], row[R];
-  bool live[R];
-  const int base = blockIdx.x * WARPS + warp;
-#pragma unroll
-  for (int r = 0; r < R; ++r) {
-    int v, i;
-    if constexpr (MODE == 1) {
-      v = base * (R / 2) + r % (R / 2);
-      i = r / (R / 2);
-      live[r] = v < p.n_end[0];
-      row[r] = live[r] ? v : 0;
-    } else {
-      v = base * R + r;
-      live[r] = v < p.n_end[2];
-      if (!live[r]) v = 0;
-      i = v < p.n_end[0] ? 0 : v < p.n_end[1] ? 1 : 2;
-      row[r] = v - (i == 0 ? 0 : p.n_end[i - 1]);
-    }
-    mat[r] = i;
-    wr[r] = reinterpret_cast<const uint4*>(static_cast<const u32*>(p.w[i]) + size_t(row[r]) * row_words);
-    sr[r] = static_cast<const S*>(p.scales[i]) + size_t(row[r]) * groups;
-    br[r] = static_cast<const S*>(p.biases[i]) + size_t(row[r]) * groups;
-  }
-
-  float acc[R][MT], ss[MT];
-#pragma unroll
-  for (int m = 0; m < MT; ++m) {
-    ss[m] = 0.f;
-#pragma unroll
-    for (int r = 0; r < R; ++r) acc[r][m] = 0.f;
-  }
-
-  for (int t0 = 0; t0 < K; t0 += TILE) {
-    const int tn = min(TILE, K - t0), tchunks = tn / E, c0 = t0 / E;
-    // This tile's weights first: their latency overlaps the staging below.
-    uint4 wv[CPL][R];
-    float sc[CPL][R], bi[CPL][R];
-#pragma unroll
-    for (int u = 0; u < CPL; ++u) {
-      const int c = lane + 32 * u;
-      const int grp = (t0 + c * E) / GS;
-#pragma unroll
-      for (int r = 0; r < R; ++r) {
-        if (c < tchunks) {
-          wv[u][r] = __ldg(wr[r] + c0 + c);
-          sc[u][r] = EL::get(sr[r][grp]);
-          bi[u][r] = EL::get(br[r][grp]);
-        } else {
-          wv[u][r] = uint4{0u, 0u, 0u, 0u};
-          sc[u][r] = bi[u][r] = 0.f;
-        }
-      }
-    }
-    // Stage x: 8 columns a thread and step; a chunk's E/8 threads are
-    // neighbouring lanes, which sum it with shuffles (every lane takes part).
-    for (int e0 = 0; e0 < tn; e0 += blockDim.x * 8) {
-      const int e = e0 + threadIdx.x * 8;
-      const bool in = e < tn;
-      float gf[8];
-      if constexpr (NORM) {
-        if (in) load8<EL>(g + t0 + e, gf);
-      }
-#pragma unroll
-      for (int m = 0; m < MT; ++m) {
-        float xv[8];
-#pragma unroll
-        for (int j = 0; j < 8; ++j) xv[j] = 0.f;
-        if (in && m0 + m < M) load8<EL>(x + size_t(m0 + m) * p.ldx + t0 + e, xv);
-        float gs = 0.f;
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-          if constexpr (NORM) {
-            ss[m] = fmaf(xv[j], xv[j], ss[m]);
-            xv[j] *= gf[j];
-          }
-          gs += xv[j];
-          xv[j] *= Packed<BITS>::x_scale(j % PW);
-        }
-#pragma unroll
-        for (int o = E / 16; o > 0; o /= 2) gs += __shfl_xor_sync(0xffffffffu, gs, o);
-        if (in) {
-          if (lane % (E / 8) == 0) csum[m][e / E] = gs;
-          xs[m][swz(e / 4)] = float4{xv[0], xv[1], xv[2], xv[3]};
-          xs[m][swz(e / 4 + 1)] = float4{xv[4], xv[5], xv[6], xv[7]};
-        }
-      }
-    }
-    __syncthreads();
-#pragma unroll
-    for (int u = 0; u < CPL; ++u) {
-      const int c = lane + 32 * u;
-      if (c < tchunks) {
-        float qx[R][MT];
-#pragma unroll
-        for (int r = 0; r < R; ++r)
-#pragma unroll
-          for (int m = 0; m < MT; ++m) qx[r][m] = 0.f;
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          float xq[MT][PW];
-#pragma unroll
-          for (int m = 0; m < MT; ++m)
-#pragma unroll
-            for (int h = 0; h < PW / 4; ++h) {
-              const float4 f = xs[m][swz(c * (E / 4) + i * (PW / 4) + h)];
-              xq[m][4 * h] = f.x;
-              xq[m][4 * h + 1] = f.y;
-              xq[m][4 * h + 2] = f.z;
-              xq[m][4 * h + 3] = f.w;
-            }
-#pragma unroll
-          for (int r = 0; r < R; ++r) {
-            const u32 word = reinterpret_cast<const u32*>(&wv[u][r])[i];
-            const u32 high = word >> (BITS * Packed<BITS>::SPLIT);
-#pragma unroll
-            for (int j = 0; j < PW; ++j) {
-              const float qv = Packed<BITS>::scaled_q(word, high, j);
-#pragma unroll
-              for (int m = 0; m < MT; ++m) qx[r][m] = fmaf(qv, xq[m][j], qx[r][m]);
-            }
-          }
-        }
-#pragma unroll
-        for (int r = 0; r < R; ++r)
-#pragma unroll
-          for (int m = 0; m < MT; ++m) acc[r][m] = fmaf(sc[u][r], qx[r][m], fmaf(bi[u][r], csum[m][c], acc[r][m]));
-      }
-    }
-    __syncthreads();  // the next tile rewrites xs
-  }
-
-#pragma unroll
-  for (int r = 0; r < R; ++r)
-#pragma unroll
-    for (int m = 0; m < MT; ++m)
-#pragma unroll
-      for (int o = 16; o > 0; o /= 2) acc[r][m] += __shfl_xor_sync(0xffffffffu, acc[r][m], o);
-  float inv[MT];
-#pragma unroll
-  for (int m = 0; m < MT; ++m) inv[m] = 1.f;
-  if constexpr (NORM) {
-#pragma unroll
-    for (int m = 0; m < MT; ++m) {
-#pragma unroll
-      for (int o = 16; o > 0; o /= 2) ss[m] += __shfl_xor_sync(0xffffffffu, ss[m], o);
-      if (lane == 0) red[warp][m] = ss[m];
-    }
-    __syncthreads();
-#pragma unroll
-    for (int m = 0; m < MT; ++m) {
-      float t = 0.f;
-#pragma unroll
-      for (int k = 0; k < WARPS; ++k) t += red[k][m];
-      inv[m] = rsqrtf(t / float(K) + p.eps);
-    }
-  }
-  if (lane != 0) return;
-  if constexpr (MODE == 1) {
-    S* y = static_cast<S*>(p.y[0]);
-#pragma unroll
-    for (int r = 0; r < R / 2; ++r)
-#pragma unroll
-      for (int m = 0; m < MT; ++m)
-        if (live[r] && m0 + m < M) {
-          const float a = acc[r][m] * inv[m], b = acc[r + R / 2][m] * inv[m];
-          y[size_t(m0 + m) * p.n_end[0] + row[r]] = EL::put(a / (1.0f + __expf(-a)) * b);
-        }
-  } else {
-#pragma unroll
-    for (int r = 0; r < R; ++r)
-#pragma unroll
-      for (int m = 0; m < MT; ++m)
-        if (live[r] && m0 + m < M) {
-          const int a = mat[r], n = row[r];
-          const int rows_a = p.n_end[a] - (a == 0 ? 0 : p.n_end[a - 1]);
-          float v = acc[r][m] * inv[m];
-          if (p.bias[a] != nullptr) v += EL::get(static_cast<const S*>(p.bias[a])[n]);
-          if (p.residual != nullptr) v += EL::get(static_cast<const S*>(p.residual)[size_t(m0 + m) * p.ldr + n]);
-          static_cast<S*>(p.y[a])[size_t(m0 + m) * rows_a + n] = EL::put(v);
-        }
   }
 }
 }  // namespace mlxe
@@ -890,19 +695,12 @@ const Api& api() {
 struct Config {
   int kind, bits, group, mt, rows, mode;
   bool norm;
-  bool stream;  // qmv2 (rows: a warp's); qmv otherwise (rows: a block's)
-  int threads;  // most threads a block of qmv (a multiple of 32, at most 256); not part of the compiled code
+  int threads;  // most threads a block (a multiple of 32, at most 256); not part of the compiled code
   std::string key() const {
     return std::to_string(kind) + "_" + std::to_string(bits) + "_" + std::to_string(group) + "_" + std::to_string(mt) +
-           "_" + std::to_string(rows) + "_" + std::to_string(mode) + "_" + std::to_string(norm) +
-           (stream ? "_s" : "");
+           "_" + std::to_string(rows) + "_" + std::to_string(mode) + "_" + std::to_string(norm);
   }
 };
-
-// Columns of x a qmv2 block stages in shared memory at a time.
-constexpr int QMV2_TILE = 2048;
-// Warps of a qmv2 block.
-constexpr int QMV2_WARPS = 8;
 
 // The kernel `name` of the source `make_src()` returns, compiled by NVRTC for
 // this GPU on first use (each `key` once per process; a few hundred
@@ -962,10 +760,10 @@ CUfunc_st* kernel(const Config& c) {
   return compiled("qmv_" + c.key(), "mlxe_qmv", [&] {
     return std::string(kSource) +
            "extern \"C\" __global__ void __launch_bounds__(256) mlxe_qmv(const mlxe::Params p) {\n"
-           "  mlxe::" + (c.stream ? "qmv2<" : "qmv<") +
+           "  mlxe::qmv<" +
            std::to_string(c.kind) + ", " + std::to_string(c.bits) + ", " + std::to_string(c.group) + ", " +
            std::to_string(c.mt) + ", " + std::to_string(c.rows) + ", " + std::to_string(c.mode) + ", " +
-           (c.norm ? "true" : "false") + (c.stream ? ", " + std::to_string(QMV2_TILE) : std::string()) + ">(p);\n}\n";
+           (c.norm ? "true" : "false") + ">(p);\n}\n";
   });
 }
 
@@ -1075,9 +873,8 @@ class FusedQmv : public mx::Primitive {
       p.y[o] = gptr(outs[o]);
     }
     const int chunks = K / (128 / c_.bits);
-    const unsigned threads =
-        c_.stream ? QMV2_WARPS * 32 : static_cast<unsigned>(std::min(c_.threads, (chunks + 31) / 32 * 32));
-    const int per_block = (c_.mode == 1 ? c_.rows / 2 : c_.rows) * (c_.stream ? QMV2_WARPS : 1);
+    const unsigned threads = std::min(c_.threads, (chunks + 31) / 32 * 32);
+    const int per_block = c_.mode == 1 ? c_.rows / 2 : c_.rows;
     const dim3 grid{static_cast<unsigned>((rows + per_block - 1) / per_block),
                     static_cast<unsigned>((p.M + c_.mt - 1) / c_.mt), 1};
     CUfunc_st* f = kernel(c_);
@@ -1313,17 +1110,6 @@ std::vector<mx::array> build(const mx::array& x_in, const std::vector<QuantMatri
   static const int threads_env = std::clamp(env_int("MLXENGINE_CUDA_QMV_THREADS", 64) / 32 * 32, 32, 256);
   c.rows = rows_env > 0 ? std::min(rows_env, 8) : swiglu ? 4 : (total >= 2048 ? 4 : total >= 512 ? 2 : 1);
   if (swiglu) c.rows = std::max(2, c.rows / 2 * 2);
-  // qmv2 for quantized weights is opt-in (MLXENGINE_CUDA_QMV_STREAM=1) until
-  // it is measured on a GPU: its logic is checked under emulation
-  // (tests/cuda_emulated.rs), its speed not yet. Two rows a warp where that
-  // still leaves ~2 blocks per SM of a large GPU.
-  static const bool stream_on = env_int("MLXENGINE_CUDA_QMV_STREAM", 0) != 0;
-  c.stream = stream_on && !dense && K % 32 == 0;
-  if (c.stream) {
-    c.mt = std::min(M, 4);  // x rows staged together (shared memory: 8 KB each)
-    const int per_warp = rows_env > 0 ? std::clamp(rows_env, 1, 2) : total >= 2 * QMV2_WARPS * 264 ? 2 : 1;
-    c.rows = swiglu ? 2 * per_warp : per_warp;
-  }
   c.threads = threads_env;
   c.mode = swiglu ? 1 : 0;
   c.norm = norm.has_value();
