@@ -30,7 +30,7 @@ struct dim3_ {
   unsigned x, y, z;
 };
 inline thread_local dim3_ threadIdx;
-inline dim3_ blockIdx, blockDim;
+inline dim3_ blockIdx, blockDim, gridDim;
 inline std::barrier<>* g_bar;
 inline float g_slots[1024];
 template <class T>
@@ -46,6 +46,11 @@ inline float __shfl_xor_sync(unsigned, float v, int o) {
   g_bar->arrive_and_wait();
   return r;
 }
+inline float __int_as_float(int u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
 inline float __uint_as_float(unsigned u) {
   float f;
   std::memcpy(&f, &u, 4);
@@ -60,16 +65,18 @@ using std::min;
 template <class F>
 void launch(dim3_ grid, unsigned threads, F f) {
   blockDim = {threads, 1, 1};
-  for (unsigned by = 0; by < grid.y; ++by)
-    for (unsigned bx = 0; bx < grid.x; ++bx) {
-      blockIdx = {bx, by, 0};
-      std::barrier<> bar(threads);
-      g_bar = &bar;
-      std::vector<std::thread> ts;
-      for (unsigned t = 0; t < threads; ++t) ts.emplace_back([&, t] {
-          threadIdx = {t, 0, 0};
-          f();
-        });
-      for (auto& th : ts) th.join();
-    }
+  gridDim = grid;
+  for (unsigned bz = 0; bz < grid.z; ++bz)
+    for (unsigned by = 0; by < grid.y; ++by)
+      for (unsigned bx = 0; bx < grid.x; ++bx) {
+        blockIdx = {bx, by, bz};
+        std::barrier<> bar(threads);
+        g_bar = &bar;
+        std::vector<std::thread> ts;
+        for (unsigned t = 0; t < threads; ++t) ts.emplace_back([&, t] {
+            threadIdx = {t, 0, 0};
+            f();
+          });
+        for (auto& th : ts) th.join();
+      }
 }
