@@ -16,9 +16,10 @@ struct Mat {
   std::vector<float> sc, bi, bias;
 };
 
-// Relative L2 error of the kernel's output against the float64 product; R
-// rows a block of 64 threads, as the host launches it.
-template <int BITS, int GS, int MT, int R, int MODE, bool NORM>
+// Relative L2 error of the kernel's output against the float64 product;
+// qmv with R rows a block of 64 threads, or (TC) qmv_tc, 16 rows a block of
+// 128 threads with its shared memory, as the host launches them.
+template <int BITS, int GS, int MT, int R, int MODE, bool NORM, bool TC = false>
 double run_case(int M, int K, std::vector<int> ns, bool residual, bool bias, unsigned seed) {
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> U(-1, 1);
@@ -41,6 +42,7 @@ double run_case(int M, int K, std::vector<int> ns, bool residual, bool bias, uns
   const int ldx = K + 8, ldr = ns[0] + 3;
   std::vector<float> x(size_t(M) * ldx), g(K), res(size_t(M) * ldr);
   for (auto& v : x) v = U(rng) * 3;
+  x[7] = 120.f;  // an outlier, as LLM activations have
   for (auto& v : g) v = U(rng) + 1.5f;
   for (auto& v : res) v = U(rng);
   std::vector<std::vector<float>> y(3);
@@ -68,9 +70,17 @@ double run_case(int M, int K, std::vector<int> ns, bool residual, bool bias, uns
   p.ldr = ldr;
   p.eps = 1e-5f;
   const int rows = MODE == 1 ? ns[0] : total;
-  const int per_block = MODE == 1 ? R / 2 : R;
-  const dim3_ grid{unsigned((rows + per_block - 1) / per_block), unsigned((M + MT - 1) / MT), 1};
-  launch(grid, 64, [&] { mlxe::qmv<0, BITS, GS, MT, R, MODE, NORM>(p); });
+  if constexpr (TC) {
+    static_assert(BITS == 4 && MT == 1);
+    const int per_block = MODE == 1 ? 8 : 16;
+    std::vector<u32> smem(K + 2 * (K / GS));
+    launch({unsigned((rows + per_block - 1) / per_block), 1, 1}, 128,
+           [&] { mlxe::qmv_tc<0, GS, MODE, NORM>(p, smem.data()); });
+  } else {
+    const int per_block = MODE == 1 ? R / 2 : R;
+    const dim3_ grid{unsigned((rows + per_block - 1) / per_block), unsigned((M + MT - 1) / MT), 1};
+    launch(grid, 64, [&] { mlxe::qmv<0, BITS, GS, MT, R, MODE, NORM>(p); });
+  }
   double num = 0, den = 0;
   bool finite = true;
   auto deq = [&](const Mat& m, int n, int k) {
@@ -111,26 +121,34 @@ double run_case(int M, int K, std::vector<int> ns, bool residual, bool bias, uns
   return finite ? std::sqrt(num / den) : INFINITY;
 }
 
-#define CASE(NAME, TPL, ...)                                         \
+// Each case's error is divided by its tolerance: 1e-5, or 5e-5 for qmv_tc
+// (x in two f16 halves, ~22 bits, and sums carrying 1024·x offsets).
+#define CASE(NAME, TOL, TPL, ...)                                    \
   do {                                                               \
     const double e = run_case<TPL>(__VA_ARGS__);                     \
-    std::printf("%-40s rel_l2 %.2e\n", NAME, e);                     \
-    worst = std::isnan(e) ? INFINITY : std::max(worst, e);           \
+    std::printf("%-40s rel_l2 %.2e (tolerance %.0e)\n", NAME, e, TOL); \
+    worst = std::isnan(e) ? INFINITY : std::max(worst, e / TOL);     \
   } while (0)
 #define T(...) __VA_ARGS__
 
 int main() {
   double worst = 0;
-  CASE("qmv 4b g64 norm split3", T(4, 64, 1, 4, 0, true), 1, 1024, {12, 4, 4}, false, false, 1);
-  CASE("qmv 4b g64 residual K4608", T(4, 64, 1, 4, 0, false), 1, 4608, {37}, true, false, 2);
-  CASE("qmv 4b g32 norm bias M3 K896", T(4, 32, 4, 2, 0, true), 3, 896, {20, 8, 8}, false, true, 3);
-  CASE("qmv 4b g128 bias residual", T(4, 128, 1, 2, 0, false), 1, 2048, {33}, true, true, 4);
-  CASE("qmv 8b g64 norm", T(8, 64, 1, 4, 0, true), 1, 4096, {40}, false, false, 5);
-  CASE("qmv 8b g32 bias residual M3", T(8, 32, 4, 2, 0, false), 3, 896, {9}, true, true, 6);
-  CASE("qmv 4b g64 norm swiglu", T(4, 64, 1, 4, 1, true), 1, 4096, {36, 36}, false, false, 7);
-  CASE("qmv 4b g128 norm swiglu M2", T(4, 128, 2, 4, 1, true), 2, 1024, {10, 10}, false, false, 8);
-  CASE("qmv 8b g128 swiglu", T(8, 128, 1, 2, 1, false), 1, 4608, {17, 17}, false, false, 9);
-  const bool pass = worst < 1e-5;
-  std::printf("worst rel_l2 %.2e: %s\n", worst, pass ? "pass" : "FAIL");
+  CASE("qmv 4b g64 norm split3", 1e-5, T(4, 64, 1, 4, 0, true), 1, 1024, {12, 4, 4}, false, false, 1);
+  CASE("qmv 4b g64 residual K4608", 1e-5, T(4, 64, 1, 4, 0, false), 1, 4608, {37}, true, false, 2);
+  CASE("qmv 4b g32 norm bias M3 K896", 1e-5, T(4, 32, 4, 2, 0, true), 3, 896, {20, 8, 8}, false, true, 3);
+  CASE("qmv 4b g128 bias residual", 1e-5, T(4, 128, 1, 2, 0, false), 1, 2048, {33}, true, true, 4);
+  CASE("qmv 8b g64 norm", 1e-5, T(8, 64, 1, 4, 0, true), 1, 4096, {40}, false, false, 5);
+  CASE("qmv 8b g32 bias residual M3", 1e-5, T(8, 32, 4, 2, 0, false), 3, 896, {9}, true, true, 6);
+  CASE("qmv 4b g64 norm swiglu", 1e-5, T(4, 64, 1, 4, 1, true), 1, 4096, {36, 36}, false, false, 7);
+  CASE("qmv 4b g128 norm swiglu M2", 1e-5, T(4, 128, 2, 4, 1, true), 2, 1024, {10, 10}, false, false, 8);
+  CASE("qmv 8b g128 swiglu", 1e-5, T(8, 128, 1, 2, 1, false), 1, 4608, {17, 17}, false, false, 9);
+  // qmv_tc: one row of x, 4 bits, K a multiple of 512.
+  CASE("qmv_tc g64 split3", 5e-5, T(4, 64, 1, 1, 0, false, true), 1, 1024, {40, 8, 8}, false, false, 13);
+  CASE("qmv_tc g32 norm bias residual", 5e-5, T(4, 32, 1, 1, 0, true, true), 1, 2048, {33}, true, true, 14);
+  CASE("qmv_tc g128 norm K4608", 5e-5, T(4, 128, 1, 1, 0, true, true), 1, 4608, {24}, false, false, 15);
+  CASE("qmv_tc g64 norm swiglu", 5e-5, T(4, 64, 1, 2, 1, true, true), 1, 1536, {21, 21}, false, false, 16);
+  CASE("qmv_tc g32 swiglu", 5e-5, T(4, 32, 1, 2, 1, false, true), 1, 512, {9, 9}, false, false, 17);
+  const bool pass = worst < 1.0;
+  std::printf("worst error / tolerance %.2f: %s\n", worst, pass ? "pass" : "FAIL");
   return pass ? 0 : 1;
 }
