@@ -461,54 +461,6 @@ __device__ __forceinline__ void qmv_tc(const Params& p, u32* smem) {
   float* gcorr = gsum + groups;                      // ... and Σ of the products' offsets
   __shared__ float red[2][4];
 
-  // max |x| (normed by the weight) for the scale 2^s, and Σ x² for the RMS.
-  float mx = 0.f, ss = 0.f;
-  for (int k = threadIdx.x; k < K; k += blockDim.x) {
-    const float v = EL::get(x[k]);
-    ss = fmaf(v, v, ss);
-    mx = fmaxf(mx, fabsf(NORM ? v * EL::get(gw[k]) : v));
-  }
-#pragma unroll
-  for (int o = 16; o > 0; o /= 2) {
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-    ss += __shfl_xor_sync(0xffffffffu, ss, o);
-  }
-  if (lane == 0) {
-    red[0][warp] = mx;
-    red[1][warp] = ss;
-  }
-  __syncthreads();
-  mx = fmaxf(fmaxf(red[0][0], red[0][1]), fmaxf(red[0][2], red[0][3]));
-  const float inv = NORM ? rsqrtf((red[1][0] + red[1][1] + red[1][2] + red[1][3]) / float(K) + p.eps) : 1.f;
-  int e = 0;
-  frexpf(mx, &e);  // mx < 2^e: x·2^(14-e) < 2^14
-  const float up = ldexpf(1.f, 14 - e), down = ldexpf(1.f, e - 14);
-  for (int W = threadIdx.x; W < K / 8; W += blockDim.x) {
-    float v[8];
-#pragma unroll
-    for (int j = 0; j < 8; ++j) v[j] = NORM ? EL::get(x[8 * W + j]) * EL::get(gw[8 * W + j]) : EL::get(x[8 * W + j]);
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      // Odd pairs meet 16·q (their nibbles are masked in place): x/16 (exact).
-      const float f = j % 2 ? up * 0.0625f : up;
-      const float a = v[j] * f, b = v[j + 4] * f;
-      const u32 h = pack_half2(a, b);
-      xh[4 * W + j] = h;
-      xl[4 * W + j] = pack_half2(a - half_lo(h), b - half_lo(h >> 16));
-    }
-  }
-  for (int gi = threadIdx.x; gi < groups; gi += blockDim.x) {
-    float s = 0.f, c = 0.f;
-    for (int k = gi * GS; k < (gi + 1) * GS; ++k) {
-      const float v = NORM ? EL::get(x[k]) * EL::get(gw[k]) : EL::get(x[k]);
-      s += v;
-      c += (k % 2 ? 64.f : 1024.f) * v;  // the 1024 (or 1024/16 of the x/16) each product carries
-    }
-    gsum[gi] = s;
-    gcorr[gi] = c;
-  }
-  __syncthreads();
-
   // Rows g and g+8 of the block: of the stacked matrices (split), or gate and up row n.
   int mat[2], row[2];
   bool live[2];
@@ -548,9 +500,72 @@ __device__ __forceinline__ void qmv_tc(const Params& p, u32* smem) {
   const S* bp[2] = {br[0] + first / GS + t, br[1] + first / GS + t};
   const float* gs_p = gsum + first / GS + t;
   const float* gc_p = gcorr + first / GS + t;
+  // The first step's weights, loaded while x is staged.
+  uint4 wa = __ldg(pa), wb = __ldg(pb);
+  // max |x| (normed by the weight) for the scale 2^s, and Σ x² for the RMS.
+  float mx = 0.f, ss = 0.f;
+  for (int k = threadIdx.x; k < K; k += blockDim.x) {
+    const float v = EL::get(x[k]);
+    ss = fmaf(v, v, ss);
+    mx = fmaxf(mx, fabsf(NORM ? v * EL::get(gw[k]) : v));
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) {
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    ss += __shfl_xor_sync(0xffffffffu, ss, o);
+  }
+  if (lane == 0) {
+    red[0][warp] = mx;
+    red[1][warp] = ss;
+  }
+  __syncthreads();
+  mx = fmaxf(fmaxf(red[0][0], red[0][1]), fmaxf(red[0][2], red[0][3]));
+  const float inv = NORM ? rsqrtf((red[1][0] + red[1][1] + red[1][2] + red[1][3]) / float(K) + p.eps) : 1.f;
+  int e = 0;
+  frexpf(mx, &e);  // mx < 2^e: x·2^(14-e) < 2^14
+  const float up = ldexpf(1.f, 14 - e), down = ldexpf(1.f, e - 14);
+  // A thread stages a word block of 8 columns at a time; a group's GS/8
+  // blocks are neighbouring lanes, which sum it with shuffles (every thread
+  // takes part in every round).
+  for (int W0 = 0; W0 < K / 8; W0 += blockDim.x) {
+    const int W = W0 + threadIdx.x;
+    const bool in = W < K / 8;
+    float v[8], s = 0.f, c = 0.f;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      v[j] = !in ? 0.f : NORM ? EL::get(x[8 * W + j]) * EL::get(gw[8 * W + j]) : EL::get(x[8 * W + j]);
+      s += v[j];
+      c += (j % 2 ? 64.f : 1024.f) * v[j];  // the 1024 (or 1024/16 of the x/16) each product carries
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      // Odd pairs meet 16·q (their nibbles are masked in place): x/16 (exact).
+      const float f = j % 2 ? up * 0.0625f : up;
+      const float a = v[j] * f, b = v[j + 4] * f;
+      const u32 h = pack_half2(a, b);
+      if (in) {
+        xh[4 * W + j] = h;
+        xl[4 * W + j] = pack_half2(a - half_lo(h), b - half_lo(h >> 16));
+      }
+    }
+#pragma unroll
+    for (int o = GS / 16; o > 0; o /= 2) {
+      s += __shfl_xor_sync(0xffffffffu, s, o);
+      c += __shfl_xor_sync(0xffffffffu, c, o);
+    }
+    if (in && W % (GS / 8) == 0) {
+      gsum[W / (GS / 8)] = s;
+      gcorr[W / (GS / 8)] = c;
+    }
+  }
+  __syncthreads();
+
   float acc[2] = {0.f, 0.f};
   for (int k0 = 0; k0 < kq; k0 += 128) {
-    const uint4 wa = __ldg(pa), wb = __ldg(pb);
+    if (k0 > 0) {  // the first step's were loaded before staging
+      wa = __ldg(pa);
+      wb = __ldg(pb);
+    }
     pa += 4;
     pb += 4;
     float c[4] = {0.f, 0.f, 0.f, 0.f};
