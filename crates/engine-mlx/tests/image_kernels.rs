@@ -52,7 +52,7 @@ type ConvCase = (usize, i32, i32, [usize; 4], usize, bool);
 
 #[test]
 fn conv2d_matches_mlx_conv() -> R {
-    let cases: [ConvCase; 10] = [
+    let cases: [ConvCase; 11] = [
         (3, 1, 1, [2, 13, 11, 16], 24, true), // the UNet's/VAE's 3×3 "same" conv
         (3, 1, 1, [1, 40, 37, 48], 32, true), // several tiles over both threads
         (3, 2, 1, [2, 16, 15, 8], 12, true),  // a downsampler (odd width)
@@ -63,6 +63,7 @@ fn conv2d_matches_mlx_conv() -> R {
         (3, 1, 1, [2, 5, 9, 8], 100, true),   // output blocks of 64 and 36 (the direct kernel's 3-vector tail)
         (3, 1, 2, [1, 3, 4, 2], 17, false),   // padding wider than the kernel's reach, a 1-channel tail
         (1, 1, 0, [2, 10, 11, 24], 70, true), // a 1×1 conv of 220 positions: the direct linear kernel
+        (3, 1, 1, [2, 7, 6, 150], 70, true),  // each tap's channels in chunks (3 for 64 outputs, 1 for 6)
     ];
     for level in levels() {
         eprintln!("image kernel level {level}");
@@ -212,6 +213,7 @@ fn linear_rows_matches_matmul() -> R {
         (100, 96, 72),
         (300, 96, 72),
         (2049, 40, 160),
+        (300, 300, 72), // k in chunks: 5 for the block of 64 outputs, 2 for the one of 8
     ] {
         let x = normal(&[rows, k], 1, 1.0);
         let w = normal(&[n, k], 2, 0.5);
