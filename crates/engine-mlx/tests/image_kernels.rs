@@ -86,6 +86,52 @@ fn conv2d_matches_mlx_conv() -> R {
 }
 
 #[test]
+fn packed_conv_weight_gives_the_same_convolution() -> R {
+    // A 3×3 conv whose k splits into chunks, a 1×1 one (the direct linear
+    // kernel), a downsampler; packing applies where the direct kernel runs.
+    let cases = [
+        (3, 1, 1, [2, 7, 6, 150], 70),
+        (1, 1, 0, [2, 10, 11, 24], 70),
+        (3, 2, 1, [2, 16, 15, 8], 12),
+    ];
+    for level in levels() {
+        fast::force_image_kernel_level(Some(level));
+        for (i, &(k, stride, pad, shape, cout)) in cases.iter().enumerate() {
+            let x = normal(&shape, 40 + i as u64, 1.0);
+            let w = normal(&[cout, k, k, shape[3]], 50 + i as u64, 0.5);
+            let b = normal(&[cout], 60 + i as u64, 1.0);
+            let Some(packed) = fast::pack_conv_weight(&w)? else {
+                assert_eq!(
+                    level, 0,
+                    "the direct kernel runs at level {level}: the weight should pack"
+                );
+                continue;
+            };
+            assert_eq!(packed.shape(), [cout as i32, k as i32, k as i32, shape[3] as i32]);
+            // Against MLX's conv, as conv2d_matches_mlx_conv (another test may change the
+            // level meanwhile, so not against fast::conv2d's path of the moment); 5e-5:
+            // sums of 9·150 products here (worst seen 2.5e-5).
+            let reference = conv2d(&f64_of(&x), &f64_of(&w), (stride, stride), (pad, pad), (1, 1), 1)?;
+            close(
+                &fast::conv2d_packed(&x, &packed, Some(&b), (stride, stride), (pad, pad))?,
+                &reference.add(&f64_of(&b))?,
+                5e-5,
+            );
+            close(
+                &fast::conv2d_packed(&x, &packed, None, (stride, stride), (pad, pad))?,
+                &reference,
+                5e-5,
+            );
+            // An input whose channels do not match the packed weight is an error, not a read past it.
+            let bad = normal(&[1, 8, 8, shape[3] + 1], 1, 1.0);
+            assert!(fast::conv2d_packed(&bad, &packed, None, (1, 1), (pad, pad)).is_err());
+        }
+    }
+    fast::force_image_kernel_level(None);
+    Ok(())
+}
+
+#[test]
 fn conv2d_takes_strided_inputs_and_rejects_bad_bias() -> R {
     // A transposed view is made contiguous before the kernel reads it.
     let x = normal(&[1, 8, 6, 5], 1, 1.0).transpose(&[0, 2, 1, 3])?;
