@@ -94,19 +94,18 @@ fn packed_conv_weight_gives_the_same_convolution() -> R {
         (1, 1, 0, [2, 10, 11, 24], 70),
         (3, 2, 1, [2, 16, 15, 8], 12),
     ];
+    let mut packs = 0;
     for level in levels() {
         fast::force_image_kernel_level(Some(level));
         for (i, &(k, stride, pad, shape, cout)) in cases.iter().enumerate() {
             let x = normal(&shape, 40 + i as u64, 1.0);
             let w = normal(&[cout, k, k, shape[3]], 50 + i as u64, 0.5);
             let b = normal(&[cout], 60 + i as u64, 1.0);
+            // None at level 0 (this test's or, the cap being process-wide, another's).
             let Some(packed) = fast::pack_conv_weight(&w)? else {
-                assert_eq!(
-                    level, 0,
-                    "the direct kernel runs at level {level}: the weight should pack"
-                );
                 continue;
             };
+            packs += 1;
             assert_eq!(packed.shape(), [cout as i32, k as i32, k as i32, shape[3] as i32]);
             // Against MLX's conv, as conv2d_matches_mlx_conv (another test may change the
             // level meanwhile, so not against fast::conv2d's path of the moment); 5e-5:
@@ -127,7 +126,9 @@ fn packed_conv_weight_gives_the_same_convolution() -> R {
             assert!(fast::conv2d_packed(&bad, &packed, None, (1, 1), (pad, pad)).is_err());
         }
     }
-    fast::force_image_kernel_level(None);
+    if fast::force_image_kernel_level(None) >= 1 {
+        assert!(packs > 0, "the direct kernel runs here: weights should pack");
+    }
     Ok(())
 }
 

@@ -433,7 +433,7 @@ struct PackedWeight {
   void multiply(const Block& b, const float* const* in, int64_t cin, int64_t wp, int64_t kw, const Chunk& ch,
                 bool first, float* const* dst) const {
     const float* wb = w + b.offset;
-    const float* bb = first ? bias + b.offset / k : nullptr;
+    const float* bb = first ? bias + b.c0 : nullptr;
     const int64_t cols = std::min<int64_t>(16 * b.nv, cout - b.c0);
     if (!avx512) {
       for (int64_t s = 0; s < b.nv && 16 * s < cols; s++) {
@@ -471,7 +471,7 @@ PackedWeight weight_layout(int64_t cout, int64_t k, int64_t* floats) {
 
 // The blocks of the (cout, k) weight w into pw, as weight_layout lays them out.
 void pack_blocks(const float* w, const PackedWeight& p, float* pw) {
-  const int64_t k = p.k, cout = p.cout, padded_cout = p.blocks.back().offset / k + 16 * p.blocks.back().nv;
+  const int64_t k = p.k, cout = p.cout, padded_cout = (cout + 15) / 16 * 16;
   // Runs of 64 weight columns per task, 16 output channels gathered at a
   // time (the 16 weight rows' lines stay in L1 along the run): a scalar
   // transpose took 8% of a diffusion run.
@@ -490,11 +490,9 @@ void pack_blocks(const float* w, const PackedWeight& p, float* pw) {
 // Sets p.bias: the bias (or zeros) padded to the blocks, in the calling
 // thread's buffer `which` after `at` floats.
 void pad_bias(PackedWeight& p, const float* bias, int which, int64_t at) {
-  const int64_t padded_cout = p.blocks.back().offset / p.k + 16 * p.blocks.back().nv;
+  const int64_t padded_cout = (p.cout + 15) / 16 * 16;
   float* pb = direct_buffer(which, at + padded_cout) + at;
-  for (const auto& b : p.blocks) {
-    for (int64_t o = 0; o < 16 * b.nv; o++) pb[b.offset / p.k + o] = bias != nullptr && b.c0 + o < p.cout ? bias[b.c0 + o] : 0.0f;
-  }
+  for (int64_t o = 0; o < padded_cout; o++) pb[o] = bias != nullptr && o < p.cout ? bias[o] : 0.0f;
   p.bias = pb;
 }
 
@@ -637,7 +635,13 @@ class Conv2dKernel : public mx::UnaryPrimitive {
       const float* b = has_bias ? ins[2].data<float>() : nullptr;
       float* y = out.data<float>();
       const int64_t positions = s.n * s.oh * s.ow, k = s.kh * s.kw * s.cin;
-      if (positions == 0) return;
+      if (positions == 0 || s.cout == 0) return;
+      if (k == 0) {  // no input channels: the bias alone
+        for (int64_t p = 0; p < positions; p++) {
+          for (int64_t o = 0; o < s.cout; o++) y[p * s.cout + o] = b != nullptr ? b[o] : 0.0f;
+        }
+        return;
+      }
       const bool one_by_one = s.kh == 1 && s.kw == 1 && s.sh == 1 && s.sw == 1 && s.ph == 0 && s.pw == 0;
 #ifdef MLXE_AVX512_KERNELS
       if (packed) {  // packing needed the direct kernel, which the CPU keeps even if a test lowers the level
