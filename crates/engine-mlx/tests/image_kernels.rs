@@ -63,7 +63,7 @@ fn conv2d_matches_mlx_conv() -> R {
         (3, 1, 1, [2, 5, 9, 8], 100, true),   // output blocks of 64 and 36 (the direct kernel's 3-vector tail)
         (3, 1, 2, [1, 3, 4, 2], 17, false),   // padding wider than the kernel's reach, a 1-channel tail
         (1, 1, 0, [2, 10, 11, 24], 70, true), // a 1×1 conv of 220 positions: the direct linear kernel
-        (3, 1, 1, [2, 7, 6, 150], 70, true),  // each tap's channels in chunks (3 for 64 outputs, 1 for 6)
+        (3, 1, 1, [2, 7, 6, 150], 70, true),  // k = 1350, output blocks of 64 and 6
     ];
     for level in levels() {
         eprintln!("image kernel level {level}");
@@ -87,7 +87,7 @@ fn conv2d_matches_mlx_conv() -> R {
 
 #[test]
 fn packed_conv_weight_gives_the_same_convolution() -> R {
-    // A 3×3 conv whose k splits into chunks, a 1×1 one (the direct linear
+    // A 3×3 conv of 150 input channels, a 1×1 one (the direct linear
     // kernel), a downsampler; packing applies where the direct kernel runs.
     let cases = [
         (3, 1, 1, [2, 7, 6, 150], 70),
@@ -260,7 +260,7 @@ fn linear_rows_matches_matmul() -> R {
         (100, 96, 72),
         (300, 96, 72),
         (2049, 40, 160),
-        (300, 300, 72), // k in chunks: 5 for the block of 64 outputs, 2 for the one of 8
+        (300, 300, 72), // a longer k
     ] {
         let x = normal(&[rows, k], 1, 1.0);
         let w = normal(&[n, k], 2, 0.5);

@@ -214,10 +214,9 @@ void conv_tile(const float* x, const float* w, const float* bias, float* out, co
 // broadcast load per position and input channel; GCC keeps the R pointers in
 // registers, as it would R offsets of one). The weight is repacked per call
 // into blocks of up to 64 output channels, (kh, kw, C, 16·NV) each, so the
-// R×NV accumulators take one vector load per 16 channels, and walked in
-// chunks of k that stay in L1 (see Chunk). OpenBLAS spent a third of the
-// convs' time packing (its own copies of both operands, after ours of the
-// patches).
+// R×NV accumulators take one vector load per 16 channels. OpenBLAS spent a
+// third of the convs' time packing (its own copies of both operands, after
+// ours of the patches).
 #if defined(__x86_64__) && defined(__GNUC__)
 #define MLXE_AVX512_KERNELS 1
 
@@ -255,55 +254,37 @@ constexpr int kAvx2Rows = 6;
 // Output positions (rows) per task: a multiple of every R above.
 constexpr int64_t kDirectStep = 48;
 
-// The part of the k axis one pass of a micro-kernel covers: taps [t0, t1)
-// (t = ky·kw + kx) of the window, channels [c0, c1) of each. The passes of a
-// task run over all its positions before the next, so the chunk of the packed
-// weight they read (kPanelFloats at most) stays in L1: streaming the whole
-// (k, 64) block from L2 for every 6 positions left the FMA units waiting.
-struct Chunk {
-  int64_t t0, t1, c0, c1;
-};
-constexpr int64_t kPanelFloats = 4096;
-
 // R positions whose windows start at in[r] (pixels `cin` floats apart in
-// rows `wp` pixels apart, `kw` taps a window row) times one chunk of a weight
-// block (k, 16·NV), added to the block's padded `bias` (the first chunk) or,
-// when that is null, to what the earlier chunks left in dst; row r goes to
-// dst[r] (null: dropped), its first `cols` channels.
+// rows `wp` pixels apart) times one weight block (kh, kw, cin, 16·NV), plus
+// the block's padded bias; row r goes to dst[r] (null: dropped), its first
+// `cols` channels.
 template <int R, int NV>
-__attribute__((target("avx512f,fma"))) void conv_micro(const float* const* in, int64_t cin, int64_t wp, int64_t kw,
-                                                       const Chunk& ch, const float* w, const float* bias,
+__attribute__((target("avx512f,fma"))) void conv_micro(const float* const* in, int64_t cin, int64_t wp, int64_t kh,
+                                                       int64_t kw, const float* w, const float* bias,
                                                        float* const* dst, int64_t cols) {
   __m512 acc[R][NV];
 #pragma GCC unroll 16
   for (int r = 0; r < R; r++) {
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; v++) {
-      const int64_t left = std::clamp<int64_t>(cols - 16 * v, 0, 16);
-      if (bias != nullptr) {
-        acc[r][v] = _mm512_loadu_ps(bias + 16 * v);
-      } else if (dst[r] == nullptr) {
-        acc[r][v] = _mm512_setzero_ps();
-      } else {
-        acc[r][v] = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << left) - 1), dst[r] + 16 * v);
-      }
-    }
+    for (int v = 0; v < NV; v++) acc[r][v] = _mm512_loadu_ps(bias + 16 * v);
   }
-  for (int64_t t = ch.t0; t < ch.t1; t++) {
-    const int64_t tap = ((t / kw) * wp + t % kw) * cin;
-    const float* x[R];
+  for (int64_t ky = 0; ky < kh; ky++) {
+    for (int64_t kx = 0; kx < kw; kx++) {
+      const int64_t tap = (ky * wp + kx) * cin;
+      const float* x[R];
 #pragma GCC unroll 16
-    for (int r = 0; r < R; r++) x[r] = in[r] + tap;
-    const float* wk = w + t * cin * 16 * NV;
-    for (int64_t c = ch.c0; c < ch.c1; c++) {
-      __m512 wv[NV];
+      for (int r = 0; r < R; r++) x[r] = in[r] + tap;
+      const float* wk = w + (ky * kw + kx) * cin * 16 * NV;
+      for (int64_t c = 0; c < cin; c++) {
+        __m512 wv[NV];
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; v++) wv[v] = _mm512_loadu_ps(wk + c * 16 * NV + 16 * v);
+        for (int v = 0; v < NV; v++) wv[v] = _mm512_loadu_ps(wk + c * 16 * NV + 16 * v);
 #pragma GCC unroll 16
-      for (int r = 0; r < R; r++) {
-        const __m512 xb = _mm512_set1_ps(x[r][c]);
+        for (int r = 0; r < R; r++) {
+          const __m512 xb = _mm512_set1_ps(x[r][c]);
 #pragma GCC unroll 4
-        for (int v = 0; v < NV; v++) acc[r][v] = _mm512_fmadd_ps(xb, wv[v], acc[r][v]);
+          for (int v = 0; v < NV; v++) acc[r][v] = _mm512_fmadd_ps(xb, wv[v], acc[r][v]);
+        }
       }
     }
   }
@@ -324,32 +305,31 @@ __attribute__((target("avx512f,fma"))) void conv_micro(const float* const* in, i
 
 // conv_micro for AVX2: kAvx2Rows positions × the 16 channels at w (k rows
 // `wstride` floats apart, as one slice of a packed block).
-__attribute__((target("avx2,fma"))) void conv_micro_avx2(const float* const* in, int64_t cin, int64_t wp, int64_t kw,
-                                                         const Chunk& ch, const float* w, int64_t wstride,
+__attribute__((target("avx2,fma"))) void conv_micro_avx2(const float* const* in, int64_t cin, int64_t wp, int64_t kh,
+                                                         int64_t kw, const float* w, int64_t wstride,
                                                          const float* bias, float* const* dst, int64_t cols) {
   constexpr int R = kAvx2Rows;
   __m256 acc[R][2];
 #pragma GCC unroll 8
   for (int r = 0; r < R; r++) {
-    alignas(32) float t[16] = {};
-    const float* from = bias != nullptr ? bias : t;
-    if (bias == nullptr && dst[r] != nullptr) std::memcpy(t, dst[r], sizeof(float) * std::min<int64_t>(cols, 16));
-    acc[r][0] = _mm256_loadu_ps(from);
-    acc[r][1] = _mm256_loadu_ps(from + 8);
+    acc[r][0] = _mm256_loadu_ps(bias);
+    acc[r][1] = _mm256_loadu_ps(bias + 8);
   }
-  for (int64_t tp = ch.t0; tp < ch.t1; tp++) {
-    const int64_t tap = ((tp / kw) * wp + tp % kw) * cin;
-    const float* x[R];
+  for (int64_t ky = 0; ky < kh; ky++) {
+    for (int64_t kx = 0; kx < kw; kx++) {
+      const int64_t tap = (ky * wp + kx) * cin;
+      const float* x[R];
 #pragma GCC unroll 8
-    for (int r = 0; r < R; r++) x[r] = in[r] + tap;
-    const float* wk = w + tp * cin * wstride;
-    for (int64_t c = ch.c0; c < ch.c1; c++) {
-      const __m256 w0 = _mm256_loadu_ps(wk + c * wstride), w1 = _mm256_loadu_ps(wk + c * wstride + 8);
+      for (int r = 0; r < R; r++) x[r] = in[r] + tap;
+      const float* wk = w + (ky * kw + kx) * cin * wstride;
+      for (int64_t c = 0; c < cin; c++) {
+        const __m256 w0 = _mm256_loadu_ps(wk + c * wstride), w1 = _mm256_loadu_ps(wk + c * wstride + 8);
 #pragma GCC unroll 8
-      for (int r = 0; r < R; r++) {
-        const __m256 xb = _mm256_broadcast_ss(x[r] + c);
-        acc[r][0] = _mm256_fmadd_ps(xb, w0, acc[r][0]);
-        acc[r][1] = _mm256_fmadd_ps(xb, w1, acc[r][1]);
+        for (int r = 0; r < R; r++) {
+          const __m256 xb = _mm256_broadcast_ss(x[r] + c);
+          acc[r][0] = _mm256_fmadd_ps(xb, w0, acc[r][0]);
+          acc[r][1] = _mm256_fmadd_ps(xb, w1, acc[r][1]);
+        }
       }
     }
   }
@@ -427,27 +407,26 @@ struct PackedWeight {
   // Positions a multiply takes.
   int64_t rows(const Block& b) const { return avx512 ? rows_for(static_cast<int>(b.nv)) : kAvx2Rows; }
 
-  // dst[r] (null: dropped) = the windows at in[r] (of `wp`-wide rows of
-  // `cin`-float pixels, `kw` taps a row) times chunk ch of block b, plus its
-  // bias when `first`, else plus what dst holds.
-  void multiply(const Block& b, const float* const* in, int64_t cin, int64_t wp, int64_t kw, const Chunk& ch,
-                bool first, float* const* dst) const {
+  // dst[r] (null: dropped) = the kh×kw windows at in[r] (of `wp`-wide rows
+  // of `cin`-float pixels) times block b, plus its bias.
+  void multiply(const Block& b, const float* const* in, int64_t cin, int64_t wp, int64_t kh, int64_t kw,
+                float* const* dst) const {
     const float* wb = w + b.offset;
-    const float* bb = first ? bias + b.c0 : nullptr;
+    const float* bb = bias + b.offset / k;
     const int64_t cols = std::min<int64_t>(16 * b.nv, cout - b.c0);
     if (!avx512) {
       for (int64_t s = 0; s < b.nv && 16 * s < cols; s++) {
         float* part[kAvx2Rows];
         for (int r = 0; r < kAvx2Rows; r++) part[r] = dst[r] ? dst[r] + 16 * s : nullptr;
-        conv_micro_avx2(in, cin, wp, kw, ch, wb + 16 * s, 16 * b.nv, bb ? bb + 16 * s : nullptr, part, cols - 16 * s);
+        conv_micro_avx2(in, cin, wp, kh, kw, wb + 16 * s, 16 * b.nv, bb + 16 * s, part, cols - 16 * s);
       }
       return;
     }
     switch (b.nv) {
-      case 1: conv_micro<rows_for(1), 1>(in, cin, wp, kw, ch, wb, bb, dst, cols); break;
-      case 2: conv_micro<rows_for(2), 2>(in, cin, wp, kw, ch, wb, bb, dst, cols); break;
-      case 3: conv_micro<rows_for(3), 3>(in, cin, wp, kw, ch, wb, bb, dst, cols); break;
-      default: conv_micro<rows_for(4), 4>(in, cin, wp, kw, ch, wb, bb, dst, cols); break;
+      case 1: conv_micro<rows_for(1), 1>(in, cin, wp, kh, kw, wb, bb, dst, cols); break;
+      case 2: conv_micro<rows_for(2), 2>(in, cin, wp, kh, kw, wb, bb, dst, cols); break;
+      case 3: conv_micro<rows_for(3), 3>(in, cin, wp, kh, kw, wb, bb, dst, cols); break;
+      default: conv_micro<rows_for(4), 4>(in, cin, wp, kh, kw, wb, bb, dst, cols); break;
     }
   }
 };
@@ -516,49 +495,29 @@ PackedWeight prepacked_weight(const float* packed, const float* bias, int64_t co
   return p;
 }
 
-// The chunks of the k axis of a (taps, cin) window for a block of nv
-// vectors: whole taps while cin fits a panel, else each tap's channels in
-// near-equal runs.
-std::vector<Chunk> chunks(int64_t nv, int64_t taps, int64_t cin) {
-  const int64_t kc = kPanelFloats / (16 * nv);
-  std::vector<Chunk> out;
-  if (cin <= kc) {
-    const int64_t per = kc / cin;
-    for (int64_t t = 0; t < taps; t += per) out.push_back({t, std::min(taps, t + per), 0, cin});
-    return out;
-  }
-  const int64_t parts = (cin + kc - 1) / kc;
-  for (int64_t t = 0; t < taps; t++) {
-    for (int64_t i = 0; i < parts; i++) out.push_back({t, t + 1, cin * i / parts, cin * (i + 1) / parts});
-  }
-  return out;
-}
-
-// y (m rows of pw.cout) = the windows at src(p) (as PackedWeight::multiply
-// reads them) times the packed weight, plus its bias: tasks of kDirectStep
-// rows × one block of output channels, handed out one at a time
-// (consecutive ones share their input rows: with a few big tasks a thread,
-// one thread was often left with a whole extra one, a fifth of a UNet conv's
-// time). Each task takes its rows through one chunk of the weight at a time.
+// y (m rows of pw.cout) = the kh×kw windows at src(p) (as
+// PackedWeight::multiply reads them) times the packed weight, plus its bias:
+// tasks of kDirectStep rows × one block of output channels, handed out one at
+// a time (consecutive ones share their input rows: with a few big tasks a
+// thread, one thread was often left with a whole extra one, a fifth of a UNet
+// conv's time; the 8×8 level had 3 tasks for 2).
 template <typename Src>
-void direct_tasks(const PackedWeight& pw, int64_t m, float* y, int64_t cin, int64_t wp, int64_t kw, Src&& src) {
-  const int64_t nb = static_cast<int64_t>(pw.blocks.size()), taps = pw.k / cin;
-  std::vector<std::vector<Chunk>> plan(nb);
-  for (int64_t i = 0; i < nb; i++) plan[i] = chunks(pw.blocks[i].nv, taps, cin);
+void direct_tasks(const PackedWeight& pw, int64_t m, float* y, int64_t cin, int64_t wp, int64_t kh, int64_t kw,
+                  Src&& src) {
+  const int64_t nb = static_cast<int64_t>(pw.blocks.size());
   auto task = [&](int64_t it) {
     const int64_t p0 = it / nb * kDirectStep, p1 = std::min(m, p0 + kDirectStep);
     const PackedWeight::Block& b = pw.blocks[it % nb];
     const int64_t rows = pw.rows(b);
-    const float* in[kDirectStep + 16];
-    float* dst[kDirectStep + 16];
-    for (int64_t r = 0; r < (p1 - p0 + rows - 1) / rows * rows; r++) {
-      const bool live = p0 + r < p1;
-      in[r] = src(live ? p0 + r : p0);  // past the end: any valid row, dropped
-      dst[r] = live ? y + (p0 + r) * pw.cout + b.c0 : nullptr;
-    }
-    const auto& cs = plan[it % nb];
-    for (size_t c = 0; c < cs.size(); c++) {
-      for (int64_t p = 0; p < p1 - p0; p += rows) pw.multiply(b, in + p, cin, wp, kw, cs[c], c == 0, dst + p);
+    for (int64_t p = p0; p < p1; p += rows) {
+      const float* in[16];
+      float* dst[16];
+      for (int64_t r = 0; r < rows; r++) {
+        const bool live = p + r < p1;
+        in[r] = src(live ? p + r : p0);  // past the end: any valid row, dropped
+        dst[r] = live ? y + (p + r) * pw.cout + b.c0 : nullptr;
+      }
+      pw.multiply(b, in, cin, wp, kh, kw, dst);
     }
   };
   const int64_t tasks = (m + kDirectStep - 1) / kDirectStep * nb;
@@ -573,7 +532,7 @@ void direct_tasks(const PackedWeight& pw, int64_t m, float* y, int64_t cin, int6
 // tiles, x read in place: OpenBLAS spent as long packing both operands of
 // these small-k products (k = 128-1024) as multiplying.
 void direct_linear(const float* x, const PackedWeight& pw, float* y, int64_t m) {
-  direct_tasks(pw, m, y, pw.k, 0, 1, [&](int64_t p) { return x + p * pw.k; });
+  direct_tasks(pw, m, y, pw.k, 0, 1, 1, [&](int64_t p) { return x + p * pw.k; });
 }
 
 // y = conv(x, w) + bias (see above), w packed.
@@ -595,7 +554,7 @@ void direct_conv(const float* x, const PackedWeight& pw, float* y, const ConvSha
     }
   });
   const int64_t per_image = s.oh * s.ow;
-  direct_tasks(pw, s.n * per_image, y, cin, wpad, s.kw, [&](int64_t p) {
+  direct_tasks(pw, s.n * per_image, y, cin, wpad, s.kh, s.kw, [&](int64_t p) {
     const int64_t img = p / per_image, oy = p % per_image / s.ow, ox = p % s.ow;
     return px + img * image + (oy * s.sh * wpad + ox * s.sw) * cin;
   });
