@@ -3,9 +3,9 @@
 //! cross-attention on the text, GEGLU feed-forward, each pre-norm with a
 //! residual), `proj_out`, and the residual around it all.
 
-use crate::blocks::{conv, Attention};
+use crate::blocks::{conv, Attention, Conv};
 use engine_mlx::fast;
-use engine_mlx::nn::{join, Conv2d, GroupNorm, LayerNorm, Linear};
+use engine_mlx::nn::{join, GroupNorm, LayerNorm, Linear};
 use engine_mlx::{Array, Result, WeightMap};
 
 struct Block {
@@ -20,7 +20,7 @@ struct Block {
 
 enum Proj {
     Linear(Linear),
-    Conv(Conv2d),
+    Conv(Conv),
 }
 
 impl Proj {

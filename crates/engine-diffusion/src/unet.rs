@@ -3,9 +3,9 @@
 //! without cross-attention, a cross-attention mid block, up blocks fed by the
 //! skip connections, over NHWC latents.
 
-use crate::blocks::{conv, timestep_embedding, Downsample, Resnet, Upsample};
+use crate::blocks::{conv, timestep_embedding, Conv, Downsample, Resnet, Upsample};
 use crate::transformer::{Transformer2D, TransformerSpec};
-use engine_mlx::nn::{Conv2d, GroupNorm, Linear};
+use engine_mlx::nn::{GroupNorm, Linear};
 use engine_mlx::{concatenate, Array, Result, WeightMap};
 use serde::Deserialize;
 use serde_json::Value;
@@ -97,7 +97,7 @@ struct Level {
 /// A loaded UNet.
 pub struct UNet {
     cfg: UNetConfig,
-    conv_in: Conv2d,
+    conv_in: Conv,
     time: (Linear, Linear),
     cond_proj: Option<Linear>,
     add_embedding: Option<(Linear, Linear)>,
@@ -105,7 +105,7 @@ pub struct UNet {
     mid: (Resnet, Transformer2D, Resnet),
     up: Vec<Level>,
     norm_out: GroupNorm,
-    conv_out: Conv2d,
+    conv_out: Conv,
 }
 
 impl UNet {

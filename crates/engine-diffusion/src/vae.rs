@@ -1,8 +1,8 @@
 //! diffusers' `AutoencoderKL`: the decoder (latents → pixels) and the encoder
 //! (pixels → the posterior's mean, for img2img), over NHWC.
 
-use crate::blocks::{conv, Attention, Downsample, Resnet, Upsample};
-use engine_mlx::nn::{Conv2d, GroupNorm};
+use crate::blocks::{conv, Attention, Conv, Downsample, Resnet, Upsample};
+use engine_mlx::nn::GroupNorm;
 use engine_mlx::{Array, Result, WeightMap};
 use serde::Deserialize;
 
@@ -83,23 +83,23 @@ struct Level {
 }
 
 struct Encoder {
-    conv_in: Conv2d,
+    conv_in: Conv,
     levels: Vec<Level>,
     mid: Mid,
     norm: GroupNorm,
-    conv_out: Conv2d,
-    quant: Option<Conv2d>,
+    conv_out: Conv,
+    quant: Option<Conv>,
 }
 
 /// A loaded VAE (decoder always; encoder when its weights are present).
 pub struct Vae {
     cfg: VaeConfig,
-    post_quant: Option<Conv2d>,
-    dec_in: Conv2d,
+    post_quant: Option<Conv>,
+    dec_in: Conv,
     dec_mid: Mid,
     dec_up: Vec<Level>,
     dec_norm: GroupNorm,
-    dec_out: Conv2d,
+    dec_out: Conv,
     encoder: Option<Encoder>,
 }
 
@@ -205,7 +205,7 @@ impl Vae {
     /// Decodes *unscaled* latents z (N, h, w, C) to pixels in [-1, 1] (N, H, W, 3),
     /// computing in the dtype of the VAE's weights.
     pub fn decode(&self, z: &Array) -> Result<Array> {
-        let z = z.astype(self.dec_in.weight.dtype())?;
+        let z = z.astype(self.dec_in.dtype())?;
         let z = match &self.post_quant {
             Some(c) => c.forward(&z)?,
             None => z,
@@ -227,7 +227,7 @@ impl Vae {
         let Some(e) = &self.encoder else {
             return Ok(None);
         };
-        let mut h = e.conv_in.forward(&x.astype(e.conv_in.weight.dtype())?)?;
+        let mut h = e.conv_in.forward(&x.astype(e.conv_in.dtype())?)?;
         for lvl in &e.levels {
             for r in &lvl.resnets {
                 h = r.forward(&h, None)?;

@@ -232,7 +232,8 @@ pub fn decode_attention_in_place(
 /// split over the cores: directly on CPUs with AVX-512 or AVX2 (see
 /// [`image_kernel_level`]; 1×1 stride-1 convs as [`linear_rows`]), else by
 /// tiles of receptive fields packed in cache and one sgemm each (no im2col
-/// of the whole image); elsewhere MLX's conv and an add.
+/// of the whole image); elsewhere MLX's conv and an add. The direct kernel packs
+/// the weight on every call; [`pack_conv_weight`] does it once.
 pub fn conv2d(x: &Array, w: &Array, bias: Option<&Array>, stride: (i32, i32), padding: (i32, i32)) -> Result<Array> {
     wrap(
         ffi::conv2d_bias(
@@ -245,6 +246,62 @@ pub fn conv2d(x: &Array, w: &Array, bias: Option<&Array>, stride: (i32, i32), pa
             padding.1,
         ),
         "conv2d",
+    )
+}
+
+/// A float32 conv weight in [`conv2d`]'s direct CPU kernel's layout, made once
+/// by [`pack_conv_weight`] for [`conv2d_packed`].
+#[derive(Debug, Clone)]
+pub struct PackedConvWeight {
+    packed: Array,
+    shape: [i32; 4],
+}
+
+impl PackedConvWeight {
+    /// The weight's shape before packing, (O, KH, KW, I).
+    pub fn shape(&self) -> [i32; 4] {
+        self.shape
+    }
+}
+
+/// Packs an (O, KH, KW, I) weight for [`conv2d_packed`] where [`conv2d`] would run
+/// its direct CPU kernel (float32 on a CPU stream, [`image_kernel_level`] ≥ 1), and
+/// evaluates it; `None` elsewhere. [`conv2d`] packs its weight on every call: a
+/// model that keeps only the packed copy stops reading and writing all its conv
+/// weights again per forward pass.
+pub fn pack_conv_weight(w: &Array) -> Result<Option<PackedConvWeight>> {
+    if !ffi::conv_weight_packs(&w.inner) {
+        return Ok(None);
+    }
+    let packed = wrap(ffi::pack_conv_weight(&w.inner), "pack_conv_weight")?;
+    packed.eval()?;
+    let s = w.shape_i32();
+    Ok(Some(PackedConvWeight {
+        packed,
+        shape: [s[0], s[1], s[2], s[3]],
+    }))
+}
+
+/// [`conv2d`] with a weight [`pack_conv_weight`] packed (same results).
+pub fn conv2d_packed(
+    x: &Array,
+    w: &PackedConvWeight,
+    bias: Option<&Array>,
+    stride: (i32, i32),
+    padding: (i32, i32),
+) -> Result<Array> {
+    wrap(
+        ffi::conv2d_packed(
+            &x.inner,
+            &w.packed.inner,
+            &w.shape,
+            &opt_list(bias),
+            stride.0,
+            stride.1,
+            padding.0,
+            padding.1,
+        ),
+        "conv2d_packed",
     )
 }
 

@@ -144,6 +144,19 @@ pub(crate) mod bridge {
             ph: i32,
             pw: i32,
         ) -> Result<UniquePtr<Array>>;
+        fn conv_weight_packs(w: &Array) -> bool;
+        fn pack_conv_weight(w: &Array) -> Result<UniquePtr<Array>>;
+        #[allow(clippy::too_many_arguments)]
+        fn conv2d_packed(
+            x: &Array,
+            packed: &Array,
+            shape: &[i32],
+            bias: &ArrayList,
+            sh: i32,
+            sw: i32,
+            ph: i32,
+            pw: i32,
+        ) -> Result<UniquePtr<Array>>;
         fn group_norm(
             x: &Array,
             groups: i32,

@@ -52,7 +52,7 @@ type ConvCase = (usize, i32, i32, [usize; 4], usize, bool);
 
 #[test]
 fn conv2d_matches_mlx_conv() -> R {
-    let cases: [ConvCase; 10] = [
+    let cases: [ConvCase; 11] = [
         (3, 1, 1, [2, 13, 11, 16], 24, true), // the UNet's/VAE's 3×3 "same" conv
         (3, 1, 1, [1, 40, 37, 48], 32, true), // several tiles over both threads
         (3, 2, 1, [2, 16, 15, 8], 12, true),  // a downsampler (odd width)
@@ -63,6 +63,7 @@ fn conv2d_matches_mlx_conv() -> R {
         (3, 1, 1, [2, 5, 9, 8], 100, true),   // output blocks of 64 and 36 (the direct kernel's 3-vector tail)
         (3, 1, 2, [1, 3, 4, 2], 17, false),   // padding wider than the kernel's reach, a 1-channel tail
         (1, 1, 0, [2, 10, 11, 24], 70, true), // a 1×1 conv of 220 positions: the direct linear kernel
+        (3, 1, 1, [2, 7, 6, 150], 70, true),  // k = 1350, output blocks of 64 and 6
     ];
     for level in levels() {
         eprintln!("image kernel level {level}");
@@ -81,6 +82,53 @@ fn conv2d_matches_mlx_conv() -> R {
         }
     }
     fast::force_image_kernel_level(None);
+    Ok(())
+}
+
+#[test]
+fn packed_conv_weight_gives_the_same_convolution() -> R {
+    // A 3×3 conv of 150 input channels, a 1×1 one (the direct linear
+    // kernel), a downsampler; packing applies where the direct kernel runs.
+    let cases = [
+        (3, 1, 1, [2, 7, 6, 150], 70),
+        (1, 1, 0, [2, 10, 11, 24], 70),
+        (3, 2, 1, [2, 16, 15, 8], 12),
+    ];
+    let mut packs = 0;
+    for level in levels() {
+        fast::force_image_kernel_level(Some(level));
+        for (i, &(k, stride, pad, shape, cout)) in cases.iter().enumerate() {
+            let x = normal(&shape, 40 + i as u64, 1.0);
+            let w = normal(&[cout, k, k, shape[3]], 50 + i as u64, 0.5);
+            let b = normal(&[cout], 60 + i as u64, 1.0);
+            // None at level 0 (this test's or, the cap being process-wide, another's).
+            let Some(packed) = fast::pack_conv_weight(&w)? else {
+                continue;
+            };
+            packs += 1;
+            assert_eq!(packed.shape(), [cout as i32, k as i32, k as i32, shape[3] as i32]);
+            // Against MLX's conv, as conv2d_matches_mlx_conv (another test may change the
+            // level meanwhile, so not against fast::conv2d's path of the moment); 5e-5:
+            // sums of 9·150 products here (worst seen 2.5e-5).
+            let reference = conv2d(&f64_of(&x), &f64_of(&w), (stride, stride), (pad, pad), (1, 1), 1)?;
+            close(
+                &fast::conv2d_packed(&x, &packed, Some(&b), (stride, stride), (pad, pad))?,
+                &reference.add(&f64_of(&b))?,
+                5e-5,
+            );
+            close(
+                &fast::conv2d_packed(&x, &packed, None, (stride, stride), (pad, pad))?,
+                &reference,
+                5e-5,
+            );
+            // An input whose channels do not match the packed weight is an error, not a read past it.
+            let bad = normal(&[1, 8, 8, shape[3] + 1], 1, 1.0);
+            assert!(fast::conv2d_packed(&bad, &packed, None, (1, 1), (pad, pad)).is_err());
+        }
+    }
+    if fast::force_image_kernel_level(None) >= 1 {
+        assert!(packs > 0, "the direct kernel runs here: weights should pack");
+    }
     Ok(())
 }
 
@@ -212,6 +260,7 @@ fn linear_rows_matches_matmul() -> R {
         (100, 96, 72),
         (300, 96, 72),
         (2049, 40, 160),
+        (300, 300, 72), // a longer k
     ] {
         let x = normal(&[rows, k], 1, 1.0);
         let w = normal(&[n, k], 2, 0.5);

@@ -4,6 +4,7 @@
 // stays lazy and runs in MLX's CPU stream like any built-in op.
 #pragma once
 
+#include <array>
 #include <optional>
 #include <utility>
 #include <vector>
@@ -132,6 +133,19 @@ bool conv2d_applies(const mx::array& x, const mx::array& w, int sh, int sw, int 
 // multiplied by the weight with one single-threaded sgemm.
 mx::array conv2d(const mx::array& x, const mx::array& w, const std::optional<mx::array>& bias, int sh, int sw, int ph,
                  int pw, mx::StreamOrDevice s = {});
+
+// Whether pack_conv_weight takes w: float32 (O, KH, KW, I) on a CPU stream
+// where the direct conv kernel runs (image kernel level ≥ 1).
+bool conv_weight_packs(const mx::array& w, mx::StreamOrDevice s = {});
+
+// w in the direct conv kernel's blocks (a 1-D array), for conv2d_packed:
+// conv2d repacks its weight on every call (a UNet's 90 MB read and written
+// again per step).
+mx::array pack_conv_weight(const mx::array& w, mx::StreamOrDevice s = {});
+
+// conv2d with a weight of shape `ws` (O, KH, KW, I) that pack_conv_weight packed.
+mx::array conv2d_packed(const mx::array& x, const mx::array& packed, std::array<int, 4> ws,
+                        const std::optional<mx::array>& bias, int sh, int sw, int ph, int pw, mx::StreamOrDevice s = {});
 
 // The instruction set the image kernels use: 2 AVX-512 (conv2d directly, no
 // patches or sgemm; attention on intrinsics with a scalef exp), 1 AVX2 + FMA

@@ -5,6 +5,7 @@
 // x86-64 level).
 #include <dlfcn.h>
 
+#include <array>
 #include <cmath>
 #include <limits>
 #include <memory>
@@ -391,7 +392,8 @@ float* direct_buffer(int which, int64_t n) {
 
 // The weight (cout, k) in blocks of 64 output channels, the last of 16, 32
 // or 48 (zero-padded), each (k, 16·nv), and the bias padded alike; in the
-// calling thread's buffer (valid until its next pack_weight).
+// calling thread's buffer (valid until its next pack_weight), or the weight
+// in pack_conv_weight's array.
 struct PackedWeight {
   struct Block {
     int64_t c0, nv, offset;
@@ -429,7 +431,9 @@ struct PackedWeight {
   }
 };
 
-PackedWeight pack_weight(const float* w, const float* bias, int64_t cout, int64_t k) {
+// The block layout of a (cout, k) weight, without data (w, bias unset);
+// `floats` gets the packed weight's length.
+PackedWeight weight_layout(int64_t cout, int64_t k, int64_t* floats) {
   PackedWeight p;
   p.avx512 = avx512_on();
   int64_t packed = 0;
@@ -438,9 +442,15 @@ PackedWeight pack_weight(const float* w, const float* bias, int64_t cout, int64_
     p.blocks.push_back({c0, nv, packed});
     packed += k * 16 * nv;
   }
-  const int64_t padded_cout = packed / k;
-  float* pw = direct_buffer(1, packed + padded_cout);
-  float* pb = pw + packed;
+  p.k = k;
+  p.cout = cout;
+  *floats = packed;
+  return p;
+}
+
+// The blocks of the (cout, k) weight w into pw, as weight_layout lays them out.
+void pack_blocks(const float* w, const PackedWeight& p, float* pw) {
+  const int64_t k = p.k, cout = p.cout, padded_cout = (cout + 15) / 16 * 16;
   // Runs of 64 weight columns per task, 16 output channels gathered at a
   // time (the 16 weight rows' lines stay in L1 along the run): a scalar
   // transpose took 8% of a diffusion run.
@@ -454,48 +464,80 @@ PackedWeight pack_weight(const float* w, const float* bias, int64_t cout, int64_
       pack_weight_block_avx2(w, k, cout, b.c0, b.nv, j0, j1, pw + b.offset);
     }
   });
-  for (const auto& b : p.blocks) {
-    for (int64_t o = 0; o < 16 * b.nv; o++) pb[b.offset / k + o] = bias != nullptr && b.c0 + o < cout ? bias[b.c0 + o] : 0.0f;
-  }
-  p.w = pw;
+}
+
+// Sets p.bias: the bias (or zeros) padded to the blocks, in the calling
+// thread's buffer `which` after `at` floats.
+void pad_bias(PackedWeight& p, const float* bias, int which, int64_t at) {
+  const int64_t padded_cout = (p.cout + 15) / 16 * 16;
+  float* pb = direct_buffer(which, at + padded_cout) + at;
+  for (int64_t o = 0; o < padded_cout; o++) pb[o] = bias != nullptr && o < p.cout ? bias[o] : 0.0f;
   p.bias = pb;
-  p.k = k;
-  p.cout = cout;
+}
+
+// The weight packed per call into the calling thread's buffer.
+PackedWeight pack_weight(const float* w, const float* bias, int64_t cout, int64_t k) {
+  int64_t floats = 0;
+  PackedWeight p = weight_layout(cout, k, &floats);
+  pad_bias(p, bias, 1, floats);
+  float* pw = direct_buffer(1, 0);
+  pack_blocks(w, p, pw);
+  p.w = pw;
   return p;
 }
 
-// y (m, n) = x (m, k) · w (n, k)ᵀ + bias with the direct kernel's register
-// tiles, x read in place: OpenBLAS spent as long packing both operands of
-// these small-k products (k = 128-1024) as multiplying.
-void direct_linear(const float* x, const float* w, const float* bias, float* y, int64_t m, int64_t n, int64_t k) {
-  const PackedWeight pw = pack_weight(w, bias, n, k);
+// A weight packed beforehand (pack_conv_weight), with its bias.
+PackedWeight prepacked_weight(const float* packed, const float* bias, int64_t cout, int64_t k) {
+  int64_t floats = 0;
+  PackedWeight p = weight_layout(cout, k, &floats);
+  pad_bias(p, bias, 1, 0);
+  p.w = packed;
+  return p;
+}
+
+// y (m rows of pw.cout) = the kh×kw windows at src(p) (as
+// PackedWeight::multiply reads them) times the packed weight, plus its bias:
+// tasks of kDirectStep rows × one block of output channels, handed out one at
+// a time (consecutive ones share their input rows: with a few big tasks a
+// thread, one thread was often left with a whole extra one, a fifth of a UNet
+// conv's time; the 8×8 level had 3 tasks for 2).
+template <typename Src>
+void direct_tasks(const PackedWeight& pw, int64_t m, float* y, int64_t cin, int64_t wp, int64_t kh, int64_t kw,
+                  Src&& src) {
   const int64_t nb = static_cast<int64_t>(pw.blocks.size());
   auto task = [&](int64_t it) {
-    const int64_t v0 = it / nb * kDirectStep, v1 = std::min(m, v0 + kDirectStep);
+    const int64_t p0 = it / nb * kDirectStep, p1 = std::min(m, p0 + kDirectStep);
     const PackedWeight::Block& b = pw.blocks[it % nb];
     const int64_t rows = pw.rows(b);
-    for (int64_t v = v0; v < v1; v += rows) {
-      const float* src[16];
+    for (int64_t p = p0; p < p1; p += rows) {
+      const float* in[16];
       float* dst[16];
       for (int64_t r = 0; r < rows; r++) {
-        const bool live = v + r < v1;
-        src[r] = x + (live ? v + r : v0) * k;  // past the end: any valid row, dropped
-        dst[r] = live ? y + (v + r) * n + b.c0 : nullptr;
+        const bool live = p + r < p1;
+        in[r] = src(live ? p + r : p0);  // past the end: any valid row, dropped
+        dst[r] = live ? y + (p + r) * pw.cout + b.c0 : nullptr;
       }
-      pw.multiply(b, src, k, 0, 1, 1, dst);
+      pw.multiply(b, in, cin, wp, kh, kw, dst);
     }
   };
   const int64_t tasks = (m + kDirectStep - 1) / kDirectStep * nb;
-  if (m * n * k < (int64_t{1} << 20)) {
+  if (m * pw.k * pw.cout < (int64_t{1} << 20)) {
     for (int64_t it = 0; it < tasks; it++) task(it);
   } else {
     Pool::get().run(tasks, task);
   }
 }
 
-// y = conv(x, w) + bias (see above).
-void direct_conv(const float* x, const float* w, const float* bias, float* y, const ConvShape& s) {
-  const int64_t hp = s.h + 2 * s.ph, wpad = s.w + 2 * s.pw, cin = s.cin, k = s.kh * s.kw * cin;
+// y (m, n) = x (m, k) · w (n, k)ᵀ + bias with the direct kernel's register
+// tiles, x read in place: OpenBLAS spent as long packing both operands of
+// these small-k products (k = 128-1024) as multiplying.
+void direct_linear(const float* x, const PackedWeight& pw, float* y, int64_t m) {
+  direct_tasks(pw, m, y, pw.k, 0, 1, 1, [&](int64_t p) { return x + p * pw.k; });
+}
+
+// y = conv(x, w) + bias (see above), w packed.
+void direct_conv(const float* x, const PackedWeight& pw, float* y, const ConvShape& s) {
+  const int64_t hp = s.h + 2 * s.ph, wpad = s.w + 2 * s.pw, cin = s.cin;
   const int64_t image = hp * wpad * cin;
   float* px = direct_buffer(0, s.n * image);
   parallel(s.n * hp, wpad * cin, [&](int64_t lo, int64_t hi) {
@@ -511,38 +553,11 @@ void direct_conv(const float* x, const float* w, const float* bias, float* y, co
       }
     }
   });
-  const PackedWeight pw = pack_weight(w, bias, s.cout, k);
-  // Tasks of kDirectStep output positions × one block of output channels,
-  // handed out one at a time (consecutive ones share their input rows): with
-  // a few big tasks a thread, one thread was often left with a whole extra
-  // one (a fifth of a UNet conv's time; the 8×8 level had 3 tasks for 2).
-  const int64_t positions = s.n * s.oh * s.ow, per_image = s.oh * s.ow;
-  auto window = [&](int64_t p) {
+  const int64_t per_image = s.oh * s.ow;
+  direct_tasks(pw, s.n * per_image, y, cin, wpad, s.kh, s.kw, [&](int64_t p) {
     const int64_t img = p / per_image, oy = p % per_image / s.ow, ox = p % s.ow;
     return px + img * image + (oy * s.sh * wpad + ox * s.sw) * cin;
-  };
-  const int64_t nb = static_cast<int64_t>(pw.blocks.size());
-  auto task = [&](int64_t it) {
-    const int64_t p0 = it / nb * kDirectStep, p1 = std::min(positions, p0 + kDirectStep);
-    const PackedWeight::Block& b = pw.blocks[it % nb];
-    const int64_t rows = pw.rows(b);
-    for (int64_t p = p0; p < p1; p += rows) {
-      const float* src[16];
-      float* dst[16];
-      for (int64_t r = 0; r < rows; r++) {
-        const bool live = p + r < p1;
-        src[r] = window(live ? p + r : p0);  // past the end: any valid window, dropped
-        dst[r] = live ? y + (p + r) * s.cout + b.c0 : nullptr;
-      }
-      pw.multiply(b, src, cin, wpad, s.kh, s.kw, dst);
-    }
-  };
-  const int64_t tasks = (positions + kDirectStep - 1) / kDirectStep * nb;
-  if (positions * k * s.cout < (int64_t{1} << 20)) {
-    for (int64_t it = 0; it < tasks; it++) task(it);
-  } else {
-    Pool::get().run(tasks, task);
-  }
+  });
 }
 #endif
 
@@ -551,7 +566,7 @@ void direct_conv(const float* x, const float* w, const float* bias, float* y, co
 void linear_rows(const float* a, const float* w, const float* bias, float* y, int64_t m, int64_t n, int64_t k) {
 #ifdef MLXE_AVX512_KERNELS
   if (direct_on() && m >= 4 * kDirectStep) {
-    direct_linear(a, w, bias, y, m, n, k);
+    direct_linear(a, pack_weight(w, bias, n, k), y, m);
     return;
   }
 #endif
@@ -560,7 +575,9 @@ void linear_rows(const float* a, const float* w, const float* bias, float* y, in
 
 class Conv2dKernel : public mx::UnaryPrimitive {
  public:
-  Conv2dKernel(mx::Stream st, ConvShape s, bool bias) : mx::UnaryPrimitive(st), s_(s), bias_(bias) {}
+  // `packed`: the weight input is pack_conv_weight's, not (O, KH, KW, I).
+  Conv2dKernel(mx::Stream st, ConvShape s, bool bias, bool packed)
+      : mx::UnaryPrimitive(st), s_(s), bias_(bias), packed_(packed) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
     for (auto& a : inputs) check_input(a, name());
@@ -570,21 +587,36 @@ class Conv2dKernel : public mx::UnaryPrimitive {
     enc.set_output_array(out);
     std::vector<mx::array> ins;
     for (auto& a : inputs) ins.push_back(mx::array::unsafe_weak_copy(a));
-    enc.dispatch([ins = std::move(ins), out = mx::array::unsafe_weak_copy(out), s = s_, has_bias = bias_]() mutable {
+    enc.dispatch([ins = std::move(ins), out = mx::array::unsafe_weak_copy(out), s = s_, has_bias = bias_,
+                  packed = packed_]() mutable {
       const float* x = ins[0].data<float>();
       const float* w = ins[1].data<float>();
       const float* b = has_bias ? ins[2].data<float>() : nullptr;
       float* y = out.data<float>();
       const int64_t positions = s.n * s.oh * s.ow, k = s.kh * s.kw * s.cin;
-      if (positions == 0) return;
-      if (s.kh == 1 && s.kw == 1 && s.sh == 1 && s.sw == 1 && s.ph == 0 && s.pw == 0) {
+      if (positions == 0 || s.cout == 0) return;
+      if (k == 0) {  // no input channels: the bias alone
+        for (int64_t p = 0; p < positions; p++) {
+          for (int64_t o = 0; o < s.cout; o++) y[p * s.cout + o] = b != nullptr ? b[o] : 0.0f;
+        }
+        return;
+      }
+      const bool one_by_one = s.kh == 1 && s.kw == 1 && s.sh == 1 && s.sw == 1 && s.ph == 0 && s.pw == 0;
+#ifdef MLXE_AVX512_KERNELS
+      if (packed) {  // packing needed the direct kernel, which the CPU keeps even if a test lowers the level
+        const PackedWeight pw = prepacked_weight(w, b, s.cout, k);
+        one_by_one ? direct_linear(x, pw, y, positions) : direct_conv(x, pw, y, s);
+        return;
+      }
+#endif
+      if (one_by_one) {
         // A 1×1 stride-1 convolution is a product with the input in place.
         linear_rows(x, w, b, y, positions, s.cout, s.cin);
         return;
       }
 #ifdef MLXE_AVX512_KERNELS
       if (direct_on()) {
-        direct_conv(x, w, b, y, s);
+        direct_conv(x, pack_weight(w, b, s.cout, k), y, s);
         return;
       }
 #endif
@@ -606,7 +638,7 @@ class Conv2dKernel : public mx::UnaryPrimitive {
   const char* name() const override { return "MlxeConv2d"; }
   bool is_equivalent(const mx::Primitive& other) const override {
     auto* o = dynamic_cast<const Conv2dKernel*>(&other);
-    return o != nullptr && o->bias_ == bias_ && std::memcmp(&o->s_, &s_, sizeof(ConvShape)) == 0;
+    return o != nullptr && o->bias_ == bias_ && o->packed_ == packed_ && std::memcmp(&o->s_, &s_, sizeof(ConvShape)) == 0;
   }
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>&) override {
     return {{static_cast<int>(s_.n), static_cast<int>(s_.oh), static_cast<int>(s_.ow), static_cast<int>(s_.cout)}};
@@ -615,6 +647,45 @@ class Conv2dKernel : public mx::UnaryPrimitive {
  private:
   ConvShape s_;
   bool bias_;
+  bool packed_;
+};
+
+// The length of a packed (cout, k) weight: k times cout rounded up to 16.
+int64_t packed_floats(int64_t cout, int64_t k) { return k * ((cout + 15) / 16 * 16); }
+
+// The weight (cout, k) in the direct kernel's blocks (see PackedWeight), once.
+class PackWeightKernel : public mx::UnaryPrimitive {
+ public:
+  PackWeightKernel(mx::Stream st, int64_t cout, int64_t k) : mx::UnaryPrimitive(st), cout_(cout), k_(k) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
+    check_input(inputs[0], name());
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& enc = mx::cpu::get_command_encoder(stream());
+    enc.set_input_array(inputs[0]);
+    enc.set_output_array(out);
+    enc.dispatch([w = mx::array::unsafe_weak_copy(inputs[0]), out = mx::array::unsafe_weak_copy(out), cout = cout_,
+                  k = k_]() mutable {
+#ifdef MLXE_AVX512_KERNELS
+      int64_t floats = 0;
+      pack_blocks(w.data<float>(), weight_layout(cout, k, &floats), out.data<float>());
+#endif
+    });
+  }
+  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
+    throw std::runtime_error("MlxePackWeight is a CPU kernel");
+  }
+  const char* name() const override { return "MlxePackWeight"; }
+  bool is_equivalent(const mx::Primitive& other) const override {
+    auto* o = dynamic_cast<const PackWeightKernel*>(&other);
+    return o != nullptr && o->cout_ == cout_ && o->k_ == k_;
+  }
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>&) override {
+    return {{static_cast<int>(packed_floats(cout_, k_))}};
+  }
+
+ private:
+  int64_t cout_, k_;
 };
 
 // ---- group norm
@@ -1121,13 +1192,12 @@ bool conv2d_applies(const mx::array& x, const mx::array& w, int sh, int sw, int 
          x.shape(1) + 2 * ph >= w.shape(1) && x.shape(2) + 2 * pw >= w.shape(2) && sgemm() != nullptr;
 }
 
-mx::array conv2d(const mx::array& x, const mx::array& w, const std::optional<mx::array>& bias, int sh, int sw, int ph,
-                 int pw, mx::StreamOrDevice s) {
-  if (!conv2d_applies(x, w, sh, sw, ph, pw, 1, 1, 1, s)) {
-    throw std::invalid_argument("conv2d kernel: float32 NHWC input and (O, KH, KW, I) weight on a CPU stream");
-  }
-  auto stream = mx::to_stream(s);
-  ConvShape c{x.shape(0), x.shape(1), x.shape(2), x.shape(3), w.shape(0), w.shape(1), w.shape(2), sh, sw, ph, pw, 0, 0};
+namespace {
+
+// The conv primitive over x and w: (O, KH, KW, I) as `ws`, or packed.
+mx::array conv2d_of(const mx::array& x, const mx::array& w, std::array<int, 4> ws, bool packed,
+                    const std::optional<mx::array>& bias, int sh, int sw, int ph, int pw, mx::Stream stream) {
+  ConvShape c{x.shape(0), x.shape(1), x.shape(2), x.shape(3), ws[0], ws[1], ws[2], sh, sw, ph, pw, 0, 0};
   c.oh = (c.h + 2 * ph - c.kh) / sh + 1;
   c.ow = (c.w + 2 * pw - c.kw) / sw + 1;
   std::vector<mx::array> inputs{mx::contiguous(x, false, stream), mx::contiguous(w, false, stream)};
@@ -1137,8 +1207,47 @@ mx::array conv2d(const mx::array& x, const mx::array& w, const std::optional<mx:
     }
     inputs.push_back(mx::contiguous(mx::astype(*bias, mx::float32, stream), false, stream));
   }
-  return mx::array({x.shape(0), static_cast<int>(c.oh), static_cast<int>(c.ow), w.shape(0)}, mx::float32,
-                   std::make_shared<Conv2dKernel>(stream, c, bias.has_value()), std::move(inputs));
+  return mx::array({x.shape(0), static_cast<int>(c.oh), static_cast<int>(c.ow), ws[0]}, mx::float32,
+                   std::make_shared<Conv2dKernel>(stream, c, bias.has_value(), packed), std::move(inputs));
+}
+
+}  // namespace
+
+mx::array conv2d(const mx::array& x, const mx::array& w, const std::optional<mx::array>& bias, int sh, int sw, int ph,
+                 int pw, mx::StreamOrDevice s) {
+  if (!conv2d_applies(x, w, sh, sw, ph, pw, 1, 1, 1, s)) {
+    throw std::invalid_argument("conv2d kernel: float32 NHWC input and (O, KH, KW, I) weight on a CPU stream");
+  }
+  return conv2d_of(x, w, {w.shape(0), w.shape(1), w.shape(2), w.shape(3)}, false, bias, sh, sw, ph, pw,
+                   mx::to_stream(s));
+}
+
+bool conv_weight_packs(const mx::array& w, mx::StreamOrDevice s) {
+  return applies(w, s) && w.ndim() == 4 && w.size() > 0 && direct_on();
+}
+
+mx::array pack_conv_weight(const mx::array& w, mx::StreamOrDevice s) {
+  if (!conv_weight_packs(w, s)) {
+    throw std::invalid_argument(
+        "pack_conv_weight: a float32 (O, KH, KW, I) weight on a CPU stream, where the direct conv kernel runs");
+  }
+  auto stream = mx::to_stream(s);
+  const int64_t cout = w.shape(0), k = w.size() / w.shape(0);
+  return mx::array({static_cast<int>(packed_floats(cout, k))}, mx::float32,
+                   std::make_shared<PackWeightKernel>(stream, cout, k), {mx::contiguous(w, false, stream)});
+}
+
+mx::array conv2d_packed(const mx::array& x, const mx::array& packed, std::array<int, 4> ws,
+                        const std::optional<mx::array>& bias, int sh, int sw, int ph, int pw, mx::StreamOrDevice s) {
+  const bool ok = applies(x, s) && packed.dtype() == mx::float32 && x.ndim() == 4 && x.shape(3) == ws[3] &&
+                  packed.ndim() == 1 && packed.size() == static_cast<size_t>(packed_floats(ws[0], int64_t{ws[1]} * ws[2] * ws[3])) &&
+                  sh >= 1 && sw >= 1 && ph >= 0 && pw >= 0 && x.shape(1) + 2 * ph >= ws[1] && x.shape(2) + 2 * pw >= ws[2];
+  if (!ok) {
+    throw std::invalid_argument("conv2d_packed: float32 NHWC input on a CPU stream and the weight pack_conv_weight made of (" +
+                                std::to_string(ws[0]) + ", " + std::to_string(ws[1]) + ", " + std::to_string(ws[2]) +
+                                ", " + std::to_string(ws[3]) + ")");
+  }
+  return conv2d_of(x, packed, ws, true, bias, sh, sw, ph, pw, mx::to_stream(s));
 }
 
 mx::array group_norm(const mx::array& x, int groups, const mx::array& weight, const mx::array& bias, float eps,

@@ -488,6 +488,16 @@ std::unique_ptr<Array> conv2d_bias(const Array& x, const Array& w, const ArrayLi
   return own(b ? mx::add(y, *b) : y);
 }
 
+bool conv_weight_packs(const Array& w) { return kernels::conv_weight_packs(w); }
+std::unique_ptr<Array> pack_conv_weight(const Array& w) { return own(kernels::pack_conv_weight(w)); }
+std::unique_ptr<Array> conv2d_packed(const Array& x, const Array& packed, rust::Slice<const int32_t> shape,
+                                     const ArrayList& bias, int32_t sh, int32_t sw, int32_t ph, int32_t pw) {
+  if (shape.size() != 4) throw std::invalid_argument("conv2d_packed: the weight shape is (O, KH, KW, I)");
+  auto b = opt(bias);
+  if (b && b->dtype() != mx::float32) throw std::invalid_argument("conv2d_packed: the bias must be float32");
+  return own(kernels::conv2d_packed(x, packed, {shape[0], shape[1], shape[2], shape[3]}, b, sh, sw, ph, pw));
+}
+
 // Group norm over channels-last x (N, ..., C): the fused CPU kernel for
 // float32 on the CPU, else MLX's reductions over (positions, channels of a group).
 std::unique_ptr<Array> group_norm(const Array& x, int32_t groups, const Array& weight, const Array& bias, float eps, bool silu) {

@@ -138,6 +138,10 @@ std::unique_ptr<Array> packed_attention(const Array& qkv, rust::Slice<const int3
 bool cache_attention_applies(const Array& q, const Array& k, const Array& v);
 std::unique_ptr<Array> cache_attention(const Array& q, const Array& k, const Array& v, float scale, rust::Slice<const int32_t> pads);
 std::unique_ptr<Array> conv2d_bias(const Array& x, const Array& w, const ArrayList& bias, int32_t sh, int32_t sw, int32_t ph, int32_t pw);
+bool conv_weight_packs(const Array& w);
+std::unique_ptr<Array> pack_conv_weight(const Array& w);
+std::unique_ptr<Array> conv2d_packed(const Array& x, const Array& packed, rust::Slice<const int32_t> shape,
+                                     const ArrayList& bias, int32_t sh, int32_t sw, int32_t ph, int32_t pw);
 std::unique_ptr<Array> group_norm(const Array& x, int32_t groups, const Array& weight, const Array& bias, float eps, bool silu);
 std::unique_ptr<Array> geglu(const Array& x);
 std::unique_ptr<Array> attention(const Array& q, const Array& k, const Array& v, int32_t heads, float scale);
