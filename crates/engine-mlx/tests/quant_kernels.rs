@@ -68,9 +68,13 @@ fn quantized_kernels_match_the_dequantized_product_at_every_level() {
                 bits,
             };
             // 1 row (decode), 6 rows (a tile of 4 and a tail of 2), N not a
-            // multiple of the task split.
+            // multiple of the task split or of the weight rows a tile takes.
             for m in [1, 3, 6, 90] {
                 check(m, 37, 256, spec, (level * 100 + bits * 10 + m as i32) as u64);
+            }
+            // An odd number of blocks (the kernels may take them in pairs).
+            if group == 32 {
+                check(5, 7, 160, spec, (level * 100 + bits * 10) as u64);
             }
         }
     }
