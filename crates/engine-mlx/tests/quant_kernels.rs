@@ -225,5 +225,20 @@ fn fused_cpu_kernel_matches_the_composed_ops() {
             alone[0].to_vec::<f32>().unwrap(),
             y[0].slice_axis(1, 3, 4).unwrap().to_vec::<f32>().unwrap()
         );
+        // x and the residual as strided views (transposes) give the bits of
+        // their row-major copies.
+        let copy = |a: &Array| Array::from_slice(&a.to_vec::<f32>().unwrap(), &a.shape()).unwrap();
+        let xt = normal(&[1, k, m], 14).transpose(&[0, 2, 1]).unwrap();
+        let rt = normal(&[1, 48, m], 15).transpose(&[0, 2, 1]).unwrap();
+        let (xc, rc) = (copy(&xt), copy(&rt));
+        let fused = |x: &Array, r: &Array| {
+            quant::fused_matvec(x, &ws[..1], Some((&nw, 1e-5)), Some(r), FusedEpilogue::Split, &[])
+                .unwrap()
+                .unwrap()
+                .remove(0)
+                .to_vec::<f32>()
+                .unwrap()
+        };
+        assert_eq!(fused(&xt, &rt), fused(&xc, &rc));
     }
 }

@@ -563,6 +563,41 @@ class QuantizedLinearKernel : public mx::UnaryPrimitive {
   int group_, bits_;
 };
 
+// The elements of a float32 array in row-major order: its own data when
+// row-contiguous (a decode step's inputs are), else gathered into `buf`
+// through its strides. The fused primitive takes x and the residual as they
+// come, so a call adds no reshape or `contiguous` op to the graph (the cost
+// of an op is paid on both cores).
+const float* row_major(const mx::array& a, std::vector<float>& buf) {
+  if (a.flags().row_contiguous) return a.data<float>();
+  buf.resize(a.size());
+  const float* p = a.data<float>();
+  const int nd = static_cast<int>(a.ndim());
+  std::vector<int64_t> idx(static_cast<size_t>(nd), 0);
+  for (size_t i = 0; i < a.size(); i++) {
+    int64_t off = 0;
+    for (int d = 0; d < nd; d++) off += idx[d] * a.strides(d);
+    buf[i] = p[off];
+    for (int d = nd - 1; d >= 0; d--) {
+      if (++idx[d] < a.shape(d)) break;
+      idx[d] = 0;
+    }
+  }
+  return buf.data();
+}
+
+// Whether w, scales and biases are in the kernels' form for K inputs.
+bool weights_apply(const mx::array& w, const mx::array& scales, const mx::array& biases, int group, int bits,
+                   int64_t k) {
+  if (w.ndim() != 2 || w.dtype() != mx::uint32) return false;
+  if ((bits != 4 && bits != 5 && bits != 8) || (group != 32 && group != 64 && group != 128)) return false;
+  if (static_cast<int64_t>(w.shape(1)) * 32 % bits != 0) return false;
+  if (static_cast<int64_t>(w.shape(1)) * 32 / bits != k || k % group != 0 || k == 0) return false;
+  const mx::Shape groups{w.shape(0), static_cast<int>(k / group)};
+  return scales.dtype() == mx::float32 && biases.dtype() == mx::float32 && scales.shape() == groups &&
+         biases.shape() == groups;
+}
+
 // The products of several matrices (one to three) against one x, with an
 // RMS norm of x in front and an epilogue behind, in one primitive. Inputs: x,
 // then (w, scales, biases) per matrix, the linear biases of the matrices that
@@ -614,8 +649,8 @@ class FusedQuantizedKernel : public mx::Primitive {
     for (size_t i = 0; i < mats; i++) {
       if (has_bias_[i]) bias[i] = in[at++].data<float>();
     }
-    const float* x = in[0].data<float>();
-    thread_local std::vector<float> normed;
+    thread_local std::vector<float> x_rows, residual_rows, normed;
+    const float* x = row_major(in[0], x_rows);
     if (norm_) {
       // x · w / RMS(x) per row, one fixed order of operations whatever M.
       const float* w = in[at++].data<float>();
@@ -629,7 +664,7 @@ class FusedQuantizedKernel : public mx::Primitive {
       }
       x = normed.data();
     }
-    const float* residual = residual_ ? in[at++].data<float>() : nullptr;
+    const float* residual = residual_ ? row_major(in[at++], residual_rows) : nullptr;
     const Args base = quantized_x(x, m, k, group_, bits_);
     std::vector<Args> as(mats, base);
     thread_local std::vector<float> gate_up;
@@ -700,15 +735,13 @@ std::optional<std::vector<mx::array>> fused_quantized_linear(const mx::array& x,
   if (k == 0 || static_cast<int64_t>(x.size()) % k != 0) return std::nullopt;
   const int64_t m = static_cast<int64_t>(x.size()) / k;
   auto stream = mx::to_stream(s);
-  // x as rows of K: the products do not care how the caller shaped it.
-  auto x2 = x.shape(-1) == k ? mx::reshape(x, {-1, static_cast<int>(k)}, stream)
-                             : mx::reshape(x, {static_cast<int>(m), static_cast<int>(k)}, stream);
-  std::vector<mx::array> inputs{mx::contiguous(x2, false, stream)};
+  // x read as rows of K, whatever shape the caller gave it.
+  std::vector<mx::array> inputs{x};
   std::vector<bool> has_bias;
   std::vector<mx::array> biases;
   std::vector<mx::Shape> shapes;
   for (const auto& q : mats) {
-    if (!quantized_linear_applies(x2, q.w, q.scales, q.biases, group, bits, s)) return std::nullopt;
+    if (!weights_apply(q.w, q.scales, q.biases, group, bits, k)) return std::nullopt;
     const int n = q.w.shape(0);
     if (swiglu && n != mats[0].w.shape(0)) return std::nullopt;
     for (const auto* a : {&q.w, &q.scales, &q.biases}) inputs.push_back(as_rows(*a, stream));
@@ -745,7 +778,7 @@ std::optional<std::vector<mx::array>> fused_quantized_linear(const mx::array& x,
   if (residual) {
     if (residual->dtype() != mx::float32 || residual->size() != static_cast<size_t>(m * mats[0].w.shape(0)))
       return std::nullopt;
-    inputs.push_back(mx::contiguous(*residual, false, stream));
+    inputs.push_back(*residual);
   }
   auto prim = std::make_shared<FusedQuantizedKernel>(
       stream, FusedConfig{group, bits, std::move(has_bias), norm.has_value(), norm ? norm->second : 0.0f,
@@ -756,14 +789,8 @@ std::optional<std::vector<mx::array>> fused_quantized_linear(const mx::array& x,
 
 bool quantized_linear_applies(const mx::array& x, const mx::array& w, const mx::array& scales,
                               const mx::array& biases, int group, int bits, mx::StreamOrDevice s) {
-  if (!applies(x, s) || x.ndim() < 1 || w.ndim() != 2 || w.dtype() != mx::uint32) return false;
-  if ((bits != 4 && bits != 5 && bits != 8) || (group != 32 && group != 64 && group != 128)) return false;
-  if (static_cast<int64_t>(w.shape(1)) * 32 % bits != 0) return false;
-  const int64_t k = static_cast<int64_t>(w.shape(1)) * 32 / bits;
-  if (x.shape(-1) != k || k % group != 0 || k == 0) return false;
-  const mx::Shape groups{w.shape(0), static_cast<int>(k / group)};
-  return scales.dtype() == mx::float32 && biases.dtype() == mx::float32 && scales.shape() == groups &&
-         biases.shape() == groups;
+  if (!applies(x, s) || x.ndim() < 1) return false;
+  return weights_apply(w, scales, biases, group, bits, x.shape(-1));
 }
 
 mx::array quantized_linear(const mx::array& x, const mx::array& w, const mx::array& scales,
