@@ -261,11 +261,15 @@ impl<'a> Generator<'a> {
     fn prefill(&mut self, prompt: &[u32], keys: &[u64], embeds: Option<&PromptEmbeds>, from: usize) -> Result<()> {
         let mrope = embeds.and_then(|e| e.mrope.as_ref());
         let n = prompt.len();
+        // The last position's logits start sampling. It goes alone, as in
+        // mlx-lm, unless the model's bits do not depend on the chunking (the
+        // int8 CPU kernels): then it joins the final chunk, which saves a
+        // whole single-position pass from the time to the first token.
+        let last_alone = !self.model.chunking_invariant();
         let mut start = from;
         while start < n {
-            // The last position goes alone: its logits start sampling.
-            let mut end = if start == n - 1 {
-                n
+            let mut end = if start == n - 1 || !last_alone {
+                (start + PREFILL_CHUNK).min(n)
             } else {
                 (start + PREFILL_CHUNK).min(n - 1)
             };
@@ -288,19 +292,23 @@ impl<'a> Generator<'a> {
                 ..Default::default()
             };
             let st = self.state.get();
-            let logits = self.model.forward_embeds(h, &mut st.cache, &mask, true).map_err(be)?;
             for (&t, &k) in prompt[start..end].iter().zip(&keys[start..end]) {
                 st.push(t, k);
             }
             if end == n {
+                let logits = self.model.forward_embeds(h, &mut st.cache, &mask, true).map_err(be)?;
                 let logits = logits.squeeze(1).map_err(be)?;
                 let y = self.sampler.sample(&logits, &[&self.history]).map_err(be)?;
                 async_eval([&y]).map_err(be)?;
                 self.pending = Some(y);
             } else {
-                // Materialise the cache so the next chunk's graph stays small.
+                // An earlier chunk needs no LM head. Materialise the cache so
+                // the next chunk's graph stays small, and the hidden states
+                // (under pipeline parallelism they carry the sends to the
+                // next rank).
+                let h = self.model.hidden(h, &mut st.cache, &mask).map_err(be)?;
                 let mut arrays: Vec<&Array> = st.cache.iter().flat_map(|c| c.arrays()).collect();
-                arrays.push(&logits);
+                arrays.push(&h);
                 engine_mlx::eval(arrays).map_err(be)?;
             }
             start = end;

@@ -618,6 +618,13 @@ impl Transformer {
         v
     }
 
+    /// Whether a position's outputs keep their bits however a prompt is
+    /// split into chunks (under the int8 CPU kernels, see
+    /// [`Transformer::convert_for_cpu`]).
+    pub fn chunking_invariant(&self) -> bool {
+        self.invariant_attention
+    }
+
     /// Bytes of all weights.
     pub fn weight_bytes(&self) -> usize {
         self.arrays().iter().map(|a| a.nbytes()).sum()

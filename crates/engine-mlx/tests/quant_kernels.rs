@@ -68,9 +68,13 @@ fn quantized_kernels_match_the_dequantized_product_at_every_level() {
                 bits,
             };
             // 1 row (decode), 6 rows (a tile of 4 and a tail of 2), N not a
-            // multiple of the task split.
+            // multiple of the task split or of the weight rows a tile takes.
             for m in [1, 3, 6, 90] {
                 check(m, 37, 256, spec, (level * 100 + bits * 10 + m as i32) as u64);
+            }
+            // An odd number of blocks (the kernels may take them in pairs).
+            if group == 32 {
+                check(5, 7, 160, spec, (level * 100 + bits * 10) as u64);
             }
         }
     }
@@ -221,5 +225,20 @@ fn fused_cpu_kernel_matches_the_composed_ops() {
             alone[0].to_vec::<f32>().unwrap(),
             y[0].slice_axis(1, 3, 4).unwrap().to_vec::<f32>().unwrap()
         );
+        // x and the residual as strided views (transposes) give the bits of
+        // their row-major copies.
+        let copy = |a: &Array| Array::from_slice(&a.to_vec::<f32>().unwrap(), &a.shape()).unwrap();
+        let xt = normal(&[1, k, m], 14).transpose(&[0, 2, 1]).unwrap();
+        let rt = normal(&[1, 48, m], 15).transpose(&[0, 2, 1]).unwrap();
+        let (xc, rc) = (copy(&xt), copy(&rt));
+        let fused = |x: &Array, r: &Array| {
+            quant::fused_matvec(x, &ws[..1], Some((&nw, 1e-5)), Some(r), FusedEpilogue::Split, &[])
+                .unwrap()
+                .unwrap()
+                .remove(0)
+                .to_vec::<f32>()
+                .unwrap()
+        };
+        assert_eq!(fused(&xt, &rt), fused(&xc, &rc));
     }
 }

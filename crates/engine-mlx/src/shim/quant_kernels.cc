@@ -6,8 +6,8 @@
 //
 // y[m][n] = Σ_g s[n][g] · Σ_{i∈g} q[n][i]·x[m][i] + b[n][g] · Σ_{i∈g} x[m][i].
 // The activations are quantized per block of 32 to int8 (x ≈ d·xq, |xq| ≤ 127),
-// so each block's Σ q·xq is an integer dot product: AVX-512 VNNI `vpdpbusd`,
-// or AVX2 `vpmaddubsw` + `vpmaddwd`, or plain C; the bias term uses the exact
+// so each block's Σ q·xq is an integer dot product: AVX-512 VNNI `vpdpbusd`
+// (with VBMI for the 5-bit unpacking), or AVX2 `vpmaddubsw` + `vpmaddwd`, or plain C; the bias term uses the exact
 // float sums of x. Each block's integer sum is scaled by s·d in float, as
 // llama.cpp does for its Q8 activations; the int8 rounding of x is the only
 // approximation (tests/quant_kernels.rs bounds it).
@@ -133,8 +133,8 @@ void rows_scalar(const Args& a, int64_t n0, int64_t n1) {
   }
 }
 
-// The vector kernels, compiled twice: AVX2 (+FMA) and AVX-512 VNNI (256-bit
-// vpdpbusd). DOT(acc, w, x) adds the 8 partial sums of one block's Σ w·x.
+// The AVX2 (+FMA) kernels (the AVX-512 ones are in namespace vnni below).
+// DOT(acc, w, x) adds the 8 partial sums of one block's Σ w·x.
 #define MLXE_QUANT_BODY(NS, DOT4, DOT8)                                                                        \
   namespace NS {                                                                                               \
   inline float hsum(__m256 v) {                                                                                \
@@ -268,11 +268,168 @@ MLXE_QUANT_BODY(avx2, MLXE_DOT4_AVX2, MLXE_DOT8_AVX2)
 #pragma GCC pop_options
 
 #pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")
-// vpdpbusd: four u8·s8 products summed straight into each i32 lane.
-#define MLXE_DOT4_VNNI(w, x) _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, x)
-#define MLXE_DOT8_VNNI(w, x, low) _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, x)
-MLXE_QUANT_BODY(vnni, MLXE_DOT4_VNNI, MLXE_DOT8_VNNI)
+#pragma GCC target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512dq,avx512vnni,avx512vbmi")
+// AVX-512 VNNI: two blocks of 32 per 512-bit vector (lanes 0..7 hold block
+// b's partial sums, lanes 8..15 block b+1's) and tiles of up to 4 weight rows
+// × 4 rows of x, so each unpacked weight vector serves every row of x and each
+// loaded x vector every weight row: per block pair and (weight row, x row),
+// one vpdpbusd, one convert, one scale product and one FMA. The bias term
+// joins each accumulator before its one horizontal sum. Every output runs
+// the same operations in the same order whatever the tile's shape, so a row
+// of x gets the same bits alone, in a batch or in a prompt chunk.
+namespace vnni {
+
+// Weights of blocks blk and blk+1 (or blk alone, upper half zero, with
+// `one`) as bytes in their activations' order.
+template <int BITS>
+inline __m512i weights(const uint8_t* wr, int64_t blk, bool one) {
+  if constexpr (BITS == 4) {
+    const __m512i low = _mm512_set1_epi8(15);
+    if (one) {
+      const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wr + blk * 16));
+      return _mm512_and_si512(_mm512_zextsi256_si512(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw)), low);
+    }
+    // [b | b | b+1 | b+1] in 128-bit lanes, the second copy of each shifted to
+    // its high nibbles: [b evens | b odds | b+1 evens | b+1 odds].
+    const __m512i raw = _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + blk * 16)));
+    const __m512i dup = _mm512_shuffle_i64x2(raw, raw, 0x50);
+    return _mm512_and_si512(_mm512_mask_srli_epi64(dup, 0xCC, dup, 4), low);
+  } else if constexpr (BITS == 5) {
+    // Each 64-bit lane gathers the 5 bytes of one group of 8 values (VBMI's
+    // vpermb), groups in the activations' order [0, 2, 1, 3] per block;
+    // vpmultishiftqb then takes value j from bit 5j of its lane.
+    alignas(64) static constexpr uint8_t gather[64] = {
+        0, 1, 2, 3, 4, 4, 4, 4, 10, 11, 12, 13, 14, 14, 14, 14,
+        5, 6, 7, 8, 9, 9, 9, 9, 15, 16, 17, 18, 19, 19, 19, 19,
+        20, 21, 22, 23, 24, 24, 24, 24, 30, 31, 32, 33, 34, 34, 34, 34,
+        25, 26, 27, 28, 29, 29, 29, 29, 35, 36, 37, 38, 39, 39, 39, 39};
+    alignas(64) static constexpr uint8_t shifts[64] = {
+        0, 5, 10, 15, 20, 25, 30, 35, 0, 5, 10, 15, 20, 25, 30, 35,
+        0, 5, 10, 15, 20, 25, 30, 35, 0, 5, 10, 15, 20, 25, 30, 35,
+        0, 5, 10, 15, 20, 25, 30, 35, 0, 5, 10, 15, 20, 25, 30, 35,
+        0, 5, 10, 15, 20, 25, 30, 35, 0, 5, 10, 15, 20, 25, 30, 35};
+    const __m512i raw = _mm512_maskz_loadu_epi8(one ? 0xFFFFFull : 0xFFFFFFFFFFull, wr + blk * 20);
+    const __m512i v = _mm512_permutexvar_epi8(_mm512_load_si512(gather), raw);
+    return _mm512_and_si512(_mm512_multishift_epi64_epi8(_mm512_load_si512(shifts), v), _mm512_set1_epi8(31));
+  } else {
+    if (one) return _mm512_zextsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + blk * kBlock)));
+    return _mm512_loadu_si512(wr + blk * kBlock);
+  }
+}
+
+// [v[i] ×8 | v[j] ×8].
+inline __m512 pair(const float* v, int64_t i, int64_t j) {
+  return _mm512_insertf32x8(_mm512_set1_ps(v[i]), _mm256_set1_ps(v[j]), 1);
+}
+
+// Rows [r0, r0+MT) of x against weight rows [n0, n0+NT).
+template <int BITS, int MT, int NT>
+inline void tile(const Args& a, int64_t n0, int64_t r0, int gshift) {
+  const int64_t nb = a.k / kBlock, ng = a.k / a.group, row_bytes = a.k * BITS / 8;
+  __m512 acc[MT][NT];
+  for (int i = 0; i < MT; i++)
+    for (int j = 0; j < NT; j++) acc[i][j] = _mm512_setzero_ps();
+  for (int64_t blk = 0; blk < nb; blk += 2) {
+    const bool one = blk + 1 == nb;
+    const int64_t next = one ? blk : blk + 1;
+    __m512i w[NT];
+    __m512 s[NT];
+    for (int j = 0; j < NT; j++) {
+      w[j] = weights<BITS>(a.w + (n0 + j) * row_bytes, blk, one);
+      s[j] = pair(a.s + (n0 + j) * ng, blk >> gshift, next >> gshift);
+    }
+    for (int i = 0; i < MT; i++) {
+      const int8_t* xr = a.xq + (r0 + i) * a.k + blk * kBlock;
+      const __m512i x = one ? _mm512_zextsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr)))
+                            : _mm512_loadu_si512(xr);
+      const __m512 d = pair(a.dx + (r0 + i) * nb, blk, next);
+      for (int j = 0; j < NT; j++) {
+        const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[j], x);
+        acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(s[j], d), acc[i][j]);
+      }
+    }
+  }
+  // The bias term Σ_g b[g]·sxg[g], 16 groups per step.
+  for (int64_t g = 0; g < ng; g += 16) {
+    const __mmask16 m = ng - g >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (ng - g)) - 1);
+    __m512 b[NT];
+    for (int j = 0; j < NT; j++) b[j] = _mm512_maskz_loadu_ps(m, a.b + (n0 + j) * ng + g);
+    for (int i = 0; i < MT; i++) {
+      const __m512 sx = _mm512_maskz_loadu_ps(m, a.sxg + (r0 + i) * ng + g);
+      for (int j = 0; j < NT; j++) acc[i][j] = _mm512_fmadd_ps(b[j], sx, acc[i][j]);
+    }
+  }
+  for (int i = 0; i < MT; i++)
+    for (int j = 0; j < NT; j++) a.y[(r0 + i) * a.n + n0 + j] = _mm512_reduce_add_ps(acc[i][j]);
+}
+
+template <int BITS, int NT>
+inline void column(const Args& a, int64_t n0, int gshift) {
+  int64_t r = 0;
+  for (; r + 4 <= a.m; r += 4) tile<BITS, 4, NT>(a, n0, r, gshift);
+  switch (a.m - r) {
+    case 3: tile<BITS, 3, NT>(a, n0, r, gshift); break;
+    case 2: tile<BITS, 2, NT>(a, n0, r, gshift); break;
+    case 1: tile<BITS, 1, NT>(a, n0, r, gshift); break;
+    default: break;
+  }
+}
+
+template <int BITS>
+void rows_bits(const Args& a, int64_t n0, int64_t n1) {
+  const int gshift = a.group == 32 ? 0 : (a.group == 64 ? 1 : 2);
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4) column<BITS, 4>(a, n, gshift);
+  for (; n < n1; n++) column<BITS, 1>(a, n, gshift);
+}
+
+void rows(const Args& a, int64_t n0, int64_t n1) {
+  if (a.bits == 4) {
+    rows_bits<4>(a, n0, n1);
+  } else if (a.bits == 5) {
+    rows_bits<5>(a, n0, n1);
+  } else {
+    rows_bits<8>(a, n0, n1);
+  }
+}
+
+// quantize_activations, 32 values per step: the same scale and rounding per
+// value (the block sums add in another order).
+void quantize_activations(const float* x, int64_t m, int64_t k, int64_t group, int64_t bits, int8_t* xq, float* dx,
+                          float* sxg) {
+  // Element of the block at each position of its weights' unpacked order.
+  alignas(32) static constexpr uint8_t order4[32] = {
+      0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30,
+      1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31};
+  alignas(32) static constexpr uint8_t order5[32] = {
+      0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23,
+      8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
+  const int64_t nb = k / kBlock, ng = k / group;
+  const __m256i order = _mm256_load_si256(reinterpret_cast<const __m256i*>(bits == 4 ? order4 : order5));
+  const __m512 half = _mm512_set1_ps(0.5f), minus_half = _mm512_set1_ps(-0.5f), zero = _mm512_setzero_ps();
+  for (int64_t r = 0; r < m; r++) {
+    for (int64_t g = 0; g < ng; g++) sxg[r * ng + g] = 0.0f;
+    for (int64_t blk = 0; blk < nb; blk++) {
+      const float* v = x + r * k + blk * kBlock;
+      const __m512 a = _mm512_loadu_ps(v), b = _mm512_loadu_ps(v + 16);
+      const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
+      const float sum = _mm512_reduce_add_ps(_mm512_add_ps(a, b));
+      const float d = amax / 127.0f, inv = d > 0.0f ? 1.0f / d : 0.0f;
+      auto round = [&](__m512 t) {
+        t = _mm512_mul_ps(t, _mm512_set1_ps(inv));
+        const __m512 h = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(t, zero, _CMP_GE_OQ), minus_half, half);
+        return _mm512_cvtsepi32_epi8(_mm512_cvttps_epi32(_mm512_add_ps(t, h)));
+      };
+      __m256i q = _mm256_set_m128i(round(b), round(a));
+      if (bits != 8) q = _mm256_permutexvar_epi8(order, q);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(xq + r * k + blk * kBlock), q);
+      dx[r * nb + blk] = d;
+      sxg[r * ng + blk * kBlock / group] += sum;
+    }
+  }
+}
+
+}  // namespace vnni
 #pragma GCC pop_options
 #endif
 
@@ -282,8 +439,11 @@ int detected_level() {
 #ifdef MLXE_QUANT_X86
   static const int level = [] {
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl") &&
-        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("fma")) {
+    // VBMI unpacks the 5-bit blocks (Ice Lake and later, Zen 4 and later);
+    // VNNI CPUs without it (Cascade Lake) take the AVX2 kernels.
+    if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vbmi") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma")) {
       return 2;
     }
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 1;
@@ -321,7 +481,15 @@ Args quantized_x(const float* x, int64_t m, int64_t k, int64_t group, int64_t bi
   scratch.xq.resize(static_cast<size_t>(m * k));
   scratch.dx.resize(static_cast<size_t>(m * (k / kBlock)));
   scratch.sxg.resize(static_cast<size_t>(m * (k / group)));
+#ifdef MLXE_QUANT_X86
+  if (active_level() == 2) {
+    vnni::quantize_activations(x, m, k, group, bits, scratch.xq.data(), scratch.dx.data(), scratch.sxg.data());
+  } else {
+    quantize_activations(x, m, k, group, bits, scratch.xq.data(), scratch.dx.data(), scratch.sxg.data());
+  }
+#else
   quantize_activations(x, m, k, group, bits, scratch.xq.data(), scratch.dx.data(), scratch.sxg.data());
+#endif
   return Args{scratch.xq.data(), scratch.dx.data(), scratch.sxg.data(), nullptr, nullptr, nullptr, nullptr,
               m, 0, k, group, bits};
 }
@@ -395,6 +563,41 @@ class QuantizedLinearKernel : public mx::UnaryPrimitive {
   int group_, bits_;
 };
 
+// The elements of a float32 array in row-major order: its own data when
+// row-contiguous (a decode step's inputs are), else gathered into `buf`
+// through its strides. The fused primitive takes x and the residual as they
+// come, so a call adds no reshape or `contiguous` op to the graph (the cost
+// of an op is paid on both cores).
+const float* row_major(const mx::array& a, std::vector<float>& buf) {
+  if (a.flags().row_contiguous) return a.data<float>();
+  buf.resize(a.size());
+  const float* p = a.data<float>();
+  const int nd = static_cast<int>(a.ndim());
+  std::vector<int64_t> idx(static_cast<size_t>(nd), 0);
+  for (size_t i = 0; i < a.size(); i++) {
+    int64_t off = 0;
+    for (int d = 0; d < nd; d++) off += idx[d] * a.strides(d);
+    buf[i] = p[off];
+    for (int d = nd - 1; d >= 0; d--) {
+      if (++idx[d] < a.shape(d)) break;
+      idx[d] = 0;
+    }
+  }
+  return buf.data();
+}
+
+// Whether w, scales and biases are in the kernels' form for K inputs.
+bool weights_apply(const mx::array& w, const mx::array& scales, const mx::array& biases, int group, int bits,
+                   int64_t k) {
+  if (w.ndim() != 2 || w.dtype() != mx::uint32) return false;
+  if ((bits != 4 && bits != 5 && bits != 8) || (group != 32 && group != 64 && group != 128)) return false;
+  if (static_cast<int64_t>(w.shape(1)) * 32 % bits != 0) return false;
+  if (static_cast<int64_t>(w.shape(1)) * 32 / bits != k || k % group != 0 || k == 0) return false;
+  const mx::Shape groups{w.shape(0), static_cast<int>(k / group)};
+  return scales.dtype() == mx::float32 && biases.dtype() == mx::float32 && scales.shape() == groups &&
+         biases.shape() == groups;
+}
+
 // The products of several matrices (one to three) against one x, with an
 // RMS norm of x in front and an epilogue behind, in one primitive. Inputs: x,
 // then (w, scales, biases) per matrix, the linear biases of the matrices that
@@ -446,8 +649,8 @@ class FusedQuantizedKernel : public mx::Primitive {
     for (size_t i = 0; i < mats; i++) {
       if (has_bias_[i]) bias[i] = in[at++].data<float>();
     }
-    const float* x = in[0].data<float>();
-    thread_local std::vector<float> normed;
+    thread_local std::vector<float> x_rows, residual_rows, normed;
+    const float* x = row_major(in[0], x_rows);
     if (norm_) {
       // x · w / RMS(x) per row, one fixed order of operations whatever M.
       const float* w = in[at++].data<float>();
@@ -461,7 +664,7 @@ class FusedQuantizedKernel : public mx::Primitive {
       }
       x = normed.data();
     }
-    const float* residual = residual_ ? in[at++].data<float>() : nullptr;
+    const float* residual = residual_ ? row_major(in[at++], residual_rows) : nullptr;
     const Args base = quantized_x(x, m, k, group_, bits_);
     std::vector<Args> as(mats, base);
     thread_local std::vector<float> gate_up;
@@ -532,15 +735,13 @@ std::optional<std::vector<mx::array>> fused_quantized_linear(const mx::array& x,
   if (k == 0 || static_cast<int64_t>(x.size()) % k != 0) return std::nullopt;
   const int64_t m = static_cast<int64_t>(x.size()) / k;
   auto stream = mx::to_stream(s);
-  // x as rows of K: the products do not care how the caller shaped it.
-  auto x2 = x.shape(-1) == k ? mx::reshape(x, {-1, static_cast<int>(k)}, stream)
-                             : mx::reshape(x, {static_cast<int>(m), static_cast<int>(k)}, stream);
-  std::vector<mx::array> inputs{mx::contiguous(x2, false, stream)};
+  // x read as rows of K, whatever shape the caller gave it.
+  std::vector<mx::array> inputs{x};
   std::vector<bool> has_bias;
   std::vector<mx::array> biases;
   std::vector<mx::Shape> shapes;
   for (const auto& q : mats) {
-    if (!quantized_linear_applies(x2, q.w, q.scales, q.biases, group, bits, s)) return std::nullopt;
+    if (!weights_apply(q.w, q.scales, q.biases, group, bits, k)) return std::nullopt;
     const int n = q.w.shape(0);
     if (swiglu && n != mats[0].w.shape(0)) return std::nullopt;
     for (const auto* a : {&q.w, &q.scales, &q.biases}) inputs.push_back(as_rows(*a, stream));
@@ -577,7 +778,7 @@ std::optional<std::vector<mx::array>> fused_quantized_linear(const mx::array& x,
   if (residual) {
     if (residual->dtype() != mx::float32 || residual->size() != static_cast<size_t>(m * mats[0].w.shape(0)))
       return std::nullopt;
-    inputs.push_back(mx::contiguous(*residual, false, stream));
+    inputs.push_back(*residual);
   }
   auto prim = std::make_shared<FusedQuantizedKernel>(
       stream, FusedConfig{group, bits, std::move(has_bias), norm.has_value(), norm ? norm->second : 0.0f,
@@ -588,14 +789,8 @@ std::optional<std::vector<mx::array>> fused_quantized_linear(const mx::array& x,
 
 bool quantized_linear_applies(const mx::array& x, const mx::array& w, const mx::array& scales,
                               const mx::array& biases, int group, int bits, mx::StreamOrDevice s) {
-  if (!applies(x, s) || x.ndim() < 1 || w.ndim() != 2 || w.dtype() != mx::uint32) return false;
-  if ((bits != 4 && bits != 5 && bits != 8) || (group != 32 && group != 64 && group != 128)) return false;
-  if (static_cast<int64_t>(w.shape(1)) * 32 % bits != 0) return false;
-  const int64_t k = static_cast<int64_t>(w.shape(1)) * 32 / bits;
-  if (x.shape(-1) != k || k % group != 0 || k == 0) return false;
-  const mx::Shape groups{w.shape(0), static_cast<int>(k / group)};
-  return scales.dtype() == mx::float32 && biases.dtype() == mx::float32 && scales.shape() == groups &&
-         biases.shape() == groups;
+  if (!applies(x, s) || x.ndim() < 1) return false;
+  return weights_apply(w, scales, biases, group, bits, x.shape(-1));
 }
 
 mx::array quantized_linear(const mx::array& x, const mx::array& w, const mx::array& scales,
