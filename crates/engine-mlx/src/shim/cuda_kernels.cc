@@ -107,7 +107,7 @@ template <int BITS> struct Packed {
     return __uint_as_float(0x4B000000u | (src & (MASK << (BITS * pos(j))))) - 8388608.0f;
   }
   // The same from lo, hi: the word and the word shifted right by BITS·SPLIT,
-  // each with 2^23's bits OR-ed in by with_magic (they miss the elements read
+  // each with 2^23's bits OR-ed in by or_opaque (they miss the elements read
   // from each): (w | m) & (mask | m) = (w & mask) | m, one AND with one
   // immediate a weight. Written as mask-then-OR, the compiler keeps 2^23 as
   // the immediate and rematerialises a register for each mask before most
@@ -120,14 +120,15 @@ template <int BITS> struct Packed {
   }
 };
 
-// w | 0x4B000000, opaque to the compiler so it cannot fold Packed::scaled_q_or's
-// AND back into the mask-then-OR form.
-__device__ __forceinline__ u32 with_magic(u32 w) {
+// w | M, opaque to the compiler, so it cannot fold an AND of the result with
+// (mask | M) back into (w & mask) | M, which costs a register for the mask
+// (rematerialised before most uses) where this AND takes one immediate.
+template <u32 M> __device__ __forceinline__ u32 or_opaque(u32 w) {
 #ifdef MLXE_EMULATED
-  return w | 0x4B000000u;
+  return w | M;
 #else
   u32 r;
-  asm("or.b32 %0, %1, 0x4B000000;" : "=r"(r) : "r"(w));
+  asm("or.b32 %0, %1, %2;" : "=r"(r) : "r"(w), "n"(M));
   return r;
 #endif
 }
@@ -259,7 +260,7 @@ __device__ __forceinline__ void qmv(const Params& p) {
           const u32 word = reinterpret_cast<const u32*>(&wv[r])[i];
           const u32 high = word >> (BITS * Packed<BITS>::SPLIT);
           if constexpr (MT == 1) {
-            const u32 lo = with_magic(word), hi = with_magic(high);
+            const u32 lo = or_opaque<0x4B000000u>(word), hi = or_opaque<0x4B000000u>(high);
   #pragma unroll
             for (int j = 0; j < PW; ++j) q[r][j] = Packed<BITS>::scaled_q_or(lo, hi, j);
           } else {
@@ -418,18 +419,6 @@ __device__ __forceinline__ float half_lo(u32 h) {
 #endif
 }
 
-// w | 0x64006400 (two f16 exponents of 1024), opaque to the compiler: then
-// (w | m) & (mask | m) = (w & mask) | m is one AND with one immediate, where
-// mask-then-OR made it rematerialise a mask register before most of them.
-__device__ __forceinline__ u32 or_f16_magic(u32 w) {
-#ifdef MLXE_EMULATED
-  return w | 0x64006400u;
-#else
-  u32 r;
-  asm("or.b32 %0, %1, 0x64006400;" : "=r"(r) : "r"(w));
-  return r;
-#endif
-}
 
 // The fused matvec of qmv for one row of x and 4-bit weights on the tensor
 // cores (MODE and NORM as there; bias and residual for the split mode). A
@@ -576,7 +565,8 @@ __device__ __forceinline__ void qmv_tc(const Params& p, u32* smem) {
       if (bcol) bx = px[wi];
 #pragma unroll
       for (int hh = 0; hh < 2; ++hh) {
-        const u32 sa = or_f16_magic(ua >> (8 * hh)), sb = or_f16_magic(ub >> (8 * hh));
+        // 0x64006400: two f16 exponents of 1024.
+        const u32 sa = or_opaque<0x64006400u>(ua >> (8 * hh)), sb = or_opaque<0x64006400u>(ub >> (8 * hh));
         const u32 a[4] = {sa & 0x640F640Fu, sb & 0x640F640Fu, sa & 0x64F064F0u, sb & 0x64F064F0u};
         const u32 b[2] = {hh ? bx.z : bx.x, hh ? bx.w : bx.y};
         mma16816(c, a, b);
