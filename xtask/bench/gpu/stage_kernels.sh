@@ -2,7 +2,9 @@
 # Stages, here (x86_64 Linux), what the GPU decode and image benches carry, into .devcache (git-ignored):
 #   .devcache/cuda/a          half a of libmlx (CUDA) + the wheel's BLAS libs   (/work/shared/device/stage-mlx-cuda-native.sh)
 #   .devcache/cuda/b          half b + zstandard, and: include.tgz (the wheel's mlx/include, CCCL included: NVRTC needs it),
-#                             the mlx 0.32.4 / mlx-lm 0.32.2 wheels (the baseline), bench_decode, qmv_check and attn_check (CUDA builds, xz)
+#                             the mlx 0.32.4 / mlx-lm 0.32.2 wheels (the baseline), bench_decode, qmv_check and attn_check (CUDA builds, xz),
+#                             libkernel_trace.so (kernel_trace.c: a CUPTI kernel tracer, built against the CUPTI headers of
+#                             the torch venv of `cargo xtask torch-fixtures`, target/torch: its nvidia cu13 wheel)
 #   .devcache/diff            diffusers 0.42.1 + importlib_metadata wheels, bench_image (CUDA build, xz)
 # Then the device calls: run.sh's header (decode, three calls with run_qmv.sh) and run_diffusion.sh.
 set -euo pipefail
@@ -23,4 +25,12 @@ MLX_DIR=$PWD/.devcache/cuda/sdk/mlx CARGO_TARGET_DIR=target/cuda nice -n 10 carg
 # xz: half b, the work tree and these must stay under the 64 MiB a call carries (mlx_env.sh unpacks them).
 for e in bench_decode qmv_check attn_check; do strip -o /tmp/$e target/cuda/release/examples/$e && xz -9 -T2 -c /tmp/$e > $B/$e.xz; done
 strip -o /tmp/bench_image target/cuda/release/examples/bench_image && xz -9 -T2 -c /tmp/bench_image > $D/bench_image.xz
+T=$(echo target/torch/lib/python3*/site-packages)
+if [ -d "$T/nvidia/cu13/include" ]; then
+  # CUPTI's headers include crt/host_defines.h, which the cu13 wheel lacks and triton's copy provides.
+  gcc -O2 -Wall -shared -fPIC -I"$T/nvidia/cu13/include" -idirafter "$T/triton/backends/nvidia/include" \
+    -o $B/libkernel_trace.so xtask/bench/gpu/kernel_trace.c -L"$T/nvidia/cu13/lib" -l:libcupti.so.13
+else
+  echo "no target/torch venv (see cargo xtask torch-fixtures): the kernel tracer is not staged"
+fi
 du -b .devcache/cuda/a .devcache/cuda/b $D
