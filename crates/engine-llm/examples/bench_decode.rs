@@ -1,12 +1,19 @@
 //! Decode benchmark used by `cargo xtask bench llm`.
 //!
 //! `bench_decode MODEL --dtype native|auto --tokens N --prompt-ids FILE` prints
-//! `{"tok_s":…,"ttft_ms":…,"generated":…,"first_tokens":[…16 ids],"peak_memory_bytes":…}`; `--write-prompt-ids FILE TEXT`
+//! `{"tok_s":…,"ttft_ms":…,"generated":…,"first_tokens":[…16 ids],"peak_memory_bytes":…,"estimate_bytes":…,
+//! "estimate_ratio":…}` (engine-device's estimate for this model, prompt and length ÷ MLX's peak since the
+//! process began, load included); `--write-prompt-ids FILE TEXT`
 //! writes the chat-templated prompt's ids, `--write-eos-ids FILE` the stop
 //! ids; `--export-mlx OUT` converts a GGUF.
 use engine_core::{ChatMessage, GenerateParams, Prompt, StreamEvent};
 use engine_llm::{DtypePolicy, LlmModel, LoadOptions};
 use std::path::Path;
+
+// `arch_of`, shared with the memory-estimate tests.
+#[allow(dead_code)]
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter()
@@ -60,10 +67,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let s = result.ok_or("no stats")?;
+    // The estimate a user's `recommend` would give for this run: activations and cache at
+    // the embedding's width (bfloat16/float16 weights run in 16 bits, float32 in 32).
+    let t = model.transformer();
+    let width = t.embed_dtype().size() as u64;
+    let ctx = (ids.len() + s.generated_tokens) as u64;
+    let opts = engine_device::EstimateOptions {
+        prompt_len: Some(ids.len() as u64),
+        kv_dtype_bytes: width,
+        activation_dtype_bytes: width,
+        ..engine_device::EstimateOptions::new(ctx)
+    };
+    let estimate = engine_device::estimate_for_arch(&common::arch_of(t), t.weight_bytes() as u64, &opts).total_bytes;
     println!(
         "{}",
         serde_json::json!({"tok_s": s.decode_tok_per_s, "ttft_ms": s.ttft_ms, "generated": s.generated_tokens,
-            "first_tokens": tokens, "peak_memory_bytes": s.peak_memory_bytes})
+            "first_tokens": tokens, "peak_memory_bytes": s.peak_memory_bytes, "estimate_bytes": estimate,
+            "estimate_ratio": estimate as f64 / s.peak_memory_bytes.max(1) as f64})
     );
     Ok(())
 }
