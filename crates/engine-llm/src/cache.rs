@@ -75,6 +75,28 @@ enum Kind {
     Concat(usize),
 }
 
+/// A step's new keys and values by shape (B, heads, L, D) and dtype, for
+/// growing the buffers when the arrays themselves are not at hand.
+#[derive(Debug, Clone)]
+pub struct NewKv {
+    /// Shape of the new keys.
+    pub k_shape: Vec<usize>,
+    /// Shape of the new values.
+    pub v_shape: Vec<usize>,
+    /// Their dtype (the buffers').
+    pub dtype: engine_mlx::Dtype,
+}
+
+impl NewKv {
+    fn of(k: &Array, v: &Array) -> NewKv {
+        NewKv {
+            k_shape: k.shape(),
+            v_shape: v.shape(),
+            dtype: k.dtype(),
+        }
+    }
+}
+
 /// The cache of one attention layer.
 #[derive(Debug, Clone)]
 pub struct KvCache {
@@ -212,6 +234,17 @@ impl KvCache {
         v: &Array,
         step: impl FnOnce(&Array, &Array, usize, usize) -> Result<Option<T>>,
     ) -> Result<Option<T>> {
+        let kv = NewKv::of(k, v);
+        self.update_fused_as(&kv, step)
+    }
+
+    /// [`KvCache::update_fused`] for a new key and value known by shape and
+    /// dtype only (a packed q/k/v projection's, which the kernel reads in place).
+    pub fn update_fused_as<T>(
+        &mut self,
+        kv: &NewKv,
+        step: impl FnOnce(&Array, &Array, usize, usize) -> Result<Option<T>>,
+    ) -> Result<Option<T>> {
         let (slot, n, len) = match self.kind {
             Kind::Growing => (self.len, self.len + 1, self.len + 1),
             // A full ring's new key replaces the one leaving the window, and the
@@ -220,10 +253,10 @@ impl KvCache {
             Kind::Ring(_) => (self.len, self.len + 1, self.len + 1),
             Kind::Concat(_) => return Ok(None),
         };
-        if k.dim(2) != 1 {
+        if kv.k_shape[2] != 1 {
             return Ok(None);
         }
-        self.ensure_capacity(len, k, v)?;
+        self.ensure_capacity_as(len, kv)?;
         if !self.owned || Arc::strong_count(&self.owner) > 1 {
             return Ok(None);
         }
@@ -247,6 +280,11 @@ impl KvCache {
     /// [`STEP`] and to what was reserved, but never past a ring's window),
     /// keeping the `len` stored ones, which must sit in order at the start.
     fn ensure_capacity(&mut self, needed: usize, k: &Array, v: &Array) -> Result<()> {
+        self.ensure_capacity_as(needed, &NewKv::of(k, v))
+    }
+
+    /// [`KvCache::ensure_capacity`] from the new key's and value's shapes and dtype.
+    fn ensure_capacity_as(&mut self, needed: usize, kv: &NewKv) -> Result<()> {
         let cap = self.capacity();
         if needed <= cap {
             return Ok(());
@@ -258,16 +296,15 @@ impl KvCache {
         // The stored positions are kept and the rest is zeros: the new buffer
         // holds exactly `target`, whatever was trimmed off before.
         let fresh = target - self.len;
-        let extend = |buf: &Option<Array>, new: &Array| -> Result<Array> {
-            let s = new.shape();
-            let zeros = Array::zeros(&[s[0], s[1], fresh, s[3]], new.dtype())?;
+        let extend = |buf: &Option<Array>, s: &[usize]| -> Result<Array> {
+            let zeros = Array::zeros(&[s[0], s[1], fresh, s[3]], kv.dtype)?;
             match buf {
                 Some(b) if self.len > 0 => concatenate(&[&b.slice_axis(2, 0, self.len as i32)?, &zeros], 2),
                 _ => Ok(zeros),
             }
         };
-        self.keys = Some(extend(&self.keys, k)?);
-        self.values = Some(extend(&self.values, v)?);
+        self.keys = Some(extend(&self.keys, &kv.k_shape)?);
+        self.values = Some(extend(&self.values, &kv.v_shape)?);
         self.take_ownership();
         Ok(())
     }

@@ -259,6 +259,14 @@ impl LlmModel {
         if !options.adapters.is_empty() {
             transformer.eval_weights().map_err(be)?;
         }
+        // GPU decode: dense q/k/v and gate/up as one matrix each (opt-in until measured).
+        if engine_mlx::fast::cuda_pack_enabled()
+            && engine_mlx::default_device() == engine_mlx::Device::Gpu
+            && options.split.is_none()
+            && options.adapters.is_empty()
+        {
+            transformer.pack_projections().map_err(be)?;
+        }
         let quantization = transformer.quantization().map(|q| Quantization {
             bits: q.bits as u8,
             group_size: q.group_size as u32,

@@ -2,7 +2,7 @@
 //! attention with GQA + RoPE + KV cache, a gated MLP, RMS norms. Each
 //! architecture file sets the [`ArchFeatures`] that make it itself.
 
-use crate::cache::{KeyOrder, KvCache, KvView};
+use crate::cache::{KeyOrder, KvCache, KvView, NewKv};
 use crate::config::LlmConfig;
 use engine_mlx::distributed::Group;
 use engine_mlx::fast::{scaled_dot_product_attention, AttentionMask, DecodePositions, DecodeSlot};
@@ -759,18 +759,55 @@ impl Transformer {
                 return Ok(h);
             }
         }
-        let r = self.attention(&layer.attn, &layer.input_norm.forward(x)?, cache, step)?;
+        let heads = self.attention_heads(&layer.attn, &layer.input_norm.forward(x)?, cache, step)?;
         match &layer.ff_norms {
             Some((pre, post)) => {
+                let r = self.reduce(layer.attn.o.forward(&heads)?)?;
                 let h = x.add(&layer.post_attn_norm.forward(&r)?)?;
                 let m = self.mlp(&layer.mlp, &pre.forward(&h)?)?;
                 h.add(&post.forward(&m)?)
             }
             None => {
-                let h = x.add(&r)?;
-                h.add(&self.mlp(&layer.mlp, &layer.post_attn_norm.forward(&h)?)?)
+                let h = self.project_residual(&layer.attn.o, &heads, x)?;
+                let m = &layer.mlp;
+                let hidden = self.mlp_hidden(m, &layer.post_attn_norm.forward(&h)?)?;
+                self.project_residual(&m.down, &hidden, &h)
             }
         }
+    }
+
+    /// `residual + l(x)`: on the GPU with `MLXENGINE_CUDA_ADDMM=1`, for a dense
+    /// bias-free `l` and an unsplit model, one `addmm` (the sum in the matmul's
+    /// epilogue) instead of a matmul and an element-wise add.
+    fn project_residual(&self, l: &Linear, x: &Array, residual: &Array) -> Result<Array> {
+        if self.group.is_none()
+            && engine_mlx::fast::cuda_addmm_enabled()
+            && engine_mlx::default_device() == engine_mlx::Device::Gpu
+        {
+            if let Some(w) = l.unbiased_dense_weight() {
+                return residual.addmm(x, &w.t()?, 1.0, 1.0);
+            }
+        }
+        residual.add(&self.reduce(l.forward(x)?)?)
+    }
+
+    /// Packs each layer's dense q/k/v and gate/up projections into one matrix
+    /// each, the parts becoming views of it (no second copy): a GPU decode step
+    /// then runs one matvec where it ran three and two, and the kernels for
+    /// packed projections read their outputs in place
+    /// (`fast::decode_attention_packed_in_place`, `fast::swiglu_packed`).
+    /// Quantized layers and adapters are left as they are.
+    pub fn pack_projections(&mut self) -> Result<()> {
+        for layer in &mut self.layers {
+            let (a, m) = (&mut layer.attn, &mut layer.mlp);
+            if a.qkv.is_none() {
+                a.qkv = Linear::fuse_outputs(&mut [&mut a.q, &mut a.k, &mut a.v])?;
+            }
+            if m.gate_up.is_none() {
+                m.gate_up = Linear::fuse_outputs(&mut [&mut m.gate, &mut m.up])?;
+            }
+        }
+        Ok(())
     }
 
     /// A pre-norm layer through the fused matvecs (`fused_matvec`: on the GPU
@@ -847,9 +884,19 @@ impl Transformer {
     }
 
     fn mlp(&self, m: &Mlp, x: &Array) -> Result<Array> {
+        self.reduce(m.down.forward(&self.mlp_hidden(m, x)?)?)
+    }
+
+    /// The feed-forward's activation before the down projection.
+    fn mlp_hidden(&self, m: &Mlp, x: &Array) -> Result<Array> {
         let (g, u) = match &m.gate_up {
             Some(gu) => {
                 let y = gu.forward(x)?;
+                if let Activation::Silu = self.features.activation {
+                    if let Some(h) = engine_mlx::fast::swiglu_packed(&y)? {
+                        return Ok(h);
+                    }
+                }
                 let i = (y.dim(-1) / 2) as i32;
                 (y.slice_axis(-1, 0, i)?, y.slice_axis(-1, i, 2 * i)?)
             }
@@ -859,13 +906,23 @@ impl Transformer {
             Activation::Silu => g.silu()?,
             Activation::GeluApprox => g.gelu_approx()?,
         };
-        self.reduce(m.down.forward(&g.multiply(&u)?)?)
+        g.multiply(&u)
     }
 
-    fn attention(&self, a: &Attention, x: &Array, cache: &mut KvCache, step: &mut Step<'_>) -> Result<Array> {
+    /// Attention before the output projection: (B, L, heads·head_dim).
+    fn attention_heads(&self, a: &Attention, x: &Array, cache: &mut KvCache, step: &mut Step<'_>) -> Result<Array> {
         let (q, k, v) = match &a.qkv {
             Some(qkv) => {
                 let y = qkv.forward(x)?;
+                if y.dim(1) == 1
+                    && a.q_norm.is_none()
+                    && a.k_norm.is_none()
+                    && engine_mlx::default_device() == engine_mlx::Device::Gpu
+                {
+                    if let Some(out) = self.decode_attention(a, DecodeQkv::Packed(&y), cache, step)? {
+                        return Ok(out);
+                    }
+                }
                 let hd = self.cfg.head_dim as i32;
                 let (nq, nkv) = ((a.heads as i32) * hd, (a.kv_heads as i32) * hd);
                 (
@@ -876,8 +933,7 @@ impl Transformer {
             }
             None => (a.q.forward(x)?, a.k.forward(x)?, a.v.forward(x)?),
         };
-        let out = self.attend(a, q, k, v, cache, step, false)?;
-        self.reduce(a.o.forward(&out)?)
+        self.attend(a, q, k, v, cache, step, false)
     }
 
     /// Attention from the projections q, k, v (B, L, heads·head_dim): head
@@ -907,7 +963,7 @@ impl Transformer {
             // attention reads it as is, or — with head norms — reshapes replace
             // the transposes.
             if a.q_norm.is_none() && a.k_norm.is_none() && a.qkv.is_none() {
-                if let Some(out) = self.decode_attention(a, &q, &k, &v, cache, step)? {
+                if let Some(out) = self.decode_attention(a, DecodeQkv::Split(&q, &k, &v), cache, step)? {
                     return Ok(out);
                 }
             }
@@ -933,7 +989,7 @@ impl Transformer {
         let k = heads(k, a.kv_heads, &a.k_norm)?;
         let v = heads(v, a.kv_heads, &None)?;
         if heads_first && l == 1 {
-            if let Some(out) = self.decode_attention(a, &q, &k, &v, cache, step)? {
+            if let Some(out) = self.decode_attention(a, DecodeQkv::Split(&q, &k, &v), cache, step)? {
                 return Ok(out);
             }
         }
@@ -992,9 +1048,7 @@ impl Transformer {
     fn decode_attention(
         &self,
         a: &Attention,
-        q: &Array,
-        k: &Array,
-        v: &Array,
+        qkv: DecodeQkv<'_>,
         cache: &mut KvCache,
         step: &Step<'_>,
     ) -> Result<Option<Array>> {
@@ -1010,14 +1064,37 @@ impl Transformer {
             _ => return Ok(None),
         };
         let scale = self.features.attn_scale;
-        cache.update_fused(k, v, |kb, vb, slot, n_keys| {
+        let step = |kb: &Array, vb: &Array, slot, n_keys| {
             let at = DecodeSlot {
                 slot,
                 n_keys,
                 positions,
             };
-            engine_mlx::fast::decode_attention_in_place(q, k, v, kb, vb, rope, at, scale)
-        })
+            match qkv {
+                DecodeQkv::Split(q, k, v) => {
+                    engine_mlx::fast::decode_attention_in_place(q, k, v, kb, vb, rope, at, scale)
+                }
+                DecodeQkv::Packed(y) => {
+                    engine_mlx::fast::decode_attention_packed_in_place(y, a.heads, kb, vb, rope, at, scale)
+                }
+            }
+        };
+        match qkv {
+            DecodeQkv::Split(_, k, v) => cache.update_fused(k, v, step),
+            DecodeQkv::Packed(y) => {
+                let (b, d) = (y.dim(0), self.cfg.head_dim);
+                if y.dim(-1) != (a.heads + 2 * a.kv_heads) * d {
+                    return Ok(None);
+                }
+                let shape = vec![b, a.kv_heads, 1, d];
+                let kv = NewKv {
+                    k_shape: shape.clone(),
+                    v_shape: shape,
+                    dtype: y.dtype(),
+                };
+                cache.update_fused_as(&kv, step)
+            }
+        }
     }
 
     /// Plain causal attention (left padding allowed) over keys in order, on
@@ -1155,6 +1232,14 @@ fn rotate(x: &Array, cos: &Array, sin: &Array) -> Result<Array> {
     let (lo, hi) = (x.slice_axis(-1, 0, d / 2)?, x.slice_axis(-1, d / 2, d)?);
     let half = engine_mlx::concatenate(&[&hi.negative()?, &lo], -1)?;
     x.multiply(cos)?.add(&half.multiply(sin)?)
+}
+
+/// A decode step's projections for the fused decode attention: q, k, v apart,
+/// or one packed q/k/v projection's output (B, 1, (heads + 2·kv_heads)·D).
+#[derive(Clone, Copy)]
+enum DecodeQkv<'a> {
+    Split(&'a Array, &'a Array, &'a Array),
+    Packed(&'a Array),
 }
 
 #[derive(Clone)]

@@ -11,7 +11,8 @@
 //! (relative L2 in f64). Cases: Llama-3.2-1B / 3.1-8B / Qwen2.5-7B head
 //! layouts, float32, float16 and bfloat16, empty to multi-chunk caches, Llama 3
 //! frequencies, adjacent-pair and partial RoPE, left-padded batches and a full
-//! ring. Then
+//! ring, and q/k/v read from one packed projection (with `MLXENGINE_CUDA_PACK=1`;
+//! skipped otherwise). Then
 //! microseconds per decode step of 32 chained layers, ours against MLX's ops.
 //! One JSON line a case and a summary; exits 1 past the tolerance.
 
@@ -43,6 +44,8 @@ struct Case {
     rope: Rope,
     /// q, k, v as the projections' (B, 1, heads·D) rather than (B, heads, 1, D).
     flat: bool,
+    /// q, k, v as one packed projection (B, 1, (heads + 2·kv)·D).
+    packed: bool,
 }
 
 /// MLX's ops for the step on [q, k, v, key cache, value cache] at (slot,
@@ -128,8 +131,22 @@ fn run_case(c: &Case, seed: u64) -> Result<bool> {
             Ok(t.clone())
         }
     };
-    let Some(o) = fast::decode_attention_in_place(&flat(&q)?, &flat(&k)?, &flat(&v)?, &kc2, &vc2, spec, at, scale)?
-    else {
+    if c.packed && !fast::cuda_pack_enabled() {
+        println!(
+            "{}",
+            serde_json::json!({"case": c.name, "skipped": "run with MLXENGINE_CUDA_PACK=1"})
+        );
+        return Ok(true);
+    }
+    let o = if c.packed {
+        let row = |t: &Array| t.reshape(&[c.b as i32, 1, -1]);
+        let qkv = engine_mlx::concatenate(&[&row(&q)?, &row(&k)?, &row(&v)?], 2)?;
+        eval([&qkv])?;
+        fast::decode_attention_packed_in_place(&qkv, c.heads, &kc2, &vc2, spec, at, scale)?
+    } else {
+        fast::decode_attention_in_place(&flat(&q)?, &flat(&k)?, &flat(&v)?, &kc2, &vc2, spec, at, scale)?
+    };
+    let Some(o) = o else {
         println!("{}", serde_json::json!({"case": c.name, "declined": true}));
         return Ok(false);
     };
@@ -237,6 +254,7 @@ fn main() -> Result<()> {
         pads: vec![],
         rope,
         flat: false,
+        packed: false,
     };
     let mut cases = vec![];
     for dtype in [Dtype::Bfloat16, Dtype::Float16, Dtype::Float32] {
@@ -317,6 +335,28 @@ fn main() -> Result<()> {
     cases.push(Case {
         ring: true,
         ..case("full-ring", 1, 16, 8, 128, Dtype::Bfloat16, 512, plain(128)?)
+    });
+    cases.push(Case {
+        packed: true,
+        ..case(
+            "packed-8b",
+            1,
+            32,
+            8,
+            128,
+            Dtype::Bfloat16,
+            300,
+            Rope::new(128, false, 500_000.0, &llama3)?,
+        )
+    });
+    cases.push(Case {
+        packed: true,
+        pads: vec![0, 7, 20],
+        ..case("packed-padded-batch", 3, 32, 8, 64, Dtype::Bfloat16, 40, plain(64)?)
+    });
+    cases.push(Case {
+        packed: true,
+        ..case("packed-f16", 2, 28, 4, 128, Dtype::Float16, 513, plain(128)?)
     });
     let mut pass = true;
     for (i, c) in cases.iter().enumerate() {

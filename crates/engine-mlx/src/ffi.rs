@@ -254,7 +254,9 @@ pub(crate) mod bridge {
             traditional: bool,
             rope_scale: f32,
             scale: f32,
+            packed_heads: i32,
         ) -> Result<UniquePtr<ArrayList>>;
+        fn cuda_swiglu_packed(gu: &Array) -> Result<UniquePtr<ArrayList>>;
 
         fn load_safetensors(path: &str) -> Result<UniquePtr<WeightFile>>;
         fn load_gguf(path: &str) -> Result<UniquePtr<WeightFile>>;

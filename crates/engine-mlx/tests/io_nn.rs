@@ -161,6 +161,42 @@ fn linear_dense_quantized_and_tied_embedding() -> R {
 }
 
 #[test]
+fn dense_layers_fuse_into_one() -> R {
+    let dense = |rows: usize, phase: f32, bias: bool| Linear::Dense {
+        weight: ramp(&[rows, 64], phase),
+        bias: bias.then(|| ramp(&[rows], phase + 0.5)),
+    };
+    let x = ramp(&[3, 64], 0.2);
+    let (mut q, mut k, mut v) = (dense(8, 0.1, true), dense(4, 0.7, true), dense(4, 1.3, true));
+    let want: Vec<Vec<f32>> = [&q, &k, &v]
+        .iter()
+        .map(|l| l.forward(&x)?.to_vec())
+        .collect::<engine_mlx::Result<_>>()?;
+    let bytes: usize = [&q, &k, &v].iter().flat_map(|l| l.arrays()).map(|a| a.nbytes()).sum();
+    let fused = Linear::fuse_outputs(&mut [&mut q, &mut k, &mut v])?.expect("dense layers fuse");
+    // The fused output is the parts' outputs end to end, and each part, now a
+    // view of the fused weight, still gives its own.
+    let y = fused.forward(&x)?;
+    assert_eq!(y.shape(), vec![3, 16]);
+    for (i, (l, (a, b))) in [&q, &k, &v].iter().zip([(0, 8), (8, 12), (12, 16)]).enumerate() {
+        close(&l.forward(&x)?.to_vec()?, &want[i], 1e-6);
+        close(&y.slice_axis(1, a, b)?.to_vec()?, &want[i], 1e-5);
+    }
+    let after: usize = [&q, &k, &v].iter().flat_map(|l| l.arrays()).map(|a| a.nbytes()).sum();
+    assert_eq!(after, bytes);
+    // Mixed biases or input widths do not fuse.
+    let (mut a, mut b) = (dense(4, 0.1, true), dense(4, 0.2, false));
+    assert!(Linear::fuse_outputs(&mut [&mut a, &mut b])?.is_none());
+    let mut c = Linear::Dense {
+        weight: ramp(&[4, 32], 0.3),
+        bias: None,
+    };
+    let mut d = dense(4, 0.4, false);
+    assert!(Linear::fuse_outputs(&mut [&mut c, &mut d])?.is_none());
+    Ok(())
+}
+
+#[test]
 fn norms_and_rope_layers() -> R {
     let x = ramp(&[2, 3, 16], 0.5);
     let w = WeightMap::from_arrays([("n.weight".to_string(), ramp(&[16], 1.5))], "test");

@@ -260,9 +260,14 @@ impl Linear {
     /// laid end to end, with each part rebuilt as a view of the fused arrays
     /// (no second copy of the weights): one int8 kernel call, one rounding
     /// of x, instead of one per part. Only for quantized layers opted in to
-    /// the CPU kernels with the same spec (biases on all or none); `None`
-    /// otherwise. Evaluates the fused arrays.
+    /// the CPU kernels with the same spec (biases on all or none), or dense
+    /// layers of one dtype and input width (biases on all or none: a GPU
+    /// decode step's one matvec instead of several); `None` otherwise.
+    /// Evaluates the fused arrays.
     pub fn fuse_outputs(parts: &mut [&mut Linear]) -> Result<Option<Linear>> {
+        if parts.iter().all(|p| matches!(&**p, Linear::Dense { .. })) {
+            return Self::fuse_dense_outputs(parts);
+        }
         let mut qs = Vec::with_capacity(parts.len());
         for p in parts.iter() {
             match &**p {
@@ -321,6 +326,59 @@ impl Linear {
         let views: Vec<&Array> = parts.iter().flat_map(|p| p.arrays()).collect();
         crate::eval(views)?;
         Ok(Some(Linear::Quantized { q: fused, bias }))
+    }
+
+    /// [`Linear::fuse_outputs`] for dense layers.
+    fn fuse_dense_outputs(parts: &mut [&mut Linear]) -> Result<Option<Linear>> {
+        let mut ws = Vec::with_capacity(parts.len());
+        for p in parts.iter() {
+            if let Linear::Dense { weight, bias } = &**p {
+                ws.push((weight, bias));
+            }
+        }
+        let Some(&(first, first_bias)) = ws.first() else {
+            return Ok(None);
+        };
+        if ws.iter().any(|(w, b)| {
+            w.ndim() != 2
+                || w.dtype() != first.dtype()
+                || w.dim(1) != first.dim(1)
+                || b.is_some() != first_bias.is_some()
+        }) {
+            return Ok(None);
+        }
+        let weight = crate::concatenate(&ws.iter().map(|(w, _)| *w).collect::<Vec<_>>(), 0)?;
+        let bias = match first_bias {
+            Some(_) => Some(crate::concatenate(
+                &ws.iter().filter_map(|(_, b)| b.as_ref()).collect::<Vec<_>>(),
+                0,
+            )?),
+            None => None,
+        };
+        let rows: Vec<usize> = ws.iter().map(|(w, _)| w.dim(0)).collect();
+        drop(ws);
+        crate::eval([&weight].into_iter().chain(bias.as_ref()))?;
+        let mut start = 0;
+        for (p, n) in parts.iter_mut().zip(rows) {
+            let (a, b) = (start as i32, (start + n) as i32);
+            **p = Linear::Dense {
+                weight: weight.slice_axis(0, a, b)?,
+                bias: bias.as_ref().map(|x| x.slice_axis(0, a, b)).transpose()?,
+            };
+            start += n;
+        }
+        // The views must be evaluated so they share the fused buffers.
+        let views: Vec<&Array> = parts.iter().flat_map(|p| p.arrays()).collect();
+        crate::eval(views)?;
+        Ok(Some(Linear::Dense { weight, bias }))
+    }
+
+    /// The weight of a dense layer without a bias (what `x · wᵀ` multiplies by).
+    pub fn unbiased_dense_weight(&self) -> Option<&Array> {
+        match self {
+            Linear::Dense { weight, bias: None } => Some(weight),
+            _ => None,
+        }
     }
 
     /// The form the CPU runs fastest: a quantized weight the CPU's own

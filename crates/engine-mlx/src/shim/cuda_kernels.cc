@@ -639,6 +639,9 @@ struct AttnParams {
   const int* rows;  // (B, 2) int32 [rotary position, first valid slot] or null
   int H, KV, cap, slot, n_keys, pos, dims, traditional;
   float rope_scale, scale;
+  // Elements from one batch row's q to the next, and k's (and v's): H·D and
+  // KV·D, or (H + 2·KV)·D for a packed q/k/v projection's rows.
+  int ldq, ldk;
 };
 
 // One decode step's attention after the q/k/v projections: RoPE of the
@@ -662,6 +665,7 @@ struct AttnParams {
   const float* inv_freq; const int* rows;
   int H, KV, cap, slot, n_keys, pos, dims, traditional;
   float rope_scale, scale;
+  int ldq, ldk;
 };
 
 // Block-wide max (IS_MAX) or sum of N values a thread; every thread gets them.
@@ -709,9 +713,9 @@ __device__ __forceinline__ void attend(const AttnParams& p) {
   const int k0 = first + split * per, k1 = k0 + per < p.n_keys ? k0 + per : p.n_keys;
   __shared__ float qs[G][D], ks[D], vs[D], sc[G][CHUNK], red[8][8];
   __shared__ float part[GROUPS][D];
-  const S* q = static_cast<const S*>(p.q) + (size_t(b) * p.H + size_t(kvh) * G) * D;
-  const S* kn = static_cast<const S*>(p.k) + (size_t(b) * p.KV + kvh) * D;
-  const S* vn = static_cast<const S*>(p.v) + (size_t(b) * p.KV + kvh) * D;
+  const S* q = static_cast<const S*>(p.q) + size_t(b) * p.ldq + size_t(kvh) * G * D;
+  const S* kn = static_cast<const S*>(p.k) + size_t(b) * p.ldk + size_t(kvh) * D;
+  const S* vn = static_cast<const S*>(p.v) + size_t(b) * p.ldk + size_t(kvh) * D;
   for (int i = tid; i < G * D; i += blockDim.x) qs[i / D][i % D] = EL::get(q[i]);
   for (int d = tid; d < D; d += blockDim.x) {
     ks[d] = EL::get(kn[d]);
@@ -879,6 +883,19 @@ __device__ __forceinline__ void combine(const AttnParams& p, int splits) {
     }
     static_cast<S*>(p.out)[(size_t(b) * p.H + h) * D + d] = EL::put(num / den);
   }
+}
+
+// silu(gate)·up of a packed gate/up projection: rows of [gate (I) | up (I)]
+// in, rows of I out; one thread an element, float32 math, one rounding.
+template <int KIND>
+__device__ __forceinline__ void swiglu(const void* gu, void* out, int rows, int I) {
+  typedef Elem<KIND> EL;
+  typedef typename EL::S S;
+  const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= size_t(rows) * I) return;
+  const S* g = static_cast<const S*>(gu) + (i / I) * 2 * size_t(I) + i % I;
+  const float a = EL::get(g[0]), u = EL::get(g[I]);
+  static_cast<S*>(out)[i] = EL::put(a / (1.0f + __expf(-a)) * u);
 }
 }  // namespace mlxe
 )";
@@ -1194,8 +1211,9 @@ int attn_splits(int batch, int kv_heads, int n_keys) {
 class DecodeAttention : public mx::Primitive {
  public:
   DecodeAttention(mx::Stream s, int slot, int n_keys, int pos, int dims, bool traditional, float rope_scale,
-                  float scale, bool rows)
+                  float scale, bool rows, int packed_heads)
       : mx::Primitive(s),
+        packed_(packed_heads),
         slot_(slot),
         n_keys_(n_keys),
         pos_(pos),
@@ -1211,20 +1229,33 @@ class DecodeAttention : public mx::Primitive {
 
   void eval_gpu(const std::vector<mx::array>& in, std::vector<mx::array>& outs) override {
     auto& enc = mx::cu::get_command_encoder(stream());
-    const mx::array &q = in[0], &k = in[1], &v = in[2], &kc = in[3], &vc = in[4];
-    for (int i = 0; i < 5; ++i)
+    // Inputs: q, k, v (or one packed q/k/v), the caches, inv_freq, [rows].
+    const int nq = packed_ ? 1 : 3;
+    const mx::array &q = in[0], &kc = in[nq], &vc = in[nq + 1];
+    for (int i = 0; i < nq + 2; ++i)
       if (!in[i].flags().row_contiguous || (reinterpret_cast<uintptr_t>(gptr(in[i])) % 16) != 0)
         throw std::runtime_error("MlxeDecodeAttention: inputs must be row-contiguous and 16-byte aligned");
     AttnParams p{};
+    p.KV = kc.shape(1);
+    const int Dh = kc.shape(3);
+    p.H = packed_ ? packed_ : static_cast<int>(q.size() / (size_t(kc.shape(0)) * Dh));
     p.q = gptr(q);
-    p.k = gptr(k);
-    p.v = gptr(v);
+    if (packed_) {
+      // Each row holds q (H·D), k (KV·D), v (KV·D): 16-byte aligned, as D % 8 == 0.
+      const size_t el = q.itemsize();
+      p.k = static_cast<const char*>(p.q) + size_t(p.H) * Dh * el;
+      p.v = static_cast<const char*>(p.k) + size_t(p.KV) * Dh * el;
+      p.ldq = p.ldk = (p.H + 2 * p.KV) * Dh;
+    } else {
+      p.k = gptr(in[1]);
+      p.v = gptr(in[2]);
+      p.ldq = p.H * Dh;
+      p.ldk = p.KV * Dh;
+    }
     p.kc = const_cast<void*>(gptr(kc));
     p.vc = const_cast<void*>(gptr(vc));
-    p.inv_freq = static_cast<const float*>(gptr(in[5]));
-    p.rows = rows_ ? static_cast<const int*>(gptr(in[6])) : nullptr;
-    p.H = static_cast<int>(q.size() / (size_t(kc.shape(0)) * kc.shape(3)));
-    p.KV = kc.shape(1);
+    p.inv_freq = static_cast<const float*>(gptr(in[nq + 2]));
+    p.rows = rows_ ? static_cast<const int*>(gptr(in[nq + 3])) : nullptr;
     p.cap = kc.shape(2);
     p.slot = slot_;
     p.n_keys = n_keys_;
@@ -1266,6 +1297,7 @@ class DecodeAttention : public mx::Primitive {
   bool is_equivalent(const mx::Primitive&) const override { return false; }
 
  private:
+  int packed_;  // query heads of a packed q/k/v input, or 0 for three inputs
   int slot_, n_keys_, pos_, dims_;
   bool traditional_;
   float rope_scale_, scale_;
@@ -1444,13 +1476,22 @@ std::optional<std::vector<mx::array>> fused_qmv(const mx::array& x, const std::v
   return build(x, mats, group_size, bits, norm, residual, epilogue, out_shapes, s);
 }
 
+// The kernels for packed projections (a packed q/k/v's decode attention, a packed
+// gate/up's SwiGLU): on with MLXENGINE_CUDA_PACK=1 until measured on a GPU.
+bool pack_on() {
+  static const bool on = env_int("MLXENGINE_CUDA_PACK", 0) != 0;
+  return on;
+}
+
 std::optional<mx::array> decode_attention(const mx::array& q, const mx::array& k, const mx::array& v,
                                                        const mx::array& k_cache, const mx::array& v_cache,
                                                        const mx::array& inv_freq, const std::optional<mx::array>& rows,
                                                        int slot, int n_keys, int pos, int dims, bool traditional,
-                                                       float rope_scale, float scale, mx::StreamOrDevice s) {
+                                                       float rope_scale, float scale, int packed_heads,
+                                                       mx::StreamOrDevice s) {
   static const bool on = env_int("MLXENGINE_CUDA_ATTN", 1) != 0;
   if (!on || !enabled().load() || mx::to_stream(s).device.type != mx::Device::gpu) return std::nullopt;
+  if (packed_heads > 0 && !pack_on()) return std::nullopt;
   if (k_cache.ndim() != 4 || k_cache.shape() != v_cache.shape() || q.ndim() < 1 || q.shape(0) != k_cache.shape(0))
     return std::nullopt;
   const int B = k_cache.shape(0), KV = k_cache.shape(1), cap = k_cache.shape(2), D = k_cache.shape(3);
@@ -1458,25 +1499,79 @@ std::optional<mx::array> decode_attention(const mx::array& q, const mx::array& k
   // Head sizes the kernel is built for (16-byte rows in every dtype).
   if (!float_type(dt) || D % 8 != 0 || D > 256 || (dt == mx::float32 && D > 128) || B == 0 || KV == 0) return std::nullopt;
   // q, k and v in any shape holding their heads in order: (B, heads, 1, D) or
-  // a projection's (B, 1, heads·D).
-  if (q.size() % (size_t(B) * D) != 0 || k.size() != size_t(B) * KV * D || v.size() != k.size() ||
-      k.shape(0) != B || v.shape(0) != B)
+  // a projection's (B, 1, heads·D); packed, one (B, 1, (H + 2·KV)·D).
+  const int H = packed_heads > 0 ? packed_heads : static_cast<int>(q.size() / (size_t(B) * D));
+  if (packed_heads > 0) {
+    if (q.size() != size_t(B) * (H + 2 * KV) * D) return std::nullopt;
+  } else if (q.size() % (size_t(B) * D) != 0 || k.size() != size_t(B) * KV * D || v.size() != k.size() ||
+             k.shape(0) != B || v.shape(0) != B || k.dtype() != dt || v.dtype() != dt) {
     return std::nullopt;
-  const int H = static_cast<int>(q.size() / (size_t(B) * D));
-  if (k.dtype() != dt || v.dtype() != dt || k_cache.dtype() != dt || v_cache.dtype() != dt) return std::nullopt;
+  }
+  if (k_cache.dtype() != dt || v_cache.dtype() != dt) return std::nullopt;
   // Up to 8 query heads a KV head (the kernel keeps their sums in registers).
   if (KV == 0 || H % KV != 0 || H / KV > 8 || slot < 0 || slot >= n_keys || n_keys > cap) return std::nullopt;
   if (dims <= 0 || dims > D || dims % 2 != 0 || inv_freq.dtype() != mx::float32 || inv_freq.size() != size_t(dims / 2))
     return std::nullopt;
   if (rows && (rows->dtype() != mx::int32 || rows->shape() != mx::Shape{B, 2})) return std::nullopt;
-  for (const auto* a : {&q, &k, &v, &k_cache, &v_cache})
-    if (!row_contiguous(*a)) return std::nullopt;
-  std::vector<mx::array> inputs{q, k, v, k_cache, v_cache, inv_freq};
+  std::vector<mx::array> inputs{q};
+  if (packed_heads <= 0) inputs.insert(inputs.end(), {k, v});
+  inputs.insert(inputs.end(), {k_cache, v_cache});
+  for (const auto& a : inputs)
+    if (!row_contiguous(a)) return std::nullopt;
+  inputs.push_back(inv_freq);
   if (rows) inputs.push_back(*rows);
-  return mx::array(q.shape(), dt,
+  const mx::Shape shape = packed_heads > 0 ? mx::Shape{B, 1, H * D} : q.shape();
+  return mx::array(shape, dt,
                    std::make_shared<DecodeAttention>(mx::to_stream(s), slot, n_keys, pos, dims, traditional,
-                                                     rope_scale, scale, rows.has_value()),
+                                                     rope_scale, scale, rows.has_value(), std::max(packed_heads, 0)),
                    std::move(inputs));
+}
+
+// silu(gate)·up of a packed gate/up projection (see swiglu in kAttnSource).
+class PackedSwiGlu : public mx::Primitive {
+ public:
+  explicit PackedSwiGlu(mx::Stream s) : mx::Primitive(s) {}
+
+  void eval_cpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
+    throw std::runtime_error("MlxePackedSwiGlu is a CUDA kernel");
+  }
+
+  void eval_gpu(const std::vector<mx::array>& in, std::vector<mx::array>& outs) override {
+    auto& enc = mx::cu::get_command_encoder(stream());
+    const mx::array& gu = in[0];
+    if (!gu.flags().row_contiguous) throw std::runtime_error("MlxePackedSwiGlu: the input must be row-contiguous");
+    outs[0].set_data(mx::allocator::malloc(outs[0].nbytes()));
+    int I = outs[0].shape(-1), rows = static_cast<int>(outs[0].size() / I);
+    const void* src = gptr(gu);
+    void* dst = gptr(outs[0]);
+    enc.set_input_array(gu);
+    enc.set_output_array(outs[0]);
+    void* args[] = {&src, &dst, &rows, &I};
+    const int kind = kind_of(gu.dtype());
+    CUfunc_st* f = compiled("swiglu_" + std::to_string(kind), "mlxe_swiglu", [&] {
+      return std::string(kSource) + kAttnSource +
+             "extern \"C\" __global__ void mlxe_swiglu(const void* gu, void* out, int rows, int I) {\n"
+             "  mlxe::swiglu<" + std::to_string(kind) + ">(gu, out, rows, I);\n}\n";
+    });
+    const size_t n = outs[0].size();
+    enc.add_kernel_node_raw(f, dim3{static_cast<unsigned>((n + 255) / 256), 1, 1}, dim3{256, 1, 1}, dim3{1, 1, 1}, 0,
+                            args);
+  }
+
+  const char* name() const override { return "MlxePackedSwiGlu"; }
+
+  bool is_equivalent(const mx::Primitive& other) const override {
+    return dynamic_cast<const PackedSwiGlu*>(&other) != nullptr;
+  }
+};
+
+std::optional<mx::array> swiglu_packed(const mx::array& gu, mx::StreamOrDevice s) {
+  if (!pack_on() || !enabled().load() || mx::to_stream(s).device.type != mx::Device::gpu) return std::nullopt;
+  if (gu.ndim() < 1 || gu.shape(-1) % 2 != 0 || gu.size() == 0 || !float_type(gu.dtype()) || !row_contiguous(gu))
+    return std::nullopt;
+  mx::Shape shape = gu.shape();
+  shape.back() /= 2;
+  return mx::array(shape, gu.dtype(), std::make_shared<PackedSwiGlu>(mx::to_stream(s)), {gu});
 }
 
 std::optional<mx::array> quantized_matmul(const mx::array& x, const mx::array& w, const mx::array& scales,

@@ -698,12 +698,22 @@ std::unique_ptr<ArrayList> fused_qmv(const Array& x, const ArrayList& mats, cons
   return out;
 }
 
-std::unique_ptr<ArrayList> cuda_decode_attention(const Array& q, const Array& k, const Array& v, const Array& k_cache, const Array& v_cache, const Array& inv_freq, const ArrayList& rows, int32_t slot, int32_t n_keys, int32_t pos, int32_t dims, bool traditional, float rope_scale, float scale) {
+std::unique_ptr<ArrayList> cuda_decode_attention(const Array& q, const Array& k, const Array& v, const Array& k_cache, const Array& v_cache, const Array& inv_freq, const ArrayList& rows, int32_t slot, int32_t n_keys, int32_t pos, int32_t dims, bool traditional, float rope_scale, float scale, int32_t packed_heads) {
   auto out = std::make_unique<ArrayList>();
 #ifdef MLXE_CUDA
-  if (auto ys = cuda::decode_attention(q, k, v, k_cache, v_cache, inv_freq, opt(rows), slot, n_keys, pos, dims, traditional, rope_scale, scale)) out->items.push_back(std::move(*ys));
+  if (auto ys = cuda::decode_attention(q, k, v, k_cache, v_cache, inv_freq, opt(rows), slot, n_keys, pos, dims, traditional, rope_scale, scale, packed_heads)) out->items.push_back(std::move(*ys));
 #else
-  (void)q, (void)k, (void)v, (void)k_cache, (void)v_cache, (void)inv_freq, (void)rows, (void)slot, (void)n_keys, (void)pos, (void)dims, (void)traditional, (void)rope_scale, (void)scale;
+  (void)q, (void)k, (void)v, (void)k_cache, (void)v_cache, (void)inv_freq, (void)rows, (void)slot, (void)n_keys, (void)pos, (void)dims, (void)traditional, (void)rope_scale, (void)scale, (void)packed_heads;
+#endif
+  return out;
+}
+
+std::unique_ptr<ArrayList> cuda_swiglu_packed(const Array& gu) {
+  auto out = std::make_unique<ArrayList>();
+#ifdef MLXE_CUDA
+  if (auto y = cuda::swiglu_packed(gu)) out->items.push_back(std::move(*y));
+#else
+  (void)gu;
 #endif
   return out;
 }

@@ -168,7 +168,8 @@ std::unique_ptr<ArrayList> fused_qmv(const Array& x, const ArrayList& mats, cons
 // Decode attention with RoPE and the in-place cache write (cuda_kernels.h):
 // {out}, or empty where it does not apply (or without the `cuda` feature).
 // `rows` holds zero or one (B, 2) int32 array.
-std::unique_ptr<ArrayList> cuda_decode_attention(const Array& q, const Array& k, const Array& v, const Array& k_cache, const Array& v_cache, const Array& inv_freq, const ArrayList& rows, int32_t slot, int32_t n_keys, int32_t pos, int32_t dims, bool traditional, float rope_scale, float scale);
+std::unique_ptr<ArrayList> cuda_decode_attention(const Array& q, const Array& k, const Array& v, const Array& k_cache, const Array& v_cache, const Array& inv_freq, const ArrayList& rows, int32_t slot, int32_t n_keys, int32_t pos, int32_t dims, bool traditional, float rope_scale, float scale, int32_t packed_heads);
+std::unique_ptr<ArrayList> cuda_swiglu_packed(const Array& gu);
 
 // ---- io
 std::unique_ptr<WeightFile> load_safetensors(rust::Str path);

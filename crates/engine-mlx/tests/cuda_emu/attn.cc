@@ -3,8 +3,9 @@
 // of the new key (full and partial, rotate-half and adjacent pairs), the new
 // key and value written at `slot`, softmax attention over the slots, slot
 // splits merged by combine, a full ring, left-padded rows, several query heads
-// a KV head. src.cc is the kernels' source, cut out of cuda_kernels.cc by the
-// test.
+// a KV head, q/k/v read from one packed projection's rows; and swiglu (a
+// packed gate/up's silu(gate)·up). src.cc is the kernels' source, cut out of
+// cuda_kernels.cc by the test.
 #include <cstdio>
 #include <random>
 #include "src.cc"
@@ -14,6 +15,7 @@ struct Case {
   const char* name;
   int B, KV, cap, n_keys, slot, pos, dims, traditional, splits;
   std::vector<int> rows;  // [pos, first valid slot] a batch row, or empty
+  bool packed = false;    // q, k, v as one projection's rows [q | k | v]
 };
 
 // Relative L2 error of the output and of the written cache rows.
@@ -33,6 +35,21 @@ double run_case(const Case& c, unsigned seed) {
   p.q = q.data();
   p.k = k.data();
   p.v = v.data();
+  p.ldq = H * D;
+  p.ldk = c.KV * D;
+  std::vector<float> qkv;
+  if (c.packed) {
+    const int ld = (H + 2 * c.KV) * D;
+    for (int b = 0; b < c.B; ++b) {
+      qkv.insert(qkv.end(), q.begin() + size_t(b) * H * D, q.begin() + size_t(b + 1) * H * D);
+      qkv.insert(qkv.end(), k.begin() + size_t(b) * c.KV * D, k.begin() + size_t(b + 1) * c.KV * D);
+      qkv.insert(qkv.end(), v.begin() + size_t(b) * c.KV * D, v.begin() + size_t(b + 1) * c.KV * D);
+    }
+    p.q = qkv.data();
+    p.k = qkv.data() + size_t(H) * D;
+    p.v = qkv.data() + size_t(H + c.KV) * D;
+    p.ldq = p.ldk = ld;
+  }
   p.kc = kc.data();
   p.vc = vc.data();
   p.out = out.data();
@@ -120,6 +137,28 @@ int main() {
          run_case<64, 8>({"", 2, 1, 64, 51, 50, 0, 64, 0, 2, {50, 0, 40, 10}}, 3));
   report("D128 G2 first token", run_case<128, 2>({"", 1, 2, 16, 1, 0, 0, 128, 0, 1, {}}, 4));
   report("D64 G4 600 slots, 4 splits", run_case<64, 4>({"", 1, 2, 640, 600, 599, 599, 64, 0, 4, {}}, 5));
+  report("D64 G4 packed q/k/v, 3 rows, 2 splits",
+         run_case<64, 4>({"", 3, 2, 96, 90, 89, 89, 64, 0, 2, {}, true}, 6));
+  report("D128 G2 packed q/k/v, left-padded rows",
+         run_case<128, 2>({"", 2, 2, 64, 40, 39, 0, 128, 0, 1, {39, 0, 30, 9}, true}, 7));
+  {
+    // swiglu: 3 rows of [gate (40) | up (40)] against float64.
+    const int rows = 3, I = 40;
+    std::mt19937 rng(8);
+    std::uniform_real_distribution<float> U(-4, 4);
+    std::vector<float> gu(size_t(rows) * 2 * I), out(size_t(rows) * I, NAN);
+    for (auto& x : gu) x = U(rng);
+    launch({unsigned((rows * I + 63) / 64), 1, 1}, 64, [&] { mlxe::swiglu<0>(gu.data(), out.data(), rows, I); });
+    double num = 0, den = 0;
+    for (int r = 0; r < rows; ++r)
+      for (int i = 0; i < I; ++i) {
+        const double g = gu[size_t(r) * 2 * I + i], u = gu[size_t(r) * 2 * I + I + i];
+        const double want = g / (1 + std::exp(-g)) * u, got = out[size_t(r) * I + i];
+        num += (got - want) * (got - want);
+        den += want * want;
+      }
+    report("swiglu, 3 rows of 2x40", std::isfinite(num) ? std::sqrt(num / den) : INFINITY);
+  }
   const bool pass = worst < 1e-5;
   std::printf("worst rel_l2 %.2e: %s\n", worst, pass ? "pass" : "FAIL");
   return pass ? 0 : 1;
