@@ -201,8 +201,8 @@ pub fn decode_attention_in_place(
 /// [`decode_attention_in_place`] from a packed q/k/v projection `qkv` (B, 1,
 /// (heads + 2·kv_heads)·D), each row holding its q, k and v end to end (a fused
 /// q/k/v linear's output, read in place: no views or copies join the graph);
-/// the output is (B, 1, heads·D). Off unless `MLXENGINE_CUDA_PACK=1` (not yet
-/// measured on a GPU). The same in-place contract on the caches.
+/// the output is (B, 1, heads·D). Off with `MLXENGINE_CUDA_PACK=0`. The same
+/// in-place contract on the caches.
 pub fn decode_attention_packed_in_place(
     qkv: &Array,
     heads: usize,
@@ -219,23 +219,15 @@ pub fn decode_attention_packed_in_place(
 /// Whether the GPU decode path packs dense projections that read the same input
 /// (q/k/v, gate/up) into one matrix each and runs the kernels for packed
 /// projections ([`decode_attention_packed_in_place`], [`swiglu_packed`]): with
-/// the `cuda` feature and `MLXENGINE_CUDA_PACK=1` (off until measured on a GPU).
+/// the `cuda` feature, unless `MLXENGINE_CUDA_PACK=0`.
 pub fn cuda_pack_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    cfg!(feature = "cuda") && *ON.get_or_init(|| std::env::var("MLXENGINE_CUDA_PACK").is_ok_and(|v| v == "1"))
-}
-
-/// Whether a GPU decode step adds a dense, bias-free projection's product to the
-/// residual in the matmul (`addmm`) rather than as an element-wise kernel after it:
-/// with the `cuda` feature and `MLXENGINE_CUDA_ADDMM=1` (off until measured).
-pub fn cuda_addmm_enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    cfg!(feature = "cuda") && *ON.get_or_init(|| std::env::var("MLXENGINE_CUDA_ADDMM").is_ok_and(|v| v == "1"))
+    cfg!(feature = "cuda") && *ON.get_or_init(|| std::env::var("MLXENGINE_CUDA_PACK").map_or(true, |v| v != "0"))
 }
 
 /// `silu(gate) · up` of a packed gate/up projection (…, 2·I), gate first, in one
-/// CUDA kernel: (…, I). `None` off the GPU, without the `cuda` feature or unless
-/// `MLXENGINE_CUDA_PACK=1`; the caller composes MLX's ops.
+/// CUDA kernel: (…, I). `None` off the GPU, without the `cuda` feature or with
+/// `MLXENGINE_CUDA_PACK=0`; the caller composes MLX's ops.
 pub fn swiglu_packed(gate_up: &Array) -> Result<Option<Array>> {
     if !cfg!(feature = "cuda") {
         return Ok(None);

@@ -1,15 +1,14 @@
 #!/usr/bin/env bash
 # One device call that checks and measures opt-in kernel variants and profiles decode (issue 16), after
 # `SIZES="1b 8b" run_qmv.sh 1` on a warm machine, carry [".devcache/cuda/b"]:
-#   1. parity: attn_check with MLXENGINE_CUDA_PACK=1 (packed q/k/v cases included) -> $OUT/attn.jsonl, and
-#      qmv_check --quick with MLXENGINE_CUDA_QMV_TC=1 (the tensor-core matvec) -> $OUT/qmv_tc.jsonl;
+#   1. parity: attn_check (packed q/k/v cases included) -> $OUT/attn.jsonl, qmv_check --quick -> $OUT/qmv.jsonl;
 #   2. decode (random weights, 512-token prompt, 128 greedy tokens) -> $OUT/decode.jsonl: 8B 4-bit (group 64)
 #      and 1B bf16 twice, 8B bf16 once — the engine as shipped, its variants (below) and mlx-lm;
 #   3. kernel traces (libkernel_trace.so, CUPTI): the last 250 ms of GPU work of one run each, kernels vs idle
 #      gaps -> $OUT/trace-NAME.jsonl;
-#   4. qmv_check --bandwidth with the tensor-core matvec -> $OUT/bw_tc.jsonl.
-# Variants: tc = MLXENGINE_CUDA_QMV_TC=1 (4-bit); pack = MLXENGINE_CUDA_PACK=1 and packadd = the same plus
-# MLXENGINE_CUDA_ADDMM=1 (dense). Most important first: a call cut at its limit keeps what came before.
+#   4. qmv_check --bandwidth -> $OUT/bw.jsonl.
+# Variants (env settings run beside the engine as shipped): nopack = MLXENGINE_CUDA_PACK=0 (dense models);
+# add yours to variant_env / variants_of. Most important first: a call cut at its limit keeps what came before.
 # Exits 1 on a parity failure.
 set -uo pipefail
 export MODELS=$HOME/models
@@ -17,15 +16,13 @@ source xtask/bench/gpu/mlx_env.sh
 nvidia-smi --query-gpu=name --format=csv,noheader | tee $OUT/gpu.txt
 TRACE=$PWD/.devcache/cuda/b/libkernel_trace.so
 rc=0
-MLXENGINE_CUDA_PACK=1 timeout 120 $BIN/attn_check > $OUT/attn.jsonl 2>&1 || rc=1
-MLXENGINE_CUDA_QMV_TC=1 timeout 150 $BIN/qmv_check --quick > $OUT/qmv_tc.jsonl 2>&1 || rc=1
-grep -h summary $OUT/attn.jsonl $OUT/qmv_tc.jsonl
+timeout 120 $BIN/attn_check > $OUT/attn.jsonl 2>&1 || rc=1
+timeout 150 $BIN/qmv_check --quick > $OUT/qmv.jsonl 2>&1 || rc=1
+grep -h summary $OUT/attn.jsonl $OUT/qmv.jsonl
 grep -h packed $OUT/attn.jsonl
 variant_env() {  # VARIANT -> env assignments
   case $1 in
-    tc) echo MLXENGINE_CUDA_QMV_TC=1 ;;
-    pack) echo MLXENGINE_CUDA_PACK=1 ;;
-    packadd) echo MLXENGINE_CUDA_PACK=1 MLXENGINE_CUDA_ADDMM=1 ;;
+    nopack) echo MLXENGINE_CUDA_PACK=0 ;;
     *) echo "MLXENGINE_UNKNOWN_VARIANT=$1" ;;
   esac
 }
@@ -35,7 +32,7 @@ run() {  # NAME ROUND CMD...
   [ -n "$line" ] || tail -3 /tmp/trace.err
   echo "{\"run\": \"$name\", \"round\": $round, \"result\": ${line:-null}}" | tee -a $OUT/decode.jsonl
 }
-variants_of() { case $1 in *-q4) echo tc ;; *) echo pack packadd ;; esac; }
+variants_of() { case $1 in *-q4) echo ;; *) echo nopack ;; esac; }
 decode() {  # MODEL ROUND: the engine, its variants, mlx-lm
   local m=$1 round=$2 M=$MODELS/llama-$1 P=$MODELS/llama-${1%-q4}/prompt_ids.json
   run engine-$m $round $BIN/bench_decode $M --dtype native --prompt-ids $P --tokens 128
@@ -58,11 +55,12 @@ if [ -f "$TRACE" ]; then
   for m in 8b-q4 1b; do
     M=$MODELS/llama-$m P=$MODELS/llama-${m%-q4}/prompt_ids.json
     tr engine-$m $BIN/bench_decode $M --dtype native --prompt-ids $P --tokens 128
-    v=$(variants_of $m | awk '{print $NF}')
-    tr engine_$v-$m env $(variant_env $v) $BIN/bench_decode $M --dtype native --prompt-ids $P --tokens 128
+    for v in $(variants_of $m); do
+      tr engine_$v-$m env $(variant_env $v) $BIN/bench_decode $M --dtype native --prompt-ids $P --tokens 128
+    done
     tr mlx_lm-$m python3 xtask/bench/mlx_lm_decode.py $M $P 128
   done
   for f in $OUT/trace-*.jsonl; do echo "$(basename $f): $(grep -h '"summary"' $f)"; done
 fi
-MLXENGINE_CUDA_QMV_TC=1 timeout 60 $BIN/qmv_check --bandwidth > $OUT/bw_tc.jsonl 2>&1
+timeout 60 $BIN/qmv_check --bandwidth > $OUT/bw.jsonl 2>&1
 exit $rc

@@ -6,14 +6,12 @@ per instance, ptxas's registers/spills and the instruction count of its hottest 
 (~60 MB, kept in target/sass-tools). A proxy for the per-weight cost, not a timing: the GPU
 examples (qmv_check --bandwidth) measure. Usage: python3 xtask/bench/gpu/sass_count.py [FILE] [INSTANCE...]
 with INSTANCE like "qmv<2, 4, 64, 1, 4, 0, true>" (KIND 0/1/2 = f32/f16/bf16, BITS, GROUP, MT, ROWS,
-MODE 0 split / 1 SwiGLU, NORM) or "qmv_tc<2, 64, 0, true>" (KIND, GROUP, MODE, NORM; its hottest loop is
-the one with the MMAs)."""
+MODE 0 split / 1 SwiGLU, NORM)."""
 import collections, ctypes, glob, os, re, subprocess, sys, zipfile
 
 TOOLS = os.path.join(os.path.dirname(__file__), "../../../target/sass-tools")
 DEFAULT = ["qmv<2, 4, 64, 1, 4, 0, true>", "qmv<2, 4, 64, 1, 4, 1, true>", "qmv<2, 4, 64, 4, 4, 0, true>",
-           "qmv<2, 8, 64, 1, 4, 0, true>", "qmv<0, 4, 64, 1, 4, 0, false>", "qmv_tc<2, 64, 0, true>",
-           "qmv_tc<2, 64, 1, true>"]
+           "qmv<2, 8, 64, 1, 4, 0, true>", "qmv<0, 4, 64, 1, 4, 0, false>"]
 
 
 def tools():
@@ -46,11 +44,7 @@ def main():
     libpath, objdump = tools()
     nvrtc = ctypes.CDLL(libpath)
     for inst in instances:
-        if inst.startswith("qmv_tc"):
-            code = device + ('extern "C" __global__ void __launch_bounds__(128) k(const mlxe::Params p) '
-                             '{ extern __shared__ unsigned smem[]; mlxe::' + inst + "(p, smem); }\n")
-        else:
-            code = device + 'extern "C" __global__ void __launch_bounds__(256) k(const mlxe::Params p) { mlxe::' + inst + "(p); }\n"
+        code = device + 'extern "C" __global__ void __launch_bounds__(256) k(const mlxe::Params p) { mlxe::' + inst + "(p); }\n"
         prog = ctypes.c_void_p()
         assert nvrtc.nvrtcCreateProgram(ctypes.byref(prog), code.encode(), b"k.cu", 0, None, None) == 0
         opts = [b"--gpu-architecture=sm_90", b"--std=c++17", b"--ptxas-options=-v"]
@@ -78,9 +72,7 @@ def main():
             t = re.search(r"0x([0-9a-f]+)", arg) if op == "BRA" else None
             if t and int(t.group(1), 16) < addr:
                 body = [o for (b, o, _) in ins if int(t.group(1), 16) <= b <= addr]
-                # qmv_tc: the loop with the MMAs, not the longer staging loop.
-                key = lambda l: ("HMMA" in l, len(l))
-                loop = max(loop, body, key=key)
+                loop = max(loop, body, key=len)
         usage = " ".join(re.findall(r"Used \d+ registers|\d+ bytes spill stores", log.value.decode()))
         ops = " ".join(f"{k}:{v}" for k, v in collections.Counter(loop).most_common(8))
         print(f"{inst:34s} {usage}; {len(ins)} instructions, hottest loop {len(loop)}: {ops}")

@@ -380,248 +380,6 @@ __device__ __forceinline__ void qmv(const Params& p) {
     }
   }
 }
-
-// c += A·B for a warp's fragments of mma.sync m16n8k16 (row.col, f16 inputs,
-// f32 accumulators). Fragments (PTX ISA), lane (g = lane/4, t = lane%4): A
-// a[0] = (A[g][2t], A[g][2t+1]), a[1] the same of row g+8, a[2] = (A[g][2t+8],
-// A[g][2t+9]), a[3] of row g+8; B b[0] = (B[2t][g], B[2t+1][g]), b[1] =
-// (B[2t+8][g], B[2t+9][g]); C c[0], c[1] = C[g][2t], C[g][2t+1], c[2], c[3]
-// of row g+8. The low half of a word is the first element.
-__device__ __forceinline__ void mma16816(float* c, const u32* a, const u32* b) {
-#ifdef MLXE_EMULATED
-  emu_mma16816(c, a, b);
-#else
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-#endif
-}
-
-// Two floats as the f16 halves of a word (round to nearest; `lo` first).
-__device__ __forceinline__ u32 pack_half2(float lo, float hi) {
-#ifdef MLXE_EMULATED
-  return emu_pack_half2(lo, hi);
-#else
-  u32 r;
-  asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-  return r;
-#endif
-}
-
-// The f16 in the low half of h, as a float.
-__device__ __forceinline__ float half_lo(u32 h) {
-#ifdef MLXE_EMULATED
-  return emu_half_to_float(h);
-#else
-  return Elem<1>::get(static_cast<u16>(h & 0xffffu));
-#endif
-}
-
-
-// The fused matvec of qmv for one row of x and 4-bit weights on the tensor
-// cores (MODE and NORM as there; bias and residual for the split mode). A
-// block of 4 warps owns 16 rows (SwiGlu: 8 gate rows and their up rows), each
-// warp a quarter of K (a multiple of 512). Per step a warp covers 128 columns:
-// lane (g, t) loads the 32 columns 32t.. of rows g and g+8 (one 16-byte load
-// each), and one AND turns the nibbles (j, j+4) of a word into a half2 of
-// 1024 + q (j even) or 1024 + 16q (j odd), exactly. The MMA's k order is
-// permuted to match (a sum does not care): x, normed by the norm's weight and
-// scaled by a power of two 2^s into f16's range, is staged in shared memory in
-// that order as f16 hi + lo (~22 bits of x; odd pairs divided by 16), one
-// column pair of B per weight group of the step (groups of 32: all 8 columns),
-// so C keeps each group's sums apart and a lane adds, for its group,
-// scale·(C − offsets) + bias·Σx, the offsets (1024·x or 64·x a product) summed
-// per group when staging. x is read from memory once per block; the weights'
-// dequantization costs ~2.5 instructions per 8 weights.
-template <int KIND, int GS, int MODE, bool NORM>
-__device__ __forceinline__ void qmv_tc(const Params& p, u32* smem) {
-  typedef Elem<KIND> EL;
-  typedef typename EL::S S;
-  constexpr int GPS = 128 / GS;  // weight groups a step
-  const int K = p.K, groups = K / GS, row_words = K / 8, kq = K / 4;
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, t = lane % 4;
-  const S* x = static_cast<const S*>(p.x);
-  const S* gw = static_cast<const S*>(p.norm);
-  u32* xh = smem;                                    // K/2 words: f16 pairs (x[8W+j], x[8W+j+4]), hi
-  u32* xl = smem + K / 2;                            // ... lo
-  float* gsum = reinterpret_cast<float*>(smem + K);  // per group: Σ x
-  float* gcorr = gsum + groups;                      // ... and Σ of the products' offsets
-  __shared__ float red[2][4];
-
-  // Rows g and g+8 of the block: of the stacked matrices (split), or gate and up row n.
-  int mat[2], row[2];
-  bool live[2];
-  const uint4* wr[2];
-  const S* sr[2];
-  const S* br[2];
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    int v, i;
-    if constexpr (MODE == 1) {
-      v = blockIdx.x * 8 + g;
-      i = h;
-      live[h] = v < p.n_end[0];
-    } else {
-      v = blockIdx.x * 16 + g + 8 * h;
-      live[h] = v < p.n_end[2];
-      if (!live[h]) v = 0;
-      i = v < p.n_end[0] ? 0 : v < p.n_end[1] ? 1 : 2;
-      v -= i == 0 ? 0 : p.n_end[i - 1];
-    }
-    if (!live[h]) v = 0;
-    row[h] = v;
-    mat[h] = i;
-    wr[h] = reinterpret_cast<const uint4*>(static_cast<const u32*>(p.w[i]) + size_t(v) * row_words);
-    sr[h] = static_cast<const S*>(p.scales[i]) + size_t(v) * groups;
-    br[h] = static_cast<const S*>(p.biases[i]) + size_t(v) * groups;
-  }
-  // This lane as a B lane: column g holds hi (g even) or lo (g odd) of step
-  // group g/2, fed by the lanes whose 32 columns lie in that group.
-  const bool bcol = g / 2 < GPS && (32 * t) / GS == g / 2;
-  // Running pointers: the lane's chunks, its staged word blocks, its group.
-  const int first = warp * kq;
-  const uint4* pa = wr[0] + first / 32 + t;
-  const uint4* pb = wr[1] + first / 32 + t;
-  const uint4* px = reinterpret_cast<const uint4*>(g % 2 == 0 ? xh : xl) + first / 8 + 4 * t;
-  const S* sp[2] = {sr[0] + first / GS + t, sr[1] + first / GS + t};
-  const S* bp[2] = {br[0] + first / GS + t, br[1] + first / GS + t};
-  const float* gs_p = gsum + first / GS + t;
-  const float* gc_p = gcorr + first / GS + t;
-  // The first step's weights, loaded while x is staged.
-  uint4 wa = __ldg(pa), wb = __ldg(pb);
-  // max |x| (normed by the weight) for the scale 2^s, and Σ x² for the RMS.
-  float mx = 0.f, ss = 0.f;
-  for (int k = threadIdx.x; k < K; k += blockDim.x) {
-    const float v = EL::get(x[k]);
-    ss = fmaf(v, v, ss);
-    mx = fmaxf(mx, fabsf(NORM ? v * EL::get(gw[k]) : v));
-  }
-#pragma unroll
-  for (int o = 16; o > 0; o /= 2) {
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-    ss += __shfl_xor_sync(0xffffffffu, ss, o);
-  }
-  if (lane == 0) {
-    red[0][warp] = mx;
-    red[1][warp] = ss;
-  }
-  __syncthreads();
-  mx = fmaxf(fmaxf(red[0][0], red[0][1]), fmaxf(red[0][2], red[0][3]));
-  const float inv = NORM ? rsqrtf((red[1][0] + red[1][1] + red[1][2] + red[1][3]) / float(K) + p.eps) : 1.f;
-  int e = 0;
-  frexpf(mx, &e);  // mx < 2^e: x·2^(14-e) < 2^14
-  const float up = ldexpf(1.f, 14 - e), down = ldexpf(1.f, e - 14);
-  // A thread stages a word block of 8 columns at a time; a group's GS/8
-  // blocks are neighbouring lanes, which sum it with shuffles (every thread
-  // takes part in every round).
-  for (int W0 = 0; W0 < K / 8; W0 += blockDim.x) {
-    const int W = W0 + threadIdx.x;
-    const bool in = W < K / 8;
-    float v[8], s = 0.f, c = 0.f;
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      v[j] = !in ? 0.f : NORM ? EL::get(x[8 * W + j]) * EL::get(gw[8 * W + j]) : EL::get(x[8 * W + j]);
-      s += v[j];
-      c += (j % 2 ? 64.f : 1024.f) * v[j];  // the 1024 (or 1024/16 of the x/16) each product carries
-    }
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      // Odd pairs meet 16·q (their nibbles are masked in place): x/16 (exact).
-      const float f = j % 2 ? up * 0.0625f : up;
-      const float a = v[j] * f, b = v[j + 4] * f;
-      const u32 h = pack_half2(a, b);
-      if (in) {
-        xh[4 * W + j] = h;
-        xl[4 * W + j] = pack_half2(a - half_lo(h), b - half_lo(h >> 16));
-      }
-    }
-#pragma unroll
-    for (int o = GS / 16; o > 0; o /= 2) {
-      s += __shfl_xor_sync(0xffffffffu, s, o);
-      c += __shfl_xor_sync(0xffffffffu, c, o);
-    }
-    if (in && W % (GS / 8) == 0) {
-      gsum[W / (GS / 8)] = s;
-      gcorr[W / (GS / 8)] = c;
-    }
-  }
-  __syncthreads();
-
-  float acc[2] = {0.f, 0.f};
-  for (int k0 = 0; k0 < kq; k0 += 128) {
-    if (k0 > 0) {  // the first step's were loaded before staging
-      wa = __ldg(pa);
-      wb = __ldg(pb);
-    }
-    pa += 4;
-    pb += 4;
-    float c[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-    for (int wi = 0; wi < 4; ++wi) {
-      const u32 ua = reinterpret_cast<const u32*>(&wa)[wi], ub = reinterpret_cast<const u32*>(&wb)[wi];
-      uint4 bx = uint4{0u, 0u, 0u, 0u};
-      if (bcol) bx = px[wi];
-#pragma unroll
-      for (int hh = 0; hh < 2; ++hh) {
-        // 0x64006400: two f16 exponents of 1024.
-        const u32 sa = or_opaque<0x64006400u>(ua >> (8 * hh)), sb = or_opaque<0x64006400u>(ub >> (8 * hh));
-        const u32 a[4] = {sa & 0x640F640Fu, sb & 0x640F640Fu, sa & 0x64F064F0u, sb & 0x64F064F0u};
-        const u32 b[2] = {hh ? bx.z : bx.x, hh ? bx.w : bx.y};
-        mma16816(c, a, b);
-      }
-    }
-    if (t < GPS) {
-      const float xs = *gs_p, xc = *gc_p;
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const float sum = (c[2 * h] + c[2 * h + 1]) * down;
-        acc[h] = fmaf(EL::get(*sp[h]), sum - xc, fmaf(EL::get(*bp[h]), xs, acc[h]));
-      }
-    }
-    px += 16;
-    gs_p += GPS;
-    gc_p += GPS;
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      sp[h] += GPS;
-      bp[h] += GPS;
-    }
-  }
-  // The lanes t of a row (a quad), then the warps.
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    acc[h] += __shfl_xor_sync(0xffffffffu, acc[h], 1);
-    acc[h] += __shfl_xor_sync(0xffffffffu, acc[h], 2);
-  }
-  __shared__ float part[4][16];
-  if (t == 0) {
-    part[warp][g] = acc[0];
-    part[warp][g + 8] = acc[1];
-  }
-  __syncthreads();
-  if (warp != 0 || t != 0) return;
-  float tot[2];
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int r = g + 8 * h;
-    tot[h] = (part[0][r] + part[1][r] + part[2][r] + part[3][r]) * inv;
-  }
-  if constexpr (MODE == 1) {
-    if (live[0]) static_cast<S*>(p.y[0])[row[0]] = EL::put(tot[0] / (1.0f + __expf(-tot[0])) * tot[1]);
-  } else {
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      if (!live[h]) continue;
-      const int a = mat[h], n = row[h];
-      float v = tot[h];
-      if (p.bias[a] != nullptr) v += EL::get(static_cast<const S*>(p.bias[a])[n]);
-      if (p.residual != nullptr) v += EL::get(static_cast<const S*>(p.residual)[n]);
-      static_cast<S*>(p.y[a])[n] = EL::put(v);
-    }
-  }
-}
 }  // namespace mlxe
 )";
 
@@ -915,7 +673,6 @@ struct Api {
   int (*cuDeviceGetAttribute)(int*, int, int);
   int (*cuModuleLoadData)(void**, const void*);
   int (*cuModuleGetFunction)(CUfunc_st**, void*, const char*);
-  int (*cuFuncSetAttribute)(CUfunc_st*, int, int);
 };
 
 void* open_lib(std::initializer_list<const char*> names) {
@@ -947,7 +704,6 @@ const Api& api() {
     sym(cu, "cuDeviceGetAttribute", a.cuDeviceGetAttribute);
     sym(cu, "cuModuleLoadData", a.cuModuleLoadData);
     sym(cu, "cuModuleGetFunction", a.cuModuleGetFunction);
-    sym(cu, "cuFuncSetAttribute", a.cuFuncSetAttribute);
     return a;
   }();
   return a;
@@ -957,16 +713,12 @@ const Api& api() {
 struct Config {
   int kind, bits, group, mt, rows, mode;
   bool norm;
-  bool tc;      // qmv_tc (tensor cores, one row of 4-bit x); qmv otherwise
   int threads;  // most threads a block of qmv (a multiple of 32, at most 256); not part of the compiled code
   std::string key() const {
     return std::to_string(kind) + "_" + std::to_string(bits) + "_" + std::to_string(group) + "_" + std::to_string(mt) +
-           "_" + std::to_string(rows) + "_" + std::to_string(mode) + "_" + std::to_string(norm) + (tc ? "_tc" : "");
+           "_" + std::to_string(rows) + "_" + std::to_string(mode) + "_" + std::to_string(norm);
   }
 };
-
-// Threads of a qmv_tc block (4 warps over 16 rows).
-constexpr unsigned QMV_TC_THREADS = 128;
 
 // The kernel `name` of the source `make_src()` returns, compiled by NVRTC for
 // this GPU on first use (each `key` once per process; a few hundred
@@ -1023,15 +775,6 @@ CUfunc_st* compiled(const std::string& key, const char* name, MakeSrc make_src) 
 
 // The matvec kernel of `c`.
 CUfunc_st* kernel(const Config& c) {
-  if (c.tc)
-    return compiled("qmv_" + c.key(), "mlxe_qmv", [&] {
-      return std::string(kSource) +
-             "extern \"C\" __global__ void __launch_bounds__(128) mlxe_qmv(const mlxe::Params p) {\n"
-             "  extern __shared__ unsigned mlxe_smem[];\n"
-             "  mlxe::qmv_tc<" +
-             std::to_string(c.kind) + ", " + std::to_string(c.group) + ", " + std::to_string(c.mode) + ", " +
-             (c.norm ? "true" : "false") + ">(p, mlxe_smem);\n}\n";
-    });
   return compiled("qmv_" + c.key(), "mlxe_qmv", [&] {
     return std::string(kSource) +
            "extern \"C\" __global__ void __launch_bounds__(256) mlxe_qmv(const mlxe::Params p) {\n"
@@ -1059,20 +802,6 @@ CUfunc_st* attn_kernel(int kind, int head_dim, int group, bool combine) {
            "extern \"C\" __global__ void mlxe_attn_combine(const mlxe::AttnParams p, int splits) {\n"
            "  mlxe::combine<" + cfg + ">(p, splits);\n}\n";
   });
-}
-
-// Lets `f` take `bytes` of dynamic shared memory (past the 48 KiB default),
-// once per kernel and size.
-void allow_smem(CUfunc_st* f, int bytes) {
-  static std::mutex mu;
-  static std::unordered_map<CUfunc_st*, int> allowed;
-  std::lock_guard<std::mutex> lock(mu);
-  int& have = allowed[f];
-  if (have >= bytes) return;
-  // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
-  if (api().cuFuncSetAttribute(f, 8, bytes) != 0)
-    throw std::runtime_error("MlxeFusedQmv: cannot allow " + std::to_string(bytes) + " bytes of shared memory");
-  have = bytes;
 }
 
 // An array's device address, as MLX's gpu_ptr (offsets are in bytes).
@@ -1162,18 +891,15 @@ class FusedQmv : public mx::Primitive {
       p.y[o] = gptr(outs[o]);
     }
     const int chunks = K / (128 / c_.bits);
-    const unsigned threads = c_.tc ? QMV_TC_THREADS : std::min(c_.threads, (chunks + 31) / 32 * 32);
-    const int per_block = c_.tc ? (c_.mode == 1 ? 8 : 16) : c_.mode == 1 ? c_.rows / 2 : c_.rows;
+    const unsigned threads = std::min(c_.threads, (chunks + 31) / 32 * 32);
+    const int per_block = c_.mode == 1 ? c_.rows / 2 : c_.rows;
     const dim3 grid{static_cast<unsigned>((rows + per_block - 1) / per_block),
                     static_cast<unsigned>((p.M + c_.mt - 1) / c_.mt), 1};
     CUfunc_st* f = kernel(c_);
-    // qmv_tc stages x (f16 hi and lo, 4 bytes a column) and two sums a group.
-    const int smem = c_.tc ? (K + 2 * (K / c_.group)) * 4 : 0;
-    if (smem > 48 * 1024) allow_smem(f, smem);
     for (const auto& a : in) enc.set_input_array(a);
     for (const auto& o : outs) enc.set_output_array(o);
     void* args[] = {&p};
-    enc.add_kernel_node_raw(f, grid, dim3{threads, 1, 1}, dim3{1, 1, 1}, smem, args);
+    enc.add_kernel_node_raw(f, grid, dim3{threads, 1, 1}, dim3{1, 1, 1}, 0, args);
   }
 
   const char* name() const override { return "MlxeFusedQmv"; }
@@ -1420,12 +1146,6 @@ std::vector<mx::array> build(const mx::array& x_in, const std::vector<QuantMatri
   c.threads = threads_env;
   c.mode = swiglu ? 1 : 0;
   c.norm = norm.has_value();
-  // The tensor-core kernel, opt-in (MLXENGINE_CUDA_QMV_TC=1) until measured on
-  // a GPU: one row of x, 4 bits, K a multiple of 512, its shared memory (x
-  // staged, 4 bytes a column) within an H100's 227 KiB.
-  static const bool tc_on = env_int("MLXENGINE_CUDA_QMV_TC", 0) != 0;
-  c.tc = tc_on && bits == 4 && M == 1 && K % 512 == 0 && K <= 49152;
-  if (c.tc) c.mt = 1;
   const float eps = norm ? norm->second : 0.f;
   std::vector<mx::Dtype> dtypes(shapes.size(), x.dtype());
   const auto stream = mx::to_stream(s);
@@ -1477,9 +1197,9 @@ std::optional<std::vector<mx::array>> fused_qmv(const mx::array& x, const std::v
 }
 
 // The kernels for packed projections (a packed q/k/v's decode attention, a packed
-// gate/up's SwiGLU): on with MLXENGINE_CUDA_PACK=1 until measured on a GPU.
+// gate/up's SwiGLU): off with MLXENGINE_CUDA_PACK=0.
 bool pack_on() {
-  static const bool on = env_int("MLXENGINE_CUDA_PACK", 0) != 0;
+  static const bool on = env_int("MLXENGINE_CUDA_PACK", 1) != 0;
   return on;
 }
 

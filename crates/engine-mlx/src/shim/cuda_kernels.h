@@ -79,7 +79,7 @@ std::optional<std::vector<mx::array>> fused_qmv(const mx::array& x, const std::v
 // `packed_heads` = H > 0, q is a packed projection (B, 1, (H + 2·KV)·D) holding
 // each row's q, k and v (k and v are not read) and the output is (B, 1, H·D).
 // nullopt where it does not apply (another device, head size, shapes, our
-// kernels off or MLXENGINE_CUDA_ATTN=0; packed, unless MLXENGINE_CUDA_PACK=1).
+// kernels off or MLXENGINE_CUDA_ATTN=0; packed, MLXENGINE_CUDA_PACK=0).
 std::optional<mx::array> decode_attention(const mx::array& q, const mx::array& k, const mx::array& v,
                                           const mx::array& k_cache, const mx::array& v_cache,
                                           const mx::array& inv_freq, const std::optional<mx::array>& rows, int slot,
@@ -88,7 +88,7 @@ std::optional<mx::array> decode_attention(const mx::array& q, const mx::array& k
 
 // silu(gate)·up of a packed gate/up projection (…, 2·I) → (…, I) in one kernel
 // (MLX's ops take two views and three element-wise kernels); nullopt where it
-// does not apply (another device or dtype, our kernels off, MLXENGINE_CUDA_PACK unset).
+// does not apply (another device or dtype, our kernels off, MLXENGINE_CUDA_PACK=0).
 std::optional<mx::array> swiglu_packed(const mx::array& gu, mx::StreamOrDevice s = {});
 
 // x · dequantize(w)ᵀ (MLX's quantized_matmul with transpose) through our

@@ -61,54 +61,6 @@ inline float __expf(float x) { return std::exp(x); }
 using std::max;
 using std::min;
 
-// f16 conversions (GCC's _Float16) and a warp's mma.sync m16n8k16, for the tensor-core matvec.
-inline unsigned emu_pack_half2(float lo, float hi) {
-  _Float16 a = (_Float16)lo, b = (_Float16)hi;
-  unsigned short ua, ub;
-  std::memcpy(&ua, &a, 2);
-  std::memcpy(&ub, &b, 2);
-  return unsigned(ua) | (unsigned(ub) << 16);
-}
-inline float emu_half_to_float(unsigned h) {
-  unsigned short u = h & 0xffffu;
-  _Float16 f;
-  std::memcpy(&f, &u, 2);
-  return float(f);
-}
-inline unsigned g_mma_a[1024][4], g_mma_b[1024][2];
-// D = A·B + C of mma.sync.m16n8k16.row.col.f32.f16.f16.f32 over the calling
-// thread's warp (every thread of the block must call it, as for shuffles).
-inline void emu_mma16816(float* c, const unsigned* a, const unsigned* b) {
-  const int t = threadIdx.x, w0 = t & ~31, lane = t & 31;
-  for (int i = 0; i < 4; ++i) g_mma_a[t][i] = a[i];
-  for (int i = 0; i < 2; ++i) g_mma_b[t][i] = b[i];
-  g_bar->arrive_and_wait();
-  double A[16][16], B[16][8];
-  auto lo = [](unsigned v) { return (double)emu_half_to_float(v & 0xffffu); };
-  auto hi = [](unsigned v) { return (double)emu_half_to_float(v >> 16); };
-  for (int l = 0; l < 32; ++l) {
-    const int g = l / 4, q = l % 4;
-    const unsigned* la = g_mma_a[w0 + l];
-    const unsigned* lb = g_mma_b[w0 + l];
-    A[g][2 * q] = lo(la[0]); A[g][2 * q + 1] = hi(la[0]);
-    A[g + 8][2 * q] = lo(la[1]); A[g + 8][2 * q + 1] = hi(la[1]);
-    A[g][2 * q + 8] = lo(la[2]); A[g][2 * q + 9] = hi(la[2]);
-    A[g + 8][2 * q + 8] = lo(la[3]); A[g + 8][2 * q + 9] = hi(la[3]);
-    B[2 * q][g] = lo(lb[0]); B[2 * q + 1][g] = hi(lb[0]);
-    B[2 * q + 8][g] = lo(lb[1]); B[2 * q + 9][g] = hi(lb[1]);
-  }
-  const int g = lane / 4, q = lane % 4;
-  double d[4] = {c[0], c[1], c[2], c[3]};
-  for (int k = 0; k < 16; ++k) {
-    d[0] += A[g][k] * B[k][2 * q];
-    d[1] += A[g][k] * B[k][2 * q + 1];
-    d[2] += A[g + 8][k] * B[k][2 * q];
-    d[3] += A[g + 8][k] * B[k][2 * q + 1];
-  }
-  for (int i = 0; i < 4; ++i) c[i] = (float)d[i];
-  g_bar->arrive_and_wait();
-}
-
 // Runs `f` as the kernel of a grid: blocks one after another.
 template <class F>
 void launch(dim3_ grid, unsigned threads, F f) {
