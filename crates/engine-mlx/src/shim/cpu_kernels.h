@@ -79,23 +79,23 @@ bool quantized_linear_applies(const mx::array& x, const mx::array& w, const mx::
 mx::array quantized_linear(const mx::array& x, const mx::array& w, const mx::array& scales,
                            const mx::array& biases, int group, int bits, mx::StreamOrDevice s = {});
 
-// One matrix for fused_quantized_linear: w, scales, biases as for
-// quantized_linear, and an optional linear bias (N,).
+// One matrix for fused_quantized_linear: w, scales, biases, group and bits
+// as for quantized_linear, and an optional linear bias (N,).
 struct FusedMatrix {
   mx::array w, scales, biases;
   std::optional<mx::array> bias;
+  int group, bits;
 };
 
 // y_i = norm(x) · dequantize(w_i)ᵀ (+ bias_i) (+ residual) for one to three
-// matrices read by quantized_linear's kernels in one primitive (one quantized
-// x, one pool run): a layer's q/k/v, or gate/up with `swiglu` (one output
+// matrices read by quantized_linear's kernels in one primitive (x quantized
+// once per distinct group and bits, one pool run): a layer's q/k/v, or gate/up with `swiglu` (one output
 // silu(gate)·up), or one matrix with `residual` (M·N elements) added. `norm` =
 // (weight (K,), eps) RMS-normalises x first. x is (…, K) or any row-contiguous
 // shape of M·K elements; outputs are (…, N_i) like x ((M, N_i) otherwise), or
 // `out_shapes` (same element counts). Each row's result is one fixed sequence
 // of operations whatever M. nullopt where quantized_linear would not apply.
 std::optional<std::vector<mx::array>> fused_quantized_linear(const mx::array& x, const std::vector<FusedMatrix>& mats,
-                                                             int group, int bits,
                                                              const std::optional<std::pair<mx::array, float>>& norm,
                                                              const std::optional<mx::array>& residual, bool swiglu,
                                                              const std::vector<mx::Shape>& out_shapes = {},
