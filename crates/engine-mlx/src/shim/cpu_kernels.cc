@@ -9,6 +9,9 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <mutex>
+#include <tuple>
+#include <variant>
 #include <stdexcept>
 #include <thread>
 #include <vector>
@@ -545,6 +548,88 @@ MLXE_CLONES void attend_cached(const CacheAttention& a, int64_t b, int64_t h, in
   }
 }
 
+// RoPE of x (B, H, L, D) read through its strides, written row-major: the
+// rotation of MLX's composed fallback (its CPU path, ~20 ops a call) in one
+// op, with its roundings (positions (l + offset)·scale, θ = position ·
+// inverse frequency, then x1·cos − x2·sin and x1·sin + x2·cos, each product
+// and sum rounded to float32 on its own: this file has no FMA outside its
+// target clones) but glibc's cosf/sinf, so it agrees with MLX to about an
+// ulp. Inputs: x, the inverse frequencies (dims/2,), and the start positions
+// (B,) or (1,) int32 when `rows`.
+class RopeKernel : public mx::UnaryPrimitive {
+ public:
+  RopeKernel(mx::Stream s, int dims, bool traditional, float scale, int offset, bool rows)
+      : mx::UnaryPrimitive(s), dims_(dims), traditional_(traditional), scale_(scale), offset_(offset), rows_(rows) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& enc = mx::cpu::get_command_encoder(stream());
+    for (auto& a : inputs) enc.set_input_array(a);
+    enc.set_output_array(out);
+    std::vector<mx::array> in;
+    for (auto& a : inputs) in.push_back(mx::array::unsafe_weak_copy(a));
+    enc.dispatch([in = std::move(in), out = mx::array::unsafe_weak_copy(out), dims = dims_, traditional = traditional_,
+                  scale = scale_, offset = offset_, rows = rows_]() mutable {
+      const mx::array& x = in[0];
+      const int64_t nb = x.shape(0), nh = x.shape(1), nl = x.shape(2), nd = x.shape(3), half = dims / 2;
+      const float* xp = x.data<float>();
+      const float* inv = in[1].data<float>();
+      const int32_t* starts = rows ? in[2].data<int32_t>() : nullptr;
+      const int64_t n_starts = rows ? static_cast<int64_t>(in[2].size()) : 0;
+      float* o = out.data<float>();
+      thread_local std::vector<float> cs;
+      cs.resize(static_cast<size_t>(2 * nl * half));
+      for (int64_t b = 0; b < nb; b++) {
+        // cos/sin per (position, frequency); the same for every head.
+        if (b == 0 || n_starts > 1) {
+          const float start = static_cast<float>(rows ? starts[n_starts > 1 ? b : 0] : offset);
+          for (int64_t l = 0; l < nl; l++) {
+            const float pos = (static_cast<float>(l) + start) * scale;
+            for (int64_t i = 0; i < half; i++) {
+              const float theta = pos * inv[i];
+              cs[2 * (l * half + i)] = std::cos(theta);
+              cs[2 * (l * half + i) + 1] = std::sin(theta);
+            }
+          }
+        }
+        for (int64_t h = 0; h < nh; h++) {
+          for (int64_t l = 0; l < nl; l++) {
+            const float* src = xp + b * x.strides(0) + h * x.strides(1) + l * x.strides(2);
+            const int64_t sd = x.strides(3);
+            float* dst = o + ((b * nh + h) * nl + l) * nd;
+            const float* c = cs.data() + 2 * l * half;
+            for (int64_t i = 0; i < half; i++) {
+              const int64_t i1 = traditional ? 2 * i : i, i2 = traditional ? 2 * i + 1 : i + half;
+              const float x1 = src[i1 * sd], x2 = src[i2 * sd], cv = c[2 * i], sv = c[2 * i + 1];
+              const float a = x1 * cv, bb = x2 * sv, e = x1 * sv, f = x2 * cv;
+              dst[i1] = a - bb;
+              dst[i2] = e + f;
+            }
+            for (int64_t j = dims; j < nd; j++) dst[j] = src[j * sd];
+          }
+        }
+      }
+    });
+  }
+  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
+    throw std::runtime_error("MlxeRope is a CPU kernel");
+  }
+  const char* name() const override { return "MlxeRope"; }
+  bool is_equivalent(const mx::Primitive& other) const override {
+    auto* o = dynamic_cast<const RopeKernel*>(&other);
+    return o && o->dims_ == dims_ && o->traditional_ == traditional_ && o->scale_ == scale_ &&
+           o->offset_ == offset_ && o->rows_ == rows_;
+  }
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override { return {inputs[0].shape()}; }
+
+ private:
+  int dims_;
+  bool traditional_;
+  float scale_;
+  int offset_;
+  bool rows_;
+};
+
 class CacheAttentionKernel : public mx::UnaryPrimitive {
  public:
   CacheAttentionKernel(mx::Stream s, float scale, std::vector<int32_t> pads)
@@ -746,6 +831,50 @@ mx::array cache_attention(const mx::array& q, const mx::array& k, const mx::arra
   auto stream = mx::to_stream(s);
   return mx::array(q.shape(), mx::float32, std::make_shared<CacheAttentionKernel>(stream, scale, std::move(pads)),
                    {q, k, v});
+}
+
+bool rope_applies(const mx::array& x, int dims, mx::StreamOrDevice s) {
+  return applies(x, s) && x.ndim() == 4 && dims > 0 && dims % 2 == 0 && dims <= x.shape(3);
+}
+
+mx::array rope(const mx::array& x, int dims, bool traditional, std::optional<float> base, float scale,
+               std::variant<int, mx::array> offset, const std::optional<mx::array>& freqs, mx::StreamOrDevice s) {
+  if (!rope_applies(x, dims, s) || base.has_value() == freqs.has_value()) {
+    throw std::invalid_argument("rope kernel: float32 x (B, H, L, D) on a CPU stream, even dims ≤ D, a base or freqs");
+  }
+  auto stream = mx::to_stream(s);
+  const int half = dims / 2;
+  mx::array inv = mx::array(0.0f);
+  if (freqs) {
+    inv = mx::astype(mx::reciprocal(*freqs, stream), mx::float32, stream);
+  } else {
+    // MLX's own ops make the default inverse frequencies, once per (dims,
+    // base): the values its composition uses.
+    static std::mutex mu;
+    static std::vector<std::tuple<int, float, mx::array>> made;
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = std::find_if(made.begin(), made.end(),
+                           [&](const auto& e) { return std::get<0>(e) == dims && std::get<1>(e) == *base; });
+    if (it == made.end()) {
+      auto f = mx::exp(mx::multiply(mx::arange(0, -half, -1, mx::float32, stream),
+                                    mx::array(std::log(*base) / half, mx::float32), stream),
+                       stream);
+      mx::eval(f);
+      made.emplace_back(dims, *base, f);
+      it = std::prev(made.end());
+    }
+    inv = std::get<2>(*it);
+  }
+  std::vector<mx::array> inputs{x, inv};
+  int start = 0;
+  if (auto* a = std::get_if<mx::array>(&offset)) {
+    inputs.push_back(mx::astype(*a, mx::int32, stream));
+  } else {
+    start = std::get<int>(offset);
+  }
+  const bool rows = inputs.size() == 3;
+  return mx::array(x.shape(), mx::float32,
+                   std::make_shared<RopeKernel>(stream, dims, traditional, scale, start, rows), std::move(inputs));
 }
 
 mx::array packed_attention(const mx::array& qkv, std::vector<int32_t> lengths, int heads, float scale,

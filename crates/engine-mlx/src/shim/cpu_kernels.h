@@ -7,6 +7,7 @@
 #include <array>
 #include <optional>
 #include <utility>
+#include <variant>
 #include <vector>
 
 #include "mlx/mlx.h"
@@ -66,6 +67,16 @@ bool cache_attention_applies(const mx::array& q, const mx::array& k, const mx::a
 // bits however the sequence is chunked or batched.
 mx::array cache_attention(const mx::array& q, const mx::array& k, const mx::array& v, float scale,
                           std::vector<int32_t> pads, mx::StreamOrDevice s = {});
+
+// Whether rope takes x and dims: float32 x (B, H, L, D) on a CPU stream, dims
+// even and at most D.
+bool rope_applies(const mx::array& x, int dims, mx::StreamOrDevice s = {});
+
+// mx::fast::rope in one op on the CPU (MLX composes ~20 there), within about
+// an ulp of MLX's composition: `base` or `freqs` (dims/2,), positions from
+// `offset` (an int, or an int array (B,) or (1,) of start positions per row).
+mx::array rope(const mx::array& x, int dims, bool traditional, std::optional<float> base, float scale,
+               std::variant<int, mx::array> offset, const std::optional<mx::array>& freqs, mx::StreamOrDevice s = {});
 
 // Whether quantized_linear takes these arguments: float32 x (…, K) on a CPU
 // stream, w (N, K·bits/32) uint32 in MLX's affine layout with 4, 5 or 8 bits,

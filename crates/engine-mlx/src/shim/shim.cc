@@ -584,6 +584,7 @@ std::unique_ptr<Array> packed_attention(const Array& qkv, rust::Slice<const int3
 }
 std::unique_ptr<Array> rope(const Array& x, int32_t dims, bool traditional, float base, bool has_base, float scale, int32_t offset, const ArrayList& freqs) {
   std::optional<float> b = has_base ? std::optional<float>(base) : std::nullopt;
+  if (kernels::rope_applies(x, dims)) return own(kernels::rope(x, dims, traditional, b, scale, offset, opt(freqs)));
   return own(mx::fast::rope(x, dims, traditional, b, scale, offset, opt(freqs)));
 }
 std::unique_ptr<Array> linear(const Array& x, const Array& w) { return own(kernels::linear(x, w)); }
@@ -606,6 +607,8 @@ std::unique_ptr<Array> linear_rows(const Array& x, const Array& w, const ArrayLi
 }
 std::unique_ptr<Array> rope_rows(const Array& x, int32_t dims, bool traditional, float base, bool has_base, float scale, const Array& offsets, const ArrayList& freqs) {
   std::optional<float> b = has_base ? std::optional<float>(base) : std::nullopt;
+  if (kernels::rope_applies(x, dims) && (offsets.size() == 1 || offsets.size() == static_cast<size_t>(x.shape(0))))
+    return own(kernels::rope(x, dims, traditional, b, scale, offsets, opt(freqs)));
   return own(mx::fast::rope(x, dims, traditional, b, scale, offsets, opt(freqs)));
 }
 
