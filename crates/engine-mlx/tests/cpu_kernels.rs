@@ -296,12 +296,12 @@ fn cache_attention_matches_float64_and_ignores_chunking_and_batching() -> R {
 }
 
 /// RoPE of 4-D x runs as one CPU kernel; 3-D x still takes MLX's composed
-/// ops. The kernel repeats their roundings but takes glibc's cos and sin, so
-/// the two agree to an ulp or so (1e-6 relative), for either layout, partial
-/// dims, a scale, explicit frequencies, a strided x and start positions per
-/// row; a strided x gives the bits of its row-major copy.
+/// ops. The kernel repeats their roundings on cos/sin tables made by MLX's
+/// ops, so both give the same bits, for either layout, partial dims, a
+/// scale, explicit frequencies, a strided x, start positions per row, and
+/// calls that share their tables (same positions) or not.
 #[test]
-fn rope_kernel_matches_mlx_composition() -> R {
+fn rope_kernel_gives_the_bits_of_mlx_composition() -> R {
     use engine_mlx::fast::RopeFreqs;
     let (b, h, l, d) = (2usize, 3usize, 5usize, 24usize);
     let x = normal(&[b, h, l, d], 90, 2.0);
@@ -321,7 +321,11 @@ fn rope_kernel_matches_mlx_composition() -> R {
         };
         let ours = fast::rope(&x, dims, traditional, f, scale, offset)?;
         let mlx = fast::rope(&flat(&x)?, dims, traditional, f, scale, offset)?;
-        close(&ours.reshape(&mlx.shape_i32())?, &mlx, 1e-6);
+        assert_eq!(
+            ours.to_vec::<f32>()?,
+            mlx.to_vec::<f32>()?,
+            "dims {dims}, traditional {traditional}, scale {scale}, offset {offset}"
+        );
         // Rotated features moved, the rest copied as they are.
         let (a, m) = (ours.to_vec::<f32>()?, x.to_vec::<f32>()?);
         let moved = a.iter().zip(&m).filter(|(p, q)| p != q).count();
@@ -352,6 +356,12 @@ fn rope_kernel_matches_mlx_composition() -> R {
         &starts,
     )?;
     assert_eq!(ours.shape(), vec![b, 1, l, d]);
-    close(&ours.reshape(&mlx.shape_i32())?, &mlx, 1e-6);
+    assert_eq!(ours.to_vec::<f32>()?, mlx.to_vec::<f32>()?);
+    // The same positions twice (shared tables), then others.
+    for offset in [9, 9, 10] {
+        let y = fast::rope(&x, 24, false, RopeFreqs::Base(10000.0), 1.0, offset)?;
+        let want = fast::rope(&flat(&x)?, 24, false, RopeFreqs::Base(10000.0), 1.0, offset)?;
+        assert_eq!(y.to_vec::<f32>()?, want.to_vec::<f32>()?, "offset {offset}");
+    }
     Ok(())
 }

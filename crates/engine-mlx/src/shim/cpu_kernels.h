@@ -72,9 +72,11 @@ mx::array cache_attention(const mx::array& q, const mx::array& k, const mx::arra
 // even and at most D.
 bool rope_applies(const mx::array& x, int dims, mx::StreamOrDevice s = {});
 
-// mx::fast::rope in one op on the CPU (MLX composes ~20 there), within about
-// an ulp of MLX's composition: `base` or `freqs` (dims/2,), positions from
-// `offset` (an int, or an int array (B,) or (1,) of start positions per row).
+// mx::fast::rope in one op on the CPU (MLX composes ~20 there) with the bits
+// of MLX's composition: `base` or `freqs` (dims/2,), positions from `offset`
+// (an int, or an int array (B,) or (1,) of start positions per row). The
+// cos/sin tables are MLX ops, shared by consecutive calls at the same
+// positions (a step's layers).
 mx::array rope(const mx::array& x, int dims, bool traditional, std::optional<float> base, float scale,
                std::variant<int, mx::array> offset, const std::optional<mx::array>& freqs, mx::StreamOrDevice s = {});
 
