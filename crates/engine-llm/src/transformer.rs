@@ -456,7 +456,7 @@ impl Transformer {
     }
 
     /// [`crate::DtypePolicy::CpuKernels`]: 4-, 5- and 8-bit quantized linear
-    /// layers stay as stored (float16 or float32 scales) for engine-mlx's quantized
+    /// layers stay as stored (with float32 scales) for engine-mlx's quantized
     /// CPU kernels; everything else, the embedding table included, becomes
     /// dense float32 (matmuls through OpenBLAS). With `eager`, each layer is
     /// materialised as soon as it is converted, so the stored form of only

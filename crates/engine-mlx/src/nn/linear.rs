@@ -325,7 +325,7 @@ impl Linear {
 
     /// The form the CPU runs fastest: a quantized weight the CPU's own
     /// kernels take (4, 5 or 8 bits, see [`crate::quant::cpu_kernel_supports`])
-    /// stays quantized with float16 or float32 scales and biases; everything else
+    /// stays quantized with float32 scales and biases; everything else
     /// becomes dense `dtype` (as [`Linear::dequantized`]).
     pub fn for_cpu_kernels(&self, dtype: Dtype) -> Result<Linear> {
         Ok(match self {

@@ -82,7 +82,7 @@ mx::array rope(const mx::array& x, int dims, bool traditional, std::optional<flo
 
 // Whether quantized_linear takes these arguments: float32 x (…, K) on a CPU
 // stream, w (N, K·bits/32) uint32 in MLX's affine layout with 4, 5 or 8 bits,
-// float32 or float16 scales and biases (N, K/group), group 32, 64 or 128.
+// float32 scales and biases (N, K/group), group 32, 64 or 128.
 bool quantized_linear_applies(const mx::array& x, const mx::array& w, const mx::array& scales,
                               const mx::array& biases, int group, int bits, mx::StreamOrDevice s = {});
 

@@ -1,6 +1,6 @@
 // Quantized matrix products on the CPU, straight from MLX's affine layout
-// (4-, 5- or 8-bit unsigned values packed in uint32 words, one f32 or f16
-// scale and bias per group of 32, 64 or 128), which is also what GGUF Q4_0/Q4_1/Q8_0/
+// (4-, 5- or 8-bit unsigned values packed in uint32 words, one f32 scale and
+// bias per group of 32, 64 or 128), which is also what GGUF Q4_0/Q4_1/Q8_0/
 // Q4_K (4/8-bit) and Q5_0/Q5_1/Q5_K (5-bit) blocks load as. See
 // quantized_linear in cpu_kernels.h.
 //
@@ -52,11 +52,6 @@ struct Args {
   const float* b;    // (N, K/group)
   float* y;          // (M, N)
   int64_t m, n, k, group, bits;
-  // The scales and biases as float16 instead (s and b unused): GGUF blocks
-  // carry f16 ones, and f32 copies would add 1/8 byte a weight to the bytes
-  // each decode step reads. Each task widens its rows' into s and b.
-  const uint16_t* s16 = nullptr;
-  const uint16_t* b16 = nullptr;
 };
 
 // Where element i of a block of 32 sits once its weights are unpacked: 4-bit
@@ -465,72 +460,12 @@ int active_level() {
   return f >= 0 ? std::min(f, detected_level()) : detected_level();
 }
 
-// One float16 as float32, exactly.
-float half_to_float(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16, e = (h >> 10) & 0x1Fu, man = h & 0x3FFu;
-  uint32_t bits;
-  if (e == 0x1F) {
-    bits = sign | 0x7F800000u | (man << 13);
-  } else if (e != 0) {
-    bits = sign | ((e + 112) << 23) | (man << 13);
-  } else {
-    // Zero or subnormal: man · 2^-24 is exact in float32.
-    const float f = static_cast<float>(man) * 0x1p-24f;
-    std::memcpy(&bits, &f, sizeof(bits));
-    bits |= sign;
-  }
-  float f;
-  std::memcpy(&f, &bits, sizeof(f));
-  return f;
-}
-
-#ifdef MLXE_QUANT_X86
-__attribute__((target("avx2,f16c"))) void halves_f16c(const uint16_t* src, float* dst, int64_t n) {
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
-  for (; i < n; i++) dst[i] = half_to_float(src[i]);
-}
-#endif
-
-void halves(const uint16_t* src, float* dst, int64_t n) {
-#ifdef MLXE_QUANT_X86
-  static const bool f16c = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
-  }();
-  if (f16c) return halves_f16c(src, dst, n);
-#endif
-  for (int64_t i = 0; i < n; i++) dst[i] = half_to_float(src[i]);
-}
-
-void run_rows_f32(const Args& a, int level, int64_t n0, int64_t n1) {
+void run_rows(const Args& a, int level, int64_t n0, int64_t n1) {
 #ifdef MLXE_QUANT_X86
   if (level == 2) return vnni::rows(a, n0, n1);
   if (level == 1) return avx2::rows(a, n0, n1);
 #endif
   rows_scalar(a, n0, n1);
-}
-
-// Weight rows [n0, n1); float16 scales and biases are widened first (exact),
-// so a row gets the same bits as from float32 copies of them.
-void run_rows(const Args& a, int level, int64_t n0, int64_t n1) {
-  if (a.s16 == nullptr) return run_rows_f32(a, level, n0, n1);
-  const int64_t ng = a.k / a.group, count = (n1 - n0) * ng;
-  thread_local std::vector<float> s, b;
-  s.resize(static_cast<size_t>(count));
-  b.resize(static_cast<size_t>(count));
-  halves(a.s16 + n0 * ng, s.data(), count);
-  halves(a.b16 + n0 * ng, b.data(), count);
-  // The same product over the rows as a matrix of their own; y keeps its
-  // row stride a.n.
-  Args r = a;
-  r.w = a.w + n0 * (a.k * a.bits / 8);
-  r.s = s.data();
-  r.b = b.data();
-  r.y = a.y + n0;
-  r.s16 = r.b16 = nullptr;
-  run_rows_f32(r, level, 0, n1 - n0);
 }
 
 // Buffers of the quantized activations, reused between calls on a thread.
@@ -584,15 +519,12 @@ void products(const std::vector<Args>& as) {
   pool.run(static_cast<int64_t>(tasks.size()), [&](int64_t t) { run_rows(*tasks[t].a, level, tasks[t].n0, tasks[t].n1); });
 }
 
-// Points a at scales and biases of float32 or float16.
-void set_scales(Args& a, const mx::array& s, const mx::array& b) {
-  if (s.dtype() == mx::float16) {
-    a.s16 = reinterpret_cast<const uint16_t*>(s.data<mx::float16_t>());
-    a.b16 = reinterpret_cast<const uint16_t*>(b.data<mx::float16_t>());
-  } else {
-    a.s = s.data<float>();
-    a.b = b.data<float>();
-  }
+void compute(const float* x, const uint8_t* w, const float* s, const float* b, float* y, int64_t m, int64_t n,
+             int64_t k, int64_t group, int64_t bits) {
+  thread_local Scratch scratch;
+  Args a = quantized_x(x, m, k, group, bits, scratch);
+  a.w = w, a.s = s, a.b = b, a.y = y, a.n = n;
+  products({a});
 }
 
 class QuantizedLinearKernel : public mx::UnaryPrimitive {
@@ -609,13 +541,8 @@ class QuantizedLinearKernel : public mx::UnaryPrimitive {
                   out = mx::array::unsafe_weak_copy(out), group = group_, bits = bits_]() mutable {
       const int64_t n = w.shape(0), k = w.shape(1) * 32 / bits;
       const int64_t m = static_cast<int64_t>(x.size()) / k;
-      thread_local Scratch scratch;
-      Args a = quantized_x(x.data<float>(), m, k, group, bits, scratch);
-      a.w = reinterpret_cast<const uint8_t*>(w.data<uint32_t>());
-      a.y = out.data<float>();
-      a.n = n;
-      set_scales(a, s, b);
-      products({a});
+      compute(x.data<float>(), reinterpret_cast<const uint8_t*>(w.data<uint32_t>()), s.data<float>(),
+              b.data<float>(), out.data<float>(), m, n, k, group, bits);
     });
   }
   void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
@@ -667,9 +594,8 @@ bool weights_apply(const mx::array& w, const mx::array& scales, const mx::array&
   if (static_cast<int64_t>(w.shape(1)) * 32 % bits != 0) return false;
   if (static_cast<int64_t>(w.shape(1)) * 32 / bits != k || k % group != 0 || k == 0) return false;
   const mx::Shape groups{w.shape(0), static_cast<int>(k / group)};
-  const bool dtypes = scales.dtype() == biases.dtype() &&
-                      (scales.dtype() == mx::float32 || scales.dtype() == mx::float16);
-  return dtypes && scales.shape() == groups && biases.shape() == groups;
+  return scales.dtype() == mx::float32 && biases.dtype() == mx::float32 && scales.shape() == groups &&
+         biases.shape() == groups;
 }
 
 // The products of several matrices (one to three) against one x, with an
@@ -755,7 +681,8 @@ class FusedQuantizedKernel : public mx::Primitive {
     for (size_t i = 0; i < mats; i++) {
       Args& a = as[i];
       a.w = reinterpret_cast<const uint8_t*>(in[1 + 3 * i].data<uint32_t>());
-      set_scales(a, in[2 + 3 * i], in[3 + 3 * i]);
+      a.s = in[2 + 3 * i].data<float>();
+      a.b = in[3 + 3 * i].data<float>();
       a.n = in[1 + 3 * i].shape(0);
       a.y = swiglu_ ? gate_up.data() + i * m * a.n : out[i].data<float>();
     }
@@ -882,7 +809,7 @@ mx::array quantized_linear(const mx::array& x, const mx::array& w, const mx::arr
   if (!quantized_linear_applies(x, w, scales, biases, group, bits, s)) {
     throw std::invalid_argument(
         "quantized_linear kernel: float32 x on a CPU stream, 4-, 5- or 8-bit weights in groups of 32, 64 or 128 "
-        "with float32 or float16 scales and biases");
+        "with float32 scales and biases");
   }
   auto stream = mx::to_stream(s);
   auto shape = x.shape();
