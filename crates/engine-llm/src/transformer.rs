@@ -812,7 +812,7 @@ impl Transformer {
     /// takes it, so prefill chunks and decode steps compute a token alike
     /// (the int8 rounding makes bit-identity matter). `None` where the kernels
     /// do not apply (dense weights on the CPU, LoRA, longer inputs on the GPU, matrices
-    /// of mixed formats): the caller takes the composed path. Under tensor parallelism
+    /// of mixed formats on the GPU): the caller takes the composed path. Under tensor parallelism
     /// the partial outputs are summed before the residual, so those two stay
     /// composed.
     fn fused_layer(&self, layer: &Layer, x: &Array, cache: &mut KvCache, step: &mut Step<'_>) -> Result<Option<Array>> {

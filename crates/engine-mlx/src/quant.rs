@@ -177,7 +177,8 @@ pub enum FusedEpilogue {
 
 /// A decode step's matrix products in one kernel: `y_i = norm(x) ·
 /// dequantize(q_i)ᵀ (+ bias_i) (+ residual)` for one to three matrices, all
-/// dense in `x`'s dtype or all quantized with one bits and group size, with
+/// dense in `x`'s dtype or all quantized (with one bits and group size on the
+/// GPU; each its own on the CPU, as GGUF Q4_K_M files mix them), with
 /// `norm` = (RMS-norm weight (K,), eps) applied to `x` first and `residual`
 /// (…, N) added to a single matrix's product. Each fused kernel replaces 2–5
 /// of MLX's ops, and the per-op cost on the host bounds decode on a fast GPU
@@ -210,19 +211,27 @@ pub fn fused_matvec(
     if !cfg!(feature = "cuda") && !int8_kernels {
         return Ok(None);
     }
-    // All dense (bits 0 for the shim) or all quantized alike.
+    // All dense (bits 0 for the shim) or all quantized: alike for the GPU,
+    // each in its own format for the int8 CPU kernels.
     let spec = match mats.first() {
         Some((FusedWeight::Quantized(q), _)) => Some(q.spec),
         Some((FusedWeight::Dense(_), _)) => None,
         None => return Ok(None),
     };
     let mut parts = Vec::new();
+    let (mut group_sizes, mut bits) = (Vec::new(), Vec::new());
     for (w, _) in mats {
         match (w, spec) {
-            (FusedWeight::Quantized(q), Some(s)) if q.spec == s => {
+            (FusedWeight::Quantized(q), Some(s)) if q.spec == s || int8_kernels => {
                 parts.extend([&q.weight, &q.scales, &q.biases]);
+                group_sizes.push(q.spec.group_size);
+                bits.push(q.spec.bits);
             }
-            (FusedWeight::Dense(d), None) => parts.push(*d),
+            (FusedWeight::Dense(d), None) => {
+                parts.push(*d);
+                group_sizes.push(0);
+                bits.push(0);
+            }
             _ => return Ok(None),
         }
     }
@@ -235,8 +244,8 @@ pub fn fused_matvec(
             &parts,
             &biases,
             &has_bias,
-            spec.map_or(0, |s| s.group_size),
-            spec.map_or(0, |s| s.bits),
+            &group_sizes,
+            &bits,
             int8_kernels,
             &opt_list(norm.map(|(w, _)| w)),
             norm.map_or(0.0, |(_, eps)| eps),

@@ -294,3 +294,74 @@ fn cache_attention_matches_float64_and_ignores_chunking_and_batching() -> R {
     assert!(fast::cache_attention(&normal(&[1, 3, 4, 8], 32, 1.0), &k, &k, 1.0, &[]).is_err());
     Ok(())
 }
+
+/// RoPE of 4-D x runs as one CPU kernel; 3-D x still takes MLX's composed
+/// ops. The kernel repeats their roundings on cos/sin tables made by MLX's
+/// ops, so both give the same bits, for either layout, partial dims, a
+/// scale, explicit frequencies, a strided x, start positions per row, and
+/// calls that share their tables (same positions) or not.
+#[test]
+fn rope_kernel_gives_the_bits_of_mlx_composition() -> R {
+    use engine_mlx::fast::RopeFreqs;
+    let (b, h, l, d) = (2usize, 3usize, 5usize, 24usize);
+    let x = normal(&[b, h, l, d], 90, 2.0);
+    let flat = |a: &Array| a.reshape(&[(b * h) as i32, l as i32, d as i32]);
+    let freqs = Array::from_slice(&(1..=8).map(|i| 1.5f32.powi(i)).collect::<Vec<_>>(), &[8])?;
+    for (dims, traditional, base, scale, offset) in [
+        (24, false, 10000.0, 1.0, 0),
+        (24, true, 10000.0, 1.0, 7),
+        (16, false, 500000.0, 0.5, 1000),
+        (16, true, 100000.0, 1.0, 3),
+    ] {
+        let custom = dims == 16 && !traditional;
+        let f = if custom {
+            RopeFreqs::Custom(&freqs)
+        } else {
+            RopeFreqs::Base(base)
+        };
+        let ours = fast::rope(&x, dims, traditional, f, scale, offset)?;
+        let mlx = fast::rope(&flat(&x)?, dims, traditional, f, scale, offset)?;
+        assert_eq!(
+            ours.to_vec::<f32>()?,
+            mlx.to_vec::<f32>()?,
+            "dims {dims}, traditional {traditional}, scale {scale}, offset {offset}"
+        );
+        // Rotated features moved, the rest copied as they are.
+        let (a, m) = (ours.to_vec::<f32>()?, x.to_vec::<f32>()?);
+        let moved = a.iter().zip(&m).filter(|(p, q)| p != q).count();
+        assert!(moved > a.len() / 2, "dims {dims}: only {moved} values rotated");
+        if dims < d as i32 {
+            for (p, q) in a.chunks(d).zip(m.chunks(d)) {
+                assert_eq!(&p[dims as usize..], &q[dims as usize..]);
+            }
+        }
+        // A transposed view is read through its strides.
+        let xt = normal(&[b, l, h, d], 91, 2.0).transpose(&[0, 2, 1, 3])?;
+        let copy = Array::from_slice(&xt.to_vec::<f32>()?, &[b, h, l, d])?;
+        assert_eq!(
+            fast::rope(&xt, dims, traditional, f, scale, offset)?.to_vec::<f32>()?,
+            fast::rope(&copy, dims, traditional, f, scale, offset)?.to_vec::<f32>()?
+        );
+    }
+    // A start position per row: x (B, 1, L, D) against MLX on (B, L, D).
+    let x1 = normal(&[b, 1, l, d], 92, 2.0);
+    let starts = Array::from_slice(&[4i32, 250], &[2])?;
+    let ours = fast::rope_rows(&x1, 24, false, RopeFreqs::Base(10000.0), 1.0, &starts)?;
+    let mlx = fast::rope_rows(
+        &x1.reshape(&[b as i32, l as i32, d as i32])?,
+        24,
+        false,
+        RopeFreqs::Base(10000.0),
+        1.0,
+        &starts,
+    )?;
+    assert_eq!(ours.shape(), vec![b, 1, l, d]);
+    assert_eq!(ours.to_vec::<f32>()?, mlx.to_vec::<f32>()?);
+    // The same positions twice (shared tables), then others.
+    for offset in [9, 9, 10] {
+        let y = fast::rope(&x, 24, false, RopeFreqs::Base(10000.0), 1.0, offset)?;
+        let want = fast::rope(&flat(&x)?, 24, false, RopeFreqs::Base(10000.0), 1.0, offset)?;
+        assert_eq!(y.to_vec::<f32>()?, want.to_vec::<f32>()?, "offset {offset}");
+    }
+    Ok(())
+}

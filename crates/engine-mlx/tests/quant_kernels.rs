@@ -242,3 +242,53 @@ fn fused_cpu_kernel_matches_the_composed_ops() {
         assert_eq!(fused(&xt, &rt), fused(&xc, &rc));
     }
 }
+
+/// Matrices of different bits and group sizes in one fused CPU kernel (GGUF
+/// Q4_K_M files hold Q5_0 q/k beside a Q8_0 v): x is quantized once per
+/// format, so each output has the bits of its matrix's own product, at every
+/// level.
+#[test]
+fn fused_cpu_kernel_takes_mixed_formats() {
+    use engine_mlx::quant::{FusedEpilogue, FusedWeight};
+    let _level = LEVEL.lock().unwrap_or_else(|e| e.into_inner());
+    let k = 192;
+    let specs = [(5, 32, 40), (8, 32, 24), (4, 64, 24), (5, 32, 8)];
+    let mats: Vec<quant::Quantized> = specs
+        .iter()
+        .enumerate()
+        .map(|(i, &(bits, group_size, n))| {
+            let spec = QuantSpec { group_size, bits };
+            quant::quantize(&normal(&[n, k], 60 + i as u64), spec)
+                .unwrap()
+                .for_cpu_kernels()
+                .unwrap()
+        })
+        .collect();
+    let top = quant::cpu_kernel_level();
+    for level in 0..=top {
+        quant::force_cpu_kernel_level(Some(level));
+        for m in [1, 5] {
+            let x = normal(&[1, m, k], 70 + m as u64);
+            // Three formats in one call, and two matrices sharing one.
+            for pick in [[0, 1, 2], [0, 3, 1]] {
+                let ws: Vec<(FusedWeight<'_>, Option<&Array>)> =
+                    pick.iter().map(|&i| (FusedWeight::Quantized(&mats[i]), None)).collect();
+                let ys = quant::fused_matvec(&x, &ws, None, None, FusedEpilogue::Split, &[])
+                    .unwrap()
+                    .expect("the CPU kernel takes mixed formats");
+                assert_eq!(ys.len(), 3);
+                for (y, &i) in ys.iter().zip(&pick) {
+                    let want = quant::quantized_matmul(&x, &mats[i], true).unwrap();
+                    assert_eq!(y.shape(), want.shape());
+                    assert_eq!(
+                        y.to_vec::<f32>().unwrap(),
+                        want.to_vec::<f32>().unwrap(),
+                        "level {level}, m {m}, matrix {i} ({:?})",
+                        mats[i].spec
+                    );
+                }
+            }
+        }
+    }
+    quant::force_cpu_kernel_level(None);
+}

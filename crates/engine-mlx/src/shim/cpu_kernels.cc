@@ -9,6 +9,9 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <mutex>
+#include <tuple>
+#include <variant>
 #include <stdexcept>
 #include <thread>
 #include <vector>
@@ -545,6 +548,68 @@ MLXE_CLONES void attend_cached(const CacheAttention& a, int64_t b, int64_t h, in
   }
 }
 
+// RoPE of x (B, H, L, D) read through its strides, written row-major, from
+// cos and sin tables (R, L, dims/2) with R = 1 or B: the rotation of MLX's
+// composed fallback (its CPU path, ~20 ops a call) in one op, with its
+// roundings (x1·cos − x2·sin and x1·sin + x2·cos, each product and sum
+// rounded to float32 on its own: this file has no FMA outside its target
+// clones). The tables come from MLX's own ops (see rope below), so the bits
+// match its composition.
+class RopeKernel : public mx::UnaryPrimitive {
+ public:
+  RopeKernel(mx::Stream s, int dims, bool traditional)
+      : mx::UnaryPrimitive(s), dims_(dims), traditional_(traditional) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& enc = mx::cpu::get_command_encoder(stream());
+    for (auto& a : inputs) enc.set_input_array(a);
+    enc.set_output_array(out);
+    enc.dispatch([x = mx::array::unsafe_weak_copy(inputs[0]), cs = mx::array::unsafe_weak_copy(inputs[1]),
+                  sn = mx::array::unsafe_weak_copy(inputs[2]), out = mx::array::unsafe_weak_copy(out), dims = dims_,
+                  traditional = traditional_]() mutable {
+      const int64_t nb = x.shape(0), nh = x.shape(1), nl = x.shape(2), nd = x.shape(3), half = dims / 2;
+      const int64_t per_row = cs.size() > static_cast<size_t>(nl * half) ? nl * half : 0;
+      const float* xp = x.data<float>();
+      float* o = out.data<float>();
+      for (int64_t b = 0; b < nb; b++) {
+        const float* cb = cs.data<float>() + b * per_row;
+        const float* sb = sn.data<float>() + b * per_row;
+        for (int64_t h = 0; h < nh; h++) {
+          for (int64_t l = 0; l < nl; l++) {
+            const float* src = xp + b * x.strides(0) + h * x.strides(1) + l * x.strides(2);
+            const int64_t sd = x.strides(3);
+            float* dst = o + ((b * nh + h) * nl + l) * nd;
+            const float* c = cb + l * half;
+            const float* sv = sb + l * half;
+            for (int64_t i = 0; i < half; i++) {
+              const int64_t i1 = traditional ? 2 * i : i, i2 = traditional ? 2 * i + 1 : i + half;
+              const float x1 = src[i1 * sd], x2 = src[i2 * sd];
+              const float p = x1 * c[i], q = x2 * sv[i], r = x1 * sv[i], t = x2 * c[i];
+              dst[i1] = p - q;
+              dst[i2] = r + t;
+            }
+            for (int64_t j = dims; j < nd; j++) dst[j] = src[j * sd];
+          }
+        }
+      }
+    });
+  }
+  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
+    throw std::runtime_error("MlxeRope is a CPU kernel");
+  }
+  const char* name() const override { return "MlxeRope"; }
+  bool is_equivalent(const mx::Primitive& other) const override {
+    auto* o = dynamic_cast<const RopeKernel*>(&other);
+    return o && o->dims_ == dims_ && o->traditional_ == traditional_;
+  }
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override { return {inputs[0].shape()}; }
+
+ private:
+  int dims_;
+  bool traditional_;
+};
+
 class CacheAttentionKernel : public mx::UnaryPrimitive {
  public:
   CacheAttentionKernel(mx::Stream s, float scale, std::vector<int32_t> pads)
@@ -746,6 +811,82 @@ mx::array cache_attention(const mx::array& q, const mx::array& k, const mx::arra
   auto stream = mx::to_stream(s);
   return mx::array(q.shape(), mx::float32, std::make_shared<CacheAttentionKernel>(stream, scale, std::move(pads)),
                    {q, k, v});
+}
+
+bool rope_applies(const mx::array& x, int dims, mx::StreamOrDevice s) {
+  return applies(x, s) && x.ndim() == 4 && dims > 0 && dims % 2 == 0 && dims <= x.shape(3);
+}
+
+mx::array rope(const mx::array& x, int dims, bool traditional, std::optional<float> base, float scale,
+               std::variant<int, mx::array> offset, const std::optional<mx::array>& freqs, mx::StreamOrDevice s) {
+  if (!rope_applies(x, dims, s) || base.has_value() == freqs.has_value()) {
+    throw std::invalid_argument("rope kernel: float32 x (B, H, L, D) on a CPU stream, even dims ≤ D, a base or freqs");
+  }
+  auto stream = mx::to_stream(s);
+  const int half = dims / 2, l = x.shape(2);
+  const auto* starts = std::get_if<mx::array>(&offset);
+  // The cos/sin tables of the last call: every layer of a step rotates the
+  // same positions, so one set of table ops serves them all. The key holds
+  // the offsets and freqs arrays, so their ids stay theirs while it lives.
+  struct Tables {
+    int dims, l, start;
+    float base, scale;
+    int stream;
+    std::optional<mx::array> starts, freqs;
+    mx::array cos, sin;
+  };
+  // Never destroyed: arrays must not outlive MLX at exit.
+  thread_local auto* memo = new std::optional<Tables>();
+  auto& last = *memo;
+  auto same_array = [](const std::optional<mx::array>& a, const mx::array* b) {
+    return a.has_value() == (b != nullptr) && (!a || a->id() == b->id());
+  };
+  const int start = starts ? 0 : std::get<int>(offset);
+  const bool hit = last && last->dims == dims && last->l == l && last->start == start &&
+                   last->base == base.value_or(0.0f) && last->scale == scale && last->stream == stream.index &&
+                   same_array(last->starts, starts) && same_array(last->freqs, freqs ? &*freqs : nullptr);
+  if (!hit) {
+    mx::array inv = mx::array(0.0f);
+    if (freqs) {
+      inv = mx::astype(mx::reciprocal(*freqs, stream), mx::float32, stream);
+    } else {
+      // MLX's default inverse frequencies, made by its own ops once per
+      // (dims, base).
+      static std::mutex mu;
+      static auto& made = *new std::vector<std::tuple<int, float, mx::array>>();  // never destroyed, as memo
+      std::lock_guard<std::mutex> lock(mu);
+      auto it = std::find_if(made.begin(), made.end(),
+                             [&](const auto& e) { return std::get<0>(e) == dims && std::get<1>(e) == *base; });
+      if (it == made.end()) {
+        auto f = mx::exp(mx::multiply(mx::arange(0, -half, -1, mx::float32, stream),
+                                      mx::array(std::log(*base) / half, mx::float32), stream),
+                         stream);
+        mx::eval(f);
+        made.emplace_back(dims, *base, f);
+        it = std::prev(made.end());
+      }
+      inv = std::get<2>(*it);
+    }
+    // Positions (l + start)·scale and θ = position · inverse frequency, as
+    // MLX's composition computes them: (L, half), or (B, L, half) per row.
+    mx::array first = starts ? mx::reshape(mx::astype(*starts, mx::int32, stream), {-1, 1}, stream)
+                             : mx::array(start, mx::int32);
+    auto positions = mx::multiply(mx::add(mx::arange(l, mx::float32, stream), first, stream),
+                                  mx::array(scale, mx::float32), stream);
+    auto theta = mx::multiply(mx::expand_dims(positions, -1, stream), inv, stream);
+    last = Tables{dims,
+                  l,
+                  start,
+                  base.value_or(0.0f),
+                  scale,
+                  stream.index,
+                  starts ? std::optional<mx::array>(*starts) : std::nullopt,
+                  freqs,
+                  mx::cos(theta, stream),
+                  mx::sin(theta, stream)};
+  }
+  return mx::array(x.shape(), mx::float32, std::make_shared<RopeKernel>(stream, dims, traditional),
+                   {x, last->cos, last->sin});
 }
 
 mx::array packed_attention(const mx::array& qkv, std::vector<int32_t> lengths, int heads, float scale,

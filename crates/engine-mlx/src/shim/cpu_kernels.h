@@ -7,6 +7,7 @@
 #include <array>
 #include <optional>
 #include <utility>
+#include <variant>
 #include <vector>
 
 #include "mlx/mlx.h"
@@ -67,6 +68,18 @@ bool cache_attention_applies(const mx::array& q, const mx::array& k, const mx::a
 mx::array cache_attention(const mx::array& q, const mx::array& k, const mx::array& v, float scale,
                           std::vector<int32_t> pads, mx::StreamOrDevice s = {});
 
+// Whether rope takes x and dims: float32 x (B, H, L, D) on a CPU stream, dims
+// even and at most D.
+bool rope_applies(const mx::array& x, int dims, mx::StreamOrDevice s = {});
+
+// mx::fast::rope in one op on the CPU (MLX composes ~20 there) with the bits
+// of MLX's composition: `base` or `freqs` (dims/2,), positions from `offset`
+// (an int, or an int array (B,) or (1,) of start positions per row). The
+// cos/sin tables are MLX ops, shared by consecutive calls at the same
+// positions (a step's layers).
+mx::array rope(const mx::array& x, int dims, bool traditional, std::optional<float> base, float scale,
+               std::variant<int, mx::array> offset, const std::optional<mx::array>& freqs, mx::StreamOrDevice s = {});
+
 // Whether quantized_linear takes these arguments: float32 x (…, K) on a CPU
 // stream, w (N, K·bits/32) uint32 in MLX's affine layout with 4, 5 or 8 bits,
 // float32 scales and biases (N, K/group), group 32, 64 or 128.
@@ -79,23 +92,23 @@ bool quantized_linear_applies(const mx::array& x, const mx::array& w, const mx::
 mx::array quantized_linear(const mx::array& x, const mx::array& w, const mx::array& scales,
                            const mx::array& biases, int group, int bits, mx::StreamOrDevice s = {});
 
-// One matrix for fused_quantized_linear: w, scales, biases as for
-// quantized_linear, and an optional linear bias (N,).
+// One matrix for fused_quantized_linear: w, scales, biases, group and bits
+// as for quantized_linear, and an optional linear bias (N,).
 struct FusedMatrix {
   mx::array w, scales, biases;
   std::optional<mx::array> bias;
+  int group, bits;
 };
 
 // y_i = norm(x) · dequantize(w_i)ᵀ (+ bias_i) (+ residual) for one to three
-// matrices read by quantized_linear's kernels in one primitive (one quantized
-// x, one pool run): a layer's q/k/v, or gate/up with `swiglu` (one output
+// matrices read by quantized_linear's kernels in one primitive (x quantized
+// once per distinct group and bits, one pool run): a layer's q/k/v, or gate/up with `swiglu` (one output
 // silu(gate)·up), or one matrix with `residual` (M·N elements) added. `norm` =
 // (weight (K,), eps) RMS-normalises x first. x is (…, K) or any row-contiguous
 // shape of M·K elements; outputs are (…, N_i) like x ((M, N_i) otherwise), or
 // `out_shapes` (same element counts). Each row's result is one fixed sequence
 // of operations whatever M. nullopt where quantized_linear would not apply.
 std::optional<std::vector<mx::array>> fused_quantized_linear(const mx::array& x, const std::vector<FusedMatrix>& mats,
-                                                             int group, int bits,
                                                              const std::optional<std::pair<mx::array, float>>& norm,
                                                              const std::optional<mx::array>& residual, bool swiglu,
                                                              const std::vector<mx::Shape>& out_shapes = {},

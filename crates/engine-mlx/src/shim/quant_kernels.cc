@@ -474,10 +474,9 @@ struct Scratch {
   std::vector<float> dx, sxg;
 };
 
-// Quantizes x (m, k) into the thread's scratch; returns the products' Args
-// with no weights yet.
-Args quantized_x(const float* x, int64_t m, int64_t k, int64_t group, int64_t bits) {
-  thread_local Scratch scratch;
+// Quantizes x (m, k) into `scratch`; returns the products' Args with no
+// weights yet.
+Args quantized_x(const float* x, int64_t m, int64_t k, int64_t group, int64_t bits, Scratch& scratch) {
   scratch.xq.resize(static_cast<size_t>(m * k));
   scratch.dx.resize(static_cast<size_t>(m * (k / kBlock)));
   scratch.sxg.resize(static_cast<size_t>(m * (k / group)));
@@ -522,7 +521,8 @@ void products(const std::vector<Args>& as) {
 
 void compute(const float* x, const uint8_t* w, const float* s, const float* b, float* y, int64_t m, int64_t n,
              int64_t k, int64_t group, int64_t bits) {
-  Args a = quantized_x(x, m, k, group, bits);
+  thread_local Scratch scratch;
+  Args a = quantized_x(x, m, k, group, bits, scratch);
   a.w = w, a.s = s, a.b = b, a.y = y, a.n = n;
   products({a});
 }
@@ -601,9 +601,10 @@ bool weights_apply(const mx::array& w, const mx::array& scales, const mx::array&
 // The products of several matrices (one to three) against one x, with an
 // RMS norm of x in front and an epilogue behind, in one primitive. Inputs: x,
 // then (w, scales, biases) per matrix, the linear biases of the matrices that
-// have one, the norm's weight if any, the residual if any.
+// have one, the norm's weight if any, the residual if any. Each matrix has its
+// own group size and bits (GGUF Q4_K_M files mix Q5_0 q/k with Q8_0 v).
 struct FusedConfig {
-  int group, bits;
+  std::vector<int> groups, bits;
   std::vector<bool> has_bias;
   bool norm;
   float eps;
@@ -640,9 +641,9 @@ class FusedQuantizedKernel : public mx::Primitive {
 
  private:
   static void run(const FusedConfig& cfg, std::vector<mx::array>& in, std::vector<mx::array>& out) {
-    const auto& [group_, bits_, has_bias_, norm_, eps_, residual_, swiglu_, shapes_] = cfg;
+    const auto& [groups_, bits_, has_bias_, norm_, eps_, residual_, swiglu_, shapes_] = cfg;
     const size_t mats = has_bias_.size();
-    const int64_t k = in[1].shape(1) * 32 / bits_;
+    const int64_t k = in[1].shape(1) * 32 / bits_[0];
     const int64_t m = static_cast<int64_t>(in[0].size()) / k;
     size_t at = 1 + 3 * mats;
     std::vector<const float*> bias(mats, nullptr);
@@ -665,8 +666,16 @@ class FusedQuantizedKernel : public mx::Primitive {
       x = normed.data();
     }
     const float* residual = residual_ ? row_major(in[at++], residual_rows) : nullptr;
-    const Args base = quantized_x(x, m, k, group_, bits_);
-    std::vector<Args> as(mats, base);
+    // x quantized once per distinct (group, bits): the int8 values are the
+    // same, but their order follows the unpacked weights and the sums of x
+    // follow the groups.
+    thread_local Scratch scratch[3];
+    std::vector<Args> as;
+    for (size_t i = 0; i < mats; i++) {
+      size_t same = 0;
+      while (same < i && (groups_[same] != groups_[i] || bits_[same] != bits_[i])) same++;
+      as.push_back(same < i ? as[same] : quantized_x(x, m, k, groups_[i], bits_[i], scratch[i]));
+    }
     thread_local std::vector<float> gate_up;
     if (swiglu_) gate_up.resize(static_cast<size_t>(2 * m * in[1].shape(0)));
     for (size_t i = 0; i < mats; i++) {
@@ -723,7 +732,6 @@ mx::array as_rows(const mx::array& a, mx::Stream s) {
 }  // namespace
 
 std::optional<std::vector<mx::array>> fused_quantized_linear(const mx::array& x, const std::vector<FusedMatrix>& mats,
-                                                             int group, int bits,
                                                              const std::optional<std::pair<mx::array, float>>& norm,
                                                              const std::optional<mx::array>& residual, bool swiglu,
                                                              const std::vector<mx::Shape>& out_shapes,
@@ -731,17 +739,20 @@ std::optional<std::vector<mx::array>> fused_quantized_linear(const mx::array& x,
   if (mats.empty() || mats.size() > 3 || (swiglu && mats.size() != 2) || (residual && (swiglu || mats.size() != 1)))
     return std::nullopt;
   if (!applies(x, s) || x.ndim() < 1) return std::nullopt;
-  const int64_t k = static_cast<int64_t>(mats[0].w.shape(1)) * 32 / std::max(bits, 1);
+  const int64_t k = static_cast<int64_t>(mats[0].w.shape(1)) * 32 / std::max(mats[0].bits, 1);
   if (k == 0 || static_cast<int64_t>(x.size()) % k != 0) return std::nullopt;
   const int64_t m = static_cast<int64_t>(x.size()) / k;
   auto stream = mx::to_stream(s);
   // x read as rows of K, whatever shape the caller gave it.
   std::vector<mx::array> inputs{x};
   std::vector<bool> has_bias;
+  std::vector<int> groups, bits;
   std::vector<mx::array> biases;
   std::vector<mx::Shape> shapes;
   for (const auto& q : mats) {
-    if (!weights_apply(q.w, q.scales, q.biases, group, bits, k)) return std::nullopt;
+    if (!weights_apply(q.w, q.scales, q.biases, q.group, q.bits, k)) return std::nullopt;
+    groups.push_back(q.group);
+    bits.push_back(q.bits);
     const int n = q.w.shape(0);
     if (swiglu && n != mats[0].w.shape(0)) return std::nullopt;
     for (const auto* a : {&q.w, &q.scales, &q.biases}) inputs.push_back(as_rows(*a, stream));
@@ -781,7 +792,7 @@ std::optional<std::vector<mx::array>> fused_quantized_linear(const mx::array& x,
     inputs.push_back(*residual);
   }
   auto prim = std::make_shared<FusedQuantizedKernel>(
-      stream, FusedConfig{group, bits, std::move(has_bias), norm.has_value(), norm ? norm->second : 0.0f,
+      stream, FusedConfig{std::move(groups), std::move(bits), std::move(has_bias), norm.has_value(), norm ? norm->second : 0.0f,
                           residual.has_value(), swiglu, shapes});
   std::vector<mx::Dtype> dtypes(shapes.size(), mx::float32);
   return mx::array::make_arrays(std::move(shapes), dtypes, prim, inputs);

@@ -584,6 +584,7 @@ std::unique_ptr<Array> packed_attention(const Array& qkv, rust::Slice<const int3
 }
 std::unique_ptr<Array> rope(const Array& x, int32_t dims, bool traditional, float base, bool has_base, float scale, int32_t offset, const ArrayList& freqs) {
   std::optional<float> b = has_base ? std::optional<float>(base) : std::nullopt;
+  if (kernels::rope_applies(x, dims)) return own(kernels::rope(x, dims, traditional, b, scale, offset, opt(freqs)));
   return own(mx::fast::rope(x, dims, traditional, b, scale, offset, opt(freqs)));
 }
 std::unique_ptr<Array> linear(const Array& x, const Array& w) { return own(kernels::linear(x, w)); }
@@ -606,6 +607,8 @@ std::unique_ptr<Array> linear_rows(const Array& x, const Array& w, const ArrayLi
 }
 std::unique_ptr<Array> rope_rows(const Array& x, int32_t dims, bool traditional, float base, bool has_base, float scale, const Array& offsets, const ArrayList& freqs) {
   std::optional<float> b = has_base ? std::optional<float>(base) : std::nullopt;
+  if (kernels::rope_applies(x, dims) && (offsets.size() == 1 || offsets.size() == static_cast<size_t>(x.shape(0))))
+    return own(kernels::rope(x, dims, traditional, b, scale, offsets, opt(freqs)));
   return own(mx::fast::rope(x, dims, traditional, b, scale, offsets, opt(freqs)));
 }
 
@@ -646,10 +649,12 @@ std::unique_ptr<Array> cuda_qmv(const Array& x, const Array& w, const Array& sca
   throw std::runtime_error("engine-mlx was built without the `cuda` feature: no CUDA kernels");
 #endif
 }
-std::unique_ptr<ArrayList> fused_qmv(const Array& x, const ArrayList& mats, const ArrayList& bias, rust::Slice<const bool> has_bias, int32_t group_size, int32_t bits, bool int8_kernels, const ArrayList& norm, float eps, const ArrayList& residual, bool swiglu, rust::Slice<const int32_t> out_shapes, rust::Slice<const size_t> out_ranks) {
+std::unique_ptr<ArrayList> fused_qmv(const Array& x, const ArrayList& mats, const ArrayList& bias, rust::Slice<const bool> has_bias, rust::Slice<const int32_t> group_sizes, rust::Slice<const int32_t> bits, bool int8_kernels, const ArrayList& norm, float eps, const ArrayList& residual, bool swiglu, rust::Slice<const int32_t> out_shapes, rust::Slice<const size_t> out_ranks) {
   auto out = std::make_unique<ArrayList>();
   // Three arrays a quantized matrix, one a dense one (bits 0).
-  const size_t per = bits == 0 ? 1 : 3;
+  if (bits.size() != has_bias.size() || group_sizes.size() != has_bias.size() || bits.empty())
+    throw std::invalid_argument("fused_qmv: one group size and bits per matrix");
+  const size_t per = bits[0] == 0 ? 1 : 3;
   if (mats.items.size() % per != 0 || mats.items.size() / per != has_bias.size())
     throw std::invalid_argument("fused_qmv: the matrices' arrays and one bias flag per matrix");
   std::vector<std::optional<Array>> lbs;
@@ -675,13 +680,17 @@ std::unique_ptr<ArrayList> fused_qmv(const Array& x, const ArrayList& mats, cons
   if (int8_kernels && per == 3) {
     std::vector<kernels::FusedMatrix> qs;
     for (size_t m = 0; m < has_bias.size(); ++m)
-      qs.push_back({mats.items[3 * m], mats.items[3 * m + 1], mats.items[3 * m + 2], lbs[m]});
-    if (auto ys = kernels::fused_quantized_linear(x, qs, group_size, bits, nm, opt(residual), swiglu, shapes)) {
+      qs.push_back({mats.items[3 * m], mats.items[3 * m + 1], mats.items[3 * m + 2], lbs[m], group_sizes[m], bits[m]});
+    if (auto ys = kernels::fused_quantized_linear(x, qs, nm, opt(residual), swiglu, shapes)) {
       out->items = std::move(*ys);
       return out;
     }
   }
 #ifdef MLXE_CUDA
+  // The CUDA kernels take one format for all the matrices.
+  for (size_t m = 1; m < bits.size(); ++m) {
+    if (bits[m] != bits[0] || group_sizes[m] != group_sizes[0]) return out;
+  }
   std::vector<cuda::QuantMatrix> qs;
   for (size_t m = 0; m < has_bias.size(); ++m) {
     if (per == 1)
@@ -689,7 +698,7 @@ std::unique_ptr<ArrayList> fused_qmv(const Array& x, const ArrayList& mats, cons
     else
       qs.push_back({mats.items[3 * m], mats.items[3 * m + 1], mats.items[3 * m + 2], lbs[m]});
   }
-  auto ys = cuda::fused_qmv(x, qs, group_size, bits, nm, opt(residual),
+  auto ys = cuda::fused_qmv(x, qs, group_sizes[0], bits[0], nm, opt(residual),
                             swiglu ? cuda::Epilogue::SwiGlu : cuda::Epilogue::Split, shapes);
   if (ys) out->items = std::move(*ys);
 #else
