@@ -2,7 +2,8 @@
 // every kernel's start and end, and at exit a summary of the last KTRACE_TAIL_MS milliseconds of GPU work
 // (default 250: the decode steps of a bench run) as JSON lines on stderr, or appended to $KTRACE_OUT:
 //   {"ktrace":"summary", "kernels", "span_us", "busy_us", "busy_frac", "gaps_us": {"<2","2-10","10-50",">50"}}
-//   {"ktrace":"kernel", "name", "count", "total_us", "mean_us"}   (the 30 costliest names)
+//   {"ktrace":"kernel", "name", "grid", "count", "total_us", "mean_us"}   (the 30 costliest name + grid pairs:
+//   one kernel at different shapes, e.g. a matvec's q/k/v, o, gate/up and down projections, apart)
 // Why: a decode step's time splits into kernels and the gaps between them (host-bound launches); a real profile
 // says which to work on. `stage_kernels.sh` builds it here with gcc against
 // CUPTI's headers from the nvidia-cu13 wheel that torch brings.
@@ -15,6 +16,7 @@
 typedef struct {
   uint64_t start, end;
   const char *name;
+  int grid[3];
 } Rec;
 
 static Rec *recs;
@@ -37,7 +39,7 @@ static void CUPTIAPI buffer_completed(CUcontext ctx, uint32_t stream, uint8_t *b
       caprecs = caprecs ? caprecs * 2 : 1 << 16;
       recs = realloc(recs, caprecs * sizeof(Rec));
     }
-    recs[nrecs++] = (Rec){k->start, k->end, k->name ? k->name : "?"};
+    recs[nrecs++] = (Rec){k->start, k->end, k->name ? k->name : "?", {k->gridX, k->gridY, k->gridZ}};
   }
   free(buffer);
 }
@@ -49,6 +51,7 @@ static int by_start(const void *a, const void *b) {
 
 typedef struct {
   const char *name;
+  int grid[3];
   uint64_t count, total;
 } Agg;
 
@@ -89,8 +92,8 @@ static void report(void) {
     if (r->end > s) busy += r->end - s;
     if (r->end > cover) cover = r->end;
     size_t j = 0;
-    while (j < nagg && strcmp(agg[j].name, r->name) != 0) j++;
-    if (j == nagg) agg[nagg++] = (Agg){r->name, 0, 0};
+    while (j < nagg && (strcmp(agg[j].name, r->name) != 0 || memcmp(agg[j].grid, r->grid, sizeof r->grid) != 0)) j++;
+    if (j == nagg) agg[nagg++] = (Agg){r->name, {r->grid[0], r->grid[1], r->grid[2]}, 0, 0};
     agg[j].count++;
     agg[j].total += r->end - r->start;
   }
@@ -106,8 +109,11 @@ static void report(void) {
     size_t n = 0;
     for (const char *c = agg[j].name; *c && n < 160; c++) name[n++] = (*c == '"' || *c == '\\') ? '\'' : *c;
     name[n] = 0;
-    fprintf(out, "{\"ktrace\":\"kernel\",\"name\":\"%s\",\"count\":%lu,\"total_us\":%.1f,\"mean_us\":%.2f}\n", name,
-            (unsigned long)agg[j].count, agg[j].total / 1e3, agg[j].total / 1e3 / agg[j].count);
+    fprintf(out,
+            "{\"ktrace\":\"kernel\",\"name\":\"%s\",\"grid\":[%d,%d,%d],\"count\":%lu,\"total_us\":%.1f,"
+            "\"mean_us\":%.2f}\n",
+            name, agg[j].grid[0], agg[j].grid[1], agg[j].grid[2], (unsigned long)agg[j].count, agg[j].total / 1e3,
+            agg[j].total / 1e3 / agg[j].count);
   }
   if (out != stderr) fclose(out);
 }

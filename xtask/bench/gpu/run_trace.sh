@@ -4,8 +4,9 @@
 #   1. parity: attn_check (packed q/k/v cases included) -> $OUT/attn.jsonl, qmv_check --quick -> $OUT/qmv.jsonl;
 #   2. decode (random weights, 512-token prompt, 128 greedy tokens) -> $OUT/decode.jsonl: 8B 4-bit (group 64)
 #      and 1B bf16 twice, 8B bf16 once — the engine as shipped, its variants (below) and mlx-lm;
-#   3. kernel traces (libkernel_trace.so, CUPTI): the last 250 ms of GPU work of one run each, kernels vs idle
-#      gaps -> $OUT/trace-NAME.jsonl;
+#   3. kernel traces (libkernel_trace.so, CUPTI): the last 250 ms of GPU work of one run each, kernels (by name
+#      and grid) vs idle gaps -> $OUT/traces.jsonl, each line with its run's name (one file: a call brings back
+#      only so many);
 #   4. qmv_check --bandwidth -> $OUT/bw.jsonl.
 # Variants (env settings run beside the engine as shipped): nopack = MLXENGINE_CUDA_PACK=0 (dense models);
 # add yours to variant_env / variants_of. Most important first: a call cut at its limit keeps what came before.
@@ -50,7 +51,9 @@ decode 8b 1
 if [ -f "$TRACE" ]; then
   tr() {  # NAME CMD...: one traced run
     local name=$1; shift
-    KTRACE_OUT=$OUT/trace-$name.jsonl CUDA_INJECTION64_PATH=$TRACE run traced_$name 1 "$@"
+    rm -f /tmp/ktrace.jsonl
+    KTRACE_OUT=/tmp/ktrace.jsonl CUDA_INJECTION64_PATH=$TRACE run traced_$name 1 "$@"
+    sed "s/^{/{\"run\":\"$name\",/" /tmp/ktrace.jsonl >> $OUT/traces.jsonl
   }
   for m in 8b-q4 1b; do
     M=$MODELS/llama-$m P=$MODELS/llama-${m%-q4}/prompt_ids.json
@@ -60,7 +63,7 @@ if [ -f "$TRACE" ]; then
     done
     tr mlx_lm-$m python3 xtask/bench/mlx_lm_decode.py $M $P 128
   done
-  for f in $OUT/trace-*.jsonl; do echo "$(basename $f): $(grep -h '"summary"' $f)"; done
+  grep -h '"summary"' $OUT/traces.jsonl
 fi
 timeout 60 $BIN/qmv_check --bandwidth > $OUT/bw.jsonl 2>&1
 exit $rc
