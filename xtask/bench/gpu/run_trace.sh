@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device call that checks and measures opt-in kernel variants and profiles decode (issue 16), after
 # `SIZES="1b 8b" run_qmv.sh 1` on a warm machine, carry [".devcache/cuda/b"]:
-#   1. parity: attn_check (packed q/k/v cases included) -> $OUT/attn.jsonl, qmv_check --quick -> $OUT/qmv.jsonl;
+#   1. parity: attn_check (packed q/k/v cases included) -> $OUT/attn.jsonl, qmv_check --quick -> $OUT/qmv.jsonl,
+#      parity_gpu over the parity fixtures (staged in half a) -> $OUT/parity.jsonl;
 #   2. decode (random weights, 512-token prompt, 128 greedy tokens) -> $OUT/decode.jsonl: 8B 4-bit (group 64)
 #      and 1B bf16 twice, 8B bf16 once — the engine as shipped, its variants (below) and mlx-lm;
 #   3. kernel traces (libkernel_trace.so, CUPTI): the last 250 ms of GPU work of one run each, kernels (by name
@@ -19,7 +20,12 @@ TRACE=$PWD/.devcache/cuda/b/libkernel_trace.so
 rc=0
 timeout 120 $BIN/attn_check > $OUT/attn.jsonl 2>&1 || rc=1
 timeout 150 $BIN/qmv_check --quick > $OUT/qmv.jsonl 2>&1 || rc=1
-grep -h summary $OUT/attn.jsonl $OUT/qmv.jsonl
+# The parity fixtures on the GPU (fused kernels and packed projections on real checkpoint layouts).
+if [ -f "$HOME/stage_a/parity.tar.xz" ] && [ -x "$BIN/parity_gpu" ]; then
+  tar xJf "$HOME/stage_a/parity.tar.xz" -C "$HOME"
+  timeout 120 $BIN/parity_gpu "$HOME/parity" > $OUT/parity.jsonl 2>&1 || rc=1
+fi
+grep -h summary $OUT/attn.jsonl $OUT/qmv.jsonl $OUT/parity.jsonl
 grep -h packed $OUT/attn.jsonl
 variant_env() {  # VARIANT -> env assignments
   case $1 in

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Stages, here (x86_64 Linux), what the GPU decode and image benches carry, into .devcache (git-ignored):
-#   .devcache/cuda/a          half a of libmlx (CUDA) + the wheel's BLAS libs   (/work/shared/device/stage-mlx-cuda-native.sh)
+#   .devcache/cuda/a          half a of libmlx (CUDA) + the wheel's BLAS libs   (/work/shared/device/stage-mlx-cuda-native.sh),
+#                             parity.tar.xz (target/parity's fixtures, for parity_gpu)
 #   .devcache/cuda/b          half b + zstandard, and: include.tgz (the wheel's mlx/include, CCCL included: NVRTC needs it),
-#                             the mlx 0.32.4 / mlx-lm 0.32.2 wheels (the baseline), bench_decode, qmv_check and attn_check (CUDA builds, xz),
+#                             the mlx 0.32.4 / mlx-lm 0.32.2 wheels (the baseline), bench_decode, qmv_check, attn_check and
+#                             parity_gpu (CUDA builds, xz),
 #                             libkernel_trace.so (kernel_trace.c: a CUPTI kernel tracer, built against the CUPTI headers of
 #                             the torch venv of `cargo xtask torch-fixtures`, target/torch: its nvidia cu13 wheel)
 #   .devcache/diff            diffusers 0.42.1 + importlib_metadata wheels, bench_image (CUDA build, xz)
@@ -20,11 +22,17 @@ ls $B/mlx-0.32.4-*.whl >/dev/null 2>&1 || python3 -m pip download -q --no-deps -
 ls $D/diffusers-*.whl >/dev/null 2>&1 || python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
   -d $D "diffusers==0.42.1" importlib_metadata
 MLX_DIR=$PWD/.devcache/cuda/sdk/mlx CARGO_TARGET_DIR=target/cuda nice -n 10 cargo build --release \
-  -p engine-llm --example bench_decode -p engine-mlx --example qmv_check --example attn_check \
+  -p engine-llm --example bench_decode --example parity_gpu -p engine-mlx --example qmv_check --example attn_check \
   -p engine-diffusion --example bench_image --features engine-mlx/cuda
 # xz: half b, the work tree and these must stay under the 64 MiB a call carries (mlx_env.sh unpacks them).
-for e in bench_decode qmv_check attn_check; do strip -o /tmp/$e target/cuda/release/examples/$e && xz -9 -T2 -c /tmp/$e > $B/$e.xz; done
+for e in bench_decode parity_gpu qmv_check attn_check; do strip -o /tmp/$e target/cuda/release/examples/$e && xz -9 -T2 -c /tmp/$e > $B/$e.xz; done
 strip -o /tmp/bench_image target/cuda/release/examples/bench_image && xz -9 -T2 -c /tmp/bench_image > $D/bench_image.xz
+# The parity fixtures travel in half a's call (half b's is full): run_qmv.sh 1 keeps them in $HOME/stage_a.
+if [ -d target/parity ]; then
+  tar cJf .devcache/cuda/a/parity.tar.xz -C target parity
+else
+  echo "no target/parity (cargo xtask parity-fixtures makes it): parity_gpu will have no fixtures"
+fi
 T=$(echo target/torch/lib/python3*/site-packages)
 if [ -d "$T/nvidia/cu13/include" ]; then
   # CUPTI's headers include crt/host_defines.h, which the cu13 wheel lacks and triton's copy provides.
