@@ -788,15 +788,16 @@ impl Transformer {
     /// then runs one matvec where it ran three and two, and the kernels for
     /// packed projections read their outputs in place
     /// (`fast::decode_attention_packed_in_place`, `fast::swiglu_packed`).
-    /// Quantized layers and adapters are left as they are.
+    /// Quantized layers and adapters are left as they are
+    /// (`Linear::fuse_dense_outputs`).
     pub fn pack_projections(&mut self) -> Result<()> {
         for layer in &mut self.layers {
             let (a, m) = (&mut layer.attn, &mut layer.mlp);
             if a.qkv.is_none() {
-                a.qkv = Linear::fuse_outputs(&mut [&mut a.q, &mut a.k, &mut a.v])?;
+                a.qkv = Linear::fuse_dense_outputs(&mut [&mut a.q, &mut a.k, &mut a.v])?;
             }
             if m.gate_up.is_none() {
-                m.gate_up = Linear::fuse_outputs(&mut [&mut m.gate, &mut m.up])?;
+                m.gate_up = Linear::fuse_dense_outputs(&mut [&mut m.gate, &mut m.up])?;
             }
         }
         Ok(())

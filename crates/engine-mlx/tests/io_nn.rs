@@ -173,7 +173,7 @@ fn dense_layers_fuse_into_one() -> R {
         .map(|l| l.forward(&x)?.to_vec())
         .collect::<engine_mlx::Result<_>>()?;
     let bytes: usize = [&q, &k, &v].iter().flat_map(|l| l.arrays()).map(|a| a.nbytes()).sum();
-    let fused = Linear::fuse_outputs(&mut [&mut q, &mut k, &mut v])?.expect("dense layers fuse");
+    let fused = Linear::fuse_dense_outputs(&mut [&mut q, &mut k, &mut v])?.expect("dense layers fuse");
     // The fused output is the parts' outputs end to end, and each part, now a
     // view of the fused weight, still gives its own.
     let y = fused.forward(&x)?;
@@ -186,13 +186,16 @@ fn dense_layers_fuse_into_one() -> R {
     assert_eq!(after, bytes);
     // Mixed biases or input widths do not fuse.
     let (mut a, mut b) = (dense(4, 0.1, true), dense(4, 0.2, false));
-    assert!(Linear::fuse_outputs(&mut [&mut a, &mut b])?.is_none());
+    assert!(Linear::fuse_dense_outputs(&mut [&mut a, &mut b])?.is_none());
     let mut c = Linear::Dense {
         weight: ramp(&[4, 32], 0.3),
         bias: None,
     };
     let mut d = dense(4, 0.4, false);
-    assert!(Linear::fuse_outputs(&mut [&mut c, &mut d])?.is_none());
+    assert!(Linear::fuse_dense_outputs(&mut [&mut c, &mut d])?.is_none());
+    // `fuse_outputs` is for the CPU kernels' quantized layers only.
+    let (mut e, mut f) = (dense(4, 0.5, false), dense(4, 0.6, false));
+    assert!(Linear::fuse_outputs(&mut [&mut e, &mut f])?.is_none());
     Ok(())
 }
 

@@ -260,14 +260,10 @@ impl Linear {
     /// laid end to end, with each part rebuilt as a view of the fused arrays
     /// (no second copy of the weights): one int8 kernel call, one rounding
     /// of x, instead of one per part. Only for quantized layers opted in to
-    /// the CPU kernels with the same spec (biases on all or none), or dense
-    /// layers of one dtype and input width (biases on all or none: a GPU
-    /// decode step's one matvec instead of several); `None` otherwise.
-    /// Evaluates the fused arrays.
+    /// the CPU kernels with the same spec (biases on all or none); `None`
+    /// otherwise (dense layers: [`Linear::fuse_dense_outputs`]). Evaluates the
+    /// fused arrays.
     pub fn fuse_outputs(parts: &mut [&mut Linear]) -> Result<Option<Linear>> {
-        if parts.iter().all(|p| matches!(&**p, Linear::Dense { .. })) {
-            return Self::fuse_dense_outputs(parts);
-        }
         let mut qs = Vec::with_capacity(parts.len());
         for p in parts.iter() {
             match &**p {
@@ -328,12 +324,15 @@ impl Linear {
         Ok(Some(Linear::Quantized { q: fused, bias }))
     }
 
-    /// [`Linear::fuse_outputs`] for dense layers.
-    fn fuse_dense_outputs(parts: &mut [&mut Linear]) -> Result<Option<Linear>> {
+    /// [`Linear::fuse_outputs`] for dense layers of one dtype and input width
+    /// (biases on all or none): a GPU decode step's one matvec instead of
+    /// several. `None` where any part is not dense or they differ.
+    pub fn fuse_dense_outputs(parts: &mut [&mut Linear]) -> Result<Option<Linear>> {
         let mut ws = Vec::with_capacity(parts.len());
         for p in parts.iter() {
-            if let Linear::Dense { weight, bias } = &**p {
-                ws.push((weight, bias));
+            match &**p {
+                Linear::Dense { weight, bias } => ws.push((weight, bias)),
+                _ => return Ok(None),
             }
         }
         let Some(&(first, first_bias)) = ws.first() else {
