@@ -75,24 +75,39 @@ enum Kind {
     Concat(usize),
 }
 
-/// A step's new keys and values by shape (B, heads, L, D) and dtype, for
-/// growing the buffers when the arrays themselves are not at hand.
-#[derive(Debug, Clone)]
-pub struct NewKv {
-    /// Shape of the new keys.
-    pub k_shape: Vec<usize>,
-    /// Shape of the new values.
-    pub v_shape: Vec<usize>,
-    /// Their dtype (the buffers').
-    pub dtype: engine_mlx::Dtype,
+/// A step's new keys and values (B, heads, L, D), for growing the buffers:
+/// the arrays, or — when the kernel reads them in place from a packed
+/// projection — their shapes and dtype.
+#[derive(Debug, Clone, Copy)]
+pub enum NewKv<'a> {
+    /// The new keys and values.
+    Arrays(&'a Array, &'a Array),
+    /// Known by shape and dtype only.
+    Shaped {
+        /// Shape of the new keys.
+        k: [usize; 4],
+        /// Shape of the new values.
+        v: [usize; 4],
+        /// Their dtype (the buffers').
+        dtype: engine_mlx::Dtype,
+    },
 }
 
-impl NewKv {
-    fn of(k: &Array, v: &Array) -> NewKv {
-        NewKv {
-            k_shape: k.shape(),
-            v_shape: v.shape(),
-            dtype: k.dtype(),
+impl NewKv<'_> {
+    /// Positions the step adds (L).
+    fn positions(&self) -> usize {
+        match self {
+            NewKv::Arrays(k, _) => k.dim(2),
+            NewKv::Shaped { k, .. } => k[2],
+        }
+    }
+
+    /// (B, heads, D) and dtype of the keys, and of the values.
+    fn layout(&self) -> [([usize; 3], engine_mlx::Dtype); 2] {
+        let bhd = |s: &[usize]| [s[0], s[1], s[3]];
+        match self {
+            NewKv::Arrays(k, v) => [(bhd(&k.shape()), k.dtype()), (bhd(&v.shape()), v.dtype())],
+            NewKv::Shaped { k, v, dtype } => [(bhd(k), *dtype), (bhd(v), *dtype)],
         }
     }
 }
@@ -234,15 +249,14 @@ impl KvCache {
         v: &Array,
         step: impl FnOnce(&Array, &Array, usize, usize) -> Result<Option<T>>,
     ) -> Result<Option<T>> {
-        let kv = NewKv::of(k, v);
-        self.update_fused_as(&kv, step)
+        self.update_fused_as(NewKv::Arrays(k, v), step)
     }
 
     /// [`KvCache::update_fused`] for a new key and value known by shape and
     /// dtype only (a packed q/k/v projection's, which the kernel reads in place).
     pub fn update_fused_as<T>(
         &mut self,
-        kv: &NewKv,
+        kv: NewKv<'_>,
         step: impl FnOnce(&Array, &Array, usize, usize) -> Result<Option<T>>,
     ) -> Result<Option<T>> {
         let (slot, n, len) = match self.kind {
@@ -253,7 +267,7 @@ impl KvCache {
             Kind::Ring(_) => (self.len, self.len + 1, self.len + 1),
             Kind::Concat(_) => return Ok(None),
         };
-        if kv.k_shape[2] != 1 {
+        if kv.positions() != 1 {
             return Ok(None);
         }
         self.ensure_capacity_as(len, kv)?;
@@ -280,11 +294,11 @@ impl KvCache {
     /// [`STEP`] and to what was reserved, but never past a ring's window),
     /// keeping the `len` stored ones, which must sit in order at the start.
     fn ensure_capacity(&mut self, needed: usize, k: &Array, v: &Array) -> Result<()> {
-        self.ensure_capacity_as(needed, &NewKv::of(k, v))
+        self.ensure_capacity_as(needed, NewKv::Arrays(k, v))
     }
 
     /// [`KvCache::ensure_capacity`] from the new key's and value's shapes and dtype.
-    fn ensure_capacity_as(&mut self, needed: usize, kv: &NewKv) -> Result<()> {
+    fn ensure_capacity_as(&mut self, needed: usize, kv: NewKv<'_>) -> Result<()> {
         let cap = self.capacity();
         if needed <= cap {
             return Ok(());
@@ -296,15 +310,16 @@ impl KvCache {
         // The stored positions are kept and the rest is zeros: the new buffer
         // holds exactly `target`, whatever was trimmed off before.
         let fresh = target - self.len;
-        let extend = |buf: &Option<Array>, s: &[usize]| -> Result<Array> {
-            let zeros = Array::zeros(&[s[0], s[1], fresh, s[3]], kv.dtype)?;
+        let [keys, values] = kv.layout();
+        let extend = |buf: &Option<Array>, ([b, h, d], dtype): ([usize; 3], engine_mlx::Dtype)| -> Result<Array> {
+            let zeros = Array::zeros(&[b, h, fresh, d], dtype)?;
             match buf {
                 Some(b) if self.len > 0 => concatenate(&[&b.slice_axis(2, 0, self.len as i32)?, &zeros], 2),
                 _ => Ok(zeros),
             }
         };
-        self.keys = Some(extend(&self.keys, &kv.k_shape)?);
-        self.values = Some(extend(&self.values, &kv.v_shape)?);
+        self.keys = Some(extend(&self.keys, keys)?);
+        self.values = Some(extend(&self.values, values)?);
         self.take_ownership();
         Ok(())
     }

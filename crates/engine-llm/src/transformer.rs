@@ -1079,13 +1079,13 @@ impl Transformer {
                 if y.dim(-1) != (a.heads + 2 * a.kv_heads) * d {
                     return Ok(None);
                 }
-                let shape = vec![b, a.kv_heads, 1, d];
-                let kv = NewKv {
-                    k_shape: shape.clone(),
-                    v_shape: shape,
+                let shape = [b, a.kv_heads, 1, d];
+                let kv = NewKv::Shaped {
+                    k: shape,
+                    v: shape,
                     dtype: y.dtype(),
                 };
-                cache.update_fused_as(&kv, step)
+                cache.update_fused_as(kv, step)
             }
         }
     }
