@@ -213,7 +213,10 @@ pub fn decode_attention_packed_in_place(
     scale: f32,
 ) -> Result<Option<Array>> {
     let heads = i32::try_from(heads).map_err(|_| crate::Error::Invalid(format!("decode attention: {heads} heads")))?;
-    decode_attention_impl(qkv, qkv, qkv, k_cache, v_cache, rope, at, scale, heads.max(1))
+    if heads == 0 {
+        return Ok(None);
+    }
+    decode_attention_impl(qkv, qkv, qkv, k_cache, v_cache, rope, at, scale, heads)
 }
 
 /// Whether the GPU decode path packs dense projections that read the same input
