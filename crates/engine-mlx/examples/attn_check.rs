@@ -173,25 +173,36 @@ fn run_case(c: &Case, seed: u64) -> Result<bool> {
 }
 
 /// Microseconds per decode step of `layers` chained attention layers (each
-/// query the previous layer's output), ours or MLX's ops, over `steps` steps.
-fn chain_us(ours: bool, layers: usize, heads: usize, kv: usize, d: usize, len: usize, steps: usize) -> Result<f64> {
+/// query the previous layer's output) over `b` batch rows, ours or MLX's ops,
+/// over `steps` steps.
+#[allow(clippy::too_many_arguments)]
+fn chain_us(
+    ours: bool,
+    b: usize,
+    layers: usize,
+    heads: usize,
+    kv: usize,
+    d: usize,
+    len: usize,
+    steps: usize,
+) -> Result<f64> {
     let dtype = Dtype::Bfloat16;
     let rope = Rope::new(d as i32, false, 500_000.0, &RopeScaling::None)?;
     let cap = (len + steps + 1).div_ceil(256) * 256;
     let mut caches = (0..layers)
         .map(|i| {
             Ok((
-                normal(&[1, kv, cap, d], dtype, 100 + i as u64)?,
-                normal(&[1, kv, cap, d], dtype, 200 + i as u64)?,
+                normal(&[b, kv, cap, d], dtype, 100 + i as u64)?,
+                normal(&[b, kv, cap, d], dtype, 200 + i as u64)?,
             ))
         })
         .collect::<Result<Vec<_>>>()?;
     for (k, v) in &caches {
         eval([k, v])?;
     }
-    let k = normal(&[1, kv, 1, d], dtype, 5)?;
-    let v = normal(&[1, kv, 1, d], dtype, 6)?;
-    let mut x = normal(&[1, heads, 1, d], dtype, 7)?;
+    let k = normal(&[b, kv, 1, d], dtype, 5)?;
+    let v = normal(&[b, kv, 1, d], dtype, 6)?;
+    let mut x = normal(&[b, heads, 1, d], dtype, 7)?;
     eval([&k, &v, &x])?;
     let scale = (d as f32).powf(-0.5);
     let mut best = f64::MAX;
@@ -211,7 +222,7 @@ fn chain_us(ours: bool, layers: usize, heads: usize, kv: usize, d: usize, len: u
                         .expect("the kernel applies");
                 } else {
                     let (q, k) = (rope.forward(&x, slot)?, rope.forward(&k, slot)?);
-                    let (start, stop) = ([0, 0, slot as i32, 0], [1, kv as i32, slot as i32 + 1, d as i32]);
+                    let (start, stop) = ([0, 0, slot as i32, 0], [b as i32, kv as i32, slot as i32 + 1, d as i32]);
                     *kc = kc.slice_update(&k, &start, &stop, &[1, 1, 1, 1])?;
                     *vc = vc.slice_update(&v, &start, &stop, &[1, 1, 1, 1])?;
                     let (keys, values) = (
@@ -363,12 +374,12 @@ fn main() -> Result<()> {
         pass &= run_case(c, 1000 + 10 * i as u64)?;
     }
     for (family, heads, kv, d) in [("llama-3.2-1b", 32, 8, 64), ("llama-3.1-8b", 32, 8, 128)] {
-        for len in [512, 4096] {
-            let mlx = chain_us(false, 32, heads, kv, d, len, 32)?;
-            let ours = chain_us(true, 32, heads, kv, d, len, 32)?;
+        for (b, len) in [(1, 512), (1, 4096), (32, 512)] {
+            let mlx = chain_us(false, b, 32, heads, kv, d, len, 32)?;
+            let ours = chain_us(true, b, 32, heads, kv, d, len, 32)?;
             println!(
                 "{}",
-                serde_json::json!({"chain": family, "layers": 32, "len": len, "ours_us": ours, "mlx_us": mlx, "speedup": mlx / ours})
+                serde_json::json!({"chain": family, "batch": b, "layers": 32, "len": len, "ours_us": ours, "mlx_us": mlx, "speedup": mlx / ours})
             );
         }
     }

@@ -242,6 +242,28 @@ pub fn swiglu_packed(gate_up: &Array) -> Result<Option<Array>> {
     Ok(out.pop())
 }
 
+/// Group norm of channels-last `x` (N, …, C), optionally followed by SiLU, in
+/// two CUDA kernels (statistics per group, then the scaled, shifted elements).
+/// `None` off the GPU, without the `cuda` feature, or where it does not apply
+/// (weight and bias must be (C,) in x's dtype); the caller composes MLX's ops.
+pub fn group_norm_cuda(
+    x: &Array,
+    groups: i32,
+    weight: &Array,
+    bias: &Array,
+    eps: f32,
+    silu: bool,
+) -> Result<Option<Array>> {
+    if !cfg!(feature = "cuda") {
+        return Ok(None);
+    }
+    let mut out = crate::array::unlist(
+        ffi::cuda_group_norm(&x.inner, groups, &weight.inner, &bias.inner, eps, silu).op("group_norm_cuda")?,
+        "group_norm_cuda",
+    )?;
+    Ok(out.pop())
+}
+
 #[allow(clippy::too_many_arguments)]
 fn decode_attention_impl(
     q: &Array,
@@ -397,7 +419,7 @@ pub fn group_norm(x: &Array, groups: i32, weight: &Array, bias: &Array, eps: f32
 
 /// GEGLU of `x` (…, 2F) → (…, F): the first half times the exact GELU of
 /// the second (diffusers' `GEGLU` after its projection). One pass on the CPU
-/// in float32; elsewhere MLX's split, GELU and multiply.
+/// in float32, one kernel on a CUDA GPU; elsewhere MLX's split, GELU and multiply.
 pub fn geglu(x: &Array) -> Result<Array> {
     wrap(ffi::geglu(&x.inner), "geglu")
 }

@@ -257,6 +257,14 @@ pub(crate) mod bridge {
             packed_heads: i32,
         ) -> Result<UniquePtr<ArrayList>>;
         fn cuda_swiglu_packed(gu: &Array) -> Result<UniquePtr<ArrayList>>;
+        fn cuda_group_norm(
+            x: &Array,
+            groups: i32,
+            weight: &Array,
+            bias: &Array,
+            eps: f32,
+            silu: bool,
+        ) -> Result<UniquePtr<ArrayList>>;
 
         fn load_safetensors(path: &str) -> Result<UniquePtr<WeightFile>>;
         fn load_gguf(path: &str) -> Result<UniquePtr<WeightFile>>;

@@ -9,7 +9,7 @@
 # bfloat16 and diffusers in float16, each after a warm-up, two timed runs. $OUT/diffusion.jsonl, one line a run:
 # {"kind", "side", result (seconds per image, loop and VAE split)}; then diag_diffusion.py (MLX's conv2d, group
 # norm and attention against torch at these shapes) -> $OUT/diag_diffusion.jsonl. DTYPES="bfloat16" runs the engine
-# in one dtype only, DIAG=0 skips diag_diffusion.py.
+# in one dtype only, DIAG=0 skips diag_diffusion.py, TRACE=0 the kernel traces.
 set -uo pipefail
 D=.devcache/diff W=$HOME/diffusion RES=$OUT/diffusion.jsonl
 source xtask/bench/gpu/mlx_env.sh
@@ -32,5 +32,20 @@ for kind in sdxl-turbo sd21; do
     | while read -r line; do echo "{\"kind\": \"$kind\", \"side\": \"diffusers\", \"result\": $line}" | tee -a $RES; done
   tail -2 /tmp/diffusers.err
 done
+# Kernel traces (libkernel_trace.so, left in $HOME by run_trace.sh): the last KTRACE_TAIL_MS of one SD-2.1-shaped
+# run each of the engine (bfloat16) and diffusers -> $OUT/traces_diffusion.jsonl (kernels by name and grid, idle gaps).
+if [ -f "$HOME/libkernel_trace.so" ] && [ "${TRACE:-1}" != 0 ]; then
+  kind=sd21
+  rm -f /tmp/ktrace.jsonl
+  KTRACE_OUT=/tmp/ktrace.jsonl KTRACE_TAIL_MS=400 CUDA_INJECTION64_PATH=$HOME/libkernel_trace.so timeout 200 \
+    $BIN/bench_image $W/$kind/model $W/$kind/latents.safetensors /tmp/ours_traced.safetensors 50 7.5 ddim "$P" "$NEG" \
+    bfloat16 1 >/dev/null 2>&1
+  sed 's/^{/{"run":"engine-sd21",/' /tmp/ktrace.jsonl >> $OUT/traces_diffusion.jsonl
+  rm -f /tmp/ktrace.jsonl
+  KTRACE_OUT=/tmp/ktrace.jsonl KTRACE_TAIL_MS=400 CUDA_INJECTION64_PATH=$HOME/libkernel_trace.so timeout 200 \
+    python3 xtask/bench/gpu/diffusion_gpu.py run $W/$kind $kind 1 >/dev/null 2>&1
+  sed 's/^{/{"run":"diffusers-sd21",/' /tmp/ktrace.jsonl >> $OUT/traces_diffusion.jsonl
+  grep -h '"summary"' $OUT/traces_diffusion.jsonl
+fi
 # Where the time goes: MLX's conv / group norm / attention vs torch at these shapes.
 [ "${DIAG:-1}" = 0 ] || timeout 150 python3 xtask/bench/gpu/diag_diffusion.py 2>&1 | tee $OUT/diag_diffusion.jsonl

@@ -9,14 +9,19 @@
 #      and grid) vs idle gaps -> $OUT/traces.jsonl, each line with its run's name (one file: a call brings back
 #      only so many);
 #   4. qmv_check --bandwidth -> $OUT/bw.jsonl.
-# Variants (env settings run beside the engine as shipped): nopack = MLXENGINE_CUDA_PACK=0 (dense models);
-# add yours to variant_env / variants_of. Most important first: a call cut at its limit keeps what came before.
+# Variants (env settings run beside the engine as shipped; Q4_VARIANTS / DENSE_VARIANTS pick them, default
+# "deq0 threads128" for the 4-bit model, none for the dense ones): nopack = MLXENGINE_CUDA_PACK=0, normpass =
+# MLXENGINE_CUDA_QMV_NORM=pass, deq0 = MLXENGINE_CUDA_QMV_DEQ=0, threads128 = MLXENGINE_CUDA_QMV_THREADS=128; add
+# yours to variant_env. TRACE_MODELS (default "8b-q4 1b") picks the traced models; TRACE_VARIANTS=0 traces the
+# engine as shipped alone (no variants, no mlx-lm). Most important first: a call cut at its limit keeps what came before.
 # Exits 1 on a parity failure.
 set -uo pipefail
 export MODELS=$HOME/models
 source xtask/bench/gpu/mlx_env.sh
 nvidia-smi --query-gpu=name --format=csv,noheader | tee $OUT/gpu.txt
 TRACE=$PWD/.devcache/cuda/b/libkernel_trace.so
+# Kept for run_diffusion.sh, a call after this one on the same machine (it carries half b no longer).
+[ -f "$TRACE" ] && cp "$TRACE" "$HOME/"
 rc=0
 timeout 120 $BIN/attn_check > $OUT/attn.jsonl 2>&1 || rc=1
 timeout 150 $BIN/qmv_check --quick > $OUT/qmv.jsonl 2>&1 || rc=1
@@ -30,6 +35,9 @@ grep -h packed $OUT/attn.jsonl
 variant_env() {  # VARIANT -> env assignments
   case $1 in
     nopack) echo MLXENGINE_CUDA_PACK=0 ;;
+    normpass) echo MLXENGINE_CUDA_QMV_NORM=pass ;;
+    deq0) echo MLXENGINE_CUDA_QMV_DEQ=0 ;;
+    threads128) echo MLXENGINE_CUDA_QMV_THREADS=128 ;;
     *) echo "MLXENGINE_UNKNOWN_VARIANT=$1" ;;
   esac
 }
@@ -39,7 +47,7 @@ run() {  # NAME ROUND CMD...
   [ -n "$line" ] || tail -3 /tmp/trace.err
   echo "{\"run\": \"$name\", \"round\": $round, \"result\": ${line:-null}}" | tee -a $OUT/decode.jsonl
 }
-variants_of() { case $1 in *-q4) echo ;; *) echo nopack ;; esac; }
+variants_of() { case $1 in *-q4) echo ${Q4_VARIANTS-deq0 threads128} ;; *) echo ${DENSE_VARIANTS-} ;; esac; }
 decode() {  # MODEL ROUND: the engine, its variants, mlx-lm
   local m=$1 round=$2 M=$MODELS/llama-$1 P=$MODELS/llama-${1%-q4}/prompt_ids.json
   run engine-$m $round $BIN/bench_decode $M --dtype native --prompt-ids $P --tokens 128
@@ -61,13 +69,13 @@ if [ -f "$TRACE" ]; then
     KTRACE_OUT=/tmp/ktrace.jsonl CUDA_INJECTION64_PATH=$TRACE run traced_$name 1 "$@"
     sed "s/^{/{\"run\":\"$name\",/" /tmp/ktrace.jsonl >> $OUT/traces.jsonl
   }
-  for m in 8b-q4 1b; do
+  for m in ${TRACE_MODELS-8b-q4 1b}; do
     M=$MODELS/llama-$m P=$MODELS/llama-${m%-q4}/prompt_ids.json
     tr engine-$m $BIN/bench_decode $M --dtype native --prompt-ids $P --tokens 128
-    for v in $(variants_of $m); do
+    [ "${TRACE_VARIANTS:-1}" = 0 ] || for v in $(variants_of $m); do
       tr engine_$v-$m env $(variant_env $v) $BIN/bench_decode $M --dtype native --prompt-ids $P --tokens 128
     done
-    tr mlx_lm-$m python3 xtask/bench/mlx_lm_decode.py $M $P 128
+    [ "${TRACE_VARIANTS:-1}" = 0 ] || tr mlx_lm-$m python3 xtask/bench/mlx_lm_decode.py $M $P 128
   done
   grep -h '"summary"' $OUT/traces.jsonl
 fi

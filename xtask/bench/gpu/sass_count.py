@@ -5,13 +5,13 @@ per instance, ptxas's registers/spills and the instruction count of its hottest 
 (cuobjdump), with the commonest opcodes. NVRTC and cuobjdump come from NVIDIA's PyPI wheels
 (~60 MB, kept in target/sass-tools). A proxy for the per-weight cost, not a timing: the GPU
 examples (qmv_check --bandwidth) measure. Usage: python3 xtask/bench/gpu/sass_count.py [FILE] [INSTANCE...]
-with INSTANCE like "qmv<2, 4, 64, 1, 4, 0, true>" (KIND 0/1/2 = f32/f16/bf16, BITS, GROUP, MT, ROWS,
-MODE 0 split / 1 SwiGLU, NORM)."""
+with INSTANCE like "qmv<2, 4, 64, 1, 4, 0, 1>" (KIND 0/1/2 = f32/f16/bf16, BITS, GROUP, MT, ROWS,
+MODE 0 split / 1 SwiGLU, NORM 0 none / 1 in the loop / 2 a pass first)."""
 import collections, ctypes, glob, os, re, subprocess, sys, zipfile
 
 TOOLS = os.path.join(os.path.dirname(__file__), "../../../target/sass-tools")
-DEFAULT = ["qmv<2, 4, 64, 1, 4, 0, true>", "qmv<2, 4, 64, 1, 4, 1, true>", "qmv<2, 4, 64, 4, 4, 0, true>",
-           "qmv<2, 8, 64, 1, 4, 0, true>", "qmv<0, 4, 64, 1, 4, 0, false>"]
+DEFAULT = ["qmv<2, 4, 64, 1, 4, 0, 1>", "qmv<2, 4, 64, 1, 4, 1, 1>", "qmv<2, 4, 64, 4, 4, 0, 2>",
+           "qmv<2, 8, 64, 1, 4, 0, 1>", "qmv<0, 4, 64, 1, 4, 0, 0>"]
 
 
 def tools():

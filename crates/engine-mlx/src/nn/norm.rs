@@ -122,9 +122,14 @@ impl GroupNorm {
         let c = *shape.last().unwrap_or(&0);
         let g = self.groups as i32;
         if crate::backend() == crate::Backend::Cuda && crate::default_device() == crate::Device::Gpu {
-            // MLX's CUDA reductions over two strided axes ran ~200x slower than torch's
-            // group norm (H100: 203 vs 1.0 ms at 512x512x128, 2.4 vs 0.06 ms at 2x64x64x320):
-            // each group made contiguous and normalised by the fused layer norm instead.
+            // Our two kernels (statistics, then the affine and SiLU in one pass); where
+            // they decline: MLX's CUDA reductions over two strided axes ran ~200x slower
+            // than torch's group norm (H100: 203 vs 1.0 ms at 512x512x128, 2.4 vs 0.06 ms
+            // at 2x64x64x320), so each group is made contiguous and normalised by the
+            // fused layer norm instead.
+            if let Some(y) = fast::group_norm_cuda(x, g, &self.weight, &self.bias, self.eps, silu)? {
+                return Ok(y);
+            }
             let grouped = x.reshape(&[n, -1, g, c / g])?.swapaxes(1, 2)?.reshape(&[n, g, -1])?;
             let normed = fast::layer_norm(&grouped, None, None, self.eps)?;
             let back = normed.reshape(&[n, g, -1, c / g])?.swapaxes(1, 2)?.reshape(&shape)?;

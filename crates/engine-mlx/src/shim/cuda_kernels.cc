@@ -118,7 +118,22 @@ template <int BITS> struct Packed {
     const u32 src = j < SPLIT ? lo : hi;
     return __uint_as_float(src & ((MASK << (BITS * pos(j))) | 0x4B000000u)) - 8388608.0f;
   }
+  // Without the subtraction (qmv's DEQ 1): element j masked in place, read as
+  // is, is a denormal float, q · 2^(BITS·pos) · 2^-149, exact (NVIDIA GPUs
+  // multiply-add denormals at full rate, and NVRTC keeps them unless told
+  // --use_fast_math); x scaled by 2^(149 - 64 - BITS·pos) makes each product
+  // q·x·2^-64 (normal for |x| ≳ 1e-19, finite for |x| ≲ 1e12), and the chunk's
+  // scale, times 2^64, undoes it once. One AND and one FMA a weight.
+  __device__ static __forceinline__ float denorm_q(u32 word, u32 high, int j) {
+    const u32 src = j < SPLIT ? word : high;
+    return __uint_as_float(src & (MASK << (BITS * pos(j))));
+  }
+  // 2^(85 - BITS·pos) built from its exponent bits: a constant once j is unrolled.
+  __device__ static __forceinline__ float x_scale_denorm(int j) {
+    return __uint_as_float(u32(127 + 85 - BITS * pos(j)) << 23);
+  }
 };
+constexpr float DENORM_UNDO = 18446744073709551616.0f;  // 2^64
 
 // w | M, opaque to the compiler, so it cannot fold an AND of the result with
 // (mask | M) back into (w & mask) | M, which costs a register for the mask
@@ -163,7 +178,7 @@ template <typename EL, int E> __device__ __forceinline__ void unpack_chunk(const
 // 16-byte chunks of w (one 128-bit load per row, inside one group), adding
 // scale · Σ q·x + bias · Σ x per chunk in float32; shared memory sums the warps.
 // BITS 16 or 32: dense weights in x's dtype (bfloat16/float16 or float32).
-template <int KIND, int BITS, int GS, int MT, int ROWS, int MODE, bool NORM>
+template <int KIND, int BITS, int GS, int MT, int ROWS, int MODE, int NORM, int DEQ = 0>
 __device__ __forceinline__ void qmv(const Params& p) {
   typedef Elem<KIND> EL;
   typedef typename EL::S S;
@@ -202,30 +217,27 @@ __device__ __forceinline__ void qmv(const Params& p) {
     }
   }
 
-  __shared__ float part[8][ROWS * MT];
+  // part: each warp's row sums, then (NORM) its sums of squares of x. The
+  // norm's 1/RMS scales the sums at the end, so the squares can be summed in
+  // the main loop from the x it reads anyway (NORM 1: no pass over x before
+  // the weights stream, ~5% more instructions in the loop) or in a pass of
+  // 16-byte loads first (NORM 2).
+  __shared__ float part[8][ROWS * MT + MT];
   __shared__ float res[ROWS * MT];
-  __shared__ float inv[MT];
-  if constexpr (NORM) {
-    // 1/RMS of each row of x (the weight multiplies x in the main loop).
+  float ss[MT];
 #pragma unroll
-    for (int m = 0; m < MT; ++m) {
-      float ss = 0.f;
+  for (int m = 0; m < MT; ++m) ss[m] = 0.f;
+  if constexpr (NORM == 2) {
+    constexpr int EX = 16 / sizeof(S);
+#pragma unroll
+    for (int m = 0; m < MT; ++m)
       if (m0 + m < M)
-        for (int k = threadIdx.x; k < K; k += blockDim.x) {
-          const float v = EL::get(x[size_t(m0 + m) * p.ldx + k]);
-          ss = fmaf(v, v, ss);
-        }
+        for (int c = threadIdx.x; c < K / EX; c += blockDim.x) {
+          float f[EX];
+          unpack_chunk<EL, EX>(__ldg(reinterpret_cast<const uint4*>(x + size_t(m0 + m) * p.ldx) + c), f);
 #pragma unroll
-      for (int o = 16; o > 0; o /= 2) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-      if (lane == 0) part[warp][m] = ss;
-    }
-    __syncthreads();
-    if (threadIdx.x < MT) {
-      float ss = 0.f;
-      for (int k = 0; k < nwarps; ++k) ss += part[k][threadIdx.x];
-      inv[threadIdx.x] = rsqrtf(ss / float(K) + p.eps);
-    }
-    __syncthreads();
+          for (int e = 0; e < EX; ++e) ss[m] = fmaf(f[e], f[e], ss[m]);
+        }
   }
 
   float acc[ROWS][MT];
@@ -259,7 +271,10 @@ __device__ __forceinline__ void qmv(const Params& p) {
         for (int r = 0; r < ROWS; ++r) {
           const u32 word = reinterpret_cast<const u32*>(&wv[r])[i];
           const u32 high = word >> (BITS * Packed<BITS>::SPLIT);
-          if constexpr (MT == 1) {
+          if constexpr (DEQ == 1) {
+  #pragma unroll
+            for (int j = 0; j < PW; ++j) q[r][j] = Packed<BITS>::denorm_q(word, high, j);
+          } else if constexpr (MT == 1) {
             const u32 lo = or_opaque<0x4B000000u>(word), hi = or_opaque<0x4B000000u>(high);
   #pragma unroll
             for (int j = 0; j < PW; ++j) q[r][j] = Packed<BITS>::scaled_q_or(lo, hi, j);
@@ -288,9 +303,10 @@ __device__ __forceinline__ void qmv(const Params& p) {
   #pragma unroll
               for (int t = 0; t < XPW; ++t) {
                 const int j = v * XPW + t;
+                if constexpr (NORM == 1) ss[m] = fmaf(xf[t], xf[t], ss[m]);
                 const float xv = NORM ? xf[t] * gf[j] : xf[t];
                 xs[m] += xv;
-                const float xj = xv * Packed<BITS>::x_scale(j);
+                const float xj = xv * (DEQ == 1 ? Packed<BITS>::x_scale_denorm(j) : Packed<BITS>::x_scale(j));
   #pragma unroll
                 for (int r = 0; r < ROWS; ++r) qx[r][m] = fmaf(q[r][j], xj, qx[r][m]);
               }
@@ -301,7 +317,7 @@ __device__ __forceinline__ void qmv(const Params& p) {
   #pragma unroll
       for (int r = 0; r < ROWS; ++r)
   #pragma unroll
-        for (int m = 0; m < MT; ++m) acc[r][m] += sc[r] * qx[r][m] + bi[r] * xs[m];
+        for (int m = 0; m < MT; ++m) acc[r][m] += (DEQ == 1 ? sc[r] * DENORM_UNDO : sc[r]) * qx[r][m] + bi[r] * xs[m];
     }
   } else {
     // Dense rows: E elements a 16-byte chunk, x multiplied as read.
@@ -315,7 +331,10 @@ __device__ __forceinline__ void qmv(const Params& p) {
           unpack_chunk<EL, E>(__ldg(reinterpret_cast<const uint4*>(x + size_t(m0 + m) * p.ldx + col)), xv[m]);
           if constexpr (NORM) {
 #pragma unroll
-            for (int e = 0; e < E; ++e) xv[m][e] *= gf[e];
+            for (int e = 0; e < E; ++e) {
+              if constexpr (NORM == 1) ss[m] = fmaf(xv[m][e], xv[m][e], ss[m]);
+              xv[m][e] *= gf[e];
+            }
           }
         } else {
 #pragma unroll
@@ -341,18 +360,33 @@ __device__ __forceinline__ void qmv(const Params& p) {
 #pragma unroll
       for (int o = 16; o > 0; o /= 2) acc[r][m] += __shfl_xor_sync(0xffffffffu, acc[r][m], o);
     }
-  __syncthreads();  // part held the norm's sums
+  if constexpr (NORM) {
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+#pragma unroll
+      for (int o = 16; o > 0; o /= 2) ss[m] += __shfl_xor_sync(0xffffffffu, ss[m], o);
+    }
+  }
   if (lane == 0) {
 #pragma unroll
     for (int r = 0; r < ROWS; ++r)
 #pragma unroll
       for (int m = 0; m < MT; ++m) part[warp][r * MT + m] = acc[r][m];
+    if constexpr (NORM) {
+#pragma unroll
+      for (int m = 0; m < MT; ++m) part[warp][ROWS * MT + m] = ss[m];
+    }
   }
   __syncthreads();
   for (int i = threadIdx.x; i < ROWS * MT; i += blockDim.x) {
     float v = 0.f;
     for (int k = 0; k < nwarps; ++k) v += part[k][i];
-    res[i] = NORM ? v * inv[i % MT] : v;
+    if constexpr (NORM) {
+      float sq = 0.f;
+      for (int k = 0; k < nwarps; ++k) sq += part[k][ROWS * MT + i % MT];
+      v *= rsqrtf(sq / float(K) + p.eps);
+    }
+    res[i] = v;
   }
   __syncthreads();
 
@@ -400,6 +434,10 @@ struct AttnParams {
   // Elements from one batch row's q to the next, and k's (and v's): H·D and
   // KV·D, or (H + 2·KV)·D for a packed q/k/v projection's rows.
   int ldq, ldk;
+  // Zeroed counters, B·KV of them from counter_base, that find the last split
+  // to finish (it merges the splits; it leaves its counter at zero again).
+  int* counters;
+  int counter_base;
 };
 
 // One decode step's attention after the q/k/v projections: RoPE of the
@@ -410,11 +448,12 @@ struct AttnParams {
 // the splits spread a long cache over the GPU. Each block rotates the new key
 // itself and uses it from shared memory for its own slot, so blocks never wait
 // on each other's writes (split 0 writes it; no block reads that slot from
-// memory). Keys go in chunks of CHUNK: one thread a key for the scores (16-byte
-// loads of the whole row), then D/8 threads a value row for the weighted sums.
-// One split writes the output; several write float32 partial sums, which
-// mlxe_attn_combine (a second kernel node, ordered after this one through the
-// output buffer that holds them) merges.
+// memory). A block's threads take the cached rows D/8 threads a row (16-byte
+// loads), 4 rows a group of them in registers, the first 4 loaded before the
+// set-up so their latency hides behind it; each group runs its own online
+// softmax, and the groups merge once at the end (no block-wide step per tile).
+// One split writes the output; several write float32 partials, and the last
+// split to finish (a counter) merges them: one kernel node in all.
 constexpr const char* kAttnSource = R"(
 namespace mlxe {
 struct AttnParams {
@@ -424,30 +463,8 @@ struct AttnParams {
   int H, KV, cap, slot, n_keys, pos, dims, traditional;
   float rope_scale, scale;
   int ldq, ldk;
+  int* counters; int counter_base;
 };
-
-// Block-wide max (IS_MAX) or sum of N values a thread; every thread gets them.
-template <int N, bool IS_MAX>
-__device__ __forceinline__ void block_reduce(float* v, float (*red)[8]) {
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
-#pragma unroll
-  for (int i = 0; i < N; ++i)
-#pragma unroll
-    for (int o = 16; o > 0; o /= 2) {
-      const float u = __shfl_xor_sync(0xffffffffu, v[i], o);
-      v[i] = IS_MAX ? fmaxf(v[i], u) : v[i] + u;
-    }
-  __syncthreads();
-  if (lane == 0)
-#pragma unroll
-    for (int i = 0; i < N; ++i) red[warp][i] = v[i];
-  __syncthreads();
-#pragma unroll
-  for (int i = 0; i < N; ++i) {
-    v[i] = red[0][i];
-    for (int w = 1; w < nw; ++w) v[i] = IS_MAX ? fmaxf(v[i], red[w][i]) : v[i] + red[w][i];
-  }
-}
 
 template <typename EL> __device__ __forceinline__ void unpack16(const uint4 u, float* f) {
   constexpr int E = 16 / sizeof(typename EL::S);
@@ -457,20 +474,48 @@ template <typename EL> __device__ __forceinline__ void unpack16(const uint4 u, f
   EL::unpack(u.w, f + 3 * E / 4);
 }
 
-template <int KIND, int D, int G, int CHUNK>
+template <int KIND, int D, int G>
 __device__ __forceinline__ void attend(const AttnParams& p) {
   typedef Elem<KIND> EL;
   typedef typename EL::S S;
   constexpr int E = 16 / sizeof(S);  // elements a 16-byte load
   constexpr int RW = D / E;          // loads a row
-  constexpr int GROUPS = 256 / RW;   // value rows at a time
+  // Threads a row: RW rounded up to a power of two (≤ 32), so a row's lanes
+  // are one aligned segment of a warp and reduce with shuffles.
+  constexpr int RWP = RW <= 1 ? 1 : RW <= 2 ? 2 : RW <= 4 ? 4 : RW <= 8 ? 8 : RW <= 16 ? 16 : 32;
+  constexpr int GROUPS = 256 / RWP;  // rows at a time
+  constexpr int NP = 4;              // rows a group holds in registers: a tile is GROUPS·NP rows
+  constexpr int TILE = GROUPS * NP;
   const int kvh = blockIdx.x, b = blockIdx.y, split = blockIdx.z, splits = gridDim.z, tid = threadIdx.x;
   const int pos = p.rows ? p.rows[2 * b] : p.pos;
   const int first = p.rows ? p.rows[2 * b + 1] : 0;
   const int per = (p.n_keys - first + splits - 1) / splits;
   const int k0 = first + split * per, k1 = k0 + per < p.n_keys ? k0 + per : p.n_keys;
-  __shared__ float qs[G][D], ks[D], vs[D], sc[G][CHUNK], red[8][8];
+  const int grp = tid / RWP, col = (tid % RWP) * E;
+  const bool active = tid % RWP < RW && grp < GROUPS;
+  const size_t row0 = (size_t(b) * p.KV + kvh) * p.cap;
+  S* kc = static_cast<S*>(p.kc) + row0 * D;
+  S* vc = static_cast<S*>(p.vc) + row0 * D;
+
+  // The first tile's cached rows go out before anything else: their latency
+  // overlaps the set-up (q, RoPE). The new slot is never read from memory
+  // (split 0 writes it; every block takes the rotated key from shared memory).
+  uint4 kw[NP], vw[NP];
+  auto load_tile = [&](int base) {
+#pragma unroll
+    for (int j = 0; j < NP; ++j) {
+      const int t = base + grp + j * GROUPS;
+      if (active && t < k1 && t != p.slot) {
+        kw[j] = *reinterpret_cast<const uint4*>(kc + size_t(t) * D + col);
+        vw[j] = *reinterpret_cast<const uint4*>(vc + size_t(t) * D + col);
+      }
+    }
+  };
+  load_tile(k0);
+
+  __shared__ float qs[G][D], ks[D], vs[D];
   __shared__ float part[GROUPS][D];
+  __shared__ float gm[GROUPS][G], gl[GROUPS][G];
   const S* q = static_cast<const S*>(p.q) + size_t(b) * p.ldq + size_t(kvh) * G * D;
   const S* kn = static_cast<const S*>(p.k) + size_t(b) * p.ldk + size_t(kvh) * D;
   const S* vn = static_cast<const S*>(p.v) + size_t(b) * p.ldk + size_t(kvh) * D;
@@ -497,163 +542,264 @@ __device__ __forceinline__ void attend(const AttnParams& p) {
     ks[i2] = EL::get(EL::put(x * sn + y * cs));
   }
   __syncthreads();
-  const size_t row0 = (size_t(b) * p.KV + kvh) * p.cap;
-  S* kc = static_cast<S*>(p.kc) + row0 * D;
-  S* vc = static_cast<S*>(p.vc) + row0 * D;
   if (split == 0)
     for (int d = tid; d < D; d += blockDim.x) {
       kc[size_t(p.slot) * D + d] = EL::put(ks[d]);
       vc[size_t(p.slot) * D + d] = EL::put(vs[d]);
     }
-  for (int i = tid; i < G * D; i += blockDim.x) qs[i / D][i % D] *= p.scale;
-  __syncthreads();
 
-  // Value rows: RW threads a row (E dims each), GROUPS rows at a time.
-  const int grp = tid / RW, col = (tid % RW) * E;
-  const bool vthread = grp < GROUPS;
-  float acc[G][E], m[G], l[G];
+  // Each group of RWP threads runs its own online softmax over its rows (no
+  // block-wide step per tile); the groups merge at the end.
+  float qr[G][E], acc[G][E], m[G], l[G];
   const float neg_inf = __int_as_float(0xff800000);
 #pragma unroll
   for (int g = 0; g < G; ++g) {
     m[g] = neg_inf;
     l[g] = 0.f;
 #pragma unroll
-    for (int e = 0; e < E; ++e) acc[g][e] = 0.f;
+    for (int e = 0; e < E; ++e) {
+      qr[g][e] = active ? qs[g][col + e] * p.scale : 0.f;
+      acc[g][e] = 0.f;
+    }
   }
-  for (int c0 = k0; c0 < k1; c0 += CHUNK) {
-    const int c1 = c0 + CHUNK < k1 ? c0 + CHUNK : k1;
-    float cmax[G];
+  for (int base = k0; base < k1; base += TILE) {
+    if (base != k0) load_tile(base);
+    float s[NP][G];
 #pragma unroll
-    for (int g = 0; g < G; ++g) cmax[g] = neg_inf;
-    for (int t = c0 + tid; t < c1; t += blockDim.x) {
-      float s[G];
+    for (int j = 0; j < NP; ++j) {
+      const int t = base + grp + j * GROUPS;
+      float kf[E];
+      if (!active || t >= k1) {
 #pragma unroll
-      for (int g = 0; g < G; ++g) s[g] = 0.f;
-      if (t == p.slot) {
-        for (int d = 0; d < D; ++d)
+        for (int e = 0; e < E; ++e) kf[e] = 0.f;
+      } else if (t == p.slot) {
 #pragma unroll
-          for (int g = 0; g < G; ++g) s[g] = fmaf(qs[g][d], ks[d], s[g]);
+        for (int e = 0; e < E; ++e) kf[e] = ks[col + e];
       } else {
-        const uint4* kr = reinterpret_cast<const uint4*>(kc + size_t(t) * D);
-        uint4 w[RW];
-#pragma unroll
-        for (int i = 0; i < RW; ++i) w[i] = kr[i];
-#pragma unroll
-        for (int i = 0; i < RW; ++i) {
-          float f[E];
-          unpack16<EL>(w[i], f);
-#pragma unroll
-          for (int e = 0; e < E; ++e)
-#pragma unroll
-            for (int g = 0; g < G; ++g) s[g] = fmaf(qs[g][i * E + e], f[e], s[g]);
-        }
+        unpack16<EL>(kw[j], kf);
       }
 #pragma unroll
       for (int g = 0; g < G; ++g) {
-        sc[g][t - c0] = s[g];
-        cmax[g] = fmaxf(cmax[g], s[g]);
+        float d = 0.f;
+#pragma unroll
+        for (int e = 0; e < E; ++e) d = fmaf(qr[g][e], kf[e], d);
+        s[j][g] = d;
       }
     }
-    block_reduce<G, true>(cmax, red);
-    float corr[G], sum[G];
+    // A row's lanes sum their parts of each score.
+#pragma unroll
+    for (int o = RWP / 2; o > 0; o /= 2)
+#pragma unroll
+      for (int j = 0; j < NP; ++j)
+#pragma unroll
+        for (int g = 0; g < G; ++g) s[j][g] += __shfl_xor_sync(0xffffffffu, s[j][g], o);
 #pragma unroll
     for (int g = 0; g < G; ++g) {
-      const float mn = fmaxf(m[g], cmax[g]);
-      corr[g] = __expf(m[g] - mn);
+      float mn = m[g];
+#pragma unroll
+      for (int j = 0; j < NP; ++j)
+        if (base + grp + j * GROUPS < k1) mn = fmaxf(mn, s[j][g]);
+      if (mn == neg_inf) continue;  // no row of this group yet
+      const float corr = __expf(m[g] - mn);
       m[g] = mn;
-      sum[g] = 0.f;
-    }
-    for (int t = c0 + tid; t < c1; t += blockDim.x)
+      l[g] *= corr;
 #pragma unroll
-      for (int g = 0; g < G; ++g) {
-        const float e = __expf(sc[g][t - c0] - m[g]);
-        sc[g][t - c0] = e;
-        sum[g] += e;
-      }
-    block_reduce<G, false>(sum, red);  // its barriers also publish sc
+      for (int e = 0; e < E; ++e) acc[g][e] *= corr;
 #pragma unroll
-    for (int g = 0; g < G; ++g) l[g] = l[g] * corr[g] + sum[g];
-    if (vthread) {
-#pragma unroll
-      for (int g = 0; g < G; ++g)
-#pragma unroll
-        for (int e = 0; e < E; ++e) acc[g][e] *= corr[g];
-#pragma unroll 4
-      for (int t = c0 + grp; t < c1; t += GROUPS) {
-        float f[E];
+      for (int j = 0; j < NP; ++j) {
+        const int t = base + grp + j * GROUPS;
+        if (t >= k1) continue;
+        const float w = __expf(s[j][g] - mn);
+        l[g] += w;
+        if (!active) continue;
+        float vf[E];
         if (t == p.slot) {
 #pragma unroll
-          for (int e = 0; e < E; ++e) f[e] = vs[col + e];
+          for (int e = 0; e < E; ++e) vf[e] = vs[col + e];
         } else {
-          unpack16<EL>(*reinterpret_cast<const uint4*>(vc + size_t(t) * D + col), f);
+          unpack16<EL>(vw[j], vf);
         }
 #pragma unroll
-        for (int g = 0; g < G; ++g) {
-          const float w = sc[g][t - c0];
-#pragma unroll
-          for (int e = 0; e < E; ++e) acc[g][e] = fmaf(w, f[e], acc[g][e]);
-        }
+        for (int e = 0; e < E; ++e) acc[g][e] = fmaf(w, vf[e], acc[g][e]);
       }
     }
-    __syncthreads();  // sc is rewritten by the next chunk
   }
-  // Each query head: the value groups' sums, then the output or this split's partials.
-  for (int g = 0; g < G; ++g) {
-    if (vthread)
+
+  // The groups' (max, total) per query head, then their sums rescaled to the
+  // block's max: the output, or this split's partials.
+  if (tid % RWP == 0 && grp < GROUPS)
 #pragma unroll
-      for (int e = 0; e < E; ++e) part[grp][col + e] = acc[g][e];
+    for (int g = 0; g < G; ++g) {
+      gm[grp][g] = m[g];
+      gl[grp][g] = l[g];
+    }
+  __syncthreads();
+  float bm[G], bl[G];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    bm[g] = neg_inf;
+    for (int r = 0; r < GROUPS; ++r) bm[g] = fmaxf(bm[g], gm[r][g]);
+    bl[g] = 0.f;
+    for (int r = 0; r < GROUPS; ++r)
+      if (gl[r][g] > 0.f) bl[g] = fmaf(gl[r][g], __expf(gm[r][g] - bm[g]), bl[g]);
+  }
+  float* mine = splits > 1 ? p.part + ((size_t(b) * p.KV + kvh) * splits + split) * (G * (D + 2)) : nullptr;
+  for (int g = 0; g < G; ++g) {
+    if (active) {
+      const float w = l[g] > 0.f ? __expf(m[g] - bm[g]) : 0.f;
+#pragma unroll
+      for (int e = 0; e < E; ++e) part[grp][col + e] = acc[g][e] * w;
+    }
     __syncthreads();
     const int h = kvh * G + g;
     for (int d = tid; d < D; d += blockDim.x) {
       float v = 0.f;
       for (int r = 0; r < GROUPS; ++r) v += part[r][d];
       if (splits == 1) {
-        static_cast<S*>(p.out)[(size_t(b) * p.H + h) * D + d] = EL::put(v / l[g]);
+        static_cast<S*>(p.out)[(size_t(b) * p.H + h) * D + d] = EL::put(v / bl[g]);
       } else {
-        float* o = p.part + ((size_t(b) * p.KV + kvh) * splits + split) * (G * (D + 2)) + g * (D + 2);
+        float* o = mine + g * (D + 2);
         o[d] = v;
         if (d == 0) {
-          o[D] = m[g];
-          o[D + 1] = l[g];
+          o[D] = bm[g];
+          o[D + 1] = bl[g];
         }
       }
     }
     __syncthreads();
   }
-}
+  if (splits == 1) return;
 
-// Merges the splits' partials: one block a (query head, batch row).
-template <int KIND, int D, int G>
-__device__ __forceinline__ void combine(const AttnParams& p, int splits) {
-  typedef Elem<KIND> EL;
-  typedef typename EL::S S;
-  const int h = blockIdx.x, b = blockIdx.y, kvh = h / G, g = h % G;
-  const float* base = p.part + (size_t(b) * p.KV + kvh) * splits * (G * (D + 2)) + g * (D + 2);
-  float mx = __int_as_float(0xff800000);
-  for (int s = 0; s < splits; ++s) mx = fmaxf(mx, base[size_t(s) * G * (D + 2) + D]);
-  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+  // The last split of this (batch row, KV head) to finish merges them all
+  // (the counter's classic pattern: partials fenced before the count).
+  __shared__ int last;
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) {
+    int* ctr = p.counters + p.counter_base + b * p.KV + kvh;
+    last = atomicAdd(ctr, 1) == splits - 1;
+    if (last) *ctr = 0;  // every split has counted: ready for a later call
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  const float* base = p.part + (size_t(b) * p.KV + kvh) * splits * (G * (D + 2));
+  for (int i = tid; i < G * D; i += blockDim.x) {
+    const int g = i / D, d = i % D;
+    float mx = neg_inf;
+    for (int sp = 0; sp < splits; ++sp) mx = fmaxf(mx, __ldcg(base + size_t(sp) * G * (D + 2) + g * (D + 2) + D));
     float num = 0.f, den = 0.f;
-    for (int s = 0; s < splits; ++s) {
-      const float* o = base + size_t(s) * G * (D + 2);
-      const float w = o[D + 1] > 0.f ? __expf(o[D] - mx) : 0.f;  // an empty split has no max
-      num = fmaf(w, o[d], num);
-      den = fmaf(w, o[D + 1], den);
+    for (int sp = 0; sp < splits; ++sp) {
+      const float* o = base + size_t(sp) * G * (D + 2) + g * (D + 2);
+      const float tot = __ldcg(o + D + 1);
+      const float w = tot > 0.f ? __expf(__ldcg(o + D) - mx) : 0.f;  // an empty split has no max
+      num = fmaf(w, __ldcg(o + d), num);
+      den = fmaf(w, tot, den);
     }
-    static_cast<S*>(p.out)[(size_t(b) * p.H + h) * D + d] = EL::put(num / den);
+    static_cast<S*>(p.out)[(size_t(b) * p.H + kvh * G + g) * D + d] = EL::put(num / den);
   }
 }
 
-// silu(gate)·up of a packed gate/up projection: rows of [gate (I) | up (I)]
-// in, rows of I out; one thread an element, float32 math, one rounding.
-template <int KIND>
-__device__ __forceinline__ void swiglu(const void* gu, void* out, int rows, int I) {
+// A gated linear unit over rows of [a (I) | b (I)] in, rows of I out; one
+// thread an element, float32 math, one rounding. ACT 0: silu(a)·b (a packed
+// gate/up projection's SwiGLU); ACT 1: a·gelu(b), the exact (erf) GELU
+// (diffusers' GEGLU: the first half the value, the second the gate).
+template <int KIND, int ACT>
+__device__ __forceinline__ void glu(const void* gu, void* out, int rows, int I) {
   typedef Elem<KIND> EL;
   typedef typename EL::S S;
   const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= size_t(rows) * I) return;
   const S* g = static_cast<const S*>(gu) + (i / I) * 2 * size_t(I) + i % I;
   const float a = EL::get(g[0]), u = EL::get(g[I]);
-  static_cast<S*>(out)[i] = EL::put(a / (1.0f + __expf(-a)) * u);
+  const float y = ACT == 0 ? a / (1.0f + __expf(-a)) * u : a * (0.5f * u * (1.0f + erff(u * 0.70710678118654752f)));
+  static_cast<S*>(out)[i] = EL::put(y);
+}
+
+// Group norm over channels-last x (N, L positions, C), G groups of C/G
+// channels, in two kernels. Statistics: one block a (group, slice of the
+// positions, image) sums its elements, then their squared deviations from
+// its own mean (a second read, from cache: no cancellation of a large mean),
+// and writes (count, mean, M2). Apply: each block merges the slices of its
+// image's groups (Chan's formula) and normalises its elements, times the
+// weight, plus the bias, optionally SiLU, one rounding.
+struct GnParams {
+  const void* x; const void* w; const void* b; void* y; float* part;
+  int L, C, G, slices;
+  float eps;
+  int silu;
+};
+
+__device__ __forceinline__ float block_sum(float v, float* red) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+  __syncthreads();
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  float t = 0.f;
+  for (int w = 0; w < nw; ++w) t += red[w];
+  return t;
+}
+
+template <int KIND>
+__device__ __forceinline__ void gn_stats(const GnParams& p) {
+  typedef Elem<KIND> EL;
+  typedef typename EL::S S;
+  const int g = blockIdx.x, sl = blockIdx.y, n = blockIdx.z, cg = p.C / p.G;
+  const int per = (p.L + p.slices - 1) / p.slices, l0 = sl * per, l1 = l0 + per < p.L ? l0 + per : p.L;
+  const int count = l1 > l0 ? (l1 - l0) * cg : 0;
+  const S* x = static_cast<const S*>(p.x) + (size_t(n) * p.L) * p.C + size_t(g) * cg;
+  __shared__ float red[32];
+  float s = 0.f;
+  for (int i = threadIdx.x; i < count; i += blockDim.x) s += EL::get(x[size_t(l0 + i / cg) * p.C + i % cg]);
+  const float mean = count > 0 ? block_sum(s, red) / float(count) : 0.f;
+  float q = 0.f;
+  for (int i = threadIdx.x; i < count; i += blockDim.x) {
+    const float d = EL::get(x[size_t(l0 + i / cg) * p.C + i % cg]) - mean;
+    q = fmaf(d, d, q);
+  }
+  const float m2 = block_sum(q, red);
+  if (threadIdx.x == 0) {
+    float* o = p.part + ((size_t(n) * p.G + g) * p.slices + sl) * 3;
+    o[0] = float(count);
+    o[1] = mean;
+    o[2] = m2;
+  }
+}
+
+template <int KIND>
+__device__ __forceinline__ void gn_apply(const GnParams& p) {
+  typedef Elem<KIND> EL;
+  typedef typename EL::S S;
+  const int n = blockIdx.y, cg = p.C / p.G;
+  __shared__ float mean[128], rstd[128];
+  for (int g = threadIdx.x; g < p.G; g += blockDim.x) {
+    const float* o = p.part + (size_t(n) * p.G + g) * p.slices * 3;
+    float cnt = 0.f, mu = 0.f, m2 = 0.f;
+    for (int s = 0; s < p.slices; ++s) {
+      const float nb = o[3 * s];
+      if (nb == 0.f) continue;
+      const float d = o[3 * s + 1] - mu, tot = cnt + nb;
+      mu += d * nb / tot;
+      m2 += o[3 * s + 2] + d * d * cnt * nb / tot;
+      cnt = tot;
+    }
+    mean[g] = mu;
+    rstd[g] = rsqrtf(m2 / cnt + p.eps);
+  }
+  __syncthreads();
+  const size_t per_image = size_t(p.L) * p.C;
+  const S* x = static_cast<const S*>(p.x) + n * per_image;
+  S* y = static_cast<S*>(p.y) + n * per_image;
+  const S* w = static_cast<const S*>(p.w);
+  const S* b = static_cast<const S*>(p.b);
+  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < per_image; i += size_t(gridDim.x) * blockDim.x) {
+    const int c = int(i % p.C), g = c / cg;
+    float v = (EL::get(x[i]) - mean[g]) * rstd[g] * EL::get(w[c]) + EL::get(b[c]);
+    if (p.silu) v = v / (1.0f + __expf(-v));
+    y[i] = EL::put(v);
+  }
 }
 }  // namespace mlxe
 )";
@@ -712,11 +858,12 @@ const Api& api() {
 // What picks a compiled kernel.
 struct Config {
   int kind, bits, group, mt, rows, mode;
-  bool norm;
+  int norm;  // 0 none; 1 x's squares summed in the main loop, 2 in a pass first
+  int deq;   // 0: packed elements OR-ed into 2^23, minus 2^23; 1: read as denormals
   int threads;  // most threads a block of qmv (a multiple of 32, at most 256); not part of the compiled code
   std::string key() const {
     return std::to_string(kind) + "_" + std::to_string(bits) + "_" + std::to_string(group) + "_" + std::to_string(mt) +
-           "_" + std::to_string(rows) + "_" + std::to_string(mode) + "_" + std::to_string(norm);
+           "_" + std::to_string(rows) + "_" + std::to_string(mode) + "_" + std::to_string(norm) + "_" + std::to_string(deq);
   }
 };
 
@@ -781,26 +928,23 @@ CUfunc_st* kernel(const Config& c) {
            "  mlxe::qmv<" +
            std::to_string(c.kind) + ", " + std::to_string(c.bits) + ", " + std::to_string(c.group) + ", " +
            std::to_string(c.mt) + ", " + std::to_string(c.rows) + ", " + std::to_string(c.mode) + ", " +
-           (c.norm ? "true" : "false") + ">(p);\n}\n";
+           std::to_string(c.norm) + ", " + std::to_string(c.deq) + ">(p);\n}\n";
   });
 }
 
-// Keys of a decode attention block's chunk (its scores kept in shared memory).
-constexpr int ATTN_CHUNK = 256;
 // Threads of a decode attention block (its shared buffers are sized for it).
 constexpr unsigned ATTN_THREADS = 256;
+// Split counters (see AttnParams::counters): each call takes the next B·KV of
+// them, round a ring far larger than the calls a graph holds at once.
+constexpr int ATTN_COUNTERS = 1 << 20;
 
-// The decode attention kernels (`combine`: the partials' merge) for x's
-// dtype, head size and query heads per KV head; both from one compilation.
-CUfunc_st* attn_kernel(int kind, int head_dim, int group, bool combine) {
+// The decode attention kernel for x's dtype, head size and query heads per KV head.
+CUfunc_st* attn_kernel(int kind, int head_dim, int group) {
   const std::string cfg = std::to_string(kind) + ", " + std::to_string(head_dim) + ", " + std::to_string(group);
-  return compiled("attn_" + cfg, combine ? "mlxe_attn_combine" : "mlxe_attn", [&] {
+  return compiled("attn_" + cfg, "mlxe_attn", [&] {
     return std::string(kSource) + kAttnSource +
            "extern \"C\" __global__ void __launch_bounds__(256) mlxe_attn(const mlxe::AttnParams p) {\n"
-           "  mlxe::attend<" + cfg + ", " + std::to_string(ATTN_CHUNK) +
-           ">(p);\n}\n"
-           "extern \"C\" __global__ void mlxe_attn_combine(const mlxe::AttnParams p, int splits) {\n"
-           "  mlxe::combine<" + cfg + ">(p, splits);\n}\n";
+           "  mlxe::attend<" + cfg + ">(p);\n}\n";
   });
 }
 
@@ -992,29 +1136,24 @@ class DecodeAttention : public mx::Primitive {
     p.scale = scale_;
     const int B = kc.shape(0), D = kc.shape(3), G = p.H / p.KV, kind = kind_of(q.dtype());
     const int splits = attn_splits(B, p.KV, n_keys_);
-    // The splits' partials live past the output in its buffer: they last as
-    // long as it, and the merge node waits on it.
+    // The splits' partials live past the output in its buffer: they last as long as it.
     const size_t out_bytes = (outs[0].nbytes() + 255) / 256 * 256;
     const size_t part_bytes = splits > 1 ? size_t(B) * p.KV * splits * G * (D + 2) * sizeof(float) : 0;
     outs[0].set_data(mx::allocator::malloc(out_bytes + part_bytes));
     p.out = gptr(outs[0]);
     p.part = splits > 1 ? reinterpret_cast<float*>(static_cast<char*>(gptr(outs[0])) + out_bytes) : nullptr;
+    // This call's run of the counter ring (the last input).
+    static std::atomic<uint64_t> cursor{0};
+    const int n_ctr = B * p.KV;
+    p.counters = static_cast<int*>(const_cast<void*>(gptr(in.back())));
+    p.counter_base = static_cast<int>(cursor.fetch_add(n_ctr) % (ATTN_COUNTERS / n_ctr)) * n_ctr;
     for (const auto& a : in) enc.set_input_array(a);
     enc.set_output_array(outs[0]);
     enc.set_output_array(kc);
     enc.set_output_array(vc);
     void* args[] = {&p};
     const dim3 grid{static_cast<unsigned>(p.KV), static_cast<unsigned>(B), static_cast<unsigned>(splits)};
-    enc.add_kernel_node_raw(attn_kernel(kind, D, G, false), grid, dim3{ATTN_THREADS, 1, 1}, dim3{1, 1, 1}, 0, args);
-    if (splits > 1) {
-      // Registered again, the output orders the merge after the splits.
-      enc.set_input_array(outs[0]);
-      enc.set_output_array(outs[0]);
-      int n = splits;
-      void* cargs[] = {&p, &n};
-      enc.add_kernel_node_raw(attn_kernel(kind, D, G, true), dim3{static_cast<unsigned>(p.H), static_cast<unsigned>(B), 1},
-                              dim3{128, 1, 1}, dim3{1, 1, 1}, 0, cargs);
-    }
+    enc.add_kernel_node_raw(attn_kernel(kind, D, G), grid, dim3{ATTN_THREADS, 1, 1}, dim3{1, 1, 1}, 0, args);
   }
 
   const char* name() const override { return "MlxeDecodeAttention"; }
@@ -1145,7 +1284,21 @@ std::vector<mx::array> build(const mx::array& x_in, const std::vector<QuantMatri
   if (swiglu) c.rows = std::max(2, c.rows / 2 * 2);
   c.threads = threads_env;
   c.mode = swiglu ? 1 : 0;
-  c.norm = norm.has_value();
+  // Where the norm's squares are summed (qmv's NORM): in the main loop at one
+  // row of x, in a pass first for several (in the loop they cost registers:
+  // 171 against 128 at 4 rows). MLXENGINE_CUDA_QMV_NORM=loop|pass forces one.
+  static const int norm_env = [] {
+    const char* v = std::getenv("MLXENGINE_CUDA_QMV_NORM");
+    const std::string s = v != nullptr ? v : "";
+    return s == "loop" ? 1 : s == "pass" ? 2 : 0;
+  }();
+  c.norm = !norm ? 0 : norm_env != 0 ? norm_env : c.mt == 1 ? 1 : 2;
+  // The dequantization (qmv's DEQ; dense rows have none): packed elements read
+  // as denormals (no subtraction: the hottest loop 18-22% fewer SASS
+  // instructions for sm_90, sass_count.py); MLXENGINE_CUDA_QMV_DEQ=0 for the
+  // 2^23 form.
+  static const int deq_env = env_int("MLXENGINE_CUDA_QMV_DEQ", 1);
+  c.deq = bits <= 8 ? deq_env : 0;
   const float eps = norm ? norm->second : 0.f;
   std::vector<mx::Dtype> dtypes(shapes.size(), x.dtype());
   const auto stream = mx::to_stream(s);
@@ -1240,6 +1393,11 @@ std::optional<mx::array> decode_attention(const mx::array& q, const mx::array& k
     if (!row_contiguous(a)) return std::nullopt;
   inputs.push_back(inv_freq);
   if (rows) inputs.push_back(*rows);
+  // The split counters: zeros made once (never freed: an MLX array must not
+  // outlive the library's teardown at exit), kept zero by the kernel.
+  if (size_t(B) * KV > size_t(ATTN_COUNTERS) / 4) return std::nullopt;
+  static const mx::array* counters = new mx::array(mx::zeros({ATTN_COUNTERS}, mx::int32, s));
+  inputs.push_back(*counters);
   const mx::Shape shape = packed_heads > 0 ? mx::Shape{B, 1, H * D} : q.shape();
   return mx::array(shape, dt,
                    std::make_shared<DecodeAttention>(mx::to_stream(s), slot, n_keys, pos, dims, traditional,
@@ -1247,19 +1405,20 @@ std::optional<mx::array> decode_attention(const mx::array& q, const mx::array& k
                    std::move(inputs));
 }
 
-// silu(gate)·up of a packed gate/up projection (see swiglu in kAttnSource).
-class PackedSwiGlu : public mx::Primitive {
+// A gated linear unit over rows of [a | b] (see glu in kAttnSource): ACT 0
+// silu(a)·b, ACT 1 a·gelu(b).
+class PackedGlu : public mx::Primitive {
  public:
-  explicit PackedSwiGlu(mx::Stream s) : mx::Primitive(s) {}
+  PackedGlu(mx::Stream s, int act) : mx::Primitive(s), act_(act) {}
 
   void eval_cpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
-    throw std::runtime_error("MlxePackedSwiGlu is a CUDA kernel");
+    throw std::runtime_error("MlxePackedGlu is a CUDA kernel");
   }
 
   void eval_gpu(const std::vector<mx::array>& in, std::vector<mx::array>& outs) override {
     auto& enc = mx::cu::get_command_encoder(stream());
     const mx::array& gu = in[0];
-    if (!gu.flags().row_contiguous) throw std::runtime_error("MlxePackedSwiGlu: the input must be row-contiguous");
+    if (!gu.flags().row_contiguous) throw std::runtime_error("MlxePackedGlu: the input must be row-contiguous");
     outs[0].set_data(mx::allocator::malloc(outs[0].nbytes()));
     int I = outs[0].shape(-1), rows = static_cast<int>(outs[0].size() / I);
     const void* src = gptr(gu);
@@ -1267,31 +1426,136 @@ class PackedSwiGlu : public mx::Primitive {
     enc.set_input_array(gu);
     enc.set_output_array(outs[0]);
     void* args[] = {&src, &dst, &rows, &I};
-    const int kind = kind_of(gu.dtype());
-    CUfunc_st* f = compiled("swiglu_" + std::to_string(kind), "mlxe_swiglu", [&] {
+    const std::string cfg = std::to_string(kind_of(gu.dtype())) + ", " + std::to_string(act_);
+    CUfunc_st* f = compiled("glu_" + cfg, "mlxe_glu", [&] {
       return std::string(kSource) + kAttnSource +
-             "extern \"C\" __global__ void mlxe_swiglu(const void* gu, void* out, int rows, int I) {\n"
-             "  mlxe::swiglu<" + std::to_string(kind) + ">(gu, out, rows, I);\n}\n";
+             "extern \"C\" __global__ void mlxe_glu(const void* gu, void* out, int rows, int I) {\n"
+             "  mlxe::glu<" + cfg + ">(gu, out, rows, I);\n}\n";
     });
     const size_t n = outs[0].size();
     enc.add_kernel_node_raw(f, dim3{static_cast<unsigned>((n + 255) / 256), 1, 1}, dim3{256, 1, 1}, dim3{1, 1, 1}, 0,
                             args);
   }
 
-  const char* name() const override { return "MlxePackedSwiGlu"; }
+  const char* name() const override { return "MlxePackedGlu"; }
 
   bool is_equivalent(const mx::Primitive& other) const override {
-    return dynamic_cast<const PackedSwiGlu*>(&other) != nullptr;
+    const auto* o = dynamic_cast<const PackedGlu*>(&other);
+    return o != nullptr && o->act_ == act_;
   }
+
+ private:
+  int act_;
 };
 
-std::optional<mx::array> swiglu_packed(const mx::array& gu, mx::StreamOrDevice s) {
-  if (!pack_on() || !enabled().load() || mx::to_stream(s).device.type != mx::Device::gpu) return std::nullopt;
-  if (gu.ndim() < 1 || gu.shape(-1) % 2 != 0 || gu.size() == 0 || !float_type(gu.dtype()) || !row_contiguous(gu))
+std::optional<mx::array> packed_glu(const mx::array& gu, int act, mx::StreamOrDevice s) {
+  if (!enabled().load() || mx::to_stream(s).device.type != mx::Device::gpu) return std::nullopt;
+  if (gu.ndim() < 1 || gu.shape(-1) % 2 != 0 || gu.size() == 0 || !float_type(gu.dtype()) || !row_contiguous(gu) ||
+      gu.size() / 2 > size_t(INT32_MAX))
     return std::nullopt;
   mx::Shape shape = gu.shape();
   shape.back() /= 2;
-  return mx::array(shape, gu.dtype(), std::make_shared<PackedSwiGlu>(mx::to_stream(s)), {gu});
+  return mx::array(shape, gu.dtype(), std::make_shared<PackedGlu>(mx::to_stream(s), act), {gu});
+}
+
+std::optional<mx::array> swiglu_packed(const mx::array& gu, mx::StreamOrDevice s) {
+  if (!pack_on()) return std::nullopt;
+  return packed_glu(gu, 0, s);
+}
+
+std::optional<mx::array> geglu(const mx::array& x, mx::StreamOrDevice s) { return packed_glu(x, 1, s); }
+
+// Arguments of the group norm kernels, laid out as GnParams in kAttnSource.
+struct GnParams {
+  const void* x;
+  const void* w;
+  const void* b;
+  void* y;
+  float* part;  // (N, G, slices, 3) float32: each slice's count, mean and M2
+  int L, C, G, slices;
+  float eps;
+  int silu;
+};
+
+// Group norm of channels-last x (see gn_stats / gn_apply in kAttnSource): two
+// kernel nodes, the slices' statistics past the output in its buffer (the
+// output, registered again, orders the second after the first).
+class GroupNormGpu : public mx::Primitive {
+ public:
+  GroupNormGpu(mx::Stream s, int groups, float eps, bool silu) : mx::Primitive(s), groups_(groups), eps_(eps), silu_(silu) {}
+
+  void eval_cpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
+    throw std::runtime_error("MlxeGroupNorm is a CUDA kernel");
+  }
+
+  void eval_gpu(const std::vector<mx::array>& in, std::vector<mx::array>& outs) override {
+    auto& enc = mx::cu::get_command_encoder(stream());
+    const mx::array& x = in[0];
+    if (!x.flags().row_contiguous) throw std::runtime_error("MlxeGroupNorm: x must be row-contiguous");
+    GnParams p{};
+    const int N = x.shape(0);
+    p.C = x.shape(-1);
+    p.L = static_cast<int>(x.size() / (size_t(N) * p.C));
+    p.G = groups_;
+    // Slices: ~4096 elements a statistics block, at most 64 a group.
+    const size_t group_elems = size_t(p.L) * (p.C / p.G);
+    p.slices = static_cast<int>(std::clamp<size_t>(group_elems / 4096, 1, 64));
+    p.eps = eps_;
+    p.silu = silu_;
+    const size_t out_bytes = (outs[0].nbytes() + 255) / 256 * 256;
+    const size_t part_bytes = size_t(N) * p.G * p.slices * 3 * sizeof(float);
+    outs[0].set_data(mx::allocator::malloc(out_bytes + part_bytes));
+    p.x = gptr(x);
+    p.w = gptr(in[1]);
+    p.b = gptr(in[2]);
+    p.y = gptr(outs[0]);
+    p.part = reinterpret_cast<float*>(static_cast<char*>(gptr(outs[0])) + out_bytes);
+    const std::string cfg = std::to_string(kind_of(x.dtype()));
+    auto src = [&] {
+      return std::string(kSource) + kAttnSource +
+             "extern \"C\" __global__ void __launch_bounds__(256) mlxe_gn_stats(const mlxe::GnParams p) {\n"
+             "  mlxe::gn_stats<" + cfg + ">(p);\n}\n"
+             "extern \"C\" __global__ void __launch_bounds__(256) mlxe_gn_apply(const mlxe::GnParams p) {\n"
+             "  mlxe::gn_apply<" + cfg + ">(p);\n}\n";
+    };
+    for (const auto& a : in) enc.set_input_array(a);
+    enc.set_output_array(outs[0]);
+    void* args[] = {&p};
+    enc.add_kernel_node_raw(compiled("gn_" + cfg, "mlxe_gn_stats", src),
+                            dim3{static_cast<unsigned>(p.G), static_cast<unsigned>(p.slices), static_cast<unsigned>(N)},
+                            dim3{256, 1, 1}, dim3{1, 1, 1}, 0, args);
+    enc.set_input_array(outs[0]);
+    enc.set_output_array(outs[0]);
+    const size_t per_image = size_t(p.L) * p.C;
+    const unsigned blocks = static_cast<unsigned>(std::min<size_t>((per_image + 2047) / 2048, 65535));
+    enc.add_kernel_node_raw(compiled("gn_" + cfg, "mlxe_gn_apply", src), dim3{blocks, static_cast<unsigned>(N), 1},
+                            dim3{256, 1, 1}, dim3{1, 1, 1}, 0, args);
+  }
+
+  const char* name() const override { return "MlxeGroupNorm"; }
+
+  bool is_equivalent(const mx::Primitive& other) const override {
+    const auto* o = dynamic_cast<const GroupNormGpu*>(&other);
+    return o != nullptr && o->groups_ == groups_ && o->eps_ == eps_ && o->silu_ == silu_;
+  }
+
+ private:
+  int groups_;
+  float eps_;
+  bool silu_;
+};
+
+std::optional<mx::array> group_norm(const mx::array& x, int groups, const mx::array& weight, const mx::array& bias,
+                                    float eps, bool silu, mx::StreamOrDevice s) {
+  if (!enabled().load() || mx::to_stream(s).device.type != mx::Device::gpu) return std::nullopt;
+  if (x.ndim() < 2 || !float_type(x.dtype()) || x.size() == 0 || groups <= 0 || groups > 128) return std::nullopt;
+  const int C = x.shape(-1);
+  if (C % groups != 0 || weight.shape() != mx::Shape{C} || bias.shape() != mx::Shape{C} ||
+      weight.dtype() != x.dtype() || bias.dtype() != x.dtype() || x.size() / x.shape(0) > size_t(INT32_MAX))
+    return std::nullopt;
+  const mx::array xc = row_contiguous(x) ? x : mx::contiguous(x, false, s);
+  return mx::array(x.shape(), x.dtype(), std::make_shared<GroupNormGpu>(mx::to_stream(s), groups, eps, silu),
+                   {xc, mx::contiguous(weight, false, s), mx::contiguous(bias, false, s)});
 }
 
 std::optional<mx::array> quantized_matmul(const mx::array& x, const mx::array& w, const mx::array& scales,

@@ -91,6 +91,19 @@ std::optional<mx::array> decode_attention(const mx::array& q, const mx::array& k
 // does not apply (another device or dtype, our kernels off, MLXENGINE_CUDA_PACK=0).
 std::optional<mx::array> swiglu_packed(const mx::array& gu, mx::StreamOrDevice s = {});
 
+// GEGLU of x (…, 2·F) → (…, F), the first half times the exact GELU of the
+// second, in one kernel (MLX's ops take six element-wise kernels); nullopt
+// where it does not apply (another device or dtype, our kernels off).
+std::optional<mx::array> geglu(const mx::array& x, mx::StreamOrDevice s = {});
+
+// Group norm of channels-last x (N, …, C) with weight and bias (C,) in x's
+// dtype, optionally followed by SiLU: two kernels (statistics, then the
+// normalised, scaled and shifted elements) where MLX's ops on the GPU take a
+// transpose each way, a layer norm and three element-wise kernels; nullopt
+// where it does not apply.
+std::optional<mx::array> group_norm(const mx::array& x, int groups, const mx::array& weight, const mx::array& bias,
+                                    float eps, bool silu, mx::StreamOrDevice s = {});
+
 // x · dequantize(w)ᵀ (MLX's quantized_matmul with transpose) through our
 // kernel where it applies (see fused_qmv), else nullopt.
 std::optional<mx::array> quantized_matmul(const mx::array& x, const mx::array& w, const mx::array& scales,

@@ -513,10 +513,13 @@ std::unique_ptr<Array> group_norm(const Array& x, int32_t groups, const Array& w
 }
 
 // GEGLU (value · GELU(gate), value the first half of the last axis): one CPU
-// kernel pass for float32 on the CPU, else MLX's ops.
+// kernel pass for float32 on the CPU, one CUDA kernel on the GPU, else MLX's ops.
 std::unique_ptr<Array> geglu(const Array& x) {
   if (x.ndim() == 0 || x.shape(-1) % 2 != 0) throw std::invalid_argument("geglu: the last axis must be even");
   if (kernels::applies(x)) return own(kernels::geglu(x));
+#ifdef MLXE_CUDA
+  if (auto y = cuda::geglu(x)) return own(*std::move(y));
+#endif
   auto parts = mx::split(x, 2, -1);
   auto& g = parts[1];
   auto gelu = mx::multiply(mx::multiply(g, Array(0.5f, g.dtype())),
@@ -723,6 +726,16 @@ std::unique_ptr<ArrayList> cuda_swiglu_packed(const Array& gu) {
   if (auto y = cuda::swiglu_packed(gu)) out->items.push_back(std::move(*y));
 #else
   (void)gu;
+#endif
+  return out;
+}
+
+std::unique_ptr<ArrayList> cuda_group_norm(const Array& x, int32_t groups, const Array& weight, const Array& bias, float eps, bool silu) {
+  auto out = std::make_unique<ArrayList>();
+#ifdef MLXE_CUDA
+  if (auto y = cuda::group_norm(x, groups, weight, bias, eps, silu)) out->items.push_back(std::move(*y));
+#else
+  (void)x, (void)groups, (void)weight, (void)bias, (void)eps, (void)silu;
 #endif
   return out;
 }

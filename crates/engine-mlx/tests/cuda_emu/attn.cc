@@ -1,11 +1,12 @@
-// The decode attention kernels (attend, combine) on float32 data under the
-// CPU emulation (emu.h) against a float64 reference: RoPE of the queries and
-// of the new key (full and partial, rotate-half and adjacent pairs), the new
-// key and value written at `slot`, softmax attention over the slots, slot
-// splits merged by combine, a full ring, left-padded rows, several query heads
-// a KV head, q/k/v read from one packed projection's rows; and swiglu (a
-// packed gate/up's silu(gate)·up). src.cc is the kernels' source, cut out of
-// cuda_kernels.cc by the test.
+// The decode attention kernel (attend) on float32 data under the CPU
+// emulation (emu.h) against a float64 reference: RoPE of the queries and of
+// the new key (full and partial, rotate-half and adjacent pairs), the new key
+// and value written at `slot`, softmax attention over the slots, slot splits
+// merged by the last split to finish (its counters left at zero), a full
+// ring, left-padded rows, several query heads a KV head, q/k/v read from one
+// packed projection's rows; glu (a packed gate/up's silu(gate)·up, GEGLU's
+// value·gelu(gate)); and group norm. src.cc is the kernels' source, cut out
+// of cuda_kernels.cc by the test.
 #include <cstdio>
 #include <random>
 #include "src.cc"
@@ -66,9 +67,12 @@ double run_case(const Case& c, unsigned seed) {
   p.traditional = c.traditional;
   p.rope_scale = 0.5f;
   p.scale = 1.0f / std::sqrt(float(D));
-  launch({unsigned(c.KV), unsigned(c.B), unsigned(c.splits)}, 256, [&] { mlxe::attend<0, D, G, 256>(p); });
-  if (c.splits > 1)
-    launch({unsigned(H), unsigned(c.B), 1}, 128, [&] { mlxe::combine<0, D, G>(p, c.splits); });
+  std::vector<int> counters(size_t(c.B) * c.KV + 7, 0);
+  p.counters = counters.data();
+  p.counter_base = 7;
+  launch({unsigned(c.KV), unsigned(c.B), unsigned(c.splits)}, 256, [&] { mlxe::attend<0, D, G>(p); });
+  for (int n : counters)
+    if (n != 0) return INFINITY;  // a counter not reset would break the next call
 
   double num = 0, den = 0;
   bool finite = true;
@@ -135,29 +139,72 @@ int main() {
          run_case<128, 4>({"", 2, 2, 300, 300, 17, 1000, 64, 1, 3, {}}, 2));
   report("D64 G8 left-padded rows, 2 splits",
          run_case<64, 8>({"", 2, 1, 64, 51, 50, 0, 64, 0, 2, {50, 0, 40, 10}}, 3));
+  report("D80 G2 (rows of 20 lanes), 2 splits", run_case<80, 2>({"", 1, 2, 200, 150, 149, 149, 80, 0, 2, {}}, 9));
   report("D128 G2 first token", run_case<128, 2>({"", 1, 2, 16, 1, 0, 0, 128, 0, 1, {}}, 4));
   report("D64 G4 600 slots, 4 splits", run_case<64, 4>({"", 1, 2, 640, 600, 599, 599, 64, 0, 4, {}}, 5));
   report("D64 G4 packed q/k/v, 3 rows, 2 splits",
          run_case<64, 4>({"", 3, 2, 96, 90, 89, 89, 64, 0, 2, {}, true}, 6));
   report("D128 G2 packed q/k/v, left-padded rows",
          run_case<128, 2>({"", 2, 2, 64, 40, 39, 0, 128, 0, 1, {39, 0, 30, 9}, true}, 7));
-  {
-    // swiglu: 3 rows of [gate (40) | up (40)] against float64.
+  for (int act = 0; act < 2; ++act) {
+    // glu: 3 rows of [a (40) | b (40)] against float64: silu(a)·b, a·gelu(b).
     const int rows = 3, I = 40;
     std::mt19937 rng(8);
     std::uniform_real_distribution<float> U(-4, 4);
     std::vector<float> gu(size_t(rows) * 2 * I), out(size_t(rows) * I, NAN);
     for (auto& x : gu) x = U(rng);
-    launch({unsigned((rows * I + 63) / 64), 1, 1}, 64, [&] { mlxe::swiglu<0>(gu.data(), out.data(), rows, I); });
+    launch({unsigned((rows * I + 63) / 64), 1, 1}, 64, [&] {
+      if (act == 0) mlxe::glu<0, 0>(gu.data(), out.data(), rows, I);
+      else mlxe::glu<0, 1>(gu.data(), out.data(), rows, I);
+    });
     double num = 0, den = 0;
     for (int r = 0; r < rows; ++r)
       for (int i = 0; i < I; ++i) {
-        const double g = gu[size_t(r) * 2 * I + i], u = gu[size_t(r) * 2 * I + I + i];
-        const double want = g / (1 + std::exp(-g)) * u, got = out[size_t(r) * I + i];
+        const double a = gu[size_t(r) * 2 * I + i], b = gu[size_t(r) * 2 * I + I + i];
+        const double want = act == 0 ? a / (1 + std::exp(-a)) * b : a * 0.5 * b * (1 + std::erf(b / std::sqrt(2.0)));
+        const double got = out[size_t(r) * I + i];
         num += (got - want) * (got - want);
         den += want * want;
       }
-    report("swiglu, 3 rows of 2x40", std::isfinite(num) ? std::sqrt(num / den) : INFINITY);
+    report(act == 0 ? "swiglu, 3 rows of 2x40" : "geglu, 3 rows of 2x40", std::isfinite(num) ? std::sqrt(num / den) : INFINITY);
+  }
+  // group norm (N, L, C) with G groups, its mean far from zero (the second
+  // pass around each slice's mean keeps float32 exact), with and without SiLU.
+  for (int silu = 0; silu < 2; ++silu) {
+    const int N = 2, L = 300, C = 40, G = 4, slices = 3, cg = C / G;
+    std::mt19937 rng(10 + silu);
+    std::uniform_real_distribution<float> U(-1, 1);
+    std::vector<float> x(size_t(N) * L * C), w(C), b(C), y(x.size(), NAN), part(size_t(N) * G * slices * 3);
+    for (auto& v : x) v = 50.0f + U(rng);
+    for (auto& v : w) v = 1.0f + 0.5f * U(rng);
+    for (auto& v : b) v = U(rng);
+    mlxe::GnParams p{x.data(), w.data(), b.data(), y.data(), part.data(), L, C, G, slices, 1e-5f, silu};
+    launch({unsigned(G), unsigned(slices), unsigned(N)}, 64, [&] { mlxe::gn_stats<0>(p); });
+    launch({2, unsigned(N), 1}, 64, [&] { mlxe::gn_apply<0>(p); });
+    double num = 0, den = 0;
+    for (int n = 0; n < N; ++n)
+      for (int g = 0; g < G; ++g) {
+        double mu = 0, var = 0;
+        for (int l = 0; l < L; ++l)
+          for (int j = 0; j < cg; ++j) mu += x[(size_t(n) * L + l) * C + g * cg + j];
+        mu /= double(L) * cg;
+        for (int l = 0; l < L; ++l)
+          for (int j = 0; j < cg; ++j) {
+            const double d = x[(size_t(n) * L + l) * C + g * cg + j] - mu;
+            var += d * d;
+          }
+        var /= double(L) * cg;
+        for (int l = 0; l < L; ++l)
+          for (int j = 0; j < cg; ++j) {
+            const size_t i = (size_t(n) * L + l) * C + g * cg + j;
+            double want = (x[i] - mu) / std::sqrt(var + 1e-5) * w[g * cg + j] + b[g * cg + j];
+            if (silu) want = want / (1 + std::exp(-want));
+            num += (y[i] - want) * (y[i] - want);
+            den += want * want;
+          }
+      }
+    report(silu ? "group norm + silu, 2x300x40, 4 groups, 3 slices" : "group norm, 2x300x40, 4 groups, 3 slices",
+           std::isfinite(num) ? std::sqrt(num / den) : INFINITY);
   }
   const bool pass = worst < 1e-5;
   std::printf("worst rel_l2 %.2e: %s\n", worst, pass ? "pass" : "FAIL");

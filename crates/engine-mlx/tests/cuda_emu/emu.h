@@ -57,6 +57,18 @@ inline float __uint_as_float(unsigned u) {
   return f;
 }
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+// Blocks run one after another, so a fence has nothing to order and an atomic
+// (called by one thread of a block) nothing to race with.
+inline void __threadfence() {}
+inline int atomicAdd(int* p, int v) {
+  const int old = *p;
+  *p += v;
+  return old;
+}
+template <class T>
+T __ldcg(const T* p) {
+  return *p;
+}
 inline float __expf(float x) { return std::exp(x); }
 using std::max;
 using std::min;

@@ -1,8 +1,9 @@
 // The fused matvec kernel (qmv) on float32 data under the CPU
 // emulation (emu.h) against a float64 reference: every epilogue (split
-// rows over three matrices, SwiGLU), RMS norm, bias, residual, 4/8 bits,
+// rows over three matrices, SwiGLU), RMS norm (its squares summed in the
+// main loop or in a pass first), bias, residual, 4/8 bits,
 // groups of 32/64/128, one row of x (the AND form of the dequantization) and
-// several (the OR form), K not a multiple of the block's stride.
+// several (the OR form), packed elements read as denormals (DEQ 1), K not a multiple of the block's stride.
 // src.cc is the kernels' source, cut out of cuda_kernels.cc by the test.
 #include <cstdio>
 #include <random>
@@ -18,7 +19,7 @@ struct Mat {
 
 // Relative L2 error of the kernel's output against the float64 product;
 // qmv with R rows a block of 64 threads, as the host launches it.
-template <int BITS, int GS, int MT, int R, int MODE, bool NORM>
+template <int BITS, int GS, int MT, int R, int MODE, int NORM, int DEQ = 0>
 double run_case(int M, int K, std::vector<int> ns, bool residual, bool bias, unsigned seed) {
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> U(-1, 1);
@@ -71,7 +72,7 @@ double run_case(int M, int K, std::vector<int> ns, bool residual, bool bias, uns
   const int rows = MODE == 1 ? ns[0] : total;
   const int per_block = MODE == 1 ? R / 2 : R;
   const dim3_ grid{unsigned((rows + per_block - 1) / per_block), unsigned((M + MT - 1) / MT), 1};
-  launch(grid, 64, [&] { mlxe::qmv<0, BITS, GS, MT, R, MODE, NORM>(p); });
+  launch(grid, 64, [&] { mlxe::qmv<0, BITS, GS, MT, R, MODE, NORM, DEQ>(p); });
   double num = 0, den = 0;
   bool finite = true;
   auto deq = [&](const Mat& m, int n, int k) {
@@ -131,6 +132,14 @@ int main() {
   CASE("qmv 8b g32 bias residual M3", 1e-5, T(8, 32, 4, 2, 0, false), 3, 896, {9}, true, true, 6);
   CASE("qmv 4b g64 norm swiglu", 1e-5, T(4, 64, 1, 4, 1, true), 1, 4096, {36, 36}, false, false, 7);
   CASE("qmv 4b g128 norm swiglu M2", 1e-5, T(4, 128, 2, 4, 1, true), 2, 1024, {10, 10}, false, false, 8);
+  // NORM 2: the squares of x summed in a pass before the main loop.
+  CASE("qmv 4b g64 norm-pass split3", 1e-5, T(4, 64, 1, 4, 0, 2), 1, 1024, {12, 4, 4}, false, false, 10);
+  CASE("qmv 4b g128 norm-pass swiglu M2", 1e-5, T(4, 128, 2, 4, 1, 2), 2, 1024, {10, 10}, false, false, 11);
+  // DEQ 1: packed elements read as denormal floats (no subtraction).
+  CASE("qmv 4b g64 norm split3 denormal", 1e-5, T(4, 64, 1, 4, 0, 1, 1), 1, 1024, {12, 4, 4}, false, false, 12);
+  CASE("qmv 4b g32 norm bias M3 K896 denormal", 1e-5, T(4, 32, 4, 2, 0, 2, 1), 3, 896, {20, 8, 8}, false, true, 13);
+  CASE("qmv 8b g32 bias residual M3 denormal", 1e-5, T(8, 32, 4, 2, 0, 0, 1), 3, 896, {9}, true, true, 14);
+  CASE("qmv 4b g64 norm swiglu denormal", 1e-5, T(4, 64, 1, 4, 1, 1, 1), 1, 4096, {36, 36}, false, false, 15);
   CASE("qmv 8b g128 swiglu", 1e-5, T(8, 128, 1, 2, 1, false), 1, 4608, {17, 17}, false, false, 9);
   const bool pass = worst < 1.0;
   std::printf("worst error / tolerance %.2f: %s\n", worst, pass ? "pass" : "FAIL");
