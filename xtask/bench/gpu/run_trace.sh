@@ -13,7 +13,7 @@
 # "deq0 threads128" for the 4-bit model, none for the dense ones): nopack = MLXENGINE_CUDA_PACK=0, normpass =
 # MLXENGINE_CUDA_QMV_NORM=pass, deq0 = MLXENGINE_CUDA_QMV_DEQ=0, threads128 = MLXENGINE_CUDA_QMV_THREADS=128; add
 # yours to variant_env. TRACE_MODELS (default "8b-q4 1b") picks the traced models; TRACE_VARIANTS=0 traces the
-# engine as shipped alone (no variants, no mlx-lm). Most important first: a call cut at its limit keeps what came before.
+# engine as shipped alone (no variants, no mlx-lm); ROUNDS (default "1 2") the decode rounds. Most important first: a call cut at its limit keeps what came before.
 # Exits 1 on a parity failure.
 set -uo pipefail
 export MODELS=$HOME/models
@@ -57,7 +57,7 @@ decode() {  # MODEL ROUND: the engine, its variants, mlx-lm
   run mlx_lm-$m $round python3 xtask/bench/mlx_lm_decode.py $M $P 128
 }
 [ -f $MODELS/llama-8b-q4/config.json ] || timeout 200 python3 xtask/bench/gpu/quantize.py $MODELS/llama-8b $MODELS/llama-8b-q4 4 64 >/dev/null 2>&1
-for round in 1 2; do
+for round in ${ROUNDS-1 2}; do
   decode 8b-q4 $round
   decode 1b $round
 done
