@@ -19,8 +19,10 @@ struct Mat {
 
 // Relative L2 error of the kernel's output against the float64 product;
 // qmv with R rows a block of 64 threads, as the host launches it.
+// x_mag scales x (the denormal form's range: products q·x·2^-64 stay normal
+// down to |x| ~ 1e-19 and finite up to ~1e12).
 template <int BITS, int GS, int MT, int R, int MODE, int NORM, int DEQ = 0>
-double run_case(int M, int K, std::vector<int> ns, bool residual, bool bias, unsigned seed) {
+double run_case(int M, int K, std::vector<int> ns, bool residual, bool bias, unsigned seed, float x_mag = 1.0f) {
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> U(-1, 1);
   const int PW = 32 / BITS, groups = K / GS;
@@ -41,8 +43,8 @@ double run_case(int M, int K, std::vector<int> ns, bool residual, bool bias, uns
   }
   const int ldx = K + 8, ldr = ns[0] + 3;
   std::vector<float> x(size_t(M) * ldx), g(K), res(size_t(M) * ldr);
-  for (auto& v : x) v = U(rng) * 3;
-  x[7] = 120.f;  // an outlier, as LLM activations have
+  for (auto& v : x) v = U(rng) * 3 * x_mag;
+  x[7] = 120.f * x_mag;  // an outlier, as LLM activations have
   for (auto& v : g) v = U(rng) + 1.5f;
   for (auto& v : res) v = U(rng);
   std::vector<std::vector<float>> y(3);
@@ -139,6 +141,8 @@ int main() {
   CASE("qmv 4b g64 norm split3 denormal", 1e-5, T(4, 64, 1, 4, 0, 1, 1), 1, 1024, {12, 4, 4}, false, false, 12);
   CASE("qmv 4b g32 norm bias M3 K896 denormal", 1e-5, T(4, 32, 4, 2, 0, 2, 1), 3, 896, {20, 8, 8}, false, true, 13);
   CASE("qmv 8b g32 bias residual M3 denormal", 1e-5, T(8, 32, 4, 2, 0, 0, 1), 3, 896, {9}, true, true, 14);
+  CASE("qmv 4b g128 denormal, x 1e-12", 1e-5, T(4, 128, 1, 2, 0, 0, 1), 1, 2048, {33}, false, false, 16, 1e-12f);
+  CASE("qmv 8b g64 denormal, x 1e9", 1e-5, T(8, 64, 1, 2, 0, 0, 1), 1, 2048, {33}, false, false, 17, 1e9f);
   CASE("qmv 4b g64 norm swiglu denormal", 1e-5, T(4, 64, 1, 4, 1, 1, 1), 1, 4096, {36, 36}, false, false, 15);
   CASE("qmv 8b g128 swiglu", 1e-5, T(8, 128, 1, 2, 1, false), 1, 4608, {17, 17}, false, false, 9);
   const bool pass = worst < 1.0;
