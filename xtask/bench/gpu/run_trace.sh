@@ -10,8 +10,9 @@
 #      only so many);
 #   4. qmv_check --bandwidth -> $OUT/bw.jsonl.
 # Variants (env settings run beside the engine as shipped; Q4_VARIANTS / DENSE_VARIANTS pick them, default
-# "deq0 threads128" for the 4-bit model, none for the dense ones): nopack = MLXENGINE_CUDA_PACK=0, normpass =
-# MLXENGINE_CUDA_QMV_NORM=pass, deq0 = MLXENGINE_CUDA_QMV_DEQ=0, threads128 = MLXENGINE_CUDA_QMV_THREADS=128; add
+# "deq0 threads128 prefetch" for the 4-bit model, none for the dense ones): nopack = MLXENGINE_CUDA_PACK=0, normpass =
+# MLXENGINE_CUDA_QMV_NORM=pass, deq0 = MLXENGINE_CUDA_QMV_DEQ=0, threads128 = MLXENGINE_CUDA_QMV_THREADS=128,
+# prefetch = MLXENGINE_CUDA_QMV_PREFETCH=1; add
 # yours to variant_env. TRACE_MODELS (default "8b-q4 1b") picks the traced models; TRACE_VARIANTS=0 traces the
 # engine as shipped alone (no variants, no mlx-lm); ROUNDS (default "1 2") the decode rounds. Most important first: a call cut at its limit keeps what came before.
 # Exits 1 on a parity failure.
@@ -37,6 +38,7 @@ variant_env() {  # VARIANT -> env assignments
     nopack) echo MLXENGINE_CUDA_PACK=0 ;;
     normpass) echo MLXENGINE_CUDA_QMV_NORM=pass ;;
     deq0) echo MLXENGINE_CUDA_QMV_DEQ=0 ;;
+    prefetch) echo MLXENGINE_CUDA_QMV_PREFETCH=1 ;;
     threads128) echo MLXENGINE_CUDA_QMV_THREADS=128 ;;
     *) echo "MLXENGINE_UNKNOWN_VARIANT=$1" ;;
   esac
@@ -47,7 +49,7 @@ run() {  # NAME ROUND CMD...
   [ -n "$line" ] || tail -3 /tmp/trace.err
   echo "{\"run\": \"$name\", \"round\": $round, \"result\": ${line:-null}}" | tee -a $OUT/decode.jsonl
 }
-variants_of() { case $1 in *-q4) echo ${Q4_VARIANTS-deq0 threads128} ;; *) echo ${DENSE_VARIANTS-} ;; esac; }
+variants_of() { case $1 in *-q4) echo ${Q4_VARIANTS-deq0 threads128 prefetch} ;; *) echo ${DENSE_VARIANTS-} ;; esac; }
 decode() {  # MODEL ROUND: the engine, its variants, mlx-lm
   local m=$1 round=$2 M=$MODELS/llama-$1 P=$MODELS/llama-${1%-q4}/prompt_ids.json
   run engine-$m $round $BIN/bench_decode $M --dtype native --prompt-ids $P --tokens 128

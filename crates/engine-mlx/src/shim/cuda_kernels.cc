@@ -178,7 +178,7 @@ template <typename EL, int E> __device__ __forceinline__ void unpack_chunk(const
 // 16-byte chunks of w (one 128-bit load per row, inside one group), adding
 // scale · Σ q·x + bias · Σ x per chunk in float32; shared memory sums the warps.
 // BITS 16 or 32: dense weights in x's dtype (bfloat16/float16 or float32).
-template <int KIND, int BITS, int GS, int MT, int ROWS, int MODE, int NORM, int DEQ = 0>
+template <int KIND, int BITS, int GS, int MT, int ROWS, int MODE, int NORM, int DEQ = 0, int PF = 0>
 __device__ __forceinline__ void qmv(const Params& p) {
   typedef Elem<KIND> EL;
   typedef typename EL::S S;
@@ -247,15 +247,41 @@ __device__ __forceinline__ void qmv(const Params& p) {
     for (int m = 0; m < MT; ++m) acc[r][m] = 0.f;
 
   if constexpr (BITS <= 8) {
-    for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
-      uint4 wv[ROWS];
-      float sc[ROWS], bi[ROWS];
+    // PF 1: each thread loads its next chunk (weights, scales, biases) while it
+    // computes this one, twice the bytes in flight a thread.
+    uint4 nw[ROWS];
+    S nsc[ROWS], nbi[ROWS];
+    auto fetch = [&](int c) {
       const int grp = c * E / GS;
   #pragma unroll
       for (int r = 0; r < ROWS; ++r) {
-        wv[r] = __ldg(wr[r] + c);
-        sc[r] = EL::get(sr[r][grp]);
-        bi[r] = EL::get(br[r][grp]);
+        nw[r] = __ldg(wr[r] + c);
+        nsc[r] = sr[r][grp];
+        nbi[r] = br[r][grp];
+      }
+    };
+    if constexpr (PF == 1) {
+      if (int(threadIdx.x) < chunks) fetch(threadIdx.x);
+    }
+    for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
+      uint4 wv[ROWS];
+      float sc[ROWS], bi[ROWS];
+      if constexpr (PF == 1) {
+  #pragma unroll
+        for (int r = 0; r < ROWS; ++r) {
+          wv[r] = nw[r];
+          sc[r] = EL::get(nsc[r]);
+          bi[r] = EL::get(nbi[r]);
+        }
+        if (c + int(blockDim.x) < chunks) fetch(c + blockDim.x);
+      } else {
+        const int grp = c * E / GS;
+  #pragma unroll
+        for (int r = 0; r < ROWS; ++r) {
+          wv[r] = __ldg(wr[r] + c);
+          sc[r] = EL::get(sr[r][grp]);
+          bi[r] = EL::get(br[r][grp]);
+        }
       }
       float qx[ROWS][MT], xs[MT];
   #pragma unroll
@@ -860,10 +886,11 @@ struct Config {
   int kind, bits, group, mt, rows, mode;
   int norm;  // 0 none; 1 x's squares summed in the main loop, 2 in a pass first
   int deq;   // 0: packed elements OR-ed into 2^23, minus 2^23; 1: read as denormals
+  int pf;    // 1: each thread loads its next chunk while it computes one (packed weights)
   int threads;  // most threads a block of qmv (a multiple of 32, at most 256); not part of the compiled code
   std::string key() const {
     return std::to_string(kind) + "_" + std::to_string(bits) + "_" + std::to_string(group) + "_" + std::to_string(mt) +
-           "_" + std::to_string(rows) + "_" + std::to_string(mode) + "_" + std::to_string(norm) + "_" + std::to_string(deq);
+           "_" + std::to_string(rows) + "_" + std::to_string(mode) + "_" + std::to_string(norm) + "_" + std::to_string(deq) + "_" + std::to_string(pf);
   }
 };
 
@@ -928,7 +955,8 @@ CUfunc_st* kernel(const Config& c) {
            "  mlxe::qmv<" +
            std::to_string(c.kind) + ", " + std::to_string(c.bits) + ", " + std::to_string(c.group) + ", " +
            std::to_string(c.mt) + ", " + std::to_string(c.rows) + ", " + std::to_string(c.mode) + ", " +
-           std::to_string(c.norm) + ", " + std::to_string(c.deq) + ">(p);\n}\n";
+           std::to_string(c.norm) + ", " + std::to_string(c.deq) + ", " +
+           std::to_string(c.pf) + ">(p);\n}\n";
   });
 }
 
@@ -1299,6 +1327,9 @@ std::vector<mx::array> build(const mx::array& x_in, const std::vector<QuantMatri
   // 2^23 form.
   static const int deq_env = env_int("MLXENGINE_CUDA_QMV_DEQ", 1);
   c.deq = bits <= 8 ? deq_env : 0;
+  // Prefetching the next chunk: opt-in (MLXENGINE_CUDA_QMV_PREFETCH=1) until timed on a GPU.
+  static const int pf_env = env_int("MLXENGINE_CUDA_QMV_PREFETCH", 0) != 0 ? 1 : 0;
+  c.pf = bits <= 8 ? pf_env : 0;
   const float eps = norm ? norm->second : 0.f;
   std::vector<mx::Dtype> dtypes(shapes.size(), x.dtype());
   const auto stream = mx::to_stream(s);

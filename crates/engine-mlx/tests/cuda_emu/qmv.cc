@@ -3,7 +3,8 @@
 // rows over three matrices, SwiGLU), RMS norm (its squares summed in the
 // main loop or in a pass first), bias, residual, 4/8 bits,
 // groups of 32/64/128, one row of x (the AND form of the dequantization) and
-// several (the OR form), packed elements read as denormals (DEQ 1), K not a multiple of the block's stride.
+// several (the OR form), packed elements read as denormals (DEQ 1), the next
+// chunk prefetched (PF 1), K not a multiple of the block's stride.
 // src.cc is the kernels' source, cut out of cuda_kernels.cc by the test.
 #include <cstdio>
 #include <random>
@@ -21,7 +22,7 @@ struct Mat {
 // qmv with R rows a block of 64 threads, as the host launches it.
 // x_mag scales x (the denormal form's range: products q·x·2^-64 stay normal
 // down to |x| ~ 1e-19 and finite up to ~1e12).
-template <int BITS, int GS, int MT, int R, int MODE, int NORM, int DEQ = 0>
+template <int BITS, int GS, int MT, int R, int MODE, int NORM, int DEQ = 0, int PF = 0>
 double run_case(int M, int K, std::vector<int> ns, bool residual, bool bias, unsigned seed, float x_mag = 1.0f) {
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> U(-1, 1);
@@ -74,7 +75,7 @@ double run_case(int M, int K, std::vector<int> ns, bool residual, bool bias, uns
   const int rows = MODE == 1 ? ns[0] : total;
   const int per_block = MODE == 1 ? R / 2 : R;
   const dim3_ grid{unsigned((rows + per_block - 1) / per_block), unsigned((M + MT - 1) / MT), 1};
-  launch(grid, 64, [&] { mlxe::qmv<0, BITS, GS, MT, R, MODE, NORM, DEQ>(p); });
+  launch(grid, 64, [&] { mlxe::qmv<0, BITS, GS, MT, R, MODE, NORM, DEQ, PF>(p); });
   double num = 0, den = 0;
   bool finite = true;
   auto deq = [&](const Mat& m, int n, int k) {
@@ -144,6 +145,11 @@ int main() {
   CASE("qmv 4b g128 denormal, x 1e-12", 1e-5, T(4, 128, 1, 2, 0, 0, 1), 1, 2048, {33}, false, false, 16, 1e-12f);
   CASE("qmv 8b g64 denormal, x 1e9", 1e-5, T(8, 64, 1, 2, 0, 0, 1), 1, 2048, {33}, false, false, 17, 1e9f);
   CASE("qmv 4b g64 norm swiglu denormal", 1e-5, T(4, 64, 1, 4, 1, 1, 1), 1, 4096, {36, 36}, false, false, 15);
+  // PF 1: each thread's next chunk loaded while it computes one (K4608: chunks
+  // not a multiple of the block's threads).
+  CASE("qmv 4b g64 residual K4608 prefetch", 1e-5, T(4, 64, 1, 4, 0, 0, 1, 1), 1, 4608, {37}, true, false, 18);
+  CASE("qmv 4b g64 norm swiglu prefetch", 1e-5, T(4, 64, 1, 4, 1, 1, 1, 1), 1, 4096, {36, 36}, false, false, 19);
+  CASE("qmv 8b g32 norm-pass M3 prefetch", 1e-5, T(8, 32, 4, 2, 0, 2, 0, 1), 3, 896, {20, 8, 8}, false, true, 20);
   CASE("qmv 8b g128 swiglu", 1e-5, T(8, 128, 1, 2, 1, false), 1, 4608, {17, 17}, false, false, 9);
   const bool pass = worst < 1.0;
   std::printf("worst error / tolerance %.2f: %s\n", worst, pass ? "pass" : "FAIL");
