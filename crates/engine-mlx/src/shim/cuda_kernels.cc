@@ -803,6 +803,9 @@ __device__ __forceinline__ void gn_apply(const GnParams& p) {
   for (int g = threadIdx.x; g < p.G; g += blockDim.x) {
     const float* o = p.part + (size_t(n) * p.G + g) * p.slices * 3;
     float cnt = 0.f, mu = 0.f, m2 = 0.f;
+    // Unrolled so that several slices' loads are in flight at once (each block
+    // merges them before its first element).
+#pragma unroll 8
     for (int s = 0; s < p.slices; ++s) {
       const float nb = o[3 * s];
       if (nb == 0.f) continue;
