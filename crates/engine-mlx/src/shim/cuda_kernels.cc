@@ -619,32 +619,39 @@ __device__ __forceinline__ void attend(const AttnParams& p) {
       for (int j = 0; j < NP; ++j)
 #pragma unroll
         for (int g = 0; g < G; ++g) s[j][g] += __shfl_xor_sync(0xffffffffu, s[j][g], o);
+    // Online softmax: the new max per query head rescales what came before
+    // (a group with no row yet keeps -inf and nothing to rescale).
 #pragma unroll
     for (int g = 0; g < G; ++g) {
       float mn = m[g];
 #pragma unroll
       for (int j = 0; j < NP; ++j)
         if (base + grp + j * GROUPS < k1) mn = fmaxf(mn, s[j][g]);
-      if (mn == neg_inf) continue;  // no row of this group yet
-      const float corr = __expf(m[g] - mn);
+      const float corr = mn == neg_inf ? 1.f : __expf(m[g] - mn);
       m[g] = mn;
       l[g] *= corr;
 #pragma unroll
       for (int e = 0; e < E; ++e) acc[g][e] *= corr;
+    }
+    // Each value row unpacked once, for all the query heads.
 #pragma unroll
-      for (int j = 0; j < NP; ++j) {
-        const int t = base + grp + j * GROUPS;
-        if (t >= k1) continue;
-        const float w = __expf(s[j][g] - mn);
+    for (int j = 0; j < NP; ++j) {
+      const int t = base + grp + j * GROUPS;
+      if (t >= k1) continue;
+      float vf[E];
+      if (!active) {
+#pragma unroll
+        for (int e = 0; e < E; ++e) vf[e] = 0.f;
+      } else if (t == p.slot) {
+#pragma unroll
+        for (int e = 0; e < E; ++e) vf[e] = vs[col + e];
+      } else {
+        unpack16<EL>(vw[j], vf);
+      }
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        const float w = __expf(s[j][g] - m[g]);
         l[g] += w;
-        if (!active) continue;
-        float vf[E];
-        if (t == p.slot) {
-#pragma unroll
-          for (int e = 0; e < E; ++e) vf[e] = vs[col + e];
-        } else {
-          unpack16<EL>(vw[j], vf);
-        }
 #pragma unroll
         for (int e = 0; e < E; ++e) acc[g][e] = fmaf(w, vf[e], acc[g][e]);
       }
