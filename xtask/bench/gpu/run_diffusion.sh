@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# GPU image bench (issue 11), one device call on a machine where libmlx is already joined
-# ($HOME/mlx-rt, left by run_qmv.sh's two calls a moment before; the machine stays warm ~30 s):
-#   carry [".devcache/diff"] (stage_kernels.sh: the diffusers 0.42.1 + importlib_metadata wheels and
-#   bench_image, engine-diffusion's example built with the cuda feature):  bash xtask/bench/gpu/run_diffusion.sh
+# GPU image bench (issue 11), one device call, carry [".devcache/gpu", ".devcache/diff"] (stage_kernels.sh: libmlx
+# for the H100/H200, and the diffusers 0.42.1 + importlib_metadata wheels and bench_image, engine-diffusion's example
+# built with the cuda feature):  bash xtask/bench/gpu/run_diffusion.sh
+# (or carry [".devcache/diff"] alone on a machine where libmlx is already joined in $HOME/mlx-rt by an earlier call).
 # Makes random-weight SDXL-Turbo- and SD-2.1-shaped pipelines at real sizes (diffusion_gpu.py make, torch on the
 # GPU, float16 safetensors), then at 512x512 from the same initial latents: SDXL-Turbo-shaped 1 step (Euler
 # trailing, guidance 0) and SD-2.1-shaped 50 steps (DDIM, guidance 7.5, batched CFG); the engine in float16 and
@@ -32,8 +32,9 @@ for kind in sdxl-turbo sd21; do
     | while read -r line; do echo "{\"kind\": \"$kind\", \"side\": \"diffusers\", \"result\": $line}" | tee -a $RES; done
   tail -2 /tmp/diffusers.err
 done
-# Kernel traces (libkernel_trace.so, left in $HOME by run_trace.sh): the last KTRACE_TAIL_MS of one SD-2.1-shaped
+# Kernel traces (libkernel_trace.so, carried in .devcache/gpu or left in $HOME by run_trace.sh): the last KTRACE_TAIL_MS of one SD-2.1-shaped
 # run each of the engine (bfloat16) and diffusers -> $OUT/traces_diffusion.jsonl (kernels by name and grid, idle gaps).
+[ -f .devcache/gpu/libkernel_trace.so ] && cp .devcache/gpu/libkernel_trace.so "$HOME/"
 if [ -f "$HOME/libkernel_trace.so" ] && [ "${TRACE:-1}" != 0 ]; then
   kind=sd21
   rm -f /tmp/ktrace.jsonl

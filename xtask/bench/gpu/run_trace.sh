@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One device call that checks and measures opt-in kernel variants and profiles decode (issue 16), after
-# `SIZES="1b 8b" run_qmv.sh 1` on a warm machine, carry [".devcache/cuda/b"]:
+# One device call that checks and measures opt-in kernel variants and profiles decode (issue 16), carry
+# [".devcache/gpu"] (stage_kernels.sh; H100/H200), or carry [".devcache/cuda/b"] after `SIZES="1b 8b" run_qmv.sh 1`
+# on a warm machine. Makes the random Llama-3.2-1B- and Llama-3.1-8B-shaped weights after the checks where they are missing.
 #   1. parity: attn_check (packed q/k/v cases included) -> $OUT/attn.jsonl, qmv_check --quick -> $OUT/qmv.jsonl,
 #      parity_gpu over the parity fixtures (staged in half a) -> $OUT/parity.jsonl;
 #   2. decode (random weights, 512-token prompt, 128 greedy tokens) -> $OUT/decode.jsonl: 8B 4-bit (group 64)
@@ -20,19 +21,25 @@ set -uo pipefail
 export MODELS=$HOME/models
 source xtask/bench/gpu/mlx_env.sh
 nvidia-smi --query-gpu=name --format=csv,noheader | tee $OUT/gpu.txt
-TRACE=$PWD/.devcache/cuda/b/libkernel_trace.so
+TRACE=$PWD/.devcache/gpu/libkernel_trace.so
+[ -f "$TRACE" ] || TRACE=$PWD/.devcache/cuda/b/libkernel_trace.so
+PARITY=.devcache/gpu/parity.tar.xz
+[ -f $PARITY ] || PARITY=$HOME/stage_a/parity.tar.xz
 # Kept for run_diffusion.sh, a call after this one on the same machine (it carries half b no longer).
 [ -f "$TRACE" ] && cp "$TRACE" "$HOME/"
 rc=0
 timeout 120 $BIN/attn_check > $OUT/attn.jsonl 2>&1 || rc=1
 timeout 150 $BIN/qmv_check --quick > $OUT/qmv.jsonl 2>&1 || rc=1
 # The parity fixtures on the GPU (fused kernels and packed projections on real checkpoint layouts).
-if [ -f "$HOME/stage_a/parity.tar.xz" ] && [ -x "$BIN/parity_gpu" ]; then
-  tar xJf "$HOME/stage_a/parity.tar.xz" -C "$HOME"
+if [ -f "$PARITY" ] && [ -x "$BIN/parity_gpu" ]; then
+  tar xJf "$PARITY" -C "$HOME"
   timeout 120 $BIN/parity_gpu "$HOME/parity" > $OUT/parity.jsonl 2>&1 || rc=1
 fi
 grep -h summary $OUT/attn.jsonl $OUT/qmv.jsonl $OUT/parity.jsonl
 grep -h packed $OUT/attn.jsonl
+for size in 1b 8b; do
+  [ -f $MODELS/llama-$size/model.safetensors ] || python3 xtask/bench/gpu/random_llama.py $MODELS/llama-$size $size 512 >/dev/null
+done
 variant_env() {  # VARIANT -> env assignments
   case $1 in
     nopack) echo MLXENGINE_CUDA_PACK=0 ;;
