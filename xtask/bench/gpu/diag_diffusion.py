@@ -1,8 +1,10 @@
 """Where the engine's GPU image time goes (run by run_diffusion.sh after the bench): MLX's CUDA
 conv2d at the SD VAE and UNet shapes (3x3, padding 1, NHWC) in float32 / float16 / bfloat16,
 group norm as engine-mlx composes it, and attention, each against torch (cuDNN; TF32 allowed for
-float32 convs, its default) on the same GPU. One JSON line per op: milliseconds per call, each
-side's best of 3 after a warm-up.
+float32 convs, its default) on the same GPU. A 3x3 conv is also timed as im2col (nine shifted
+slices of the padded input concatenated on channels) and one matmul (cuBLASLt), `mlx_im2col_ms`,
+a candidate where cuDNN's heuristic pick is slow. One JSON line per op: milliseconds per call, each
+side's best of 3 after a warm-up, a timing over 10 calls in a row (the host's cost per call hidden).
 """
 import json
 import time
@@ -15,15 +17,16 @@ MX = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
 TH = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def best_ms(run, sync):
+def best_ms(run, sync, reps=10):
     run()
     sync()
     best = float("inf")
     for _ in range(3):
         t = time.perf_counter()
-        run()
+        for _ in range(reps):
+            run()
         sync()
-        best = min(best, (time.perf_counter() - t) * 1e3)
+        best = min(best, (time.perf_counter() - t) * 1e3 / reps)
     return best
 
 
@@ -31,8 +34,9 @@ def mx_sync():
     mx.synchronize()
 
 
-def report(op, shape, dtype, m, t):
-    print(json.dumps({"op": op, "shape": shape, "dtype": dtype, "mlx_ms": m, "torch_ms": t, "ratio": m / t}), flush=True)
+def report(op, shape, dtype, m, t, **more):
+    print(json.dumps({"op": op, "shape": shape, "dtype": dtype, "mlx_ms": m, "torch_ms": t, "ratio": m / t, **more}),
+                     flush=True)
 
 
 def conv(n, h, w, cin, cout, dtype):
@@ -40,10 +44,22 @@ def conv(n, h, w, cin, cout, dtype):
     k = (mx.random.normal((cout, 3, 3, cin)) * 0.02).astype(MX[dtype])
     mx.eval(x, k)
     m = best_ms(lambda: mx.eval(mx.conv2d(x, k, padding=1)), mx_sync)
+    kmat = mx.contiguous(k.reshape(cout, 9 * cin).T)  # (dy, dx, c) rows, as the slices below stack them
+    mx.eval(kmat)
+
+    def im2col():
+        xp = mx.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        cols = mx.concatenate([xp[:, dy:dy + h, dx:dx + w, :] for dy in range(3) for dx in range(3)], axis=-1)
+        return (cols.reshape(-1, 9 * cin) @ kmat).reshape(n, h, w, cout)
+
+    err = mx.abs(im2col().astype(mx.float32) - mx.conv2d(x, k, padding=1).astype(mx.float32)).max().item()
+    mi = best_ms(lambda: mx.eval(im2col()), mx_sync)
     xt = torch.randn(n, cin, h, w, device="cuda", dtype=TH[dtype])
     kt = torch.randn(cout, cin, 3, 3, device="cuda", dtype=TH[dtype]) * 0.02
     t = best_ms(lambda: F.conv2d(xt, kt, padding=1), torch.cuda.synchronize)
-    report("conv3x3", [n, h, w, cin, cout], dtype, m, t)
+    xl, kl = xt.to(memory_format=torch.channels_last), kt.to(memory_format=torch.channels_last)
+    tl = best_ms(lambda: F.conv2d(xl, kl, padding=1), torch.cuda.synchronize)
+    report("conv3x3", [n, h, w, cin, cout], dtype, m, t, mlx_im2col_ms=mi, im2col_max_err=err, torch_nhwc_ms=tl)
 
 
 def group_norm(n, h, w, c, dtype, groups=32):
