@@ -142,6 +142,9 @@ int main() {
   report("D80 G2 (rows of 20 lanes), 2 splits", run_case<80, 2>({"", 1, 2, 200, 150, 149, 149, 80, 0, 2, {}}, 9));
   report("D128 G2 first token", run_case<128, 2>({"", 1, 2, 16, 1, 0, 0, 128, 0, 1, {}}, 4));
   report("D64 G4 600 slots, 4 splits", run_case<64, 4>({"", 1, 2, 640, 600, 599, 599, 64, 0, 4, {}}, 5));
+  // The merge reads the splits' partials 8 at a time: a count past 8 and not a multiple, and the most.
+  report("D128 G4 700 slots, 11 splits", run_case<128, 4>({"", 1, 2, 704, 700, 699, 699, 128, 0, 11, {}}, 10));
+  report("D128 G4 2100 slots, 32 splits", run_case<128, 4>({"", 1, 1, 2112, 2100, 2099, 2099, 128, 0, 32, {}}, 11));
   report("D64 G4 packed q/k/v, 3 rows, 2 splits",
          run_case<64, 4>({"", 3, 2, 96, 90, 89, 89, 64, 0, 2, {}, true}, 6));
   report("D128 G2 packed q/k/v, left-padded rows",
