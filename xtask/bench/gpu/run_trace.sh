@@ -13,7 +13,8 @@
 # Variants (env settings run beside the engine as shipped; Q4_VARIANTS / DENSE_VARIANTS pick them, default
 # "deq0 threads128 prefetch" for the 4-bit model, none for the dense ones): nopack = MLXENGINE_CUDA_PACK=0, normpass =
 # MLXENGINE_CUDA_QMV_NORM=pass, deq0 = MLXENGINE_CUDA_QMV_DEQ=0, threads128 = MLXENGINE_CUDA_QMV_THREADS=128,
-# prefetch = MLXENGINE_CUDA_QMV_PREFETCH=1; add
+# prefetch = MLXENGINE_CUDA_QMV_PREFETCH=1, rows2 / rows8 = MLXENGINE_CUDA_QMV_ROWS=2 / 8
+# (rows a block: the grid's waves over the SMs), attn0 = MLXENGINE_CUDA_ATTN=0 (MLX's attention ops); add
 # yours to variant_env. TRACE_MODELS (default "8b-q4 1b") picks the traced models; TRACE_VARIANTS=0 traces the
 # engine as shipped alone (no variants, no mlx-lm); ROUNDS (default "1 2") the decode rounds. Most important first: a call cut at its limit keeps what came before.
 # Exits 1 on a parity failure.
@@ -47,6 +48,9 @@ variant_env() {  # VARIANT -> env assignments
     deq0) echo MLXENGINE_CUDA_QMV_DEQ=0 ;;
     prefetch) echo MLXENGINE_CUDA_QMV_PREFETCH=1 ;;
     threads128) echo MLXENGINE_CUDA_QMV_THREADS=128 ;;
+    rows2) echo MLXENGINE_CUDA_QMV_ROWS=2 ;;
+    rows8) echo MLXENGINE_CUDA_QMV_ROWS=8 ;;
+    attn0) echo MLXENGINE_CUDA_ATTN=0 ;;
     *) echo "MLXENGINE_UNKNOWN_VARIANT=$1" ;;
   esac
 }
