@@ -592,6 +592,19 @@ __device__ __forceinline__ void attend(const AttnParams& p) {
       acc[g][e] = 0.f;
     }
   }
+  // A thread's part of one cached row as floats: zeros past the block's rows
+  // (or on an idle lane), the new slot's from shared memory, else its load.
+  auto row_of = [&](bool live, bool own, const float* shared, const uint4 packed, float* f) {
+    if (!live) {
+#pragma unroll
+      for (int e = 0; e < E; ++e) f[e] = 0.f;
+    } else if (own) {
+#pragma unroll
+      for (int e = 0; e < E; ++e) f[e] = shared[col + e];
+    } else {
+      unpack16<EL>(packed, f);
+    }
+  };
   for (int base = k0; base < k1; base += TILE) {
     if (base != k0) load_tile(base);
     float s[NP][G];
@@ -599,15 +612,7 @@ __device__ __forceinline__ void attend(const AttnParams& p) {
     for (int j = 0; j < NP; ++j) {
       const int t = base + grp + j * GROUPS;
       float kf[E];
-      if (!active || t >= k1) {
-#pragma unroll
-        for (int e = 0; e < E; ++e) kf[e] = 0.f;
-      } else if (t == p.slot) {
-#pragma unroll
-        for (int e = 0; e < E; ++e) kf[e] = ks[col + e];
-      } else {
-        unpack16<EL>(kw[j], kf);
-      }
+      row_of(active && t < k1, t == p.slot, ks, kw[j], kf);
 #pragma unroll
       for (int g = 0; g < G; ++g) {
         float d = 0.f;
@@ -643,15 +648,7 @@ __device__ __forceinline__ void attend(const AttnParams& p) {
       const int t = base + grp + j * GROUPS;
       if (t >= k1) continue;
       float vf[E];
-      if (!active) {
-#pragma unroll
-        for (int e = 0; e < E; ++e) vf[e] = 0.f;
-      } else if (t == p.slot) {
-#pragma unroll
-        for (int e = 0; e < E; ++e) vf[e] = vs[col + e];
-      } else {
-        unpack16<EL>(vw[j], vf);
-      }
+      row_of(active, t == p.slot, vs, vw[j], vf);
 #pragma unroll
       for (int g = 0; g < G; ++g) {
         const float w = __expf(s[j][g] - m[g]);
@@ -1061,9 +1058,8 @@ class FusedQmv : public mx::Primitive {
     size_t i = 0;
     const mx::array& x = in[i++];
     const int K = k_;
-    // x is (…, K), or any row-contiguous shape of M·K elements (a decode
-    // step's attention output, (B, heads, 1, head_dim)).
-    const int64_t ldx = x.shape(-1) == K ? row_stride(x) : x.flags().row_contiguous ? K : -1;
+    // x is (…, K): build reshapes any other shape of M·K elements to rows of K.
+    const int64_t ldx = x.shape(-1) == K ? row_stride(x) : -1;
     if (ldx < 0 || ldx % 8 != 0 || (reinterpret_cast<uintptr_t>(gptr(x)) % 16) != 0)
       throw std::runtime_error("MlxeFusedQmv: x must have a contiguous, 16-byte aligned last axis");
     p.x = gptr(x);
