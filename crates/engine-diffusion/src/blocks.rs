@@ -42,7 +42,7 @@ impl Conv {
 pub(crate) fn conv(w: &WeightMap, prefix: &str, io: (usize, usize), stride: i32) -> Result<Conv> {
     let k = w.get(&join(prefix, "weight"))?.dim(1);
     let c = Conv2d::load(w, prefix, io, k, stride, (k / 2) as i32)?;
-    let weight = match fast::pack_conv_weight(&c.weight)? {
+    let weight = match fast::pack_conv_weight(&c.weight, c.stride)? {
         Some(p) => ConvWeight::Packed(p),
         None => ConvWeight::Plain(c.weight),
     };

@@ -48,6 +48,50 @@ fn conv(c: &mut Criterion) {
     g.finish();
 }
 
+/// 3×3 stride-1 convs with packed weights: the direct kernel against Winograd
+/// F(4×4, 3×3), at the bench pipeline's shapes (UNet levels with CFG's batch of
+/// 2, the VAE decoder's levels, the few-channel convs in and out).
+fn winograd(c: &mut Criterion) {
+    let mut g = c.benchmark_group("conv3x3_packed");
+    g.sample_size(10);
+    for (name, x, cout) in [
+        ("unet_2x32x32x128", [2, 32, 32, 128], 128),
+        ("unet_2x16x16x256", [2, 16, 16, 256], 256),
+        ("unet_2x8x8x256", [2, 8, 8, 256], 256),
+        ("unet_in_2x32x32x4", [2, 32, 32, 4], 128),
+        ("unet_out_2x32x32x128", [2, 32, 32, 128], 4),
+        ("vae_1x32x32x128", [1, 32, 32, 128], 128),
+        ("vae_1x64x64x128", [1, 64, 64, 128], 128),
+        ("vae_1x128x128x64", [1, 128, 128, 64], 64),
+        ("vae_1x256x256x32", [1, 256, 256, 32], 32),
+        ("vae_out_1x256x256x32", [1, 256, 256, 32], 3),
+    ] {
+        let xa = normal(&x, 1);
+        let w = normal(&[cout, 3, 3, x[3]], 2);
+        let b = normal(&[cout], 3);
+        for (label, tile) in [("direct", 0), ("winograd2", 2), ("winograd4", 4)] {
+            fast::force_conv_winograd(Some(tile));
+            // None without the direct kernel; the direct layout where Winograd does not pay.
+            let Some(packed) = fast::pack_conv_weight(&w, (1, 1)).unwrap() else {
+                continue;
+            };
+            if packed.is_winograd() != (tile != 0) {
+                continue;
+            }
+            g.bench_function(BenchmarkId::new(label, name), |bch| {
+                bch.iter(|| {
+                    fast::conv2d_packed(&xa, &packed, Some(&b), (1, 1), (1, 1))
+                        .unwrap()
+                        .eval()
+                        .unwrap()
+                })
+            });
+        }
+        fast::force_conv_winograd(None);
+    }
+    g.finish();
+}
+
 fn group_norm(c: &mut Criterion) {
     let mut g = c.benchmark_group("group_norm_silu");
     g.sample_size(10);
@@ -164,5 +208,5 @@ fn geglu_and_bias(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, conv, group_norm, attention, geglu_and_bias);
+criterion_group!(benches, conv, winograd, group_norm, attention, geglu_and_bias);
 criterion_main!(benches);

@@ -331,12 +331,14 @@ pub fn conv2d(x: &Array, w: &Array, bias: Option<&Array>, stride: (i32, i32), pa
     )
 }
 
-/// A float32 conv weight in [`conv2d`]'s direct CPU kernel's layout, made once
-/// by [`pack_conv_weight`] for [`conv2d_packed`].
+/// A float32 conv weight in a CPU conv kernel's layout, made once by
+/// [`pack_conv_weight`] for [`conv2d_packed`]: the direct kernel's blocks, or
+/// for 3×3 stride-1 convs the Winograd F(4×4, 3×3) transform.
 #[derive(Debug, Clone)]
 pub struct PackedConvWeight {
     packed: Array,
     shape: [i32; 4],
+    winograd: bool,
 }
 
 impl PackedConvWeight {
@@ -344,27 +346,50 @@ impl PackedConvWeight {
     pub fn shape(&self) -> [i32; 4] {
         self.shape
     }
+
+    /// Whether the weight is in the Winograd layout (usable at stride 1 only).
+    pub fn is_winograd(&self) -> bool {
+        self.winograd
+    }
 }
 
-/// Packs an (O, KH, KW, I) weight for [`conv2d_packed`] where [`conv2d`] would run
-/// its direct CPU kernel (float32 on a CPU stream, [`image_kernel_level`] ≥ 1), and
-/// evaluates it; `None` elsewhere. [`conv2d`] packs its weight on every call: a
-/// model that keeps only the packed copy stops reading and writing all its conv
-/// weights again per forward pass.
-pub fn pack_conv_weight(w: &Array) -> Result<Option<PackedConvWeight>> {
+/// Packs an (O, KH, KW, I) weight for [`conv2d_packed`] at `stride` where [`conv2d`]
+/// would run its direct CPU kernel (float32 on a CPU stream, [`image_kernel_level`]
+/// ≥ 1), and evaluates it; `None` elsewhere. [`conv2d`] packs its weight on every
+/// call: a model that keeps only the packed copy stops reading and writing all its
+/// conv weights again per forward pass. A 3×3 weight at stride 1 is packed for the
+/// Winograd F(4×4, 3×3) kernel (4× fewer multiplies, 4× the weight's floats; see
+/// [`force_conv_winograd`]), which then serves that stride only.
+pub fn pack_conv_weight(w: &Array, stride: (i32, i32)) -> Result<Option<PackedConvWeight>> {
     if !ffi::conv_weight_packs(&w.inner) {
         return Ok(None);
     }
-    let packed = wrap(ffi::pack_conv_weight(&w.inner), "pack_conv_weight")?;
+    let packed = wrap(ffi::pack_conv_weight(&w.inner, stride.0, stride.1), "pack_conv_weight")?;
     packed.eval()?;
     let s = w.shape_i32();
+    // The layout the kernel chose shows in the length: (m + 2)² points of I
+    // rows (Winograd) or KH·KW·I rows, each of O rounded up to 16 floats.
+    let rows = packed.size() / ((s[0] as usize).div_ceil(16) * 16);
+    let cin = s[3] as usize;
     Ok(Some(PackedConvWeight {
         packed,
         shape: [s[0], s[1], s[2], s[3]],
+        winograd: s[1] == 3 && s[2] == 3 && (rows == 16 * cin || rows == 36 * cin),
     }))
 }
 
-/// [`conv2d`] with a weight [`pack_conv_weight`] packed (same results).
+/// The output tile m of the Winograd F(m×m, 3×3) kernel [`pack_conv_weight`]
+/// packs 3×3 stride-1 conv weights for, 2 or 4, or 0 for the direct kernel:
+/// `MLXENGINE_WINOGRAD=0`, `2` or `4` picks, else the default. `Some(m)` (0, 2
+/// or 4) overrides that (process-wide, for tests and benchmarks that compare
+/// the kernels), `None` restores it. Returns the setting now in use; weights
+/// packed before keep their layout.
+pub fn force_conv_winograd(tile: Option<i32>) -> i32 {
+    ffi::conv_winograd(tile.unwrap_or(-1))
+}
+
+/// [`conv2d`] with a weight [`pack_conv_weight`] packed (same results up to
+/// float32 rounding; a Winograd-packed weight only at stride (1, 1)).
 pub fn conv2d_packed(
     x: &Array,
     w: &PackedConvWeight,

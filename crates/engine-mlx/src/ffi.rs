@@ -145,7 +145,7 @@ pub(crate) mod bridge {
             pw: i32,
         ) -> Result<UniquePtr<Array>>;
         fn conv_weight_packs(w: &Array) -> bool;
-        fn pack_conv_weight(w: &Array) -> Result<UniquePtr<Array>>;
+        fn pack_conv_weight(w: &Array, sh: i32, sw: i32) -> Result<UniquePtr<Array>>;
         #[allow(clippy::too_many_arguments)]
         fn conv2d_packed(
             x: &Array,
@@ -317,6 +317,7 @@ pub(crate) mod bridge {
         fn openblas_linked() -> bool;
         fn quantized_kernel_level(force: i32) -> i32;
         fn image_kernel_level(force: i32) -> i32;
+        fn conv_winograd(force: i32) -> i32;
         fn blas_core() -> String;
         fn blas_library() -> String;
 

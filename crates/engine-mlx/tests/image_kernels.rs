@@ -102,7 +102,7 @@ fn packed_conv_weight_gives_the_same_convolution() -> R {
             let w = normal(&[cout, k, k, shape[3]], 50 + i as u64, 0.5);
             let b = normal(&[cout], 60 + i as u64, 1.0);
             // None at level 0 (this test's or, the cap being process-wide, another's).
-            let Some(packed) = fast::pack_conv_weight(&w)? else {
+            let Some(packed) = fast::pack_conv_weight(&w, (stride, stride))? else {
                 continue;
             };
             packs += 1;
@@ -128,6 +128,75 @@ fn packed_conv_weight_gives_the_same_convolution() -> R {
     }
     if fast::force_image_kernel_level(None) >= 1 {
         assert!(packs > 0, "the direct kernel runs here: weights should pack");
+    }
+    Ok(())
+}
+
+/// (input (N, H, W, C), output channels, padding) of a 3×3 stride-1 conv.
+type WinogradCase = ([usize; 4], usize, i32);
+
+/// Winograd F(2×2, 3×3) and F(4×4, 3×3) (the layouts `pack_conv_weight` makes
+/// for 3×3 stride-1 convs) against MLX's conv and our direct kernel. F(2×2)'s
+/// transforms only add and subtract: its errors stay at the direct conv's level
+/// (worst seen 2.6e-5 over 130 channels, 1.9e-5 over 64-72; the direct kernel's
+/// tolerance here is 2e-5 up to 48 channels, 5e-5 at 150). F(4×4)'s have
+/// coefficients up to 8 and cancel more (worst seen 3.1e-4 over 130 channels,
+/// 2e-4 over 64-72): ~10× the direct conv's.
+#[test]
+fn winograd_conv_matches_direct_and_mlx() -> R {
+    let tol = |tile: i32| if tile == 2 { 5e-5 } else { 5e-4 };
+    // Winograd applies from 64 channels in and out (below them the direct kernel is faster).
+    let cases: [WinogradCase; 8] = [
+        ([2, 13, 11, 70], 72, 1),  // edge tiles of 1 and 3 outputs, channel tails of 6 and 8
+        ([2, 7, 9, 65], 130, 1),   // output blocks of 64 + 64 + 2, an input tail of 1
+        ([2, 18, 17, 64], 80, 1),  // 50 tiles of 4×4: a block of 48 and one of 2
+        ([1, 30, 29, 67], 64, 1),  // 225 tiles of 2×2 (5 blocks)
+        ([1, 6, 7, 64], 64, 0),    // "valid"
+        ([1, 4, 5, 64], 66, 2),    // padding wider than the kernel's reach
+        ([2, 3, 3, 100], 100, 1),  // one tile an image, mostly padding
+        ([2, 9, 10, 130], 150, 1), // sums over 130 channels, 3 output blocks
+    ];
+    let mut packs = 0;
+    for level in levels() {
+        fast::force_image_kernel_level(Some(level));
+        for tile in [2, 4] {
+            for (i, &(shape, cout, pad)) in cases.iter().enumerate() {
+                let x = normal(&shape, 70 + i as u64, 1.0);
+                let w = normal(&[cout, 3, 3, shape[3]], 80 + i as u64, 0.5);
+                let b = normal(&[cout], 90 + i as u64, 1.0);
+                fast::force_conv_winograd(Some(tile));
+                // None at level 0 (this test's or another's: the cap is process-wide).
+                let Some(packed) = fast::pack_conv_weight(&w, (1, 1))? else {
+                    continue;
+                };
+                if !packed.is_winograd() {
+                    continue; // another test lowered the level between the checks
+                }
+                packs += 1;
+                let reference = conv2d(&f64_of(&x), &f64_of(&w), (1, 1), (pad, pad), (1, 1), 1)?.add(&f64_of(&b))?;
+                let ours = fast::conv2d_packed(&x, &packed, Some(&b), (1, 1), (pad, pad))?;
+                eprintln!("F({tile}x{tile}, 3x3), case {i}");
+                close(&ours, &reference, tol(tile));
+                fast::force_conv_winograd(Some(0));
+                let direct = fast::pack_conv_weight(&w, (1, 1))?;
+                if let Some(direct) = direct.filter(|d| !d.is_winograd()) {
+                    close(
+                        &ours,
+                        &fast::conv2d_packed(&x, &direct, Some(&b), (1, 1), (pad, pad))?,
+                        tol(tile),
+                    );
+                }
+                // The Winograd layout serves stride 1 only.
+                assert!(fast::conv2d_packed(&x, &packed, None, (2, 2), (pad, pad)).is_err());
+            }
+        }
+    }
+    fast::force_conv_winograd(None);
+    if fast::force_image_kernel_level(None) >= 1 {
+        assert!(
+            packs > 0,
+            "the direct kernel runs here: 3×3 stride-1 weights should pack for Winograd"
+        );
     }
     Ok(())
 }

@@ -151,10 +151,17 @@ mx::array conv2d(const mx::array& x, const mx::array& w, const std::optional<mx:
 // where the direct conv kernel runs (image kernel level ≥ 1).
 bool conv_weight_packs(const mx::array& w, mx::StreamOrDevice s = {});
 
-// w in the direct conv kernel's blocks (a 1-D array), for conv2d_packed:
-// conv2d repacks its weight on every call (a UNet's 90 MB read and written
-// again per step).
-mx::array pack_conv_weight(const mx::array& w, mx::StreamOrDevice s = {});
+// The output tile m (2 or 4) of the Winograd F(m×m, 3×3) layout that
+// pack_conv_weight(w, sh, sw) makes, or 0 for the direct kernel's: Winograd for
+// a 3×3 weight used at stride 1 with channels where it beats the direct
+// kernel, unless conv_winograd turned it off.
+int conv_weight_winograd(const mx::array& w, int sh, int sw);
+
+// w in the direct conv kernel's blocks (a 1-D array), or for a conv that
+// conv_weight_winograd picks its Winograd transform (4× the floats), for
+// conv2d_packed: conv2d repacks its weight on every call (a UNet's 90 MB read
+// and written again per step).
+mx::array pack_conv_weight(const mx::array& w, int sh, int sw, mx::StreamOrDevice s = {});
 
 // conv2d with a weight of shape `ws` (O, KH, KW, I) that pack_conv_weight packed.
 mx::array conv2d_packed(const mx::array& x, const mx::array& packed, std::array<int, 4> ws,
@@ -165,6 +172,12 @@ mx::array conv2d_packed(const mx::array& x, const mx::array& packed, std::array<
 // (conv2d directly, in 16-channel slices), 0 the portable paths. `force` ≥ 0
 // caps it, -1 restores the automatic choice, < -1 only reads.
 int image_kernel_level(int force);
+
+// The Winograd tile pack_conv_weight packs 3×3 stride-1 convs for (2 or 4;
+// 0: the direct kernel): MLXENGINE_WINOGRAD=0, 2 or 4 picks, else the
+// default; `force` 0, 2 or 4 overrides that, -1 restores it, anything else
+// only reads. Weights already packed keep their layout.
+int conv_winograd(int force);
 
 // Group normalisation of x (N, ..., C) over all positions and the C/groups
 // channels of each group, scaled and shifted per channel, then SiLU when

@@ -241,6 +241,33 @@ int level() {
   return f >= 0 ? std::min(f, detected_level()) : detected_level();
 }
 bool avx512_on() { return level() >= 2; }
+
+// The output tile of the Winograd kernel that 3×3 stride-1 convs take when
+// their weights are packed (F(m×m, 3×3), m = 2 or 4), 0 for the direct
+// kernel: MLXENGINE_WINOGRAD=0, 2 or 4 picks (for comparisons), else
+// kWinoDefault; a test or benchmark may force one (-1: not forced). F(2×2):
+// its float32 errors stay at the direct conv's level where F(4×4)'s are ~10×,
+// and on a 2-core Zen 3 (AVX2) F(4×4) was no faster at the bench's shapes
+// (its 4×4 tiles waste more at 8×8 and 16×16).
+constexpr int kWinoDefault = 2;
+std::atomic<int> forced_winograd{-1};
+
+int winograd_tile() {
+  static const int env = [] {
+    const char* v = std::getenv("MLXENGINE_WINOGRAD");
+    const std::string pick = v == nullptr ? "" : v;
+    return pick == "0" ? 0 : pick == "2" ? 2 : pick == "4" ? 4 : kWinoDefault;
+  }();
+  const int f = forced_winograd.load(std::memory_order_relaxed);
+  return f >= 0 ? f : env;
+}
+
+// Whether Winograd beats the direct kernel for cin → cout channels: its
+// transforms cost O(cin + cout) a tile against products of cin·cout, so
+// narrow convs lose (measured on AVX2: 32 → 32 at 256² 1.25× slower, 4 → 128
+// 2× slower; from 64 → 64 1.7-2.5× faster).
+bool winograd_wins(int64_t cin, int64_t cout) { return cin >= 64 && cout >= 64; }
+
 // The direct conv and linear kernels: AVX-512, or AVX2 (16-channel slices).
 bool direct_on() { return level() >= 1; }
 
@@ -408,10 +435,11 @@ struct PackedWeight {
   int64_t rows(const Block& b) const { return avx512 ? rows_for(static_cast<int>(b.nv)) : kAvx2Rows; }
 
   // dst[r] (null: dropped) = the kh×kw windows at in[r] (of `wp`-wide rows
-  // of `cin`-float pixels) times block b, plus its bias.
+  // of `cin`-float pixels) times block b, plus its bias; the blocks read
+  // `shift` floats past w (the Winograd points' weights share one layout).
   void multiply(const Block& b, const float* const* in, int64_t cin, int64_t wp, int64_t kh, int64_t kw,
-                float* const* dst) const {
-    const float* wb = w + b.offset;
+                float* const* dst, int64_t shift = 0) const {
+    const float* wb = w + shift + b.offset;
     const float* bb = bias + b.offset / k;
     const int64_t cols = std::min<int64_t>(16 * b.nv, cout - b.c0);
     if (!avx512) {
@@ -559,6 +587,306 @@ void direct_conv(const float* x, const PackedWeight& pw, float* y, const ConvSha
     return px + img * image + (oy * s.sh * wpad + ox * s.sw) * cin;
   });
 }
+
+// ---- Winograd convolution, F(m×m, 3×3)
+//
+// A 3×3 stride-1 conv in m×m output tiles (Lavin & Gray): each tile's α×α
+// input window d (α = m + 2) becomes V = Bᵀ·d·B, the weight g of each
+// (output, input) channel pair U = G·g·Gᵀ (once, when the model packs it),
+// and the tile's outputs are Aᵀ·M·A with M = Σ_c U ⊙ V: per point ξ of the
+// α², a product (tiles × cin)·(cin × cout), run on the direct kernel's
+// register tiles with U packed in its blocks. Per output and input channel
+// α²/m² multiply-adds where the direct conv makes 9 (F(2×2): 4, F(4×4):
+// 2.25); the transforms are O(cin + cout) a tile, vectorised over 16
+// channels at a time (one clone per x86-64 level). F(4×4)'s transforms have
+// coefficients up to 8 (points 0, ±1, ±2) and its sums cancel more: its
+// float32 errors are ~10× the direct conv's, F(2×2)'s at its level
+// (tests/image_kernels.rs).
+
+constexpr int kWinoLanes = 16;
+// Tiles per task: a multiple of every micro-kernel's rows; V and M for 48
+// tiles of 256 channels (1.8 MB each at F(4×4)) stream through L2 one point
+// at a time.
+constexpr int64_t kWinoBlock = 48;
+
+// 16 channels of the transforms: GCC's generic vectors, one AVX-512 register
+// or two AVX2 ones in the clones (plain arrays under `omp simd` stayed scalar).
+typedef float WinoVec __attribute__((vector_size(4 * kWinoLanes)));
+typedef float WinoVecUnaligned __attribute__((vector_size(4 * kWinoLanes), aligned(4)));
+
+// n ≤ 16 floats at p (Full: 16), zeros past them.
+template <bool Full>
+inline __attribute__((always_inline)) WinoVec wino_load(const float* p, int n) {
+  if (Full) return *reinterpret_cast<const WinoVecUnaligned*>(p);
+  alignas(64) float b[kWinoLanes] = {};
+  std::memcpy(b, p, sizeof(float) * n);
+  return *reinterpret_cast<const WinoVec*>(b);
+}
+
+// The first n ≤ 16 lanes of v to p (Full: 16).
+template <bool Full>
+inline __attribute__((always_inline)) void wino_store(float* p, WinoVec v, int n) {
+  if (Full) {
+    *reinterpret_cast<WinoVecUnaligned*>(p) = v;
+    return;
+  }
+  alignas(64) float b[kWinoLanes];
+  *reinterpret_cast<WinoVec*>(b) = v;
+  std::memcpy(p, b, sizeof(float) * n);
+}
+
+template <int M>
+struct Wino;
+
+// F(2×2, 3×3): points 0, ±1, ∞.
+template <>
+struct Wino<2> {
+  static constexpr int A = 4;
+  // Bᵀ·d (rows of Bᵀ: 1 0 −1 0; 0 1 1 0; 0 −1 1 0; 0 1 0 −1).
+  static inline __attribute__((always_inline)) void bt(const WinoVec* d, WinoVec* r) {
+    r[0] = d[0] - d[2];
+    r[1] = d[1] + d[2];
+    r[2] = d[2] - d[1];
+    r[3] = d[1] - d[3];
+  }
+  // Aᵀ·m (rows of Aᵀ: 1 1 1 0; 0 1 −1 −1).
+  static inline __attribute__((always_inline)) void at(const WinoVec* m, WinoVec* r) {
+    r[0] = m[0] + m[1] + m[2];
+    r[1] = m[1] - m[2] - m[3];
+  }
+  static constexpr double g[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
+};
+
+// F(4×4, 3×3): points 0, ±1, ±2, ∞.
+template <>
+struct Wino<4> {
+  static constexpr int A = 6;
+  // Rows of Bᵀ: 4 0 −5 0 1 0; 0 −4 −4 1 1 0; 0 4 −4 −1 1 0; 0 −2 −1 2 1 0;
+  // 0 2 −1 −2 1 0; 0 4 0 −5 0 1.
+  static inline __attribute__((always_inline)) void bt(const WinoVec* d, WinoVec* r) {
+    const WinoVec a = d[4] - d[2], b = d[3] - d[1];
+    r[0] = 4.0f * d[0] - 5.0f * d[2] + d[4];
+    r[1] = (d[3] + d[4]) - 4.0f * (d[1] + d[2]);
+    r[2] = (d[4] - d[3]) + 4.0f * (d[1] - d[2]);
+    r[3] = a + 2.0f * b;
+    r[4] = a - 2.0f * b;
+    r[5] = 4.0f * d[1] - 5.0f * d[3] + d[5];
+  }
+  // Rows of Aᵀ: 1 1 1 1 1 0; 0 1 −1 2 −2 0; 0 1 1 4 4 0; 0 1 −1 8 −8 1.
+  static inline __attribute__((always_inline)) void at(const WinoVec* m, WinoVec* r) {
+    const WinoVec p = m[1] + m[2], q = m[1] - m[2], u = m[3] + m[4], v = m[3] - m[4];
+    r[0] = m[0] + p + u;
+    r[1] = q + 2.0f * v;
+    r[2] = p + 4.0f * u;
+    r[3] = q + 8.0f * v + m[5];
+  }
+  static constexpr double g[6][3] = {{0.25, 0, 0},
+                                     {-1.0 / 6, -1.0 / 6, -1.0 / 6},
+                                     {-1.0 / 6, 1.0 / 6, -1.0 / 6},
+                                     {1.0 / 24, 1.0 / 12, 1.0 / 6},
+                                     {1.0 / 24, -1.0 / 12, 1.0 / 6},
+                                     {0, 0, 1}};
+};
+
+// V of one window (rows `rs` floats apart, pixels `ps`) for n ≤ 16 channels:
+// point ξ = α·i + j at v[ξ·vs]. Full: n is 16.
+template <int M, bool Full>
+inline __attribute__((always_inline)) void wino_input_lanes(const float* in, int64_t rs, int64_t ps, float* v,
+                                                            int64_t vs, int n) {
+  constexpr int A = Wino<M>::A;
+  WinoVec t[A][A];  // Bᵀ·d, transposed
+  for (int j = 0; j < A; j++) {
+    WinoVec d[A];
+    for (int k = 0; k < A; k++) d[k] = wino_load<Full>(in + k * rs + j * ps, n);
+    Wino<M>::bt(d, t[j]);
+  }
+  for (int i = 0; i < A; i++) {
+    WinoVec d[A], r[A];
+    for (int j = 0; j < A; j++) d[j] = t[j][i];
+    Wino<M>::bt(d, r);
+    for (int j = 0; j < A; j++) wino_store<Full>(v + (i * A + j) * vs, r[j], n);
+  }
+}
+
+// Aᵀ·M·A + bias of one tile for n ≤ 16 channels (M's point ξ at m[ξ·ms]):
+// its first `rows` × `cols` outputs to y (rows `rs` floats apart, pixels `ps`).
+template <int M, bool Full>
+inline __attribute__((always_inline)) void wino_output_lanes(const float* m, int64_t ms, const float* bias, float* y,
+                                                             int64_t rs, int64_t ps, int rows, int cols, int n) {
+  constexpr int A = Wino<M>::A;
+  WinoVec t[A][M];  // Aᵀ·M, transposed
+  for (int j = 0; j < A; j++) {
+    WinoVec d[A];
+    for (int k = 0; k < A; k++) d[k] = wino_load<Full>(m + (k * A + j) * ms, n);
+    Wino<M>::at(d, t[j]);
+  }
+  const WinoVec b = wino_load<Full>(bias, n);
+  for (int i = 0; i < rows; i++) {
+    WinoVec d[A], r[M];
+    for (int j = 0; j < A; j++) d[j] = t[j][i];
+    Wino<M>::at(d, r);
+    for (int j = 0; j < cols; j++) wino_store<Full>(y + i * rs + j * ps, r[j] + b, n);
+  }
+}
+
+// V of one tile's window at `in` (rows `rs` floats apart) over all cin channels.
+template <int M>
+MLXE_CLONES void wino_input_tile(const float* in, int64_t rs, int64_t cin, float* v, int64_t vs) {
+  int64_t c = 0;
+  for (; c + kWinoLanes <= cin; c += kWinoLanes) wino_input_lanes<M, true>(in + c, rs, cin, v + c, vs, kWinoLanes);
+  if (c < cin) wino_input_lanes<M, false>(in + c, rs, cin, v + c, vs, static_cast<int>(cin - c));
+}
+
+// One tile's outputs from M over `width` channels (see wino_output_lanes).
+template <int M>
+MLXE_CLONES void wino_output_tile(const float* m, int64_t ms, int64_t width, const float* bias, float* y, int64_t rs,
+                                  int64_t ps, int rows, int cols) {
+  int64_t c = 0;
+  for (; c + kWinoLanes <= width; c += kWinoLanes) {
+    wino_output_lanes<M, true>(m + c, ms, bias + c, y + c, rs, ps, rows, cols, kWinoLanes);
+  }
+  if (c < width) {
+    wino_output_lanes<M, false>(m + c, ms, bias + c, y + c, rs, ps, rows, cols, static_cast<int>(width - c));
+  }
+}
+
+// U = G·g·Gᵀ of the (cout, 3, 3, cin) weight w, in double, as α² (cout, cin)
+// matrices (point ξ's at u + ξ·cout·cin).
+template <int M>
+void winograd_weight(const float* w, int64_t cout, int64_t cin, float* u) {
+  constexpr int A = Wino<M>::A;
+  const auto& g = Wino<M>::g;
+  parallel(cout, 9 * cin * 16, [&](int64_t lo, int64_t hi) {
+    for (int64_t o = lo; o < hi; o++) {
+      for (int64_t c = 0; c < cin; c++) {
+        double k[3][3], t[A][3];
+        for (int y = 0; y < 3; y++) {
+          for (int x = 0; x < 3; x++) k[y][x] = w[((o * 3 + y) * 3 + x) * cin + c];
+        }
+        for (int i = 0; i < A; i++) {
+          for (int x = 0; x < 3; x++) t[i][x] = g[i][0] * k[0][x] + g[i][1] * k[1][x] + g[i][2] * k[2][x];
+        }
+        for (int i = 0; i < A; i++) {
+          for (int j = 0; j < A; j++) {
+            const double v = t[i][0] * g[j][0] + t[i][1] * g[j][1] + t[i][2] * g[j][2];
+            u[((i * A + j) * cout + o) * cin + c] = static_cast<float>(v);
+          }
+        }
+      }
+    }
+  });
+}
+
+// The (cout, 3, 3, cin) weight w packed for winograd_conv<M> into out
+// (winograd_floats(M, cout, cin) floats).
+template <int M>
+void pack_winograd(const float* w, int64_t cout, int64_t cin, float* out) {
+  constexpr int64_t points = Wino<M>::A * Wino<M>::A;
+  std::vector<float> u(points * cout * cin);
+  winograd_weight<M>(w, cout, cin, u.data());
+  int64_t floats = 0;
+  const PackedWeight layout = weight_layout(cout, cin, &floats);
+  for (int64_t xi = 0; xi < points; xi++) pack_blocks(u.data() + xi * cout * cin, layout, out + xi * floats);
+}
+
+// The calling thread's V (0) and M (1) buffers.
+float* wino_buffer(int which, int64_t n) {
+  thread_local std::vector<float> bufs[2];
+  auto& b = bufs[which];
+  if (static_cast<int64_t>(b.size()) < n) b.resize(n);
+  return b.data();
+}
+
+// y = conv3×3(x) + bias, stride 1, by F(M×M, 3×3) with `u`: the α² points'
+// (cout, cin) weights, each in the direct kernel's blocks, one after another.
+template <int M>
+void winograd_conv_tiles(const float* x, const float* u, const float* bias, float* y, const ConvShape& s) {
+  constexpr int64_t A = Wino<M>::A, points = A * A;
+  const int64_t cin = s.cin, cout = s.cout, padded = (cout + 15) / 16 * 16;
+  int64_t point = 0;
+  PackedWeight pw = weight_layout(cout, cin, &point);
+  std::vector<float> zeros(padded, 0.0f), b(padded, 0.0f);
+  if (bias != nullptr) std::copy(bias, bias + cout, b.begin());
+  pw.w = u;
+  pw.bias = zeros.data();  // the products start at 0; the bias comes with Aᵀ·M·A
+  // The input zero-padded to whole tiles: every α×α window lies inside.
+  const int64_t ty = (s.oh + M - 1) / M, tx = (s.ow + M - 1) / M, per_image = ty * tx, tiles = s.n * per_image;
+  const int64_t hp = M * ty + 2, wpad = M * tx + 2, image = hp * wpad * cin;
+  float* px = direct_buffer(0, s.n * image);
+  parallel(s.n * hp, wpad * cin, [&](int64_t lo, int64_t hi) {
+    for (int64_t it = lo; it < hi; it++) {
+      const int64_t img = it / hp, py = it % hp, iy = py - s.ph;
+      float* row = px + img * image + py * wpad * cin;
+      if (iy < 0 || iy >= s.h) {
+        std::fill(row, row + wpad * cin, 0.0f);
+      } else {
+        std::fill(row, row + s.pw * cin, 0.0f);
+        std::memcpy(row + s.pw * cin, x + ((img * s.h + iy) * s.w) * cin, sizeof(float) * s.w * cin);
+        std::fill(row + (s.pw + s.w) * cin, row + wpad * cin, 0.0f);
+      }
+    }
+  });
+  // Tasks: a block of tiles × a group of output blocks. Few tiles (the UNet's
+  // 8×8 and 16×16 levels) are split by output channels too, each group
+  // transforming the same inputs again, so both cores have work.
+  const int64_t nb = static_cast<int64_t>(pw.blocks.size());
+  const int64_t block = std::min(kWinoBlock, tiles), nt = (tiles + block - 1) / block;
+  const int64_t ng = std::min(nb, std::max<int64_t>(1, (4 * Pool::get().size() + nt - 1) / nt));
+  auto task = [&](int64_t it) {
+    const int64_t t0 = it / ng * block, count = std::min(block, tiles - t0), g = it % ng;
+    const int64_t b0 = g * nb / ng, b1 = (g + 1) * nb / ng;
+    const int64_t c0 = pw.blocks[b0].c0, c1 = std::min(cout, pw.blocks[b1 - 1].c0 + 64);
+    const int64_t mw = (c1 - c0 + 15) / 16 * 16;
+    float* v = wino_buffer(0, points * block * cin);
+    float* m = wino_buffer(1, points * block * mw);
+    auto origin = [&](int64_t t, int64_t* img, int64_t* oy, int64_t* ox) {
+      const int64_t tile = t0 + t, r = tile % per_image;
+      *img = tile / per_image;
+      *oy = r / tx * M;
+      *ox = r % tx * M;
+    };
+    for (int64_t t = 0; t < count; t++) {
+      int64_t img, oy, ox;
+      origin(t, &img, &oy, &ox);
+      wino_input_tile<M>(px + img * image + (oy * wpad + ox) * cin, wpad * cin, cin, v + t * cin, block * cin);
+    }
+    for (int64_t xi = 0; xi < points; xi++) {
+      for (int64_t bi = b0; bi < b1; bi++) {
+        const PackedWeight::Block& blk = pw.blocks[bi];
+        const int64_t rows = pw.rows(blk);
+        for (int64_t t = 0; t < count; t += rows) {
+          const float* in[16];
+          float* dst[16];
+          for (int64_t r = 0; r < rows; r++) {
+            const bool live = t + r < count;
+            in[r] = v + (xi * block + (live ? t + r : 0)) * cin;  // past the end: any row, dropped
+            dst[r] = live ? m + (xi * block + t + r) * mw + (blk.c0 - c0) : nullptr;
+          }
+          pw.multiply(blk, in, cin, 0, 1, 1, dst, xi * point);
+        }
+      }
+    }
+    for (int64_t t = 0; t < count; t++) {
+      int64_t img, oy, ox;
+      origin(t, &img, &oy, &ox);
+      wino_output_tile<M>(m + t * mw, block * mw, c1 - c0, b.data() + c0,
+                          y + ((img * s.oh + oy) * s.ow + ox) * cout + c0, s.ow * cout, cout,
+                          static_cast<int>(std::min<int64_t>(M, s.oh - oy)),
+                          static_cast<int>(std::min<int64_t>(M, s.ow - ox)));
+    }
+  };
+  const int64_t tasks = nt * ng;
+  if (tiles * cin * cout < (int64_t{1} << 16)) {
+    for (int64_t it = 0; it < tasks; it++) task(it);
+  } else {
+    Pool::get().run(tasks, task);
+  }
+}
+
+// winograd_conv_tiles for the tile pack_conv_weight packed `u` for.
+void winograd_conv(int tile, const float* x, const float* u, const float* bias, float* y, const ConvShape& s) {
+  tile == 2 ? winograd_conv_tiles<2>(x, u, bias, y, s) : winograd_conv_tiles<4>(x, u, bias, y, s);
+}
 #endif
 
 // y = a · wᵀ (+ bias) over many rows: the direct kernel where it runs and
@@ -575,9 +903,10 @@ void linear_rows(const float* a, const float* w, const float* bias, float* y, in
 
 class Conv2dKernel : public mx::UnaryPrimitive {
  public:
-  // `packed`: the weight input is pack_conv_weight's, not (O, KH, KW, I).
-  Conv2dKernel(mx::Stream st, ConvShape s, bool bias, bool packed)
-      : mx::UnaryPrimitive(st), s_(s), bias_(bias), packed_(packed) {}
+  // `packed`: the weight input is pack_conv_weight's, not (O, KH, KW, I);
+  // `winograd`: in the Winograd layout for m×m tiles (0: not).
+  Conv2dKernel(mx::Stream st, ConvShape s, bool bias, bool packed, int winograd)
+      : mx::UnaryPrimitive(st), s_(s), bias_(bias), packed_(packed), winograd_(winograd) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
     for (auto& a : inputs) check_input(a, name());
@@ -588,7 +917,7 @@ class Conv2dKernel : public mx::UnaryPrimitive {
     std::vector<mx::array> ins;
     for (auto& a : inputs) ins.push_back(mx::array::unsafe_weak_copy(a));
     enc.dispatch([ins = std::move(ins), out = mx::array::unsafe_weak_copy(out), s = s_, has_bias = bias_,
-                  packed = packed_]() mutable {
+                  packed = packed_, winograd = winograd_]() mutable {
       const float* x = ins[0].data<float>();
       const float* w = ins[1].data<float>();
       const float* b = has_bias ? ins[2].data<float>() : nullptr;
@@ -603,6 +932,12 @@ class Conv2dKernel : public mx::UnaryPrimitive {
       }
       const bool one_by_one = s.kh == 1 && s.kw == 1 && s.sh == 1 && s.sw == 1 && s.ph == 0 && s.pw == 0;
 #ifdef MLXE_AVX512_KERNELS
+#ifdef MLXE_AVX512_KERNELS
+      if (winograd != 0) {  // packed for it, which needed the direct kernel's level (as below)
+        winograd_conv(winograd, x, w, b, y, s);
+        return;
+      }
+#endif
       if (packed) {  // packing needed the direct kernel, which the CPU keeps even if a test lowers the level
         const PackedWeight pw = prepacked_weight(w, b, s.cout, k);
         one_by_one ? direct_linear(x, pw, y, positions) : direct_conv(x, pw, y, s);
@@ -638,7 +973,8 @@ class Conv2dKernel : public mx::UnaryPrimitive {
   const char* name() const override { return "MlxeConv2d"; }
   bool is_equivalent(const mx::Primitive& other) const override {
     auto* o = dynamic_cast<const Conv2dKernel*>(&other);
-    return o != nullptr && o->bias_ == bias_ && o->packed_ == packed_ && std::memcmp(&o->s_, &s_, sizeof(ConvShape)) == 0;
+    return o != nullptr && o->bias_ == bias_ && o->packed_ == packed_ && o->winograd_ == winograd_ &&
+           std::memcmp(&o->s_, &s_, sizeof(ConvShape)) == 0;
   }
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>&) override {
     return {{static_cast<int>(s_.n), static_cast<int>(s_.oh), static_cast<int>(s_.ow), static_cast<int>(s_.cout)}};
@@ -648,15 +984,25 @@ class Conv2dKernel : public mx::UnaryPrimitive {
   ConvShape s_;
   bool bias_;
   bool packed_;
+  int winograd_;
 };
 
 // The length of a packed (cout, k) weight: k times cout rounded up to 16.
 int64_t packed_floats(int64_t cout, int64_t k) { return k * ((cout + 15) / 16 * 16); }
 
-// The weight (cout, k) in the direct kernel's blocks (see PackedWeight), once.
+// The length of a (cout, 3, 3, cin) weight packed for winograd_conv with
+// m×m tiles: (m + 2)² (cout, cin) weights (16/9 or 4× the direct kernel's).
+int64_t winograd_floats(int tile, int64_t cout, int64_t cin) {
+  return (tile + 2) * (tile + 2) * packed_floats(cout, cin);
+}
+
+// The weight (cout, k) in the direct kernel's blocks (see PackedWeight), or
+// (winograd: the tile) a (cout, 3, 3, k / 9) weight as winograd_conv takes
+// it; once.
 class PackWeightKernel : public mx::UnaryPrimitive {
  public:
-  PackWeightKernel(mx::Stream st, int64_t cout, int64_t k) : mx::UnaryPrimitive(st), cout_(cout), k_(k) {}
+  PackWeightKernel(mx::Stream st, int64_t cout, int64_t k, int winograd)
+      : mx::UnaryPrimitive(st), cout_(cout), k_(k), winograd_(winograd) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
     check_input(inputs[0], name());
@@ -665,10 +1011,16 @@ class PackWeightKernel : public mx::UnaryPrimitive {
     enc.set_input_array(inputs[0]);
     enc.set_output_array(out);
     enc.dispatch([w = mx::array::unsafe_weak_copy(inputs[0]), out = mx::array::unsafe_weak_copy(out), cout = cout_,
-                  k = k_]() mutable {
+                  k = k_, winograd = winograd_]() mutable {
 #ifdef MLXE_AVX512_KERNELS
       int64_t floats = 0;
-      pack_blocks(w.data<float>(), weight_layout(cout, k, &floats), out.data<float>());
+      if (winograd == 2) {
+        pack_winograd<2>(w.data<float>(), cout, k / 9, out.data<float>());
+      } else if (winograd == 4) {
+        pack_winograd<4>(w.data<float>(), cout, k / 9, out.data<float>());
+      } else {
+        pack_blocks(w.data<float>(), weight_layout(cout, k, &floats), out.data<float>());
+      }
 #endif
     });
   }
@@ -678,14 +1030,15 @@ class PackWeightKernel : public mx::UnaryPrimitive {
   const char* name() const override { return "MlxePackWeight"; }
   bool is_equivalent(const mx::Primitive& other) const override {
     auto* o = dynamic_cast<const PackWeightKernel*>(&other);
-    return o != nullptr && o->cout_ == cout_ && o->k_ == k_;
+    return o != nullptr && o->cout_ == cout_ && o->k_ == k_ && o->winograd_ == winograd_;
   }
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>&) override {
-    return {{static_cast<int>(packed_floats(cout_, k_))}};
+    return {{static_cast<int>(winograd_ != 0 ? winograd_floats(winograd_, cout_, k_ / 9) : packed_floats(cout_, k_))}};
   }
 
  private:
   int64_t cout_, k_;
+  int winograd_;
 };
 
 // ---- group norm
@@ -1163,6 +1516,17 @@ int image_kernel_level(int force) {
   return level();
 }
 
+int conv_winograd(int force) {
+  if (force == -1 || force == 0 || force == 2 || force == 4) forced_winograd.store(force, std::memory_order_relaxed);
+  return winograd_tile();
+}
+
+int conv_weight_winograd(const mx::array& w, int sh, int sw) {
+  const bool fits = w.ndim() == 4 && w.shape(1) == 3 && w.shape(2) == 3 && sh == 1 && sw == 1 && direct_on() &&
+                    winograd_wins(w.shape(3), w.shape(0));
+  return fits ? winograd_tile() : 0;
+}
+
 bool gemm_applies(const mx::array& x, const mx::array& w, mx::StreamOrDevice s) {
   return applies(x, s) && w.dtype() == mx::float32 && x.ndim() >= 1 && w.ndim() == 2 && x.shape(-1) == w.shape(1) &&
          sgemm() != nullptr;
@@ -1195,7 +1559,7 @@ bool conv2d_applies(const mx::array& x, const mx::array& w, int sh, int sw, int 
 namespace {
 
 // The conv primitive over x and w: (O, KH, KW, I) as `ws`, or packed.
-mx::array conv2d_of(const mx::array& x, const mx::array& w, std::array<int, 4> ws, bool packed,
+mx::array conv2d_of(const mx::array& x, const mx::array& w, std::array<int, 4> ws, bool packed, int winograd,
                     const std::optional<mx::array>& bias, int sh, int sw, int ph, int pw, mx::Stream stream) {
   ConvShape c{x.shape(0), x.shape(1), x.shape(2), x.shape(3), ws[0], ws[1], ws[2], sh, sw, ph, pw, 0, 0};
   c.oh = (c.h + 2 * ph - c.kh) / sh + 1;
@@ -1208,7 +1572,7 @@ mx::array conv2d_of(const mx::array& x, const mx::array& w, std::array<int, 4> w
     inputs.push_back(mx::contiguous(mx::astype(*bias, mx::float32, stream), false, stream));
   }
   return mx::array({x.shape(0), static_cast<int>(c.oh), static_cast<int>(c.ow), ws[0]}, mx::float32,
-                   std::make_shared<Conv2dKernel>(stream, c, bias.has_value(), packed), std::move(inputs));
+                   std::make_shared<Conv2dKernel>(stream, c, bias.has_value(), packed, winograd), std::move(inputs));
 }
 
 }  // namespace
@@ -1218,7 +1582,7 @@ mx::array conv2d(const mx::array& x, const mx::array& w, const std::optional<mx:
   if (!conv2d_applies(x, w, sh, sw, ph, pw, 1, 1, 1, s)) {
     throw std::invalid_argument("conv2d kernel: float32 NHWC input and (O, KH, KW, I) weight on a CPU stream");
   }
-  return conv2d_of(x, w, {w.shape(0), w.shape(1), w.shape(2), w.shape(3)}, false, bias, sh, sw, ph, pw,
+  return conv2d_of(x, w, {w.shape(0), w.shape(1), w.shape(2), w.shape(3)}, false, 0, bias, sh, sw, ph, pw,
                    mx::to_stream(s));
 }
 
@@ -1226,28 +1590,39 @@ bool conv_weight_packs(const mx::array& w, mx::StreamOrDevice s) {
   return applies(w, s) && w.ndim() == 4 && w.size() > 0 && direct_on();
 }
 
-mx::array pack_conv_weight(const mx::array& w, mx::StreamOrDevice s) {
+mx::array pack_conv_weight(const mx::array& w, int sh, int sw, mx::StreamOrDevice s) {
   if (!conv_weight_packs(w, s)) {
     throw std::invalid_argument(
         "pack_conv_weight: a float32 (O, KH, KW, I) weight on a CPU stream, where the direct conv kernel runs");
   }
   auto stream = mx::to_stream(s);
   const int64_t cout = w.shape(0), k = w.size() / w.shape(0);
-  return mx::array({static_cast<int>(packed_floats(cout, k))}, mx::float32,
-                   std::make_shared<PackWeightKernel>(stream, cout, k), {mx::contiguous(w, false, stream)});
+  const int winograd = conv_weight_winograd(w, sh, sw);
+  return mx::array({static_cast<int>(winograd != 0 ? winograd_floats(winograd, cout, k / 9) : packed_floats(cout, k))},
+                   mx::float32,
+                   std::make_shared<PackWeightKernel>(stream, cout, k, winograd), {mx::contiguous(w, false, stream)});
 }
 
 mx::array conv2d_packed(const mx::array& x, const mx::array& packed, std::array<int, 4> ws,
                         const std::optional<mx::array>& bias, int sh, int sw, int ph, int pw, mx::StreamOrDevice s) {
+  // Which layout pack_conv_weight chose shows in the length ((m + 2)² points
+  // of cin rows, or kh·kw·cin rows); the Winograd ones serve stride 1 only.
+  int winograd = 0;
+  for (int tile : {2, 4}) {
+    if (ws[1] == 3 && ws[2] == 3 && packed.size() == static_cast<size_t>(winograd_floats(tile, ws[0], ws[3]))) {
+      winograd = tile;
+    }
+  }
+  const bool direct = packed.size() == static_cast<size_t>(packed_floats(ws[0], int64_t{ws[1]} * ws[2] * ws[3]));
   const bool ok = applies(x, s) && packed.dtype() == mx::float32 && x.ndim() == 4 && x.shape(3) == ws[3] &&
-                  packed.ndim() == 1 && packed.size() == static_cast<size_t>(packed_floats(ws[0], int64_t{ws[1]} * ws[2] * ws[3])) &&
-                  sh >= 1 && sw >= 1 && ph >= 0 && pw >= 0 && x.shape(1) + 2 * ph >= ws[1] && x.shape(2) + 2 * pw >= ws[2];
+                  packed.ndim() == 1 && (direct || (winograd != 0 && sh == 1 && sw == 1)) && sh >= 1 && sw >= 1 &&
+                  ph >= 0 && pw >= 0 && x.shape(1) + 2 * ph >= ws[1] && x.shape(2) + 2 * pw >= ws[2];
   if (!ok) {
     throw std::invalid_argument("conv2d_packed: float32 NHWC input on a CPU stream and the weight pack_conv_weight made of (" +
                                 std::to_string(ws[0]) + ", " + std::to_string(ws[1]) + ", " + std::to_string(ws[2]) +
                                 ", " + std::to_string(ws[3]) + ")");
   }
-  return conv2d_of(x, packed, ws, true, bias, sh, sw, ph, pw, mx::to_stream(s));
+  return conv2d_of(x, packed, ws, true, winograd, bias, sh, sw, ph, pw, mx::to_stream(s));
 }
 
 mx::array group_norm(const mx::array& x, int groups, const mx::array& weight, const mx::array& bias, float eps,

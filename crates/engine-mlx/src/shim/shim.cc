@@ -489,7 +489,9 @@ std::unique_ptr<Array> conv2d_bias(const Array& x, const Array& w, const ArrayLi
 }
 
 bool conv_weight_packs(const Array& w) { return kernels::conv_weight_packs(w); }
-std::unique_ptr<Array> pack_conv_weight(const Array& w) { return own(kernels::pack_conv_weight(w)); }
+std::unique_ptr<Array> pack_conv_weight(const Array& w, int32_t sh, int32_t sw) {
+  return own(kernels::pack_conv_weight(w, sh, sw));
+}
 std::unique_ptr<Array> conv2d_packed(const Array& x, const Array& packed, rust::Slice<const int32_t> shape,
                                      const ArrayList& bias, int32_t sh, int32_t sw, int32_t ph, int32_t pw) {
   if (shape.size() != 4) throw std::invalid_argument("conv2d_packed: the weight shape is (O, KH, KW, I)");
@@ -635,6 +637,7 @@ std::unique_ptr<Array> quantized_matmul(const Array& x, const Array& w, const Ar
 }
 int32_t quantized_kernel_level(int32_t force) { return kernels::quantized_kernel_level(force); }
 int32_t image_kernel_level(int32_t force) { return kernels::image_kernel_level(force); }
+int32_t conv_winograd(int32_t force) { return kernels::conv_winograd(force); }
 bool cuda_qmv_set_enabled(bool on) {
 #ifdef MLXE_CUDA
   cuda::set_enabled(on);
