@@ -1444,6 +1444,118 @@ void attend_head_avx512(const float* q, const float* k, const float* v, float* o
 
 #pragma GCC diagnostic pop
 #pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+
+// exp512 for AVX2: the same reduction and polynomial, 2^n built in the
+// exponent bits (no scalef), lanes below -87 zeroed.
+inline __m256 exp256(__m256 x) {
+  const __m256 live = _mm256_cmp_ps(x, _mm256_set1_ps(-87.0f), _CMP_GE_OQ);
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(bits)), live);
+}
+
+// Lanes [0, n) of 8 set (n clamped to 0..8), as a float mask.
+inline __m256 first_lanes(int64_t n) {
+  const __m256i lane = _mm256_set_epi32(7, 6, 5, 4, 3, 2, 1, 0);
+  return _mm256_castsi256_ps(
+      _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(std::clamp<int64_t>(n, 0, 8))), lane));
+}
+
+// attend_head with AVX2 intrinsics (the portable loops' clone stayed mostly
+// scalar, a third of the CPU diffusion bench on a Zen 3): scores for 8 keys ×
+// 8 queries a step (8 accumulator chains cover the FMA latency), exp256, and
+// P·V for 8 features × 8 queries a key. Same buffers and layout.
+void attend_head_avx2(const float* q, const float* k, const float* v, float* out, int64_t l, int64_t sl,
+                      int64_t qstride, int64_t kstride, int64_t d, float scale, float* kt, float* vh, float* probs,
+                      float* qb_buf) {
+  const int64_t spad = (sl + LANES - 1) / LANES * LANES;
+  const int64_t dpad = (d + 7) / 8 * 8;
+  const __m256 neg_inf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  for (int64_t c = 0; c < d; c++) {
+    float* row = kt + c * spad;
+    for (int64_t j = 0; j < sl; j++) row[j] = k[j * kstride + c];
+    for (int64_t j = sl; j < spad; j++) row[j] = 0.0f;
+  }
+  for (int64_t j = 0; j < sl; j++) {
+    std::memcpy(vh + j * dpad, v + j * kstride, sizeof(float) * d);
+    for (int64_t c = d; c < dpad; c++) vh[j * dpad + c] = 0.0f;
+  }
+  for (int64_t i0 = 0; i0 < l; i0 += QB) {
+    const int64_t qb = std::min(QB, l - i0);
+    for (int64_t qi = 0; qi < QB; qi++) {
+      for (int64_t c = 0; c < d; c++) qb_buf[qi * d + c] = qi < qb ? q[(i0 + qi) * qstride + c] * scale : 0.0f;
+    }
+    __m256 mx[QB];
+#pragma GCC unroll 8
+    for (int64_t qi = 0; qi < QB; qi++) mx[qi] = neg_inf;
+    for (int64_t j0 = 0; j0 < spad; j0 += 8) {
+      __m256 a[QB];
+#pragma GCC unroll 8
+      for (int64_t qi = 0; qi < QB; qi++) a[qi] = _mm256_setzero_ps();
+      for (int64_t c = 0; c < d; c++) {
+        const __m256 k0 = _mm256_loadu_ps(kt + c * spad + j0);
+#pragma GCC unroll 8
+        for (int64_t qi = 0; qi < QB; qi++) a[qi] = _mm256_fmadd_ps(_mm256_broadcast_ss(qb_buf + qi * d + c), k0, a[qi]);
+      }
+      const __m256 keys = first_lanes(sl - j0);
+#pragma GCC unroll 8
+      for (int64_t qi = 0; qi < QB; qi++) {
+        a[qi] = _mm256_blendv_ps(neg_inf, a[qi], keys);
+        _mm256_storeu_ps(probs + qi * spad + j0, a[qi]);
+        mx[qi] = _mm256_max_ps(mx[qi], a[qi]);
+      }
+    }
+    float inv[QB];
+    for (int64_t qi = 0; qi < QB; qi++) {
+      alignas(32) float t[8];
+      _mm256_store_ps(t, mx[qi]);
+      float m = t[0];
+      for (float x : t) m = std::max(m, x);
+      const __m256 mv = _mm256_set1_ps(m);
+      __m256 sum = _mm256_setzero_ps();
+      float* p = probs + qi * spad;
+      for (int64_t j = 0; j < spad; j += 8) {
+        const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(p + j), mv));
+        _mm256_storeu_ps(p + j, e);
+        sum = _mm256_add_ps(sum, e);
+      }
+      _mm256_store_ps(t, sum);
+      float total = 0.0f;
+      for (float x : t) total += x;
+      inv[qi] = 1.0f / total;
+    }
+    for (int64_t c0 = 0; c0 < dpad; c0 += 8) {
+      __m256 a[QB];
+#pragma GCC unroll 8
+      for (int64_t qi = 0; qi < QB; qi++) a[qi] = _mm256_setzero_ps();
+      for (int64_t j = 0; j < sl; j++) {
+        const __m256 v0 = _mm256_loadu_ps(vh + j * dpad + c0);
+#pragma GCC unroll 8
+        for (int64_t qi = 0; qi < QB; qi++) a[qi] = _mm256_fmadd_ps(_mm256_broadcast_ss(probs + qi * spad + j), v0, a[qi]);
+      }
+      const __m256i cols = _mm256_castps_si256(first_lanes(d - c0));
+      for (int64_t qi = 0; qi < qb; qi++) {
+        _mm256_maskstore_ps(out + (i0 + qi) * qstride + c0, cols, _mm256_mul_ps(a[qi], _mm256_set1_ps(inv[qi])));
+      }
+    }
+  }
+}
+
+#pragma GCC pop_options
 #endif
 
 class AttentionKernel : public mx::UnaryPrimitive {
@@ -1485,7 +1597,11 @@ class AttentionKernel : public mx::UnaryPrimitive {
           if (i0 >= l) continue;
           auto* head = &attend_head;
 #ifdef MLXE_AVX512_KERNELS
-          if (avx512_on()) head = &attend_head_avx512;
+          if (avx512_on()) {
+            head = &attend_head_avx512;
+          } else if (direct_on()) {
+            head = &attend_head_avx2;
+          }
 #endif
           head(qp + (bi * l + i0) * width + h * d, kp + bi * sl * width + h * d, vp + bi * sl * width + h * d,
                y + (bi * l + i0) * width + h * d, std::min(run_len, l - i0), sl, width, width, d, scale, kt.data(),
