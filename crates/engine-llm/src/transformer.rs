@@ -692,8 +692,12 @@ impl Transformer {
             // The hidden states come from the rank before: same shape and dtype.
             h = g.recv(&h.shape(), h.dtype(), g.rank() - 1)?;
         }
-        for (layer, c) in self.layers.iter().zip(cache.iter_mut()) {
-            h = self.layer_forward(layer, &h, c, &mut step)?;
+        // A layer's last residual add and the next layer's input norm run as
+        // one kernel where they can: `normed` carries the latter across.
+        let mut normed = None;
+        for (i, (layer, c)) in self.layers.iter().zip(cache.iter_mut()).enumerate() {
+            let next = self.layers.get(i + 1).map(|l| &l.input_norm);
+            (h, normed) = self.layer_forward(layer, &h, normed.take(), next, c, &mut step)?;
         }
         if let Some(g) = &self.stages {
             let (r, n) = (g.rank(), g.size() as i32);
@@ -753,34 +757,54 @@ impl Transformer {
         ))
     }
 
-    fn layer_forward(&self, layer: &Layer, x: &Array, cache: &mut KvCache, step: &mut Step<'_>) -> Result<Array> {
+    /// One layer on `x`; `normed`, where the layer before computed it, is
+    /// `layer.input_norm(x)`. Returns the layer's output and, where it fused
+    /// its last residual add with `next` (the next layer's input norm), that
+    /// norm of the output.
+    fn layer_forward(
+        &self,
+        layer: &Layer,
+        x: &Array,
+        normed: Option<Array>,
+        next: Option<&RmsNorm>,
+        cache: &mut KvCache,
+        step: &mut Step<'_>,
+    ) -> Result<(Array, Option<Array>)> {
         if layer.ff_norms.is_none() {
             if let Some(h) = self.fused_layer(layer, x, cache, step)? {
-                return Ok(h);
+                return Ok((h, None));
             }
         }
-        let heads = self.attention_heads(&layer.attn, &layer.input_norm.forward(x)?, cache, step)?;
+        let normed = match normed {
+            Some(n) => n,
+            None => layer.input_norm.forward(x)?,
+        };
+        let heads = self.attention_heads(&layer.attn, &normed, cache, step)?;
         match &layer.ff_norms {
             Some((pre, post)) => {
                 let r = self.reduce(layer.attn.o.forward(&heads)?)?;
                 let h = x.add(&layer.post_attn_norm.forward(&r)?)?;
                 let m = self.mlp(&layer.mlp, &pre.forward(&h)?)?;
-                h.add(&post.forward(&m)?)
+                Ok((h.add(&post.forward(&m)?)?, None))
             }
             None => {
-                let h = self.project_residual(&layer.attn.o, &heads, x)?;
+                // Each residual add with the norm after it: one kernel a pair on
+                // the GPU. (MLX's `addmm`, the add in the matmul's epilogue, was
+                // slower for a GPU decode step: 1B bfloat16 517–651 vs 723–762
+                // tok/s with packed projections, H100, same call.)
+                let o = self.reduce(layer.attn.o.forward(&heads)?)?;
+                let (h, n) = layer.post_attn_norm.forward_residual(&o, x)?;
                 let m = &layer.mlp;
-                let hidden = self.mlp_hidden(m, &layer.post_attn_norm.forward(&h)?)?;
-                self.project_residual(&m.down, &hidden, &h)
+                let d = self.reduce(m.down.forward(&self.mlp_hidden(m, &n)?)?)?;
+                match next {
+                    Some(norm) => {
+                        let (out, n) = norm.forward_residual(&d, &h)?;
+                        Ok((out, Some(n)))
+                    }
+                    None => Ok((h.add(&d)?, None)),
+                }
             }
         }
-    }
-
-    /// `residual + l(x)`. (MLX's `addmm`, the sum in the matmul's epilogue, was
-    /// measured slower for a GPU decode step: 1B bfloat16 517–651 vs 723–762
-    /// tok/s with packed projections, H100, same call.)
-    fn project_residual(&self, l: &Linear, x: &Array, residual: &Array) -> Result<Array> {
-        residual.add(&self.reduce(l.forward(x)?)?)
     }
 
     /// Packs each layer's dense q/k/v and gate/up projections into one matrix

@@ -242,6 +242,26 @@ pub fn swiglu_packed(gate_up: &Array) -> Result<Option<Array>> {
     Ok(out.pop())
 }
 
+/// `(a + b, rms_norm(a + b) · weight)` in one CUDA kernel: a residual add and
+/// the RMS norm after it, rounded as MLX's `add` and [`rms_norm`] round (the
+/// sum to the dtype first). `None` off the GPU, without the `cuda` feature,
+/// with `MLXENGINE_CUDA_ADD_NORM=0`, or where it does not apply (`a` and `b`
+/// of one shape and dtype, `weight` (K,) in it, rows of whole 16-byte
+/// chunks); the caller composes MLX's ops.
+pub fn add_rms_norm_cuda(a: &Array, b: &Array, weight: &Array, eps: f32) -> Result<Option<(Array, Array)>> {
+    if !cfg!(feature = "cuda") {
+        return Ok(None);
+    }
+    let mut out = crate::array::unlist(
+        ffi::cuda_add_rms_norm(&a.inner, &b.inner, &weight.inner, eps).op("add_rms_norm_cuda")?,
+        "add_rms_norm_cuda",
+    )?;
+    Ok(match (out.pop(), out.pop()) {
+        (Some(y), Some(h)) => Some((h, y)),
+        _ => None,
+    })
+}
+
 /// Group norm of channels-last `x` (N, …, C), optionally followed by SiLU, in
 /// two CUDA kernels (statistics per group, then the scaled, shifted elements).
 /// `None` off the GPU, without the `cuda` feature, or where it does not apply

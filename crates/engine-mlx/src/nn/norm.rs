@@ -31,6 +31,17 @@ impl RmsNorm {
         fast::rms_norm(x, Some(&self.weight), self.eps)
     }
 
+    /// `(residual + x, norm(residual + x))`: a residual add and this norm, in
+    /// one kernel on the GPU ([`fast::add_rms_norm_cuda`]), else MLX's ops.
+    pub fn forward_residual(&self, x: &Array, residual: &Array) -> Result<(Array, Array)> {
+        if let Some(hy) = fast::add_rms_norm_cuda(residual, x, &self.weight, self.eps)? {
+            return Ok(hy);
+        }
+        let h = residual.add(x)?;
+        let y = self.forward(&h)?;
+        Ok((h, y))
+    }
+
     /// The parameters, for `eval`.
     pub fn arrays(&self) -> Vec<&Array> {
         vec![&self.weight]

@@ -9,6 +9,7 @@
 #include <array>
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <mutex>
@@ -171,6 +172,25 @@ template <typename EL, int E> __device__ __forceinline__ void unpack_chunk(const
   EL::unpack(u.y, o + E / 4);
   EL::unpack(u.z, o + E / 2);
   EL::unpack(u.w, o + 3 * E / 4);
+}
+
+// The inverse: E floats rounded into a 16-byte chunk of x's dtype.
+template <typename EL, int E> __device__ __forceinline__ uint4 pack_chunk(const float* f) {
+  u32 w[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    if constexpr (EL::N == 1) {
+      w[i] = __float_as_uint(f[i]);
+    } else {
+      w[i] = u32(EL::put(f[2 * i])) | (u32(EL::put(f[2 * i + 1])) << 16);
+    }
+  }
+  uint4 u;
+  u.x = w[0];
+  u.y = w[1];
+  u.z = w[2];
+  u.w = w[3];
+  return u;
 }
 
 // One block owns ROWS rows of the stacked matrices (SwiGlu: ROWS/2 gate rows
@@ -544,7 +564,6 @@ __device__ __forceinline__ void attend(const AttnParams& p) {
   load_tile(k0);
 
   __shared__ float qs[G][D], ks[D], vs[D];
-  __shared__ float part[GROUPS][D];
   __shared__ float gm[GROUPS][G], gl[GROUPS][G];
   const S* q = static_cast<const S*>(p.q) + size_t(b) * p.ldq + size_t(kvh) * G * D;
   const S* kn = static_cast<const S*>(p.k) + size_t(b) * p.ldk + size_t(kvh) * D;
@@ -554,12 +573,14 @@ __device__ __forceinline__ void attend(const AttnParams& p) {
     ks[d] = EL::get(kn[d]);
     vs[d] = EL::get(vn[d]);
   }
+  // This thread's RoPE angle (one a thread: dims / 2 ≤ 128 < the block's
+  // 256 threads), worked out while q, k and v are on their way.
+  const int half = p.dims / 2, j = tid;
+  float sn = 0.f, cs = 1.f;
+  if (j < half) sincosf(float(pos) * p.rope_scale * p.inv_freq[j], &sn, &cs);
   __syncthreads();
   // RoPE, rounded to the cache's dtype as a separate rope op would.
-  const int half = p.dims / 2;
-  for (int j = tid; j < half; j += blockDim.x) {
-    float sn, cs;
-    sincosf(float(pos) * p.rope_scale * p.inv_freq[j], &sn, &cs);
+  if (j < half) {
     const int i1 = p.traditional ? 2 * j : j, i2 = p.traditional ? 2 * j + 1 : j + half;
 #pragma unroll
     for (int g = 0; g < G; ++g) {
@@ -676,27 +697,52 @@ __device__ __forceinline__ void attend(const AttnParams& p) {
     bl[g] = 0.f;
     for (int r = 0; r < GROUPS; ++r)
       if (gl[r][g] > 0.f) bl[g] = fmaf(gl[r][g], __expf(gm[r][g] - bm[g]), bl[g]);
-  }
-  float* mine = splits > 1 ? p.part + ((size_t(b) * p.KV + kvh) * splits + split) * (G * (D + 2)) : nullptr;
-  for (int g = 0; g < G; ++g) {
-    if (active) {
-      const float w = l[g] > 0.f ? __expf(m[g] - bm[g]) : 0.f;
+    const float w = l[g] > 0.f ? __expf(m[g] - bm[g]) : 0.f;
 #pragma unroll
-      for (int e = 0; e < E; ++e) part[grp][col + e] = acc[g][e] * w;
-    }
+    for (int e = 0; e < E; ++e) acc[g][e] *= w;
+  }
+  // The groups of a warp sum by shuffles, the warps through shared memory,
+  // CH query heads at a time (CH·D ≤ 512 floats a warp: 16 KB in all): one
+  // pair of barriers a chunk, where it was a pair a head.
+  constexpr int WARPS = 256 / 32, CH = G * D <= 512 ? G : (512 / D > 0 ? 512 / D : 1);
+  __shared__ float part[WARPS][CH * D];
+#pragma unroll
+  for (int g = 0; g < G; ++g)
+#pragma unroll
+    for (int o = RWP; o < 32; o *= 2)
+#pragma unroll
+      for (int e = 0; e < E; ++e) acc[g][e] += __shfl_xor_sync(0xffffffffu, acc[g][e], o);
+  const int warp = tid / 32, lane = tid % 32;
+  float* mine = splits > 1 ? p.part + ((size_t(b) * p.KV + kvh) * splits + split) * (G * (D + 2)) : nullptr;
+#pragma unroll
+  for (int g0 = 0; g0 < G; g0 += CH) {
+    if (lane < RWP && active)
+#pragma unroll
+      for (int g = g0; g < g0 + CH && g < G; ++g)
+#pragma unroll
+        for (int e = 0; e < E; ++e) part[warp][(g - g0) * D + col + e] = acc[g][e];
     __syncthreads();
-    const int h = kvh * G + g;
-    for (int d = tid; d < D; d += blockDim.x) {
+    for (int i = tid; i < CH * D && g0 + i / D < G; i += blockDim.x) {
+      const int g = g0 + i / D, d = i % D;
       float v = 0.f;
-      for (int r = 0; r < GROUPS; ++r) v += part[r][d];
+#pragma unroll
+      for (int w = 0; w < WARPS; ++w) v += part[w][i];
+      // This head's block max and total, picked without indexing registers.
+      float hm = bm[0], hl = bl[0];
+#pragma unroll
+      for (int h = 1; h < G; ++h)
+        if (h == g) {
+          hm = bm[h];
+          hl = bl[h];
+        }
       if (splits == 1) {
-        static_cast<S*>(p.out)[(size_t(b) * p.H + h) * D + d] = EL::put(v / bl[g]);
+        static_cast<S*>(p.out)[(size_t(b) * p.H + kvh * G + g) * D + d] = EL::put(v / hl);
       } else {
         float* o = mine + g * (D + 2);
         o[d] = v;
         if (d == 0) {
-          o[D] = bm[g];
-          o[D + 1] = bl[g];
+          o[D] = hm;
+          o[D + 1] = hl;
         }
       }
     }
@@ -717,13 +763,26 @@ __device__ __forceinline__ void attend(const AttnParams& p) {
   __syncthreads();
   if (!last) return;
   __threadfence();
-  // Every split's (max, total) per query head comes in at once (one trip to
-  // L2, not one a split), each head's split weights are worked out once, and
-  // each output element then reads its splits' partials 8 loads at a time:
-  // the merge reading split after split cost ~0.4 µs a split on the H200.
+  // The merge's loads go out at once: a thread's PER output elements from up
+  // to MS splits, beside every split's (max, total) — one trip to L2 where
+  // reading split after split cost ~0.4 µs a split on the H200. The weights
+  // come from shared memory once the loads are back.
+  constexpr int PER = (G * D + 255) / 256, MS = 32 / PER < 16 ? 32 / PER : 16;  // ≤ 32 registers of values
   const size_t stride = size_t(G) * (D + 2);
   const float* base = p.part + (size_t(b) * p.KV + kvh) * splits * stride;
   __shared__ float wsp[MAX_SPLITS][G], tsp[MAX_SPLITS][G], den[G];
+  float v[PER][MS];
+  auto load_values = [&](int s0) {
+#pragma unroll
+    for (int k = 0; k < PER; ++k) {
+      const int i = tid + k * 256;
+#pragma unroll
+      for (int j = 0; j < MS; ++j)
+        v[k][j] = i < G * D && s0 + j < splits ? __ldcg(base + size_t(s0 + j) * stride + (i / D) * (D + 2) + i % D)
+                                               : 0.f;
+    }
+  };
+  load_values(0);
   for (int i = tid; i < splits * G; i += blockDim.x) {
     const float* o = base + size_t(i / G) * stride + (i % G) * (D + 2);
     wsp[i / G][i % G] = __ldcg(o + D);
@@ -742,19 +801,24 @@ __device__ __forceinline__ void attend(const AttnParams& p) {
     den[tid] = d;
   }
   __syncthreads();
-  for (int i = tid; i < G * D; i += blockDim.x) {
-    const int g = i / D, d = i % D;
-    const float* o = base + g * (D + 2) + d;
-    float num = 0.f;
-    for (int s0 = 0; s0 < splits; s0 += 8) {
-      float v[8];
+  float num[PER];
 #pragma unroll
-      for (int j = 0; j < 8; ++j) v[j] = s0 + j < splits ? __ldcg(o + size_t(s0 + j) * stride) : 0.f;
+  for (int k = 0; k < PER; ++k) num[k] = 0.f;
+  for (int s0 = 0; s0 < splits; s0 += MS) {
+    if (s0 > 0) load_values(s0);
 #pragma unroll
-      for (int j = 0; j < 8; ++j)
-        if (s0 + j < splits) num = fmaf(wsp[s0 + j][g], v[j], num);
+    for (int k = 0; k < PER; ++k) {
+      const int g = (tid + k * 256) / D;
+#pragma unroll
+      for (int j = 0; j < MS; ++j)
+        if (g < G && s0 + j < splits) num[k] = fmaf(wsp[s0 + j][g], v[k][j], num[k]);
     }
-    static_cast<S*>(p.out)[(size_t(b) * p.H + kvh * G + g) * D + d] = EL::put(num / den[g]);
+  }
+#pragma unroll
+  for (int k = 0; k < PER; ++k) {
+    const int i = tid + k * 256;
+    if (i < G * D)
+      static_cast<S*>(p.out)[(size_t(b) * p.H + kvh * G + i / D) * D + i % D] = EL::put(num[k] / den[i / D]);
   }
 }
 
@@ -772,6 +836,72 @@ __device__ __forceinline__ void glu(const void* gu, void* out, int rows, int I) 
   const float a = EL::get(g[0]), u = EL::get(g[I]);
   const float y = ACT == 0 ? a / (1.0f + __expf(-a)) * u : a * (0.5f * u * (1.0f + erff(u * 0.70710678118654752f)));
   static_cast<S*>(out)[i] = EL::put(y);
+}
+
+// h = a + b, rounded to the dtype as MLX's add would, and y = rms_norm(h)·w
+// as MLX's rms_norm rounds it (the normalised value, then times the weight):
+// a residual add and the next RMS norm in one kernel node where MLX's ops
+// take two. One block a row of K; each thread keeps its up to CPT 16-byte
+// chunks in registers between the sum of squares and the output, and loads
+// the weight's before the reduction so its latency hides behind it.
+template <int KIND>
+__device__ __forceinline__ void add_rms(const void* a, const void* b, const void* w, void* h, void* y, int K,
+                                        float eps) {
+  typedef Elem<KIND> EL;
+  typedef typename EL::S S;
+  constexpr int E = 16 / sizeof(S), CPT = 4;
+  const int chunks = K / E, tid = threadIdx.x, nt = blockDim.x;
+  const size_t off = size_t(blockIdx.x) * K;
+  const uint4* ar = reinterpret_cast<const uint4*>(static_cast<const S*>(a) + off);
+  const uint4* br = reinterpret_cast<const uint4*>(static_cast<const S*>(b) + off);
+  const uint4* wr = reinterpret_cast<const uint4*>(w);
+  uint4* hr = reinterpret_cast<uint4*>(static_cast<S*>(h) + off);
+  uint4* yr = reinterpret_cast<uint4*>(static_cast<S*>(y) + off);
+  uint4 av[CPT], bv[CPT], wv[CPT];
+#pragma unroll
+  for (int k = 0; k < CPT; ++k) {
+    const int c = tid + k * nt;
+    if (c < chunks) {
+      av[k] = ar[c];
+      bv[k] = br[c];
+      wv[k] = __ldg(wr + c);
+    }
+  }
+  float v[CPT][E], ss = 0.f;
+#pragma unroll
+  for (int k = 0; k < CPT; ++k) {
+    const int c = tid + k * nt;
+    if (c < chunks) {
+      float fa[E], fb[E];
+      unpack_chunk<EL, E>(av[k], fa);
+      unpack_chunk<EL, E>(bv[k], fb);
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        v[k][e] = EL::get(EL::put(fa[e] + fb[e]));
+        ss = fmaf(v[k][e], v[k][e], ss);
+      }
+      hr[c] = pack_chunk<EL, E>(v[k]);
+    }
+  }
+  __shared__ float red[32];
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+  if (tid % 32 == 0) red[tid / 32] = ss;
+  __syncthreads();
+  ss = 0.f;
+  for (int i = 0; i < nt / 32; ++i) ss += red[i];
+  const float r = rsqrtf(ss / float(K) + eps);
+#pragma unroll
+  for (int k = 0; k < CPT; ++k) {
+    const int c = tid + k * nt;
+    if (c < chunks) {
+      float fw[E];
+      unpack_chunk<EL, E>(wv[k], fw);
+#pragma unroll
+      for (int e = 0; e < E; ++e) v[k][e] = fw[e] * EL::get(EL::put(v[k][e] * r));
+      yr[c] = pack_chunk<EL, E>(v[k]);
+    }
+  }
 }
 
 // Group norm over channels-last x (N, L positions, C), G groups of C/G
@@ -880,6 +1010,7 @@ struct Api {
   int (*cuDeviceGetAttribute)(int*, int, int);
   int (*cuModuleLoadData)(void**, const void*);
   int (*cuModuleGetFunction)(CUfunc_st**, void*, const char*);
+  int (*cuOccupancyMaxActiveBlocksPerMultiprocessor)(int*, CUfunc_st*, int, size_t);
 };
 
 void* open_lib(std::initializer_list<const char*> names) {
@@ -911,6 +1042,7 @@ const Api& api() {
     sym(cu, "cuDeviceGetAttribute", a.cuDeviceGetAttribute);
     sym(cu, "cuModuleLoadData", a.cuModuleLoadData);
     sym(cu, "cuModuleGetFunction", a.cuModuleGetFunction);
+    sym(cu, "cuOccupancyMaxActiveBlocksPerMultiprocessor", a.cuOccupancyMaxActiveBlocksPerMultiprocessor);
     return a;
   }();
   return a;
@@ -923,6 +1055,7 @@ struct Config {
   int deq;   // 0: packed elements OR-ed into 2^23, minus 2^23; 1: read as denormals
   int pf;    // 1: each thread loads its next chunk while it computes one (packed weights)
   int threads;  // most threads a block of qmv (a multiple of 32, at most 256); not part of the compiled code
+  bool rows_auto;  // rows picked at launch by the grid's waves (pick_rows); not part of the compiled code
   std::string key() const {
     return std::to_string(kind) + "_" + std::to_string(bits) + "_" + std::to_string(group) + "_" + std::to_string(mt) +
            "_" + std::to_string(rows) + "_" + std::to_string(mode) + "_" + std::to_string(norm) + "_" + std::to_string(deq) + "_" + std::to_string(pf);
@@ -993,6 +1126,40 @@ CUfunc_st* kernel(const Config& c) {
            std::to_string(c.norm) + ", " + std::to_string(c.deq) + ", " +
            std::to_string(c.pf) + ">(p);\n}\n";
   });
+}
+
+// Rows a block for MLXENGINE_CUDA_QMV_ROWS=auto: of 2, 4 and 8, the count
+// whose grid fills its last wave best, at the occupancy of each compiled
+// kernel (registers bound it) — a grid of 1.3 waves leaves most SMs idle for
+// its last 0.3 (8B q/k/v at 4 rows a block). Ties go to more rows a block:
+// more bytes in flight an SM and fewer reads of x. Once per shape.
+int pick_rows(Config c, int rows, int grid_y, unsigned threads) {
+  static std::mutex mu;
+  static std::unordered_map<std::string, int> picked;
+  const std::string key = c.key() + "/" + std::to_string(rows) + "/" + std::to_string(grid_y) + "/" + std::to_string(threads);
+  std::lock_guard<std::mutex> lock(mu);
+  if (auto it = picked.find(key); it != picked.end()) return it->second;
+  const Api& a = api();
+  int dev = 0, sms = 0;
+  if (a.cuCtxGetDevice(&dev) != 0 || a.cuDeviceGetAttribute(&sms, 16, dev) != 0 || sms <= 0) return c.rows;
+  int best = c.rows;
+  double best_fill = -1;
+  for (int r : {2, 4, 8}) {
+    c.rows = r;
+    int per_sm = 0;
+    if (a.cuOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel(c), static_cast<int>(threads), 0) != 0 ||
+        per_sm <= 0)
+      continue;
+    const int per_block = c.mode == 1 ? r / 2 : r;
+    const double blocks = double((rows + per_block - 1) / per_block) * grid_y, slots = double(per_sm) * sms;
+    const double fill = blocks / (std::ceil(blocks / slots) * slots);
+    if (fill >= best_fill - 0.02) {
+      best = r;
+      best_fill = std::max(fill, best_fill);
+    }
+  }
+  picked.emplace(key, best);
+  return best;
 }
 
 // Threads of a decode attention block (its shared buffers are sized for it).
@@ -1098,10 +1265,12 @@ class FusedQmv : public mx::Primitive {
     }
     const int chunks = K / (128 / c_.bits);
     const unsigned threads = std::min(c_.threads, (chunks + 31) / 32 * 32);
-    const int per_block = c_.mode == 1 ? c_.rows / 2 : c_.rows;
-    const dim3 grid{static_cast<unsigned>((rows + per_block - 1) / per_block),
-                    static_cast<unsigned>((p.M + c_.mt - 1) / c_.mt), 1};
-    CUfunc_st* f = kernel(c_);
+    Config c = c_;
+    const int grid_y = (p.M + c.mt - 1) / c.mt;
+    if (c.rows_auto) c.rows = pick_rows(c, rows, grid_y, threads);
+    const int per_block = c.mode == 1 ? c.rows / 2 : c.rows;
+    const dim3 grid{static_cast<unsigned>((rows + per_block - 1) / per_block), static_cast<unsigned>(grid_y), 1};
+    CUfunc_st* f = kernel(c);
     for (const auto& a : in) enc.set_input_array(a);
     for (const auto& o : outs) enc.set_output_array(o);
     void* args[] = {&p};
@@ -1125,13 +1294,20 @@ class FusedQmv : public mx::Primitive {
   float eps_;
 };
 
+int env_int(const char* name, int fallback) {
+  const char* v = std::getenv(name);
+  return v != nullptr && *v != '\0' ? std::atoi(v) : fallback;
+}
+
 // Splits of the slots for a decode attention: enough blocks (KV heads × batch
 // rows × splits) to spread over a large GPU, at least 64 slots a split, at most
 // 32 (kAttnSource's MAX_SPLITS: its merge sizes shared memory by it).
 int attn_splits(int batch, int kv_heads, int n_keys) {
   constexpr int max_splits = 32;
+  // MLXENGINE_CUDA_ATTN_SLOTS: the fewest slots a split (default 64), for measurements.
+  static const int min_slots = std::max(8, env_int("MLXENGINE_CUDA_ATTN_SLOTS", 64));
   const int want = (256 + batch * kv_heads - 1) / (batch * kv_heads);
-  return std::max(1, std::min({want, (n_keys + 63) / 64, max_splits}));
+  return std::max(1, std::min({want, (n_keys + min_slots - 1) / min_slots, max_splits}));
 }
 
 // A decode step's attention as an MLX primitive (see kAttnSource). Inputs: q,
@@ -1232,11 +1408,6 @@ class DecodeAttention : public mx::Primitive {
   float rope_scale_, scale_;
   bool rows_;
 };
-
-int env_int(const char* name, int fallback) {
-  const char* v = std::getenv(name);
-  return v != nullptr && *v != '\0' ? std::atoi(v) : fallback;
-}
 
 std::atomic<bool>& enabled() {
   static std::atomic<bool> on{env_int("MLXENGINE_CUDA_QMV", 1) != 0};
@@ -1345,10 +1516,16 @@ std::vector<mx::array> build(const mx::array& x_in, const std::vector<QuantMatri
   c.mt = std::min(M, QMV_ROW_TILE);
   // Rows per block: more share each load of x, fewer keep ~2 blocks per SM on
   // narrow layers. SwiGLU pairs gate and up rows, so its count is even.
+  // MLXENGINE_CUDA_QMV_ROWS: a count (≤ 8) for every matvec, or auto (pick_rows).
+  static const bool rows_auto = [] {
+    const char* v = std::getenv("MLXENGINE_CUDA_QMV_ROWS");
+    return v != nullptr && std::string(v) == "auto";
+  }();
   static const int rows_env = env_int("MLXENGINE_CUDA_QMV_ROWS", 0);
   static const int threads_env = std::clamp(env_int("MLXENGINE_CUDA_QMV_THREADS", 64) / 32 * 32, 32, 256);
   c.rows = rows_env > 0 ? std::min(rows_env, 8) : swiglu ? 4 : (total >= 2048 ? 4 : total >= 512 ? 2 : 1);
   if (swiglu) c.rows = std::max(2, c.rows / 2 * 2);
+  c.rows_auto = rows_auto;
   c.threads = threads_env;
   c.mode = swiglu ? 1 : 0;
   // Where the norm's squares are summed (qmv's NORM): in the main loop at one
@@ -1534,6 +1711,75 @@ std::optional<mx::array> swiglu_packed(const mx::array& gu, mx::StreamOrDevice s
 }
 
 std::optional<mx::array> geglu(const mx::array& x, mx::StreamOrDevice s) { return packed_glu(x, 1, s); }
+
+// A residual add and the RMS norm after it (see add_rms in kAttnSource).
+// Inputs a, b, the weight; outputs the sum and the normalised sum.
+class AddRmsNorm : public mx::Primitive {
+ public:
+  AddRmsNorm(mx::Stream s, float eps) : mx::Primitive(s), eps_(eps) {}
+
+  void eval_cpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
+    throw std::runtime_error("MlxeAddRmsNorm is a CUDA kernel");
+  }
+
+  void eval_gpu(const std::vector<mx::array>& in, std::vector<mx::array>& outs) override {
+    auto& enc = mx::cu::get_command_encoder(stream());
+    for (const auto& a : in)
+      if (!a.flags().row_contiguous || (reinterpret_cast<uintptr_t>(gptr(a)) % 16) != 0)
+        throw std::runtime_error("MlxeAddRmsNorm: inputs must be row-contiguous and 16-byte aligned");
+    for (auto& o : outs) o.set_data(mx::allocator::malloc(o.nbytes()));
+    int K = in[2].shape(0);
+    const unsigned rows = static_cast<unsigned>(in[0].size() / K);
+    const void *a = gptr(in[0]), *b = gptr(in[1]), *w = gptr(in[2]);
+    void *h = gptr(outs[0]), *y = gptr(outs[1]);
+    float eps = eps_;
+    for (const auto& x : in) enc.set_input_array(x);
+    for (const auto& o : outs) enc.set_output_array(o);
+    void* args[] = {&a, &b, &w, &h, &y, &K, &eps};
+    const std::string cfg = std::to_string(kind_of(in[0].dtype()));
+    CUfunc_st* f = compiled("add_rms_" + cfg, "mlxe_add_rms", [&] {
+      return std::string(kSource) + kAttnSource +
+             "extern \"C\" __global__ void __launch_bounds__(1024) mlxe_add_rms(const void* a, const void* b, "
+             "const void* w, void* h, void* y, int K, float eps) {\n"
+             "  mlxe::add_rms<" + cfg + ">(a, b, w, h, y, K, eps);\n}\n";
+    });
+    enc.add_kernel_node_raw(f, dim3{rows, 1, 1}, dim3{add_rms_threads(K, in[0].itemsize()), 1, 1}, dim3{1, 1, 1}, 0,
+                            args);
+  }
+
+  const char* name() const override { return "MlxeAddRmsNorm"; }
+
+  bool is_equivalent(const mx::Primitive& other) const override {
+    const auto* o = dynamic_cast<const AddRmsNorm*>(&other);
+    return o != nullptr && o->eps_ == eps_;
+  }
+
+  // Threads a row: a warp's multiple, each with up to 4 16-byte chunks (add_rms's CPT).
+  static unsigned add_rms_threads(int K, size_t itemsize) {
+    const int chunks = static_cast<int>(K * itemsize / 16);
+    return static_cast<unsigned>(std::max(32, ((chunks + 3) / 4 + 31) / 32 * 32));
+  }
+
+ private:
+  float eps_;
+};
+
+std::optional<std::pair<mx::array, mx::array>> add_rms_norm(const mx::array& a, const mx::array& b,
+                                                            const mx::array& w, float eps, mx::StreamOrDevice s) {
+  static const bool on = env_int("MLXENGINE_CUDA_ADD_NORM", 1) != 0;
+  if (!on || !enabled().load() || mx::to_stream(s).device.type != mx::Device::gpu) return std::nullopt;
+  if (a.ndim() < 1 || a.shape() != b.shape() || a.dtype() != b.dtype() || w.dtype() != a.dtype() ||
+      !float_type(a.dtype()) || w.ndim() != 1 || w.shape(0) != a.shape(-1) || a.size() == 0 ||
+      !row_contiguous(a) || !row_contiguous(b) || !row_contiguous(w))
+    return std::nullopt;
+  const int K = a.shape(-1);
+  // Whole 16-byte chunks, at most 4 a thread of 1024 (bf16: K ≤ 32768).
+  if ((K * a.itemsize()) % 16 != 0 || K * a.itemsize() / 16 > 4 * 1024 || a.size() / K > size_t(INT32_MAX))
+    return std::nullopt;
+  auto outs = mx::array::make_arrays({a.shape(), a.shape()}, {a.dtype(), a.dtype()},
+                                     std::make_shared<AddRmsNorm>(mx::to_stream(s), eps), {a, b, w});
+  return std::make_pair(std::move(outs[0]), std::move(outs[1]));
+}
 
 // Arguments of the group norm kernels, laid out as GnParams in kAttnSource.
 struct GnParams {

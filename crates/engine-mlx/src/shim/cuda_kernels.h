@@ -91,6 +91,13 @@ std::optional<mx::array> decode_attention(const mx::array& q, const mx::array& k
 // does not apply (another device or dtype, our kernels off, MLXENGINE_CUDA_PACK=0).
 std::optional<mx::array> swiglu_packed(const mx::array& gu, mx::StreamOrDevice s = {});
 
+// (a + b, rms_norm(a + b)·w) in one kernel: a residual add and the RMS norm
+// after it (MLX's ops take two), rounded as MLX's add and rms_norm round;
+// nullopt where it does not apply (another device, dtypes or shapes that
+// differ, our kernels off or MLXENGINE_CUDA_ADD_NORM=0).
+std::optional<std::pair<mx::array, mx::array>> add_rms_norm(const mx::array& a, const mx::array& b,
+                                                            const mx::array& w, float eps, mx::StreamOrDevice s = {});
+
 // GEGLU of x (…, 2·F) → (…, F), the first half times the exact GELU of the
 // second, in one kernel (MLX's ops take six element-wise kernels); nullopt
 // where it does not apply (another device or dtype, our kernels off).

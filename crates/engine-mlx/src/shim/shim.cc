@@ -733,6 +733,19 @@ std::unique_ptr<ArrayList> cuda_swiglu_packed(const Array& gu) {
   return out;
 }
 
+std::unique_ptr<ArrayList> cuda_add_rms_norm(const Array& a, const Array& b, const Array& weight, float eps) {
+  auto out = std::make_unique<ArrayList>();
+#ifdef MLXE_CUDA
+  if (auto hy = cuda::add_rms_norm(a, b, weight, eps)) {
+    out->items.push_back(std::move(hy->first));
+    out->items.push_back(std::move(hy->second));
+  }
+#else
+  (void)a, (void)b, (void)weight, (void)eps;
+#endif
+  return out;
+}
+
 std::unique_ptr<ArrayList> cuda_group_norm(const Array& x, int32_t groups, const Array& weight, const Array& bias, float eps, bool silu) {
   auto out = std::make_unique<ArrayList>();
 #ifdef MLXE_CUDA

@@ -145,6 +145,10 @@ int main() {
   // The merge reads the splits' partials 8 at a time: a count past 8 and not a multiple, and the most.
   report("D128 G4 700 slots, 11 splits", run_case<128, 4>({"", 1, 2, 704, 700, 699, 699, 128, 0, 11, {}}, 10));
   report("D128 G4 2100 slots, 32 splits", run_case<128, 4>({"", 1, 1, 2112, 2100, 2099, 2099, 128, 0, 32, {}}, 11));
+  // Eight heads of 128: the block's sums go through shared memory in two chunks of heads, and each thread
+  // merges four output elements.
+  report("D128 G8 500 slots, 5 splits", run_case<128, 8>({"", 1, 2, 512, 500, 499, 499, 128, 0, 5, {}}, 12));
+  report("D128 G8 one split", run_case<128, 8>({"", 1, 1, 64, 60, 59, 59, 128, 0, 1, {}}, 13));
   report("D64 G4 packed q/k/v, 3 rows, 2 splits",
          run_case<64, 4>({"", 3, 2, 96, 90, 89, 89, 64, 0, 2, {}, true}, 6));
   report("D128 G2 packed q/k/v, left-padded rows",
@@ -170,6 +174,36 @@ int main() {
         den += want * want;
       }
     report(act == 0 ? "swiglu, 3 rows of 2x40" : "geglu, 3 rows of 2x40", std::isfinite(num) ? std::sqrt(num / den) : INFINITY);
+  }
+  // add + RMS norm: 3 rows of K, h = a + b and rms_norm(h)·w against float64, at a block of 32 threads
+  // (one to two chunks a thread) and of 64 (four).
+  for (const auto [K, threads] : {std::pair{200, 32}, std::pair{1000, 64}}) {
+    const int rows = 3;
+    std::mt19937 rng(12 + K);
+    std::uniform_real_distribution<float> U(-2, 2);
+    std::vector<float> a(size_t(rows) * K), b(a.size()), w(K), h(a.size(), NAN), y(a.size(), NAN);
+    for (auto& v : a) v = U(rng);
+    for (auto& v : b) v = U(rng);
+    for (auto& v : w) v = 1.0f + 0.5f * U(rng);
+    launch({unsigned(rows), 1, 1}, threads, [&] { mlxe::add_rms<0>(a.data(), b.data(), w.data(), h.data(), y.data(), K, 1e-5f); });
+    double num = 0, den = 0;
+    for (int r = 0; r < rows; ++r) {
+      double ss = 0;
+      for (int i = 0; i < K; ++i) {
+        const double s = double(a[size_t(r) * K + i]) + b[size_t(r) * K + i];
+        ss += s * s;
+        num += (h[size_t(r) * K + i] - s) * (h[size_t(r) * K + i] - s);
+        den += s * s;
+      }
+      const double rs = 1.0 / std::sqrt(ss / K + 1e-5);
+      for (int i = 0; i < K; ++i) {
+        const double want = (double(a[size_t(r) * K + i]) + b[size_t(r) * K + i]) * rs * w[i];
+        num += (y[size_t(r) * K + i] - want) * (y[size_t(r) * K + i] - want);
+        den += want * want;
+      }
+    }
+    report(K == 200 ? "add + rms norm, 3 rows of 200, 32 threads" : "add + rms norm, 3 rows of 1000, 64 threads",
+           std::isfinite(num) ? std::sqrt(num / den) : INFINITY);
   }
   // group norm (N, L, C) with G groups, its mean far from zero (the second
   // pass around each slice's mean keeps float32 exact), with and without SiLU.
