@@ -92,6 +92,32 @@ fn winograd(c: &mut Criterion) {
     g.finish();
 }
 
+/// `fast::linear_rows` (the UNet's attention projections and feed-forward, 2
+/// images × 32² positions): the direct kernel's register tiles against one
+/// sgemm a core (OpenBLAS, level 0).
+fn linear_rows(c: &mut Criterion) {
+    let mut g = c.benchmark_group("linear_rows");
+    g.sample_size(10);
+    for (name, m, k, n) in [
+        ("2048x128_to_128", 2048, 128, 128),
+        ("2048x128_to_1024", 2048, 128, 1024),
+        ("2048x512_to_128", 2048, 512, 128),
+        ("512x256_to_2048", 512, 256, 2048),
+    ] {
+        let x = normal(&[m, k], 1);
+        let w = normal(&[n, k], 2);
+        let b = normal(&[n], 3);
+        for (label, level) in [("ours", None), ("sgemm", Some(0))] {
+            fast::force_image_kernel_level(level);
+            g.bench_function(BenchmarkId::new(label, name), |bch| {
+                bch.iter(|| fast::linear_rows(&x, &w, Some(&b)).unwrap().eval().unwrap())
+            });
+        }
+        fast::force_image_kernel_level(None);
+    }
+    g.finish();
+}
+
 fn group_norm(c: &mut Criterion) {
     let mut g = c.benchmark_group("group_norm_silu");
     g.sample_size(10);
@@ -208,5 +234,5 @@ fn geglu_and_bias(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, conv, winograd, group_norm, attention, geglu_and_bias);
+criterion_group!(benches, conv, winograd, linear_rows, group_norm, attention, geglu_and_bias);
 criterion_main!(benches);
