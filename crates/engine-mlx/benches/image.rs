@@ -234,5 +234,13 @@ fn geglu_and_bias(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, conv, winograd, linear_rows, group_norm, attention, geglu_and_bias);
+criterion_group!(
+    benches,
+    conv,
+    winograd,
+    linear_rows,
+    group_norm,
+    attention,
+    geglu_and_bias
+);
 criterion_main!(benches);

@@ -1476,9 +1476,11 @@ inline __m256 first_lanes(int64_t n) {
 }
 
 // attend_head with AVX2 intrinsics (the portable loops' clone stayed mostly
-// scalar, a third of the CPU diffusion bench on a Zen 3): scores for 8 keys ×
-// 8 queries a step (8 accumulator chains cover the FMA latency), exp256, and
-// P·V for 8 features × 8 queries a key. Same buffers and layout.
+// scalar, a third of the CPU diffusion bench on a Zen 3): scores for 16 keys
+// × 4 queries a step, exp256, and P·V for 16 features × 4 queries a key (8
+// accumulator chains cover the FMA latency; two vectors per 4 broadcasts
+// where 8 × 8 took one per 8, which left the loads the bottleneck). Same
+// buffers and layout.
 void attend_head_avx2(const float* q, const float* k, const float* v, float* out, int64_t l, int64_t sl,
                       int64_t qstride, int64_t kstride, int64_t d, float scale, float* kt, float* vh, float* probs,
                       float* qb_buf) {
@@ -1499,24 +1501,34 @@ void attend_head_avx2(const float* q, const float* k, const float* v, float* out
     for (int64_t qi = 0; qi < QB; qi++) {
       for (int64_t c = 0; c < d; c++) qb_buf[qi * d + c] = qi < qb ? q[(i0 + qi) * qstride + c] * scale : 0.0f;
     }
+    constexpr int64_t QH = QB / 2;  // queries per pass
     __m256 mx[QB];
 #pragma GCC unroll 8
     for (int64_t qi = 0; qi < QB; qi++) mx[qi] = neg_inf;
-    for (int64_t j0 = 0; j0 < spad; j0 += 8) {
-      __m256 a[QB];
-#pragma GCC unroll 8
-      for (int64_t qi = 0; qi < QB; qi++) a[qi] = _mm256_setzero_ps();
-      for (int64_t c = 0; c < d; c++) {
-        const __m256 k0 = _mm256_loadu_ps(kt + c * spad + j0);
-#pragma GCC unroll 8
-        for (int64_t qi = 0; qi < QB; qi++) a[qi] = _mm256_fmadd_ps(_mm256_broadcast_ss(qb_buf + qi * d + c), k0, a[qi]);
-      }
-      const __m256 keys = first_lanes(sl - j0);
-#pragma GCC unroll 8
-      for (int64_t qi = 0; qi < QB; qi++) {
-        a[qi] = _mm256_blendv_ps(neg_inf, a[qi], keys);
-        _mm256_storeu_ps(probs + qi * spad + j0, a[qi]);
-        mx[qi] = _mm256_max_ps(mx[qi], a[qi]);
+    for (int64_t h0 = 0; h0 < QB; h0 += QH) {
+      // spad is a multiple of 16.
+      for (int64_t j0 = 0; j0 < spad; j0 += 16) {
+        __m256 a0[QH], a1[QH];
+#pragma GCC unroll 4
+        for (int64_t qi = 0; qi < QH; qi++) a0[qi] = a1[qi] = _mm256_setzero_ps();
+        for (int64_t c = 0; c < d; c++) {
+          const __m256 k0 = _mm256_loadu_ps(kt + c * spad + j0), k1 = _mm256_loadu_ps(kt + c * spad + j0 + 8);
+#pragma GCC unroll 4
+          for (int64_t qi = 0; qi < QH; qi++) {
+            const __m256 qv = _mm256_broadcast_ss(qb_buf + (h0 + qi) * d + c);
+            a0[qi] = _mm256_fmadd_ps(qv, k0, a0[qi]);
+            a1[qi] = _mm256_fmadd_ps(qv, k1, a1[qi]);
+          }
+        }
+        const __m256 keys0 = first_lanes(sl - j0), keys1 = first_lanes(sl - j0 - 8);
+#pragma GCC unroll 4
+        for (int64_t qi = 0; qi < QH; qi++) {
+          a0[qi] = _mm256_blendv_ps(neg_inf, a0[qi], keys0);
+          a1[qi] = _mm256_blendv_ps(neg_inf, a1[qi], keys1);
+          _mm256_storeu_ps(probs + (h0 + qi) * spad + j0, a0[qi]);
+          _mm256_storeu_ps(probs + (h0 + qi) * spad + j0 + 8, a1[qi]);
+          mx[h0 + qi] = _mm256_max_ps(mx[h0 + qi], _mm256_max_ps(a0[qi], a1[qi]));
+        }
       }
     }
     float inv[QB];
@@ -1538,7 +1550,32 @@ void attend_head_avx2(const float* q, const float* k, const float* v, float* out
       for (float x : t) total += x;
       inv[qi] = 1.0f / total;
     }
-    for (int64_t c0 = 0; c0 < dpad; c0 += 8) {
+    int64_t c0 = 0;
+    for (; c0 + 16 <= dpad; c0 += 16) {
+      for (int64_t h0 = 0; h0 < QB; h0 += QH) {
+        __m256 a0[QH], a1[QH];
+#pragma GCC unroll 4
+        for (int64_t qi = 0; qi < QH; qi++) a0[qi] = a1[qi] = _mm256_setzero_ps();
+        for (int64_t j = 0; j < sl; j++) {
+          const __m256 v0 = _mm256_loadu_ps(vh + j * dpad + c0), v1 = _mm256_loadu_ps(vh + j * dpad + c0 + 8);
+#pragma GCC unroll 4
+          for (int64_t qi = 0; qi < QH; qi++) {
+            const __m256 pv = _mm256_broadcast_ss(probs + (h0 + qi) * spad + j);
+            a0[qi] = _mm256_fmadd_ps(pv, v0, a0[qi]);
+            a1[qi] = _mm256_fmadd_ps(pv, v1, a1[qi]);
+          }
+        }
+        const __m256i cols0 = _mm256_castps_si256(first_lanes(d - c0));
+        const __m256i cols1 = _mm256_castps_si256(first_lanes(d - c0 - 8));
+        for (int64_t qi = 0; qi < QH && h0 + qi < qb; qi++) {
+          const __m256 s = _mm256_set1_ps(inv[h0 + qi]);
+          float* o = out + (i0 + h0 + qi) * qstride + c0;
+          _mm256_maskstore_ps(o, cols0, _mm256_mul_ps(a0[qi], s));
+          _mm256_maskstore_ps(o + 8, cols1, _mm256_mul_ps(a1[qi], s));
+        }
+      }
+    }
+    if (c0 < dpad) {  // the last 8 features (dpad is a multiple of 8)
       __m256 a[QB];
 #pragma GCC unroll 8
       for (int64_t qi = 0; qi < QB; qi++) a[qi] = _mm256_setzero_ps();
