@@ -353,7 +353,7 @@ pub fn conv2d(x: &Array, w: &Array, bias: Option<&Array>, stride: (i32, i32), pa
 
 /// A float32 conv weight in a CPU conv kernel's layout, made once by
 /// [`pack_conv_weight`] for [`conv2d_packed`]: the direct kernel's blocks, or
-/// for 3×3 stride-1 convs the Winograd F(4×4, 3×3) transform.
+/// for wide 3×3 stride-1 convs a Winograd transform.
 #[derive(Debug, Clone)]
 pub struct PackedConvWeight {
     packed: Array,
@@ -377,8 +377,9 @@ impl PackedConvWeight {
 /// would run its direct CPU kernel (float32 on a CPU stream, [`image_kernel_level`]
 /// ≥ 1), and evaluates it; `None` elsewhere. [`conv2d`] packs its weight on every
 /// call: a model that keeps only the packed copy stops reading and writing all its
-/// conv weights again per forward pass. A 3×3 weight at stride 1 is packed for the
-/// Winograd F(4×4, 3×3) kernel (4× fewer multiplies, 4× the weight's floats; see
+/// conv weights again per forward pass. A 3×3 weight at stride 1 with at least 64
+/// input and output channels is packed for the Winograd F(2×2, 3×3) kernel (2.25×
+/// fewer multiplies, 16/9 of the floats; F(4×4) by choice: see
 /// [`force_conv_winograd`]), which then serves that stride only.
 pub fn pack_conv_weight(w: &Array, stride: (i32, i32)) -> Result<Option<PackedConvWeight>> {
     if !ffi::conv_weight_packs(&w.inner) {
