@@ -16,7 +16,7 @@
 # prefetch = MLXENGINE_CUDA_QMV_PREFETCH=1, rows2 / rows8 = MLXENGINE_CUDA_QMV_ROWS=2 / 8
 # (rows a block: the grid's waves over the SMs), attn0 = MLXENGINE_CUDA_ATTN=0 (MLX's attention ops), slots32 /
 # slots128 = MLXENGINE_CUDA_ATTN_SLOTS=32 / 128 (the fewest slots a split of the decode attention, default 64),
-# rows8t128 = 8 rows a block of 128 threads, rowsauto = MLXENGINE_CUDA_QMV_ROWS=auto (rows a block by the grid's waves), addnorm0 = MLXENGINE_CUDA_ADD_NORM=0 (MLX's add and rms_norm); add
+# rows8t128 = 8 rows a block of 128 threads, addnorm0 = MLXENGINE_CUDA_ADD_NORM=0 (MLX's add and rms_norm); add
 # yours to variant_env. TRACE_MODELS (default "8b-q4 1b") picks the traced models; TRACE_VARIANTS=0 traces the
 # engine as shipped alone (no variants, no mlx-lm); ROUNDS (default "1 2") the decode rounds. Most important first: a call cut at its limit keeps what came before.
 # Exits 1 on a parity failure.
@@ -56,7 +56,6 @@ variant_env() {  # VARIANT -> env assignments
     slots32) echo MLXENGINE_CUDA_ATTN_SLOTS=32 ;;
     slots128) echo MLXENGINE_CUDA_ATTN_SLOTS=128 ;;
     rows8t128) echo MLXENGINE_CUDA_QMV_ROWS=8 MLXENGINE_CUDA_QMV_THREADS=128 ;;
-    rowsauto) echo MLXENGINE_CUDA_QMV_ROWS=auto ;;
     addnorm0) echo MLXENGINE_CUDA_ADD_NORM=0 ;;
     *) echo "MLXENGINE_UNKNOWN_VARIANT=$1" ;;
   esac

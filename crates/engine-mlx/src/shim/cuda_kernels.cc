@@ -9,7 +9,6 @@
 #include <array>
 #include <algorithm>
 #include <atomic>
-#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <mutex>
@@ -1010,7 +1009,6 @@ struct Api {
   int (*cuDeviceGetAttribute)(int*, int, int);
   int (*cuModuleLoadData)(void**, const void*);
   int (*cuModuleGetFunction)(CUfunc_st**, void*, const char*);
-  int (*cuOccupancyMaxActiveBlocksPerMultiprocessor)(int*, CUfunc_st*, int, size_t);
 };
 
 void* open_lib(std::initializer_list<const char*> names) {
@@ -1042,7 +1040,6 @@ const Api& api() {
     sym(cu, "cuDeviceGetAttribute", a.cuDeviceGetAttribute);
     sym(cu, "cuModuleLoadData", a.cuModuleLoadData);
     sym(cu, "cuModuleGetFunction", a.cuModuleGetFunction);
-    sym(cu, "cuOccupancyMaxActiveBlocksPerMultiprocessor", a.cuOccupancyMaxActiveBlocksPerMultiprocessor);
     return a;
   }();
   return a;
@@ -1055,7 +1052,6 @@ struct Config {
   int deq;   // 0: packed elements OR-ed into 2^23, minus 2^23; 1: read as denormals
   int pf;    // 1: each thread loads its next chunk while it computes one (packed weights)
   int threads;  // most threads a block of qmv (a multiple of 32, at most 256); not part of the compiled code
-  bool rows_auto;  // rows picked at launch by the grid's waves (pick_rows); not part of the compiled code
   std::string key() const {
     return std::to_string(kind) + "_" + std::to_string(bits) + "_" + std::to_string(group) + "_" + std::to_string(mt) +
            "_" + std::to_string(rows) + "_" + std::to_string(mode) + "_" + std::to_string(norm) + "_" + std::to_string(deq) + "_" + std::to_string(pf);
@@ -1126,40 +1122,6 @@ CUfunc_st* kernel(const Config& c) {
            std::to_string(c.norm) + ", " + std::to_string(c.deq) + ", " +
            std::to_string(c.pf) + ">(p);\n}\n";
   });
-}
-
-// Rows a block for MLXENGINE_CUDA_QMV_ROWS=auto: of 2, 4 and 8, the count
-// whose grid fills its last wave best, at the occupancy of each compiled
-// kernel (registers bound it) — a grid of 1.3 waves leaves most SMs idle for
-// its last 0.3 (8B q/k/v at 4 rows a block). Ties go to more rows a block:
-// more bytes in flight an SM and fewer reads of x. Once per shape.
-int pick_rows(Config c, int rows, int grid_y, unsigned threads) {
-  static std::mutex mu;
-  static std::unordered_map<std::string, int> picked;
-  const std::string key = c.key() + "/" + std::to_string(rows) + "/" + std::to_string(grid_y) + "/" + std::to_string(threads);
-  std::lock_guard<std::mutex> lock(mu);
-  if (auto it = picked.find(key); it != picked.end()) return it->second;
-  const Api& a = api();
-  int dev = 0, sms = 0;
-  if (a.cuCtxGetDevice(&dev) != 0 || a.cuDeviceGetAttribute(&sms, 16, dev) != 0 || sms <= 0) return c.rows;
-  int best = c.rows;
-  double best_fill = -1;
-  for (int r : {2, 4, 8}) {
-    c.rows = r;
-    int per_sm = 0;
-    if (a.cuOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel(c), static_cast<int>(threads), 0) != 0 ||
-        per_sm <= 0)
-      continue;
-    const int per_block = c.mode == 1 ? r / 2 : r;
-    const double blocks = double((rows + per_block - 1) / per_block) * grid_y, slots = double(per_sm) * sms;
-    const double fill = blocks / (std::ceil(blocks / slots) * slots);
-    if (fill >= best_fill - 0.02) {
-      best = r;
-      best_fill = std::max(fill, best_fill);
-    }
-  }
-  picked.emplace(key, best);
-  return best;
 }
 
 // Threads of a decode attention block (its shared buffers are sized for it).
@@ -1265,12 +1227,10 @@ class FusedQmv : public mx::Primitive {
     }
     const int chunks = K / (128 / c_.bits);
     const unsigned threads = std::min(c_.threads, (chunks + 31) / 32 * 32);
-    Config c = c_;
-    const int grid_y = (p.M + c.mt - 1) / c.mt;
-    if (c.rows_auto) c.rows = pick_rows(c, rows, grid_y, threads);
-    const int per_block = c.mode == 1 ? c.rows / 2 : c.rows;
-    const dim3 grid{static_cast<unsigned>((rows + per_block - 1) / per_block), static_cast<unsigned>(grid_y), 1};
-    CUfunc_st* f = kernel(c);
+    const int per_block = c_.mode == 1 ? c_.rows / 2 : c_.rows;
+    const dim3 grid{static_cast<unsigned>((rows + per_block - 1) / per_block),
+                    static_cast<unsigned>((p.M + c_.mt - 1) / c_.mt), 1};
+    CUfunc_st* f = kernel(c_);
     for (const auto& a : in) enc.set_input_array(a);
     for (const auto& o : outs) enc.set_output_array(o);
     void* args[] = {&p};
@@ -1516,16 +1476,10 @@ std::vector<mx::array> build(const mx::array& x_in, const std::vector<QuantMatri
   c.mt = std::min(M, QMV_ROW_TILE);
   // Rows per block: more share each load of x, fewer keep ~2 blocks per SM on
   // narrow layers. SwiGLU pairs gate and up rows, so its count is even.
-  // MLXENGINE_CUDA_QMV_ROWS: a count (≤ 8) for every matvec, or auto (pick_rows).
-  static const bool rows_auto = [] {
-    const char* v = std::getenv("MLXENGINE_CUDA_QMV_ROWS");
-    return v != nullptr && std::string(v) == "auto";
-  }();
   static const int rows_env = env_int("MLXENGINE_CUDA_QMV_ROWS", 0);
   static const int threads_env = std::clamp(env_int("MLXENGINE_CUDA_QMV_THREADS", 64) / 32 * 32, 32, 256);
   c.rows = rows_env > 0 ? std::min(rows_env, 8) : swiglu ? 4 : (total >= 2048 ? 4 : total >= 512 ? 2 : 1);
   if (swiglu) c.rows = std::max(2, c.rows / 2 * 2);
-  c.rows_auto = rows_auto;
   c.threads = threads_env;
   c.mode = swiglu ? 1 : 0;
   // Where the norm's squares are summed (qmv's NORM): in the main loop at one
