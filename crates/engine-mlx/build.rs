@@ -72,26 +72,37 @@ fn main() {
 
     // The vectorised CPU kernels: always optimised (also in debug builds,
     // where the tests run), `#pragma omp simd` without the OpenMP runtime.
-    cc::Build::new()
-        .cpp(true)
-        .file("src/shim/cpu_kernels.cc")
-        .file("src/shim/quant_kernels.cc")
-        .file("src/shim/image_kernels.cc")
-        .include(&include)
-        .std("c++20")
-        .opt_level(3)
-        .flag_if_supported("-fopenmp-simd")
-        // Fused multiply-adds in the vector loops (ISO mode turns contraction off).
-        .flag_if_supported("-ffp-contract=fast")
-        // No FP traps to preserve: GCC may then if-convert exp_approx's clamp,
-        // without which the SiLU loops stayed scalar (group norm + SiLU was 7%
-        // of the CPU diffusion bench). Values are unchanged (no reassociation).
-        .flag_if_supported("-fno-trapping-math")
-        .flag_if_supported("-Wno-unused-parameter")
-        .flag_if_supported("-Wno-deprecated-declarations")
-        // Vector types cross only inlined helpers, never an ABI boundary.
-        .flag_if_supported("-Wno-psabi")
-        .compile("engine_mlx_kernels");
+    let kernels = |files: &[&str], no_traps: bool, name: &str| {
+        let mut b = cc::Build::new();
+        b.cpp(true)
+            .files(files)
+            .include(&include)
+            .std("c++20")
+            .opt_level(3)
+            .flag_if_supported("-fopenmp-simd")
+            // Fused multiply-adds in the vector loops (ISO mode turns contraction off).
+            .flag_if_supported("-ffp-contract=fast")
+            .flag_if_supported("-Wno-unused-parameter")
+            .flag_if_supported("-Wno-deprecated-declarations")
+            // Vector types cross only inlined helpers, never an ABI boundary.
+            .flag_if_supported("-Wno-psabi");
+        if no_traps {
+            // No FP traps to preserve: GCC may then if-convert exp_approx's
+            // clamp, without which the SiLU loops stayed scalar (group norm +
+            // SiLU was 7% of the CPU diffusion bench). The LLM kernels keep
+            // the default: with it their logits moved (1.03e-4 against mlx-lm's
+            // on a 4-bit SmolLM2, past cli_convert's 1e-4, AVX2 machine).
+            b.flag_if_supported("-fno-trapping-math");
+        }
+        b.compile(name);
+    };
+    // The image kernels first: they call the others' (the linker reads archives in order).
+    kernels(&["src/shim/image_kernels.cc"], true, "engine_mlx_image_kernels");
+    kernels(
+        &["src/shim/cpu_kernels.cc", "src/shim/quant_kernels.cc"],
+        false,
+        "engine_mlx_kernels",
+    );
     println!("cargo:rerun-if-changed=src/shim/cpu_kernels.cc");
     println!("cargo:rerun-if-changed=src/shim/cpu_kernels.h");
     println!("cargo:rerun-if-changed=src/shim/quant_kernels.cc");
