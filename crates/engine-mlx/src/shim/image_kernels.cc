@@ -1184,12 +1184,10 @@ class GroupNormKernel : public mx::UnaryPrimitive {
 // the score registers, and padded keys score -inf so their exp is 0.
 constexpr int64_t LANES = 16, QB = 8;
 
-MLXE_CLONES void attend_head(const float* q, const float* k, const float* v, float* out, int64_t l, int64_t sl,
-                             int64_t qstride, int64_t kstride, int64_t d, float scale, float* kt, float* vh,
-                             float* probs, float* qb_buf) {
-  const int64_t spad = (sl + LANES - 1) / LANES * LANES;
-  const int64_t dpad = (d + 7) / 8 * 8;
-  const float neg_inf = -std::numeric_limits<float>::infinity();
+// The keys transposed into kt (D × Spad) and the values into vh (S × Dpad),
+// zero-padded: the layout every attend_head variant reads.
+inline void stage_keys_values(const float* k, const float* v, int64_t sl, int64_t kstride, int64_t d, int64_t spad,
+                              int64_t dpad, float* kt, float* vh) {
   for (int64_t c = 0; c < d; c++) {
     float* row = kt + c * spad;
     for (int64_t j = 0; j < sl; j++) row[j] = k[j * kstride + c];
@@ -1199,6 +1197,15 @@ MLXE_CLONES void attend_head(const float* q, const float* k, const float* v, flo
     std::memcpy(vh + j * dpad, v + j * kstride, sizeof(float) * d);
     for (int64_t c = d; c < dpad; c++) vh[j * dpad + c] = 0.0f;
   }
+}
+
+MLXE_CLONES void attend_head(const float* q, const float* k, const float* v, float* out, int64_t l, int64_t sl,
+                             int64_t qstride, int64_t kstride, int64_t d, float scale, float* kt, float* vh,
+                             float* probs, float* qb_buf) {
+  const int64_t spad = (sl + LANES - 1) / LANES * LANES;
+  const int64_t dpad = (d + 7) / 8 * 8;
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  stage_keys_values(k, v, sl, kstride, d, spad, dpad, kt, vh);
   for (int64_t i0 = 0; i0 < l; i0 += QB) {
     const int64_t qb = std::min(QB, l - i0);
     for (int64_t qi = 0; qi < QB; qi++) {
@@ -1333,15 +1340,7 @@ void attend_head_avx512(const float* q, const float* k, const float* v, float* o
   const int64_t spad = (sl + LANES - 1) / LANES * LANES;
   const int64_t dpad = (d + 7) / 8 * 8;
   const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-  for (int64_t c = 0; c < d; c++) {
-    float* row = kt + c * spad;
-    for (int64_t j = 0; j < sl; j++) row[j] = k[j * kstride + c];
-    for (int64_t j = sl; j < spad; j++) row[j] = 0.0f;
-  }
-  for (int64_t j = 0; j < sl; j++) {
-    std::memcpy(vh + j * dpad, v + j * kstride, sizeof(float) * d);
-    for (int64_t c = d; c < dpad; c++) vh[j * dpad + c] = 0.0f;
-  }
+  stage_keys_values(k, v, sl, kstride, d, spad, dpad, kt, vh);
   // Lanes of the 16-key block at j0 that hold keys (the rest score -inf).
   auto key_mask = [&](int64_t j0) -> __mmask16 {
     const int64_t n = std::clamp<int64_t>(sl - j0, 0, 16);
@@ -1490,15 +1489,7 @@ void attend_head_avx2(const float* q, const float* k, const float* v, float* out
   const int64_t spad = (sl + LANES - 1) / LANES * LANES;
   const int64_t dpad = (d + 7) / 8 * 8;
   const __m256 neg_inf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
-  for (int64_t c = 0; c < d; c++) {
-    float* row = kt + c * spad;
-    for (int64_t j = 0; j < sl; j++) row[j] = k[j * kstride + c];
-    for (int64_t j = sl; j < spad; j++) row[j] = 0.0f;
-  }
-  for (int64_t j = 0; j < sl; j++) {
-    std::memcpy(vh + j * dpad, v + j * kstride, sizeof(float) * d);
-    for (int64_t c = d; c < dpad; c++) vh[j * dpad + c] = 0.0f;
-  }
+  stage_keys_values(k, v, sl, kstride, d, spad, dpad, kt, vh);
   for (int64_t i0 = 0; i0 < l; i0 += QB) {
     const int64_t qb = std::min(QB, l - i0);
     for (int64_t qi = 0; qi < QB; qi++) {
