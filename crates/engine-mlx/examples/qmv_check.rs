@@ -1,7 +1,7 @@
 //! Parity and speed of the engine's CUDA quantized matvec against MLX's own
 //! `quantized_matmul`, on the GPU (build with `--features cuda`):
 //!
-//! `qmv_check [--quick | --bandwidth]`
+//! `qmv_check [--quick | --bandwidth | --dense]`
 //!
 //! For every linear layer shape of Llama-3.2-1B, Llama-3.1-8B and Qwen2.5-7B
 //! (q/o, k/v, gate/up, down, LM head) and batch 1, 4, 32: random weights
@@ -12,7 +12,8 @@
 //! exits 1 if our kernel is off by more than 1e-3 relative. First, the fused
 //! kernels of one decoder layer (see `fused_case`) on the three families. Batch 8 and 16,
 //! other group sizes, 8-bit and float16/float32 (batch 1 and 4) run on the 8B shapes unless
-//! `--quick` (bfloat16 4-bit group 64 alone).
+//! `--quick` (bfloat16 4-bit group 64 alone). `--dense`: the dense bfloat16 matvec behind
+//! `fast::linear` (`MLXENGINE_CUDA_DMV=1`) on the 8B shapes, errors and bandwidth against MLX's gemv.
 
 use engine_mlx::quant::{
     cuda_quantized_matmul, fused_matvec, quantize, quantized_matmul, set_cuda_kernels, FusedEpilogue, FusedWeight,
@@ -507,7 +508,70 @@ fn dense_bandwidth(family: &str, layer: &str, k: usize, n: usize) -> Result<()> 
     Ok(())
 }
 
+/// The dense matvec behind `fast::linear` (`MLXENGINE_CUDA_DMV=1`) on one
+/// 8B bfloat16 shape: its error at 1 and 4 rows against MLX's float32 product
+/// rounded to bfloat16, then streaming bandwidth at one row against MLX's
+/// gemv, the weights cycled past the L2 cache as in [`bandwidth`].
+fn dmv_case(layer: &str, k: usize, n: usize) -> Result<f64> {
+    let w = normal(&[n, k], 3)?.mul_scalar(0.02)?;
+    let mut worst: f64 = 0.0;
+    let mut errs = serde_json::Map::new();
+    for m in [1, 4] {
+        let x = normal(&[m, k], 4 + m as u64)?;
+        eval([&x, &w])?;
+        set_cuda_kernels(false);
+        let reference = x
+            .astype(Dtype::Float32)?
+            .matmul(&w.astype(Dtype::Float32)?.t()?)?
+            .astype(Dtype::Bfloat16)?
+            .to_f32_vec()?;
+        set_cuda_kernels(true);
+        let e = rel_err(&fast::linear(&x, &w)?.to_f32_vec()?, &reference);
+        worst = worst.max(e);
+        errs.insert(format!("m{m}"), e.into());
+    }
+    let bytes = n * k * 2;
+    let copies = (2_000_000_000 / bytes).clamp(2, 64);
+    let ws: Vec<Array> = (0..copies).map(|_| w.detached()).collect::<Result<_>>()?;
+    let x = normal(&[1, k], 4)?;
+    eval([&x])?;
+    set_cuda_kernels(false);
+    let mlx_us = cycled_us(copies, &|i| fast::linear(&x, &ws[i]))?;
+    set_cuda_kernels(true);
+    let ours_us = cycled_us(copies, &|i| fast::linear(&x, &ws[i]))?;
+    println!(
+        "{}",
+        serde_json::json!({"dmv": layer, "k": k, "n": n, "rel_err": errs, "ours_us": ours_us, "mlx_us": mlx_us,
+            "ours_gbps": bytes as f64 / ours_us / 1e3, "mlx_gbps": bytes as f64 / mlx_us / 1e3,
+            "rpw": std::env::var("MLXENGINE_CUDA_DMV_RPW").ok(), "u": std::env::var("MLXENGINE_CUDA_DMV_U").ok(),
+            "threads": std::env::var("MLXENGINE_CUDA_DMV_THREADS").ok()})
+    );
+    Ok(worst)
+}
+
 fn main() -> Result<()> {
+    if std::env::args().any(|a| a == "--dense") {
+        if !set_cuda_kernels(true) {
+            eprintln!("qmv_check: built without the `cuda` feature");
+            std::process::exit(2);
+        }
+        // The 8B decode step's dense shapes: packed q/k/v, o, packed gate/up, down, LM head.
+        let mut worst: f64 = 0.0;
+        for (layer, k, n) in [
+            ("qkv", 4096, 6144),
+            ("o", 4096, 4096),
+            ("gate_up", 4096, 28672),
+            ("down", 14336, 4096),
+            ("lm_head", 4096, 128256),
+        ] {
+            worst = worst.max(dmv_case(layer, k, n)?);
+        }
+        println!(
+            "{}",
+            serde_json::json!({"summary": "dmv", "worst_rel_err": worst, "pass": worst <= 1e-3})
+        );
+        std::process::exit(if worst <= 1e-3 { 0 } else { 1 });
+    }
     if std::env::args().any(|a| a == "--bandwidth") {
         if !set_cuda_kernels(true) {
             eprintln!("qmv_check: built without the `cuda` feature");

@@ -16,8 +16,9 @@
 # prefetch = MLXENGINE_CUDA_QMV_PREFETCH=1, rows2 / rows8 = MLXENGINE_CUDA_QMV_ROWS=2 / 8
 # (rows a block: the grid's waves over the SMs), attn0 = MLXENGINE_CUDA_ATTN=0 (MLX's attention ops), slots32 /
 # slots128 = MLXENGINE_CUDA_ATTN_SLOTS=32 / 128 (the fewest slots a split of the decode attention, default 64),
-# rows8t128 = 8 rows a block of 128 threads, addnorm0 = MLXENGINE_CUDA_ADD_NORM=0 (MLX's add and rms_norm); add
-# yours to variant_env. TRACE_MODELS (default "8b-q4 1b") picks the traced models; TRACE_VARIANTS=0 traces the
+# rows8t128 = 8 rows a block of 128 threads, addnorm0 = MLXENGINE_CUDA_ADD_NORM=0 (MLX's add and rms_norm); add yours to variant_env. DECODE_MODELS (default "8b-q4 1b") picks the models of each round (8B bf16 runs once after);
+# TRACE_VARIANT_LIST the traced variants (default: all the model's), TRACE_MLX=0 skips mlx-lm's trace, BW=0 step 4,
+# CHECKS (default "attn qmv parity") the checks of step 1. TRACE_MODELS (default "8b-q4 1b") picks the traced models; TRACE_VARIANTS=0 traces the
 # engine as shipped alone (no variants, no mlx-lm); ROUNDS (default "1 2") the decode rounds. Most important first: a call cut at its limit keeps what came before.
 # Exits 1 on a parity failure.
 set -uo pipefail
@@ -31,10 +32,12 @@ PARITY=.devcache/gpu/parity.tar.xz
 # Kept for run_diffusion.sh, a call after this one on the same machine (it carries half b no longer).
 [ -f "$TRACE" ] && cp "$TRACE" "$HOME/"
 rc=0
-timeout 120 $BIN/attn_check > $OUT/attn.jsonl 2>&1 || rc=1
-timeout 150 $BIN/qmv_check --quick > $OUT/qmv.jsonl 2>&1 || rc=1
+CHECKS=${CHECKS-attn qmv parity}
+touch $OUT/attn.jsonl $OUT/qmv.jsonl $OUT/parity.jsonl
+[[ " $CHECKS " != *" attn "* ]] || timeout 120 $BIN/attn_check > $OUT/attn.jsonl 2>&1 || rc=1
+[[ " $CHECKS " != *" qmv "* ]] || timeout 150 $BIN/qmv_check --quick > $OUT/qmv.jsonl 2>&1 || rc=1
 # The parity fixtures on the GPU (fused kernels and packed projections on real checkpoint layouts).
-if [ -f "$PARITY" ] && [ -x "$BIN/parity_gpu" ]; then
+if [[ " $CHECKS " == *" parity "* ]] && [ -f "$PARITY" ] && [ -x "$BIN/parity_gpu" ]; then
   tar xJf "$PARITY" -C "$HOME"
   timeout 120 $BIN/parity_gpu "$HOME/parity" > $OUT/parity.jsonl 2>&1 || rc=1
 fi
@@ -77,8 +80,7 @@ decode() {  # MODEL ROUND: the engine, its variants, mlx-lm
 }
 [ -f $MODELS/llama-8b-q4/config.json ] || timeout 200 python3 xtask/bench/gpu/quantize.py $MODELS/llama-8b $MODELS/llama-8b-q4 4 64 >/dev/null 2>&1
 for round in ${ROUNDS-1 2}; do
-  decode 8b-q4 $round
-  decode 1b $round
+  for m in ${DECODE_MODELS-8b-q4 1b}; do decode $m $round; done
 done
 decode 8b 1
 if [ -f "$TRACE" ]; then
@@ -91,12 +93,12 @@ if [ -f "$TRACE" ]; then
   for m in ${TRACE_MODELS-8b-q4 1b}; do
     M=$MODELS/llama-$m P=$MODELS/llama-${m%-q4}/prompt_ids.json
     tr engine-$m $BIN/bench_decode $M --dtype native --prompt-ids $P --tokens 128
-    [ "${TRACE_VARIANTS:-1}" = 0 ] || for v in $(variants_of $m); do
+    [ "${TRACE_VARIANTS:-1}" = 0 ] || for v in ${TRACE_VARIANT_LIST-$(variants_of $m)}; do
       tr engine_$v-$m env $(variant_env $v) $BIN/bench_decode $M --dtype native --prompt-ids $P --tokens 128
     done
-    [ "${TRACE_VARIANTS:-1}" = 0 ] || tr mlx_lm-$m python3 xtask/bench/mlx_lm_decode.py $M $P 128
+    [ "${TRACE_VARIANTS:-1}" = 0 ] || [ "${TRACE_MLX:-1}" = 0 ] || tr mlx_lm-$m python3 xtask/bench/mlx_lm_decode.py $M $P 128
   done
   grep -h '"summary"' $OUT/traces.jsonl
 fi
-timeout 60 $BIN/qmv_check --bandwidth > $OUT/bw.jsonl 2>&1
+[ "${BW:-1}" = 0 ] || timeout 60 $BIN/qmv_check --bandwidth > $OUT/bw.jsonl 2>&1
 exit $rc

@@ -837,6 +837,76 @@ __device__ __forceinline__ void glu(const void* gu, void* out, int rows, int I) 
   static_cast<S*>(out)[i] = EL::put(y);
 }
 
+// y (M, N) = x (M, K) · wᵀ for dense w (N, K) in x's dtype, M ≤ MT rows (a
+// decode step): one warp RPW rows of w, its lanes over K in 16-byte chunks,
+// U chunks a row in flight a lane. Decode streams each weight once, so the
+// bytes in flight bound the speed: MLX's gemv keeps one 8-byte load a lane
+// (2.7 TB/s on an H100 for the 8B o and down shapes). float32 sums, one
+// rounding; x is read through the L1 cache (every warp of a block reads it).
+template <int KIND, int MT, int RPW, int U>
+__device__ __forceinline__ void dmv(const void* xp, const void* wp, void* yp, int M, int N, int K, int ldx) {
+  typedef Elem<KIND> EL;
+  typedef typename EL::S S;
+  constexpr int E = 16 / sizeof(S);
+  const int lane = threadIdx.x % 32;
+  // A warp past the last row reads the last one again and writes nothing
+  // (no early return: the emulation's shuffles need every thread).
+  const int n0 = (blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32) * RPW;
+  const int chunks = K / E;
+  const S* x = static_cast<const S*>(xp);
+  const uint4* w[RPW];
+#pragma unroll
+  for (int r = 0; r < RPW; ++r)
+    w[r] = reinterpret_cast<const uint4*>(static_cast<const S*>(wp) + size_t(n0 + r < N ? n0 + r : N - 1) * K);
+  float acc[RPW][MT];
+#pragma unroll
+  for (int r = 0; r < RPW; ++r)
+#pragma unroll
+    for (int m = 0; m < MT; ++m) acc[r][m] = 0.f;
+  // A step of `n` chunks a row from chunk c (n ≤ U): every load first.
+  auto step = [&](int c, int n) {
+    uint4 wv[RPW][U];
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+#pragma unroll
+      for (int r = 0; r < RPW; ++r)
+        if (u < n) wv[r][u] = __ldg(w[r] + c + 32 * u);
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (u >= n) break;
+#pragma unroll
+      for (int m = 0; m < MT; ++m) {
+        if (m >= M) break;
+        float xf[E];
+        unpack_chunk<EL, E>(__ldg(reinterpret_cast<const uint4*>(x + size_t(m) * ldx) + c + 32 * u), xf);
+#pragma unroll
+        for (int r = 0; r < RPW; ++r) {
+          float wf[E];
+          unpack_chunk<EL, E>(wv[r][u], wf);
+#pragma unroll
+          for (int e = 0; e < E; ++e) acc[r][m] = fmaf(wf[e], xf[e], acc[r][m]);
+        }
+      }
+    }
+  };
+  int c = lane;
+  for (; c + 32 * (U - 1) < chunks; c += 32 * U) step(c, U);
+  // The last chunks of a row, fewer than U a lane.
+  if (c < chunks) step(c, (chunks - c + 31) / 32);
+#pragma unroll
+  for (int r = 0; r < RPW; ++r)
+#pragma unroll
+    for (int m = 0; m < MT; ++m)
+#pragma unroll
+      for (int o = 16; o > 0; o /= 2) acc[r][m] += __shfl_xor_sync(0xffffffffu, acc[r][m], o);
+  if (lane == 0)
+#pragma unroll
+    for (int r = 0; r < RPW; ++r)
+#pragma unroll
+      for (int m = 0; m < MT; ++m)
+        if (m < M && n0 + r < N) static_cast<S*>(yp)[size_t(m) * N + n0 + r] = EL::put(acc[r][m]);
+}
+
 // h = a + b, rounded to the dtype as MLX's add would, and y = rms_norm(h)·w
 // as MLX's rms_norm rounds it (the normalised value, then times the weight):
 // a residual add and the next RMS norm in one kernel node where MLX's ops
@@ -1665,6 +1735,81 @@ std::optional<mx::array> swiglu_packed(const mx::array& gu, mx::StreamOrDevice s
 }
 
 std::optional<mx::array> geglu(const mx::array& x, mx::StreamOrDevice s) { return packed_glu(x, 1, s); }
+
+// A dense matvec (see dmv in kAttnSource). Inputs x (…, K) and w (N, K); one
+// output (…, N).
+class DenseMatvec : public mx::Primitive {
+ public:
+  DenseMatvec(mx::Stream s, int mt, int rpw, int u, int threads)
+      : mx::Primitive(s), mt_(mt), rpw_(rpw), u_(u), threads_(threads) {}
+
+  void eval_cpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
+    throw std::runtime_error("MlxeDenseMatvec is a CUDA kernel");
+  }
+
+  void eval_gpu(const std::vector<mx::array>& in, std::vector<mx::array>& outs) override {
+    auto& enc = mx::cu::get_command_encoder(stream());
+    const mx::array &x = in[0], &w = in[1];
+    int K = w.shape(1), N = w.shape(0);
+    const int64_t ldx64 = x.shape(-1) == K ? row_stride(x) : -1;
+    const size_t esz = x.itemsize();
+    if (ldx64 < 0 || (ldx64 * esz) % 16 != 0 || (reinterpret_cast<uintptr_t>(gptr(x)) % 16) != 0 ||
+        !w.flags().row_contiguous || (reinterpret_cast<uintptr_t>(gptr(w)) % 16) != 0)
+      throw std::runtime_error("MlxeDenseMatvec: x and w need contiguous, 16-byte aligned rows");
+    outs[0].set_data(mx::allocator::malloc(outs[0].nbytes()));
+    const void *xp = gptr(x), *wp = gptr(w);
+    void* yp = gptr(outs[0]);
+    int M = static_cast<int>(x.size() / K), ldx = static_cast<int>(ldx64);
+    enc.set_input_array(x);
+    enc.set_input_array(w);
+    enc.set_output_array(outs[0]);
+    void* args[] = {&xp, &wp, &yp, &M, &N, &K, &ldx};
+    const std::string cfg = std::to_string(kind_of(x.dtype())) + ", " + std::to_string(mt_) + ", " +
+                            std::to_string(rpw_) + ", " + std::to_string(u_);
+    CUfunc_st* f = compiled("dmv_" + cfg, "mlxe_dmv", [&] {
+      return std::string(kSource) + kAttnSource +
+             "extern \"C\" __global__ void __launch_bounds__(256) mlxe_dmv(const void* x, const void* w, void* y, "
+             "int M, int N, int K, int ldx) {\n  mlxe::dmv<" + cfg + ">(x, w, y, M, N, K, ldx);\n}\n";
+    });
+    const int rows_a_block = threads_ / 32 * rpw_;
+    enc.add_kernel_node_raw(f, dim3{static_cast<unsigned>((N + rows_a_block - 1) / rows_a_block), 1, 1},
+                            dim3{static_cast<unsigned>(threads_), 1, 1}, dim3{1, 1, 1}, 0, args);
+  }
+
+  const char* name() const override { return "MlxeDenseMatvec"; }
+
+  bool is_equivalent(const mx::Primitive& other) const override {
+    const auto* o = dynamic_cast<const DenseMatvec*>(&other);
+    return o != nullptr && o->mt_ == mt_ && o->rpw_ == rpw_ && o->u_ == u_ && o->threads_ == threads_;
+  }
+
+ private:
+  int mt_, rpw_, u_, threads_;
+};
+
+std::optional<mx::array> dense_matvec(const mx::array& x, const mx::array& w, mx::StreamOrDevice s) {
+  // Opt-in until measured on a GPU (MLXENGINE_CUDA_DMV=1); the block shape:
+  // MLXENGINE_CUDA_DMV_RPW rows a warp (1 or 2), MLXENGINE_CUDA_DMV_U chunks
+  // in flight a row (1-8), MLXENGINE_CUDA_DMV_THREADS (64-256).
+  static const bool on = env_int("MLXENGINE_CUDA_DMV", 0) != 0;
+  static const int rpw = std::clamp(env_int("MLXENGINE_CUDA_DMV_RPW", 1), 1, 2);
+  static const int u = std::clamp(env_int("MLXENGINE_CUDA_DMV_U", 4), 1, 8);
+  static const int threads = std::clamp(env_int("MLXENGINE_CUDA_DMV_THREADS", 256) / 32 * 32, 64, 256);
+  if (!on || !enabled().load() || mx::to_stream(s).device.type != mx::Device::gpu) return std::nullopt;
+  if (x.ndim() < 1 || w.ndim() != 2 || !float_type(x.dtype()) || w.dtype() != x.dtype()) return std::nullopt;
+  const int K = w.shape(1), N = w.shape(0);
+  const int E = static_cast<int>(16 / x.itemsize());
+  if (K == 0 || N == 0 || x.shape(-1) != K || K % E != 0 || !row_contiguous(w)) return std::nullopt;
+  const size_t rows = x.size() / K;
+  if (rows == 0 || rows > 8) return std::nullopt;
+  const int mt = rows == 1 ? 1 : rows == 2 ? 2 : rows <= 4 ? 4 : 8;
+  mx::Shape shape = x.shape();
+  shape.back() = N;
+  // The kernel reads x's rows at a stride (a lazy x's layout is known once
+  // evaluated: decode's inputs come from kernels that write whole rows).
+  const mx::array xc = !x.is_available() || row_stride(x) >= 0 ? x : mx::contiguous(x, false, s);
+  return mx::array(shape, x.dtype(), std::make_shared<DenseMatvec>(mx::to_stream(s), mt, rpw, u, threads), {xc, w});
+}
 
 // A residual add and the RMS norm after it (see add_rms in kAttnSource).
 // Inputs a, b, the weight; outputs the sum and the normalised sum.

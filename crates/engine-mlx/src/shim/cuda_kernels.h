@@ -86,6 +86,13 @@ std::optional<mx::array> decode_attention(const mx::array& q, const mx::array& k
                                           int n_keys, int pos, int dims, bool traditional, float rope_scale,
                                           float scale, int packed_heads = 0, mx::StreamOrDevice s = {});
 
+// x (…, K) · wᵀ for a dense w (N, K) in x's dtype and at most 8 rows of x,
+// in one kernel that keeps several 16-byte loads a lane in flight (a decode
+// step's matvecs stream their weights once: the bytes in flight bound them).
+// nullopt where it does not apply (another device or dtype, more rows, K not
+// whole 16-byte chunks, our kernels off; opt-in: MLXENGINE_CUDA_DMV=1).
+std::optional<mx::array> dense_matvec(const mx::array& x, const mx::array& w, mx::StreamOrDevice s = {});
+
 // silu(gate)·up of a packed gate/up projection (…, 2·I) → (…, I) in one kernel
 // (MLX's ops take two views and three element-wise kernels); nullopt where it
 // does not apply (another device or dtype, our kernels off, MLXENGINE_CUDA_PACK=0).

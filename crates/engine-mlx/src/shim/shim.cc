@@ -592,7 +592,12 @@ std::unique_ptr<Array> rope(const Array& x, int32_t dims, bool traditional, floa
   if (kernels::rope_applies(x, dims)) return own(kernels::rope(x, dims, traditional, b, scale, offset, opt(freqs)));
   return own(mx::fast::rope(x, dims, traditional, b, scale, offset, opt(freqs)));
 }
-std::unique_ptr<Array> linear(const Array& x, const Array& w) { return own(kernels::linear(x, w)); }
+std::unique_ptr<Array> linear(const Array& x, const Array& w) {
+#ifdef MLXE_CUDA
+  if (auto y = cuda::dense_matvec(x, w)) return own(std::move(*y));
+#endif
+  return own(kernels::linear(x, w));
+}
 // x · wᵀ + bias: the bias fused into our threaded sgemm where it runs (more
 // rows than the skinny kernel takes, float32 on the CPU), else added after.
 std::unique_ptr<Array> linear_bias(const Array& x, const Array& w, const Array& bias) {

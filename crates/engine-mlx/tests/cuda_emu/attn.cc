@@ -8,7 +8,9 @@
 // value·gelu(gate)); and group norm. src.cc is the kernels' source, cut out
 // of cuda_kernels.cc by the test.
 #include <cstdio>
+#include <array>
 #include <random>
+#include <string>
 #include "src.cc"
 using mlxe::AttnParams;
 
@@ -204,6 +206,33 @@ int main() {
     }
     report(K == 200 ? "add + rms norm, 3 rows of 200, 32 threads" : "add + rms norm, 3 rows of 1000, 64 threads",
            std::isfinite(num) ? std::sqrt(num / den) : INFINITY);
+  }
+  // dense matvec: y (M, N) = x (M, K) · wᵀ against float64 — rows of x at a
+  // stride, N not a multiple of a block's rows, K with a tail of fewer than
+  // U chunks a lane; one and two rows a warp, 1 to 3 rows of x.
+  for (const auto [M, N, K, rpw] : {std::array{1, 37, 1000, 1}, std::array{3, 70, 2052, 2}, std::array{2, 9, 132, 2}}) {
+    const int ldx = K + 12;
+    std::mt19937 rng(20 + K);
+    std::uniform_real_distribution<float> U(-1, 1);
+    std::vector<float> x(size_t(M) * ldx), w(size_t(N) * K), y(size_t(M) * N, NAN);
+    for (auto& v : x) v = U(rng);
+    for (auto& v : w) v = U(rng);
+    const unsigned threads = 64, blocks = unsigned((N + threads / 32 * rpw - 1) / (threads / 32 * rpw));
+    launch({blocks, 1, 1}, threads, [&] {
+      if (rpw == 1) mlxe::dmv<0, 4, 1, 4>(x.data(), w.data(), y.data(), M, N, K, ldx);
+      else mlxe::dmv<0, 4, 2, 3>(x.data(), w.data(), y.data(), M, N, K, ldx);
+    });
+    double num = 0, den = 0;
+    for (int m = 0; m < M; ++m)
+      for (int n = 0; n < N; ++n) {
+        double want = 0;
+        for (int k = 0; k < K; ++k) want += double(x[size_t(m) * ldx + k]) * w[size_t(n) * K + k];
+        num += (y[size_t(m) * N + n] - want) * (y[size_t(m) * N + n] - want);
+        den += want * want;
+      }
+    const std::string name = "dense matvec, " + std::to_string(M) + " rows of " + std::to_string(K) + " by " +
+                             std::to_string(N) + ", " + std::to_string(rpw) + " a warp";
+    report(name.c_str(), std::isfinite(num) ? std::sqrt(num / den) : INFINITY);
   }
   // group norm (N, L, C) with G groups, its mean far from zero (the second
   // pass around each slice's mean keeps float32 exact), with and without SiLU.
