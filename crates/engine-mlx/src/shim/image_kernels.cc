@@ -563,10 +563,10 @@ void direct_linear(const float* x, const PackedWeight& pw, float* y, int64_t m) 
   direct_tasks(pw, m, y, pw.k, 0, 1, 1, [&](int64_t p) { return x + p * pw.k; });
 }
 
-// y = conv(x, w) + bias (see above), w packed.
-void direct_conv(const float* x, const PackedWeight& pw, float* y, const ConvShape& s) {
-  const int64_t hp = s.h + 2 * s.ph, wpad = s.w + 2 * s.pw, cin = s.cin;
-  const int64_t image = hp * wpad * cin;
+// x in the calling thread's buffer 0, zero-padded to (hp, wpad) pixels a
+// row and column: s.ph rows and s.pw columns before it, the rest after.
+const float* pad_input(const float* x, const ConvShape& s, int64_t hp, int64_t wpad) {
+  const int64_t cin = s.cin, image = hp * wpad * cin;
   float* px = direct_buffer(0, s.n * image);
   parallel(s.n * hp, wpad * cin, [&](int64_t lo, int64_t hi) {
     for (int64_t it = lo; it < hi; it++) {
@@ -581,6 +581,14 @@ void direct_conv(const float* x, const PackedWeight& pw, float* y, const ConvSha
       }
     }
   });
+  return px;
+}
+
+// y = conv(x, w) + bias (see above), w packed.
+void direct_conv(const float* x, const PackedWeight& pw, float* y, const ConvShape& s) {
+  const int64_t hp = s.h + 2 * s.ph, wpad = s.w + 2 * s.pw, cin = s.cin;
+  const int64_t image = hp * wpad * cin;
+  const float* px = pad_input(x, s, hp, wpad);
   const int64_t per_image = s.oh * s.ow;
   direct_tasks(pw, s.n * per_image, y, cin, wpad, s.kh, s.kw, [&](int64_t p) {
     const int64_t img = p / per_image, oy = p % per_image / s.ow, ox = p % s.ow;
@@ -812,20 +820,7 @@ void winograd_conv_tiles(const float* x, const float* u, const float* bias, floa
   // The input zero-padded to whole tiles: every α×α window lies inside.
   const int64_t ty = (s.oh + M - 1) / M, tx = (s.ow + M - 1) / M, per_image = ty * tx, tiles = s.n * per_image;
   const int64_t hp = M * ty + 2, wpad = M * tx + 2, image = hp * wpad * cin;
-  float* px = direct_buffer(0, s.n * image);
-  parallel(s.n * hp, wpad * cin, [&](int64_t lo, int64_t hi) {
-    for (int64_t it = lo; it < hi; it++) {
-      const int64_t img = it / hp, py = it % hp, iy = py - s.ph;
-      float* row = px + img * image + py * wpad * cin;
-      if (iy < 0 || iy >= s.h) {
-        std::fill(row, row + wpad * cin, 0.0f);
-      } else {
-        std::fill(row, row + s.pw * cin, 0.0f);
-        std::memcpy(row + s.pw * cin, x + ((img * s.h + iy) * s.w) * cin, sizeof(float) * s.w * cin);
-        std::fill(row + (s.pw + s.w) * cin, row + wpad * cin, 0.0f);
-      }
-    }
-  });
+  const float* px = pad_input(x, s, hp, wpad);
   // Tasks: a block of tiles × a group of output blocks. Few tiles (the UNet's
   // 8×8 and 16×16 levels) are split by output channels too, each group
   // transforming the same inputs again, so both cores have work.
