@@ -1222,22 +1222,26 @@ class GegluKernel : public mx::UnaryPrimitive {
 // ---- attention
 
 // One (batch, head): softmax(q kᵀ·scale) v for q rows of (L, H·D) and k, v
-// rows of (S, H·D). Keys are transposed into `kt` (D × Spad) and values
-// copied into `vh` (S × Dpad) once; then QB queries at a time: their scores
+// rows of (S, H·D). Keys are transposed into `kt` (tiles of 16 keys, each
+// D × 16) and values copied into `vh` (S × Dpad) once; then QB queries at a time: their scores
 // against all keys (QB × Spad, a few KiB: in L1/L2, never the L × S matrix),
 // exp, and P·V, normalised at the end. QB = 8 accumulators per loop hide the
 // FMA latency (4 left the units half idle); the row maxima are taken from
 // the score registers, and padded keys score -inf so their exp is 0.
 constexpr int64_t LANES = 16, QB = 8;
 
-// The keys transposed into kt (D × Spad) and the values into vh (S × Dpad),
-// zero-padded: the layout every attend_head variant reads.
+// The keys transposed into kt, the values into vh (S × Dpad), zero-padded:
+// the layout every attend_head variant reads. kt holds Spad / 16 tiles, the
+// one of keys [j0, j0 + 16) at kt + j0·D, D rows of 16: a step over 16 keys
+// reads D·64 contiguous bytes (with kt as D rows of Spad, its D lines were
+// Spad·4 bytes apart, at 1024 keys all on one L1 set).
 inline void stage_keys_values(const float* k, const float* v, int64_t sl, int64_t kstride, int64_t d, int64_t spad,
                               int64_t dpad, float* kt, float* vh) {
-  for (int64_t c = 0; c < d; c++) {
-    float* row = kt + c * spad;
-    for (int64_t j = 0; j < sl; j++) row[j] = k[j * kstride + c];
-    for (int64_t j = sl; j < spad; j++) row[j] = 0.0f;
+  for (int64_t j0 = 0; j0 < spad; j0 += LANES) {
+    float* tile = kt + j0 * d;
+    for (int64_t c = 0; c < d; c++) {
+      for (int64_t jj = 0; jj < LANES; jj++) tile[c * LANES + jj] = j0 + jj < sl ? k[(j0 + jj) * kstride + c] : 0.0f;
+    }
   }
   for (int64_t j = 0; j < sl; j++) {
     std::memcpy(vh + j * dpad, v + j * kstride, sizeof(float) * d);
@@ -1262,7 +1266,7 @@ MLXE_CLONES void attend_head(const float* q, const float* k, const float* v, flo
     for (int64_t j0 = 0; j0 < spad; j0 += LANES) {
       float acc[QB][LANES] = {};
       for (int64_t c = 0; c < d; c++) {
-        const float* kv = kt + c * spad + j0;
+        const float* kv = kt + j0 * d + c * LANES;
         for (int64_t qi = 0; qi < QB; qi++) {
           const float qv = qb_buf[qi * d + c];
 #pragma omp simd
@@ -1406,7 +1410,8 @@ void attend_head_avx512(const float* q, const float* k, const float* v, float* o
 #pragma GCC unroll 8
       for (int64_t qi = 0; qi < QB; qi++) a0[qi] = a1[qi] = _mm512_setzero_ps();
       for (int64_t c = 0; c < d; c++) {
-        const __m512 k0 = _mm512_loadu_ps(kt + c * spad + j0), k1 = _mm512_loadu_ps(kt + c * spad + j0 + LANES);
+        const __m512 k0 = _mm512_loadu_ps(kt + j0 * d + c * LANES);
+        const __m512 k1 = _mm512_loadu_ps(kt + (j0 + LANES) * d + c * LANES);
 #pragma GCC unroll 8
         for (int64_t qi = 0; qi < QB; qi++) {
           const __m512 qv = _mm512_set1_ps(qb_buf[qi * d + c]);
@@ -1429,7 +1434,7 @@ void attend_head_avx512(const float* q, const float* k, const float* v, float* o
 #pragma GCC unroll 8
       for (int64_t qi = 0; qi < QB; qi++) a0[qi] = _mm512_setzero_ps();
       for (int64_t c = 0; c < d; c++) {
-        const __m512 k0 = _mm512_loadu_ps(kt + c * spad + j0);
+        const __m512 k0 = _mm512_loadu_ps(kt + j0 * d + c * LANES);
 #pragma GCC unroll 8
         for (int64_t qi = 0; qi < QB; qi++) a0[qi] = _mm512_fmadd_ps(_mm512_set1_ps(qb_buf[qi * d + c]), k0, a0[qi]);
       }
@@ -1545,14 +1550,16 @@ void attend_head_avx2(const float* q, const float* k, const float* v, float* out
     __m256 mx[QB];
 #pragma GCC unroll 8
     for (int64_t qi = 0; qi < QB; qi++) mx[qi] = neg_inf;
-    for (int64_t h0 = 0; h0 < QB; h0 += QH) {
-      // spad is a multiple of 16.
-      for (int64_t j0 = 0; j0 < spad; j0 += 16) {
+    // A key tile (spad is a multiple of 16) for both halves of the queries,
+    // so the second reads it from L1.
+    for (int64_t j0 = 0; j0 < spad; j0 += 16) {
+      const float* tile = kt + j0 * d;
+      for (int64_t h0 = 0; h0 < QB; h0 += QH) {
         __m256 a0[QH], a1[QH];
 #pragma GCC unroll 4
         for (int64_t qi = 0; qi < QH; qi++) a0[qi] = a1[qi] = _mm256_setzero_ps();
         for (int64_t c = 0; c < d; c++) {
-          const __m256 k0 = _mm256_loadu_ps(kt + c * spad + j0), k1 = _mm256_loadu_ps(kt + c * spad + j0 + 8);
+          const __m256 k0 = _mm256_loadu_ps(tile + c * 16), k1 = _mm256_loadu_ps(tile + c * 16 + 8);
 #pragma GCC unroll 4
           for (int64_t qi = 0; qi < QH; qi++) {
             const __m256 qv = _mm256_broadcast_ss(qb_buf + (h0 + qi) * d + c);
