@@ -884,14 +884,18 @@ void winograd_conv(int tile, const float* x, const float* u, const float* bias, 
 }
 #endif
 
-// y = a · wᵀ (+ bias) over many rows: the direct kernel where it runs and
-// there are a few tasks for every core, else one sgemm a core. With AVX2 only
-// where n ≤ k: OpenBLAS's Zen kernel beat its 6 × 16 tiles (and the per-call
-// gathers packing w) on wider outputs (2048 × 128 → 1024: 5.6 vs 7.5 ms on a
-// 2-core Zen 3; 2048 × 512 → 128: 2.8 vs 2.3 ms the other way).
+// Whether the direct kernel beats sgemm on a product to n outputs from k
+// inputs (where it runs): with AVX2 only where n ≤ k, as OpenBLAS's Zen
+// kernel beat its 6 × 16 tiles on wider outputs (2048 × 128 → 1024: 3.4 vs
+// 4.0 ms on a 2-core Zen 3 with the weight packed per call, 2048 × 512 → 128:
+// 2.8 vs 2.3 ms the other way).
+bool direct_linear_wins(int64_t n, int64_t k) { return avx512_on() || n <= k; }
+
+// y = a · wᵀ (+ bias) over many rows: the direct kernel where it runs, wins
+// and there are a few tasks for every core, else one sgemm a core.
 void linear_rows(const float* a, const float* w, const float* bias, float* y, int64_t m, int64_t n, int64_t k) {
 #ifdef MLXE_AVX512_KERNELS
-  if (direct_on() && m >= 4 * kDirectStep && (avx512_on() || n <= k)) {
+  if (direct_on() && m >= 4 * kDirectStep && direct_linear_wins(n, k)) {
     direct_linear(a, pack_weight(w, bias, n, k), y, m);
     return;
   }
@@ -1788,6 +1792,10 @@ mx::array conv2d(const mx::array& x, const mx::array& w, const std::optional<mx:
 
 bool conv_weight_packs(const mx::array& w, mx::StreamOrDevice s) {
   return applies(w, s) && w.ndim() == 4 && w.size() > 0 && direct_on();
+}
+
+bool linear_weight_packs(const mx::array& w, mx::StreamOrDevice s) {
+  return applies(w, s) && w.ndim() == 2 && w.size() > 0 && direct_on() && direct_linear_wins(w.shape(0), w.shape(1));
 }
 
 mx::array pack_conv_weight(const mx::array& w, int sh, int sw, mx::StreamOrDevice s) {
