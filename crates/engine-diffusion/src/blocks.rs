@@ -1,7 +1,7 @@
 //! Building blocks shared by the UNet and the VAE (diffusers' `ResnetBlock2D`,
 //! `Downsample2D`, `Upsample2D`, `Attention`), over NHWC activations.
 
-use engine_mlx::fast::{self, PackedConvWeight};
+use engine_mlx::fast::{self, PackedConvWeight, PackedLinearWeight};
 use engine_mlx::nn::{join, Conv2d, GroupNorm, Linear};
 use engine_mlx::{upsample_nearest, Array, Dtype, Result, WeightMap};
 
@@ -52,6 +52,41 @@ pub(crate) fn conv(w: &WeightMap, prefix: &str, io: (usize, usize), stride: i32)
         padding: c.padding,
         stride: c.stride,
     })
+}
+
+/// A linear layer over image tokens (many rows): where the CPU's direct kernel
+/// takes its products, only its weight packed once at load is kept
+/// (`fast::linear_rows` packs it on every call).
+pub(crate) enum Dense {
+    Plain(Linear),
+    Packed {
+        weight: PackedLinearWeight,
+        bias: Option<Array>,
+    },
+}
+
+impl Dense {
+    /// Loads `{prefix}.weight` (out, in) and, when `bias`, `{prefix}.bias`.
+    pub fn load(w: &WeightMap, prefix: &str, inp: usize, out: usize, bias: bool) -> Result<Dense> {
+        let layer = Linear::load(w, prefix, inp, out, bias)?;
+        if let Linear::Dense { weight, bias } = &layer {
+            if let Some(packed) = fast::pack_linear_weight(weight)? {
+                return Ok(Dense::Packed {
+                    weight: packed,
+                    bias: bias.clone(),
+                });
+            }
+        }
+        Ok(Dense::Plain(layer))
+    }
+
+    /// x (…, in) → (…, out).
+    pub fn forward(&self, x: &Array) -> Result<Array> {
+        match self {
+            Dense::Plain(l) => l.forward_rows(x),
+            Dense::Packed { weight, bias } => fast::linear_rows_packed(x, weight, bias.as_ref()),
+        }
+    }
 }
 
 /// `ResnetBlock2D`: norm → SiLU → conv, plus the projected time embedding,
@@ -152,10 +187,10 @@ impl Upsample {
 /// diffusers' `Attention` (`to_q`, `to_k`, `to_v`, `to_out.0`), multi-head,
 /// over (B, L, C) queries and (B, S, Ck) context.
 pub(crate) struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    out: Linear,
+    q: Dense,
+    k: Dense,
+    v: Dense,
+    out: Dense,
     heads: i32,
 }
 
@@ -172,27 +207,20 @@ impl Attention {
     ) -> Result<Attention> {
         let p = |n: &str| join(prefix, n);
         Ok(Attention {
-            q: Linear::load(w, &p("to_q"), dim, inner, qkv_bias)?,
-            k: Linear::load(w, &p("to_k"), ctx, inner, qkv_bias)?,
-            v: Linear::load(w, &p("to_v"), ctx, inner, qkv_bias)?,
-            out: Linear::load(w, &p("to_out.0"), inner, dim, true)?,
+            q: Dense::load(w, &p("to_q"), dim, inner, qkv_bias)?,
+            k: Dense::load(w, &p("to_k"), ctx, inner, qkv_bias)?,
+            v: Dense::load(w, &p("to_v"), ctx, inner, qkv_bias)?,
+            out: Dense::load(w, &p("to_out.0"), inner, dim, true)?,
             heads: heads as i32,
         })
     }
 
     pub fn forward(&self, x: &Array, context: Option<&Array>) -> Result<Array> {
-        // forward_rows: image tokens (many rows) may take the direct CPU kernel.
         let ctx = context.unwrap_or(x);
-        let q = self.q.forward_rows(x)?;
+        let q = self.q.forward(x)?;
         let scale = ((q.dim(-1) / self.heads as usize) as f32).powf(-0.5);
-        let a = fast::attention(
-            &q,
-            &self.k.forward_rows(ctx)?,
-            &self.v.forward_rows(ctx)?,
-            self.heads,
-            scale,
-        )?;
-        self.out.forward_rows(&a)
+        let a = fast::attention(&q, &self.k.forward(ctx)?, &self.v.forward(ctx)?, self.heads, scale)?;
+        self.out.forward(&a)
     }
 }
 

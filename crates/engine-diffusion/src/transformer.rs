@@ -3,9 +3,9 @@
 //! cross-attention on the text, GEGLU feed-forward, each pre-norm with a
 //! residual), `proj_out`, and the residual around it all.
 
-use crate::blocks::{conv, Attention, Conv};
+use crate::blocks::{conv, Attention, Conv, Dense};
 use engine_mlx::fast;
-use engine_mlx::nn::{join, GroupNorm, LayerNorm, Linear};
+use engine_mlx::nn::{join, GroupNorm, LayerNorm};
 use engine_mlx::{Array, Result, WeightMap};
 
 struct Block {
@@ -14,19 +14,19 @@ struct Block {
     norm2: LayerNorm,
     attn2: Attention,
     norm3: LayerNorm,
-    ff_in: Linear,
-    ff_out: Linear,
+    ff_in: Dense,
+    ff_out: Dense,
 }
 
 enum Proj {
-    Linear(Linear),
+    Linear(Dense),
     Conv(Conv),
 }
 
 impl Proj {
     fn load(w: &WeightMap, prefix: &str, cin: usize, cout: usize, linear: bool) -> Result<Proj> {
         Ok(if linear {
-            Proj::Linear(Linear::load(w, prefix, cin, cout, true)?)
+            Proj::Linear(Dense::load(w, prefix, cin, cout, true)?)
         } else {
             Proj::Conv(conv(w, prefix, (cin, cout), 1)?)
         })
@@ -35,7 +35,7 @@ impl Proj {
     /// Applies to (N, H, W, C) (a 1×1 conv is a linear map over channels).
     fn forward(&self, x: &Array) -> Result<Array> {
         match self {
-            Proj::Linear(l) => l.forward_rows(x),
+            Proj::Linear(l) => l.forward(x),
             Proj::Conv(c) => c.forward(x),
         }
     }
@@ -79,8 +79,8 @@ impl Transformer2D {
                     norm2: LayerNorm::load(w, &q("norm2"), c, 1e-5)?,
                     attn2: Attention::load(w, &q("attn2"), c, s.context, s.heads, c, false)?,
                     norm3: LayerNorm::load(w, &q("norm3"), c, 1e-5)?,
-                    ff_in: Linear::load(w, &q("ff.net.0.proj"), c, c * 8, true)?,
-                    ff_out: Linear::load(w, &q("ff.net.2"), c * 4, c, true)?,
+                    ff_in: Dense::load(w, &q("ff.net.0.proj"), c, c * 8, true)?,
+                    ff_out: Dense::load(w, &q("ff.net.2"), c * 4, c, true)?,
                 })
             })
             .collect::<Result<_>>()?;
@@ -101,8 +101,8 @@ impl Transformer2D {
             h = h.add(&b.attn1.forward(&b.norm1.forward(&h)?, None)?)?;
             h = h.add(&b.attn2.forward(&b.norm2.forward(&h)?, Some(context))?)?;
             // GEGLU: the first half is the value, the second the gate.
-            let ff = b.ff_in.forward_rows(&b.norm3.forward(&h)?)?;
-            h = h.add(&b.ff_out.forward_rows(&fast::geglu(&ff)?)?)?;
+            let ff = b.ff_in.forward(&b.norm3.forward(&h)?)?;
+            h = h.add(&b.ff_out.forward(&fast::geglu(&ff)?)?)?;
         }
         self.proj_out.forward(&h.reshape(&s)?)?.add(x)
     }

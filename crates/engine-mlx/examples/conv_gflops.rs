@@ -1,5 +1,5 @@
 //! Measures the CPU image kernels at the shapes of `cargo xtask bench diffusion`'s
-//! UNet (batch 2: CFG): each 3×3 conv and `linear_rows` product, one JSON line each
+//! UNet (batch 2: CFG): each 3×3 conv, `linear_rows` product and attention, one JSON line each
 //! with the best wall time and its GFLOP/s, and the mean CPU time of all threads
 //! (steadier than wall time on a shared machine). `CONV_RUNS=N` fixes the runs
 //! per shape, for `perf stat` comparisons of two builds.
@@ -83,6 +83,22 @@ fn main() -> engine_mlx::Result<()> {
             "{{\"linear\":\"{m}x{k}->{n}\",\"ms\":{:.3},\"gflops\":{:.1},\"cpu_ms\":{:.3}}}",
             s * 1e3,
             2.0 * (m * n * k) as f64 / s / 1e9,
+            cpu * 1e3
+        );
+    }
+    // Self-attention at the 32×32 and 16×16 levels (8 heads), cross-attention on 77 tokens.
+    let attns: &[(usize, usize, usize)] = &[(1024, 1024, 128), (256, 256, 256), (1024, 77, 128)];
+    for &(l, sl, c) in attns {
+        let q = rnd(&[2, l, c], 7)?;
+        let k = rnd(&[2, sl, c], 8)?;
+        let v = rnd(&[2, sl, c], 9)?;
+        let scale = ((c / 8) as f32).powf(-0.5);
+        let (s, cpu) = best(|| fast::attention(&q, &k, &v, 8, scale))?;
+        total += cpu;
+        println!(
+            "{{\"attention\":\"2x{l}x{sl}x{c}/8\",\"ms\":{:.3},\"gflops\":{:.1},\"cpu_ms\":{:.3}}}",
+            s * 1e3,
+            4.0 * (2 * l * sl * c) as f64 / s / 1e9,
             cpu * 1e3
         );
     }

@@ -399,6 +399,36 @@ pub fn pack_conv_weight(w: &Array, stride: (i32, i32)) -> Result<Option<PackedCo
     }))
 }
 
+/// A float32 dense weight (out, in) in the direct CPU kernel's blocks, made once
+/// by [`pack_linear_weight`] for [`linear_rows_packed`].
+#[derive(Debug, Clone)]
+pub struct PackedLinearWeight(PackedConvWeight);
+
+/// Packs a dense (out, in) weight for [`linear_rows_packed`] where the direct CPU
+/// kernel runs (float32 on a CPU stream, [`image_kernel_level`] ≥ 1) and beats
+/// sgemm at its shape (with AVX2 only: no more outputs than inputs), and
+/// evaluates it; `None` elsewhere. [`linear_rows`] packs its weight on every call.
+pub fn pack_linear_weight(w: &Array) -> Result<Option<PackedLinearWeight>> {
+    if !ffi::linear_weight_packs(&w.inner) {
+        return Ok(None);
+    }
+    let s = w.shape_i32();
+    Ok(pack_conv_weight(&w.reshape(&[s[0], 1, 1, s[1]])?, (1, 1))?.map(PackedLinearWeight))
+}
+
+/// `x · wᵀ (+ bias)`, x (…, in) → (…, out), with a weight [`pack_linear_weight`]
+/// packed: the direct kernel at any number of rows (a 1×1 [`conv2d_packed`]).
+pub fn linear_rows_packed(x: &Array, w: &PackedLinearWeight, bias: Option<&Array>) -> Result<Array> {
+    let [out, _, _, inp] = w.0.shape();
+    let mut shape = x.shape_i32();
+    let rows = shape[..shape.len().saturating_sub(1)].iter().product::<i32>();
+    let y = conv2d_packed(&x.reshape(&[1, 1, rows, inp])?, &w.0, bias, (1, 1), (0, 0))?;
+    if let Some(last) = shape.last_mut() {
+        *last = out;
+    }
+    y.reshape(&shape)
+}
+
 /// The output tile m of the Winograd F(m×m, 3×3) kernel [`pack_conv_weight`]
 /// packs 3×3 stride-1 conv weights for, 2 or 4, or 0 for the direct kernel:
 /// `MLXENGINE_WINOGRAD=0`, `2` or `4` picks, else the default. `Some(m)` (0, 2

@@ -145,6 +145,7 @@ pub(crate) mod bridge {
             pw: i32,
         ) -> Result<UniquePtr<Array>>;
         fn conv_weight_packs(w: &Array) -> bool;
+        fn linear_weight_packs(w: &Array) -> bool;
         fn pack_conv_weight(w: &Array, sh: i32, sw: i32) -> Result<UniquePtr<Array>>;
         #[allow(clippy::too_many_arguments)]
         fn conv2d_packed(

@@ -320,6 +320,7 @@ fn linear_with_bias_matches_matmul_few_and_many_rows() -> R {
 
 #[test]
 fn linear_rows_matches_matmul() -> R {
+    let mut packs = 0;
     // 5 rows: the skinny kernel; 100: sgemm; 300 and 2049 (tasks of 48 rows,
     // a last one of 33, micro-tiles of 6, 12 and 16 rows read past the end
     // from a padded copy): the direct kernel where the CPU has AVX-512, with
@@ -343,9 +344,26 @@ fn linear_rows_matches_matmul() -> R {
                 2e-5,
             );
             close(&fast::linear_rows(&x, &w, None)?, &reference, 2e-5);
+            // Packed once where the direct kernel wins (AVX2: n ≤ k), at any
+            // number of rows; rows of (2, rows, k) as image tokens come in.
+            if let Some(packed) = fast::pack_linear_weight(&w)? {
+                let x3 = x.reshape(&[1, rows as i32, k as i32])?;
+                let ours = fast::linear_rows_packed(&x3, &packed, Some(&b))?;
+                assert_eq!(ours.shape(), [1, rows, n]);
+                close(
+                    &ours.reshape(&[rows as i32, n as i32])?,
+                    &reference.add(&f64_of(&b))?,
+                    2e-5,
+                );
+                close(&fast::linear_rows_packed(&x, &packed, None)?, &reference, 2e-5);
+                packs += 1;
+            }
         }
     }
     fast::force_image_kernel_level(None);
+    if fast::force_image_kernel_level(None) >= 1 {
+        assert!(packs > 0, "the direct kernel runs here: some weights should pack");
+    }
     Ok(())
 }
 

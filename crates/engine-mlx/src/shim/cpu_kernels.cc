@@ -23,28 +23,6 @@
 namespace mlxe::kernels {
 namespace {
 
-// erf(z) ≈ z·P(z²)/Q(z²) on [-4, 4], the rational form Eigen and XLA use for
-// float32 (|error| < 5e-7); beyond ±4 erf is ±1 in float32.
-inline float erf_approx(float z) {
-  const float zc = std::min(std::max(z, -4.0f), 4.0f);
-  const float z2 = zc * zc;
-  float p = -2.72614225801306e-10f;
-  p = p * z2 + 2.77068142495902e-08f;
-  p = p * z2 + -2.10102402082508e-06f;
-  p = p * z2 + -5.69250639462346e-05f;
-  p = p * z2 + -7.34990630326855e-04f;
-  p = p * z2 + -2.95459980854025e-03f;
-  p = p * z2 + -1.60960333262415e-02f;
-  float q = -1.45660718464996e-05f;
-  q = q * z2 + -2.13374055278905e-04f;
-  q = q * z2 + -1.68282697438203e-03f;
-  q = q * z2 + -7.37332916720468e-03f;
-  q = q * z2 + -1.42647390514189e-02f;
-  const float e = zc * p / q;
-  // At the clamp the fit is 1.2e-7 short of ±1; make the tails exact.
-  return z >= 4.0f ? 1.0f : (z <= -4.0f ? -1.0f : e);
-}
-
 MLXE_CLONES void gelu_range(const float* x, float* y, int64_t n) {
 #pragma omp simd
   for (int64_t i = 0; i < n; i++) {
@@ -58,20 +36,6 @@ MLXE_CLONES void silu_range(const float* x, float* y, int64_t n) {
   for (int64_t i = 0; i < n; i++) {
     const float v = x[i];
     y[i] = v / (1.0f + exp_approx(-v));
-  }
-}
-
-// GEGLU over rows of 2F: y = value · GELU(gate), value the first half.
-MLXE_CLONES void geglu_rows(const float* x, float* y, int64_t rows, int64_t f) {
-  for (int64_t r = 0; r < rows; r++) {
-    const float* value = x + r * 2 * f;
-    const float* gate = value + f;
-    float* out = y + r * f;
-#pragma omp simd
-    for (int64_t i = 0; i < f; i++) {
-      const float g = gate[i];
-      out[i] = value[i] * (0.5f * g * (1.0f + erf_approx(g * 0.70710678118654752f)));
-    }
   }
 }
 
@@ -686,39 +650,6 @@ class CacheAttentionKernel : public mx::UnaryPrimitive {
   std::vector<int32_t> pads_;
 };
 
-class GegluKernel : public mx::UnaryPrimitive {
- public:
-  explicit GegluKernel(mx::Stream s) : mx::UnaryPrimitive(s) {}
-
-  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
-    check_input(inputs[0], name());
-    out.set_data(mx::allocator::malloc(out.nbytes()));
-    auto& enc = mx::cpu::get_command_encoder(stream());
-    enc.set_input_array(inputs[0]);
-    enc.set_output_array(out);
-    enc.dispatch([in = mx::array::unsafe_weak_copy(inputs[0]), out = mx::array::unsafe_weak_copy(out)]() mutable {
-      const int64_t f = out.shape(-1);
-      if (out.size() == 0 || f == 0) return;
-      const int64_t rows = static_cast<int64_t>(out.size()) / f;
-      const float* x = in.data<float>();
-      float* y = out.data<float>();
-      parallel(rows, 3 * f, [&](int64_t lo, int64_t hi) { geglu_rows(x + lo * 2 * f, y + lo * f, hi - lo, f); });
-    });
-  }
-  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
-    throw std::runtime_error("MlxeGeglu is a CPU kernel");
-  }
-  const char* name() const override { return "MlxeGeglu"; }
-  bool is_equivalent(const mx::Primitive& other) const override {
-    return dynamic_cast<const GegluKernel*>(&other) != nullptr;
-  }
-  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
-    auto shape = inputs[0].shape();
-    shape.back() /= 2;
-    return {shape};
-  }
-};
-
 mx::array make(const mx::array& x, Kind kind, mx::StreamOrDevice s) {
   if (!applies(x, s)) {
     throw std::invalid_argument("CPU kernels take float32 arrays on a CPU stream");
@@ -737,16 +668,6 @@ bool applies(const mx::array& x, mx::StreamOrDevice s) {
 mx::array softmax_last(const mx::array& x, mx::StreamOrDevice s) { return make(x, Kind::Softmax, s); }
 mx::array gelu(const mx::array& x, mx::StreamOrDevice s) { return make(x, Kind::Gelu, s); }
 mx::array silu(const mx::array& x, mx::StreamOrDevice s) { return make(x, Kind::Silu, s); }
-
-mx::array geglu(const mx::array& x, mx::StreamOrDevice s) {
-  if (!applies(x, s) || x.ndim() == 0 || x.shape(-1) % 2 != 0) {
-    throw std::invalid_argument("geglu kernel: float32 on a CPU stream, an even last axis");
-  }
-  auto stream = mx::to_stream(s);
-  auto shape = x.shape();
-  shape.back() /= 2;
-  return mx::array(shape, mx::float32, std::make_shared<GegluKernel>(stream), {mx::contiguous(x, false, stream)});
-}
 
 mx::array layer_norm(const mx::array& x, const std::optional<mx::array>& residual,
                      const std::optional<mx::array>& weight, const std::optional<mx::array>& bias, float eps,

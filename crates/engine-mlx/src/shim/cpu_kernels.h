@@ -151,6 +151,11 @@ mx::array conv2d(const mx::array& x, const mx::array& w, const std::optional<mx:
 // where the direct conv kernel runs (image kernel level ≥ 1).
 bool conv_weight_packs(const mx::array& w, mx::StreamOrDevice s = {});
 
+// Whether a dense (N, K) weight w, as a 1×1 conv weight (N, 1, 1, K), is
+// worth packing once for gemm's image rows: float32 on a CPU stream where the
+// direct kernel runs and beats sgemm at this shape (AVX2: N ≤ K).
+bool linear_weight_packs(const mx::array& w, mx::StreamOrDevice s = {});
+
 // The output tile m (2 or 4) of the Winograd F(m×m, 3×3) layout that
 // pack_conv_weight(w, sh, sw) makes, or 0 for the direct kernel's: Winograd for
 // a 3×3 weight used at stride 1 with channels where it beats the direct

@@ -563,10 +563,10 @@ void direct_linear(const float* x, const PackedWeight& pw, float* y, int64_t m) 
   direct_tasks(pw, m, y, pw.k, 0, 1, 1, [&](int64_t p) { return x + p * pw.k; });
 }
 
-// y = conv(x, w) + bias (see above), w packed.
-void direct_conv(const float* x, const PackedWeight& pw, float* y, const ConvShape& s) {
-  const int64_t hp = s.h + 2 * s.ph, wpad = s.w + 2 * s.pw, cin = s.cin;
-  const int64_t image = hp * wpad * cin;
+// x in the calling thread's buffer 0, zero-padded to (hp, wpad) pixels a
+// row and column: s.ph rows and s.pw columns before it, the rest after.
+const float* pad_input(const float* x, const ConvShape& s, int64_t hp, int64_t wpad) {
+  const int64_t cin = s.cin, image = hp * wpad * cin;
   float* px = direct_buffer(0, s.n * image);
   parallel(s.n * hp, wpad * cin, [&](int64_t lo, int64_t hi) {
     for (int64_t it = lo; it < hi; it++) {
@@ -581,6 +581,14 @@ void direct_conv(const float* x, const PackedWeight& pw, float* y, const ConvSha
       }
     }
   });
+  return px;
+}
+
+// y = conv(x, w) + bias (see above), w packed.
+void direct_conv(const float* x, const PackedWeight& pw, float* y, const ConvShape& s) {
+  const int64_t hp = s.h + 2 * s.ph, wpad = s.w + 2 * s.pw, cin = s.cin;
+  const int64_t image = hp * wpad * cin;
+  const float* px = pad_input(x, s, hp, wpad);
   const int64_t per_image = s.oh * s.ow;
   direct_tasks(pw, s.n * per_image, y, cin, wpad, s.kh, s.kw, [&](int64_t p) {
     const int64_t img = p / per_image, oy = p % per_image / s.ow, ox = p % s.ow;
@@ -812,20 +820,7 @@ void winograd_conv_tiles(const float* x, const float* u, const float* bias, floa
   // The input zero-padded to whole tiles: every α×α window lies inside.
   const int64_t ty = (s.oh + M - 1) / M, tx = (s.ow + M - 1) / M, per_image = ty * tx, tiles = s.n * per_image;
   const int64_t hp = M * ty + 2, wpad = M * tx + 2, image = hp * wpad * cin;
-  float* px = direct_buffer(0, s.n * image);
-  parallel(s.n * hp, wpad * cin, [&](int64_t lo, int64_t hi) {
-    for (int64_t it = lo; it < hi; it++) {
-      const int64_t img = it / hp, py = it % hp, iy = py - s.ph;
-      float* row = px + img * image + py * wpad * cin;
-      if (iy < 0 || iy >= s.h) {
-        std::fill(row, row + wpad * cin, 0.0f);
-      } else {
-        std::fill(row, row + s.pw * cin, 0.0f);
-        std::memcpy(row + s.pw * cin, x + ((img * s.h + iy) * s.w) * cin, sizeof(float) * s.w * cin);
-        std::fill(row + (s.pw + s.w) * cin, row + wpad * cin, 0.0f);
-      }
-    }
-  });
+  const float* px = pad_input(x, s, hp, wpad);
   // Tasks: a block of tiles × a group of output blocks. Few tiles (the UNet's
   // 8×8 and 16×16 levels) are split by output channels too, each group
   // transforming the same inputs again, so both cores have work.
@@ -889,14 +884,18 @@ void winograd_conv(int tile, const float* x, const float* u, const float* bias, 
 }
 #endif
 
-// y = a · wᵀ (+ bias) over many rows: the direct kernel where it runs and
-// there are a few tasks for every core, else one sgemm a core. With AVX2 only
-// where n ≤ k: OpenBLAS's Zen kernel beat its 6 × 16 tiles (and the per-call
-// gathers packing w) on wider outputs (2048 × 128 → 1024: 5.6 vs 7.5 ms on a
-// 2-core Zen 3; 2048 × 512 → 128: 2.8 vs 2.3 ms the other way).
+// Whether the direct kernel beats sgemm on a product to n outputs from k
+// inputs (where it runs): with AVX2 only where n ≤ k, as OpenBLAS's Zen
+// kernel beat its 6 × 16 tiles on wider outputs (2048 × 128 → 1024: 3.4 vs
+// 4.0 ms on a 2-core Zen 3 with the weight packed per call, 2048 × 512 → 128:
+// 2.8 vs 2.3 ms the other way).
+bool direct_linear_wins(int64_t n, int64_t k) { return avx512_on() || n <= k; }
+
+// y = a · wᵀ (+ bias) over many rows: the direct kernel where it runs, wins
+// and there are a few tasks for every core, else one sgemm a core.
 void linear_rows(const float* a, const float* w, const float* bias, float* y, int64_t m, int64_t n, int64_t k) {
 #ifdef MLXE_AVX512_KERNELS
-  if (direct_on() && m >= 4 * kDirectStep && (avx512_on() || n <= k)) {
+  if (direct_on() && m >= 4 * kDirectStep && direct_linear_wins(n, k)) {
     direct_linear(a, pack_weight(w, bias, n, k), y, m);
     return;
   }
@@ -1173,25 +1172,80 @@ class GroupNormKernel : public mx::UnaryPrimitive {
   bool silu_;
 };
 
+// ---- GEGLU
+
+// GEGLU over rows of 2F: y = value · GELU(gate), value the first half.
+// Here for -fno-trapping-math (build.rs): with FP traps kept, GCC left the
+// loop scalar around erf_approx's clamps (4% of the CPU diffusion bench).
+MLXE_CLONES void geglu_rows(const float* x, float* y, int64_t rows, int64_t f) {
+  for (int64_t r = 0; r < rows; r++) {
+    const float* value = x + r * 2 * f;
+    const float* gate = value + f;
+    float* out = y + r * f;
+#pragma omp simd
+    for (int64_t i = 0; i < f; i++) {
+      const float g = gate[i];
+      out[i] = value[i] * (0.5f * g * (1.0f + erf_approx(g * 0.70710678118654752f)));
+    }
+  }
+}
+
+class GegluKernel : public mx::UnaryPrimitive {
+ public:
+  explicit GegluKernel(mx::Stream s) : mx::UnaryPrimitive(s) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
+    check_input(inputs[0], name());
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& enc = mx::cpu::get_command_encoder(stream());
+    enc.set_input_array(inputs[0]);
+    enc.set_output_array(out);
+    enc.dispatch([in = mx::array::unsafe_weak_copy(inputs[0]), out = mx::array::unsafe_weak_copy(out)]() mutable {
+      const int64_t f = out.shape(-1);
+      if (out.size() == 0 || f == 0) return;
+      const int64_t rows = static_cast<int64_t>(out.size()) / f;
+      const float* x = in.data<float>();
+      float* y = out.data<float>();
+      parallel(rows, 3 * f, [&](int64_t lo, int64_t hi) { geglu_rows(x + lo * 2 * f, y + lo * f, hi - lo, f); });
+    });
+  }
+  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
+    throw std::runtime_error("MlxeGeglu is a CPU kernel");
+  }
+  const char* name() const override { return "MlxeGeglu"; }
+  bool is_equivalent(const mx::Primitive& other) const override {
+    return dynamic_cast<const GegluKernel*>(&other) != nullptr;
+  }
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    auto shape = inputs[0].shape();
+    shape.back() /= 2;
+    return {shape};
+  }
+};
+
 // ---- attention
 
 // One (batch, head): softmax(q kᵀ·scale) v for q rows of (L, H·D) and k, v
-// rows of (S, H·D). Keys are transposed into `kt` (D × Spad) and values
-// copied into `vh` (S × Dpad) once; then QB queries at a time: their scores
+// rows of (S, H·D). Keys are transposed into `kt` (tiles of 16 keys, each
+// D × 16) and values copied into `vh` (S × Dpad) once; then QB queries at a time: their scores
 // against all keys (QB × Spad, a few KiB: in L1/L2, never the L × S matrix),
 // exp, and P·V, normalised at the end. QB = 8 accumulators per loop hide the
 // FMA latency (4 left the units half idle); the row maxima are taken from
 // the score registers, and padded keys score -inf so their exp is 0.
 constexpr int64_t LANES = 16, QB = 8;
 
-// The keys transposed into kt (D × Spad) and the values into vh (S × Dpad),
-// zero-padded: the layout every attend_head variant reads.
+// The keys transposed into kt, the values into vh (S × Dpad), zero-padded:
+// the layout every attend_head variant reads. kt holds Spad / 16 tiles, the
+// one of keys [j0, j0 + 16) at kt + j0·D, D rows of 16: a step over 16 keys
+// reads D·64 contiguous bytes (with kt as D rows of Spad, its D lines were
+// Spad·4 bytes apart, at 1024 keys all on one L1 set).
 inline void stage_keys_values(const float* k, const float* v, int64_t sl, int64_t kstride, int64_t d, int64_t spad,
                               int64_t dpad, float* kt, float* vh) {
-  for (int64_t c = 0; c < d; c++) {
-    float* row = kt + c * spad;
-    for (int64_t j = 0; j < sl; j++) row[j] = k[j * kstride + c];
-    for (int64_t j = sl; j < spad; j++) row[j] = 0.0f;
+  for (int64_t j0 = 0; j0 < spad; j0 += LANES) {
+    float* tile = kt + j0 * d;
+    for (int64_t c = 0; c < d; c++) {
+      for (int64_t jj = 0; jj < LANES; jj++) tile[c * LANES + jj] = j0 + jj < sl ? k[(j0 + jj) * kstride + c] : 0.0f;
+    }
   }
   for (int64_t j = 0; j < sl; j++) {
     std::memcpy(vh + j * dpad, v + j * kstride, sizeof(float) * d);
@@ -1216,7 +1270,7 @@ MLXE_CLONES void attend_head(const float* q, const float* k, const float* v, flo
     for (int64_t j0 = 0; j0 < spad; j0 += LANES) {
       float acc[QB][LANES] = {};
       for (int64_t c = 0; c < d; c++) {
-        const float* kv = kt + c * spad + j0;
+        const float* kv = kt + j0 * d + c * LANES;
         for (int64_t qi = 0; qi < QB; qi++) {
           const float qv = qb_buf[qi * d + c];
 #pragma omp simd
@@ -1360,7 +1414,8 @@ void attend_head_avx512(const float* q, const float* k, const float* v, float* o
 #pragma GCC unroll 8
       for (int64_t qi = 0; qi < QB; qi++) a0[qi] = a1[qi] = _mm512_setzero_ps();
       for (int64_t c = 0; c < d; c++) {
-        const __m512 k0 = _mm512_loadu_ps(kt + c * spad + j0), k1 = _mm512_loadu_ps(kt + c * spad + j0 + LANES);
+        const __m512 k0 = _mm512_loadu_ps(kt + j0 * d + c * LANES);
+        const __m512 k1 = _mm512_loadu_ps(kt + (j0 + LANES) * d + c * LANES);
 #pragma GCC unroll 8
         for (int64_t qi = 0; qi < QB; qi++) {
           const __m512 qv = _mm512_set1_ps(qb_buf[qi * d + c]);
@@ -1383,7 +1438,7 @@ void attend_head_avx512(const float* q, const float* k, const float* v, float* o
 #pragma GCC unroll 8
       for (int64_t qi = 0; qi < QB; qi++) a0[qi] = _mm512_setzero_ps();
       for (int64_t c = 0; c < d; c++) {
-        const __m512 k0 = _mm512_loadu_ps(kt + c * spad + j0);
+        const __m512 k0 = _mm512_loadu_ps(kt + j0 * d + c * LANES);
 #pragma GCC unroll 8
         for (int64_t qi = 0; qi < QB; qi++) a0[qi] = _mm512_fmadd_ps(_mm512_set1_ps(qb_buf[qi * d + c]), k0, a0[qi]);
       }
@@ -1499,14 +1554,16 @@ void attend_head_avx2(const float* q, const float* k, const float* v, float* out
     __m256 mx[QB];
 #pragma GCC unroll 8
     for (int64_t qi = 0; qi < QB; qi++) mx[qi] = neg_inf;
-    for (int64_t h0 = 0; h0 < QB; h0 += QH) {
-      // spad is a multiple of 16.
-      for (int64_t j0 = 0; j0 < spad; j0 += 16) {
+    // A key tile (spad is a multiple of 16) for both halves of the queries,
+    // so the second reads it from L1.
+    for (int64_t j0 = 0; j0 < spad; j0 += 16) {
+      const float* tile = kt + j0 * d;
+      for (int64_t h0 = 0; h0 < QB; h0 += QH) {
         __m256 a0[QH], a1[QH];
 #pragma GCC unroll 4
         for (int64_t qi = 0; qi < QH; qi++) a0[qi] = a1[qi] = _mm256_setzero_ps();
         for (int64_t c = 0; c < d; c++) {
-          const __m256 k0 = _mm256_loadu_ps(kt + c * spad + j0), k1 = _mm256_loadu_ps(kt + c * spad + j0 + 8);
+          const __m256 k0 = _mm256_loadu_ps(tile + c * 16), k1 = _mm256_loadu_ps(tile + c * 16 + 8);
 #pragma GCC unroll 4
           for (int64_t qi = 0; qi < QH; qi++) {
             const __m256 qv = _mm256_broadcast_ss(qb_buf + (h0 + qi) * d + c);
@@ -1737,6 +1794,10 @@ bool conv_weight_packs(const mx::array& w, mx::StreamOrDevice s) {
   return applies(w, s) && w.ndim() == 4 && w.size() > 0 && direct_on();
 }
 
+bool linear_weight_packs(const mx::array& w, mx::StreamOrDevice s) {
+  return applies(w, s) && w.ndim() == 2 && w.size() > 0 && direct_on() && direct_linear_wins(w.shape(0), w.shape(1));
+}
+
 mx::array pack_conv_weight(const mx::array& w, int sh, int sw, mx::StreamOrDevice s) {
   if (!conv_weight_packs(w, s)) {
     throw std::invalid_argument(
@@ -1798,6 +1859,16 @@ mx::array attention(const mx::array& q, const mx::array& k, const mx::array& v, 
   return mx::array(q.shape(), mx::float32, std::make_shared<AttentionKernel>(stream, heads, scale),
                    {mx::contiguous(q, false, stream), mx::contiguous(k, false, stream),
                     mx::contiguous(v, false, stream)});
+}
+
+mx::array geglu(const mx::array& x, mx::StreamOrDevice s) {
+  if (!applies(x, s) || x.ndim() == 0 || x.shape(-1) % 2 != 0) {
+    throw std::invalid_argument("geglu kernel: float32 on a CPU stream, an even last axis");
+  }
+  auto stream = mx::to_stream(s);
+  auto shape = x.shape();
+  shape.back() /= 2;
+  return mx::array(shape, mx::float32, std::make_shared<GegluKernel>(stream), {mx::contiguous(x, false, stream)});
 }
 
 }  // namespace mlxe::kernels

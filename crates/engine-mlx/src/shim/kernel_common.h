@@ -1,5 +1,5 @@
 // Helpers shared by the CPU kernel files (cpu_kernels.cc, image_kernels.cc,
-// quant_kernels.cc): the multi-versioning attribute, a branch-free exp, a
+// quant_kernels.cc): the multi-versioning attribute, a branch-free exp and erf, a
 // vectorised row max, and a persistent worker pool to split work over.
 #pragma once
 
@@ -53,6 +53,28 @@ inline float exp_approx(float x) {
   std::memcpy(&scale, &bits, sizeof(scale));
   // Below -87 the true value is under float's normal range: 0 (also for -inf).
   return x < -87.0f ? 0.0f : p * scale;
+}
+
+// erf(z) ≈ z·P(z²)/Q(z²) on [-4, 4], the rational form Eigen and XLA use for
+// float32 (|error| < 5e-7); beyond ±4 erf is ±1 in float32.
+inline float erf_approx(float z) {
+  const float zc = std::min(std::max(z, -4.0f), 4.0f);
+  const float z2 = zc * zc;
+  float p = -2.72614225801306e-10f;
+  p = p * z2 + 2.77068142495902e-08f;
+  p = p * z2 + -2.10102402082508e-06f;
+  p = p * z2 + -5.69250639462346e-05f;
+  p = p * z2 + -7.34990630326855e-04f;
+  p = p * z2 + -2.95459980854025e-03f;
+  p = p * z2 + -1.60960333262415e-02f;
+  float q = -1.45660718464996e-05f;
+  q = q * z2 + -2.13374055278905e-04f;
+  q = q * z2 + -1.68282697438203e-03f;
+  q = q * z2 + -7.37332916720468e-03f;
+  q = q * z2 + -1.42647390514189e-02f;
+  const float e = zc * p / q;
+  // At the clamp the fit is 1.2e-7 short of ±1; make the tails exact.
+  return z >= 4.0f ? 1.0f : (z <= -4.0f ? -1.0f : e);
 }
 
 // Largest of x[0..n) (-inf when n is 0). GCC leaves a `reduction(max:)` loop

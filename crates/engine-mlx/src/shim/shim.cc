@@ -489,6 +489,7 @@ std::unique_ptr<Array> conv2d_bias(const Array& x, const Array& w, const ArrayLi
 }
 
 bool conv_weight_packs(const Array& w) { return kernels::conv_weight_packs(w); }
+bool linear_weight_packs(const Array& w) { return kernels::linear_weight_packs(w); }
 std::unique_ptr<Array> pack_conv_weight(const Array& w, int32_t sh, int32_t sw) {
   return own(kernels::pack_conv_weight(w, sh, sw));
 }

@@ -139,6 +139,7 @@ bool cache_attention_applies(const Array& q, const Array& k, const Array& v);
 std::unique_ptr<Array> cache_attention(const Array& q, const Array& k, const Array& v, float scale, rust::Slice<const int32_t> pads);
 std::unique_ptr<Array> conv2d_bias(const Array& x, const Array& w, const ArrayList& bias, int32_t sh, int32_t sw, int32_t ph, int32_t pw);
 bool conv_weight_packs(const Array& w);
+bool linear_weight_packs(const Array& w);
 std::unique_ptr<Array> pack_conv_weight(const Array& w, int32_t sh, int32_t sw);
 std::unique_ptr<Array> conv2d_packed(const Array& x, const Array& packed, rust::Slice<const int32_t> shape,
                                      const ArrayList& bias, int32_t sh, int32_t sw, int32_t ph, int32_t pw);
