@@ -13,7 +13,8 @@
 //! kernels of one decoder layer (see `fused_case`) on the three families. Batch 8 and 16,
 //! other group sizes, 8-bit and float16/float32 (batch 1 and 4) run on the 8B shapes unless
 //! `--quick` (bfloat16 4-bit group 64 alone). `--dense`: the dense bfloat16 matvec behind
-//! `fast::linear` (`MLXENGINE_CUDA_DMV=1`) on the 8B shapes, errors and bandwidth against MLX's gemv.
+//! `fast::linear` (`MLXENGINE_CUDA_DMV=1`) on the 8B shapes, errors and bandwidth against MLX's gemv, then
+//! the fused dense kernels (`MLXENGINE_CUDA_QMV_DENSE=1`) on one layer of each family.
 
 use engine_mlx::quant::{
     cuda_quantized_matmul, fused_matvec, quantize, quantized_matmul, set_cuda_kernels, FusedEpilogue, FusedWeight,
@@ -24,6 +25,13 @@ use std::time::Instant;
 
 mod support;
 use support::rel_err;
+
+/// One decoder layer's shape a family: hidden size, q, k/v and feed-forward widths.
+const DENSE_FAMILIES: [(&str, usize, usize, usize, usize); 3] = [
+    ("llama-3.2-1b", 2048, 2048, 512, 8192),
+    ("llama-3.1-8b", 4096, 4096, 1024, 14336),
+    ("qwen2.5-7b", 3584, 3584, 512, 18944),
+];
 
 /// A linear layer: name, input features (K), output features (N).
 type Layer = (&'static str, usize, usize);
@@ -566,6 +574,12 @@ fn main() -> Result<()> {
         ] {
             worst = worst.max(dmv_case(layer, k, n)?);
         }
+        // The fused dense kernels (fdmv; with MLXENGINE_CUDA_QMV_DENSE=1) on one layer of each family.
+        for (family, hidden, q, kv, ff) in DENSE_FAMILIES {
+            for m in [1, 4] {
+                worst = worst.max(dense_case(family, hidden, q, kv, ff, m)?);
+            }
+        }
         println!(
             "{}",
             serde_json::json!({"summary": "dmv", "worst_rel_err": worst, "pass": worst <= 1e-3})
@@ -622,11 +636,7 @@ fn main() -> Result<()> {
         }
     }
     let mut worst: f64 = 0.0;
-    for (family, hidden, q, kv, ff) in [
-        ("llama-3.2-1b", 2048, 2048, 512, 8192),
-        ("llama-3.1-8b", 4096, 4096, 1024, 14336),
-        ("qwen2.5-7b", 3584, 3584, 512, 18944),
-    ] {
+    for (family, hidden, q, kv, ff) in DENSE_FAMILIES {
         for m in [1, 4] {
             worst = worst.max(fused_case(family, hidden, q, kv, ff, m)?);
             worst = worst.max(dense_case(family, hidden, q, kv, ff, m)?);

@@ -2,11 +2,13 @@
 # One device call for the dense matvec behind fast::linear (MLXENGINE_CUDA_DMV; issue 16's 8B bfloat16 roofline),
 # carry [".devcache/gpu"] (stage_kernels.sh; H100/H200):
 #   1. `qmv_check --dense` for each block shape of DMV_CONFIGS (RPW,U,THREADS: rows a warp, 16-byte chunks in flight a
-#      row, threads a block) -> $OUT/dmv.jsonl: errors at 1 and 4 rows, bandwidth at one row against MLX's gemv;
+#      row, threads a block) -> $OUT/dmv.jsonl: errors at 1 and 4 rows, bandwidth at one row against MLX's gemv, and
+#      the fused dense kernels' errors (fdmv, MLXENGINE_CUDA_QMV_DENSE=1) on a layer of each family;
 #   2. the shape with the shortest 8B decode step (32 × (q/k/v + o + gate/up + down) + LM head, from step 1) picked;
 #   3. decode (random weights, 512-token prompt, 128 greedy tokens) -> $OUT/decode.jsonl: 8B and 1B bfloat16, the engine
-#      as shipped (MLX's gemv), with the dense matvec at the picked shape, and mlx-lm; 8B first, ROUNDS (default 2) rounds;
-#   4. parity_gpu over the parity fixtures with the dense matvec on (after round 1) -> $OUT/parity.jsonl.
+#      as shipped (MLX's gemv), with the dense matvec at the picked shape, with it and the fused dense layers (fdmv: norm
+#      + q/k/v, o + residual, norm + gate/up + SwiGLU, down + residual), and mlx-lm; 8B first, ROUNDS (default 2) rounds;
+#   4. parity_gpu over the parity fixtures with both on (after round 1) -> $OUT/parity.jsonl.
 # Exits 1 on an error or parity failure.
 set -uo pipefail
 export MODELS=$HOME/models
@@ -15,7 +17,7 @@ nvidia-smi --query-gpu=name --format=csv,noheader | tee $OUT/gpu.txt
 rc=0
 for cfg in ${DMV_CONFIGS-1,4,256 1,8,256 2,4,256 1,4,128 2,2,128 1,2,256}; do
   IFS=, read -r rpw u th <<< "$cfg"
-  MLXENGINE_CUDA_DMV=1 MLXENGINE_CUDA_DMV_RPW=$rpw MLXENGINE_CUDA_DMV_U=$u MLXENGINE_CUDA_DMV_THREADS=$th \
+  MLXENGINE_CUDA_DMV=1 MLXENGINE_CUDA_QMV_DENSE=1 MLXENGINE_CUDA_DMV_RPW=$rpw MLXENGINE_CUDA_DMV_U=$u MLXENGINE_CUDA_DMV_THREADS=$th \
     timeout 90 $BIN/qmv_check --dense >> $OUT/dmv.jsonl 2>&1 || rc=1
 done
 BEST=$(python3 - "$OUT/dmv.jsonl" <<'PY'
@@ -52,11 +54,13 @@ for round in $(seq 1 ${ROUNDS:-2}); do
     M=$MODELS/llama-$m P=$MODELS/llama-$m/prompt_ids.json
     run engine-$m $round $BIN/bench_decode $M --dtype native --prompt-ids $P --tokens 128
     run engine_dmv-$m $round env $DMV $BIN/bench_decode $M --dtype native --prompt-ids $P --tokens 128
+    run engine_fdmv-$m $round env $DMV MLXENGINE_CUDA_QMV_DENSE=1 $BIN/bench_decode $M --dtype native --prompt-ids $P \
+      --tokens 128
     run mlx_lm-$m $round python3 xtask/bench/mlx_lm_decode.py $M $P 128
   done
   if [ "$round" = 1 ] && [ -f .devcache/gpu/parity.tar.xz ]; then
     tar xJf .devcache/gpu/parity.tar.xz -C "$HOME"
-    env $DMV timeout 120 $BIN/parity_gpu "$HOME/parity" > $OUT/parity.jsonl 2>&1 || rc=1
+    env $DMV MLXENGINE_CUDA_QMV_DENSE=1 timeout 120 $BIN/parity_gpu "$HOME/parity" > $OUT/parity.jsonl 2>&1 || rc=1
     grep -h summary $OUT/parity.jsonl
   fi
 done

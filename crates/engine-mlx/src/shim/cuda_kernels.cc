@@ -196,7 +196,7 @@ template <typename EL, int E> __device__ __forceinline__ uint4 pack_chunk(const 
 // and the same up rows) and MT rows of x; its threads stride over K in
 // 16-byte chunks of w (one 128-bit load per row, inside one group), adding
 // scale · Σ q·x + bias · Σ x per chunk in float32; shared memory sums the warps.
-// BITS 16 or 32: dense weights in x's dtype (bfloat16/float16 or float32).
+// (Dense weights take fdmv, in kAttnSource.)
 template <int KIND, int BITS, int GS, int MT, int ROWS, int MODE, int NORM, int DEQ = 0, int PF = 0>
 __device__ __forceinline__ void qmv(const Params& p) {
   typedef Elem<KIND> EL;
@@ -265,137 +265,103 @@ __device__ __forceinline__ void qmv(const Params& p) {
 #pragma unroll
     for (int m = 0; m < MT; ++m) acc[r][m] = 0.f;
 
-  if constexpr (BITS <= 8) {
-    // PF 1: each thread loads its next chunk (weights, scales, biases) while it
-    // computes this one, twice the bytes in flight a thread.
-    uint4 nw[ROWS];
-    S nsc[ROWS], nbi[ROWS];
-    auto fetch = [&](int c) {
-      const int grp = c * E / GS;
-  #pragma unroll
-      for (int r = 0; r < ROWS; ++r) {
-        nw[r] = __ldg(wr[r] + c);
-        nsc[r] = sr[r][grp];
-        nbi[r] = br[r][grp];
-      }
-    };
+  // PF 1: each thread loads its next chunk (weights, scales, biases) while it
+  // computes this one, twice the bytes in flight a thread.
+  uint4 nw[ROWS];
+  S nsc[ROWS], nbi[ROWS];
+  auto fetch = [&](int c) {
+    const int grp = c * E / GS;
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+      nw[r] = __ldg(wr[r] + c);
+      nsc[r] = sr[r][grp];
+      nbi[r] = br[r][grp];
+    }
+  };
+  if constexpr (PF == 1) {
+    if (int(threadIdx.x) < chunks) fetch(threadIdx.x);
+  }
+  for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
+    uint4 wv[ROWS];
+    float sc[ROWS], bi[ROWS];
     if constexpr (PF == 1) {
-      if (int(threadIdx.x) < chunks) fetch(threadIdx.x);
+#pragma unroll
+      for (int r = 0; r < ROWS; ++r) {
+        wv[r] = nw[r];
+        sc[r] = EL::get(nsc[r]);
+        bi[r] = EL::get(nbi[r]);
+      }
+      if (c + int(blockDim.x) < chunks) fetch(c + blockDim.x);
+    } else {
+      const int grp = c * E / GS;
+#pragma unroll
+      for (int r = 0; r < ROWS; ++r) {
+        wv[r] = __ldg(wr[r] + c);
+        sc[r] = EL::get(sr[r][grp]);
+        bi[r] = EL::get(br[r][grp]);
+      }
     }
-    for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
-      uint4 wv[ROWS];
-      float sc[ROWS], bi[ROWS];
-      if constexpr (PF == 1) {
-  #pragma unroll
-        for (int r = 0; r < ROWS; ++r) {
-          wv[r] = nw[r];
-          sc[r] = EL::get(nsc[r]);
-          bi[r] = EL::get(nbi[r]);
-        }
-        if (c + int(blockDim.x) < chunks) fetch(c + blockDim.x);
-      } else {
-        const int grp = c * E / GS;
-  #pragma unroll
-        for (int r = 0; r < ROWS; ++r) {
-          wv[r] = __ldg(wr[r] + c);
-          sc[r] = EL::get(sr[r][grp]);
-          bi[r] = EL::get(br[r][grp]);
-        }
-      }
-      float qx[ROWS][MT], xs[MT];
-  #pragma unroll
-      for (int m = 0; m < MT; ++m) {
-        xs[m] = 0.f;
-  #pragma unroll
-        for (int r = 0; r < ROWS; ++r) qx[r][m] = 0.f;
-      }
-  #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        float q[ROWS][PW];
-  #pragma unroll
-        for (int r = 0; r < ROWS; ++r) {
-          const u32 word = reinterpret_cast<const u32*>(&wv[r])[i];
-          const u32 high = word >> (BITS * Packed<BITS>::SPLIT);
-          if constexpr (DEQ == 1) {
-  #pragma unroll
-            for (int j = 0; j < PW; ++j) q[r][j] = Packed<BITS>::denorm_q(word, high, j);
-          } else if constexpr (MT == 1) {
-            const u32 lo = or_opaque<0x4B000000u>(word), hi = or_opaque<0x4B000000u>(high);
-  #pragma unroll
-            for (int j = 0; j < PW; ++j) q[r][j] = Packed<BITS>::scaled_q_or(lo, hi, j);
-          } else {
-  #pragma unroll
-            for (int j = 0; j < PW; ++j) q[r][j] = Packed<BITS>::scaled_q(word, high, j);
-          }
-        }
-        const int col = c * E + i * PW;
-        float gf[PW];
-        if constexpr (NORM) {
-          u32 gw[XWORDS];
-          load_words<XWORDS>(g + col, gw);
-  #pragma unroll
-          for (int v = 0; v < XWORDS; ++v) EL::unpack(gw[v], gf + v * XPW);
-        }
-  #pragma unroll
-        for (int m = 0; m < MT; ++m) {
-          if (m0 + m < M) {
-            u32 xw[XWORDS];
-            load_words<XWORDS>(x + size_t(m0 + m) * p.ldx + col, xw);
-  #pragma unroll
-            for (int v = 0; v < XWORDS; ++v) {
-              float xf[XPW];
-              EL::unpack(xw[v], xf);
-  #pragma unroll
-              for (int t = 0; t < XPW; ++t) {
-                const int j = v * XPW + t;
-                if constexpr (NORM == 1) ss[m] = fmaf(xf[t], xf[t], ss[m]);
-                const float xv = NORM ? xf[t] * gf[j] : xf[t];
-                xs[m] += xv;
-                const float xj = xv * (DEQ == 1 ? Packed<BITS>::x_scale_denorm(j) : Packed<BITS>::x_scale(j));
-  #pragma unroll
-                for (int r = 0; r < ROWS; ++r) qx[r][m] = fmaf(q[r][j], xj, qx[r][m]);
-              }
-            }
-          }
-        }
-      }
-  #pragma unroll
-      for (int r = 0; r < ROWS; ++r)
-  #pragma unroll
-        for (int m = 0; m < MT; ++m) acc[r][m] += (DEQ == 1 ? sc[r] * DENORM_UNDO : sc[r]) * qx[r][m] + bi[r] * xs[m];
+    float qx[ROWS][MT], xs[MT];
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+      xs[m] = 0.f;
+#pragma unroll
+      for (int r = 0; r < ROWS; ++r) qx[r][m] = 0.f;
     }
-  } else {
-    // Dense rows: E elements a 16-byte chunk, x multiplied as read.
-    for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
-      const int col = c * E;
-      float gf[E], xv[MT][E];
-      if constexpr (NORM) unpack_chunk<EL, E>(__ldg(reinterpret_cast<const uint4*>(g + col)), gf);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      float q[ROWS][PW];
+#pragma unroll
+      for (int r = 0; r < ROWS; ++r) {
+        const u32 word = reinterpret_cast<const u32*>(&wv[r])[i];
+        const u32 high = word >> (BITS * Packed<BITS>::SPLIT);
+        if constexpr (DEQ == 1) {
+#pragma unroll
+          for (int j = 0; j < PW; ++j) q[r][j] = Packed<BITS>::denorm_q(word, high, j);
+        } else if constexpr (MT == 1) {
+          const u32 lo = or_opaque<0x4B000000u>(word), hi = or_opaque<0x4B000000u>(high);
+#pragma unroll
+          for (int j = 0; j < PW; ++j) q[r][j] = Packed<BITS>::scaled_q_or(lo, hi, j);
+        } else {
+#pragma unroll
+          for (int j = 0; j < PW; ++j) q[r][j] = Packed<BITS>::scaled_q(word, high, j);
+        }
+      }
+      const int col = c * E + i * PW;
+      float gf[PW];
+      if constexpr (NORM) {
+        u32 gw[XWORDS];
+        load_words<XWORDS>(g + col, gw);
+#pragma unroll
+        for (int v = 0; v < XWORDS; ++v) EL::unpack(gw[v], gf + v * XPW);
+      }
 #pragma unroll
       for (int m = 0; m < MT; ++m) {
         if (m0 + m < M) {
-          unpack_chunk<EL, E>(__ldg(reinterpret_cast<const uint4*>(x + size_t(m0 + m) * p.ldx + col)), xv[m]);
-          if constexpr (NORM) {
+          u32 xw[XWORDS];
+          load_words<XWORDS>(x + size_t(m0 + m) * p.ldx + col, xw);
 #pragma unroll
-            for (int e = 0; e < E; ++e) {
-              if constexpr (NORM == 1) ss[m] = fmaf(xv[m][e], xv[m][e], ss[m]);
-              xv[m][e] *= gf[e];
+          for (int v = 0; v < XWORDS; ++v) {
+            float xf[XPW];
+            EL::unpack(xw[v], xf);
+#pragma unroll
+            for (int t = 0; t < XPW; ++t) {
+              const int j = v * XPW + t;
+              if constexpr (NORM == 1) ss[m] = fmaf(xf[t], xf[t], ss[m]);
+              const float xv = NORM ? xf[t] * gf[j] : xf[t];
+              xs[m] += xv;
+              const float xj = xv * (DEQ == 1 ? Packed<BITS>::x_scale_denorm(j) : Packed<BITS>::x_scale(j));
+#pragma unroll
+              for (int r = 0; r < ROWS; ++r) qx[r][m] = fmaf(q[r][j], xj, qx[r][m]);
             }
           }
-        } else {
-#pragma unroll
-          for (int e = 0; e < E; ++e) xv[m][e] = 0.f;
         }
       }
-#pragma unroll
-      for (int r = 0; r < ROWS; ++r) {
-        float wf[E];
-        unpack_chunk<EL, E>(__ldg(wr[r] + c), wf);
-#pragma unroll
-        for (int m = 0; m < MT; ++m)
-#pragma unroll
-          for (int e = 0; e < E; ++e) acc[r][m] = fmaf(wf[e], xv[m][e], acc[r][m]);
-      }
     }
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r)
+#pragma unroll
+      for (int m = 0; m < MT; ++m) acc[r][m] += (DEQ == 1 ? sc[r] * DENORM_UNDO : sc[r]) * qx[r][m] + bi[r] * xs[m];
   }
 
 #pragma unroll
@@ -837,32 +803,18 @@ __device__ __forceinline__ void glu(const void* gu, void* out, int rows, int I) 
   static_cast<S*>(out)[i] = EL::put(y);
 }
 
-// y (M, N) = x (M, K) · wᵀ for dense w (N, K) in x's dtype, M ≤ MT rows (a
-// decode step): one warp RPW rows of w, its lanes over K in 16-byte chunks,
-// U chunks a row in flight a lane. Decode streams each weight once, so the
-// bytes in flight bound the speed: MLX's gemv keeps one 8-byte load a lane
-// (2.7 TB/s on an H100 for the 8B o and down shapes). float32 sums, one
-// rounding; x is read through the L1 cache (every warp of a block reads it).
-template <int KIND, int MT, int RPW, int U>
-__device__ __forceinline__ void dmv(const void* xp, const void* wp, void* yp, int M, int N, int K, int ldx) {
-  typedef Elem<KIND> EL;
+// The dense matvecs' loop: acc[r][m] += Σ_k w_r[k]·x_m[k] (NORM: ·g[k], and
+// ss[m] += Σ_k x_m[k]²) over this lane's 16-byte chunks of K, U chunks a row
+// in flight a lane (every load of a step issued before its math). Decode
+// streams each weight once, so the bytes in flight bound the speed: MLX's gemv
+// keeps one 8-byte load a lane (2.7 TB/s on an H100 for the 8B o and down
+// shapes). x and g are read through the L1 cache (every warp of a block reads them).
+template <typename EL, int MT, int RPW, int U, bool NORM>
+__device__ __forceinline__ void dmv_loop(const typename EL::S* x, int ldx, const typename EL::S* g,
+                                         const uint4* const (&w)[RPW], int M, int chunks, float (&acc)[RPW][MT],
+                                         float (&ss)[MT]) {
   typedef typename EL::S S;
   constexpr int E = 16 / sizeof(S);
-  const int lane = threadIdx.x % 32;
-  // A warp past the last row reads the last one again and writes nothing
-  // (no early return: the emulation's shuffles need every thread).
-  const int n0 = (blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32) * RPW;
-  const int chunks = K / E;
-  const S* x = static_cast<const S*>(xp);
-  const uint4* w[RPW];
-#pragma unroll
-  for (int r = 0; r < RPW; ++r)
-    w[r] = reinterpret_cast<const uint4*>(static_cast<const S*>(wp) + size_t(n0 + r < N ? n0 + r : N - 1) * K);
-  float acc[RPW][MT];
-#pragma unroll
-  for (int r = 0; r < RPW; ++r)
-#pragma unroll
-    for (int m = 0; m < MT; ++m) acc[r][m] = 0.f;
   // A step of `n` chunks a row from chunk c (n ≤ U): every load first.
   auto step = [&](int c, int n) {
     uint4 wv[RPW][U];
@@ -874,11 +826,20 @@ __device__ __forceinline__ void dmv(const void* xp, const void* wp, void* yp, in
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       if (u >= n) break;
+      float gf[E];
+      if constexpr (NORM) unpack_chunk<EL, E>(__ldg(reinterpret_cast<const uint4*>(g) + c + 32 * u), gf);
 #pragma unroll
       for (int m = 0; m < MT; ++m) {
         if (m >= M) break;
         float xf[E];
         unpack_chunk<EL, E>(__ldg(reinterpret_cast<const uint4*>(x + size_t(m) * ldx) + c + 32 * u), xf);
+        if constexpr (NORM) {
+#pragma unroll
+          for (int e = 0; e < E; ++e) {
+            ss[m] = fmaf(xf[e], xf[e], ss[m]);
+            xf[e] *= gf[e];
+          }
+        }
 #pragma unroll
         for (int r = 0; r < RPW; ++r) {
           float wf[E];
@@ -889,22 +850,119 @@ __device__ __forceinline__ void dmv(const void* xp, const void* wp, void* yp, in
       }
     }
   };
-  int c = lane;
+  int c = threadIdx.x % 32;
   for (; c + 32 * (U - 1) < chunks; c += 32 * U) step(c, U);
   // The last chunks of a row, fewer than U a lane.
   if (c < chunks) step(c, (chunks - c + 31) / 32);
+  // Every lane ends with the warp's sums.
 #pragma unroll
-  for (int r = 0; r < RPW; ++r)
+  for (int m = 0; m < MT; ++m) {
 #pragma unroll
-    for (int m = 0; m < MT; ++m)
+    for (int r = 0; r < RPW; ++r)
 #pragma unroll
       for (int o = 16; o > 0; o /= 2) acc[r][m] += __shfl_xor_sync(0xffffffffu, acc[r][m], o);
-  if (lane == 0)
+    if constexpr (NORM) {
+#pragma unroll
+      for (int o = 16; o > 0; o /= 2) ss[m] += __shfl_xor_sync(0xffffffffu, ss[m], o);
+    }
+  }
+}
+
+// y (M, N) = x (M, K) · wᵀ for dense w (N, K) in x's dtype, M ≤ MT rows (a
+// decode step): one warp RPW rows of w (dmv_loop), float32 sums, one rounding.
+template <int KIND, int MT, int RPW, int U>
+__device__ __forceinline__ void dmv(const void* xp, const void* wp, void* yp, int M, int N, int K, int ldx) {
+  typedef Elem<KIND> EL;
+  typedef typename EL::S S;
+  // A warp past the last row reads the last one again and writes nothing
+  // (no early return: the emulation's shuffles need every thread).
+  const int n0 = (blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32) * RPW;
+  const uint4* w[RPW];
+#pragma unroll
+  for (int r = 0; r < RPW; ++r)
+    w[r] = reinterpret_cast<const uint4*>(static_cast<const S*>(wp) + size_t(n0 + r < N ? n0 + r : N - 1) * K);
+  float acc[RPW][MT], ss[MT];
+#pragma unroll
+  for (int m = 0; m < MT; ++m) {
+    ss[m] = 0.f;
+#pragma unroll
+    for (int r = 0; r < RPW; ++r) acc[r][m] = 0.f;
+  }
+  dmv_loop<EL, MT, RPW, U, false>(static_cast<const S*>(xp), ldx, nullptr, w, M, K / (16 / int(sizeof(S))), acc, ss);
+  if (threadIdx.x % 32 == 0)
 #pragma unroll
     for (int r = 0; r < RPW; ++r)
 #pragma unroll
       for (int m = 0; m < MT; ++m)
         if (m < M && n0 + r < N) static_cast<S*>(yp)[size_t(m) * N + n0 + r] = EL::put(acc[r][m]);
+}
+
+// The fused matvec (qmv's Params, epilogues and norm) on dense weights with
+// dmv's loop: one warp RPW rows of the stacked matrices (MODE 1, SwiGLU: RPW
+// 2, a gate row and its up row) and MT rows of x from blockIdx.y·MT. NORM:
+// the RMS norm's squares summed in the loop, its 1/RMS applied to the sums.
+template <int KIND, int MT, int RPW, int U, int MODE, int NORM>
+__device__ __forceinline__ void fdmv(const Params& p) {
+  typedef Elem<KIND> EL;
+  typedef typename EL::S S;
+  static_assert(MODE == 0 || RPW == 2, "SwiGLU pairs a gate row and an up row");
+  const int K = p.K, m0 = blockIdx.y * MT, M = min(p.M - m0, MT);
+  const int slot = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+  const uint4* w[RPW];
+  int mat[RPW], row[RPW];
+  bool live[RPW];
+#pragma unroll
+  for (int r = 0; r < RPW; ++r) {
+    int v, i;
+    if constexpr (MODE == 1) {
+      v = slot;
+      i = r;
+      live[r] = v < p.n_end[0];
+      if (!live[r]) v = p.n_end[0] - 1;
+    } else {
+      v = slot * RPW + r;
+      live[r] = v < p.n_end[2];
+      if (!live[r]) v = p.n_end[2] - 1;
+      i = v < p.n_end[0] ? 0 : v < p.n_end[1] ? 1 : 2;
+      v -= i == 0 ? 0 : p.n_end[i - 1];
+    }
+    mat[r] = i;
+    row[r] = v;
+    w[r] = reinterpret_cast<const uint4*>(static_cast<const S*>(p.w[i]) + size_t(v) * K);
+  }
+  float acc[RPW][MT], ss[MT];
+#pragma unroll
+  for (int m = 0; m < MT; ++m) {
+    ss[m] = 0.f;
+#pragma unroll
+    for (int r = 0; r < RPW; ++r) acc[r][m] = 0.f;
+  }
+  dmv_loop<EL, MT, RPW, U, NORM != 0>(static_cast<const S*>(p.x) + size_t(m0) * p.ldx, p.ldx,
+                                      static_cast<const S*>(p.norm), w, M, K / (16 / int(sizeof(S))), acc, ss);
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int m = 0; m < MT; ++m) {
+    if (m >= M) break;
+    const float inv = NORM ? rsqrtf(ss[m] / float(K) + p.eps) : 1.0f;
+    if constexpr (MODE == 1) {
+      if (lane == m && live[0]) {
+        const float a = acc[0][m] * inv, b = acc[1][m] * inv;
+        static_cast<S*>(p.y[0])[size_t(m0 + m) * p.n_end[0] + row[0]] = EL::put(a / (1.0f + __expf(-a)) * b);
+      }
+    } else {
+#pragma unroll
+      for (int r = 0; r < RPW; ++r) {
+        if (lane == (r * MT + m) % 32 && live[r]) {
+          const int a = mat[r], n = row[r];
+          float v = acc[r][m] * inv;
+          if (p.bias[a] != nullptr) v += EL::get(static_cast<const S*>(p.bias[a])[n]);
+          if (p.residual != nullptr) v += EL::get(static_cast<const S*>(p.residual)[size_t(m0 + m) * p.ldr + n]);
+          const int rows_a = p.n_end[a] - (a == 0 ? 0 : p.n_end[a - 1]);
+          static_cast<S*>(p.y[a])[size_t(m0 + m) * rows_a + n] = EL::put(v);
+        }
+      }
+    }
+  }
 }
 
 // h = a + b, rounded to the dtype as MLX's add would, and y = rms_norm(h)·w
@@ -1121,11 +1179,14 @@ struct Config {
   int norm;  // 0 none; 1 x's squares summed in the main loop, 2 in a pass first
   int deq;   // 0: packed elements OR-ed into 2^23, minus 2^23; 1: read as denormals
   int pf;    // 1: each thread loads its next chunk while it computes one (packed weights)
+  int u;     // dense weights (fdmv): 16-byte chunks a row in flight a lane; `rows` is then rows a warp
   int threads;  // most threads a block of qmv (a multiple of 32, at most 256); not part of the compiled code
   std::string key() const {
     return std::to_string(kind) + "_" + std::to_string(bits) + "_" + std::to_string(group) + "_" + std::to_string(mt) +
-           "_" + std::to_string(rows) + "_" + std::to_string(mode) + "_" + std::to_string(norm) + "_" + std::to_string(deq) + "_" + std::to_string(pf);
+           "_" + std::to_string(rows) + "_" + std::to_string(mode) + "_" + std::to_string(norm) + "_" +
+           std::to_string(deq) + "_" + std::to_string(pf) + "_" + std::to_string(u);
   }
+  bool dense() const { return bits > 8; }
 };
 
 // The kernel `name` of the source `make_src()` returns, compiled by NVRTC for
@@ -1181,8 +1242,16 @@ CUfunc_st* compiled(const std::string& key, const char* name, MakeSrc make_src) 
   return f;
 }
 
-// The matvec kernel of `c`.
+// The matvec kernel of `c`: qmv, or fdmv for dense weights.
 CUfunc_st* kernel(const Config& c) {
+  if (c.dense())
+    return compiled("fdmv_" + c.key(), "mlxe_fdmv", [&] {
+      return std::string(kSource) + kAttnSource +
+             "extern \"C\" __global__ void __launch_bounds__(256) mlxe_fdmv(const mlxe::Params p) {\n"
+             "  mlxe::fdmv<" +
+             std::to_string(c.kind) + ", " + std::to_string(c.mt) + ", " + std::to_string(c.rows) + ", " +
+             std::to_string(c.u) + ", " + std::to_string(c.mode) + ", " + std::to_string(c.norm) + ">(p);\n}\n";
+    });
   return compiled("qmv_" + c.key(), "mlxe_qmv", [&] {
     return std::string(kSource) +
            "extern \"C\" __global__ void __launch_bounds__(256) mlxe_qmv(const mlxe::Params p) {\n"
@@ -1296,8 +1365,9 @@ class FusedQmv : public mx::Primitive {
       p.y[o] = gptr(outs[o]);
     }
     const int chunks = K / (128 / c_.bits);
-    const unsigned threads = std::min(c_.threads, (chunks + 31) / 32 * 32);
-    const int per_block = c_.mode == 1 ? c_.rows / 2 : c_.rows;
+    // qmv: a block `rows` rows, its threads over K; fdmv: a warp `rows` rows.
+    const unsigned threads = c_.dense() ? c_.threads : std::min(c_.threads, (chunks + 31) / 32 * 32);
+    const int per_block = (c_.mode == 1 ? c_.rows / 2 : c_.rows) * (c_.dense() ? c_.threads / 32 : 1);
     const dim3 grid{static_cast<unsigned>((rows + per_block - 1) / per_block),
                     static_cast<unsigned>((p.M + c_.mt - 1) / c_.mt), 1};
     CUfunc_st* f = kernel(c_);
@@ -1327,6 +1397,19 @@ class FusedQmv : public mx::Primitive {
 int env_int(const char* name, int fallback) {
   const char* v = std::getenv(name);
   return v != nullptr && *v != '\0' ? std::atoi(v) : fallback;
+}
+
+// The dense matvecs' block shape (dmv, fdmv): MLXENGINE_CUDA_DMV_RPW rows a
+// warp (1 or 2), MLXENGINE_CUDA_DMV_U chunks in flight a row (1-8),
+// MLXENGINE_CUDA_DMV_THREADS a block (64-256).
+struct DmvShape {
+  int rpw, u, threads;
+};
+DmvShape dmv_shape() {
+  static const DmvShape d{std::clamp(env_int("MLXENGINE_CUDA_DMV_RPW", 1), 1, 2),
+                          std::clamp(env_int("MLXENGINE_CUDA_DMV_U", 4), 1, 8),
+                          std::clamp(env_int("MLXENGINE_CUDA_DMV_THREADS", 256) / 32 * 32, 64, 256)};
+  return d;
 }
 
 // Splits of the slots for a decode attention: enough blocks (KV heads × batch
@@ -1552,6 +1635,13 @@ std::vector<mx::array> build(const mx::array& x_in, const std::vector<QuantMatri
   if (swiglu) c.rows = std::max(2, c.rows / 2 * 2);
   c.threads = threads_env;
   c.mode = swiglu ? 1 : 0;
+  if (dense) {
+    // fdmv: a warp a row (SwiGLU: a gate row and its up row), dmv's block shape.
+    const DmvShape d = dmv_shape();
+    c.rows = swiglu ? 2 : d.rpw;
+    c.u = d.u;
+    c.threads = d.threads;
+  }
   // Where the norm's squares are summed (qmv's NORM): in the main loop at one
   // row of x, in a pass first for several (in the loop they cost registers:
   // 171 against 128 at 4 rows). MLXENGINE_CUDA_QMV_NORM=loop|pass forces one.
@@ -1560,7 +1650,7 @@ std::vector<mx::array> build(const mx::array& x_in, const std::vector<QuantMatri
     const std::string s = v != nullptr ? v : "";
     return s == "loop" ? 1 : s == "pass" ? 2 : 0;
   }();
-  c.norm = !norm ? 0 : norm_env != 0 ? norm_env : c.mt == 1 ? 1 : 2;
+  c.norm = !norm ? 0 : dense ? 1 : norm_env != 0 ? norm_env : c.mt == 1 ? 1 : 2;
   // The dequantization (qmv's DEQ; dense rows have none): packed elements read
   // as denormals (no subtraction: the hottest loop 18-22% fewer SASS
   // instructions for sm_90, sass_count.py); MLXENGINE_CUDA_QMV_DEQ=0 for the
@@ -1788,13 +1878,9 @@ class DenseMatvec : public mx::Primitive {
 };
 
 std::optional<mx::array> dense_matvec(const mx::array& x, const mx::array& w, mx::StreamOrDevice s) {
-  // Opt-in until measured on a GPU (MLXENGINE_CUDA_DMV=1); the block shape:
-  // MLXENGINE_CUDA_DMV_RPW rows a warp (1 or 2), MLXENGINE_CUDA_DMV_U chunks
-  // in flight a row (1-8), MLXENGINE_CUDA_DMV_THREADS (64-256).
+  // Opt-in until measured on a GPU (MLXENGINE_CUDA_DMV=1).
   static const bool on = env_int("MLXENGINE_CUDA_DMV", 0) != 0;
-  static const int rpw = std::clamp(env_int("MLXENGINE_CUDA_DMV_RPW", 1), 1, 2);
-  static const int u = std::clamp(env_int("MLXENGINE_CUDA_DMV_U", 4), 1, 8);
-  static const int threads = std::clamp(env_int("MLXENGINE_CUDA_DMV_THREADS", 256) / 32 * 32, 64, 256);
+  const auto [rpw, u, threads] = dmv_shape();
   if (!on || !enabled().load() || mx::to_stream(s).device.type != mx::Device::gpu) return std::nullopt;
   if (x.ndim() < 1 || w.ndim() != 2 || !float_type(x.dtype()) || w.dtype() != x.dtype()) return std::nullopt;
   const int K = w.shape(1), N = w.shape(0);

@@ -5,7 +5,7 @@
 // merged by the last split to finish (its counters left at zero), a full
 // ring, left-padded rows, several query heads a KV head, q/k/v read from one
 // packed projection's rows; glu (a packed gate/up's silu(gate)·up, GEGLU's
-// value·gelu(gate)); and group norm. src.cc is the kernels' source, cut out
+// value·gelu(gate)); the dense matvecs (dmv, fdmv); and group norm. src.cc is the kernels' source, cut out
 // of cuda_kernels.cc by the test.
 #include <cstdio>
 #include <array>
@@ -233,6 +233,95 @@ int main() {
     const std::string name = "dense matvec, " + std::to_string(M) + " rows of " + std::to_string(K) + " by " +
                              std::to_string(N) + ", " + std::to_string(rpw) + " a warp";
     report(name.c_str(), std::isfinite(num) ? std::sqrt(num / den) : INFINITY);
+  }
+  // fused dense matvec (fdmv) against float64: RMS norm + three stacked
+  // matrices split into three outputs with a bias; a residual; RMS norm +
+  // SwiGLU over a gate and an up matrix; rows of x at a stride, from a block's
+  // second row tile (blockIdx.y), N not a multiple of a block's rows, K with a
+  // tail of fewer than U chunks a lane.
+  {
+    struct F {
+      const char* name;
+      int M, K, mode, norm, rpw, mt;
+      std::vector<int> ns;
+      bool residual, bias;
+    };
+    for (const F& f : {F{"fdmv norm + 3 matrices + bias, 2 rows of 1000", 2, 1000, 0, 1, 2, 4, {13, 4, 6}, false, true},
+                       F{"fdmv residual, 5 rows (tiles of 4) of 2052", 5, 2052, 0, 0, 1, 4, {37}, true, false},
+                       F{"fdmv norm + swiglu, 3 rows of 132", 3, 132, 1, 1, 2, 2, {9, 9}, false, false}}) {
+      const int ldx = f.K + 4, ldr = f.ns[0] + 3;
+      std::mt19937 rng(40 + f.K);
+      std::uniform_real_distribution<float> U(-1, 1);
+      std::vector<float> x(size_t(f.M) * ldx), g(f.K), res(size_t(f.M) * ldr);
+      for (auto& v : x) v = U(rng) * 3;
+      for (auto& v : g) v = U(rng) + 1.5f;
+      for (auto& v : res) v = U(rng);
+      std::vector<std::vector<float>> w, bias, y(3);
+      mlxe::Params p{};
+      int end = 0, total = 0;
+      for (size_t i = 0; i < 3; ++i) {
+        if (i < f.ns.size()) {
+          w.emplace_back(size_t(f.ns[i]) * f.K);
+          for (auto& v : w.back()) v = U(rng) * 0.1f;
+          bias.emplace_back(f.ns[i]);
+          for (auto& v : bias.back()) v = U(rng);
+          p.w[i] = w[i].data();
+          p.bias[i] = f.bias ? bias[i].data() : nullptr;
+          y[i].assign(size_t(f.M) * f.ns[i], NAN);
+          if (f.mode == 0 || i == 0) p.y[i] = y[i].data();
+          end = f.mode == 1 ? f.ns[0] : end + f.ns[i];
+          total += f.ns[i];
+        }
+        p.n_end[i] = end;
+      }
+      p.x = x.data();
+      p.norm = f.norm ? g.data() : nullptr;
+      p.residual = f.residual ? res.data() : nullptr;
+      p.M = f.M;
+      p.K = f.K;
+      p.ldx = ldx;
+      p.ldr = ldr;
+      p.eps = 1e-5f;
+      const unsigned threads = 64;
+      const int slots = f.mode == 1 ? f.ns[0] : (total + f.rpw - 1) / f.rpw, per_block = threads / 32;
+      const dim3_ grid{unsigned((slots + per_block - 1) / per_block), unsigned((f.M + f.mt - 1) / f.mt), 1};
+      launch(grid, threads, [&] {
+        if (f.mode == 1) mlxe::fdmv<0, 2, 2, 4, 1, 1>(p);
+        else if (f.norm) mlxe::fdmv<0, 4, 2, 3, 0, 1>(p);
+        else mlxe::fdmv<0, 4, 1, 4, 0, 0>(p);
+      });
+      double num = 0, den = 0;
+      auto add = [&](double got, double want) {
+        num += (got - want) * (got - want);
+        den += want * want;
+      };
+      for (int m = 0; m < f.M; ++m) {
+        const float* xr = &x[size_t(m) * ldx];
+        double inv = 1;
+        if (f.norm) {
+          double ss = 0;
+          for (int k = 0; k < f.K; ++k) ss += double(xr[k]) * xr[k];
+          inv = 1 / std::sqrt(ss / f.K + 1e-5);
+        }
+        auto dot = [&](int i, int n) {
+          double s = 0;
+          for (int k = 0; k < f.K; ++k) s += double(w[i][size_t(n) * f.K + k]) * xr[k] * (f.norm ? g[k] * inv : 1.0);
+          return s;
+        };
+        if (f.mode == 1) {
+          for (int n = 0; n < f.ns[0]; ++n) {
+            const double a = dot(0, n), b = dot(1, n);
+            add(y[0][size_t(m) * f.ns[0] + n], a / (1 + std::exp(-a)) * b);
+          }
+        } else {
+          for (size_t i = 0; i < f.ns.size(); ++i)
+            for (int n = 0; n < f.ns[i]; ++n)
+              add(y[i][size_t(m) * f.ns[i] + n],
+                  dot(int(i), n) + (f.bias ? bias[i][n] : 0) + (f.residual ? res[size_t(m) * ldr + n] : 0));
+        }
+      }
+      report(f.name, std::isfinite(num) ? std::sqrt(num / den) : INFINITY);
+    }
   }
   // group norm (N, L, C) with G groups, its mean far from zero (the second
   // pass around each slice's mean keeps float32 exact), with and without SiLU.
