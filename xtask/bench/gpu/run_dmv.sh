@@ -43,8 +43,10 @@ DMV="MLXENGINE_CUDA_DMV=1 MLXENGINE_CUDA_DMV_RPW=$rpw MLXENGINE_CUDA_DMV_U=$u ML
 for size in 8b 1b; do
   [ -f $MODELS/llama-$size/model.safetensors ] || python3 xtask/bench/gpu/random_llama.py $MODELS/llama-$size $size 512 >/dev/null
 done
-# Q4=1 (for an H200: issue 16's 400 tok/s) adds the 8B MLX 4-bit model (group 64), engine and mlx-lm, to each round.
-[ "${Q4:-0}" = 1 ] && { [ -f $MODELS/llama-8b-q4/config.json ] ||
+# Q4=1 adds the 8B MLX 4-bit model (group 64), engine and mlx-lm, to each round; by default on an H200 alone (issue
+# 16's 400 tok/s there).
+[ -n "${Q4:-}" ] || { grep -q H200 $OUT/gpu.txt && Q4=1 || Q4=0; }
+[ "$Q4" = 1 ] && { [ -f $MODELS/llama-8b-q4/config.json ] ||
   timeout 200 python3 xtask/bench/gpu/quantize.py $MODELS/llama-8b $MODELS/llama-8b-q4 4 64 >/dev/null 2>&1; }
 run() {  # NAME ROUND CMD...
   local name=$1 round=$2 line; shift 2
@@ -53,7 +55,7 @@ run() {  # NAME ROUND CMD...
   echo "{\"run\": \"$name\", \"round\": $round, \"result\": ${line:-null}}" | tee -a $OUT/decode.jsonl
 }
 for round in $(seq 1 ${ROUNDS:-2}); do
-  if [ "${Q4:-0}" = 1 ]; then
+  if [ "$Q4" = 1 ]; then
     M=$MODELS/llama-8b-q4 P=$MODELS/llama-8b/prompt_ids.json
     run engine-8b-q4 $round $BIN/bench_decode $M --dtype native --prompt-ids $P --tokens 128
     run mlx_lm-8b-q4 $round python3 xtask/bench/mlx_lm_decode.py $M $P 128
