@@ -424,7 +424,7 @@ fn dense_case(family: &str, hidden: usize, q: usize, kv: usize, ff: usize, m: us
         )?)?);
         Ok(out)
     };
-    if fused_matvec(&x, &[(d(&wd), None)], None, None, split, &[])?.is_none() {
+    if fused_matvec(&x, &[(d(&wq), None)], None, None, split, &[])?.is_none() {
         println!(
             "{}",
             serde_json::json!({"dense": family, "skipped": "run with MLXENGINE_CUDA_QMV_DENSE=1"})

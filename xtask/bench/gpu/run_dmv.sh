@@ -1,50 +1,40 @@
 #!/usr/bin/env bash
-# One device call for the dense matvec behind fast::linear (MLXENGINE_CUDA_DMV; issue 16's 8B bfloat16 roofline),
-# carry [".devcache/gpu"] (stage_kernels.sh; H100/H200):
-#   1. `qmv_check --dense` for each block shape of DMV_CONFIGS (RPW,U,THREADS: rows a warp, 16-byte chunks in flight a
-#      row, threads a block) -> $OUT/dmv.jsonl: errors at 1 and 4 rows, bandwidth at one row against MLX's gemv, and
-#      the fused dense kernels' errors (fdmv, MLXENGINE_CUDA_QMV_DENSE=1) on a layer of each family;
-#   2. the shape with the shortest 8B decode step (32 × (q/k/v + o + gate/up + down) + LM head, from step 1) picked;
-#   3. decode (random weights, 512-token prompt, 128 greedy tokens) -> $OUT/decode.jsonl: 8B and 1B bfloat16, the engine
-#      as shipped (MLX's gemv), with the dense matvec at the picked shape, with it and the fused dense layers (fdmv: norm
-#      + q/k/v, o + residual, norm + gate/up + SwiGLU, down + residual), and mlx-lm; 8B first, ROUNDS (default 2) rounds;
-#   4. parity_gpu over the parity fixtures with both on (after round 1) -> $OUT/parity.jsonl.
+# One device call for the dense matvecs (issue 16's 8B bfloat16 roofline), carry [".devcache/gpu"] (stage_kernels.sh;
+# H100/H200): dmv behind fast::linear (MLXENGINE_CUDA_DMV=1) and the fused dense layers (fdmv: norm + q/k/v, o +
+# residual, norm + gate/up + SwiGLU, down + residual; MLXENGINE_CUDA_QMV_DENSE=1).
+#   1. `qmv_check --dense` -> $OUT/dmv.jsonl: dmv's errors at 1 and 4 rows on the 8B shapes and its bandwidth against
+#      MLX's gemv (independent calls in one graph: it hides the waves that decode's chained calls pay for), and the
+#      fused dense kernels' errors on a layer of each family;
+#   2. decode (random weights, 512-token prompt, 128 greedy tokens) -> $OUT/decode.jsonl: 8B and 1B bfloat16 (8B
+#      first), the engine as shipped (MLX's gemv), each of VARIANTS (below) and mlx-lm, ROUNDS (default 2) rounds;
+#      with Q4=1 (default on an H200 alone: issue 16's 400 tok/s there) the 8B MLX 4-bit model too, engine and mlx-lm;
+#   3. parity_gpu over the parity fixtures with PARITY_VARIANT (default fdmv) on, after round 1 -> $OUT/parity.jsonl.
+# VARIANTS (default "dmv fdmv fdmv_sk1 fdmv_u8"): dmv = MLXENGINE_CUDA_DMV=1; fdmv = it and MLXENGINE_CUDA_QMV_DENSE=1;
+# _sk1 / _sk2 / _sk4: warps a row forced (MLXENGINE_CUDA_DMV_SK), _u2 / _u8: chunks in flight a lane, _w6: row
+# groups split down to 6 waves (MLXENGINE_CUDA_DMV_WAVES), _t128: 128 threads a block; suffixes combine.
 # Exits 1 on an error or parity failure.
 set -uo pipefail
 export MODELS=$HOME/models
 source xtask/bench/gpu/mlx_env.sh
 nvidia-smi --query-gpu=name --format=csv,noheader | tee $OUT/gpu.txt
 rc=0
-for cfg in ${DMV_CONFIGS-1,4,256 1,8,256 2,4,256 1,4,128 2,2,128 1,2,256}; do
-  IFS=, read -r rpw u th <<< "$cfg"
-  MLXENGINE_CUDA_DMV=1 MLXENGINE_CUDA_QMV_DENSE=1 MLXENGINE_CUDA_DMV_RPW=$rpw MLXENGINE_CUDA_DMV_U=$u MLXENGINE_CUDA_DMV_THREADS=$th \
-    timeout 90 $BIN/qmv_check --dense >> $OUT/dmv.jsonl 2>&1 || rc=1
-done
-BEST=$(python3 - "$OUT/dmv.jsonl" <<'PY'
-import json, sys, collections
-use = {"qkv": 32, "o": 32, "gate_up": 32, "down": 32, "lm_head": 1}
-step, mlx = collections.defaultdict(float), collections.defaultdict(float)
-for line in open(sys.argv[1]):
-    if not line.startswith("{"): continue
-    d = json.loads(line)
-    if "dmv" in d:
-        key = f'{d["rpw"] or 1},{d["u"] or 4},{d["threads"] or 256}'
-        step[key] += use[d["dmv"]] * d["ours_us"]
-        mlx[key] += use[d["dmv"]] * d["mlx_us"]
-for k in sorted(step, key=step.get):
-    print(f"{k}: ours {step[k]:.0f} us a step, MLX's gemv {mlx[k]:.0f}", file=sys.stderr)
-print(min(step, key=step.get) if step else "1,4,256")
-PY
-)
+variant_env() {  # VARIANT -> env assignments
+  local v=$1 e="MLXENGINE_CUDA_DMV=1"
+  [[ $v == fdmv* ]] && e="$e MLXENGINE_CUDA_QMV_DENSE=1"
+  [[ $v == *_sk1* ]] && e="$e MLXENGINE_CUDA_DMV_SK=1"
+  [[ $v == *_sk2* ]] && e="$e MLXENGINE_CUDA_DMV_SK=2"
+  [[ $v == *_sk4* ]] && e="$e MLXENGINE_CUDA_DMV_SK=4"
+  [[ $v == *_u2* ]] && e="$e MLXENGINE_CUDA_DMV_U=2"
+  [[ $v == *_u8* ]] && e="$e MLXENGINE_CUDA_DMV_U=8"
+  [[ $v == *_w6* ]] && e="$e MLXENGINE_CUDA_DMV_WAVES=6"
+  [[ $v == *_t128* ]] && e="$e MLXENGINE_CUDA_DMV_THREADS=128"
+  echo $e
+}
+env MLXENGINE_CUDA_DMV=1 MLXENGINE_CUDA_QMV_DENSE=1 timeout 120 $BIN/qmv_check --dense > $OUT/dmv.jsonl 2>&1 || rc=1
 grep -h summary $OUT/dmv.jsonl
-IFS=, read -r rpw u th <<< "$BEST"
-echo "picked RPW=$rpw U=$u THREADS=$th"
-DMV="MLXENGINE_CUDA_DMV=1 MLXENGINE_CUDA_DMV_RPW=$rpw MLXENGINE_CUDA_DMV_U=$u MLXENGINE_CUDA_DMV_THREADS=$th"
 for size in 8b 1b; do
   [ -f $MODELS/llama-$size/model.safetensors ] || python3 xtask/bench/gpu/random_llama.py $MODELS/llama-$size $size 512 >/dev/null
 done
-# Q4=1 adds the 8B MLX 4-bit model (group 64), engine and mlx-lm, to each round; by default on an H200 alone (issue
-# 16's 400 tok/s there).
 [ -n "${Q4:-}" ] || { grep -q H200 $OUT/gpu.txt && Q4=1 || Q4=0; }
 [ "$Q4" = 1 ] && { [ -f $MODELS/llama-8b-q4/config.json ] ||
   timeout 200 python3 xtask/bench/gpu/quantize.py $MODELS/llama-8b $MODELS/llama-8b-q4 4 64 >/dev/null 2>&1; }
@@ -60,17 +50,17 @@ for round in $(seq 1 ${ROUNDS:-2}); do
     run engine-8b-q4 $round $BIN/bench_decode $M --dtype native --prompt-ids $P --tokens 128
     run mlx_lm-8b-q4 $round python3 xtask/bench/mlx_lm_decode.py $M $P 128
   fi
-  for m in 8b 1b; do
+  for m in ${DECODE_MODELS:-8b 1b}; do
     M=$MODELS/llama-$m P=$MODELS/llama-$m/prompt_ids.json
     run engine-$m $round $BIN/bench_decode $M --dtype native --prompt-ids $P --tokens 128
-    run engine_dmv-$m $round env $DMV $BIN/bench_decode $M --dtype native --prompt-ids $P --tokens 128
-    run engine_fdmv-$m $round env $DMV MLXENGINE_CUDA_QMV_DENSE=1 $BIN/bench_decode $M --dtype native --prompt-ids $P \
-      --tokens 128
+    for v in ${VARIANTS:-dmv fdmv fdmv_sk1 fdmv_u8}; do
+      run engine_$v-$m $round env $(variant_env $v) $BIN/bench_decode $M --dtype native --prompt-ids $P --tokens 128
+    done
     run mlx_lm-$m $round python3 xtask/bench/mlx_lm_decode.py $M $P 128
   done
   if [ "$round" = 1 ] && [ -f .devcache/gpu/parity.tar.xz ]; then
     tar xJf .devcache/gpu/parity.tar.xz -C "$HOME"
-    env $DMV MLXENGINE_CUDA_QMV_DENSE=1 timeout 120 $BIN/parity_gpu "$HOME/parity" > $OUT/parity.jsonl 2>&1 || rc=1
+    env $(variant_env ${PARITY_VARIANT:-fdmv}) timeout 120 $BIN/parity_gpu "$HOME/parity" > $OUT/parity.jsonl 2>&1 || rc=1
     grep -h summary $OUT/parity.jsonl
   fi
 done

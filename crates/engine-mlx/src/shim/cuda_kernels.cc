@@ -804,17 +804,21 @@ __device__ __forceinline__ void glu(const void* gu, void* out, int rows, int I) 
 }
 
 // The dense matvecs' loop: acc[r][m] += Σ_k w_r[k]·x_m[k] (NORM: ·g[k], and
-// ss[m] += Σ_k x_m[k]²) over this lane's 16-byte chunks of K, U chunks a row
-// in flight a lane (every load of a step issued before its math). Decode
-// streams each weight once, so the bytes in flight bound the speed: MLX's gemv
-// keeps one 8-byte load a lane (2.7 TB/s on an H100 for the 8B o and down
-// shapes). x and g are read through the L1 cache (every warp of a block reads them).
-template <typename EL, int MT, int RPW, int U, bool NORM>
+// ss[m] += Σ_k x_m[k]²) over K in 16-byte chunks, SK consecutive warps of a
+// block a row (lane i of the SK·32 taking chunks i, i + SK·32, …), U chunks a
+// row in flight a lane (every load of a step issued before its math). Decode
+// streams each weight once, so the bytes in flight bound the speed; and its
+// matvecs run one after another, so a grid's last wave is lost time: SK > 1
+// splits the rows of the narrow matrices (q/k/v, o, down) into more, shorter
+// warp tasks. The SK warps' sums meet in shared memory; the first warp of a row
+// group ends with the totals in every lane. x and g are read through the L1
+// cache (every warp of a block reads them).
+template <typename EL, int MT, int RPW, int U, bool NORM, int SK>
 __device__ __forceinline__ void dmv_loop(const typename EL::S* x, int ldx, const typename EL::S* g,
                                          const uint4* const (&w)[RPW], int M, int chunks, float (&acc)[RPW][MT],
                                          float (&ss)[MT]) {
   typedef typename EL::S S;
-  constexpr int E = 16 / sizeof(S);
+  constexpr int E = 16 / sizeof(S), L = 32 * SK;
   // A step of `n` chunks a row from chunk c (n ≤ U): every load first.
   auto step = [&](int c, int n) {
     uint4 wv[RPW][U];
@@ -822,17 +826,17 @@ __device__ __forceinline__ void dmv_loop(const typename EL::S* x, int ldx, const
     for (int u = 0; u < U; ++u)
 #pragma unroll
       for (int r = 0; r < RPW; ++r)
-        if (u < n) wv[r][u] = __ldg(w[r] + c + 32 * u);
+        if (u < n) wv[r][u] = __ldg(w[r] + c + L * u);
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       if (u >= n) break;
       float gf[E];
-      if constexpr (NORM) unpack_chunk<EL, E>(__ldg(reinterpret_cast<const uint4*>(g) + c + 32 * u), gf);
+      if constexpr (NORM) unpack_chunk<EL, E>(__ldg(reinterpret_cast<const uint4*>(g) + c + L * u), gf);
 #pragma unroll
       for (int m = 0; m < MT; ++m) {
         if (m >= M) break;
         float xf[E];
-        unpack_chunk<EL, E>(__ldg(reinterpret_cast<const uint4*>(x + size_t(m) * ldx) + c + 32 * u), xf);
+        unpack_chunk<EL, E>(__ldg(reinterpret_cast<const uint4*>(x + size_t(m) * ldx) + c + L * u), xf);
         if constexpr (NORM) {
 #pragma unroll
           for (int e = 0; e < E; ++e) {
@@ -850,11 +854,10 @@ __device__ __forceinline__ void dmv_loop(const typename EL::S* x, int ldx, const
       }
     }
   };
-  int c = threadIdx.x % 32;
-  for (; c + 32 * (U - 1) < chunks; c += 32 * U) step(c, U);
+  int c = threadIdx.x % L;
+  for (; c + L * (U - 1) < chunks; c += L * U) step(c, U);
   // The last chunks of a row, fewer than U a lane.
-  if (c < chunks) step(c, (chunks - c + 31) / 32);
-  // Every lane ends with the warp's sums.
+  if (c < chunks) step(c, (chunks - c + L - 1) / L);
 #pragma unroll
   for (int m = 0; m < MT; ++m) {
 #pragma unroll
@@ -866,17 +869,41 @@ __device__ __forceinline__ void dmv_loop(const typename EL::S* x, int ldx, const
       for (int o = 16; o > 0; o /= 2) ss[m] += __shfl_xor_sync(0xffffffffu, ss[m], o);
     }
   }
+  if constexpr (SK > 1) {
+    // Every thread reaches the barriers (no early return before this loop).
+    constexpr int V = RPW * MT + MT;
+    __shared__ float red[8][V];
+    const int warp = threadIdx.x / 32;
+    if (threadIdx.x % 32 == 0) {
+#pragma unroll
+      for (int m = 0; m < MT; ++m) {
+#pragma unroll
+        for (int r = 0; r < RPW; ++r) red[warp][r * MT + m] = acc[r][m];
+        red[warp][RPW * MT + m] = ss[m];
+      }
+    }
+    __syncthreads();
+    if (warp % SK == 0)
+#pragma unroll
+      for (int k = 1; k < SK; ++k)
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+#pragma unroll
+          for (int r = 0; r < RPW; ++r) acc[r][m] += red[warp + k][r * MT + m];
+          ss[m] += red[warp + k][RPW * MT + m];
+        }
+  }
 }
 
 // y (M, N) = x (M, K) · wᵀ for dense w (N, K) in x's dtype, M ≤ MT rows (a
-// decode step): one warp RPW rows of w (dmv_loop), float32 sums, one rounding.
-template <int KIND, int MT, int RPW, int U>
+// decode step): SK warps RPW rows of w (dmv_loop), float32 sums, one rounding.
+template <int KIND, int MT, int RPW, int U, int SK>
 __device__ __forceinline__ void dmv(const void* xp, const void* wp, void* yp, int M, int N, int K, int ldx) {
   typedef Elem<KIND> EL;
   typedef typename EL::S S;
   // A warp past the last row reads the last one again and writes nothing
   // (no early return: the emulation's shuffles need every thread).
-  const int n0 = (blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32) * RPW;
+  const int n0 = (blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32) / SK * RPW;
   const uint4* w[RPW];
 #pragma unroll
   for (int r = 0; r < RPW; ++r)
@@ -888,8 +915,9 @@ __device__ __forceinline__ void dmv(const void* xp, const void* wp, void* yp, in
 #pragma unroll
     for (int r = 0; r < RPW; ++r) acc[r][m] = 0.f;
   }
-  dmv_loop<EL, MT, RPW, U, false>(static_cast<const S*>(xp), ldx, nullptr, w, M, K / (16 / int(sizeof(S))), acc, ss);
-  if (threadIdx.x % 32 == 0)
+  dmv_loop<EL, MT, RPW, U, false, SK>(static_cast<const S*>(xp), ldx, nullptr, w, M, K / (16 / int(sizeof(S))), acc,
+                                      ss);
+  if (threadIdx.x % (32 * SK) == 0)
 #pragma unroll
     for (int r = 0; r < RPW; ++r)
 #pragma unroll
@@ -898,16 +926,16 @@ __device__ __forceinline__ void dmv(const void* xp, const void* wp, void* yp, in
 }
 
 // The fused matvec (qmv's Params, epilogues and norm) on dense weights with
-// dmv's loop: one warp RPW rows of the stacked matrices (MODE 1, SwiGLU: RPW
+// dmv's loop: SK warps RPW rows of the stacked matrices (MODE 1, SwiGLU: RPW
 // 2, a gate row and its up row) and MT rows of x from blockIdx.y·MT. NORM:
 // the RMS norm's squares summed in the loop, its 1/RMS applied to the sums.
-template <int KIND, int MT, int RPW, int U, int MODE, int NORM>
+template <int KIND, int MT, int RPW, int U, int MODE, int NORM, int SK>
 __device__ __forceinline__ void fdmv(const Params& p) {
   typedef Elem<KIND> EL;
   typedef typename EL::S S;
   static_assert(MODE == 0 || RPW == 2, "SwiGLU pairs a gate row and an up row");
   const int K = p.K, m0 = blockIdx.y * MT, M = min(p.M - m0, MT);
-  const int slot = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+  const int slot = (blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32) / SK;
   const uint4* w[RPW];
   int mat[RPW], row[RPW];
   bool live[RPW];
@@ -937,9 +965,11 @@ __device__ __forceinline__ void fdmv(const Params& p) {
 #pragma unroll
     for (int r = 0; r < RPW; ++r) acc[r][m] = 0.f;
   }
-  dmv_loop<EL, MT, RPW, U, NORM != 0>(static_cast<const S*>(p.x) + size_t(m0) * p.ldx, p.ldx,
-                                      static_cast<const S*>(p.norm), w, M, K / (16 / int(sizeof(S))), acc, ss);
+  dmv_loop<EL, MT, RPW, U, NORM != 0, SK>(static_cast<const S*>(p.x) + size_t(m0) * p.ldx, p.ldx,
+                                          static_cast<const S*>(p.norm), w, M, K / (16 / int(sizeof(S))), acc, ss);
+  // The first warp of a row group writes, lane i the i-th (row, row of x).
   const int lane = threadIdx.x % 32;
+  if ((threadIdx.x / 32) % SK != 0) return;
 #pragma unroll
   for (int m = 0; m < MT; ++m) {
     if (m >= M) break;
@@ -1179,12 +1209,13 @@ struct Config {
   int norm;  // 0 none; 1 x's squares summed in the main loop, 2 in a pass first
   int deq;   // 0: packed elements OR-ed into 2^23, minus 2^23; 1: read as denormals
   int pf;    // 1: each thread loads its next chunk while it computes one (packed weights)
-  int u;     // dense weights (fdmv): 16-byte chunks a row in flight a lane; `rows` is then rows a warp
+  int u;     // dense weights (fdmv): 16-byte chunks a row in flight a lane; `rows` is then rows a warp group
+  int sk;    // dense weights (fdmv): warps a row group
   int threads;  // most threads a block of qmv (a multiple of 32, at most 256); not part of the compiled code
   std::string key() const {
     return std::to_string(kind) + "_" + std::to_string(bits) + "_" + std::to_string(group) + "_" + std::to_string(mt) +
            "_" + std::to_string(rows) + "_" + std::to_string(mode) + "_" + std::to_string(norm) + "_" +
-           std::to_string(deq) + "_" + std::to_string(pf) + "_" + std::to_string(u);
+           std::to_string(deq) + "_" + std::to_string(pf) + "_" + std::to_string(u) + "_" + std::to_string(sk);
   }
   bool dense() const { return bits > 8; }
 };
@@ -1250,7 +1281,8 @@ CUfunc_st* kernel(const Config& c) {
              "extern \"C\" __global__ void __launch_bounds__(256) mlxe_fdmv(const mlxe::Params p) {\n"
              "  mlxe::fdmv<" +
              std::to_string(c.kind) + ", " + std::to_string(c.mt) + ", " + std::to_string(c.rows) + ", " +
-             std::to_string(c.u) + ", " + std::to_string(c.mode) + ", " + std::to_string(c.norm) + ">(p);\n}\n";
+             std::to_string(c.u) + ", " + std::to_string(c.mode) + ", " + std::to_string(c.norm) + ", " +
+             std::to_string(c.sk) + ">(p);\n}\n";
     });
   return compiled("qmv_" + c.key(), "mlxe_qmv", [&] {
     return std::string(kSource) +
@@ -1365,9 +1397,9 @@ class FusedQmv : public mx::Primitive {
       p.y[o] = gptr(outs[o]);
     }
     const int chunks = K / (128 / c_.bits);
-    // qmv: a block `rows` rows, its threads over K; fdmv: a warp `rows` rows.
+    // qmv: a block `rows` rows, its threads over K; fdmv: SK warps `rows` rows.
     const unsigned threads = c_.dense() ? c_.threads : std::min(c_.threads, (chunks + 31) / 32 * 32);
-    const int per_block = (c_.mode == 1 ? c_.rows / 2 : c_.rows) * (c_.dense() ? c_.threads / 32 : 1);
+    const int per_block = (c_.mode == 1 ? c_.rows / 2 : c_.rows) * (c_.dense() ? c_.threads / 32 / c_.sk : 1);
     const dim3 grid{static_cast<unsigned>((rows + per_block - 1) / per_block),
                     static_cast<unsigned>((p.M + c_.mt - 1) / c_.mt), 1};
     CUfunc_st* f = kernel(c_);
@@ -1410,6 +1442,28 @@ DmvShape dmv_shape() {
                           std::clamp(env_int("MLXENGINE_CUDA_DMV_U", 4), 1, 8),
                           std::clamp(env_int("MLXENGINE_CUDA_DMV_THREADS", 256) / 32 * 32, 64, 256)};
   return d;
+}
+
+// Warps a row group (SK of dmv_loop) for `tasks` row groups of `chunks`
+// 16-byte chunks: decode's matvecs run one after another, so a grid that
+// fills its last wave of resident warps only in part loses the rest of it.
+// The fewest of 1, 2, 4, 8 that give at least `waves` (MLXENGINE_CUDA_DMV_WAVES,
+// default 3) waves of ~32 warps an SM, keeping U chunks a lane and the
+// group inside a block; MLXENGINE_CUDA_DMV_SK forces one.
+int dmv_split(int tasks, int chunks, const DmvShape& d) {
+  static const int forced = env_int("MLXENGINE_CUDA_DMV_SK", 0);
+  static const int waves = std::max(1, env_int("MLXENGINE_CUDA_DMV_WAVES", 3));
+  static const int sms = [] {
+    int dev = 0, n = 0;
+    const Api& a = api();
+    return a.cuCtxGetDevice(&dev) == 0 && a.cuDeviceGetAttribute(&n, 16, dev) == 0 && n > 0 ? n : 132;
+  }();
+  const int most = std::min(8, d.threads / 32);
+  if (forced > 0) return std::min({forced & ~(forced - 1), most});  // a power of two
+  int sk = 1;
+  while (sk < most && static_cast<int64_t>(tasks) * sk < int64_t(waves) * sms * 32 && chunks / (64 * sk) >= d.u)
+    sk *= 2;
+  return sk;
 }
 
 // Splits of the slots for a decode attention: enough blocks (KV heads × batch
@@ -1636,11 +1690,12 @@ std::vector<mx::array> build(const mx::array& x_in, const std::vector<QuantMatri
   c.threads = threads_env;
   c.mode = swiglu ? 1 : 0;
   if (dense) {
-    // fdmv: a warp a row (SwiGLU: a gate row and its up row), dmv's block shape.
+    // fdmv: dmv's block shape (SwiGLU: a gate row and its up row a warp group).
     const DmvShape d = dmv_shape();
     c.rows = swiglu ? 2 : d.rpw;
     c.u = d.u;
     c.threads = d.threads;
+    c.sk = dmv_split(swiglu ? total : (total + c.rows - 1) / c.rows, K / (16 / static_cast<int>(x.itemsize())), d);
   }
   // Where the norm's squares are summed (qmv's NORM): in the main loop at one
   // row of x, in a pass first for several (in the loop they cost registers:
@@ -1830,8 +1885,8 @@ std::optional<mx::array> geglu(const mx::array& x, mx::StreamOrDevice s) { retur
 // output (…, N).
 class DenseMatvec : public mx::Primitive {
  public:
-  DenseMatvec(mx::Stream s, int mt, int rpw, int u, int threads)
-      : mx::Primitive(s), mt_(mt), rpw_(rpw), u_(u), threads_(threads) {}
+  DenseMatvec(mx::Stream s, int mt, int rpw, int u, int threads, int sk)
+      : mx::Primitive(s), mt_(mt), rpw_(rpw), u_(u), threads_(threads), sk_(sk) {}
 
   void eval_cpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
     throw std::runtime_error("MlxeDenseMatvec is a CUDA kernel");
@@ -1855,13 +1910,13 @@ class DenseMatvec : public mx::Primitive {
     enc.set_output_array(outs[0]);
     void* args[] = {&xp, &wp, &yp, &M, &N, &K, &ldx};
     const std::string cfg = std::to_string(kind_of(x.dtype())) + ", " + std::to_string(mt_) + ", " +
-                            std::to_string(rpw_) + ", " + std::to_string(u_);
+                            std::to_string(rpw_) + ", " + std::to_string(u_) + ", " + std::to_string(sk_);
     CUfunc_st* f = compiled("dmv_" + cfg, "mlxe_dmv", [&] {
       return std::string(kSource) + kAttnSource +
              "extern \"C\" __global__ void __launch_bounds__(256) mlxe_dmv(const void* x, const void* w, void* y, "
              "int M, int N, int K, int ldx) {\n  mlxe::dmv<" + cfg + ">(x, w, y, M, N, K, ldx);\n}\n";
     });
-    const int rows_a_block = threads_ / 32 * rpw_;
+    const int rows_a_block = threads_ / 32 / sk_ * rpw_;
     enc.add_kernel_node_raw(f, dim3{static_cast<unsigned>((N + rows_a_block - 1) / rows_a_block), 1, 1},
                             dim3{static_cast<unsigned>(threads_), 1, 1}, dim3{1, 1, 1}, 0, args);
   }
@@ -1870,17 +1925,19 @@ class DenseMatvec : public mx::Primitive {
 
   bool is_equivalent(const mx::Primitive& other) const override {
     const auto* o = dynamic_cast<const DenseMatvec*>(&other);
-    return o != nullptr && o->mt_ == mt_ && o->rpw_ == rpw_ && o->u_ == u_ && o->threads_ == threads_;
+    return o != nullptr && o->mt_ == mt_ && o->rpw_ == rpw_ && o->u_ == u_ && o->threads_ == threads_ &&
+           o->sk_ == sk_;
   }
 
  private:
-  int mt_, rpw_, u_, threads_;
+  int mt_, rpw_, u_, threads_, sk_;
 };
 
 std::optional<mx::array> dense_matvec(const mx::array& x, const mx::array& w, mx::StreamOrDevice s) {
   // Opt-in until measured on a GPU (MLXENGINE_CUDA_DMV=1).
   static const bool on = env_int("MLXENGINE_CUDA_DMV", 0) != 0;
-  const auto [rpw, u, threads] = dmv_shape();
+  const DmvShape d = dmv_shape();
+  const auto [rpw, u, threads] = d;
   if (!on || !enabled().load() || mx::to_stream(s).device.type != mx::Device::gpu) return std::nullopt;
   if (x.ndim() < 1 || w.ndim() != 2 || !float_type(x.dtype()) || w.dtype() != x.dtype()) return std::nullopt;
   const int K = w.shape(1), N = w.shape(0);
@@ -1889,12 +1946,13 @@ std::optional<mx::array> dense_matvec(const mx::array& x, const mx::array& w, mx
   const size_t rows = x.size() / K;
   if (rows == 0 || rows > 8) return std::nullopt;
   const int mt = rows == 1 ? 1 : rows == 2 ? 2 : rows <= 4 ? 4 : 8;
+  const int sk = dmv_split((N + rpw - 1) / rpw, K / E, d);
   mx::Shape shape = x.shape();
   shape.back() = N;
   // The kernel reads x's rows at a stride (a lazy x's layout is known once
   // evaluated: decode's inputs come from kernels that write whole rows).
   const mx::array xc = !x.is_available() || row_stride(x) >= 0 ? x : mx::contiguous(x, false, s);
-  return mx::array(shape, x.dtype(), std::make_shared<DenseMatvec>(mx::to_stream(s), mt, rpw, u, threads), {xc, w});
+  return mx::array(shape, x.dtype(), std::make_shared<DenseMatvec>(mx::to_stream(s), mt, rpw, u, threads, sk), {xc, w});
 }
 
 // A residual add and the RMS norm after it (see add_rms in kAttnSource).

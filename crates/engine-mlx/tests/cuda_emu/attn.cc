@@ -210,17 +210,19 @@ int main() {
   // dense matvec: y (M, N) = x (M, K) · wᵀ against float64 — rows of x at a
   // stride, N not a multiple of a block's rows, K with a tail of fewer than
   // U chunks a lane; one and two rows a warp, 1 to 3 rows of x.
-  for (const auto [M, N, K, rpw] : {std::array{1, 37, 1000, 1}, std::array{3, 70, 2052, 2}, std::array{2, 9, 132, 2}}) {
+  for (const auto [M, N, K, rpw, sk] :
+       {std::array{1, 37, 1000, 1, 1}, std::array{3, 70, 2052, 2, 2}, std::array{2, 9, 132, 2, 1}}) {
     const int ldx = K + 12;
     std::mt19937 rng(20 + K);
     std::uniform_real_distribution<float> U(-1, 1);
     std::vector<float> x(size_t(M) * ldx), w(size_t(N) * K), y(size_t(M) * N, NAN);
     for (auto& v : x) v = U(rng);
     for (auto& v : w) v = U(rng);
-    const unsigned threads = 64, blocks = unsigned((N + threads / 32 * rpw - 1) / (threads / 32 * rpw));
-    launch({blocks, 1, 1}, threads, [&] {
-      if (rpw == 1) mlxe::dmv<0, 4, 1, 4>(x.data(), w.data(), y.data(), M, N, K, ldx);
-      else mlxe::dmv<0, 4, 2, 3>(x.data(), w.data(), y.data(), M, N, K, ldx);
+    const int per_block = 64 / 32 / sk * rpw;
+    launch({unsigned((N + per_block - 1) / per_block), 1, 1}, 64, [&] {
+      if (rpw == 1) mlxe::dmv<0, 4, 1, 4, 1>(x.data(), w.data(), y.data(), M, N, K, ldx);
+      else if (sk == 2) mlxe::dmv<0, 4, 2, 3, 2>(x.data(), w.data(), y.data(), M, N, K, ldx);
+      else mlxe::dmv<0, 4, 2, 3, 1>(x.data(), w.data(), y.data(), M, N, K, ldx);
     });
     double num = 0, den = 0;
     for (int m = 0; m < M; ++m)
@@ -231,7 +233,7 @@ int main() {
         den += want * want;
       }
     const std::string name = "dense matvec, " + std::to_string(M) + " rows of " + std::to_string(K) + " by " +
-                             std::to_string(N) + ", " + std::to_string(rpw) + " a warp";
+                             std::to_string(N) + ", " + std::to_string(rpw) + " a group of " + std::to_string(sk);
     report(name.c_str(), std::isfinite(num) ? std::sqrt(num / den) : INFINITY);
   }
   // fused dense matvec (fdmv) against float64: RMS norm + three stacked
@@ -242,13 +244,15 @@ int main() {
   {
     struct F {
       const char* name;
-      int M, K, mode, norm, rpw, mt;
+      int M, K, mode, norm, rpw, mt, sk;
       std::vector<int> ns;
       bool residual, bias;
     };
-    for (const F& f : {F{"fdmv norm + 3 matrices + bias, 2 rows of 1000", 2, 1000, 0, 1, 2, 4, {13, 4, 6}, false, true},
-                       F{"fdmv residual, 5 rows (tiles of 4) of 2052", 5, 2052, 0, 0, 1, 4, {37}, true, false},
-                       F{"fdmv norm + swiglu, 3 rows of 132", 3, 132, 1, 1, 2, 2, {9, 9}, false, false}}) {
+    for (const F& f :
+         {F{"fdmv norm + 3 matrices + bias, 2 rows of 1000, 2 warps a row", 2, 1000, 0, 1, 2, 4, 2, {13, 4, 6}, false, true},
+          F{"fdmv residual, 5 rows (tiles of 4) of 2052", 5, 2052, 0, 0, 1, 4, 1, {37}, true, false},
+          F{"fdmv norm + swiglu, 3 rows of 132, 2 warps a row", 3, 132, 1, 1, 2, 2, 2, {9, 9}, false, false},
+          F{"fdmv norm + swiglu, 1 row of 1000", 1, 1000, 1, 1, 2, 1, 1, {9, 9}, false, false}}) {
       const int ldx = f.K + 4, ldr = f.ns[0] + 3;
       std::mt19937 rng(40 + f.K);
       std::uniform_real_distribution<float> U(-1, 1);
@@ -283,12 +287,13 @@ int main() {
       p.ldr = ldr;
       p.eps = 1e-5f;
       const unsigned threads = 64;
-      const int slots = f.mode == 1 ? f.ns[0] : (total + f.rpw - 1) / f.rpw, per_block = threads / 32;
+      const int slots = f.mode == 1 ? f.ns[0] : (total + f.rpw - 1) / f.rpw, per_block = threads / 32 / f.sk;
       const dim3_ grid{unsigned((slots + per_block - 1) / per_block), unsigned((f.M + f.mt - 1) / f.mt), 1};
       launch(grid, threads, [&] {
-        if (f.mode == 1) mlxe::fdmv<0, 2, 2, 4, 1, 1>(p);
-        else if (f.norm) mlxe::fdmv<0, 4, 2, 3, 0, 1>(p);
-        else mlxe::fdmv<0, 4, 1, 4, 0, 0>(p);
+        if (f.mode == 1 && f.sk == 2) mlxe::fdmv<0, 2, 2, 4, 1, 1, 2>(p);
+        else if (f.mode == 1) mlxe::fdmv<0, 1, 2, 4, 1, 1, 1>(p);
+        else if (f.norm) mlxe::fdmv<0, 4, 2, 3, 0, 1, 2>(p);
+        else mlxe::fdmv<0, 4, 1, 4, 0, 0, 1>(p);
       });
       double num = 0, den = 0;
       auto add = [&](double got, double want) {
