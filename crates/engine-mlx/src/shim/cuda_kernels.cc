@@ -1735,9 +1735,9 @@ std::optional<std::vector<mx::array>> fused_qmv(const mx::array& x, const std::v
                                                 const std::optional<mx::array>& residual, Epilogue epilogue,
                                                 const std::vector<mx::Shape>& out_shapes, mx::StreamOrDevice s) {
   const bool dense = bits == 0;
-  // Dense weights are opt-in: at 8B bfloat16 (GPU-bound) cuBLAS's gemv streams
-  // 10-15% faster than ours and decode ran 134 vs 166 tok/s; at 1B (host-bound)
-  // fusing gained nothing (566 vs 586) (H100, xtask/bench/gpu/run.sh).
+  // Dense weights (fdmv) are opt-in: before rows were split over warps (SK),
+  // an 8B bfloat16 decode ran 153 tok/s with them against 170 with MLX's gemv,
+  // 1B 707 vs 746 (H100, xtask/bench/gpu/run_dmv.sh).
   static const bool dense_on = env_int("MLXENGINE_CUDA_QMV_DENSE", 0) != 0;
   if (!enabled().load() || (dense && !dense_on) || (!dense && bits != 4 && bits != 8) || mats.empty())
     return std::nullopt;
@@ -1934,7 +1934,8 @@ class DenseMatvec : public mx::Primitive {
 };
 
 std::optional<mx::array> dense_matvec(const mx::array& x, const mx::array& w, mx::StreamOrDevice s) {
-  // Opt-in until measured on a GPU (MLXENGINE_CUDA_DMV=1).
+  // Opt-in (MLXENGINE_CUDA_DMV=1): before rows were split over warps (SK), an
+  // 8B bfloat16 decode ran 160 tok/s with it against 170 with MLX's gemv (H100).
   static const bool on = env_int("MLXENGINE_CUDA_DMV", 0) != 0;
   const DmvShape d = dmv_shape();
   const auto [rpw, u, threads] = d;
