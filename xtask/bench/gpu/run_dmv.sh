@@ -3,8 +3,8 @@
 # H100/H200): dmv behind fast::linear (MLXENGINE_CUDA_DMV=1) and the fused dense layers (fdmv: norm + q/k/v, o +
 # residual, norm + gate/up + SwiGLU, down + residual; MLXENGINE_CUDA_QMV_DENSE=1).
 #   1. `qmv_check --dense` -> $OUT/dmv.jsonl: dmv's errors at 1 and 4 rows on the 8B shapes and its bandwidth against
-#      MLX's gemv (independent calls in one graph: it hides the waves that decode's chained calls pay for), and the
-#      fused dense kernels' errors on a layer of each family;
+#      MLX's gemv, the calls independent (they overlap in MLX's graph, hiding part-filled waves) and chained (one after
+#      another, as in decode), and the fused dense kernels' errors on a layer of each family;
 #   2. decode (random weights, 512-token prompt, 128 greedy tokens) -> $OUT/decode.jsonl: 8B and 1B bfloat16 (8B
 #      first), the engine as shipped (MLX's gemv), each of VARIANTS (below) and mlx-lm, ROUNDS (default 2) rounds;
 #      with Q4=1 (default on an H200 alone: issue 16's 400 tok/s there) the 8B MLX 4-bit model too, engine and mlx-lm;
@@ -32,6 +32,14 @@ variant_env() {  # VARIANT -> env assignments
 }
 env MLXENGINE_CUDA_DMV=1 MLXENGINE_CUDA_QMV_DENSE=1 timeout 120 $BIN/qmv_check --dense > $OUT/dmv.jsonl 2>&1 || rc=1
 grep -h summary $OUT/dmv.jsonl
+python3 - $OUT/dmv.jsonl <<'PY'
+import json, sys
+for line in open(sys.argv[1]):
+    d = json.loads(line) if line.startswith("{") else {}
+    if "ours_chain_us" in d:
+        print(f'{d["dmv"]}: chained ours {d["ours_chain_us"]:.1f} us vs MLX {d["mlx_chain_us"]:.1f}; '
+              f'independent {d["ours_us"]:.1f} vs {d["mlx_us"]:.1f}')
+PY
 for size in 8b 1b; do
   [ -f $MODELS/llama-$size/model.safetensors ] || python3 xtask/bench/gpu/random_llama.py $MODELS/llama-$size $size 512 >/dev/null
 done
