@@ -192,6 +192,28 @@ template <typename EL, int E> __device__ __forceinline__ uint4 pack_chunk(const 
   return u;
 }
 
+// The matrix of row v of the stacked matrices (Split) and v's row in it.
+__device__ __forceinline__ int locate(const Params& p, int v, int& row) {
+  const int i = v < p.n_end[0] ? 0 : v < p.n_end[1] ? 1 : 2;
+  row = v - (i == 0 ? 0 : p.n_end[i - 1]);
+  return i;
+}
+
+// The Split epilogue: matrix a's row n for row m of x, its bias and the
+// residual added, rounded once.
+template <typename EL> __device__ __forceinline__ void put_split(const Params& p, int a, int n, int m, float v) {
+  typedef typename EL::S S;
+  if (p.bias[a] != nullptr) v += EL::get(static_cast<const S*>(p.bias[a])[n]);
+  if (p.residual != nullptr) v += EL::get(static_cast<const S*>(p.residual)[size_t(m) * p.ldr + n]);
+  const int rows_a = p.n_end[a] - (a == 0 ? 0 : p.n_end[a - 1]);
+  static_cast<S*>(p.y[a])[size_t(m) * rows_a + n] = EL::put(v);
+}
+
+// The SwiGlu epilogue: silu(gate)·up for row n of the gate and up matrices and row m of x.
+template <typename EL> __device__ __forceinline__ void put_swiglu(const Params& p, int n, int m, float a, float b) {
+  static_cast<typename EL::S*>(p.y[0])[size_t(m) * p.n_end[0] + n] = EL::put(a / (1.0f + __expf(-a)) * b);
+}
+
 // One block owns ROWS rows of the stacked matrices (SwiGlu: ROWS/2 gate rows
 // and the same up rows) and MT rows of x; its threads stride over K in
 // 16-byte chunks of w (one 128-bit load per row, inside one group), adding
@@ -224,9 +246,7 @@ __device__ __forceinline__ void qmv(const Params& p) {
     } else {
       v = blockIdx.x * ROWS + r;
       live[r] = v < p.n_end[2];
-      if (!live[r]) v = 0;
-      i = v < p.n_end[0] ? 0 : v < p.n_end[1] ? 1 : 2;
-      row[r] = v - (i == 0 ? 0 : p.n_end[i - 1]);
+      i = locate(p, live[r] ? v : 0, row[r]);
     }
     mat[r] = i;
     wr[r] = reinterpret_cast<const uint4*>(static_cast<const u32*>(p.w[i]) + size_t(row[r]) * row_words);
@@ -402,26 +422,15 @@ __device__ __forceinline__ void qmv(const Params& p) {
   __syncthreads();
 
   if constexpr (MODE == 1) {
-    S* y = static_cast<S*>(p.y[0]);
     for (int i = threadIdx.x; i < (ROWS / 2) * MT; i += blockDim.x) {
       const int r = i / MT, m = i % MT;
       const int n = blockIdx.x * (ROWS / 2) + r;
-      if (n < p.n_end[0] && m0 + m < M) {
-        const float a = res[r * MT + m], b = res[(r + ROWS / 2) * MT + m];
-        y[size_t(m0 + m) * p.n_end[0] + n] = EL::put(a / (1.0f + __expf(-a)) * b);
-      }
+      if (n < p.n_end[0] && m0 + m < M) put_swiglu<EL>(p, n, m0 + m, res[r * MT + m], res[(r + ROWS / 2) * MT + m]);
     }
   } else {
     for (int i = threadIdx.x; i < ROWS * MT; i += blockDim.x) {
       const int r = i / MT, m = i % MT;
-      if (live[r] && m0 + m < M) {
-        const int a = mat[r], n = row[r];
-        const int rows_a = p.n_end[a] - (a == 0 ? 0 : p.n_end[a - 1]);
-        float v = res[i];
-        if (p.bias[a] != nullptr) v += EL::get(static_cast<const S*>(p.bias[a])[n]);
-        if (p.residual != nullptr) v += EL::get(static_cast<const S*>(p.residual)[size_t(m0 + m) * p.ldr + n]);
-        static_cast<S*>(p.y[a])[size_t(m0 + m) * rows_a + n] = EL::put(v);
-      }
+      if (live[r] && m0 + m < M) put_split<EL>(p, mat[r], row[r], m0 + m, res[i]);
     }
   }
 }
@@ -950,9 +959,7 @@ __device__ __forceinline__ void fdmv(const Params& p) {
     } else {
       v = slot * RPW + r;
       live[r] = v < p.n_end[2];
-      if (!live[r]) v = p.n_end[2] - 1;
-      i = v < p.n_end[0] ? 0 : v < p.n_end[1] ? 1 : 2;
-      v -= i == 0 ? 0 : p.n_end[i - 1];
+      i = locate(p, live[r] ? v : p.n_end[2] - 1, v);
     }
     mat[r] = i;
     row[r] = v;
@@ -975,22 +982,11 @@ __device__ __forceinline__ void fdmv(const Params& p) {
     if (m >= M) break;
     const float inv = NORM ? rsqrtf(ss[m] / float(K) + p.eps) : 1.0f;
     if constexpr (MODE == 1) {
-      if (lane == m && live[0]) {
-        const float a = acc[0][m] * inv, b = acc[1][m] * inv;
-        static_cast<S*>(p.y[0])[size_t(m0 + m) * p.n_end[0] + row[0]] = EL::put(a / (1.0f + __expf(-a)) * b);
-      }
+      if (lane == m && live[0]) put_swiglu<EL>(p, row[0], m0 + m, acc[0][m] * inv, acc[1][m] * inv);
     } else {
 #pragma unroll
-      for (int r = 0; r < RPW; ++r) {
-        if (lane == (r * MT + m) % 32 && live[r]) {
-          const int a = mat[r], n = row[r];
-          float v = acc[r][m] * inv;
-          if (p.bias[a] != nullptr) v += EL::get(static_cast<const S*>(p.bias[a])[n]);
-          if (p.residual != nullptr) v += EL::get(static_cast<const S*>(p.residual)[size_t(m0 + m) * p.ldr + n]);
-          const int rows_a = p.n_end[a] - (a == 0 ? 0 : p.n_end[a - 1]);
-          static_cast<S*>(p.y[a])[size_t(m0 + m) * rows_a + n] = EL::put(v);
-        }
-      }
+      for (int r = 0; r < RPW; ++r)
+        if (lane == (r * MT + m) % 32 && live[r]) put_split<EL>(p, mat[r], row[r], m0 + m, acc[r][m] * inv);
     }
   }
 }
