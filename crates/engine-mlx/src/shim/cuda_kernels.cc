@@ -192,11 +192,25 @@ template <typename EL, int E> __device__ __forceinline__ uint4 pack_chunk(const 
   return u;
 }
 
-// The matrix of row v of the stacked matrices (Split) and v's row in it.
-__device__ __forceinline__ int locate(const Params& p, int v, int& row) {
-  const int i = v < p.n_end[0] ? 0 : v < p.n_end[1] ? 1 : 2;
-  row = v - (i == 0 ? 0 : p.n_end[i - 1]);
-  return i;
+// Row r of the ROWS rows that group `base` of a kernel owns in the stacked
+// matrices (SwiGlu: ROWS/2 gate rows, then the same rows of up): its matrix
+// (returned), its row in it, and whether it exists (one past the end points
+// at row 0, so its loads stay in bounds).
+template <int ROWS, int MODE>
+__device__ __forceinline__ int stacked_row(const Params& p, int base, int r, int& row, bool& live) {
+  if constexpr (MODE == 1) {
+    const int v = base * (ROWS / 2) + r % (ROWS / 2);
+    live = v < p.n_end[0];
+    row = live ? v : 0;
+    return r / (ROWS / 2);
+  } else {
+    int v = base * ROWS + r;
+    live = v < p.n_end[2];
+    if (!live) v = 0;
+    const int i = v < p.n_end[0] ? 0 : v < p.n_end[1] ? 1 : 2;
+    row = v - (i == 0 ? 0 : p.n_end[i - 1]);
+    return i;
+  }
 }
 
 // The Split epilogue: matrix a's row n for row m of x, its bias and the
@@ -237,18 +251,7 @@ __device__ __forceinline__ void qmv(const Params& p) {
   bool live[ROWS];
 #pragma unroll
   for (int r = 0; r < ROWS; ++r) {
-    int v, i;
-    if constexpr (MODE == 1) {
-      v = blockIdx.x * (ROWS / 2) + r % (ROWS / 2);
-      i = r / (ROWS / 2);
-      live[r] = v < p.n_end[0];
-      row[r] = live[r] ? v : 0;
-    } else {
-      v = blockIdx.x * ROWS + r;
-      live[r] = v < p.n_end[2];
-      i = locate(p, live[r] ? v : 0, row[r]);
-    }
-    mat[r] = i;
+    const int i = mat[r] = stacked_row<ROWS, MODE>(p, blockIdx.x, r, row[r], live[r]);
     wr[r] = reinterpret_cast<const uint4*>(static_cast<const u32*>(p.w[i]) + size_t(row[r]) * row_words);
     if constexpr (BITS <= 8) {
       sr[r] = static_cast<const S*>(p.scales[i]) + size_t(row[r]) * groups;
@@ -812,8 +815,8 @@ __device__ __forceinline__ void glu(const void* gu, void* out, int rows, int I) 
   static_cast<S*>(out)[i] = EL::put(y);
 }
 
-// The dense matvecs' loop: acc[r][m] += Σ_k w_r[k]·x_m[k] (NORM: ·g[k], and
-// ss[m] += Σ_k x_m[k]²) over K in 16-byte chunks, SK consecutive warps of a
+// The dense matvecs' loop: acc[r][m] = Σ_k w_r[k]·x_m[k] (NORM: ·g[k], and
+// ss[m] = Σ_k x_m[k]²) over K in 16-byte chunks, SK consecutive warps of a
 // block a row (lane i of the SK·32 taking chunks i, i + SK·32, …), U chunks a
 // row in flight a lane (every load of a step issued before its math). Decode
 // streams each weight once, so the bytes in flight bound the speed; and its
@@ -828,6 +831,12 @@ __device__ __forceinline__ void dmv_loop(const typename EL::S* x, int ldx, const
                                          float (&ss)[MT]) {
   typedef typename EL::S S;
   constexpr int E = 16 / sizeof(S), L = 32 * SK;
+#pragma unroll
+  for (int m = 0; m < MT; ++m) {
+    ss[m] = 0.f;
+#pragma unroll
+    for (int r = 0; r < RPW; ++r) acc[r][m] = 0.f;
+  }
   // A step of `n` chunks a row from chunk c (n ≤ U): every load first.
   auto step = [&](int c, int n) {
     uint4 wv[RPW][U];
@@ -918,12 +927,6 @@ __device__ __forceinline__ void dmv(const void* xp, const void* wp, void* yp, in
   for (int r = 0; r < RPW; ++r)
     w[r] = reinterpret_cast<const uint4*>(static_cast<const S*>(wp) + size_t(n0 + r < N ? n0 + r : N - 1) * K);
   float acc[RPW][MT], ss[MT];
-#pragma unroll
-  for (int m = 0; m < MT; ++m) {
-    ss[m] = 0.f;
-#pragma unroll
-    for (int r = 0; r < RPW; ++r) acc[r][m] = 0.f;
-  }
   dmv_loop<EL, MT, RPW, U, false, SK>(static_cast<const S*>(xp), ldx, nullptr, w, M, K / (16 / int(sizeof(S))), acc,
                                       ss);
   if (threadIdx.x % (32 * SK) == 0)
@@ -950,28 +953,10 @@ __device__ __forceinline__ void fdmv(const Params& p) {
   bool live[RPW];
 #pragma unroll
   for (int r = 0; r < RPW; ++r) {
-    int v, i;
-    if constexpr (MODE == 1) {
-      v = slot;
-      i = r;
-      live[r] = v < p.n_end[0];
-      if (!live[r]) v = p.n_end[0] - 1;
-    } else {
-      v = slot * RPW + r;
-      live[r] = v < p.n_end[2];
-      i = locate(p, live[r] ? v : p.n_end[2] - 1, v);
-    }
-    mat[r] = i;
-    row[r] = v;
-    w[r] = reinterpret_cast<const uint4*>(static_cast<const S*>(p.w[i]) + size_t(v) * K);
+    mat[r] = stacked_row<RPW, MODE>(p, slot, r, row[r], live[r]);
+    w[r] = reinterpret_cast<const uint4*>(static_cast<const S*>(p.w[mat[r]]) + size_t(row[r]) * K);
   }
   float acc[RPW][MT], ss[MT];
-#pragma unroll
-  for (int m = 0; m < MT; ++m) {
-    ss[m] = 0.f;
-#pragma unroll
-    for (int r = 0; r < RPW; ++r) acc[r][m] = 0.f;
-  }
   dmv_loop<EL, MT, RPW, U, NORM != 0, SK>(static_cast<const S*>(p.x) + size_t(m0) * p.ldx, p.ldx,
                                           static_cast<const S*>(p.norm), w, M, K / (16 / int(sizeof(S))), acc, ss);
   // The first warp of a row group writes, lane i the i-th (row, row of x).
