@@ -235,6 +235,7 @@ template <typename EL> __device__ __forceinline__ void put_swiglu(const Params& 
 // (Dense weights take fdmv, in kAttnSource.)
 template <int KIND, int BITS, int GS, int MT, int ROWS, int MODE, int NORM, int DEQ = 0, int PF = 0>
 __device__ __forceinline__ void qmv(const Params& p) {
+  static_assert(BITS == 4 || BITS == 8, "dense weights take fdmv");
   typedef Elem<KIND> EL;
   typedef typename EL::S S;
   constexpr int E = 128 / BITS, PW = 32 / BITS, XPW = EL::N, XWORDS = PW / XPW;
@@ -253,10 +254,8 @@ __device__ __forceinline__ void qmv(const Params& p) {
   for (int r = 0; r < ROWS; ++r) {
     const int i = mat[r] = stacked_row<ROWS, MODE>(p, blockIdx.x, r, row[r], live[r]);
     wr[r] = reinterpret_cast<const uint4*>(static_cast<const u32*>(p.w[i]) + size_t(row[r]) * row_words);
-    if constexpr (BITS <= 8) {
-      sr[r] = static_cast<const S*>(p.scales[i]) + size_t(row[r]) * groups;
-      br[r] = static_cast<const S*>(p.biases[i]) + size_t(row[r]) * groups;
-    }
+    sr[r] = static_cast<const S*>(p.scales[i]) + size_t(row[r]) * groups;
+    br[r] = static_cast<const S*>(p.biases[i]) + size_t(row[r]) * groups;
   }
 
   // part: each warp's row sums, then (NORM) its sums of squares of x. The
