@@ -333,6 +333,7 @@ fn quantization_matches_mlx_python() -> R {
             None,
             quant::FusedEpilogue::Split,
             &[],
+            &[],
         )?;
         assert!(fused.is_none());
     }

@@ -7,29 +7,19 @@
 #      another, as in decode), and the fused dense kernels' errors on a layer of each family;
 #   2. decode (random weights, 512-token prompt, 128 greedy tokens) -> $OUT/decode.jsonl: 8B and 1B bfloat16 (8B
 #      first), the engine as shipped (MLX's gemv), each of VARIANTS (below) and mlx-lm, ROUNDS (default 2) rounds;
-#      with Q4=1 (default on an H200 alone: issue 16's 400 tok/s there) the 8B MLX 4-bit model too, engine and mlx-lm;
+#      with Q4=1 (default on an H200 alone: issue 16's 400 tok/s there) the 8B MLX 4-bit model too, the engine, each
+#      of Q4_VARIANTS (default none; e.g. base_pf4096) and mlx-lm;
 #   3. parity_gpu over the parity fixtures with PARITY_VARIANT (default fdmv) on, after round 1 -> $OUT/parity.jsonl.
-# VARIANTS (default "dmv fdmv fdmv_sk1 fdmv_u8"): dmv = MLXENGINE_CUDA_DMV=1; fdmv = it and MLXENGINE_CUDA_QMV_DENSE=1;
-# _sk1 / _sk2 / _sk4: warps a row forced (MLXENGINE_CUDA_DMV_SK), _u2 / _u8: chunks in flight a lane, _w6: row
-# groups split down to 6 waves (MLXENGINE_CUDA_DMV_WAVES), _t128: 128 threads a block; suffixes combine.
+# VARIANTS (default "dmv fdmv fdmv_sk1 fdmv_u8"): dmv_env.sh's names (dmv, fdmv or base, then suffixes such as
+# _sk1, _u2, _w6, _t128, _pf4096).
 # Exits 1 on an error or parity failure.
 set -uo pipefail
 export MODELS=$HOME/models
 source xtask/bench/gpu/mlx_env.sh
 nvidia-smi --query-gpu=name --format=csv,noheader | tee $OUT/gpu.txt
 rc=0
-variant_env() {  # VARIANT -> env assignments
-  local v=$1 e="MLXENGINE_CUDA_DMV=1"
-  [[ $v == fdmv* ]] && e="$e MLXENGINE_CUDA_QMV_DENSE=1"
-  [[ $v == *_sk1* ]] && e="$e MLXENGINE_CUDA_DMV_SK=1"
-  [[ $v == *_sk2* ]] && e="$e MLXENGINE_CUDA_DMV_SK=2"
-  [[ $v == *_sk4* ]] && e="$e MLXENGINE_CUDA_DMV_SK=4"
-  [[ $v == *_u2* ]] && e="$e MLXENGINE_CUDA_DMV_U=2"
-  [[ $v == *_u8* ]] && e="$e MLXENGINE_CUDA_DMV_U=8"
-  [[ $v == *_w6* ]] && e="$e MLXENGINE_CUDA_DMV_WAVES=6"
-  [[ $v == *_t128* ]] && e="$e MLXENGINE_CUDA_DMV_THREADS=128"
-  echo $e
-}
+source xtask/bench/gpu/dmv_env.sh
+variant_env() { dmv_env "$1"; }
 env MLXENGINE_CUDA_DMV=1 MLXENGINE_CUDA_QMV_DENSE=1 timeout 120 $BIN/qmv_check --dense > $OUT/dmv.jsonl 2>&1 || rc=1
 grep -h summary $OUT/dmv.jsonl
 python3 - $OUT/dmv.jsonl <<'PY'
@@ -56,6 +46,9 @@ for round in $(seq 1 ${ROUNDS:-2}); do
   if [ "$Q4" = 1 ]; then
     M=$MODELS/llama-8b-q4 P=$MODELS/llama-8b/prompt_ids.json
     run engine-8b-q4 $round $BIN/bench_decode $M --dtype native --prompt-ids $P --tokens 128
+    for v in ${Q4_VARIANTS:-}; do
+      run engine_$v-8b-q4 $round env $(variant_env $v) $BIN/bench_decode $M --dtype native --prompt-ids $P --tokens 128
+    done
     run mlx_lm-8b-q4 $round python3 xtask/bench/mlx_lm_decode.py $M $P 128
   fi
   for m in ${DECODE_MODELS:-8b 1b}; do

@@ -16,8 +16,8 @@
 # prefetch = MLXENGINE_CUDA_QMV_PREFETCH=1, rows2 / rows8 = MLXENGINE_CUDA_QMV_ROWS=2 / 8
 # (rows a block: the grid's waves over the SMs), attn0 = MLXENGINE_CUDA_ATTN=0 (MLX's attention ops), slots32 /
 # slots128 = MLXENGINE_CUDA_ATTN_SLOTS=32 / 128 (the fewest slots a split of the decode attention, default 64),
-# rows8t128 = 8 rows a block of 128 threads, addnorm0 = MLXENGINE_CUDA_ADD_NORM=0 (MLX's add and rms_norm), dmv / fdmv =
-# our dense matvec / and the fused dense layers (run_dmv.sh's variants of those names); add yours to variant_env. DECODE_MODELS (default "8b-q4 1b") picks the models of each round (8B bf16 runs once after);
+# rows8t128 = 8 rows a block of 128 threads, addnorm0 = MLXENGINE_CUDA_ADD_NORM=0 (MLX's add and rms_norm), dmv* / fdmv* / base* =
+# our dense matvec / and the fused dense layers (dmv_env.sh, run_dmv.sh's variants); add yours to variant_env. DECODE_MODELS (default "8b-q4 1b") picks the models of each round (8B bf16 runs once after);
 # TRACE_VARIANT_LIST the traced variants (default: all the model's), TRACE_MLX=0 skips mlx-lm's trace, BW=0 step 4,
 # CHECKS (default "attn qmv parity") the checks of step 1. TRACE_MODELS (default "8b-q4 1b") picks the traced models; TRACE_VARIANTS=0 traces the
 # engine as shipped alone (no variants, no mlx-lm); ROUNDS (default "1 2") the decode rounds. Most important first: a call cut at its limit keeps what came before.
@@ -47,6 +47,7 @@ grep -h packed $OUT/attn.jsonl
 for size in 1b 8b; do
   [ -f $MODELS/llama-$size/model.safetensors ] || python3 xtask/bench/gpu/random_llama.py $MODELS/llama-$size $size 512 >/dev/null
 done
+source xtask/bench/gpu/dmv_env.sh
 variant_env() {  # VARIANT -> env assignments
   case $1 in
     nopack) echo MLXENGINE_CUDA_PACK=0 ;;
@@ -61,8 +62,7 @@ variant_env() {  # VARIANT -> env assignments
     slots128) echo MLXENGINE_CUDA_ATTN_SLOTS=128 ;;
     rows8t128) echo MLXENGINE_CUDA_QMV_ROWS=8 MLXENGINE_CUDA_QMV_THREADS=128 ;;
     addnorm0) echo MLXENGINE_CUDA_ADD_NORM=0 ;;
-    dmv) echo MLXENGINE_CUDA_DMV=1 ;;
-    fdmv) echo MLXENGINE_CUDA_DMV=1 MLXENGINE_CUDA_QMV_DENSE=1 ;;
+    dmv*|fdmv*|base*) dmv_env $1 ;;
     *) echo "MLXENGINE_UNKNOWN_VARIANT=$1" ;;
   esac
 }

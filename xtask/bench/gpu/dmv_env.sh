@@ -1,0 +1,29 @@
+# dmv_env VARIANT -> the env assignments of a matvec variant (sourced by run_dmv.sh and run_trace.sh): a base, then
+# suffixes joined by "_". Bases: dmv = our dense matvec behind fast::linear (MLXENGINE_CUDA_DMV=1); fdmv = it and the
+# fused dense layers (MLXENGINE_CUDA_QMV_DENSE=1); base = the engine as shipped. Suffixes: sk1 / sk2 / sk4 warps a
+# row forced (MLXENGINE_CUDA_DMV_SK), u1 / u2 / u8 chunks in flight a lane (MLXENGINE_CUDA_DMV_U), w6 row groups
+# split down to 6 waves (MLXENGINE_CUDA_DMV_WAVES), t128 128 threads a block (MLXENGINE_CUDA_DMV_THREADS), pfN the
+# fused matvecs' L2 prefetch of the next kernel's first N KiB (MLXENGINE_CUDA_L2_NEXT_KB=N; pf0 off).
+dmv_env() {
+  local e="" t parts
+  IFS=_ read -ra parts <<< "$1"
+  set -- "${parts[@]}"
+  case $1 in
+    dmv) e="MLXENGINE_CUDA_DMV=1" ;;
+    fdmv) e="MLXENGINE_CUDA_DMV=1 MLXENGINE_CUDA_QMV_DENSE=1" ;;
+    base) ;;
+    *) echo "MLXENGINE_UNKNOWN_VARIANT=$1"; return ;;
+  esac
+  shift
+  for t in "$@"; do
+    case $t in
+      sk[0-9]*) e="$e MLXENGINE_CUDA_DMV_SK=${t#sk}" ;;
+      u[0-9]*) e="$e MLXENGINE_CUDA_DMV_U=${t#u}" ;;
+      w[0-9]*) e="$e MLXENGINE_CUDA_DMV_WAVES=${t#w}" ;;
+      t[0-9]*) e="$e MLXENGINE_CUDA_DMV_THREADS=${t#t}" ;;
+      pf[0-9]*) e="$e MLXENGINE_CUDA_L2_NEXT_KB=${t#pf}" ;;
+      *) e="$e MLXENGINE_UNKNOWN_SUFFIX=$t" ;;
+    esac
+  done
+  echo $e
+}
