@@ -696,7 +696,7 @@ impl Transformer {
         // one kernel where they can: `normed` carries the latter across.
         let mut normed = None;
         for (i, (layer, c)) in self.layers.iter().zip(cache.iter_mut()).enumerate() {
-            let next = self.layers.get(i + 1);
+            let next = self.layers.get(i + 1).map(|l| &l.input_norm);
             (h, normed) = self.layer_forward(layer, &h, normed.take(), next, c, &mut step)?;
         }
         if let Some(g) = &self.stages {
@@ -759,23 +759,22 @@ impl Transformer {
 
     /// One layer on `x`; `normed`, where the layer before computed it, is
     /// `layer.input_norm(x)`. Returns the layer's output and, where it fused
-    /// its last residual add with the input norm of `next` (the next layer),
-    /// that norm of the output.
+    /// its last residual add with `next` (the next layer's input norm), that
+    /// norm of the output.
     fn layer_forward(
         &self,
         layer: &Layer,
         x: &Array,
         normed: Option<Array>,
-        next: Option<&Layer>,
+        next: Option<&RmsNorm>,
         cache: &mut KvCache,
         step: &mut Step<'_>,
     ) -> Result<(Array, Option<Array>)> {
         if layer.ff_norms.is_none() {
-            if let Some(h) = self.fused_layer(layer, next, x, cache, step)? {
+            if let Some(h) = self.fused_layer(layer, x, cache, step)? {
                 return Ok((h, None));
             }
         }
-        let next = next.map(|l| &l.input_norm);
         let normed = match normed {
             Some(n) => n,
             None => layer.input_norm.forward(x)?,
@@ -840,26 +839,12 @@ impl Transformer {
     /// do not apply (dense weights on the CPU, LoRA, longer inputs on the GPU, matrices
     /// of mixed formats on the GPU): the caller takes the composed path. Under tensor parallelism
     /// the partial outputs are summed before the residual, so those two stay
-    /// composed. Each kernel names the weights the one after it reads (the
-    /// down projection: `next` layer's q/k/v) for `fused_matvec`'s L2 prefetch.
-    fn fused_layer(
-        &self,
-        layer: &Layer,
-        next: Option<&Layer>,
-        x: &Array,
-        cache: &mut KvCache,
-        step: &mut Step<'_>,
-    ) -> Result<Option<Array>> {
+    /// composed.
+    fn fused_layer(&self, layer: &Layer, x: &Array, cache: &mut KvCache, step: &mut Step<'_>) -> Result<Option<Array>> {
         let (a, m) = (&layer.attn, &layer.mlp);
         let (Some(q), Some(k), Some(v)) = (a.q.fused_weight(), a.k.fused_weight(), a.v.fused_weight()) else {
             return Ok(None);
         };
-        let next_qkv = next.map_or(vec![], |l| weight_arrays(&[&l.attn.q, &l.attn.k, &l.attn.v]));
-        let (o_w, gate_up_w, down_w) = (
-            weight_arrays(&[&a.o]),
-            weight_arrays(&[&m.gate, &m.up]),
-            weight_arrays(&[&m.down]),
-        );
         let norm = Some((&layer.input_norm.weight, layer.input_norm.eps));
         // A decode step's q, k, v come out as (B, heads, 1, head_dim).
         let s = x.shape_i32();
@@ -872,7 +857,7 @@ impl Transformer {
         } else {
             vec![]
         };
-        let Some(qkv) = fused_matvec(x, &[q, k, v], norm, None, FusedEpilogue::Split, &out_shapes, &o_w)? else {
+        let Some(qkv) = fused_matvec(x, &[q, k, v], norm, None, FusedEpilogue::Split, &out_shapes)? else {
             return Ok(None);
         };
         let [q, k, v]: [Array; 3] = qkv
@@ -882,11 +867,10 @@ impl Transformer {
         let whole = self.group.is_none();
         // `x` may be the attention output (B, heads, 1, head_dim): the fused
         // kernel reads it as rows of K; MLX's ops need it flat.
-        let with_residual = |l: &Linear, x: &Array, residual: &Array, next: &[&Array]| -> Result<Array> {
+        let with_residual = |l: &Linear, x: &Array, residual: &Array| -> Result<Array> {
             if let Some(w) = l.fused_weight().filter(|_| whole) {
                 let shape = residual.shape_i32();
-                let split = FusedEpilogue::Split;
-                if let Some(mut y) = fused_matvec(x, &[w], None, Some(residual), split, &[&shape], next)? {
+                if let Some(mut y) = fused_matvec(x, &[w], None, Some(residual), FusedEpilogue::Split, &[&shape])? {
                     return Ok(y.remove(0));
                 }
             }
@@ -897,7 +881,7 @@ impl Transformer {
             };
             residual.add(&self.reduce(l.forward(&x)?)?)
         };
-        let h = with_residual(&a.o, &out, x, &gate_up_w)?;
+        let h = with_residual(&a.o, &out, x)?;
         let post = &layer.post_attn_norm;
         let gated = match (m.gate.fused_weight(), m.up.fused_weight(), self.features.activation) {
             (Some(g), Some(u), Activation::Silu) if g.1.is_none() && u.1.is_none() => fused_matvec(
@@ -907,12 +891,11 @@ impl Transformer {
                 None,
                 FusedEpilogue::SwiGlu,
                 &[],
-                &down_w,
             )?,
             _ => None,
         };
         Ok(Some(match gated {
-            Some(mut g) => with_residual(&m.down, &g.remove(0), &h, &next_qkv)?,
+            Some(mut g) => with_residual(&m.down, &g.remove(0), &h)?,
             None => h.add(&self.mlp(m, &post.forward(&h)?)?)?,
         }))
     }
@@ -1261,19 +1244,6 @@ impl Transformer {
 }
 
 /// `x·cos + rotate_half(x)·sin` over the last axis (HF's non-interleaved RoPE).
-/// The arrays of these layers' plain weights, in order (adapted layers have
-/// none), for `fused_matvec`'s `next`; none while its L2 prefetch is off.
-fn weight_arrays<'a>(layers: &[&'a Linear]) -> Vec<&'a Array> {
-    if !engine_mlx::quant::l2_next_enabled() {
-        return Vec::new();
-    }
-    layers
-        .iter()
-        .filter_map(|l| l.fused_weight())
-        .flat_map(|(w, _)| w.arrays())
-        .collect()
-}
-
 fn rotate(x: &Array, cos: &Array, sin: &Array) -> Result<Array> {
     let d = x.dim(-1) as i32;
     let (lo, hi) = (x.slice_axis(-1, 0, d / 2)?, x.slice_axis(-1, d / 2, d)?);

@@ -225,7 +225,6 @@ fn fused_case(family: &str, hidden: usize, q: usize, kv: usize, ff: usize, m: us
             None,
             split,
             &[],
-            &[],
         )?)?;
         out.extend(none(fused_matvec(
             &att,
@@ -233,7 +232,6 @@ fn fused_case(family: &str, hidden: usize, q: usize, kv: usize, ff: usize, m: us
             None,
             Some(&res),
             split,
-            &[],
             &[],
         )?)?);
         out.extend(none(fused_matvec(
@@ -243,7 +241,6 @@ fn fused_case(family: &str, hidden: usize, q: usize, kv: usize, ff: usize, m: us
             None,
             FusedEpilogue::SwiGlu,
             &[],
-            &[],
         )?)?);
         out.extend(none(fused_matvec(
             &hff,
@@ -251,7 +248,6 @@ fn fused_case(family: &str, hidden: usize, q: usize, kv: usize, ff: usize, m: us
             None,
             Some(&res),
             split,
-            &[],
             &[],
         )?)?);
         Ok(out)
@@ -280,7 +276,6 @@ fn fused_case(family: &str, hidden: usize, q: usize, kv: usize, ff: usize, m: us
             None,
             split,
             &[&[1, h, 1, 128], &[1, kvh, 1, 128], &[1, kvh, 1, 128]],
-            &[],
         )?)?;
         let o = none(fused_matvec(
             &att.reshape(&[1, h, 1, 128])?,
@@ -289,7 +284,6 @@ fn fused_case(family: &str, hidden: usize, q: usize, kv: usize, ff: usize, m: us
             Some(&res),
             split,
             &[&[1, 1, hidden as i32]],
-            &[],
         )?)?;
         for (a, b) in heads.iter().chain(&o).zip(ours[..3].iter().chain(&ours[3..4])) {
             let d = rel_err(&a.to_f32_vec()?, &b.to_f32_vec()?);
@@ -411,7 +405,6 @@ fn dense_case(family: &str, hidden: usize, q: usize, kv: usize, ff: usize, m: us
             None,
             split,
             &[],
-            &[],
         )?)?;
         out.extend(none(fused_matvec(
             &x,
@@ -419,7 +412,6 @@ fn dense_case(family: &str, hidden: usize, q: usize, kv: usize, ff: usize, m: us
             Some((&g, eps)),
             None,
             FusedEpilogue::SwiGlu,
-            &[],
             &[],
         )?)?);
         out.extend(none(fused_matvec(
@@ -429,11 +421,10 @@ fn dense_case(family: &str, hidden: usize, q: usize, kv: usize, ff: usize, m: us
             Some(&res),
             split,
             &[],
-            &[],
         )?)?);
         Ok(out)
     };
-    if fused_matvec(&x, &[(d(&wq), None)], None, None, split, &[], &[])?.is_none() {
+    if fused_matvec(&x, &[(d(&wq), None)], None, None, split, &[])?.is_none() {
         println!(
             "{}",
             serde_json::json!({"dense": family, "skipped": "run with MLXENGINE_CUDA_QMV_DENSE=1"})
@@ -494,7 +485,6 @@ fn dense_bandwidth(family: &str, layer: &str, k: usize, n: usize) -> Result<()> 
         None,
         FusedEpilogue::Split,
         &[],
-        &[],
     )?
     .is_none()
     {
@@ -512,7 +502,6 @@ fn dense_bandwidth(family: &str, layer: &str, k: usize, n: usize) -> Result<()> 
             None,
             None,
             FusedEpilogue::Split,
-            &[],
             &[],
         )?
         .map(|mut y| y.remove(0))

@@ -237,7 +237,6 @@ pub(crate) mod bridge {
             swiglu: bool,
             out_shapes: &[i32],
             out_ranks: &[usize],
-            next: &ArrayList,
         ) -> Result<UniquePtr<ArrayList>>;
 
         #[allow(clippy::too_many_arguments)]

@@ -166,31 +166,6 @@ pub enum FusedWeight<'a> {
     Dense(&'a Array),
 }
 
-/// Whether [`fused_matvec`] takes its `next` arrays: with the `cuda`
-/// feature and `MLXENGINE_CUDA_L2_NEXT_KB` above 0 (callers skip gathering
-/// them otherwise).
-pub fn l2_next_enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| {
-        cfg!(feature = "cuda")
-            && std::env::var("MLXENGINE_CUDA_L2_NEXT_KB")
-                .ok()
-                .and_then(|v| v.trim().parse::<i64>().ok())
-                .is_some_and(|kb| kb > 0)
-    })
-}
-
-impl<'a> FusedWeight<'a> {
-    /// The arrays that hold the matrix: the packed weights, scales and
-    /// biases, or the dense weight (for `next` in [`fused_matvec`]).
-    pub fn arrays(&self) -> Vec<&'a Array> {
-        match self {
-            FusedWeight::Quantized(q) => vec![&q.weight, &q.scales, &q.biases],
-            FusedWeight::Dense(w) => vec![w],
-        }
-    }
-}
-
 /// What follows the products in [`fused_matvec`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FusedEpilogue {
@@ -222,12 +197,6 @@ pub enum FusedEpilogue {
 /// N_i)` like `x` (`(M, N_i)` for another shape), or `out_shapes` when not
 /// empty: one per output, holding the same elements (q, k and v of a decode
 /// step as `(B, heads, 1, head_dim)`, which needs no transpose).
-///
-/// `next`: up to four arrays the next kernel reads first (the next fused
-/// matvec's [`FusedWeight::arrays`]). On the GPU, with
-/// `MLXENGINE_CUDA_L2_NEXT_KB` set, this kernel's last blocks stream that
-/// many KiB of their first bytes into the L2 cache, so the memory does not
-/// idle between decode's back-to-back matvecs; elsewhere it is ignored.
 pub fn fused_matvec(
     x: &Array,
     mats: &[(FusedWeight<'_>, Option<&Array>)],
@@ -235,7 +204,6 @@ pub fn fused_matvec(
     residual: Option<&Array>,
     epilogue: FusedEpilogue,
     out_shapes: &[&[i32]],
-    next: &[&Array],
 ) -> Result<Option<Vec<Array>>> {
     let int8_kernels = mats
         .iter()
@@ -285,7 +253,6 @@ pub fn fused_matvec(
             epilogue == FusedEpilogue::SwiGlu,
             &out_shapes.concat(),
             &out_shapes.iter().map(|s| s.len()).collect::<Vec<_>>(),
-            &list(next.iter().copied()),
         )
         .op("fused_matvec")?,
         "fused_matvec",

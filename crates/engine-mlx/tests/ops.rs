@@ -333,7 +333,6 @@ fn quantization_matches_mlx_python() -> R {
             None,
             quant::FusedEpilogue::Split,
             &[],
-            &[],
         )?;
         assert!(fused.is_none());
     }

@@ -187,7 +187,7 @@ fn fused_cpu_kernel_matches_the_composed_ops() {
             (FusedWeight::Quantized(&mats[2]), None),
         ];
         let shapes: [&[i32]; 3] = [&[1, m as i32, 3, 16], &[1, m as i32, 1, 16], &[1, m as i32, 3, 16]];
-        let ys = quant::fused_matvec(&x, &ws, Some((&nw, 1e-5)), None, FusedEpilogue::Split, &shapes, &[])
+        let ys = quant::fused_matvec(&x, &ws, Some((&nw, 1e-5)), None, FusedEpilogue::Split, &shapes)
             .unwrap()
             .expect("the CPU kernel applies");
         for (i, y) in ys.iter().enumerate() {
@@ -198,7 +198,7 @@ fn fused_cpu_kernel_matches_the_composed_ops() {
             close(&y.reshape(&[1, m as i32, -1]).unwrap(), &want);
         }
         // One product + residual.
-        let y = quant::fused_matvec(&x, &ws[..1], None, Some(&residual), FusedEpilogue::Split, &[], &[])
+        let y = quant::fused_matvec(&x, &ws[..1], None, Some(&residual), FusedEpilogue::Split, &[])
             .unwrap()
             .unwrap();
         close(
@@ -210,7 +210,7 @@ fn fused_cpu_kernel_matches_the_composed_ops() {
         );
         // Norm + gate/up + SwiGLU.
         let gu = [ws[0], ws[2]];
-        let y = quant::fused_matvec(&x, &gu, Some((&nw, 1e-5)), None, FusedEpilogue::SwiGlu, &[], &[])
+        let y = quant::fused_matvec(&x, &gu, Some((&nw, 1e-5)), None, FusedEpilogue::SwiGlu, &[])
             .unwrap()
             .unwrap();
         let g = quant::quantized_matmul(&xn, &mats[0], true).unwrap();
@@ -218,7 +218,7 @@ fn fused_cpu_kernel_matches_the_composed_ops() {
         close(&y[0], &g.silu().unwrap().multiply(&u).unwrap());
         // Row 3 alone gives the bits it has in the batch.
         let row = x.slice_axis(1, 3, 4).unwrap();
-        let alone = quant::fused_matvec(&row, &gu, Some((&nw, 1e-5)), None, FusedEpilogue::SwiGlu, &[], &[])
+        let alone = quant::fused_matvec(&row, &gu, Some((&nw, 1e-5)), None, FusedEpilogue::SwiGlu, &[])
             .unwrap()
             .unwrap();
         assert_eq!(
@@ -232,7 +232,7 @@ fn fused_cpu_kernel_matches_the_composed_ops() {
         let rt = normal(&[1, 48, m], 15).transpose(&[0, 2, 1]).unwrap();
         let (xc, rc) = (copy(&xt), copy(&rt));
         let fused = |x: &Array, r: &Array| {
-            quant::fused_matvec(x, &ws[..1], Some((&nw, 1e-5)), Some(r), FusedEpilogue::Split, &[], &[])
+            quant::fused_matvec(x, &ws[..1], Some((&nw, 1e-5)), Some(r), FusedEpilogue::Split, &[])
                 .unwrap()
                 .unwrap()
                 .remove(0)
@@ -273,7 +273,7 @@ fn fused_cpu_kernel_takes_mixed_formats() {
             for pick in [[0, 1, 2], [0, 3, 1]] {
                 let ws: Vec<(FusedWeight<'_>, Option<&Array>)> =
                     pick.iter().map(|&i| (FusedWeight::Quantized(&mats[i]), None)).collect();
-                let ys = quant::fused_matvec(&x, &ws, None, None, FusedEpilogue::Split, &[], &[])
+                let ys = quant::fused_matvec(&x, &ws, None, None, FusedEpilogue::Split, &[])
                     .unwrap()
                     .expect("the CPU kernel takes mixed formats");
                 assert_eq!(ys.len(), 3);

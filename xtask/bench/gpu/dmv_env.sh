@@ -1,16 +1,17 @@
 # dmv_env VARIANT -> the env assignments of a matvec variant (sourced by run_dmv.sh and run_trace.sh): a base, then
-# suffixes joined by "_". Bases: dmv = our dense matvec behind fast::linear (MLXENGINE_CUDA_DMV=1); fdmv = it and the
-# fused dense layers (MLXENGINE_CUDA_QMV_DENSE=1); base = the engine as shipped. Suffixes: sk1 / sk2 / sk4 warps a
-# row forced (MLXENGINE_CUDA_DMV_SK), u1 / u2 / u8 chunks in flight a lane (MLXENGINE_CUDA_DMV_U), w6 row groups
-# split down to 6 waves (MLXENGINE_CUDA_DMV_WAVES), t128 128 threads a block (MLXENGINE_CUDA_DMV_THREADS), pfN the
-# fused matvecs' L2 prefetch of the next kernel's first N KiB (MLXENGINE_CUDA_L2_NEXT_KB=N; pf0 off).
+# suffixes joined by "_". Bases: dmv = our dense matvec behind fast::linear alone (MLXENGINE_CUDA_DMV=1,
+# MLXENGINE_CUDA_QMV_DENSE=0); fdmv = it and the fused dense layers (both 1, the default); mlxgemv = MLX's gemv
+# (both 0, the default before session 11); base = the engine as shipped. Suffixes: sk1 / sk2 / sk4 warps a row
+# forced (MLXENGINE_CUDA_DMV_SK), u1 / u2 / u4 / u8 chunks in flight a lane (MLXENGINE_CUDA_DMV_U), w6 row groups
+# split down to 6 waves (MLXENGINE_CUDA_DMV_WAVES), t128 128 threads a block (MLXENGINE_CUDA_DMV_THREADS).
 dmv_env() {
   local e="" t parts
   IFS=_ read -ra parts <<< "$1"
   set -- "${parts[@]}"
   case $1 in
-    dmv) e="MLXENGINE_CUDA_DMV=1" ;;
+    dmv) e="MLXENGINE_CUDA_DMV=1 MLXENGINE_CUDA_QMV_DENSE=0" ;;
     fdmv) e="MLXENGINE_CUDA_DMV=1 MLXENGINE_CUDA_QMV_DENSE=1" ;;
+    mlxgemv) e="MLXENGINE_CUDA_DMV=0 MLXENGINE_CUDA_QMV_DENSE=0" ;;
     base) ;;
     *) echo "MLXENGINE_UNKNOWN_VARIANT=$1"; return ;;
   esac
@@ -21,7 +22,6 @@ dmv_env() {
       u[0-9]*) e="$e MLXENGINE_CUDA_DMV_U=${t#u}" ;;
       w[0-9]*) e="$e MLXENGINE_CUDA_DMV_WAVES=${t#w}" ;;
       t[0-9]*) e="$e MLXENGINE_CUDA_DMV_THREADS=${t#t}" ;;
-      pf[0-9]*) e="$e MLXENGINE_CUDA_L2_NEXT_KB=${t#pf}" ;;
       *) e="$e MLXENGINE_UNKNOWN_SUFFIX=$t" ;;
     esac
   done

@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # One device call for the dense matvecs (issue 16's 8B bfloat16 roofline), carry [".devcache/gpu"] (stage_kernels.sh;
-# H100/H200): dmv behind fast::linear (MLXENGINE_CUDA_DMV=1) and the fused dense layers (fdmv: norm + q/k/v, o +
-# residual, norm + gate/up + SwiGLU, down + residual; MLXENGINE_CUDA_QMV_DENSE=1).
+# H100/H200): dmv behind fast::linear (MLXENGINE_CUDA_DMV) and the fused dense layers (fdmv: norm + q/k/v, o +
+# residual, norm + gate/up + SwiGLU, down + residual; MLXENGINE_CUDA_QMV_DENSE), both on by default since session 11.
 #   1. `qmv_check --dense` -> $OUT/dmv.jsonl: dmv's errors at 1 and 4 rows on the 8B shapes and its bandwidth against
 #      MLX's gemv, the calls independent (they overlap in MLX's graph, hiding part-filled waves) and chained (one after
 #      another, as in decode), and the fused dense kernels' errors on a layer of each family;
 #   2. decode (random weights, 512-token prompt, 128 greedy tokens) -> $OUT/decode.jsonl: 8B and 1B bfloat16 (8B
 #      first), the engine as shipped (MLX's gemv), each of VARIANTS (below) and mlx-lm, ROUNDS (default 2) rounds;
 #      with Q4=1 (default on an H200 alone: issue 16's 400 tok/s there) the 8B MLX 4-bit model too, the engine, each
-#      of Q4_VARIANTS (default none; e.g. base_pf4096) and mlx-lm;
+#      of Q4_VARIANTS (default none) and mlx-lm;
 #   3. parity_gpu over the parity fixtures with PARITY_VARIANT (default fdmv) on, after round 1 -> $OUT/parity.jsonl.
-# VARIANTS (default "dmv fdmv fdmv_sk1 fdmv_u8"): dmv_env.sh's names (dmv, fdmv or base, then suffixes such as
-# _sk1, _u2, _w6, _t128, _pf4096).
+# VARIANTS (default "mlxgemv dmv fdmv_u4 fdmv_u1"): dmv_env.sh's names (dmv, fdmv, mlxgemv or base, then suffixes
+# such as _sk1, _u2, _w6, _t128).
 # Exits 1 on an error or parity failure.
 set -uo pipefail
 export MODELS=$HOME/models
@@ -54,7 +54,7 @@ for round in $(seq 1 ${ROUNDS:-2}); do
   for m in ${DECODE_MODELS:-8b 1b}; do
     M=$MODELS/llama-$m P=$MODELS/llama-$m/prompt_ids.json
     run engine-$m $round $BIN/bench_decode $M --dtype native --prompt-ids $P --tokens 128
-    for v in ${VARIANTS:-dmv fdmv fdmv_sk1 fdmv_u8}; do
+    for v in ${VARIANTS:-mlxgemv dmv fdmv_u4 fdmv_u1}; do
       run engine_$v-$m $round env $(variant_env $v) $BIN/bench_decode $M --dtype native --prompt-ids $P --tokens 128
     done
     run mlx_lm-$m $round python3 xtask/bench/mlx_lm_decode.py $M $P 128

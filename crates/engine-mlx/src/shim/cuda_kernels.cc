@@ -54,11 +54,6 @@ struct Params {
   int n_end[3];  // cumulative rows of the matrices (Split), or N (SwiGlu)
   int M, K, ldx, ldr;
   float eps;
-  // The next kernel's first bytes (prefetch_next): up to 4 ranges, streamed
-  // into L2 by the grid's last pf_blocks blocks.
-  const void* pf[4];
-  uint64_t pf_bytes[4];
-  int pf_blocks;
 };
 
 // Device code. No headers: half and bfloat16 travel as 16-bit words and
@@ -74,7 +69,6 @@ struct Params {
   int n_end[3];
   int M, K, ldx, ldr;
   float eps;
-  const void* pf[4]; unsigned long long pf_bytes[4]; int pf_blocks;
 };
 
 template <int KIND> struct Elem;
@@ -219,22 +213,6 @@ __device__ __forceinline__ int stacked_row(const Params& p, int base, int r, int
   }
 }
 
-// The grid's last p.pf_blocks blocks (the last to start: blocks go out in
-// order) each stream their share of the p.pf ranges — what the next matvec
-// reads first — into L2, one 128-byte line a thread at a time. Decode's
-// matvecs run one after another: without it the memory idles while this
-// grid's last warps finish and the next grid's first loads go out.
-__device__ __forceinline__ void prefetch_next(const Params& p) {
-  const int j = int(blockIdx.y * gridDim.x + blockIdx.x) - int(gridDim.x * gridDim.y) + p.pf_blocks;
-  if (j < 0) return;
-#pragma unroll 1
-  for (int i = 0; i < 4; ++i) {
-    const unsigned long long lines = p.pf_bytes[i] / 128, l1 = lines * (j + 1) / p.pf_blocks;
-    for (unsigned long long l = lines * j / p.pf_blocks + threadIdx.x; l < l1; l += blockDim.x)
-      asm("prefetch.global.L2 [%0];" ::"l"(static_cast<const char*>(p.pf[i]) + l * 128));
-  }
-}
-
 // The Split epilogue: matrix a's row n for row m of x, its bias and the
 // residual added, rounded once.
 template <typename EL> __device__ __forceinline__ void put_split(const Params& p, int a, int n, int m, float v) {
@@ -279,7 +257,6 @@ __device__ __forceinline__ void qmv(const Params& p) {
     sr[r] = static_cast<const S*>(p.scales[i]) + size_t(row[r]) * groups;
     br[r] = static_cast<const S*>(p.biases[i]) + size_t(row[r]) * groups;
   }
-  prefetch_next(p);
 
   // part: each warp's row sums, then (NORM) its sums of squares of x. The
   // norm's 1/RMS scales the sums at the end, so the squares can be summed in
@@ -978,7 +955,6 @@ __device__ __forceinline__ void fdmv(const Params& p) {
     mat[r] = stacked_row<RPW, MODE>(p, slot, r, row[r], live[r]);
     w[r] = reinterpret_cast<const uint4*>(static_cast<const S*>(p.w[mat[r]]) + size_t(row[r]) * K);
   }
-  prefetch_next(p);
   float acc[RPW][MT], ss[MT];
   dmv_loop<EL, MT, RPW, U, NORM != 0, SK>(static_cast<const S*>(p.x) + size_t(m0) * p.ldx, p.ldx,
                                           static_cast<const S*>(p.norm), w, M, K / (16 / int(sizeof(S))), acc, ss);
@@ -1345,25 +1321,12 @@ int64_t row_stride(const mx::array& a) {
   return stride < 0 ? sh.back() : stride;
 }
 
-int sm_count();
-
 // The fused matvec as an MLX primitive. Inputs: x, [norm weight],
-// [residual], then per matrix w, scales, biases, [bias], then the npf arrays
-// whose first bytes (pf_budget in all, each its share by size) the grid's
-// last blocks stream into L2 for the next kernel (prefetch_next).
+// [residual], then per matrix w, scales, biases, [bias].
 class FusedQmv : public mx::Primitive {
  public:
-  FusedQmv(mx::Stream s, Config c, int k, int nmat, std::array<bool, 3> has_bias, bool residual, float eps, int npf,
-           uint64_t pf_budget)
-      : mx::Primitive(s),
-        c_(c),
-        k_(k),
-        nmat_(nmat),
-        has_bias_(has_bias),
-        residual_(residual),
-        eps_(eps),
-        npf_(npf),
-        pf_budget_(pf_budget) {}
+  FusedQmv(mx::Stream s, Config c, int k, int nmat, std::array<bool, 3> has_bias, bool residual, float eps)
+      : mx::Primitive(s), c_(c), k_(k), nmat_(nmat), has_bias_(has_bias), residual_(residual), eps_(eps) {}
 
   void eval_cpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
     throw std::runtime_error("MlxeFusedQmv is a CUDA kernel");
@@ -1419,18 +1382,6 @@ class FusedQmv : public mx::Primitive {
     const int per_block = (c_.mode == 1 ? c_.rows / 2 : c_.rows) * (c_.dense() ? c_.threads / 32 / c_.sk : 1);
     const dim3 grid{static_cast<unsigned>((rows + per_block - 1) / per_block),
                     static_cast<unsigned>((p.M + c_.mt - 1) / c_.mt), 1};
-    if (npf_ > 0) {
-      // Each array's share of the budget by its size: the next grid's first
-      // wave reads the first rows of each (weights, scales, biases alike).
-      uint64_t total = 0;
-      for (int j = 0; j < npf_; ++j) total += in[i + j].nbytes();
-      const double f = total > pf_budget_ ? double(pf_budget_) / double(total) : 1.0;
-      for (int j = 0; j < npf_; ++j) {
-        p.pf[j] = gptr(in[i + j]);
-        p.pf_bytes[j] = static_cast<uint64_t>(double(in[i + j].nbytes()) * f) / 128 * 128;
-      }
-      p.pf_blocks = static_cast<int>(std::min<int64_t>(int64_t(grid.x) * grid.y, 2 * sm_count()));
-    }
     CUfunc_st* f = kernel(c_);
     for (const auto& a : in) enc.set_input_array(a);
     for (const auto& o : outs) enc.set_output_array(o);
@@ -1443,7 +1394,7 @@ class FusedQmv : public mx::Primitive {
   bool is_equivalent(const mx::Primitive& other) const override {
     const auto* o = dynamic_cast<const FusedQmv*>(&other);
     return o != nullptr && o->c_.key() == c_.key() && o->c_.threads == c_.threads && o->k_ == k_ && o->nmat_ == nmat_ && o->has_bias_ == has_bias_ &&
-           o->residual_ == residual_ && o->eps_ == eps_ && o->npf_ == npf_ && o->pf_budget_ == pf_budget_;
+           o->residual_ == residual_ && o->eps_ == eps_;
   }
 
  private:
@@ -1453,8 +1404,6 @@ class FusedQmv : public mx::Primitive {
   std::array<bool, 3> has_bias_;
   bool residual_;
   float eps_;
-  int npf_;
-  uint64_t pf_budget_;
 };
 
 int env_int(const char* name, int fallback) {
@@ -1462,25 +1411,16 @@ int env_int(const char* name, int fallback) {
   return v != nullptr && *v != '\0' ? std::atoi(v) : fallback;
 }
 
-// The current GPU's streaming multiprocessors (132 where the driver does not say).
-int sm_count() {
-  static const int sms = [] {
-    int dev = 0, n = 0;
-    const Api& a = api();
-    return a.cuCtxGetDevice(&dev) == 0 && a.cuDeviceGetAttribute(&n, 16, dev) == 0 && n > 0 ? n : 132;
-  }();
-  return sms;
-}
-
 // The dense matvecs' block shape (dmv, fdmv): MLXENGINE_CUDA_DMV_RPW rows a
-// warp (1 or 2), MLXENGINE_CUDA_DMV_U chunks in flight a row (1-8),
+// warp (1 or 2), MLXENGINE_CUDA_DMV_U chunks in flight a row (1-8; 2 beat 4
+// and 8 in decode on H100s, session 11: fewer registers, more warps an SM),
 // MLXENGINE_CUDA_DMV_THREADS a block (64-256).
 struct DmvShape {
   int rpw, u, threads;
 };
 DmvShape dmv_shape() {
   static const DmvShape d{std::clamp(env_int("MLXENGINE_CUDA_DMV_RPW", 1), 1, 2),
-                          std::clamp(env_int("MLXENGINE_CUDA_DMV_U", 4), 1, 8),
+                          std::clamp(env_int("MLXENGINE_CUDA_DMV_U", 2), 1, 8),
                           std::clamp(env_int("MLXENGINE_CUDA_DMV_THREADS", 256) / 32 * 32, 64, 256)};
   return d;
 }
@@ -1494,7 +1434,11 @@ DmvShape dmv_shape() {
 int dmv_split(int tasks, int chunks, const DmvShape& d) {
   static const int forced = env_int("MLXENGINE_CUDA_DMV_SK", 0);
   static const int waves = std::max(1, env_int("MLXENGINE_CUDA_DMV_WAVES", 3));
-  const int sms = sm_count();
+  static const int sms = [] {
+    int dev = 0, n = 0;
+    const Api& a = api();
+    return a.cuCtxGetDevice(&dev) == 0 && a.cuDeviceGetAttribute(&n, 16, dev) == 0 && n > 0 ? n : 132;
+  }();
   const int most = std::min(8, d.threads / 32);
   if (forced > 0) return std::min({forced & ~(forced - 1), most});  // a power of two
   int sk = 1;
@@ -1627,8 +1571,7 @@ bool row_contiguous(const mx::array& a) { return !a.is_available() || a.flags().
 std::vector<mx::array> build(const mx::array& x_in, const std::vector<QuantMatrix>& mats, int group_size, int bits,
                              const std::optional<std::pair<mx::array, float>>& norm,
                              const std::optional<mx::array>& residual, Epilogue epilogue,
-                             const std::vector<mx::Shape>& out_shapes, const std::vector<mx::array>& next,
-                             mx::StreamOrDevice s) {
+                             const std::vector<mx::Shape>& out_shapes, mx::StreamOrDevice s) {
   const bool dense = bits == 0;
   if (!dense && bits != 4 && bits != 8) throw std::invalid_argument("mlxe qmv: only 4- and 8-bit weights");
   if (!dense && group_size != 32 && group_size != 64 && group_size != 128)
@@ -1754,22 +1697,11 @@ std::vector<mx::array> build(const mx::array& x_in, const std::vector<QuantMatri
   static const int pf_env = env_int("MLXENGINE_CUDA_QMV_PREFETCH", 0) != 0 ? 1 : 0;
   c.pf = bits <= 8 ? pf_env : 0;
   const float eps = norm ? norm->second : 0.f;
-  // The next kernel's weights streamed into L2 as this grid ends
-  // (prefetch_next): MLXENGINE_CUDA_L2_NEXT_KB in all, 0 (default) for none.
-  static const int64_t next_kb = std::max(0, env_int("MLXENGINE_CUDA_L2_NEXT_KB", 0));
-  int npf = 0;
-  if (next_kb > 0)
-    for (const auto& a : next)
-      if (npf < 4 && a.size() > 0 && row_contiguous(a)) {
-        inputs.push_back(a);
-        ++npf;
-      }
   std::vector<mx::Dtype> dtypes(shapes.size(), x.dtype());
   const auto stream = mx::to_stream(s);
   return mx::array::make_arrays(
       std::move(shapes), dtypes,
-      std::make_shared<FusedQmv>(stream, c, K, static_cast<int>(mats.size()), has_bias, residual.has_value(), eps,
-                                 npf, static_cast<uint64_t>(next_kb) * 1024),
+      std::make_shared<FusedQmv>(stream, c, K, static_cast<int>(mats.size()), has_bias, residual.has_value(), eps),
       std::move(inputs));
 }
 
@@ -1782,13 +1714,13 @@ bool enabled_now() { return enabled().load(); }
 std::optional<std::vector<mx::array>> fused_qmv(const mx::array& x, const std::vector<QuantMatrix>& mats, int group_size,
                                                 int bits, const std::optional<std::pair<mx::array, float>>& norm,
                                                 const std::optional<mx::array>& residual, Epilogue epilogue,
-                                                const std::vector<mx::Shape>& out_shapes,
-                                                const std::vector<mx::array>& next, mx::StreamOrDevice s) {
+                                                const std::vector<mx::Shape>& out_shapes, mx::StreamOrDevice s) {
   const bool dense = bits == 0;
-  // Dense weights (fdmv) are opt-in: before rows were split over warps (SK),
-  // an 8B bfloat16 decode ran 153 tok/s with them against 170 with MLX's gemv,
-  // 1B 707 vs 746 (H100, xtask/bench/gpu/run_dmv.sh).
-  static const bool dense_on = env_int("MLXENGINE_CUDA_QMV_DENSE", 0) != 0;
+  // Dense weights take fdmv unless MLXENGINE_CUDA_QMV_DENSE=0: with rows
+  // split over warps (SK) and 2 chunks in flight a lane, an 8B bfloat16
+  // decode ran 175–177 tok/s against 170–174 with MLX's ops and gemv, 1B 791
+  // vs 747 (H100s, xtask/bench/gpu/run_dmv.sh, session 11).
+  static const bool dense_on = env_int("MLXENGINE_CUDA_QMV_DENSE", 1) != 0;
   if (!enabled().load() || (dense && !dense_on) || (!dense && bits != 4 && bits != 8) || mats.empty())
     return std::nullopt;
   if (mx::to_stream(s).device.type != mx::Device::gpu) return std::nullopt;
@@ -1812,7 +1744,7 @@ std::optional<std::vector<mx::array>> fused_qmv(const mx::array& x, const std::v
   }
   if (norm && norm->first.dtype() != x.dtype()) return std::nullopt;
   if (residual && residual->dtype() != x.dtype()) return std::nullopt;
-  return build(x, mats, group_size, bits, norm, residual, epilogue, out_shapes, next, s);
+  return build(x, mats, group_size, bits, norm, residual, epilogue, out_shapes, s);
 }
 
 // The kernels for packed projections (a packed q/k/v's decode attention, a packed
@@ -1984,9 +1916,11 @@ class DenseMatvec : public mx::Primitive {
 };
 
 std::optional<mx::array> dense_matvec(const mx::array& x, const mx::array& w, mx::StreamOrDevice s) {
-  // Opt-in (MLXENGINE_CUDA_DMV=1): before rows were split over warps (SK), an
-  // 8B bfloat16 decode ran 160 tok/s with it against 170 with MLX's gemv (H100).
-  static const bool on = env_int("MLXENGINE_CUDA_DMV", 0) != 0;
+  // On unless MLXENGINE_CUDA_DMV=0. Decode's dense products outside the
+  // fused layers (the LM head) stream as fast as MLX's gemv (328.6 vs 328.2
+  // µs for the 8B head, H100, session 11); the fused layers' fdmv shares its
+  // loop, and the two were timed together.
+  static const bool on = env_int("MLXENGINE_CUDA_DMV", 1) != 0;
   const DmvShape d = dmv_shape();
   const auto [rpw, u, threads] = d;
   if (!on || !enabled().load() || mx::to_stream(s).device.type != mx::Device::gpu) return std::nullopt;
@@ -2175,7 +2109,7 @@ std::optional<mx::array> quantized_matmul(const mx::array& x, const mx::array& w
   // MLX's op takes x (…, K) only.
   if (x.ndim() < 1 || w.ndim() != 2 || x.shape(-1) != w.shape(1) * 32 / bits) return std::nullopt;
   auto y = fused_qmv(x, {QuantMatrix{w, scales, *biases, std::nullopt}}, group_size, bits, std::nullopt, std::nullopt,
-                     Epilogue::Split, {}, {}, s);
+                     Epilogue::Split, {}, s);
   if (!y) return std::nullopt;
   return (*y)[0];
 }
@@ -2185,7 +2119,7 @@ mx::array qmv(const mx::array& x, const mx::array& w, const mx::array& scales, c
   if (x.ndim() < 1 || w.ndim() != 2 || x.shape(-1) != w.shape(1) * 32 / bits)
     throw std::invalid_argument("mlxe qmv: x must be (…, K)");
   return build(x, {QuantMatrix{w, scales, biases, std::nullopt}}, group_size, bits, std::nullopt, std::nullopt,
-               Epilogue::Split, {}, {}, s)[0];
+               Epilogue::Split, {}, s)[0];
 }
 
 }  // namespace mlxe::cuda

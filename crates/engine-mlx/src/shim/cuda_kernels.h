@@ -56,16 +56,12 @@ enum class Epilogue {
 // eps) applies RMS normalisation to x first; `residual` (M·N elements) is
 // added to a single matrix's product. All matrices share bits and group size;
 // `bits` 0 takes dense matrices in x's dtype. Outputs are (…, N_i) like x, or `out_shapes` when given (the same element
-// counts: a decode step's q, k, v as (B, heads, 1, head_dim)). `next`: up to
-// 4 arrays the next kernel reads first (its weights), whose first bytes this
-// kernel's last blocks stream into L2 (MLXENGINE_CUDA_L2_NEXT_KB in all; none
-// by default). nullopt where it does not apply (another device, dtype, bits,
-// more rows, our kernels off).
+// counts: a decode step's q, k, v as (B, heads, 1, head_dim)). nullopt where
+// it does not apply (another device, dtype, bits, more rows, our kernels off).
 std::optional<std::vector<mx::array>> fused_qmv(const mx::array& x, const std::vector<QuantMatrix>& mats, int group_size,
                                                 int bits, const std::optional<std::pair<mx::array, float>>& norm,
                                                 const std::optional<mx::array>& residual, Epilogue epilogue,
-                                                const std::vector<mx::Shape>& out_shapes = {},
-                                                const std::vector<mx::array>& next = {}, mx::StreamOrDevice s = {});
+                                                const std::vector<mx::Shape>& out_shapes = {}, mx::StreamOrDevice s = {});
 
 // A decode step's attention in one kernel, after the q/k/v projections: RoPE
 // of q (B, H, 1, D) and of the new key k (B, KV, 1, D) at rotary position
@@ -94,7 +90,7 @@ std::optional<mx::array> decode_attention(const mx::array& q, const mx::array& k
 // in one kernel that keeps several 16-byte loads a lane in flight (a decode
 // step's matvecs stream their weights once: the bytes in flight bound them).
 // nullopt where it does not apply (another device or dtype, more rows, K not
-// whole 16-byte chunks, our kernels off; opt-in: MLXENGINE_CUDA_DMV=1).
+// whole 16-byte chunks, our kernels off, or MLXENGINE_CUDA_DMV=0).
 std::optional<mx::array> dense_matvec(const mx::array& x, const mx::array& w, mx::StreamOrDevice s = {});
 
 // silu(gate)·up of a packed gate/up projection (…, 2·I) → (…, I) in one kernel

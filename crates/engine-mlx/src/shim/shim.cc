@@ -661,7 +661,7 @@ std::unique_ptr<Array> cuda_qmv(const Array& x, const Array& w, const Array& sca
   throw std::runtime_error("engine-mlx was built without the `cuda` feature: no CUDA kernels");
 #endif
 }
-std::unique_ptr<ArrayList> fused_qmv(const Array& x, const ArrayList& mats, const ArrayList& bias, rust::Slice<const bool> has_bias, rust::Slice<const int32_t> group_sizes, rust::Slice<const int32_t> bits, bool int8_kernels, const ArrayList& norm, float eps, const ArrayList& residual, bool swiglu, rust::Slice<const int32_t> out_shapes, rust::Slice<const size_t> out_ranks, const ArrayList& next) {
+std::unique_ptr<ArrayList> fused_qmv(const Array& x, const ArrayList& mats, const ArrayList& bias, rust::Slice<const bool> has_bias, rust::Slice<const int32_t> group_sizes, rust::Slice<const int32_t> bits, bool int8_kernels, const ArrayList& norm, float eps, const ArrayList& residual, bool swiglu, rust::Slice<const int32_t> out_shapes, rust::Slice<const size_t> out_ranks) {
   auto out = std::make_unique<ArrayList>();
   // Three arrays a quantized matrix, one a dense one (bits 0).
   if (bits.size() != has_bias.size() || group_sizes.size() != has_bias.size() || bits.empty())
@@ -711,10 +711,10 @@ std::unique_ptr<ArrayList> fused_qmv(const Array& x, const ArrayList& mats, cons
       qs.push_back({mats.items[3 * m], mats.items[3 * m + 1], mats.items[3 * m + 2], lbs[m]});
   }
   auto ys = cuda::fused_qmv(x, qs, group_sizes[0], bits[0], nm, opt(residual),
-                            swiglu ? cuda::Epilogue::SwiGlu : cuda::Epilogue::Split, shapes, next.items);
+                            swiglu ? cuda::Epilogue::SwiGlu : cuda::Epilogue::Split, shapes);
   if (ys) out->items = std::move(*ys);
 #else
-  (void)swiglu, (void)next;
+  (void)swiglu;
 #endif
   return out;
 }

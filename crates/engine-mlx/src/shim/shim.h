@@ -165,7 +165,7 @@ std::unique_ptr<Array> cuda_qmv(const Array& x, const Array& w, const Array& sca
 // `norm` and `residual` hold zero or one array; `out_shapes` the outputs'
 // shapes laid end to end, `out_ranks` their lengths (none: x's). Empty where it
 // does not apply.
-std::unique_ptr<ArrayList> fused_qmv(const Array& x, const ArrayList& mats, const ArrayList& bias, rust::Slice<const bool> has_bias, rust::Slice<const int32_t> group_sizes, rust::Slice<const int32_t> bits, bool int8_kernels, const ArrayList& norm, float eps, const ArrayList& residual, bool swiglu, rust::Slice<const int32_t> out_shapes, rust::Slice<const size_t> out_ranks, const ArrayList& next);
+std::unique_ptr<ArrayList> fused_qmv(const Array& x, const ArrayList& mats, const ArrayList& bias, rust::Slice<const bool> has_bias, rust::Slice<const int32_t> group_sizes, rust::Slice<const int32_t> bits, bool int8_kernels, const ArrayList& norm, float eps, const ArrayList& residual, bool swiglu, rust::Slice<const int32_t> out_shapes, rust::Slice<const size_t> out_ranks);
 // Decode attention with RoPE and the in-place cache write (cuda_kernels.h):
 // {out}, or empty where it does not apply (or without the `cuda` feature).
 // `rows` holds zero or one (B, 2) int32 array.
