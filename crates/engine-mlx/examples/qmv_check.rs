@@ -13,8 +13,8 @@
 //! kernels of one decoder layer (see `fused_case`) on the three families. Batch 8 and 16,
 //! other group sizes, 8-bit and float16/float32 (batch 1 and 4) run on the 8B shapes unless
 //! `--quick` (bfloat16 4-bit group 64 alone). `--dense`: the dense bfloat16 matvec behind
-//! `fast::linear` (`MLXENGINE_CUDA_DMV=1`) on the 8B shapes, errors and bandwidth against MLX's gemv, then
-//! the fused dense kernels (`MLXENGINE_CUDA_QMV_DENSE=1`) on one layer of each family.
+//! `fast::linear` (on unless `MLXENGINE_CUDA_DMV=0`) on the 8B shapes, errors and bandwidth against MLX's gemv, then
+//! the fused dense kernels (on unless `MLXENGINE_CUDA_QMV_DENSE=0`) on one layer of each family.
 
 use engine_mlx::quant::{
     cuda_quantized_matmul, fused_matvec, quantize, quantized_matmul, set_cuda_kernels, FusedEpilogue, FusedWeight,
@@ -357,7 +357,7 @@ fn bandwidth(family: &str, layer: &str, k: usize, n: usize) -> Result<()> {
 }
 
 /// The fused kernels on dense bfloat16 weights (norm + q/k/v, norm +
-/// gate/up + SwiGLU, down + residual; opt-in, `MLXENGINE_CUDA_QMV_DENSE=1`)
+/// gate/up + SwiGLU, down + residual; off with `MLXENGINE_CUDA_QMV_DENSE=0`)
 /// against MLX's ops in float32 rounded to bfloat16, and their microseconds
 /// against MLX's composed ops.
 fn dense_case(family: &str, hidden: usize, q: usize, kv: usize, ff: usize, m: usize) -> Result<f64> {
@@ -427,7 +427,7 @@ fn dense_case(family: &str, hidden: usize, q: usize, kv: usize, ff: usize, m: us
     if fused_matvec(&x, &[(d(&wq), None)], None, None, split, &[])?.is_none() {
         println!(
             "{}",
-            serde_json::json!({"dense": family, "skipped": "run with MLXENGINE_CUDA_QMV_DENSE=1"})
+            serde_json::json!({"dense": family, "skipped": "MLXENGINE_CUDA_QMV_DENSE=0 turned them off"})
         );
         return Ok(0.0);
     }
@@ -490,7 +490,7 @@ fn dense_bandwidth(family: &str, layer: &str, k: usize, n: usize) -> Result<()> 
     {
         println!(
             "{}",
-            serde_json::json!({"bandwidth_dense": family, "skipped": "run with MLXENGINE_CUDA_QMV_DENSE=1"})
+            serde_json::json!({"bandwidth_dense": family, "skipped": "MLXENGINE_CUDA_QMV_DENSE=0 turned them off"})
         );
         return Ok(());
     }
@@ -536,7 +536,7 @@ fn chained_us(n: usize, x: &Array, f: &dyn Fn(usize, &Array) -> Result<Array>) -
     Ok(best)
 }
 
-/// The dense matvec behind `fast::linear` (`MLXENGINE_CUDA_DMV=1`) on one
+/// The dense matvec behind `fast::linear` (off with `MLXENGINE_CUDA_DMV=0`) on one
 /// 8B bfloat16 shape: its error at 1 and 4 rows against MLX's float32 product
 /// rounded to bfloat16, then streaming bandwidth at one row against MLX's
 /// gemv, the weights cycled past the L2 cache as in [`bandwidth`], with the
@@ -600,7 +600,7 @@ fn main() -> Result<()> {
         ] {
             worst = worst.max(dmv_case(layer, k, n)?);
         }
-        // The fused dense kernels (fdmv; with MLXENGINE_CUDA_QMV_DENSE=1) on one layer of each family.
+        // The fused dense kernels (fdmv) on one layer of each family.
         for (family, hidden, q, kv, ff) in DENSE_FAMILIES {
             for m in [1, 4] {
                 worst = worst.max(dense_case(family, hidden, q, kv, ff, m)?);

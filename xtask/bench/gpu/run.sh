@@ -8,7 +8,8 @@
 #   the engine with its CUDA kernels (engine-SIZE-q4: the fused decode matvecs), without them
 #   (MLXENGINE_CUDA_QMV=0, engine_mlxqmv-…: MLX's ops alone; NO_MLXQMV=1 skips it), with ATTN_AB=1 also without the fused decode
 #   attention (MLXENGINE_CUDA_ATTN=0, engine_noattn-…), and by mlx-lm; the bf16 rounds run the engine also
-#   with its opt-in fused dense kernels (MLXENGINE_CUDA_QMV_DENSE=1, engine_densefused-…; NO_DENSEFUSED=1 skips it);  NO_BF16=1  skips the bf16 rounds;  KEEP=1  keeps the models.
+#   without its dense matvecs (MLXENGINE_CUDA_QMV_DENSE=0 MLXENGINE_CUDA_DMV=0, engine_mlxgemv-…: MLX's gemv and ops;
+#   NO_MLXGEMV=1 skips it);  NO_BF16=1  skips the bf16 rounds;  KEEP=1  keeps the models.
 # Half a travels in an earlier call (it does not fit beside b): that call copies it to $HOME/stage_a
 # (`run_qmv.sh 1`), and this one (mlx_env.sh) copies it back while the machine is still warm.
 set -uo pipefail
@@ -28,7 +29,7 @@ for size in ${SIZES:-1b 8b}; do
   [ -f $M/model.safetensors ] || python3 xtask/bench/gpu/random_llama.py $M $size 512 || continue
   [ -n "${NO_BF16:-}" ] || for round in 1 2; do
     bench engine-$size $round $BIN/bench_decode $M --dtype native --prompt-ids $M/prompt_ids.json --tokens 128
-    [ -n "${NO_DENSEFUSED:-}" ] || bench engine_densefused-$size $round env MLXENGINE_CUDA_QMV_DENSE=1 \
+    [ -n "${NO_MLXGEMV:-}" ] || bench engine_mlxgemv-$size $round env MLXENGINE_CUDA_QMV_DENSE=0 MLXENGINE_CUDA_DMV=0 \
       $BIN/bench_decode $M --dtype native --prompt-ids $M/prompt_ids.json --tokens 128
     [ -z "${ATTN_AB:-}" ] || bench engine_noattn-$size $round env MLXENGINE_CUDA_ATTN=0 \
       $BIN/bench_decode $M --dtype native --prompt-ids $M/prompt_ids.json --tokens 128
