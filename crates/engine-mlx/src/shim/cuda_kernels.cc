@@ -500,7 +500,34 @@ template <typename EL> __device__ __forceinline__ void unpack16(const uint4 u, f
   EL::unpack(u.w, f + 3 * E / 4);
 }
 
-template <int KIND, int D, int G>
+// Thread-block clusters (sm_90): this block's rank in its cluster, a barrier
+// over the cluster's blocks (release/acquire: shared memory written before it
+// is seen after it), and a float of another block's shared memory at the
+// address `p` has in this one's.
+__device__ __forceinline__ unsigned cluster_rank() {
+  unsigned r = 0;
+  asm("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+  return r;
+}
+__device__ __forceinline__ void cluster_sync() {
+  asm("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+__device__ __forceinline__ float ld_cluster(const float* p, unsigned rank) {
+  unsigned long long s = 0;
+  unsigned a = 0;
+  float v = 0.f;
+  asm("cvta.to.shared.u64 %0, %1;" : "=l"(s) : "l"(p));
+  asm("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(a) : "r"(unsigned(s)), "r"(rank));
+  asm("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(a) : "memory");
+  return v;
+}
+
+// CL > 0: the grid's splits (gridDim.z == CL) form one thread-block cluster a
+// (KV head, batch row), and they merge through each other's shared memory
+// after a cluster barrier, each block writing its share of the outputs; where
+// CL is 0 each split's partials go through global memory and the last split
+// to finish (a counter) merges them.
+template <int KIND, int D, int G, int CL = 0>
 __device__ __forceinline__ void attend(const AttnParams& p) {
   typedef Elem<KIND> EL;
   typedef typename EL::S S;
@@ -689,7 +716,11 @@ __device__ __forceinline__ void attend(const AttnParams& p) {
 #pragma unroll
       for (int e = 0; e < E; ++e) acc[g][e] += __shfl_xor_sync(0xffffffffu, acc[g][e], o);
   const int warp = tid / 32, lane = tid % 32;
-  float* mine = splits > 1 ? p.part + ((size_t(b) * p.KV + kvh) * splits + split) * (G * (D + 2)) : nullptr;
+  // A split's partials: sums (D), max, total for each query head.
+  __shared__ float cpart[CL > 0 ? G * (D + 2) : 1];
+  float* mine = CL > 0       ? cpart
+                : splits > 1 ? p.part + ((size_t(b) * p.KV + kvh) * splits + split) * (G * (D + 2))
+                             : nullptr;
 #pragma unroll
   for (int g0 = 0; g0 < G; g0 += CH) {
     if (lane < RWP && active)
@@ -725,6 +756,40 @@ __device__ __forceinline__ void attend(const AttnParams& p) {
     __syncthreads();
   }
   if (splits == 1) return;
+
+  if constexpr (CL > 0) {
+    // Every split's partials are in its block's shared memory: each block
+    // merges its share of the G·D outputs, reading all CL splits' at once.
+    cluster_sync();
+    constexpr int N = G * D, PER = (N + CL - 1) / CL;
+    const int i0 = int(cluster_rank()) * PER;
+    for (int i = i0 + tid; i < i0 + PER && i < N; i += blockDim.x) {
+      const float* at = cpart + (i / D) * (D + 2);
+      float ms[CL], ts[CL], vs_[CL];
+#pragma unroll
+      for (int s = 0; s < CL; ++s) {
+        ms[s] = ld_cluster(at + D, s);
+        ts[s] = ld_cluster(at + D + 1, s);
+        vs_[s] = ld_cluster(at + i % D, s);
+      }
+      float mx = neg_inf;
+#pragma unroll
+      for (int s = 0; s < CL; ++s)
+        if (ts[s] > 0.f) mx = fmaxf(mx, ms[s]);  // an empty split has no max
+      float num = 0.f, den = 0.f;
+#pragma unroll
+      for (int s = 0; s < CL; ++s)
+        if (ts[s] > 0.f) {
+          const float w = __expf(ms[s] - mx);
+          num = fmaf(w, vs_[s], num);
+          den = fmaf(w, ts[s], den);
+        }
+      static_cast<S*>(p.out)[(size_t(b) * p.H + kvh * G + i / D) * D + i % D] = EL::put(num / den);
+    }
+    // No block leaves while another may still read its shared memory.
+    cluster_sync();
+    return;
+  }
 
   // The last split of this (batch row, KV head) to finish merges them all
   // (the counter's classic pattern: partials fenced before the count).
@@ -1147,6 +1212,7 @@ struct Api {
   int (*cuDeviceGetAttribute)(int*, int, int);
   int (*cuModuleLoadData)(void**, const void*);
   int (*cuModuleGetFunction)(CUfunc_st**, void*, const char*);
+  int (*cuFuncSetAttribute)(CUfunc_st*, int, int);
 };
 
 void* open_lib(std::initializer_list<const char*> names) {
@@ -1178,6 +1244,7 @@ const Api& api() {
     sym(cu, "cuDeviceGetAttribute", a.cuDeviceGetAttribute);
     sym(cu, "cuModuleLoadData", a.cuModuleLoadData);
     sym(cu, "cuModuleGetFunction", a.cuModuleGetFunction);
+    sym(cu, "cuFuncSetAttribute", a.cuFuncSetAttribute);
     return a;
   }();
   return a;
@@ -1281,14 +1348,27 @@ constexpr unsigned ATTN_THREADS = 256;
 // them, round a ring far larger than the calls a graph holds at once.
 constexpr int ATTN_COUNTERS = 1 << 20;
 
-// The decode attention kernel for x's dtype, head size and query heads per KV head.
-CUfunc_st* attn_kernel(int kind, int head_dim, int group) {
-  const std::string cfg = std::to_string(kind) + ", " + std::to_string(head_dim) + ", " + std::to_string(group);
-  return compiled("attn_" + cfg, "mlxe_attn", [&] {
-    return std::string(kSource) + kAttnSource +
-           "extern \"C\" __global__ void __launch_bounds__(256) mlxe_attn(const mlxe::AttnParams p) {\n"
-           "  mlxe::attend<" + cfg + ">(p);\n}\n";
+// The decode attention kernel for x's dtype, head size and query heads per KV
+// head; `cluster` > 0: its splits merge as one thread-block cluster of that
+// many blocks (see attend), a size fixed in the compiled kernel.
+CUfunc_st* attn_kernel(int kind, int head_dim, int group, int cluster) {
+  const std::string cfg = std::to_string(kind) + ", " + std::to_string(head_dim) + ", " + std::to_string(group) +
+                          ", " + std::to_string(cluster);
+  const std::string dims = cluster > 0 ? " __cluster_dims__(1, 1, " + std::to_string(cluster) + ")" : "";
+  static std::mutex mu;
+  static std::unordered_map<std::string, bool> ready;
+  CUfunc_st* f = compiled("attn_" + cfg, "mlxe_attn", [&] {
+    return std::string(kSource) + kAttnSource + "extern \"C\" __global__ void __launch_bounds__(256)" + dims +
+           " mlxe_attn(const mlxe::AttnParams p) {\n  mlxe::attend<" + cfg + ">(p);\n}\n";
   });
+  // Clusters of over 8 blocks are "non-portable": allowed once per kernel.
+  std::lock_guard<std::mutex> lock(mu);
+  if (cluster > 8 && !ready[cfg]) {
+    if (api().cuFuncSetAttribute(f, 14 /* CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED */, 1) != 0)
+      throw std::runtime_error("mlxe decode attention: this GPU takes no cluster of " + std::to_string(cluster));
+    ready[cfg] = true;
+  }
+  return f;
 }
 
 // An array's device address, as MLX's gpu_ptr (offsets are in bytes).
@@ -1458,6 +1538,19 @@ int attn_splits(int batch, int kv_heads, int n_keys) {
   return std::max(1, std::min({want, (n_keys + min_slots - 1) / min_slots, max_splits}));
 }
 
+// Blocks of a thread-block cluster for `splits` splits of a decode attention,
+// or 0 for the merge through global memory: opt-in (MLXENGINE_CUDA_ATTN_CLUSTER=1,
+// not yet timed), on sm_90 and later, for 2–16 splits.
+int attn_cluster(int splits) {
+  static const bool on = [] {
+    int dev = 0, major = 0;
+    const Api& a = api();
+    return env_int("MLXENGINE_CUDA_ATTN_CLUSTER", 0) != 0 && a.cuCtxGetDevice(&dev) == 0 &&
+           a.cuDeviceGetAttribute(&major, 75, dev) == 0 && major >= 9;
+  }();
+  return on && splits >= 2 && splits <= 16 ? splits : 0;
+}
+
 // A decode step's attention as an MLX primitive (see kAttnSource). Inputs: q,
 // k, v, the key and value caches, the inverse frequencies, [rows]; one output,
 // the attention. The new key and value go into the cache buffers in place, a
@@ -1524,12 +1617,14 @@ class DecodeAttention : public mx::Primitive {
     p.scale = scale_;
     const int B = kc.shape(0), D = kc.shape(3), G = p.H / p.KV, kind = kind_of(q.dtype());
     const int splits = attn_splits(B, p.KV, n_keys_);
+    const int cluster = attn_cluster(splits);
     // The splits' partials live past the output in its buffer: they last as long as it.
     const size_t out_bytes = (outs[0].nbytes() + 255) / 256 * 256;
-    const size_t part_bytes = splits > 1 ? size_t(B) * p.KV * splits * G * (D + 2) * sizeof(float) : 0;
+    const size_t part_bytes =
+        splits > 1 && cluster == 0 ? size_t(B) * p.KV * splits * G * (D + 2) * sizeof(float) : 0;
     outs[0].set_data(mx::allocator::malloc(out_bytes + part_bytes));
     p.out = gptr(outs[0]);
-    p.part = splits > 1 ? reinterpret_cast<float*>(static_cast<char*>(gptr(outs[0])) + out_bytes) : nullptr;
+    p.part = part_bytes > 0 ? reinterpret_cast<float*>(static_cast<char*>(gptr(outs[0])) + out_bytes) : nullptr;
     // This call's run of the counter ring (the last input).
     static std::atomic<uint64_t> cursor{0};
     const int n_ctr = B * p.KV;
@@ -1541,7 +1636,8 @@ class DecodeAttention : public mx::Primitive {
     enc.set_output_array(vc);
     void* args[] = {&p};
     const dim3 grid{static_cast<unsigned>(p.KV), static_cast<unsigned>(B), static_cast<unsigned>(splits)};
-    enc.add_kernel_node_raw(attn_kernel(kind, D, G), grid, dim3{ATTN_THREADS, 1, 1}, dim3{1, 1, 1}, 0, args);
+    const dim3 cluster_dim{1, 1, static_cast<unsigned>(std::max(cluster, 1))};
+    enc.add_kernel_node_raw(attn_kernel(kind, D, G, cluster), grid, dim3{ATTN_THREADS, 1, 1}, cluster_dim, 0, args);
   }
 
   const char* name() const override { return "MlxeDecodeAttention"; }
