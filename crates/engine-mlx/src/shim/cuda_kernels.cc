@@ -503,22 +503,31 @@ template <typename EL> __device__ __forceinline__ void unpack16(const uint4 u, f
 // Thread-block clusters (sm_90): this block's rank in its cluster, a barrier
 // over the cluster's blocks (release/acquire: shared memory written before it
 // is seen after it), and a float of another block's shared memory at the
-// address `p` has in this one's.
+// address `p` has in this one's. Empty for older GPUs (ptxas rejects these
+// instructions there, and the host launches no cluster on them).
 __device__ __forceinline__ unsigned cluster_rank() {
   unsigned r = 0;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+#endif
   return r;
 }
 __device__ __forceinline__ void cluster_sync() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+#endif
 }
 __device__ __forceinline__ float ld_cluster(const float* p, unsigned rank) {
+  float v = 0.f;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   unsigned long long s = 0;
   unsigned a = 0;
-  float v = 0.f;
   asm("cvta.to.shared.u64 %0, %1;" : "=l"(s) : "l"(p));
   asm("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(a) : "r"(unsigned(s)), "r"(rank));
   asm("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(a) : "memory");
+#else
+  (void)p, (void)rank;
+#endif
   return v;
 }
 
