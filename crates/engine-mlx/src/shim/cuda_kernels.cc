@@ -872,6 +872,68 @@ __device__ __forceinline__ void attend(const AttnParams& p) {
   }
 }
 
+// Each row's index of its largest element, the first of equals (MLX's
+// argmax over float32), for rows of V elements in x's dtype, V whole 16-byte
+// chunks: gridDim.x blocks a row, their threads over it a chunk at a time.
+// Every element becomes one 64-bit key — its value's bits made to order as
+// the value (high word; a NaN with its sign bit clear above +inf), the complement of
+// its index (low word) — so one max picks the value, then the first index.
+// Each block's best goes to part; the last block of a row to finish (its
+// counter, left at zero for a later call) takes the max of them.
+__device__ __forceinline__ unsigned long long argmax_key(float v, unsigned i) {
+  const unsigned b = __float_as_uint(v);
+  const unsigned o = (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+  return (static_cast<unsigned long long>(o) << 32) | (0xffffffffu - i);
+}
+// The block's largest key, in thread 0 (every thread of the block calls it).
+__device__ __forceinline__ unsigned long long block_max_key(unsigned long long v) {
+  __shared__ unsigned long long wb[32];
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) {
+    const unsigned hi = __float_as_uint(__shfl_xor_sync(0xffffffffu, __uint_as_float(unsigned(v >> 32)), o));
+    const unsigned lo = __float_as_uint(__shfl_xor_sync(0xffffffffu, __uint_as_float(unsigned(v)), o));
+    v = max(v, (static_cast<unsigned long long>(hi) << 32) | lo);
+  }
+  if (threadIdx.x % 32 == 0) wb[threadIdx.x / 32] = v;
+  __syncthreads();
+  if (threadIdx.x == 0)
+    for (unsigned w = 1; w < blockDim.x / 32; ++w) v = max(v, wb[w]);
+  __syncthreads();  // wb is free again
+  return v;
+}
+template <int KIND>
+__device__ __forceinline__ void argmax_rows(const void* xp, int ldx, int V, unsigned long long* part, int* counters,
+                                            unsigned* out) {
+  typedef Elem<KIND> EL;
+  typedef typename EL::S S;
+  constexpr int E = 16 / sizeof(S);
+  const int row = blockIdx.y, nb = gridDim.x, tid = threadIdx.x;
+  const uint4* x = reinterpret_cast<const uint4*>(static_cast<const S*>(xp) + size_t(row) * ldx);
+  unsigned long long best = 0;  // below every element's key
+  for (int c = blockIdx.x * blockDim.x + tid; c < V / E; c += nb * blockDim.x) {
+    float f[E];
+    unpack_chunk<EL, E>(__ldg(x + c), f);
+#pragma unroll
+    for (int e = 0; e < E; ++e) best = max(best, argmax_key(f[e], unsigned(c * E + e)));
+  }
+  best = block_max_key(best);
+  __shared__ int last;
+  if (tid == 0) part[size_t(row) * nb + blockIdx.x] = best;
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) {
+    last = atomicAdd(counters + row, 1) == nb - 1;
+    if (last) counters[row] = 0;
+  }
+  __syncthreads();
+  if (!last) return;  // block-uniform: the whole block leaves or stays
+  __threadfence();
+  unsigned long long m = 0;
+  for (int i = tid; i < nb; i += blockDim.x) m = max(m, __ldcg(part + size_t(row) * nb + i));
+  m = block_max_key(m);
+  if (tid == 0) out[row] = 0xffffffffu - unsigned(m & 0xffffffffu);
+}
+
 // A gated linear unit over rows of [a (I) | b (I)] in, rows of I out; one
 // thread an element, float32 math, one rounding. ACT 0: silu(a)·b (a packed
 // gate/up projection's SwiGLU); ACT 1: a·gelu(b), the exact (erf) GELU
@@ -1967,6 +2029,69 @@ std::optional<mx::array> swiglu_packed(const mx::array& gu, mx::StreamOrDevice s
 }
 
 std::optional<mx::array> geglu(const mx::array& x, mx::StreamOrDevice s) { return packed_glu(x, 1, s); }
+
+// Rows of argmax (see argmax_rows in kAttnSource). Inputs x (…, V) and the
+// counter ring; one output, x's shape without its last axis, uint32, with the
+// blocks' partials past it in its buffer (they last as long as it).
+class ArgmaxRows : public mx::Primitive {
+ public:
+  explicit ArgmaxRows(mx::Stream s) : mx::Primitive(s) {}
+
+  void eval_cpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
+    throw std::runtime_error("MlxeArgmaxRows is a CUDA kernel");
+  }
+
+  void eval_gpu(const std::vector<mx::array>& in, std::vector<mx::array>& outs) override {
+    auto& enc = mx::cu::get_command_encoder(stream());
+    const mx::array &x = in[0], &ring = in[1];
+    int V = x.shape(-1), rows = static_cast<int>(x.size() / V), ldx = V;
+    if (!x.flags().row_contiguous || (reinterpret_cast<uintptr_t>(gptr(x)) % 16) != 0)
+      throw std::runtime_error("MlxeArgmaxRows: x must be row-contiguous and 16-byte aligned");
+    const int chunks = V / static_cast<int>(16 / x.itemsize());
+    int nb = std::clamp((chunks + 255) / 256, 1, 256);
+    const size_t out_bytes = (outs[0].nbytes() + 255) / 256 * 256;
+    outs[0].set_data(mx::allocator::malloc(out_bytes + size_t(rows) * nb * sizeof(uint64_t)));
+    void* out = gptr(outs[0]);
+    void* part = static_cast<char*>(out) + out_bytes;
+    // This call's run of the counter ring.
+    static std::atomic<uint64_t> cursor{0};
+    int* counters = static_cast<int*>(const_cast<void*>(gptr(ring))) +
+                    static_cast<int>(cursor.fetch_add(rows) % (ATTN_COUNTERS / rows)) * rows;
+    const void* src = gptr(x);
+    enc.set_input_array(x);
+    enc.set_input_array(ring);
+    enc.set_output_array(outs[0]);
+    void* args[] = {&src, &ldx, &V, &part, &counters, &out};
+    const std::string cfg = std::to_string(kind_of(x.dtype()));
+    CUfunc_st* f = compiled("argmax_" + cfg, "mlxe_argmax", [&] {
+      return std::string(kSource) + kAttnSource +
+             "extern \"C\" __global__ void __launch_bounds__(256) mlxe_argmax(const void* x, int ldx, int V, "
+             "unsigned long long* part, int* counters, unsigned* out) {\n  mlxe::argmax_rows<" + cfg +
+             ">(x, ldx, V, part, counters, out);\n}\n";
+    });
+    enc.add_kernel_node_raw(f, dim3{static_cast<unsigned>(nb), static_cast<unsigned>(rows), 1}, dim3{256, 1, 1},
+                            dim3{1, 1, 1}, 0, args);
+  }
+
+  const char* name() const override { return "MlxeArgmaxRows"; }
+
+  // Never merged with another node: each takes its own run of counters.
+  bool is_equivalent(const mx::Primitive&) const override { return false; }
+};
+
+std::optional<mx::array> argmax_last(const mx::array& x, mx::StreamOrDevice s) {
+  // Opt-in (MLXENGINE_CUDA_ARGMAX=1) until timed on a GPU.
+  static const bool on = env_int("MLXENGINE_CUDA_ARGMAX", 0) != 0;
+  if (!on || !enabled().load() || mx::to_stream(s).device.type != mx::Device::gpu) return std::nullopt;
+  if (x.ndim() < 1 || !float_type(x.dtype()) || x.size() == 0 || !row_contiguous(x)) return std::nullopt;
+  const size_t V = x.shape(-1), rows = x.size() / V;
+  if (V % (16 / x.itemsize()) != 0 || V > size_t(INT32_MAX) || rows > 65535 || rows > size_t(ATTN_COUNTERS) / 4)
+    return std::nullopt;
+  // The counters: zeros made once (never freed, as the attention's), kept zero by the kernel.
+  static const mx::array* ring = new mx::array(mx::zeros({ATTN_COUNTERS}, mx::int32, s));
+  mx::Shape shape(x.shape().begin(), x.shape().end() - 1);
+  return mx::array(shape, mx::uint32, std::make_shared<ArgmaxRows>(mx::to_stream(s)), {x, *ring});
+}
 
 // A dense matvec (see dmv in kAttnSource). Inputs x (…, K) and w (N, K); one
 // output (…, N).
