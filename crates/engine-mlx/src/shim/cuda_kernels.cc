@@ -1415,9 +1415,24 @@ CUfunc_st* kernel(const Config& c) {
 
 // Threads of a decode attention block (its shared buffers are sized for it).
 constexpr unsigned ATTN_THREADS = 256;
-// Split counters (see AttnParams::counters): each call takes the next B·KV of
-// them, round a ring far larger than the calls a graph holds at once.
+// Counters that find the last block of a group to finish (the decode
+// attention's splits, the argmax's blocks of a row): each call takes the next
+// run of them, round a ring far larger than the calls a graph holds at once;
+// the kernels leave them at zero.
 constexpr int ATTN_COUNTERS = 1 << 20;
+
+// The ring: zeros made once (never freed: an MLX array must not outlive the
+// library's teardown at exit), an input of each kernel that uses it.
+const mx::array& counter_ring(mx::StreamOrDevice s) {
+  static const mx::array* ring = new mx::array(mx::zeros({ATTN_COUNTERS}, mx::int32, s));
+  return *ring;
+}
+
+// The first of this call's `n` counters (n ≤ ATTN_COUNTERS / 4), as an index into the ring.
+int take_counters(int n) {
+  static std::atomic<uint64_t> cursor{0};
+  return static_cast<int>(cursor.fetch_add(n) % (ATTN_COUNTERS / n)) * n;
+}
 
 // The decode attention kernel for x's dtype, head size and query heads per KV
 // head; `cluster` > 0: its splits merge as one thread-block cluster of that
@@ -1433,8 +1448,9 @@ CUfunc_st* attn_kernel(int kind, int head_dim, int group, int cluster) {
            " mlxe_attn(const mlxe::AttnParams p) {\n  mlxe::attend<" + cfg + ">(p);\n}\n";
   });
   // Clusters of over 8 blocks are "non-portable": allowed once per kernel.
+  if (cluster <= 8) return f;
   std::lock_guard<std::mutex> lock(mu);
-  if (cluster > 8 && !ready[cfg]) {
+  if (!ready[cfg]) {
     if (api().cuFuncSetAttribute(f, 14 /* CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED */, 1) != 0)
       throw std::runtime_error("mlxe decode attention: this GPU takes no cluster of " + std::to_string(cluster));
     ready[cfg] = true;
@@ -1697,10 +1713,8 @@ class DecodeAttention : public mx::Primitive {
     p.out = gptr(outs[0]);
     p.part = part_bytes > 0 ? reinterpret_cast<float*>(static_cast<char*>(gptr(outs[0])) + out_bytes) : nullptr;
     // This call's run of the counter ring (the last input).
-    static std::atomic<uint64_t> cursor{0};
-    const int n_ctr = B * p.KV;
     p.counters = static_cast<int*>(const_cast<void*>(gptr(in.back())));
-    p.counter_base = static_cast<int>(cursor.fetch_add(n_ctr) % (ATTN_COUNTERS / n_ctr)) * n_ctr;
+    p.counter_base = take_counters(B * p.KV);
     for (const auto& a : in) enc.set_input_array(a);
     enc.set_output_array(outs[0]);
     enc.set_output_array(kc);
@@ -1958,11 +1972,9 @@ std::optional<mx::array> decode_attention(const mx::array& q, const mx::array& k
     if (!row_contiguous(a)) return std::nullopt;
   inputs.push_back(inv_freq);
   if (rows) inputs.push_back(*rows);
-  // The split counters: zeros made once (never freed: an MLX array must not
-  // outlive the library's teardown at exit), kept zero by the kernel.
+  // The split counters.
   if (size_t(B) * KV > size_t(ATTN_COUNTERS) / 4) return std::nullopt;
-  static const mx::array* counters = new mx::array(mx::zeros({ATTN_COUNTERS}, mx::int32, s));
-  inputs.push_back(*counters);
+  inputs.push_back(counter_ring(s));
   const mx::Shape shape = packed_heads > 0 ? mx::Shape{B, 1, H * D} : q.shape();
   return mx::array(shape, dt,
                    std::make_shared<DecodeAttention>(mx::to_stream(s), slot, n_keys, pos, dims, traditional,
@@ -2053,10 +2065,7 @@ class ArgmaxRows : public mx::Primitive {
     outs[0].set_data(mx::allocator::malloc(out_bytes + size_t(rows) * nb * sizeof(uint64_t)));
     void* out = gptr(outs[0]);
     void* part = static_cast<char*>(out) + out_bytes;
-    // This call's run of the counter ring.
-    static std::atomic<uint64_t> cursor{0};
-    int* counters = static_cast<int*>(const_cast<void*>(gptr(ring))) +
-                    static_cast<int>(cursor.fetch_add(rows) % (ATTN_COUNTERS / rows)) * rows;
+    int* counters = static_cast<int*>(const_cast<void*>(gptr(ring))) + take_counters(rows);
     const void* src = gptr(x);
     enc.set_input_array(x);
     enc.set_input_array(ring);
@@ -2087,10 +2096,8 @@ std::optional<mx::array> argmax_last(const mx::array& x, mx::StreamOrDevice s) {
   const size_t V = x.shape(-1), rows = x.size() / V;
   if (V % (16 / x.itemsize()) != 0 || V > size_t(INT32_MAX) || rows > 65535 || rows > size_t(ATTN_COUNTERS) / 4)
     return std::nullopt;
-  // The counters: zeros made once (never freed, as the attention's), kept zero by the kernel.
-  static const mx::array* ring = new mx::array(mx::zeros({ATTN_COUNTERS}, mx::int32, s));
   mx::Shape shape(x.shape().begin(), x.shape().end() - 1);
-  return mx::array(shape, mx::uint32, std::make_shared<ArgmaxRows>(mx::to_stream(s)), {x, *ring});
+  return mx::array(shape, mx::uint32, std::make_shared<ArgmaxRows>(mx::to_stream(s)), {x, counter_ring(s)});
 }
 
 // A dense matvec (see dmv in kAttnSource). Inputs x (…, K) and w (N, K); one
