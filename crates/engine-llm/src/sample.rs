@@ -44,12 +44,6 @@ impl Sampler {
     /// Picks tokens from logits (B, V); `history` holds each row's recent
     /// tokens for the repetition penalty. Returns (B,) uint32, lazily.
     pub fn sample(&mut self, logits: &Array, history: &[&[u32]]) -> Result<Array> {
-        // Greedy without a penalty: one kernel on the logits' own dtype where it runs.
-        if self.key.is_none() && self.repetition_penalty == 1.0 {
-            if let Some(tokens) = engine_mlx::fast::argmax_last(logits)? {
-                return Ok(tokens);
-            }
-        }
         let mut logits = logits.astype(Dtype::Float32)?;
         if self.repetition_penalty != 1.0 {
             logits = self.penalize(&logits, history)?;

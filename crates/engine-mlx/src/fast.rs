@@ -242,20 +242,6 @@ pub fn swiglu_packed(gate_up: &Array) -> Result<Option<Array>> {
     Ok(out.pop())
 }
 
-/// The index of each row's largest element over the last axis, the first of
-/// equals, as uint32 with the last axis dropped — `x.astype(f32).argmax(-1)`
-/// in one CUDA kernel on `x`'s own dtype (MLX casts, then reduces each row in
-/// one block: ~19 µs a token for a 128k vocabulary on an H100). `None` off
-/// the GPU, without the `cuda` feature, unless `MLXENGINE_CUDA_ARGMAX=1`
-/// (opt-in until timed), or where it does not apply; the caller uses MLX's.
-pub fn argmax_last(x: &Array) -> Result<Option<Array>> {
-    if !cfg!(feature = "cuda") {
-        return Ok(None);
-    }
-    let mut out = crate::array::unlist(ffi::cuda_argmax_last(&x.inner).op("argmax_last")?, "argmax_last")?;
-    Ok(out.pop())
-}
-
 /// `(a + b, rms_norm(a + b) · weight)` in one CUDA kernel: a residual add and
 /// the RMS norm after it, rounded as MLX's `add` and [`rms_norm`] round (the
 /// sum to the dtype first). `None` off the GPU, without the `cuda` feature,

@@ -258,7 +258,6 @@ pub(crate) mod bridge {
             packed_heads: i32,
         ) -> Result<UniquePtr<ArrayList>>;
         fn cuda_swiglu_packed(gu: &Array) -> Result<UniquePtr<ArrayList>>;
-        fn cuda_argmax_last(x: &Array) -> Result<UniquePtr<ArrayList>>;
         fn cuda_add_rms_norm(a: &Array, b: &Array, weight: &Array, eps: f32) -> Result<UniquePtr<ArrayList>>;
         fn cuda_group_norm(
             x: &Array,

@@ -22,11 +22,6 @@ source xtask/bench/gpu/dmv_env.sh
 variant_env() { dmv_env "$1"; }
 env MLXENGINE_CUDA_DMV=1 MLXENGINE_CUDA_QMV_DENSE=1 timeout 120 $BIN/qmv_check --dense > $OUT/dmv.jsonl 2>&1 || rc=1
 grep -h summary $OUT/dmv.jsonl
-# A variant with the attention's cluster merge (_cl): attn_check with it first (-> $OUT/attn_cluster.jsonl).
-if [[ " ${VARIANTS:-} ${Q4_VARIANTS:-} " == *_cl* ]]; then
-  env MLXENGINE_CUDA_ATTN_CLUSTER=1 timeout 120 $BIN/attn_check > $OUT/attn_cluster.jsonl 2>&1 || rc=1
-  grep -h summary $OUT/attn_cluster.jsonl
-fi
 python3 - $OUT/dmv.jsonl <<'PY'
 import json, sys
 for line in open(sys.argv[1]):

@@ -500,43 +500,7 @@ template <typename EL> __device__ __forceinline__ void unpack16(const uint4 u, f
   EL::unpack(u.w, f + 3 * E / 4);
 }
 
-// Thread-block clusters (sm_90): this block's rank in its cluster, a barrier
-// over the cluster's blocks (release/acquire: shared memory written before it
-// is seen after it), and a float of another block's shared memory at the
-// address `p` has in this one's. Empty for older GPUs (ptxas rejects these
-// instructions there, and the host launches no cluster on them).
-__device__ __forceinline__ unsigned cluster_rank() {
-  unsigned r = 0;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
-#endif
-  return r;
-}
-__device__ __forceinline__ void cluster_sync() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ float ld_cluster(const float* p, unsigned rank) {
-  float v = 0.f;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  unsigned long long s = 0;
-  unsigned a = 0;
-  asm("cvta.to.shared.u64 %0, %1;" : "=l"(s) : "l"(p));
-  asm("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(a) : "r"(unsigned(s)), "r"(rank));
-  asm("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(a) : "memory");
-#else
-  (void)p, (void)rank;
-#endif
-  return v;
-}
-
-// CL > 0: the grid's splits (gridDim.z == CL) form one thread-block cluster a
-// (KV head, batch row), and they merge through each other's shared memory
-// after a cluster barrier, each block writing its share of the outputs; where
-// CL is 0 each split's partials go through global memory and the last split
-// to finish (a counter) merges them.
-template <int KIND, int D, int G, int CL = 0>
+template <int KIND, int D, int G>
 __device__ __forceinline__ void attend(const AttnParams& p) {
   typedef Elem<KIND> EL;
   typedef typename EL::S S;
@@ -725,11 +689,7 @@ __device__ __forceinline__ void attend(const AttnParams& p) {
 #pragma unroll
       for (int e = 0; e < E; ++e) acc[g][e] += __shfl_xor_sync(0xffffffffu, acc[g][e], o);
   const int warp = tid / 32, lane = tid % 32;
-  // A split's partials: sums (D), max, total for each query head.
-  __shared__ float cpart[CL > 0 ? G * (D + 2) : 1];
-  float* mine = CL > 0       ? cpart
-                : splits > 1 ? p.part + ((size_t(b) * p.KV + kvh) * splits + split) * (G * (D + 2))
-                             : nullptr;
+  float* mine = splits > 1 ? p.part + ((size_t(b) * p.KV + kvh) * splits + split) * (G * (D + 2)) : nullptr;
 #pragma unroll
   for (int g0 = 0; g0 < G; g0 += CH) {
     if (lane < RWP && active)
@@ -765,40 +725,6 @@ __device__ __forceinline__ void attend(const AttnParams& p) {
     __syncthreads();
   }
   if (splits == 1) return;
-
-  if constexpr (CL > 0) {
-    // Every split's partials are in its block's shared memory: each block
-    // merges its share of the G·D outputs, reading all CL splits' at once.
-    cluster_sync();
-    constexpr int N = G * D, PER = (N + CL - 1) / CL;
-    const int i0 = int(cluster_rank()) * PER;
-    for (int i = i0 + tid; i < i0 + PER && i < N; i += blockDim.x) {
-      const float* at = cpart + (i / D) * (D + 2);
-      float ms[CL], ts[CL], vs_[CL];
-#pragma unroll
-      for (int s = 0; s < CL; ++s) {
-        ms[s] = ld_cluster(at + D, s);
-        ts[s] = ld_cluster(at + D + 1, s);
-        vs_[s] = ld_cluster(at + i % D, s);
-      }
-      float mx = neg_inf;
-#pragma unroll
-      for (int s = 0; s < CL; ++s)
-        if (ts[s] > 0.f) mx = fmaxf(mx, ms[s]);  // an empty split has no max
-      float num = 0.f, den = 0.f;
-#pragma unroll
-      for (int s = 0; s < CL; ++s)
-        if (ts[s] > 0.f) {
-          const float w = __expf(ms[s] - mx);
-          num = fmaf(w, vs_[s], num);
-          den = fmaf(w, ts[s], den);
-        }
-      static_cast<S*>(p.out)[(size_t(b) * p.H + kvh * G + i / D) * D + i % D] = EL::put(num / den);
-    }
-    // No block leaves while another may still read its shared memory.
-    cluster_sync();
-    return;
-  }
 
   // The last split of this (batch row, KV head) to finish merges them all
   // (the counter's classic pattern: partials fenced before the count).
@@ -870,68 +796,6 @@ __device__ __forceinline__ void attend(const AttnParams& p) {
     if (i < G * D)
       static_cast<S*>(p.out)[(size_t(b) * p.H + kvh * G + i / D) * D + i % D] = EL::put(num[k] / den[i / D]);
   }
-}
-
-// Each row's index of its largest element, the first of equals (MLX's
-// argmax over float32), for rows of V elements in x's dtype, V whole 16-byte
-// chunks: gridDim.x blocks a row, their threads over it a chunk at a time.
-// Every element becomes one 64-bit key — its value's bits made to order as
-// the value (high word; a NaN with its sign bit clear above +inf), the complement of
-// its index (low word) — so one max picks the value, then the first index.
-// Each block's best goes to part; the last block of a row to finish (its
-// counter, left at zero for a later call) takes the max of them.
-__device__ __forceinline__ unsigned long long argmax_key(float v, unsigned i) {
-  const unsigned b = __float_as_uint(v);
-  const unsigned o = (b & 0x80000000u) ? ~b : (b | 0x80000000u);
-  return (static_cast<unsigned long long>(o) << 32) | (0xffffffffu - i);
-}
-// The block's largest key, in thread 0 (every thread of the block calls it).
-__device__ __forceinline__ unsigned long long block_max_key(unsigned long long v) {
-  __shared__ unsigned long long wb[32];
-#pragma unroll
-  for (int o = 16; o > 0; o /= 2) {
-    const unsigned hi = __float_as_uint(__shfl_xor_sync(0xffffffffu, __uint_as_float(unsigned(v >> 32)), o));
-    const unsigned lo = __float_as_uint(__shfl_xor_sync(0xffffffffu, __uint_as_float(unsigned(v)), o));
-    v = max(v, (static_cast<unsigned long long>(hi) << 32) | lo);
-  }
-  if (threadIdx.x % 32 == 0) wb[threadIdx.x / 32] = v;
-  __syncthreads();
-  if (threadIdx.x == 0)
-    for (unsigned w = 1; w < blockDim.x / 32; ++w) v = max(v, wb[w]);
-  __syncthreads();  // wb is free again
-  return v;
-}
-template <int KIND>
-__device__ __forceinline__ void argmax_rows(const void* xp, int ldx, int V, unsigned long long* part, int* counters,
-                                            unsigned* out) {
-  typedef Elem<KIND> EL;
-  typedef typename EL::S S;
-  constexpr int E = 16 / sizeof(S);
-  const int row = blockIdx.y, nb = gridDim.x, tid = threadIdx.x;
-  const uint4* x = reinterpret_cast<const uint4*>(static_cast<const S*>(xp) + size_t(row) * ldx);
-  unsigned long long best = 0;  // below every element's key
-  for (int c = blockIdx.x * blockDim.x + tid; c < V / E; c += nb * blockDim.x) {
-    float f[E];
-    unpack_chunk<EL, E>(__ldg(x + c), f);
-#pragma unroll
-    for (int e = 0; e < E; ++e) best = max(best, argmax_key(f[e], unsigned(c * E + e)));
-  }
-  best = block_max_key(best);
-  __shared__ int last;
-  if (tid == 0) part[size_t(row) * nb + blockIdx.x] = best;
-  __threadfence();
-  __syncthreads();
-  if (tid == 0) {
-    last = atomicAdd(counters + row, 1) == nb - 1;
-    if (last) counters[row] = 0;
-  }
-  __syncthreads();
-  if (!last) return;  // block-uniform: the whole block leaves or stays
-  __threadfence();
-  unsigned long long m = 0;
-  for (int i = tid; i < nb; i += blockDim.x) m = max(m, __ldcg(part + size_t(row) * nb + i));
-  m = block_max_key(m);
-  if (tid == 0) out[row] = 0xffffffffu - unsigned(m & 0xffffffffu);
 }
 
 // A gated linear unit over rows of [a (I) | b (I)] in, rows of I out; one
@@ -1283,7 +1147,6 @@ struct Api {
   int (*cuDeviceGetAttribute)(int*, int, int);
   int (*cuModuleLoadData)(void**, const void*);
   int (*cuModuleGetFunction)(CUfunc_st**, void*, const char*);
-  int (*cuFuncSetAttribute)(CUfunc_st*, int, int);
 };
 
 void* open_lib(std::initializer_list<const char*> names) {
@@ -1315,7 +1178,6 @@ const Api& api() {
     sym(cu, "cuDeviceGetAttribute", a.cuDeviceGetAttribute);
     sym(cu, "cuModuleLoadData", a.cuModuleLoadData);
     sym(cu, "cuModuleGetFunction", a.cuModuleGetFunction);
-    sym(cu, "cuFuncSetAttribute", a.cuFuncSetAttribute);
     return a;
   }();
   return a;
@@ -1415,47 +1277,18 @@ CUfunc_st* kernel(const Config& c) {
 
 // Threads of a decode attention block (its shared buffers are sized for it).
 constexpr unsigned ATTN_THREADS = 256;
-// Counters that find the last block of a group to finish (the decode
-// attention's splits, the argmax's blocks of a row): each call takes the next
-// run of them, round a ring far larger than the calls a graph holds at once;
-// the kernels leave them at zero.
+// Split counters (see AttnParams::counters): each call takes the next B·KV of
+// them, round a ring far larger than the calls a graph holds at once.
 constexpr int ATTN_COUNTERS = 1 << 20;
 
-// The ring: zeros made once (never freed: an MLX array must not outlive the
-// library's teardown at exit), an input of each kernel that uses it.
-const mx::array& counter_ring(mx::StreamOrDevice s) {
-  static const mx::array* ring = new mx::array(mx::zeros({ATTN_COUNTERS}, mx::int32, s));
-  return *ring;
-}
-
-// The first of this call's `n` counters (n ≤ ATTN_COUNTERS / 4), as an index into the ring.
-int take_counters(int n) {
-  static std::atomic<uint64_t> cursor{0};
-  return static_cast<int>(cursor.fetch_add(n) % (ATTN_COUNTERS / n)) * n;
-}
-
-// The decode attention kernel for x's dtype, head size and query heads per KV
-// head; `cluster` > 0: its splits merge as one thread-block cluster of that
-// many blocks (see attend), a size fixed in the compiled kernel.
-CUfunc_st* attn_kernel(int kind, int head_dim, int group, int cluster) {
-  const std::string cfg = std::to_string(kind) + ", " + std::to_string(head_dim) + ", " + std::to_string(group) +
-                          ", " + std::to_string(cluster);
-  const std::string dims = cluster > 0 ? " __cluster_dims__(1, 1, " + std::to_string(cluster) + ")" : "";
-  static std::mutex mu;
-  static std::unordered_map<std::string, bool> ready;
-  CUfunc_st* f = compiled("attn_" + cfg, "mlxe_attn", [&] {
-    return std::string(kSource) + kAttnSource + "extern \"C\" __global__ void __launch_bounds__(256)" + dims +
-           " mlxe_attn(const mlxe::AttnParams p) {\n  mlxe::attend<" + cfg + ">(p);\n}\n";
+// The decode attention kernel for x's dtype, head size and query heads per KV head.
+CUfunc_st* attn_kernel(int kind, int head_dim, int group) {
+  const std::string cfg = std::to_string(kind) + ", " + std::to_string(head_dim) + ", " + std::to_string(group);
+  return compiled("attn_" + cfg, "mlxe_attn", [&] {
+    return std::string(kSource) + kAttnSource +
+           "extern \"C\" __global__ void __launch_bounds__(256) mlxe_attn(const mlxe::AttnParams p) {\n"
+           "  mlxe::attend<" + cfg + ">(p);\n}\n";
   });
-  // Clusters of over 8 blocks are "non-portable": allowed once per kernel.
-  if (cluster <= 8) return f;
-  std::lock_guard<std::mutex> lock(mu);
-  if (!ready[cfg]) {
-    if (api().cuFuncSetAttribute(f, 14 /* CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED */, 1) != 0)
-      throw std::runtime_error("mlxe decode attention: this GPU takes no cluster of " + std::to_string(cluster));
-    ready[cfg] = true;
-  }
-  return f;
 }
 
 // An array's device address, as MLX's gpu_ptr (offsets are in bytes).
@@ -1625,19 +1458,6 @@ int attn_splits(int batch, int kv_heads, int n_keys) {
   return std::max(1, std::min({want, (n_keys + min_slots - 1) / min_slots, max_splits}));
 }
 
-// Blocks of a thread-block cluster for `splits` splits of a decode attention,
-// or 0 for the merge through global memory: opt-in (MLXENGINE_CUDA_ATTN_CLUSTER=1,
-// not yet timed), on sm_90 and later, for 2–16 splits.
-int attn_cluster(int splits) {
-  static const bool on = [] {
-    int dev = 0, major = 0;
-    const Api& a = api();
-    return env_int("MLXENGINE_CUDA_ATTN_CLUSTER", 0) != 0 && a.cuCtxGetDevice(&dev) == 0 &&
-           a.cuDeviceGetAttribute(&major, 75, dev) == 0 && major >= 9;
-  }();
-  return on && splits >= 2 && splits <= 16 ? splits : 0;
-}
-
 // A decode step's attention as an MLX primitive (see kAttnSource). Inputs: q,
 // k, v, the key and value caches, the inverse frequencies, [rows]; one output,
 // the attention. The new key and value go into the cache buffers in place, a
@@ -1704,25 +1524,24 @@ class DecodeAttention : public mx::Primitive {
     p.scale = scale_;
     const int B = kc.shape(0), D = kc.shape(3), G = p.H / p.KV, kind = kind_of(q.dtype());
     const int splits = attn_splits(B, p.KV, n_keys_);
-    const int cluster = attn_cluster(splits);
     // The splits' partials live past the output in its buffer: they last as long as it.
     const size_t out_bytes = (outs[0].nbytes() + 255) / 256 * 256;
-    const size_t part_bytes =
-        splits > 1 && cluster == 0 ? size_t(B) * p.KV * splits * G * (D + 2) * sizeof(float) : 0;
+    const size_t part_bytes = splits > 1 ? size_t(B) * p.KV * splits * G * (D + 2) * sizeof(float) : 0;
     outs[0].set_data(mx::allocator::malloc(out_bytes + part_bytes));
     p.out = gptr(outs[0]);
-    p.part = part_bytes > 0 ? reinterpret_cast<float*>(static_cast<char*>(gptr(outs[0])) + out_bytes) : nullptr;
+    p.part = splits > 1 ? reinterpret_cast<float*>(static_cast<char*>(gptr(outs[0])) + out_bytes) : nullptr;
     // This call's run of the counter ring (the last input).
+    static std::atomic<uint64_t> cursor{0};
+    const int n_ctr = B * p.KV;
     p.counters = static_cast<int*>(const_cast<void*>(gptr(in.back())));
-    p.counter_base = take_counters(B * p.KV);
+    p.counter_base = static_cast<int>(cursor.fetch_add(n_ctr) % (ATTN_COUNTERS / n_ctr)) * n_ctr;
     for (const auto& a : in) enc.set_input_array(a);
     enc.set_output_array(outs[0]);
     enc.set_output_array(kc);
     enc.set_output_array(vc);
     void* args[] = {&p};
     const dim3 grid{static_cast<unsigned>(p.KV), static_cast<unsigned>(B), static_cast<unsigned>(splits)};
-    const dim3 cluster_dim{1, 1, static_cast<unsigned>(std::max(cluster, 1))};
-    enc.add_kernel_node_raw(attn_kernel(kind, D, G, cluster), grid, dim3{ATTN_THREADS, 1, 1}, cluster_dim, 0, args);
+    enc.add_kernel_node_raw(attn_kernel(kind, D, G), grid, dim3{ATTN_THREADS, 1, 1}, dim3{1, 1, 1}, 0, args);
   }
 
   const char* name() const override { return "MlxeDecodeAttention"; }
@@ -1972,9 +1791,11 @@ std::optional<mx::array> decode_attention(const mx::array& q, const mx::array& k
     if (!row_contiguous(a)) return std::nullopt;
   inputs.push_back(inv_freq);
   if (rows) inputs.push_back(*rows);
-  // The split counters.
+  // The split counters: zeros made once (never freed: an MLX array must not
+  // outlive the library's teardown at exit), kept zero by the kernel.
   if (size_t(B) * KV > size_t(ATTN_COUNTERS) / 4) return std::nullopt;
-  inputs.push_back(counter_ring(s));
+  static const mx::array* counters = new mx::array(mx::zeros({ATTN_COUNTERS}, mx::int32, s));
+  inputs.push_back(*counters);
   const mx::Shape shape = packed_heads > 0 ? mx::Shape{B, 1, H * D} : q.shape();
   return mx::array(shape, dt,
                    std::make_shared<DecodeAttention>(mx::to_stream(s), slot, n_keys, pos, dims, traditional,
@@ -2041,64 +1862,6 @@ std::optional<mx::array> swiglu_packed(const mx::array& gu, mx::StreamOrDevice s
 }
 
 std::optional<mx::array> geglu(const mx::array& x, mx::StreamOrDevice s) { return packed_glu(x, 1, s); }
-
-// Rows of argmax (see argmax_rows in kAttnSource). Inputs x (…, V) and the
-// counter ring; one output, x's shape without its last axis, uint32, with the
-// blocks' partials past it in its buffer (they last as long as it).
-class ArgmaxRows : public mx::Primitive {
- public:
-  explicit ArgmaxRows(mx::Stream s) : mx::Primitive(s) {}
-
-  void eval_cpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
-    throw std::runtime_error("MlxeArgmaxRows is a CUDA kernel");
-  }
-
-  void eval_gpu(const std::vector<mx::array>& in, std::vector<mx::array>& outs) override {
-    auto& enc = mx::cu::get_command_encoder(stream());
-    const mx::array &x = in[0], &ring = in[1];
-    int V = x.shape(-1), rows = static_cast<int>(x.size() / V), ldx = V;
-    if (!x.flags().row_contiguous || (reinterpret_cast<uintptr_t>(gptr(x)) % 16) != 0)
-      throw std::runtime_error("MlxeArgmaxRows: x must be row-contiguous and 16-byte aligned");
-    const int chunks = V / static_cast<int>(16 / x.itemsize());
-    int nb = std::clamp((chunks + 255) / 256, 1, 256);
-    const size_t out_bytes = (outs[0].nbytes() + 255) / 256 * 256;
-    outs[0].set_data(mx::allocator::malloc(out_bytes + size_t(rows) * nb * sizeof(uint64_t)));
-    void* out = gptr(outs[0]);
-    void* part = static_cast<char*>(out) + out_bytes;
-    int* counters = static_cast<int*>(const_cast<void*>(gptr(ring))) + take_counters(rows);
-    const void* src = gptr(x);
-    enc.set_input_array(x);
-    enc.set_input_array(ring);
-    enc.set_output_array(outs[0]);
-    void* args[] = {&src, &ldx, &V, &part, &counters, &out};
-    const std::string cfg = std::to_string(kind_of(x.dtype()));
-    CUfunc_st* f = compiled("argmax_" + cfg, "mlxe_argmax", [&] {
-      return std::string(kSource) + kAttnSource +
-             "extern \"C\" __global__ void __launch_bounds__(256) mlxe_argmax(const void* x, int ldx, int V, "
-             "unsigned long long* part, int* counters, unsigned* out) {\n  mlxe::argmax_rows<" + cfg +
-             ">(x, ldx, V, part, counters, out);\n}\n";
-    });
-    enc.add_kernel_node_raw(f, dim3{static_cast<unsigned>(nb), static_cast<unsigned>(rows), 1}, dim3{256, 1, 1},
-                            dim3{1, 1, 1}, 0, args);
-  }
-
-  const char* name() const override { return "MlxeArgmaxRows"; }
-
-  // Never merged with another node: each takes its own run of counters.
-  bool is_equivalent(const mx::Primitive&) const override { return false; }
-};
-
-std::optional<mx::array> argmax_last(const mx::array& x, mx::StreamOrDevice s) {
-  // Opt-in (MLXENGINE_CUDA_ARGMAX=1) until timed on a GPU.
-  static const bool on = env_int("MLXENGINE_CUDA_ARGMAX", 0) != 0;
-  if (!on || !enabled().load() || mx::to_stream(s).device.type != mx::Device::gpu) return std::nullopt;
-  if (x.ndim() < 1 || !float_type(x.dtype()) || x.size() == 0 || !row_contiguous(x)) return std::nullopt;
-  const size_t V = x.shape(-1), rows = x.size() / V;
-  if (V % (16 / x.itemsize()) != 0 || V > size_t(INT32_MAX) || rows > 65535 || rows > size_t(ATTN_COUNTERS) / 4)
-    return std::nullopt;
-  mx::Shape shape(x.shape().begin(), x.shape().end() - 1);
-  return mx::array(shape, mx::uint32, std::make_shared<ArgmaxRows>(mx::to_stream(s)), {x, counter_ring(s)});
-}
 
 // A dense matvec (see dmv in kAttnSource). Inputs x (…, K) and w (N, K); one
 // output (…, N).

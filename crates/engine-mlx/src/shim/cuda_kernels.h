@@ -110,13 +110,6 @@ std::optional<std::pair<mx::array, mx::array>> add_rms_norm(const mx::array& a, 
 // where it does not apply (another device or dtype, our kernels off).
 std::optional<mx::array> geglu(const mx::array& x, mx::StreamOrDevice s = {});
 
-// The index of the largest element of each row of x (…, V), the first of
-// equals, as uint32 (…): MLX's argmax over the last axis (of x in float32) in
-// one kernel on x's own dtype, where MLX's casts and reduces a row in one
-// block. nullopt where it does not apply (another device or dtype, V not
-// whole 16-byte chunks, our kernels off; opt-in: MLXENGINE_CUDA_ARGMAX=1).
-std::optional<mx::array> argmax_last(const mx::array& x, mx::StreamOrDevice s = {});
-
 // Group norm of channels-last x (N, …, C) with weight and bias (C,) in x's
 // dtype, optionally followed by SiLU: two kernels (statistics, then the
 // normalised, scaled and shifted elements) where MLX's ops on the GPU take a

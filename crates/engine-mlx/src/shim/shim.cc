@@ -729,16 +729,6 @@ std::unique_ptr<ArrayList> cuda_decode_attention(const Array& q, const Array& k,
   return out;
 }
 
-std::unique_ptr<ArrayList> cuda_argmax_last(const Array& x) {
-  auto out = std::make_unique<ArrayList>();
-#ifdef MLXE_CUDA
-  if (auto y = cuda::argmax_last(x)) out->items.push_back(std::move(*y));
-#else
-  (void)x;
-#endif
-  return out;
-}
-
 std::unique_ptr<ArrayList> cuda_swiglu_packed(const Array& gu) {
   auto out = std::make_unique<ArrayList>();
 #ifdef MLXE_CUDA

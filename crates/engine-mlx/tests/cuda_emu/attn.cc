@@ -155,34 +155,6 @@ int main() {
          run_case<64, 4>({"", 3, 2, 96, 90, 89, 89, 64, 0, 2, {}, true}, 6));
   report("D128 G2 packed q/k/v, left-padded rows",
          run_case<128, 2>({"", 2, 2, 64, 40, 39, 0, 128, 0, 1, {39, 0, 30, 9}, true}, 7));
-  {
-    // argmax_rows: 4 rows of 1000 float32 (250 chunks) over 3 blocks of 64 threads (some threads idle),
-    // against the first index of each row's largest value: a row with its maximum twice, a row of -inf
-    // but one element, a row of -inf alone (index 0), a row of random values.
-    const int rows = 4, V = 1000, nb = 3;
-    std::mt19937 rng(21);
-    std::uniform_real_distribution<float> U(-30, 30);
-    std::vector<float> x(size_t(rows) * V);
-    for (auto& v : x) v = U(rng);
-    x[0 * V + 700] = 50.f, x[0 * V + 123] = 50.f;
-    for (int i = 0; i < V; ++i) x[1 * V + i] = x[2 * V + i] = -INFINITY;
-    x[1 * V + 999] = -1e30f;
-    std::vector<unsigned long long> part(size_t(rows) * nb, 0);
-    std::vector<int> counters(rows, 0);
-    std::vector<unsigned> out(rows, 12345);
-    for (int call = 0; call < 2; ++call) {  // the counters are left at zero for the next call
-      launch({unsigned(nb), unsigned(rows), 1}, 64,
-             [&] { mlxe::argmax_rows<0>(x.data(), V, V, part.data(), counters.data(), out.data()); });
-      double bad = 0;
-      for (int r = 0; r < rows; ++r) {
-        int want = 0;
-        for (int i = 1; i < V; ++i)
-          if (x[size_t(r) * V + i] > x[size_t(r) * V + want]) want = i;
-        bad += out[r] != unsigned(want) || counters[r] != 0;
-      }
-      report(call == 0 ? "argmax, 4 rows of 1000 (ties, -inf rows), 3 blocks" : "argmax, the same again", bad);
-    }
-  }
   for (int act = 0; act < 2; ++act) {
     // glu: 3 rows of [a (40) | b (40)] against float64: silu(a)·b, a·gelu(b).
     const int rows = 3, I = 40;
