@@ -3,7 +3,8 @@
 # MLXENGINE_CUDA_QMV_DENSE=0); fdmv = it and the fused dense layers (both 1, the default); mlxgemv = MLX's gemv
 # (both 0, the default before session 11); base = the engine as shipped. Suffixes: sk1 / sk2 / sk4 warps a row
 # forced (MLXENGINE_CUDA_DMV_SK), r2 rows a warp (MLXENGINE_CUDA_DMV_RPW), u1 / u2 / u4 / u8 chunks in flight a lane (MLXENGINE_CUDA_DMV_U), w6 row groups
-# split down to 6 waves (MLXENGINE_CUDA_DMV_WAVES), t128 128 threads a block (MLXENGINE_CUDA_DMV_THREADS).
+# split down to 6 waves (MLXENGINE_CUDA_DMV_WAVES), t128 128 threads a block (MLXENGINE_CUDA_DMV_THREADS), s32 /
+# s128 / … the fewest slots a split of the decode attention (MLXENGINE_CUDA_ATTN_SLOTS, default 64).
 dmv_env() {
   local e="" t parts
   IFS=_ read -ra parts <<< "$1"
@@ -21,6 +22,7 @@ dmv_env() {
       sk[0-9]*) e="$e MLXENGINE_CUDA_DMV_SK=${t#sk}" ;;
       r[0-9]*) e="$e MLXENGINE_CUDA_DMV_RPW=${t#r}" ;;
       u[0-9]*) e="$e MLXENGINE_CUDA_DMV_U=${t#u}" ;;
+      s[0-9]*) e="$e MLXENGINE_CUDA_ATTN_SLOTS=${t#s}" ;;
       w[0-9]*) e="$e MLXENGINE_CUDA_DMV_WAVES=${t#w}" ;;
       t[0-9]*) e="$e MLXENGINE_CUDA_DMV_THREADS=${t#t}" ;;
       *) e="$e MLXENGINE_UNKNOWN_SUFFIX=$t" ;;

@@ -657,7 +657,12 @@ __device__ __forceinline__ void attend(const AttnParams& p) {
   }
 
   // The groups' (max, total) per query head, then their sums rescaled to the
-  // block's max: the output, or this split's partials.
+  // block's max: the output, or this split's partials. One warp a query head
+  // reduces the groups' pairs (its lanes over the groups) into shared memory:
+  // every thread doing all G·GROUPS pairs itself was a third of the kernel.
+  constexpr int WARPS = 256 / 32;
+  const int warp = tid / 32, lane = tid % 32;
+  __shared__ float hmax[G], hsum[G];
   if (tid % RWP == 0 && grp < GROUPS)
 #pragma unroll
     for (int g = 0; g < G; ++g) {
@@ -665,22 +670,31 @@ __device__ __forceinline__ void attend(const AttnParams& p) {
       gl[grp][g] = l[g];
     }
   __syncthreads();
-  float bm[G], bl[G];
+  for (int g = warp; g < G; g += WARPS) {
+    float mx = neg_inf, t = 0.f;
+    for (int r = lane; r < GROUPS; r += 32) mx = fmaxf(mx, gm[r][g]);
+#pragma unroll
+    for (int o = 16; o > 0; o /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    for (int r = lane; r < GROUPS; r += 32)
+      if (gl[r][g] > 0.f) t = fmaf(gl[r][g], __expf(gm[r][g] - mx), t);
+#pragma unroll
+    for (int o = 16; o > 0; o /= 2) t += __shfl_xor_sync(0xffffffffu, t, o);
+    if (lane == 0) {
+      hmax[g] = mx;
+      hsum[g] = t;
+    }
+  }
+  __syncthreads();
 #pragma unroll
   for (int g = 0; g < G; ++g) {
-    bm[g] = neg_inf;
-    for (int r = 0; r < GROUPS; ++r) bm[g] = fmaxf(bm[g], gm[r][g]);
-    bl[g] = 0.f;
-    for (int r = 0; r < GROUPS; ++r)
-      if (gl[r][g] > 0.f) bl[g] = fmaf(gl[r][g], __expf(gm[r][g] - bm[g]), bl[g]);
-    const float w = l[g] > 0.f ? __expf(m[g] - bm[g]) : 0.f;
+    const float w = l[g] > 0.f ? __expf(m[g] - hmax[g]) : 0.f;
 #pragma unroll
     for (int e = 0; e < E; ++e) acc[g][e] *= w;
   }
   // The groups of a warp sum by shuffles, the warps through shared memory,
   // CH query heads at a time (CH·D ≤ 512 floats a warp: 16 KB in all): one
   // pair of barriers a chunk, where it was a pair a head.
-  constexpr int WARPS = 256 / 32, CH = G * D <= 512 ? G : (512 / D > 0 ? 512 / D : 1);
+  constexpr int CH = G * D <= 512 ? G : (512 / D > 0 ? 512 / D : 1);
   __shared__ float part[WARPS][CH * D];
 #pragma unroll
   for (int g = 0; g < G; ++g)
@@ -688,7 +702,7 @@ __device__ __forceinline__ void attend(const AttnParams& p) {
     for (int o = RWP; o < 32; o *= 2)
 #pragma unroll
       for (int e = 0; e < E; ++e) acc[g][e] += __shfl_xor_sync(0xffffffffu, acc[g][e], o);
-  const int warp = tid / 32, lane = tid % 32;
+  // A split's partials: sums (D), max, total for each query head.
   float* mine = splits > 1 ? p.part + ((size_t(b) * p.KV + kvh) * splits + split) * (G * (D + 2)) : nullptr;
 #pragma unroll
   for (int g0 = 0; g0 < G; g0 += CH) {
@@ -703,14 +717,7 @@ __device__ __forceinline__ void attend(const AttnParams& p) {
       float v = 0.f;
 #pragma unroll
       for (int w = 0; w < WARPS; ++w) v += part[w][i];
-      // This head's block max and total, picked without indexing registers.
-      float hm = bm[0], hl = bl[0];
-#pragma unroll
-      for (int h = 1; h < G; ++h)
-        if (h == g) {
-          hm = bm[h];
-          hl = bl[h];
-        }
+      const float hm = hmax[g], hl = hsum[g];
       if (splits == 1) {
         static_cast<S*>(p.out)[(size_t(b) * p.H + kvh * G + g) * D + d] = EL::put(v / hl);
       } else {
@@ -728,10 +735,12 @@ __device__ __forceinline__ void attend(const AttnParams& p) {
 
   // The last split of this (batch row, KV head) to finish merges them all
   // (the counter's classic pattern: partials fenced before the count).
+  // The barrier orders the block's partials before thread 0's fence, which
+  // publishes them all (as cooperative groups' grid sync does).
   __shared__ int last;
-  __threadfence();
   __syncthreads();
   if (tid == 0) {
+    __threadfence();
     int* ctr = p.counters + p.counter_base + b * p.KV + kvh;
     last = atomicAdd(ctr, 1) == splits - 1;
     if (last) *ctr = 0;  // every split has counted: ready for a later call
@@ -765,16 +774,19 @@ __device__ __forceinline__ void attend(const AttnParams& p) {
     tsp[i / G][i % G] = __ldcg(o + D + 1);
   }
   __syncthreads();
-  if (tid < G) {
-    float mx = neg_inf;
-    for (int sp = 0; sp < splits; ++sp) mx = fmaxf(mx, wsp[sp][tid]);
-    float d = 0.f;
-    for (int sp = 0; sp < splits; ++sp) {
-      const float w = tsp[sp][tid] > 0.f ? __expf(wsp[sp][tid] - mx) : 0.f;  // an empty split has no max
-      wsp[sp][tid] = w;
-      d = fmaf(w, tsp[sp][tid], d);
-    }
-    den[tid] = d;
+  // One warp a query head, a lane a split (≤ MAX_SPLITS = 32): each split's
+  // weight, and their total.
+  for (int g = warp; g < G; g += WARPS) {
+    const bool live = lane < splits && tsp[lane][g] > 0.f;  // an empty split has no max
+    float mx = live ? wsp[lane][g] : neg_inf;
+#pragma unroll
+    for (int o = 16; o > 0; o /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    const float w = live ? __expf(wsp[lane][g] - mx) : 0.f;
+    float d = w * (live ? tsp[lane][g] : 0.f);
+#pragma unroll
+    for (int o = 16; o > 0; o /= 2) d += __shfl_xor_sync(0xffffffffu, d, o);
+    if (lane < splits) wsp[lane][g] = w;
+    if (lane == 0) den[g] = d;
   }
   __syncthreads();
   float num[PER];

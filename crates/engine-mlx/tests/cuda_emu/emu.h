@@ -1,12 +1,14 @@
 // Runs the device code of shim/cuda_kernels.cc on the CPU, for tests on
 // machines without a GPU: each CUDA thread of a block is a std::thread,
 // __syncthreads a barrier, __shfl_xor_sync an exchange through memory between
-// two barriers (so it must be reached by every thread of the block, as it is
-// in our kernels), __shared__ a function-local static (one block runs at a
+// two barriers of the warp (so it must be reached by every thread of the warp,
+// as on the GPU: full-mask shuffles in our kernels), __shared__ a function-local static (one block runs at a
 // time). Inline PTX is dropped, so only float32 data (Elem<0>, which needs
 // none) gives meaningful results.
 #define MLXE_EMULATED  // the kernels skip their inline PTX where it matters
+#include <algorithm>
 #include <barrier>
+#include <memory>
 #include <cmath>
 #include <cstring>
 #include <thread>
@@ -32,6 +34,7 @@ struct dim3_ {
 inline thread_local dim3_ threadIdx;
 inline dim3_ blockIdx, blockDim, gridDim;
 inline std::barrier<>* g_bar;
+inline std::vector<std::unique_ptr<std::barrier<>>> g_warp_bars;  // one a warp of the block
 inline float g_slots[1024];
 template <class T>
 T __ldg(const T* p) {
@@ -40,10 +43,11 @@ T __ldg(const T* p) {
 inline void __syncthreads() { g_bar->arrive_and_wait(); }
 inline float __shfl_xor_sync(unsigned, float v, int o) {
   const int t = threadIdx.x;
+  std::barrier<>& bar = *g_warp_bars[t / 32];
   g_slots[t] = v;
-  g_bar->arrive_and_wait();
+  bar.arrive_and_wait();
   const float r = g_slots[(t & ~31) | ((t & 31) ^ o)];
-  g_bar->arrive_and_wait();
+  bar.arrive_and_wait();
   return r;
 }
 inline float __int_as_float(int u) {
@@ -89,6 +93,9 @@ void launch(dim3_ grid, unsigned threads, F f) {
         blockIdx = {bx, by, bz};
         std::barrier<> bar(threads);
         g_bar = &bar;
+        g_warp_bars.clear();
+        for (unsigned w = 0; w * 32 < threads; ++w)
+          g_warp_bars.push_back(std::make_unique<std::barrier<>>(std::min(32u, threads - w * 32)));
         std::vector<std::thread> ts;
         for (unsigned t = 0; t < threads; ++t) ts.emplace_back([&, t] {
             threadIdx = {t, 0, 0};
