@@ -1,3 +1,4 @@
+# Sourced by run_dmv.sh, run_trace.sh and run_ncu.sh.
 # dmv_env VARIANT -> the env assignments of a matvec variant (sourced by run_dmv.sh and run_trace.sh): a base, then
 # suffixes joined by "_". Bases: dmv = our dense matvec behind fast::linear alone (MLXENGINE_CUDA_DMV=1,
 # MLXENGINE_CUDA_QMV_DENSE=0); fdmv = it and the fused dense layers (both 1, the default); mlxgemv = MLX's gemv
@@ -29,4 +30,13 @@ dmv_env() {
     esac
   done
   echo $e
+}
+
+# run NAME ROUND CMD...: runs a bench command (at most 200 s) and appends its last JSON line to $OUT/decode.jsonl
+# as {"run": NAME, "round": ROUND, "result": …} (null, after its stderr's tail, where it printed none).
+run() {
+  local name=$1 round=$2 line; shift 2
+  line=$(timeout 200 "$@" 2>/tmp/bench_run.err | grep '^{' | tail -1)
+  [ -n "$line" ] || tail -3 /tmp/bench_run.err
+  echo "{\"run\": \"$name\", \"round\": $round, \"result\": ${line:-null}}" | tee -a $OUT/decode.jsonl
 }

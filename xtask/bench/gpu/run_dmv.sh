@@ -36,12 +36,6 @@ done
 [ -n "${Q4:-}" ] || { grep -q H200 $OUT/gpu.txt && Q4=1 || Q4=0; }
 [ "$Q4" = 1 ] && { [ -f $MODELS/llama-8b-q4/config.json ] ||
   timeout 200 python3 xtask/bench/gpu/quantize.py $MODELS/llama-8b $MODELS/llama-8b-q4 4 64 >/dev/null 2>&1; }
-run() {  # NAME ROUND CMD...
-  local name=$1 round=$2 line; shift 2
-  line=$(timeout 200 "$@" 2>/tmp/dmv.err | grep '^{' | tail -1)
-  [ -n "$line" ] || tail -3 /tmp/dmv.err
-  echo "{\"run\": \"$name\", \"round\": $round, \"result\": ${line:-null}}" | tee -a $OUT/decode.jsonl
-}
 for round in $(seq 1 ${ROUNDS:-2}); do
   if [ "$Q4" = 1 ]; then
     M=$MODELS/llama-8b-q4 P=$MODELS/llama-8b/prompt_ids.json

@@ -37,12 +37,6 @@ for size in 8b 1b; do
 done
 [[ " $DECODE_MODELS " != *" 8b-q4 "* || -f $MODELS/llama-8b-q4/config.json ]] ||
   timeout 200 python3 xtask/bench/gpu/quantize.py $MODELS/llama-8b $MODELS/llama-8b-q4 4 64 >/dev/null 2>&1
-run() {  # NAME ROUND CMD...
-  local name=$1 round=$2 line; shift 2
-  line=$(timeout 200 "$@" 2>/tmp/ncu_run.err | grep '^{' | tail -1)
-  [ -n "$line" ] || tail -3 /tmp/ncu_run.err
-  echo "{\"run\": \"$name\", \"round\": $round, \"result\": ${line:-null}}" | tee -a $OUT/decode.jsonl
-}
 for round in $(seq 1 ${ROUNDS:-2}); do
   for m in $DECODE_MODELS; do
     M=$MODELS/llama-$m P=$MODELS/llama-${m%-q4}/prompt_ids.json

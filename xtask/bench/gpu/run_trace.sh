@@ -66,12 +66,6 @@ variant_env() {  # VARIANT -> env assignments
     *) echo "MLXENGINE_UNKNOWN_VARIANT=$1" ;;
   esac
 }
-run() {  # NAME ROUND CMD...
-  local name=$1 round=$2 line; shift 2
-  line=$(timeout 200 "$@" 2>/tmp/trace.err | grep '^{' | tail -1)
-  [ -n "$line" ] || tail -3 /tmp/trace.err
-  echo "{\"run\": \"$name\", \"round\": $round, \"result\": ${line:-null}}" | tee -a $OUT/decode.jsonl
-}
 variants_of() { case $1 in *-q4) echo ${Q4_VARIANTS-deq0 threads128 prefetch} ;; *) echo ${DENSE_VARIANTS-} ;; esac; }
 decode() {  # MODEL ROUND: the engine, its variants, mlx-lm
   local m=$1 round=$2 M=$MODELS/llama-$1 P=$MODELS/llama-${1%-q4}/prompt_ids.json
