@@ -1,5 +1,5 @@
 # Sourced by run_dmv.sh, run_trace.sh and run_ncu.sh.
-# dmv_env VARIANT -> the env assignments of a matvec variant (sourced by run_dmv.sh and run_trace.sh): a base, then
+# dmv_env VARIANT -> the env assignments of a matvec variant: a base, then
 # suffixes joined by "_". Bases: dmv = our dense matvec behind fast::linear alone (MLXENGINE_CUDA_DMV=1,
 # MLXENGINE_CUDA_QMV_DENSE=0); fdmv = it and the fused dense layers (both 1, the default); mlxgemv = MLX's gemv
 # (both 0, the default before session 11); base = the engine as shipped. Suffixes: sk1 / sk2 / sk4 warps a row
