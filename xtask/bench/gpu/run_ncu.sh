@@ -7,10 +7,12 @@
 #   2. decode (random weights, 512-token prompt, 128 greedy tokens) of DECODE_MODELS (default "8b 1b"; 8b-q4 the
 #      8B MLX 4-bit model) as shipped and with each of VARIANTS (dmv_env.sh's names, or bin:NAME; default none),
 #      ROUNDS (default 2) rounds -> $OUT/decode.jsonl;
-#   3. NCU=1 (default): ncu over a few decode steps of the 8B bfloat16 model: a layer's kernels (NCU_KERNELS,
-#      default our attention and fused dense layers) with their speed-of-light, occupancy, warp-state and memory
-#      sections -> $OUT/ncu.csv, and the attention's instructions with their stall samples -> $OUT/ncu_attn_source.csv
-#      (`--clock-control none`; ncu flushes the caches before each kernel, so times run above a decode's).
+#   3. NCU=1 (default): ncu over a few decode steps of NCU_MODEL (default 8b; 8b-q4 profiles the 4-bit matvecs): a
+#      layer's kernels (NCU_KERNELS, default our attention and fused matvecs) with their speed-of-light, occupancy,
+#      warp-state and memory sections -> $OUT/ncu.csv, and the instructions of NCU_SRC_COUNT launches of
+#      NCU_SRC_KERNEL (default the attention) from launch NCU_SRC_SKIP on, with their stall samples ->
+#      $OUT/ncu_src.csv, their launch statistics -> $OUT/ncu_src_details.csv (`--clock-control none`; ncu flushes
+#      the caches before each kernel, so times run above a decode's).
 # Exits 1 on a check failure.
 set -uo pipefail
 export MODELS=$HOME/models
@@ -30,12 +32,12 @@ if [[ " $CHECKS " == *" parity "* ]] && [ -f .devcache/gpu/parity.tar.xz ]; then
 fi
 DECODE_MODELS=${DECODE_MODELS:-8b 1b}
 need=" $DECODE_MODELS "
-[ "${NCU:-1}" = 1 ] && need="$need 8b "
+[ "${NCU:-1}" = 1 ] && need="$need ${NCU_MODEL:-8b} "
 for size in 8b 1b; do
   [[ $need == *" $size"* ]] || continue
   [ -f $MODELS/llama-$size/model.safetensors ] || python3 xtask/bench/gpu/random_llama.py $MODELS/llama-$size $size 512 >/dev/null
 done
-[[ " $DECODE_MODELS " != *" 8b-q4 "* || -f $MODELS/llama-8b-q4/config.json ]] ||
+[[ $need != *" 8b-q4 "* || -f $MODELS/llama-8b-q4/config.json ]] ||
   timeout 200 python3 xtask/bench/gpu/quantize.py $MODELS/llama-8b $MODELS/llama-8b-q4 4 64 >/dev/null 2>&1
 for round in $(seq 1 ${ROUNDS:-2}); do
   for m in $DECODE_MODELS; do
@@ -52,16 +54,20 @@ for round in $(seq 1 ${ROUNDS:-2}); do
 done
 NCU_BIN=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)
 if [ "${NCU:-1}" = 1 ] && [ -n "$NCU_BIN" ]; then
-  M=$MODELS/llama-8b P=$MODELS/llama-8b/prompt_ids.json
-  # Past the first decode steps (each layer launches 4 fused dense kernels and 1 attention).
-  timeout 240 $NCU_BIN --clock-control none --graph-profiling node -k "regex:${NCU_KERNELS:-mlxe_(attn|fdmv)}" \
+  NCU_MODEL=${NCU_MODEL:-8b}
+  M=$MODELS/llama-$NCU_MODEL P=$MODELS/llama-${NCU_MODEL%-q4}/prompt_ids.json
+  # Past the first decode steps (each layer launches 4 fused matvecs and 1 attention).
+  timeout 240 $NCU_BIN --clock-control none --graph-profiling node -k "regex:${NCU_KERNELS:-mlxe_(attn|fdmv|qmv)}" \
     --launch-skip 400 --launch-count 10 --section SpeedOfLight --section LaunchStats --section Occupancy \
     --section WarpStateStats --section MemoryWorkloadAnalysis --section SchedulerStats --csv --page details \
     $BIN/bench_decode $M --dtype native --prompt-ids $P --tokens 16 > $OUT/ncu.csv 2> $OUT/ncu.err
   tail -2 $OUT/ncu.err
-  timeout 150 $NCU_BIN --clock-control none --graph-profiling node -k regex:mlxe_attn --launch-skip 80 --launch-count 1 \
-    --section SourceCounters --section WarpStateStats --csv --page source --print-source sass \
-    $BIN/bench_decode $M --dtype native --prompt-ids $P --tokens 8 > $OUT/ncu_attn_source.csv 2> $OUT/ncu_src.err
+  timeout 150 $NCU_BIN --clock-control none --graph-profiling node -k "regex:${NCU_SRC_KERNEL:-mlxe_attn}" \
+    --launch-skip ${NCU_SRC_SKIP:-80} --launch-count ${NCU_SRC_COUNT:-1} --section SourceCounters \
+    --section WarpStateStats --section LaunchStats -o $HOME/ncu_src -f \
+    $BIN/bench_decode $M --dtype native --prompt-ids $P --tokens 8 > /dev/null 2> $OUT/ncu_src.err
   tail -2 $OUT/ncu_src.err
+  $NCU_BIN --import $HOME/ncu_src.ncu-rep --csv --page source --print-source sass > $OUT/ncu_src.csv 2>> $OUT/ncu_src.err
+  $NCU_BIN --import $HOME/ncu_src.ncu-rep --csv --page details > $OUT/ncu_src_details.csv 2>> $OUT/ncu_src.err
 fi
 exit $rc
