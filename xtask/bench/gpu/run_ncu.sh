@@ -3,7 +3,8 @@
 # Compute (issue 16), carry [".devcache/gpu"] (stage_kernels.sh; H100/H200). An earlier build's bench_decode, xz'd
 # into .devcache/gpu/bin/bench_decode_NAME.xz before staging (stage_kernels.sh keeps it), runs as variant "bin:NAME".
 #   1. CHECKS (default "attn parity"): attn_check -> $OUT/attn.jsonl, parity_gpu over the parity fixtures ->
-#      $OUT/parity.jsonl, "qmv": qmv_check (every quantized shape, dtype, width and group) -> $OUT/qmv.jsonl; all
+#      $OUT/parity.jsonl, "qmv": qmv_check (every quantized shape, dtype, width and group; QMV_CHECK_ARGS=--quick
+#      bfloat16 4-bit group 64 alone) -> $OUT/qmv.jsonl; all
 #      three under CHECK_VARIANT's environment (dmv_env.sh; default base, as shipped);
 #   2. decode (random weights, 512-token prompt, 128 greedy tokens) of DECODE_MODELS (default "8b 1b"; 8b-q4 the
 #      8B MLX 4-bit model) as shipped and with each of VARIANTS (dmv_env.sh's names, or bin:NAME; default none),
@@ -33,7 +34,7 @@ if [[ " $CHECKS " == *" parity "* ]] && [ -f .devcache/gpu/parity.tar.xz ]; then
   grep -h summary $OUT/parity.jsonl
 fi
 if [[ " $CHECKS " == *" qmv "* ]]; then
-  timeout 240 env $CHECK_ENV $BIN/qmv_check > $OUT/qmv.jsonl 2>&1 || rc=1
+  timeout 240 env $CHECK_ENV $BIN/qmv_check ${QMV_CHECK_ARGS:-} > $OUT/qmv.jsonl 2>&1 || rc=1
   grep -h summary $OUT/qmv.jsonl || tail -3 $OUT/qmv.jsonl
 fi
 DECODE_MODELS=${DECODE_MODELS:-8b 1b}
