@@ -5,10 +5,7 @@
 # (both 0, the default before session 11); base = the engine as shipped. Suffixes: sk1 / sk2 / sk4 warps a row
 # forced (MLXENGINE_CUDA_DMV_SK), r2 rows a warp (MLXENGINE_CUDA_DMV_RPW), u1 / u2 / u4 / u8 chunks in flight a lane (MLXENGINE_CUDA_DMV_U), w6 row groups
 # split down to 6 waves (MLXENGINE_CUDA_DMV_WAVES), t128 128 threads a block (MLXENGINE_CUDA_DMV_THREADS), s32 /
-# s128 / … the fewest slots a split of the decode attention (MLXENGINE_CUDA_ATTN_SLOTS, default 64); the packed
-# matvec at one row of x: qx1 qmvx instead of qmv (MLXENGINE_CUDA_QMVX=1; qx0 off), qu<N> chunks in flight a lane
-# (MLXENGINE_CUDA_QMVX_U), qr<N> rows a warp group (MLXENGINE_CUDA_QMVX_RPW), qt<N> row groups a warp group
-# (MLXENGINE_CUDA_QMVX_TASKS), qa<N> bytes of weights a block for each it stages (MLXENGINE_CUDA_QMVX_RATIO).
+# s128 / … the fewest slots a split of the decode attention (MLXENGINE_CUDA_ATTN_SLOTS, default 64).
 dmv_env() {
   local e="" t parts
   IFS=_ read -ra parts <<< "$1"
@@ -24,11 +21,6 @@ dmv_env() {
   for t in "$@"; do
     case $t in
       sk[0-9]*) e="$e MLXENGINE_CUDA_DMV_SK=${t#sk}" ;;
-      qx[0-9]*) e="$e MLXENGINE_CUDA_QMVX=${t#qx}" ;;
-      qu[0-9]*) e="$e MLXENGINE_CUDA_QMVX_U=${t#qu}" ;;
-      qr[0-9]*) e="$e MLXENGINE_CUDA_QMVX_RPW=${t#qr}" ;;
-      qt[0-9]*) e="$e MLXENGINE_CUDA_QMVX_TASKS=${t#qt}" ;;
-      qa[0-9]*) e="$e MLXENGINE_CUDA_QMVX_RATIO=${t#qa}" ;;
       r[0-9]*) e="$e MLXENGINE_CUDA_DMV_RPW=${t#r}" ;;
       u[0-9]*) e="$e MLXENGINE_CUDA_DMV_U=${t#u}" ;;
       s[0-9]*) e="$e MLXENGINE_CUDA_ATTN_SLOTS=${t#s}" ;;

@@ -6,9 +6,7 @@ per instance, ptxas's registers/spills and the instruction count of its hottest 
 (~60 MB, kept in target/sass-tools). A proxy for the per-weight cost, not a timing: the GPU
 examples (qmv_check --bandwidth) measure. Usage: python3 xtask/bench/gpu/sass_count.py [FILE] [INSTANCE...]
 with INSTANCE like "qmv<2, 4, 64, 1, 4, 0, 1>" (KIND 0/1/2 = f32/f16/bf16, BITS, GROUP, MT, ROWS,
-MODE 0 split / 1 SwiGLU, NORM 0 none / 1 in the loop / 2 a pass first), "qmvx<2, 4, 64, 2, 2, 1, 1, 1>" (one row of
-x staged in shared memory: KIND, BITS, GROUP, rows a warp group, chunks in flight, MODE, NORM, warps a group), or like
-"attend<2, 128, 4>"
+MODE 0 split / 1 SwiGLU, NORM 0 none / 1 in the loop / 2 a pass first), or like "attend<2, 128, 4>"
 (the decode attention: KIND, head size, query heads a KV head), "add_rms<2>" (residual add + RMS norm) or
 "fdmv<2, 1, 2, 4, 1, 1>" (the fused dense matvec: KIND, MT, rows a warp, chunks in flight, MODE, NORM)."""
 import collections, ctypes, glob, os, re, subprocess, sys, zipfile

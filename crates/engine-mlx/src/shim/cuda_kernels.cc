@@ -54,7 +54,6 @@ struct Params {
   int n_end[3];  // cumulative rows of the matrices (Split), or N (SwiGlu)
   int M, K, ldx, ldr;
   float eps;
-  int tasks;  // qmvx: row groups each warp group runs, one after another
 };
 
 // Device code. No headers: half and bfloat16 travel as 16-bit words and
@@ -70,7 +69,6 @@ struct Params {
   int n_end[3];
   int M, K, ldx, ldr;
   float eps;
-  int tasks;
 };
 
 template <int KIND> struct Elem;
@@ -435,207 +433,6 @@ __device__ __forceinline__ void qmv(const Params& p) {
     for (int i = threadIdx.x; i < ROWS * MT; i += blockDim.x) {
       const int r = i / MT, m = i % MT;
       if (live[r] && m0 + m < M) put_split<EL>(p, mat[r], row[r], m0 + m, res[i]);
-    }
-  }
-}
-// Dynamic shared memory (a kernel's launch sizes it); the CPU emulation hands out a static buffer.
-#ifdef MLXE_EMULATED
-#define MLXE_DYN_SMEM(name) float* name = mlxe_emu_dyn_smem
-#else
-#define MLXE_DYN_SMEM(name)                  \
-  extern __shared__ uint4 mlxe_dyn_smem_[]; \
-  float* name = reinterpret_cast<float*>(mlxe_dyn_smem_)
-#endif
-
-// The fused matvec at one row of x with x staged in shared memory (qmv's
-// Params, epilogues and norm; packed elements read as denormals, qmv's DEQ
-// 1). A block first writes x·g (g: the norm's weight) times each element's
-// power of two as float32 into dynamic shared memory, K floats, and each
-// chunk's Σ x·g behind them, so the main loop spends one AND and one FMA a
-// weight and a shared load a 4 weights (shared by the rows) — qmv converts,
-// scales and sums x again for every chunk of every block, ~5.3 instructions a
-// 4-bit weight at one row, which bounds it by the SMs' issue rate below the
-// memory's speed. The layout keeps a warp's 16-byte shared loads apart:
-// element e of chunk c at ((e/4)·chunks + c)·4 + e%4. The rest follows
-// dmv_loop: SK warps a group of RPW rows (SwiGLU: a gate row and its up row),
-// lanes over K in 16-byte chunks, U chunks a row in flight a lane; each warp
-// group runs p.tasks row groups one after another (every warp of a block the
-// same count: the SK warps meet at barriers), so a block stages x once for
-// several. The first row group's first loads go out before the staging.
-template <int KIND, int BITS, int GS, int RPW, int U, int MODE, int NORM, int SK>
-__device__ __forceinline__ void qmvx(const Params& p) {
-  typedef Elem<KIND> EL;
-  typedef typename EL::S S;
-  static_assert(BITS == 4 || BITS == 8, "packed weights only");
-  static_assert(MODE == 0 || RPW == 2, "SwiGLU pairs a gate row and an up row");
-  constexpr int E = 128 / BITS, PW = 32 / BITS, L = 32 * SK, EX = 16 / int(sizeof(S)), TPC = E / EX;
-  const int K = p.K, chunks = K / E, groups = K / GS, row_words = K / PW;
-  const int lane = threadIdx.x % L, gpb = blockDim.x / L, gib = threadIdx.x / L;
-  MLXE_DYN_SMEM(xs);
-  float* csum = xs + K;
-
-  const uint4* w[RPW];
-  const S* sp[RPW];
-  const S* bp[RPW];
-  int mat[RPW], row[RPW];
-  bool live[RPW];
-  auto set_rows = [&](int slot) {
-#pragma unroll
-    for (int r = 0; r < RPW; ++r) {
-      const int i = mat[r] = stacked_row<RPW, MODE>(p, slot, r, row[r], live[r]);
-      w[r] = reinterpret_cast<const uint4*>(static_cast<const u32*>(p.w[i]) + size_t(row[r]) * row_words);
-      sp[r] = static_cast<const S*>(p.scales[i]) + size_t(row[r]) * groups;
-      bp[r] = static_cast<const S*>(p.biases[i]) + size_t(row[r]) * groups;
-    }
-  };
-  uint4 wv[RPW][U];
-  S sv[RPW][U], bv[RPW][U];
-  // A step: up to U chunks a row from chunk c, every load issued before any math.
-  auto fetch = [&](int c, int n) {
-#pragma unroll
-    for (int u = 0; u < U; ++u)
-#pragma unroll
-      for (int r = 0; r < RPW; ++r)
-        if (u < n) {
-          const int grp = (c + L * u) * E / GS;
-          wv[r][u] = __ldg(w[r] + c + L * u);
-          sv[r][u] = sp[r][grp];
-          bv[r][u] = bp[r][grp];
-        }
-  };
-  auto step_len = [&](int c) { return c < chunks ? min(U, (chunks - c + L - 1) / L) : 0; };
-  set_rows(blockIdx.x * p.tasks * gpb + gib);
-  int c = lane, n = step_len(c);
-  fetch(c, n);
-
-  // Staging: TPC threads a chunk (16-byte loads of x and g), the chunk's sum
-  // reduced over them by shuffles (every lane of a warp takes part).
-  __shared__ float red[8][RPW + 1];
-  float ss = 0.f;
-  const S* x = static_cast<const S*>(p.x);
-  const S* g = static_cast<const S*>(p.norm);
-  for (int base = 0; base < K / EX; base += blockDim.x) {
-    const int t = base + threadIdx.x;
-    const bool ok = t < K / EX;
-    float f[EX], part = 0.f;
-    if (ok) {
-      unpack_chunk<EL, EX>(__ldg(reinterpret_cast<const uint4*>(x) + t), f);
-      float gf[EX];
-      if constexpr (NORM) unpack_chunk<EL, EX>(__ldg(reinterpret_cast<const uint4*>(g) + t), gf);
-#pragma unroll
-      for (int e = 0; e < EX; ++e) {
-        if constexpr (NORM) {
-          ss = fmaf(f[e], f[e], ss);
-          f[e] *= gf[e];
-        }
-        part += f[e];
-        f[e] *= Packed<BITS>::x_scale_denorm((t * EX + e) % PW);
-      }
-    }
-#pragma unroll
-    for (int o = 1; o < TPC; o *= 2) part += __shfl_xor_sync(0xffffffffu, part, o);
-    if (ok) {
-      const int ch = t / TPC, e0 = (t % TPC) * EX;
-#pragma unroll
-      for (int e = 0; e < EX; e += 4) {
-        float4 v;
-        v.x = f[e];
-        v.y = f[e + 1];
-        v.z = f[e + 2];
-        v.w = f[e + 3];
-        reinterpret_cast<float4*>(xs)[((e0 + e) / 4) * chunks + ch] = v;
-      }
-      if (t % TPC == 0) csum[ch] = part;
-    }
-  }
-  float inv = 1.0f;
-  if constexpr (NORM) {
-#pragma unroll
-    for (int o = 16; o > 0; o /= 2) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-    if (threadIdx.x % 32 == 0) red[threadIdx.x / 32][0] = ss;
-  }
-  __syncthreads();
-  if constexpr (NORM) {
-    ss = 0.f;
-    for (int k = 0; k < int(blockDim.x / 32); ++k) ss += red[k][0];
-    inv = rsqrtf(ss / float(K) + p.eps);
-    __syncthreads();  // red is reused by the warp groups' sums
-  }
-
-  const float4* x4 = reinterpret_cast<const float4*>(xs);
-  for (int it = 0; it < p.tasks; ++it) {
-    if (it > 0) {
-      set_rows((blockIdx.x * p.tasks + it) * gpb + gib);
-      c = lane;
-      n = step_len(c);
-      fetch(c, n);
-    }
-    float acc[RPW];
-#pragma unroll
-    for (int r = 0; r < RPW; ++r) acc[r] = 0.f;
-    while (n > 0) {
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        if (u >= n) break;
-        const int cc = c + L * u;
-        float qx[RPW];
-#pragma unroll
-        for (int r = 0; r < RPW; ++r) qx[r] = 0.f;
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          float xf[PW];
-#pragma unroll
-          for (int v = 0; v < PW / 4; ++v) {
-            const float4 q4 = x4[(i * PW / 4 + v) * chunks + cc];
-            xf[4 * v] = q4.x;
-            xf[4 * v + 1] = q4.y;
-            xf[4 * v + 2] = q4.z;
-            xf[4 * v + 3] = q4.w;
-          }
-#pragma unroll
-          for (int r = 0; r < RPW; ++r) {
-            const u32 word = reinterpret_cast<const u32*>(&wv[r][u])[i];
-            const u32 high = word >> (BITS * Packed<BITS>::SPLIT);
-#pragma unroll
-            for (int j = 0; j < PW; ++j) qx[r] = fmaf(Packed<BITS>::denorm_q(word, high, j), xf[j], qx[r]);
-          }
-        }
-        const float cs = csum[cc];
-#pragma unroll
-        for (int r = 0; r < RPW; ++r)
-          acc[r] += EL::get(sv[r][u]) * DENORM_UNDO * qx[r] + EL::get(bv[r][u]) * cs;
-      }
-      c += L * U;
-      n = step_len(c);
-      fetch(c, n);
-    }
-#pragma unroll
-    for (int r = 0; r < RPW; ++r)
-#pragma unroll
-      for (int o = 16; o > 0; o /= 2) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], o);
-    const int warp = threadIdx.x / 32;
-    if constexpr (SK > 1) {
-      if (threadIdx.x % 32 == 0)
-#pragma unroll
-        for (int r = 0; r < RPW; ++r) red[warp][r] = acc[r];
-      __syncthreads();
-      if (warp % SK == 0)
-#pragma unroll
-        for (int k = 1; k < SK; ++k)
-#pragma unroll
-          for (int r = 0; r < RPW; ++r) acc[r] += red[warp + k][r];
-      __syncthreads();  // before the next row group's sums
-    }
-    // The first warp of a group writes, lane r row r.
-    if (warp % SK == 0) {
-      const int l = threadIdx.x % 32;
-      if constexpr (MODE == 1) {
-        if (l == 0 && live[0]) put_swiglu<EL>(p, row[0], 0, acc[0] * inv, acc[1] * inv);
-      } else {
-#pragma unroll
-        for (int r = 0; r < RPW; ++r)
-          if (l == r && live[r]) put_split<EL>(p, mat[r], row[r], 0, acc[r] * inv);
-      }
     }
   }
 }
@@ -1362,7 +1159,6 @@ struct Api {
   int (*cuDeviceGetAttribute)(int*, int, int);
   int (*cuModuleLoadData)(void**, const void*);
   int (*cuModuleGetFunction)(CUfunc_st**, void*, const char*);
-  int (*cuFuncSetAttribute)(CUfunc_st*, int, int);
 };
 
 void* open_lib(std::initializer_list<const char*> names) {
@@ -1394,7 +1190,6 @@ const Api& api() {
     sym(cu, "cuDeviceGetAttribute", a.cuDeviceGetAttribute);
     sym(cu, "cuModuleLoadData", a.cuModuleLoadData);
     sym(cu, "cuModuleGetFunction", a.cuModuleGetFunction);
-    sym(cu, "cuFuncSetAttribute", a.cuFuncSetAttribute);
     return a;
   }();
   return a;
@@ -1407,14 +1202,12 @@ struct Config {
   int deq;   // 0: packed elements OR-ed into 2^23, minus 2^23; 1: read as denormals
   int pf;    // 1: each thread loads its next chunk while it computes one (packed weights)
   int u;     // dense weights (fdmv): 16-byte chunks a row in flight a lane; `rows` is then rows a warp group
-  int sk;    // dense weights (fdmv) and qmvx: warps a row group
-  int stage;  // 1: qmvx (one row of x staged in shared memory; `rows` rows a warp group, U, SK as fdmv's)
+  int sk;    // dense weights (fdmv): warps a row group
   int threads;  // most threads a block of qmv (a multiple of 32, at most 256); not part of the compiled code
   std::string key() const {
     return std::to_string(kind) + "_" + std::to_string(bits) + "_" + std::to_string(group) + "_" + std::to_string(mt) +
            "_" + std::to_string(rows) + "_" + std::to_string(mode) + "_" + std::to_string(norm) + "_" +
-           std::to_string(deq) + "_" + std::to_string(pf) + "_" + std::to_string(u) + "_" + std::to_string(sk) + "_" +
-           std::to_string(stage);
+           std::to_string(deq) + "_" + std::to_string(pf) + "_" + std::to_string(u) + "_" + std::to_string(sk);
   }
   bool dense() const { return bits > 8; }
 };
@@ -1472,31 +1265,8 @@ CUfunc_st* compiled(const std::string& key, const char* name, MakeSrc make_src) 
   return f;
 }
 
-// Most dynamic shared memory qmvx may take (x staged as float32: K up to ~24k).
-constexpr int QMVX_SMEM = 96 * 1024;
-
-// The matvec kernel of `c`: qmv or qmvx, or fdmv for dense weights.
+// The matvec kernel of `c`: qmv, or fdmv for dense weights.
 CUfunc_st* kernel(const Config& c) {
-  if (c.stage) {
-    static std::mutex mu;
-    static std::unordered_map<CUfunc_st*, bool> raised;
-    CUfunc_st* f = compiled("qmvx_" + c.key(), "mlxe_qmvx", [&] {
-      return std::string(kSource) +
-             "extern \"C\" __global__ void __launch_bounds__(256) mlxe_qmvx(const mlxe::Params p) {\n"
-             "  mlxe::qmvx<" +
-             std::to_string(c.kind) + ", " + std::to_string(c.bits) + ", " + std::to_string(c.group) + ", " +
-             std::to_string(c.rows) + ", " + std::to_string(c.u) + ", " + std::to_string(c.mode) + ", " +
-             std::to_string(c.norm) + ", " + std::to_string(c.sk) + ">(p);\n}\n";
-    });
-    // Over 48 KiB of dynamic shared memory needs the kernel's consent (CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES).
-    std::lock_guard<std::mutex> lock(mu);
-    if (raised.count(f) == 0) {
-      if (api().cuFuncSetAttribute(f, 8, QMVX_SMEM) != 0)
-        throw std::runtime_error("mlxe CUDA kernels: cannot give qmvx 96 KiB of shared memory");
-      raised.emplace(f, true);
-    }
-    return f;
-  }
   if (c.dense())
     return compiled("fdmv_" + c.key(), "mlxe_fdmv", [&] {
       return std::string(kSource) + kAttnSource +
@@ -1567,16 +1337,8 @@ int64_t row_stride(const mx::array& a) {
 // [residual], then per matrix w, scales, biases, [bias].
 class FusedQmv : public mx::Primitive {
  public:
-  FusedQmv(mx::Stream s, Config c, int k, int nmat, std::array<bool, 3> has_bias, bool residual, float eps,
-           int tasks)
-      : mx::Primitive(s),
-        c_(c),
-        k_(k),
-        nmat_(nmat),
-        has_bias_(has_bias),
-        residual_(residual),
-        eps_(eps),
-        tasks_(tasks) {}
+  FusedQmv(mx::Stream s, Config c, int k, int nmat, std::array<bool, 3> has_bias, bool residual, float eps)
+      : mx::Primitive(s), c_(c), k_(k), nmat_(nmat), has_bias_(has_bias), residual_(residual), eps_(eps) {}
 
   void eval_cpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
     throw std::runtime_error("MlxeFusedQmv is a CUDA kernel");
@@ -1627,20 +1389,16 @@ class FusedQmv : public mx::Primitive {
       p.y[o] = gptr(outs[o]);
     }
     const int chunks = K / (128 / c_.bits);
-    // qmv: a block `rows` rows, its threads over K; fdmv and qmvx: SK warps `rows` rows
-    // (qmvx: p.tasks row groups each, one after another).
-    const bool warps = c_.dense() || c_.stage;
-    const unsigned threads = warps ? c_.threads : std::min(c_.threads, (chunks + 31) / 32 * 32);
-    p.tasks = c_.stage ? tasks_ : 1;
-    const int per_block = (c_.mode == 1 ? c_.rows / 2 : c_.rows) * (warps ? c_.threads / 32 / c_.sk : 1) * p.tasks;
+    // qmv: a block `rows` rows, its threads over K; fdmv: SK warps `rows` rows.
+    const unsigned threads = c_.dense() ? c_.threads : std::min(c_.threads, (chunks + 31) / 32 * 32);
+    const int per_block = (c_.mode == 1 ? c_.rows / 2 : c_.rows) * (c_.dense() ? c_.threads / 32 / c_.sk : 1);
     const dim3 grid{static_cast<unsigned>((rows + per_block - 1) / per_block),
                     static_cast<unsigned>((p.M + c_.mt - 1) / c_.mt), 1};
     CUfunc_st* f = kernel(c_);
     for (const auto& a : in) enc.set_input_array(a);
     for (const auto& o : outs) enc.set_output_array(o);
     void* args[] = {&p};
-    const uint32_t smem = c_.stage ? static_cast<uint32_t>((K + chunks) * sizeof(float)) : 0;
-    enc.add_kernel_node_raw(f, grid, dim3{threads, 1, 1}, dim3{1, 1, 1}, smem, args);
+    enc.add_kernel_node_raw(f, grid, dim3{threads, 1, 1}, dim3{1, 1, 1}, 0, args);
   }
 
   const char* name() const override { return "MlxeFusedQmv"; }
@@ -1648,7 +1406,7 @@ class FusedQmv : public mx::Primitive {
   bool is_equivalent(const mx::Primitive& other) const override {
     const auto* o = dynamic_cast<const FusedQmv*>(&other);
     return o != nullptr && o->c_.key() == c_.key() && o->c_.threads == c_.threads && o->k_ == k_ && o->nmat_ == nmat_ && o->has_bias_ == has_bias_ &&
-           o->residual_ == residual_ && o->eps_ == eps_ && o->tasks_ == tasks_;
+           o->residual_ == residual_ && o->eps_ == eps_;
   }
 
  private:
@@ -1658,7 +1416,6 @@ class FusedQmv : public mx::Primitive {
   std::array<bool, 3> has_bias_;
   bool residual_;
   float eps_;
-  int tasks_;  // qmvx: row groups a warp group
 };
 
 int env_int(const char* name, int fallback) {
@@ -1951,42 +1708,12 @@ std::vector<mx::array> build(const mx::array& x_in, const std::vector<QuantMatri
   // Prefetching the next chunk: opt-in (MLXENGINE_CUDA_QMV_PREFETCH=1) until timed on a GPU.
   static const int pf_env = env_int("MLXENGINE_CUDA_QMV_PREFETCH", 0) != 0 ? 1 : 0;
   c.pf = bits <= 8 ? pf_env : 0;
-  // One row of x (a decode step) takes qmvx where its staged x fits: RPW rows
-  // a warp group (SwiGLU: a gate row and its up row), U chunks in flight a
-  // lane, SK warps a group as fdmv picks them, `tasks` groups a warp group:
-  // enough that a block streams at least RATIO (2) bytes of weights for each
-  // byte of x (and norm weight) it stages — more tasks, fewer blocks to spread.
-  // Opt-in (MLXENGINE_CUDA_QMVX=1) until timed on a GPU; MLXENGINE_CUDA_QMVX_RPW,
-  // _U, _TASKS and _RATIO move the shape (MLXENGINE_CUDA_DMV_SK forces SK).
-  int tasks = 1;
-  static const bool qmvx_on = env_int("MLXENGINE_CUDA_QMVX", 0) != 0;
-  if (!dense && M == 1 && c.deq == 1 && c.pf == 0 && qmvx_on &&
-      (K + K / (128 / bits)) * static_cast<int>(sizeof(float)) <= QMVX_SMEM) {
-    static const int rpw = std::clamp(env_int("MLXENGINE_CUDA_QMVX_RPW", 2), 1, 4);
-    static const int u = std::clamp(env_int("MLXENGINE_CUDA_QMVX_U", 2), 1, 8);
-    static const int tasks_env = std::clamp(env_int("MLXENGINE_CUDA_QMVX_TASKS", 0), 0, 64);
-    c.stage = 1;
-    c.rows = swiglu ? 2 : rpw;
-    c.u = u;
-    c.threads = 256;
-    c.norm = norm ? 1 : 0;
-    const int slots = swiglu ? total : (total + c.rows - 1) / c.rows;
-    c.sk = dmv_split(slots, K / (128 / bits), DmvShape{c.rows, u, 256});
-    // Bytes of weights a block streams a row group against the bytes it stages, ×8 to stay in integers.
-    const int per_task = c.threads / 32 / c.sk * c.rows * bits;
-    const int staged = 8 * static_cast<int>(x.itemsize()) * (norm ? 2 : 1);
-    static const int ratio = std::clamp(env_int("MLXENGINE_CUDA_QMVX_RATIO", 2), 1, 64);
-    tasks = tasks_env > 0 ? tasks_env : std::max(1, (ratio * staged + per_task - 1) / per_task);
-    // No more than the row groups of a warp group's share.
-    tasks = std::min(tasks, std::max(1, slots / (c.threads / 32 / c.sk)));
-  }
   const float eps = norm ? norm->second : 0.f;
   std::vector<mx::Dtype> dtypes(shapes.size(), x.dtype());
   const auto stream = mx::to_stream(s);
   return mx::array::make_arrays(
       std::move(shapes), dtypes,
-      std::make_shared<FusedQmv>(stream, c, K, static_cast<int>(mats.size()), has_bias, residual.has_value(), eps,
-                                 tasks),
+      std::make_shared<FusedQmv>(stream, c, K, static_cast<int>(mats.size()), has_bias, residual.has_value(), eps),
       std::move(inputs));
 }
 

@@ -36,8 +36,6 @@ inline dim3_ blockIdx, blockDim, gridDim;
 inline std::barrier<>* g_bar;
 inline std::vector<std::unique_ptr<std::barrier<>>> g_warp_bars;  // one a warp of the block
 inline float g_slots[1024];
-// Dynamic shared memory (MLXE_DYN_SMEM in the kernels): one block runs at a time.
-alignas(16) inline float mlxe_emu_dyn_smem[1 << 16];
 template <class T>
 T __ldg(const T* p) {
   return *p;
