@@ -4,8 +4,8 @@
 # into .devcache/gpu/bin/bench_decode_NAME.xz before staging (stage_kernels.sh keeps it), runs as variant "bin:NAME".
 #   1. CHECKS (default "attn parity"): attn_check -> $OUT/attn.jsonl, parity_gpu over the parity fixtures ->
 #      $OUT/parity.jsonl, "qmv": qmv_check (every quantized shape, dtype, width and group; QMV_CHECK_ARGS=--quick
-#      bfloat16 4-bit group 64 alone) -> $OUT/qmv.jsonl; all
-#      three under CHECK_VARIANT's environment (dmv_env.sh; default base, as shipped);
+#      bfloat16 4-bit group 64 alone) -> $OUT/qmv.jsonl; all three under CHECK_VARIANT's environment (dmv_env.sh;
+#      default base, as shipped);
 #   2. decode (random weights, 512-token prompt, 128 greedy tokens) of DECODE_MODELS (default "8b 1b"; 8b-q4 the
 #      8B MLX 4-bit model) as shipped and with each of VARIANTS (dmv_env.sh's names, or bin:NAME; default none),
 #      ROUNDS (default 2) rounds -> $OUT/decode.jsonl;
