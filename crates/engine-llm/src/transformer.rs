@@ -863,6 +863,7 @@ impl Transformer {
         let [q, k, v]: [Array; 3] = qkv
             .try_into()
             .map_err(|_| engine_mlx::Error::Invalid("fused q/k/v: three outputs expected".into()))?;
+        let q0 = q.clone();
         let out = self.attend(a, q, k, v, cache, step, heads_first)?;
         let whole = self.group.is_none();
         // `x` may be the attention output (B, heads, 1, head_dim): the fused
@@ -894,9 +895,15 @@ impl Transformer {
             )?,
             _ => None,
         };
-        Ok(Some(match gated {
-            Some(mut g) => with_residual(&m.down, &g.remove(0), &h)?,
-            None => h.add(&self.mlp(m, &post.forward(&h)?)?)?,
+        let Some(g) = gated.and_then(|mut g| g.pop()) else {
+            return Ok(Some(h.add(&self.mlp(m, &post.forward(&h)?)?)?));
+        };
+        let y = with_residual(&m.down, &g, &h)?;
+        // The layer's kernels as one chain, each launched while the one before
+        // it drains (declines, keeping `y`, where a stage is not ours).
+        Ok(Some(match engine_mlx::fast::decode_chain(&[&q0, &out, &h, &g, &y])? {
+            Some(mut all) => all.pop().expect("a chain returns its stages' outputs"),
+            None => y,
         }))
     }
 

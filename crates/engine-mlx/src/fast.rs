@@ -262,6 +262,28 @@ pub fn add_rms_norm_cuda(a: &Array, b: &Array, weight: &Array, eps: f32) -> Resu
     })
 }
 
+/// A decode step's consecutive CUDA stages — arrays made by the fused matvec
+/// (`quant::fused_matvec`) and [`decode_attention_in_place`], in the order they
+/// run, each reading only earlier stages' outputs (or reshapes of them) and
+/// arrays made before the first — as one node of MLX's CUDA graph whose
+/// kernels launch programmatically, each while the one before it drains
+/// (Hopper on; it waits for that one's results on the GPU). Returns every
+/// stage's outputs in order, siblings included, to use **instead of** the
+/// stages' own arrays, which must not be evaluated any more (an in-place
+/// attention would run twice). `None` without the `cuda` feature, with
+/// `MLXENGINE_CUDA_PDL=0`, or where it does not apply; the stages' own arrays
+/// then run as they are.
+pub fn decode_chain(stages: &[&Array]) -> Result<Option<Vec<Array>>> {
+    if !cfg!(feature = "cuda") {
+        return Ok(None);
+    }
+    let out = crate::array::unlist(
+        ffi::cuda_chain(&crate::array::list(stages.iter().copied())).op("decode_chain")?,
+        "decode_chain",
+    )?;
+    Ok((!out.is_empty()).then_some(out))
+}
+
 /// Group norm of channels-last `x` (N, …, C), optionally followed by SiLU, in
 /// two CUDA kernels (statistics per group, then the scaled, shifted elements).
 /// `None` off the GPU, without the `cuda` feature, or where it does not apply

@@ -10,13 +10,14 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <mutex>
 #include <stdexcept>
 #include <string>
 #include <unordered_map>
 
-// The three entry points of MLX's CUDA backend we use, declared here because
+// The entry points of MLX's CUDA backend we use, declared here because
 // the wheel's backend headers need fmt, which the wheel does not ship. They are
 // exported from libmlx (`nm -DC libmlx.so`); dim3 and CUfunc_st only need
 // their names and layout to match CUDA's.
@@ -24,12 +25,15 @@ struct dim3 {
   unsigned int x, y, z;
 };
 struct CUfunc_st;
+struct CUgraph_st;
+struct CUgraphNode_st;
 namespace mlx::core::cu {
 class CommandEncoder {
  public:
   void set_input_array(const array& arr);
   void set_output_array(const array& arr);
   void add_kernel_node_raw(CUfunc_st* func, dim3 grid, dim3 block, dim3 cluster, uint32_t smem, void** params);
+  void add_graph_node(CUgraph_st* child);
 };
 CommandEncoder& get_command_encoder(Stream s);
 // The head of MLX's CUDA buffer (mlx/backend/cuda/allocator.h): its device pointer.
@@ -62,6 +66,33 @@ constexpr const char* kSource = R"(
 namespace mlxe {
 typedef unsigned int u32;
 typedef unsigned short u16;
+
+// Programmatic dependent launch (sm_90 on): in a chain of kernels (`Chain`,
+// host side) a kernel may start while the one before it finishes, so its
+// blocks must wait here before they read anything that one wrote or write
+// anything at all; and each kernel lets the next one launch as soon as all its
+// own blocks run. Both are no-ops for a kernel launched otherwise.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+// Both, for a kernel that has nothing to do before its wait.
+__device__ __forceinline__ void pdl_enter() {
+  pdl_launch_dependents();
+  pdl_wait();
+}
+// Asks for the 128-byte line at p in the L2 cache (no register, no wait).
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+#if defined(__CUDA_ARCH__)
+  asm("prefetch.global.L2 [%0];" ::"l"(p));
+#endif
+}
 struct Params {
   const void* x; const void* norm; const void* residual;
   const void* w[3]; const void* scales[3]; const void* biases[3]; const void* bias[3];
@@ -233,7 +264,10 @@ template <typename EL> __device__ __forceinline__ void put_swiglu(const Params& 
 // 16-byte chunks of w (one 128-bit load per row, inside one group), adding
 // scale · Σ q·x + bias · Σ x per chunk in float32; shared memory sums the warps.
 // (Dense weights take fdmv, in kAttnSource.)
-template <int KIND, int BITS, int GS, int MT, int ROWS, int MODE, int NORM, int DEQ = 0, int PF = 0>
+// PDL 1: the block streams its weights into the L2 cache before it waits on
+// the kernel before it in a chain (they never depend on it), so the memory
+// works through that kernel's last wave.
+template <int KIND, int BITS, int GS, int MT, int ROWS, int MODE, int NORM, int DEQ = 0, int PF = 0, int PDL = 0>
 __device__ __forceinline__ void qmv(const Params& p) {
   static_assert(BITS == 4 || BITS == 8, "dense weights take fdmv");
   typedef Elem<KIND> EL;
@@ -257,6 +291,14 @@ __device__ __forceinline__ void qmv(const Params& p) {
     sr[r] = static_cast<const S*>(p.scales[i]) + size_t(row[r]) * groups;
     br[r] = static_cast<const S*>(p.biases[i]) + size_t(row[r]) * groups;
   }
+  pdl_launch_dependents();
+  if constexpr (PDL == 1) {
+    // One prefetch a 128-byte line: 8 chunks.
+    for (int c = threadIdx.x * 8; c < chunks; c += blockDim.x * 8)
+#pragma unroll
+      for (int r = 0; r < ROWS; ++r) prefetch_l2(wr[r] + c);
+  }
+  pdl_wait();
 
   // part: each warp's row sums, then (NORM) its sums of squares of x. The
   // norm's 1/RMS scales the sums at the end, so the squares can be summed in
@@ -524,8 +566,11 @@ __device__ __forceinline__ void attend(const AttnParams& p) {
   S* vc = static_cast<S*>(p.vc) + row0 * D;
 
   // The first tile's cached rows go out before anything else: their latency
-  // overlaps the set-up (q, RoPE). The new slot is never read from memory
-  // (split 0 writes it; every block takes the rotated key from shared memory).
+  // overlaps the set-up (q, RoPE) and, in a chain, the q/k/v kernel's end —
+  // the cache's earlier slots do not depend on it; q, k and v are read after
+  // the wait. The new slot is never read from memory (split 0 writes it;
+  // every block takes the rotated key from shared memory).
+  pdl_launch_dependents();
   uint4 kw[NP], vw[NP];
   auto load_tile = [&](int base) {
 #pragma unroll
@@ -538,6 +583,7 @@ __device__ __forceinline__ void attend(const AttnParams& p) {
     }
   };
   load_tile(k0);
+  pdl_wait();
 
   __shared__ float qs[G][D], ks[D], vs[D];
   __shared__ float gm[GROUPS][G], gl[GROUPS][G];
@@ -1203,14 +1249,82 @@ struct Config {
   int pf;    // 1: each thread loads its next chunk while it computes one (packed weights)
   int u;     // dense weights (fdmv): 16-byte chunks a row in flight a lane; `rows` is then rows a warp group
   int sk;    // dense weights (fdmv): warps a row group
+  int pdl;     // packed weights: 1 streams the block's weights into L2 before its wait in a chain (qmv's PDL)
   int threads;  // most threads a block of qmv (a multiple of 32, at most 256); not part of the compiled code
   std::string key() const {
     return std::to_string(kind) + "_" + std::to_string(bits) + "_" + std::to_string(group) + "_" + std::to_string(mt) +
            "_" + std::to_string(rows) + "_" + std::to_string(mode) + "_" + std::to_string(norm) + "_" +
-           std::to_string(deq) + "_" + std::to_string(pf) + "_" + std::to_string(u) + "_" + std::to_string(sk);
+           std::to_string(deq) + "_" + std::to_string(pf) + "_" + std::to_string(u) + "_" + std::to_string(sk) + "_" +
+           std::to_string(pdl);
   }
   bool dense() const { return bits > 8; }
 };
+
+// The driver's graph functions a chain (below) builds its graph with, found
+// on first use; chains decline where the driver lacks them (before CUDA 12.3).
+struct GraphApi {
+  // CUDA_KERNEL_NODE_PARAMS (v2) and CUgraphEdgeData, as cuda.h lays them out.
+  struct KernelNode {
+    CUfunc_st* func;
+    unsigned grid_x, grid_y, grid_z, block_x, block_y, block_z, smem;
+    void** params;
+    void** extra;
+    void* kern;
+    void* ctx;
+  };
+  struct Edge {
+    unsigned char from_port, to_port, type, reserved[5];
+  };
+  int (*create)(CUgraph_st**, unsigned);
+  int (*destroy)(CUgraph_st*);
+  int (*add_kernel)(CUgraphNode_st**, CUgraph_st*, CUgraphNode_st* const*, size_t, const KernelNode*);
+  int (*add_deps)(CUgraph_st*, CUgraphNode_st* const*, CUgraphNode_st* const*, const Edge*, size_t);
+  bool ok;
+};
+
+const GraphApi& graph_api() {
+  static const GraphApi g = [] {
+    GraphApi g{};
+    void* cu = open_lib({"libcuda.so.1", "libcuda.so"});
+    g.create = reinterpret_cast<decltype(g.create)>(dlsym(cu, "cuGraphCreate"));
+    g.destroy = reinterpret_cast<decltype(g.destroy)>(dlsym(cu, "cuGraphDestroy"));
+    g.add_kernel = reinterpret_cast<decltype(g.add_kernel)>(dlsym(cu, "cuGraphAddKernelNode_v2"));
+    g.add_deps = reinterpret_cast<decltype(g.add_deps)>(dlsym(cu, "cuGraphAddDependencies_v2"));
+    g.ok = g.create && g.destroy && g.add_kernel && g.add_deps;
+    return g;
+  }();
+  return g;
+}
+
+// A chain's graph while its stages add their kernels (see `Chain`): each kernel
+// node follows the one before it through a programmatic edge.
+struct ChainGraph {
+  CUgraph_st* graph = nullptr;
+  CUgraphNode_st* last = nullptr;
+};
+thread_local ChainGraph* t_chain = nullptr;
+
+// Adds a kernel to MLX's CUDA graph, or to the chain being built on this
+// thread. Every kernel a chain may hold waits (`pdl_wait`) before it reads
+// what the kernel before it wrote.
+void launch(mx::cu::CommandEncoder& enc, CUfunc_st* f, dim3 grid, dim3 block, void** args) {
+  ChainGraph* c = t_chain;
+  if (c == nullptr) {
+    enc.add_kernel_node_raw(f, grid, block, dim3{1, 1, 1}, 0, args);
+    return;
+  }
+  const GraphApi& g = graph_api();
+  GraphApi::KernelNode k{f, grid.x, grid.y, grid.z, block.x, block.y, block.z, 0, args, nullptr, nullptr, nullptr};
+  CUgraphNode_st* node = nullptr;
+  if (g.add_kernel(&node, c->graph, nullptr, 0, &k) != 0) throw std::runtime_error("mlxe chain: cuGraphAddKernelNode failed");
+  if (c->last != nullptr) {
+    // CU_GRAPH_KERNEL_NODE_PORT_PROGRAMMATIC, CU_GRAPH_DEPENDENCY_TYPE_PROGRAMMATIC.
+    const GraphApi::Edge e{1, 0, 1, {0, 0, 0, 0, 0}};
+    if (g.add_deps(c->graph, &c->last, &node, &e, 1) != 0)
+      throw std::runtime_error("mlxe chain: cuGraphAddDependencies (programmatic) failed");
+  }
+  c->last = node;
+}
 
 // The kernel `name` of the source `make_src()` returns, compiled by NVRTC for
 // this GPU on first use (each `key` once per process; a few hundred
@@ -1271,7 +1385,7 @@ CUfunc_st* kernel(const Config& c) {
     return compiled("fdmv_" + c.key(), "mlxe_fdmv", [&] {
       return std::string(kSource) + kAttnSource +
              "extern \"C\" __global__ void __launch_bounds__(256) mlxe_fdmv(const mlxe::Params p) {\n"
-             "  mlxe::fdmv<" +
+             "  mlxe::pdl_enter();\n  mlxe::fdmv<" +
              std::to_string(c.kind) + ", " + std::to_string(c.mt) + ", " + std::to_string(c.rows) + ", " +
              std::to_string(c.u) + ", " + std::to_string(c.mode) + ", " + std::to_string(c.norm) + ", " +
              std::to_string(c.sk) + ">(p);\n}\n";
@@ -1283,7 +1397,7 @@ CUfunc_st* kernel(const Config& c) {
            std::to_string(c.kind) + ", " + std::to_string(c.bits) + ", " + std::to_string(c.group) + ", " +
            std::to_string(c.mt) + ", " + std::to_string(c.rows) + ", " + std::to_string(c.mode) + ", " +
            std::to_string(c.norm) + ", " + std::to_string(c.deq) + ", " +
-           std::to_string(c.pf) + ">(p);\n}\n";
+           std::to_string(c.pf) + ", " + std::to_string(c.pdl) + ">(p);\n}\n";
   });
 }
 
@@ -1398,7 +1512,7 @@ class FusedQmv : public mx::Primitive {
     for (const auto& a : in) enc.set_input_array(a);
     for (const auto& o : outs) enc.set_output_array(o);
     void* args[] = {&p};
-    enc.add_kernel_node_raw(f, grid, dim3{threads, 1, 1}, dim3{1, 1, 1}, 0, args);
+    launch(enc, f, grid, dim3{threads, 1, 1}, args);
   }
 
   const char* name() const override { return "MlxeFusedQmv"; }
@@ -1421,6 +1535,14 @@ class FusedQmv : public mx::Primitive {
 int env_int(const char* name, int fallback) {
   const char* v = std::getenv(name);
   return v != nullptr && *v != '\0' ? std::atoi(v) : fallback;
+}
+
+// Chains of decode kernels launched programmatically (`chain`):
+// MLXENGINE_CUDA_PDL=0 off, 1 on (the default), 2 on with qmv's blocks
+// streaming their weights into L2 before they wait.
+int pdl_mode() {
+  static const int mode = std::clamp(env_int("MLXENGINE_CUDA_PDL", 1), 0, 2);
+  return mode;
 }
 
 // The dense matvecs' block shape (dmv, fdmv): MLXENGINE_CUDA_DMV_RPW rows a
@@ -1553,7 +1675,7 @@ class DecodeAttention : public mx::Primitive {
     enc.set_output_array(vc);
     void* args[] = {&p};
     const dim3 grid{static_cast<unsigned>(p.KV), static_cast<unsigned>(B), static_cast<unsigned>(splits)};
-    enc.add_kernel_node_raw(attn_kernel(kind, D, G), grid, dim3{ATTN_THREADS, 1, 1}, dim3{1, 1, 1}, 0, args);
+    launch(enc, attn_kernel(kind, D, G), grid, dim3{ATTN_THREADS, 1, 1}, args);
   }
 
   const char* name() const override { return "MlxeDecodeAttention"; }
@@ -1708,6 +1830,7 @@ std::vector<mx::array> build(const mx::array& x_in, const std::vector<QuantMatri
   // Prefetching the next chunk: opt-in (MLXENGINE_CUDA_QMV_PREFETCH=1) until timed on a GPU.
   static const int pf_env = env_int("MLXENGINE_CUDA_QMV_PREFETCH", 0) != 0 ? 1 : 0;
   c.pf = bits <= 8 ? pf_env : 0;
+  c.pdl = bits <= 8 && pdl_mode() == 2 ? 1 : 0;
   const float eps = norm ? norm->second : 0.f;
   std::vector<mx::Dtype> dtypes(shapes.size(), x.dtype());
   const auto stream = mx::to_stream(s);
@@ -1717,6 +1840,97 @@ std::vector<mx::array> build(const mx::array& x_in, const std::vector<QuantMatri
       std::move(inputs));
 }
 
+
+// Kernels of our primitives (the fused matvecs, the decode attention) as one
+// node of MLX's graph: a child graph whose kernels follow each other through
+// programmatic edges, so each kernel's blocks launch while the one before it
+// drains its last wave and stream their weights meanwhile (they wait, in
+// `pdl_wait`, before they touch that kernel's results). Between separate
+// nodes every kernel paid its ramp-up and its predecessor's tail in full: a
+// decode step is ~5 dependent kernels a layer. The stages keep their own
+// primitives and eval_gpu; `launch` sends their kernels into this chain's
+// graph while it is built. Outputs: every stage's outputs in order.
+class Chain : public mx::Primitive {
+ public:
+  // Where a stage input comes from: an input of the chain (`index` ≥ 0), or
+  // output -1 - index of an earlier stage, seen with `shape` when it is set
+  // (a reshape between two stages: the same buffer, no copy).
+  struct Source {
+    int index;
+    std::optional<mx::Shape> shape;
+  };
+  struct Stage {
+    std::shared_ptr<mx::Primitive> prim;
+    std::vector<Source> in;
+    int out0, nout;
+  };
+
+  Chain(mx::Stream s, std::vector<Stage> stages) : mx::Primitive(s), stages_(std::move(stages)) {}
+
+  void eval_cpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
+    throw std::runtime_error("MlxeChain is a CUDA graph");
+  }
+
+  void eval_gpu(const std::vector<mx::array>& in, std::vector<mx::array>& outs) override {
+    auto& enc = mx::cu::get_command_encoder(stream());
+    const GraphApi& g = graph_api();
+    ChainGraph c;
+    if (g.create(&c.graph, 0) != 0) throw std::runtime_error("mlxe chain: cuGraphCreate failed");
+    struct Reset {
+      ChainGraph& c;
+      ~Reset() {
+        t_chain = nullptr;
+        graph_api().destroy(c.graph);
+      }
+    } reset{c};
+    t_chain = &c;
+    for (const Stage& st : stages_) {
+      std::vector<mx::array> sin;
+      sin.reserve(st.in.size());
+      for (const Source& src : st.in) {
+        if (src.index >= 0) {
+          sin.push_back(in[src.index]);
+          continue;
+        }
+        const mx::array& o = outs[-1 - src.index];
+        if (!src.shape) {
+          sin.push_back(o);
+          continue;
+        }
+        // An output seen with another shape (stages write row-contiguous outputs).
+        if (!o.flags().row_contiguous) throw std::runtime_error("MlxeChain: a reshaped stage output is not row-contiguous");
+        mx::array view(*src.shape, o.dtype(), nullptr, {});
+        mx::Strides strides(src.shape->size(), 1);
+        for (int d = static_cast<int>(strides.size()) - 2; d >= 0; --d) strides[d] = strides[d + 1] * (*src.shape)[d + 1];
+        view.copy_shared_buffer(o, strides, o.flags(), o.data_size());
+        sin.push_back(std::move(view));
+      }
+      std::vector<mx::array> sout(outs.begin() + st.out0, outs.begin() + st.out0 + st.nout);
+      st.prim->eval_gpu(sin, sout);
+    }
+    t_chain = nullptr;
+    // MLX clones the child graph into its own; ours goes with `reset`.
+    enc.add_graph_node(c.graph);
+  }
+
+  const char* name() const override { return "MlxeChain"; }
+
+  // Never merged: its attention stages write their caches in place.
+  bool is_equivalent(const mx::Primitive&) const override { return false; }
+
+ private:
+  std::vector<Stage> stages_;
+};
+
+// Whether `a` reaches an array of `ids` within `depth` steps up its graph
+// (arrays already evaluated end the walk).
+bool reaches(const mx::array& a, const std::unordered_map<std::uintptr_t, int>& ids, int depth) {
+  if (ids.count(a.id())) return true;
+  if (depth == 0 || a.is_available() || !a.has_primitive()) return false;
+  for (const auto& i : a.inputs())
+    if (reaches(i, ids, depth - 1)) return true;
+  return false;
+}
 }  // namespace
 
 void set_enabled(bool on) { enabled().store(on); }
@@ -1871,6 +2085,72 @@ std::optional<mx::array> packed_glu(const mx::array& gu, int act, mx::StreamOrDe
 std::optional<mx::array> swiglu_packed(const mx::array& gu, mx::StreamOrDevice s) {
   if (!pack_on()) return std::nullopt;
   return packed_glu(gu, 0, s);
+}
+
+namespace {
+// MLXENGINE_CUDA_PDL_LOG=1: says on stderr, once each, that a chain was built
+// and why one declined (for the GPU bench's checks).
+std::nullopt_t chain_declines(const char* why) {
+  static const bool log = env_int("MLXENGINE_CUDA_PDL_LOG", 0) != 0;
+  static std::once_flag once;
+  if (log) std::call_once(once, [&] { std::fprintf(stderr, "mlxe chain: declined (%s)\n", why); });
+  return std::nullopt;
+}
+}  // namespace
+
+std::optional<std::vector<mx::array>> chain(const std::vector<mx::array>& stages) {
+  if (!enabled().load() || pdl_mode() == 0 || stages.size() < 2) return std::nullopt;
+  if (!graph_api().ok) return chain_declines("the driver lacks programmatic graph edges");
+  std::vector<Chain::Stage> plan;
+  std::vector<mx::array> inputs;
+  std::unordered_map<std::uintptr_t, int> input_at, output_at;
+  std::vector<mx::Shape> shapes;
+  std::vector<mx::Dtype> dtypes;
+  std::optional<mx::Stream> stream;
+  for (const auto& a : stages) {
+    if (output_at.count(a.id())) continue;  // a sibling of an earlier stage's output
+    if (!a.has_primitive() || a.is_available()) return chain_declines("a stage is evaluated already");
+    const auto& prim = a.primitive_ptr();
+    if (dynamic_cast<FusedQmv*>(prim.get()) == nullptr && dynamic_cast<DecodeAttention*>(prim.get()) == nullptr)
+      return chain_declines("a stage is not one of our kernels");
+    if (stream && !(prim->stream() == *stream)) return chain_declines("stages on two streams");
+    stream = prim->stream();
+    Chain::Stage st{prim, {}, static_cast<int>(shapes.size()), 0};
+    for (const auto& x : a.inputs()) {
+      if (auto it = output_at.find(x.id()); it != output_at.end()) {
+        st.in.push_back({-1 - it->second, std::nullopt});
+        continue;
+      }
+      // A reshape of an earlier stage's output (the fused matvec reads any
+      // shape as rows of K): the same buffer, seen with the reshape's shape.
+      if (x.has_primitive() && !x.is_available() && std::string(x.primitive().name()) == "Reshape" &&
+          x.inputs().size() == 1) {
+        if (auto it = output_at.find(x.inputs()[0].id()); it != output_at.end()) {
+          st.in.push_back({-1 - it->second, x.shape()});
+          continue;
+        }
+      }
+      // Anything else computed from a stage's output would evaluate that stage
+      // a second time outside the chain (an in-place attention twice): decline.
+      if (reaches(x, output_at, 4)) return chain_declines("an input computed from a stage's output");
+      auto [it, fresh] = input_at.emplace(x.id(), static_cast<int>(inputs.size()));
+      if (fresh) inputs.push_back(x);
+      st.in.push_back({it->second, std::nullopt});
+    }
+    for (const auto& o : a.outputs()) {
+      output_at.emplace(o.id(), static_cast<int>(shapes.size()));
+      shapes.push_back(o.shape());
+      dtypes.push_back(o.dtype());
+    }
+    st.nout = static_cast<int>(shapes.size()) - st.out0;
+    plan.push_back(std::move(st));
+  }
+  if (plan.size() < 2) return std::nullopt;
+  static const bool log = env_int("MLXENGINE_CUDA_PDL_LOG", 0) != 0;
+  static std::once_flag once;
+  if (log) std::call_once(once, [&] { std::fprintf(stderr, "mlxe chain: %zu stages, %zu inputs\n", plan.size(), inputs.size()); });
+  return mx::array::make_arrays(std::move(shapes), dtypes, std::make_shared<Chain>(*stream, std::move(plan)),
+                                std::move(inputs));
 }
 
 std::optional<mx::array> geglu(const mx::array& x, mx::StreamOrDevice s) { return packed_glu(x, 1, s); }

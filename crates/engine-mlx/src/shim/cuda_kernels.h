@@ -86,6 +86,19 @@ std::optional<mx::array> decode_attention(const mx::array& q, const mx::array& k
                                           int n_keys, int pos, int dims, bool traditional, float rope_scale,
                                           float scale, int packed_heads = 0, mx::StreamOrDevice s = {});
 
+// The kernels of a decode step's consecutive stages — arrays made by
+// fused_qmv and decode_attention, in the order they run, each reading only
+// earlier stages' outputs (or reshapes of them) and arrays outside — as one
+// node of MLX's CUDA graph, each kernel launched programmatically behind the
+// one before it (it starts while that one drains and waits for its results
+// on the GPU; sm_90 on, elsewhere it waits as before). Returns every stage's
+// outputs in order (siblings included), to use in place of the stages' own,
+// which must not be evaluated any more. nullopt where it does not apply
+// (another primitive, a stage already evaluated, an input computed from a
+// stage's output other than by a reshape, MLXENGINE_CUDA_PDL=0, our kernels
+// off, a driver before CUDA 12.3).
+std::optional<std::vector<mx::array>> chain(const std::vector<mx::array>& stages);
+
 // x (…, K) · wᵀ for a dense w (N, K) in x's dtype and at most 8 rows of x,
 // in one kernel that keeps several 16-byte loads a lane in flight (a decode
 // step's matvecs stream their weights once: the bytes in flight bound them).

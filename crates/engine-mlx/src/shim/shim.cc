@@ -752,6 +752,16 @@ std::unique_ptr<ArrayList> cuda_add_rms_norm(const Array& a, const Array& b, con
   return out;
 }
 
+std::unique_ptr<ArrayList> cuda_chain(const ArrayList& stages) {
+  auto out = std::make_unique<ArrayList>();
+#ifdef MLXE_CUDA
+  if (auto ys = cuda::chain(stages.items)) out->items = std::move(*ys);
+#else
+  (void)stages;
+#endif
+  return out;
+}
+
 std::unique_ptr<ArrayList> cuda_group_norm(const Array& x, int32_t groups, const Array& weight, const Array& bias, float eps, bool silu) {
   auto out = std::make_unique<ArrayList>();
 #ifdef MLXE_CUDA
