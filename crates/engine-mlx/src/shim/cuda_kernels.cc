@@ -82,11 +82,6 @@ __device__ __forceinline__ void pdl_launch_dependents() {
   asm("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
-// Both, for a kernel that has nothing to do before its wait.
-__device__ __forceinline__ void pdl_enter() {
-  pdl_launch_dependents();
-  pdl_wait();
-}
 // Asks for the 128-byte line at p in the L2 cache (no register, no wait).
 __device__ __forceinline__ void prefetch_l2(const void* p) {
 #if defined(__CUDA_ARCH__)
@@ -998,7 +993,8 @@ __device__ __forceinline__ void dmv(const void* xp, const void* wp, void* yp, in
 // dmv's loop: SK warps RPW rows of the stacked matrices (MODE 1, SwiGLU: RPW
 // 2, a gate row and its up row) and MT rows of x from blockIdx.y·MT. NORM:
 // the RMS norm's squares summed in the loop, its 1/RMS applied to the sums.
-template <int KIND, int MT, int RPW, int U, int MODE, int NORM, int SK>
+// PDL 1: in a chain, the warps' rows stream into L2 before the wait (qmv's).
+template <int KIND, int MT, int RPW, int U, int MODE, int NORM, int SK, int PDL = 0>
 __device__ __forceinline__ void fdmv(const Params& p) {
   typedef Elem<KIND> EL;
   typedef typename EL::S S;
@@ -1013,6 +1009,15 @@ __device__ __forceinline__ void fdmv(const Params& p) {
     mat[r] = stacked_row<RPW, MODE>(p, slot, r, row[r], live[r]);
     w[r] = reinterpret_cast<const uint4*>(static_cast<const S*>(p.w[mat[r]]) + size_t(row[r]) * K);
   }
+  pdl_launch_dependents();
+  if constexpr (PDL == 1) {
+    // One prefetch a 128-byte line (8 chunks) of each row, over the SK warps' lanes.
+    const int chunks = K / (16 / int(sizeof(S)));
+    for (int c = (threadIdx.x % (32 * SK)) * 8; c < chunks; c += 32 * SK * 8)
+#pragma unroll
+      for (int r = 0; r < RPW; ++r) prefetch_l2(w[r] + c);
+  }
+  pdl_wait();
   float acc[RPW][MT], ss[MT];
   dmv_loop<EL, MT, RPW, U, NORM != 0, SK>(static_cast<const S*>(p.x) + size_t(m0) * p.ldx, p.ldx,
                                           static_cast<const S*>(p.norm), w, M, K / (16 / int(sizeof(S))), acc, ss);
@@ -1249,7 +1254,7 @@ struct Config {
   int pf;    // 1: each thread loads its next chunk while it computes one (packed weights)
   int u;     // dense weights (fdmv): 16-byte chunks a row in flight a lane; `rows` is then rows a warp group
   int sk;    // dense weights (fdmv): warps a row group
-  int pdl;     // packed weights: 1 streams the block's weights into L2 before its wait in a chain (qmv's PDL)
+  int pdl;     // 1: a block streams its weights into L2 before its wait in a chain (qmv's and fdmv's PDL)
   int threads;  // most threads a block of qmv (a multiple of 32, at most 256); not part of the compiled code
   std::string key() const {
     return std::to_string(kind) + "_" + std::to_string(bits) + "_" + std::to_string(group) + "_" + std::to_string(mt) +
@@ -1385,10 +1390,10 @@ CUfunc_st* kernel(const Config& c) {
     return compiled("fdmv_" + c.key(), "mlxe_fdmv", [&] {
       return std::string(kSource) + kAttnSource +
              "extern \"C\" __global__ void __launch_bounds__(256) mlxe_fdmv(const mlxe::Params p) {\n"
-             "  mlxe::pdl_enter();\n  mlxe::fdmv<" +
+             "  mlxe::fdmv<" +
              std::to_string(c.kind) + ", " + std::to_string(c.mt) + ", " + std::to_string(c.rows) + ", " +
              std::to_string(c.u) + ", " + std::to_string(c.mode) + ", " + std::to_string(c.norm) + ", " +
-             std::to_string(c.sk) + ">(p);\n}\n";
+             std::to_string(c.sk) + ", " + std::to_string(c.pdl) + ">(p);\n}\n";
     });
   return compiled("qmv_" + c.key(), "mlxe_qmv", [&] {
     return std::string(kSource) +
@@ -1538,8 +1543,8 @@ int env_int(const char* name, int fallback) {
 }
 
 // Chains of decode kernels launched programmatically (`chain`):
-// MLXENGINE_CUDA_PDL=0 off, 1 on (the default), 2 on with qmv's blocks
-// streaming their weights into L2 before they wait.
+// MLXENGINE_CUDA_PDL=0 off, 1 on (the default), 2 on with the matvecs' blocks
+// (qmv, fdmv) streaming their weights into L2 before they wait.
 int pdl_mode() {
   static const int mode = std::clamp(env_int("MLXENGINE_CUDA_PDL", 1), 0, 2);
   return mode;
@@ -1830,7 +1835,7 @@ std::vector<mx::array> build(const mx::array& x_in, const std::vector<QuantMatri
   // Prefetching the next chunk: opt-in (MLXENGINE_CUDA_QMV_PREFETCH=1) until timed on a GPU.
   static const int pf_env = env_int("MLXENGINE_CUDA_QMV_PREFETCH", 0) != 0 ? 1 : 0;
   c.pf = bits <= 8 ? pf_env : 0;
-  c.pdl = bits <= 8 && pdl_mode() == 2 ? 1 : 0;
+  c.pdl = pdl_mode() == 2 ? 1 : 0;
   const float eps = norm ? norm->second : 0.f;
   std::vector<mx::Dtype> dtypes(shapes.size(), x.dtype());
   const auto stream = mx::to_stream(s);
