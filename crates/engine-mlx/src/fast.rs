@@ -264,24 +264,34 @@ pub fn add_rms_norm_cuda(a: &Array, b: &Array, weight: &Array, eps: f32) -> Resu
 
 /// A decode step's consecutive CUDA stages — arrays made by the fused matvec
 /// (`quant::fused_matvec`) and [`decode_attention_in_place`], in the order they
-/// run, each reading only earlier stages' outputs (or reshapes of them) and
-/// arrays made before the first — as one node of MLX's CUDA graph whose
-/// kernels launch programmatically, each while the one before it drains
-/// (Hopper on; it waits for that one's results on the GPU). Returns every
-/// stage's outputs in order, siblings included, to use **instead of** the
-/// stages' own arrays, which must not be evaluated any more (an in-place
-/// attention would run twice). `None` without the `cuda` feature, with
-/// `MLXENGINE_CUDA_PDL=0`, or where it does not apply; the stages' own arrays
-/// then run as they are.
-pub fn decode_chain(stages: &[&Array]) -> Result<Option<Vec<Array>>> {
+/// run, none evaluated yet — as one node of MLX's CUDA graph whose kernels
+/// launch programmatically, each while the one before it drains (Hopper on;
+/// it waits for that one's results on the GPU). The stages' arrays become that
+/// node's outputs in place: whatever reads them, reads the chain's. Each stage
+/// may read earlier stages' outputs and arrays that do not depend on any
+/// stage. Returns whether it chained them; `false`, changing nothing, without
+/// the `cuda` feature, with `MLXENGINE_CUDA_PDL=0`, or where it does not
+/// apply (a stage that is not one of those kernels, or an input computed from
+/// a stage through other ops).
+pub fn decode_chain(stages: &[&Array]) -> Result<bool> {
     if !cfg!(feature = "cuda") {
-        return Ok(None);
+        return Ok(false);
     }
-    let out = crate::array::unlist(
-        ffi::cuda_chain(&crate::array::list(stages.iter().copied())).op("decode_chain")?,
-        "decode_chain",
-    )?;
-    Ok((!out.is_empty()).then_some(out))
+    ffi::cuda_chain(&crate::array::list(stages.iter().copied())).op("decode_chain")
+}
+
+/// Decoder layers a [`decode_chain`] spans (`MLXENGINE_CUDA_PDL_LAYERS`, 1 to
+/// 64, default 1): longer chains leave fewer kernel boundaries outside them,
+/// but the GPU starts a chain only once the host has built all of it.
+pub fn decode_chain_layers() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| {
+        std::env::var("MLXENGINE_CUDA_PDL_LAYERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1)
+            .clamp(1, 64)
+    })
 }
 
 /// Group norm of channels-last `x` (N, …, C), optionally followed by SiLU, in

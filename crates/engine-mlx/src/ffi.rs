@@ -259,7 +259,7 @@ pub(crate) mod bridge {
         ) -> Result<UniquePtr<ArrayList>>;
         fn cuda_swiglu_packed(gu: &Array) -> Result<UniquePtr<ArrayList>>;
         fn cuda_add_rms_norm(a: &Array, b: &Array, weight: &Array, eps: f32) -> Result<UniquePtr<ArrayList>>;
-        fn cuda_chain(stages: &ArrayList) -> Result<UniquePtr<ArrayList>>;
+        fn cuda_chain(stages: &ArrayList) -> Result<bool>;
         fn cuda_group_norm(
             x: &Array,
             groups: i32,

@@ -16,6 +16,7 @@
 #include <stdexcept>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 
 // The entry points of MLX's CUDA backend we use, declared here because
 // the wheel's backend headers need fmt, which the wheel does not ship. They are
@@ -1927,13 +1928,16 @@ class Chain : public mx::Primitive {
   std::vector<Stage> stages_;
 };
 
-// Whether `a` reaches an array of `ids` within `depth` steps up its graph
-// (arrays already evaluated end the walk).
-bool reaches(const mx::array& a, const std::unordered_map<std::uintptr_t, int>& ids, int depth) {
+// Whether `a` is computed from an array of `ids` (the stages' outputs). The
+// walk ends at evaluated arrays and at earlier chains: a chain's inputs were
+// fixed when it was built, before the stages of any later chain existed.
+bool reaches(const mx::array& a, const std::unordered_map<std::uintptr_t, int>& ids,
+             std::unordered_set<std::uintptr_t>& seen) {
   if (ids.count(a.id())) return true;
-  if (depth == 0 || a.is_available() || !a.has_primitive()) return false;
+  if (a.is_available() || !a.has_primitive() || !seen.insert(a.id()).second) return false;
+  if (dynamic_cast<const Chain*>(&a.primitive()) != nullptr) return false;
   for (const auto& i : a.inputs())
-    if (reaches(i, ids, depth - 1)) return true;
+    if (reaches(i, ids, seen)) return true;
   return false;
 }
 }  // namespace
@@ -2095,22 +2099,21 @@ std::optional<mx::array> swiglu_packed(const mx::array& gu, mx::StreamOrDevice s
 namespace {
 // MLXENGINE_CUDA_PDL_LOG=1: says on stderr, once each, that a chain was built
 // and why one declined (for the GPU bench's checks).
-std::nullopt_t chain_declines(const char* why) {
+bool chain_declines(const char* why) {
   static const bool log = env_int("MLXENGINE_CUDA_PDL_LOG", 0) != 0;
   static std::once_flag once;
   if (log) std::call_once(once, [&] { std::fprintf(stderr, "mlxe chain: declined (%s)\n", why); });
-  return std::nullopt;
+  return false;
 }
 }  // namespace
 
-std::optional<std::vector<mx::array>> chain(const std::vector<mx::array>& stages) {
-  if (!enabled().load() || pdl_mode() == 0 || stages.size() < 2) return std::nullopt;
+bool chain(const std::vector<mx::array>& stages) {
+  if (!enabled().load() || pdl_mode() == 0 || stages.size() < 2) return false;
   if (!graph_api().ok) return chain_declines("the driver lacks programmatic graph edges");
   std::vector<Chain::Stage> plan;
-  std::vector<mx::array> inputs;
+  std::vector<mx::array> inputs, outputs;
   std::unordered_map<std::uintptr_t, int> input_at, output_at;
-  std::vector<mx::Shape> shapes;
-  std::vector<mx::Dtype> dtypes;
+  std::unordered_set<std::uintptr_t> seen;
   std::optional<mx::Stream> stream;
   for (const auto& a : stages) {
     if (output_at.count(a.id())) continue;  // a sibling of an earlier stage's output
@@ -2120,7 +2123,7 @@ std::optional<std::vector<mx::array>> chain(const std::vector<mx::array>& stages
       return chain_declines("a stage is not one of our kernels");
     if (stream && !(prim->stream() == *stream)) return chain_declines("stages on two streams");
     stream = prim->stream();
-    Chain::Stage st{prim, {}, static_cast<int>(shapes.size()), 0};
+    Chain::Stage st{prim, {}, static_cast<int>(outputs.size()), 0};
     for (const auto& x : a.inputs()) {
       if (auto it = output_at.find(x.id()); it != output_at.end()) {
         st.in.push_back({-1 - it->second, std::nullopt});
@@ -2137,25 +2140,33 @@ std::optional<std::vector<mx::array>> chain(const std::vector<mx::array>& stages
       }
       // Anything else computed from a stage's output would evaluate that stage
       // a second time outside the chain (an in-place attention twice): decline.
-      if (reaches(x, output_at, 4)) return chain_declines("an input computed from a stage's output");
+      if (reaches(x, output_at, seen)) return chain_declines("an input computed from a stage's output");
       auto [it, fresh] = input_at.emplace(x.id(), static_cast<int>(inputs.size()));
       if (fresh) inputs.push_back(x);
       st.in.push_back({it->second, std::nullopt});
     }
     for (const auto& o : a.outputs()) {
-      output_at.emplace(o.id(), static_cast<int>(shapes.size()));
-      shapes.push_back(o.shape());
-      dtypes.push_back(o.dtype());
+      output_at.emplace(o.id(), static_cast<int>(outputs.size()));
+      outputs.push_back(o);
     }
-    st.nout = static_cast<int>(shapes.size()) - st.out0;
+    st.nout = static_cast<int>(outputs.size()) - st.out0;
     plan.push_back(std::move(st));
   }
-  if (plan.size() < 2) return std::nullopt;
+  if (plan.size() < 2) return false;
   static const bool log = env_int("MLXENGINE_CUDA_PDL_LOG", 0) != 0;
   static std::once_flag once;
   if (log) std::call_once(once, [&] { std::fprintf(stderr, "mlxe chain: %zu stages, %zu inputs\n", plan.size(), inputs.size()); });
-  return mx::array::make_arrays(std::move(shapes), dtypes, std::make_shared<Chain>(*stream, std::move(plan)),
-                                std::move(inputs));
+  // The stages' arrays become the chain's outputs in place (as make_arrays
+  // links siblings), so whatever else reads them reads the chain's.
+  auto prim = std::make_shared<Chain>(*stream, std::move(plan));
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    std::vector<mx::array> siblings = outputs;
+    siblings.erase(siblings.begin() + i);
+    outputs[i].primitive_ptr() = prim;
+    outputs[i].inputs() = inputs;
+    outputs[i].set_siblings(std::move(siblings), static_cast<uint16_t>(i));
+  }
+  return true;
 }
 
 std::optional<mx::array> geglu(const mx::array& x, mx::StreamOrDevice s) { return packed_glu(x, 1, s); }

@@ -87,17 +87,18 @@ std::optional<mx::array> decode_attention(const mx::array& q, const mx::array& k
                                           float scale, int packed_heads = 0, mx::StreamOrDevice s = {});
 
 // The kernels of a decode step's consecutive stages — arrays made by
-// fused_qmv and decode_attention, in the order they run, each reading only
-// earlier stages' outputs (or reshapes of them) and arrays outside — as one
-// node of MLX's CUDA graph, each kernel launched programmatically behind the
-// one before it (it starts while that one drains and waits for its results
-// on the GPU; sm_90 on, elsewhere it waits as before). Returns every stage's
-// outputs in order (siblings included), to use in place of the stages' own,
-// which must not be evaluated any more. nullopt where it does not apply
-// (another primitive, a stage already evaluated, an input computed from a
-// stage's output other than by a reshape, MLXENGINE_CUDA_PDL=0, our kernels
-// off, a driver before CUDA 12.3).
-std::optional<std::vector<mx::array>> chain(const std::vector<mx::array>& stages);
+// fused_qmv and decode_attention, in the order they run, none evaluated yet —
+// as one node of MLX's CUDA graph, each kernel launched programmatically
+// behind the one before it (it starts while that one drains and waits for its
+// results on the GPU; sm_90 on, elsewhere it waits as before). The stages'
+// arrays (siblings included) become that node's outputs in place, so anything
+// reading them reads the chain's. Each stage may read earlier stages' outputs
+// (or reshapes of them) and arrays that do not depend on any stage. Returns
+// whether it chained them; false, changing nothing, where it does not apply
+// (another primitive, a stage evaluated, an input computed from a stage's
+// output other than by a reshape, MLXENGINE_CUDA_PDL=0, our kernels off, a
+// driver before CUDA 12.3).
+bool chain(const std::vector<mx::array>& stages);
 
 // x (…, K) · wᵀ for a dense w (N, K) in x's dtype and at most 8 rows of x,
 // in one kernel that keeps several 16-byte loads a lane in flight (a decode

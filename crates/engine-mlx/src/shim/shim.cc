@@ -752,14 +752,13 @@ std::unique_ptr<ArrayList> cuda_add_rms_norm(const Array& a, const Array& b, con
   return out;
 }
 
-std::unique_ptr<ArrayList> cuda_chain(const ArrayList& stages) {
-  auto out = std::make_unique<ArrayList>();
+bool cuda_chain(const ArrayList& stages) {
 #ifdef MLXE_CUDA
-  if (auto ys = cuda::chain(stages.items)) out->items = std::move(*ys);
+  return cuda::chain(stages.items);
 #else
   (void)stages;
+  return false;
 #endif
-  return out;
 }
 
 std::unique_ptr<ArrayList> cuda_group_norm(const Array& x, int32_t groups, const Array& weight, const Array& bias, float eps, bool silu) {

@@ -172,7 +172,7 @@ std::unique_ptr<ArrayList> fused_qmv(const Array& x, const ArrayList& mats, cons
 std::unique_ptr<ArrayList> cuda_decode_attention(const Array& q, const Array& k, const Array& v, const Array& k_cache, const Array& v_cache, const Array& inv_freq, const ArrayList& rows, int32_t slot, int32_t n_keys, int32_t pos, int32_t dims, bool traditional, float rope_scale, float scale, int32_t packed_heads);
 std::unique_ptr<ArrayList> cuda_swiglu_packed(const Array& gu);
 std::unique_ptr<ArrayList> cuda_add_rms_norm(const Array& a, const Array& b, const Array& weight, float eps);
-std::unique_ptr<ArrayList> cuda_chain(const ArrayList& stages);
+bool cuda_chain(const ArrayList& stages);
 std::unique_ptr<ArrayList> cuda_group_norm(const Array& x, int32_t groups, const Array& weight, const Array& bias, float eps, bool silu);
 
 // ---- io
