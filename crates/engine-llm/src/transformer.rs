@@ -687,8 +687,6 @@ impl Transformer {
             row_offsets,
             decode_rows,
             masks: Vec::new(),
-            chain: Vec::new(),
-            chain_layers: 0,
         };
         if let Some(g) = self.stages.as_ref().filter(|g| g.rank() > 0) {
             // The hidden states come from the rank before: same shape and dtype.
@@ -701,7 +699,6 @@ impl Transformer {
             let next = self.layers.get(i + 1).map(|l| &l.input_norm);
             (h, normed) = self.layer_forward(layer, &h, normed.take(), next, c, &mut step)?;
         }
-        step.flush_chain()?;
         if let Some(g) = &self.stages {
             let (r, n) = (g.rank(), g.size() as i32);
             if r + 1 < g.size() {
@@ -778,9 +775,6 @@ impl Transformer {
                 return Ok((h, None));
             }
         }
-        // A chain can only hold stages that read nothing computed outside it
-        // from its own stages: this layer's ops would.
-        step.flush_chain()?;
         let normed = match normed {
             Some(n) => n,
             None => layer.input_norm.forward(x)?,
@@ -905,13 +899,9 @@ impl Transformer {
             return Ok(Some(h.add(&self.mlp(m, &post.forward(&h)?)?)?));
         };
         let y = with_residual(&m.down, &g, &h)?;
-        // The layer's kernels join the step's chain, each launched while the
-        // one before it drains (the chain declines where a stage is not ours).
-        step.chain.extend([q0, out, h, g, y.clone()]);
-        step.chain_layers += 1;
-        if step.chain_layers >= engine_mlx::fast::decode_chain_layers() {
-            step.flush_chain()?;
-        }
+        // The layer's kernels as one chain, each launched while the one before
+        // it drains (it declines, changing nothing, where a stage is not ours).
+        engine_mlx::fast::decode_chain(&[&q0, &out, &h, &g, &y])?;
         Ok(Some(y))
     }
 
@@ -1291,24 +1281,6 @@ struct Step<'a> {
     decode_rows: Option<Array>,
     /// Masks built so far.
     masks: Vec<(MaskKey, Option<MaskKind>)>,
-    /// The fused layers' CUDA stages not yet chained (`engine_mlx::fast::decode_chain`).
-    chain: Vec<Array>,
-    /// Layers in `chain`.
-    chain_layers: usize,
-}
-
-impl Step<'_> {
-    /// Chains the pending fused layers' kernels (their arrays become the
-    /// chain's outputs in place; nothing changes where it declines).
-    fn flush_chain(&mut self) -> Result<()> {
-        if self.chain.len() > 1 {
-            let stages: Vec<&Array> = self.chain.iter().collect();
-            engine_mlx::fast::decode_chain(&stages)?;
-        }
-        self.chain.clear();
-        self.chain_layers = 0;
-        Ok(())
-    }
 }
 
 /// What a layer's mask depends on besides the call: (window, key order, key count).

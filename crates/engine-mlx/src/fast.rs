@@ -270,28 +270,17 @@ pub fn add_rms_norm_cuda(a: &Array, b: &Array, weight: &Array, eps: f32) -> Resu
 /// node's outputs in place: whatever reads them, reads the chain's. Each stage
 /// may read earlier stages' outputs and arrays that do not depend on any
 /// stage. Returns whether it chained them; `false`, changing nothing, without
-/// the `cuda` feature, with `MLXENGINE_CUDA_PDL=0`, or where it does not
-/// apply (a stage that is not one of those kernels, or an input computed from
-/// a stage through other ops).
+/// the `cuda` feature, where it does not apply (a stage that is not one of
+/// those kernels, or an input computed from a stage through other ops), or
+/// where it does not pay: by default only stages that read at least 256 MiB
+/// (`MLXENGINE_CUDA_PDL_MIN_MB`; a bfloat16 layer of an 8B model) chain —
+/// building a chain costs host time that only long steps hide.
+/// `MLXENGINE_CUDA_PDL=0` turns chains off, `=1` on for any size.
 pub fn decode_chain(stages: &[&Array]) -> Result<bool> {
     if !cfg!(feature = "cuda") {
         return Ok(false);
     }
     ffi::cuda_chain(&crate::array::list(stages.iter().copied())).op("decode_chain")
-}
-
-/// Decoder layers a [`decode_chain`] spans (`MLXENGINE_CUDA_PDL_LAYERS`, 1 to
-/// 64, default 1): longer chains leave fewer kernel boundaries outside them,
-/// but the GPU starts a chain only once the host has built all of it.
-pub fn decode_chain_layers() -> usize {
-    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *N.get_or_init(|| {
-        std::env::var("MLXENGINE_CUDA_PDL_LAYERS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1)
-            .clamp(1, 64)
-    })
 }
 
 /// Group norm of channels-last `x` (N, …, C), optionally followed by SiLU, in

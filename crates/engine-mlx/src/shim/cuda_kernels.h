@@ -96,8 +96,10 @@ std::optional<mx::array> decode_attention(const mx::array& q, const mx::array& k
 // (or reshapes of them) and arrays that do not depend on any stage. Returns
 // whether it chained them; false, changing nothing, where it does not apply
 // (another primitive, a stage evaluated, an input computed from a stage's
-// output other than by a reshape, MLXENGINE_CUDA_PDL=0, our kernels off, a
-// driver before CUDA 12.3).
+// output other than by a reshape, our kernels off, a driver before CUDA 12.3)
+// or does not pay: by default only stages reading at least 256 MiB
+// (MLXENGINE_CUDA_PDL_MIN_MB) chain, as the host's cost of a chain outweighs
+// its gain on shorter steps; MLXENGINE_CUDA_PDL=0 never, =1 always.
 bool chain(const std::vector<mx::array>& stages);
 
 // x (…, K) · wᵀ for a dense w (N, K) in x's dtype and at most 8 rows of x,
