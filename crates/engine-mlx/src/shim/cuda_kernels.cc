@@ -1881,8 +1881,8 @@ std::vector<mx::array> build(const mx::array& x_in, const std::vector<QuantMatri
 // Kernels of our primitives (the fused matvecs, the decode attention) as one
 // node of MLX's graph: a child graph whose kernels follow each other through
 // programmatic edges, so each kernel's blocks launch while the one before it
-// drains its last wave and stream their weights meanwhile (they wait, in
-// `pdl_wait`, before they touch that kernel's results). Between separate
+// drains its last wave and do what does not depend on it (row pointers, the
+// attention's first cached rows) before they wait, in `pdl_wait`. Between separate
 // nodes every kernel paid its ramp-up and its predecessor's tail in full: a
 // decode step is ~5 dependent kernels a layer. The stages keep their own
 // primitives and eval_gpu; `launch` sends their kernels into this chain's
@@ -2169,8 +2169,8 @@ bool chain(const std::vector<mx::array>& stages) {
           continue;
         }
       }
-      // Anything else computed from a stage's output would evaluate that stage
-      // a second time outside the chain (an in-place attention twice): decline.
+      // Anything else computed from a stage's output would make the chain an
+      // input of itself once its stages are rewired: decline.
       if (reaches(x, output_at, seen)) return chain_declines("an input computed from a stage's output");
       auto [it, fresh] = input_at.emplace(x.id(), static_cast<int>(inputs.size()));
       if (fresh) inputs.push_back(x);
