@@ -2148,7 +2148,9 @@ bool chain(const std::vector<mx::array>& stages) {
   std::optional<mx::Stream> stream;
   for (const auto& a : stages) {
     if (output_at.count(a.id())) continue;  // a sibling of an earlier stage's output
-    if (!a.has_primitive() || a.is_available()) return chain_declines("a stage is evaluated already");
+    // Only arrays no eval has scheduled yet can be rewired.
+    if (!a.has_primitive() || a.status() != mx::array::Status::unscheduled)
+      return chain_declines("a stage is evaluated or scheduled already");
     const auto& prim = a.primitive_ptr();
     if (dynamic_cast<FusedQmv*>(prim.get()) == nullptr && dynamic_cast<DecodeAttention*>(prim.get()) == nullptr)
       return chain_declines("a stage is not one of our kernels");
