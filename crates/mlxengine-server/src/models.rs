@@ -21,6 +21,18 @@ pub enum Use {
     Draw,
 }
 
+/// How long loading a model waits for a busy one to become idle so it can
+/// be unloaded (`--max-loaded`, `--memory-budget`) before answering 503.
+const ROOM_WAIT: Duration = Duration::from_secs(10);
+
+/// Why `make_room` could not make room.
+enum Room {
+    /// Only busy on-demand models could go: worth waiting for.
+    Busy(ApiError),
+    /// Waiting would not help (preloaded models, too large, an internal error).
+    Never(ApiError),
+}
+
 /// One served model: loaded or not.
 pub struct Slot {
     /// The id it is served under.
@@ -267,7 +279,17 @@ impl ModelPool {
             .unwrap_or(0)
             * copies
             / self.options.split.as_ref().map_or(1, |s| s.group.size() as u64);
-        self.make_room(&slot.id, estimate)?;
+        // A model that is busy now (a request in flight, or one whose reply
+        // has just gone out) is waited for a while rather than refused.
+        let deadline = std::time::Instant::now() + ROOM_WAIT;
+        loop {
+            match self.make_room(&slot.id, estimate) {
+                Ok(()) => break,
+                Err(Room::Busy(e)) if std::time::Instant::now() >= deadline => return Err(e),
+                Err(Room::Busy(_)) => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err(Room::Never(e)) => return Err(e),
+            }
+        }
         tracing::info!(model = %slot.id, path = %path.display(), "loading");
         let (id, path, kind) = (slot.id.clone(), slot.path.clone(), slot.kind);
         let (parallel, depth, metrics) = (self.options.parallel, self.options.queue_depth, self.metrics.clone());
@@ -287,22 +309,23 @@ impl ModelPool {
 
     /// Unloads least recently used idle on-demand models until one more,
     /// of about `needs` bytes, stays within `--max-loaded` and the memory
-    /// budget; a 503 when the rest are preloaded or busy, or when the model
+    /// budget. A 503 when the rest are preloaded or busy (`Room::Busy` where
+    /// a busy on-demand model could make room once idle), or when the model
     /// would not fit even alone.
-    fn make_room(&self, loading: &str, needs: u64) -> Result<(), ApiError> {
+    fn make_room(&self, loading: &str, needs: u64) -> Result<(), Room> {
         let budget = self.options.memory_budget;
         if let Some(b) = budget.filter(|&b| needs > b) {
-            return Err(ApiError::insufficient_memory(format!(
+            return Err(Room::Never(ApiError::insufficient_memory(format!(
                 "model `{loading}` needs about {} (its weights) and the server's memory budget is {}; \
                  start the server with a larger --memory-budget, or use a smaller or quantized model",
                 engine_device::format_size(needs),
                 engine_device::format_size(b)
-            )));
+            ))));
         }
         let mut slots = self
             .slots
             .lock()
-            .map_err(|_| ApiError::internal("model table poisoned"))?;
+            .map_err(|_| Room::Never(ApiError::internal("model table poisoned")))?;
         loop {
             let loaded: Vec<Arc<ModelWorker>> = slots.iter().filter_map(|s| s.loaded()).collect();
             let used: u64 = loaded.iter().map(|w| w.memory_bytes).sum();
@@ -313,15 +336,19 @@ impl ModelPool {
                 return Ok(());
             }
             // Idle and held by no request (strong count 2: its slot and this look).
-            let victim = slots
+            let candidates: Vec<(usize, Arc<ModelWorker>)> = slots
                 .iter()
                 .enumerate()
                 .filter(|(_, s)| !s.preloaded && s.id != loading)
-                .filter_map(|(i, s)| {
-                    let w = s.loaded()?;
-                    (Arc::strong_count(&w) == 2 && w.is_idle()).then(|| (i, w.idle_for()))
-                })
+                .filter_map(|(i, s)| Some((i, s.loaded()?)))
+                .collect();
+            let victim = candidates
+                .iter()
+                .filter(|(_, w)| Arc::strong_count(w) == 2 && w.is_idle())
+                .map(|(i, w)| (*i, w.idle_for()))
                 .max_by_key(|&(_, idle)| idle);
+            let busy = !candidates.is_empty();
+            drop(candidates);
             let Some((i, _)) = victim else {
                 let why = match (too_many, too_big) {
                     (Some(max), _) => format!("{max} models are loaded (--max-loaded {max})"),
@@ -334,9 +361,10 @@ impl ModelPool {
                     ),
                     (None, None) => unreachable!("room is made only when a limit is reached"),
                 };
-                return Err(ApiError::unavailable(format!(
+                let e = ApiError::unavailable(format!(
                     "{why} and none can be unloaded now (preloaded or busy); retry later or raise the limit"
-                )));
+                ));
+                return Err(if busy { Room::Busy(e) } else { Room::Never(e) });
             };
             let slot = slots.remove(i);
             tracing::info!(model = %slot.id, "unloading the least recently used model to make room");
