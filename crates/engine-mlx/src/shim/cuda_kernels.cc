@@ -2141,6 +2141,14 @@ bool chain_declines(const char* why) {
 bool chain(const std::vector<mx::array>& stages) {
   if (!enabled().load() || pdl_mode() == 0 || stages.size() < 2) return false;
   if (!graph_api().ok) return chain_declines("the driver lacks programmatic graph edges");
+  // The size test first, so layers that do not chain cost the host next to
+  // nothing (an array read twice counts twice: the activations are small).
+  if (const size_t min = pdl_min_bytes(); min > 0) {
+    size_t bytes = 0;
+    for (const auto& a : stages)
+      for (const auto& x : a.inputs()) bytes += x.nbytes();
+    if (bytes < min) return false;
+  }
   std::vector<Chain::Stage> plan;
   std::vector<mx::array> inputs, outputs;
   std::unordered_map<std::uintptr_t, int> input_at, output_at;
@@ -2186,9 +2194,6 @@ bool chain(const std::vector<mx::array>& stages) {
     plan.push_back(std::move(st));
   }
   if (plan.size() < 2) return false;
-  size_t bytes = 0;
-  for (const auto& x : inputs) bytes += x.nbytes();
-  if (bytes < pdl_min_bytes()) return false;
   static const bool log = env_int("MLXENGINE_CUDA_PDL_LOG", 0) != 0;
   static std::once_flag once;
   if (log) std::call_once(once, [&] { std::fprintf(stderr, "mlxe chain: %zu stages, %zu inputs\n", plan.size(), inputs.size()); });
