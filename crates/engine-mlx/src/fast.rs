@@ -274,7 +274,7 @@ pub fn add_rms_norm_cuda(a: &Array, b: &Array, weight: &Array, eps: f32) -> Resu
 /// those kernels, or an input computed from a stage through other ops), or
 /// where it does not pay: by default only stages that read at least 256 MiB
 /// (`MLXENGINE_CUDA_PDL_MIN_MB`; a bfloat16 layer of an 8B model) chain —
-/// building a chain costs host time that only long steps hide.
+/// on an H100 chains sped 8B bfloat16 decode up and slowed 8B 4-bit and 1B.
 /// `MLXENGINE_CUDA_PDL=0` turns chains off, `=1` on for any size.
 pub fn decode_chain(stages: &[&Array]) -> Result<bool> {
     if !cfg!(feature = "cuda") {

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -81,12 +82,6 @@ __device__ __forceinline__ void pdl_wait() {
 __device__ __forceinline__ void pdl_launch_dependents() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-// Asks for the 128-byte line at p in the L2 cache (no register, no wait).
-__device__ __forceinline__ void prefetch_l2(const void* p) {
-#if defined(__CUDA_ARCH__)
-  asm("prefetch.global.L2 [%0];" ::"l"(p));
 #endif
 }
 struct Params {
@@ -260,11 +255,7 @@ template <typename EL> __device__ __forceinline__ void put_swiglu(const Params& 
 // 16-byte chunks of w (one 128-bit load per row, inside one group), adding
 // scale · Σ q·x + bias · Σ x per chunk in float32; shared memory sums the warps.
 // (Dense weights take fdmv, in kAttnSource.)
-// PDL 1: the block streams its weights into the L2 cache before it waits on
-// the kernel before it in a chain (they never depend on it), so the memory
-// works through that kernel's last wave. PDL 2: the block lets the next
-// kernel of a chain launch after its main loop, not when it starts.
-template <int KIND, int BITS, int GS, int MT, int ROWS, int MODE, int NORM, int DEQ = 0, int PF = 0, int PDL = 0>
+template <int KIND, int BITS, int GS, int MT, int ROWS, int MODE, int NORM, int DEQ = 0, int PF = 0>
 __device__ __forceinline__ void qmv(const Params& p) {
   static_assert(BITS == 4 || BITS == 8, "dense weights take fdmv");
   typedef Elem<KIND> EL;
@@ -288,13 +279,8 @@ __device__ __forceinline__ void qmv(const Params& p) {
     sr[r] = static_cast<const S*>(p.scales[i]) + size_t(row[r]) * groups;
     br[r] = static_cast<const S*>(p.biases[i]) + size_t(row[r]) * groups;
   }
-  if constexpr (PDL != 2) pdl_launch_dependents();
-  if constexpr (PDL == 1) {
-    // One prefetch a 128-byte line: 8 chunks.
-    for (int c = threadIdx.x * 8; c < chunks; c += blockDim.x * 8)
-#pragma unroll
-      for (int r = 0; r < ROWS; ++r) prefetch_l2(wr[r] + c);
-  }
+  // In a chain: the row pointers above never depend on the kernel before.
+  pdl_launch_dependents();
   pdl_wait();
 
   // part: each warp's row sums, then (NORM) its sums of squares of x. The
@@ -424,7 +410,6 @@ __device__ __forceinline__ void qmv(const Params& p) {
 #pragma unroll
       for (int m = 0; m < MT; ++m) acc[r][m] += (DEQ == 1 ? sc[r] * DENORM_UNDO : sc[r]) * qx[r][m] + bi[r] * xs[m];
   }
-  if constexpr (PDL == 2) pdl_launch_dependents();
 
 #pragma unroll
   for (int r = 0; r < ROWS; ++r)
@@ -540,9 +525,7 @@ template <typename EL> __device__ __forceinline__ void unpack16(const uint4 u, f
   EL::unpack(u.w, f + 3 * E / 4);
 }
 
-// LATE: in a chain, the next kernel launches after the main loop, not when
-// the block starts.
-template <int KIND, int D, int G, int LATE = 0>
+template <int KIND, int D, int G>
 __device__ __forceinline__ void attend(const AttnParams& p) {
   typedef Elem<KIND> EL;
   typedef typename EL::S S;
@@ -570,7 +553,7 @@ __device__ __forceinline__ void attend(const AttnParams& p) {
   // the cache's earlier slots do not depend on it; q, k and v are read after
   // the wait. The new slot is never read from memory (split 0 writes it;
   // every block takes the rotated key from shared memory).
-  if constexpr (!LATE) pdl_launch_dependents();
+  pdl_launch_dependents();
   uint4 kw[NP], vw[NP];
   auto load_tile = [&](int base) {
 #pragma unroll
@@ -701,7 +684,6 @@ __device__ __forceinline__ void attend(const AttnParams& p) {
       }
     }
   }
-  if constexpr (LATE) pdl_launch_dependents();
 
   // The groups' (max, total) per query head, then their sums rescaled to the
   // block's max: the output, or this split's partials. One warp a query head
@@ -999,9 +981,7 @@ __device__ __forceinline__ void dmv(const void* xp, const void* wp, void* yp, in
 // dmv's loop: SK warps RPW rows of the stacked matrices (MODE 1, SwiGLU: RPW
 // 2, a gate row and its up row) and MT rows of x from blockIdx.y·MT. NORM:
 // the RMS norm's squares summed in the loop, its 1/RMS applied to the sums.
-// PDL 1: in a chain, the warps' rows stream into L2 before the wait; PDL 2:
-// the next kernel launches after the loop (qmv's).
-template <int KIND, int MT, int RPW, int U, int MODE, int NORM, int SK, int PDL = 0>
+template <int KIND, int MT, int RPW, int U, int MODE, int NORM, int SK>
 __device__ __forceinline__ void fdmv(const Params& p) {
   typedef Elem<KIND> EL;
   typedef typename EL::S S;
@@ -1016,19 +996,11 @@ __device__ __forceinline__ void fdmv(const Params& p) {
     mat[r] = stacked_row<RPW, MODE>(p, slot, r, row[r], live[r]);
     w[r] = reinterpret_cast<const uint4*>(static_cast<const S*>(p.w[mat[r]]) + size_t(row[r]) * K);
   }
-  if constexpr (PDL != 2) pdl_launch_dependents();
-  if constexpr (PDL == 1) {
-    // One prefetch a 128-byte line (8 chunks) of each row, over the SK warps' lanes.
-    const int chunks = K / (16 / int(sizeof(S)));
-    for (int c = (threadIdx.x % (32 * SK)) * 8; c < chunks; c += 32 * SK * 8)
-#pragma unroll
-      for (int r = 0; r < RPW; ++r) prefetch_l2(w[r] + c);
-  }
+  pdl_launch_dependents();
   pdl_wait();
   float acc[RPW][MT], ss[MT];
   dmv_loop<EL, MT, RPW, U, NORM != 0, SK>(static_cast<const S*>(p.x) + size_t(m0) * p.ldx, p.ldx,
                                           static_cast<const S*>(p.norm), w, M, K / (16 / int(sizeof(S))), acc, ss);
-  if constexpr (PDL == 2) pdl_launch_dependents();
   // The first warp of a row group writes, lane i the i-th (row, row of x).
   const int lane = threadIdx.x % 32;
   if ((threadIdx.x / 32) % SK != 0) return;
@@ -1262,13 +1234,11 @@ struct Config {
   int pf;    // 1: each thread loads its next chunk while it computes one (packed weights)
   int u;     // dense weights (fdmv): 16-byte chunks a row in flight a lane; `rows` is then rows a warp group
   int sk;    // dense weights (fdmv): warps a row group
-  int pdl;     // in a chain: 1 a block streams its weights into L2 before its wait, 2 it lets the next kernel launch after its loop
   int threads;  // most threads a block of qmv (a multiple of 32, at most 256); not part of the compiled code
   std::string key() const {
     return std::to_string(kind) + "_" + std::to_string(bits) + "_" + std::to_string(group) + "_" + std::to_string(mt) +
            "_" + std::to_string(rows) + "_" + std::to_string(mode) + "_" + std::to_string(norm) + "_" +
-           std::to_string(deq) + "_" + std::to_string(pf) + "_" + std::to_string(u) + "_" + std::to_string(sk) + "_" +
-           std::to_string(pdl);
+           std::to_string(deq) + "_" + std::to_string(pf) + "_" + std::to_string(u) + "_" + std::to_string(sk);
   }
   bool dense() const { return bits > 8; }
 };
@@ -1401,7 +1371,7 @@ CUfunc_st* kernel(const Config& c) {
              "  mlxe::fdmv<" +
              std::to_string(c.kind) + ", " + std::to_string(c.mt) + ", " + std::to_string(c.rows) + ", " +
              std::to_string(c.u) + ", " + std::to_string(c.mode) + ", " + std::to_string(c.norm) + ", " +
-             std::to_string(c.sk) + ", " + std::to_string(c.pdl) + ">(p);\n}\n";
+             std::to_string(c.sk) + ">(p);\n}\n";
     });
   return compiled("qmv_" + c.key(), "mlxe_qmv", [&] {
     return std::string(kSource) +
@@ -1410,7 +1380,7 @@ CUfunc_st* kernel(const Config& c) {
            std::to_string(c.kind) + ", " + std::to_string(c.bits) + ", " + std::to_string(c.group) + ", " +
            std::to_string(c.mt) + ", " + std::to_string(c.rows) + ", " + std::to_string(c.mode) + ", " +
            std::to_string(c.norm) + ", " + std::to_string(c.deq) + ", " +
-           std::to_string(c.pf) + ", " + std::to_string(c.pdl) + ">(p);\n}\n";
+           std::to_string(c.pf) + ">(p);\n}\n";
   });
 }
 
@@ -1420,12 +1390,9 @@ constexpr unsigned ATTN_THREADS = 256;
 // them, round a ring far larger than the calls a graph holds at once.
 constexpr int ATTN_COUNTERS = 1 << 20;
 
-int pdl_mode();
-
 // The decode attention kernel for x's dtype, head size and query heads per KV head.
 CUfunc_st* attn_kernel(int kind, int head_dim, int group) {
-  const std::string cfg = std::to_string(kind) + ", " + std::to_string(head_dim) + ", " + std::to_string(group) +
-                          (pdl_mode() == 3 ? ", 1" : "");
+  const std::string cfg = std::to_string(kind) + ", " + std::to_string(head_dim) + ", " + std::to_string(group);
   return compiled("attn_" + cfg, "mlxe_attn", [&] {
     return std::string(kSource) + kAttnSource +
            "extern \"C\" __global__ void __launch_bounds__(256) mlxe_attn(const mlxe::AttnParams p) {\n"
@@ -1553,33 +1520,30 @@ int env_int(const char* name, int fallback) {
   return v != nullptr && *v != '\0' ? std::atoi(v) : fallback;
 }
 
-// Chains of decode kernels launched programmatically (`chain`):
-// MLXENGINE_CUDA_PDL=0 off, 1 on, 2 on with the matvecs' blocks (qmv, fdmv)
-// streaming their weights into L2 before they wait, 3 on with each block
-// letting the next kernel launch after its main loop; unset (or "auto"): 1
-// for chains that read at least MLXENGINE_CUDA_PDL_MIN_MB MiB (pdl_min_bytes).
-int pdl_mode() {
-  static const int mode = [] {
-    const char* v = std::getenv("MLXENGINE_CUDA_PDL");
-    if (v == nullptr || std::string(v) == "auto" || *v == '\0') return 1;
-    return std::clamp(std::atoi(v), 0, 3);
-  }();
-  return mode;
-}
+// When decode chains form (`chain`), read once: MLXENGINE_CUDA_PDL=0 never,
+// 1 always; unset (or "auto") only for stages that read at least
+// MLXENGINE_CUDA_PDL_MIN_MB MiB (256: a decoder layer of an 8B model in
+// bfloat16 reads 436 MB). On an H100 chains ran 8B bfloat16 decode 2.4%
+// faster (180.0 / 180.4 tok/s against 176.0 / 176.2, two calls) but 8B 4-bit
+// (123 MB a layer) 4-13% slower and 1B bfloat16 (121 MB) 3-9% slower: the
+// waits lengthen the GPU's work a little, which only long steps repay.
+// MLXENGINE_CUDA_PDL_LOG=1 says on stderr, once each, that a chain formed and
+// why one declined.
+struct PdlSettings {
+  bool on;
+  size_t min_bytes;
+  bool log;
+};
 
-// The fewest bytes a chain must read under MLXENGINE_CUDA_PDL=auto (the
-// default): 256 MiB, a decoder layer of an 8B model in bfloat16 (436 MB).
-// On an H100 chains ran 8B bfloat16 decode 2.4% faster (180.0 / 180.4 tok/s
-// against 176.0 / 176.2, two calls) but 8B 4-bit (123 MB a layer) 4-13%
-// slower and 1B bfloat16 (121 MB) 3-9% slower: building a child graph a layer
-// costs host time, which only steps long on the GPU hide.
-size_t pdl_min_bytes() {
-  static const char* v = std::getenv("MLXENGINE_CUDA_PDL");
-  static const size_t min =
-      v == nullptr || std::string(v) == "auto" || *v == '\0'
-          ? size_t(std::max(0, env_int("MLXENGINE_CUDA_PDL_MIN_MB", 256))) << 20
-          : 0;
-  return min;
+const PdlSettings& pdl_settings() {
+  static const PdlSettings s = [] {
+    const char* v = std::getenv("MLXENGINE_CUDA_PDL");
+    const bool automatic = v == nullptr || *v == '\0' || std::string(v) == "auto";
+    return PdlSettings{automatic || std::atoi(v) != 0,
+                       automatic ? size_t(std::max(0, env_int("MLXENGINE_CUDA_PDL_MIN_MB", 256))) << 20 : 0,
+                       env_int("MLXENGINE_CUDA_PDL_LOG", 0) != 0};
+  }();
+  return s;
 }
 
 // The dense matvecs' block shape (dmv, fdmv): MLXENGINE_CUDA_DMV_RPW rows a
@@ -1867,7 +1831,6 @@ std::vector<mx::array> build(const mx::array& x_in, const std::vector<QuantMatri
   // Prefetching the next chunk: opt-in (MLXENGINE_CUDA_QMV_PREFETCH=1) until timed on a GPU.
   static const int pf_env = env_int("MLXENGINE_CUDA_QMV_PREFETCH", 0) != 0 ? 1 : 0;
   c.pf = bits <= 8 ? pf_env : 0;
-  c.pdl = pdl_mode() == 2 ? 1 : pdl_mode() == 3 ? 2 : 0;
   const float eps = norm ? norm->second : 0.f;
   std::vector<mx::Dtype> dtypes(shapes.size(), x.dtype());
   const auto stream = mx::to_stream(s);
@@ -2131,23 +2094,23 @@ namespace {
 // MLXENGINE_CUDA_PDL_LOG=1: says on stderr, once each, that a chain was built
 // and why one declined (for the GPU bench's checks).
 bool chain_declines(const char* why) {
-  static const bool log = env_int("MLXENGINE_CUDA_PDL_LOG", 0) != 0;
   static std::once_flag once;
-  if (log) std::call_once(once, [&] { std::fprintf(stderr, "mlxe chain: declined (%s)\n", why); });
+  if (pdl_settings().log) std::call_once(once, [&] { std::fprintf(stderr, "mlxe chain: declined (%s)\n", why); });
   return false;
 }
 }  // namespace
 
 bool chain(const std::vector<mx::array>& stages) {
-  if (!enabled().load() || pdl_mode() == 0 || stages.size() < 2) return false;
+  const PdlSettings& pdl = pdl_settings();
+  if (!enabled().load() || !pdl.on || stages.size() < 2) return false;
   if (!graph_api().ok) return chain_declines("the driver lacks programmatic graph edges");
   // The size test first, so layers that do not chain cost the host next to
   // nothing (an array read twice counts twice: the activations are small).
-  if (const size_t min = pdl_min_bytes(); min > 0) {
+  if (pdl.min_bytes > 0) {
     size_t bytes = 0;
     for (const auto& a : stages)
       for (const auto& x : a.inputs()) bytes += x.nbytes();
-    if (bytes < min) return false;
+    if (bytes < pdl.min_bytes) return false;
   }
   std::vector<Chain::Stage> plan;
   std::vector<mx::array> inputs, outputs;
@@ -2172,7 +2135,7 @@ bool chain(const std::vector<mx::array>& stages) {
       }
       // A reshape of an earlier stage's output (the fused matvec reads any
       // shape as rows of K): the same buffer, seen with the reshape's shape.
-      if (x.has_primitive() && !x.is_available() && std::string(x.primitive().name()) == "Reshape" &&
+      if (x.has_primitive() && !x.is_available() && std::strcmp(x.primitive().name(), "Reshape") == 0 &&
           x.inputs().size() == 1) {
         if (auto it = output_at.find(x.inputs()[0].id()); it != output_at.end()) {
           st.in.push_back({-1 - it->second, x.shape()});
@@ -2194,9 +2157,8 @@ bool chain(const std::vector<mx::array>& stages) {
     plan.push_back(std::move(st));
   }
   if (plan.size() < 2) return false;
-  static const bool log = env_int("MLXENGINE_CUDA_PDL_LOG", 0) != 0;
   static std::once_flag once;
-  if (log) std::call_once(once, [&] { std::fprintf(stderr, "mlxe chain: %zu stages, %zu inputs\n", plan.size(), inputs.size()); });
+  if (pdl.log) std::call_once(once, [&] { std::fprintf(stderr, "mlxe chain: %zu stages, %zu inputs\n", plan.size(), inputs.size()); });
   // The stages' arrays become the chain's outputs in place (as make_arrays
   // links siblings), so whatever else reads them reads the chain's.
   auto prim = std::make_shared<Chain>(*stream, std::move(plan));

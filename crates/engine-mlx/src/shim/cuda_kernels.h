@@ -98,8 +98,8 @@ std::optional<mx::array> decode_attention(const mx::array& q, const mx::array& k
 // (another primitive, a stage evaluated, an input computed from a stage's
 // output other than by a reshape, our kernels off, a driver before CUDA 12.3)
 // or does not pay: by default only stages reading at least 256 MiB
-// (MLXENGINE_CUDA_PDL_MIN_MB) chain, as the host's cost of a chain outweighs
-// its gain on shorter steps; MLXENGINE_CUDA_PDL=0 never, =1 always.
+// (MLXENGINE_CUDA_PDL_MIN_MB) chain, as only long steps gained on an H100
+// (pdl_settings); MLXENGINE_CUDA_PDL=0 never, =1 always.
 bool chain(const std::vector<mx::array>& stages);
 
 // x (…, K) · wᵀ for a dense w (N, K) in x's dtype and at most 8 rows of x,
