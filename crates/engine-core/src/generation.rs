@@ -46,6 +46,11 @@ pub struct GenerationStats {
     pub decode_tok_per_s: f64,
     /// Peak memory of the backend during generation, in bytes.
     pub peak_memory_bytes: usize,
+    /// Time the host spent waiting for the device to finish decode steps, in
+    /// milliseconds (tokens after the first). Next to the decode time it tells
+    /// what bounds decode: near zero when building each step's graph on the
+    /// host takes longer than the device takes to run it.
+    pub decode_wait_ms: f64,
 }
 
 /// A finished generation.

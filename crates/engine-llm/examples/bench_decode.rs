@@ -2,7 +2,8 @@
 //!
 //! `bench_decode MODEL --dtype native|auto --tokens N --prompt-ids FILE` prints
 //! `{"tok_s":…,"ttft_ms":…,"generated":…,"first_tokens":[…16 ids],"peak_memory_bytes":…,"estimate_bytes":…,
-//! "estimate_ratio":…}` (engine-device's estimate for this model, prompt and length ÷ MLX's peak since the
+//! "estimate_ratio":…,"wait_ms_per_token":…}` (the host's wait on the device per decode step: near zero when the
+//! host bounds decode) (engine-device's estimate for this model, prompt and length ÷ MLX's peak since the
 //! process began, load included); `--write-prompt-ids FILE TEXT`
 //! writes the chat-templated prompt's ids, `--write-eos-ids FILE` the stop
 //! ids; `--export-mlx OUT` converts a GGUF.
@@ -83,7 +84,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "{}",
         serde_json::json!({"tok_s": s.decode_tok_per_s, "ttft_ms": s.ttft_ms, "generated": s.generated_tokens,
             "first_tokens": tokens, "peak_memory_bytes": s.peak_memory_bytes, "estimate_bytes": estimate,
-            "estimate_ratio": estimate as f64 / s.peak_memory_bytes.max(1) as f64})
+            "estimate_ratio": estimate as f64 / s.peak_memory_bytes.max(1) as f64,
+            "wait_ms_per_token": s.decode_wait_ms / s.generated_tokens.saturating_sub(1).max(1) as f64})
     );
     Ok(())
 }

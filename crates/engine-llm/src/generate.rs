@@ -335,6 +335,17 @@ impl<'a> Generator<'a> {
         out
     }
 
+    /// Reads a scheduled token back, waiting for the device; after the first
+    /// token the wait counts toward `decode_wait_ms`.
+    fn read_token(&mut self, y: &Array) -> Result<u32> {
+        let t0 = Instant::now();
+        let t = y.item_i64().map_err(be)? as u32;
+        if self.first_token_at.is_some() {
+            self.stats.decode_wait_ms += t0.elapsed().as_secs_f64() * 1e3;
+        }
+        Ok(t)
+    }
+
     /// Produces the events for the next token.
     fn advance(&mut self) -> Result<Vec<StreamEvent>> {
         if self.params.max_tokens == 0 {
@@ -358,7 +369,7 @@ impl<'a> Generator<'a> {
             let logits = logits.squeeze(1).map_err(be)?;
             if self.params.repetition_penalty != 1.0 {
                 // The penalty needs this token's value first.
-                let t = y.item_i64().map_err(be)? as u32;
+                let t = self.read_token(&y)?;
                 self.history.push(t);
                 token = Some(t);
             }
@@ -369,7 +380,7 @@ impl<'a> Generator<'a> {
         let token = match token {
             Some(t) => t,
             None => {
-                let t = y.item_i64().map_err(be)? as u32;
+                let t = self.read_token(&y)?;
                 self.history.push(t);
                 t
             }

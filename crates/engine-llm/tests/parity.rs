@@ -107,15 +107,28 @@ fn every_architecture_matches_mlx_lm() {
             .map(|x| x.as_u64().unwrap() as u32)
             .take_while(|&t| t != 1)
             .collect();
+        let mut stats = None;
         let ours: Vec<u32> = model
             .generate_from_tokens(&prompt, &GenerateParams::greedy(32), None)
             .unwrap()
             .filter_map(|e| match e.unwrap() {
                 StreamEvent::Text { token, .. } => Some(token),
-                StreamEvent::Done { .. } => None,
+                StreamEvent::Done { stats: s, .. } => {
+                    stats = Some(s);
+                    None
+                }
             })
             .filter(|&t| t != 1)
             .collect();
+        // The host's wait on the device lies inside the decode time.
+        let s = stats.expect("a Done event");
+        let decode_ms = s.generated_tokens.saturating_sub(1) as f64 / s.decode_tok_per_s.max(1e-9) * 1e3;
+        if s.generated_tokens > 1 && !(s.decode_wait_ms >= 0.0 && s.decode_wait_ms <= decode_ms) {
+            failures.push(format!(
+                "{name}: decode wait {} ms outside the decode's {decode_ms} ms",
+                s.decode_wait_ms
+            ));
+        }
         if ours != oracle {
             failures.push(format!(
                 "{name}: greedy tokens differ\n  ours   {ours:?}\n  oracle {oracle:?}"

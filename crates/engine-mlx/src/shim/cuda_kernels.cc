@@ -1301,8 +1301,16 @@ void launch(mx::cu::CommandEncoder& enc, CUfunc_st* f, dim3 grid, dim3 block, vo
   CUgraphNode_st* node = nullptr;
   if (g.add_kernel(&node, c->graph, nullptr, 0, &k) != 0) throw std::runtime_error("mlxe chain: cuGraphAddKernelNode failed");
   if (c->last != nullptr) {
-    // CU_GRAPH_KERNEL_NODE_PORT_PROGRAMMATIC, CU_GRAPH_DEPENDENCY_TYPE_PROGRAMMATIC.
-    const GraphApi::Edge e{1, 0, 1, {0, 0, 0, 0, 0}};
+    // CU_GRAPH_KERNEL_NODE_PORT_PROGRAMMATIC, CU_GRAPH_DEPENDENCY_TYPE_PROGRAMMATIC;
+    // MLXENGINE_CUDA_PDL_EDGES=plain makes them ordinary edges (the waits are
+    // then no-ops), which isolates what a chain costs the host from its effect
+    // on the GPU.
+    static const bool plain = [] {
+      const char* v = std::getenv("MLXENGINE_CUDA_PDL_EDGES");
+      return v != nullptr && std::string(v) == "plain";
+    }();
+    const unsigned char kind = plain ? 0 : 1;
+    const GraphApi::Edge e{kind, 0, kind, {0, 0, 0, 0, 0}};
     if (g.add_deps(c->graph, &c->last, &node, &e, 1) != 0)
       throw std::runtime_error("mlxe chain: cuGraphAddDependencies (programmatic) failed");
   }
