@@ -16,7 +16,7 @@
 # prefetch = MLXENGINE_CUDA_QMV_PREFETCH=1, rows2 / rows8 = MLXENGINE_CUDA_QMV_ROWS=2 / 8
 # (rows a block: the grid's waves over the SMs), attn0 = MLXENGINE_CUDA_ATTN=0 (MLX's attention ops), slots32 /
 # slots128 = MLXENGINE_CUDA_ATTN_SLOTS=32 / 128 (the fewest slots a split of the decode attention, default 64),
-# rows8t128 = 8 rows a block of 128 threads, pdl0 / pdl1 = MLXENGINE_CUDA_PDL=0 / 1 (decode chains never / always), pdlplain = chains with ordinary edges (their host cost alone), pdl1rows2 = chains over 2 rows a block, addnorm0 = MLXENGINE_CUDA_ADD_NORM=0 (MLX's add and rms_norm), dmv* / fdmv* / base* =
+# rows8t128 = 8 rows a block of 128 threads, pdl0 / pdl1 = MLXENGINE_CUDA_PDL=0 / 1 (decode chains never / always), pdlplain = chains with ordinary edges (their host cost alone), pdl1rows2 = chains over 2 rows a block, e0110 (any mask) = chains with programmatic edges where the mask has a 1 (edge i: stage i to i+1), addnorm0 = MLXENGINE_CUDA_ADD_NORM=0 (MLX's add and rms_norm), dmv* / fdmv* / base* =
 # our dense matvec / and the fused dense layers (dmv_env.sh, run_dmv.sh's variants); add yours to variant_env. DECODE_MODELS (default "8b-q4 1b") picks the models of each round (8B bf16 runs once after);
 # TRACE_VARIANT_LIST the traced variants (default: all the model's), TRACE_MLX=0 skips mlx-lm's trace, BW=0 step 4,
 # CHECKS (default "attn qmv parity") the checks of step 1. TRACE_MODELS (default "8b-q4 1b") picks the traced models; TRACE_VARIANTS=0 traces the
@@ -66,6 +66,7 @@ variant_env() {  # VARIANT -> env assignments
     pdl1) echo MLXENGINE_CUDA_PDL=1 ;;
     pdlplain) echo MLXENGINE_CUDA_PDL=1 MLXENGINE_CUDA_PDL_EDGES=plain ;;
     pdl1rows2) echo MLXENGINE_CUDA_PDL=1 MLXENGINE_CUDA_QMV_ROWS=2 ;;
+    e[01]*) echo MLXENGINE_CUDA_PDL=1 MLXENGINE_CUDA_PDL_EDGES=${1#e} ;;
     dmv*|fdmv*|base*) dmv_env $1 ;;
     *) echo "MLXENGINE_UNKNOWN_VARIANT=$1" ;;
   esac

@@ -1284,6 +1284,7 @@ const GraphApi& graph_api() {
 struct ChainGraph {
   CUgraph_st* graph = nullptr;
   CUgraphNode_st* last = nullptr;
+  size_t edges = 0;
 };
 thread_local ChainGraph* t_chain = nullptr;
 
@@ -1301,18 +1302,21 @@ void launch(mx::cu::CommandEncoder& enc, CUfunc_st* f, dim3 grid, dim3 block, vo
   CUgraphNode_st* node = nullptr;
   if (g.add_kernel(&node, c->graph, nullptr, 0, &k) != 0) throw std::runtime_error("mlxe chain: cuGraphAddKernelNode failed");
   if (c->last != nullptr) {
-    // CU_GRAPH_KERNEL_NODE_PORT_PROGRAMMATIC, CU_GRAPH_DEPENDENCY_TYPE_PROGRAMMATIC;
-    // MLXENGINE_CUDA_PDL_EDGES=plain makes them ordinary edges (the waits are
-    // then no-ops), which isolates what a chain costs the host from its effect
-    // on the GPU.
-    static const bool plain = [] {
+    // CU_GRAPH_KERNEL_NODE_PORT_PROGRAMMATIC, CU_GRAPH_DEPENDENCY_TYPE_PROGRAMMATIC
+    // for edge i of the chain unless MLXENGINE_CUDA_PDL_EDGES (a string of 0s
+    // and 1s, edge i by character i; "plain": all 0) makes it an ordinary
+    // edge, after which the kernel's wait is a no-op. Plain edges isolate a
+    // chain's host cost from its effect on the GPU, and a mask which edges pay.
+    static const std::string mask = [] {
       const char* v = std::getenv("MLXENGINE_CUDA_PDL_EDGES");
-      return v != nullptr && std::string(v) == "plain";
+      const std::string m = v != nullptr ? v : "";
+      return m == "plain" ? std::string(16, '0') : m;
     }();
-    const unsigned char kind = plain ? 0 : 1;
+    const unsigned char kind = c->edges < mask.size() && mask[c->edges] == '0' ? 0 : 1;
     const GraphApi::Edge e{kind, 0, kind, {0, 0, 0, 0, 0}};
     if (g.add_deps(c->graph, &c->last, &node, &e, 1) != 0)
       throw std::runtime_error("mlxe chain: cuGraphAddDependencies (programmatic) failed");
+    ++c->edges;
   }
   c->last = node;
 }
