@@ -17,7 +17,7 @@
 # (rows a block: the grid's waves over the SMs), attn0 = MLXENGINE_CUDA_ATTN=0 (MLX's attention ops), slots32 /
 # slots128 = MLXENGINE_CUDA_ATTN_SLOTS=32 / 128 (the fewest slots a split of the decode attention, default 64),
 # rows8t128 = 8 rows a block of 128 threads, pdl0 / pdl1 = MLXENGINE_CUDA_PDL=0 / 1 (decode chains never / always), pdlplain = chains with ordinary edges (their host cost alone), pdl1rows2 = chains over 2 rows a block, e0110 (any mask) = chains with programmatic edges where the mask has a 1 (edge i: stage i to i+1), addnorm0 = MLXENGINE_CUDA_ADD_NORM=0 (MLX's add and rms_norm), dmv* / fdmv* / base* =
-# our dense matvec / and the fused dense layers (dmv_env.sh, run_dmv.sh's variants); add yours to variant_env. DECODE_MODELS (default "8b-q4 1b") picks the models of each round (8B bf16 runs once after);
+# our dense matvec / and the fused dense layers (dmv_env.sh, run_dmv.sh's variants); add yours to variant_env. DECODE_MODELS (default "8b-q4 1b") picks the models of each round (8B bf16 runs once after, unless DENSE8B=0);
 # TRACE_VARIANT_LIST the traced variants (default: all the model's), TRACE_MLX=0 skips mlx-lm's trace, BW=0 step 4,
 # CHECKS (default "attn qmv parity") the checks of step 1. TRACE_MODELS (default "8b-q4 1b") picks the traced models; TRACE_VARIANTS=0 traces the
 # engine as shipped alone (no variants, no mlx-lm); ROUNDS (default "1 2") the decode rounds. Most important first: a call cut at its limit keeps what came before.
@@ -84,7 +84,7 @@ decode() {  # MODEL ROUND: the engine, its variants, mlx-lm
 for round in ${ROUNDS-1 2}; do
   for m in ${DECODE_MODELS-8b-q4 1b}; do decode $m $round; done
 done
-decode 8b 1
+[ "${DENSE8B:-1}" = 0 ] || decode 8b 1
 if [ -f "$TRACE" ]; then
   tr() {  # NAME CMD...: one traced run
     local name=$1; shift
