@@ -49,7 +49,9 @@ pub struct GenerationStats {
     /// Time the host spent waiting for the device to finish decode steps, in
     /// milliseconds (tokens after the first). Next to the decode time it tells
     /// what bounds decode: near zero when building each step's graph on the
-    /// host takes longer than the device takes to run it.
+    /// host takes longer than the device takes to run it. Measured by the
+    /// single-sequence decode loop; 0 from the batch scheduler, whose
+    /// sequences share their steps.
     pub decode_wait_ms: f64,
 }
 
