@@ -15,6 +15,8 @@
 //! `--quick` (bfloat16 4-bit group 64 alone). `--dense`: the dense bfloat16 matvec behind
 //! `fast::linear` (on unless `MLXENGINE_CUDA_DMV=0`) on the 8B shapes, errors and bandwidth against MLX's gemv, then
 //! the fused dense kernels (on unless `MLXENGINE_CUDA_QMV_DENSE=0`) on one layer of each family.
+//! `--bandwidth` under `MLXENGINE_CUDA_QMV_PROBE=nox` or `=stream` times probes of our matvec with wrong
+//! results (x's side left out; the loads alone), to tell what bounds it.
 
 use engine_mlx::quant::{
     cuda_quantized_matmul, fused_matvec, quantize, quantized_matmul, set_cuda_kernels, FusedEpilogue, FusedWeight,
@@ -351,7 +353,8 @@ fn bandwidth(family: &str, layer: &str, k: usize, n: usize) -> Result<()> {
             "ours_us": ours_us, "mlx_us": mlx_us, "ours_gbps": bytes as f64 / ours_us / 1e3,
             "mlx_gbps": bytes as f64 / mlx_us / 1e3,
             "rows_env": std::env::var("MLXENGINE_CUDA_QMV_ROWS").ok(),
-            "threads_env": std::env::var("MLXENGINE_CUDA_QMV_THREADS").ok()})
+            "threads_env": std::env::var("MLXENGINE_CUDA_QMV_THREADS").ok(),
+            "probe_env": std::env::var("MLXENGINE_CUDA_QMV_PROBE").ok()})
     );
     Ok(())
 }

@@ -103,4 +103,6 @@ if [ -f "$TRACE" ]; then
   grep -h '"summary"' $OUT/traces.jsonl
 fi
 [ "${BW:-1}" = 0 ] || timeout 60 $BIN/qmv_check --bandwidth > $OUT/bw.jsonl 2>&1
+# BW_PROBES="nox stream": the same with MLXENGINE_CUDA_QMV_PROBE (wrong results; what bounds the matvec).
+for p in ${BW_PROBES-}; do MLXENGINE_CUDA_QMV_PROBE=$p timeout 60 $BIN/qmv_check --bandwidth 2>&1 | grep '"bandwidth"' >> $OUT/bw.jsonl; done
 exit $rc

@@ -357,12 +357,17 @@ __device__ __forceinline__ void qmv(const Params& p) {
     }
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
+      if constexpr (DEQ == 3) {  // probe: the loads alone (wrong results)
+#pragma unroll
+        for (int r = 0; r < ROWS; ++r) qx[r][0] += __uint_as_float(reinterpret_cast<const u32*>(&wv[r])[i] & 0x007FFFFFu);
+        continue;
+      }
       float q[ROWS][PW];
 #pragma unroll
       for (int r = 0; r < ROWS; ++r) {
         const u32 word = reinterpret_cast<const u32*>(&wv[r])[i];
         const u32 high = word >> (BITS * Packed<BITS>::SPLIT);
-        if constexpr (DEQ == 1) {
+        if constexpr (DEQ == 1 || DEQ == 2) {
 #pragma unroll
           for (int j = 0; j < PW; ++j) q[r][j] = Packed<BITS>::denorm_q(word, high, j);
         } else if constexpr (MT == 1) {
@@ -373,6 +378,13 @@ __device__ __forceinline__ void qmv(const Params& p) {
 #pragma unroll
           for (int j = 0; j < PW; ++j) q[r][j] = Packed<BITS>::scaled_q(word, high, j);
         }
+      }
+      if constexpr (DEQ == 2) {  // probe: the weights' side alone, x a constant (wrong results)
+#pragma unroll
+        for (int j = 0; j < PW; ++j)
+#pragma unroll
+          for (int r = 0; r < ROWS; ++r) qx[r][0] = fmaf(q[r][j], Packed<BITS>::x_scale_denorm(j), qx[r][0]);
+        continue;
       }
       const int col = c * E + i * PW;
       float gf[PW];
@@ -1838,7 +1850,18 @@ std::vector<mx::array> build(const mx::array& x_in, const std::vector<QuantMatri
   // as denormals (no subtraction: the hottest loop 18-22% fewer SASS
   // instructions for sm_90, sass_count.py); MLXENGINE_CUDA_QMV_DEQ=0 for the
   // 2^23 form.
-  static const int deq_env = env_int("MLXENGINE_CUDA_QMV_DEQ", 1);
+  // MLXENGINE_CUDA_QMV_PROBE=nox|stream: diagnostics for `qmv_check
+  // --bandwidth` that give WRONG results — the loop without x's side (x a
+  // constant) or with its loads alone — to tell what bounds the matvec.
+  static const int deq_env = [] {
+    const char* v = std::getenv("MLXENGINE_CUDA_QMV_PROBE");
+    const std::string p = v != nullptr ? v : "";
+    if (p == "nox" || p == "stream") {
+      std::fprintf(stderr, "mlxe: MLXENGINE_CUDA_QMV_PROBE=%s: quantized matvecs give wrong results\n", p.c_str());
+      return p == "nox" ? 2 : 3;
+    }
+    return env_int("MLXENGINE_CUDA_QMV_DEQ", 1);
+  }();
   c.deq = bits <= 8 ? deq_env : 0;
   // Prefetching the next chunk: opt-in (MLXENGINE_CUDA_QMV_PREFETCH=1) until timed on a GPU.
   static const int pf_env = env_int("MLXENGINE_CUDA_QMV_PREFETCH", 0) != 0 ? 1 : 0;
