@@ -2,9 +2,9 @@
 //!
 //! `bench_decode MODEL --dtype native|auto --tokens N --prompt-ids FILE` prints
 //! `{"tok_s":…,"ttft_ms":…,"generated":…,"first_tokens":[…16 ids],"peak_memory_bytes":…,"estimate_bytes":…,
-//! "estimate_ratio":…,"wait_ms_per_token":…}` (the host's wait on the device per decode step: near zero when the
-//! host bounds decode) (engine-device's estimate for this model, prompt and length ÷ MLX's peak since the
-//! process began, load included); `--write-prompt-ids FILE TEXT`
+//! "estimate_ratio":…,"wait_ms_per_token":…}` (the ratio: engine-device's estimate for this model, prompt and
+//! length ÷ MLX's peak since the process began, load included; the wait: the host's on the device per decode
+//! step, near zero when the host bounds decode); `--write-prompt-ids FILE TEXT`
 //! writes the chat-templated prompt's ids, `--write-eos-ids FILE` the stop
 //! ids; `--export-mlx OUT` converts a GGUF.
 use engine_core::{ChatMessage, GenerateParams, Prompt, StreamEvent};
