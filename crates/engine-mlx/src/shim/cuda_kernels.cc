@@ -1327,7 +1327,7 @@ void launch(mx::cu::CommandEncoder& enc, CUfunc_st* f, dim3 grid, dim3 block, vo
     const unsigned char kind = c->edges < mask.size() && mask[c->edges] == '0' ? 0 : 1;
     const GraphApi::Edge e{kind, 0, kind, {0, 0, 0, 0, 0}};
     if (g.add_deps(c->graph, &c->last, &node, &e, 1) != 0)
-      throw std::runtime_error("mlxe chain: cuGraphAddDependencies (programmatic) failed");
+      throw std::runtime_error("mlxe chain: cuGraphAddDependencies failed");
     ++c->edges;
   }
   c->last = node;
