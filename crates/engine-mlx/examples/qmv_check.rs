@@ -15,8 +15,8 @@
 //! `--quick` (bfloat16 4-bit group 64 alone). `--dense`: the dense bfloat16 matvec behind
 //! `fast::linear` (on unless `MLXENGINE_CUDA_DMV=0`) on the 8B shapes, errors and bandwidth against MLX's gemv, then
 //! the fused dense kernels (on unless `MLXENGINE_CUDA_QMV_DENSE=0`) on one layer of each family.
-//! `--bandwidth` under `MLXENGINE_CUDA_QMV_PROBE=nox`, `=stream` or `=int` times probes of our matvec with wrong
-//! results (x's side left out; the loads alone; integer dot products over x read as int16), to tell what bounds it.
+//! `--bandwidth` under `MLXENGINE_CUDA_QMV_PROBE=nox` or `=stream` times probes of our matvec with wrong
+//! results (x's side left out; the loads alone), to tell what bounds it.
 
 use engine_mlx::quant::{
     cuda_quantized_matmul, fused_matvec, quantize, quantized_matmul, set_cuda_kernels, FusedEpilogue, FusedWeight,
@@ -354,8 +354,7 @@ fn bandwidth(family: &str, layer: &str, k: usize, n: usize) -> Result<()> {
             "mlx_gbps": bytes as f64 / mlx_us / 1e3,
             "rows_env": std::env::var("MLXENGINE_CUDA_QMV_ROWS").ok(),
             "threads_env": std::env::var("MLXENGINE_CUDA_QMV_THREADS").ok(),
-            "probe_env": std::env::var("MLXENGINE_CUDA_QMV_PROBE").ok(),
-            "deq_env": std::env::var("MLXENGINE_CUDA_QMV_DEQ").ok()})
+            "probe_env": std::env::var("MLXENGINE_CUDA_QMV_PROBE").ok()})
     );
     Ok(())
 }

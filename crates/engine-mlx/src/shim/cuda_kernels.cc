@@ -170,23 +170,6 @@ template <u32 M> __device__ __forceinline__ u32 or_opaque(u32 w) {
 #endif
 }
 
-// d = c + a.lo16·b.byte0 + a.hi16·b.byte1 (HI: bytes 2 and 3), a's halves
-// signed, b's bytes unsigned: qmv's integer probe (DEQ 4).
-template <bool HI> __device__ __forceinline__ int dp2a(u32 a, u32 b, int c) {
-#ifdef MLXE_EMULATED
-  const u32 bb = HI ? b >> 16 : b;
-  return c + int(short(a & 0xffffu)) * int(bb & 0xffu) + int(short(a >> 16)) * int((bb >> 8) & 0xffu);
-#else
-  int d;
-  if constexpr (HI) {
-    asm("dp2a.hi.s32.u32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
-  } else {
-    asm("dp2a.lo.s32.u32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
-  }
-  return d;
-#endif
-}
-
 // Loads the XW words of x-like data (x or the norm weight) under one word of w.
 template <int XW> __device__ __forceinline__ void load_words(const void* p, u32* o) {
   if constexpr (XW % 4 == 0) {
@@ -365,77 +348,6 @@ __device__ __forceinline__ void qmv(const Params& p) {
         bi[r] = EL::get(br[r][grp]);
       }
     }
-    if constexpr (DEQ == 5) {  // integer dot products over x rounded to int16 (one row of x)
-      static_assert(MT == 1, "DEQ 5 takes one row of x a block");
-      constexpr int EX = 16 / sizeof(S);
-      const int col = c * E;
-      // v: the chunk's x (times the norm weight): E floats.
-      float v[E];
-#pragma unroll
-      for (int u = 0; u < E / EX; ++u) {
-        unpack_chunk<EL, EX>(__ldg(reinterpret_cast<const uint4*>(x + size_t(m0) * p.ldx + col) + u), v + u * EX);
-        if constexpr (NORM) {
-          float gf[EX];
-          unpack_chunk<EL, EX>(__ldg(reinterpret_cast<const uint4*>(g + col) + u), gf);
-#pragma unroll
-          for (int e = 0; e < EX; ++e) {
-            if constexpr (NORM == 1) ss[0] = fmaf(v[u * EX + e], v[u * EX + e], ss[0]);
-            v[u * EX + e] *= gf[e];
-          }
-        }
-      }
-      float vmax = 0.f;
-#pragma unroll
-      for (int e = 0; e < E; ++e) vmax = fmaxf(vmax, fabsf(v[e]));
-      // The chunk's scale, a power of two: with vmax in [2^t, 2^(t+1)), x·2^(13-t)
-      // rounds to |n| ≤ 2^14 (15 bits kept, relative to the chunk's largest);
-      // t is held ≥ -113 so both powers stay normal. Inf or NaN in x: a NaN scale.
-      const int t = max(int(__float_as_uint(vmax) >> 23), 14);
-      const float up = __uint_as_float(u32(267 - t) << 23);
-      const float down = t == 255 ? __uint_as_float(0x7FC00000u) : __uint_as_float(u32(t - 13) << 23);
-      // Each int16 is the low half of x·up + 1.5·2^23 (round to nearest in the
-      // FMA); xp: pairs in the order dp2a reads them against a word of w — for
-      // 4 bits the even nibbles' bytes (w & 0x0F0F0F0F) then the odd ones.
-      u32 xp[E / 2];
-#pragma unroll
-      for (int k = 0; k < E / 2; ++k) {
-        int a, b;
-        if constexpr (BITS == 4) {
-          const int base = (k / 4) * 8, h = k % 4;  // h: (0,2) (4,6) (1,3) (5,7)
-          a = base + (h & 1) * 4 + (h >> 1);
-          b = a + 2;
-        } else {
-          a = 2 * k;
-          b = a + 1;
-        }
-        const u32 ia = __float_as_uint(fmaf(v[a], up, 12582912.0f)), ib = __float_as_uint(fmaf(v[b], up, 12582912.0f));
-        xp[k] = __byte_perm(ia, ib, 0x5410);
-      }
-      int xsum = 0;
-#pragma unroll
-      for (int k = 0; k < E / 2; ++k) xsum = dp2a<false>(xp[k], 0x0101u, xsum);
-      const float xs0 = float(xsum) * down;
-#pragma unroll
-      for (int r = 0; r < ROWS; ++r) {
-        int iq = 0;
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const u32 word = reinterpret_cast<const u32*>(&wv[r])[i];
-          if constexpr (BITS == 4) {
-            const u32 lo = word & 0x0F0F0F0Fu, hi = (word >> 4) & 0x0F0F0F0Fu;
-            iq = dp2a<false>(xp[4 * i], lo, iq);
-            iq = dp2a<true>(xp[4 * i + 1], lo, iq);
-            iq = dp2a<false>(xp[4 * i + 2], hi, iq);
-            iq = dp2a<true>(xp[4 * i + 3], hi, iq);
-          } else {
-            iq = dp2a<false>(xp[2 * i], word, iq);
-            iq = dp2a<true>(xp[2 * i + 1], word, iq);
-          }
-        }
-        acc[r][0] += sc[r] * (float(iq) * down) + bi[r] * xs0;
-      }
-      continue;
-    }
     float qx[ROWS][MT], xs[MT];
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
@@ -443,36 +355,8 @@ __device__ __forceinline__ void qmv(const Params& p) {
 #pragma unroll
       for (int r = 0; r < ROWS; ++r) qx[r][m] = 0.f;
     }
-    int iq[ROWS][MT];
-#pragma unroll
-    for (int m = 0; m < MT; ++m)
-#pragma unroll
-      for (int r = 0; r < ROWS; ++r) iq[r][m] = 0;
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      if constexpr (DEQ == 4) {  // probe: x's words read as int16 pairs, integer dot products (wrong results)
-        const int col = c * E + i * PW;
-#pragma unroll
-        for (int m = 0; m < MT; ++m) {
-          u32 xw[XWORDS];
-          load_words<XWORDS>(x + size_t(m0 + m) * p.ldx + col, xw);
-#pragma unroll
-          for (int r = 0; r < ROWS; ++r) {
-            const u32 word = reinterpret_cast<const u32*>(&wv[r])[i];
-            if constexpr (BITS == 4) {
-              const u32 lo = word & 0x0F0F0F0Fu, hi = (word >> 4) & 0x0F0F0F0Fu;
-              iq[r][m] = dp2a<false>(xw[0], lo, iq[r][m]);
-              iq[r][m] = dp2a<true>(xw[1 % XWORDS], lo, iq[r][m]);
-              iq[r][m] = dp2a<false>(xw[2 % XWORDS], hi, iq[r][m]);
-              iq[r][m] = dp2a<true>(xw[3 % XWORDS], hi, iq[r][m]);
-            } else {
-              iq[r][m] = dp2a<false>(xw[0], word, iq[r][m]);
-              iq[r][m] = dp2a<true>(xw[1 % XWORDS], word, iq[r][m]);
-            }
-          }
-        }
-        continue;
-      }
       if constexpr (DEQ == 3) {  // probe: the loads alone (wrong results)
 #pragma unroll
         for (int r = 0; r < ROWS; ++r) qx[r][0] += __uint_as_float(reinterpret_cast<const u32*>(&wv[r])[i] & 0x007FFFFFu);
@@ -532,12 +416,6 @@ __device__ __forceinline__ void qmv(const Params& p) {
           }
         }
       }
-    }
-    if constexpr (DEQ == 4) {
-#pragma unroll
-      for (int r = 0; r < ROWS; ++r)
-#pragma unroll
-        for (int m = 0; m < MT; ++m) qx[r][m] = float(iq[r][m]);
     }
 #pragma unroll
     for (int r = 0; r < ROWS; ++r)
@@ -1972,22 +1850,19 @@ std::vector<mx::array> build(const mx::array& x_in, const std::vector<QuantMatri
   // as denormals (no subtraction: the hottest loop 18-22% fewer SASS
   // instructions for sm_90, sass_count.py); MLXENGINE_CUDA_QMV_DEQ=0 for the
   // 2^23 form.
-  // MLXENGINE_CUDA_QMV_PROBE=nox|stream|int: diagnostics for `qmv_check
+  // MLXENGINE_CUDA_QMV_PROBE=nox|stream: diagnostics for `qmv_check
   // --bandwidth` that give WRONG results — the loop without x's side (x a
-  // constant), with its loads alone, or as integer dot products over x's
-  // words read as int16 (the cost of an x prepared once a step) — to tell
-  // what bounds the matvec.
+  // constant) or with its loads alone — to tell what bounds the matvec.
   static const int deq_env = [] {
     const char* v = std::getenv("MLXENGINE_CUDA_QMV_PROBE");
     const std::string p = v != nullptr ? v : "";
-    if (p == "nox" || p == "stream" || p == "int") {
+    if (p == "nox" || p == "stream") {
       std::fprintf(stderr, "mlxe: MLXENGINE_CUDA_QMV_PROBE=%s: quantized matvecs give wrong results\n", p.c_str());
-      return p == "nox" ? 2 : p == "stream" ? 3 : 4;
+      return p == "nox" ? 2 : 3;
     }
     return env_int("MLXENGINE_CUDA_QMV_DEQ", 1);
   }();
-  // DEQ 5 (x rounded to int16, integer dot products) takes one row of x a block.
-  c.deq = bits > 8 ? 0 : deq_env == 5 && c.mt != 1 ? 1 : deq_env;
+  c.deq = bits <= 8 ? deq_env : 0;
   // Prefetching the next chunk: opt-in (MLXENGINE_CUDA_QMV_PREFETCH=1) until timed on a GPU.
   static const int pf_env = env_int("MLXENGINE_CUDA_QMV_PREFETCH", 0) != 0 ? 1 : 0;
   c.pf = bits <= 8 ? pf_env : 0;

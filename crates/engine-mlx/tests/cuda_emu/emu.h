@@ -66,13 +66,6 @@ inline unsigned __float_as_uint(float f) {
   return u;
 }
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
-// Byte s of the result is byte (sel >> 4s) & 7 of the pair {b, a} (a's bytes 0-3).
-inline unsigned __byte_perm(unsigned a, unsigned b, unsigned sel) {
-  const unsigned long long ab = (static_cast<unsigned long long>(b) << 32) | a;
-  unsigned r = 0;
-  for (int i = 0; i < 4; ++i) r |= static_cast<unsigned>((ab >> (8 * ((sel >> (4 * i)) & 7))) & 0xffu) << (8 * i);
-  return r;
-}
 // Blocks run one after another, so a fence has nothing to order and an atomic
 // (called by one thread of a block) nothing to race with.
 inline void __threadfence() {}
