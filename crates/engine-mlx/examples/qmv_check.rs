@@ -354,7 +354,8 @@ fn bandwidth(family: &str, layer: &str, k: usize, n: usize) -> Result<()> {
             "mlx_gbps": bytes as f64 / mlx_us / 1e3,
             "rows_env": std::env::var("MLXENGINE_CUDA_QMV_ROWS").ok(),
             "threads_env": std::env::var("MLXENGINE_CUDA_QMV_THREADS").ok(),
-            "probe_env": std::env::var("MLXENGINE_CUDA_QMV_PROBE").ok()})
+            "probe_env": std::env::var("MLXENGINE_CUDA_QMV_PROBE").ok(),
+            "warp_env": std::env::var("MLXENGINE_CUDA_QMV_WARP").ok()})
     );
     Ok(())
 }
