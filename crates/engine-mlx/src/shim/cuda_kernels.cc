@@ -250,12 +250,22 @@ template <typename EL> __device__ __forceinline__ void put_swiglu(const Params& 
   static_cast<typename EL::S*>(p.y[0])[size_t(m) * p.n_end[0] + n] = EL::put(a / (1.0f + __expf(-a)) * b);
 }
 
+// A 16-byte chunk of packed weights; LD 1 loads it evict-first (`ld.global.cs`:
+// each weight is read once a step, so x and the norm weight keep the caches).
+template <int LD> __device__ __forceinline__ uint4 load_w(const uint4* p) {
+  if constexpr (LD == 1) {
+    return __ldcs(p);
+  } else {
+    return __ldg(p);
+  }
+}
+
 // One block owns ROWS rows of the stacked matrices (SwiGlu: ROWS/2 gate rows
 // and the same up rows) and MT rows of x; its threads stride over K in
 // 16-byte chunks of w (one 128-bit load per row, inside one group), adding
 // scale · Σ q·x + bias · Σ x per chunk in float32; shared memory sums the warps.
 // (Dense weights take fdmv, in kAttnSource.)
-template <int KIND, int BITS, int GS, int MT, int ROWS, int MODE, int NORM, int DEQ = 0, int PF = 0>
+template <int KIND, int BITS, int GS, int MT, int ROWS, int MODE, int NORM, int DEQ = 0, int PF = 0, int LD = 0>
 __device__ __forceinline__ void qmv(const Params& p) {
   static_assert(BITS == 4 || BITS == 8, "dense weights take fdmv");
   typedef Elem<KIND> EL;
@@ -320,7 +330,7 @@ __device__ __forceinline__ void qmv(const Params& p) {
     const int grp = c * E / GS;
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
-      nw[r] = __ldg(wr[r] + c);
+      nw[r] = load_w<LD>(wr[r] + c);
       nsc[r] = sr[r][grp];
       nbi[r] = br[r][grp];
     }
@@ -343,7 +353,7 @@ __device__ __forceinline__ void qmv(const Params& p) {
       const int grp = c * E / GS;
 #pragma unroll
       for (int r = 0; r < ROWS; ++r) {
-        wv[r] = __ldg(wr[r] + c);
+        wv[r] = load_w<LD>(wr[r] + c);
         sc[r] = EL::get(sr[r][grp]);
         bi[r] = EL::get(br[r][grp]);
       }
@@ -482,7 +492,7 @@ __device__ __forceinline__ void qmv(const Params& p) {
 // lane where qmv has RPW, and a warp's shuffles sum the rows (no shared
 // memory, no barrier). qmv's loads alone stream no faster than qmv itself
 // (its probes on an H100), where dmv's layout streams dense rows at ~2.3 TB/s.
-template <int KIND, int BITS, int GS, int RPW, int U, int MODE, int NORM>
+template <int KIND, int BITS, int GS, int RPW, int U, int MODE, int NORM, int LD = 0>
 __device__ __forceinline__ void qwmv(const Params& p) {
   static_assert(BITS == 4 || BITS == 8, "dense weights take fdmv");
   static_assert(MODE == 0 || RPW % 2 == 0, "SwiGLU pairs gate and up rows");
@@ -522,7 +532,7 @@ __device__ __forceinline__ void qwmv(const Params& p) {
 #pragma unroll
       for (int r = 0; r < RPW; ++r)
         if (u < n) {
-          wv[u][r] = __ldg(wr[r] + c + 32 * u);
+          wv[u][r] = load_w<LD>(wr[r] + c + 32 * u);
           sc[u][r] = sr[r][grp];
           bi[u][r] = br[r][grp];
         }
@@ -1366,11 +1376,12 @@ struct Config {
   int u;     // 16-byte chunks a row in flight a lane: dense weights (fdmv; `rows` is then rows a warp group),
              // packed ones in dmv's layout (qwmv, when > 0; `rows` is then rows a warp)
   int sk;    // dense weights (fdmv): warps a row group
+  int ld;    // packed weights: 0 loaded through the read-only path (__ldg), 1 evict-first (__ldcs)
   int threads;  // most threads a block of qmv (a multiple of 32, at most 256); not part of the compiled code
   std::string key() const {
     return std::to_string(kind) + "_" + std::to_string(bits) + "_" + std::to_string(group) + "_" + std::to_string(mt) +
            "_" + std::to_string(rows) + "_" + std::to_string(mode) + "_" + std::to_string(norm) + "_" +
-           std::to_string(deq) + "_" + std::to_string(pf) + "_" + std::to_string(u) + "_" + std::to_string(sk);
+           std::to_string(deq) + "_" + std::to_string(pf) + "_" + std::to_string(u) + "_" + std::to_string(sk) + "_" + std::to_string(ld);
   }
   bool dense() const { return bits > 8; }
 };
@@ -1524,7 +1535,7 @@ CUfunc_st* kernel(const Config& c) {
              "  mlxe::qwmv<" +
              std::to_string(c.kind) + ", " + std::to_string(c.bits) + ", " + std::to_string(c.group) + ", " +
              std::to_string(c.rows) + ", " + std::to_string(c.u) + ", " + std::to_string(c.mode) + ", " +
-             std::to_string(c.norm) + ">(p);\n}\n";
+             std::to_string(c.norm) + ", " + std::to_string(c.ld) + ">(p);\n}\n";
     });
   return compiled("qmv_" + c.key(), "mlxe_qmv", [&] {
     return std::string(kSource) +
@@ -1533,7 +1544,7 @@ CUfunc_st* kernel(const Config& c) {
            std::to_string(c.kind) + ", " + std::to_string(c.bits) + ", " + std::to_string(c.group) + ", " +
            std::to_string(c.mt) + ", " + std::to_string(c.rows) + ", " + std::to_string(c.mode) + ", " +
            std::to_string(c.norm) + ", " + std::to_string(c.deq) + ", " +
-           std::to_string(c.pf) + ">(p);\n}\n";
+           std::to_string(c.pf) + ", " + std::to_string(c.ld) + ">(p);\n}\n";
   });
 }
 
@@ -1997,6 +2008,9 @@ std::vector<mx::array> build(const mx::array& x_in, const std::vector<QuantMatri
   // Prefetching the next chunk: opt-in (MLXENGINE_CUDA_QMV_PREFETCH=1) until timed on a GPU.
   static const int pf_env = env_int("MLXENGINE_CUDA_QMV_PREFETCH", 0) != 0 ? 1 : 0;
   c.pf = bits <= 8 ? pf_env : 0;
+  // Evict-first weight loads: opt-in (MLXENGINE_CUDA_QMV_LDCS=1) until timed on a GPU.
+  static const int ld_env = env_int("MLXENGINE_CUDA_QMV_LDCS", 0) != 0 ? 1 : 0;
+  c.ld = bits <= 8 ? ld_env : 0;
   // dmv's layout for packed weights at one row of x (qwmv): opt-in
   // (MLXENGINE_CUDA_QMV_WARP=U, 1-4 chunks a row in flight a lane) until timed
   // on a GPU; `rows` a warp (MLXENGINE_CUDA_QMV_ROWS, default 4), 128 threads.

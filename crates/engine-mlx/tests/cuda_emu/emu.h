@@ -78,6 +78,10 @@ template <class T>
 T __ldcg(const T* p) {
   return *p;
 }
+template <class T>
+T __ldcs(const T* p) {
+  return *p;
+}
 inline float __expf(float x) { return std::exp(x); }
 using std::max;
 using std::min;
