@@ -355,7 +355,6 @@ fn bandwidth(family: &str, layer: &str, k: usize, n: usize) -> Result<()> {
             "rows_env": std::env::var("MLXENGINE_CUDA_QMV_ROWS").ok(),
             "threads_env": std::env::var("MLXENGINE_CUDA_QMV_THREADS").ok(),
             "probe_env": std::env::var("MLXENGINE_CUDA_QMV_PROBE").ok(),
-            "warp_env": std::env::var("MLXENGINE_CUDA_QMV_WARP").ok(),
             "ldcs_env": std::env::var("MLXENGINE_CUDA_QMV_LDCS").ok()})
     );
     Ok(())

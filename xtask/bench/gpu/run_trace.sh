@@ -16,7 +16,7 @@
 # prefetch = MLXENGINE_CUDA_QMV_PREFETCH=1, rows2 / rows8 = MLXENGINE_CUDA_QMV_ROWS=2 / 8
 # (rows a block: the grid's waves over the SMs), attn0 = MLXENGINE_CUDA_ATTN=0 (MLX's attention ops), slots32 /
 # slots128 = MLXENGINE_CUDA_ATTN_SLOTS=32 / 128 (the fewest slots a split of the decode attention, default 64),
-# rows8t128 = 8 rows a block of 128 threads, pdl0 / pdl1 = MLXENGINE_CUDA_PDL=0 / 1 (decode chains never / always), pdlplain = chains with ordinary edges (their host cost alone), pdl1rows2 = chains over 2 rows a block, e0110 (any mask) = chains with programmatic edges where the mask has a 1 (edge i: stage i to i+1), addnorm0 = MLXENGINE_CUDA_ADD_NORM=0 (MLX's add and rms_norm), warp2 / warp2r8 (U 1-4, rows 2-8) = MLXENGINE_CUDA_QMV_WARP=2 (qwmv: the 4-bit matvec in dmv's layout, 2 chunks a row in flight a lane) / with 8 rows a warp, ldcs / warp2cs = MLXENGINE_CUDA_QMV_LDCS=1 (packed weights loaded evict-first) / with qwmv, dmv* / fdmv* / base* =
+# rows8t128 = 8 rows a block of 128 threads, pdl0 / pdl1 = MLXENGINE_CUDA_PDL=0 / 1 (decode chains never / always), pdlplain = chains with ordinary edges (their host cost alone), pdl1rows2 = chains over 2 rows a block, e0110 (any mask) = chains with programmatic edges where the mask has a 1 (edge i: stage i to i+1), addnorm0 = MLXENGINE_CUDA_ADD_NORM=0 (MLX's add and rms_norm), ldcs0 = MLXENGINE_CUDA_QMV_LDCS=0 (packed weights loaded through the read-only path, not evict-first), dmv* / fdmv* / base* =
 # our dense matvec / and the fused dense layers (dmv_env.sh, run_dmv.sh's variants); add yours to variant_env. DECODE_MODELS (default "8b-q4 1b") picks the models of each round (8B bf16 runs once after, unless DENSE8B=0);
 # TRACE_VARIANT_LIST the traced variants (default: all the model's), TRACE_MLX=0 skips mlx-lm's trace, BW=0 step 4,
 # CHECKS (default "attn qmv parity") the checks of step 1. TRACE_MODELS (default "8b-q4 1b") picks the traced models; TRACE_VARIANTS=0 traces the
@@ -53,10 +53,7 @@ variant_env() {  # VARIANT -> env assignments
     nopack) echo MLXENGINE_CUDA_PACK=0 ;;
     normpass) echo MLXENGINE_CUDA_QMV_NORM=pass ;;
     deq0) echo MLXENGINE_CUDA_QMV_DEQ=0 ;;
-    warp[1-4]) echo MLXENGINE_CUDA_QMV_WARP=${1#warp} ;;
-    warp[1-4]cs) local v=${1#warp}; echo MLXENGINE_CUDA_QMV_WARP=${v%cs} MLXENGINE_CUDA_QMV_LDCS=1 ;;
-    ldcs) echo MLXENGINE_CUDA_QMV_LDCS=1 ;;
-    warp[1-4]r[2-8]) local v=${1#warp}; echo MLXENGINE_CUDA_QMV_WARP=${v%r*} MLXENGINE_CUDA_QMV_ROWS=${v#*r} ;;
+    ldcs0) echo MLXENGINE_CUDA_QMV_LDCS=0 ;;
     prefetch) echo MLXENGINE_CUDA_QMV_PREFETCH=1 ;;
     threads128) echo MLXENGINE_CUDA_QMV_THREADS=128 ;;
     rows2) echo MLXENGINE_CUDA_QMV_ROWS=2 ;;

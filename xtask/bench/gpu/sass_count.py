@@ -8,8 +8,7 @@ examples (qmv_check --bandwidth) measure. Usage: python3 xtask/bench/gpu/sass_co
 with INSTANCE like "qmv<2, 4, 64, 1, 4, 0, 1>" (KIND 0/1/2 = f32/f16/bf16, BITS, GROUP, MT, ROWS,
 MODE 0 split / 1 SwiGLU, NORM 0 none / 1 in the loop / 2 a pass first), or like "attend<2, 128, 4>"
 (the decode attention: KIND, head size, query heads a KV head), "add_rms<2>" (residual add + RMS norm) or
-"fdmv<2, 1, 2, 4, 1, 1>" (the fused dense matvec: KIND, MT, rows a warp, chunks in flight, MODE, NORM) or
-"qwmv<2, 4, 64, 4, 2, 0, 1>" (the matvec in dmv's layout: KIND, BITS, GROUP, rows a warp, chunks in flight, MODE, NORM)."""
+"fdmv<2, 1, 2, 4, 1, 1>" (the fused dense matvec: KIND, MT, rows a warp, chunks in flight, MODE, NORM)."""
 import collections, ctypes, glob, os, re, subprocess, sys, zipfile
 
 TOOLS = os.path.join(os.path.dirname(__file__), "../../../target/sass-tools")
@@ -38,9 +37,9 @@ def tools():
 
 
 def main():
-    src_file = sys.argv[1] if len(sys.argv) > 1 and not sys.argv[1].startswith(("qmv", "qwmv", "attend", "add_rms", "fdmv")) else \
+    src_file = sys.argv[1] if len(sys.argv) > 1 and not sys.argv[1].startswith(("qmv", "attend", "add_rms", "fdmv")) else \
         os.path.join(os.path.dirname(__file__), "../../../crates/engine-mlx/src/shim/cuda_kernels.cc")
-    instances = [a for a in sys.argv[1:] if a.startswith(("qmv", "qwmv", "attend", "add_rms", "fdmv"))] or DEFAULT
+    instances = [a for a in sys.argv[1:] if a.startswith(("qmv", "attend", "add_rms", "fdmv"))] or DEFAULT
     text = open(src_file).read()
 
     def raw(name):
@@ -55,7 +54,7 @@ def main():
                 'const void* b, const void* w, void* h, void* y, int K, float eps) { mlxe::' + inst + "(a, b, w, h, y, K, eps); }\n"
         else:
             params = "AttnParams" if inst.startswith("attend") else "Params"
-            src = device if inst.startswith(("qmv", "qwmv")) else device + raw("kAttnSource")
+            src = device if inst.startswith("qmv") else device + raw("kAttnSource")
             code = src + 'extern "C" __global__ void __launch_bounds__(256) k(const mlxe::' + params + ' p) { mlxe::' + inst + "(p); }\n"
         prog = ctypes.c_void_p()
         assert nvrtc.nvrtcCreateProgram(ctypes.byref(prog), code.encode(), b"k.cu", 0, None, None) == 0

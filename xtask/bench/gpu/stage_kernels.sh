@@ -6,7 +6,8 @@
 #                             the mlx 0.32.4 / mlx-lm 0.32.2 wheels (the baseline), bench_decode, qmv_check, attn_check and
 #                             parity_gpu (CUDA builds, xz),
 #                             libkernel_trace.so (kernel_trace.c: a CUPTI kernel tracer, built against the CUPTI headers of
-#                             the torch venv of `cargo xtask torch-fixtures`, target/torch: its nvidia cu13 wheel)
+#                             the torch venv of `cargo xtask torch-fixtures`, target/torch: its nvidia cu13 wheel, or of
+#                             NVIDIA's cupti/runtime/crt 13.1 wheels in .devcache/cupti)
 #   .devcache/gpu             all of a and b a decode call needs, in one carry, for the H100/H200 alone: libmlx.so.xz (its
 #                             device code pruned to sm_90 by prune_fatbin.py: 16 MB instead of 71), the BLAS libs,
 #                             include.tgz, the two wheels, bin/ (the binaries), parity.tar.xz, libkernel_trace.so
@@ -48,6 +49,12 @@ if [ -d "$T/nvidia/cu13/include" ]; then
     -o $B/libkernel_trace.so xtask/bench/gpu/kernel_trace.c -L"$T/nvidia/cu13/lib" -l:libcupti.so.13
   cp $B/libkernel_trace.so $G/
 else
-  echo "no target/torch venv (see cargo xtask torch-fixtures): the kernel tracer is not staged"
+  # No torch venv: CUPTI's headers from NVIDIA's PyPI wheels (~12 MB; the device's torch brings libcupti.so.13).
+  C=.devcache/cupti
+  [ -f $C/nvidia/cu13/include/cupti.h ] || { python3 -m pip download -q --no-deps -d $C/dl "nvidia-cuda-cupti==13.1.115" \
+    "nvidia-cuda-runtime==13.1.80" "nvidia-cuda-crt==13.1.115" && for w in $C/dl/*.whl; do python3 -m zipfile -e "$w" $C; done; }
+  gcc -O2 -Wall -shared -fPIC -I$C/nvidia/cu13/include -o $B/libkernel_trace.so xtask/bench/gpu/kernel_trace.c \
+    -L$C/nvidia/cu13/lib -l:libcupti.so.13
+  cp $B/libkernel_trace.so $G/
 fi
 du -b .devcache/cuda/a .devcache/cuda/b $G $D

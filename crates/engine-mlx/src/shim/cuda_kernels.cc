@@ -483,125 +483,6 @@ __device__ __forceinline__ void qmv(const Params& p) {
     }
   }
 }
-
-// qmv's math at one row of x (packed elements read as denormals, the norm's
-// squares summed in the loop) in dmv's layout: each warp owns RPW rows of the
-// stacked matrices (SwiGLU: RPW/2 gate rows, then the same up rows) and its
-// lanes stride over K a 16-byte chunk each, every row's next U chunks (and
-// their scales and biases) loaded before any is used — U·RPW loads in flight a
-// lane where qmv has RPW, and a warp's shuffles sum the rows (no shared
-// memory, no barrier). qmv's loads alone stream no faster than qmv itself
-// (its probes on an H100), where dmv's layout streams dense rows at ~2.3 TB/s.
-template <int KIND, int BITS, int GS, int RPW, int U, int MODE, int NORM, int LD = 0>
-__device__ __forceinline__ void qwmv(const Params& p) {
-  static_assert(BITS == 4 || BITS == 8, "dense weights take fdmv");
-  static_assert(MODE == 0 || RPW % 2 == 0, "SwiGLU pairs gate and up rows");
-  typedef Elem<KIND> EL;
-  typedef typename EL::S S;
-  constexpr int E = 128 / BITS, PW = 32 / BITS, XPW = EL::N, XWORDS = PW / XPW;
-  const int K = p.K, chunks = K / E, groups = K / GS, row_words = K / PW;
-  const int lane = threadIdx.x % 32, slot = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, m0 = blockIdx.y;
-  const S* x = static_cast<const S*>(p.x) + size_t(m0) * p.ldx;
-  const S* g = static_cast<const S*>(p.norm);
-  // qmv's row set-up, written out: shared as a helper struct it changed qmv's
-  // code (57 registers against 76, its hottest loop 8 instructions longer), untimed.
-  const uint4* wr[RPW];
-  const S* sr[RPW];
-  const S* br[RPW];
-  int mat[RPW], row[RPW];
-  bool live[RPW];
-#pragma unroll
-  for (int r = 0; r < RPW; ++r) {
-    const int i = mat[r] = stacked_row<RPW, MODE>(p, slot, r, row[r], live[r]);
-    wr[r] = reinterpret_cast<const uint4*>(static_cast<const u32*>(p.w[i]) + size_t(row[r]) * row_words);
-    sr[r] = static_cast<const S*>(p.scales[i]) + size_t(row[r]) * groups;
-    br[r] = static_cast<const S*>(p.biases[i]) + size_t(row[r]) * groups;
-  }
-  pdl_launch_dependents();
-  pdl_wait();
-  float acc[RPW], ss = 0.f;
-#pragma unroll
-  for (int r = 0; r < RPW; ++r) acc[r] = 0.f;
-  // A step of n ≤ U chunks a row from chunk c: every load first.
-  auto step = [&](int c, int n) {
-    uint4 wv[U][RPW];
-    S sc[U][RPW], bi[U][RPW];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int grp = (c + 32 * u) * E / GS;
-#pragma unroll
-      for (int r = 0; r < RPW; ++r)
-        if (u < n) {
-          wv[u][r] = load_w<LD>(wr[r] + c + 32 * u);
-          sc[u][r] = sr[r][grp];
-          bi[u][r] = br[r][grp];
-        }
-    }
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      if (u >= n) break;
-      const int col0 = (c + 32 * u) * E;
-      float qx[RPW], xs = 0.f;
-#pragma unroll
-      for (int r = 0; r < RPW; ++r) qx[r] = 0.f;
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int col = col0 + i * PW;
-        float gf[PW];
-        if constexpr (NORM) {
-          u32 gw[XWORDS];
-          load_words<XWORDS>(g + col, gw);
-#pragma unroll
-          for (int v = 0; v < XWORDS; ++v) EL::unpack(gw[v], gf + v * XPW);
-        }
-        u32 xw[XWORDS];
-        load_words<XWORDS>(x + col, xw);
-#pragma unroll
-        for (int v = 0; v < XWORDS; ++v) {
-          float xf[XPW];
-          EL::unpack(xw[v], xf);
-#pragma unroll
-          for (int t = 0; t < XPW; ++t) {
-            const int j = v * XPW + t;
-            if constexpr (NORM) ss = fmaf(xf[t], xf[t], ss);
-            const float xv = NORM ? xf[t] * gf[j] : xf[t];
-            xs += xv;
-            const float xj = xv * Packed<BITS>::x_scale_denorm(j);
-#pragma unroll
-            for (int r = 0; r < RPW; ++r) {
-              const u32 word = reinterpret_cast<const u32*>(&wv[u][r])[i];
-              qx[r] = fmaf(Packed<BITS>::denorm_q(word, word >> (BITS * Packed<BITS>::SPLIT), j), xj, qx[r]);
-            }
-          }
-        }
-      }
-#pragma unroll
-      for (int r = 0; r < RPW; ++r) acc[r] += EL::get(sc[u][r]) * DENORM_UNDO * qx[r] + EL::get(bi[u][r]) * xs;
-    }
-  };
-  int c = lane;
-  for (; c + 32 * (U - 1) < chunks; c += 32 * U) step(c, U);
-  if (c < chunks) step(c, (chunks - c + 31) / 32);
-#pragma unroll
-  for (int r = 0; r < RPW; ++r)
-#pragma unroll
-    for (int o = 16; o > 0; o /= 2) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], o);
-  if constexpr (NORM) {
-#pragma unroll
-    for (int o = 16; o > 0; o /= 2) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-  }
-  const float inv = NORM ? rsqrtf(ss / float(K) + p.eps) : 1.0f;
-  // Lane r writes the warp's r-th output.
-#pragma unroll
-  for (int r = 0; r < (MODE == 1 ? RPW / 2 : RPW); ++r) {
-    if (lane != r || !live[r]) continue;
-    if constexpr (MODE == 1) {
-      put_swiglu<EL>(p, row[r], m0, acc[r] * inv, acc[r + RPW / 2] * inv);
-    } else {
-      put_split<EL>(p, mat[r], row[r], m0, acc[r] * inv);
-    }
-  }
-}
 }  // namespace mlxe
 )";
 
@@ -1373,8 +1254,7 @@ struct Config {
   int norm;  // 0 none; 1 x's squares summed in the main loop, 2 in a pass first
   int deq;   // 0: packed elements OR-ed into 2^23, minus 2^23; 1: read as denormals
   int pf;    // 1: each thread loads its next chunk while it computes one (packed weights)
-  int u;     // 16-byte chunks a row in flight a lane: dense weights (fdmv; `rows` is then rows a warp group),
-             // packed ones in dmv's layout (qwmv, when > 0; `rows` is then rows a warp)
+  int u;     // dense weights (fdmv): 16-byte chunks a row in flight a lane; `rows` is then rows a warp group
   int sk;    // dense weights (fdmv): warps a row group
   int ld;    // packed weights: 0 loaded through the read-only path (__ldg), 1 evict-first (__ldcs)
   int threads;  // most threads a block of qmv (a multiple of 32, at most 256); not part of the compiled code
@@ -1528,15 +1408,6 @@ CUfunc_st* kernel(const Config& c) {
              std::to_string(c.u) + ", " + std::to_string(c.mode) + ", " + std::to_string(c.norm) + ", " +
              std::to_string(c.sk) + ">(p);\n}\n";
     });
-  if (c.u > 0)
-    return compiled("qwmv_" + c.key(), "mlxe_qwmv", [&] {
-      return std::string(kSource) +
-             "extern \"C\" __global__ void __launch_bounds__(256) mlxe_qwmv(const mlxe::Params p) {\n"
-             "  mlxe::qwmv<" +
-             std::to_string(c.kind) + ", " + std::to_string(c.bits) + ", " + std::to_string(c.group) + ", " +
-             std::to_string(c.rows) + ", " + std::to_string(c.u) + ", " + std::to_string(c.mode) + ", " +
-             std::to_string(c.norm) + ", " + std::to_string(c.ld) + ">(p);\n}\n";
-    });
   return compiled("qmv_" + c.key(), "mlxe_qmv", [&] {
     return std::string(kSource) +
            "extern \"C\" __global__ void __launch_bounds__(256) mlxe_qmv(const mlxe::Params p) {\n"
@@ -1651,10 +1522,8 @@ class FusedQmv : public mx::Primitive {
     }
     const int chunks = K / (128 / c_.bits);
     // qmv: a block `rows` rows, its threads over K; fdmv: SK warps `rows` rows.
-    // qwmv: a warp `rows` rows, a block its warps.
-    const bool warps = c_.dense() || c_.u > 0;
-    const unsigned threads = warps ? c_.threads : std::min(c_.threads, (chunks + 31) / 32 * 32);
-    const int per_block = (c_.mode == 1 ? c_.rows / 2 : c_.rows) * (warps ? c_.threads / 32 / std::max(c_.sk, 1) : 1);
+    const unsigned threads = c_.dense() ? c_.threads : std::min(c_.threads, (chunks + 31) / 32 * 32);
+    const int per_block = (c_.mode == 1 ? c_.rows / 2 : c_.rows) * (c_.dense() ? c_.threads / 32 / c_.sk : 1);
     const dim3 grid{static_cast<unsigned>((rows + per_block - 1) / per_block),
                     static_cast<unsigned>((p.M + c_.mt - 1) / c_.mt), 1};
     CUfunc_st* f = kernel(c_);
@@ -2008,22 +1877,11 @@ std::vector<mx::array> build(const mx::array& x_in, const std::vector<QuantMatri
   // Prefetching the next chunk: opt-in (MLXENGINE_CUDA_QMV_PREFETCH=1) until timed on a GPU.
   static const int pf_env = env_int("MLXENGINE_CUDA_QMV_PREFETCH", 0) != 0 ? 1 : 0;
   c.pf = bits <= 8 ? pf_env : 0;
-  // Evict-first weight loads: opt-in (MLXENGINE_CUDA_QMV_LDCS=1) until timed on a GPU.
-  static const int ld_env = env_int("MLXENGINE_CUDA_QMV_LDCS", 0) != 0 ? 1 : 0;
+  // Evict-first weight loads (__ldcs): each packed weight is read once a step, so keeping it
+  // out of L2's retained lines leaves them to x, the caches and the partials (H100: 8B
+  // 4-bit 390 / 397 tok/s against 386 / 384 with __ldg). MLXENGINE_CUDA_QMV_LDCS=0 turns it off.
+  static const int ld_env = env_int("MLXENGINE_CUDA_QMV_LDCS", 1) != 0 ? 1 : 0;
   c.ld = bits <= 8 ? ld_env : 0;
-  // dmv's layout for packed weights at one row of x (qwmv): opt-in
-  // (MLXENGINE_CUDA_QMV_WARP=U, 1-4 chunks a row in flight a lane) until timed
-  // on a GPU; `rows` a warp (MLXENGINE_CUDA_QMV_ROWS, default 4), 128 threads.
-  static const int warp_env = std::clamp(env_int("MLXENGINE_CUDA_QMV_WARP", 0), 0, 4);
-  if (!dense && warp_env > 0 && c.mt == 1) {
-    c.u = warp_env;
-    c.rows = rows_env > 0 ? std::min(rows_env, 8) : 4;
-    if (swiglu) c.rows = std::max(2, c.rows / 2 * 2);
-    c.threads = std::clamp(env_int("MLXENGINE_CUDA_QMV_THREADS", 128) / 32 * 32, 32, 256);
-    c.norm = norm ? 1 : 0;
-    c.deq = 1;
-    c.pf = 0;
-  }
   const float eps = norm ? norm->second : 0.f;
   std::vector<mx::Dtype> dtypes(shapes.size(), x.dtype());
   const auto stream = mx::to_stream(s);

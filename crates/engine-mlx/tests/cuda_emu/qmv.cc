@@ -4,8 +4,7 @@
 // main loop or in a pass first), bias, residual, 4/8 bits,
 // groups of 32/64/128, one row of x (the AND form of the dequantization) and
 // several (the OR form), packed elements read as denormals (DEQ 1), the next
-// chunk prefetched (PF 1), K not a multiple of the block's stride; and qwmv,
-// the same math in dmv's layout.
+// chunk prefetched (PF 1), K not a multiple of the block's stride.
 // src.cc is the kernels' source, cut out of cuda_kernels.cc by the test.
 #include <cstdio>
 #include <random>
@@ -23,8 +22,7 @@ struct Mat {
 // qmv with R rows a block of 64 threads, as the host launches it.
 // x_mag scales x (the denormal form's range: products q·x·2^-64 stay normal
 // down to |x| ~ 1e-19 and finite up to ~1e12).
-// WU > 0: qwmv instead (dmv's layout, WU chunks in flight, R rows a warp, 4 warps a block).
-template <int BITS, int GS, int MT, int R, int MODE, int NORM, int DEQ = 0, int PF = 0, int WU = 0>
+template <int BITS, int GS, int MT, int R, int MODE, int NORM, int DEQ = 0, int PF = 0, int LD = 0>
 double run_case(int M, int K, std::vector<int> ns, bool residual, bool bias, unsigned seed, float x_mag = 1.0f) {
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> U(-1, 1);
@@ -75,14 +73,9 @@ double run_case(int M, int K, std::vector<int> ns, bool residual, bool bias, uns
   p.ldr = ldr;
   p.eps = 1e-5f;
   const int rows = MODE == 1 ? ns[0] : total;
-  const int per_block = (MODE == 1 ? R / 2 : R) * (WU > 0 ? 4 : 1);
+  const int per_block = MODE == 1 ? R / 2 : R;
   const dim3_ grid{unsigned((rows + per_block - 1) / per_block), unsigned((M + MT - 1) / MT), 1};
-  if constexpr (WU > 0) {
-    static_assert(MT == 1, "qwmv takes one row of x a block");
-    launch(grid, 128, [&] { mlxe::qwmv<0, BITS, GS, R, WU, MODE, NORM>(p); });
-  } else {
-    launch(grid, 64, [&] { mlxe::qmv<0, BITS, GS, MT, R, MODE, NORM, DEQ, PF>(p); });
-  }
+  launch(grid, 64, [&] { mlxe::qmv<0, BITS, GS, MT, R, MODE, NORM, DEQ, PF, LD>(p); });
   double num = 0, den = 0;
   bool finite = true;
   auto deq = [&](const Mat& m, int n, int k) {
@@ -157,15 +150,10 @@ int main() {
   CASE("qmv 4b g64 residual K4608 prefetch", 1e-5, T(4, 64, 1, 4, 0, 0, 1, 1), 1, 4608, {37}, true, false, 18);
   CASE("qmv 4b g64 norm swiglu prefetch", 1e-5, T(4, 64, 1, 4, 1, 1, 1, 1), 1, 4096, {36, 36}, false, false, 19);
   CASE("qmv 8b g32 norm-pass M3 prefetch", 1e-5, T(8, 32, 4, 2, 0, 2, 0, 1), 3, 896, {20, 8, 8}, false, true, 20);
+  // LD 1: the packed weights loaded evict-first (the default on the GPU).
+  CASE("qmv 4b g64 norm swiglu denormal ldcs", 1e-5, T(4, 64, 1, 4, 1, 1, 1, 0, 1), 1, 4096, {36, 36}, false, false, 21);
+  CASE("qmv 8b g32 bias residual M3 ldcs", 1e-5, T(8, 32, 4, 2, 0, 0, 1, 0, 1), 3, 896, {9}, true, true, 22);
   CASE("qmv 8b g128 swiglu", 1e-5, T(8, 128, 1, 2, 1, false), 1, 4608, {17, 17}, false, false, 9);
-  // qwmv: dmv's layout (WU chunks in flight a lane; the last chunks of a row fewer than WU a lane).
-  CASE("qwmv 4b g64 norm split3 U2", 1e-5, T(4, 64, 1, 4, 0, 1, 1, 0, 2), 1, 1024, {12, 4, 4}, false, false, 21);
-  CASE("qwmv 4b g64 residual K4608 U4", 1e-5, T(4, 64, 1, 4, 0, 0, 1, 0, 4), 1, 4608, {37}, true, false, 22);
-  CASE("qwmv 4b g32 bias K896 U3", 1e-5, T(4, 32, 1, 2, 0, 0, 1, 0, 3), 1, 896, {20, 8, 8}, false, true, 23);
-  CASE("qwmv 8b g64 norm U2", 1e-5, T(8, 64, 1, 4, 0, 1, 1, 0, 2), 1, 4096, {40}, false, false, 24);
-  CASE("qwmv 8b g128 bias residual U1", 1e-5, T(8, 128, 1, 2, 0, 0, 1, 0, 1), 1, 2048, {33}, true, true, 25);
-  CASE("qwmv 4b g64 norm swiglu U2", 1e-5, T(4, 64, 1, 4, 1, 1, 1, 0, 2), 1, 4096, {36, 36}, false, false, 26);
-  CASE("qwmv 4b g128 swiglu 2 rows U4, x 1e9", 1e-5, T(4, 128, 1, 2, 1, 0, 1, 0, 4), 1, 2048, {10, 10}, false, false, 27, 1e9f);
   const bool pass = worst < 1.0;
   std::printf("worst error / tolerance %.2f: %s\n", worst, pass ? "pass" : "FAIL");
   return pass ? 0 : 1;
