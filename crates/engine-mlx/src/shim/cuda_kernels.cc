@@ -1877,11 +1877,13 @@ std::vector<mx::array> build(const mx::array& x_in, const std::vector<QuantMatri
   // Prefetching the next chunk: opt-in (MLXENGINE_CUDA_QMV_PREFETCH=1) until timed on a GPU.
   static const int pf_env = env_int("MLXENGINE_CUDA_QMV_PREFETCH", 0) != 0 ? 1 : 0;
   c.pf = bits <= 8 ? pf_env : 0;
-  // Evict-first weight loads (__ldcs): each packed weight is read once a step, so keeping it
-  // out of L2's retained lines leaves them to x, the caches and the partials (H100: 8B
-  // 4-bit 390 / 397 tok/s against 386 / 384 with __ldg). MLXENGINE_CUDA_QMV_LDCS=0 turns it off.
+  // Evict-first weight loads (__ldcs) where one tile of rows of x covers them all: each packed
+  // weight is then read once a step, so keeping it out of L2's retained lines leaves them to x,
+  // the caches and the partials (H100: 8B 4-bit 390 / 397 tok/s against 386 / 384 with __ldg).
+  // Several tiles (a batch over QMV_ROW_TILE rows) read each weight once a tile, where L2 may
+  // serve the later ones. MLXENGINE_CUDA_QMV_LDCS=0 turns it off.
   static const int ld_env = env_int("MLXENGINE_CUDA_QMV_LDCS", 1) != 0 ? 1 : 0;
-  c.ld = bits <= 8 ? ld_env : 0;
+  c.ld = bits <= 8 && M <= c.mt ? ld_env : 0;
   const float eps = norm ? norm->second : 0.f;
   std::vector<mx::Dtype> dtypes(shapes.size(), x.dtype());
   const auto stream = mx::to_stream(s);
