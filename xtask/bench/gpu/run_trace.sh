@@ -44,7 +44,11 @@ if [[ " $CHECKS " == *" parity "* ]] && [ -f "$PARITY" ] && [ -x "$BIN/parity_gp
 fi
 grep -h summary $OUT/attn.jsonl $OUT/qmv.jsonl $OUT/parity.jsonl
 grep -h packed $OUT/attn.jsonl
+# Only the sizes this call decodes or traces (a random 8B takes most of a minute to write).
+sizes=" ${DECODE_MODELS-8b-q4 1b} ${TRACE_MODELS-8b-q4 1b} "
+[ "${DENSE8B:-1}" = 0 ] || sizes+=" 8b "
 for size in 1b 8b; do
+  [[ $sizes == *" $size"[\ -]* ]] || continue
   [ -f $MODELS/llama-$size/model.safetensors ] || python3 xtask/bench/gpu/random_llama.py $MODELS/llama-$size $size 512 >/dev/null
 done
 source xtask/bench/gpu/dmv_env.sh
@@ -81,7 +85,7 @@ decode() {  # MODEL ROUND: the engine, its variants, mlx-lm
   done
   run mlx_lm-$m $round python3 xtask/bench/mlx_lm_decode.py $M $P 128
 }
-[ -f $MODELS/llama-8b-q4/config.json ] || timeout 200 python3 xtask/bench/gpu/quantize.py $MODELS/llama-8b $MODELS/llama-8b-q4 4 64 >/dev/null 2>&1
+[[ $sizes != *" 8b-q4 "* ]] || [ -f $MODELS/llama-8b-q4/config.json ] || timeout 200 python3 xtask/bench/gpu/quantize.py $MODELS/llama-8b $MODELS/llama-8b-q4 4 64 >/dev/null 2>&1
 for round in ${ROUNDS-1 2}; do
   for m in ${DECODE_MODELS-8b-q4 1b}; do decode $m $round; done
 done
