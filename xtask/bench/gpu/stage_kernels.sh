@@ -42,19 +42,19 @@ if [ -d target/parity ]; then
 else
   echo "no target/parity (cargo xtask parity-fixtures makes it): parity_gpu will have no fixtures"
 fi
-T=$(echo target/torch/lib/python3*/site-packages)
+T=$(echo target/torch/lib/python3*/site-packages) C=.devcache/cupti inc=()
 if [ -d "$T/nvidia/cu13/include" ]; then
   # CUPTI's headers include crt/host_defines.h, which the cu13 wheel lacks and triton's copy provides.
-  gcc -O2 -Wall -shared -fPIC -I"$T/nvidia/cu13/include" -idirafter "$T/triton/backends/nvidia/include" \
-    -o $B/libkernel_trace.so xtask/bench/gpu/kernel_trace.c -L"$T/nvidia/cu13/lib" -l:libcupti.so.13
-  cp $B/libkernel_trace.so $G/
+  inc=(-I"$T/nvidia/cu13/include" -idirafter "$T/triton/backends/nvidia/include") lib=$T/nvidia/cu13/lib
+elif [ -f $C/nvidia/cu13/include/cupti.h ] || { python3 -m pip download -q --no-deps -d $C/dl "nvidia-cuda-cupti==13.1.115" \
+    "nvidia-cuda-runtime==13.1.80" "nvidia-cuda-crt==13.1.115" && for w in $C/dl/*.whl; do python3 -m zipfile -e "$w" $C; done; }; then
+  # No torch venv: the headers of NVIDIA's PyPI wheels (~12 MB; the device's torch brings libcupti.so.13).
+  inc=(-I$C/nvidia/cu13/include) lib=$C/nvidia/cu13/lib
 else
-  # No torch venv: CUPTI's headers from NVIDIA's PyPI wheels (~12 MB; the device's torch brings libcupti.so.13).
-  C=.devcache/cupti
-  [ -f $C/nvidia/cu13/include/cupti.h ] || { python3 -m pip download -q --no-deps -d $C/dl "nvidia-cuda-cupti==13.1.115" \
-    "nvidia-cuda-runtime==13.1.80" "nvidia-cuda-crt==13.1.115" && for w in $C/dl/*.whl; do python3 -m zipfile -e "$w" $C; done; }
-  gcc -O2 -Wall -shared -fPIC -I$C/nvidia/cu13/include -o $B/libkernel_trace.so xtask/bench/gpu/kernel_trace.c \
-    -L$C/nvidia/cu13/lib -l:libcupti.so.13
+  echo "no CUPTI headers (no target/torch venv, NVIDIA's wheels not fetched): the kernel tracer is not staged"
+fi
+if [ ${#inc[@]} -gt 0 ]; then
+  gcc -O2 -Wall -shared -fPIC "${inc[@]}" -o $B/libkernel_trace.so xtask/bench/gpu/kernel_trace.c -L"$lib" -l:libcupti.so.13
   cp $B/libkernel_trace.so $G/
 fi
 du -b .devcache/cuda/a .devcache/cuda/b $G $D
